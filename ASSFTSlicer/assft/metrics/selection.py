@@ -1,0 +1,186 @@
+"""Turning per-case scores into a batch: rank normalisation and diverse greedy selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def rank_normalise(values: np.ndarray) -> np.ndarray:
+    """Rank normalisation q(x) to [0, 1], robust to each metric's scale.
+
+    The smallest value maps to 0, the largest to 1, ties share their average rank, and a pool
+    of one case maps to 0.5.
+
+    Raises:
+        ValueError: if a value is NaN.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if np.isnan(x).any():
+        raise ValueError("rank_normalise got NaN scores")
+    n = x.size
+    if n == 0:
+        return x
+    if n == 1:
+        return np.array([0.5])
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.arange(n, dtype=np.float64)
+    # Average the ranks of tied values.
+    unique, inverse = np.unique(x, return_inverse=True)
+    if unique.size < n:
+        sums = np.bincount(inverse, weights=ranks)
+        counts = np.bincount(inverse)
+        ranks = (sums / counts)[inverse]
+    return ranks / (n - 1)
+
+
+def _unit_rows(z: np.ndarray) -> np.ndarray:
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise 1 - cos between the rows of ``a`` (N, D) and ``b`` (M, D): shape (N, M)."""
+    return 1.0 - _unit_rows(a) @ _unit_rows(b).T
+
+
+@dataclass
+class GreedySelection:
+    """The outcome of a greedy batch selection.
+
+    Attributes:
+        picks: indices of the selected cases, in the order they were picked.
+        diversity: per case, D_i (min cosine distance to the labeled and picked cases) at the
+            moment it was picked, or at the end of selection for cases not picked.
+        objective: per case, the objective S_i + lambda * q(D_i) when it was picked, or at the
+            end for cases not picked.
+    """
+
+    picks: list[int]
+    diversity: np.ndarray
+    objective: np.ndarray
+
+
+def greedy_diverse_selection(
+    scores: np.ndarray,
+    z0: np.ndarray,
+    budget: int,
+    *,
+    labeled_z0: np.ndarray | None = None,
+    lambda_div: float = 1.0,
+) -> GreedySelection:
+    """ATTSQ's diversity-aware greedy batch selection.
+
+    At each pick take ``argmax_i S_i + lambda_div * q(D_i)`` over the cases not picked yet,
+    where ``D_i = min_j (1 - cos(z0_i, z0_j))`` over the labeled and already picked cases
+    (``D_i = 1`` while that set is empty) and q is rank normalisation over the remaining
+    candidates. Ties go to the lower index, so the selection is deterministic.
+
+    Args:
+        scores: S_i per case, ``(N,)``.
+        z0: pretrained-model embeddings, ``(N, D)``.
+        budget: number of cases to pick (at most N).
+        labeled_z0: embeddings of the cases already labeled, ``(L, D)``, or None.
+        lambda_div: weight of the diversity term (0 switches diversity off).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n = scores.size
+    if budget < 0 or budget > n:
+        raise ValueError(f"budget {budget} must be between 0 and the pool size {n}")
+    z = _unit_rows(z0) if n else np.zeros((0, 1))
+    if labeled_z0 is not None and len(labeled_z0):
+        distance = cosine_distance(z, labeled_z0).min(axis=1)
+    else:
+        distance = np.ones(n)
+    remaining = np.ones(n, dtype=bool)
+    diversity = distance.copy()
+    objective = np.zeros(n)
+    picks: list[int] = []
+
+    def current_objective() -> np.ndarray:
+        value = np.full(n, -np.inf)
+        value[remaining] = scores[remaining] + lambda_div * rank_normalise(distance[remaining])
+        return value
+
+    for _ in range(budget):
+        value = current_objective()
+        best = int(np.argmax(value))
+        picks.append(best)
+        diversity[best] = distance[best]
+        objective[best] = value[best]
+        remaining[best] = False
+        distance = np.minimum(distance, 1.0 - z @ z[best])
+    if remaining.any():
+        value = current_objective()
+        objective[remaining] = value[remaining]
+        diversity[remaining] = distance[remaining]
+    return GreedySelection(picks=picks, diversity=diversity, objective=objective)
+
+
+def k_center_greedy(
+    z: np.ndarray, budget: int, *, labeled_z: np.ndarray | None = None
+) -> GreedySelection:
+    """Core-set selection by k-center greedy on cosine distance (Sener and Savarese, 2018).
+
+    Each pick is the case farthest from its nearest labeled or picked case; with nothing
+    labeled, the first pick is the case farthest from the pool's mean embedding.
+    """
+    n = len(z)
+    if budget < 0 or budget > n:
+        raise ValueError(f"budget {budget} must be between 0 and the pool size {n}")
+    zu = _unit_rows(z)
+    if labeled_z is not None and len(labeled_z):
+        distance = cosine_distance(zu, labeled_z).min(axis=1)
+    else:
+        distance = cosine_distance(zu, zu.mean(axis=0, keepdims=True))[:, 0]
+    remaining = np.ones(n, dtype=bool)
+    diversity = distance.copy()
+    picks: list[int] = []
+    for _ in range(budget):
+        value = np.where(remaining, distance, -np.inf)
+        best = int(np.argmax(value))
+        picks.append(best)
+        diversity[best] = distance[best]
+        remaining[best] = False
+        distance = np.minimum(distance, 1.0 - zu @ zu[best])
+    diversity[remaining] = distance[remaining]
+    return GreedySelection(picks=picks, diversity=diversity, objective=diversity.copy())
+
+
+def power_sampling_order(
+    class_scores: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    beta: float = 1.0,
+) -> list[int]:
+    """Class-stratified power sampling, after ClaSP PE (Lueth et al., 2026).
+
+    Picks cycle through the classes; for class c the next pick is drawn among the cases not
+    picked yet with probability proportional to ``score_c^beta`` (the Gumbel-top-1 trick on
+    ``beta * log score``). A larger beta means less noise (later rounds exploit more).
+
+    Args:
+        class_scores: ``(N, K)`` score of each case for each class (e.g. the mean predictive
+            entropy over the voxels predicted as that class); NaN where the class is absent.
+        budget: number of cases to pick.
+        rng: the seeded generator (the selection is deterministic for a seed).
+        beta: the power.
+    """
+    s = np.asarray(class_scores, dtype=np.float64)
+    n, k = s.shape
+    if budget < 0 or budget > n:
+        raise ValueError(f"budget {budget} must be between 0 and the pool size {n}")
+    log_s = np.log(np.clip(np.nan_to_num(s, nan=0.0), 1e-12, None))
+    remaining = np.ones(n, dtype=bool)
+    picks: list[int] = []
+    for step in range(budget):
+        c = step % max(k, 1)
+        gumbel = rng.gumbel(size=n)
+        value = np.where(remaining, beta * log_s[:, c] + gumbel, -np.inf)
+        best = int(np.argmax(value))
+        picks.append(best)
+        remaining[best] = False
+    return picks

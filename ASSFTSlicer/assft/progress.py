@@ -1,0 +1,73 @@
+"""Progress reporting: JSON lines for machines (Slicer, jobs), a bar on a terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    """Reports phases of long work.
+
+    Args:
+        mode: ``json`` (one JSON object per line on ``stream``), ``bar`` (a progress bar on
+            stderr), ``none``, or ``auto`` (bar when stderr is a terminal, else none).
+        stream: where JSON lines go (stdout by default).
+    """
+
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "none"
+        if mode not in ("json", "bar", "none"):
+            raise ValueError(f"progress mode must be json, bar, none or auto, got {mode!r}")
+        self.mode = mode
+        self.stream = stream or sys.stdout
+        self._phase = ""
+        self._total = 0
+        self._start = time.monotonic()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write one JSON line (json mode only)."""
+        if self.mode == "json":
+            self.stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+            self.stream.flush()
+
+    def phase(self, phase: str, total: int) -> None:
+        """Start a phase of ``total`` steps."""
+        self._phase, self._total, self._start = phase, total, time.monotonic()
+        self.update(0)
+
+    def update(self, done: int, **metrics: Any) -> None:
+        """Report ``done`` steps of the current phase, with optional metrics."""
+        elapsed = time.monotonic() - self._start
+        eta = elapsed / done * (self._total - done) if done else None
+        if self.mode == "json":
+            self.emit(
+                "progress",
+                phase=self._phase,
+                done=done,
+                total=self._total,
+                eta_s=None if eta is None else round(eta, 1),
+                **metrics,
+            )
+        elif self.mode == "bar":
+            width = 30
+            filled = int(width * done / self._total) if self._total else width
+            eta_text = "" if eta is None else f" eta {eta:5.0f}s"
+            sys.stderr.write(
+                f"\r{self._phase:<16} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{done}/{self._total}{eta_text}"
+            )
+            if done >= self._total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def done(self, **fields: Any) -> None:
+        """The work finished."""
+        self.emit("done", **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        """The work failed."""
+        self.emit("error", message=message, **fields)
