@@ -1,0 +1,235 @@
+"""The workspace configuration (``assft.json``): label names, values and colors, model, settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assft.errors import BadInputError
+from assft.workspace.files import write_text_atomic
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "CONFIG_VERSION",
+    "DEFAULT_LABEL_NAMES",
+    "DEFAULT_SETTINGS",
+    "LABEL_PALETTE",
+    "LabelInfo",
+    "WorkspaceConfig",
+    "make_labels",
+]
+
+CONFIG_FILE_NAME = "assft.json"
+CONFIG_VERSION = 1
+MAX_LABEL_VALUE = 65535
+
+DEFAULT_LABEL_NAMES: dict[int, str] = {1: "foreground"}
+"""Labels of a workspace created without label names."""
+
+DEFAULT_SETTINGS: dict[str, Any] = {"budget": 10, "strategy": "attsq", "device": "auto"}
+"""Settings of a new workspace; free form, read by the ranking and fine-tuning commands."""
+
+LABEL_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.30, 0.24),
+    (0.20, 0.60, 0.86),
+    (0.18, 0.80, 0.44),
+    (0.95, 0.77, 0.06),
+    (0.61, 0.35, 0.71),
+    (0.90, 0.49, 0.13),
+    (0.10, 0.74, 0.61),
+    (0.91, 0.12, 0.55),
+    (0.58, 0.65, 0.65),
+    (0.55, 0.27, 0.07),
+)
+"""Colors (RGB in 0..1) given to labels in value order when none is set."""
+
+
+@dataclass
+class LabelInfo:
+    """One foreground label of the workspace (background 0 is implicit).
+
+    Attributes:
+        value: Voxel value in the label maps, 1..65535.
+        name: Structure name shown to the clinician.
+        color: RGB in 0..1.
+    """
+
+    value: int
+    name: str
+    color: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form ``{"value", "name", "color"}``."""
+        return {"value": self.value, "name": self.name, "color": list(self.color)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LabelInfo:
+        """Build from the JSON form, checking every field.
+
+        Raises:
+            ValueError: a field is missing or has the wrong type or range.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a label must be an object, got {data!r}")
+        value, name, color = data.get("value"), data.get("name"), data.get("color")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"label value {value!r} is not an integer")
+        if not 1 <= value <= MAX_LABEL_VALUE:
+            raise ValueError(f"label value {value} is outside 1..{MAX_LABEL_VALUE}")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"label {value} has no name")
+        if (
+            not isinstance(color, (list, tuple))
+            or len(color) != 3
+            or not all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)
+        ):
+            raise ValueError(f"label {value} color {color!r} is not three numbers in 0..1")
+        return cls(value, name, (float(color[0]), float(color[1]), float(color[2])))
+
+
+def make_labels(
+    label_names: dict[int, str] | None = None,
+    colors: dict[int, tuple[float, float, float]] | None = None,
+) -> list[LabelInfo]:
+    """Build the label list from names, with palette colors where none is given.
+
+    Args:
+        label_names: ``{value: name}``; :data:`DEFAULT_LABEL_NAMES` when None.
+        colors: Optional ``{value: (r, g, b)}``.
+
+    Returns:
+        Labels sorted by value.
+
+    Raises:
+        BadInputError: a value is 0, negative or above 65535, a name is empty or repeated.
+    """
+    label_names = dict(DEFAULT_LABEL_NAMES if label_names is None else label_names)
+    colors = colors or {}
+    if not label_names:
+        raise BadInputError("no label names given: at least one foreground label is needed")
+    labels: list[LabelInfo] = []
+    for index, value in enumerate(sorted(label_names)):
+        name = label_names[value]
+        color = colors.get(value, LABEL_PALETTE[index % len(LABEL_PALETTE)])
+        try:
+            labels.append(LabelInfo.from_dict({"value": value, "name": name, "color": color}))
+        except ValueError as error:
+            raise BadInputError(f"bad label names: {error} (background 0 is implicit)") from None
+    names = [label.name for label in labels]
+    if len(set(names)) != len(names):
+        raise BadInputError(f"label names must differ, got {names}")
+    return labels
+
+
+@dataclass
+class WorkspaceConfig:
+    """Everything ``assft.json`` holds.
+
+    Attributes:
+        labels: Foreground labels (background 0 is never listed).
+        model: Model preset name, or the path of a preset JSON file.
+        settings: Free-form options: default budget, strategy, device...
+        version: Format version of the file.
+    """
+
+    labels: list[LabelInfo]
+    model: str = "demo"
+    settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
+    version: int = CONFIG_VERSION
+
+    @property
+    def label_values(self) -> list[int]:
+        """Foreground label values, sorted."""
+        return sorted(label.value for label in self.labels)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """``{value: name}`` of the foreground labels, by value."""
+        return {label.value: label.name for label in sorted(self.labels, key=lambda x: x.value)}
+
+    def describe_labels(self) -> str:
+        """Human list of the labels, e.g. ``"1 (grey matter), 2 (white matter)"``."""
+        return ", ".join(f"{value} ({name})" for value, name in self.label_names.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {
+            "version": self.version,
+            "labels": [label.to_dict() for label in sorted(self.labels, key=lambda x: x.value)],
+            "model": self.model,
+            "settings": self.settings,
+        }
+
+    def to_json(self) -> str:
+        """Return the file content (indented JSON, trailing newline)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> WorkspaceConfig:
+        """Build from the JSON form, checking it.
+
+        Raises:
+            ValueError: the document is not a valid configuration (says which part).
+        """
+        if not isinstance(data, dict):
+            raise ValueError("the document is not a JSON object")
+        version = data.get("version", CONFIG_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version {version!r} is not a positive integer")
+        if version > CONFIG_VERSION:
+            raise ValueError(
+                f"version {version} is newer than this ASSFT understands ({CONFIG_VERSION}); "
+                "update ASSFT"
+            )
+        raw_labels = data.get("labels")
+        if not isinstance(raw_labels, list) or not raw_labels:
+            raise ValueError("'labels' must be a non-empty list")
+        labels = [LabelInfo.from_dict(item) for item in raw_labels]
+        values = [label.value for label in labels]
+        if len(set(values)) != len(values):
+            raise ValueError(f"label values repeat: {sorted(values)}")
+        model = data.get("model", "demo")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"'model' must be a non-empty string, got {model!r}")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise ValueError("'settings' must be an object")
+        return cls(labels=labels, model=model, settings=settings, version=version)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkspaceConfig:
+        """Parse the file content.
+
+        Raises:
+            ValueError: not JSON, or not a valid configuration.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON ({error})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> WorkspaceConfig:
+        """Read ``assft.json``.
+
+        Raises:
+            BadInputError: the file is missing, unreadable or malformed (names the file).
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BadInputError("does not exist", path) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise BadInputError(f"cannot be read ({error})", path) from None
+        try:
+            return cls.from_json(text)
+        except ValueError as error:
+            raise BadInputError(f"is not a valid ASSFT configuration: {error}", path) from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``assft.json`` atomically and return its path."""
+        return write_text_atomic(Path(path), self.to_json())

@@ -1,0 +1,102 @@
+"""Small file helpers: atomic text/JSON writes, hashing, UTC time stamps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from assft.imaging import _file_mode, _fsync_directory  # shared with write_image_atomic
+
+__all__ = [
+    "compact_timestamp",
+    "create_text_exclusive",
+    "sha256_file",
+    "utc_now",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO 8601 with milliseconds, e.g. ``2025-01-31T12:00:00.123+00:00``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def compact_timestamp() -> str:
+    """Current UTC time usable in a file name, e.g. ``20250131T120000.123456Z``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file through a temporary file and a rename (never half-written).
+
+    Args:
+        path: Destination; its folder must exist.
+        text: Content, written as UTF-8.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    descriptor, temporary_name = tempfile.mkstemp(
+        prefix=".tmp-", suffix=path.suffix, dir=path.parent
+    )
+    temporary = Path(temporary_name)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, _file_mode(path))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def write_json_atomic(path: str | Path, document: Any) -> Path:
+    """Write a JSON document (indented) atomically; see :func:`write_text_atomic`."""
+    return write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+
+
+def create_text_exclusive(path: str | Path, text: str) -> Path:
+    """Create a complete new text file, failing if ``path`` already exists.
+
+    The content is written to a temporary file first and then hard-linked to ``path``, so the
+    file appears complete or not at all, and two writers never overwrite each other.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    path = Path(path)
+    descriptor, temporary_name = tempfile.mkstemp(
+        prefix=".tmp-", suffix=path.suffix, dir=path.parent
+    )
+    temporary = Path(temporary_name)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, _file_mode(path))
+        os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+    return path

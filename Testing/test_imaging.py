@@ -1,0 +1,298 @@
+"""Tests of assft.imaging on tiny synthetic volumes written to tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from assft.errors import BadInputError
+from assft.imaging import (
+    IMAGE_SUFFIXES,
+    case_id_from_path,
+    geometry_mismatch,
+    image_geometry,
+    read_image,
+    read_label,
+    write_image_atomic,
+)
+
+SIZE_XYZ = (8, 9, 10)
+SPACING = (0.8, 0.9, 2.5)
+ORIGIN = (-10.0, 5.0, 3.25)
+DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def make_volume(array: np.ndarray | None = None, dtype: type = np.float32) -> sitk.Image:
+    """A small volume with a non-trivial geometry (array is z, y, x)."""
+    if array is None:
+        rng = np.random.default_rng(0)
+        array = rng.normal(100, 20, SIZE_XYZ[::-1])
+    image = sitk.GetImageFromArray(np.asarray(array).astype(dtype))
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    return image
+
+
+def write_dicom_series(
+    image: sitk.Image, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1"
+) -> Path:
+    """Write ``image`` as one DICOM file per slice, with the tags GDCM needs to restack it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    direction = image.GetDirection()
+    orientation = "\\".join(str(v) for v in (*direction[0:7:3], *direction[1:8:3]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(image.GetDepth()):
+        slice_ = image[:, :, index]
+        for tag, value in (
+            ("0008|0060", "CT"),
+            ("0008|0008", "DERIVED\\SECONDARY"),
+            ("0020|000d", "1.2.826.0.1.3680043.2.1125.100"),
+            ("0020|000e", series_uid),
+            ("0020|0037", orientation),
+            ("0020|0013", str(index + 1)),
+            ("0008|0018", f"{series_uid}.{index + 1}"),
+            (
+                "0020|0032",
+                "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),
+            ),
+        ):
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{index:03d}.dcm"))
+        writer.Execute(slice_)
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_read_image_formats_keep_geometry(tmp_path: Path, suffix: str) -> None:
+    image = make_volume()
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(image, str(path))
+    result = read_image(path)
+    assert result.GetPixelID() == sitk.sitkFloat32
+    assert result.GetSize() == SIZE_XYZ
+    assert geometry_mismatch(result, image) is None
+    np.testing.assert_allclose(sitk.GetArrayFromImage(result), sitk.GetArrayFromImage(image))
+
+
+def test_read_image_casts_integer_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(make_volume(np.full(SIZE_XYZ[::-1], -1000), np.int16), str(path))
+    result = read_image(path)
+    assert result.GetPixelID() == sitk.sitkFloat32
+    assert float(sitk.GetArrayViewFromImage(result).max()) == -1000.0
+
+
+def test_read_image_dicom_series(tmp_path: Path) -> None:
+    array = np.arange(np.prod(SIZE_XYZ)).reshape(SIZE_XYZ[::-1]) % 500
+    image = make_volume(array, np.int16)
+    folder = write_dicom_series(image, tmp_path / "patient one")
+    result = read_image(folder)
+    assert result.GetSize() == SIZE_XYZ
+    np.testing.assert_allclose(result.GetSpacing(), SPACING, atol=1e-4)
+    np.testing.assert_allclose(result.GetOrigin(), ORIGIN, atol=1e-4)
+    np.testing.assert_allclose(result.GetDirection(), DIRECTION, atol=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result), array)
+    assert case_id_from_path(folder) == "patient_one"
+
+
+def test_read_image_folder_without_dicom(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(BadInputError, match="without a DICOM series") as caught:
+        read_image(tmp_path)
+    assert str(tmp_path) in str(caught.value)
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
+    """(file, expected message part) for every kind of bad image."""
+    good = tmp_path / "good.nii"
+    sitk.WriteImage(make_volume(), str(good))
+    content = good.read_bytes()
+    good_gz = tmp_path / "good.nii.gz"
+    sitk.WriteImage(make_volume(), str(good_gz))
+    gz_content = good_gz.read_bytes()
+    nrrd = tmp_path / "good.nrrd"
+    sitk.WriteImage(make_volume(), str(nrrd), True)
+    nrrd_content = nrrd.read_bytes()
+
+    cases = [
+        (tmp_path / "missing.nii.gz", "does not exist"),
+        (_write_bytes(tmp_path / "garbage.nii.gz", b"not an image at all" * 20), "not an image"),
+        (_write_bytes(tmp_path / "cut.nii", content[: len(content) // 2]), "truncated"),
+        (_write_bytes(tmp_path / "cut.nii.gz", gz_content[: len(gz_content) // 2]), "truncated"),
+        (_write_bytes(tmp_path / "cut.nrrd", nrrd_content[:-200]), "truncated"),
+        (_write_bytes(tmp_path / "header-only.nii", content[:348]), "truncated"),
+    ]
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((9, 8), np.float32)), str(flat))
+    cases.append((flat, "is 2D"))
+    single_slice = tmp_path / "single-slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 9, 8), np.float32)), str(single_slice))
+    cases.append((single_slice, "is 2D"))
+    four_d = tmp_path / "fmri.nii.gz"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.zeros((3, 4, 5, 6), np.float32), isVector=False), str(four_d)
+    )
+    cases.append((four_d, "is 4D"))
+    vector = tmp_path / "rgb.mha"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.zeros((4, 5, 6, 3), np.float32), isVector=True), str(vector)
+    )
+    cases.append((vector, "3 components"))
+    nan = np.zeros(SIZE_XYZ[::-1], np.float32)
+    nan[0, 0, :3] = np.nan
+    nan[1, 1, 1] = np.inf
+    nan_path = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(make_volume(nan), str(nan_path))
+    cases.append((nan_path, "contains 3 NaN voxels and 1 infinite voxels"))
+    for suffix in (".nii", ".nrrd", ".mha"):
+        other = tmp_path / f"nan{suffix}"
+        sitk.WriteImage(make_volume(nan), str(other))
+        cases.append((other, "contains 3 NaN voxels and 1 infinite voxels"))
+    double_nan = tmp_path / "nan-float64.nii"
+    sitk.WriteImage(make_volume(nan, np.float64), str(double_nan))
+    cases.append((double_nan, "contains 3 NaN voxels"))
+    return cases
+
+
+def test_bad_images_are_refused_naming_the_file(tmp_path: Path) -> None:
+    for path, message in _bad_files(tmp_path):
+        before = path.read_bytes() if path.exists() else None
+        with pytest.raises(BadInputError) as caught:
+            read_image(path)
+        text = str(caught.value)
+        assert text.startswith(f"{path}: "), text
+        assert message in text, text
+        assert "\n" not in text
+        assert caught.value.exit_code == 2
+        assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_4d_image_with_one_volume_is_read_as_3d(tmp_path: Path) -> None:
+    path = tmp_path / "one-volume.nii.gz"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.ones((1, 10, 9, 8), np.float32), isVector=False), str(path)
+    )
+    assert read_image(path).GetSize() == SIZE_XYZ
+
+
+def test_read_label_checks_values(tmp_path: Path) -> None:
+    labels = np.zeros(SIZE_XYZ[::-1])
+    labels[2:4, 2:5, 1:6] = 2
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(make_volume(labels, np.float32), str(path))
+    result = read_label(path)
+    assert result.GetPixelID() == sitk.sitkUInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result), labels)
+
+    fractional = labels.copy()
+    fractional[0, 0, 0] = 0.5
+    bad = tmp_path / "soft.nii.gz"
+    sitk.WriteImage(make_volume(fractional), str(bad))
+    with pytest.raises(BadInputError, match="non-integer values") as caught:
+        read_label(bad)
+    assert str(bad) in str(caught.value)
+
+    negative = tmp_path / "negative.nrrd"
+    sitk.WriteImage(make_volume(labels - 3, np.int16), str(negative))
+    with pytest.raises(BadInputError, match="negative label values"):
+        read_label(negative)
+
+
+def test_image_geometry_is_plain_lists() -> None:
+    geometry = image_geometry(make_volume())
+    assert geometry == {
+        "size": list(SIZE_XYZ),
+        "spacing": list(SPACING),
+        "origin": list(ORIGIN),
+        "direction": list(DIRECTION),
+    }
+
+
+def test_geometry_mismatch_describes_the_first_difference() -> None:
+    reference = make_volume()
+    assert geometry_mismatch(make_volume(), reference) is None
+
+    nearly = make_volume()
+    nearly.SetSpacing((0.8 + 1e-6, 0.9, 2.5))
+    assert geometry_mismatch(nearly, reference) is None
+
+    spacing = make_volume()
+    spacing.SetSpacing((0.8, 0.9, 5.0))
+    assert geometry_mismatch(spacing, reference) == (
+        "spacing (0.8, 0.9, 5.0) differs from the image's (0.8, 0.9, 2.5)"
+    )
+    origin = make_volume()
+    origin.SetOrigin((-10.0, 5.0, 4.0))
+    assert geometry_mismatch(origin, reference).startswith("origin (-10.0, 5.0, 4.0)")
+    direction = make_volume()
+    direction.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert geometry_mismatch(direction, reference).startswith("direction")
+    size = make_volume(np.zeros((10, 9, 7)))
+    assert (
+        geometry_mismatch(size, reference) == "size (7, 9, 10) differs from the image's (8, 9, 10)"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_write_image_atomic_round_trip(tmp_path: Path, suffix: str) -> None:
+    image = make_volume()
+    path = write_image_atomic(image, tmp_path / f"out{suffix}")
+    assert path == tmp_path / f"out{suffix}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"out{suffix}"]
+    exact = 0.0 if suffix != ".nii.gz" else 1e-6  # NIfTI keeps spacing and origin as float32
+    assert geometry_mismatch(read_image(path), image, tolerance=exact) is None
+
+
+def test_write_image_atomic_failure_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "label.nii.gz"
+    write_image_atomic(make_volume(np.zeros(SIZE_XYZ[::-1])), path)
+    before = path.read_bytes()
+
+    def broken_replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_image_atomic(make_volume(np.ones(SIZE_XYZ[::-1])), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["label.nii.gz"]
+
+
+def test_write_image_atomic_refuses_detached_headers(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="atomically"):
+        write_image_atomic(make_volume(), tmp_path / "scan.mhd")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("/data/sub-01_T1w.nii.gz", "sub-01_T1w"),
+        ("/data/Case 7 (ax).NII.GZ", "Case_7__ax_"),
+        ("/data/.hidden.nrrd", "hidden"),
+        ("/data/brain.v2.mha", "brain.v2"),
+        ("/data/scan.mhd", "scan"),
+        ("/data/dicom/Séries 3/", "S_ries_3"),
+        ("/data/__.nrrd", "case"),
+    ],
+)
+def test_case_id_from_path(name: str, expected: str) -> None:
+    assert case_id_from_path(name) == expected
+
+
+def test_image_suffixes_are_lower_case_and_complete() -> None:
+    assert IMAGE_SUFFIXES == (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
