@@ -1,0 +1,210 @@
+"""``assft bench speed``: what ranking costs next to bare inference, and its memory as the pool grows.
+
+Every figure is measured side by side in one run and reported as a ratio, written to JSON and
+to a section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MARK_BEGIN = "<!-- bench:speed:begin -->"
+MARK_END = "<!-- bench:speed:end -->"
+
+
+def _make_workspace(root: Path, n: int, size: int, seed: int = 0):
+    from assft.synthetic import write_synthetic_pool
+    from assft.workspace import Workspace
+
+    if root.exists():
+        shutil.rmtree(root)
+    write_synthetic_pool(root / "data", n, seed=seed, size=size)
+    return Workspace.create(root / "ws", [root / "data" / "images"], model="demo")
+
+
+def bare_inference_seconds(workspace, device: str, views: int) -> float:
+    """Read, preprocess and run test-time-augmented sliding-window inference over the pool."""
+    from assft.imaging import read_image
+    from assft.inference import VIEW_FLIPS, sliding_window_probabilities
+    from assft.models import get_preset, load_model, resolve_device
+    from assft.preprocessing import to_model_grid
+
+    preset = get_preset(workspace.config.model)
+    model = load_model(preset, label_values=workspace.config.label_values, device=resolve_device(device))
+    started = time.perf_counter()
+    for case in workspace.registry.cases(status="unlabeled"):
+        grid = to_model_grid(
+            read_image(workspace.image_path(case["case_id"])),
+            spacing=preset.spacing,
+            orientation=preset.orientation,
+            intensity=preset.intensity,
+        )
+        total = None
+        for flips in VIEW_FLIPS[:views]:
+            probs = sliding_window_probabilities(model, grid.tensor, flips)
+            total = probs if total is None else total + probs
+        _ = total.argmax(0)  # a prediction is what bare inference gives
+    _synchronise(device)
+    return time.perf_counter() - started
+
+
+def ranking_seconds(workspace, device: str, strategy: str, views: int) -> float:
+    """A full ranking with an empty cache (so f0's statistics are computed, not read)."""
+    from assft.config import QueryConfig
+    from assft.ranking import rank_workspace
+
+    shutil.rmtree(workspace.cache_dir / "pretrained", ignore_errors=True)
+    config = QueryConfig(strategy=strategy, budget=2, views=views)
+    started = time.perf_counter()
+    rank_workspace(workspace, config, device=device, save=False)
+    _synchronise(device)
+    return time.perf_counter() - started
+
+
+def _synchronise(device: str) -> None:
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_of_ranking(workspace_root: Path, device: str) -> dict[str, float]:
+    """Peak resident memory (and GPU memory) of ``assft rank`` in a fresh process."""
+    code = (
+        "import resource, sys, json, torch\n"
+        "from assft.cli import main\n"
+        f"code = main(['rank', {str(workspace_root)!r}, '--budget', '2', '--device', {device!r},"
+        " '--progress', 'none', '--json'])\n"
+        "gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
+        "sys.stderr.write('PEAK ' + json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_SELF)"
+        ".ru_maxrss / 1024, 'gpu_mb': gpu, 'exit': code}) + '\\n')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    for line in result.stderr.splitlines():
+        if line.startswith("PEAK "):
+            return json.loads(line[5:])
+    raise RuntimeError(f"ranking subprocess failed: {result.stderr[-2000:]}")
+
+
+def run_speed(out: Path, *, device: str, size: int, cases: int, pools: list[int],
+              views: int = 4) -> dict[str, Any]:
+    """The speed benchmark; returns the result document (also written to ``out/speed.json``)."""
+    import torch
+
+    from assft.models import resolve_device
+
+    resolved = str(resolve_device(device))
+    out.mkdir(parents=True, exist_ok=True)
+    workspace = _make_workspace(out / "timing", cases, size)
+    # Warm up (allocator, kernels), then alternate the measured runs.
+    bare_inference_seconds(workspace, resolved, 1)
+    bare, attsq, epistemic = [], [], []
+    for _ in range(2):
+        bare.append(bare_inference_seconds(workspace, resolved, views))
+        attsq.append(ranking_seconds(workspace, resolved, "attsq", views))
+        epistemic.append(ranking_seconds(workspace, resolved, "epistemic", views))
+    bare_s, attsq_s, epistemic_s = min(bare), min(attsq), min(epistemic)
+    memory = {}
+    for n in pools:
+        pool = _make_workspace(out / f"pool{n}", n, size, seed=n)
+        memory[str(n)] = peak_memory_of_ranking(pool.root, resolved)
+    gpu_name = torch.cuda.get_device_name(0) if resolved.startswith("cuda") else None
+    document = {
+        "benchmark": "speed",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": resolved,
+            "gpu": gpu_name,
+            "torch": torch.__version__,
+        },
+        "setup": {"volume": [size] * 3, "cases": cases, "views": views, "preset": "demo"},
+        "seconds": {
+            "bare_tta_inference": round(bare_s, 3),
+            "attsq_ranking": round(attsq_s, 3),
+            "epistemic_ranking": round(epistemic_s, 3),
+        },
+        "ratios": {
+            "attsq_over_bare": round(attsq_s / bare_s, 3),
+            "attsq_over_epistemic": round(attsq_s / epistemic_s, 3),
+        },
+        "target": {"attsq_over_bare_at_most": 1.15},
+        "peak_memory_mb": memory,
+        "repeats": {"bare": bare, "attsq": attsq, "epistemic": epistemic},
+    }
+    (out / "speed.json").write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def speed_markdown(doc: dict[str, Any], command: str) -> str:
+    """The BENCHMARKS.md section of a speed result."""
+    s, r, m = doc["seconds"], doc["ratios"], doc["peak_memory_mb"]
+    machine = doc["machine"]
+    where = machine["gpu"] or f"CPU, {machine['torch_threads']} threads"
+    lines = [
+        MARK_BEGIN,
+        f"### Ranking speed and memory ({where}, {doc['when'][:10]})",
+        "",
+        f"`{command}`: {doc['setup']['cases']} synthetic cases of {doc['setup']['volume'][0]}^3 "
+        f"voxels, demo preset, {doc['setup']['views']} test-time views; best of 2 runs each, "
+        "interleaved.",
+        "",
+        "| run | seconds | ratio |",
+        "|---|---:|---:|",
+        f"| bare TTA sliding-window inference | {s['bare_tta_inference']:.2f} | 1.00 |",
+        f"| ATTSQ ranking (cold cache: f0 statistics computed) | {s['attsq_ranking']:.2f} | "
+        f"{r['attsq_over_bare']:.2f} |",
+        f"| epistemic ranking (MC dropout, 5 samples) | {s['epistemic_ranking']:.2f} | "
+        f"{s['epistemic_ranking'] / s['bare_tta_inference']:.2f} |",
+        "",
+        f"ATTSQ / bare = **{r['attsq_over_bare']:.2f}** (target <= 1.15); "
+        f"ATTSQ / epistemic = **{r['attsq_over_epistemic']:.2f}**.",
+        "",
+        "| pool size | peak RSS (MB) | peak GPU (MB) |",
+        "|---:|---:|---:|",
+    ]
+    for n, values in m.items():
+        lines.append(f"| {n} | {values['rss_mb']:.0f} | {values['gpu_mb']:.0f} |")
+    lines += [MARK_END]
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, section: str) -> None:
+    """Replace (or append) the speed section of BENCHMARKS.md."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def run_benchmark(args) -> dict[str, Any]:
+    """Entry point of ``assft bench``."""
+    if args.name != "speed":
+        raise ValueError(f"unknown benchmark {args.name}")
+    pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
+    document = run_speed(
+        Path(args.out), device=args.device, size=args.size, cases=args.cases, pools=pools
+    )
+    command = "assft bench speed " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "assft bench speed"
+    if args.markdown:
+        update_markdown(Path(args.markdown), speed_markdown(document, command.strip()))
+    if not args.json:
+        print(speed_markdown(document, command.strip()))
+    return document

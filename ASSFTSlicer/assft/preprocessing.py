@@ -1,0 +1,117 @@
+"""From a scan to the model's grid and back.
+
+Geometry (orientation, spacing) is handled with SimpleITK resampling in physical space, so any
+result maps back onto the scan's exact grid; intensities are normalised with MONAI transforms.
+Arrays on the model grid are in (x, y, z) order, as MONAI and nibabel use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.transforms import NormalizeIntensity, ScaleIntensityRange, ScaleIntensityRangePercentiles
+
+from assft.errors import BadInputError
+
+
+@dataclass
+class ModelGrid:
+    """A scan resampled for the network.
+
+    Attributes:
+        reference: an image on the model grid (its geometry maps results back).
+        tensor: normalised intensities, shape ``(1, X, Y, Z)``, float32.
+    """
+
+    reference: sitk.Image
+    tensor: torch.Tensor
+
+
+def intensity_transform(spec: dict[str, Any] | None):
+    """The MONAI intensity transform a preset's ``preprocessing.intensity`` names."""
+    if not spec:
+        return lambda x: x
+    kind = spec.get("kind")
+    if kind == "zscore":
+        return NormalizeIntensity(nonzero=bool(spec.get("nonzero", False)))
+    if kind == "range":
+        return ScaleIntensityRange(
+            a_min=spec["a_min"],
+            a_max=spec["a_max"],
+            b_min=spec.get("b_min", 0.0),
+            b_max=spec.get("b_max", 1.0),
+            clip=bool(spec.get("clip", True)),
+        )
+    if kind == "percentile":
+        return ScaleIntensityRangePercentiles(
+            lower=spec["lower"],
+            upper=spec["upper"],
+            b_min=spec.get("b_min", 0.0),
+            b_max=spec.get("b_max", 1.0),
+            clip=bool(spec.get("clip", True)),
+        )
+    if kind in (None, "none"):
+        return lambda x: x
+    raise BadInputError(f"unknown intensity normalisation {kind!r} (zscore, range, percentile)")
+
+
+def resample_to_spacing(
+    image: sitk.Image, spacing: tuple[float, float, float], interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
+    """Resample onto a grid of the given spacing with the same origin, direction and extent."""
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.array(spacing, dtype=float)
+    if np.allclose(old_spacing, new_spacing):
+        return image
+    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing))
+    return sitk.Resample(
+        image,
+        [int(s) for s in size],
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        [float(s) for s in new_spacing],
+        image.GetDirection(),
+        0.0,
+        image.GetPixelID(),
+    )
+
+
+def to_model_grid(
+    image: sitk.Image,
+    *,
+    spacing: tuple[float, float, float] | None,
+    orientation: str | None,
+    intensity: dict[str, Any] | None,
+) -> ModelGrid:
+    """Reorient (DICOM-style code, e.g. ``RAS``), resample and normalise a scan."""
+    grid = sitk.DICOMOrient(image, orientation) if orientation else image
+    if spacing is not None:
+        grid = resample_to_spacing(grid, tuple(spacing))
+    array = sitk.GetArrayViewFromImage(grid).transpose(2, 1, 0)
+    tensor = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))[None]
+    tensor = torch.as_tensor(intensity_transform(intensity)(tensor), dtype=torch.float32)
+    reference = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
+    reference.CopyInformation(grid)
+    return ModelGrid(reference=reference, tensor=tensor)
+
+
+def to_image_grid(
+    array: np.ndarray, grid: ModelGrid, image: sitk.Image, *, nearest: bool = False
+) -> sitk.Image:
+    """Map an (x, y, z) array on the model grid onto the scan's exact grid.
+
+    Args:
+        array: values on the model grid, (X, Y, Z).
+        grid: the model grid the array lives on.
+        image: the scan (the result copies its size, spacing, origin and direction).
+        nearest: nearest-neighbour (labels) instead of linear interpolation (maps).
+    """
+    on_grid = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    on_grid.CopyInformation(grid.reference)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.Resample(on_grid, image, sitk.Transform(), interpolator, 0, on_grid.GetPixelID())

@@ -1,0 +1,427 @@
+"""Ranking a workspace's unlabeled pool: inference per case, then the chosen strategy.
+
+``rank_workspace`` is what ``assft rank`` runs: it reads each case once, runs the current model
+(and the frozen pretrained model f0 where its cached statistics are missing) with test-time
+views, keeps only per-case scores and embeddings, and saves the ranking document.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assft.config import QueryConfig, Strategy
+from assft.errors import BadInputError
+from assft.progress import Progress
+from assft.strategies import PoolStatistics, QueryResult, run_strategy
+
+
+@dataclass
+class CaseScores:
+    """One case's statistics, gathered for the strategies."""
+
+    case_id: str
+    z0: np.ndarray
+    kg_bn: float
+    asd0: float
+    asd: float
+    asd_per_class: dict[int, float]
+    empty_roi: bool
+    mean_entropy: float
+    class_entropy: dict[int, float]
+    zt: np.ndarray | None = None
+    epistemic: float = math.nan
+
+
+def model_checkpoint(workspace, version: str) -> Path | None:
+    """The checkpoint of a model version (None for v0, the pretrained preset)."""
+    if version == "v0":
+        return None
+    path = workspace.models_dir / version / "model.pt"
+    if not path.is_file():
+        raise BadInputError(f"model version {version} has no checkpoint", path)
+    return path
+
+
+class PoolScorer:
+    """Loads the models once and scores cases one at a time."""
+
+    def __init__(self, workspace, config: QueryConfig, device: str = "auto") -> None:
+        from assft.models import get_preset, load_model, resolve_device
+        from assft.pretrained_cache import PretrainedCache
+
+        self.workspace = workspace
+        self.config = config
+        self.device = resolve_device(device)
+        self.preset = get_preset(workspace.config.model)
+        self.label_values = list(workspace.config.label_values)
+        self.version = workspace.current_model_version()
+        self.pretrained = load_model(self.preset, label_values=self.label_values, device=self.device)
+        checkpoint = model_checkpoint(workspace, self.version)
+        self.current = (
+            self.pretrained
+            if checkpoint is None
+            else load_model(
+                self.preset, label_values=self.label_values, checkpoint=checkpoint, device=self.device
+            )
+        )
+        self.running_statistics = self.pretrained.running_statistics()
+        self.cache = PretrainedCache(workspace.cache_dir / "pretrained")
+        self.mc_dropout_injected: bool | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return bool(self.current.has_head)
+
+    def _grid(self, image_path: Path):
+        from assft.imaging import read_image
+        from assft.preprocessing import to_model_grid
+
+        pre = self.preset
+        return to_model_grid(
+            read_image(image_path),
+            spacing=pre.spacing,
+            orientation=pre.orientation,
+            intensity=pre.intensity,
+        )
+
+    def _cache_settings(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset.to_dict(),
+            "labels": self.label_values,
+            "views": self.config.views,
+            "tau": self.config.asd.tau,
+            "radius": self.config.asd.radius,
+        }
+
+    def _pretrained_statistics(self, inference) -> Any:
+        from assft.metrics import batchnorm_knowledge_gap
+        from assft.pretrained_cache import PretrainedStatistics
+
+        kg_bn = (
+            batchnorm_knowledge_gap(inference.batchnorm, self.running_statistics)
+            if inference.batchnorm
+            else math.nan
+        )
+        asd0 = inference.difficulty.asd if self.pretrained.has_head else math.nan
+        return PretrainedStatistics(z0=inference.embedding, kg_bn=kg_bn, asd0=asd0)
+
+    def score_case(self, case_id: str, image_path: Path, *, epistemic: bool = False) -> CaseScores:
+        """Run the passes one case needs and reduce them to its scores."""
+        from assft.inference import epistemic_uncertainty, infer_case
+
+        key = cache_key_for(image_path, self._cache_settings())
+        cached = self.cache.get(case_id, key)
+        grid = self._grid(image_path)
+        asd = self.config.asd
+        current = infer_case(
+            self.current,
+            grid.tensor,
+            views=self.config.views,
+            tau=asd.tau,
+            radius=asd.radius,
+            batchnorm=self.current is self.pretrained,
+        )
+        if self.current is self.pretrained:
+            pretrained = self._pretrained_statistics(current)
+            zt = None
+        else:
+            zt = current.embedding
+            if cached is None:
+                pretrained = self._pretrained_statistics(
+                    infer_case(self.pretrained, grid.tensor, views=self.config.views,
+                               tau=asd.tau, radius=asd.radius)
+                )
+            else:
+                pretrained = cached
+        if cached is None:
+            self.cache.put(case_id, key, pretrained)
+        epistemic_value = math.nan
+        if epistemic:
+            epistemic_value, injected = epistemic_uncertainty(
+                self.current,
+                grid.tensor,
+                samples=self.config.mc_samples,
+                dropout=self.config.mc_dropout,
+                seed=self.config.seed,
+            )
+            self.mc_dropout_injected = injected
+        d = current.difficulty
+        return CaseScores(
+            case_id=case_id,
+            z0=pretrained.z0,
+            kg_bn=pretrained.kg_bn,
+            asd0=pretrained.asd0,
+            asd=d.asd,
+            asd_per_class=d.per_class,
+            empty_roi=d.empty_roi,
+            mean_entropy=d.mean_entropy,
+            class_entropy=d.class_entropy,
+            zt=zt,
+            epistemic=epistemic_value,
+        )
+
+    def embedding_only(self, case_id: str, image_path: Path) -> np.ndarray:
+        """z0 of a labeled case (from the cache when possible), for the diversity term."""
+        from assft.inference import infer_case
+
+        key = cache_key_for(image_path, self._cache_settings())
+        cached = self.cache.get(case_id, key)
+        if cached is not None:
+            return cached.z0
+        asd = self.config.asd
+        inference = infer_case(
+            self.pretrained,
+            self._grid(image_path).tensor,
+            views=self.config.views,
+            tau=asd.tau,
+            radius=asd.radius,
+        )
+        stats = self._pretrained_statistics(inference)
+        self.cache.put(case_id, key, stats)
+        return stats.z0
+
+
+def cache_key_for(image_path: Path, settings: dict[str, Any]) -> str:
+    from assft.pretrained_cache import cache_key
+
+    return cache_key(image_path, settings)
+
+
+def pool_statistics(scores: list[CaseScores], labeled_z0: np.ndarray, *, has_head: bool,
+                    n_labels: int, round_index: int) -> PoolStatistics:
+    """Stack per-case scores into the arrays the strategies read."""
+    z0 = np.stack([s.z0 for s in scores])
+    kg_bn = np.array([s.kg_bn for s in scores])
+    asd0 = np.array([s.asd0 for s in scores])
+    class_entropy = np.full((len(scores), max(n_labels, 1)), np.nan)
+    for i, s in enumerate(scores):
+        for channel, value in s.class_entropy.items():
+            class_entropy[i, channel - 1] = value
+    epistemic = np.array([s.epistemic for s in scores])
+    zt = [s.zt for s in scores]
+    return PoolStatistics(
+        z0=z0,
+        labeled_z0=labeled_z0,
+        asd=np.array([s.asd for s in scores]) if has_head else None,
+        asd0=None if np.isnan(asd0).any() else asd0,
+        mean_entropy=np.array([s.mean_entropy for s in scores]),
+        class_entropy=class_entropy,
+        kg_bn=None if np.isnan(kg_bn).any() else kg_bn,
+        zt=None if any(v is None for v in zt) else np.stack(zt),
+        epistemic=None if np.isnan(epistemic).any() else epistemic,
+        round=round_index,
+    )
+
+
+def _position(q: float, n: int) -> int:
+    """1-based place from the top of a rank-normalised value q in a pool of n."""
+    return int(round((1.0 - q) * (n - 1))) + 1 if n > 1 else 1
+
+
+def explain(
+    strategy: Strategy,
+    scores: CaseScores,
+    *,
+    q_gap: float,
+    q_asd: float,
+    diversity: float,
+    pool_size: int,
+    selected: bool,
+    label_names: dict[int, str],
+    label_values: list[int],
+    has_head: bool,
+) -> str:
+    """A short human-readable reason for a case's place in the ranking."""
+    parts: list[str] = []
+    n = pool_size
+    if scores.empty_roi and has_head:
+        parts.append("no foreground predicted")
+    if strategy == Strategy.RANDOM:
+        parts.append("random pick" if selected else "not drawn")
+    elif strategy == Strategy.ENTROPY:
+        parts.append(f"whole-volume entropy {scores.mean_entropy:.3f}")
+    elif strategy == Strategy.EPISTEMIC:
+        parts.append(f"MC-dropout entropy {scores.epistemic:.3f}")
+    elif strategy == Strategy.CLASP:
+        parts.append("class-stratified predictive entropy")
+    if strategy in (Strategy.ATTSQ, Strategy.DKD) and not math.isnan(q_gap):
+        place = _position(q_gap, n)
+        if place <= max(1, n // 2):
+            parts.append(f"knowledge gap #{place} of {n}")
+    if strategy in (Strategy.ATTSQ, Strategy.ASD) and has_head:
+        place = _position(q_asd, n)
+        if place <= max(1, n // 2):
+            hardest = hardest_structure(scores.asd_per_class, label_names, label_values)
+            detail = f", hardest: {hardest[0]} ({hardest[1]:.3f})" if hardest else ""
+            parts.append(f"anatomical difficulty #{place} of {n}{detail}")
+    if strategy in (Strategy.ATTSQ, Strategy.DKD, Strategy.CORESET) and not math.isnan(diversity):
+        if diversity < 1.0 or strategy == Strategy.CORESET:
+            parts.append(f"nearest labeled or picked case at cosine distance {diversity:.3f}")
+    if not parts:
+        parts.append("highest remaining score" if selected else "lower combined score")
+    return "; ".join(parts)
+
+
+def hardest_structure(
+    per_class: dict[int, float], label_names: dict[int, str], label_values: list[int]
+) -> tuple[str, float] | None:
+    """The structure with the highest per-structure ASD, by name."""
+    if not per_class:
+        return None
+    channel = max(per_class, key=lambda c: per_class[c])
+    value = label_values[channel - 1] if channel - 1 < len(label_values) else channel
+    return label_names.get(value, str(value)), per_class[channel]
+
+
+def build_document(
+    *,
+    case_ids: list[str],
+    scores: list[CaseScores],
+    result: QueryResult,
+    config: QueryConfig,
+    model_version: str,
+    has_head: bool,
+    label_names: dict[int, str],
+    label_values: list[int],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The ranking document: model version, config and every case's scores and reason."""
+    from assft.metrics import rank_normalise
+
+    gap = result.knowledge_gap
+    q_gap = rank_normalise(gap) if not np.isnan(gap).any() else np.full(len(gap), np.nan)
+    asd = np.array([s.asd for s in scores])
+    q_asd = rank_normalise(asd)
+    div = result.diversity
+    picked = set(result.picks)
+    rows = []
+    for rank, i in enumerate(result.order(), start=1):
+        s = scores[i]
+        hardest = hardest_structure(s.asd_per_class, label_names, label_values)
+
+        def _num(value: float) -> float | None:
+            return None if math.isnan(value) else round(float(value), 6)
+
+        rows.append(
+            {
+                "case": case_ids[i],
+                "rank": rank,
+                "selected": i in picked,
+                "score": _num(result.score[i]),
+                "dkd": _num(gap[i]),
+                "asd": round(float(s.asd), 6) if has_head else None,
+                "asd_per_class": {
+                    label_names.get(label_values[c - 1], str(c)): round(v, 6)
+                    for c, v in sorted(s.asd_per_class.items())
+                }
+                if has_head
+                else {},
+                "hardest_structure": hardest[0] if (hardest and has_head) else None,
+                "diversity": _num(div[i]),
+                "mean_entropy": round(float(s.mean_entropy), 6),
+                "epistemic": _num(s.epistemic),
+                "kg_bn": _num(s.kg_bn),
+                "empty_roi": bool(s.empty_roi) if has_head else None,
+                "reason": explain(
+                    config.strategy,
+                    s,
+                    q_gap=float(q_gap[i]),
+                    q_asd=float(q_asd[i]),
+                    diversity=float(div[i]),
+                    pool_size=len(scores),
+                    selected=i in picked,
+                    label_names=label_names,
+                    label_values=label_values,
+                    has_head=has_head,
+                ),
+            }
+        )
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_version": model_version,
+        "strategy": config.strategy.value,
+        "budget": config.budget,
+        "config": config.to_dict(),
+        "cold_start": not has_head,
+        "notes": result.notes,
+        "selected": [case_ids[i] for i in result.picks],
+        "cases": rows,
+        **extra,
+    }
+
+
+def rank_workspace(
+    workspace, config: QueryConfig, *, device: str = "auto", progress: Progress | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Rank the workspace's unlabeled cases and save the ranking under ``rankings/``.
+
+    Raises:
+        BadInputError: empty pool, budget larger than the pool, bad images or model.
+    """
+    progress = progress or Progress("none")
+    pool = workspace.registry.cases(status="unlabeled")
+    labeled = workspace.registry.cases(status="labeled")
+    if not pool:
+        raise BadInputError("no unlabeled cases left to rank", workspace.root)
+    if config.budget > len(pool):
+        raise BadInputError(
+            f"budget {config.budget} is larger than the unlabeled pool ({len(pool)} cases)",
+            workspace.root,
+        )
+    started = time.perf_counter()
+    scorer = PoolScorer(workspace, config, device)
+    epistemic = config.strategy == Strategy.EPISTEMIC
+    progress.phase("ranking", len(pool) + len(labeled))
+    scores: list[CaseScores] = []
+    for done, case in enumerate(pool, start=1):
+        scores.append(
+            scorer.score_case(case["case_id"], workspace.image_path(case["case_id"]),
+                              epistemic=epistemic)
+        )
+        progress.update(done, case=case["case_id"])
+    labeled_z0 = []
+    for done, case in enumerate(labeled, start=len(pool) + 1):
+        labeled_z0.append(scorer.embedding_only(case["case_id"], workspace.image_path(case["case_id"])))
+        progress.update(done, case=case["case_id"])
+    dimension = scores[0].z0.shape[0]
+    labeled_array = np.stack(labeled_z0) if labeled_z0 else np.zeros((0, dimension))
+    stats = pool_statistics(
+        scores,
+        labeled_array,
+        has_head=scorer.has_head,
+        n_labels=len(scorer.label_values),
+        round_index=0 if scorer.version == "v0" else int(scorer.version.lstrip("v") or 0),
+    )
+    result = run_strategy(stats, config)
+    extra: dict[str, Any] = {
+        "device": str(scorer.device),
+        "preset": scorer.preset.name,
+        "pool_size": len(pool),
+        "labeled": len(labeled),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if epistemic:
+        extra["mc_dropout_injected"] = scorer.mc_dropout_injected
+    document = build_document(
+        case_ids=[s.case_id for s in scores],
+        scores=scores,
+        result=result,
+        config=config,
+        model_version=scorer.version,
+        has_head=scorer.has_head,
+        label_names=workspace.config.label_names,
+        label_values=scorer.label_values,
+        extra=extra,
+    )
+    if save:
+        path = workspace.save_ranking(document)
+        document["file"] = path.name
+    return document

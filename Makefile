@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Both create the virtual environment .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint
+
+$(BIN)/assft: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,swin]"
+	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
+	$(BIN)/pip install -q --no-deps deepbet==1.0.2
+	touch $(BIN)/assft
+
+setup: $(BIN)/assft
+
+demo: setup
+	$(BIN)/assft demo --out demo-out --quick
+
+test: setup
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,130 @@
+"""Every verb of the command line through a real subprocess, with its exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import run_cli
+
+
+def _init(tmp_path, synthetic_pool, tiny_preset_file):
+    data, _ = synthetic_pool
+    ws = tmp_path / "ws"
+    result = run_cli(
+        "init", str(ws), "--images", str(data / "images"), "--label-names", "1:shell,2:core",
+        "--model", str(tiny_preset_file), "--json", check=True,
+    )
+    assert json.loads(result.stdout)["counts"]["unlabeled"] == 8
+    return ws
+
+
+def test_the_annotation_loop_through_the_cli(tmp_path, synthetic_pool, tiny_preset_file):
+    _, cases = synthetic_pool
+    truth = {c.case_id: c.label for c in cases}
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+
+    ranked = run_cli("rank", str(ws), "--budget", "2", "--views", "1", "--device", "cpu", "--json", check=True)
+    document = json.loads(ranked.stdout)
+    assert {"cases", "selected", "model_version", "strategy"} <= set(document)
+    assert document["model_version"] == "v0" and len(document["selected"]) == 2
+    for row in document["cases"]:
+        assert {"case", "rank", "score", "dkd", "asd", "asd_per_class", "diversity", "reason"} <= set(row)
+
+    nxt = json.loads(run_cli("next", str(ws), "--json", check=True).stdout)
+    assert nxt["case"] == document["selected"][0] and nxt["rank"] == 1
+
+    run_cli("submit", str(ws), nxt["case"], str(truth[nxt["case"]]), "--user", "dr-a", check=True)
+    run_cli("skip", str(ws), document["selected"][1], check=True)
+    nxt2 = json.loads(run_cli("next", str(ws), "--json", check=True).stdout)
+    assert nxt2["case"] == document["cases"][2]["case"]
+
+    status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    assert status["model_version"] == "v0"
+    assert status["counts"] == {"unlabeled": 6, "labeled": 1, "skipped": 1, "held-out": 0}
+    assert status["running_job"] is None
+
+    text = run_cli("status", str(ws), check=True).stdout
+    assert "6 unlabeled" in text
+
+
+def test_progress_json_lines(tmp_path, synthetic_pool, tiny_preset_file):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    result = run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu", "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[0]["done"] == 0 and progress[-1]["done"] == progress[-1]["total"] == 8
+    assert all(e["phase"] == "ranking" for e in progress)
+    assert events[-1]["event"] == "done" and len(events[-1]["selected"]) == 1
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, synthetic_pool, tiny_preset_file):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    bad_label = tmp_path / "bad.nii.gz"
+    image = sitk.ReadImage(str(synthetic_pool[0] / "images" / "case_000.nii.gz"))
+    label = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(image).shape, 7, np.uint8))
+    label.CopyInformation(image)
+    sitk.WriteImage(label, str(bad_label))
+    cases = [
+        (("rank", str(ws), "--budget", "99", "--device", "cpu"), "larger than the unlabeled pool"),
+        (("submit", str(ws), "case_000", str(bad_label)), "undeclared"),
+        (("submit", str(ws), "../../etc/passwd", str(bad_label)), "not a valid case id"),
+        (("skip", str(ws), "nope"), "unknown case id"),
+        (("status", str(tmp_path)), "not an ASSFT workspace"),
+        (("next", str(ws)), "no ranking yet"),
+        (("init", str(tmp_path / "w2"), "--images", str(tmp_path / "missing.nii.gz")), "missing.nii.gz"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+    assert not (tmp_path / "w2").exists()
+    status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    assert status["counts"]["labeled"] == 0
+
+
+def test_a_locked_workspace_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom assft.workspace import Workspace\n"
+         f"w = Workspace.open({str(ws)!r})\n"
+         "with w.job_lock('workspace', description='finetune'):\n"
+         "    print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli("rank", str(ws), "--budget", "1", "--device", "cpu")
+        assert result.returncode == 2 and "locked by a running job" in result.stderr
+        status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+        assert status["running_job"]["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert json.loads(run_cli("status", str(ws), "--json", check=True).stdout)["running_job"] is None
+
+
+def test_cancel_with_sigterm_exits_3_and_saves_nothing(tmp_path, synthetic_pool, tiny_preset_file):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "assft", "rank", str(ws), "--budget", "1", "--device", "cpu",
+         "--progress", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # Wait for the first progress line (the model is loaded and the work has begun).
+    first = process.stdout.readline()
+    assert json.loads(first)["event"] == "progress"
+    process.terminate()
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 3, err
+    assert "cancelled" in err
+    assert not list((ws / "rankings").glob("*.json"))
