@@ -28,7 +28,12 @@ def _make_workspace(root: Path, n: int, size: int, seed: int = 0):
     if root.exists():
         shutil.rmtree(root)
     write_synthetic_pool(root / "data", n, seed=seed, size=size)
-    return Workspace.create(root / "ws", [root / "data" / "images"], model="demo")
+    from assft.models import get_preset
+
+    return Workspace.create(
+        root / "ws", [root / "data" / "images"], model="demo",
+        label_names=dict(get_preset("demo").label_names),
+    )
 
 
 def bare_inference_seconds(workspace, device: str, views: int) -> float:

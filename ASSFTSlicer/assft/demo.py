@@ -28,7 +28,15 @@ def run_demo(out: Path, *, quick: bool = True, device: str = "auto", progress: P
         shutil.rmtree(out / "workspace")
     cases = write_synthetic_pool(out / "data", n_cases, seed=7, size=size)
     truth = {c.case_id: c.label for c in cases}
-    workspace = Workspace.create(out / "workspace", [out / "data" / "images"], model="demo")
+    from assft.models import get_preset
+
+    # The synthetic outer shell and core stand in for the demo model's grey and white matter.
+    workspace = Workspace.create(
+        out / "workspace",
+        [out / "data" / "images"],
+        model="demo",
+        label_names=dict(get_preset("demo").label_names),
+    )
     rounds = []
     for round_index in range(2):
         config = QueryConfig(budget=budget, seed=round_index)

@@ -1,0 +1,543 @@
+"""Model presets: the networks the engine can rank and fine-tune, described as data.
+
+The presets live in ``Resources/Models.json`` (schema: ``Resources/Models.schema.json``). A
+preset names the architecture and its arguments, where its weights come from, how a scan is
+preprocessed for it, how it is run (patch size, overlap), its labels and the layers the method
+needs: the embedding layer (the encoder's deepest feature map), the encoder (lower learning
+rate, BatchNorm statistics) and the segmentation head (replaced when the workspace's labels
+differ). A user can copy one preset into its own JSON file, edit it and pass the file instead
+of a name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NoReturn
+
+from assft.errors import BadInputError
+
+MODELS_JSON_ENV = "ASSFT_MODELS_JSON"
+"""Environment variable naming another presets file than ``Resources/Models.json``."""
+
+
+class Architecture(StrEnum):
+    """The network families a preset can name."""
+
+    UNET = "monai.UNet"
+    SEGRESNET = "monai.SegResNet"
+    SWINUNETR = "monai.SwinUNETR"
+    TORCHSCRIPT = "torchscript"
+
+
+class OutputActivation(StrEnum):
+    """What the network's forward returns.
+
+    ``softmax``: one logit per class (background first). ``sigmoid``: a single foreground
+    logit (probabilities are [1 - p, p]). ``probabilities``: the forward already ends in a
+    softmax (e.g. deepbet's TorchScript net).
+    """
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    PROBABILITIES = "probabilities"
+
+
+class CheckpointKind(StrEnum):
+    """Where a preset's weights come from."""
+
+    SHIPPED = "shipped"
+    PATH = "path"
+    URL = "url"
+    PACKAGE = "package"
+
+
+INTENSITY_KINDS = ("zscore", "range", "percentile")
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Where the pretrained weights of a preset are found.
+
+    Attributes:
+        source: shipped (a file in ``Resources/``), path (a file on this machine), url (a
+            file the user downloads once: never fetched automatically) or package (a file
+            installed with a Python distribution, e.g. deepbet).
+        file: the file name under ``Resources/`` (shipped) or the path inside the
+            distribution (package).
+        path: absolute path (path source; relative paths are resolved against the JSON file).
+        url: where the user downloads the file (url source).
+        sha256: expected SHA-256 of the file, when known (url source).
+        package: the distribution name (package source).
+        key_renames: ``(regex, replacement)`` pairs applied in order to the checkpoint's keys
+            before they are matched with the network's (e.g. MONAI's self-supervised Swin
+            weights name ``layers1...`` what SwinUNETR calls ``swinViT.layers1...``).
+    """
+
+    source: CheckpointKind
+    file: str | None = None
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    package: str | None = None
+    key_renames: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        """A short human-readable origin, for messages."""
+        if self.source is CheckpointKind.SHIPPED:
+            return f"shipped file {self.file}"
+        if self.source is CheckpointKind.PATH:
+            return f"file {self.path}"
+        if self.source is CheckpointKind.URL:
+            return f"download {self.url}"
+        return f"{self.file} of the {self.package} package"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the checkpoint source."""
+        data: dict[str, Any] = {"source": str(self.source)}
+        if self.source is CheckpointKind.SHIPPED:
+            data["file"] = self.file
+        elif self.source is CheckpointKind.PATH:
+            data["path"] = self.path
+        elif self.source is CheckpointKind.URL:
+            data["url"] = self.url
+            data["sha256"] = self.sha256
+        else:
+            data["package"] = self.package
+            data["file"] = self.file
+        if self.key_renames:
+            data["key_renames"] = [list(pair) for pair in self.key_renames]
+        return data
+
+
+@dataclass
+class ModelPreset:
+    """One model preset (see ``Resources/Models.json``).
+
+    Attributes:
+        name: the preset's name (what ``--model`` takes).
+        description: one paragraph for people.
+        architecture: network family; ``arguments`` are its constructor's keyword arguments
+            without ``out_channels`` (the engine sets it from the labels).
+        arguments: constructor keyword arguments (empty for TorchScript).
+        checkpoint: pretrained weights, or None for a randomly initialised network.
+        spacing: voxel spacing (x, y, z) in mm the network runs at; None keeps the scan's.
+        orientation: axis orientation code (e.g. ``RAS``: the direction each array axis
+            points to, nibabel's convention), None keeps the scan's.
+        intensity: intensity normalisation, ``{"kind": "zscore" | "range" | "percentile", ...}``.
+        patch_size: sliding-window size (x, y, z) in voxels.
+        sw_batch_size: windows per forward pass.
+        overlap: sliding-window overlap in [0, 1).
+        label_names: output channel label value -> name (empty for encoder-only weights).
+        embedding_layer: dotted module name of the encoder's deepest feature map.
+        encoder_prefixes: module name prefixes that form the (pretrained) encoder.
+        head_layer: module name of the final segmentation layer(s).
+        has_head: False for encoder-only (self-supervised) weights.
+        output_activation: what the forward returns (see :class:`OutputActivation`).
+    """
+
+    name: str
+    description: str
+    architecture: Architecture
+    arguments: dict[str, Any]
+    checkpoint: CheckpointSource | None
+    spacing: tuple[float, float, float] | None
+    orientation: str | None
+    intensity: dict[str, Any]
+    patch_size: tuple[int, int, int]
+    sw_batch_size: int
+    overlap: float
+    label_names: dict[int, str]
+    embedding_layer: str
+    encoder_prefixes: tuple[str, ...]
+    head_layer: str
+    has_head: bool
+    output_activation: OutputActivation = OutputActivation.SOFTMAX
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def label_values(self) -> list[int]:
+        """The preset's label values in output channel order (channel c > 0 ↦ value c - 1)."""
+        return sorted(self.label_names)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels (image modalities) the network takes."""
+        return int(self.arguments.get("in_channels", 1))
+
+    @property
+    def is_torchscript(self) -> bool:
+        """Whether the network is a TorchScript archive rather than a MONAI class."""
+        return self.architecture is Architecture.TORCHSCRIPT
+
+    def in_encoder(self, module_name: str) -> bool:
+        """Whether a module (or parameter) name lies in the encoder."""
+        return any(_under(module_name, prefix) for prefix in self.encoder_prefixes)
+
+    def in_head(self, module_name: str) -> bool:
+        """Whether a module (or parameter) name lies in the segmentation head."""
+        return _under(module_name, self.head_layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the preset (what ``Models.json`` holds)."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "architecture": str(self.architecture),
+            "arguments": dict(self.arguments),
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_dict(),
+            "preprocessing": {
+                "spacing": None if self.spacing is None else list(self.spacing),
+                "orientation": self.orientation,
+                "intensity": dict(self.intensity),
+            },
+            "patch_size": list(self.patch_size),
+            "sw_batch_size": self.sw_batch_size,
+            "overlap": self.overlap,
+            "label_names": {str(k): v for k, v in sorted(self.label_names.items())},
+            "embedding_layer": self.embedding_layer,
+            "encoder_prefixes": list(self.encoder_prefixes),
+            "head_layer": self.head_layer,
+            "has_head": self.has_head,
+            "output_activation": str(self.output_activation),
+        }
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: Path | None = None) -> ModelPreset:
+        """Parse and check one preset.
+
+        Args:
+            data: the preset's JSON object.
+            source: the file it came from (named in messages; relative checkpoint paths are
+                resolved against its folder).
+
+        Raises:
+            BadInputError: a missing or malformed field (the message names it).
+        """
+        return _parse_preset(data, source)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return bool(prefix) and (name == prefix or name.startswith(prefix + "."))
+
+
+def resources_dir() -> Path:
+    """The extension's ``Resources/`` folder (presets, schema, shipped weights)."""
+    import assft
+
+    return Path(assft.__file__).resolve().parents[1] / "Resources"
+
+
+def default_presets_file() -> Path:
+    """``$ASSFT_MODELS_JSON`` when set, else ``Resources/Models.json``."""
+    override = os.environ.get(MODELS_JSON_ENV)
+    return Path(override) if override else resources_dir() / "Models.json"
+
+
+def load_presets(path: Path | None = None) -> dict[str, ModelPreset]:
+    """Read a presets file (``{"presets": [...]}``).
+
+    Args:
+        path: the file; default :func:`default_presets_file`.
+
+    Returns:
+        The presets by name, in file order.
+
+    Raises:
+        BadInputError: unreadable file, bad JSON, a bad preset or a duplicate name.
+    """
+    path = Path(path) if path is not None else default_presets_file()
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("presets"), list):
+        raise BadInputError('is not a presets file: expected {"presets": [...]}', path)
+    presets: dict[str, ModelPreset] = {}
+    for index, item in enumerate(data["presets"]):
+        preset = _parse_preset(item, path, where=f"presets[{index}]")
+        if preset.name in presets:
+            raise BadInputError(f"preset name {preset.name!r} appears twice", path)
+        presets[preset.name] = preset
+    return presets
+
+
+def get_preset(name_or_file: str | Path) -> ModelPreset:
+    """A preset by name, or the single preset held in a JSON file.
+
+    Args:
+        name_or_file: a name from the presets file, or a path to a JSON file holding one
+            preset object (e.g. an edited copy of a preset).
+
+    Raises:
+        BadInputError: neither a known name nor a readable preset file; the message lists
+            the known names.
+    """
+    text = str(name_or_file)
+    presets: dict[str, ModelPreset] = {}
+    if not isinstance(name_or_file, Path):
+        presets = load_presets()
+        if text in presets:
+            return presets[text]
+    path = Path(text).expanduser()
+    if path.is_file():
+        data = _read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("presets"), list):
+            inner = load_presets(path)
+            if len(inner) != 1:
+                raise BadInputError(
+                    f"holds {len(inner)} presets ({', '.join(inner)}); a preset file holds one",
+                    path,
+                )
+            return next(iter(inner.values()))
+        return _parse_preset(data, path)
+    if isinstance(name_or_file, Path) or text.endswith(".json"):
+        raise BadInputError("preset file does not exist", path)
+    known = ", ".join(presets)
+    raise BadInputError(
+        f"unknown model {text!r}: give a preset name ({known}) or a JSON file holding one preset"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError("file does not exist", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(f"cannot be read ({error})", path) from None
+    except json.JSONDecodeError as error:
+        raise BadInputError(
+            f"is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})", path
+        ) from None
+
+
+class _Fields:
+    """Typed access to a JSON object, with messages naming the preset and the field."""
+
+    def __init__(self, data: Any, source: Path | None, where: str) -> None:
+        self.source = source
+        self.where = where
+        if not isinstance(data, dict):
+            self.fail("", "must be a JSON object")
+        self.data: dict[str, Any] = data
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        place = f"{self.where}.{key}" if key else self.where
+        raise BadInputError(f"{place} {problem}", self.source)
+
+    def get(
+        self, key: str, kinds: type | tuple[type, ...], *, default: Any = ..., none: bool = False
+    ) -> Any:
+        if key not in self.data:
+            if default is ...:
+                self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        if value is None and none:
+            return None
+        if isinstance(value, bool) and bool not in _as_tuple(kinds):
+            self.fail(key, f"must be {_kind_names(kinds)}, not {value!r}")
+        if not isinstance(value, kinds):
+            self.fail(key, f"must be {_kind_names(kinds)}, not {value!r}")
+        return value
+
+    def triple(self, key: str, kind: type, *, none: bool = False) -> tuple[Any, Any, Any] | None:
+        value = self.get(key, list, none=none)
+        if value is None:
+            return None
+        numbers = (int,) if kind is int else (int, float)
+        if len(value) != 3 or not all(
+            isinstance(v, numbers) and not isinstance(v, bool) and v > 0 for v in value
+        ):
+            self.fail(key, f"must be three positive {'integers' if kind is int else 'numbers'}")
+        return tuple(kind(v) for v in value)  # type: ignore[return-value]
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _kind_names(kinds: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "an object",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kinds))
+
+
+def _enum(fields: _Fields, key: str, enum: type[StrEnum], default: str | None = None) -> Any:
+    value = fields.get(key, str, default=default)
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)  # type: ignore[attr-defined]
+        fields.fail(key, f"is {value!r}; expected one of {choices}")
+
+
+def _parse_preset(data: Any, source: Path | None, where: str | None = None) -> ModelPreset:
+    name_hint = data.get("name") if isinstance(data, dict) else None
+    fields = _Fields(data, source, where or (f"preset {name_hint!r}" if name_hint else "preset"))
+    name = fields.get("name", str)
+    if not name.strip():
+        fields.fail("name", "must not be empty")
+    fields.where = f"preset {name!r}"
+    architecture = _enum(fields, "architecture", Architecture)
+    arguments = fields.get("arguments", dict, default={})
+    if "out_channels" in arguments:
+        fields.fail("arguments", "must not set out_channels: it follows from the labels")
+    if architecture is Architecture.TORCHSCRIPT and arguments:
+        fields.fail("arguments", "must be empty for a TorchScript network")
+
+    checkpoint = _parse_checkpoint(fields.get("checkpoint", dict, none=True), source, fields.where)
+    if architecture is Architecture.TORCHSCRIPT and checkpoint is None:
+        fields.fail("checkpoint", "is required for a TorchScript network (the archive)")
+
+    pre = _Fields(fields.get("preprocessing", dict), source, f"{fields.where}.preprocessing")
+    spacing = pre.triple("spacing", float, none=True)
+    orientation = pre.get("orientation", str, none=True)
+    if orientation is not None and (
+        len(orientation) != 3
+        or sorted(orientation.upper().translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]
+    ):
+        pre.fail("orientation", f"is {orientation!r}; expected a code such as RAS or LPS")
+    intensity = _parse_intensity(pre.get("intensity", dict), source, f"{pre.where}.intensity")
+
+    patch_size = fields.triple("patch_size", int)
+    sw_batch_size = fields.get("sw_batch_size", int, default=1)
+    if sw_batch_size < 1:
+        fields.fail("sw_batch_size", "must be at least 1")
+    overlap = float(fields.get("overlap", (int, float), default=0.25))
+    if not 0.0 <= overlap < 1.0:
+        fields.fail("overlap", "must lie in [0, 1)")
+
+    label_names: dict[int, str] = {}
+    for key, value in fields.get("label_names", dict).items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) > 0):
+            fields.fail("label_names", f"has key {key!r}; keys are label values 1, 2, ...")
+        if not isinstance(value, str) or not value.strip():
+            fields.fail("label_names", f"names label {key} with {value!r}; expected a name")
+        label_names[int(key)] = value
+    has_head = fields.get("has_head", bool)
+    if has_head and not label_names:
+        fields.fail("label_names", "is empty but has_head is true")
+    activation = _enum(fields, "output_activation", OutputActivation, default="softmax")
+    if activation is OutputActivation.SIGMOID and len(label_names) != 1:
+        fields.fail("output_activation", "sigmoid needs exactly one label")
+
+    encoder_prefixes = fields.get("encoder_prefixes", list)
+    if not encoder_prefixes or not all(isinstance(p, str) and p for p in encoder_prefixes):
+        fields.fail("encoder_prefixes", "must be a non-empty list of module names")
+    unknown = [k for k in fields.data if k not in _PRESET_KEYS and not k.startswith("x-")]
+    if unknown:
+        fields.fail(unknown[0], "is not a preset field (custom fields start with x-)")
+    return ModelPreset(
+        name=name,
+        description=fields.get("description", str, default=""),
+        architecture=architecture,
+        arguments=dict(arguments),
+        checkpoint=checkpoint,
+        spacing=spacing,
+        orientation=None if orientation is None else orientation.upper(),
+        intensity=intensity,
+        patch_size=patch_size,  # type: ignore[arg-type]
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        label_names=dict(sorted(label_names.items())),
+        embedding_layer=fields.get("embedding_layer", str),
+        encoder_prefixes=tuple(encoder_prefixes),
+        head_layer=fields.get("head_layer", str),
+        has_head=has_head,
+        output_activation=activation,
+        extra={k: v for k, v in fields.data.items() if k.startswith("x-")},
+    )
+
+
+_PRESET_KEYS = (
+    "name",
+    "description",
+    "architecture",
+    "arguments",
+    "checkpoint",
+    "preprocessing",
+    "patch_size",
+    "sw_batch_size",
+    "overlap",
+    "label_names",
+    "embedding_layer",
+    "encoder_prefixes",
+    "head_layer",
+    "has_head",
+    "output_activation",
+)
+
+
+def _parse_checkpoint(
+    data: dict[str, Any] | None, source: Path | None, where: str
+) -> CheckpointSource | None:
+    if data is None:
+        return None
+    fields = _Fields(data, source, f"{where}.checkpoint")
+    kind = _enum(fields, "source", CheckpointKind)
+    renames: list[tuple[str, str]] = []
+    for pair in fields.get("key_renames", list, default=[]):
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            fields.fail("key_renames", "must be a list of [regex, replacement] pairs")
+        renames.append((pair[0], pair[1]))
+    common = {"source": kind, "key_renames": tuple(renames)}
+    if kind is CheckpointKind.SHIPPED:
+        return CheckpointSource(file=fields.get("file", str), **common)
+    if kind is CheckpointKind.PATH:
+        path = Path(fields.get("path", str)).expanduser()
+        if not path.is_absolute() and source is not None:
+            path = source.parent.resolve() / path
+        return CheckpointSource(path=str(path), **common)
+    if kind is CheckpointKind.URL:
+        sha256 = fields.get("sha256", str, none=True, default=None)
+        if sha256 is not None and (
+            len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)
+        ):
+            fields.fail("sha256", "must be 64 hexadecimal digits or null")
+        return CheckpointSource(
+            url=fields.get("url", str), sha256=sha256 and sha256.lower(), **common
+        )
+    return CheckpointSource(
+        package=fields.get("package", str), file=fields.get("file", str), **common
+    )
+
+
+def _parse_intensity(data: dict[str, Any], source: Path | None, where: str) -> dict[str, Any]:
+    fields = _Fields(data, source, where)
+    kind = fields.get("kind", str)
+    number = (int, float)
+    if kind == "zscore":
+        fields.get("nonzero", bool, default=False)
+    elif kind == "range":
+        for key in ("a_min", "a_max", "b_min", "b_max"):
+            fields.get(key, number)
+        fields.get("clip", bool, default=True)
+        if data["a_max"] <= data["a_min"]:
+            fields.fail("a_max", "must exceed a_min")
+    elif kind == "percentile":
+        for key in ("lower", "upper", "b_min", "b_max"):
+            fields.get(key, number)
+        fields.get("clip", bool, default=True)
+        if not 0 <= data["lower"] < data["upper"] <= 100:
+            fields.fail("upper", "must satisfy 0 <= lower < upper <= 100")
+    else:
+        fields.fail("kind", f"is {kind!r}; expected one of {', '.join(INTENSITY_KINDS)}")
+    standardize = fields.get("standardize", dict, default=None, none=True)
+    if standardize is not None:
+        inner = _Fields(standardize, source, f"{where}.standardize")
+        inner.get("mean", number)
+        if inner.get("std", number) <= 0:
+            inner.fail("std", "must be positive")
+    return dict(data)
