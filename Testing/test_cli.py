@@ -83,7 +83,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, synthetic_pool, tiny_preset_f
     for args, message in cases:
         result = run_cli(*args)
         assert result.returncode == 2, (args, result.stderr)
-        lines = result.stderr.strip().splitlines()
+        lines = [x for x in result.stderr.strip().splitlines() if not x.startswith("assft: warning:")]
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
     assert not (tmp_path / "w2").exists()
     status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
@@ -128,3 +128,22 @@ def test_cancel_with_sigterm_exits_3_and_saves_nothing(tmp_path, synthetic_pool,
     assert process.returncode == 3, err
     assert "cancelled" in err
     assert not list((ws / "rankings").glob("*.json"))
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
+    import torch
+    from monai.networks.nets import UNet
+
+    other = UNet(3, 1, 3, (8, 16, 32), (2, 2), num_res_units=1, norm="batch")
+    checkpoint = tmp_path / "other.pt"
+    torch.save(other.state_dict(), checkpoint)
+    preset = json.loads(tiny_preset_file.read_text())
+    preset["name"] = "tiny-with-wrong-weights"
+    preset["checkpoint"] = {"source": "path", "path": str(checkpoint)}
+    preset_file = tmp_path / "wrong.json"
+    preset_file.write_text(json.dumps(preset))
+    data, _ = synthetic_pool
+    result = run_cli("init", str(tmp_path / "ws"), "--images", str(data / "images"), "--model", str(preset_file))
+    assert result.returncode == 2
+    assert "other.pt" in result.stderr and "do not fit" in result.stderr
+    assert not (tmp_path / "ws").exists()

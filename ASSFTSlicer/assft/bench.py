@@ -23,17 +23,12 @@ MARK_END = "<!-- bench:speed:end -->"
 
 def _make_workspace(root: Path, n: int, size: int, seed: int = 0):
     from assft.synthetic import write_synthetic_pool
-    from assft.workspace import Workspace
+    from assft.projects import create_workspace
 
     if root.exists():
         shutil.rmtree(root)
     write_synthetic_pool(root / "data", n, seed=seed, size=size)
-    from assft.models import get_preset
-
-    return Workspace.create(
-        root / "ws", [root / "data" / "images"], model="demo",
-        label_names=dict(get_preset("demo").label_names),
-    )
+    return create_workspace(root / "ws", [root / "data" / "images"], model="demo")
 
 
 def bare_inference_seconds(workspace, device: str, views: int) -> float:

@@ -56,17 +56,14 @@ def _open(path: str):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from assft.models import get_preset
-    from assft.workspace import Workspace
+    from assft.projects import create_workspace
 
-    preset = get_preset(args.model)
-    names = parse_label_names(args.label_names) or dict(preset.label_names) or None
-    workspace = Workspace.create(
-        Path(args.workspace),
-        [Path(p) for p in args.images],
-        label_names=names,
-        model=args.model if not Path(args.model).is_file() else str(Path(args.model).resolve()),
-        labels_dir=Path(args.labels) if args.labels else None,
+    workspace = create_workspace(
+        args.workspace,
+        args.images,
+        model=args.model,
+        label_names=parse_label_names(args.label_names),
+        labels_dir=args.labels,
     )
     summary = workspace.status_summary()
     if args.json:
@@ -318,10 +315,17 @@ def _raise_cancelled(signum: int, frame: Any) -> None:
     raise CancelledError(f"cancelled by signal {signal.Signals(signum).name}")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"assft: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _one_line_warning
     signal.signal(signal.SIGTERM, _raise_cancelled)
     json_lines = getattr(args, "progress", None) == "json"
     try:

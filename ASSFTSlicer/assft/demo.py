@@ -20,7 +20,7 @@ def run_demo(out: Path, *, quick: bool = True, device: str = "auto", progress: P
     from assft.config import QueryConfig
     from assft.ranking import rank_workspace
     from assft.synthetic import write_synthetic_pool
-    from assft.workspace import Workspace
+    from assft.projects import create_workspace
 
     progress = progress or Progress("none")
     n_cases, size, budget = (10, 32, 3) if quick else (24, 48, 4)
@@ -28,15 +28,8 @@ def run_demo(out: Path, *, quick: bool = True, device: str = "auto", progress: P
         shutil.rmtree(out / "workspace")
     cases = write_synthetic_pool(out / "data", n_cases, seed=7, size=size)
     truth = {c.case_id: c.label for c in cases}
-    from assft.models import get_preset
-
     # The synthetic outer shell and core stand in for the demo model's grey and white matter.
-    workspace = Workspace.create(
-        out / "workspace",
-        [out / "data" / "images"],
-        model="demo",
-        label_names=dict(get_preset("demo").label_names),
-    )
+    workspace = create_workspace(out / "workspace", [out / "data" / "images"], model="demo")
     rounds = []
     for round_index in range(2):
         config = QueryConfig(budget=budget, seed=round_index)

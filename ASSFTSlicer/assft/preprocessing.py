@@ -32,9 +32,26 @@ class ModelGrid:
 
 
 def intensity_transform(spec: dict[str, Any] | None):
-    """The MONAI intensity transform a preset's ``preprocessing.intensity`` names."""
+    """The MONAI intensity transform a preset's ``preprocessing.intensity`` names.
+
+    An optional ``standardize: {"mean", "std"}`` follows the mapping: the volume is z-scored,
+    then scaled to that mean and standard deviation (as deepbet's own pipeline does).
+    """
     if not spec:
         return lambda x: x
+    mapping = _intensity_mapping(spec)
+    target = spec.get("standardize")
+    if not target:
+        return mapping
+    zscore = NormalizeIntensity()
+
+    def mapped_then_standardised(x):
+        return zscore(mapping(x)) * float(target["std"]) + float(target["mean"])
+
+    return mapped_then_standardised
+
+
+def _intensity_mapping(spec: dict[str, Any]):
     kind = spec.get("kind")
     if kind == "zscore":
         return NormalizeIntensity(nonzero=bool(spec.get("nonzero", False)))

@@ -1,0 +1,40 @@
+"""Creating a workspace for a model: the labels default to the preset's, and the model must load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def create_workspace(
+    root: str | Path,
+    images: list[str | Path],
+    *,
+    model: str = "demo",
+    label_names: dict[int, str] | None = None,
+    labels_dir: str | Path | None = None,
+    user: str | None = None,
+):
+    """Create a workspace whose labels default to the model preset's.
+
+    The model is loaded once first, so a preset or checkpoint that cannot work is refused
+    before anything is written.
+
+    Raises:
+        BadInputError: bad images, an unknown preset, weights that do not fit, an existing
+            workspace.
+    """
+    from assft.models import get_preset, load_model
+    from assft.workspace import Workspace
+
+    preset = get_preset(model)
+    names = dict(label_names or preset.label_names or {1: "foreground"})
+    load_model(preset, label_values=sorted(names))
+    stored_model = str(Path(model).resolve()) if Path(model).is_file() else model
+    return Workspace.create(
+        Path(root),
+        [Path(p) for p in images],
+        label_names=names,
+        model=stored_model,
+        labels_dir=Path(labels_dir) if labels_dir else None,
+        user=user,
+    )
