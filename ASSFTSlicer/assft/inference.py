@@ -15,6 +15,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from assft.metrics import SegmentationDifficulty, segmentation_difficulty, voxel_entropy
+from assft.metrics.uncertainty import predicted_foreground
 
 # Spatial dims of a (B, C, X, Y, Z) tensor flipped by each test-time view.
 VIEW_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
@@ -88,11 +89,12 @@ def infer_case(
         keep_probabilities: return the averaged probabilities and the entropy map too.
     """
     probs_sum: torch.Tensor | None = None
-    view_argmax = []
+    view_foreground: torch.Tensor | None = None
     with model.capture_features(embedding=True, batchnorm=batchnorm and model.has_batchnorm) as capture:
         for flips in VIEW_FLIPS[:views]:
             probs = sliding_window_probabilities(model, tensor, flips)
-            view_argmax.append(probs.argmax(0).to(torch.uint8))
+            foreground = predicted_foreground(probs)
+            view_foreground = foreground if view_foreground is None else view_foreground | foreground
             probs_sum = probs if probs_sum is None else probs_sum.add_(probs)
             del probs
         embedding = capture.embedding()
@@ -101,7 +103,7 @@ def infer_case(
     probs_mean = probs_sum.div_(views)
     entropy = voxel_entropy(probs_mean)
     difficulty = segmentation_difficulty(
-        probs_mean, torch.stack(view_argmax), tau=tau, radius=radius, entropy=entropy
+        probs_mean, view_foreground, tau=tau, radius=radius, entropy=entropy
     )
     return CaseInference(
         difficulty=difficulty,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from assft.metrics import foreground_roi, segmentation_difficulty, voxel_entropy
+from assft.metrics.uncertainty import dilate, predicted_foreground
 
 
 def test_voxel_entropy_hand_values():
@@ -40,9 +41,22 @@ def test_roi_threshold_and_dilation():
 
 def test_roi_unites_every_views_foreground():
     probs = _line([0.0] * 7)
-    views = torch.zeros(2, 1, 1, 7, dtype=torch.long)
-    views[1, 0, 0, 6] = 1
+    second_view = _line([0.0] * 6 + [0.7])
+    views = predicted_foreground(probs) | predicted_foreground(second_view)
     assert foreground_roi(probs, views, radius=0)[0, 0].tolist() == [0, 0, 0, 0, 0, 0, 1]
+
+
+def test_predicted_foreground_matches_argmax():
+    probs = torch.softmax(torch.randn(3, 5, 6, 7, generator=torch.Generator().manual_seed(0)), 0)
+    assert torch.equal(predicted_foreground(probs), probs.argmax(0) > 0)
+
+
+def test_separable_dilation_equals_a_cube():
+    mask = torch.rand(9, 10, 11, generator=torch.Generator().manual_seed(1)) > 0.97
+    cube = torch.nn.functional.max_pool3d(mask.float()[None, None], 5, stride=1, padding=2)[0, 0] > 0
+    assert torch.equal(dilate(mask, 2), cube)
+    stacked = dilate(torch.stack([mask, ~mask]), 2)
+    assert torch.equal(stacked[0], cube)
 
 
 def test_asd_is_mean_entropy_over_roi_only():
