@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from assft import cancellation
 from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
 
 STRATEGY_CHOICES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd")
@@ -201,6 +201,161 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hold_out(args: argparse.Namespace) -> int:
+    workspace = _open(args.workspace)
+    status = "labeled" if args.release else "held-out"
+    for case in args.cases:
+        workspace.check_case_id(case)
+        if workspace.label_path(case) is None:
+            raise BadInputError(f"case {case} has no label: only labeled cases can be held out")
+    for case in args.cases:
+        workspace.set_status(case, status, user=args.user)
+    message = {"cases": args.cases, "status": status}
+    _print_json(message) if args.json else print(f"{len(args.cases)} case(s) now {status}")
+    return 0
+
+
+def _finetune_config(args: argparse.Namespace):
+    from assft.training import FinetuneConfig
+
+    data: dict[str, Any] = FinetuneConfig.from_file(args.config).to_dict() if args.config else {}
+    if args.config_json:
+        data = json.loads(args.config_json)
+    settings = _open(args.workspace).config.settings or {}
+    data.setdefault("mode", settings.get("finetune_mode", "selective"))
+    for key in ("mode", "iterations", "semi_iterations", "batch_size", "seed", "lr"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    return FinetuneConfig.from_dict(data)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from assft.training.finetune import run_finetune
+
+    workspace = _open(args.workspace)
+    config = _finetune_config(args)
+    argv = ["finetune", str(workspace.root), "--config-json", json.dumps(config.to_dict()),
+            "--device", args.device]
+    if args.detach:
+        from assft.jobs import launch_detached
+
+        running = workspace.running_job("workspace")
+        if running:
+            raise BadInputError(
+                f"workspace {workspace.root} is locked by a running job (pid {running.get('pid')},"
+                f" {running.get('description', '')})"
+            )
+        launched = launch_detached(workspace, [*argv, "--progress", "json"])
+        _print_json({"detached": True, **launched}) if args.json else print(
+            f"Fine-tuning in the background (pid {launched['pid']}); follow it with 'assft jobs "
+            f"{workspace.root}'"
+        )
+        return 0
+    manifest = run_finetune(workspace, config, device=args.device, progress=_progress(args), argv=argv)
+    if args.json:
+        _print_json(manifest)
+    elif _progress(args).mode != "json":
+        gate = manifest.get("gate", {})
+        print(
+            f"Version {manifest['version']} ({'promoted' if manifest.get('promoted') else 'not promoted'}):"
+            f" {gate.get('reason', '')}"
+        )
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from assft.jobs import JobStore
+
+    jobs = JobStore(_open(args.workspace)).list()
+    if args.json:
+        _print_json({"jobs": jobs})
+        return 0
+    if not jobs:
+        print("No jobs.")
+    for job in jobs:
+        last = job.get("last_progress") or {}
+        where = f" {last['phase']} {last.get('done')}/{last.get('total')}" if "phase" in last else ""
+        print(f"{job['id']}  {job['state']:<9} pid {job.get('pid')}{where}  {job.get('message') or ''}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from assft.jobs import cancel
+
+    info = cancel(_open(args.workspace), args.job, timeout=args.timeout)
+    _print_json(info) if args.json else print(f"Job {info['id']}: {info['state']}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from assft.model_registry import ModelRegistry
+
+    document = ModelRegistry(_open(args.workspace)).to_json()
+    if args.json:
+        _print_json(document)
+        return 0
+    for v in document["versions"]:
+        metrics = v.get("metrics") or {}
+        dice = metrics.get("validation_dice")
+        mark = "*" if v["version"] == document["current"] else " "
+        dice_text = f"held-out Dice {dice:.4f}" if isinstance(dice, float) else "no held-out Dice"
+        print(f"{mark} {v['version']:<5} parent {v.get('parent') or '-':<5} {v.get('mode') or '':<10}"
+              f" {dice_text}  {'promoted' if v.get('promoted') else 'not promoted'}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from assft.model_registry import ModelRegistry
+
+    registry = ModelRegistry(_open(args.workspace))
+    registry.rollback(args.version)
+    _print_json({"current": registry.current()}) if args.json else print(
+        f"Current model version: {registry.current()}"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from assft.predict import predict_workspace
+
+    result = predict_workspace(
+        _open(args.workspace), args.case, args.all, Path(args.out) if args.out else None,
+        args.version, args.device, args.uncertainty, _progress(args), views=args.views,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        for row in result["predictions"]:
+            print(f"{row['case']}\t{row['label']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from assft.evaluate import evaluate_workspace
+
+    result = evaluate_workspace(
+        _open(args.workspace), Path(args.truth), version=args.version, device=args.device,
+        progress=_progress(args), views=args.views,
+    )
+    if args.json:
+        _print_json(result)
+        return 0
+    names = list(result["per_structure"])
+    print(f"{'case':<24} {'status':<10} " + " ".join(f"{n[:12]:>12}" for n in names) + "   mean")
+    for row in result["cases"]:
+        values = " ".join(
+            f"{row['dice'].get(n):>12.4f}" if row["dice"].get(n) is not None else f"{'-':>12}"
+            for n in names
+        )
+        mean = row.get("mean_dice")
+        print(f"{row['case']:<24} {row.get('status', ''):<10} {values}   {mean if mean is None else f'{mean:.4f}'}")
+    print(f"{'mean':<35} " + " ".join(
+        f"{v:>12.4f}" if v is not None else f"{'-':>12}" for v in result["per_structure"].values()
+    ) + f"   {result['mean_dice']:.4f}" if result["mean_dice"] is not None else "")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from assft.demo import print_demo, run_demo
 
@@ -292,6 +447,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace")
     json_flag(p)
 
+    p = add("hold-out", cmd_hold_out, "keep labeled cases out of training, for validation")
+    p.add_argument("workspace")
+    p.add_argument("cases", nargs="+")
+    p.add_argument("--release", action="store_true", help="make held-out cases labeled again")
+    p.add_argument("--user")
+    json_flag(p)
+
+    p = add("finetune", cmd_finetune, "fine-tune the current model on the labels (SSFT)")
+    p.add_argument("workspace")
+    p.add_argument("--mode", choices=("selective", "all", "none"))
+    p.add_argument("--iterations", type=int, help="steps of the supervised stage (default 200)")
+    p.add_argument("--semi-iterations", dest="semi_iterations", type=int,
+                   help="steps of the semi-supervised stage (default: as --iterations)")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
+    p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
+    p.add_argument("--detach", action="store_true", help="run as a background process and return")
+    json_flag(p)
+    progress_flag(p)
+
+    p = add("jobs", cmd_jobs, "background jobs and their state")
+    p.add_argument("workspace")
+    json_flag(p)
+
+    p = add("cancel", cmd_cancel, "stop a running job cleanly (its work is discarded)")
+    p.add_argument("workspace")
+    p.add_argument("job", nargs="?", help="job id (default: the running one)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before it is killed")
+    json_flag(p)
+
+    p = add("models", cmd_models, "model versions with their metrics")
+    p.add_argument("workspace")
+    json_flag(p)
+
+    p = add("rollback", cmd_rollback, "make another model version current")
+    p.add_argument("workspace")
+    p.add_argument("version")
+    json_flag(p)
+
+    p = add("predict", cmd_predict, "write predicted labels at each scan's exact geometry")
+    p.add_argument("workspace")
+    p.add_argument("case", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--out", help="folder (default: WS/predictions/VERSION)")
+    p.add_argument("--version", help="model version (default: the current one)")
+    p.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    json_flag(p)
+    progress_flag(p)
+
+    p = add("evaluate", cmd_evaluate, "Dice per case and structure against ground truth")
+    p.add_argument("workspace")
+    p.add_argument("--truth", required=True, help="folder of truth labels named like the cases")
+    p.add_argument("--version")
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    json_flag(p)
+    progress_flag(p)
+
     p = add("demo", cmd_demo, "the annotation loop end to end on built-in sample scans")
     p.add_argument("--out", default="demo-out", help="folder for the sample data and workspace")
     p.add_argument("--quick", action="store_true", help="a smaller pool (about a minute on 2 cores)")
@@ -311,10 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_cancelled(signum: int, frame: Any) -> None:
-    raise CancelledError(f"cancelled by signal {signal.Signals(signum).name}")
-
-
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"assft: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
@@ -326,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
-    signal.signal(signal.SIGTERM, _raise_cancelled)
+    cancellation.install()
     json_lines = getattr(args, "progress", None) == "json"
     try:
         return int(args.handler(args) or 0)

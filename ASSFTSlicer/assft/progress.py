@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 
@@ -15,23 +16,33 @@ class Progress:
         mode: ``json`` (one JSON object per line on ``stream``), ``bar`` (a progress bar on
             stderr), ``none``, or ``auto`` (bar when stderr is a terminal, else none).
         stream: where JSON lines go (stdout by default).
+        sink: also receives every event as a dict, whatever the mode (a job's progress file).
     """
 
-    def __init__(self, mode: str = "auto", stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "auto",
+        stream: TextIO | None = None,
+        sink: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "none"
         if mode not in ("json", "bar", "none"):
             raise ValueError(f"progress mode must be json, bar, none or auto, got {mode!r}")
         self.mode = mode
         self.stream = stream or sys.stdout
+        self.sink = sink
         self._phase = ""
         self._total = 0
         self._start = time.monotonic()
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Write one JSON line (json mode only)."""
+        """Write one JSON line (json mode), and hand the event to the sink."""
+        record = {"event": event, **fields}
+        if self.sink is not None:
+            self.sink(record)
         if self.mode == "json":
-            self.stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+            self.stream.write(json.dumps(record, default=str) + "\n")
             self.stream.flush()
 
     def phase(self, phase: str, total: int) -> None:
@@ -43,7 +54,7 @@ class Progress:
         """Report ``done`` steps of the current phase, with optional metrics."""
         elapsed = time.monotonic() - self._start
         eta = elapsed / done * (self._total - done) if done else None
-        if self.mode == "json":
+        if self.mode == "json" or self.sink is not None:
             self.emit(
                 "progress",
                 phase=self._phase,
@@ -52,7 +63,7 @@ class Progress:
                 eta_s=None if eta is None else round(eta, 1),
                 **metrics,
             )
-        elif self.mode == "bar":
+        if self.mode == "bar":
             width = 30
             filled = int(width * done / self._total) if self._total else width
             eta_text = "" if eta is None else f" eta {eta:5.0f}s"

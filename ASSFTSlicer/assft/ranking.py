@@ -40,12 +40,17 @@ class CaseScores:
 
 
 def model_checkpoint(workspace, version: str) -> Path | None:
-    """The checkpoint of a model version (None for v0, the pretrained preset)."""
-    if version == "v0":
-        return None
-    path = workspace.models_dir / version / "model.pt"
-    if not path.is_file():
-        raise BadInputError(f"model version {version} has no checkpoint", path)
+    """The verified checkpoint of a model version (None for v0, the pretrained preset).
+
+    Raises:
+        BadInputError: an unknown version, or a checkpoint that is damaged (truncated, changed).
+    """
+    from assft.model_registry import ModelRegistry
+
+    registry = ModelRegistry(workspace)
+    path = registry.checkpoint_path(version)
+    if path is not None:
+        registry.verify(version)
     return path
 
 

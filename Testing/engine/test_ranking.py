@@ -12,7 +12,8 @@ import torch
 from assft.config import QueryConfig
 from assft.errors import BadInputError
 from assft.inference import infer_case, sliding_window_probabilities
-from assft.models import get_preset, load_model, save_state_dict
+from assft.model_registry import ModelRegistry
+from assft.models import get_preset, load_model
 from assft.preprocessing import to_model_grid
 from assft.imaging import read_image
 from assft.ranking import rank_workspace
@@ -111,9 +112,8 @@ def test_drift_applies_once_a_fine_tuned_model_is_current(workspace):
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    (workspace.models_dir / "v1").mkdir()
-    save_state_dict(model.network, workspace.models_dir / "v1" / "model.pt")
-    workspace.set_current_model_version("v1")
+    registry = ModelRegistry(workspace)
+    registry.promote(registry.add_version(model.network.state_dict(), {"mode": "test"}), reason="test")
     tuned = rank_workspace(workspace, QueryConfig(budget=2, views=1), device="cpu")
     assert tuned["model_version"] == "v1" and tuned["notes"]["drift"] is True
     base_gap = {r["case"]: r["kg_bn"] for r in base["cases"]}

@@ -13,6 +13,7 @@ from assft.metrics.knowledge_gap import (
     prototype_knowledge_gap,
     representation_drift,
 )
+from assft.metrics.overlap import dice_scores, mean_dice
 from assft.metrics.selection import (
     cosine_distance,
     greedy_diverse_selection,
@@ -31,10 +32,12 @@ __all__ = [
     "SegmentationDifficulty",
     "batchnorm_knowledge_gap",
     "cosine_distance",
+    "dice_scores",
     "foreground_roi",
     "gaussian_symmetric_kl",
     "greedy_diverse_selection",
     "k_center_greedy",
+    "mean_dice",
     "pool_mean_gap",
     "power_sampling_order",
     "prototype_count",

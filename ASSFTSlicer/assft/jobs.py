@@ -1,0 +1,550 @@
+"""Background jobs of a workspace: one folder per job, detached launch, cancel (design.md).
+
+::
+
+    jobs/<job_id>/job.json        id, kind, argv, pid, state, times, exit code, message
+    jobs/<job_id>/progress.jsonl  one JSON object per line, as the job reports progress
+    jobs/<job_id>/log.txt         free-form log lines
+    jobs/<job_id>/resume.pt       training state a killed job can be resumed from
+    jobs/detached-<time>.log      stdout and stderr of a job started with ``--detach``
+
+Job ids read ``<kind>-<UTC yyyymmddTHHMMSS>-<4 hex>``, e.g. ``finetune-20250131T120000-3fa2``.
+
+A job writes its own final state. When its process is gone while ``job.json`` still says
+``running`` (SIGKILL, out of memory, power loss), readers report it ``killed``; the process's
+start time recorded next to its pid tells a reused pid from the job's own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from assft.errors import BadInputError
+from assft.workspace.files import compact_timestamp, utc_now, write_json_atomic
+
+if TYPE_CHECKING:
+    from assft.workspace import Workspace
+
+__all__ = [
+    "DETACHED_ENV",
+    "FINAL_STATES",
+    "JOB_ID_PATTERN",
+    "JOB_STATES",
+    "Job",
+    "JobStore",
+    "cancel",
+    "finish",
+    "launch_detached",
+    "mark_running",
+    "process_start_time",
+]
+
+JOB_ID_PATTERN = re.compile(r"^[a-z]+-[0-9T]+-[0-9a-f]{4}$")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "killed")
+FINAL_STATES = ("done", "failed", "cancelled", "killed")
+DETACHED_ENV = "ASSFT_DETACHED"
+"""Set to ``1`` in the environment of a job started by :func:`launch_detached`."""
+
+_KIND_PATTERN = re.compile(r"^[a-z]+$")
+_JOB_FILE = "job.json"
+_POLL_S = 0.05
+_detached: list[subprocess.Popen[bytes]] = []  # keeps launched children reaped, not warned about
+
+
+# processes ---------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` from the state on (field 3), or None without /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and ')'
+
+
+def process_start_time(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (``/proc/<pid>/stat`` starttime).
+
+    Returns:
+        The start time, or None where there is no ``/proc`` (macOS) or no such process.
+    """
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_alive(pid: int, start_time: int | None = None) -> bool:
+    """Whether ``pid`` is a live process (not a zombie) that started at ``start_time``."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:  # no /proc: existence is all we can tell
+        return True
+    if fields[0] in ("Z", "X"):
+        return False
+    if start_time is not None:
+        try:
+            return int(fields[19]) == start_time
+        except (IndexError, ValueError):
+            return True
+    return True
+
+
+def _wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
+    """Poll until the process ends; True if it did within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while _process_alive(pid, start_time):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
+
+
+# one job -----------------------------------------------------------------------------------
+
+
+class Job:
+    """One background job's folder.
+
+    Args:
+        folder: ``jobs/<job_id>``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.id = self.folder.name
+
+    def __repr__(self) -> str:
+        return f"Job({str(self.folder)!r})"
+
+    @property
+    def info_path(self) -> Path:
+        """``job.json``."""
+        return self.folder / _JOB_FILE
+
+    @property
+    def progress_path(self) -> Path:
+        """``progress.jsonl``."""
+        return self.folder / "progress.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        """``log.txt``."""
+        return self.folder / "log.txt"
+
+    @property
+    def resume_path(self) -> Path:
+        """``resume.pt``: the state a killed training job can continue from."""
+        return self.folder / "resume.pt"
+
+    def recorded(self) -> dict[str, Any]:
+        """``job.json`` as written (the state not checked against the process).
+
+        Raises:
+            BadInputError: the file is missing or not a JSON object (it is named).
+        """
+        try:
+            document = json.loads(self.info_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BadInputError(
+                "is missing: the job folder is incomplete", self.info_path
+            ) from None
+        except (OSError, ValueError) as error:
+            raise BadInputError(f"cannot be read as a job file ({error})", self.info_path) from None
+        if not isinstance(document, dict):
+            raise BadInputError("is not a job file (not a JSON object)", self.info_path)
+        return document
+
+    def info(self) -> dict[str, Any]:
+        """``job.json`` with the *resolved* state.
+
+        A job recorded ``running`` whose process is gone (or whose pid now belongs to another
+        process) is reported ``killed``, with ``recorded_state`` saying what the file says.
+        """
+        info = self.recorded()
+        state = _resolve_state(info)
+        if state != info.get("state"):
+            info["recorded_state"] = info.get("state")
+            info["state"] = state
+        return info
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into ``job.json`` (rewritten atomically) and return it."""
+        info = {**self.recorded(), **fields}
+        write_json_atomic(self.info_path, info)
+        return info
+
+    def append_progress(self, event: dict[str, Any]) -> None:
+        """Append one JSON line to ``progress.jsonl`` (flushed at once)."""
+        with open(self.progress_path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(event, default=str) + "\n")
+            stream.flush()
+
+    def progress(self) -> list[dict[str, Any]]:
+        """The progress events so far (a half-written last line is skipped)."""
+        events = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.progress_path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
+
+    def last_progress(self) -> dict[str, Any] | None:
+        """The newest complete progress event, read from the end of ``progress.jsonl``."""
+        try:
+            with open(self.progress_path, "rb") as stream:
+                stream.seek(0, os.SEEK_END)
+                stream.seek(max(0, stream.tell() - 16384))
+                lines = stream.read().decode("utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    return event
+        return None
+
+    def log(self, line: str) -> None:
+        """Append a time-stamped line to ``log.txt``."""
+        with open(self.log_path, "a", encoding="utf-8") as stream:
+            stream.write(f"{utc_now()} {line.rstrip()}\n")
+            stream.flush()
+
+    def mark_running(self) -> dict[str, Any]:
+        """Record that this process runs the job: pid, its start time, host, state."""
+        pid = os.getpid()
+        return self.update(
+            state="running",
+            pid=pid,
+            pid_start_time=process_start_time(pid),
+            host=socket.gethostname(),
+            started_at=utc_now(),
+        )
+
+    def finish(
+        self, state: str, exit_code: int | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """Record the job's final state (``done``, ``failed``, ``cancelled`` or ``killed``)."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"a finished job's state is one of {FINAL_STATES}, got {state!r}")
+        return self.update(
+            state=state, exit_code=exit_code, message=message, finished_at=utc_now()
+        )
+
+
+def mark_running(job: Job) -> dict[str, Any]:
+    """Record that the calling process runs ``job`` (see :meth:`Job.mark_running`)."""
+    return job.mark_running()
+
+
+def finish(
+    job: Job, state: str, exit_code: int | None = None, message: str | None = None
+) -> dict[str, Any]:
+    """Record ``job``'s final state (see :meth:`Job.finish`)."""
+    return job.finish(state, exit_code, message)
+
+
+def _resolve_state(info: dict[str, Any]) -> str:
+    state = str(info.get("state") or "queued")
+    if state != "running":
+        return state
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return state
+    host = info.get("host")
+    if host and host != socket.gethostname():  # shared storage: cannot look at that machine
+        return state
+    start_time = info.get("pid_start_time")
+    alive = _process_alive(pid, start_time if isinstance(start_time, int) else None)
+    return "running" if alive else "killed"
+
+
+# all jobs of a workspace -------------------------------------------------------------------
+
+
+def _jobs_dir(workspace: Workspace | str | Path) -> Path:
+    """The jobs folder of a workspace (an open one, or its root folder)."""
+    jobs_dir = getattr(workspace, "jobs_dir", None)
+    return Path(jobs_dir) if jobs_dir is not None else Path(workspace) / "jobs"
+
+
+class JobStore:
+    """The job folders of one workspace.
+
+    Args:
+        workspace: The open workspace (or its root folder).
+    """
+
+    def __init__(self, workspace: Workspace | str | Path) -> None:
+        self.jobs_dir = _jobs_dir(workspace)
+
+    def __repr__(self) -> str:
+        return f"JobStore({str(self.jobs_dir)!r})"
+
+    def create(self, kind: str, argv: list[str], **fields: Any) -> Job:
+        """Create a new job folder in state ``queued``.
+
+        Args:
+            kind: Lower-case letters, e.g. ``"finetune"``, ``"rank"``.
+            argv: The command line arguments (recorded, e.g. to rerun it).
+            **fields: More to record in ``job.json``, e.g. ``label_set_hash``.
+
+        Raises:
+            BadInputError: a malformed kind.
+        """
+        if not isinstance(kind, str) or not _KIND_PATTERN.match(kind):
+            raise BadInputError(f"{kind!r} is not a valid job kind (lower-case letters only)")
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        while True:
+            job_id = f"{kind}-{stamp}-{secrets.token_hex(2)}"
+            folder = self.jobs_dir / job_id
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                continue
+        job = Job(folder)
+        info = {
+            "id": job_id,
+            "kind": kind,
+            "argv": [str(arg) for arg in argv],
+            "created_at": utc_now(),
+            "pid": None,
+            "pid_start_time": None,
+            "host": socket.gethostname(),
+            "state": "queued",
+            "started_at": None,
+            "finished_at": None,
+            "exit_code": None,
+            "message": None,
+            **fields,
+        }
+        write_json_atomic(job.info_path, info)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """An existing job.
+
+        Raises:
+            BadInputError: a malformed id (e.g. ``../x``) or no such job.
+        """
+        if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+            raise BadInputError(
+                f"{job_id!r} is not a job id (like finetune-20250131T120000-3fa2)"
+            )
+        folder = self.jobs_dir / job_id
+        if not (folder / _JOB_FILE).is_file():
+            raise BadInputError(f"unknown job {job_id!r}", self.jobs_dir)
+        return Job(folder)
+
+    def jobs(self) -> list[Job]:
+        """Every job folder, newest first."""
+        if not self.jobs_dir.is_dir():
+            return []
+        found = [
+            Job(path)
+            for path in self.jobs_dir.iterdir()
+            if JOB_ID_PATTERN.match(path.name) and (path / _JOB_FILE).is_file()
+        ]
+        return sorted(found, key=lambda job: (job.id.split("-")[1], job.id), reverse=True)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every job's information with its resolved state and ``last_progress``, newest first.
+
+        A job whose ``job.json`` cannot be read is listed with state ``unknown`` and an
+        ``error`` message.
+        """
+        entries = []
+        for job in self.jobs():
+            try:
+                entries.append({**job.info(), "last_progress": job.last_progress()})
+            except BadInputError as error:
+                entries.append({"id": job.id, "state": "unknown", "error": str(error)})
+        entries.sort(
+            key=lambda entry: (str(entry.get("created_at") or ""), entry["id"]), reverse=True
+        )
+        return entries
+
+    def mark_running(self, job: Job) -> dict[str, Any]:
+        """Record that the calling process runs ``job`` (see :meth:`Job.mark_running`)."""
+        return job.mark_running()
+
+    def finish(
+        self, job: Job, state: str, exit_code: int | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """Record ``job``'s final state (see :meth:`Job.finish`)."""
+        return job.finish(state, exit_code, message)
+
+    def latest(
+        self, kind: str | None = None, states: tuple[str, ...] | None = None
+    ) -> Job | None:
+        """The newest job of ``kind`` (any kind when None) whose resolved state is in ``states``."""
+        for entry in self.list():
+            if kind is not None and entry.get("kind") != kind:
+                continue
+            if states is not None and entry.get("state") not in states:
+                continue
+            return Job(self.jobs_dir / entry["id"])
+        return None
+
+    def running(self) -> Job | None:
+        """The newest job whose process is still running."""
+        return self.latest(states=("running",))
+
+    def resumable(self, kind: str, label_set_hash: str) -> Job | None:
+        """The newest killed job of ``kind`` with the same label set and a resume file.
+
+        A job already resumed by another (``resumed_by`` in its ``job.json``) does not count.
+        """
+        for entry in self.list():
+            if entry.get("kind") != kind or entry.get("state") != "killed":
+                continue
+            if entry.get("label_set_hash") != label_set_hash or entry.get("resumed_by"):
+                continue
+            job = Job(self.jobs_dir / entry["id"])
+            if job.resume_path.is_file():
+                return job
+        return None
+
+
+# launching and cancelling ------------------------------------------------------------------
+
+
+def launch_detached(
+    workspace: Workspace | str | Path, argv: list[str], *, python: str | None = None
+) -> dict[str, Any]:
+    """Start ``python -m assft ARGV`` in its own session, detached from this process.
+
+    The child survives the shell (and Slicer) that started it: it has its own process group,
+    no stdin, and its output goes to ``jobs/detached-<time>.log``. It creates its own job
+    folder; this function only launches it.
+
+    Args:
+        workspace: The workspace (open, or its root folder) whose ``jobs/`` gets the output.
+        argv: Arguments after ``assft``, e.g. ``["finetune", ws, "--progress", "json"]``.
+        python: The interpreter (default: this one).
+
+    Returns:
+        ``{"pid": ..., "log": <output file>, "argv": [...]}``.
+    """
+    jobs_dir = _jobs_dir(workspace)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = jobs_dir / f"detached-{compact_timestamp()}.log"
+    command = [python or sys.executable, "-m", "assft", *[str(arg) for arg in argv]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", DETACHED_ENV: "1"}
+    engine_root = str(Path(__file__).resolve().parent.parent)  # found even if not installed
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (engine_root, os.environ.get("PYTHONPATH", "")) if part
+    )
+    with open(log_path, "ab") as output:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _detached[:] = [child for child in _detached if child.poll() is None]
+    _detached.append(process)
+    return {"pid": process.pid, "log": str(log_path), "argv": command[3:]}
+
+
+def _signal_job(pid: int, signal_number: int) -> None:
+    """Signal the job's process group when the job leads one, else the process alone.
+
+    A job that does not lead its group shares it with whatever started it (Slicer, a test
+    runner), which must not be signalled.
+    """
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal_number)
+        else:
+            os.kill(pid, signal_number)
+    except ProcessLookupError:
+        pass
+
+
+def cancel(
+    workspace: Workspace | str | Path, job_id: str | None = None, *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Stop a running job: SIGTERM to its process group, SIGKILL if it has not ended in time.
+
+    The job is expected to record ``cancelled`` itself on SIGTERM; a job that could not
+    (killed, or ended by the signal's default action) is recorded ``cancelled`` here.
+
+    Args:
+        workspace: The workspace (open, or its root folder).
+        job_id: The job; None for the newest running one.
+        timeout: Seconds to wait after SIGTERM before SIGKILL.
+
+    Returns:
+        The job's final information.
+
+    Raises:
+        BadInputError: unknown job, the job is not running, or no job is running.
+    """
+    store = JobStore(workspace)
+    if job_id is None:
+        job = store.running()
+        if job is None:
+            raise BadInputError("no job is running", store.jobs_dir)
+    else:
+        job = store.get(job_id)
+    info = job.info()
+    if info["state"] != "running":
+        raise BadInputError(f"job {job.id} is not running (state {info['state']})")
+    pid = int(info["pid"])
+    recorded_start = info.get("pid_start_time")
+    start_time = recorded_start if isinstance(recorded_start, int) else None
+    leads_group = _leads_group(pid)
+    _signal_job(pid, signal.SIGTERM)
+    forced = not _wait_for_exit(pid, start_time, timeout)
+    if forced:
+        _signal_job(pid, signal.SIGKILL)
+        _wait_for_exit(pid, start_time, 10.0)
+    elif leads_group:  # helpers left in its group (data loaders...) go too
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    recorded = job.recorded()
+    if recorded.get("state") == "running":
+        message = (
+            f"did not stop within {timeout:g} s of SIGTERM: killed (SIGKILL)"
+            if forced
+            else "ended by SIGTERM before it could record its state"
+        )
+        job.finish(
+            "cancelled", -int(signal.SIGKILL if forced else signal.SIGTERM), f"cancelled: {message}"
+        )
+    return job.info()
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except (ProcessLookupError, PermissionError):
+        return False

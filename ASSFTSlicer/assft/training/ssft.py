@@ -1,0 +1,244 @@
+"""The two stages of SSFT and what lies between them (method.md, "Selective Semi-supervised
+Fine-tuning"): a supervised stage on the labeled cases, the reliability of each unlabeled case,
+pseudo-labels with unreliable voxels ignored, and a semi-supervised stage on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from assft.errors import CancelledError
+from assft.training.config import FinetuneConfig, FinetuneMode
+from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
+from assft.training.losses import IGNORE, masked_dice_ce
+from assft.training.reliability import select_reliable_cases, semantic_distance
+
+
+def parameter_groups(model, lr: float, encoder_lr_scale: float) -> list[dict]:
+    """AdamW groups: the pretrained encoder learns ``encoder_lr_scale`` times slower."""
+    encoder, rest = [], []
+    for name, parameter in model.network.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (encoder if model.preset.in_encoder(name) else rest).append(parameter)
+    groups = []
+    if encoder:
+        groups.append({"params": encoder, "lr": lr * encoder_lr_scale, "name": "encoder"})
+    if rest:
+        groups.append({"params": rest, "lr": lr, "name": "decoder"})
+    return groups
+
+
+def ramp(step: int, total: int, fraction: float) -> float:
+    """lambda(t): linear from 0 to 1 over the first ``fraction`` of the steps, then 1."""
+    length = fraction * total
+    if length <= 0:
+        return 1.0
+    return float(min(1.0, step / length))
+
+
+class Trainer:
+    """Optimisation steps on a :class:`~assft.models.LoadedModel`'s network."""
+
+    def __init__(self, model, config: FinetuneConfig, patch: tuple[int, int, int]) -> None:
+        self.model = model
+        self.config = config
+        self.patch = patch
+        self.device = model.device
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, config.lr, config.encoder_lr_scale),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def step(
+        self,
+        labeled: tuple[torch.Tensor, torch.Tensor],
+        pseudo: tuple[torch.Tensor, torch.Tensor] | None = None,
+        weight: float = 0.0,
+    ) -> dict[str, float]:
+        """One step: L_sup(labeled) + weight * L_masked(pseudo)."""
+        network = self.model.network
+        network.train()
+        images, targets = labeled
+        count = images.shape[0]
+        if pseudo is not None:
+            images = torch.cat([images, pseudo[0]])
+            targets = torch.cat([targets, pseudo[1]])
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.model.predict_logits(images)
+        supervised = masked_dice_ce(logits[:count], targets[:count])
+        loss = supervised
+        unsupervised = torch.zeros((), device=self.device)
+        if pseudo is not None:
+            unsupervised = masked_dice_ce(logits[count:], targets[count:])
+            loss = supervised + weight * unsupervised
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {
+            "loss": float(loss.detach()),
+            "supervised": float(supervised.detach()),
+            "pseudo": float(unsupervised.detach()),
+        }
+
+    def state(self) -> dict:
+        return {"network": self.model.network.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class PseudoLabels:
+    """The reliable set and its pseudo-labels.
+
+    Attributes:
+        cases: the pseudo-labeled cases (target: argmax, ``IGNORE`` below tau_v).
+        confidence: c_u of every unlabeled case, by case id.
+        distance: d_u of every unlabeled case, by case id.
+        reliable: ids of the reliable set, most reliable first.
+    """
+
+    cases: list[TrainingCase]
+    confidence: dict[str, float] = field(default_factory=dict)
+    distance: dict[str, float] = field(default_factory=dict)
+    reliable: list[str] = field(default_factory=list)
+
+
+def pseudo_label(
+    model,
+    labeled: list[TrainingCase],
+    unlabeled: list[TrainingCase],
+    config: FinetuneConfig,
+    *,
+    on_case: Callable[[int], None] | None = None,
+) -> PseudoLabels:
+    """Reliability of each unlabeled case and pseudo-labels of the reliable set (SSFT 2-3).
+
+    Confidence c_u is the mean max-probability over the adaptive foreground ROI of the
+    test-time-augmented prediction; the semantic distance d_u is the cosine distance of the
+    model's embedding to the nearest labeled case's.
+    """
+    from assft.inference import infer_case
+
+    model.network.eval()
+    z_labeled = []
+    for case in labeled:
+        result = infer_case(model, case.image, views=1, batchnorm=False)
+        z_labeled.append(result.embedding)
+    confidence, embeddings, targets = [], [], []
+    keep_all = config.mode == FinetuneMode.ALL
+    for i, case in enumerate(unlabeled, start=1):
+        result = infer_case(
+            model, case.image, views=config.views, tau=config.roi_tau, radius=config.roi_radius,
+            batchnorm=False, keep_probabilities=True,
+        )
+        assert result.probabilities is not None
+        max_prob, argmax = torch.max(result.probabilities, 0)
+        target = argmax.to(torch.int8)
+        target[max_prob < config.tau_v] = IGNORE
+        targets.append(target.cpu())
+        confidence.append(result.difficulty.confidence)
+        embeddings.append(result.embedding)
+        del result
+        if on_case:
+            on_case(i)
+    c = np.array(confidence)
+    d = semantic_distance(np.stack(embeddings), np.stack(z_labeled)) if unlabeled else np.zeros(0)
+    if keep_all:
+        chosen = list(range(len(unlabeled)))
+    else:
+        chosen = select_reliable_cases(c, d, rho=config.rho, tau_c=config.tau_c)
+    ids = [case.case_id for case in unlabeled]
+    return PseudoLabels(
+        cases=[unlabeled[i].with_target(targets[i].long()) for i in chosen],
+        confidence={ids[i]: float(c[i]) for i in range(len(ids))},
+        distance={ids[i]: float(d[i]) for i in range(len(ids))},
+        reliable=[ids[i] for i in chosen],
+    )
+
+
+def validation_dice(model, cases: list[TrainingCase], n_classes: int) -> dict[str, object]:
+    """Dice per structure (channels 1..C-1) on held-out cases, on the model grid, one view."""
+    from assft.inference import sliding_window_probabilities
+    from assft.metrics.overlap import dice_scores, mean_dice
+
+    model.network.eval()
+    per_case = []
+    for case in cases:
+        probs = sliding_window_probabilities(model, case.image)
+        prediction = probs.argmax(0).cpu()
+        assert case.target is not None
+        valid = case.target != IGNORE
+        scores = dice_scores(
+            torch.where(valid, prediction, 0), torch.where(valid, case.target, 0),
+            list(range(1, n_classes)),
+        )
+        per_case.append(scores)
+    per_structure = {}
+    for channel in range(1, n_classes):
+        values = [s[channel] for s in per_case if not np.isnan(s[channel])]
+        per_structure[channel] = float(np.mean(values)) if values else float("nan")
+    return {
+        "per_case": [mean_dice(s) for s in per_case],
+        "per_structure": per_structure,
+        "mean_dice": mean_dice(per_structure),
+    }
+
+
+def run_stage(
+    trainer: Trainer,
+    *,
+    stage: int,
+    start: int,
+    total: int,
+    labeled: list[TrainingCase],
+    pseudo: list[TrainingCase] | None,
+    config: FinetuneConfig,
+    on_step: Callable[[int, dict[str, float]], None],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Steps ``start .. total-1`` of a stage; batches mix labeled and pseudo-labeled 1:1."""
+    from monai.data import set_track_meta
+
+    half = max(1, config.batch_size // 2)
+    # Plain tensors through the augmentations: no metadata tracking on the hot path.
+    set_track_meta(False)
+    augment = make_augmentation(config.seed) if config.augment else None
+    for step in range(start, total):
+        if should_stop():
+            raise CancelledError("fine-tuning cancelled")
+        seed = step_seed(config.seed, stage, step)
+        rng = np.random.default_rng(seed)
+        if augment is not None:
+            augment.set_random_state(seed=seed)
+        if pseudo:
+            labeled_batch = make_batch(labeled, half, trainer.patch, rng,
+                                       foreground_ratio=config.foreground_ratio, augment=augment)
+            pseudo_batch = make_batch(pseudo, config.batch_size - half, trainer.patch, rng,
+                                      foreground_ratio=config.foreground_ratio, augment=augment)
+            weight = ramp(step, total, config.ramp_fraction)
+            metrics = trainer.step(labeled_batch, pseudo_batch, weight)
+            metrics["lambda"] = weight
+        else:
+            batch = make_batch(labeled, config.batch_size, trainer.patch, rng,
+                               foreground_ratio=config.foreground_ratio, augment=augment)
+            metrics = trainer.step(batch)
+        on_step(step + 1, metrics)

@@ -1,0 +1,190 @@
+"""Job folders, killed and resumable jobs, cancel and detached launch, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from assft import jobs
+from assft.errors import BadInputError
+from assft.jobs import JobStore, cancel, finish, launch_detached, mark_running
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
+_CHILD_PRELUDE = """
+import signal, sys, time
+from assft.jobs import JobStore, finish, mark_running
+job = JobStore(sys.argv[1]).get(sys.argv[2])
+"""
+_SLEEP = """
+mark_running(job)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _start_child(root: Path, job_id: str, body: str = "") -> subprocess.Popen[str]:
+    """Run a job in a child process (own process group) and wait until it is running."""
+    script = textwrap.dedent(_CHILD_PRELUDE) + textwrap.dedent(body) + textwrap.dedent(_SLEEP)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(root), job_id],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A workspace root: JobStore and cancel only need its jobs/ folder."""
+    (tmp_path / "ws" / "jobs").mkdir(parents=True)
+    return tmp_path / "ws"
+
+
+def test_create_list_get(root):
+    store = JobStore(root)
+    first = store.create("rank", ["rank", str(root)])
+    time.sleep(0.01)
+    second = store.create("finetune", ["finetune", str(root)], label_set_hash="abc")
+    assert jobs.JOB_ID_PATTERN.match(first.id) and second.id.startswith("finetune-")
+    info = store.get(second.id).info()
+    assert info["state"] == "queued" and info["argv"] == ["finetune", str(root)]
+    assert info["label_set_hash"] == "abc" and info["pid"] is None
+    assert [entry["id"] for entry in store.list()] == [second.id, first.id]
+
+    second.append_progress({"event": "progress", "done": 1})
+    second.append_progress({"event": "done"})
+    second.log("started")
+    assert [event["event"] for event in second.progress()] == ["progress", "done"]
+    with open(second.progress_path, "a") as stream:
+        stream.write('{"event": "progr')  # a line being written is not read
+    assert store.list()[0]["last_progress"] == {"event": "done"}
+    assert store.list()[1]["last_progress"] is None
+    assert second.log_path.read_text().strip().endswith("started")
+
+    store.mark_running(second)
+    running = second.info()
+    assert running["state"] == "running" and running["pid"] == os.getpid()
+    assert store.latest("finetune", states=("running",)).id == second.id
+    store.finish(second, "done", 0, "ok")
+    info = second.info()
+    assert (info["state"], info["exit_code"], info["message"]) == ("done", 0, "ok")
+    assert info["finished_at"] is not None
+    assert store.latest("finetune", states=("running",)) is None
+    assert store.latest(states=("queued",)).id == first.id
+
+
+@pytest.mark.parametrize(
+    "bad", ["../x", "finetune-20250101T000000-zzzz", "Finetune-20250101T000000-abcd", "", "a/b"]
+)
+def test_invalid_job_ids_are_refused(root, bad):
+    with pytest.raises(BadInputError, match="is not a job id"):
+        JobStore(root).get(bad)
+
+
+def test_unknown_job_and_kind_are_refused(root):
+    store = JobStore(root)
+    with pytest.raises(BadInputError, match="unknown job"):
+        store.get("finetune-20250101T000000-abcd")
+    with pytest.raises(BadInputError, match="not a valid job kind"):
+        store.create("../x", [])
+
+
+def test_a_killed_job_shows_as_killed_and_can_be_resumed(root):
+    store = JobStore(root)
+    job = store.create("finetune", ["finetune"], label_set_hash="abc")
+    child = _start_child(root, job.id)
+    assert job.info()["state"] == "running"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+
+    info = job.info()
+    assert info["state"] == "killed" and info["recorded_state"] == "running"
+    assert store.list()[0]["state"] == "killed"
+    assert store.resumable("finetune", "abc") is None  # no resume file yet
+    job.resume_path.write_bytes(b"state")
+    assert store.resumable("finetune", "abc").id == job.id
+    assert store.resumable("finetune", "other labels") is None
+    assert store.resumable("rank", "abc") is None
+    job.update(resumed_by="finetune-20990101T000000-0000")
+    assert store.resumable("finetune", "abc") is None
+
+
+def test_a_reused_pid_does_not_count_as_the_job(root):
+    job = JobStore(root).create("finetune", [])
+    mark_running(job)
+    assert job.info()["state"] == "running"
+    recorded = job.recorded()["pid_start_time"]
+    if recorded is None:
+        pytest.skip("no /proc: only pid existence can be checked")
+    job.update(pid_start_time=recorded + 1)  # same pid, another process start
+    assert job.info()["state"] == "killed"
+
+
+def test_cancel_a_job_that_handles_sigterm(root):
+    job = JobStore(root).create("finetune", [])
+    handler = """
+    def stop(signum, frame):
+        finish(job, "cancelled", 3, "cancelled by request")
+        sys.exit(3)
+    signal.signal(signal.SIGTERM, stop)
+    """
+    child = _start_child(root, job.id, handler)
+    info = cancel(root, timeout=10)  # the running job, found without its id
+    assert child.wait(timeout=10) == 3
+    assert info["id"] == job.id and info["state"] == "cancelled"
+    assert info["exit_code"] == 3 and info["message"] == "cancelled by request"
+
+    with pytest.raises(BadInputError, match=f"job {job.id} is not running \\(state cancelled\\)"):
+        cancel(root, job.id)
+    with pytest.raises(BadInputError, match="no job is running"):
+        cancel(root)
+
+
+def test_cancel_kills_a_job_that_ignores_sigterm(root):
+    job = JobStore(root).create("finetune", [])
+    child = _start_child(root, job.id, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n")
+    start = time.monotonic()
+    info = cancel(root, job.id, timeout=1)
+    assert time.monotonic() - start >= 1
+    assert child.wait(timeout=10) == -signal.SIGKILL
+    assert info["state"] == "cancelled" and "SIGKILL" in info["message"]
+
+
+def test_cancel_refuses_a_finished_job(root):
+    job = JobStore(root).create("rank", [])
+    finish(job, "done", 0)
+    with pytest.raises(BadInputError, match=f"job {job.id} is not running \\(state done\\)"):
+        cancel(root, job.id)
+
+
+def test_launch_detached_runs_in_its_own_session(tmp_path, tiny_preset_file):
+    from assft.projects import create_workspace
+
+    array = np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "scan.nii.gz"))
+    workspace = create_workspace(
+        tmp_path / "ws", [tmp_path / "scan.nii.gz"], model=str(tiny_preset_file)
+    )
+
+    launched = launch_detached(workspace, ["status", str(workspace.root), "--json"])
+    pid = launched["pid"]
+    assert os.getsid(pid) == pid and os.getpgid(pid) == pid  # alive or not yet reaped
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    output = Path(launched["log"])
+    assert output.parent == workspace.jobs_dir and output.name.startswith("detached-")
+    assert json.loads(output.read_text())["model_version"] == "v0"

@@ -1,0 +1,217 @@
+"""Fine-tuning jobs end to end: versions, the gate, resume after SIGKILL, cancel, locks,
+label snapshots, damaged checkpoints and a full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assft.errors import BadInputError
+from assft.model_registry import ModelRegistry
+from assft.training import FinetuneConfig
+from assft.training.finetune import run_finetune, validation_gate
+from conftest import run_cli
+
+FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
+
+
+@pytest.fixture
+def labeled_workspace(tmp_path, synthetic_pool, tiny_preset_file):
+    from assft.projects import create_workspace
+
+    data, cases = synthetic_pool
+    workspace = create_workspace(
+        tmp_path / "ws", [data / "images"], model=str(tiny_preset_file),
+        label_names={1: "shell", 2: "core"},
+    )
+    for case in cases[:4]:
+        workspace.submit_label(case.case_id, case.label, user="test")
+    workspace.set_status(cases[3].case_id, "held-out")
+    return workspace
+
+
+def _config_file(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "finetune.json"
+    path.write_text(json.dumps({**FAST, **changes}))
+    return path
+
+
+def test_gate_rules():
+    assert validation_gate(0.8, 0.7, "v1")["passed"]
+    assert validation_gate(0.7, 0.7, "v1")["passed"]
+    worse = validation_gate(0.6, 0.7, "v1")
+    assert not worse["passed"] and "worse" in worse["reason"]
+    assert validation_gate(None, None, "v0")["reason"].startswith("no held-out cases")
+
+
+def test_selective_finetune_registers_and_promotes_a_version(labeled_workspace):
+    workspace = labeled_workspace
+    manifest = run_finetune(workspace, FinetuneConfig(**FAST), device="cpu")
+    assert manifest["version"] == "v1" and manifest["parent"] == "v0"
+    assert manifest["mode"] == "selective" and manifest["held_out"] == ["case_003"]
+    assert set(manifest["labels"]) == {"case_000", "case_001", "case_002"}
+    assert manifest["label_set_hash"] == ModelRegistry.label_set_hash(manifest["labels"])
+    gate = manifest["gate"]
+    assert gate["passed"] == (gate["validation_dice"] >= gate["parent_validation_dice"])
+    assert manifest["promoted"] == gate["passed"]
+    assert 0.0 <= manifest["metrics"]["validation_dice"] <= 1.0
+    # Reliability of each unlabeled case; the reliable set is rho = 30 % of the pool of 4.
+    ssft = manifest["ssft"]
+    assert set(ssft["confidence"]) == {"case_004", "case_005", "case_006", "case_007"}
+    assert len(ssft["reliable"]) == 1
+    assert {"supervised_s", "semi_supervised_s", "pseudo_labels_s", "total_s"} <= set(manifest["timings"])
+    versions = ModelRegistry(workspace).to_json()
+    assert [v["version"] for v in versions["versions"]] == ["v0", "v1"]
+    if manifest["promoted"]:
+        assert versions["current"] == "v1"
+        # The next ranking uses the new version, and DKD's drift term applies.
+        from assft.config import QueryConfig
+        from assft.ranking import rank_workspace
+
+        document = rank_workspace(workspace, QueryConfig(budget=1, views=1), device="cpu")
+        assert document["model_version"] == "v1" and document["notes"]["drift"] is True
+
+
+def test_modes_none_and_all(labeled_workspace):
+    none = run_finetune(labeled_workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
+    assert "reliable" not in none["ssft"] and "semi_supervised_s" not in none["timings"]
+    everything = run_finetune(labeled_workspace, FinetuneConfig(**FAST, mode="all"), device="cpu")
+    assert len(everything["ssft"]["reliable"]) == 4
+    assert everything["parent"] == ModelRegistry(labeled_workspace).current() or not everything["promoted"]
+
+
+def test_no_labels_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
+    from assft.projects import create_workspace
+
+    data, _ = synthetic_pool
+    workspace = create_workspace(tmp_path / "empty", [data / "images"], model=str(tiny_preset_file),
+                                 label_names={1: "shell", 2: "core"})
+    with pytest.raises(BadInputError, match="no labeled cases"):
+        run_finetune(workspace, FinetuneConfig(**FAST), device="cpu")
+
+
+def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, monkeypatch):
+    import torch
+
+    real_save = torch.save
+
+    def full_disk_for_models(obj, f, *args, **kwargs):
+        # Resume checkpoints (in jobs/) still fit; the new model version (in models/) does not.
+        if "/models/" in str(getattr(f, "name", f)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_for_models)
+    with pytest.raises(Exception, match="No space left"):
+        run_finetune(labeled_workspace, FinetuneConfig(**FAST), device="cpu")
+    monkeypatch.undo()
+    models = labeled_workspace.models_dir
+    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert not [p for p in models.iterdir() if p.name.startswith(("v", ".v"))]
+    from assft.jobs import JobStore
+
+    assert JobStore(labeled_workspace).list()[0]["state"] == "failed"
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_the_previous_version_loads(labeled_workspace):
+    workspace = labeled_workspace
+    run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
+    registry = ModelRegistry(workspace)
+    registry.promote("v1", reason="test")
+    checkpoint = registry.checkpoint_path("v1")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    result = run_cli("rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu")
+    assert result.returncode == 2 and "model.pt" in result.stderr and "damaged" in result.stderr
+    assert run_cli("rollback", str(workspace.root), "v0").returncode == 0
+    assert run_cli("rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu").returncode == 0
+
+
+def _start(ws: Path, config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "assft", "finetune", str(ws), "--config", str(config),
+         "--device", "cpu", "--progress", "json", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_for(process: subprocess.Popen, predicate, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        event = json.loads(line)
+        if predicate(event):
+            return event
+    raise AssertionError(f"no such event; stderr: {process.stderr.read() if process.poll() is not None else ''}")
+
+
+def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace, tmp_path):
+    ws = labeled_workspace.root
+    config = _config_file(tmp_path, iterations=30, mode="none")
+    process = _start(ws, config)
+    _wait_for(process, lambda e: e.get("phase") == "supervised" and e.get("done", 0) >= 5)
+    process.kill()
+    process.wait()
+    jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+    assert jobs[0]["state"] == "killed"
+    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert not (labeled_workspace.models_dir / "v1").exists()
+
+    again = _start(ws, config)
+    resumed = _wait_for(again, lambda e: e["event"] == "resumed")
+    assert resumed["stage"] == 1 and resumed["step"] >= 4 and resumed["job"] == jobs[0]["id"]
+    done = _wait_for(again, lambda e: e["event"] == "done")
+    assert again.wait(60) == 0 and done["version"] == "v1"
+    manifest = ModelRegistry(labeled_workspace).manifest("v1")
+    assert manifest["resumed"] is True and manifest["job"] == jobs[0]["id"]
+
+
+def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
+    ws = labeled_workspace.root
+    config = _config_file(tmp_path, iterations=200, mode="none")
+    launched = run_cli("finetune", str(ws), "--config", str(config), "--device", "cpu", "--detach", "--json", check=True)
+    pid = json.loads(launched.stdout)["pid"]
+    assert os.getsid(pid) == pid  # its own session: it outlives the shell
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+        if jobs and (jobs[0].get("last_progress") or {}).get("phase") == "supervised":
+            break
+        time.sleep(0.5)
+    # A second fine-tune while the first runs is refused.
+    second = run_cli("finetune", str(ws), "--config", str(config), "--device", "cpu")
+    assert second.returncode == 2 and "locked by a running job" in second.stderr
+    cancelled = run_cli("cancel", str(ws), "--json", check=True)
+    info = json.loads(cancelled.stdout)
+    assert info["state"] == "cancelled" and info["exit_code"] == 3
+    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert not (labeled_workspace.models_dir / "v1").exists()
+    # The process is gone (or a zombie waiting for init to reap it).
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_label_replaced_during_the_job_does_not_reach_it(labeled_workspace, tmp_path, synthetic_pool):
+    ws = labeled_workspace.root
+    before = labeled_workspace.registry.case("case_000")["label_sha256"]
+    process = _start(ws, _config_file(tmp_path, iterations=12, mode="none"))
+    _wait_for(process, lambda e: e.get("phase") == "supervised")
+    # The clinician corrects case_000 while the job trains: case_001's truth, a different label.
+    _, cases = synthetic_pool
+    labeled_workspace.submit_label("case_000", cases[5].label, user="test")
+    after = labeled_workspace.registry.case("case_000")["label_sha256"]
+    assert after != before
+    _wait_for(process, lambda e: e["event"] == "done")
+    assert process.wait(60) == 0
+    manifest = ModelRegistry(labeled_workspace).manifest("v1")
+    assert manifest["labels"]["case_000"] == before

@@ -1,0 +1,105 @@
+"""The pure parts of SSFT: loss with ignored voxels, reliable-set selection, the ramp, patches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from assft.errors import BadInputError
+from assft.training import FinetuneConfig, masked_dice_ce, select_reliable_cases
+from assft.training.data import TrainingCase, label_to_classes, make_batch, pad_to_patch, sample_patch
+from assft.training.losses import IGNORE
+from assft.training.reliability import semantic_distance
+from assft.training.ssft import ramp
+
+
+def test_loss_ignores_ignored_voxels():
+    logits = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 3, (1, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    changed = target.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 3
+    ignored = target.clone()
+    ignored[0, 0] = IGNORE
+    ignored_changed = changed.clone()
+    ignored_changed[0, 0] = IGNORE
+    # What lies under IGNORE does not matter; what lies outside does.
+    assert masked_dice_ce(logits, ignored) == pytest.approx(float(masked_dice_ce(logits, ignored_changed)))
+    assert float(masked_dice_ce(logits, target)) != pytest.approx(float(masked_dice_ce(logits, changed)))
+
+
+def test_loss_hand_value_for_a_perfect_confident_prediction():
+    target = torch.tensor([[[[0, 1]]]])  # (1, 1, 1, 2)
+    logits = torch.zeros(1, 2, 1, 1, 2)
+    logits[0, 0, 0, 0, 0] = 50.0
+    logits[0, 1, 0, 0, 1] = 50.0
+    assert float(masked_dice_ce(logits, target)) == pytest.approx(0.0, abs=1e-5)
+    # Uniform logits: CE = ln 2, soft Dice of each class = 1 - 2*0.5/(1+1) = 0.5.
+    uniform = torch.zeros(1, 2, 1, 1, 2)
+    assert float(masked_dice_ce(uniform, target)) == pytest.approx(math.log(2) + 0.5, abs=1e-4)
+    # Everything ignored: zero, but still differentiable.
+    all_ignored = masked_dice_ce(uniform.requires_grad_(), torch.full((1, 1, 1, 2), IGNORE))
+    assert float(all_ignored.detach()) == 0.0
+    all_ignored.backward()
+
+
+def test_reliable_set_hand_worked():
+    confidence = np.array([0.95, 0.99, 0.80, 0.97, 0.92])
+    distance = np.array([0.10, 0.50, 0.01, 0.05, 0.20])
+    # q(c) = [0.5, 1, 0, 0.75, 0.25]; q(d) = [0.5, 1, 0, 0.25, 0.75];
+    # q(c) - q(d) = [0, 0, 0, 0.5, -0.5] (ties by index). Case 2 is below tau_c = 0.9.
+    assert select_reliable_cases(confidence, distance, rho=0.4, tau_c=0.9) == [3, 0]
+    assert select_reliable_cases(confidence, distance, rho=1.0, tau_c=0.9) == [3, 0, 1, 4]
+    assert select_reliable_cases(confidence, distance, rho=0.4, tau_c=0.999) == []
+    assert select_reliable_cases(confidence, distance, rho=0.0) == []
+
+
+def test_semantic_distance():
+    z_u = np.array([[1.0, 0.0], [0.0, 1.0]])
+    z_l = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert semantic_distance(z_u, z_l) == pytest.approx([0.0, 1 - 1 / np.sqrt(2)])
+
+
+def test_ramp():
+    assert [ramp(s, 100, 0.2) for s in (0, 10, 20, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert ramp(0, 100, 0.0) == 1.0
+
+
+def test_config_checks():
+    with pytest.raises(BadInputError, match="mode"):
+        FinetuneConfig(mode="most")
+    with pytest.raises(BadInputError, match="tau_v"):
+        FinetuneConfig(tau_v=1.5)
+    with pytest.raises(BadInputError, match="1:1"):
+        FinetuneConfig(batch_size=1)
+    assert FinetuneConfig(mode="none", batch_size=1).stage2_iterations == 200
+    with pytest.raises(BadInputError, match="unknown"):
+        FinetuneConfig.from_dict({"learning_rate": 1})
+
+
+def test_label_mapping_and_padding():
+    label = np.array([0, 5, 9, 5])
+    assert label_to_classes(label, [5, 9]).tolist() == [0, 1, 2, 1]
+    image, target = pad_to_patch(torch.ones(1, 3, 5, 2), torch.zeros(3, 5, 2, dtype=torch.long), (4, 4, 4))
+    assert tuple(image.shape) == (1, 4, 5, 4) and tuple(target.shape) == (4, 5, 4)
+    assert int((target == IGNORE).sum()) == 4 * 5 * 4 - 3 * 5 * 2
+    assert float(image[0, 3].sum()) == 0.0
+
+
+def test_foreground_patches_contain_foreground_and_batches_are_seeded():
+    image = torch.randn(1, 20, 20, 20)
+    target = torch.zeros(20, 20, 20, dtype=torch.long)
+    target[15:17, 2:4, 9:11] = 2
+    case = TrainingCase("c", image, target)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        _, patch = sample_patch(case, (8, 8, 8), rng, foreground=True)
+        assert int((patch > 0).sum()) > 0
+    a = make_batch([case], 4, (8, 8, 8), np.random.default_rng(3), foreground_ratio=0.5, augment=None)
+    b = make_batch([case], 4, (8, 8, 8), np.random.default_rng(3), foreground_ratio=0.5, augment=None)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert tuple(a[0].shape) == (4, 1, 8, 8, 8) and tuple(a[1].shape) == (4, 8, 8, 8)
+    # 1:1 foreground/background centres: the even patches hold foreground.
+    assert all(int((a[1][i] > 0).sum()) > 0 for i in (0, 2))
