@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the prob
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -24,9 +25,11 @@ def _print_json(document: Any) -> None:
 
 
 def _progress(args: argparse.Namespace):
+    from assft import distributed
     from assft.progress import Progress
 
-    return Progress(getattr(args, "progress", "auto"))
+    # Under torchrun only rank 0 reports.
+    return Progress(getattr(args, "progress", "auto") if distributed.is_main() else "none")
 
 
 def parse_label_names(text: str | None) -> dict[int, str] | None:
@@ -120,8 +123,18 @@ def cmd_rank(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     config = _query_config(args, workspace)
     progress = _progress(args)
-    with workspace.job_lock("workspace", description=f"rank {config.strategy.value}"):
+    from assft import distributed
+
+    # Under torchrun, rank 0 holds the workspace lock for all ranks and alone prints.
+    lock = (
+        workspace.job_lock("workspace", description=f"rank {config.strategy.value}")
+        if distributed.is_main()
+        else contextlib.nullcontext()
+    )
+    with lock:
         document = rank_workspace(workspace, config, device=args.device, progress=progress)
+    if not distributed.is_main():
+        return 0
     progress.done(file=document.get("file"), selected=document["selected"])
     if args.json:
         _print_json(document)
@@ -253,6 +266,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         )
         return 0
     manifest = run_finetune(workspace, config, device=args.device, progress=_progress(args), argv=argv)
+    from assft import distributed
+
+    if not distributed.is_main():
+        return 0
     if args.json:
         _print_json(manifest)
     elif _progress(args).mode != "json":

@@ -63,7 +63,9 @@ class PoolScorer:
 
         self.workspace = workspace
         self.config = config
-        self.device = resolve_device(device)
+        from assft import distributed
+
+        self.device = distributed.setup(resolve_device(device))
         self.preset = get_preset(workspace.config.model)
         self.label_values = list(workspace.config.label_values)
         self.version = workspace.current_model_version()
@@ -381,21 +383,32 @@ def rank_workspace(
             f"budget {config.budget} is larger than the unlabeled pool ({len(pool)} cases)",
             workspace.root,
         )
+    from assft import distributed
+
     started = time.perf_counter()
     scorer = PoolScorer(workspace, config, device)
     epistemic = config.strategy == Strategy.EPISTEMIC
-    progress.phase("ranking", len(pool) + len(labeled))
-    scores: list[CaseScores] = []
-    for done, case in enumerate(pool, start=1):
-        scores.append(
+    # Under torchrun each rank scores its share of the pool; the scores are gathered after.
+    my_pool, my_labeled = distributed.shard(pool), distributed.shard(labeled)
+    progress.phase("ranking", len(my_pool) + len(my_labeled))
+    my_scores: list[CaseScores] = []
+    for done, case in enumerate(my_pool, start=1):
+        my_scores.append(
             scorer.score_case(case["case_id"], workspace.image_path(case["case_id"]),
                               epistemic=epistemic)
         )
         progress.update(done, case=case["case_id"])
-    labeled_z0 = []
-    for done, case in enumerate(labeled, start=len(pool) + 1):
-        labeled_z0.append(scorer.embedding_only(case["case_id"], workspace.image_path(case["case_id"])))
+    my_labeled_z0 = []
+    for done, case in enumerate(my_labeled, start=len(my_pool) + 1):
+        my_labeled_z0.append(
+            scorer.embedding_only(case["case_id"], workspace.image_path(case["case_id"]))
+        )
         progress.update(done, case=case["case_id"])
+    gathered = distributed.gather((my_scores, my_labeled_z0, scorer.mc_dropout_injected))
+    scores = distributed.unshard([g[0] for g in gathered])
+    labeled_z0 = distributed.unshard([g[1] for g in gathered])
+    if epistemic:
+        scorer.mc_dropout_injected = any(bool(g[2]) for g in gathered)
     dimension = scores[0].z0.shape[0]
     labeled_array = np.stack(labeled_z0) if labeled_z0 else np.zeros((0, dimension))
     stats = pool_statistics(
@@ -408,6 +421,7 @@ def rank_workspace(
     result = run_strategy(stats, config)
     extra: dict[str, Any] = {
         "device": str(scorer.device),
+        "world_size": distributed.world_size(),
         "preset": scorer.preset.name,
         "pool_size": len(pool),
         "labeled": len(labeled),
@@ -427,6 +441,6 @@ def rank_workspace(
         extra=extra,
     )
     if save:
-        path = workspace.save_ranking(document)
-        document["file"] = path.name
+        name = workspace.save_ranking(document).name if distributed.is_main() else None
+        document["file"] = distributed.broadcast(name)
     return document

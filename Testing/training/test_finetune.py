@@ -215,3 +215,36 @@ def test_a_label_replaced_during_the_job_does_not_reach_it(labeled_workspace, tm
     assert process.wait(60) == 0
     manifest = ModelRegistry(labeled_workspace).manifest("v1")
     assert manifest["labels"]["case_000"] == before
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "assft", *args],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_torchrun_ranking_matches_one_process(labeled_workspace):
+    ws = str(labeled_workspace.root)
+    single = json.loads(run_cli("rank", ws, "--budget", "2", "--views", "1", "--device", "cpu",
+                                "--json", check=True).stdout)
+    result = _torchrun("rank", ws, "--budget", "2", "--views", "1", "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = json.loads(result.stdout)
+    assert split["world_size"] == 2
+    assert split["selected"] == single["selected"]
+    assert [r["case"] for r in split["cases"]] == [r["case"] for r in single["cases"]]
+    assert [r["dkd"] for r in split["cases"]] == pytest.approx([r["dkd"] for r in single["cases"]], rel=1e-4)
+
+
+def test_torchrun_finetune_trains_with_ddp(labeled_workspace, tmp_path):
+    ws = str(labeled_workspace.root)
+    config = _config_file(tmp_path, iterations=4, semi_iterations=4)
+    result = _torchrun("finetune", ws, "--config", str(config), "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["version"] == "v1" and manifest["world_size"] == 2
+    assert len(manifest["ssft"]["confidence"]) == 4  # every unlabeled case, gathered from both ranks
+    assert ModelRegistry(labeled_workspace).verify("v1") is None

@@ -117,6 +117,15 @@ class LoadedModel:
             activation = self.output_activation
         return self._as_logits(output, activation)
 
+    def logits_from_network_output(self, output: torch.Tensor | list | tuple) -> torch.Tensor:
+        """What :meth:`predict_logits` makes of a plain network's raw output.
+
+        For callers that run the network through a wrapper (DistributedDataParallel).
+        """
+        if isinstance(output, (list, tuple)):
+            output = output[0]
+        return self._as_logits(output, self.output_activation)
+
     def _as_logits(self, output: torch.Tensor, activation: OutputActivation) -> torch.Tensor:
         raw_channels = 1 if activation is OutputActivation.SIGMOID else self.out_channels
         if output.shape[1] != raw_channels:

@@ -6,6 +6,7 @@ the same labels; a failed, cancelled or killed job never changes the current mod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -112,48 +113,79 @@ class FinetuneJob:
     # The job's life ------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Run (or resume) the job under the workspace lock; returns the new version's manifest."""
-        with self.workspace.job_lock("workspace", description="finetune"):
-            labeled = self.workspace.registry.cases(status="labeled")
-            held_out = self.workspace.registry.cases(status="held-out")
-            if not labeled:
-                raise BadInputError(
-                    "no labeled cases to fine-tune on: label some first (assft next, assft submit)",
-                    self.workspace.root,
-                )
-            from assft.model_registry import ModelRegistry
+        """Run (or resume) the job under the workspace lock; returns the new version's manifest.
 
-            registry_hashes = {row["case_id"]: row.get("label_sha256") or "" for row in labeled}
-            label_hash = ModelRegistry.label_set_hash(registry_hashes)
-            job = self.jobs.resumable("finetune", label_hash)
-            resumed = job is not None
-            if job is None:
-                job = self.jobs.create("finetune", self.argv)
-                job.update(
-                    label_set_hash=label_hash,
-                    base_version=self.registry.current(),
-                    config=self.config.to_dict(),
-                )
-            else:
+        Under torchrun, rank 0 holds the lock, snapshots the labels and registers the version;
+        every rank trains (DistributedDataParallel) and pseudo-labels its share of the pool.
+        """
+        from assft import distributed
+        from assft.models import resolve_device
+
+        # Join the process group first: the ranks talk before any training starts.
+        self.resolved_device = distributed.setup(resolve_device(self.device))
+        main = distributed.is_main()
+        lock = (
+            self.workspace.job_lock("workspace", description="finetune")
+            if main
+            else contextlib.nullcontext()
+        )
+        with lock:
+            start = self._begin() if main else None
+            start = distributed.broadcast(start)
+            job = self.jobs.get(start["job"])
+            if start["resumed"]:
                 self.config = FinetuneConfig.from_dict(job.info()["config"])
-            self.jobs.mark_running(job)
-            progress = Progress(self.user_progress.mode, self.user_progress.stream,
-                                sink=job.append_progress)
+            progress = (
+                Progress(self.user_progress.mode, self.user_progress.stream, sink=job.append_progress)
+                if main
+                else Progress("none")
+            )
             try:
-                manifest = self._run(job, progress, labeled, held_out, resumed)
+                manifest = self._run(job, progress, start["labeled"], start["held_out"],
+                                     start["resumed"])
             except CancelledError as error:
-                self.jobs.finish(job, "cancelled", 3, str(error))
+                if main:
+                    self.jobs.finish(job, "cancelled", 3, str(error))
                 raise
             except AssftError as error:
-                self.jobs.finish(job, "failed", error.exit_code, str(error))
+                if main:
+                    self.jobs.finish(job, "failed", error.exit_code, str(error))
                 raise
             except BaseException as error:
-                self.jobs.finish(job, "failed", 1, f"{type(error).__name__}: {error}")
+                if main:
+                    self.jobs.finish(job, "failed", 1, f"{type(error).__name__}: {error}")
                 raise
-            self.jobs.finish(job, "done", 0, f"version {manifest['version']}"
-                             f" ({'promoted' if manifest['promoted'] else 'not promoted'})")
-            job.resume_path.unlink(missing_ok=True)
+            if main:
+                self.jobs.finish(job, "done", 0, f"version {manifest['version']}"
+                                 f" ({'promoted' if manifest['promoted'] else 'not promoted'})")
+                job.resume_path.unlink(missing_ok=True)
             return manifest
+
+    def _begin(self) -> dict[str, Any]:
+        """Rank 0: find the cases, resume a killed job with the same labels or start one."""
+        from assft.model_registry import ModelRegistry
+
+        labeled = self.workspace.registry.cases(status="labeled")
+        held_out = self.workspace.registry.cases(status="held-out")
+        if not labeled:
+            raise BadInputError(
+                "no labeled cases to fine-tune on: label some first (assft next, assft submit)",
+                self.workspace.root,
+            )
+        registry_hashes = {row["case_id"]: row.get("label_sha256") or "" for row in labeled}
+        label_hash = ModelRegistry.label_set_hash(registry_hashes)
+        job = self.jobs.resumable("finetune", label_hash)
+        resumed = job is not None
+        if job is None:
+            job = self.jobs.create("finetune", self.argv)
+            job.update(
+                label_set_hash=label_hash,
+                base_version=self.registry.current(),
+                config=self.config.to_dict(),
+            )
+            snapshot_labels(self.workspace, labeled + held_out, job.folder / "snapshot")
+        self.jobs.mark_running(job)
+        return {"job": job.id, "resumed": resumed, "labeled": labeled, "held_out": held_out}
 
     def _run(self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool) -> dict[str, Any]:
         from assft.models import get_preset, load_model, resolve_device
@@ -166,14 +198,14 @@ class FinetuneJob:
         info = job.info()
         base_version = info.get("base_version") or self.registry.current()
         snapshot = job.folder / "snapshot"
-        if resumed and snapshot.is_dir():
-            labels = labels_in_snapshot(snapshot)
-        else:
-            labels = snapshot_labels(workspace, labeled_rows + held_out_rows, snapshot)
+        labels = labels_in_snapshot(snapshot)
         held_out_ids = [r["case_id"] for r in held_out_rows if r["case_id"] in labels]
         labeled_ids = [r["case_id"] for r in labeled_rows if r["case_id"] in labels]
 
-        device = resolve_device(self.device)
+        from assft import distributed
+
+        main = distributed.is_main()
+        device = self.resolved_device
         preset = get_preset(workspace.config.model)
         label_values = list(workspace.config.label_values)
         from assft.ranking import model_checkpoint
@@ -202,7 +234,7 @@ class FinetuneJob:
         def checkpoint_every(stage_index: int):
             def on_step(done: int, metrics: dict[str, float]) -> None:
                 progress.update(done, **{k: round(v, 5) for k, v in metrics.items()})
-                if done % config.checkpoint_every == 0:
+                if main and done % config.checkpoint_every == 0:
                     _save_atomic({"stage": stage_index, "step": done, **trainer.state()}, job.resume_path)
             return on_step
 
@@ -212,7 +244,8 @@ class FinetuneJob:
             progress.phase("supervised", config.iterations)
             run_stage(trainer, stage=1, start=step, total=config.iterations, labeled=labeled_cases,
                       pseudo=None, config=config, on_step=checkpoint_every(1))
-            _save_atomic({"stage": 2, "step": 0, **trainer.state()}, job.resume_path)
+            if main:
+                _save_atomic({"stage": 2, "step": 0, **trainer.state()}, job.resume_path)
             stage, step = 2, 0
         self.timings["supervised_s"] = time.perf_counter() - t0
 
@@ -236,8 +269,10 @@ class FinetuneJob:
                     run_stage(trainer, stage=2, start=step, total=refresh_at, labeled=labeled_cases,
                               pseudo=pseudo.cases, config=config, on_step=checkpoint_every(2))
                     step = refresh_at
-                    _save_atomic({"stage": 2, "step": step, **trainer.state()}, job.resume_path)
-                    (job.folder / "pseudo.pt").unlink(missing_ok=True)
+                    if main:
+                        _save_atomic({"stage": 2, "step": step, **trainer.state()}, job.resume_path)
+                        (job.folder / "pseudo.pt").unlink(missing_ok=True)
+                    distributed.barrier()
                     pseudo = self._pseudo_labels(job, progress, model, prepared, labeled_cases,
                                                  unlabeled_rows, pseudo_label, refreshed=True)
                     reliable_info["refreshed_reliable"] = pseudo.reliable
@@ -250,6 +285,10 @@ class FinetuneJob:
                     f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
                     "supervised stage only"
                 )
+
+        if not main:
+            # Rank 0 validates and registers; the others wait for the version it made.
+            return distributed.broadcast(None)
 
         # Validation gate against the version we started from.
         t0 = time.perf_counter()
@@ -298,6 +337,7 @@ class FinetuneJob:
             "job": job.id,
             "resumed": resumed,
             "device": str(device),
+            "world_size": distributed.world_size(),
             "preset": preset.name,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -307,6 +347,7 @@ class FinetuneJob:
             if gate["passed"]:
                 self.registry.promote(version, reason=gate["reason"])
         manifest = self.registry.manifest(version)
+        distributed.broadcast(manifest)
         progress.done(version=version, promoted=manifest.get("promoted", False),
                       gate=gate["reason"], job=job.id)
         return manifest
@@ -321,7 +362,9 @@ class FinetuneJob:
             for row in unlabeled_rows
         ]
         by_id = {case.case_id: case for case in unlabeled}
-        if stored.is_file():
+        from assft import distributed
+
+        if distributed.broadcast(stored.is_file()):
             data = torch.load(stored, map_location="cpu", weights_only=True)
             return PseudoLabels(
                 cases=[by_id[c].with_target(t.long()) for c, t in zip(data["reliable"], data["targets"])],
@@ -333,6 +376,14 @@ class FinetuneJob:
         progress.phase("pseudo-labels", len(unlabeled))
         pseudo = pseudo_label(model, labeled_cases, unlabeled, self.config,
                               on_case=lambda i: progress.update(i))
+        if distributed.is_main():
+            self._save_pseudo(pseudo, stored, refreshed)
+        distributed.barrier()
+        self.timings["pseudo_labels_s"] = self.timings.get("pseudo_labels_s", 0.0) + time.perf_counter() - t0
+        return pseudo
+
+    @staticmethod
+    def _save_pseudo(pseudo, stored: Path, refreshed: bool) -> None:
         _save_atomic(
             {
                 "reliable": pseudo.reliable,
@@ -343,8 +394,6 @@ class FinetuneJob:
             },
             stored,
         )
-        self.timings["pseudo_labels_s"] = self.timings.get("pseudo_labels_s", 0.0) + time.perf_counter() - t0
-        return pseudo
 
 
 def run_finetune(workspace, config: FinetuneConfig, *, device: str = "auto",

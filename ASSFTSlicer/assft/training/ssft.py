@@ -57,6 +57,22 @@ class Trainer:
         )
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ddp = None
+        from assft import distributed
+
+        if distributed.is_distributed():
+            if model.adapter is not None:
+                raise ValueError("distributed fine-tuning needs a plain PyTorch network")
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                model.network, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        if self.ddp is not None:
+            return self.model.logits_from_network_output(self.ddp(images))
+        return self.model.predict_logits(images)
 
     def _autocast(self):
         if self.use_amp:
@@ -81,7 +97,7 @@ class Trainer:
         targets = targets.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self.model.predict_logits(images)
+            logits = self._logits(images)
         supervised = masked_dice_ce(logits[:count], targets[:count])
         loss = supervised
         unsupervised = torch.zeros((), device=self.device)
@@ -143,9 +159,11 @@ def pseudo_label(
     for case in labeled:
         result = infer_case(model, case.image, views=1, batchnorm=False)
         z_labeled.append(result.embedding)
+    from assft import distributed
+
     confidence, embeddings, targets = [], [], []
     keep_all = config.mode == FinetuneMode.ALL
-    for i, case in enumerate(unlabeled, start=1):
+    for i, case in enumerate(distributed.shard(unlabeled), start=1):
         result = infer_case(
             model, case.image, views=config.views, tau=config.roi_tau, radius=config.roi_radius,
             batchnorm=False, keep_probabilities=True,
@@ -160,6 +178,10 @@ def pseudo_label(
         del result
         if on_case:
             on_case(i)
+    gathered = distributed.gather((confidence, embeddings, targets))
+    confidence = distributed.unshard([g[0] for g in gathered])
+    embeddings = distributed.unshard([g[1] for g in gathered])
+    targets = distributed.unshard([g[2] for g in gathered])
     c = np.array(confidence)
     d = semantic_distance(np.stack(embeddings), np.stack(z_labeled)) if unlabeled else np.zeros(0)
     if keep_all:
@@ -218,6 +240,8 @@ def run_stage(
     """Steps ``start .. total-1`` of a stage; batches mix labeled and pseudo-labeled 1:1."""
     from monai.data import set_track_meta
 
+    from assft import distributed
+
     half = max(1, config.batch_size // 2)
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)
@@ -225,7 +249,7 @@ def run_stage(
     for step in range(start, total):
         if should_stop():
             raise CancelledError("fine-tuning cancelled")
-        seed = step_seed(config.seed, stage, step)
+        seed = step_seed(config.seed + 7919 * distributed.rank(), stage, step)
         rng = np.random.default_rng(seed)
         if augment is not None:
             augment.set_random_state(seed=seed)
