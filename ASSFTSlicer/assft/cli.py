@@ -394,6 +394,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from assft.sampledata import write_sample_data
+
+    manifest = write_sample_data(
+        Path(args.out), args.n, n_source=args.n_source, seed=args.seed, spacing=args.spacing,
+        brain_mask=args.brain_mask, progress=_progress(args),
+    )
+    if args.json:
+        _print_json({k: v for k, v in manifest.items() if k != "cases"})
+    else:
+        shape = "x".join(str(v) for v in manifest["shape"])
+        print(f"Wrote {manifest['source']['n']} source and {manifest['target']['n']} target cases "
+              f"({shape} at {manifest['spacing_mm']:g} mm) to {args.out}; see manifest.json")
+    return 0
+
+
+def cmd_pretrain_demo(args: argparse.Namespace) -> int:
+    from assft.pretrain import PretrainConfig, pretrain_demo, print_summary
+
+    config = PretrainConfig(seed=args.seed, data_seed=args.data_seed, iterations=args.iterations,
+                            n_source=args.n_source, n_target=args.n_target)
+    argv = ["pretrain-demo", "--iterations", str(args.iterations), "--seed", str(args.seed),
+            "--data-seed", str(args.data_seed), "--n-source", str(args.n_source),
+            "--n-target", str(args.n_target)]
+    manifest = pretrain_demo(args.out, config, data_dir=args.data, device=args.device,
+                             progress=_progress(args), argv=argv)
+    _print_json(manifest) if args.json else print_summary(manifest)
+    return 0
+
+
 # Parser ----------------------------------------------------------------------------------------
 
 
@@ -541,8 +571,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
     p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
     p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
+    p.add_argument("--train-steps", dest="train_steps", type=int, default=8,
+                   help="fine-tuning steps timed per loop")
+    p.add_argument("--model", default="demo", help="model preset or preset file to measure")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
     json_flag(p)
+    p = add("sample-data", cmd_sample_data,
+            "write sample brain MRI with ground truth (MNI152 anatomy): source + target domains")
+    p.add_argument("out", help="output folder (source/, target/, manifest.json)")
+    p.add_argument("--n", type=int, default=40, help="target pool size (default 40)")
+    p.add_argument("--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, default=3.0,
+                   help="voxel size in mm over a 192 mm field of view (default 3: 64^3)")
+    p.add_argument("--brain-mask", dest="brain_mask", action="store_true",
+                   help="label 1 = brain (for the deepbet preset) instead of GM/WM/CSF")
+    json_flag(p)
+    progress_flag(p)
+
+    p = add("pretrain-demo", cmd_pretrain_demo,
+            "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)")
+    p.add_argument("--out", help="folder for the weights and manifest (default: the shipped Resources/)")
+    p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
+    p.add_argument("--iterations", type=int, default=700)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", dest="data_seed", type=int, default=0)
+    p.add_argument("--n-source", dest="n_source", type=int, default=24)
+    p.add_argument("--n-target", dest="n_target", type=int, default=40)
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                   help="cpu (default) reproduces the shipped figures")
+    json_flag(p)
+    progress_flag(p)
     return parser
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from assft import cancellation
 from assft.errors import AssftError, BadInputError, CancelledError
 from assft.progress import Progress
 from assft.training.config import FinetuneConfig, FinetuneMode
+from assft.workspace import write_json_atomic
 
 
 def _sha256(path: Path) -> str:
@@ -253,32 +256,34 @@ class FinetuneJob:
         reliable_info: dict[str, Any] = {"mode": config.mode.value}
         unlabeled_rows = workspace.registry.cases(status="unlabeled")
         if config.mode != FinetuneMode.NONE and unlabeled_rows:
-            pseudo = self._pseudo_labels(job, progress, model, prepared, labeled_cases,
-                                         unlabeled_rows, pseudo_label)
+            pseudo, pseudo_cases = self._pseudo_labels(job, progress, model, prepared,
+                                                       labeled_cases, unlabeled_rows, pseudo_label)
             reliable_info.update(
                 reliable=pseudo.reliable,
                 confidence=pseudo.confidence,
                 distance=pseudo.distance,
             )
-            if pseudo.cases:
+            if pseudo_cases:
                 t0 = time.perf_counter()
                 total = config.stage2_iterations
                 progress.phase("semi-supervised", total)
                 refresh_at = total // 2 if config.refresh_pseudo_labels else None
                 if refresh_at is not None and step < refresh_at:
                     run_stage(trainer, stage=2, start=step, total=refresh_at, labeled=labeled_cases,
-                              pseudo=pseudo.cases, config=config, on_step=checkpoint_every(2))
+                              pseudo=pseudo_cases, config=config, on_step=checkpoint_every(2))
                     step = refresh_at
                     if main:
                         _save_atomic({"stage": 2, "step": step, **trainer.state()}, job.resume_path)
-                        (job.folder / "pseudo.pt").unlink(missing_ok=True)
+                        (job.folder / "pseudo.json").unlink(missing_ok=True)
                     distributed.barrier()
-                    pseudo = self._pseudo_labels(job, progress, model, prepared, labeled_cases,
-                                                 unlabeled_rows, pseudo_label, refreshed=True)
+                    pseudo, pseudo_cases = self._pseudo_labels(
+                        job, progress, model, prepared, labeled_cases, unlabeled_rows,
+                        pseudo_label, refreshed=True,
+                    )
                     reliable_info["refreshed_reliable"] = pseudo.reliable
                     progress.phase("semi-supervised", total)
                 run_stage(trainer, stage=2, start=step, total=total, labeled=labeled_cases,
-                          pseudo=pseudo.cases or None, config=config, on_step=checkpoint_every(2))
+                          pseudo=pseudo_cases, config=config, on_step=checkpoint_every(2))
                 self.timings["semi_supervised_s"] = time.perf_counter() - t0
             else:
                 reliable_info["note"] = (
@@ -354,46 +359,41 @@ class FinetuneJob:
 
     def _pseudo_labels(self, job, progress, model, prepared, labeled_cases, unlabeled_rows,
                        pseudo_label, refreshed: bool = False):
+        """The reliable set with its pseudo-labeled cases (computed once, then read back)."""
+        from assft import distributed
         from assft.training.ssft import PseudoLabels
 
-        stored = job.folder / "pseudo.pt"
-        unlabeled = [
-            prepared.load(row["case_id"], self.workspace.image_path(row["case_id"]))
-            for row in unlabeled_rows
-        ]
-        by_id = {case.case_id: case for case in unlabeled}
-        from assft import distributed
+        stored = job.folder / "pseudo.json"
+        targets = job.folder / "pseudo"
+        targets.mkdir(exist_ok=True)
+
+        def load_case(case_id: str):
+            return prepared.load(case_id, self.workspace.image_path(case_id))
+
+        def store_target(case_id: str, target: torch.Tensor) -> None:
+            _save_atomic({"target": target}, targets / f"{case_id}.pt")
 
         if distributed.broadcast(stored.is_file()):
-            data = torch.load(stored, map_location="cpu", weights_only=True)
-            return PseudoLabels(
-                cases=[by_id[c].with_target(t.long()) for c, t in zip(data["reliable"], data["targets"])],
-                confidence=dict(data["confidence"]),
-                distance=dict(data["distance"]),
-                reliable=list(data["reliable"]),
+            data = json.loads(stored.read_text())
+            pseudo = PseudoLabels(data["confidence"], data["distance"], data["reliable"])
+        else:
+            t0 = time.perf_counter()
+            progress.phase("pseudo-labels", len(distributed.shard(unlabeled_rows)))
+            pseudo = pseudo_label(
+                model, labeled_cases, [row["case_id"] for row in unlabeled_rows], load_case,
+                store_target, self.config, on_case=lambda i: progress.update(i),
             )
-        t0 = time.perf_counter()
-        progress.phase("pseudo-labels", len(unlabeled))
-        pseudo = pseudo_label(model, labeled_cases, unlabeled, self.config,
-                              on_case=lambda i: progress.update(i))
-        if distributed.is_main():
-            self._save_pseudo(pseudo, stored, refreshed)
-        distributed.barrier()
-        self.timings["pseudo_labels_s"] = self.timings.get("pseudo_labels_s", 0.0) + time.perf_counter() - t0
-        return pseudo
-
-    @staticmethod
-    def _save_pseudo(pseudo, stored: Path, refreshed: bool) -> None:
-        _save_atomic(
-            {
-                "reliable": pseudo.reliable,
-                "targets": [case.target.to(torch.int8) for case in pseudo.cases],
-                "confidence": pseudo.confidence,
-                "distance": pseudo.distance,
-                "refreshed": refreshed,
-            },
-            stored,
-        )
+            if distributed.is_main():
+                write_json_atomic(stored, {**asdict(pseudo), "refreshed": refreshed})
+            distributed.barrier()
+            self.timings["pseudo_labels_s"] = (
+                self.timings.get("pseudo_labels_s", 0.0) + time.perf_counter() - t0
+            )
+        cases = []
+        for case_id in pseudo.reliable:
+            target = torch.load(targets / f"{case_id}.pt", map_location="cpu", weights_only=True)
+            cases.append(load_case(case_id).with_target(target["target"].long()))
+        return pseudo, cases
 
 
 def run_finetune(workspace, config: FinetuneConfig, *, device: str = "auto",

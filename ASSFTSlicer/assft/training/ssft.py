@@ -123,16 +123,14 @@ class Trainer:
 
 @dataclass
 class PseudoLabels:
-    """The reliable set and its pseudo-labels.
+    """The reliability of the unlabeled pool and the reliable set.
 
     Attributes:
-        cases: the pseudo-labeled cases (target: argmax, ``IGNORE`` below tau_v).
         confidence: c_u of every unlabeled case, by case id.
         distance: d_u of every unlabeled case, by case id.
         reliable: ids of the reliable set, most reliable first.
     """
 
-    cases: list[TrainingCase]
     confidence: dict[str, float] = field(default_factory=dict)
     distance: dict[str, float] = field(default_factory=dict)
     reliable: list[str] = field(default_factory=list)
@@ -141,29 +139,31 @@ class PseudoLabels:
 def pseudo_label(
     model,
     labeled: list[TrainingCase],
-    unlabeled: list[TrainingCase],
+    unlabeled_ids: list[str],
+    load_case: Callable[[str], TrainingCase],
+    store_target: Callable[[str, torch.Tensor], None],
     config: FinetuneConfig,
     *,
     on_case: Callable[[int], None] | None = None,
 ) -> PseudoLabels:
-    """Reliability of each unlabeled case and pseudo-labels of the reliable set (SSFT 2-3).
+    """Reliability of each unlabeled case, its pseudo-label stored as it goes (SSFT 2-3).
 
     Confidence c_u is the mean max-probability over the adaptive foreground ROI of the
     test-time-augmented prediction; the semantic distance d_u is the cosine distance of the
-    model's embedding to the nearest labeled case's.
+    model's embedding to the nearest labeled case's. Pseudo-labels are the argmax, with voxels
+    below tau_v set to ``IGNORE``. One case is in memory at a time: each pseudo-label goes to
+    ``store_target`` and only the reliable ones are read back for training, so memory stays
+    flat as the pool grows. Under torchrun each rank labels its share of the pool.
     """
+    from assft import distributed
     from assft.inference import infer_case
 
     model.network.eval()
-    z_labeled = []
-    for case in labeled:
-        result = infer_case(model, case.image, views=1, batchnorm=False)
-        z_labeled.append(result.embedding)
-    from assft import distributed
-
-    confidence, embeddings, targets = [], [], []
-    keep_all = config.mode == FinetuneMode.ALL
-    for i, case in enumerate(distributed.shard(unlabeled), start=1):
+    z_labeled = [infer_case(model, case.image, views=1, batchnorm=False).embedding for case in labeled]
+    confidence, embeddings = [], []
+    mine = distributed.shard(list(unlabeled_ids))
+    for i, case_id in enumerate(mine, start=1):
+        case = load_case(case_id)
         result = infer_case(
             model, case.image, views=config.views, tau=config.roi_tau, radius=config.roi_radius,
             batchnorm=False, keep_probabilities=True,
@@ -172,25 +172,23 @@ def pseudo_label(
         max_prob, argmax = torch.max(result.probabilities, 0)
         target = argmax.to(torch.int8)
         target[max_prob < config.tau_v] = IGNORE
-        targets.append(target.cpu())
+        store_target(case_id, target.cpu())
         confidence.append(result.difficulty.confidence)
         embeddings.append(result.embedding)
-        del result
+        del result, case
         if on_case:
             on_case(i)
-    gathered = distributed.gather((confidence, embeddings, targets))
+    gathered = distributed.gather((confidence, embeddings))
     confidence = distributed.unshard([g[0] for g in gathered])
     embeddings = distributed.unshard([g[1] for g in gathered])
-    targets = distributed.unshard([g[2] for g in gathered])
+    ids = list(unlabeled_ids)
     c = np.array(confidence)
-    d = semantic_distance(np.stack(embeddings), np.stack(z_labeled)) if unlabeled else np.zeros(0)
-    if keep_all:
-        chosen = list(range(len(unlabeled)))
+    d = semantic_distance(np.stack(embeddings), np.stack(z_labeled)) if ids else np.zeros(0)
+    if config.mode == FinetuneMode.ALL:
+        chosen = list(range(len(ids)))
     else:
         chosen = select_reliable_cases(c, d, rho=config.rho, tau_c=config.tau_c)
-    ids = [case.case_id for case in unlabeled]
     return PseudoLabels(
-        cases=[unlabeled[i].with_target(targets[i].long()) for i in chosen],
         confidence={ids[i]: float(c[i]) for i in range(len(ids))},
         distance={ids[i]: float(d[i]) for i in range(len(ids))},
         reliable=[ids[i] for i in chosen],
