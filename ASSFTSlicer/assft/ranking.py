@@ -364,15 +364,43 @@ def build_document(
     }
 
 
-def rank_workspace(
+@dataclass
+class ScoredPool:
+    """A pool scored once: every strategy can rank it without another forward pass."""
+
+    scores: list[CaseScores]
+    labeled_z0: np.ndarray
+    has_head: bool
+    version: str
+    label_values: list[int]
+    device: str
+    preset: str
+    mc_dropout_injected: bool | None
+    seconds: float
+
+    def statistics(self) -> PoolStatistics:
+        return pool_statistics(
+            self.scores,
+            self.labeled_z0,
+            has_head=self.has_head,
+            n_labels=len(self.label_values),
+            round_index=0 if self.version == "v0" else int(self.version.lstrip("v") or 0),
+        )
+
+
+def score_pool(
     workspace, config: QueryConfig, *, device: str = "auto", progress: Progress | None = None,
-    save: bool = True,
-) -> dict[str, Any]:
-    """Rank the workspace's unlabeled cases and save the ranking under ``rankings/``.
+    epistemic: bool | None = None,
+) -> ScoredPool:
+    """Run the passes each unlabeled case needs (and z0 of the labeled cases), once.
+
+    Under torchrun each rank scores its share of the pool and the scores are gathered.
 
     Raises:
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
+    from assft import distributed
+
     progress = progress or Progress("none")
     pool = workspace.registry.cases(status="unlabeled")
     labeled = workspace.registry.cases(status="labeled")
@@ -383,12 +411,10 @@ def rank_workspace(
             f"budget {config.budget} is larger than the unlabeled pool ({len(pool)} cases)",
             workspace.root,
         )
-    from assft import distributed
-
     started = time.perf_counter()
     scorer = PoolScorer(workspace, config, device)
-    epistemic = config.strategy == Strategy.EPISTEMIC
-    # Under torchrun each rank scores its share of the pool; the scores are gathered after.
+    if epistemic is None:
+        epistemic = config.strategy == Strategy.EPISTEMIC
     my_pool, my_labeled = distributed.shard(pool), distributed.shard(labeled)
     progress.phase("ranking", len(my_pool) + len(my_labeled))
     my_scores: list[CaseScores] = []
@@ -407,39 +433,66 @@ def rank_workspace(
     gathered = distributed.gather((my_scores, my_labeled_z0, scorer.mc_dropout_injected))
     scores = distributed.unshard([g[0] for g in gathered])
     labeled_z0 = distributed.unshard([g[1] for g in gathered])
-    if epistemic:
-        scorer.mc_dropout_injected = any(bool(g[2]) for g in gathered)
     dimension = scores[0].z0.shape[0]
-    labeled_array = np.stack(labeled_z0) if labeled_z0 else np.zeros((0, dimension))
-    stats = pool_statistics(
-        scores,
-        labeled_array,
+    return ScoredPool(
+        scores=scores,
+        labeled_z0=np.stack(labeled_z0) if labeled_z0 else np.zeros((0, dimension)),
         has_head=scorer.has_head,
-        n_labels=len(scorer.label_values),
-        round_index=0 if scorer.version == "v0" else int(scorer.version.lstrip("v") or 0),
+        version=scorer.version,
+        label_values=scorer.label_values,
+        device=str(scorer.device),
+        preset=scorer.preset.name,
+        mc_dropout_injected=any(bool(g[2]) for g in gathered) if epistemic else None,
+        seconds=time.perf_counter() - started,
     )
+
+
+def rank_scored_pool(
+    scored: ScoredPool, config: QueryConfig, *, label_names: dict[int, str],
+    stats: PoolStatistics | None = None,
+) -> dict[str, Any]:
+    """The ranking document of a scored pool under a strategy (no forward pass)."""
+    from assft import distributed
+
+    stats = stats or scored.statistics()
+    started = time.perf_counter()
     result = run_strategy(stats, config)
     extra: dict[str, Any] = {
-        "device": str(scorer.device),
+        "device": scored.device,
         "world_size": distributed.world_size(),
-        "preset": scorer.preset.name,
-        "pool_size": len(pool),
-        "labeled": len(labeled),
-        "seconds": round(time.perf_counter() - started, 3),
+        "preset": scored.preset,
+        "pool_size": len(scored.scores),
+        "labeled": int(scored.labeled_z0.shape[0]),
+        "seconds": round(scored.seconds + time.perf_counter() - started, 3),
     }
-    if epistemic:
-        extra["mc_dropout_injected"] = scorer.mc_dropout_injected
-    document = build_document(
-        case_ids=[s.case_id for s in scores],
-        scores=scores,
+    if config.strategy == Strategy.EPISTEMIC:
+        extra["mc_dropout_injected"] = scored.mc_dropout_injected
+    return build_document(
+        case_ids=[s.case_id for s in scored.scores],
+        scores=scored.scores,
         result=result,
         config=config,
-        model_version=scorer.version,
-        has_head=scorer.has_head,
-        label_names=workspace.config.label_names,
-        label_values=scorer.label_values,
+        model_version=scored.version,
+        has_head=scored.has_head,
+        label_names=label_names,
+        label_values=scored.label_values,
         extra=extra,
     )
+
+
+def rank_workspace(
+    workspace, config: QueryConfig, *, device: str = "auto", progress: Progress | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Rank the workspace's unlabeled cases and save the ranking under ``rankings/``.
+
+    Raises:
+        BadInputError: empty pool, budget larger than the pool, bad images or model.
+    """
+    from assft import distributed
+
+    scored = score_pool(workspace, config, device=device, progress=progress)
+    document = rank_scored_pool(scored, config, label_names=workspace.config.label_names)
     if save:
         name = workspace.save_ranking(document).name if distributed.is_main() else None
         document["file"] = distributed.broadcast(name)
