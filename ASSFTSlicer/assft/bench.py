@@ -306,12 +306,12 @@ def speed_markdown(doc: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, section: str) -> None:
-    """Replace (or append) the speed section of BENCHMARKS.md."""
+def update_markdown(path: Path, section: str, begin: str = MARK_BEGIN, end: str = MARK_END) -> None:
+    """Replace (or append) one benchmark's section of BENCHMARKS.md, between its markers."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        tail = rest.split(MARK_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
@@ -320,16 +320,40 @@ def update_markdown(path: Path, section: str) -> None:
 
 def run_benchmark(args) -> dict[str, Any]:
     """Entry point of ``assft bench``."""
-    if args.name != "speed":
-        raise ValueError(f"unknown benchmark {args.name}")
+    command = "assft " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "assft bench"
+    if args.name == "label-efficiency":
+        return _run_label_efficiency(args, command)
     pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
     document = run_speed(
         Path(args.out), device=args.device, size=args.size, cases=args.cases, pools=pools,
         train_steps=args.train_steps, model=args.model,
     )
-    command = "assft bench speed " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "assft bench speed"
     if args.markdown:
-        update_markdown(Path(args.markdown), speed_markdown(document, command.strip()))
+        update_markdown(Path(args.markdown), speed_markdown(document, command))
     if not args.json:
-        print(speed_markdown(document, command.strip()))
+        print(speed_markdown(document, command))
+    return document
+
+
+def _run_label_efficiency(args, command: str) -> dict[str, Any]:
+    from assft import label_efficiency as le
+    from assft.progress import Progress
+
+    document = le.run_label_efficiency(
+        Path(args.out),
+        n=args.n,
+        budgets=tuple(int(b) for b in args.budgets.split(",")),
+        seeds=tuple(int(b) for b in args.seeds.split(",")),
+        iterations=args.iterations,
+        views=args.views,
+        device=args.device,
+        ablations=not args.no_ablations,
+        model=args.model,
+        progress=Progress(args.progress),
+    )
+    section = le.markdown(document, command)
+    if args.markdown:
+        update_markdown(Path(args.markdown), section, le.MARK_BEGIN, le.MARK_END)
+    if not args.json:
+        print(section)
     return document

@@ -381,7 +381,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print_demo(summary)
-        print(f"Summary written to {Path(args.out) / 'demo.json'}")
+        print(f"Report: {Path(args.out) / 'report.html'}; summary: {Path(args.out) / 'demo.json'}")
     return 0
 
 
@@ -559,13 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "the annotation loop end to end on built-in sample scans")
     p.add_argument("--out", default="demo-out", help="folder for the sample data and workspace")
-    p.add_argument("--quick", action="store_true", help="a smaller pool (about a minute on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a smaller pool (a few minutes on 2 cores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     json_flag(p)
     progress_flag(p)
 
     p = add("bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
-    p.add_argument("name", choices=("speed",))
+    p.add_argument("name", choices=("speed", "label-efficiency"))
     p.add_argument("--out", default="bench-out", help="folder for the JSON results")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
@@ -574,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", dest="train_steps", type=int, default=8,
                    help="fine-tuning steps timed per loop")
     p.add_argument("--model", default="demo", help="model preset or preset file to measure")
+    p.add_argument("--n", type=int, default=40, help="label-efficiency: target scans (pool + test)")
+    p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
+    p.add_argument("--seeds", default="0,1,2", help="label-efficiency: seeds")
+    p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
+    p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
+    p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
+    progress_flag(p)
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
     json_flag(p)
     p = add("sample-data", cmd_sample_data,

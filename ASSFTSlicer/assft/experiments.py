@@ -1,0 +1,209 @@
+"""Simulated annotation rounds: select with a strategy, label from the ground truth, fine-tune,
+and measure Dice on held-out test scans. Shared by ``assft demo`` and
+``assft bench label-efficiency``.
+
+The pool is scored once with the pretrained model (every strategy ranks the same scores), and
+each run fine-tunes a copy of one base workspace, so runs differ only in what they select and how
+they fine-tune.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assft.config import QueryConfig
+from assft.progress import Progress
+
+
+@dataclass
+class Case:
+    """A scan and its ground truth."""
+
+    case_id: str
+    image: Path
+    truth: Path
+
+
+@dataclass
+class Dataset:
+    """A pool to annotate and test scans that are never trained on."""
+
+    pool: list[Case]
+    test: list[Case]
+
+    @classmethod
+    def from_sample_data(cls, root: Path, *, test_every: int = 4) -> Dataset:
+        """The target domain of ``assft sample-data``; every ``test_every``-th case is a test scan."""
+        images = sorted((root / "target" / "images").glob("*.nii.gz"))
+        cases = [
+            Case(p.name[: -len(".nii.gz")], p, root / "target" / "labels" / p.name) for p in images
+        ]
+        test = [c for i, c in enumerate(cases) if i % test_every == test_every - 1]
+        pool = [c for c in cases if c not in test]
+        return cls(pool=pool, test=test)
+
+
+@dataclass
+class RunResult:
+    """One selection + fine-tune + test evaluation."""
+
+    strategy: str
+    mode: str
+    budget: int
+    seed: int
+    selected: list[str]
+    test_dice: float
+    test_per_structure: dict[str, float]
+    version: str
+    promoted: bool
+    seconds: float
+    variant: str = ""
+    reliable: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def test_dice(workspace, version: str, cases: list[Case], *, device: str, views: int) -> dict[str, Any]:
+    """Dice per structure of a model version on test scans outside the workspace."""
+    from assft.imaging import read_image, read_label
+    from assft.metrics import dice_scores, mean_dice
+    from assft.predict import Predictor
+    import SimpleITK as sitk
+
+    predictor = Predictor(workspace, version=version, device=device, views=views)
+    values = workspace.config.label_values
+    names = workspace.config.label_names
+    per_case = []
+    for case in cases:
+        label, _ = predictor.predict_image(read_image(case.image))
+        scores = dice_scores(
+            sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(read_label(case.truth)), values
+        )
+        per_case.append(scores)
+    per_structure = {}
+    for value in values:
+        finite = [s[value] for s in per_case if not np.isnan(s[value])]
+        per_structure[names[value]] = float(np.mean(finite)) if finite else float("nan")
+    return {
+        "mean_dice": mean_dice({i: v for i, v in enumerate(per_structure.values())}),
+        "per_structure": per_structure,
+        "per_case": [mean_dice(s) for s in per_case],
+    }
+
+
+class Simulation:
+    """A base workspace over the pool, scored once; runs fine-tune copies of it."""
+
+    def __init__(
+        self,
+        out: Path,
+        dataset: Dataset,
+        *,
+        model: str = "demo",
+        device: str = "auto",
+        views: int = 4,
+        progress: Progress | None = None,
+    ) -> None:
+        from assft.projects import create_workspace
+        from assft.ranking import score_pool
+
+        self.out = out
+        self.dataset = dataset
+        self.device = device
+        self.views = views
+        self.progress = progress or Progress("none")
+        self.truth = {c.case_id: c.truth for c in dataset.pool}
+        base = out / "base"
+        if base.exists():
+            shutil.rmtree(base)
+        self.base = create_workspace(base, [c.image for c in dataset.pool], model=model)
+        started = time.perf_counter()
+        self.scored = score_pool(
+            self.base, QueryConfig(budget=1, views=views), device=device, progress=self.progress,
+            epistemic=True,
+        )
+        self.scoring_seconds = time.perf_counter() - started
+        self.stats = self.scored.statistics()
+        self._pretrained: dict[str, Any] | None = None
+
+    def pretrained_test_dice(self) -> dict[str, Any]:
+        """The pretrained model's Dice on the test scans (computed once)."""
+        if self._pretrained is None:
+            self._pretrained = test_dice(self.base, "v0", self.dataset.test, device=self.device,
+                                         views=self.views)
+        return self._pretrained
+
+    def ranking(self, config: QueryConfig) -> dict[str, Any]:
+        """The ranking document of a strategy over the pool (no forward pass)."""
+        from assft.ranking import rank_scored_pool
+
+        return rank_scored_pool(self.scored, config, label_names=self.base.config.label_names,
+                                stats=self.stats)
+
+    def run(
+        self,
+        query: QueryConfig,
+        finetune: dict[str, Any],
+        *,
+        variant: str = "",
+        keep: bool = False,
+    ) -> RunResult:
+        """Select with ``query``, label the picks from the ground truth, fine-tune, test."""
+        from assft.training import FinetuneConfig
+        from assft.training.finetune import run_finetune
+        from assft.workspace import Workspace
+
+        started = time.perf_counter()
+        document = self.ranking(query)
+        name = f"{query.strategy.value}-{finetune.get('mode', 'selective')}-b{query.budget}-s{query.seed}{variant}"
+        folder = self.out / "runs" / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        shutil.copytree(self.base.root, folder, ignore=shutil.ignore_patterns("rankings", "jobs"))
+        (folder / "jobs").mkdir(exist_ok=True)
+        (folder / "rankings").mkdir(exist_ok=True)
+        workspace = Workspace.open(folder)
+        for case_id in document["selected"]:
+            workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
+        config = FinetuneConfig.from_dict({"seed": query.seed, "views": self.views, **finetune})
+        manifest = run_finetune(workspace, config, device=self.device)
+        tested = test_dice(workspace, manifest["version"], self.dataset.test, device=self.device,
+                           views=self.views)
+        result = RunResult(
+            strategy=query.strategy.value,
+            mode=config.mode.value,
+            budget=query.budget,
+            seed=query.seed,
+            selected=document["selected"],
+            test_dice=tested["mean_dice"],
+            test_per_structure=tested["per_structure"],
+            version=manifest["version"],
+            promoted=bool(manifest.get("promoted")),
+            seconds=time.perf_counter() - started,
+            variant=variant,
+            reliable=list(manifest.get("ssft", {}).get("reliable", [])),
+        )
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        return result
+
+
+def append_result(path: Path, result: RunResult) -> None:
+    """Add a run to a JSON-lines results file (runs survive an interrupted benchmark)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(json.dumps(result.to_dict()) + "\n")
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

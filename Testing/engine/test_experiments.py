@@ -1,0 +1,76 @@
+"""Simulated annotation rounds and the label-efficiency summary."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from assft.config import QueryConfig
+from assft.experiments import Case, Dataset, Simulation, append_result, read_results
+from assft.label_efficiency import goals, markdown, planned_runs, summarise
+from assft.report import bars_svg, lines_svg, scatter_svg
+
+FAST = {"iterations": 3, "semi_iterations": 3, "tau_c": 0.0, "checkpoint_every": 100}
+
+
+def test_simulated_runs_select_label_finetune_and_test(tmp_path, synthetic_pool, tiny_preset_file):
+    data, cases = synthetic_pool
+    items = [Case(c.case_id, c.image, c.label) for c in cases]
+    dataset = Dataset(pool=items[:6], test=items[6:])
+    simulation = Simulation(tmp_path, dataset, model=str(tiny_preset_file), device="cpu", views=1)
+    pretrained = simulation.pretrained_test_dice()
+    assert set(pretrained["per_structure"]) == {"shell", "core"}
+    assert len(pretrained["per_case"]) == 2
+    ranking = simulation.ranking(QueryConfig(strategy="attsq", budget=2, views=1))
+    result = simulation.run(QueryConfig(strategy="attsq", budget=2, views=1), {**FAST, "mode": "selective"})
+    # The run labels exactly what the ranking selected, and only the pool is ever labeled.
+    assert result.selected == ranking["selected"]
+    assert set(result.selected) <= {c.case_id for c in dataset.pool}
+    assert 0.0 <= result.test_dice <= 1.0 and result.version == "v1"
+    assert not (tmp_path / "runs" / "attsq-selective-b2-s0").exists()  # copies are removed
+    other = simulation.run(QueryConfig(strategy="random", budget=2, seed=1, views=1), {**FAST, "mode": "none"})
+    assert other.mode == "none" and other.reliable == []
+    append_result(tmp_path / "runs.jsonl", result)
+    append_result(tmp_path / "runs.jsonl", other)
+    assert [r["strategy"] for r in read_results(tmp_path / "runs.jsonl")] == ["attsq", "random"]
+    # The base workspace itself never gets labels.
+    assert simulation.base.status_summary()["counts"]["labeled"] == 0
+
+
+def test_plan_and_summary():
+    plan = planned_runs([2, 4], [0, 1])
+    assert len(plan) == 2 * 2 * (8 + 4 + 2)
+    rows = [
+        {"strategy": "attsq", "mode": "selective", "budget": 2, "seed": 0, "test_dice": 0.8},
+        {"strategy": "attsq", "mode": "selective", "budget": 2, "seed": 1, "test_dice": 0.6},
+        {"strategy": "random", "mode": "none", "budget": 2, "seed": 0, "test_dice": 0.5},
+        {"strategy": "random", "mode": "selective", "budget": 4, "seed": 0, "test_dice": 0.75},
+        {"strategy": "entropy", "mode": "selective", "budget": 2, "seed": 0, "test_dice": 0.72},
+    ]
+    summary = summarise(rows)
+    attsq = next(r for r in summary["table"] if r["strategy"] == "attsq")
+    assert attsq["mean"] == pytest.approx(0.7) and attsq["std"] == pytest.approx(math.sqrt(0.02))
+    by_goal = {g["goal"]: g for g in summary["goals"]}
+    assert by_goal["ATTSQ+selective beats random+supervised at budget 2"]["margin"] == pytest.approx(0.2)
+    assert by_goal["ATTSQ beats entropy at budget 2 (both selective SSFT)"]["holds"] is False
+    assert by_goal["ATTSQ at budget 2 vs random at 4"]["holds"] is False
+    document = {"setup": {"pool": 6, "test": 2, "budgets": [2, 4], "seeds": [0, 1], "iterations": 3,
+                          "views": 1, "model": "tiny", "device": "cpu"},
+                "pretrained": {"mean_dice": 0.4}, **summary}
+    text = markdown(document, "assft bench label-efficiency")
+    assert "does not hold" in text and "0.7000 ± 0.1414" in text
+    assert goals([]) == []
+
+
+def test_svg_charts_are_well_formed():
+    import xml.etree.ElementTree as ET
+
+    for svg in (
+        scatter_svg([{"x": 1.0, "y": 2.0, "label": "a", "highlight": True}, {"x": 2.0, "y": 1.0, "label": "b"}],
+                    x="x", y="y", title="t"),
+        bars_svg({"ours": {"gm": 0.8, "wm": 0.9}, "random": {"gm": 0.7, "wm": float("nan")}}, title="t"),
+        lines_svg({"attsq": [(2, 0.7, 0.1), (4, 0.8, 0.05)]}, title="t", x_label="B", y_label="Dice"),
+    ):
+        root = ET.fromstring(svg)
+        assert root.tag.endswith("svg") and len(list(root)) > 3
