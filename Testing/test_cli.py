@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import run_cli
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from assft.errors import BadInputError
 from assft.imaging import (
     IMAGE_SUFFIXES,

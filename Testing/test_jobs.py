@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from assft import jobs
 from assft.errors import BadInputError
 from assft.jobs import JobStore, cancel, finish, launch_detached, mark_running

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from assft.errors import AssftError, BadInputError
 from assft.model_registry import ModelRegistry, ModelStorageError
 from assft.workspace import Workspace

@@ -24,8 +24,8 @@ MARK_END = "<!-- bench:speed:end -->"
 
 
 def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "demo"):
-    from assft.synthetic import write_synthetic_pool
     from assft.projects import create_workspace
+    from assft.synthetic import write_synthetic_pool
 
     if root.exists():
         shutil.rmtree(root)

@@ -73,10 +73,11 @@ class RunResult:
 
 def test_dice(workspace, version: str, cases: list[Case], *, device: str, views: int) -> dict[str, Any]:
     """Dice per structure of a model version on test scans outside the workspace."""
+    import SimpleITK as sitk
+
     from assft.imaging import read_image, read_label
     from assft.metrics import dice_scores, mean_dice
     from assft.predict import Predictor
-    import SimpleITK as sitk
 
     predictor = Predictor(workspace, version=version, device=device, views=views)
     values = workspace.config.label_values

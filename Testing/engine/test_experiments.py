@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from assft.config import QueryConfig
 from assft.experiments import Case, Dataset, Simulation, append_result, read_results
 from assft.label_efficiency import goals, markdown, planned_runs, summarise

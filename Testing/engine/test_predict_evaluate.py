@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from assft.errors import BadInputError
 from assft.evaluate import evaluate_workspace
 from assft.imaging import read_image, read_label, write_image_atomic

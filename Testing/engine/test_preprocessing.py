@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from assft.errors import BadInputError
 from assft.preprocessing import intensity_transform, to_image_grid, to_model_grid
 

@@ -8,14 +8,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from assft.config import QueryConfig
 from assft.errors import BadInputError
+from assft.imaging import read_image
 from assft.inference import infer_case, sliding_window_probabilities
 from assft.model_registry import ModelRegistry
 from assft.models import get_preset, load_model
 from assft.preprocessing import to_model_grid
-from assft.imaging import read_image
 from assft.ranking import rank_workspace
 from assft.workspace import Workspace
 

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from assft.metrics import (
     batchnorm_knowledge_gap,
     gaussian_symmetric_kl,

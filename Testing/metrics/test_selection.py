@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from assft.metrics import (
     cosine_distance,
     greedy_diverse_selection,

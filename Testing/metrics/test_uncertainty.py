@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from assft.metrics import foreground_roi, segmentation_difficulty, voxel_entropy
 from assft.metrics.uncertainty import dilate, predicted_foreground
 

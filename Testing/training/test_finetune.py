@@ -6,14 +6,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from assft.errors import BadInputError
 from assft.model_registry import ModelRegistry
 from assft.training import FinetuneConfig

@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from assft.errors import BadInputError
 from assft.training import FinetuneConfig, masked_dice_ce, select_reliable_cases
-from assft.training.data import TrainingCase, label_to_classes, make_batch, pad_to_patch, sample_patch
+from assft.training.data import (
+    TrainingCase,
+    label_to_classes,
+    make_batch,
+    pad_to_patch,
+    sample_patch,
+)
 from assft.training.losses import IGNORE
 from assft.training.reliability import semantic_distance
 from assft.training.ssft import ramp

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from workspace_helpers import LABEL_NAMES, write_volume
-
 from assft.workspace import Workspace
+from workspace_helpers import LABEL_NAMES, write_volume
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from workspace_helpers import LABEL_NAMES, label_array, write_dicom_series, write_volume
-
 from assft.errors import BadInputError
 from assft.workspace import Workspace, find_images
+from workspace_helpers import LABEL_NAMES, label_array, write_dicom_series, write_volume
 
 
 def test_create_from_a_folder(tmp_path: Path, pool: Path) -> None:

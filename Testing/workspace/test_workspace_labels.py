@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from workspace_helpers import SPACING, label_array, snapshot, write_volume
-
 from assft.errors import BadInputError
 from assft.imaging import read_image
 from assft.workspace import Workspace
+from workspace_helpers import SPACING, label_array, snapshot, write_volume
 
 
 def test_submit_stores_label_at_the_exact_image_geometry(

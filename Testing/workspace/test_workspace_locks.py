@@ -11,7 +11,6 @@ import textwrap
 import time
 
 import pytest
-
 from assft.errors import WorkspaceLockedError
 from assft.workspace import Workspace
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from workspace_helpers import label_array, write_volume
-
 from assft.errors import BadInputError
 from assft.workspace import Workspace
+from workspace_helpers import label_array, write_volume
 
 
 def _document(strategy: str = "attsq", **extra: object) -> dict[str, object]:

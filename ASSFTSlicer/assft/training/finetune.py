@@ -191,7 +191,7 @@ class FinetuneJob:
         return {"job": job.id, "resumed": resumed, "labeled": labeled, "held_out": held_out}
 
     def _run(self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool) -> dict[str, Any]:
-        from assft.models import get_preset, load_model, resolve_device
+        from assft.models import get_preset, load_model
         from assft.training.data import PreparedCases
         from assft.training.ssft import Trainer, pseudo_label, run_stage, validation_dice
 
