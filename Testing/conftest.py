@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -55,14 +52,3 @@ def synthetic_pool(tmp_path_factory):
     out = tmp_path_factory.mktemp("pool")
     cases = write_synthetic_pool(out, 8, seed=3, size=24)
     return out, cases
-
-
-def run_cli(*args: str, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m assft`` in a real subprocess."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-m", "assft", *args], capture_output=True, text=True, env=full_env, timeout=300
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"assft {' '.join(args)} exited {result.returncode}: {result.stderr}")
-    return result

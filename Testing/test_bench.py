@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from assft_testing import run_cli
 
 
 def test_bench_speed_smoke(tmp_path, tiny_preset_file):

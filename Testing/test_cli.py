@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import run_cli
+from assft_testing import run_cli
 
 
 def _init(tmp_path, synthetic_pool, tiny_preset_file):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import math
-import os
 import re
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from assft.atomic import atomic_path
 from assft.errors import BadInputError
 
 __all__ = [
@@ -387,42 +386,6 @@ def geometry_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> 
     return None
 
 
-def _fsync_directory(folder: Path) -> None:
-    """Make a rename durable (best effort: not every platform can open a directory)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def _umask() -> int:
-    """The process umask (read from /proc where possible: setting it is not thread-safe)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def _file_mode(path: Path) -> int:
-    """Permissions for a new file at ``path``: the old file's, else 0o666 less the umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        return 0o666 & ~_umask()
-
-
 def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
     """Write an image so that ``path`` is either the old file or the complete new one.
 
@@ -447,19 +410,6 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
         raise BadInputError(
             f"cannot be written atomically: use one of {', '.join(_SINGLE_FILE_SUFFIXES)}", path
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(descriptor)
-    temporary = Path(temporary_name)
-    try:
-        os.chmod(temporary, _file_mode(path))
-        with _quiet_itk():
-            sitk.WriteImage(image, str(temporary), True)
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_path(path, suffix=suffix) as temporary, _quiet_itk():
+        sitk.WriteImage(image, str(temporary), True)
     return path

@@ -25,8 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from assft.atomic import save_torch_atomic
 from assft.errors import AssftError, BadInputError
-from assft.imaging import _fsync_directory
+from assft.atomic import fsync_directory
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic
 
 if TYPE_CHECKING:
@@ -283,18 +284,8 @@ class ModelRegistry:
     @staticmethod
     def _save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
         """``torch.save`` to a temporary file, fsync, rename."""
-        import torch
-
         state = {str(key): value.detach().cpu() for key, value in state_dict.items()}
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(temporary, "wb") as stream:
-                torch.save(state, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        save_torch_atomic(state, path)
 
     def add_version(
         self, state_dict: Mapping[str, torch.Tensor] | torch.nn.Module, manifest: Mapping[str, Any]
@@ -331,7 +322,7 @@ class ModelRegistry:
                 "checkpoint_sha256": sha256_file(checkpoint),
             }
             write_json_atomic(partial / MANIFEST_NAME, document)
-            _fsync_directory(partial)
+            fsync_directory(partial)
             os.rename(partial, self.models_dir / version)
         except BaseException as error:
             shutil.rmtree(partial, ignore_errors=True)
@@ -343,7 +334,7 @@ class ModelRegistry:
                     f"the current version {self.current()} is unchanged"
                 ) from error
             raise
-        _fsync_directory(self.models_dir)
+        fsync_directory(self.models_dir)
         return version
 
     def _audit(self, action: str, detail: dict[str, Any]) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from assft.atomic import atomic_path
 
 
 @dataclass
@@ -60,12 +60,5 @@ class PretrainedCache:
             return None
 
     def put(self, case_id: str, key: str, stats: PretrainedStatistics) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".npz.tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, key=key, z0=stats.z0, kg_bn=stats.kg_bn, asd0=stats.asd0)
-            os.replace(temporary, self._path(case_id))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(self._path(case_id)) as temporary, open(temporary, "wb") as stream:
+            np.savez(stream, key=key, z0=stats.z0, kg_bn=stats.kg_bn, asd0=stats.asd0)

@@ -16,7 +16,7 @@ from assft.errors import BadInputError
 from assft.model_registry import ModelRegistry
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
-from conftest import run_cli
+from assft_testing import run_cli
 
 FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
 
@@ -103,7 +103,8 @@ def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, mon
 
     def full_disk_for_models(obj, f, *args, **kwargs):
         # Resume checkpoints (in jobs/) still fit; the new model version (in models/) does not.
-        if "/models/" in str(getattr(f, "name", f)):
+        target = str(f) if isinstance(f, (str, Path)) else str(getattr(f, "name", ""))
+        if "/models/" in target:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 

@@ -13,7 +13,6 @@ import importlib.metadata
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from assft.atomic import save_torch_atomic
 from assft.errors import BadInputError
 from assft.models.presets import CheckpointKind, CheckpointSource, resources_dir
 
@@ -289,17 +289,5 @@ def save_state_dict(network: torch.nn.Module, path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu() for key, value in network.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return save_torch_atomic(state, path)

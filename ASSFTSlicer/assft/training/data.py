@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from assft.atomic import save_torch_atomic
 from assft.errors import BadInputError
 from assft.training.losses import IGNORE
 
@@ -109,18 +108,10 @@ class PreparedCases:
         except (OSError, RuntimeError, EOFError, KeyError, AttributeError):
             pass
         case = self._prepare(case_id, image_path, label_path)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".pt.tmp")
-        os.close(handle)
-        try:
-            payload = {"key": key, "image": case.image}
-            if case.target is not None:
-                payload["target"] = case.target
-            torch.save(payload, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        payload = {"key": key, "image": case.image}
+        if case.target is not None:
+            payload["target"] = case.target
+        save_torch_atomic(payload, path)
         return case
 
     def _prepare(self, case_id: str, image_path: Path, label_path: Path | None) -> TrainingCase:

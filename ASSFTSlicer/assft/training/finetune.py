@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from assft import cancellation
+from assft.atomic import save_torch_atomic
 from assft.errors import AssftError, BadInputError, CancelledError
 from assft.progress import Progress
 from assft.training.config import FinetuneConfig, FinetuneMode
@@ -30,19 +29,6 @@ from assft.workspace import write_json_atomic
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        with open(temporary, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def snapshot_labels(workspace, rows: list[dict], folder: Path) -> dict[str, str]:
@@ -238,7 +224,7 @@ class FinetuneJob:
             def on_step(done: int, metrics: dict[str, float]) -> None:
                 progress.update(done, **{k: round(v, 5) for k, v in metrics.items()})
                 if main and done % config.checkpoint_every == 0:
-                    _save_atomic({"stage": stage_index, "step": done, **trainer.state()}, job.resume_path)
+                    save_torch_atomic({"stage": stage_index, "step": done, **trainer.state()}, job.resume_path)
             return on_step
 
         # Stage 1: supervised on the labeled cases.
@@ -248,7 +234,7 @@ class FinetuneJob:
             run_stage(trainer, stage=1, start=step, total=config.iterations, labeled=labeled_cases,
                       pseudo=None, config=config, on_step=checkpoint_every(1))
             if main:
-                _save_atomic({"stage": 2, "step": 0, **trainer.state()}, job.resume_path)
+                save_torch_atomic({"stage": 2, "step": 0, **trainer.state()}, job.resume_path)
             stage, step = 2, 0
         self.timings["supervised_s"] = time.perf_counter() - t0
 
@@ -273,7 +259,7 @@ class FinetuneJob:
                               pseudo=pseudo_cases, config=config, on_step=checkpoint_every(2))
                     step = refresh_at
                     if main:
-                        _save_atomic({"stage": 2, "step": step, **trainer.state()}, job.resume_path)
+                        save_torch_atomic({"stage": 2, "step": step, **trainer.state()}, job.resume_path)
                         (job.folder / "pseudo.json").unlink(missing_ok=True)
                     distributed.barrier()
                     pseudo, pseudo_cases = self._pseudo_labels(
@@ -371,7 +357,7 @@ class FinetuneJob:
             return prepared.load(case_id, self.workspace.image_path(case_id))
 
         def store_target(case_id: str, target: torch.Tensor) -> None:
-            _save_atomic({"target": target}, targets / f"{case_id}.pt")
+            save_torch_atomic({"target": target}, targets / f"{case_id}.pt")
 
         if distributed.broadcast(stored.is_file()):
             data = json.loads(stored.read_text())

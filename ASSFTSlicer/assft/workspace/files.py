@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assft.imaging import _file_mode, _fsync_directory  # shared with write_image_atomic
+from assft.atomic import atomic_path, file_mode, fsync_directory
 
 __all__ = [
     "compact_timestamp",
@@ -52,21 +52,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         The destination path.
     """
     path = Path(path)
-    descriptor, temporary_name = tempfile.mkstemp(
-        prefix=".tmp-", suffix=path.suffix, dir=path.parent
-    )
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, _file_mode(path))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 
@@ -94,9 +81,9 @@ def create_text_exclusive(path: str | Path, text: str) -> Path:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, _file_mode(path))
+        os.chmod(temporary, file_mode(path))
         os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path

@@ -29,8 +29,8 @@ from typing import Any
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
+from assft.atomic import process_umask
 from assft.imaging import (
-    _umask,
     case_id_from_path,
     image_suffix,
     is_dicom_series,
@@ -231,7 +231,7 @@ class Workspace:
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
         try:
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~process_umask())
             config = WorkspaceConfig(labels=labels, model=model)
             for name in SUBFOLDERS:
                 (staging / name).mkdir()
