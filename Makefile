@@ -14,6 +14,10 @@ $(BIN)/assft: pyproject.toml
 	$(BIN)/pip install -q -e ".[test,swin]"
 	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
 	$(BIN)/pip install -q --no-deps deepbet==1.0.2
+	# The MNI152 template of the sample data ships in nilearn's wheel (data files only are read).
+	$(BIN)/pip install -q --no-deps nilearn==0.14.1
+	# Real MRML (scene, segmentations, volumes) for the Slicer-side tests, without the Qt application.
+	$(BIN)/pip install -q slicer-core==5.13.31053.0
 	touch $(BIN)/assft
 
 setup: $(BIN)/assft

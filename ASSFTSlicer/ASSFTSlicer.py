@@ -1,0 +1,1137 @@
+"""ASSFT Slicer: rank unlabeled scans, label the most informative in the Segment Editor, fine-tune.
+
+The module owns the GUI and the MRML scene; the engine (``assft``) owns the workspace, the
+models and the method. Heavy work (ranking, prediction, fine-tuning) runs as
+``PythonSlicer -m assft ...`` processes read without blocking the GUI (ASSFTSlicerLib/process.py);
+light work (opening a workspace, submitting a label, listing jobs and model versions) calls the
+engine directly. The Logic runs without Qt, so it is tested with the MRML of the ``slicer-core``
+wheel.
+"""
+
+import enum
+import json
+import logging
+import pathlib
+import tempfile
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+
+try:  # the Slicer application
+    import ctk
+    import qt
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+
+    HAVE_QT = True
+except ImportError:  # plain Python with the MRML of slicer-core: the Logic works, the GUI does not
+    HAVE_QT = False
+    ctk = qt = None
+
+    def parameterNodeWrapper(classtype):
+        return classtype
+
+    class Choice:
+        def __init__(self, choices):
+            self.choices = choices
+
+    class WithinRange:
+        def __init__(self, minimum, maximum):
+            self.minimum, self.maximum = minimum, maximum
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            pass
+
+        def getParameterNode(self):
+            raise RuntimeError("parameter nodes need the Slicer application")
+
+    class ScriptedLoadableModuleTest:  # not a unittest.TestCase: never collected outside Slicer
+        pass
+
+    class VTKObservationMixin:
+        def __init__(self):
+            pass
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer before 5.4, or slicer-core
+
+    def _(text):
+        return text
+
+
+from ASSFTSlicerLib import dependencies
+from ASSFTSlicerLib.process import BackgroundProcess, ProcessResult, engineEnvironment, processIsAlive, pythonExecutable
+from ASSFTSlicerLib.scene import (
+    CaseNodes,
+    LabelDefinition,
+    OverlapPolicy,
+    SegmentOverlapError,
+    createCaseSegmentation,
+    imageFromVolumeNode,
+    loadCaseVolume,
+    loadLabelArray,
+    loadUncertaintyVolume,
+    removeCaseNodes,
+    setForegroundVolume,
+    submitSegmentation,
+)
+from ASSFTSlicerLib.worklist import (
+    MODEL_COLUMNS,
+    WORKLIST_COLUMNS,
+    fillTableNode,
+    modelRows,
+    updateScoreChart,
+    worklistRows,
+)
+
+MODULE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def _modelPresetNames() -> list[str]:
+    """Preset names of Resources/Models.json (read as data: the engine is not imported)."""
+    try:
+        document = json.loads((MODULE_DIR / "Resources" / "Models.json").read_text(encoding="utf-8"))
+        names = [str(p["name"]) for p in document.get("presets", []) if p.get("name")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = []
+    return names or ["demo"]
+
+
+MODEL_PRESETS = _modelPresetNames()
+
+
+#
+# ASSFTSlicer
+#
+
+
+class ASSFTSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("ASSFT Slicer")
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor"]
+        self.parent.contributors = ["ASSFT Slicer developers"]
+        self.parent.helpText = _(
+            "Rank unlabeled scans by what they would teach a pretrained segmentation model "
+            "(ATTSQ: knowledge gap and anatomical difficulty), label the top-ranked ones in the "
+            "Segment Editor pre-filled with the model's prediction, and fine-tune the model in the "
+            "background. See the <a href=\"https://github.com/assft/ASSFTSlicer#using-it-in-3d-slicer\">"
+            "documentation</a>."
+        )
+        self.parent.acknowledgementText = _(
+            "Method: Active Selective Semi-supervised Fine-Tuning (Yang, Marcus, Sotiras, arXiv 2509.10784)."
+        )
+
+
+#
+# Parameters
+#
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+    def label(self):
+        return {"auto": _("Automatic (GPU when available)"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[self.value]
+
+
+class Strategy(enum.Enum):
+    ATTSQ = "attsq"
+    DKD = "dkd"
+    ASD = "asd"
+    ENTROPY = "entropy"
+    EPISTEMIC = "epistemic"
+    CORESET = "coreset"
+    CLASP = "clasp"
+    RANDOM = "random"
+
+    def label(self):
+        names = {"attsq": _("ATTSQ (knowledge gap + difficulty)"), "dkd": _("Knowledge gap only (DKD)"),
+                 "asd": _("Difficulty only (ASD)"), "entropy": _("Entropy"), "epistemic": _("MC dropout"),
+                 "coreset": _("Core-set"), "clasp": _("ClaSP PE"), "random": _("Random")}
+        return names[self.value]
+
+
+class FinetuneMode(enum.Enum):
+    SELECTIVE = "selective"
+    ALL = "all"
+    NONE = "none"
+
+    def label(self):
+        return {"selective": _("Selective semi-supervised (SSFT)"), "all": _("All unlabeled cases"),
+                "none": _("Labeled cases only")}[self.value]
+
+
+@parameterNodeWrapper
+class ASSFTSlicerParameterNode:
+    """The module's state, saved with the scene.
+
+    workspacePath: the workspace folder (created or opened).
+    imagesPath: a folder of scans to create a workspace from.
+    modelPreset, device, budget, strategy: how ranking runs.
+    currentCase: the case being labeled.
+    showUncertainty: overlay the model's voxel uncertainty on the case.
+    finetuneMode, finetuneIterations, rerankAfterPromotion: how fine-tuning runs.
+    caseVolume, caseSegmentation, caseUncertainty: the nodes of the current case.
+    worklistTable, modelsTable: the tables shown in the panel.
+    """
+
+    workspacePath: pathlib.Path
+    imagesPath: pathlib.Path
+    modelPreset: Annotated[str, Choice(MODEL_PRESETS)] = MODEL_PRESETS[0]
+    device: Device = Device.AUTO
+    budget: Annotated[int, WithinRange(1, 10000)] = 5
+    strategy: Strategy = Strategy.ATTSQ
+    currentCase: str = ""
+    showUncertainty: bool = True
+    finetuneMode: FinetuneMode = FinetuneMode.SELECTIVE
+    finetuneIterations: Annotated[int, WithinRange(1, 100000)] = 200
+    rerankAfterPromotion: bool = True
+    caseVolume: vtkMRMLScalarVolumeNode
+    caseSegmentation: vtkMRMLSegmentationNode
+    caseUncertainty: vtkMRMLScalarVolumeNode
+    worklistTable: vtkMRMLTableNode
+    modelsTable: vtkMRMLTableNode
+
+
+#
+# ASSFTSlicerWidget
+#
+
+
+class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. Each slot calls one Logic method; the Logic does the work."""
+
+    JOB_POLL_MS = 2000
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._taskButton = None
+        self._taskButtonText = ""
+        self._launchedJob = None
+        self._jobTimer = None
+        self._summary = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ASSFTSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ASSFTSlicerLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.openWorkspaceButton.connect("clicked(bool)", self.onOpenWorkspace)
+        self.ui.createWorkspaceButton.connect("clicked(bool)", self.onCreateWorkspace)
+        self.ui.createFromVolumesButton.connect("clicked(bool)", self.onCreateFromVolumes)
+        self.ui.rankButton.connect("clicked(bool)", self.onRank)
+        self.ui.showChartButton.connect("clicked(bool)", self.onShowChart)
+        self.ui.worklistTableView.connect("doubleClicked(QModelIndex)", self.onWorklistDoubleClicked)
+        self.ui.labelNextButton.connect("clicked(bool)", self.onLabelNext)
+        self.ui.submitNextButton.connect("clicked(bool)", self.onSubmitAndNext)
+        self.ui.skipButton.connect("clicked(bool)", self.onSkip)
+        self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
+        self.ui.useVersionButton.connect("clicked(bool)", self.onUseVersion)
+
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(self.JOB_POLL_MS)
+        self._jobTimer.connect("timeout()", self.onPollJob)
+        self.initializeParameterNode()
+        self.refresh()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self._jobTimer:
+            self._jobTimer.stop()
+        if self._task is not None and self._task.isRunning():  # a detached fine-tuning job goes on
+            self._task.cancel(grace=2.0)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.refresh()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    LAST_WORKSPACE_SETTING = "ASSFTSlicer/LastWorkspace"
+
+    def initializeParameterNode(self) -> None:
+        parameterNode = self.logic.getParameterNode()
+        if not self.logic.hasWorkspace(parameterNode.workspacePath):
+            # The last workspace opens again, so a job still running after a restart shows up.
+            last = qt.QSettings().value(self.LAST_WORKSPACE_SETTING)
+            if last and self.logic.hasWorkspace(last):
+                parameterNode.workspacePath = pathlib.Path(last)
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    # state shown ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-read the workspace (summary, worklist, versions, running job) into the panel."""
+        p = self._parameterNode
+        missing = dependencies.missingPackages()
+        self.ui.dependencyStatusLabel.text = dependencies.describeMissing(missing) or _("All dependencies are installed.")
+        self.ui.installDependenciesButton.enabled = bool(missing)
+        self._summary = None
+        if p is None or not self.logic.hasWorkspace(p.workspacePath):
+            self.ui.workspaceStatusLabel.text = _("No workspace: choose a folder and open or create it.")
+            self._updateButtons()
+            return
+        try:
+            self._summary = self.logic.workspaceSummary(p.workspacePath)
+            qt.QSettings().setValue(self.LAST_WORKSPACE_SETTING, self._summary["workspace"])
+            self.ui.workspaceStatusLabel.text = self.logic.describeWorkspace(self._summary)
+            p.worklistTable, _series, _chart = self.logic.updateWorklist(p.workspacePath, p.worklistTable)
+            self.ui.worklistTableView.setMRMLTableNode(p.worklistTable)
+            p.modelsTable = self.logic.updateModelsTable(p.workspacePath, p.modelsTable)
+            self.ui.modelsTableView.setMRMLTableNode(p.modelsTable)
+            if self._launchedJob is None and self.logic.finetuneJob(p.workspacePath, states=("running",)):
+                self._launchedJob = {}  # a job started before Slicer was (re)opened
+                self._beginJobMonitoring()
+        except Exception as error:  # a damaged or vanished workspace must not break the panel
+            logging.warning("cannot read the workspace: %s", error)
+            self._summary = None
+            self.ui.workspaceStatusLabel.text = _("Cannot read the workspace: {error}").format(error=error)
+        self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        busy = self._task is not None and self._task.isRunning()
+        summary = self._summary or {}
+        hasWorkspace = bool(summary)
+        depsMissing = bool(dependencies.missingPackages()) if not hasWorkspace else False
+        counts = summary.get("counts", {})
+        jobRunning = self._launchedJob is not None
+
+        def setState(button, enabled, whyNot):
+            if button is self._taskButton and busy:
+                button.enabled, button.toolTip = True, _("Cancel the running task.")
+                return
+            button.enabled = bool(enabled) and not busy
+            button.toolTip = "" if button.enabled else (_("Another task is running.") if busy else whyNot)
+
+        noWorkspace = _("Open or create a workspace first.")
+        setState(self.ui.openWorkspaceButton, p is not None and self.logic.hasWorkspace(p.workspacePath), _("Choose an existing workspace folder."))
+        setState(self.ui.createWorkspaceButton, p is not None and self.logic.isFolder(p.imagesPath) and not self.logic.hasWorkspace(p.workspacePath),
+                 _("Choose a new workspace folder and a folder of scans."))
+        setState(self.ui.createFromVolumesButton, p is not None and not self.logic.hasWorkspace(p.workspacePath)
+                 and slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is not None,
+                 _("Load scans into Slicer and choose a new workspace folder."))
+        setState(self.ui.rankButton, hasWorkspace and not depsMissing and not jobRunning,
+                 _("Fine-tuning is running.") if jobRunning else noWorkspace)
+        setState(self.ui.labelNextButton, hasWorkspace and summary.get("latest_ranking"), _("Rank the scans first."))
+        hasCase = p is not None and p.caseSegmentation is not None and bool(p.currentCase)
+        setState(self.ui.submitNextButton, hasCase, _("Load a case first (Label next)."))
+        setState(self.ui.skipButton, hasCase, _("Load a case first (Label next)."))
+        setState(self.ui.openSegmentEditorButton, hasCase, _("Load a case first (Label next)."))
+        setState(self.ui.showChartButton, hasWorkspace and summary.get("latest_ranking"), _("Rank the scans first."))
+        if jobRunning:
+            self.ui.finetuneButton.text = _("Cancel fine-tuning")
+            self.ui.finetuneButton.enabled = True
+            self.ui.finetuneButton.toolTip = _("Stop the fine-tuning job (its work is discarded).")
+        else:
+            self.ui.finetuneButton.text = _("Fine-tune")
+            labeled = counts.get("labeled", 0)
+            setState(self.ui.finetuneButton, hasWorkspace and labeled > 0, _("Submit at least one label first.") if hasWorkspace else noWorkspace)
+        setState(self.ui.useVersionButton, hasWorkspace and not jobRunning, noWorkspace)
+
+    # background tasks --------------------------------------------------------------------
+
+    def _beginTask(self, button, process, label) -> None:
+        self._task, self._taskButton, self._taskButtonText = process, button, button.text
+        button.text = _("Cancel")
+        self.ui.taskProgressBar.setRange(0, 0)
+        self.ui.taskStatusLabel.text = label
+        self._updateButtons()
+
+    def _cancelTask(self) -> bool:
+        if self._task is None or not self._task.isRunning():
+            return False
+        self.ui.taskStatusLabel.text = _("Cancelling...")
+        self._task.cancel()
+        return True
+
+    def _onTaskProgress(self, event) -> None:
+        self.ui.taskStatusLabel.text = self.logic.describeProgress(event)
+        if event.get("event") == "progress" and event.get("total"):
+            self.ui.taskProgressBar.setRange(0, int(event["total"]))
+            self.ui.taskProgressBar.setValue(int(event.get("done") or 0))
+
+    def _endTask(self, result) -> bool:
+        """Restore the panel after a task; returns whether it succeeded (errors are shown)."""
+        if self._taskButton is not None:
+            self._taskButton.text = self._taskButtonText
+        self._task = self._taskButton = None
+        self.ui.taskProgressBar.setRange(0, 1)
+        self.ui.taskProgressBar.setValue(1 if result.ok else 0)
+        self.ui.taskStatusLabel.text = self.logic.describeResult(result)
+        if not result.ok and not result.cancelled:
+            slicer.util.errorDisplay(self.logic.describeResult(result), detailedText="\n".join(result.output[-40:]))
+        self._updateButtons()
+        return result.ok
+
+    # slots: setup ------------------------------------------------------------------------
+
+    def onInstallDependencies(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(
+            _("ASSFT needs these Python packages: {packages}. Install them now? This can take several minutes "
+              "and downloads PyTorch (about 1-3 GB).").format(packages=", ".join(dependencies.missingPackages()))):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
+            dependencies.installDependencies(confirmed=True)
+        self.refresh()
+
+    def onOpenWorkspace(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the workspace."), waitCursor=True):
+            self.logic.workspaceSummary(self._parameterNode.workspacePath)
+        self.refresh()
+
+    def onCreateWorkspace(self) -> None:
+        if self._cancelTask():
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
+            process = self.logic.startCreateWorkspace(p.workspacePath, [p.imagesPath], p.modelPreset,
+                                                      onProgress=self._onTaskProgress, onFinished=self._onCreated)
+            self._beginTask(self.ui.createWorkspaceButton, process, _("Creating the workspace..."))
+
+    def onCreateFromVolumes(self) -> None:
+        if self._cancelTask():
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
+            process = self.logic.startCreateWorkspaceFromVolumes(
+                p.workspacePath, slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), p.modelPreset,
+                onProgress=self._onTaskProgress, onFinished=self._onCreated)
+            self._beginTask(self.ui.createFromVolumesButton, process, _("Creating the workspace..."))
+
+    def _onCreated(self, result) -> None:
+        self._endTask(result)
+        self.refresh()
+
+    # slots: rank -------------------------------------------------------------------------
+
+    def onRank(self) -> None:
+        if self._cancelTask():
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start ranking."), waitCursor=True):
+            process = self.logic.startRank(p.workspacePath, p.budget, p.strategy.value, p.device.value,
+                                           onProgress=self._onTaskProgress, onFinished=self._onRanked)
+            self._beginTask(self.ui.rankButton, process, _("Ranking..."))
+
+    def _onRanked(self, result) -> None:
+        self._endTask(result)
+        self.refresh()
+
+    def onShowChart(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the chart.")):
+            _table, _series, chart = self.logic.updateWorklist(self._parameterNode.workspacePath, self._parameterNode.worklistTable)
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    @staticmethod
+    def _tableRow(view, index) -> int:
+        """The table node row of a view index (the view may sort through a proxy model)."""
+        proxy = view.sortFilterProxyModel() if hasattr(view, "sortFilterProxyModel") else None
+        return (proxy.mapToSource(index) if proxy is not None else index).row()
+
+    def onWorklistDoubleClicked(self, index) -> None:
+        caseId = self.logic.caseAtWorklistRow(self._parameterNode.worklistTable, self._tableRow(self.ui.worklistTableView, index))
+        if caseId:
+            self._labelCase(caseId)
+
+    # slots: annotate ---------------------------------------------------------------------
+
+    def onLabelNext(self) -> None:
+        if self._cancelTask():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to find the next case."), waitCursor=True):
+            caseId = self.logic.nextCase(self._parameterNode.workspacePath)
+        if caseId is None:
+            slicer.util.infoDisplay(_("Every ranked case is labeled or skipped: fine-tune or rank again."))
+            return
+        self._labelCase(caseId)
+
+    def _labelCase(self, caseId) -> None:
+        """Load a case with its prediction, predicting it first in the background if needed."""
+        p = self._parameterNode
+        if self._task is not None and self._task.isRunning():
+            slicer.util.warningDisplay(_("Wait for the running task to finish, or cancel it."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load case {case}.").format(case=caseId), waitCursor=True):
+            if self.logic.predictionFiles(p.workspacePath, caseId)[0] is None and not dependencies.missingPackages():
+                process = self.logic.startPredict(p.workspacePath, caseId, p.device.value, onProgress=self._onTaskProgress,
+                                                  onFinished=lambda result: self._onPredicted(caseId, result))
+                self._beginTask(self.ui.labelNextButton, process, _("Predicting {case}...").format(case=caseId))
+                return
+            self._showCase(caseId)
+
+    def _onPredicted(self, caseId, result) -> None:
+        if self._endTask(result) or not result.cancelled:
+            self._showCase(caseId)
+
+    def _showCase(self, caseId) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to load case {case}.").format(case=caseId), waitCursor=True):
+            nodes = self.logic.loadCase(p.workspacePath, caseId, showUncertainty=p.showUncertainty)
+            p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty = caseId, nodes.volume, nodes.segmentation, nodes.uncertainty
+            self.onOpenSegmentEditor()
+            self.ui.showUncertaintyCheckBox.enabled = nodes.uncertainty is not None
+            self.ui.showUncertaintyCheckBox.toolTip = "" if nodes.uncertainty is not None else _("No uncertainty map for this case.")
+        self.refresh()
+
+    def onOpenSegmentEditor(self) -> None:
+        p = self._parameterNode
+        if p.caseSegmentation is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(p.caseSegmentation)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(p.caseVolume)
+        else:  # Slicer before 5.4
+            editor.setMasterVolumeNode(p.caseVolume)
+        slicer.util.setSliceViewerLayers(background=p.caseVolume, fit=True)
+        self.logic.setUncertaintyVisible(p.showUncertainty)
+
+    def onShowUncertainty(self, visible) -> None:
+        self.logic.setUncertaintyVisible(visible)
+
+    def onSubmitAndNext(self) -> None:
+        p = self._parameterNode
+        overlap = None
+        with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
+            try:
+                self.logic.submitCase(p.workspacePath)
+            except SegmentOverlapError as error:
+                overlap = error  # asked below, without the wait cursor
+        if overlap is not None:
+            question = f"{overlap}\n\n" + _("Give each shared voxel the label of the segment lowest in the list, and submit?")
+            if not slicer.util.confirmYesNoDisplay(question):
+                return
+            with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
+                self.logic.submitCase(p.workspacePath, overlap=OverlapPolicy.LAST_WINS)
+        p.currentCase = ""
+        self.refresh()
+        self.onLabelNext()
+
+    def onSkip(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to skip the case."), waitCursor=True):
+            self.logic.skipCase(p.workspacePath, p.currentCase)
+        p.currentCase = ""
+        self.refresh()
+        self.onLabelNext()
+
+    # slots: fine-tune --------------------------------------------------------------------
+
+    def onFinetune(self) -> None:
+        p = self._parameterNode
+        if self._launchedJob is not None:
+            with slicer.util.tryWithErrorDisplay(_("Failed to cancel fine-tuning."), waitCursor=True):
+                job = self.logic.finetuneJob(p.workspacePath, states=("running",))
+                if job is None:
+                    return
+                process = self.logic.startCancelJob(p.workspacePath, job["id"], onFinished=self._onCancelled)
+                self._task = process
+                self.ui.finetuneStatusLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
+            process = self.logic.startFinetune(p.workspacePath, p.finetuneMode.value, p.finetuneIterations,
+                                               p.device.value, onFinished=self._onFinetuneLaunched)
+            self._launchedJob = {}
+            self.ui.finetuneStatusLabel.text = _("Starting fine-tuning...")
+            self._task = process
+            self._updateButtons()
+
+    def _onFinetuneLaunched(self, result) -> None:
+        self._task = None
+        if not result.ok:
+            self._launchedJob = None
+            self.ui.finetuneStatusLabel.text = self.logic.describeResult(result)
+            slicer.util.errorDisplay(self.logic.describeResult(result))
+            self._updateButtons()
+            return
+        self._launchedJob = self.logic.launchedJob(result)
+        if not self._launchedJob.get("pid"):
+            self._launchedJob = None
+            slicer.util.errorDisplay(_("Fine-tuning was launched but did not say its process id: see 'assft jobs'."),
+                                     detailedText="\n".join(result.output[-40:]))
+            self._updateButtons()
+            return
+        self._beginJobMonitoring()
+
+    def _onCancelled(self, result) -> None:
+        self._task = None
+        self._updateButtons()
+        if not result.ok:
+            slicer.util.errorDisplay(self.logic.describeResult(result))
+
+    def _beginJobMonitoring(self) -> None:
+        self.ui.finetuneProgressBar.setRange(0, 0)
+        self._jobTimer.start()
+        self._updateButtons()
+
+    def onPollJob(self) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        status = self.logic.detachedJobStatus(p.workspacePath, self._launchedJob or {})
+        self.ui.finetuneStatusLabel.text = self.logic.describeJob(status)
+        progress = status.get("last_progress") or {}
+        if progress.get("total"):
+            self.ui.finetuneProgressBar.setRange(0, int(progress["total"]))
+            self.ui.finetuneProgressBar.setValue(int(progress.get("done") or 0))
+        if status.get("state") in ("starting", "running"):
+            return
+        self._jobTimer.stop()
+        self._launchedJob = None
+        self.ui.finetuneProgressBar.setRange(0, 1)
+        self.ui.finetuneProgressBar.setValue(1 if status.get("state") == "done" else 0)
+        self.refresh()
+        if status.get("state") == "failed":
+            slicer.util.errorDisplay(self.logic.describeJob(status))
+        elif self.logic.jobPromotedVersion(status) and p.rerankAfterPromotion:
+            self.onRank()
+
+    def onUseVersion(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to change the model version."), waitCursor=True):
+            row = self._tableRow(self.ui.modelsTableView, self.ui.modelsTableView.currentIndex())
+            version = self.logic.versionAtModelsRow(p.modelsTable, row)
+            if not version:
+                raise ValueError(_("Select a model version in the table first."))
+            self.logic.useModelVersion(p.workspacePath, version)
+        self.refresh()
+
+
+#
+# ASSFTSlicerLogic
+#
+
+
+class ASSFTSlicerLogic(ScriptedLoadableModuleLogic):
+    """The work behind the panel; runs without the GUI (and without Qt).
+
+    Args:
+        python: The interpreter for engine processes (default: PythonSlicer in Slicer).
+        launcher: How processes are read (see :class:`ASSFTSlicerLib.process.BackgroundProcess`).
+    """
+
+    def __init__(self, python: str | None = None, launcher: str = "auto") -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.python = python
+        self.launcher = launcher
+        self.engineRoot = MODULE_DIR
+        self.caseNodes: CaseNodes | None = None
+        self.caseWorkspace: pathlib.Path | None = None
+
+    def getParameterNode(self):
+        return ASSFTSlicerParameterNode(super().getParameterNode())
+
+    # workspace ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _path(value) -> pathlib.Path | None:
+        text = "" if value is None else str(value).strip()
+        return None if text in ("", ".") else pathlib.Path(text).expanduser()
+
+    @staticmethod
+    def isFolder(value) -> bool:
+        path = ASSFTSlicerLogic._path(value)
+        return path is not None and path.is_dir()
+
+    @staticmethod
+    def hasWorkspace(value) -> bool:
+        """Whether ``value`` is a folder holding a workspace."""
+        path = ASSFTSlicerLogic._path(value)
+        return path is not None and (path / "assft.json").is_file()
+
+    def openWorkspace(self, workspacePath):
+        """The engine's open :class:`assft.workspace.Workspace`.
+
+        Raises:
+            ValueError: no folder chosen, or not a workspace (the engine's message).
+        """
+        path = self._path(workspacePath)
+        if path is None:
+            raise ValueError(_("Choose a workspace folder first."))
+        try:
+            from assft.errors import AssftError
+            from assft.workspace import Workspace
+        except ImportError as error:
+            raise ValueError(_("The ASSFT engine cannot be loaded ({error}): install the dependencies.").format(error=error)) from None
+        try:
+            return Workspace.open(path)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
+    def workspaceSummary(self, workspacePath) -> dict[str, Any]:
+        """Counts per status, model version and preset, labels, latest ranking, running job."""
+        workspace = self.openWorkspace(workspacePath)
+        summary = workspace.status_summary()
+        summary["workspace"] = str(workspace.root)
+        summary["model"] = workspace.config.model
+        summary["labels"] = [{"value": label.value, "name": label.name} for label in workspace.config.labels]
+        return summary
+
+    @staticmethod
+    def describeWorkspace(summary: dict[str, Any]) -> str:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.get("counts", {}).items()))
+        model = pathlib.Path(str(summary.get("model", ""))).stem or summary.get("model", "")
+        labels = ", ".join(label["name"] for label in summary.get("labels", []))
+        return _("{total} cases ({counts}); labels: {labels}; model {model} {version}").format(
+            total=summary.get("total", 0), counts=counts or _("none"), labels=labels, model=model,
+            version=summary.get("model_version", ""))
+
+    # engine processes --------------------------------------------------------------------
+
+    def engineCommand(self, verb: str, *arguments) -> list[str]:
+        """``[python, "-m", "assft", verb, ...]``."""
+        return [self.python or pythonExecutable(), "-m", "assft", verb, *[str(a) for a in arguments]]
+
+    def startEngineProcess(self, verb: str, arguments: list, name: str = "",
+                           onProgress: Callable | None = None, onLog: Callable | None = None,
+                           onFinished: Callable | None = None) -> BackgroundProcess:
+        """Start ``assft VERB ARGUMENTS`` in the background and return it at once."""
+        process = BackgroundProcess(
+            self.engineCommand(verb, *arguments),
+            name=name or verb,
+            environment=engineEnvironment(self.engineRoot),
+            onProgress=onProgress,
+            onLog=onLog or (lambda line: logging.info("[assft %s] %s", verb, line)),
+            onFinished=onFinished,
+            launcher=self.launcher,
+        )
+        return process.start()
+
+    def startCreateWorkspace(self, workspacePath, images: list, modelPreset: str, labelNames: str | None = None,
+                             **callbacks) -> BackgroundProcess:
+        """Create a workspace (``assft init``: the model is loaded once to check it fits)."""
+        path = self._path(workspacePath)
+        if path is None:
+            raise ValueError(_("Choose a folder for the new workspace."))
+        if self.hasWorkspace(path):
+            raise ValueError(_("{path} already holds a workspace: open it instead.").format(path=path))
+        sources = [self._path(item) for item in images]
+        if not sources or any(s is None or not s.exists() for s in sources):
+            raise ValueError(_("Choose an existing folder of scans."))
+        arguments = [path, "--images", *sources, "--model", modelPreset]
+        if labelNames:
+            arguments += ["--label-names", labelNames]
+        return self.startEngineProcess("init", arguments, _("creating the workspace"), **callbacks)
+
+    def writeVolumesForWorkspace(self, volumeNodes, folder) -> list[pathlib.Path]:
+        """Write loaded volumes as NIfTI files (their exact grids) for a new workspace."""
+        from assft.imaging import case_id_from_path, write_image_atomic
+
+        folder = pathlib.Path(folder)
+        written = []
+        for node in volumeNodes:
+            if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+                continue
+            if node.GetAttribute("ASSFT.Role") in ("uncertainty",):
+                continue
+            name = case_id_from_path(f"{node.GetName()}.nii.gz")
+            target = folder / f"{name}.nii.gz"
+            number = 1
+            while target.exists():
+                number += 1
+                target = folder / f"{name}_{number}.nii.gz"
+            written.append(pathlib.Path(write_image_atomic(imageFromVolumeNode(node), target)))
+        if not written:
+            raise ValueError(_("No scalar volumes are loaded."))
+        return written
+
+    def startCreateWorkspaceFromVolumes(self, workspacePath, volumeNodes, modelPreset: str, **callbacks) -> BackgroundProcess:
+        """Create a workspace from the loaded volumes (written next to it, in ``<workspace>-scans``)."""
+        path = self._path(workspacePath)
+        if path is None:
+            raise ValueError(_("Choose a folder for the new workspace."))
+        if self.hasWorkspace(path):
+            raise ValueError(_("{path} already holds a workspace: open it instead.").format(path=path))
+        scans = path.parent / f"{path.name}-scans"
+        scans.mkdir(parents=True, exist_ok=True)
+        self.writeVolumesForWorkspace(volumeNodes, scans)
+        return self.startCreateWorkspace(path, [scans], modelPreset, **callbacks)
+
+    def startRank(self, workspacePath, budget: int, strategy: str = "attsq", device: str = "auto",
+                  views: int | None = None, **callbacks) -> BackgroundProcess:
+        """Rank the unlabeled cases in the background (``assft rank --progress json``)."""
+        workspace = self.openWorkspace(workspacePath)
+        unlabeled = workspace.status_summary()["counts"].get("unlabeled", 0)
+        if unlabeled == 0:
+            raise ValueError(_("No unlabeled cases are left to rank."))
+        arguments = [workspace.root, "--budget", min(int(budget), unlabeled), "--strategy", strategy,
+                     "--device", device, "--progress", "json"]
+        if views:
+            arguments += ["--views", views]
+        return self.startEngineProcess("rank", arguments, _("ranking"), **callbacks)
+
+    def predictionDir(self, workspace) -> pathlib.Path:
+        return workspace.root / "predictions" / workspace.current_model_version()
+
+    def predictionFiles(self, workspacePath, caseId: str) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+        """The current model version's predicted label and uncertainty map of a case, if made."""
+        workspace = self.openWorkspace(workspacePath)
+        folder = self.predictionDir(workspace)
+        label, uncertainty = folder / f"{caseId}.nii.gz", folder / f"{caseId}_uncertainty.nii.gz"
+        return (label if label.is_file() else None, uncertainty if uncertainty.is_file() else None)
+
+    def startPredict(self, workspacePath, caseId: str | None, device: str = "auto", views: int | None = None,
+                     **callbacks) -> BackgroundProcess:
+        """Predict one case (or every case when ``caseId`` is None) with its uncertainty map."""
+        workspace = self.openWorkspace(workspacePath)
+        if caseId is not None:
+            workspace.check_case_id(caseId)
+        version = workspace.current_model_version()
+        arguments = [workspace.root, *([caseId] if caseId else ["--all"]), "--out", self.predictionDir(workspace),
+                     "--version", version, "--uncertainty", "--device", device, "--progress", "json"]
+        if views:
+            arguments += ["--views", views]
+        return self.startEngineProcess("predict", arguments, _("predicting"), **callbacks)
+
+    @staticmethod
+    def describeProgress(event: dict[str, Any]) -> str:
+        """One line for a progress event: phase, count, metrics, ETA."""
+        if event.get("event") == "done":
+            return _("Done.")
+        if event.get("event") == "error":
+            return str(event.get("message", _("Failed.")))
+        if event.get("event") != "progress":
+            return str(event.get("event", ""))
+        parts = [f"{event.get('phase', '')} {event.get('done', 0)}/{event.get('total', '?')}"]
+        if event.get("case"):
+            parts.append(str(event["case"]))
+        for key, title in (("loss", _("loss")), ("validation_dice", _("held-out Dice"))):
+            if isinstance(event.get(key), (int, float)):
+                parts.append(f"{title} {event[key]:.3f}")
+        text = ", ".join(parts)
+        eta = event.get("eta_s")
+        if isinstance(eta, (int, float)):
+            text += _(", about {minutes} min left").format(minutes=max(1, round(eta / 60))) if eta >= 90 else _(", about {seconds} s left").format(seconds=round(eta))
+        return text
+
+    @staticmethod
+    def describeResult(result: ProcessResult) -> str:
+        if result.cancelled:
+            return _("Cancelled.")
+        if result.ok:
+            return _("Done in {seconds:.0f} s.").format(seconds=result.seconds)
+        return _("Failed: {message}").format(message=result.errorMessage)
+
+    # worklist ----------------------------------------------------------------------------
+
+    def updateWorklist(self, workspacePath, tableNode=None, seriesNode=None, chartNode=None):
+        """Fill the worklist table from the latest ranking and the chart from the table.
+
+        Returns:
+            ``(table node, plot series node, plot chart node)``.
+        """
+        workspace = self.openWorkspace(workspacePath)
+        statuses = {row["case_id"]: row["status"] for row in workspace.registry.cases()}
+        try:
+            ranking = workspace.latest_ranking()
+        except Exception as error:  # a damaged ranking file must not hide the rest
+            logging.warning("cannot read the latest ranking: %s", error)
+            ranking = None
+        tableNode = fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT worklist"),
+                                  WORKLIST_COLUMNS, worklistRows(ranking, statuses))
+        seriesNode = seriesNode or self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT cases")
+        chartNode = chartNode or self._namedNode("vtkMRMLPlotChartNode", "ASSFT ranking")
+        return (tableNode, *updateScoreChart(tableNode, seriesNode, chartNode))
+
+    @staticmethod
+    def _namedNode(className: str, name: str):
+        node = slicer.mrmlScene.GetFirstNode(name, className)
+        return node if node is not None else slicer.mrmlScene.AddNewNodeByClass(className, name)
+
+    @staticmethod
+    def _cell(tableNode, row: int, title: str) -> str:
+        if tableNode is None or row < 0 or row >= tableNode.GetNumberOfRows():
+            return ""
+        column = tableNode.GetColumnIndex(title)
+        return tableNode.GetCellText(row, column) if column >= 0 else ""
+
+    def caseAtWorklistRow(self, tableNode, row: int) -> str:
+        return self._cell(tableNode, row, "Case")
+
+    def versionAtModelsRow(self, tableNode, row: int) -> str:
+        return self._cell(tableNode, row, "Version")
+
+    def nextCase(self, workspacePath) -> str | None:
+        """The best-ranked case of the latest ranking that is still unlabeled (None: none left)."""
+        from assft.cli import next_case
+        from assft.errors import AssftError
+
+        try:
+            return next_case(self.openWorkspace(workspacePath))["case"]
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
+    # annotating --------------------------------------------------------------------------
+
+    def loadCase(self, workspacePath, caseId: str, predictionPath=None, uncertaintyPath=None,
+                 showUncertainty: bool = True) -> CaseNodes:
+        """Show a case: its scan, a segmentation with one segment per workspace label, pre-filled.
+
+        The segmentation starts from the case's stored label when it has one (to correct it),
+        else from ``predictionPath`` or the current model's prediction when there is one, else
+        empty. The previous case's nodes are removed.
+        """
+        workspace = self.openWorkspace(workspacePath)
+        workspace.check_case_id(caseId)
+        predicted, uncertain = self.predictionFiles(workspace.root, caseId)
+        stored = workspace.label_path(caseId)
+        start = stored or (pathlib.Path(predictionPath) if predictionPath else predicted)
+        uncertaintyPath = pathlib.Path(uncertaintyPath) if uncertaintyPath else uncertain
+        self.closeCase()
+        labels = LabelDefinition.fromWorkspace(workspace.config.labels)
+        volume = loadCaseVolume(workspace.image_path(caseId), caseId, workspace.root)
+        nodes = CaseNodes(caseId, volume, None)
+        try:
+            labelArray = loadLabelArray(start, volume, labels) if start else None
+            nodes.segmentation = createCaseSegmentation(volume, labels, labelArray, name=f"{caseId} segmentation")
+            if uncertaintyPath is not None:
+                nodes.uncertainty = loadUncertaintyVolume(uncertaintyPath, volume, caseId)
+        except BaseException:
+            removeCaseNodes(nodes)
+            raise
+        self.caseNodes, self.caseWorkspace = nodes, workspace.root
+        setForegroundVolume(volume, nodes.uncertainty if showUncertainty else None)
+        return nodes
+
+    def setUncertaintyVisible(self, visible: bool, opacity: float = 0.4) -> None:
+        if self.caseNodes is not None:
+            setForegroundVolume(self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity)
+
+    def closeCase(self) -> None:
+        removeCaseNodes(self.caseNodes)
+        self.caseNodes = self.caseWorkspace = None
+
+    def submitCase(self, workspacePath, overlap: OverlapPolicy | str = OverlapPolicy.REFUSE,
+                   user: str | None = None, caseNodes: CaseNodes | None = None) -> pathlib.Path:
+        """Store the current case's segmentation as its label (exact geometry, validated, atomic).
+
+        Raises:
+            ValueError: no case loaded, segments that are not workspace labels, overlapping
+                segments (unless ``overlap`` says who wins), or the engine refuses the label.
+        """
+        nodes = caseNodes or self.caseNodes
+        if nodes is None or nodes.segmentation is None:
+            raise ValueError(_("No case is loaded: use 'Label next' first."))
+        workspace = self.openWorkspace(workspacePath)
+        if self.caseWorkspace is not None and caseNodes is None and workspace.root != self.caseWorkspace:
+            raise ValueError(_("The loaded case belongs to another workspace ({path}).").format(path=self.caseWorkspace))
+        return submitSegmentation(workspace, nodes.caseId, nodes.segmentation, nodes.volume, overlap=overlap, user=user)
+
+    def skipCase(self, workspacePath, caseId: str) -> None:
+        from assft.errors import AssftError
+
+        if not caseId:
+            raise ValueError(_("No case is loaded."))
+        try:
+            self.openWorkspace(workspacePath).skip(caseId)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+        if self.caseNodes is not None and self.caseNodes.caseId == caseId:
+            self.closeCase()
+
+    # fine-tuning -------------------------------------------------------------------------
+
+    def startFinetune(self, workspacePath, mode: str = "selective", iterations: int = 200, device: str = "auto",
+                      config: dict[str, Any] | None = None, **callbacks) -> BackgroundProcess:
+        """Launch a detached fine-tuning job (it survives Slicer; follow it with :meth:`detachedJobStatus`).
+
+        Args:
+            config: Extra FinetuneConfig fields (e.g. ``{"views": 1, "semi_iterations": 2}``).
+        """
+        workspace = self.openWorkspace(workspacePath)
+        running = self.finetuneJob(workspace.root, states=("running",)) or workspace.running_job()
+        if running:
+            raise ValueError(_("A job is already running in this workspace (pid {pid}).").format(pid=running.get("pid")))
+        if workspace.status_summary()["counts"].get("labeled", 0) == 0:
+            raise ValueError(_("Submit at least one label before fine-tuning."))
+        arguments = [workspace.root, "--mode", mode, "--iterations", int(iterations), "--device", device,
+                     "--detach", "--json"]
+        if config:
+            handle = tempfile.NamedTemporaryFile("w", prefix="assft-finetune-", suffix=".json", delete=False)
+            with handle:
+                json.dump(config, handle)
+            arguments += ["--config", handle.name]
+            onFinished = callbacks.get("onFinished")
+
+            def removeConfigFile(result):  # the detached job got the config on its command line
+                pathlib.Path(handle.name).unlink(missing_ok=True)
+                if onFinished:
+                    onFinished(result)
+
+            callbacks["onFinished"] = removeConfigFile
+        return self.startEngineProcess("finetune", arguments, _("starting fine-tuning"), **callbacks)
+
+    @staticmethod
+    def launchedJob(result: ProcessResult) -> dict[str, Any]:
+        """``{"pid", "log", ...}`` printed by ``assft finetune --detach --json``."""
+        try:
+            document = result.jsonDocument()
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {}
+
+    def finetuneJob(self, workspacePath, states: tuple[str, ...] | None = None, pid: int | None = None) -> dict[str, Any] | None:
+        """The newest fine-tuning job (with ``last_progress``), optionally in ``states`` or of ``pid``."""
+        from assft.jobs import JobStore
+
+        for job in JobStore(self.openWorkspace(workspacePath)).list():
+            if job.get("kind") != "finetune":
+                continue
+            if states is not None and job.get("state") not in states:
+                continue
+            if pid is not None and job.get("pid") != pid:
+                continue
+            return job
+        return None
+
+    def detachedJobStatus(self, workspacePath, launched: dict[str, Any]) -> dict[str, Any]:
+        """The job a detached launch started: its info once it exists, ``starting`` before, or
+        ``failed`` with the log's last line when the process ended without creating one."""
+        pid = launched.get("pid")
+        job = self.finetuneJob(workspacePath, pid=pid) if pid else self.finetuneJob(workspacePath)
+        if job is not None:
+            return job
+        if pid and processIsAlive(int(pid)):
+            return {"state": "starting"}
+        message = _("the fine-tuning process ended before it started its job")
+        log = pathlib.Path(launched.get("log", ""))
+        if launched.get("log") and log.is_file():
+            lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            if lines:
+                message = lines[-1]
+        return {"state": "failed", "message": message}
+
+    def startCancelJob(self, workspacePath, jobId: str | None = None, **callbacks) -> BackgroundProcess:
+        """Cancel a running job (``assft cancel``: SIGTERM to its process group, SIGKILL later)."""
+        workspace = self.openWorkspace(workspacePath)
+        return self.startEngineProcess("cancel", [workspace.root, *([jobId] if jobId else [])], _("cancelling"), **callbacks)
+
+    def describeJob(self, job: dict[str, Any]) -> str:
+        state = job.get("state", "")
+        if state == "starting":
+            return _("Starting fine-tuning...")
+        if state == "running":
+            progress = job.get("last_progress") or {}
+            return _("Fine-tuning: {progress}").format(progress=self.describeProgress(progress) if progress else _("starting"))
+        return f"{state}: {job.get('message') or ''}".strip(": ")
+
+    @staticmethod
+    def jobPromotedVersion(job: dict[str, Any]) -> str | None:
+        """The version a finished job promoted, if it did."""
+        if job.get("state") != "done":
+            return None
+        last = job.get("last_progress") or {}
+        if last.get("event") == "done" and last.get("promoted"):
+            return last.get("version")
+        return None
+
+    def updateModelsTable(self, workspacePath, tableNode=None):
+        from assft.model_registry import ModelRegistry
+
+        models = ModelRegistry(self.openWorkspace(workspacePath)).to_json()
+        return fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT model versions"),
+                             MODEL_COLUMNS, modelRows(models))
+
+    def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:
+        """Make ``version`` current (rollback, or forward again)."""
+        from assft.errors import AssftError
+        from assft.model_registry import ModelRegistry
+
+        try:
+            return ModelRegistry(self.openWorkspace(workspacePath)).rollback(version)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
+
+#
+# ASSFTSlicerTest
+#
+
+
+class ASSFTSlicerTest(ScriptedLoadableModuleTest):
+    """The whole annotation loop on a tiny synthetic workspace with a tiny model, on the CPU."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ASSFTSlicer_loop()
+
+    def test_ASSFTSlicer_loop(self):
+        from ASSFTSlicerLib.selftest import runAnnotationLoop
+
+        missing = dependencies.missingPackages()
+        self.assertEqual(missing, [], "install the dependencies first (Setup > Install dependencies)")
+        self.delayDisplay("Starting the ASSFT loop on a tiny synthetic workspace")
+        with tempfile.TemporaryDirectory(prefix="assft-selftest-") as folder:
+            report = runAnnotationLoop(ASSFTSlicerLogic(), pathlib.Path(folder),
+                                       log=lambda message: self.delayDisplay(message, 300))
+        self.assertEqual(report["labeled"], 2)
+        self.assertTrue(report["promoted_version"])
+        self.delayDisplay("Test passed")

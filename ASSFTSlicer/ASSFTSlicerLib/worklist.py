@@ -1,0 +1,178 @@
+"""The worklist and model-version tables, and the DKD-vs-ASD chart, as MRML nodes.
+
+Rows are built from the engine's documents (the latest ranking, the case registry, the model
+registry) by plain functions; filling table and plot nodes needs the MRML classes only, so the
+same code runs in Slicer (shown in ``qMRMLTableView`` and a plot view) and in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import vtk
+
+import slicer
+
+__all__ = [
+    "MODEL_COLUMNS",
+    "WORKLIST_COLUMNS",
+    "Column",
+    "fillTableNode",
+    "modelRows",
+    "updateScoreChart",
+    "worklistRows",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: title shown, key in the row dicts, ``"string"`` or ``"double"``."""
+
+    title: str
+    key: str
+    kind: str = "string"
+
+
+WORKLIST_COLUMNS = (
+    Column("Rank", "rank", "double"),
+    Column("Case", "case"),
+    Column("Score", "score", "double"),
+    Column("DKD", "dkd", "double"),
+    Column("ASD", "asd", "double"),
+    Column("Hardest structure", "hardest"),
+    Column("Status", "status"),
+    Column("Selected", "selected"),
+    Column("Reason", "reason"),
+)
+
+MODEL_COLUMNS = (
+    Column("Version", "version"),
+    Column("Current", "current"),
+    Column("Parent", "parent"),
+    Column("Mode", "mode"),
+    Column("Held-out Dice", "dice", "double"),
+    Column("Promoted", "promoted"),
+    Column("Created", "created"),
+    Column("Gate", "gate"),
+)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _hardest(row: dict[str, Any]) -> str:
+    """The structure with the highest ASD, from ``hardest_structure`` or ``asd_per_class``."""
+    if row.get("hardest_structure"):
+        return str(row["hardest_structure"])
+    perClass = row.get("asd_per_class")
+    if isinstance(perClass, dict):
+        scored = [(v, k) for k, v in perClass.items() if isinstance(v, (int, float))]
+        if scored:
+            return str(max(scored)[1])
+    return ""
+
+
+def worklistRows(ranking: dict[str, Any] | None, statuses: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per ranked case, best first, with the case's current status.
+
+    Args:
+        ranking: The latest ranking document (``workspace.latest_ranking()``), or None.
+        statuses: ``{case id: status}`` from the registry.
+    """
+    if not ranking:
+        return []
+    rows = []
+    for row in sorted(ranking.get("cases", []), key=lambda r: _number(r.get("rank"))):
+        case = str(row.get("case", ""))
+        rows.append(
+            {
+                "rank": _number(row.get("rank")),
+                "case": case,
+                "score": _number(row.get("score")),
+                "dkd": _number(row.get("dkd")),
+                "asd": _number(row.get("asd")),
+                "hardest": _hardest(row),
+                "status": statuses.get(case, "unknown"),
+                "selected": "yes" if row.get("selected") else "",
+                "reason": str(row.get("reason") or ""),
+            }
+        )
+    return rows
+
+
+def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model version (``ModelRegistry.to_json()``), newest first."""
+    rows = []
+    for entry in reversed(models.get("versions", [])):
+        metrics = entry.get("metrics") or {}
+        gate = entry.get("gate")
+        rows.append(
+            {
+                "version": str(entry.get("version", "")),
+                "current": "yes" if entry.get("current") else "",
+                "parent": str(entry.get("parent") or ""),
+                "mode": str(entry.get("mode") or ("pretrained" if entry.get("version") == "v0" else "")),
+                "dice": _number(metrics.get("validation_dice")),
+                "promoted": "yes" if entry.get("promoted") else "no",
+                "created": str(entry.get("created_at") or ""),
+                "gate": str(gate.get("reason", "")) if isinstance(gate, dict) else str(entry.get("error") or ""),
+            }
+        )
+    return rows
+
+
+def fillTableNode(tableNode, columns: Sequence[Column], rows: Sequence[dict[str, Any]]):
+    """Replace a table node's content (created when None) with ``rows``; returns the node."""
+    if tableNode is None:
+        tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
+    wasModified = tableNode.StartModify()
+    table = tableNode.GetTable()
+    table.Initialize()
+    for column in columns:
+        array = vtk.vtkDoubleArray() if column.kind == "double" else vtk.vtkStringArray()
+        array.SetName(column.title)
+        array.SetNumberOfValues(len(rows))
+        for index, row in enumerate(rows):
+            value = row.get(column.key)
+            if column.kind == "double":
+                array.SetValue(index, _number(value))
+            else:
+                array.SetValue(index, "" if value is None else str(value))
+        table.AddColumn(array)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.SetLocked(True)
+    tableNode.Modified()
+    tableNode.EndModify(wasModified)
+    return tableNode
+
+
+def updateScoreChart(tableNode, seriesNode=None, chartNode=None, title: str = "Knowledge gap (DKD) vs difficulty (ASD)"):
+    """A scatter plot of the worklist's DKD (x) against ASD (y), one point per case.
+
+    Returns:
+        ``(series node, chart node)``, created when None.
+    """
+    if seriesNode is None:
+        seriesNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "ASSFT cases")
+    if chartNode is None:
+        chartNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "ASSFT ranking")
+    seriesNode.SetAndObserveTableNodeID(tableNode.GetID())
+    seriesNode.SetXColumnName("DKD")
+    seriesNode.SetYColumnName("ASD")
+    seriesNode.SetLabelColumnName("Case")
+    seriesNode.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    seriesNode.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+    seriesNode.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+    seriesNode.SetMarkerSize(10)
+    seriesNode.SetColor(0.90, 0.30, 0.24)
+    if not chartNode.HasPlotSeriesNodeID(seriesNode.GetID()):
+        chartNode.AddAndObservePlotSeriesNodeID(seriesNode.GetID())
+    chartNode.SetTitle(title)
+    chartNode.SetXAxisTitle("DKD (knowledge gap)")
+    chartNode.SetYAxisTitle("ASD (anatomical difficulty)")
+    chartNode.SetLegendVisibility(False)
+    return seriesNode, chartNode

@@ -1,0 +1,217 @@
+"""Static checks of the module's files: nothing is imported, the sources are parsed.
+
+- every widget the Python code names (``self.ui.X``) exists in the .ui file;
+- every ``SlicerParameterName`` in the .ui file is a field of the ``@parameterNodeWrapper`` class,
+  bound to a widget type that Slicer's GUI connectors can represent for that field's type;
+- CMake lists every script of ASSFTSlicerLib and every resource; the icon is a 128x128 PNG;
+- the Extensions Index description has the fields of the catalog schema and no others;
+- requirements.txt, the dependency installer and pyproject.toml agree.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+MODULE = ROOT / "ASSFTSlicer"
+MODULE_FILE = MODULE / "ASSFTSlicer.py"
+UI_FILE = MODULE / "Resources" / "UI" / "ASSFTSlicer.ui"
+WIDGET_TEST_FILE = MODULE / "Testing" / "Python" / "ASSFTSlicerWidgetTest.py"
+
+# Which .ui widget classes Slicer's parameterNodeWrapper GUI connectors bind to which field types.
+CONNECTABLE = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider", "QComboBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "QComboBox"},
+    "str": {"QLineEdit", "QTextEdit", "QComboBox"},
+    "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+    "enum": {"QComboBox"},
+    "node": {"qMRMLNodeComboBox"},
+}
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    tree = ET.parse(UI_FILE)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def _parameter_bindings() -> dict[str, tuple[str, str]]:
+    """``{parameter name: (widget name, widget class)}`` from SlicerParameterName properties."""
+    bindings = {}
+    for name, widget in _ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                parameter = prop.findtext("string")
+                assert parameter not in bindings, f"{parameter} is bound to two widgets"
+                bindings[parameter] = (name, widget.get("class"))
+    return bindings
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+def _enum_names(tree: ast.Module) -> set[str]:
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
+    }
+
+
+def _parameter_fields(tree: ast.Module) -> dict[str, str]:
+    """``{field: type text}`` of the class decorated with @parameterNodeWrapper."""
+    wrapped = [
+        node for node in tree.body
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
+    ]
+    assert len(wrapped) == 1, "expected one @parameterNodeWrapper class"
+    fields = {}
+    for item in wrapped[0].body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            annotation = item.annotation
+            if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+                annotation = annotation.slice.elts[0]
+            fields[item.target.id] = ast.unparse(annotation)
+    return fields
+
+
+def _ui_names_used(path: Path) -> set[str]:
+    """Every ``<x>.ui.<name>`` attribute the file uses."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
+            names.add(node.attr)
+    return names
+
+
+def test_every_widget_the_code_names_exists_in_the_ui():
+    widgets = _ui_widgets()
+    used = _ui_names_used(MODULE_FILE)
+    assert used, "the module names no widgets: the parse is broken"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"ASSFTSlicer.py uses widgets missing from {UI_FILE.name}: {missing}"
+    missing = sorted(_ui_names_used(WIDGET_TEST_FILE) - set(widgets))
+    assert not missing, f"the widget test uses widgets missing from {UI_FILE.name}: {missing}"
+
+
+def test_every_bound_parameter_is_a_field_with_a_connectable_widget():
+    tree = _module_tree()
+    fields = _parameter_fields(tree)
+    enums = _enum_names(tree)
+    bindings = _parameter_bindings()
+    assert bindings, "no SlicerParameterName in the .ui file"
+    unknown = sorted(set(bindings) - set(fields))
+    assert not unknown, f"SlicerParameterName(s) {unknown} are not fields of the parameter node ({sorted(fields)})"
+    for parameter, (widget, widget_class) in bindings.items():
+        kind = fields[parameter]
+        if kind in enums:
+            kind = "enum"
+        elif kind.startswith("vtkMRML"):
+            kind = "node"
+        assert widget_class in CONNECTABLE[kind], (
+            f"{widget} ({widget_class}) cannot represent {parameter}: {fields[parameter]}"
+        )
+
+
+def test_the_gui_fields_of_the_parameter_node_are_all_bound():
+    fields = _parameter_fields(_module_tree())
+    gui_fields = {name for name, kind in fields.items() if not kind.startswith("vtkMRML")}
+    unbound = sorted(gui_fields - set(_parameter_bindings()))
+    assert not unbound, f"parameter(s) {unbound} have no widget in the .ui file"
+
+
+def test_choice_fields_are_bound_to_combo_boxes_and_the_presets_come_from_models_json():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert re.search(r"modelPreset: Annotated\[str, Choice\(MODEL_PRESETS\)\]", source)
+    presets = [p["name"] for p in json.loads((MODULE / "Resources" / "Models.json").read_text())["presets"]]
+    assert "demo" in presets and _parameter_bindings()["modelPreset"][1] == "QComboBox"
+
+
+def test_the_module_file_guards_its_qt_imports():
+    """The Logic must import without Qt: qt, ctk and ScriptedLoadableModule sit in a try block."""
+    tree = _module_tree()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            assert not any(n in ("qt", "ctk") or n.startswith("slicer.ScriptedLoadableModule") for n in names), (
+                f"unguarded import at line {node.lineno}"
+            )
+
+
+def test_cmake_lists_every_script_and_resource():
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
+    for script in sorted((MODULE / "ASSFTSlicerLib").glob("*.py")):
+        assert f"${{MODULE_NAME}}Lib/{script.name}" in cmake, f"{script.name} is not in ASSFTSlicer/CMakeLists.txt"
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/*.json",
+                     "Resources/*.pt"):
+        assert resource in cmake
+    assert (MODULE / "Resources" / "Models.json").is_file() and (MODULE / "Resources" / "Models.schema.json").is_file()
+    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+    assert "assft/*.py" in cmake  # the engine ships with the module
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"project\(ASSFTSlicer\)", top) and 'set(EXTENSION_DEPENDS "PyTorch")' in top
+    assert "add_subdirectory(ASSFTSlicer)" in top
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), f"EXTENSION_{key} is missing"
+    assert (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
+
+
+def test_the_icon_is_a_128_pixel_png():
+    data = (MODULE / "Resources" / "Icons" / "ASSFTSlicer.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+# The catalog entry schema (Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json):
+# required fields and the only fields allowed ("additionalProperties": false).
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
+                                      "build_subdirectory", "enabled", "tier"}
+
+
+def test_the_extension_description_follows_the_catalog_schema():
+    entry = json.loads((ROOT / "ASSFTSlicer.json").read_text(encoding="utf-8"))
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED
+    assert "slicer-extension-catalog-entry-schema-v1.0" in entry["$schema"]
+    assert entry["scm_type"] in ("git", "local") and isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert entry["scm_url"].startswith("https://") and "slicer" in entry["scm_url"].lower()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+
+
+def _requirement_names(lines) -> dict[str, str]:
+    names = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            names[re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower()] = line.replace(" ", "")
+    return names
+
+
+def test_requirements_agree_with_the_installer_and_pyproject():
+    pytest.importorskip("numpy")
+    import sys
+
+    sys.path.insert(0, str(MODULE))
+    from ASSFTSlicerLib.dependencies import REQUIREMENTS
+
+    listed = _requirement_names((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    installer = _requirement_names(REQUIREMENTS.values())
+    assert listed == installer
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = _requirement_names(project["dependencies"] + project["optional-dependencies"]["swin"])
+    assert listed == declared
+
+
+def test_makefile_installs_slicer_core():
+    assert "$(BIN)/pip install -q slicer-core" in (ROOT / "Makefile").read_text(encoding="utf-8")

@@ -1,0 +1,299 @@
+"""The Widget's slots with stand-ins for Qt, the parameter node wrapper and the GUI parts of
+slicer.util, against real MRML, a real workspace and real engine processes.
+
+Real Qt and the real parameterNodeWrapper only exist in the Slicer application (see
+ASSFTSlicer/Testing/Python/ASSFTSlicerWidgetTest.py); these stand-ins are deliberately dumb
+(attributes and a queue of timer callbacks), so what this catches is the Widget's own logic:
+a slot calling a missing method, a button left in the wrong state, Rank not turning into
+Cancel and back, a cancelled task not reported as such. Processes are read through slicer-core's
+real ``slicer.util.launchConsoleProcess(blocking=False)``, driven by the stand-in event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import sys
+import time
+import types
+import xml.etree.ElementTree as ET
+
+import pytest
+from slicer_helpers import MODULE_DIR, require_slicer
+
+pytest_plugins = ("slicer_fixtures",)  # the mrml fixture
+
+slicer = require_slicer()
+
+
+class FakeSignalTarget:
+    """A widget: the properties the Widget sets, and ``connect`` for its slots."""
+
+    def __init__(self, name: str) -> None:
+        self.objectName = name
+        self.text = ""
+        self.enabled = True
+        self.toolTip = ""
+        self.checked = False
+        self.range = (0, 1)
+        self.value = 0
+        self.connections: dict[str, object] = {}
+        self.tableNode = None
+        self.row = -1
+
+    def connect(self, signal, slot):
+        self.connections[signal] = slot
+
+    def click(self):
+        if self.enabled:
+            self.connections["clicked(bool)"]()
+
+    def setRange(self, low, high):
+        self.range = (low, high)
+
+    def setValue(self, value):
+        self.value = value
+
+    def setMRMLTableNode(self, node):
+        self.tableNode = node
+
+    def currentIndex(self):
+        return types.SimpleNamespace(row=lambda: self.row)
+
+
+class FakeEventLoop:
+    callbacks: list = []
+
+    @classmethod
+    def singleShot(cls, msec, callback):
+        cls.callbacks.append(callback)
+
+    @classmethod
+    def processEvents(cls):
+        pending, cls.callbacks = cls.callbacks, []
+        for callback in pending:
+            callback()
+
+
+class FakeTimer:
+    def __init__(self):
+        self.active = False
+        self.slot = None
+
+    def setInterval(self, msec):
+        pass
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    singleShot = staticmethod(FakeEventLoop.singleShot)
+
+
+def _fake_parameter_node_wrapper(cls):
+    defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
+
+    class Wrapped:
+        def __init__(self, node=None):
+            for name, value in defaults.items():
+                if value is None and "Path" in str(cls.__annotations__[name]):
+                    value = __import__("pathlib").Path()
+                object.__setattr__(self, name, value)
+
+        def connectGui(self, ui):
+            return "tag"
+
+        def disconnectGui(self, tag):
+            pass
+
+    Wrapped.__name__ = cls.__name__
+    return Wrapped
+
+
+@pytest.fixture
+def module(monkeypatch, mrml):
+    """ASSFTSlicer imported with the stand-ins (a fresh copy; the plain import is untouched)."""
+    qt = types.ModuleType("qt")
+    qt.QTimer = FakeTimer
+    qt.QApplication = types.SimpleNamespace(processEvents=FakeEventLoop.processEvents)
+    settings: dict = {}
+    qt.QSettings = lambda: types.SimpleNamespace(value=settings.get, setValue=settings.__setitem__)
+    qt.Qt = types.SimpleNamespace(WaitCursor=0)
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "ctk", types.ModuleType("ctk"))
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Base:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+        def getParameterNode(self):
+            return None
+
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleLogic = Base
+    slm.ScriptedLoadableModuleTest = Base
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper = _fake_parameter_node_wrapper
+    pnw.Choice = lambda choices: ("Choice", choices)
+    pnw.WithinRange = lambda low, high: ("WithinRange", low, high)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+
+    class Observation:
+        def __init__(self):
+            pass
+
+        def addObserver(self, *args):
+            pass
+
+        def removeObserver(self, *args):
+            pass
+
+        def removeObservers(self):
+            pass
+
+    monkeypatch.setattr(slicer.util, "VTKObservationMixin", Observation, raising=False)
+    messages = []
+
+    @contextlib.contextmanager
+    def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
+        try:
+            yield
+        except Exception as error:
+            messages.append(("error", f"{message} {error}"))
+            raise
+
+    for name, kind in (("errorDisplay", "error"), ("infoDisplay", "info"), ("warningDisplay", "warning")):
+        monkeypatch.setattr(slicer.util, name, lambda text, kind=kind, **kw: messages.append((kind, text)))
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", tryWithErrorDisplay)
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", lambda text, **kw: messages.append(("ask", text)) or True)
+    monkeypatch.setattr(slicer.util, "selectModule", lambda name: messages.append(("module", name)))
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(__import__("os").environ), raising=False)
+    editor = types.SimpleNamespace(segmentation=None, source=None)
+    editor.setSegmentationNode = lambda node: setattr(editor, "segmentation", node)
+    editor.setSourceVolumeNode = lambda node: setattr(editor, "source", node)
+    slicer.modules.segmenteditor = types.SimpleNamespace(
+        widgetRepresentation=lambda: types.SimpleNamespace(self=lambda: types.SimpleNamespace(editor=editor)))
+    monkeypatch.delitem(sys.modules, "ASSFTSlicerLib.process", raising=False)
+    spec = importlib.util.spec_from_file_location("ASSFTSlicerWithStandIns", MODULE_DIR / "ASSFTSlicer.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    assert loaded.HAVE_QT
+    yield types.SimpleNamespace(module=loaded, messages=messages, editor=editor, settings=settings)
+    FakeEventLoop.callbacks = []
+    sys.modules.pop("ASSFTSlicerLib.process", None)
+
+
+def _widget(module, tmp_path):
+    ASSFTSlicer = module.module
+    widget = ASSFTSlicer.ASSFTSlicerWidget()
+    widget.logic = ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable)
+    names = [w.get("name") for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "ASSFTSlicer.ui").iter("widget")]
+    widget.ui = types.SimpleNamespace(**{name: FakeSignalTarget(name) for name in names})
+    for button in ("rankButton", "labelNextButton", "finetuneButton", "createWorkspaceButton", "submitNextButton"):
+        getattr(widget.ui, button).text = button
+    widget._jobTimer = FakeTimer()
+    widget._parameterNode = widget.logic.getParameterNode() or ASSFTSlicer.ASSFTSlicerParameterNode()
+    return widget
+
+
+def _connect_slots(widget):
+    for name in ("rankButton", "labelNextButton", "submitNextButton", "skipButton", "finetuneButton", "openWorkspaceButton"):
+        slot = {"rankButton": widget.onRank, "labelNextButton": widget.onLabelNext, "submitNextButton": widget.onSubmitAndNext,
+                "skipButton": widget.onSkip, "finetuneButton": widget.onFinetune,
+                "openWorkspaceButton": widget.onOpenWorkspace}[name]
+        getattr(widget.ui, name).connect("clicked(bool)", slot)
+
+
+def _run_until(condition, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        FakeEventLoop.processEvents()
+        time.sleep(0.02)
+
+
+def test_the_panel_ranks_cancels_labels_and_submits(module, tmp_path, synthetic_pool, tiny_preset_file):
+    from assft.workspace import Workspace
+
+    _, cases = synthetic_pool
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in cases[:3]:
+        shutil.copy(case.image, images / case.image.name)
+    workspace = Workspace.create(tmp_path / "ws", [images], label_names={1: "shell", 2: "core"},
+                                 model=str(tiny_preset_file), user="tester")
+    widget = _widget(module, tmp_path)
+    _connect_slots(widget)
+    p = widget._parameterNode
+    p.device = module.module.Device.CPU
+    p.budget = 1
+
+    widget.refresh()
+    assert not widget.ui.rankButton.enabled and widget.ui.rankButton.toolTip  # says why
+    p.workspacePath = workspace.root
+    widget._updateButtons()  # what the parameter node's ModifiedEvent observer does in Slicer
+    widget.ui.openWorkspaceButton.click()
+    assert "3 cases" in widget.ui.workspaceStatusLabel.text
+    assert module.settings["ASSFTSlicer/LastWorkspace"] == str(workspace.root)
+    assert widget.ui.rankButton.enabled and not widget.ui.labelNextButton.enabled
+    assert widget.ui.labelNextButton.toolTip == "Rank the scans first."
+
+    # Rank turns into Cancel; cancelling leaves the workspace free.
+    widget.ui.rankButton.click()
+    assert widget.ui.rankButton.text == "Cancel" and widget.ui.rankButton.enabled
+    assert widget._task.mode == "slicer"  # slicer-core's launchConsoleProcess(blocking=False)
+    assert not widget.ui.openWorkspaceButton.enabled and widget.ui.openWorkspaceButton.toolTip == "Another task is running."
+    widget.ui.rankButton.click()
+    _run_until(lambda: widget._task is None)
+    assert widget.ui.rankButton.text == "rankButton" and widget.ui.taskStatusLabel.text == "Cancelled."
+    assert not [m for m in module.messages if m[0] == "error"]
+    assert workspace.status_summary()["running_job"] is None and workspace.latest_ranking() is None
+
+    progress = []
+    widget._onTaskProgress = lambda event: progress.append(event)  # what the progress bar gets
+    widget.ui.rankButton.click()
+    _run_until(lambda: widget._task is None)
+    assert widget.ui.taskStatusLabel.text.startswith("Done"), module.messages
+    assert [e["done"] for e in progress if e["event"] == "progress"] == [0, 1, 2, 3]
+    assert progress[-1]["event"] == "done" and len(progress[-1]["selected"]) == 1
+    assert widget.ui.worklistTableView.tableNode.GetNumberOfRows() == 3
+    assert widget.ui.labelNextButton.enabled
+
+    # Label next predicts in the background, then opens the case in the Segment Editor.
+    first = widget.logic.nextCase(workspace.root)
+    widget.ui.labelNextButton.click()
+    assert widget.ui.labelNextButton.text == "Cancel"
+    _run_until(lambda: widget._task is None and p.currentCase == first)
+    assert ("module", "SegmentEditor") in module.messages
+    assert module.editor.segmentation is p.caseSegmentation and module.editor.source is p.caseVolume
+    assert p.caseUncertainty is not None and widget.ui.submitNextButton.enabled
+    import numpy as np
+    import SimpleITK as sitk
+
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(widget.logic.predictionFiles(workspace.root, first)[0])))
+    segmentation = p.caseSegmentation.GetSegmentation()
+    for value, name in ((1, "shell"), (2, "core")):
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(p.caseSegmentation, segmentation.GetSegmentIdBySegmentName(name), p.caseVolume)
+        np.testing.assert_array_equal(array != 0, predicted == value)
+
+    # Overlapping segments: the user is asked, and the answer (yes) is passed to the Logic.
+    shape = slicer.util.arrayFromVolume(p.caseVolume).shape
+    box = np.zeros(shape, np.uint8)
+    box[2:6, 2:6, 2:6] = 1
+    for name in ("shell", "core"):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(box, p.caseSegmentation, segmentation.GetSegmentIdBySegmentName(name), p.caseVolume)
+    widget.ui.submitNextButton.click()
+    assert any(kind == "ask" and "share 64 voxels" in text for kind, text in module.messages)
+    stored = workspace.label_path(first)
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(stored))) == 2).sum() == 64  # core, lower in the list, won
+    assert workspace.registry.case(first)["status"] == "labeled"
+    _run_until(lambda: widget._task is None)  # the next case (none left in a budget of 1 is fine)
+    assert not [m for m in module.messages if m[0] == "error"], module.messages
