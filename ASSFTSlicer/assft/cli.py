@@ -20,8 +20,9 @@ from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError
 STRATEGY_CHOICES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd")
 
 
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+def _print_json(document: Any, *, one_line: bool = False) -> None:
+    """One JSON document on stdout (on one line after JSON-lines progress, for parsers)."""
+    sys.stdout.write(json.dumps(document, indent=None if one_line else 2, default=str) + "\n")
 
 
 def _progress(args: argparse.Namespace):
@@ -137,7 +138,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return 0
     progress.done(file=document.get("file"), selected=document["selected"])
     if args.json:
-        _print_json(document)
+        _print_json(document, one_line=progress.mode == "json")
     elif progress.mode != "json":
         _print_ranking(document)
     return 0
@@ -229,7 +230,7 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
 
 
 def _finetune_config(args: argparse.Namespace):
-    from assft.training import FinetuneConfig
+    from assft.training.config import FinetuneConfig
 
     data: dict[str, Any] = FinetuneConfig.from_file(args.config).to_dict() if args.config else {}
     if args.config_json:
@@ -244,8 +245,6 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from assft.training.finetune import run_finetune
-
     workspace = _open(args.workspace)
     config = _finetune_config(args)
     argv = ["finetune", str(workspace.root), "--config-json", json.dumps(config.to_dict()),
@@ -265,13 +264,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             f"{workspace.root}'"
         )
         return 0
+    from assft.training.finetune import run_finetune
+
     manifest = run_finetune(workspace, config, device=args.device, progress=_progress(args), argv=argv)
     from assft import distributed
 
     if not distributed.is_main():
         return 0
     if args.json:
-        _print_json(manifest)
+        _print_json(manifest, one_line=args.progress == "json")
     elif _progress(args).mode != "json":
         gate = manifest.get("gate", {})
         print(
@@ -336,12 +337,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from assft.predict import predict_workspace
 
+    progress = _progress(args)
     result = predict_workspace(
         _open(args.workspace), args.case, args.all, Path(args.out) if args.out else None,
-        args.version, args.device, args.uncertainty, _progress(args), views=args.views,
+        args.version, args.device, args.uncertainty, progress, views=args.views,
     )
+    progress.done(model_version=result["model_version"],
+                  predictions=[row["label"] for row in result["predictions"]])
     if args.json:
-        _print_json(result)
+        _print_json(result, one_line=progress.mode == "json")
     else:
         for row in result["predictions"]:
             print(f"{row['case']}\t{row['label']}")
@@ -351,12 +355,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from assft.evaluate import evaluate_workspace
 
+    progress = _progress(args)
     result = evaluate_workspace(
         _open(args.workspace), Path(args.truth), version=args.version, device=args.device,
-        progress=_progress(args), views=args.views,
+        progress=progress, views=args.views,
     )
+    progress.done(model_version=result["model_version"], mean_dice=result["mean_dice"])
     if args.json:
-        _print_json(result)
+        _print_json(result, one_line=progress.mode == "json")
         return 0
     names = list(result["per_structure"])
     print(f"{'case':<24} {'status':<10} " + " ".join(f"{n[:12]:>12}" for n in names) + "   mean")
@@ -600,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
             "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)")
     p.add_argument("--out", help="folder for the weights and manifest (default: the shipped Resources/)")
     p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
-    p.add_argument("--iterations", type=int, default=700)
+    p.add_argument("--iterations", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", dest="data_seed", type=int, default=0)
     p.add_argument("--n-source", dest="n_source", type=int, default=24)
