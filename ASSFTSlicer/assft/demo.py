@@ -1,73 +1,120 @@
-"""``assft demo``: the annotation loop end to end on built-in synthetic scans.
+"""``assft demo``: the whole loop on built-in sample scans, with the shipped pretrained model.
 
-It writes a small pool with ground truth, creates a workspace with the demo model preset,
-ranks the pool with ATTSQ, lets a simulated clinician (the ground truth) label the selected
-cases through the validated submit path, and ranks again with those labels in the diversity term.
+It builds a target pool from real anatomy (``assft sample-data``), ranks it with ATTSQ, lets a
+simulated clinician (the ground truth) label the top cases, fine-tunes with selective SSFT, and
+compares on held-out test scans: the pretrained model, ASSFT, and random selection with the same
+budget and the same fine-tuning. It prints a table and writes ``report.html`` and ``demo.json``.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from assft.progress import Progress
 
+QUICK = {"n": 16, "budget": 3, "views": 2, "iterations": 40, "semi_iterations": 40}
+FULL = {"n": 40, "budget": 5, "views": 4, "iterations": 150, "semi_iterations": 150}
+# Fine-tuning patches as in the demo model's pretraining (assft pretrain-demo).
+PATCH = {"patch_size": [32, 32, 32], "batch_size": 4, "lr": 1e-3, "freeze_batchnorm": True}
 
-def run_demo(out: Path, *, quick: bool = True, device: str = "auto", progress: Progress | None = None) -> dict[str, Any]:
-    """Run the demo loop in ``out`` and return its summary (also ``out/demo.json``)."""
+
+def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Run the demo in ``out``; returns the summary (also ``out/demo.json``)."""
     from assft.config import QueryConfig
-    from assft.ranking import rank_workspace
-    from assft.synthetic import write_synthetic_pool
-    from assft.projects import create_workspace
+    from assft.experiments import Dataset, Simulation
+    from assft.sampledata import write_sample_data
 
+    settings = QUICK if quick else FULL
     progress = progress or Progress("none")
-    n_cases, size, budget = (10, 32, 3) if quick else (24, 48, 4)
-    if (out / "workspace").exists():
-        shutil.rmtree(out / "workspace")
-    cases = write_synthetic_pool(out / "data", n_cases, seed=7, size=size)
-    truth = {c.case_id: c.label for c in cases}
-    # The synthetic outer shell and core stand in for the demo model's grey and white matter.
-    workspace = create_workspace(out / "workspace", [out / "data" / "images"], model="demo")
-    rounds = []
-    for round_index in range(2):
-        config = QueryConfig(budget=budget, seed=round_index)
-        document = rank_workspace(workspace, config, device=device, progress=progress)
-        for case_id in document["selected"]:
-            workspace.submit_label(case_id, truth[case_id], user="simulated-clinician")
-        rounds.append(
-            {
-                "ranking": document["file"],
-                "model_version": document["model_version"],
-                "cold_start": document["cold_start"],
-                "gap_estimator": document["notes"].get("gap_estimator"),
-                "selected": document["selected"],
-                "top": [
-                    {k: row[k] for k in ("case", "rank", "score", "dkd", "asd", "reason")}
-                    for row in document["cases"][: budget + 2]
-                ],
-                "seconds": document["seconds"],
-            }
-        )
-    summary = {"workspace": str(workspace.root), "rounds": rounds, **workspace.status_summary()}
+    out.mkdir(parents=True, exist_ok=True)
+    write_sample_data(out / "data", settings["n"], n_source=0, seed=7, progress=progress)
+    dataset = Dataset.from_sample_data(out / "data")
+    simulation = Simulation(out, dataset, model="demo", device=device, views=settings["views"],
+                            progress=progress)
+    finetune = {"mode": "selective", "iterations": settings["iterations"],
+                "semi_iterations": settings["semi_iterations"], **PATCH}
+    budget = settings["budget"]
+    attsq_query = QueryConfig(strategy="attsq", budget=budget, seed=0, views=settings["views"])
+    ranking = simulation.ranking(attsq_query)
+    progress.emit("info", message="fine-tuning on the ATTSQ picks")
+    attsq = simulation.run(attsq_query, finetune, keep=True)
+    progress.emit("info", message="fine-tuning on random picks")
+    random = simulation.run(QueryConfig(strategy="random", budget=budget, seed=0,
+                                        views=settings["views"]), finetune)
+    pretrained = simulation.pretrained_test_dice()
+    summary = {
+        "settings": settings,
+        "pool": [c.case_id for c in dataset.pool],
+        "test": [c.case_id for c in dataset.test],
+        "ranking": {k: ranking[k] for k in ("selected", "notes", "model_version", "cold_start")},
+        "ranked_cases": ranking["cases"],
+        "results": {
+            "pretrained": {"mean_dice": pretrained["mean_dice"],
+                           "per_structure": pretrained["per_structure"]},
+            "attsq + selective SSFT": attsq.to_dict(),
+            "random + selective SSFT": random.to_dict(),
+        },
+        "workspace": str(out / "runs"),
+        "scoring_seconds": round(simulation.scoring_seconds, 2),
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "report.html").write_text(demo_report(summary))
     return summary
 
 
+def _rows(summary: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
+    results = summary["results"]
+    structures = list(results["pretrained"]["per_structure"])
+    rows = []
+    for name, result in results.items():
+        per = result.get("per_structure") or result.get("test_per_structure")
+        mean = result.get("mean_dice", result.get("test_dice"))
+        rows.append([name, *[per.get(s) for s in structures], mean])
+    return ["model", *structures, "mean Dice"], rows
+
+
+def demo_report(summary: dict[str, Any]) -> str:
+    """The HTML report: the DKD-vs-ASD scatter with the picks, Dice per structure, the table."""
+    from assft.report import bars_svg, html_page, html_table, scatter_svg
+
+    points = [
+        {"dkd": r["dkd"], "asd": r["asd"], "label": f"#{r['rank']} {r['case']}",
+         "highlight": r["selected"]}
+        for r in summary["ranked_cases"]
+    ]
+    header, rows = _rows(summary)
+    bars = {row[0]: dict(zip(header[1:-1], row[1:-1], strict=True)) for row in rows}
+    picks = summary["ranking"]["selected"]
+    ranked = [
+        [r["rank"], r["case"], r["score"], r["dkd"], r["asd"], r["hardest_structure"] or "-",
+         r["reason"]]
+        for r in summary["ranked_cases"]
+    ]
+    return html_page(
+        "ASSFT demo",
+        [
+            ("Result on held-out test scans", html_table(header, rows)),
+            ("Dice per structure", bars_svg(bars, title="Test Dice per structure")),
+            ("What ATTSQ picked", scatter_svg(points, x="dkd", y="asd",
+                                              title=f"DKD vs ASD (picked: {', '.join(picks)})")),
+            ("The worklist", html_table(["rank", "case", "score", "DKD", "ASD", "hardest", "reason"],
+                                         ranked)),
+        ],
+    )
+
+
 def print_demo(summary: dict[str, Any]) -> None:
-    """A readable account of the demo."""
-    for i, round_ in enumerate(summary["rounds"], start=1):
-        print(
-            f"\nRound {i}: model {round_['model_version']}, DKD gap estimator "
-            f"{round_['gap_estimator']}{' (cold start)' if round_['cold_start'] else ''}, "
-            f"{round_['seconds']:.1f} s"
-        )
-        print(f"{'rank':>4}  {'case':<10} {'score':>6} {'DKD':>8} {'ASD':>6}  reason")
-        for row in round_["top"]:
-            asd = f"{row['asd']:.3f}" if row["asd"] is not None else "-"
-            dkd = f"{row['dkd']:.4f}" if row["dkd"] is not None else "-"
-            print(f"{row['rank']:>4}  {row['case']:<10} {row['score']:>6.3f} {dkd:>8} {asd:>6}  {row['reason']}")
-        print(f"  labeled by the simulated clinician: {', '.join(round_['selected'])}")
-    counts = summary["counts"]
-    print(f"\nWorkspace {summary['workspace']}: {counts}")
+    """The table on the terminal."""
+    header, rows = _rows(summary)
+    print(f"\nTest Dice on {len(summary['test'])} held-out scans "
+          f"(budget {summary['settings']['budget']} labeled cases):")
+    print("  ".join(f"{h:>24}" if i == 0 else f"{h[:14]:>14}" for i, h in enumerate(header)))
+    for row in rows:
+        cells = [f"{row[0]:>24}"] + [
+            f"{v:>14.4f}" if isinstance(v, float) else f"{'-':>14}" for v in row[1:]
+        ]
+        print("  ".join(cells))
+    print(f"ATTSQ picked: {', '.join(summary['ranking']['selected'])}")

@@ -35,6 +35,7 @@ def tiny_unet_dict(**overrides: Any) -> dict[str, Any]:
         embedding_layer="model.1.submodule.1.submodule",
         encoder_prefixes=["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule"],
         head_layer="model.2",
+        label_names={"1": "grey matter", "2": "white matter"},
     )
     data.update(overrides)
     return data

@@ -203,7 +203,7 @@ def test_demo_preset_loads() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(get_preset("demo"))
-    assert model.label_values == [1, 2] and model.has_batchnorm
+    assert model.label_values == [1, 2, 3] and model.has_batchnorm
     assert len(model.running_statistics()) == 4
 
 

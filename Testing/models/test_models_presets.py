@@ -54,9 +54,9 @@ def test_presets_parse_and_round_trip() -> None:
     demo = presets["demo"]
     assert demo.architecture is Architecture.UNET
     assert demo.patch_size == (64, 64, 64)
-    assert demo.spacing == (2.0, 2.0, 2.0)
-    assert demo.label_names == {1: "grey matter", 2: "white matter"}
-    assert demo.label_values == [1, 2]
+    assert demo.spacing == (3.0, 3.0, 3.0)
+    assert demo.label_names == {1: "grey matter", 2: "white matter", 3: "cerebrospinal fluid"}
+    assert demo.label_values == [1, 2, 3]
     assert demo.in_encoder("model.1.submodule.0.conv.unit0.adn.N")
     assert not demo.in_encoder("model.1.submodule.2.0.adn.N")
     assert demo.in_head("model.2.0.conv.weight") and not demo.in_head("model.20")

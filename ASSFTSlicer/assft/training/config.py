@@ -45,6 +45,8 @@ class FinetuneConfig:
         seed: seed of every random choice (patches, augmentation, initialisation).
         augment: flips, intensity scale/shift, small affine.
         amp: mixed precision on CUDA.
+        freeze_batchnorm: keep BatchNorm running statistics fixed while fine-tuning (the
+            statistics of a few small patch batches are noisy; the affine weights still learn).
     """
 
     mode: FinetuneMode = FinetuneMode.SELECTIVE
@@ -68,6 +70,7 @@ class FinetuneConfig:
     seed: int = 0
     augment: bool = True
     amp: bool = True
+    freeze_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -88,6 +88,10 @@ class Trainer:
         """One step: L_sup(labeled) + weight * L_masked(pseudo)."""
         network = self.model.network
         network.train()
+        if self.config.freeze_batchnorm:
+            for module in network.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         images, targets = labeled
         count = images.shape[0]
         if pseudo is not None:

@@ -1,0 +1,698 @@
+"""Sample data from real anatomy: the MNI ICBM152 2009a template, deformed and re-acquired.
+
+The T1-weighted template and its grey/white-matter probability maps ship inside nilearn's
+wheel (``pip install --no-deps nilearn``: only its data files are read, nilearn is never
+imported). From them this module builds labelled volumes on one 192 mm field of view
+(64^3 voxels at the default 3 mm):
+
+* labels: 0 background (outside the skull-stripped template's brain), 1 grey matter,
+  2 white matter, 3 cerebrospinal fluid (inside the brain: ventricles, cisterns, sulci), the
+  argmax of the anti-aliased tissue probabilities, so a label always matches its image; with
+  ``brain_mask`` a single label 1 = brain (their union);
+* a *source* domain (what the demo model is pretrained on): mild affine and elastic
+  deformations, clean T1 contrast, weak bias and noise;
+* a heterogeneous *target* pool: stronger deformations; anatomical variation (atrophy: grey
+  matter thinned from the pial side and ventricles enlarged, both turned into CSF; white-matter
+  lesions, hypointense on T1 and labelled as the white matter they lie in); acquisition shifts
+  of graded severity (``contrast``, ``t2like`` inversion, ``bias`` field, Rician ``noise``,
+  anisotropic ``thick_slices``, isotropic ``low_resolution``), one or two per case; and one case
+  in five acquired and deformed like the source (``near_source``).
+
+Every case is drawn from its own seed ``SeedSequence([seed, domain, index])``: a case does not
+depend on how many others are made, and the whole set is the same for a seed on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from assft.errors import BadInputError
+from assft.imaging import write_image_atomic
+
+__all__ = [
+    "BRAIN_LABEL_NAMES",
+    "LABEL_NAMES",
+    "NILEARN_VERSION",
+    "SHIFT_KINDS",
+    "SampleCase",
+    "locate_template",
+    "make_case",
+    "write_sample_data",
+]
+
+NILEARN_VERSION = "0.14.1"
+"""The nilearn release whose wheel the Makefile installs (any release with the files works)."""
+
+TEMPLATE_DIR_ENV = "ASSFT_MNI152_DIR"
+"""A folder holding the three template files, used instead of nilearn's wheel when set."""
+
+TEMPLATE_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+_WHEEL_FOLDER = "nilearn/datasets/data"
+
+LABEL_NAMES = {1: "grey matter", 2: "white matter", 3: "cerebrospinal fluid"}
+BRAIN_LABEL_NAMES = {1: "brain"}
+
+FOV_MM = 192.0
+"""Edge of the cubic field of view, centred on the template brain's bounding box."""
+
+SHIFT_KINDS = ("contrast", "t2like", "bias", "noise", "thick_slices", "low_resolution")
+LEVELS = {1: ("mild", 1.0 / 3.0), 2: ("moderate", 2.0 / 3.0), 3: ("severe", 1.0)}
+_EXCLUSIVE = ({"contrast", "t2like"}, {"thick_slices", "low_resolution"})
+_SOURCE, _TARGET = 0, 1
+_NEAR_SOURCE_EVERY = 5
+_VENTRICLE_DEPTH_MM = 20.0  # CSF this deep inside the brain: ventricles and deep cisterns
+
+
+# The template ------------------------------------------------------------------------------
+
+
+def locate_template() -> dict[str, Path]:
+    """The three MNI152 2009a files (T1, GM, WM) from ``$ASSFT_MNI152_DIR`` or nilearn's wheel.
+
+    Raises:
+        BadInputError: nilearn is not installed or lacks a file; says how to install it.
+    """
+    override = os.environ.get(TEMPLATE_DIR_ENV)
+    if override:
+        files = {key: Path(override) / name for key, name in TEMPLATE_FILES.items()}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise BadInputError(
+                f"${TEMPLATE_DIR_ENV} is set but lacks the MNI152 template file(s) "
+                f"{', '.join(Path(m).name for m in missing)}",
+                override,
+            )
+        return files
+    how = (
+        f"pip install --no-deps nilearn=={NILEARN_VERSION} (only its data files are read; "
+        f"or set ${TEMPLATE_DIR_ENV} to a folder holding {', '.join(TEMPLATE_FILES.values())})"
+    )
+    try:
+        distribution = importlib.metadata.distribution("nilearn")
+    except importlib.metadata.PackageNotFoundError:
+        raise BadInputError(
+            "the sample data is built from the MNI152 template that ships in nilearn's wheel, "
+            f"which is not installed: {how}"
+        ) from None
+    files = {}
+    for key, name in TEMPLATE_FILES.items():
+        path = Path(str(distribution.locate_file(f"{_WHEEL_FOLDER}/{name}")))
+        if not path.is_file():
+            raise BadInputError(
+                f"nilearn {distribution.version} has no {_WHEEL_FOLDER}/{name}: reinstall it, {how}"
+            )
+        files[key] = path
+    return files
+
+
+def template_source() -> dict[str, Any]:
+    """Where the template comes from (for manifests)."""
+    files = locate_template()
+    try:
+        version = importlib.metadata.version("nilearn")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {
+        "name": "MNI ICBM152 2009a nonlinear symmetric (T1, GM and WM probability maps)",
+        "package": None if os.environ.get(TEMPLATE_DIR_ENV) else f"nilearn {version}",
+        "files": sorted(p.name for p in files.values()),
+        "licence": "see ASSFTSlicer/Resources/SampleData.md",
+    }
+
+
+@dataclass
+class _Template:
+    """The template cropped to its brain, anti-aliased for one output spacing.
+
+    ``channels`` is (1, 6, Z, Y, X): T1, GM, WM, CSF (0..1, blurred), the depth into tissue
+    from the nearest CSF or background (mm) and the distance to the ventricles (mm).
+    """
+
+    channels: torch.Tensor
+    crop_start: np.ndarray  # (x, y, z) full-template index of the first channel voxel's centre
+    step: float  # full-template voxels per channel voxel
+    centre: np.ndarray  # (x, y, z) full-template index of the brain's bounding-box centre
+    reference: sitk.Image
+    levels: dict[str, float]  # median T1 of CSF, GM, WM (0..1)
+
+
+def _distance_inside(mask: np.ndarray, voxel_mm: float = 1.0) -> np.ndarray:
+    """Distance (mm) from each voxel outside ``mask`` to the mask; 0 inside."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing((float(voxel_mm),) * 3)
+    distance = sitk.SignedMaurerDistanceMap(
+        image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
+    return np.clip(sitk.GetArrayFromImage(distance), 0.0, None).astype(np.float32)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def gaussian_blur(volume: torch.Tensor, sigma: tuple[float, float, float]) -> torch.Tensor:
+    """Separable Gaussian blur of (C, Z, Y, X) with ``sigma`` in voxels per (z, y, x) axis."""
+    out = volume[None]
+    channels = volume.shape[0]
+    for axis, s in enumerate(sigma):
+        if s <= 0.05:
+            continue
+        kernel = _gaussian_kernel(s)
+        shape = [1, 1, 1]
+        shape[axis] = kernel.numel()
+        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
+        padding = [0, 0, 0]
+        padding[axis] = kernel.numel() // 2
+        pad = []
+        for p in reversed(padding):
+            pad += [p, p]
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, groups=channels)
+    return out[0]
+
+
+def _pool(volume: np.ndarray, k: int) -> np.ndarray:
+    """Average blocks of k^3 voxels of a (Z, Y, X) volume (the end padded by replication)."""
+    if k == 1:
+        return volume.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    pad: list[int] = []
+    for size in reversed(volume.shape):
+        pad += [0, (-size) % k]
+    return F.avg_pool3d(F.pad(tensor, pad, mode="replicate"), k)[0, 0].numpy()
+
+
+@lru_cache(maxsize=4)
+def _load_template(spacing: float, t1_path: str, gm_path: str, wm_path: str) -> _Template:
+    reference = sitk.ReadImage(t1_path)
+    t1_full = sitk.GetArrayViewFromImage(reference)
+    zyx = np.argwhere(t1_full > 0)
+    low, high = zyx.min(0), zyx.max(0)
+    centre_zyx = (low + high) / 2.0
+    margin = 12
+    start = np.maximum(low - margin, 0)
+    stop = np.minimum(high + margin + 1, t1_full.shape)
+    crop = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    arrays = {}
+    for key, path in (("t1", t1_path), ("gm", gm_path), ("wm", wm_path)):
+        image = reference if key == "t1" else sitk.ReadImage(path)
+        if image.GetSize() != reference.GetSize():
+            raise BadInputError("the MNI152 template files do not share one grid", path)
+        arrays[key] = sitk.GetArrayViewFromImage(image)[crop].astype(np.float32) / 255.0
+    brain = arrays["t1"] > 0
+    gm = arrays["gm"] * brain
+    wm = arrays["wm"] * brain
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    # Labels at 1 mm: background outside the brain, else the most probable tissue.
+    label = np.where(gm >= wm, 1, 2).astype(np.uint8)
+    label[csf > np.maximum(gm, wm)] = 3
+    label[~brain] = 0
+    levels = {
+        name: float(np.median(arrays["t1"][label == value]))
+        for name, value in (("csf", 3), ("gm", 1), ("wm", 2))
+    }
+    # Coarse grids: average blocks of k^3 voxels first (cheaper blur and distances).
+    k = max(1, int(spacing // 2))
+    non_tissue = _pool((label == 0) | (label == 3), k) > 0.5
+    outside = _pool(~brain, k) > 0.5
+    ventricles = (_pool(label == 3, k) > 0.5) & (_distance_inside(outside, k) > _VENTRICLE_DEPTH_MM)
+    depth = _distance_inside(non_tissue, k)  # 0 on CSF and background, else the distance to them
+    stack = [_pool(v, k) for v in (arrays["t1"] * brain, gm, wm, csf)]
+    stack += [depth, _distance_inside(ventricles, k)]
+    channels = torch.from_numpy(np.ascontiguousarray(np.stack(stack)))
+    sigma = math.sqrt(max(spacing**2 - k**2, 0.0)) / 2.355 / k  # anti-aliasing, in voxels
+    if sigma > 0:
+        channels[:4] = gaussian_blur(channels[:4], (sigma, sigma, sigma))
+    return _Template(
+        channels=channels[None].contiguous(),
+        crop_start=start[::-1].astype(np.float64) + (k - 1) / 2.0,
+        step=float(k),
+        centre=centre_zyx[::-1].astype(np.float64),
+        reference=reference,
+        levels=levels,
+    )
+
+
+def _template(spacing: float) -> _Template:
+    files = locate_template()
+    return _load_template(float(spacing), str(files["t1"]), str(files["gm"]), str(files["wm"]))
+
+
+# Random smooth fields ----------------------------------------------------------------------
+
+
+def _smooth_field(
+    rng: np.random.Generator, unit: np.ndarray, *, modes: int = 8, max_cycles: float = 2.0
+) -> np.ndarray:
+    """A smooth random field on points ``unit`` (..., 3) in [-0.5, 0.5]: unit RMS, zero mean."""
+    frequencies = rng.uniform(-max_cycles, max_cycles, size=(modes, 3))
+    phases = rng.uniform(0, 2 * np.pi, size=modes)
+    amplitudes = rng.normal(size=modes) / np.sqrt(1.0 + (frequencies**2).sum(1))
+    field_ = np.zeros(unit.shape[:-1], dtype=np.float64)
+    for f, p, a in zip(frequencies, phases, amplitudes, strict=True):
+        field_ += a * np.sin(2 * np.pi * (unit @ f) + p)
+    field_ -= field_.mean()
+    rms = float(np.sqrt((field_**2).mean()))
+    return (field_ / rms if rms > 0 else field_).astype(np.float32)
+
+
+def _rotation(angles_deg: np.ndarray) -> np.ndarray:
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# One case ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CasePlan:
+    """What is done to one case (drawn from its seed)."""
+
+    domain: str
+    index: int
+    near_source: bool
+    deformation: dict[str, Any]
+    shifts: list[dict[str, Any]] = field(default_factory=list)
+    atrophy: dict[str, Any] | None = None
+    lesions: dict[str, Any] | None = None
+    acquisition: dict[str, Any] = field(default_factory=dict)
+
+
+def case_seed(seed: int, domain: str, index: int) -> np.random.SeedSequence:
+    domain_code = _SOURCE if domain == "source" else _TARGET
+    return np.random.SeedSequence([int(seed), domain_code, int(index)])
+
+
+def _level(value: int) -> dict[str, Any]:
+    name, severity = LEVELS[value]
+    return {"level": name, "severity": round(severity, 4)}
+
+
+def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
+    """Draw the deformation, anatomy and acquisition of one case."""
+    near = domain == "source" or index % _NEAR_SOURCE_EVERY == 0
+    if near:
+        deformation = {
+            "rotation_deg": rng.uniform(-4, 4, 3),
+            "brain_scale": rng.uniform(0.92, 1.0, 3),
+            "translation_mm": rng.uniform(-3, 3, 3),
+            "elastic_rms_mm": float(rng.uniform(1.0, 2.0)),
+        }
+    else:
+        deformation = {
+            "rotation_deg": rng.uniform(-12, 12, 3),
+            "brain_scale": rng.uniform(0.86, 1.02, 3),
+            "translation_mm": rng.uniform(-6, 6, 3),
+            "elastic_rms_mm": float(rng.uniform(2.5, 4.0)),
+        }
+    deformation = {k: np.round(v, 4).tolist() if isinstance(v, np.ndarray) else round(v, 4)
+                   for k, v in deformation.items()}
+    acquisition = {
+        "tissue_jitter": np.round(rng.normal(0.0, 0.02, 3), 4).tolist(),
+        "bias_amplitude": round(float(rng.uniform(0.0, 0.06)), 4),
+        "noise_sigma": round(float(rng.uniform(0.005, 0.015)), 4),
+        "scale": round(float(rng.uniform(600.0, 1400.0)), 2),
+    }
+    plan = CasePlan(domain, index, near, deformation, acquisition=acquisition)
+    if domain == "source" or near:
+        return plan
+    # Target: one acquisition shift by turns (kinds, then severities), a second one at times.
+    turn = index - index // _NEAR_SOURCE_EVERY - 1
+    kind = SHIFT_KINDS[turn % len(SHIFT_KINDS)]
+    level = (turn // len(SHIFT_KINDS)) % 3 + 1
+    plan.shifts.append({"kind": kind, **_level(level)})
+    if rng.random() < 0.35:
+        used = {kind}
+        for group in _EXCLUSIVE:
+            if kind in group:
+                used |= group
+        others = [k for k in SHIFT_KINDS if k not in used]
+        plan.shifts.append({"kind": str(rng.choice(others)), **_level(int(rng.integers(1, 4)))})
+    for shift in plan.shifts:
+        _shift_parameters(shift, rng)
+    if rng.random() < 0.3:
+        level = int(rng.integers(1, 4))
+        severity = LEVELS[level][1]
+        plan.atrophy = {
+            **_level(level),
+            "cortical_thinning_mm": round(0.2 + 0.6 * severity, 3),
+            "ventricle_growth_mm": round(1.0 + 4.0 * severity, 3),
+        }
+    if rng.random() < 0.3:
+        level = int(rng.integers(1, 4))
+        severity = LEVELS[level][1]
+        plan.lesions = {
+            **_level(level),
+            "count": int(rng.integers(2, 4) + 2 * level),
+            "radius_mm": [round(3.0 + 3.0 * severity, 3), round(5.0 + 4.0 * severity, 3)],
+        }
+    return plan
+
+
+def _shift_parameters(shift: dict[str, Any], rng: np.random.Generator) -> None:
+    s = shift["severity"]
+    kind = shift["kind"]
+    if kind == "contrast":
+        shift["gamma"] = round(float(np.exp(rng.choice([-1.0, 1.0]) * 0.6 * s)), 4)
+        shift["grey_white_contrast_kept"] = round(1.0 - 0.55 * s, 4)
+        shift["csf_grey_contrast_kept"] = round(1.0 - 0.5 * s, 4)
+    elif kind == "t2like":
+        shift["levels"] = {"csf": 0.95, "gm": round(0.75 - 0.18 * s, 4), "wm": 0.45}
+    elif kind == "bias":
+        shift["amplitude"] = round(0.5 * s, 4)
+    elif kind == "noise":
+        shift["sigma"] = round(0.10 * s, 4)
+    elif kind == "thick_slices":
+        shift["axis"] = str(rng.choice(["x", "y", "z"], p=[0.25, 0.25, 0.5]))
+        shift["thickness_factor"] = round(1.0 + 2.5 * s, 4)
+    elif kind == "low_resolution":
+        shift["resolution_factor"] = round(1.0 + 1.2 * s, 4)
+
+
+@dataclass
+class SampleCase:
+    """One generated case: arrays (z, y, x), the image geometry and what was done."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: float
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    meta: dict[str, Any]
+
+    def to_images(self) -> tuple[sitk.Image, sitk.Image]:
+        images = []
+        for array in (self.image, self.label):
+            item = sitk.GetImageFromArray(array)
+            item.SetSpacing((self.spacing,) * 3)
+            item.SetOrigin(self.origin)
+            item.SetDirection(self.direction)
+            images.append(item)
+        return images[0], images[1]
+
+
+def grid_shape(spacing: float) -> int:
+    """Voxels per axis of the field of view at ``spacing`` (64 at 3 mm)."""
+    if not 0.5 <= spacing <= 12.0:
+        raise BadInputError(f"spacing must be between 0.5 and 12 mm, got {spacing}")
+    return int(round(FOV_MM / spacing))
+
+
+def _sample(template: _Template, plan: CasePlan, rng: np.random.Generator, spacing: float):
+    n = grid_shape(spacing)
+    axis = (np.arange(n) - (n - 1) / 2.0) * spacing
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    offset = np.stack([x, y, z], -1)  # (n, n, n, 3) mm from the centre, (x, y, z)
+    d = plan.deformation
+    matrix = _rotation(np.array(d["rotation_deg"])) @ np.diag(1.0 / np.array(d["brain_scale"]))
+    unit = offset / FOV_MM
+    elastic = np.stack([_smooth_field(rng, unit) for _ in range(3)], -1) * d["elastic_rms_mm"]
+    position = template.centre + offset @ matrix.T + np.array(d["translation_mm"]) + elastic
+    size = np.array(template.channels.shape[2:][::-1], dtype=np.float64)  # (X, Y, Z)
+    grid = 2.0 * ((position - template.crop_start) / template.step) / (size - 1.0) - 1.0
+    grid_t = torch.from_numpy(grid.astype(np.float32))[None]
+    values = F.grid_sample(
+        template.channels[:, :4], grid_t, mode="bilinear", padding_mode="zeros", align_corners=True
+    )[0]
+    distances = F.grid_sample(
+        template.channels[:, 4:], grid_t, mode="bilinear", padding_mode="border", align_corners=True
+    )[0]
+    return values.numpy().astype(np.float64), distances.numpy().astype(np.float64), unit
+
+
+def _atrophy(values, distances, unit, plan, levels, spacing, rng) -> dict[str, float]:
+    t1, gm, wm, csf = values
+    depth, ventricle = distances
+    atrophy = plan.atrophy
+    assert atrophy is not None
+    # Thinning varies smoothly over the cortex (0.5x to 1.5x the mean).
+    variation = np.clip(1.0 + 0.35 * _smooth_field(rng, unit, max_cycles=1.5), 0.5, 1.5)
+    thinning = atrophy["cortical_thinning_mm"] * variation
+    from_pial = np.clip((thinning - depth) / spacing + 0.5, 0.0, 1.0)
+    lost_gm = gm * from_pial
+    gm -= lost_gm
+    growth = atrophy["ventricle_growth_mm"]
+    from_ventricle = np.clip((growth - ventricle) / spacing + 0.5, 0.0, 1.0)
+    lost_gm_v, lost_wm_v = gm * from_ventricle, wm * from_ventricle
+    gm -= lost_gm_v
+    wm -= lost_wm_v
+    csf += lost_gm + lost_gm_v + lost_wm_v
+    t1 -= (lost_gm + lost_gm_v) * (levels["gm"] - levels["csf"])
+    t1 -= lost_wm_v * (levels["wm"] - levels["csf"])
+    np.clip(t1, 0.0, None, out=t1)
+    voxel_ml = spacing**3 / 1000.0
+    return {
+        "grey_matter_to_csf_ml": round(float((lost_gm + lost_gm_v).sum()) * voxel_ml, 2),
+        "white_matter_to_csf_ml": round(float(lost_wm_v.sum()) * voxel_ml, 2),
+    }
+
+
+def _lesions(values, distances, plan, levels, spacing, rng) -> dict[str, float]:
+    t1, gm, wm, csf = values
+    depth = distances[0]
+    lesions = plan.lesions
+    assert lesions is not None
+    candidates = np.argwhere((wm > 0.9) & (depth > 4.0))
+    if not len(candidates):
+        return {"volume_ml": 0.0, "placed": 0}
+    n = t1.shape[0]
+    coords = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1) * spacing
+    mask = np.zeros_like(t1)
+    for _ in range(lesions["count"]):
+        centre = candidates[int(rng.integers(len(candidates)))] * spacing
+        radius = rng.uniform(*lesions["radius_mm"]) * rng.uniform(0.7, 1.3, 3)
+        rho = np.sqrt((((coords - centre) / radius) ** 2).sum(-1))
+        mask = np.maximum(mask, 1.0 / (1.0 + np.exp((rho - 1.0) / 0.15)))
+    mask *= wm  # a lesion stays inside white matter: it is labelled as the white matter it is in
+    hypointense = 0.5 * (levels["csf"] + levels["gm"])
+    t1 += mask * (hypointense - t1)
+    volume_ml = round(float(mask.sum()) * spacing**3 / 1000.0, 2)
+    return {"volume_ml": volume_ml, "placed": lesions["count"]}
+
+
+def _contrast_map(t1: np.ndarray, plan: CasePlan, levels: dict[str, float]) -> np.ndarray:
+    c, g, w = levels["csf"], levels["gm"], levels["wm"]
+    jitter = 1.0 + np.array(plan.acquisition["tissue_jitter"])
+    targets = np.array([c, g, w]) * jitter
+    gamma = 1.0
+    for shift in plan.shifts:
+        if shift["kind"] == "contrast":
+            tc, tg, tw = targets
+            tg = tw - (tw - tg) * shift["grey_white_contrast_kept"]
+            tc = tg - (tg - tc) * shift["csf_grey_contrast_kept"]
+            targets = np.array([tc, tg, tw])
+            gamma = shift["gamma"]
+        elif shift["kind"] == "t2like":
+            targets = np.array([shift["levels"][k] for k in ("csf", "gm", "wm")]) * jitter
+    xs = np.array([0.0, c, g, w])
+    ys = np.array([0.0, *targets])
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    mapped = np.interp(t1, xs, ys)
+    above = t1 > w
+    mapped[above] = ys[-1] + slope * (t1[above] - w)
+    mapped = np.clip(mapped, 0.0, None)
+    if gamma != 1.0:
+        top = max(float(targets.max()), 1e-6)
+        mapped = top * (mapped / top) ** gamma
+    return mapped
+
+
+def _resample_axes(image: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
+    """Blur to a coarser resolution (factor per z, y, x axis), sample, interpolate back."""
+    sigma = tuple(math.sqrt(max(f * f - 1.0, 0.0)) / 2.355 for f in factors)
+    tensor = torch.from_numpy(image.astype(np.float32))[None]
+    blurred = gaussian_blur(tensor, sigma)[None]
+    shape = image.shape
+    coarse = [max(2, int(round(s / f))) for s, f in zip(shape, factors, strict=True)]
+    low = F.interpolate(blurred, size=coarse, mode="trilinear", align_corners=True)
+    back = F.interpolate(low, size=list(shape), mode="trilinear", align_corners=True)
+    return back[0, 0].numpy().astype(np.float64)
+
+
+def _acquire(
+    image: np.ndarray, plan: CasePlan, unit: np.ndarray, brain: np.ndarray, rng
+) -> np.ndarray:
+    for shift in plan.shifts:
+        if shift["kind"] == "thick_slices":
+            factors = [1.0, 1.0, 1.0]
+            factors["zyx".index(shift["axis"])] = shift["thickness_factor"]
+            image = _resample_axes(image, tuple(factors))
+        elif shift["kind"] == "low_resolution":
+            image = _resample_axes(image, (shift["resolution_factor"],) * 3)
+    amplitude = plan.acquisition["bias_amplitude"] + sum(
+        s["amplitude"] for s in plan.shifts if s["kind"] == "bias"
+    )
+    bias = _smooth_field(rng, unit, modes=6, max_cycles=1.0)
+    bias /= max(float(np.abs(bias[brain]).max()) if brain.any() else 1.0, 1e-6)
+    image = image * np.exp(amplitude * bias)
+    reference = float(image[brain].mean()) if brain.any() else 1.0
+    sigma = reference * (
+        plan.acquisition["noise_sigma"]
+        + sum(s["sigma"] for s in plan.shifts if s["kind"] == "noise")
+    )
+    real = image + rng.normal(0.0, sigma, image.shape)
+    imaginary = rng.normal(0.0, sigma, image.shape)
+    image = np.sqrt(real**2 + imaginary**2)  # Rician magnitude
+    return image * plan.acquisition["scale"]
+
+
+def make_case(
+    domain: str, index: int, *, seed: int = 0, spacing: float = 3.0, brain_mask: bool = False
+) -> SampleCase:
+    """Build one case of ``domain`` (``source`` or ``target``) from its own seed.
+
+    Raises:
+        BadInputError: an unknown domain or spacing, or the template is not installed.
+    """
+    if domain not in ("source", "target"):
+        raise BadInputError(f"domain must be source or target, got {domain!r}")
+    template = _template(spacing)
+    sequence = case_seed(seed, domain, index)
+    plan_rng, field_rng, anatomy_rng, acquisition_rng = (
+        np.random.default_rng(s) for s in sequence.spawn(4)
+    )
+    plan = plan_case(domain, index, plan_rng)
+    values, distances, unit = _sample(template, plan, field_rng, spacing)
+    meta: dict[str, Any] = {}
+    if plan.atrophy is not None:
+        meta["atrophy"] = {**plan.atrophy, **_atrophy(values, distances, unit, plan,
+                                                      template.levels, spacing, anatomy_rng)}
+    gm, wm, csf = values[1], values[2], values[3]
+    background = np.clip(1.0 - gm - wm - csf, 0.0, 1.0)
+    label = np.argmax(np.stack([background, gm, wm, csf]), 0).astype(np.uint8)
+    if plan.lesions is not None:
+        meta["lesions"] = {**plan.lesions, **_lesions(values, distances, plan, template.levels,
+                                                      spacing, anatomy_rng)}
+    image = _contrast_map(values[0], plan, template.levels)
+    image = _acquire(image, plan, unit, label > 0, acquisition_rng).astype(np.float32)
+    counts = np.bincount(label.ravel(), minlength=4)
+    voxel_ml = spacing**3 / 1000.0
+    volumes = {LABEL_NAMES[v]: round(float(counts[v]) * voxel_ml, 1) for v in (1, 2, 3)}
+    if brain_mask:
+        label = (label > 0).astype(np.uint8)
+    n = grid_shape(spacing)
+    origin_index = template.centre - (n - 1) / 2.0 * spacing
+    origin = template.reference.TransformContinuousIndexToPhysicalPoint(origin_index.tolist())
+    case_id = f"{'src' if domain == 'source' else 'tgt'}_{index:03d}"
+    meta = {
+        "case": case_id,
+        "domain": domain,
+        "index": index,
+        "seed": [int(seed), _SOURCE if domain == "source" else _TARGET, int(index)],
+        "near_source": plan.near_source,
+        "shifts": plan.shifts,
+        "shift_kinds": [s["kind"] for s in plan.shifts],
+        "max_severity": max((s["severity"] for s in plan.shifts), default=0.0),
+        "deformation": plan.deformation,
+        "acquisition": plan.acquisition,
+        "atrophy": meta.get("atrophy"),
+        "lesions": meta.get("lesions"),
+        "volumes_ml": volumes,
+    }
+    return SampleCase(case_id, image, label, float(spacing), tuple(origin),
+                      template.reference.GetDirection(), meta)
+
+
+def write_sample_data(
+    out: str | Path,
+    n: int = 40,
+    *,
+    n_source: int = 24,
+    seed: int = 0,
+    spacing: float = 3.0,
+    brain_mask: bool = False,
+    progress=None,
+) -> dict[str, Any]:
+    """Write the source and target domains and ``manifest.json`` under ``out``.
+
+    Layout: ``out/source/{images,labels}/src_XXX.nii.gz``,
+    ``out/target/{images,labels}/tgt_XXX.nii.gz`` (an image and its label share a name and a
+    geometry) and ``out/manifest.json`` (one entry per case: domain, shifts with kind and
+    severity, anatomy, seed).
+
+    Args:
+        out: destination folder (created; existing cases of the same names are replaced).
+        n: target pool size.
+        n_source: source domain size.
+        seed: the data seed.
+        spacing: voxel size in mm (the field of view stays 192 mm).
+        brain_mask: labels are the brain (1) rather than GM/WM/CSF (for the ``deepbet`` preset).
+
+    Returns:
+        The manifest.
+    """
+    if n < 0 or n_source < 0 or n + n_source == 0:
+        raise BadInputError(f"need at least one case (target {n}, source {n_source})")
+    out = Path(out)
+    started = time.perf_counter()
+    source_info = template_source()
+    cases = []
+    total = n + n_source
+    if progress is not None:
+        progress.phase("sample-data", total)
+    done = 0
+    for domain, count in (("source", n_source), ("target", n)):
+        for index in range(count):
+            case = make_case(domain, index, seed=seed, spacing=spacing, brain_mask=brain_mask)
+            image, label = case.to_images()
+            folder = out / domain
+            write_image_atomic(image, folder / "images" / f"{case.case_id}.nii.gz")
+            write_image_atomic(label, folder / "labels" / f"{case.case_id}.nii.gz")
+            cases.append(
+                {
+                    **case.meta,
+                    "image": f"{domain}/images/{case.case_id}.nii.gz",
+                    "label": f"{domain}/labels/{case.case_id}.nii.gz",
+                }
+            )
+            done += 1
+            if progress is not None:
+                progress.update(done, case=case.case_id)
+    n_vox = grid_shape(spacing)
+    manifest = {
+        "generator": "assft.sampledata",
+        "format": 1,
+        "seed": int(seed),
+        "spacing_mm": float(spacing),
+        "shape": [n_vox] * 3,
+        "fov_mm": FOV_MM,
+        "brain_mask": bool(brain_mask),
+        "labels": {
+            str(k): v for k, v in (BRAIN_LABEL_NAMES if brain_mask else LABEL_NAMES).items()
+        },
+        "source": {"n": n_source, "folder": "source"},
+        "target": {"n": n, "folder": "target", "near_source_every": _NEAR_SOURCE_EVERY},
+        "shift_kinds": list(SHIFT_KINDS),
+        "severity_levels": {name: round(value, 4) for name, value in LEVELS.values()},
+        "template": source_info,
+        "seconds": round(time.perf_counter() - started, 2),
+        "cases": cases,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    temporary = out / ".manifest.json.tmp"
+    temporary.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, out / "manifest.json")
+    return manifest
