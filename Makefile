@@ -26,4 +26,5 @@ demo: setup
 	$(BIN)/assft demo --out demo-out --quick
 
 test: setup
-	$(BIN)/python -m pytest -q
+	# ASSFT_SELFTEST=1: the whole module loop (create, rank, label, fine-tune, roll back) runs too.
+	ASSFT_SELFTEST=1 $(BIN)/python -m pytest -q

@@ -16,15 +16,13 @@ from assft.progress import Progress
 
 QUICK = {"n": 16, "budget": 3, "views": 2, "iterations": 40, "semi_iterations": 40}
 FULL = {"n": 40, "budget": 5, "views": 4, "iterations": 150, "semi_iterations": 150}
-# Fine-tuning patches as in the demo model's pretraining (assft pretrain-demo).
-PATCH = {"patch_size": [32, 32, 32], "batch_size": 4, "lr": 1e-3, "freeze_batchnorm": True}
 
 
 def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
              progress: Progress | None = None) -> dict[str, Any]:
     """Run the demo in ``out``; returns the summary (also ``out/demo.json``)."""
     from assft.config import QueryConfig
-    from assft.experiments import Dataset, Simulation
+    from assft.experiments import SMALL_MODEL_FINETUNE, Dataset, Simulation
     from assft.sampledata import write_sample_data
 
     settings = QUICK if quick else FULL
@@ -35,7 +33,7 @@ def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
     simulation = Simulation(out, dataset, model="demo", device=device, views=settings["views"],
                             progress=progress)
     finetune = {"mode": "selective", "iterations": settings["iterations"],
-                "semi_iterations": settings["semi_iterations"], **PATCH}
+                "semi_iterations": settings["semi_iterations"], **SMALL_MODEL_FINETUNE}
     budget = settings["budget"]
     attsq_query = QueryConfig(strategy="attsq", budget=budget, seed=0, views=settings["views"])
     ranking = simulation.ranking(attsq_query)

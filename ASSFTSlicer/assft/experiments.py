@@ -22,6 +22,14 @@ from assft.config import QueryConfig
 from assft.progress import Progress
 
 
+# The fine-tuning recipe of the demo model's experiments: patches as in its pretraining
+# (assft pretrain-demo), a learning rate that moves a small network in few steps, and BatchNorm
+# statistics kept from pretraining (a few 32^3 patches per batch give noisy ones).
+SMALL_MODEL_FINETUNE: dict[str, Any] = {
+    "patch_size": [32, 32, 32], "batch_size": 4, "lr": 1e-3, "freeze_batchnorm": True,
+}
+
+
 @dataclass
 class Case:
     """A scan and its ground truth."""

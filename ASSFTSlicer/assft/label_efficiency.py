@@ -116,7 +116,13 @@ def run_label_efficiency(
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON)."""
     from assft.config import QueryConfig
-    from assft.experiments import Dataset, Simulation, append_result, read_results
+    from assft.experiments import (
+        SMALL_MODEL_FINETUNE,
+        Dataset,
+        Simulation,
+        append_result,
+        read_results,
+    )
     from assft.sampledata import write_sample_data
 
     progress = progress or Progress("none")
@@ -129,7 +135,8 @@ def run_label_efficiency(
     results_path = out / "runs.jsonl"
     done = {_key(r) for r in read_results(results_path)}
     plan = [r for r in planned_runs(budgets, seeds, ablations=ablations) if _key(r) not in done]
-    finetune = {"iterations": iterations, "semi_iterations": iterations}
+    finetune = {"iterations": iterations, "semi_iterations": iterations,
+                **(SMALL_MODEL_FINETUNE if model == "demo" else {})}
     progress.phase("label-efficiency", len(plan))
     for i, run in enumerate(plan, start=1):
         query = QueryConfig.from_dict({"strategy": run["strategy"], "budget": run["budget"],
@@ -143,6 +150,7 @@ def run_label_efficiency(
     document = {
         "benchmark": "label-efficiency",
         "setup": {"pool": len(dataset.pool), "test": len(dataset.test), "budgets": list(budgets),
+                  "finetune": finetune,
                   "seeds": list(seeds), "iterations": iterations, "views": views, "model": model,
                   "data_seed": data_seed, "device": simulation.scored.device},
         "pretrained": {"mean_dice": pretrained["mean_dice"], "per_structure": pretrained["per_structure"]},
