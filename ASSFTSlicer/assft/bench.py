@@ -171,13 +171,19 @@ def peak_memory_of_finetune(workspace_root: Path, device: str, steps: int) -> di
 
 
 def _peak_memory(argv: list[str]) -> dict[str, float]:
+    """Run ``assft ARGV`` in a fresh process and report its peak resident memory.
+
+    The peak is the process's own VmHWM: ``ru_maxrss`` would carry over the (large) resident
+    size of this benchmark process across fork and exec.
+    """
     code = (
-        "import resource, sys, json, torch\n"
+        "import sys, json, torch\n"
         "from assft.cli import main\n"
         f"code = main({argv!r})\n"
         "gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
-        "sys.stderr.write('PEAK ' + json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_SELF)"
-        ".ru_maxrss / 1024, 'gpu_mb': gpu, 'exit': code}) + '\\n')\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "sys.stderr.write('PEAK ' + json.dumps({'rss_mb': int(hwm) / 1024, 'gpu_mb': gpu,"
+        " 'exit': code}) + '\\n')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
