@@ -79,7 +79,7 @@ class RunResult:
         return dict(self.__dict__)
 
 
-def test_dice(workspace, version: str, cases: list[Case], *, device: str, views: int) -> dict[str, Any]:
+def dice_on_test_scans(workspace, version: str, cases: list[Case], *, device: str, views: int) -> dict[str, Any]:
     """Dice per structure of a model version on test scans outside the workspace."""
     import SimpleITK as sitk
 
@@ -146,7 +146,7 @@ class Simulation:
     def pretrained_test_dice(self) -> dict[str, Any]:
         """The pretrained model's Dice on the test scans (computed once)."""
         if self._pretrained is None:
-            self._pretrained = test_dice(self.base, "v0", self.dataset.test, device=self.device,
+            self._pretrained = dice_on_test_scans(self.base, "v0", self.dataset.test, device=self.device,
                                          views=self.views)
         return self._pretrained
 
@@ -184,7 +184,7 @@ class Simulation:
             workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
         config = FinetuneConfig.from_dict({"seed": query.seed, "views": self.views, **finetune})
         manifest = run_finetune(workspace, config, device=self.device)
-        tested = test_dice(workspace, manifest["version"], self.dataset.test, device=self.device,
+        tested = dice_on_test_scans(workspace, manifest["version"], self.dataset.test, device=self.device,
                            views=self.views)
         result = RunResult(
             strategy=query.strategy.value,

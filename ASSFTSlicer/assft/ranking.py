@@ -122,8 +122,9 @@ class PoolScorer:
     def score_case(self, case_id: str, image_path: Path, *, epistemic: bool = False) -> CaseScores:
         """Run the passes one case needs and reduce them to its scores."""
         from assft.inference import epistemic_uncertainty, infer_case
+        from assft.pretrained_cache import cache_key
 
-        key = cache_key_for(image_path, self._cache_settings())
+        key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
         grid = self._grid(image_path)
         asd = self.config.asd
@@ -177,8 +178,9 @@ class PoolScorer:
     def embedding_only(self, case_id: str, image_path: Path) -> np.ndarray:
         """z0 of a labeled case (from the cache when possible), for the diversity term."""
         from assft.inference import infer_case
+        from assft.pretrained_cache import cache_key
 
-        key = cache_key_for(image_path, self._cache_settings())
+        key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
         if cached is not None:
             return cached.z0
@@ -193,12 +195,6 @@ class PoolScorer:
         stats = self._pretrained_statistics(inference)
         self.cache.put(case_id, key, stats)
         return stats.z0
-
-
-def cache_key_for(image_path: Path, settings: dict[str, Any]) -> str:
-    from assft.pretrained_cache import cache_key
-
-    return cache_key(image_path, settings)
 
 
 def pool_statistics(scores: list[CaseScores], labeled_z0: np.ndarray, *, has_head: bool,
