@@ -8,46 +8,16 @@ submitting. Outcomes are asserted, not just printed.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import slicer
 
-__all__ = ["TINY_PRESET", "runAnnotationLoop", "writeTinyProject"]
+__all__ = ["runAnnotationLoop", "writeTinyProject"]
 
-TINY_PRESET: dict[str, Any] = {
-    "name": "tiny-unet",
-    "description": "A 3-level MONAI UNet with BatchNorm, small enough for self-tests on a CPU.",
-    "architecture": "monai.UNet",
-    "arguments": {
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "channels": [4, 8, 16],
-        "strides": [2, 2],
-        "num_res_units": 1,
-        "norm": "batch",
-    },
-    "checkpoint": None,
-    "preprocessing": {
-        "spacing": [3.0, 3.0, 3.0],
-        "orientation": "RAS",
-        "intensity": {"kind": "zscore", "nonzero": False},
-    },
-    "patch_size": [16, 16, 16],
-    "sw_batch_size": 2,
-    "overlap": 0.25,
-    "label_names": {"1": "shell", "2": "core"},
-    "embedding_layer": "model.1.submodule.1.submodule",
-    "encoder_prefixes": ["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule"],
-    "head_layer": "model.2",
-    "has_head": True,
-    "output_activation": "softmax",
-}
 
 
 class LoopFailure(AssertionError):
@@ -65,11 +35,10 @@ def writeTinyProject(folder: Path, cases: int = 4, size: int = 24) -> tuple[Path
     Returns:
         ``(images folder, preset file, {case id: truth label file})``.
     """
-    from assft.synthetic import write_synthetic_pool
+    from assft.synthetic import write_synthetic_pool, write_tiny_preset
 
     pool = write_synthetic_pool(folder / "pool", cases, seed=3, size=size)
-    preset = folder / "tiny-unet.json"
-    preset.write_text(json.dumps(TINY_PRESET), encoding="utf-8")
+    preset = write_tiny_preset(folder / "tiny-unet.json")
     return folder / "pool" / "images", preset, {case.case_id: case.label for case in pool}
 
 

@@ -354,6 +354,7 @@ def _run_label_efficiency(args, command: str) -> dict[str, Any]:
         views=args.views,
         device=args.device,
         ablations=not args.no_ablations,
+        strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
         model=args.model,
         progress=Progress(args.progress),
     )

@@ -12,10 +12,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assft import cancellation
 from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
+
+if TYPE_CHECKING:
+    from assft.progress import Progress
 
 STRATEGY_CHOICES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd")
 
@@ -250,7 +253,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     argv = ["finetune", str(workspace.root), "--config-json", json.dumps(config.to_dict()),
             "--device", args.device]
     if args.detach:
-        from assft.jobs import launch_detached
+        from assft.jobs import job_of_process, launch_detached, process_alive
 
         running = workspace.running_job("workspace")
         if running:
@@ -259,9 +262,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 f" {running.get('description', '')})"
             )
         launched = launch_detached(workspace, [*argv, "--progress", "json"])
+        launched["job"] = job_of_process(workspace, launched["pid"])
+        if launched["job"] is None and not process_alive(launched["pid"]):
+            log = Path(launched["log"])
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+            raise AssftError(f"the background fine-tuning stopped before it started a job: "
+                             f"{tail[0] if tail else 'no output'} (log: {log})")
         _print_json({"detached": True, **launched}) if args.json else print(
-            f"Fine-tuning in the background (pid {launched['pid']}); follow it with 'assft jobs "
-            f"{workspace.root}'"
+            f"Fine-tuning in the background: job {launched['job'] or '(starting)'} (pid {launched['pid']}); "
+            f"follow it with 'assft jobs {workspace.root}'"
         )
         return 0
     from assft.training.finetune import run_finetune
@@ -334,6 +343,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished(args: argparse.Namespace, progress: Progress, result: dict[str, Any], **done: Any) -> bool:
+    """Report a model command's end; True when the result went out as JSON."""
+    progress.done(model_version=result["model_version"], **done)
+    if args.json:
+        _print_json(result, one_line=progress.mode == "json")
+    return bool(args.json)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from assft.predict import predict_workspace
 
@@ -342,14 +359,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _open(args.workspace), args.case, args.all, Path(args.out) if args.out else None,
         args.version, args.device, args.uncertainty, progress, views=args.views,
     )
-    progress.done(model_version=result["model_version"],
-                  predictions=[row["label"] for row in result["predictions"]])
-    if args.json:
-        _print_json(result, one_line=progress.mode == "json")
-    else:
+    if not _finished(args, progress, result, predictions=[row["label"] for row in result["predictions"]]):
         for row in result["predictions"]:
             print(f"{row['case']}\t{row['label']}")
     return 0
+
+
+def _dice_cells(values) -> str:
+    return " ".join(f"{v:>12.4f}" if v is not None else f"{'-':>12}" for v in values)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -360,22 +377,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _open(args.workspace), Path(args.truth), version=args.version, device=args.device,
         progress=progress, views=args.views,
     )
-    progress.done(model_version=result["model_version"], mean_dice=result["mean_dice"])
-    if args.json:
-        _print_json(result, one_line=progress.mode == "json")
+    if _finished(args, progress, result, mean_dice=result["mean_dice"]):
         return 0
     names = list(result["per_structure"])
     print(f"{'case':<24} {'status':<10} " + " ".join(f"{n[:12]:>12}" for n in names) + "   mean")
     for row in result["cases"]:
-        values = " ".join(
-            f"{row['dice'].get(n):>12.4f}" if row["dice"].get(n) is not None else f"{'-':>12}"
-            for n in names
-        )
+        values = _dice_cells(row["dice"].get(n) for n in names)
         mean = row.get("mean_dice")
-        print(f"{row['case']:<24} {row.get('status', ''):<10} {values}   {mean if mean is None else f'{mean:.4f}'}")
-    print(f"{'mean':<35} " + " ".join(
-        f"{v:>12.4f}" if v is not None else f"{'-':>12}" for v in result["per_structure"].values()
-    ) + f"   {result['mean_dice']:.4f}" if result["mean_dice"] is not None else "")
+        print(f"{row['case']:<24} {row.get('status', ''):<10} {values}   {'-' if mean is None else f'{mean:.4f}'}")
+    mean = result["mean_dice"]
+    print(f"{'mean':<35} {_dice_cells(result['per_structure'].values())}   {'-' if mean is None else f'{mean:.4f}'}")
     return 0
 
 
@@ -449,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     def json_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
+    def device_flag(p: argparse.ArgumentParser, default: str = "auto", **extra: Any) -> None:
+        p.add_argument("--device", default=default, choices=("auto", "cpu", "cuda"), **extra)
+
+    def model_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--version", help="model version (default: the current one)")
+        p.add_argument("--views", type=int, default=4, help="test-time views, 1 to 4")
+        device_flag(p)
+
     def progress_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--progress",
@@ -469,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace")
     p.add_argument("--budget", type=int, help="cases to select (default 5)")
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, help="default attsq")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    device_flag(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--views", type=int, help="test-time views, 1 to 4 (default 4)")
     p.add_argument("--weight", type=float, help="w in S = w q(KG) + (1-w) q(ASD)")
@@ -516,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    device_flag(p)
     p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
     p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
     p.add_argument("--detach", action="store_true", help="run as a background process and return")
@@ -547,33 +566,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("case", nargs="?")
     p.add_argument("--all", action="store_true")
     p.add_argument("--out", help="folder (default: WS/predictions/VERSION)")
-    p.add_argument("--version", help="model version (default: the current one)")
     p.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
-    p.add_argument("--views", type=int, default=4)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    model_flags(p)
     json_flag(p)
     progress_flag(p)
 
     p = add("evaluate", cmd_evaluate, "Dice per case and structure against ground truth")
     p.add_argument("workspace")
     p.add_argument("--truth", required=True, help="folder of truth labels named like the cases")
-    p.add_argument("--version")
-    p.add_argument("--views", type=int, default=4)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    model_flags(p)
     json_flag(p)
     progress_flag(p)
 
     p = add("demo", cmd_demo, "the annotation loop end to end on built-in sample scans")
     p.add_argument("--out", default="demo-out", help="folder for the sample data and workspace")
     p.add_argument("--quick", action="store_true", help="a smaller pool (a few minutes on 2 cores)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    device_flag(p)
     json_flag(p)
     progress_flag(p)
 
     p = add("bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
     p.add_argument("name", choices=("speed", "label-efficiency"))
     p.add_argument("--out", default="bench-out", help="folder for the JSON results")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    device_flag(p)
     p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
     p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
     p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
@@ -586,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
+    p.add_argument("--strategies", help="label-efficiency: only these strategies (comma-separated)")
     progress_flag(p)
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
     json_flag(p)
@@ -611,8 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", dest="data_seed", type=int, default=0)
     p.add_argument("--n-source", dest="n_source", type=int, default=24)
     p.add_argument("--n-target", dest="n_target", type=int, default=40)
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                   help="cpu (default) reproduces the shipped figures")
+    device_flag(p, "cpu", help="cpu (default) reproduces the shipped figures")
     json_flag(p)
     progress_flag(p)
     return parser

@@ -88,7 +88,7 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def _process_alive(pid: int, start_time: int | None = None) -> bool:
+def process_alive(pid: int, start_time: int | None = None) -> bool:
     """Whether ``pid`` is a live process (not a zombie) that started at ``start_time``."""
     if pid <= 0:
         return False
@@ -114,7 +114,7 @@ def _process_alive(pid: int, start_time: int | None = None) -> bool:
 def _wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
     """Poll until the process ends; True if it did within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while _process_alive(pid, start_time):
+    while process_alive(pid, start_time):
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL_S)
@@ -277,7 +277,7 @@ def _resolve_state(info: dict[str, Any]) -> str:
     if host and host != socket.gethostname():  # shared storage: cannot look at that machine
         return state
     start_time = info.get("pid_start_time")
-    alive = _process_alive(pid, start_time if isinstance(start_time, int) else None)
+    alive = process_alive(pid, start_time if isinstance(start_time, int) else None)
     return "running" if alive else "killed"
 
 
@@ -472,6 +472,28 @@ def launch_detached(
     _detached[:] = [child for child in _detached if child.poll() is None]
     _detached.append(process)
     return {"pid": process.pid, "log": str(log_path), "argv": command[3:]}
+
+
+def job_of_process(
+    workspace: Workspace | str | Path, pid: int, *, timeout: float = 120.0, poll: float = 0.2
+) -> str | None:
+    """The id of the job that process ``pid`` runs, once it has marked itself running.
+
+    A detached engine process imports its libraries, takes the workspace lock and only then
+    picks its job (a new one, or the killed one it resumes), so the launcher cannot know the id
+    in advance; it waits here. None when the process ends first or ``timeout`` passes (tell
+    them apart with :func:`process_alive`).
+    """
+    store = JobStore(workspace)
+    deadline = time.monotonic() + timeout
+    while True:
+        for job in store.jobs():
+            with contextlib.suppress(BadInputError):  # a job.json being written
+                if job.recorded().get("pid") == pid:
+                    return job.id
+        if not process_alive(pid) or time.monotonic() > deadline:
+            return None
+        time.sleep(poll)
 
 
 def _signal_job(pid: int, signal_number: int) -> None:

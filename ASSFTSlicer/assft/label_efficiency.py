@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from assft.errors import BadInputError
 from assft.progress import Progress
 
 MARK_BEGIN = "<!-- bench:label-efficiency:begin -->"
@@ -22,9 +23,16 @@ STRATEGIES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dk
 SINGLE = ("entropy", "epistemic", "coreset", "clasp")
 
 
-def planned_runs(budgets, seeds, *, ablations: bool = True) -> list[dict[str, Any]]:
+CEILING = "every pool case labeled"
+
+
+def planned_runs(
+    budgets, seeds, *, ablations: bool = True, pool_size: int | None = None
+) -> list[dict[str, Any]]:
     """The grid: all strategies with selective SSFT; modes none/all for attsq and random;
-    ablations of DKD's gap estimator and of the diversity term."""
+    ablations of DKD's gap estimator and of the diversity term; random at twice each budget
+    (ATTSQ at B is compared with random at 2B); and, given ``pool_size``, the recipe's ceiling:
+    supervised fine-tuning with every pool case labeled."""
     runs = []
     for budget, seed in product(budgets, seeds):
         for strategy in STRATEGIES:
@@ -36,6 +44,11 @@ def planned_runs(budgets, seeds, *, ablations: bool = True) -> list[dict[str, An
                          "variant": "gap=prototype", "query": {"dkd": {"gap": "prototype"}}})
             runs.append({"strategy": "attsq", "mode": "selective", "budget": budget, "seed": seed,
                          "variant": "no-diversity", "query": {"lambda_div": 0.0}})
+    for budget, seed in product(sorted({2 * b for b in budgets} - set(budgets)), seeds):
+        runs.append({"strategy": "random", "mode": "selective", "budget": budget, "seed": seed})
+    if pool_size:
+        runs += [{"strategy": "random", "mode": "none", "budget": pool_size, "seed": seed,
+                  "variant": CEILING} for seed in seeds]
     return runs
 
 
@@ -100,6 +113,20 @@ def goals(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _check_same_setup(path: Path, setup: dict[str, Any]) -> None:
+    """Runs continue only under the setup they were made with (budgets and seeds may grow)."""
+    setup = json.loads(json.dumps(setup))
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = sorted(k for k in set(setup) | set(recorded) if setup.get(k) != recorded.get(k))
+        if changed:
+            raise BadInputError(
+                f"holds runs made with another setup ({', '.join(changed)} differ): "
+                "choose another --out to start afresh", path.parent)
+    else:
+        path.write_text(json.dumps(setup, indent=2) + "\n")
+
+
 def run_label_efficiency(
     out: Path,
     *,
@@ -110,11 +137,15 @@ def run_label_efficiency(
     views: int = 2,
     device: str = "auto",
     ablations: bool = True,
+    strategies: tuple[str, ...] = STRATEGIES,
     model: str = "demo",
     data_seed: int = 11,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON)."""
+    """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
+
+    ``strategies`` limits the grid to some strategies (every run of the others is left out).
+    """
     from assft.config import QueryConfig
     from assft.experiments import (
         SMALL_MODEL_FINETUNE,
@@ -125,8 +156,15 @@ def run_label_efficiency(
     )
     from assft.sampledata import write_sample_data
 
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        raise BadInputError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
+    finetune = {"iterations": iterations, "semi_iterations": iterations,
+                **(SMALL_MODEL_FINETUNE if model == "demo" else {})}
+    _check_same_setup(out / "setup.json", {"n": n, "data_seed": data_seed, "model": model,
+                                           "views": views, "finetune": finetune})
     data = out / "data"
     if not (data / "manifest.json").is_file():
         write_sample_data(data, n, n_source=0, seed=data_seed, progress=progress)
@@ -134,9 +172,8 @@ def run_label_efficiency(
     simulation = Simulation(out, dataset, model=model, device=device, views=views, progress=progress)
     results_path = out / "runs.jsonl"
     done = {_key(r) for r in read_results(results_path)}
-    plan = [r for r in planned_runs(budgets, seeds, ablations=ablations) if _key(r) not in done]
-    finetune = {"iterations": iterations, "semi_iterations": iterations,
-                **(SMALL_MODEL_FINETUNE if model == "demo" else {})}
+    plan = [r for r in planned_runs(budgets, seeds, ablations=ablations, pool_size=len(dataset.pool))
+            if _key(r) not in done and r["strategy"] in strategies]
     progress.phase("label-efficiency", len(plan))
     for i, run in enumerate(plan, start=1):
         query = QueryConfig.from_dict({"strategy": run["strategy"], "budget": run["budget"],
@@ -150,16 +187,31 @@ def run_label_efficiency(
     document = {
         "benchmark": "label-efficiency",
         "setup": {"pool": len(dataset.pool), "test": len(dataset.test), "budgets": list(budgets),
+                  "strategies": list(strategies),
                   "finetune": finetune,
                   "seeds": list(seeds), "iterations": iterations, "views": views, "model": model,
                   "data_seed": data_seed, "device": simulation.scored.device},
         "pretrained": {"mean_dice": pretrained["mean_dice"], "per_structure": pretrained["per_structure"]},
+        "test_cases": test_cases(data, pretrained["by_case"]),
         "runs": results,
         **summarise(results),
     }
     (out / "label-efficiency.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "dice-vs-budget.svg").write_text(dice_vs_budget_svg(document))
     return document
+
+
+def test_cases(data: Path, pretrained: dict[str, float]) -> list[dict[str, Any]]:
+    """Each test scan: what was done to it (from the sample data's manifest), pretrained Dice."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    described = {c["case"]: c for c in manifest["cases"]}
+    rows = []
+    for case_id, dice in pretrained.items():
+        case = described.get(case_id, {})
+        anatomy = [name for name in ("atrophy", "lesions") if case.get(name)]
+        rows.append({"case_id": case_id, "shifts": case.get("shift_kinds", []), "anatomy": anatomy,
+                     "pretrained": dice})
+    return rows
 
 
 def dice_vs_budget_svg(document: dict[str, Any]) -> str:
@@ -169,16 +221,41 @@ def dice_vs_budget_svg(document: dict[str, Any]) -> str:
     for row in document["table"]:
         if row["mode"] == "selective" and not row["variant"]:
             series.setdefault(row["strategy"], []).append((row["budget"], row["mean"], row["std"]))
-        if row["strategy"] == "random" and row["mode"] == "none":
+        if row["strategy"] == "random" and row["mode"] == "none" and not row["variant"]:
             series.setdefault("random (supervised)", []).append((row["budget"], row["mean"], row["std"]))
     return lines_svg(series, title="Test Dice against budget (mean and spread over seeds)",
                      x_label="labeled cases", y_label="mean Dice")
 
 
+def per_test_scan(document: dict[str, Any], budget: int, strategies=("attsq", "random", "dkd")) -> list[str]:
+    """Markdown rows: each test scan's Dice, pretrained and after each strategy (selective SSFT,
+    mean over seeds) at ``budget``: where a strategy's picks help or hurt."""
+    cases = document.get("test_cases") or []
+    if not cases:
+        return []
+    means: dict[str, dict[str, float]] = {}
+    for strategy in strategies:
+        runs = [r for r in document["runs"] if (r["strategy"], r["mode"], r["budget"], r.get("variant", ""))
+                == (strategy, "selective", budget, "") and r.get("test_per_case")]
+        if runs:
+            means[strategy] = {c["case_id"]: float(np.mean([r["test_per_case"][c["case_id"]] for r in runs]))
+                               for c in cases}
+    lines = [f"Test Dice per test scan at budget {budget} (selective SSFT, mean over seeds):", "",
+             "| test scan | shifts | anatomy | pretrained | " + " | ".join(means) + " |",
+             "|---|---|---|---:|" + "---:|" * len(means)]
+    for case in cases:
+        cells = [f"{means[s][case['case_id']]:.3f}" for s in means]
+        lines.append(f"| {case['case_id']} | {', '.join(case['shifts']) or 'near source'} | "
+                     f"{', '.join(case['anatomy']) or '-'} | {case['pretrained']:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(document: dict[str, Any], command: str) -> str:
     """The BENCHMARKS.md section."""
     setup = document["setup"]
-    budgets = setup["budgets"]
+    table = [row for row in document["table"] if row["variant"] != CEILING]
+    ceiling = [row for row in document["table"] if row["variant"] == CEILING]
+    budgets = sorted({row["budget"] for row in table} | set(setup["budgets"]))
     lines = [
         MARK_BEGIN,
         "### Label efficiency",
@@ -193,16 +270,23 @@ def markdown(document: dict[str, Any], command: str) -> str:
         "|---|---|---|" + "---:|" * len(budgets),
     ]
     rows: dict[tuple, dict[int, str]] = {}
-    for row in document["table"]:
+    for row in table:
         key = (row["strategy"], row["mode"], row["variant"])
         rows.setdefault(key, {})[row["budget"]] = f"{row['mean']:.4f} ± {row['std']:.4f}"
     for (strategy, mode, variant), cells in rows.items():
         lines.append(f"| {strategy} | {mode} | {variant or '-'} | "
                      + " | ".join(cells.get(b, "-") for b in budgets) + " |")
+    for row in ceiling:
+        lines += ["", f"Ceiling of the recipe ({CEILING}: {row['budget']} cases, supervised): "
+                      f"**{row['mean']:.4f} ± {row['std']:.4f}**."]
     lines += ["", "Goals (measured, not asserted):", ""]
     for goal in document["goals"]:
         mark = "holds" if goal["holds"] else "**does not hold**"
         lines.append(f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
                      f"(margin {goal['margin']:+.4f}): {mark}")
+    if table:
+        scans = per_test_scan(document, min(row["budget"] for row in table))
+        if scans:
+            lines += ["", *scans]
     lines.append(MARK_END)
     return "\n".join(lines)

@@ -7,13 +7,51 @@ in difficulty and in how far they lie from one another. Deterministic for a seed
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from assft.imaging import write_image_atomic
+
+# The model preset that goes with these scans (two structures, 3 mm, 16^3 patches).
+TINY_PRESET: dict[str, Any] = {
+    "name": "tiny-unet",
+    "description": "A 3-level MONAI UNet with BatchNorm, small enough for tests and self-tests on a CPU.",
+    "architecture": "monai.UNet",
+    "arguments": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
+        "norm": "batch",
+    },
+    "checkpoint": None,
+    "preprocessing": {
+        "spacing": [3.0, 3.0, 3.0],
+        "orientation": "RAS",
+        "intensity": {"kind": "zscore", "nonzero": False},
+    },
+    "patch_size": [16, 16, 16],
+    "sw_batch_size": 2,
+    "overlap": 0.25,
+    "label_names": {"1": "shell", "2": "core"},
+    "embedding_layer": "model.1.submodule.1.submodule",
+    "encoder_prefixes": ["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule"],
+    "head_layer": "model.2",
+    "has_head": True,
+    "output_activation": "softmax",
+}
+
+
+def write_tiny_preset(path: Path) -> Path:
+    """Write :data:`TINY_PRESET` as a preset file (``assft init --model PATH``)."""
+    path.write_text(json.dumps(TINY_PRESET), encoding="utf-8")
+    return path
 
 
 @dataclass

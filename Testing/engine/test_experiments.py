@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from assft.config import QueryConfig
 from assft.experiments import Case, Dataset, Simulation, append_result, read_results
-from assft.label_efficiency import goals, markdown, planned_runs, summarise
+from assft.label_efficiency import CEILING, goals, markdown, planned_runs, summarise
 from assft.report import bars_svg, lines_svg, scatter_svg
 
 FAST = {"iterations": 3, "semi_iterations": 3, "tau_c": 0.0, "checkpoint_every": 100}
@@ -39,10 +40,16 @@ def test_simulated_runs_select_label_finetune_and_test(tmp_path, synthetic_pool,
 
 def test_plan_and_summary():
     plan = planned_runs([2, 4], [0, 1])
-    assert len(plan) == 2 * 2 * (8 + 4 + 2)
+    assert len(plan) == 2 * 2 * (8 + 4 + 2) + 2  # + random at budget 8 (twice 4), two seeds
+    assert sum(r["budget"] == 8 and r["strategy"] == "random" for r in plan) == 2
+    ceiling = [r for r in planned_runs([2], [0, 1], pool_size=6) if r.get("variant") == CEILING]
+    assert [(r["strategy"], r["mode"], r["budget"]) for r in ceiling] == [("random", "none", 6)] * 2
     rows = [
-        {"strategy": "attsq", "mode": "selective", "budget": 2, "seed": 0, "test_dice": 0.8},
-        {"strategy": "attsq", "mode": "selective", "budget": 2, "seed": 1, "test_dice": 0.6},
+        {"strategy": "attsq", "mode": "selective", "budget": 2, "seed": 0, "test_dice": 0.8,
+         "test_per_case": {"t1": 0.9, "t2": 0.7}},
+        {"strategy": "attsq", "mode": "selective", "budget": 2, "seed": 1, "test_dice": 0.6,
+         "test_per_case": {"t1": 0.5, "t2": 0.7}},
+        {"strategy": "random", "mode": "none", "budget": 6, "seed": 0, "test_dice": 0.9, "variant": CEILING},
         {"strategy": "random", "mode": "none", "budget": 2, "seed": 0, "test_dice": 0.5},
         {"strategy": "random", "mode": "selective", "budget": 4, "seed": 0, "test_dice": 0.75},
         {"strategy": "entropy", "mode": "selective", "budget": 2, "seed": 0, "test_dice": 0.72},
@@ -56,10 +63,28 @@ def test_plan_and_summary():
     assert by_goal["ATTSQ at budget 2 vs random at 4"]["holds"] is False
     document = {"setup": {"pool": 6, "test": 2, "budgets": [2, 4], "seeds": [0, 1], "iterations": 3,
                           "views": 1, "model": "tiny", "device": "cpu"},
-                "pretrained": {"mean_dice": 0.4}, **summary}
+                "pretrained": {"mean_dice": 0.4}, "runs": rows, **summary,
+                "test_cases": [{"case_id": "t1", "shifts": ["noise"], "anatomy": [], "pretrained": 0.6},
+                               {"case_id": "t2", "shifts": [], "anatomy": ["lesions"], "pretrained": 0.8}]}
     text = markdown(document, "assft bench label-efficiency")
     assert "does not hold" in text and "0.7000 ± 0.1414" in text
+    assert "B=6" not in text and "Ceiling of the recipe" in text and "**0.9000 ± 0.0000**" in text
+    assert "| t1 | noise | - | 0.600 | 0.700 |" in text and "| t2 | near source | lesions | 0.800 | 0.700 |" in text
     assert goals([]) == []
+
+
+def test_a_benchmark_continues_only_under_its_own_setup(tmp_path):
+    from assft.errors import BadInputError
+    from assft.label_efficiency import run_label_efficiency
+
+    setup = tmp_path / "setup.json"
+    setup.write_text(json.dumps({"n": 40, "data_seed": 11, "model": "demo", "views": 2,
+                                 "finetune": {"iterations": 40}}))
+    with pytest.raises(BadInputError, match=r"another setup \(finetune, views differ\)"):
+        run_label_efficiency(tmp_path, views=1, iterations=60)
+    with pytest.raises(BadInputError, match="unknown strategies \\['bald'\\]"):
+        run_label_efficiency(tmp_path, strategies=("attsq", "bald"))
+    assert not (tmp_path / "data").exists()  # refused before anything was made
 
 
 def test_svg_charts_are_well_formed():

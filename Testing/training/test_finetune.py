@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from assft.errors import BadInputError
+from assft.jobs import JobStore
 from assft.model_registry import ModelRegistry
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
@@ -179,8 +180,11 @@ def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     ws = labeled_workspace.root
     config = _config_file(tmp_path, iterations=200, mode="none")
     launched = run_cli("finetune", str(ws), "--config", str(config), "--device", "cpu", "--detach", "--json", check=True)
-    pid = json.loads(launched.stdout)["pid"]
+    document = json.loads(launched.stdout)
+    pid = document["pid"]
     assert os.getsid(pid) == pid  # its own session: it outlives the shell
+    # The launch names the job the background process runs.
+    assert JobStore(ws).get(document["job"]).recorded()["pid"] == pid
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]

@@ -37,6 +37,9 @@ class FinetuneConfig:
         tau_c: minimum case confidence for the reliable set.
         tau_v: voxels whose max probability is below this are ignored by the pseudo-label loss.
         ramp_fraction: lambda ramps 0 -> 1 over this fraction of the semi-supervised stage.
+        warmup_fraction: the learning rate rises linearly from 0 over this fraction of each
+            stage (Adam's first steps are full-size whatever the gradient, and would jolt the
+            pretrained weights).
         refresh_pseudo_labels: recompute the pseudo-labels once, halfway through stage 2.
         views: test-time views of the pseudo-labeling pass.
         roi_tau: ROI threshold of the confidence (as ASD's).
@@ -62,6 +65,7 @@ class FinetuneConfig:
     tau_c: float = 0.9
     tau_v: float = 0.8
     ramp_fraction: float = 0.2
+    warmup_fraction: float = 0.1
     refresh_pseudo_labels: bool = False
     views: int = 4
     roi_tau: float = 0.5
@@ -85,7 +89,7 @@ class FinetuneConfig:
             raise BadInputError(
                 f"batch_size must be at least 2 with pseudo-labels (1:1 mix), got {self.batch_size}"
             )
-        for name in ("rho", "tau_c", "tau_v", "ramp_fraction", "foreground_ratio"):
+        for name in ("rho", "tau_c", "tau_v", "ramp_fraction", "warmup_fraction", "foreground_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise BadInputError(f"{name} must be between 0 and 1, got {value}")

@@ -55,6 +55,8 @@ class Trainer:
             lr=config.lr,
             weight_decay=config.weight_decay,
         )
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ddp = None
@@ -68,6 +70,11 @@ class Trainer:
             self.ddp = DistributedDataParallel(
                 model.network, device_ids=[self.device] if self.device.type == "cuda" else None
             )
+
+    def scale_learning_rate(self, factor: float) -> None:
+        """Set every group's learning rate to ``factor`` times its configured one."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.ddp is not None:
@@ -255,6 +262,8 @@ def run_stage(
         rng = np.random.default_rng(seed)
         if augment is not None:
             augment.set_random_state(seed=seed)
+        # The warm-up is a function of the step alone, so a resumed stage continues it exactly.
+        trainer.scale_learning_rate(ramp(step + 1, total, config.warmup_fraction))
         if pseudo:
             labeled_batch = make_batch(labeled, half, trainer.patch, rng,
                                        foreground_ratio=config.foreground_ratio, augment=augment)

@@ -1,0 +1,483 @@
+"""The module's Logic: everything behind the panel, without Qt, so it runs (and is tested) with
+the MRML of the ``slicer-core`` wheel.
+
+Heavy work (creating a workspace, ranking, prediction, fine-tuning) runs as
+``PythonSlicer -m assft ...`` processes read without blocking the GUI (:mod:`.process`); light
+work (opening a workspace, submitting a label, listing jobs and model versions) calls the engine
+directly. ``ASSFTSlicer.ASSFTSlicerLogic`` adds the module's parameter node to this class.
+"""
+
+import json
+import logging
+import pathlib
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import slicer
+
+from ASSFTSlicerLib.i18n import tr as _
+from ASSFTSlicerLib.process import BackgroundProcess, ProcessResult, engineEnvironment, processIsAlive, pythonExecutable
+from ASSFTSlicerLib.scene import (
+    CaseNodes,
+    LabelDefinition,
+    OverlapPolicy,
+    createCaseSegmentation,
+    imageFromVolumeNode,
+    loadCaseVolume,
+    loadLabelArray,
+    loadUncertaintyVolume,
+    removeCaseNodes,
+    setForegroundVolume,
+    submitSegmentation,
+)
+from ASSFTSlicerLib.worklist import (
+    MODEL_COLUMNS,
+    WORKLIST_COLUMNS,
+    fillTableNode,
+    modelRows,
+    updateScoreChart,
+    worklistRows,
+)
+
+MODULE_DIR = pathlib.Path(__file__).resolve().parent.parent
+"""The module's folder: the engine package ``assft`` lies next to the module file."""
+
+
+class WorkspaceLogic:
+    """The work behind the panel; runs without the GUI (and without Qt).
+
+    Args:
+        python: The interpreter for engine processes (default: PythonSlicer in Slicer).
+        launcher: How processes are read (see :class:`ASSFTSlicerLib.process.BackgroundProcess`).
+    """
+
+    def __init__(self, python: str | None = None, launcher: str = "auto") -> None:
+        self.python = python
+        self.launcher = launcher
+        self.engineRoot = MODULE_DIR
+        self.caseNodes: CaseNodes | None = None
+        self.caseWorkspace: pathlib.Path | None = None
+
+    # workspace ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _path(value) -> pathlib.Path | None:
+        text = "" if value is None else str(value).strip()
+        return None if text in ("", ".") else pathlib.Path(text).expanduser()
+
+    @staticmethod
+    def isFolder(value) -> bool:
+        path = WorkspaceLogic._path(value)
+        return path is not None and path.is_dir()
+
+    @staticmethod
+    def hasWorkspace(value) -> bool:
+        """Whether ``value`` is a folder holding a workspace."""
+        path = WorkspaceLogic._path(value)
+        return path is not None and (path / "assft.json").is_file()
+
+    def openWorkspace(self, workspacePath):
+        """The engine's open :class:`assft.workspace.Workspace`.
+
+        Raises:
+            ValueError: no folder chosen, or not a workspace (the engine's message).
+        """
+        path = self._path(workspacePath)
+        if path is None:
+            raise ValueError(_("Choose a workspace folder first."))
+        try:
+            from assft.errors import AssftError
+            from assft.workspace import Workspace
+        except ImportError as error:
+            raise ValueError(_("The ASSFT engine cannot be loaded ({error}): install the dependencies.").format(error=error)) from None
+        try:
+            return Workspace.open(path)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
+    def workspaceSummary(self, workspacePath) -> dict[str, Any]:
+        """Counts per status, model version and preset, labels, latest ranking, running job."""
+        workspace = self.openWorkspace(workspacePath)
+        summary = workspace.status_summary()
+        summary["workspace"] = str(workspace.root)
+        summary["model"] = workspace.config.model
+        summary["labels"] = [{"value": label.value, "name": label.name} for label in workspace.config.labels]
+        return summary
+
+    @staticmethod
+    def describeWorkspace(summary: dict[str, Any]) -> str:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.get("counts", {}).items()))
+        model = pathlib.Path(str(summary.get("model", ""))).stem or summary.get("model", "")
+        labels = ", ".join(label["name"] for label in summary.get("labels", []))
+        return _("{total} cases ({counts}); labels: {labels}; model {model} {version}").format(
+            total=summary.get("total", 0), counts=counts or _("none"), labels=labels, model=model,
+            version=summary.get("model_version", ""))
+
+    # engine processes --------------------------------------------------------------------
+
+    def engineCommand(self, verb: str, *arguments) -> list[str]:
+        """``[python, "-m", "assft", verb, ...]``."""
+        return [self.python or pythonExecutable(), "-m", "assft", verb, *[str(a) for a in arguments]]
+
+    def startEngineProcess(self, verb: str, arguments: list, name: str = "",
+                           onProgress: Callable | None = None, onLog: Callable | None = None,
+                           onFinished: Callable | None = None) -> BackgroundProcess:
+        """Start ``assft VERB ARGUMENTS`` in the background and return it at once."""
+        process = BackgroundProcess(
+            self.engineCommand(verb, *arguments),
+            name=name or verb,
+            environment=engineEnvironment(self.engineRoot),
+            onProgress=onProgress,
+            onLog=onLog or (lambda line: logging.info("[assft %s] %s", verb, line)),
+            onFinished=onFinished,
+            launcher=self.launcher,
+        )
+        return process.start()
+
+    def startCreateWorkspace(self, workspacePath, images: list, modelPreset: str, labelNames: str | None = None,
+                             **callbacks) -> BackgroundProcess:
+        """Create a workspace (``assft init``: the model is loaded once to check it fits)."""
+        path = self._path(workspacePath)
+        if path is None:
+            raise ValueError(_("Choose a folder for the new workspace."))
+        if self.hasWorkspace(path):
+            raise ValueError(_("{path} already holds a workspace: open it instead.").format(path=path))
+        sources = [self._path(item) for item in images]
+        if not sources or any(s is None or not s.exists() for s in sources):
+            raise ValueError(_("Choose an existing folder of scans."))
+        arguments = [path, "--images", *sources, "--model", modelPreset]
+        if labelNames:
+            arguments += ["--label-names", labelNames]
+        return self.startEngineProcess("init", arguments, _("creating the workspace"), **callbacks)
+
+    def writeVolumesForWorkspace(self, volumeNodes, folder) -> list[pathlib.Path]:
+        """Write loaded volumes as NIfTI files (their exact grids) for a new workspace."""
+        from assft.imaging import case_id_from_path, write_image_atomic
+
+        folder = pathlib.Path(folder)
+        written = []
+        for node in volumeNodes:
+            if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+                continue
+            if node.GetAttribute("ASSFT.Role") in ("uncertainty",):
+                continue
+            name = case_id_from_path(f"{node.GetName()}.nii.gz")
+            target = folder / f"{name}.nii.gz"
+            number = 1
+            while target.exists():
+                number += 1
+                target = folder / f"{name}_{number}.nii.gz"
+            written.append(pathlib.Path(write_image_atomic(imageFromVolumeNode(node), target)))
+        if not written:
+            raise ValueError(_("No scalar volumes are loaded."))
+        return written
+
+    def startCreateWorkspaceFromVolumes(self, workspacePath, volumeNodes, modelPreset: str, **callbacks) -> BackgroundProcess:
+        """Create a workspace from the loaded volumes (written next to it, in ``<workspace>-scans``)."""
+        path = self._path(workspacePath)
+        if path is None:
+            raise ValueError(_("Choose a folder for the new workspace."))
+        if self.hasWorkspace(path):
+            raise ValueError(_("{path} already holds a workspace: open it instead.").format(path=path))
+        scans = path.parent / f"{path.name}-scans"
+        scans.mkdir(parents=True, exist_ok=True)
+        self.writeVolumesForWorkspace(volumeNodes, scans)
+        return self.startCreateWorkspace(path, [scans], modelPreset, **callbacks)
+
+    def startRank(self, workspacePath, budget: int, strategy: str = "attsq", device: str = "auto",
+                  views: int | None = None, **callbacks) -> BackgroundProcess:
+        """Rank the unlabeled cases in the background (``assft rank --progress json``)."""
+        workspace = self.openWorkspace(workspacePath)
+        unlabeled = workspace.status_summary()["counts"].get("unlabeled", 0)
+        if unlabeled == 0:
+            raise ValueError(_("No unlabeled cases are left to rank."))
+        arguments = [workspace.root, "--budget", min(int(budget), unlabeled), "--strategy", strategy,
+                     "--device", device, "--progress", "json"]
+        if views:
+            arguments += ["--views", views]
+        return self.startEngineProcess("rank", arguments, _("ranking"), **callbacks)
+
+    def predictionDir(self, workspace) -> pathlib.Path:
+        return workspace.root / "predictions" / workspace.current_model_version()
+
+    def predictionFiles(self, workspacePath, caseId: str) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+        """The current model version's predicted label and uncertainty map of a case, if made."""
+        workspace = self.openWorkspace(workspacePath)
+        folder = self.predictionDir(workspace)
+        label, uncertainty = folder / f"{caseId}.nii.gz", folder / f"{caseId}_uncertainty.nii.gz"
+        return (label if label.is_file() else None, uncertainty if uncertainty.is_file() else None)
+
+    def startPredict(self, workspacePath, caseId: str | None, device: str = "auto", views: int | None = None,
+                     **callbacks) -> BackgroundProcess:
+        """Predict one case (or every case when ``caseId`` is None) with its uncertainty map."""
+        workspace = self.openWorkspace(workspacePath)
+        if caseId is not None:
+            workspace.check_case_id(caseId)
+        version = workspace.current_model_version()
+        arguments = [workspace.root, *([caseId] if caseId else ["--all"]), "--out", self.predictionDir(workspace),
+                     "--version", version, "--uncertainty", "--device", device, "--progress", "json"]
+        if views:
+            arguments += ["--views", views]
+        return self.startEngineProcess("predict", arguments, _("predicting"), **callbacks)
+
+    @staticmethod
+    def describeProgress(event: dict[str, Any]) -> str:
+        """One line for a progress event: phase, count, metrics, ETA."""
+        if event.get("event") == "done":
+            return _("Done.")
+        if event.get("event") == "error":
+            return str(event.get("message", _("Failed.")))
+        if event.get("event") != "progress":
+            return str(event.get("event", ""))
+        parts = [f"{event.get('phase', '')} {event.get('done', 0)}/{event.get('total', '?')}"]
+        if event.get("case"):
+            parts.append(str(event["case"]))
+        for key, title in (("loss", _("loss")), ("validation_dice", _("held-out Dice"))):
+            if isinstance(event.get(key), (int, float)):
+                parts.append(f"{title} {event[key]:.3f}")
+        text = ", ".join(parts)
+        eta = event.get("eta_s")
+        if isinstance(eta, (int, float)):
+            text += _(", about {minutes} min left").format(minutes=max(1, round(eta / 60))) if eta >= 90 else _(", about {seconds} s left").format(seconds=round(eta))
+        return text
+
+    @staticmethod
+    def describeResult(result: ProcessResult) -> str:
+        if result.cancelled:
+            return _("Cancelled.")
+        if result.ok:
+            return _("Done in {seconds:.0f} s.").format(seconds=result.seconds)
+        return _("Failed: {message}").format(message=result.errorMessage)
+
+    # worklist ----------------------------------------------------------------------------
+
+    def updateWorklist(self, workspacePath, tableNode=None, seriesNode=None, chartNode=None):
+        """Fill the worklist table from the latest ranking and the chart from the table.
+
+        Returns:
+            ``(table node, plot series node, plot chart node)``.
+        """
+        workspace = self.openWorkspace(workspacePath)
+        statuses = {row["case_id"]: row["status"] for row in workspace.registry.cases()}
+        try:
+            ranking = workspace.latest_ranking()
+        except Exception as error:  # a damaged ranking file must not hide the rest
+            logging.warning("cannot read the latest ranking: %s", error)
+            ranking = None
+        tableNode = fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT worklist"),
+                                  WORKLIST_COLUMNS, worklistRows(ranking, statuses))
+        seriesNode = seriesNode or self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT cases")
+        chartNode = chartNode or self._namedNode("vtkMRMLPlotChartNode", "ASSFT ranking")
+        return (tableNode, *updateScoreChart(tableNode, seriesNode, chartNode))
+
+    @staticmethod
+    def _namedNode(className: str, name: str):
+        node = slicer.mrmlScene.GetFirstNode(name, className)
+        return node if node is not None else slicer.mrmlScene.AddNewNodeByClass(className, name)
+
+    @staticmethod
+    def _cell(tableNode, row: int, title: str) -> str:
+        if tableNode is None or row < 0 or row >= tableNode.GetNumberOfRows():
+            return ""
+        column = tableNode.GetColumnIndex(title)
+        return tableNode.GetCellText(row, column) if column >= 0 else ""
+
+    def caseAtWorklistRow(self, tableNode, row: int) -> str:
+        return self._cell(tableNode, row, "Case")
+
+    def versionAtModelsRow(self, tableNode, row: int) -> str:
+        return self._cell(tableNode, row, "Version")
+
+    def nextCase(self, workspacePath) -> str | None:
+        """The best-ranked case of the latest ranking that is still unlabeled (None: none left)."""
+        from assft.cli import next_case
+        from assft.errors import AssftError
+
+        try:
+            return next_case(self.openWorkspace(workspacePath))["case"]
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
+    # annotating --------------------------------------------------------------------------
+
+    def loadCase(self, workspacePath, caseId: str, predictionPath=None, uncertaintyPath=None,
+                 showUncertainty: bool = True) -> CaseNodes:
+        """Show a case: its scan, a segmentation with one segment per workspace label, pre-filled.
+
+        The segmentation starts from the case's stored label when it has one (to correct it),
+        else from ``predictionPath`` or the current model's prediction when there is one, else
+        empty. The previous case's nodes are removed.
+        """
+        workspace = self.openWorkspace(workspacePath)
+        workspace.check_case_id(caseId)
+        predicted, uncertain = self.predictionFiles(workspace.root, caseId)
+        stored = workspace.label_path(caseId)
+        start = stored or (pathlib.Path(predictionPath) if predictionPath else predicted)
+        uncertaintyPath = pathlib.Path(uncertaintyPath) if uncertaintyPath else uncertain
+        self.closeCase()
+        labels = LabelDefinition.fromWorkspace(workspace.config.labels)
+        volume = loadCaseVolume(workspace.image_path(caseId), caseId, workspace.root)
+        nodes = CaseNodes(caseId, volume, None)
+        try:
+            labelArray = loadLabelArray(start, volume, labels) if start else None
+            nodes.segmentation = createCaseSegmentation(volume, labels, labelArray, name=f"{caseId} segmentation")
+            if uncertaintyPath is not None:
+                nodes.uncertainty = loadUncertaintyVolume(uncertaintyPath, volume, caseId)
+        except BaseException:
+            removeCaseNodes(nodes)
+            raise
+        self.caseNodes, self.caseWorkspace = nodes, workspace.root
+        setForegroundVolume(volume, nodes.uncertainty if showUncertainty else None)
+        return nodes
+
+    def setUncertaintyVisible(self, visible: bool, opacity: float = 0.4) -> None:
+        if self.caseNodes is not None:
+            setForegroundVolume(self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity)
+
+    def closeCase(self) -> None:
+        removeCaseNodes(self.caseNodes)
+        self.caseNodes = self.caseWorkspace = None
+
+    def submitCase(self, workspacePath, overlap: OverlapPolicy | str = OverlapPolicy.REFUSE,
+                   user: str | None = None, caseNodes: CaseNodes | None = None) -> pathlib.Path:
+        """Store the current case's segmentation as its label (exact geometry, validated, atomic).
+
+        Raises:
+            ValueError: no case loaded, segments that are not workspace labels, overlapping
+                segments (unless ``overlap`` says who wins), or the engine refuses the label.
+        """
+        nodes = caseNodes or self.caseNodes
+        if nodes is None or nodes.segmentation is None:
+            raise ValueError(_("No case is loaded: use 'Label next' first."))
+        workspace = self.openWorkspace(workspacePath)
+        if self.caseWorkspace is not None and caseNodes is None and workspace.root != self.caseWorkspace:
+            raise ValueError(_("The loaded case belongs to another workspace ({path}).").format(path=self.caseWorkspace))
+        return submitSegmentation(workspace, nodes.caseId, nodes.segmentation, nodes.volume, overlap=overlap, user=user)
+
+    def skipCase(self, workspacePath, caseId: str) -> None:
+        from assft.errors import AssftError
+
+        if not caseId:
+            raise ValueError(_("No case is loaded."))
+        try:
+            self.openWorkspace(workspacePath).skip(caseId)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+        if self.caseNodes is not None and self.caseNodes.caseId == caseId:
+            self.closeCase()
+
+    # fine-tuning -------------------------------------------------------------------------
+
+    def startFinetune(self, workspacePath, mode: str = "selective", iterations: int = 200, device: str = "auto",
+                      config: dict[str, Any] | None = None, **callbacks) -> BackgroundProcess:
+        """Launch a detached fine-tuning job (it survives Slicer; follow it with :meth:`detachedJobStatus`).
+
+        Args:
+            config: Extra FinetuneConfig fields (e.g. ``{"views": 1, "semi_iterations": 2}``).
+        """
+        workspace = self.openWorkspace(workspacePath)
+        running = self.finetuneJob(workspace.root, states=("running",)) or workspace.running_job()
+        if running:
+            raise ValueError(_("A job is already running in this workspace (pid {pid}).").format(pid=running.get("pid")))
+        if workspace.status_summary()["counts"].get("labeled", 0) == 0:
+            raise ValueError(_("Submit at least one label before fine-tuning."))
+        arguments = [workspace.root, "--mode", mode, "--iterations", int(iterations), "--device", device,
+                     "--detach", "--json"]
+        if config:
+            handle = tempfile.NamedTemporaryFile("w", prefix="assft-finetune-", suffix=".json", delete=False)
+            with handle:
+                json.dump(config, handle)
+            arguments += ["--config", handle.name]
+            onFinished = callbacks.get("onFinished")
+
+            def removeConfigFile(result):  # the detached job got the config on its command line
+                pathlib.Path(handle.name).unlink(missing_ok=True)
+                if onFinished:
+                    onFinished(result)
+
+            callbacks["onFinished"] = removeConfigFile
+        return self.startEngineProcess("finetune", arguments, _("starting fine-tuning"), **callbacks)
+
+    @staticmethod
+    def launchedJob(result: ProcessResult) -> dict[str, Any]:
+        """``{"pid", "log", ...}`` printed by ``assft finetune --detach --json``."""
+        try:
+            document = result.jsonDocument()
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {}
+
+    def finetuneJob(self, workspacePath, states: tuple[str, ...] | None = None, pid: int | None = None) -> dict[str, Any] | None:
+        """The newest fine-tuning job (with ``last_progress``), optionally in ``states`` or of ``pid``."""
+        from assft.jobs import JobStore
+
+        for job in JobStore(self.openWorkspace(workspacePath)).list():
+            if job.get("kind") != "finetune":
+                continue
+            if states is not None and job.get("state") not in states:
+                continue
+            if pid is not None and job.get("pid") != pid:
+                continue
+            return job
+        return None
+
+    def detachedJobStatus(self, workspacePath, launched: dict[str, Any]) -> dict[str, Any]:
+        """The job a detached launch started: its info once it exists, ``starting`` before, or
+        ``failed`` with the log's last line when the process ended without creating one."""
+        pid = launched.get("pid")
+        job = self.finetuneJob(workspacePath, pid=pid) if pid else self.finetuneJob(workspacePath)
+        if job is not None:
+            return job
+        if pid and processIsAlive(int(pid)):
+            return {"state": "starting"}
+        message = _("the fine-tuning process ended before it started its job")
+        log = pathlib.Path(launched.get("log", ""))
+        if launched.get("log") and log.is_file():
+            lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            if lines:
+                message = lines[-1]
+        return {"state": "failed", "message": message}
+
+    def startCancelJob(self, workspacePath, jobId: str | None = None, **callbacks) -> BackgroundProcess:
+        """Cancel a running job (``assft cancel``: SIGTERM to its process group, SIGKILL later)."""
+        workspace = self.openWorkspace(workspacePath)
+        return self.startEngineProcess("cancel", [workspace.root, *([jobId] if jobId else [])], _("cancelling"), **callbacks)
+
+    def describeJob(self, job: dict[str, Any]) -> str:
+        state = job.get("state", "")
+        if state == "starting":
+            return _("Starting fine-tuning...")
+        if state == "running":
+            progress = job.get("last_progress") or {}
+            return _("Fine-tuning: {progress}").format(progress=self.describeProgress(progress) if progress else _("starting"))
+        return f"{state}: {job.get('message') or ''}".strip(": ")
+
+    @staticmethod
+    def jobPromotedVersion(job: dict[str, Any]) -> str | None:
+        """The version a finished job promoted, if it did."""
+        if job.get("state") != "done":
+            return None
+        last = job.get("last_progress") or {}
+        if last.get("event") == "done" and last.get("promoted"):
+            return last.get("version")
+        return None
+
+    def updateModelsTable(self, workspacePath, tableNode=None):
+        from assft.model_registry import ModelRegistry
+
+        models = ModelRegistry(self.openWorkspace(workspacePath)).to_json()
+        return fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT model versions"),
+                             MODEL_COLUMNS, modelRows(models))
+
+    def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:
+        """Make ``version`` current (rollback, or forward again)."""
+        from assft.errors import AssftError
+        from assft.model_registry import ModelRegistry
+
+        try:
+            return ModelRegistry(self.openWorkspace(workspacePath)).rollback(version)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
+
