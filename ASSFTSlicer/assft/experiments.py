@@ -152,6 +152,21 @@ class Simulation:
                                          views=self.views)
         return self._pretrained
 
+    def signals_against_failure(self) -> dict[str, float]:
+        """How well each per-case signal of the scored pool finds the cases the pretrained model
+        fails on: Spearman's rho between the signal and 1 - Dice on the pool (1: perfectly)."""
+        pool = dice_on_test_scans(self.base, "v0", self.dataset.pool, device=self.device,
+                                  views=self.views)["by_case"]
+        failure = np.array([1.0 - pool[s.case_id] for s in self.scored.scores])
+        signals = {
+            "knowledge gap (bn)": [s.kg_bn for s in self.scored.scores],
+            "ASD": [s.asd for s in self.scored.scores],
+            "mean entropy": [s.mean_entropy for s in self.scored.scores],
+            "epistemic (MC dropout)": [s.epistemic for s in self.scored.scores],
+        }
+        return {name: spearman(np.asarray(values, dtype=float), failure)
+                for name, values in signals.items() if np.all(np.isfinite(values))}
+
     def ranking(self, config: QueryConfig) -> dict[str, Any]:
         """The ranking document of a strategy over the pool (no forward pass)."""
         from assft.ranking import rank_scored_pool
@@ -206,6 +221,23 @@ class Simulation:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
         return result
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=float)
+        for value in np.unique(x):  # ties share their mean rank
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r
+
+    ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def append_result(path: Path, result: RunResult) -> None:

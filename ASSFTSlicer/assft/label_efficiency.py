@@ -193,6 +193,7 @@ def run_label_efficiency(
                   "data_seed": data_seed, "device": simulation.scored.device},
         "pretrained": {"mean_dice": pretrained["mean_dice"], "per_structure": pretrained["per_structure"]},
         "test_cases": test_cases(data, pretrained["by_case"]),
+        "signals_against_failure": simulation.signals_against_failure(),
         "runs": results,
         **summarise(results),
     }
@@ -276,6 +277,11 @@ def markdown(document: dict[str, Any], command: str) -> str:
     for (strategy, mode, variant), cells in rows.items():
         lines.append(f"| {strategy} | {mode} | {variant or '-'} | "
                      + " | ".join(cells.get(b, "-") for b in budgets) + " |")
+    signals = document.get("signals_against_failure") or {}
+    if signals:
+        lines += ["", "Do the per-case signals find the pool cases the pretrained model fails on? Spearman's "
+                      "rho between each signal and 1 - Dice of the pretrained model on the pool: "
+                  + "; ".join(f"{name} {rho:+.2f}" for name, rho in signals.items()) + "."]
     for row in ceiling:
         lines += ["", f"Ceiling of the recipe ({CEILING}: {row['budget']} cases, supervised): "
                       f"**{row['mean']:.4f} ± {row['std']:.4f}**."]

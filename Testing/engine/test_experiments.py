@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from assft.config import QueryConfig
-from assft.experiments import Case, Dataset, Simulation, append_result, read_results
+from assft.experiments import Case, Dataset, Simulation, append_result, read_results, spearman
 from assft.label_efficiency import CEILING, goals, markdown, planned_runs, summarise
 from assft.report import bars_svg, lines_svg, scatter_svg
 
@@ -22,12 +23,19 @@ def test_simulated_runs_select_label_finetune_and_test(tmp_path, synthetic_pool,
     pretrained = simulation.pretrained_test_dice()
     assert set(pretrained["per_structure"]) == {"shell", "core"}
     assert len(pretrained["per_case"]) == 2
+    assert list(pretrained["by_case"].values()) == pretrained["per_case"]
+    signals = simulation.signals_against_failure()
+    assert set(signals) == {"knowledge gap (bn)", "ASD", "mean entropy", "epistemic (MC dropout)"}
+    assert all(-1.0 <= rho <= 1.0 for rho in signals.values())
     ranking = simulation.ranking(QueryConfig(strategy="attsq", budget=2, views=1))
     result = simulation.run(QueryConfig(strategy="attsq", budget=2, views=1), {**FAST, "mode": "selective"})
     # The run labels exactly what the ranking selected, and only the pool is ever labeled.
     assert result.selected == ranking["selected"]
     assert set(result.selected) <= {c.case_id for c in dataset.pool}
     assert 0.0 <= result.test_dice <= 1.0 and result.version == "v1"
+    # Dice of each test scan, whose mean over structures makes up the run's figure.
+    assert list(result.test_per_case) == [c.case_id for c in dataset.test]
+    assert all(0.0 <= v <= 1.0 for v in result.test_per_case.values())
     assert not (tmp_path / "runs" / "attsq-selective-b2-s0").exists()  # copies are removed
     other = simulation.run(QueryConfig(strategy="random", budget=2, seed=1, views=1), {**FAST, "mode": "none"})
     assert other.mode == "none" and other.reliable == []
@@ -36,6 +44,14 @@ def test_simulated_runs_select_label_finetune_and_test(tmp_path, synthetic_pool,
     assert [r["strategy"] for r in read_results(tmp_path / "runs.jsonl")] == ["attsq", "random"]
     # The base workspace itself never gets labels.
     assert simulation.base.status_summary()["counts"]["labeled"] == 0
+
+
+def test_spearman_ranks_with_ties():
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.5, 0.2])) == pytest.approx(0.5)
+    assert spearman(np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(-1.0)
+    # Tied values share their mean rank: ranks (0.5, 0.5, 2) against (0, 1, 2).
+    assert spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(0.8660254)
+    assert math.isnan(spearman(np.ones(3), np.array([1.0, 2.0, 3.0])))
 
 
 def test_plan_and_summary():
@@ -64,10 +80,12 @@ def test_plan_and_summary():
     document = {"setup": {"pool": 6, "test": 2, "budgets": [2, 4], "seeds": [0, 1], "iterations": 3,
                           "views": 1, "model": "tiny", "device": "cpu"},
                 "pretrained": {"mean_dice": 0.4}, "runs": rows, **summary,
+                "signals_against_failure": {"ASD": 0.5, "mean entropy": -0.25},
                 "test_cases": [{"case_id": "t1", "shifts": ["noise"], "anatomy": [], "pretrained": 0.6},
                                {"case_id": "t2", "shifts": [], "anatomy": ["lesions"], "pretrained": 0.8}]}
     text = markdown(document, "assft bench label-efficiency")
     assert "does not hold" in text and "0.7000 ± 0.1414" in text
+    assert "ASD +0.50; mean entropy -0.25." in text
     assert "B=6" not in text and "Ceiling of the recipe" in text and "**0.9000 ± 0.0000**" in text
     assert "| t1 | noise | - | 0.600 | 0.700 |" in text and "| t2 | near source | lesions | 0.800 | 0.700 |" in text
     assert goals([]) == []
