@@ -6,15 +6,9 @@ import copy
 from typing import Any
 
 from assft.models import ModelPreset, get_preset
+from assft.synthetic import TINY_PRESET
 
-TINY_UNET_ARGUMENTS: dict[str, Any] = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "channels": [4, 8, 16],
-    "strides": [2, 2],
-    "num_res_units": 1,
-    "norm": "batch",
-}
+TINY_UNET_ARGUMENTS: dict[str, Any] = TINY_PRESET["arguments"]
 
 
 def preset_dict(base: str = "demo", /, **overrides: Any) -> dict[str, Any]:
@@ -29,7 +23,7 @@ def tiny_unet_dict(**overrides: Any) -> dict[str, Any]:
     data = preset_dict(
         "demo",
         name="tiny-unet",
-        arguments=dict(TINY_UNET_ARGUMENTS),
+        arguments=copy.deepcopy(TINY_UNET_ARGUMENTS),
         checkpoint=None,
         patch_size=[16, 16, 16],
         embedding_layer="model.1.submodule.1.submodule",
