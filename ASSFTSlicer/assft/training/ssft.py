@@ -245,8 +245,10 @@ def run_stage(
     config: FinetuneConfig,
     on_step: Callable[[int, dict[str, float]], None],
     should_stop: Callable[[], bool] = lambda: False,
+    end: int | None = None,
 ) -> None:
-    """Steps ``start .. total-1`` of a stage; batches mix labeled and pseudo-labeled 1:1."""
+    """Steps ``start .. end-1`` (default ``total-1``) of a stage of ``total`` steps (the warm-up
+    and the pseudo-label weight follow ``total``); batches mix labeled and pseudo-labeled 1:1."""
     from monai.data import set_track_meta
 
     from assft import distributed
@@ -255,7 +257,7 @@ def run_stage(
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)
     augment = make_augmentation(config.seed) if config.augment else None
-    for step in range(start, total):
+    for step in range(start, total if end is None else min(end, total)):
         if should_stop():
             raise CancelledError("fine-tuning cancelled")
         seed = step_seed(config.seed + 7919 * distributed.rank(), stage, step)

@@ -1,0 +1,27 @@
+"""benchmarks/forgetting_probe.py (a diagnostic quoted in BENCHMARKS.md) runs end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from assft.sampledata import write_sample_data
+
+PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "forgetting_probe.py"
+
+
+def test_the_probe_fine_tunes_and_reports_every_test_scan(tmp_path):
+    write_sample_data(tmp_path / "data", 4, n_source=0, seed=5, spacing=6.0)
+    result = subprocess.run(
+        [sys.executable, str(PROBE), str(tmp_path), "--cases", "tgt_000,tgt_001", "--steps", "2",
+         "--every", "1"], capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["step"] for r in reports] == [0, 1, 2]
+    assert reports[0]["loss"] is None and all(r["loss"] > 0 for r in reports[1:])
+    # Every fourth case is a test scan: tgt_003 of four.
+    assert all(list(r["test_dice"]) == ["tgt_003"] for r in reports)
+    assert all(0.0 <= r["mean_test_dice"] <= 1.0 for r in reports)
