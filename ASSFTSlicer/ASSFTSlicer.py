@@ -11,7 +11,12 @@ import enum
 import json
 import logging
 import pathlib
+import sys
 import tempfile
+
+if sys.version_info < (3, 11):  # the engine's floor; Slicer bundles Python 3.12 from 5.10 on
+    raise ImportError("ASSFT Slicer needs 3D Slicer 5.10 or later (Python 3.11+); this Slicer runs "
+                      "Python {}.{}".format(*sys.version_info[:2]))
 from typing import Annotated
 
 import vtk
