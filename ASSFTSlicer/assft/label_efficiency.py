@@ -290,8 +290,8 @@ def markdown(document: dict[str, Any], command: str) -> str:
         mark = "holds" if goal["holds"] else "**does not hold**"
         lines.append(f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
                      f"(margin {goal['margin']:+.4f}): {mark}")
-    if table:
-        scans = per_test_scan(document, min(row["budget"] for row in table))
+    for budget in sorted({row["budget"] for row in table if row["strategy"] == "attsq"}):
+        scans = per_test_scan(document, budget)
         if scans:
             lines += ["", *scans]
     lines.append(MARK_END)
