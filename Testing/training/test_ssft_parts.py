@@ -108,3 +108,30 @@ def test_foreground_patches_contain_foreground_and_batches_are_seeded():
     assert tuple(a[0].shape) == (4, 1, 8, 8, 8) and tuple(a[1].shape) == (4, 8, 8, 8)
     # 1:1 foreground/background centres: the even patches hold foreground.
     assert all(int((a[1][i] > 0).sum()) > 0 for i in (0, 2))
+
+
+def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
+    from assft.models import ModelPreset, load_model
+    from assft.synthetic import TINY_PRESET
+    from assft.training.ssft import Trainer, run_stage
+
+    model = load_model(ModelPreset.from_dict(TINY_PRESET), label_values=[1, 2], checkpoint=None, device="cpu")
+    config = FinetuneConfig(mode="none", iterations=20, warmup_fraction=0.5, lr=1e-3, encoder_lr_scale=0.1,
+                            augment=False, batch_size=2)
+    trainer = Trainer(model, config, (8, 8, 8))
+    target = torch.zeros(16, 16, 16, dtype=torch.long)
+    target[4:12, 4:12, 4:12] = 1
+    case = TrainingCase("c", torch.randn(1, 16, 16, 16), target)
+    seen: list[dict[str, float]] = []
+
+    def record(done, metrics):
+        seen.append({group["name"]: group["lr"] for group in trainer.optimizer.param_groups})
+
+    # One step at a time, as a resumed job would run them: the rate depends on the step alone.
+    for step in range(12):
+        run_stage(trainer, stage=1, start=step, end=step + 1, total=20, labeled=[case], pseudo=None,
+                  config=config, on_step=record)
+    decoder = [lrs["decoder"] for lrs in seen]
+    assert decoder[0] == pytest.approx(1e-4) and decoder[4] == pytest.approx(5e-4)
+    assert decoder[9:] == [pytest.approx(1e-3)] * 3
+    assert seen[0]["encoder"] == pytest.approx(1e-5)  # the pretrained encoder at a tenth, warmed up too
