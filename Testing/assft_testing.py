@@ -16,3 +16,26 @@ def run_cli(*args: str, check: bool = False, env: dict | None = None) -> subproc
     if check and result.returncode != 0:
         raise AssertionError(f"assft {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
+
+
+def template_installed() -> bool:
+    """Whether the MNI152 template files of nilearn's wheel can be found."""
+    from assft import sampledata
+    from assft.errors import BadInputError
+
+    try:
+        sampledata.locate_template()
+    except BadInputError:
+        return False
+    return True
+
+
+def skip_without_template():
+    """Skip a test that builds sample data when the template is not installed (CI installs it)."""
+    import pytest
+    from assft.sampledata import NILEARN_VERSION
+
+    return pytest.mark.skipif(
+        not template_installed(),
+        reason=f"the MNI152 template is not installed (pip install --no-deps nilearn=={NILEARN_VERSION})",
+    )

@@ -105,7 +105,6 @@ def dice_on_test_scans(workspace, version: str, cases: list[Case], *, device: st
     return {
         "mean_dice": mean_dice({i: v for i, v in enumerate(per_structure.values())}),
         "per_structure": per_structure,
-        "per_case": [mean_dice(s) for s in per_case],
         "by_case": {case.case_id: mean_dice(s) for case, s in zip(cases, per_case, strict=True)},
     }
 

@@ -8,9 +8,7 @@ import json
 import pytest
 import SimpleITK as sitk
 import torch
-
 from assft import sampledata
-from assft.errors import BadInputError
 from assft.models import get_preset, load_checkpoint_state, load_model, resources_dir
 from assft.pretrain import (
     MANIFEST_FILE,
@@ -19,22 +17,13 @@ from assft.pretrain import (
     evaluate_cases,
     pretrain_demo,
 )
+from assft_testing import skip_without_template
 
 WEIGHTS = resources_dir() / WEIGHTS_FILE
 MANIFEST = resources_dir() / MANIFEST_FILE
 
 
-def _template_installed() -> bool:
-    try:
-        sampledata.locate_template()
-    except BadInputError:
-        return False
-    return True
-
-
-needs_template = pytest.mark.skipif(
-    not _template_installed(), reason="the MNI152 template is not installed"
-)
+needs_template = skip_without_template()
 
 
 @pytest.fixture(scope="module")

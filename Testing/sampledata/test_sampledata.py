@@ -4,40 +4,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from assft import sampledata
 from assft.errors import BadInputError
 from assft.sampledata import LEVELS, SHIFT_KINDS, make_case, plan_case, write_sample_data
+from assft_testing import run_cli, skip_without_template
 
 SPACING = 8.0  # 24^3 voxels: the coarse grid keeps these tests fast
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "assft", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-
-
-def _template_installed() -> bool:
-    try:
-        sampledata.locate_template()
-    except BadInputError:
-        return False
-    return True
-
-
-needs_template = pytest.mark.skipif(
-    not _template_installed(),
-    reason="the MNI152 template is not installed "
-    f"(pip install --no-deps nilearn=={sampledata.NILEARN_VERSION})",
-)
+needs_template = skip_without_template()
 
 
 @pytest.fixture(scope="module")
