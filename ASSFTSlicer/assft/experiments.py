@@ -223,17 +223,10 @@ class Simulation:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(x: np.ndarray) -> np.ndarray:
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=float)
-        for value in np.unique(x):  # ties share their mean rank
-            tied = x == value
-            r[tied] = r[tied].mean()
-        return r
+    """Spearman's rank correlation: Pearson's on the average ranks (``rank_normalise``)."""
+    from assft.metrics import rank_normalise
 
-    ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
+    ra, rb = rank_normalise(a), rank_normalise(b)
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
