@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft import cancellation
+from assft import cancellation, distributed
 from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ def _print_json(document: Any, *, one_line: bool = False) -> None:
 
 
 def _progress(args: argparse.Namespace):
-    from assft import distributed
     from assft.progress import Progress
 
     # Under torchrun only rank 0 reports.
@@ -127,7 +126,6 @@ def cmd_rank(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     config = _query_config(args, workspace)
     progress = _progress(args)
-    from assft import distributed
 
     # Under torchrun, rank 0 holds the workspace lock for all ranks and alone prints.
     lock = (
@@ -276,7 +274,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from assft.training.finetune import run_finetune
 
     manifest = run_finetune(workspace, config, device=args.device, progress=_progress(args), argv=argv)
-    from assft import distributed
 
     if not distributed.is_main():
         return 0
@@ -646,8 +643,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     cancellation.install()
     json_lines = getattr(args, "progress", None) == "json"
+    finished = False
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        finished = True
+        return code
     except (CancelledError, KeyboardInterrupt) as error:
         message = str(error) or "cancelled"
         if json_lines:
@@ -666,3 +666,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "ASSFT_DEBUG" in __import__("os").environ:
             raise
         return EXIT_FAILURE
+    finally:
+        distributed.shutdown(finished)

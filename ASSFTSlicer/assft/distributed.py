@@ -7,9 +7,10 @@ runs on one process. CPU ranks use the gloo backend, GPU ranks NCCL, one GPU per
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def world_size() -> int:
@@ -38,6 +39,8 @@ def setup(device: torch.device) -> torch.device:
     import torch.distributed as dist
 
     if device.type == "cuda":
+        import torch
+
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -72,6 +75,25 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shutdown(finished: bool) -> None:
+    """Leave the process group before the interpreter exits.
+
+    A gloo group left to the interpreter's exit can abort the process ("terminate called
+    without an active exception") while another rank still talks to it. When the command
+    ``finished`` on every rank they first wait for each other; after an error they do not,
+    since the other rank may never arrive.
+    """
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def shard(items: list[Any]) -> list[Any]:
