@@ -13,7 +13,7 @@ def test_bench_speed_smoke(tmp_path, tiny_preset_file):
     result = run_cli(
         "bench", "speed", "--out", str(tmp_path / "out"), "--size", "16", "--cases", "2",
         "--pools", "3", "--train-steps", "2", "--markdown", str(markdown), "--device", "cpu", "--json",
-        "--model", str(tiny_preset_file),
+        "--progress", "none", "--model", str(tiny_preset_file),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     document = json.loads(result.stdout)
@@ -24,3 +24,6 @@ def test_bench_speed_smoke(tmp_path, tiny_preset_file):
     assert json.loads((tmp_path / "out" / "speed.json").read_text())["benchmark"] == "speed"
     text = markdown.read_text()
     assert "kept text" in text and "ATTSQ / bare" in text and "it/s" in text
+    # The command recorded with the results keeps what changes them and drops what does not.
+    assert "--pools 3 --train-steps 2" in text
+    assert "--json" not in text and "--progress" not in text

@@ -324,9 +324,23 @@ def update_markdown(path: Path, section: str, begin: str = MARK_BEGIN, end: str 
     path.write_text(text)
 
 
+def _recorded_command(argv: list[str]) -> str:
+    """The command line written next to the results, without the flags that do not change them
+    (``--progress``, ``--json``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--progress":
+            skip = True
+        elif not (arg.startswith("--progress=") or arg == "--json"):
+            kept.append(arg)
+    return "assft " + " ".join(kept) if kept else "assft bench"
+
+
 def run_benchmark(args) -> dict[str, Any]:
     """Entry point of ``assft bench``."""
-    command = "assft " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "assft bench"
+    command = _recorded_command(sys.argv[1:])
     if args.name == "label-efficiency":
         return _run_label_efficiency(args, command)
     pools = [int(p) for p in str(args.pools).split(",") if p.strip()]

@@ -29,18 +29,13 @@ CEILING = "every pool case labeled"
 def planned_runs(
     budgets, seeds, *, ablations: bool = True, pool_size: int | None = None
 ) -> list[dict[str, Any]]:
-    """The grid: every strategy x fine-tuning mode at the smallest budget (where the goals are
-    set); at the other budgets every strategy with selective SSFT and modes none/all for attsq
-    and random; ablations of DKD's gap estimator and of the diversity term; random at twice each
+    """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
+    ablations of DKD's gap estimator and of the diversity term; random at twice each
     budget (ATTSQ at B is compared with random at 2B); and, given ``pool_size``, the recipe's
     ceiling: supervised fine-tuning with every pool case labeled."""
     runs = []
-    smallest = min(budgets, default=0)
     for budget, seed in product(budgets, seeds):
-        for strategy in STRATEGIES:
-            runs.append({"strategy": strategy, "mode": "selective", "budget": budget, "seed": seed})
-        crossed = STRATEGIES if budget == smallest else ("attsq", "random")
-        for strategy, mode in product(crossed, ("none", "all")):
+        for strategy, mode in product(STRATEGIES, ("selective", "none", "all")):
             runs.append({"strategy": strategy, "mode": mode, "budget": budget, "seed": seed})
         if ablations:
             runs.append({"strategy": "attsq", "mode": "selective", "budget": budget, "seed": seed,
