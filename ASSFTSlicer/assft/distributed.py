@@ -7,10 +7,14 @@ runs on one process. CPU ranks use the gloo backend, GPU ranks NCCL, one GPU per
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+SHUTDOWN_WAIT_S = 120  # how long a finished rank waits for the others before it leaves
 
 
 def world_size() -> int:
@@ -92,7 +96,14 @@ def shutdown(finished: bool) -> None:
     if not dist.is_initialized():
         return
     if finished:
-        dist.barrier()
+        try:
+            if dist.get_backend() == "gloo":
+                # A rank that failed without saying so must not hold this one forever.
+                dist.monitored_barrier(timeout=timedelta(seconds=SHUTDOWN_WAIT_S))
+            else:
+                dist.barrier()
+        except RuntimeError:
+            pass  # the other rank is gone; its own error says why
     dist.destroy_process_group()
 
 
