@@ -18,6 +18,17 @@ def run_cli(*args: str, check: bool = False, env: dict | None = None) -> subproc
     return result
 
 
+def torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``torchrun --standalone`` with ``processes`` CPU ranks (one thread each); ``args`` name
+    what to run (``-m assft ...`` or a script)."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+         *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
 def template_installed() -> bool:
     """Whether the MNI152 template files of nilearn's wheel can be found."""
     from assft import sampledata

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
+
+from assft_testing import torchrun
 
 from assft import distributed
 
@@ -28,16 +28,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _torchrun_script(tmp_path) -> subprocess.CompletedProcess:
-    script = tmp_path / "leave.py"
-    script.write_text(_SCRIPT)
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                                          "PYTHONPATH": ":".join(sys.path)},
-    )
-
-
 def test_shutdown_outside_torchrun_does_nothing(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     distributed.shutdown(finished=True)
@@ -46,8 +36,10 @@ def test_shutdown_outside_torchrun_does_nothing(monkeypatch):
 
 
 def test_a_finished_rank_leaves_when_the_other_failed(tmp_path):
+    script = tmp_path / "leave.py"
+    script.write_text(_SCRIPT)
     start = time.monotonic()
-    result = _torchrun_script(tmp_path)
+    result = torchrun(str(script), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 left" in result.stdout
     # Rank 0 waited for the busy rank about SHUTDOWN_WAIT_S (3 s here), not its 10 s.

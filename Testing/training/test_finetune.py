@@ -17,7 +17,7 @@ from assft.jobs import JobStore
 from assft.model_registry import ModelRegistry
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
-from assft_testing import run_cli
+from assft_testing import run_cli, torchrun
 
 FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
 
@@ -220,20 +220,11 @@ def test_a_label_replaced_during_the_job_does_not_reach_it(labeled_workspace, tm
     assert manifest["labels"]["case_000"] == before
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "assft", *args],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-    )
-
-
 def test_torchrun_ranking_matches_one_process(labeled_workspace):
     ws = str(labeled_workspace.root)
     single = json.loads(run_cli("rank", ws, "--budget", "2", "--views", "1", "--device", "cpu",
                                 "--json", check=True).stdout)
-    result = _torchrun("rank", ws, "--budget", "2", "--views", "1", "--device", "cpu", "--json")
+    result = torchrun("-m", "assft", "rank", ws, "--budget", "2", "--views", "1", "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     split = json.loads(result.stdout)
     assert split["world_size"] == 2
@@ -245,7 +236,7 @@ def test_torchrun_ranking_matches_one_process(labeled_workspace):
 def test_torchrun_finetune_trains_with_ddp(labeled_workspace, tmp_path):
     ws = str(labeled_workspace.root)
     config = _config_file(tmp_path, iterations=4, semi_iterations=4)
-    result = _torchrun("finetune", ws, "--config", str(config), "--device", "cpu", "--json")
+    result = torchrun("-m", "assft", "finetune", ws, "--config", str(config), "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads(result.stdout)
     assert manifest["version"] == "v1" and manifest["world_size"] == 2
