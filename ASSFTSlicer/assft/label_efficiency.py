@@ -190,7 +190,7 @@ def run_label_efficiency(
                   "seeds": list(seeds), "iterations": iterations, "views": views, "model": model,
                   "data_seed": data_seed, "device": simulation.scored.device},
         "pretrained": {"mean_dice": pretrained["mean_dice"], "per_structure": pretrained["per_structure"]},
-        "test_cases": test_cases(data, pretrained["by_case"]),
+        "test_cases": describe_test_scans(data, pretrained["by_case"]),
         "signals_against_failure": simulation.signals_against_failure(),
         "runs": results,
         **summarise(results),
@@ -200,7 +200,7 @@ def run_label_efficiency(
     return document
 
 
-def test_cases(data: Path, pretrained: dict[str, float]) -> list[dict[str, Any]]:
+def describe_test_scans(data: Path, pretrained: dict[str, float]) -> list[dict[str, Any]]:
     """Each test scan: what was done to it (from the sample data's manifest), pretrained Dice."""
     manifest = json.loads((data / "manifest.json").read_text())
     described = {c["case"]: c for c in manifest["cases"]}
