@@ -5,9 +5,8 @@ from __future__ import annotations
 import textwrap
 import time
 
-from assft_testing import torchrun
-
 from assft import distributed
+from assft_testing import torchrun
 
 # Two gloo ranks: rank 0 finished; rank 1 failed, stays busy for a while and then leaves
 # without the closing barrier.

@@ -11,6 +11,7 @@ from assft.config import QueryConfig
 from assft.experiments import Case, Dataset, Simulation, append_result, read_results, spearman
 from assft.label_efficiency import CEILING, STRATEGIES, goals, markdown, planned_runs, summarise
 from assft.report import bars_svg, lines_svg, scatter_svg
+from assft_testing import run_cli, skip_without_template
 
 FAST = {"iterations": 3, "semi_iterations": 3, "tau_c": 0.0, "checkpoint_every": 100}
 
@@ -119,3 +120,36 @@ def test_svg_charts_are_well_formed():
     ):
         root = ET.fromstring(svg)
         assert root.tag.endswith("svg") and len(list(root)) > 3
+
+
+@skip_without_template()
+def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
+    """The benchmark's whole path on a tiny grid: sample data, the shipped demo model, every mode,
+    random at 2B, the ceiling, per-scan Dice, signals, BENCHMARKS section; a rerun adds nothing."""
+    out, markdown_file = tmp_path / "le", tmp_path / "BENCHMARKS.md"
+    markdown_file.write_text("# Benchmarks\n\nkept text\n")
+    args = ["bench", "label-efficiency", "--out", str(out), "--n", "8", "--budgets", "1", "--seeds", "0",
+            "--iterations", "2", "--views", "1", "--strategies", "attsq,random", "--no-ablations",
+            "--device", "cpu", "--json"]
+    document = json.loads(run_cli(*args, "--markdown", str(markdown_file), check=True).stdout)
+    assert document["setup"]["pool"] == 6 and document["setup"]["test"] == 2
+    runs = {(r["strategy"], r["mode"], r["budget"], r["variant"]) for r in document["runs"]}
+    assert runs == {(s, m, 1, "") for s in ("attsq", "random") for m in ("none", "all", "selective")} | {
+        ("random", "selective", 2, ""), ("random", "none", 6, CEILING)}
+    test_ids = [c["case_id"] for c in document["test_cases"]]
+    assert len(test_ids) == 2
+    for run in document["runs"]:
+        assert list(run["test_per_case"]) == test_ids
+        assert run["test_dice"] == pytest.approx(np.mean(list(run["test_per_case"].values())), abs=0.05)
+        assert len(run["selected"]) == run["budget"]
+    assert set(document["signals_against_failure"]) == {
+        "knowledge gap (bn)", "ASD", "mean entropy", "epistemic (MC dropout)"}
+    assert all(-1.0 <= rho <= 1.0 for rho in document["signals_against_failure"].values())
+    text = markdown_file.read_text()
+    assert "kept text" in text and "| attsq | selective | - |" in text and "Ceiling of the recipe" in text
+    assert "--json" not in text  # the recorded command keeps only what changes the results
+    # Rerun: every run is found in runs.jsonl, none is repeated.
+    lines = (out / "runs.jsonl").read_text()
+    again = json.loads(run_cli(*args, "--markdown", "", check=True).stdout)
+    assert (out / "runs.jsonl").read_text() == lines
+    assert again["runs"] == document["runs"]
