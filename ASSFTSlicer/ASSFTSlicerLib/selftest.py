@@ -19,7 +19,6 @@ import slicer
 __all__ = ["runAnnotationLoop", "writeTinyProject"]
 
 
-
 class LoopFailure(AssertionError):
     """A step of the loop did not give the expected outcome."""
 
