@@ -4,7 +4,8 @@ the benchmark.
 
 It fine-tunes the shipped demo model on the chosen pool cases of a label-efficiency folder (their
 ground truth, the same Trainer and batches as ``assft finetune``'s supervised stage) and prints the
-Dice of every test scan (sliding window, one view) every ``--every`` steps.
+Dice of every test scan (``validation_dice``: sliding window, one view, as the
+validation gate measures it) every ``--every`` steps.
 
     python benchmarks/forgetting_probe.py bench-le --cases tgt_002,tgt_009,tgt_017,tgt_024,tgt_032 \
         --steps 200 --lr 2e-3 --encoder-lr-scale 1 --no-freeze-batchnorm
@@ -18,13 +19,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from assft.experiments import SMALL_MODEL_FINETUNE, Dataset
 from assft.models import get_preset, load_model
 from assft.training import FinetuneConfig
 from assft.training.data import PreparedCases
-from assft.training.ssft import Trainer, run_stage
-from monai.inferers import sliding_window_inference
+from assft.training.ssft import Trainer, run_stage, validation_dice
 
 
 def main() -> None:
@@ -57,13 +56,7 @@ def main() -> None:
     trainer = Trainer(model, config, patch)
 
     def dice(case) -> float:
-        model.network.eval()
-        with torch.no_grad():
-            logits = sliding_window_inference(case.image[None], patch, 8, model.predict_logits, overlap=0.25)
-        predicted, truth = logits.argmax(1)[0], case.target
-        return float(np.mean([2.0 * float(((predicted == c) & (truth == c)).sum())
-                              / max(1.0, float((predicted == c).sum() + (truth == c).sum()))
-                              for c in range(1, len(values) + 1)]))
+        return validation_dice(model, [case], len(values) + 1)["per_case"][0]
 
     def report(step: int, losses: list[float]) -> None:
         scores = {case.case_id: round(dice(case), 3) for case in test}
