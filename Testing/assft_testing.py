@@ -31,7 +31,7 @@ def torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess
 
 def template_installed() -> bool:
     """Whether the MNI152 template files of nilearn's wheel can be found."""
-    from assft import sampledata
+    from assft.datasets import sampledata
     from assft.errors import BadInputError
 
     try:
@@ -44,7 +44,7 @@ def template_installed() -> bool:
 def skip_without_template():
     """Skip a test that builds sample data when the template is not installed (CI installs it)."""
     import pytest
-    from assft.sampledata import NILEARN_VERSION
+    from assft.datasets.sampledata import NILEARN_VERSION
 
     return pytest.mark.skipif(
         not template_installed(),

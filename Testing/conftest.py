@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_preset_file(tmp_path_factory) -> Path:
-    from assft.synthetic import write_tiny_preset
+    from assft.datasets.synthetic import write_tiny_preset
 
     return write_tiny_preset(tmp_path_factory.mktemp("preset") / "tiny-unet.json")
 
@@ -17,7 +17,7 @@ def tiny_preset_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_pool(tmp_path_factory):
     """Eight 24^3 synthetic cases with ground truth (read-only: copy before changing)."""
-    from assft.synthetic import write_synthetic_pool
+    from assft.datasets.synthetic import write_synthetic_pool
 
     out = tmp_path_factory.mktemp("pool")
     cases = write_synthetic_pool(out, 8, seed=3, size=24)

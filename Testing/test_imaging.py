@@ -1,4 +1,4 @@
-"""Tests of assft.imaging on tiny synthetic volumes written to tmp_path."""
+"""Tests of assft.io.imaging on tiny synthetic volumes written to tmp_path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from assft.errors import BadInputError
-from assft.imaging import (
+from assft.io.imaging import (
     IMAGE_SUFFIXES,
     case_id_from_path,
     geometry_mismatch,

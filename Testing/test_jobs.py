@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from assft import jobs
+from assft.workspace import jobs
 from assft.errors import BadInputError
-from assft.jobs import JobStore, cancel, finish, launch_detached, mark_running
+from assft.workspace.jobs import JobStore, cancel, finish, launch_detached, mark_running
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
 _CHILD_PRELUDE = """
 import signal, sys, time
-from assft.jobs import JobStore, finish, mark_running
+from assft.workspace.jobs import JobStore, finish, mark_running
 job = JobStore(sys.argv[1]).get(sys.argv[2])
 """
 _SLEEP = """
@@ -171,7 +171,7 @@ def test_cancel_refuses_a_finished_job(root):
 
 
 def test_launch_detached_runs_in_its_own_session(tmp_path, tiny_preset_file):
-    from assft.projects import create_workspace
+    from assft.workspace.creation import create_workspace
 
     array = np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32)
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "scan.nii.gz"))

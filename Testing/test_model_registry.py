@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from assft.errors import AssftError, BadInputError
-from assft.model_registry import ModelRegistry, ModelStorageError
+from assft.workspace.model_versions import ModelRegistry, ModelStorageError
 from assft.workspace import Workspace
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from assft.experiments import SMALL_MODEL_FINETUNE, Dataset
+from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
 from assft.models import get_preset, load_model
 from assft.training import FinetuneConfig
 from assft.training.data import PreparedCases

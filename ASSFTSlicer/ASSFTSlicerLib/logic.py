@@ -153,7 +153,7 @@ class WorkspaceLogic:
 
     def writeVolumesForWorkspace(self, volumeNodes, folder) -> list[pathlib.Path]:
         """Write loaded volumes as NIfTI files (their exact grids) for a new workspace."""
-        from assft.imaging import case_id_from_path, write_image_atomic
+        from assft.io.imaging import case_id_from_path, write_image_atomic
 
         folder = pathlib.Path(folder)
         written = []
@@ -410,7 +410,7 @@ class WorkspaceLogic:
 
     def finetuneJob(self, workspacePath, states: tuple[str, ...] | None = None, pid: int | None = None) -> dict[str, Any] | None:
         """The newest fine-tuning job (with ``last_progress``), optionally in ``states`` or of ``pid``."""
-        from assft.jobs import JobStore
+        from assft.workspace.jobs import JobStore
 
         for job in JobStore(self.openWorkspace(workspacePath)).list():
             if job.get("kind") != "finetune":
@@ -464,7 +464,7 @@ class WorkspaceLogic:
         return None
 
     def updateModelsTable(self, workspacePath, tableNode=None):
-        from assft.model_registry import ModelRegistry
+        from assft.workspace.model_versions import ModelRegistry
 
         models = ModelRegistry(self.openWorkspace(workspacePath)).to_json()
         return fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT model versions"),
@@ -473,7 +473,7 @@ class WorkspaceLogic:
     def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:
         """Make ``version`` current (rollback, or forward again)."""
         from assft.errors import AssftError
-        from assft.model_registry import ModelRegistry
+        from assft.workspace.model_versions import ModelRegistry
 
         try:
             return ModelRegistry(self.openWorkspace(workspacePath)).rollback(version)

@@ -250,7 +250,7 @@ def loadCaseVolume(imagePath: str | Path, caseId: str, workspaceRoot: str | Path
         ValueError: the engine cannot read it (the message names the file).
     """
     from assft.errors import AssftError
-    from assft.imaging import read_image
+    from assft.io.imaging import read_image
 
     try:
         image = read_image(imagePath)
@@ -277,7 +277,7 @@ def loadLabelArray(labelPath: str | Path, referenceVolumeNode, labels: Sequence[
     import SimpleITK as sitk
 
     from assft.errors import AssftError
-    from assft.imaging import geometry_mismatch, read_label
+    from assft.io.imaging import geometry_mismatch, read_label
 
     try:
         label = read_label(labelPath)
@@ -344,7 +344,7 @@ def fillSegmentationFromLabelArray(segmentationNode, referenceVolumeNode, labels
 def loadUncertaintyVolume(path: str | Path, referenceVolumeNode, caseId: str):
     """Load a voxel uncertainty map (entropy in 0..1) as a scalar volume with a heat colormap."""
     from assft.errors import AssftError
-    from assft.imaging import geometry_mismatch, read_image
+    from assft.io.imaging import geometry_mismatch, read_image
 
     try:
         image = read_image(path)
@@ -507,7 +507,7 @@ def exportLabelArray(
 
 def writeLabelFile(labelArray: np.ndarray, referenceVolumeNode, path: str | Path) -> Path:
     """Write a label map with the reference volume's grid (NIfTI, uint16, written atomically)."""
-    from assft.imaging import write_image_atomic
+    from assft.io.imaging import write_image_atomic
 
     image = imageFromVolumeNode(referenceVolumeNode, labelArray.astype(np.uint16))
     return Path(write_image_atomic(image, Path(path)))

@@ -34,7 +34,7 @@ def writeTinyProject(folder: Path, cases: int = 4, size: int = 24) -> tuple[Path
     Returns:
         ``(images folder, preset file, {case id: truth label file})``.
     """
-    from assft.synthetic import write_synthetic_pool, write_tiny_preset
+    from assft.datasets.synthetic import write_synthetic_pool, write_tiny_preset
 
     pool = write_synthetic_pool(folder / "pool", cases, seed=3, size=size)
     preset = write_tiny_preset(folder / "tiny-unet.json")
@@ -81,7 +81,7 @@ def runAnnotationLoop(logic, folder: Path, log: Callable[[str], Any] = print, de
     Raises:
         LoopFailure (an AssertionError): a step went wrong; the message says which.
     """
-    from assft.imaging import read_label
+    from assft.io.imaging import read_label
 
     from ASSFTSlicerLib.scene import LabelDefinition, SegmentOverlapError
 

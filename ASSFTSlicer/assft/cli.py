@@ -14,11 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft import cancellation, distributed
+from assft.runtime import cancellation
+
+from assft.runtime import distributed
 from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
 
 if TYPE_CHECKING:
-    from assft.progress import Progress
+    from assft.runtime.progress import Progress
 
 STRATEGY_CHOICES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd")
 
@@ -29,7 +31,7 @@ def _print_json(document: Any, *, one_line: bool = False) -> None:
 
 
 def _progress(args: argparse.Namespace):
-    from assft.progress import Progress
+    from assft.runtime.progress import Progress
 
     # Under torchrun only rank 0 reports.
     return Progress(getattr(args, "progress", "auto") if distributed.is_main() else "none")
@@ -62,7 +64,7 @@ def _open(path: str):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from assft.projects import create_workspace
+    from assft.workspace.creation import create_workspace
 
     workspace = create_workspace(
         args.workspace,
@@ -83,7 +85,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _query_config(args: argparse.Namespace, workspace) -> Any:
-    from assft.config import QueryConfig
+    from assft.query.config import QueryConfig
 
     data: dict[str, Any] = {}
     if args.config:
@@ -121,7 +123,7 @@ def _print_ranking(document: dict[str, Any]) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from assft.ranking import rank_workspace
+    from assft.query.ranking import rank_workspace
 
     workspace = _open(args.workspace)
     config = _query_config(args, workspace)
@@ -251,7 +253,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     argv = ["finetune", str(workspace.root), "--config-json", json.dumps(config.to_dict()),
             "--device", args.device]
     if args.detach:
-        from assft.jobs import job_of_process, launch_detached, process_alive
+        from assft.workspace.jobs import job_of_process, launch_detached, process_alive
 
         running = workspace.running_job("workspace")
         if running:
@@ -289,7 +291,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from assft.jobs import JobStore
+    from assft.workspace.jobs import JobStore
 
     jobs = JobStore(_open(args.workspace)).list()
     if args.json:
@@ -305,7 +307,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from assft.jobs import cancel
+    from assft.workspace.jobs import cancel
 
     info = cancel(_open(args.workspace), args.job, timeout=args.timeout)
     _print_json(info) if args.json else print(f"Job {info['id']}: {info['state']}")
@@ -313,7 +315,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from assft.model_registry import ModelRegistry
+    from assft.workspace.model_versions import ModelRegistry
 
     document = ModelRegistry(_open(args.workspace)).to_json()
     if args.json:
@@ -330,7 +332,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from assft.model_registry import ModelRegistry
+    from assft.workspace.model_versions import ModelRegistry
 
     registry = ModelRegistry(_open(args.workspace))
     registry.rollback(args.version)
@@ -388,7 +390,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from assft.demo import print_demo, run_demo
+    from assft.apps.demo import print_demo, run_demo
 
     summary = run_demo(Path(args.out), quick=args.quick, device=args.device, progress=_progress(args))
     if args.json:
@@ -400,7 +402,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from assft.bench import run_benchmark
+    from assft.apps.speed_bench import run_benchmark
 
     result = run_benchmark(args)
     if args.json:
@@ -409,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from assft.sampledata import write_sample_data
+    from assft.datasets.sampledata import write_sample_data
 
     manifest = write_sample_data(
         Path(args.out), args.n, n_source=args.n_source, seed=args.seed, spacing=args.spacing,
@@ -425,7 +427,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_demo(args: argparse.Namespace) -> int:
-    from assft.pretrain import PretrainConfig, pretrain_demo, print_summary
+    from assft.apps.pretrain import PretrainConfig, pretrain_demo, print_summary
 
     config = PretrainConfig(seed=args.seed, data_seed=args.data_seed, iterations=args.iterations,
                             n_source=args.n_source, n_target=args.n_target)

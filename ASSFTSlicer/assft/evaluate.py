@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.progress import Progress
+from assft.runtime.progress import Progress
 
 __all__ = ["evaluate_workspace", "find_truth_files"]
 
@@ -34,7 +34,7 @@ def find_truth_files(truth_dir: Path, case_ids: list[str]) -> dict[str, Path]:
     Raises:
         BadInputError: ``truth_dir`` is not a folder; a case has several reference files.
     """
-    from assft.imaging import image_suffix
+    from assft.io.imaging import image_suffix
 
     if not truth_dir.is_dir():
         raise BadInputError(
@@ -73,7 +73,7 @@ def _header(path: Path) -> sitk.ImageFileReader | None:
 
 def _check_geometries(workspace, truth_files: dict[str, Path]) -> None:
     """Refuse a reference whose header grid differs from its scan's, before any inference."""
-    from assft.imaging import geometry_mismatch
+    from assft.io.imaging import geometry_mismatch
 
     for case_id, truth_path in truth_files.items():
         truth = _header(truth_path)
@@ -124,7 +124,7 @@ def evaluate_workspace(
             reference that is unreadable or does not fit its scan's grid (naming it), an
             unknown case, a bad version.
     """
-    from assft.imaging import geometry_mismatch, read_image, read_label
+    from assft.io.imaging import geometry_mismatch, read_image, read_label
     from assft.metrics import dice_scores, mean_dice
     from assft.predict import Predictor
 

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from assft.errors import BadInputError
-from assft.progress import Progress
+from assft.runtime.progress import Progress
 
 __all__ = ["Prediction", "Predictor", "check_version", "predict_workspace"]
 
@@ -72,9 +72,9 @@ class Predictor:
     def __init__(
         self, workspace, *, version: str | None = None, device: str = "auto", views: int = 4
     ) -> None:
-        from assft.inference import VIEW_FLIPS
+        from assft.models.inference import VIEW_FLIPS
         from assft.models import get_preset, load_model, resolve_device
-        from assft.ranking import model_checkpoint
+        from assft.query.ranking import model_checkpoint
 
         if not 1 <= int(views) <= len(VIEW_FLIPS):
             raise BadInputError(f"views must be between 1 and {len(VIEW_FLIPS)}, not {views}")
@@ -103,7 +103,7 @@ class Predictor:
         Raises:
             BadInputError: an unknown case or an unreadable scan.
         """
-        from assft.imaging import read_image
+        from assft.io.imaging import read_image
 
         started = time.perf_counter()
         image = read_image(self.workspace.image_path(case_id))
@@ -117,9 +117,9 @@ class Predictor:
 
     def predict_image(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
         """Predict a scan already read: ``(label map, entropy map)`` on its exact grid."""
-        from assft.inference import VIEW_FLIPS, sliding_window_probabilities
+        from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
         from assft.metrics import voxel_entropy
-        from assft.preprocessing import to_image_grid, to_model_grid
+        from assft.io.preprocessing import to_image_grid, to_model_grid
 
         pre = self.preset
         grid = to_model_grid(
@@ -170,7 +170,7 @@ class Predictor:
             BadInputError: an unknown or malformed case id, an unreadable scan, an output
                 folder that cannot be created.
         """
-        from assft.imaging import write_image_atomic
+        from assft.io.imaging import write_image_atomic
 
         progress = progress or Progress("none")
         for case_id in case_ids:

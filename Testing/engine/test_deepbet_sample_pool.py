@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from assft import sampledata
-from assft.config import QueryConfig
+from assft.datasets import sampledata
+from assft.query.config import QueryConfig
 from assft.errors import BadInputError
-from assft.projects import create_workspace
-from assft.ranking import rank_workspace
+from assft.workspace.creation import create_workspace
+from assft.query.ranking import rank_workspace
 
 try:
     importlib.metadata.distribution("deepbet")

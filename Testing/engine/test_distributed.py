@@ -5,14 +5,14 @@ from __future__ import annotations
 import textwrap
 import time
 
-from assft import distributed
+from assft.runtime import distributed
 from assft_testing import torchrun
 
 # Two gloo ranks: rank 0 finished; rank 1 failed, stays busy for a while and then leaves
 # without the closing barrier.
 _SCRIPT = textwrap.dedent("""
     import time
-    from assft import distributed
+    from assft.runtime import distributed
     import torch, torch.distributed as dist
     distributed.SHUTDOWN_WAIT_S = 3
     distributed.setup(torch.device("cpu"))

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from assft.config import QueryConfig
-from assft.experiments import Case, Dataset, Simulation, append_result, read_results, spearman
-from assft.label_efficiency import CEILING, STRATEGIES, goals, markdown, planned_runs, summarise
-from assft.report import bars_svg, lines_svg, scatter_svg
+from assft.query.config import QueryConfig
+from assft.apps.simulation import Case, Dataset, Simulation, append_result, read_results, spearman
+from assft.apps.label_efficiency import CEILING, STRATEGIES, goals, markdown, planned_runs, summarise
+from assft.apps.report import bars_svg, lines_svg, scatter_svg
 from assft_testing import run_cli, skip_without_template
 
 FAST = {"iterations": 3, "semi_iterations": 3, "tau_c": 0.0, "checkpoint_every": 100}
@@ -97,7 +97,7 @@ def test_plan_and_summary():
 
 def test_a_benchmark_continues_only_under_its_own_setup(tmp_path):
     from assft.errors import BadInputError
-    from assft.label_efficiency import run_label_efficiency
+    from assft.apps.label_efficiency import run_label_efficiency
 
     setup = tmp_path / "setup.json"
     setup.write_text(json.dumps({"n": 40, "data_seed": 11, "model": "demo", "views": 2,

@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 from assft.errors import BadInputError
 from assft.evaluate import evaluate_workspace
-from assft.imaging import read_image, read_label, write_image_atomic
+from assft.io.imaging import read_image, read_label, write_image_atomic
 from assft.models import get_preset, load_model
 from assft.predict import Predictor, predict_workspace
-from assft.progress import Progress
-from assft.projects import create_workspace
+from assft.runtime.progress import Progress
+from assft.workspace.creation import create_workspace
 
 LABELS = {1: "shell", 2: "core"}
 
@@ -134,7 +134,7 @@ def test_model_versions(workspace, tiny_preset_file):
         with pytest.raises(BadInputError, match="not a model version"):
             Predictor(workspace, version=bad, device="cpu")
     preset = get_preset(str(tiny_preset_file))
-    from assft.model_registry import ModelRegistry
+    from assft.workspace.model_versions import ModelRegistry
 
     version = ModelRegistry(workspace).add_version(
         load_model(preset, label_values=[1, 2]).network.state_dict(), {"mode": "test"}

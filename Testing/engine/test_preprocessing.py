@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from assft.errors import BadInputError
-from assft.preprocessing import intensity_transform, to_image_grid, to_model_grid
+from assft.io.preprocessing import intensity_transform, to_image_grid, to_model_grid
 
 
 def _oblique_image() -> sitk.Image:

@@ -8,14 +8,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from assft.config import QueryConfig
+from assft.query.config import QueryConfig
 from assft.errors import BadInputError
-from assft.imaging import read_image
-from assft.inference import infer_case, sliding_window_probabilities
-from assft.model_registry import ModelRegistry
+from assft.io.imaging import read_image
+from assft.models.inference import infer_case, sliding_window_probabilities
+from assft.workspace.model_versions import ModelRegistry
 from assft.models import get_preset, load_model
-from assft.preprocessing import to_model_grid
-from assft.ranking import rank_workspace
+from assft.io.preprocessing import to_model_grid
+from assft.query.ranking import rank_workspace
 from assft.workspace import Workspace
 
 STRATEGIES = ["attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd"]

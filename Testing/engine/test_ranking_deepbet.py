@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
-from assft.config import QueryConfig
-from assft.projects import create_workspace
-from assft.ranking import rank_workspace
+from assft.query.config import QueryConfig
+from assft.workspace.creation import create_workspace
+from assft.query.ranking import rank_workspace
 
 try:
     importlib.metadata.distribution("deepbet")

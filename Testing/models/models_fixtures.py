@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from assft.models import ModelPreset, get_preset
-from assft.synthetic import TINY_PRESET
+from assft.datasets.synthetic import TINY_PRESET
 
 TINY_UNET_ARGUMENTS: dict[str, Any] = TINY_PRESET["arguments"]
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import SimpleITK as sitk
 import torch
-from assft import sampledata
+from assft.datasets import sampledata
 from assft.models import get_preset, load_checkpoint_state, load_model, resources_dir
-from assft.pretrain import (
+from assft.apps.pretrain import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     PretrainConfig,

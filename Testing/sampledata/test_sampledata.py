@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from assft import sampledata
+from assft.datasets import sampledata
 from assft.errors import BadInputError
-from assft.sampledata import LEVELS, SHIFT_KINDS, make_case, plan_case, write_sample_data
+from assft.datasets.sampledata import LEVELS, SHIFT_KINDS, make_case, plan_case, write_sample_data
 from assft_testing import run_cli, skip_without_template
 
 SPACING = 8.0  # 24^3 voxels: the coarse grid keeps these tests fast

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from assft.errors import BadInputError
-from assft.jobs import JobStore
-from assft.model_registry import ModelRegistry
+from assft.workspace.jobs import JobStore
+from assft.workspace.model_versions import ModelRegistry
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
 from assft_testing import run_cli, torchrun
@@ -24,7 +24,7 @@ FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkp
 
 @pytest.fixture
 def labeled_workspace(tmp_path, synthetic_pool, tiny_preset_file):
-    from assft.projects import create_workspace
+    from assft.workspace.creation import create_workspace
 
     data, cases = synthetic_pool
     workspace = create_workspace(
@@ -72,8 +72,8 @@ def test_selective_finetune_registers_and_promotes_a_version(labeled_workspace):
     if manifest["promoted"]:
         assert versions["current"] == "v1"
         # The next ranking uses the new version, and DKD's drift term applies.
-        from assft.config import QueryConfig
-        from assft.ranking import rank_workspace
+        from assft.query.config import QueryConfig
+        from assft.query.ranking import rank_workspace
 
         document = rank_workspace(workspace, QueryConfig(budget=1, views=1), device="cpu")
         assert document["model_version"] == "v1" and document["notes"]["drift"] is True
@@ -88,7 +88,7 @@ def test_modes_none_and_all(labeled_workspace):
 
 
 def test_no_labels_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
-    from assft.projects import create_workspace
+    from assft.workspace.creation import create_workspace
 
     data, _ = synthetic_pool
     workspace = create_workspace(tmp_path / "empty", [data / "images"], model=str(tiny_preset_file),
@@ -116,7 +116,7 @@ def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, mon
     models = labeled_workspace.models_dir
     assert ModelRegistry(labeled_workspace).current() == "v0"
     assert not [p for p in models.iterdir() if p.name.startswith(("v", ".v"))]
-    from assft.jobs import JobStore
+    from assft.workspace.jobs import JobStore
 
     assert JobStore(labeled_workspace).list()[0]["state"] == "failed"
 

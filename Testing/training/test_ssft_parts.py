@@ -112,7 +112,7 @@ def test_foreground_patches_contain_foreground_and_batches_are_seeded():
 
 def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
     from assft.models import ModelPreset, load_model
-    from assft.synthetic import TINY_PRESET
+    from assft.datasets.synthetic import TINY_PRESET
     from assft.training.ssft import Trainer, run_stage
 
     model = load_model(ModelPreset.from_dict(TINY_PRESET), label_values=[1, 2], checkpoint=None, device="cpu")

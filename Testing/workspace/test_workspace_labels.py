@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from assft.errors import BadInputError
-from assft.imaging import read_image
+from assft.io.imaging import read_image
 from assft.workspace import Workspace
 from workspace_helpers import SPACING, label_array, snapshot, write_volume
 

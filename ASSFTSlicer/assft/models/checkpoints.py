@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from assft.atomic import save_torch_atomic
+from assft.io.atomic import save_torch_atomic
 from assft.errors import BadInputError
 from assft.models.presets import CheckpointKind, CheckpointSource, resources_dir
 

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from assft.atomic import save_torch_atomic
+from assft.io.atomic import save_torch_atomic
 from assft.errors import BadInputError
 from assft.training.losses import IGNORE
 
@@ -115,8 +115,8 @@ class PreparedCases:
         return case
 
     def _prepare(self, case_id: str, image_path: Path, label_path: Path | None) -> TrainingCase:
-        from assft.imaging import read_image, read_label
-        from assft.preprocessing import to_model_grid
+        from assft.io.imaging import read_image, read_label
+        from assft.io.preprocessing import to_model_grid
 
         pre = self.preset
         grid = to_model_grid(

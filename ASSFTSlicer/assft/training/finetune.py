@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from assft import cancellation
-from assft.atomic import save_torch_atomic
+from assft.runtime import cancellation
+from assft.io.atomic import save_torch_atomic
 from assft.errors import AssftError, BadInputError, CancelledError
-from assft.progress import Progress
+from assft.runtime.progress import Progress
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.workspace import write_json_atomic
 
@@ -87,8 +87,8 @@ class FinetuneJob:
         progress: Progress | None = None,
         argv: list[str] | None = None,
     ) -> None:
-        from assft.jobs import JobStore
-        from assft.model_registry import ModelRegistry
+        from assft.workspace.jobs import JobStore
+        from assft.workspace.model_versions import ModelRegistry
 
         self.workspace = workspace
         self.config = config
@@ -107,7 +107,7 @@ class FinetuneJob:
         Under torchrun, rank 0 holds the lock, snapshots the labels and registers the version;
         every rank trains (DistributedDataParallel) and pseudo-labels its share of the pool.
         """
-        from assft import distributed
+        from assft.runtime import distributed
         from assft.models import resolve_device
 
         # Join the process group first: the ranks talk before any training starts.
@@ -152,7 +152,7 @@ class FinetuneJob:
 
     def _begin(self) -> dict[str, Any]:
         """Rank 0: find the cases, resume a killed job with the same labels or start one."""
-        from assft.model_registry import ModelRegistry
+        from assft.workspace.model_versions import ModelRegistry
 
         labeled = self.workspace.registry.cases(status="labeled")
         held_out = self.workspace.registry.cases(status="held-out")
@@ -191,13 +191,12 @@ class FinetuneJob:
         held_out_ids = [r["case_id"] for r in held_out_rows if r["case_id"] in labels]
         labeled_ids = [r["case_id"] for r in labeled_rows if r["case_id"] in labels]
 
-        from assft import distributed
-
+        from assft.runtime import distributed
         main = distributed.is_main()
         device = self.resolved_device
         preset = get_preset(workspace.config.model)
         label_values = list(workspace.config.label_values)
-        from assft.ranking import model_checkpoint
+        from assft.query.ranking import model_checkpoint
 
         checkpoint = model_checkpoint(workspace, base_version)
         model = load_model(preset, label_values=label_values, checkpoint=checkpoint, device=device)
@@ -310,7 +309,7 @@ class FinetuneJob:
         if not resumed and train_time > 0:
             self.timings["iterations_per_s"] = steps / train_time
 
-        from assft.model_registry import ModelRegistry
+        from assft.workspace.model_versions import ModelRegistry
 
         manifest = {
             "parent": base_version,
@@ -346,7 +345,7 @@ class FinetuneJob:
     def _pseudo_labels(self, job, progress, model, prepared, labeled_cases, unlabeled_rows,
                        pseudo_label, refreshed: bool = False):
         """The reliable set with its pseudo-labeled cases (computed once, then read back)."""
-        from assft import distributed
+        from assft.runtime import distributed
         from assft.training.ssft import PseudoLabels
 
         stored = job.folder / "pseudo.json"

@@ -60,8 +60,7 @@ class Trainer:
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ddp = None
-        from assft import distributed
-
+        from assft.runtime import distributed
         if distributed.is_distributed():
             if model.adapter is not None:
                 raise ValueError("distributed fine-tuning needs a plain PyTorch network")
@@ -166,8 +165,8 @@ def pseudo_label(
     ``store_target`` and only the reliable ones are read back for training, so memory stays
     flat as the pool grows. Under torchrun each rank labels its share of the pool.
     """
-    from assft import distributed
-    from assft.inference import infer_case
+    from assft.runtime import distributed
+    from assft.models.inference import infer_case
 
     model.network.eval()
     z_labeled = [infer_case(model, case.image, views=1, batchnorm=False).embedding for case in labeled]
@@ -208,7 +207,7 @@ def pseudo_label(
 
 def validation_dice(model, cases: list[TrainingCase], n_classes: int) -> dict[str, object]:
     """Dice per structure (channels 1..C-1) on held-out cases, on the model grid, one view."""
-    from assft.inference import sliding_window_probabilities
+    from assft.models.inference import sliding_window_probabilities
     from assft.metrics.overlap import dice_scores, mean_dice
 
     model.network.eval()
@@ -251,8 +250,7 @@ def run_stage(
     and the pseudo-label weight follow ``total``); batches mix labeled and pseudo-labeled 1:1."""
     from monai.data import set_track_meta
 
-    from assft import distributed
-
+    from assft.runtime import distributed
     half = max(1, config.batch_size // 2)
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)

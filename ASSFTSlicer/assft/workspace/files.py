@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assft.atomic import atomic_path, file_mode, fsync_directory
+from assft.io.atomic import atomic_path, file_mode, fsync_directory
 
 __all__ = [
     "compact_timestamp",

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.imaging import geometry_mismatch, read_image, read_label
+from assft.io.imaging import geometry_mismatch, read_image, read_label
 
 __all__ = ["check_label_values", "load_label_for_image"]
 

@@ -29,8 +29,8 @@ from typing import Any
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.atomic import process_umask
-from assft.imaging import (
+from assft.io.atomic import process_umask
+from assft.io.imaging import (
     case_id_from_path,
     image_suffix,
     is_dicom_series,

@@ -122,7 +122,7 @@ def test_progress_and_job_descriptions():
 
 
 def test_a_detached_launch_is_followed_to_its_job_or_its_failure(mrml, tiny_workspace, tmp_path):
-    from assft.jobs import JobStore
+    from assft.workspace.jobs import JobStore
 
     workspace, _ = tiny_workspace
     logic = _logic()

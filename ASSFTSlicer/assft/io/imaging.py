@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from assft.atomic import atomic_path
+from assft.io.atomic import atomic_path
 from assft.errors import BadInputError
 
 __all__ = [

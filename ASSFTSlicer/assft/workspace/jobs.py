@@ -455,7 +455,7 @@ def launch_detached(
     log_path = jobs_dir / f"detached-{compact_timestamp()}.log"
     command = [python or sys.executable, "-m", "assft", *[str(arg) for arg in argv]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", DETACHED_ENV: "1"}
-    engine_root = str(Path(__file__).resolve().parent.parent)  # found even if not installed
+    engine_root = str(Path(__file__).resolve().parents[2])  # found even if not installed
     env["PYTHONPATH"] = os.pathsep.join(
         part for part in (engine_root, os.environ.get("PYTHONPATH", "")) if part
     )

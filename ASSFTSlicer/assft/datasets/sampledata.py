@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from assft.errors import BadInputError
-from assft.imaging import write_image_atomic
+from assft.io.imaging import write_image_atomic
 
 __all__ = [
     "BRAIN_LABEL_NAMES",
@@ -673,7 +673,7 @@ def write_sample_data(
                 progress.update(done, case=case.case_id)
     n_vox = grid_shape(spacing)
     manifest = {
-        "generator": "assft.sampledata",
+        "generator": "assft.datasets.sampledata",
         "format": 1,
         "seed": int(seed),
         "spacing_mm": float(spacing),

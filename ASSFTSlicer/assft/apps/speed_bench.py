@@ -24,8 +24,8 @@ MARK_END = "<!-- bench:speed:end -->"
 
 
 def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "demo"):
-    from assft.projects import create_workspace
-    from assft.synthetic import write_synthetic_pool
+    from assft.workspace.creation import create_workspace
+    from assft.datasets.synthetic import write_synthetic_pool
 
     if root.exists():
         shutil.rmtree(root)
@@ -35,10 +35,10 @@ def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "
 
 def bare_inference_seconds(workspace, device: str, views: int) -> float:
     """Read, preprocess and run test-time-augmented sliding-window inference over the pool."""
-    from assft.imaging import read_image
-    from assft.inference import VIEW_FLIPS, sliding_window_probabilities
+    from assft.io.imaging import read_image
+    from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
     from assft.models import get_preset, load_model, resolve_device
-    from assft.preprocessing import to_model_grid
+    from assft.io.preprocessing import to_model_grid
 
     preset = get_preset(workspace.config.model)
     model = load_model(preset, label_values=workspace.config.label_values, device=resolve_device(device))
@@ -61,8 +61,8 @@ def bare_inference_seconds(workspace, device: str, views: int) -> float:
 
 def ranking_seconds(workspace, device: str, strategy: str, views: int) -> float:
     """A full ranking with an empty cache (so f0's statistics are computed, not read)."""
-    from assft.config import QueryConfig
-    from assft.ranking import rank_workspace
+    from assft.query.config import QueryConfig
+    from assft.query.ranking import rank_workspace
 
     shutil.rmtree(workspace.cache_dir / "pretrained", ignore_errors=True)
     config = QueryConfig(strategy=strategy, budget=2, views=views)
@@ -356,8 +356,8 @@ def run_benchmark(args) -> dict[str, Any]:
 
 
 def _run_label_efficiency(args, command: str) -> dict[str, Any]:
-    from assft import label_efficiency as le
-    from assft.progress import Progress
+    from assft.apps import label_efficiency as le
+    from assft.runtime.progress import Progress
 
     document = le.run_label_efficiency(
         Path(args.out),

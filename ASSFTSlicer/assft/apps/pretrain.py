@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from assft.errors import BadInputError
-from assft.progress import Progress
+from assft.runtime.progress import Progress
 
 DEMO_PRESET = "demo"
 WEIGHTS_FILE = "demo_unet.pt"
@@ -100,7 +100,7 @@ def _untrained_demo():
 
 def evaluate_cases(model, cases, label_values: list[int]) -> list[dict[int, float]]:
     """Dice per label value of each case (one view, argmax, on the model grid)."""
-    from assft.inference import sliding_window_probabilities
+    from assft.models.inference import sliding_window_probabilities
     from assft.metrics.overlap import dice_scores
     from assft.training.losses import IGNORE
 
@@ -165,7 +165,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def inference_seconds(model, case, repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` wall time of one view and of a 4-view ranking pass over a case."""
-    from assft.inference import infer_case, sliding_window_probabilities
+    from assft.models.inference import infer_case, sliding_window_probabilities
 
     model.network.eval()
     sliding_window_probabilities(model, case.image)  # warm-up
@@ -206,7 +206,7 @@ def pretrain_demo(
         The manifest (also written next to the weights).
     """
     from assft.models import load_model, resolve_device, resources_dir, save_state_dict
-    from assft.sampledata import LABEL_NAMES, write_sample_data
+    from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
 
     config = config or PretrainConfig()
     progress = progress or Progress("none")
@@ -271,7 +271,7 @@ def pretrain_demo(
         "command": " ".join(["assft", *(argv or ["pretrain-demo"])]),
         "config": json.loads(json.dumps(asdict(config))),
         "data": {
-            "generator": "assft.sampledata",
+            "generator": "assft.datasets.sampledata",
             "seed": config.data_seed,
             "spacing_mm": config.spacing,
             "shape": sample["shape"],

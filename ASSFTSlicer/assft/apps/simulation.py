@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from assft.config import QueryConfig
-from assft.progress import Progress
+from assft.query.config import QueryConfig
+from assft.runtime.progress import Progress
 
 # The fine-tuning recipe of the demo model's experiments: patches as in its pretraining
 # (assft pretrain-demo), method.md's learning rate, and BatchNorm statistics kept from
@@ -84,7 +84,7 @@ def dice_on_test_scans(workspace, version: str, cases: list[Case], *, device: st
     """Dice per structure of a model version on test scans outside the workspace."""
     import SimpleITK as sitk
 
-    from assft.imaging import read_image, read_label
+    from assft.io.imaging import read_image, read_label
     from assft.metrics import dice_scores, mean_dice
     from assft.predict import Predictor
 
@@ -122,8 +122,8 @@ class Simulation:
         views: int = 4,
         progress: Progress | None = None,
     ) -> None:
-        from assft.projects import create_workspace
-        from assft.ranking import score_pool
+        from assft.workspace.creation import create_workspace
+        from assft.query.ranking import score_pool
 
         self.out = out
         self.dataset = dataset
@@ -168,7 +168,7 @@ class Simulation:
 
     def ranking(self, config: QueryConfig) -> dict[str, Any]:
         """The ranking document of a strategy over the pool (no forward pass)."""
-        from assft.ranking import rank_scored_pool
+        from assft.query.ranking import rank_scored_pool
 
         return rank_scored_pool(self.scored, config, label_names=self.base.config.label_names,
                                 stats=self.stats)

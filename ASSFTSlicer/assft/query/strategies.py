@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from assft.config import GapEstimator, QueryConfig, Strategy
+from assft.query.config import GapEstimator, QueryConfig, Strategy
 from assft.errors import BadInputError
 from assft.metrics import (
     greedy_diverse_selection,

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from assft.config import QueryConfig, Strategy
+from assft.query.config import QueryConfig, Strategy
 from assft.errors import BadInputError
-from assft.progress import Progress
-from assft.strategies import PoolStatistics, QueryResult, run_strategy
+from assft.runtime.progress import Progress
+from assft.query.strategies import PoolStatistics, QueryResult, run_strategy
 
 
 @dataclass
@@ -45,7 +45,7 @@ def model_checkpoint(workspace, version: str) -> Path | None:
     Raises:
         BadInputError: an unknown version, or a checkpoint that is damaged (truncated, changed).
     """
-    from assft.model_registry import ModelRegistry
+    from assft.workspace.model_versions import ModelRegistry
 
     registry = ModelRegistry(workspace)
     path = registry.checkpoint_path(version)
@@ -59,12 +59,11 @@ class PoolScorer:
 
     def __init__(self, workspace, config: QueryConfig, device: str = "auto") -> None:
         from assft.models import get_preset, load_model, resolve_device
-        from assft.pretrained_cache import PretrainedCache
+        from assft.query.pretrained_cache import PretrainedCache
 
         self.workspace = workspace
         self.config = config
-        from assft import distributed
-
+        from assft.runtime import distributed
         self.device = distributed.setup(resolve_device(device))
         self.preset = get_preset(workspace.config.model)
         self.label_values = list(workspace.config.label_values)
@@ -87,8 +86,8 @@ class PoolScorer:
         return bool(self.current.has_head)
 
     def _grid(self, image_path: Path):
-        from assft.imaging import read_image
-        from assft.preprocessing import to_model_grid
+        from assft.io.imaging import read_image
+        from assft.io.preprocessing import to_model_grid
 
         pre = self.preset
         return to_model_grid(
@@ -109,7 +108,7 @@ class PoolScorer:
 
     def _pretrained_statistics(self, inference) -> Any:
         from assft.metrics import batchnorm_knowledge_gap
-        from assft.pretrained_cache import PretrainedStatistics
+        from assft.query.pretrained_cache import PretrainedStatistics
 
         kg_bn = (
             batchnorm_knowledge_gap(inference.batchnorm, self.running_statistics)
@@ -121,8 +120,8 @@ class PoolScorer:
 
     def score_case(self, case_id: str, image_path: Path, *, epistemic: bool = False) -> CaseScores:
         """Run the passes one case needs and reduce them to its scores."""
-        from assft.inference import epistemic_uncertainty, infer_case
-        from assft.pretrained_cache import cache_key
+        from assft.models.inference import epistemic_uncertainty, infer_case
+        from assft.query.pretrained_cache import cache_key
 
         key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
@@ -177,8 +176,8 @@ class PoolScorer:
 
     def embedding_only(self, case_id: str, image_path: Path) -> np.ndarray:
         """z0 of a labeled case (from the cache when possible), for the diversity term."""
-        from assft.inference import infer_case
-        from assft.pretrained_cache import cache_key
+        from assft.models.inference import infer_case
+        from assft.query.pretrained_cache import cache_key
 
         key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
@@ -395,8 +394,7 @@ def score_pool(
     Raises:
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
-    from assft import distributed
-
+    from assft.runtime import distributed
     progress = progress or Progress("none")
     pool = workspace.registry.cases(status="unlabeled")
     labeled = workspace.registry.cases(status="labeled")
@@ -448,8 +446,7 @@ def rank_scored_pool(
     stats: PoolStatistics | None = None,
 ) -> dict[str, Any]:
     """The ranking document of a scored pool under a strategy (no forward pass)."""
-    from assft import distributed
-
+    from assft.runtime import distributed
     stats = stats or scored.statistics()
     started = time.perf_counter()
     result = run_strategy(stats, config)
@@ -485,8 +482,7 @@ def rank_workspace(
     Raises:
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
-    from assft import distributed
-
+    from assft.runtime import distributed
     scored = score_pool(workspace, config, device=device, progress=progress)
     document = rank_scored_pool(scored, config, label_names=workspace.config.label_names)
     if save:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from assft.progress import Progress
+from assft.runtime.progress import Progress
 
 QUICK = {"n": 16, "budget": 3, "views": 2, "iterations": 40, "semi_iterations": 40}
 FULL = {"n": 40, "budget": 5, "views": 4, "iterations": 150, "semi_iterations": 150}
@@ -21,9 +21,9 @@ FULL = {"n": 40, "budget": 5, "views": 4, "iterations": 150, "semi_iterations": 
 def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
              progress: Progress | None = None) -> dict[str, Any]:
     """Run the demo in ``out``; returns the summary (also ``out/demo.json``)."""
-    from assft.config import QueryConfig
-    from assft.experiments import SMALL_MODEL_FINETUNE, Dataset, Simulation
-    from assft.sampledata import write_sample_data
+    from assft.query.config import QueryConfig
+    from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset, Simulation
+    from assft.datasets.sampledata import write_sample_data
 
     settings = QUICK if quick else FULL
     progress = progress or Progress("none")
@@ -76,7 +76,7 @@ def _rows(summary: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
 
 def demo_report(summary: dict[str, Any]) -> str:
     """The HTML report: the DKD-vs-ASD scatter with the picks, Dice per structure, the table."""
-    from assft.report import bars_svg, html_page, html_table, scatter_svg
+    from assft.apps.report import bars_svg, html_page, html_table, scatter_svg
 
     points = [
         {"dkd": r["dkd"], "asd": r["asd"], "label": f"#{r['rank']} {r['case']}",

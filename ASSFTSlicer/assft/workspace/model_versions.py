@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.atomic import save_torch_atomic
+from assft.io.atomic import save_torch_atomic
 from assft.errors import AssftError, BadInputError
-from assft.atomic import fsync_directory
+from assft.io.atomic import fsync_directory
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from assft.errors import BadInputError
-from assft.progress import Progress
+from assft.runtime.progress import Progress
 
 MARK_BEGIN = "<!-- bench:label-efficiency:begin -->"
 MARK_END = "<!-- bench:label-efficiency:end -->"
@@ -144,15 +144,15 @@ def run_label_efficiency(
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
     """
-    from assft.config import QueryConfig
-    from assft.experiments import (
+    from assft.query.config import QueryConfig
+    from assft.apps.simulation import (
         SMALL_MODEL_FINETUNE,
         Dataset,
         Simulation,
         append_result,
         read_results,
     )
-    from assft.sampledata import write_sample_data
+    from assft.datasets.sampledata import write_sample_data
 
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
@@ -214,7 +214,7 @@ def describe_test_scans(data: Path, pretrained: dict[str, float]) -> list[dict[s
 
 
 def dice_vs_budget_svg(document: dict[str, Any]) -> str:
-    from assft.report import lines_svg
+    from assft.apps.report import lines_svg
 
     series: dict[str, list[tuple[float, float, float]]] = {}
     for row in document["table"]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assft.atomic import atomic_path
+from assft.io.atomic import atomic_path
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from assft.imaging import write_image_atomic
+from assft.io.imaging import write_image_atomic
 
 # The model preset that goes with these scans (two structures, 3 mm, 16^3 patches).
 TINY_PRESET: dict[str, Any] = {
