@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny model preset and tiny synthetic pools, written to temporary folders."""
+"""Shared fixtures: a tiny model preset, tiny synthetic pools written to temporary folders, and a
+headless MRML scene from the ``slicer-core`` wheel (``mrml``)."""
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import pytest
+from assft_testing.slicer_side import require_slicer
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,37 @@ def synthetic_pool(tmp_path_factory):
     out = tmp_path_factory.mktemp("pool")
     cases = write_synthetic_pool(out, 8, seed=3, size=24)
     return out, cases
+
+
+@pytest.fixture
+def mrml():
+    """A fresh ``vtkMRMLScene`` with the volumes, segmentations and colors logics.
+
+    ``slicer.mrmlScene`` and ``slicer.modules`` point at it, as in the application.
+    """
+    slicer = require_slicer()
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkMRMLApplicationLogic()
+    app.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(app)
+    colors.SetMRMLScene(scene)
+    app.SetColorLogic(colors)
+    app.SetModuleLogic("Colors", colors)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLApplicationLogic(app)
+    segmentations.SetMRMLScene(scene)
+    app.SetModuleLogic("Segmentations", segmentations)
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLApplicationLogic(app)
+    volumes.SetMRMLScene(scene)
+    app.SetModuleLogic("Volumes", volumes)
+    previous = (getattr(slicer, "mrmlScene", None), getattr(slicer, "modules", None))
+    slicer.mrmlScene = scene
+    slicer.modules = types.SimpleNamespace(
+        segmentations=types.SimpleNamespace(logic=lambda: segmentations),
+        volumes=types.SimpleNamespace(logic=lambda: volumes),
+    )
+    yield types.SimpleNamespace(scene=scene, app=app, segmentations=segmentations, volumes=volumes)
+    scene.Clear(1)
+    slicer.mrmlScene, slicer.modules = previous

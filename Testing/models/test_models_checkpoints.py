@@ -19,7 +19,7 @@ from assft.models import (
     resolve_device,
     save_state_dict,
 )
-from models_fixtures import tiny_swinunetr, tiny_unet, tiny_unet_dict
+from assft_testing.models import tiny_swinunetr, tiny_unet, tiny_unet_dict
 
 
 def _window(seed: int = 1, size: int = 16) -> torch.Tensor:

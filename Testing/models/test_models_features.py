@@ -7,7 +7,7 @@ import pytest
 import torch
 from assft.errors import BadInputError
 from assft.models import LoadedModel, ModelPreset, load_model
-from models_fixtures import tiny_segresnet, tiny_swinunetr, tiny_unet, tiny_unet_dict
+from assft_testing.models import tiny_segresnet, tiny_swinunetr, tiny_unet, tiny_unet_dict
 
 
 def _windows(batch: int = 1, size: int = 16, seed: int = 3) -> torch.Tensor:

@@ -17,7 +17,7 @@ from assft.models import (
     load_presets,
     resources_dir,
 )
-from models_fixtures import preset_dict
+from assft_testing.models import preset_dict
 
 REQUIRED_PRESETS = {"demo", "swinunetr-ssl", "monai-bundle-segresnet", "deepbet"}
 

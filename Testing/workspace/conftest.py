@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from assft.workspace import Workspace
-from workspace_helpers import LABEL_NAMES, write_volume
+from assft_testing.workspaces import LABEL_NAMES, write_volume
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from assft.errors import BadInputError
 from assft.workspace import Workspace, find_images
-from workspace_helpers import LABEL_NAMES, label_array, write_dicom_series, write_volume
+from assft_testing.workspaces import LABEL_NAMES, label_array, write_dicom_series, write_volume
 
 
 def test_create_from_a_folder(tmp_path: Path, pool: Path) -> None:

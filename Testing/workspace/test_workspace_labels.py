@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from assft.errors import BadInputError
 from assft.io.imaging import read_image
 from assft.workspace import Workspace
-from workspace_helpers import SPACING, label_array, snapshot, write_volume
+from assft_testing.workspaces import SPACING, label_array, snapshot, write_volume
 
 
 def test_submit_stores_label_at_the_exact_image_geometry(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from assft.errors import BadInputError
 from assft.workspace import Workspace
-from workspace_helpers import label_array, write_volume
+from assft_testing.workspaces import label_array, write_volume
 
 
 def _document(strategy: str = "attsq", **extra: object) -> dict[str, object]:

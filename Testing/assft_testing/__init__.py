@@ -1,4 +1,9 @@
-"""Helpers shared by the tests (a uniquely named module: several conftest.py files exist)."""
+"""The one test-helper package: running the CLI and torchrun, and the shared test data.
+
+Submodules: :mod:`.workspaces` (tiny volumes, labels, snapshots), :mod:`.models` (tiny presets
+and networks), :mod:`.slicer_side` (the module folder on ``sys.path``, scans for MRML tests).
+Fixtures are in ``Testing/conftest.py``.
+"""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "ASSFTSlicer"
 MODULE_FILE = MODULE / "ASSFTSlicer.py"
 UI_FILE = MODULE / "Resources" / "UI" / "ASSFTSlicer.ui"

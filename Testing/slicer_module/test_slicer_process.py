@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import slicer_helpers
+from assft_testing import slicer_side
 
 from ASSFTSlicerLib.process import (
     BackgroundProcess,
@@ -23,7 +23,7 @@ from ASSFTSlicerLib.process import (
     processIsAlive,
 )
 
-ENGINE_ROOT = slicer_helpers.MODULE_DIR
+ENGINE_ROOT = slicer_side.MODULE_DIR
 
 
 def _script(tmp_path: Path, body: str) -> list[str]:

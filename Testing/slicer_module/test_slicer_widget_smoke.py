@@ -20,9 +20,8 @@ import types
 import xml.etree.ElementTree as ET
 
 import pytest
-from slicer_helpers import MODULE_DIR, require_slicer
+from assft_testing.slicer_side import MODULE_DIR, require_slicer
 
-pytest_plugins = ("slicer_fixtures",)  # the mrml fixture
 
 slicer = require_slicer()
 

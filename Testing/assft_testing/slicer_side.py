@@ -1,10 +1,9 @@
 """Helpers for the Slicer-module tests: the module folder on ``sys.path``, tiny scans and labels.
 
-The tests live in ``Testing/slicer/module/``, not directly in ``Testing/slicer/``: ``Testing/`` is
-on ``sys.path`` (pytest puts the root conftest's folder there), and the ``slicer`` package of
-slicer-core extends itself with every ``slicer/`` folder on ``sys.path`` and imports each module
-it finds there as ``slicer.<name>``, which would import these test files as part of ``slicer``.
-A sub-folder without ``__init__.py`` is not imported that way.
+The module's tests live in ``Testing/slicer_module/``, never in a folder named ``slicer/``:
+``Testing/`` is on ``sys.path`` (pytest puts the root conftest's folder there), and the
+``slicer`` package of slicer-core extends itself with every ``slicer/`` folder on ``sys.path``
+and imports each module it finds there as ``slicer.<name>``.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-MODULE_DIR = Path(__file__).resolve().parents[3] / "ASSFTSlicer"
+MODULE_DIR = Path(__file__).resolve().parents[2] / "ASSFTSlicer"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 

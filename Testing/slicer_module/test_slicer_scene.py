@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_helpers import blob_labels, require_slicer, rotation, write_label_like, write_scan
+from assft_testing.slicer_side import blob_labels, require_slicer, rotation, write_label_like, write_scan
 
-pytest_plugins = ("slicer_fixtures",)  # the mrml fixture
 
 slicer = require_slicer()
 import SimpleITK as sitk  # noqa: E402

@@ -9,9 +9,8 @@ import shutil
 import sys
 
 import pytest
-from slicer_helpers import require_slicer
+from assft_testing.slicer_side import require_slicer
 
-pytest_plugins = ("slicer_fixtures",)  # the mrml fixture
 
 slicer = require_slicer()
 
