@@ -86,13 +86,22 @@ from ASSFTSlicerLib.scene import (
     SegmentOverlapError,
 )
 
+# The engine's strategy registry and config defaults, the one source of both. These modules need
+# only numpy (bundled with Slicer), never torch, so the module loads before the engine's
+# dependencies are installed.
+from assft.query.config import QueryConfig
+from assft.query.strategies import STRATEGIES
+from assft.query.strategies import Strategy as EngineStrategy
+from assft.training.config import FinetuneConfig
+
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 
 
 def _modelPresetNames() -> list[str]:
-    """Preset names of Resources/Models.json (read as data: the engine is not imported)."""
+    """Preset names of the engine's assft/resources/Models.json (read as data, not imported)."""
     try:
-        document = json.loads((MODULE_DIR / "Resources" / "Models.json").read_text(encoding="utf-8"))
+        presets = MODULE_DIR / "assft" / "resources" / "Models.json"
+        document = json.loads(presets.read_text(encoding="utf-8"))
         names = [str(p["name"]) for p in document.get("presets", []) if p.get("name")]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         names = []
@@ -140,21 +149,16 @@ class Device(enum.Enum):
         return {"auto": _("Automatic (GPU when available)"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[self.value]
 
 
-class Strategy(enum.Enum):
-    ATTSQ = "attsq"
-    DKD = "dkd"
-    ASD = "asd"
-    ENTROPY = "entropy"
-    EPISTEMIC = "epistemic"
-    CORESET = "coreset"
-    CLASP = "clasp"
-    RANDOM = "random"
+class _StrategyEnum(enum.Enum):
+    """Base of Strategy: the combo box shows each strategy's title from the engine's registry."""
 
     def label(self):
-        names = {"attsq": _("ATTSQ (knowledge gap + difficulty)"), "dkd": _("Knowledge gap only (DKD)"),
-                 "asd": _("Difficulty only (ASD)"), "entropy": _("Entropy"), "epistemic": _("MC dropout"),
-                 "coreset": _("Core-set"), "clasp": _("ClaSP PE"), "random": _("Random")}
-        return names[self.value]
+        return _(STRATEGIES[self.value].title)
+
+
+# One member per registered strategy, in the registry's order and with the engine's member names
+# (ATTSQ = "attsq"): the parameter node stores the member name, so saved scenes keep loading.
+Strategy = _StrategyEnum("Strategy", [(member.name, member.value) for member in EngineStrategy])
 
 
 class FinetuneMode(enum.Enum):
@@ -165,6 +169,11 @@ class FinetuneMode(enum.Enum):
     def label(self):
         return {"selective": _("Selective semi-supervised (SSFT)"), "all": _("All unlabeled cases"),
                 "none": _("Labeled cases only")}[self.value]
+
+
+# The engine's defaults (the config dataclasses hold them all) seed the parameter node's.
+_QUERY_DEFAULTS = QueryConfig()
+_FINETUNE_DEFAULTS = FinetuneConfig()
 
 
 @parameterNodeWrapper
@@ -185,12 +194,12 @@ class ASSFTSlicerParameterNode:
     imagesPath: pathlib.Path
     modelPreset: Annotated[str, Choice(MODEL_PRESETS)] = MODEL_PRESETS[0]
     device: Device = Device.AUTO
-    budget: Annotated[int, WithinRange(1, 10000)] = 5
-    strategy: Strategy = Strategy.ATTSQ
+    budget: Annotated[int, WithinRange(1, 10000)] = _QUERY_DEFAULTS.budget
+    strategy: Strategy = Strategy(_QUERY_DEFAULTS.strategy.value)
     currentCase: str = ""
     showUncertainty: bool = True
-    finetuneMode: FinetuneMode = FinetuneMode.SELECTIVE
-    finetuneIterations: Annotated[int, WithinRange(1, 100000)] = 200
+    finetuneMode: FinetuneMode = FinetuneMode(_FINETUNE_DEFAULTS.mode.value)
+    finetuneIterations: Annotated[int, WithinRange(1, 100000)] = _FINETUNE_DEFAULTS.iterations
     rerankAfterPromotion: bool = True
     caseVolume: vtkMRMLScalarVolumeNode
     caseSegmentation: vtkMRMLSegmentationNode

@@ -16,6 +16,7 @@ from typing import Any
 
 import slicer
 
+from ASSFTSlicerLib import dependencies
 from ASSFTSlicerLib.i18n import tr as _
 from ASSFTSlicerLib.process import BackgroundProcess, ProcessResult, engineEnvironment, processIsAlive, pythonExecutable
 from ASSFTSlicerLib.scene import (
@@ -90,7 +91,14 @@ class WorkspaceLogic:
             from assft.errors import AssftError
             from assft.workspace import Workspace
         except ImportError as error:
-            raise ValueError(_("The ASSFT engine cannot be loaded ({error}): install the dependencies.").format(error=error)) from None
+            # Say "install" only when a package really is missing: any other import failure
+            # (a broken install, an unsupported platform) would be hidden behind the wrong advice.
+            missing = dependencies.missingPackages()
+            if missing:
+                raise ValueError(
+                    _("The ASSFT engine needs {packages}: install the dependencies (Setup).").format(packages=", ".join(missing))
+                ) from None
+            raise ValueError(_("The ASSFT engine cannot be loaded: {error}").format(error=error)) from None
         try:
             return Workspace.open(path)
         except AssftError as error:
@@ -291,11 +299,10 @@ class WorkspaceLogic:
 
     def nextCase(self, workspacePath) -> str | None:
         """The best-ranked case of the latest ranking that is still unlabeled (None: none left)."""
-        from assft.cli import next_case
         from assft.errors import AssftError
 
         try:
-            return next_case(self.openWorkspace(workspacePath))["case"]
+            return self.openWorkspace(workspacePath).next_case()["case"]
         except AssftError as error:
             raise ValueError(str(error)) from None
 

@@ -106,6 +106,9 @@ def worklistRows(ranking: dict[str, Any] | None, statuses: dict[str, str]) -> li
 
 def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model version (``ModelRegistry.to_json()``), newest first."""
+    # Imported here: the document came from the engine, so it is installed by now.
+    from assft.workspace.versions import BASE_VERSION
+
     rows = []
     for entry in reversed(models.get("versions", [])):
         metrics = entry.get("metrics") or {}
@@ -115,7 +118,8 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 "version": str(entry.get("version", "")),
                 "current": "yes" if entry.get("current") else "",
                 "parent": str(entry.get("parent") or ""),
-                "mode": str(entry.get("mode") or ("pretrained" if entry.get("version") == "v0" else "")),
+                "mode": str(entry.get("mode") or (
+                    "pretrained" if entry.get("version") == BASE_VERSION else "")),
                 "dice": _number(metrics.get("validation_dice")),
                 "promoted": "yes" if entry.get("promoted") else "no",
                 "created": str(entry.get("created_at") or ""),

@@ -1,5 +1,10 @@
 """The ``assft`` command line: a thin layer over the engine; heavy imports stay inside commands.
 
+Each verb has a ``cmd_<verb>`` function that runs it and, next to it, an ``add_<verb>_parser``
+function that registers its flags; :func:`build_parser` calls them in help order. Settings
+resolve through :func:`assft.settings.resolve_config`: flags, then ``--config``, then the
+workspace's settings, then the config dataclass's defaults (flags default to None).
+
 Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the problem),
 3 cancelled, 1 anything else.
 """
@@ -11,6 +16,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +28,7 @@ from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError
 if TYPE_CHECKING:
     from assft.runtime.progress import Progress
 
-STRATEGY_CHOICES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd")
+Subparsers = argparse._SubParsersAction  # what each add_<verb>_parser registers into
 
 
 def _print_json(document: Any, *, one_line: bool = False) -> None:
@@ -60,6 +66,56 @@ def _open(path: str):
     return Workspace.open(Path(path))
 
 
+# Parser helpers ---------------------------------------------------------------------------------
+# Building the parser imports only light modules (the config dataclasses, and the strategy registry:
+# numpy, never torch); torch, MONAI and the models are imported inside the cmd_* functions, so
+# `assft --help` and a bad flag answer at once and the CLI starts without torch.
+
+
+def _add_verb(
+    sub: Subparsers, name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+    **extra: Any,
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text, **extra)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _device_flag(p: argparse.ArgumentParser, default: str = "auto", **extra: Any) -> None:
+    p.add_argument("--device", default=default, choices=("auto", "cpu", "cuda"), **extra)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", help="model version (default: the current one)")
+    p.add_argument("--views", type=int, default=4, help="test-time views, 1 to 4")
+    _device_flag(p)
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        choices=("auto", "json", "bar", "none"),
+        default="auto",
+        help="json: one JSON object per line on stdout; auto: a bar on a terminal",
+    )
+
+
+def _default(kind: type, name: str) -> str:
+    """A config dataclass's default for a help text (the one place defaults are written)."""
+    from assft.settings import dataclass_default
+
+    value = dataclass_default(kind, name)
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+PRECEDENCE = ("A flag overrides --config, which overrides the workspace's settings (assft.json), "
+              "which override the defaults shown.")
+
+
 # Commands ---------------------------------------------------------------------------------------
 
 
@@ -84,22 +140,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query_config(args: argparse.Namespace, workspace) -> Any:
-    from assft.query.config import QueryConfig
+def add_init_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "init", cmd_init, "create a workspace from images")
+    p.add_argument("workspace", help="folder of the new workspace")
+    p.add_argument("--images", nargs="+", required=True, help="image files, DICOM folders or folders of images")
+    p.add_argument("--labels", help="folder of existing labels named like the images")
+    p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
+    p.add_argument("--model", default="demo", help="model preset name or preset JSON file")
+    _json_flag(p)
 
-    data: dict[str, Any] = {}
-    if args.config:
-        data = QueryConfig.from_file(args.config).to_dict()
-    settings = workspace.config.settings or {}
-    data.setdefault("budget", settings.get("budget", 5))
-    data.setdefault("strategy", settings.get("strategy", "attsq"))
-    for key in ("budget", "strategy", "seed", "views", "weight", "lambda_div"):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
-    if args.gap is not None:
-        data.setdefault("dkd", {})["gap"] = args.gap
-    return QueryConfig.from_dict(data)
+
+def _query_config(args: argparse.Namespace, workspace: Any) -> Any:
+    from assft.query.config import QueryConfig
+    from assft.settings import resolve_config
+
+    flags = {key: getattr(args, key) for key in ("budget", "strategy", "seed", "views", "weight", "lambda_div")}
+    return resolve_config(
+        QueryConfig, flags={**flags, "dkd": {"gap": args.gap}}, config_file=args.config,
+        settings=workspace.config.settings, settings_file=workspace.config_path,
+    )
 
 
 def _print_ranking(document: dict[str, Any]) -> None:
@@ -147,32 +206,31 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
-def next_case(workspace) -> dict[str, Any]:
-    """The best-ranked case of the latest ranking that is still unlabeled."""
-    ranking = workspace.latest_ranking()
-    if ranking is None:
-        raise BadInputError("no ranking yet: run 'assft rank' first", workspace.root)
-    statuses = {c["case_id"]: c["status"] for c in workspace.registry.cases()}
-    remaining = [r for r in ranking["cases"] if statuses.get(r["case"]) == "unlabeled"]
-    if not remaining:
-        return {"case": None, "ranking": ranking.get("file"), "remaining": 0}
-    row = remaining[0]
-    return {
-        "case": row["case"],
-        "image": str(workspace.image_path(row["case"])),
-        "rank": row["rank"],
-        "selected": row["selected"],
-        "score": row["score"],
-        "reason": row["reason"],
-        "hardest_structure": row.get("hardest_structure"),
-        "model_version": ranking["model_version"],
-        "ranking": ranking.get("file"),
-        "remaining": len(remaining),
-    }
+def add_rank_parser(sub: Subparsers) -> None:
+    from assft.query.config import DKDConfig, GapEstimator, QueryConfig
+    from assft.query.strategies import STRATEGIES
+
+    p = _add_verb(sub, "rank", cmd_rank, "rank the unlabeled cases and select a batch to label",
+                  epilog=PRECEDENCE)
+    p.add_argument("workspace")
+    p.add_argument("--budget", type=int, help=f"cases to select (default {_default(QueryConfig, 'budget')})")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), help=f"default {_default(QueryConfig, 'strategy')}")
+    _device_flag(p)
+    p.add_argument("--seed", type=int, help=f"default {_default(QueryConfig, 'seed')}")
+    p.add_argument("--views", type=int, help=f"test-time views, 1 to 4 (default {_default(QueryConfig, 'views')})")
+    p.add_argument("--weight", type=float,
+                   help=f"w in S = w q(KG) + (1-w) q(ASD) (default {_default(QueryConfig, 'weight')})")
+    p.add_argument("--lambda-div", dest="lambda_div", type=float,
+                   help=f"diversity weight (default {_default(QueryConfig, 'lambda_div')})")
+    p.add_argument("--gap", choices=tuple(g.value for g in GapEstimator),
+                   help=f"DKD knowledge-gap estimator (default {_default(DKDConfig, 'gap')})")
+    p.add_argument("--config", help="a QueryConfig JSON file (flags override it)")
+    _json_flag(p)
+    _progress_flag(p)
 
 
 def cmd_next(args: argparse.Namespace) -> int:
-    info = next_case(_open(args.workspace))
+    info = _open(args.workspace).next_case()
     if args.json:
         _print_json(info)
     elif info["case"] is None:
@@ -180,6 +238,12 @@ def cmd_next(args: argparse.Namespace) -> int:
     else:
         print(f"{info['case']}\t{info['image']}\trank {info['rank']}\t{info['reason']}")
     return 0
+
+
+def add_next_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "next", cmd_next, "the next case to label, from the latest ranking")
+    p.add_argument("workspace")
+    _json_flag(p)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -192,6 +256,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_submit_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "submit", cmd_submit, "store a case's label (validated; never half-written)")
+    p.add_argument("workspace")
+    p.add_argument("case")
+    p.add_argument("label", help="label image at the case's exact geometry")
+    p.add_argument("--user", help="who labeled it (default: the login name)")
+    _json_flag(p)
+
+
 def cmd_skip(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     workspace.skip(args.case, user=args.user)
@@ -200,6 +273,14 @@ def cmd_skip(args: argparse.Namespace) -> int:
     else:
         print(f"Skipped {args.case}")
     return 0
+
+
+def add_skip_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "skip", cmd_skip, "mark a case skipped")
+    p.add_argument("workspace")
+    p.add_argument("case")
+    p.add_argument("--user")
+    _json_flag(p)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -218,6 +299,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_status_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "status", cmd_status, "cases per status, model version, running job")
+    p.add_argument("workspace")
+    _json_flag(p)
+
+
 def cmd_hold_out(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     status = "labeled" if args.release else "held-out"
@@ -232,24 +319,30 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_config(args: argparse.Namespace):
+def add_hold_out_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "hold-out", cmd_hold_out, "keep labeled cases out of training, for validation")
+    p.add_argument("workspace")
+    p.add_argument("cases", nargs="+")
+    p.add_argument("--release", action="store_true", help="make held-out cases labeled again")
+    p.add_argument("--user")
+    _json_flag(p)
+
+
+def _finetune_config(args: argparse.Namespace, workspace: Any) -> Any:
+    from assft.settings import resolve_config
     from assft.training.config import FinetuneConfig
 
-    data: dict[str, Any] = FinetuneConfig.from_file(args.config).to_dict() if args.config else {}
-    if args.config_json:
-        data = json.loads(args.config_json)
-    settings = _open(args.workspace).config.settings or {}
-    data.setdefault("mode", settings.get("finetune_mode", "selective"))
-    for key in ("mode", "iterations", "semi_iterations", "batch_size", "seed", "lr"):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
-    return FinetuneConfig.from_dict(data)
+    return resolve_config(
+        FinetuneConfig,
+        flags={key: getattr(args, key) for key in ("mode", "iterations", "semi_iterations", "batch_size", "seed", "lr")},
+        config_file=args.config, config_json=args.config_json,
+        settings=workspace.config.settings, settings_file=workspace.config_path,
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
-    config = _finetune_config(args)
+    config = _finetune_config(args, workspace)
     argv = ["finetune", str(workspace.root), "--config-json", json.dumps(config.to_dict()),
             "--device", args.device]
     if args.detach:
@@ -290,6 +383,32 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_finetune_parser(sub: Subparsers) -> None:
+    from assft.training.config import FinetuneConfig, FinetuneMode
+
+    p = _add_verb(sub, "finetune", cmd_finetune, "fine-tune the current model on the labels (SSFT)",
+                  epilog=PRECEDENCE)
+    p.add_argument("workspace")
+    p.add_argument("--mode", choices=tuple(m.value for m in FinetuneMode),
+                   help=f"default {_default(FinetuneConfig, 'mode')}")
+    p.add_argument("--iterations", type=int,
+                   help=f"steps of the supervised stage (default {_default(FinetuneConfig, 'iterations')})")
+    p.add_argument("--semi-iterations", dest="semi_iterations", type=int,
+                   help="steps of the semi-supervised stage (default: as --iterations)")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help=f"patches per step (default {_default(FinetuneConfig, 'batch_size')})")
+    p.add_argument("--lr", type=float,
+                   help=f"learning rate of the decoder and head (default {_default(FinetuneConfig, 'lr')})")
+    p.add_argument("--seed", type=int, help=f"default {_default(FinetuneConfig, 'seed')}")
+    _device_flag(p)
+    p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
+    # The detached job's relaunch passes the resolved config as JSON text instead of a file.
+    p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
+    p.add_argument("--detach", action="store_true", help="run as a background process and return")
+    _json_flag(p)
+    _progress_flag(p)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from assft.workspace.jobs import JobStore
 
@@ -306,12 +425,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_jobs_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "jobs", cmd_jobs, "background jobs and their state")
+    p.add_argument("workspace")
+    _json_flag(p)
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from assft.workspace.jobs import cancel
 
     info = cancel(_open(args.workspace), args.job, timeout=args.timeout)
     _print_json(info) if args.json else print(f"Job {info['id']}: {info['state']}")
     return 0
+
+
+def add_cancel_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "cancel", cmd_cancel, "stop a running job cleanly (its work is discarded)")
+    p.add_argument("workspace")
+    p.add_argument("job", nargs="?", help="job id (default: the running one)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before it is killed")
+    _json_flag(p)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -331,6 +464,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_models_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "models", cmd_models, "model versions with their metrics")
+    p.add_argument("workspace")
+    _json_flag(p)
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     from assft.workspace.model_versions import ModelRegistry
 
@@ -340,6 +479,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         f"Current model version: {registry.current()}"
     )
     return 0
+
+
+def add_rollback_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "rollback", cmd_rollback, "make another model version current")
+    p.add_argument("workspace")
+    p.add_argument("version")
+    _json_flag(p)
 
 
 def _finished(args: argparse.Namespace, progress: Progress, result: dict[str, Any], **done: Any) -> bool:
@@ -362,6 +508,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for row in result["predictions"]:
             print(f"{row['case']}\t{row['label']}")
     return 0
+
+
+def add_predict_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "predict", cmd_predict, "write predicted labels at each scan's exact geometry")
+    p.add_argument("workspace")
+    p.add_argument("case", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--out", help="folder (default: WS/predictions/VERSION)")
+    p.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
+    _model_flags(p)
+    _json_flag(p)
+    _progress_flag(p)
 
 
 def _dice_cells(values) -> str:
@@ -389,8 +547,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "evaluate", cmd_evaluate, "Dice per case and structure against ground truth")
+    p.add_argument("workspace")
+    p.add_argument("--truth", required=True, help="folder of truth labels named like the cases")
+    _model_flags(p)
+    _json_flag(p)
+    _progress_flag(p)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from assft.apps.demo import print_demo, run_demo
+    try:
+        from assft.apps.demo import print_demo, run_demo
+    except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
+        if error.name not in ("assft.apps", "assft.apps.demo"):
+            raise
+        raise BadInputError(
+            "assft demo needs the full engine package: pip install 'assft[demo]'"
+        ) from None
 
     summary = run_demo(Path(args.out), quick=args.quick, device=args.device, progress=_progress(args))
     if args.json:
@@ -401,13 +575,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_demo_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "demo", cmd_demo, "the annotation loop end to end on built-in sample scans")
+    p.add_argument("--out", default="demo-out", help="folder for the sample data and workspace")
+    p.add_argument("--quick", action="store_true", help="a smaller pool (a few minutes on 2 cores)")
+    _device_flag(p)
+    _json_flag(p)
+    _progress_flag(p)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from assft.apps.speed_bench import run_benchmark
+    try:
+        from assft.apps.speed_bench import run_benchmark
+    except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
+        if error.name not in ("assft.apps", "assft.apps.speed_bench"):
+            raise
+        raise BadInputError(
+            f"assft bench {args.name} needs the full engine package: pip install 'assft[demo]'"
+        ) from None
 
     result = run_benchmark(args)
     if args.json:
         _print_json(result)
     return 0
+
+
+def add_bench_parser(sub: Subparsers) -> None:
+    from assft.query.strategies import STRATEGIES
+
+    p = _add_verb(sub, "bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
+    p.add_argument("name", choices=("speed", "label-efficiency"))
+    p.add_argument("--out", default="bench-out", help="folder for the JSON results")
+    _device_flag(p)
+    p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
+    p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
+    p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
+    p.add_argument("--train-steps", dest="train_steps", type=int, default=8,
+                   help="fine-tuning steps timed per loop")
+    p.add_argument("--model", default="demo", help="model preset or preset file to measure")
+    p.add_argument("--n", type=int, default=40, help="label-efficiency: target scans (pool + test)")
+    p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
+    p.add_argument("--seeds", default="0,1,2", help="label-efficiency: seeds")
+    p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
+    p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
+    p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
+    p.add_argument("--strategies", help="label-efficiency: only these strategies (comma-separated: "
+                   f"{','.join(STRATEGIES)})")
+    _progress_flag(p)
+    p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
+    _json_flag(p)
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -426,8 +642,30 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sample_data_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "sample-data", cmd_sample_data,
+                  "write sample brain MRI with ground truth (MNI152 anatomy): source + target domains")
+    p.add_argument("out", help="output folder (source/, target/, manifest.json)")
+    p.add_argument("--n", type=int, default=40, help="target pool size (default 40)")
+    p.add_argument("--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, default=3.0,
+                   help="voxel size in mm over a 192 mm field of view (default 3: 64^3)")
+    p.add_argument("--brain-mask", dest="brain_mask", action="store_true",
+                   help="label 1 = brain (for the deepbet preset) instead of GM/WM/CSF")
+    _json_flag(p)
+    _progress_flag(p)
+
+
 def cmd_pretrain_demo(args: argparse.Namespace) -> int:
-    from assft.apps.pretrain import PretrainConfig, pretrain_demo, print_summary
+    try:
+        from assft.apps.pretrain import PretrainConfig, pretrain_demo, print_summary
+    except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
+        if error.name not in ("assft.apps", "assft.apps.pretrain"):
+            raise
+        raise BadInputError(
+            "assft pretrain-demo needs the full engine package: pip install 'assft[demo]'"
+        ) from None
 
     config = PretrainConfig(seed=args.seed, data_seed=args.data_seed, iterations=args.iterations,
                             n_source=args.n_source, n_target=args.n_target)
@@ -440,7 +678,32 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pretrain_demo_parser(sub: Subparsers) -> None:
+    p = _add_verb(sub, "pretrain-demo", cmd_pretrain_demo,
+                  "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)")
+    p.add_argument("--out", help="folder for the weights and manifest (default: the shipped Resources/)")
+    p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
+    p.add_argument("--iterations", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", dest="data_seed", type=int, default=0)
+    p.add_argument("--n-source", dest="n_source", type=int, default=24)
+    p.add_argument("--n-target", dest="n_target", type=int, default=40)
+    _device_flag(p, "cpu", help="cpu (default) reproduces the shipped figures")
+    _json_flag(p)
+    _progress_flag(p)
+
+
 # Parser ----------------------------------------------------------------------------------------
+
+
+VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
+    add_init_parser, add_rank_parser, add_next_parser, add_submit_parser, add_skip_parser,
+    add_status_parser, add_hold_out_parser, add_finetune_parser, add_jobs_parser,
+    add_cancel_parser, add_models_parser, add_rollback_parser, add_predict_parser,
+    add_evaluate_parser, add_demo_parser, add_bench_parser, add_sample_data_parser,
+    add_pretrain_demo_parser,
+)
+"""Every verb's parser, in the order ``assft --help`` lists them."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,185 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model (ATTSQ: DKD + ASD), collect labels, fine-tune (SSFT).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
-        return p
-
-    def json_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="print one JSON document")
-
-    def device_flag(p: argparse.ArgumentParser, default: str = "auto", **extra: Any) -> None:
-        p.add_argument("--device", default=default, choices=("auto", "cpu", "cuda"), **extra)
-
-    def model_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--version", help="model version (default: the current one)")
-        p.add_argument("--views", type=int, default=4, help="test-time views, 1 to 4")
-        device_flag(p)
-
-    def progress_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--progress",
-            choices=("auto", "json", "bar", "none"),
-            default="auto",
-            help="json: one JSON object per line on stdout; auto: a bar on a terminal",
-        )
-
-    p = add("init", cmd_init, "create a workspace from images")
-    p.add_argument("workspace", help="folder of the new workspace")
-    p.add_argument("--images", nargs="+", required=True, help="image files, DICOM folders or folders of images")
-    p.add_argument("--labels", help="folder of existing labels named like the images")
-    p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
-    p.add_argument("--model", default="demo", help="model preset name or preset JSON file")
-    json_flag(p)
-
-    p = add("rank", cmd_rank, "rank the unlabeled cases and select a batch to label")
-    p.add_argument("workspace")
-    p.add_argument("--budget", type=int, help="cases to select (default 5)")
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, help="default attsq")
-    device_flag(p)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--views", type=int, help="test-time views, 1 to 4 (default 4)")
-    p.add_argument("--weight", type=float, help="w in S = w q(KG) + (1-w) q(ASD)")
-    p.add_argument("--lambda-div", dest="lambda_div", type=float, help="diversity weight")
-    p.add_argument("--gap", choices=("auto", "bn", "prototype"), help="DKD knowledge-gap estimator")
-    p.add_argument("--config", help="a QueryConfig JSON file (flags override it)")
-    json_flag(p)
-    progress_flag(p)
-
-    p = add("next", cmd_next, "the next case to label, from the latest ranking")
-    p.add_argument("workspace")
-    json_flag(p)
-
-    p = add("submit", cmd_submit, "store a case's label (validated; never half-written)")
-    p.add_argument("workspace")
-    p.add_argument("case")
-    p.add_argument("label", help="label image at the case's exact geometry")
-    p.add_argument("--user", help="who labeled it (default: the login name)")
-    json_flag(p)
-
-    p = add("skip", cmd_skip, "mark a case skipped")
-    p.add_argument("workspace")
-    p.add_argument("case")
-    p.add_argument("--user")
-    json_flag(p)
-
-    p = add("status", cmd_status, "cases per status, model version, running job")
-    p.add_argument("workspace")
-    json_flag(p)
-
-    p = add("hold-out", cmd_hold_out, "keep labeled cases out of training, for validation")
-    p.add_argument("workspace")
-    p.add_argument("cases", nargs="+")
-    p.add_argument("--release", action="store_true", help="make held-out cases labeled again")
-    p.add_argument("--user")
-    json_flag(p)
-
-    p = add("finetune", cmd_finetune, "fine-tune the current model on the labels (SSFT)")
-    p.add_argument("workspace")
-    p.add_argument("--mode", choices=("selective", "all", "none"))
-    p.add_argument("--iterations", type=int, help="steps of the supervised stage (default 200)")
-    p.add_argument("--semi-iterations", dest="semi_iterations", type=int,
-                   help="steps of the semi-supervised stage (default: as --iterations)")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    device_flag(p)
-    p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
-    p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
-    p.add_argument("--detach", action="store_true", help="run as a background process and return")
-    json_flag(p)
-    progress_flag(p)
-
-    p = add("jobs", cmd_jobs, "background jobs and their state")
-    p.add_argument("workspace")
-    json_flag(p)
-
-    p = add("cancel", cmd_cancel, "stop a running job cleanly (its work is discarded)")
-    p.add_argument("workspace")
-    p.add_argument("job", nargs="?", help="job id (default: the running one)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds before it is killed")
-    json_flag(p)
-
-    p = add("models", cmd_models, "model versions with their metrics")
-    p.add_argument("workspace")
-    json_flag(p)
-
-    p = add("rollback", cmd_rollback, "make another model version current")
-    p.add_argument("workspace")
-    p.add_argument("version")
-    json_flag(p)
-
-    p = add("predict", cmd_predict, "write predicted labels at each scan's exact geometry")
-    p.add_argument("workspace")
-    p.add_argument("case", nargs="?")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--out", help="folder (default: WS/predictions/VERSION)")
-    p.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
-    model_flags(p)
-    json_flag(p)
-    progress_flag(p)
-
-    p = add("evaluate", cmd_evaluate, "Dice per case and structure against ground truth")
-    p.add_argument("workspace")
-    p.add_argument("--truth", required=True, help="folder of truth labels named like the cases")
-    model_flags(p)
-    json_flag(p)
-    progress_flag(p)
-
-    p = add("demo", cmd_demo, "the annotation loop end to end on built-in sample scans")
-    p.add_argument("--out", default="demo-out", help="folder for the sample data and workspace")
-    p.add_argument("--quick", action="store_true", help="a smaller pool (a few minutes on 2 cores)")
-    device_flag(p)
-    json_flag(p)
-    progress_flag(p)
-
-    p = add("bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
-    p.add_argument("name", choices=("speed", "label-efficiency"))
-    p.add_argument("--out", default="bench-out", help="folder for the JSON results")
-    device_flag(p)
-    p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
-    p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
-    p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
-    p.add_argument("--train-steps", dest="train_steps", type=int, default=8,
-                   help="fine-tuning steps timed per loop")
-    p.add_argument("--model", default="demo", help="model preset or preset file to measure")
-    p.add_argument("--n", type=int, default=40, help="label-efficiency: target scans (pool + test)")
-    p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
-    p.add_argument("--seeds", default="0,1,2", help="label-efficiency: seeds")
-    p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
-    p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
-    p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
-    p.add_argument("--strategies", help="label-efficiency: only these strategies (comma-separated)")
-    progress_flag(p)
-    p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
-    json_flag(p)
-    p = add("sample-data", cmd_sample_data,
-            "write sample brain MRI with ground truth (MNI152 anatomy): source + target domains")
-    p.add_argument("out", help="output folder (source/, target/, manifest.json)")
-    p.add_argument("--n", type=int, default=40, help="target pool size (default 40)")
-    p.add_argument("--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spacing", type=float, default=3.0,
-                   help="voxel size in mm over a 192 mm field of view (default 3: 64^3)")
-    p.add_argument("--brain-mask", dest="brain_mask", action="store_true",
-                   help="label 1 = brain (for the deepbet preset) instead of GM/WM/CSF")
-    json_flag(p)
-    progress_flag(p)
-
-    p = add("pretrain-demo", cmd_pretrain_demo,
-            "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)")
-    p.add_argument("--out", help="folder for the weights and manifest (default: the shipped Resources/)")
-    p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
-    p.add_argument("--iterations", type=int, default=1200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", dest="data_seed", type=int, default=0)
-    p.add_argument("--n-source", dest="n_source", type=int, default=24)
-    p.add_argument("--n-target", dest="n_target", type=int, default=40)
-    device_flag(p, "cpu", help="cpu (default) reproduces the shipped figures")
-    json_flag(p)
-    progress_flag(p)
+    for add_parser in VERB_PARSERS:
+        add_parser(sub)
     return parser
 
 

@@ -34,7 +34,12 @@ class WorkspaceLockedError(BadInputError):
     """Another process holds the workspace's job lock."""
 
 
-class CancelledError(AssftError):
-    """The work was cancelled (signal or cancel request); nothing was committed."""
+class CancelledError(BaseException):
+    """The work was cancelled (cancel request or signal); nothing was committed.
+
+    Like ``KeyboardInterrupt`` it is a ``BaseException``, not an :class:`AssftError`: no
+    ``except Exception`` on the stack (ours, or a library's such as MONAI's ``optional_import``)
+    may swallow a cancel and carry on. Only the command line's ``main`` turns it into exit code 3.
+    """
 
     exit_code = EXIT_CANCELLED

@@ -8,7 +8,6 @@ grid: the label map nearest-neighbour, the entropy map linearly.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +19,9 @@ import torch
 
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
+from assft.workspace.versions import check_version
 
-__all__ = ["Prediction", "Predictor", "check_version", "predict_workspace"]
-
-VERSION_PATTERN = re.compile(r"^v[0-9]+$")
-
-
-def check_version(version: str) -> str:
-    """Return a model version name if well formed (``v0``, ``v1``, ...).
-
-    Raises:
-        BadInputError: anything else (e.g. ``../x``, ``latest``).
-    """
-    if not isinstance(version, str) or not VERSION_PATTERN.match(version):
-        raise BadInputError(f"{version!r} is not a model version (v0, v1, v2, ...)")
-    return version
+__all__ = ["Prediction", "Predictor", "predict_workspace"]
 
 
 @dataclass
@@ -73,8 +60,8 @@ class Predictor:
         self, workspace, *, version: str | None = None, device: str = "auto", views: int = 4
     ) -> None:
         from assft.models.inference import VIEW_FLIPS
-        from assft.models import get_preset, load_model, resolve_device
-        from assft.query.ranking import model_checkpoint
+        from assft.models import resolve_device
+        from assft.workspace.model_versions import ModelRegistry
 
         if not 1 <= int(views) <= len(VIEW_FLIPS):
             raise BadInputError(f"views must be between 1 and {len(VIEW_FLIPS)}, not {views}")
@@ -84,12 +71,9 @@ class Predictor:
         )
         self.views = int(views)
         self.device = resolve_device(device)
-        self.preset = get_preset(workspace.config.model)
+        self.model = ModelRegistry(workspace).load(self.version, device=self.device)
+        self.preset = self.model.preset
         self.label_values = [int(v) for v in workspace.config.label_values]
-        checkpoint = model_checkpoint(workspace, self.version)
-        self.model = load_model(
-            self.preset, label_values=self.label_values, checkpoint=checkpoint, device=self.device
-        )
         self._lut = np.array([0, *self.label_values], dtype=np.uint16)
 
     @property

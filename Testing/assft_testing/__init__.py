@@ -53,5 +53,6 @@ def skip_without_template():
 
     return pytest.mark.skipif(
         not template_installed(),
-        reason=f"the MNI152 template is not installed (pip install --no-deps nilearn=={NILEARN_VERSION})",
+        reason=f'the MNI152 template is not installed (pip install "assft[demo]" or '
+        f"pip install --no-deps nilearn=={NILEARN_VERSION})",
     )

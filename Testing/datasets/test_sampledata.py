@@ -142,7 +142,8 @@ def test_missing_nilearn_is_explained(monkeypatch) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(sampledata.importlib.metadata, "distribution", missing)
-    with pytest.raises(BadInputError, match=r"pip install --no-deps nilearn==\d"):
+    how = r'pip install "assft\[demo\]" \(or pip install --no-deps nilearn==\d'
+    with pytest.raises(BadInputError, match=how):
         sampledata.locate_template()
     with pytest.raises(BadInputError, match="not installed"):
         make_case("source", 0, spacing=SPACING)

@@ -54,7 +54,11 @@ def test_the_module_imports_without_qt_and_says_so():
     assert ASSFTSlicer.HAVE_QT is False
     with pytest.raises(RuntimeError, match="Slicer application"):
         ASSFTSlicer.ASSFTSlicerLogic().getParameterNode()
-    assert "demo" in ASSFTSlicer.MODEL_PRESETS
+    from assft.models import load_presets, resources_dir
+
+    # Read from the engine's package data, not the ["demo"] fallback of an unreadable file.
+    assert ASSFTSlicer.MODEL_PRESETS == list(load_presets(resources_dir() / "Models.json"))
+    assert len(ASSFTSlicer.MODEL_PRESETS) > 1 and "demo" in ASSFTSlicer.MODEL_PRESETS
     assert [e.value for e in ASSFTSlicer.Strategy][0] == "attsq"
 
 
@@ -187,6 +191,16 @@ def test_the_real_dependency_check_imports_nothing():
     out = subprocess.run([sys.executable, "-c", code, str(ASSFTSlicer.MODULE_DIR)], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[] False False"
+
+
+def test_an_engine_that_fails_to_import_is_not_blamed_on_missing_packages(monkeypatch, tiny_workspace):
+    workspace, _ = tiny_workspace
+    # None in sys.modules makes the import fail as a broken or unsupported engine would
+    # (e.g. a POSIX-only module on Windows), while every package is installed.
+    monkeypatch.setitem(sys.modules, "assft.workspace", None)
+    with pytest.raises(ValueError) as refused:
+        _logic().openWorkspace(str(workspace.root))
+    assert "cannot be loaded" in str(refused.value) and "install" not in str(refused.value)
 
 
 @pytest.mark.skipif(os.environ.get("ASSFT_SELFTEST") != "1",

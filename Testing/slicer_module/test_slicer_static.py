@@ -4,6 +4,8 @@
 - every ``SlicerParameterName`` in the .ui file is a field of the ``@parameterNodeWrapper`` class,
   bound to a widget type that Slicer's GUI connectors can represent for that field's type;
 - CMake lists every script of ASSFTSlicerLib and every resource; the icon is a 128x128 PNG;
+- the module ships the engine without its research tools (assft/apps/) and with the same package
+  data (assft/resources/) as the wheel;
 - the Extensions Index description has the fields of the catalog schema and no others;
 - requirements.txt, the dependency installer and pyproject.toml agree.
 """
@@ -25,6 +27,7 @@ MODULE = ROOT / "ASSFTSlicer"
 MODULE_FILE = MODULE / "ASSFTSlicer.py"
 UI_FILE = MODULE / "Resources" / "UI" / "ASSFTSlicer.ui"
 WIDGET_TEST_FILE = MODULE / "Testing" / "Python" / "ASSFTSlicerWidgetTest.py"
+ENGINE_DATA = MODULE / "assft" / "resources"
 
 # Which .ui widget classes Slicer's parameterNodeWrapper GUI connectors bind to which field types.
 CONNECTABLE = {
@@ -60,11 +63,17 @@ def _module_tree() -> ast.Module:
 
 
 def _enum_names(tree: ast.Module) -> set[str]:
-    return {
+    names = {
         node.name
         for node in tree.body
         if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
     }
+    # An enum built from a registry through the functional API (``Strategy = Base("Strategy", [...])``).
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and ast.unparse(node.value.func) in names | {"enum.Enum", "Enum"}):
+            names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+    return names
 
 
 def _parameter_fields(tree: ast.Module) -> dict[str, str]:
@@ -132,7 +141,7 @@ def test_the_gui_fields_of_the_parameter_node_are_all_bound():
 def test_choice_fields_are_bound_to_combo_boxes_and_the_presets_come_from_models_json():
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert re.search(r"modelPreset: Annotated\[str, Choice\(MODEL_PRESETS\)\]", source)
-    presets = [p["name"] for p in json.loads((MODULE / "Resources" / "Models.json").read_text())["presets"]]
+    presets = [p["name"] for p in json.loads((ENGINE_DATA / "Models.json").read_text())["presets"]]
     assert "demo" in presets and _parameter_bindings()["modelPreset"][1] == "QComboBox"
 
 
@@ -151,10 +160,11 @@ def test_cmake_lists_every_script_and_resource():
     cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     for script in sorted((MODULE / "ASSFTSlicerLib").glob("*.py")):
         assert f"${{MODULE_NAME}}Lib/{script.name}" in cmake, f"{script.name} is not in ASSFTSlicer/CMakeLists.txt"
-    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/*.json",
-                     "Resources/*.pt"):
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
+                     "assft/resources/*.json", "assft/resources/*.pt"):
         assert resource in cmake
-    assert (MODULE / "Resources" / "Models.json").is_file() and (MODULE / "Resources" / "Models.schema.json").is_file()
+    assert (ENGINE_DATA / "Models.json").is_file()
+    assert (ENGINE_DATA / "Models.schema.json").is_file()
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
     assert "assft/*.py" in cmake  # the engine ships with the module
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
@@ -163,6 +173,46 @@ def test_cmake_lists_every_script_and_resource():
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), f"EXTENSION_{key} is missing"
     assert (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
+
+
+def _cmake_file_glob(cmake: str, variable: str) -> list[str]:
+    """The patterns of ``file(GLOB[_RECURSE] <variable> RELATIVE ... <patterns>)``."""
+    match = re.search(rf"file\(GLOB(?:_RECURSE)? {variable} RELATIVE \S+\s+(.*?)\)", cmake, re.S)
+    assert match, f"ASSFTSlicer/CMakeLists.txt has no file(GLOB {variable} ...)"
+    return [p.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for p in match.group(1).split()]
+
+
+def test_cmake_ships_the_engine_without_apps_and_with_its_package_data():
+    """Evaluate the module's globs and filter on the checkout, as CMake would."""
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert _cmake_file_glob(cmake, "ENGINE_PYTHON_SCRIPTS") == ["assft/*.py"]
+    scripts = sorted(p.relative_to(MODULE).as_posix() for p in (MODULE / "assft").rglob("*.py"))
+    for regex in re.findall(r'list\(FILTER ENGINE_PYTHON_SCRIPTS EXCLUDE REGEX "([^"]+)"\)', cmake):
+        scripts = [s for s in scripts if not re.search(regex, s)]
+    apps = {p.relative_to(MODULE).as_posix() for p in (MODULE / "assft" / "apps").rglob("*.py")}
+    assert apps and not apps & set(scripts), "assft/apps/ would be installed with the module"
+    engine = {p.relative_to(MODULE).as_posix() for p in (MODULE / "assft").rglob("*.py")}
+    assert set(scripts) == engine - apps
+    assert {"assft/__main__.py", "assft/cli.py", "assft/models/presets.py"} <= set(scripts)
+    appended = cmake.index("list(APPEND MODULE_PYTHON_SCRIPTS ${ENGINE_PYTHON_SCRIPTS})")
+    assert cmake.index("list(FILTER ENGINE_PYTHON_SCRIPTS") < appended, "filtered after use"
+
+    shipped = {
+        f.relative_to(MODULE).as_posix()
+        for pattern in _cmake_file_glob(cmake, "ENGINE_RESOURCES")
+        for f in MODULE.glob(pattern)
+    }
+    data = {f.relative_to(MODULE).as_posix() for f in ENGINE_DATA.iterdir() if f.is_file()}
+    assert shipped == data, f"assft/resources/ files not in the module: {sorted(data - shipped)}"
+    names = ("Models.json", "Models.schema.json", "demo_unet.pt", "demo_unet.json", "SampleData.md")
+    assert {f"assft/resources/{name}" for name in names} <= data
+    assert "list(APPEND MODULE_PYTHON_RESOURCES ${ENGINE_RESOURCES})" in cmake
+    # The wheel carries the same data (pyproject's package-data, relative to the package).
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_data = project["tool"]["setuptools"]["package-data"]["assft"]
+    in_wheel = {f"assft/{f.relative_to(MODULE / 'assft').as_posix()}"
+                for pattern in package_data for f in (MODULE / "assft").glob(pattern)}
+    assert data <= in_wheel, f"pyproject.toml's package-data leaves out {sorted(data - in_wheel)}"
 
 
 def test_the_icon_is_a_128_pixel_png():

@@ -197,3 +197,51 @@ def test_label_set_hash_depends_on_content_not_order():
     assert first != ModelRegistry.label_set_hash({"a": "11", "b": "23"})
     assert first != ModelRegistry.label_set_hash({"a": "11"})
     assert len(first) == 64
+
+
+def test_load_resolves_a_version_to_its_model(registry, workspace):
+    assert registry.checkpoint() is None and registry.checkpoint("v0") is None
+    base = registry.load(device="cpu")  # the current version: v0, the preset as configured
+    assert base.preset.name == "demo"
+    assert base.label_values == [int(v) for v in workspace.config.label_values]
+    tuned = {
+        key: value + 1.0 if value.is_floating_point() else value
+        for key, value in base.network.state_dict().items()
+    }
+    version = registry.add_version(tuned, {"mode": "test"})
+    assert registry.checkpoint(version) == workspace.models_dir / "v1" / "model.pt"
+
+    def same_weights(model, expected) -> bool:
+        state = model.network.state_dict()
+        return state.keys() == expected.keys() and all(
+            torch.equal(state[key].cpu(), expected[key]) for key in expected
+        )
+
+    assert same_weights(registry.load(version), tuned) and registry.load(version).has_head
+    assert same_weights(registry.load(), base.network.state_dict())  # None: still v0
+    registry.promote(version, reason="test")
+    assert registry.checkpoint() == registry.checkpoint_path("v1")
+    assert same_weights(registry.load(), tuned)  # None follows the pointer
+
+    checkpoint = registry.checkpoint_path("v1")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    with pytest.raises(BadInputError, match="is damaged") as caught:
+        registry.load()
+    assert str(checkpoint) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("v7", r"unknown model version 'v7' \(versions: v0, v1\)"),
+        ("v01", r"'v01' is not a model version name \(did you mean v1\?\)"),
+        ("../v1", r"'../v1' is not a model version name \(v0, v1, v2, \.\.\.\)"),
+        ("latest", r"'latest' is not a model version name"),
+    ],
+)
+def test_load_refuses_unknown_and_malformed_versions_in_one_line(registry, version, message):
+    registry.add_version(_weights(1.0), {})
+    for call in (registry.load, registry.checkpoint):
+        with pytest.raises(BadInputError, match=message) as caught:
+            call(version)
+        assert "\n" not in str(caught.value)

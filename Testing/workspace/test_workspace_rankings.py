@@ -75,9 +75,59 @@ def test_model_version_pointer(workspace: Workspace) -> None:
     workspace.set_current_model_version("v2")
     assert (workspace.models_dir / "current").read_text() == "v2\n"
     assert workspace.current_model_version() == "v2"
-    with pytest.raises(BadInputError, match="not a valid model version"):
+    with pytest.raises(BadInputError, match="not a model version name"):
         workspace.set_current_model_version("../v3")
+    with pytest.raises(BadInputError, match=r"did you mean v3\?"):
+        workspace.set_current_model_version("v03")
     assert workspace.current_model_version() == "v2"
+
+
+def _ranked(*order: str) -> dict[str, object]:
+    """A ranking document as ``assft rank`` writes it, best case first."""
+    return {
+        "strategy": "attsq",
+        "model_version": "v0",
+        "cases": [
+            {"case": case, "rank": rank, "score": 1.0 / rank, "selected": rank == 1,
+             "reason": f"reason {rank}", "hardest_structure": "left"}
+            for rank, case in enumerate(order, start=1)
+        ],
+    }
+
+
+def test_next_case_follows_the_latest_ranking_and_current_statuses(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    with pytest.raises(BadInputError, match="no ranking yet: run 'assft rank' first") as caught:
+        workspace.next_case()
+    assert "\n" not in str(caught.value) and str(workspace.root) in str(caught.value)
+
+    workspace.save_ranking(_ranked("case_b", "case_c", "case_a"))
+    first = workspace.next_case()
+    assert first == {
+        "case": "case_b",
+        "image": str(workspace.image_path("case_b")),
+        "rank": 1,
+        "selected": True,
+        "score": 1.0,
+        "reason": "reason 1",
+        "hardest_structure": "left",
+        "model_version": "v0",
+        "ranking": None,
+        "remaining": 3,
+    }
+    workspace.skip("case_b")  # statuses are read now, not when the ranking was made
+    assert (workspace.next_case()["case"], workspace.next_case()["remaining"]) == ("case_c", 2)
+    workspace.submit_label(
+        "case_c", write_volume(tmp_path / "l.nii.gz", label_array(), dtype=np.uint8)
+    )
+    third = workspace.next_case()
+    assert (third["case"], third["rank"], third["remaining"]) == ("case_a", 3, 1)
+
+    workspace.save_ranking(_ranked("case_a", "case_b"))  # the newest ranking decides
+    assert workspace.next_case()["rank"] == 1
+    workspace.skip("case_a")
+    assert workspace.next_case() == {"case": None, "ranking": None, "remaining": 0}
 
 
 def test_status_summary(tmp_path: Path, workspace: Workspace) -> None:

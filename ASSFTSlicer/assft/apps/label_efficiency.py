@@ -15,12 +15,15 @@ from typing import Any
 import numpy as np
 
 from assft.errors import BadInputError
+from assft.query.strategies import STRATEGIES as REGISTERED
 from assft.runtime.progress import Progress
 
 MARK_BEGIN = "<!-- bench:label-efficiency:begin -->"
 MARK_END = "<!-- bench:label-efficiency:end -->"
-STRATEGIES = ("attsq", "random", "entropy", "epistemic", "coreset", "clasp", "dkd", "asd")
-SINGLE = ("entropy", "epistemic", "coreset", "clasp")
+STRATEGIES: tuple[str, ...] = tuple(REGISTERED)
+"""Every registered strategy (query/strategies.py)."""
+SINGLE: tuple[str, ...] = tuple(name for name, info in REGISTERED.items() if info.baseline)
+"""The published single-criterion baselines that ATTSQ is compared with."""
 
 
 CEILING = "every pool case labeled"

@@ -1,12 +1,12 @@
 """``assft pretrain-demo``: pretrain the ``demo`` preset's UNet on the sample source domain.
 
-The shipped ``Resources/demo_unet.pt`` is the output of :func:`pretrain_demo` with its
-defaults; ``Resources/demo_unet.json`` records how it was made (command, seeds, data, schedule,
-timings, library versions) and its Dice per structure on held-out source cases and on the target
-pool (overall, per shift kind, near-source cases, atrophy, lesions). On a CPU the same command
-gives the same weights and figures: the data is deterministic for its seed, every training step
-draws its patches and augmentation from ``step_seed(seed, 0, step)`` and the network's initial
-weights from seed 0.
+The shipped ``assft/resources/demo_unet.pt`` is the output of :func:`pretrain_demo` with its
+defaults; ``assft/resources/demo_unet.json`` records how it was made (command, seeds, data,
+schedule, timings, library versions) and its Dice per structure on held-out source cases and on
+the target pool (overall, per shift kind, near-source cases, atrophy, lesions). On a CPU the
+same command gives the same weights and figures: the data is deterministic for its seed, every
+training step draws its patches and augmentation from ``step_seed(seed, 0, step)`` and the
+network's initial weights from seed 0.
 
 The training reuses the fine-tuning machinery (:class:`~assft.training.data.PreparedCases`,
 :func:`~assft.training.data.make_batch`, :func:`~assft.training.data.make_augmentation`,
@@ -193,8 +193,8 @@ def pretrain_demo(
     """Generate the sample data, pretrain the demo UNet, evaluate it, write weights + manifest.
 
     Args:
-        out_dir: where ``demo_unet.pt`` and ``demo_unet.json`` go (default: the extension's
-            ``Resources/``, i.e. the shipped weights are replaced).
+        out_dir: where ``demo_unet.pt`` and ``demo_unet.json`` go (default: the package's
+            ``assft/resources/``, i.e. the shipped weights are replaced).
         config: the recipe (defaults: the shipped model's).
         data_dir: where the sample data is written (default: a temporary folder, removed).
         device: ``cpu`` reproduces the shipped figures; ``auto``/``cuda`` may differ slightly.
@@ -227,7 +227,7 @@ def pretrain_demo(
         if preset.label_values != label_values:
             raise BadInputError(
                 f"the demo preset's labels {preset.label_names} differ from the sample data's "
-                f"{LABEL_NAMES}: fix Resources/Models.json"
+                f"{LABEL_NAMES}: fix assft/resources/Models.json"
             )
         resolved = resolve_device(device)
         model = load_model(preset, label_values=label_values, device=resolved)

@@ -37,11 +37,13 @@ def bare_inference_seconds(workspace, device: str, views: int) -> float:
     """Read, preprocess and run test-time-augmented sliding-window inference over the pool."""
     from assft.io.imaging import read_image
     from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
-    from assft.models import get_preset, load_model, resolve_device
+    from assft.models import get_preset, resolve_device
     from assft.io.preprocessing import to_model_grid
+    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.versions import BASE_VERSION
 
     preset = get_preset(workspace.config.model)
-    model = load_model(preset, label_values=workspace.config.label_values, device=resolve_device(device))
+    model = ModelRegistry(workspace).load(BASE_VERSION, device=resolve_device(device))
     started = time.perf_counter()
     for case in workspace.registry.cases(status="unlabeled"):
         grid = to_model_grid(
@@ -96,10 +98,12 @@ def training_iterations_per_second(workspace, device: str, steps: int, repeats: 
     from monai.losses import DiceCELoss
     from monai.transforms import Compose, RandCropByPosNegLabeld
 
-    from assft.models import get_preset, load_model, resolve_device
+    from assft.models import get_preset, resolve_device
     from assft.training import FinetuneConfig
     from assft.training.data import PreparedCases, make_augmentation
     from assft.training.ssft import Trainer, run_stage
+    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.versions import BASE_VERSION
 
     set_track_meta(False)
     device_ = resolve_device(device)
@@ -115,7 +119,7 @@ def training_iterations_per_second(workspace, device: str, steps: int, repeats: 
 
     def ours() -> float:
         torch.manual_seed(0)
-        model = load_model(preset, label_values=labels, device=device_)
+        model = ModelRegistry(workspace).load(BASE_VERSION, device=device_)
         trainer = Trainer(model, config, patch)
         run_stage(trainer, stage=1, start=0, total=1, labeled=cases, pseudo=None, config=config,
                   on_step=lambda *a: None)
@@ -128,7 +132,7 @@ def training_iterations_per_second(workspace, device: str, steps: int, repeats: 
 
     def bare() -> float:
         torch.manual_seed(0)
-        network = load_model(preset, label_values=labels, device=device_).network
+        network = ModelRegistry(workspace).load(BASE_VERSION, device=device_).network
         network.train()
         optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
         loss_function = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -1,9 +1,9 @@
 """Sample data from real anatomy: the MNI ICBM152 2009a template, deformed and re-acquired.
 
 The T1-weighted template and its grey/white-matter probability maps ship inside nilearn's
-wheel (``pip install --no-deps nilearn``: only its data files are read, nilearn is never
-imported). From them this module builds labelled volumes on one 192 mm field of view
-(64^3 voxels at the default 3 mm):
+wheel (``pip install "assft[demo]"`` installs it; ``pip install --no-deps nilearn`` is enough:
+only its data files are read, nilearn is never imported). From them this module builds
+labelled volumes on one 192 mm field of view (64^3 voxels at the default 3 mm):
 
 * labels: 0 background (outside the skull-stripped template's brain), 1 grey matter,
   2 white matter, 3 cerebrospinal fluid (inside the brain: ventricles, cisterns, sulci), the
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 NILEARN_VERSION = "0.14.1"
-"""The nilearn release whose wheel the Makefile installs (any release with the files works)."""
+"""The nilearn release of the ``demo`` extra and the Makefile (any release with the files works)."""
 
 TEMPLATE_DIR_ENV = "ASSFT_MNI152_DIR"
 """A folder holding the three template files, used instead of nilearn's wheel when set."""
@@ -101,8 +101,9 @@ def locate_template() -> dict[str, Path]:
             )
         return files
     how = (
-        f"pip install --no-deps nilearn=={NILEARN_VERSION} (only its data files are read; "
-        f"or set ${TEMPLATE_DIR_ENV} to a folder holding {', '.join(TEMPLATE_FILES.values())})"
+        f'pip install "assft[demo]" (or pip install --no-deps nilearn=={NILEARN_VERSION}: only its '
+        f"data files are read; or set ${TEMPLATE_DIR_ENV} to a folder holding "
+        f"{', '.join(TEMPLATE_FILES.values())})"
     )
     try:
         distribution = importlib.metadata.distribution("nilearn")
@@ -133,7 +134,7 @@ def template_source() -> dict[str, Any]:
         "name": "MNI ICBM152 2009a nonlinear symmetric (T1, GM and WM probability maps)",
         "package": None if os.environ.get(TEMPLATE_DIR_ENV) else f"nilearn {version}",
         "files": sorted(p.name for p in files.values()),
-        "licence": "see ASSFTSlicer/Resources/SampleData.md",
+        "licence": "see assft/resources/SampleData.md",
     }
 
 

@@ -1,6 +1,7 @@
 """Model presets: the networks the engine can rank and fine-tune, described as data.
 
-The presets live in ``Resources/Models.json`` (schema: ``Resources/Models.schema.json``). A
+The presets live in the package's ``resources/Models.json`` (schema:
+``resources/Models.schema.json``), read through :mod:`importlib.resources`. A
 preset names the architecture and its arguments, where its weights come from, how a scan is
 preprocessed for it, how it is run (patch size, overlap), its labels and the layers the method
 needs: the embedding layer (the encoder's deepest feature map), the encoder (lower learning
@@ -11,6 +12,7 @@ of a name.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any, NoReturn
 from assft.errors import BadInputError
 
 MODELS_JSON_ENV = "ASSFT_MODELS_JSON"
-"""Environment variable naming another presets file than ``Resources/Models.json``."""
+"""Environment variable naming another presets file than ``assft/resources/Models.json``."""
 
 
 class Architecture(StrEnum):
@@ -63,10 +65,10 @@ class CheckpointSource:
     """Where the pretrained weights of a preset are found.
 
     Attributes:
-        source: shipped (a file in ``Resources/``), path (a file on this machine), url (a
+        source: shipped (a file in ``assft/resources/``), path (a file on this machine), url (a
             file the user downloads once: never fetched automatically) or package (a file
             installed with a Python distribution, e.g. deepbet).
-        file: the file name under ``Resources/`` (shipped) or the path inside the
+        file: the file name under ``assft/resources/`` (shipped) or the path inside the
             distribution (package).
         path: absolute path (path source; relative paths are resolved against the JSON file).
         url: where the user downloads the file (url source).
@@ -115,7 +117,7 @@ class CheckpointSource:
 
 @dataclass
 class ModelPreset:
-    """One model preset (see ``Resources/Models.json``).
+    """One model preset (see ``assft/resources/Models.json``).
 
     Attributes:
         name: the preset's name (what ``--model`` takes).
@@ -227,14 +229,25 @@ def _under(name: str, prefix: str) -> bool:
 
 
 def resources_dir() -> Path:
-    """The extension's ``Resources/`` folder (presets, schema, shipped weights)."""
-    import assft
+    """The package's data folder ``assft/resources/`` (presets, schema, shipped weights).
 
-    return Path(assft.__file__).resolve().parents[1] / "Resources"
+    Found through :mod:`importlib.resources`, so it is the same in a checkout, a wheel and the
+    Slicer extension (which installs the folder next to the engine's modules).
+
+    Raises:
+        BadInputError: the package is not on the file system (e.g. imported from a zip file).
+    """
+    folder = importlib.resources.files("assft") / "resources"
+    if not isinstance(folder, Path):
+        raise BadInputError(
+            f"the assft package's resources are not a folder on disk ({folder}): "
+            "install the package unzipped"
+        )
+    return folder
 
 
 def default_presets_file() -> Path:
-    """``$ASSFT_MODELS_JSON`` when set, else ``Resources/Models.json``."""
+    """``$ASSFT_MODELS_JSON`` when set, else the shipped ``resources/Models.json``."""
     override = os.environ.get(MODELS_JSON_ENV)
     return Path(override) if override else resources_dir() / "Models.json"
 

@@ -9,22 +9,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from assft.errors import BadInputError
+from assft.query.strategies import Strategy
 
-
-class Strategy(str, Enum):
-    """Query strategies, chosen by name."""
-
-    ATTSQ = "attsq"
-    RANDOM = "random"
-    ENTROPY = "entropy"
-    EPISTEMIC = "epistemic"
-    CORESET = "coreset"
-    CLASP = "clasp"
-    DKD = "dkd"
-    ASD = "asd"
+__all__ = ["ASDConfig", "DKDConfig", "GapEstimator", "QueryConfig", "Strategy"]
 
 
 class GapEstimator(str, Enum):
@@ -60,10 +50,11 @@ class ASDConfig:
 
 @dataclass
 class QueryConfig:
-    """One ranking's settings.
+    """One ranking's settings. The defaults here are the only ones: the command line, the
+    workspace's settings and the Slicer module start from them.
 
     Attributes:
-        strategy: which strategy ranks the pool.
+        strategy: which strategy ranks the pool (a name registered in ``query/strategies.py``).
         budget: cases to select.
         views: test-time views (1 = identity only, up to 4 = identity + 3 axis flips).
         weight: w in S = w q(KG) + (1 - w) q(ASD).
@@ -74,7 +65,10 @@ class QueryConfig:
         clasp_beta: power of ClaSP PE's power sampling in round 0 (grows with rounds).
     """
 
-    strategy: Strategy = Strategy.ATTSQ
+    WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"budget": "budget", "strategy": "strategy"}
+    """Keys of the workspace's settings (``assft.json``) that set fields here: key -> field."""
+
+    strategy: Strategy = Strategy("attsq")
     budget: int = 5
     views: int = 4
     weight: float = 0.5

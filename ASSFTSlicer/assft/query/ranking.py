@@ -19,7 +19,7 @@ import numpy as np
 from assft.query.config import QueryConfig, Strategy
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
-from assft.query.strategies import PoolStatistics, QueryResult, run_strategy
+from assft.query.strategies import PoolStatistics, QueryResult, run_strategy, strategy_info
 
 
 @dataclass
@@ -39,27 +39,14 @@ class CaseScores:
     epistemic: float = math.nan
 
 
-def model_checkpoint(workspace, version: str) -> Path | None:
-    """The verified checkpoint of a model version (None for v0, the pretrained preset).
-
-    Raises:
-        BadInputError: an unknown version, or a checkpoint that is damaged (truncated, changed).
-    """
-    from assft.workspace.model_versions import ModelRegistry
-
-    registry = ModelRegistry(workspace)
-    path = registry.checkpoint_path(version)
-    if path is not None:
-        registry.verify(version)
-    return path
-
-
 class PoolScorer:
     """Loads the models once and scores cases one at a time."""
 
     def __init__(self, workspace, config: QueryConfig, device: str = "auto") -> None:
-        from assft.models import get_preset, load_model, resolve_device
+        from assft.models import get_preset, resolve_device
         from assft.query.pretrained_cache import PretrainedCache
+        from assft.workspace.model_versions import ModelRegistry
+        from assft.workspace.versions import BASE_VERSION
 
         self.workspace = workspace
         self.config = config
@@ -68,14 +55,13 @@ class PoolScorer:
         self.preset = get_preset(workspace.config.model)
         self.label_values = list(workspace.config.label_values)
         self.version = workspace.current_model_version()
-        self.pretrained = load_model(self.preset, label_values=self.label_values, device=self.device)
-        checkpoint = model_checkpoint(workspace, self.version)
+        versions = ModelRegistry(workspace)
+        self.pretrained = versions.load(BASE_VERSION, device=self.device)
+        # While the current version is v0, both roles share one network (one pass per view).
         self.current = (
             self.pretrained
-            if checkpoint is None
-            else load_model(
-                self.preset, label_values=self.label_values, checkpoint=checkpoint, device=self.device
-            )
+            if self.version == BASE_VERSION
+            else versions.load(self.version, device=self.device)
         )
         self.running_statistics = self.pretrained.running_statistics()
         self.cache = PretrainedCache(workspace.cache_dir / "pretrained")
@@ -240,31 +226,34 @@ def explain(
     label_values: list[int],
     has_head: bool,
 ) -> str:
-    """A short human-readable reason for a case's place in the ranking."""
+    """A short human-readable reason for a case's place in the ranking.
+
+    The phrases per strategy name are extras: a strategy without one gets the generic reason.
+    """
     parts: list[str] = []
     n = pool_size
     if scores.empty_roi and has_head:
         parts.append("no foreground predicted")
-    if strategy == Strategy.RANDOM:
+    if strategy == "random":
         parts.append("random pick" if selected else "not drawn")
-    elif strategy == Strategy.ENTROPY:
+    elif strategy == "entropy":
         parts.append(f"whole-volume entropy {scores.mean_entropy:.3f}")
-    elif strategy == Strategy.EPISTEMIC:
+    elif strategy == "epistemic":
         parts.append(f"MC-dropout entropy {scores.epistemic:.3f}")
-    elif strategy == Strategy.CLASP:
+    elif strategy == "clasp":
         parts.append("class-stratified predictive entropy")
-    if strategy in (Strategy.ATTSQ, Strategy.DKD) and not math.isnan(q_gap):
+    if strategy in ("attsq", "dkd") and not math.isnan(q_gap):
         place = _position(q_gap, n)
         if place <= max(1, n // 2):
             parts.append(f"knowledge gap #{place} of {n}")
-    if strategy in (Strategy.ATTSQ, Strategy.ASD) and has_head:
+    if strategy in ("attsq", "asd") and has_head:
         place = _position(q_asd, n)
         if place <= max(1, n // 2):
             hardest = hardest_structure(scores.asd_per_class, label_names, label_values)
             detail = f", hardest: {hardest[0]} ({hardest[1]:.3f})" if hardest else ""
             parts.append(f"anatomical difficulty #{place} of {n}{detail}")
-    if strategy in (Strategy.ATTSQ, Strategy.DKD, Strategy.CORESET) and not math.isnan(diversity):
-        if diversity < 1.0 or strategy == Strategy.CORESET:
+    if strategy in ("attsq", "dkd", "coreset") and not math.isnan(diversity):
+        if diversity < 1.0 or strategy == "coreset":
             parts.append(f"nearest labeled or picked case at cosine distance {diversity:.3f}")
     if not parts:
         parts.append("highest remaining score" if selected else "lower combined score")
@@ -408,7 +397,7 @@ def score_pool(
     started = time.perf_counter()
     scorer = PoolScorer(workspace, config, device)
     if epistemic is None:
-        epistemic = config.strategy == Strategy.EPISTEMIC
+        epistemic = strategy_info(config.strategy).needs_mc_dropout
     my_pool, my_labeled = distributed.shard(pool), distributed.shard(labeled)
     progress.phase("ranking", len(my_pool) + len(my_labeled))
     my_scores: list[CaseScores] = []
@@ -458,7 +447,7 @@ def rank_scored_pool(
         "labeled": int(scored.labeled_z0.shape[0]),
         "seconds": round(scored.seconds + time.perf_counter() - started, 3),
     }
-    if config.strategy == Strategy.EPISTEMIC:
+    if strategy_info(config.strategy).needs_mc_dropout:
         extra["mc_dropout_injected"] = scored.mc_dropout_injected
     return build_document(
         case_ids=[s.case_id for s in scored.scores],

@@ -2,16 +2,26 @@
 
 A strategy sees only :class:`PoolStatistics` (arrays per case) and returns a
 :class:`QueryResult`; it knows nothing of models or files.
+
+This module is the one list of strategies: each implementation registers itself with
+:func:`register_strategy` (its name, a title for user interfaces and what it needs), and the
+rest derives from :data:`STRATEGIES`: the :class:`Strategy` names that :class:`QueryConfig`
+accepts, the command line's choices, the benchmark's grid and the Slicer module's combo box.
+Adding a strategy is one decorated function here (and its test). The module imports numpy and
+the numpy-only metrics, never torch, so the Slicer module can list the strategies at load time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from assft.query.config import GapEstimator, QueryConfig, Strategy
 from assft.errors import BadInputError
 from assft.metrics import (
     greedy_diverse_selection,
@@ -22,6 +32,10 @@ from assft.metrics import (
     rank_normalise,
     representation_drift,
 )
+
+if TYPE_CHECKING:
+    # The config imports this module (for Strategy), so it is imported here for types only.
+    from assft.query.config import QueryConfig
 
 
 @dataclass
@@ -85,8 +99,79 @@ class QueryResult:
         return list(self.picks) + [int(i) for i in rest]
 
 
+StrategyFunction = Callable[[PoolStatistics, "QueryConfig", np.random.Generator], QueryResult]
+"""A strategy: the pool's statistics, the config and the seeded generator -> its verdict."""
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """A registered strategy.
+
+    Attributes:
+        name: its name on the command line, in configs and in ranking documents.
+        title: a short human title for user interfaces (the Slicer module's combo box).
+        run: the implementation.
+        needs_head: it needs a segmentation head for the workspace's labels (ASD, entropy);
+            :func:`run_strategy` refuses it on a cold start.
+        needs_mc_dropout: it needs the MC-dropout passes (``PoolStatistics.epistemic``), which
+            the ranking then runs.
+        baseline: a published single-criterion baseline that the label-efficiency benchmark
+            compares ATTSQ with (random, the control, and DKD and ASD, ATTSQ's own terms, are
+            compared otherwise).
+    """
+
+    name: str
+    title: str
+    run: StrategyFunction
+    needs_head: bool = False
+    needs_mc_dropout: bool = False
+    baseline: bool = False
+
+
+_REGISTRY: dict[str, StrategyInfo] = {}
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def register_strategy(
+    name: str,
+    title: str,
+    *,
+    needs_head: bool = False,
+    needs_mc_dropout: bool = False,
+    baseline: bool = False,
+) -> Callable[[StrategyFunction], StrategyFunction]:
+    """Register the decorated function as the strategy ``name`` (see :class:`StrategyInfo`).
+
+    Registration order is the order of every list of strategies (the Slicer combo box's too).
+
+    Raises:
+        ValueError: a name that is taken or not lowercase letters, digits, ``_`` and ``-``.
+        RuntimeError: registering after :class:`Strategy` was built (at the end of this module).
+    """
+
+    def register(run: StrategyFunction) -> StrategyFunction:
+        if _SEALED:
+            raise RuntimeError(
+                f"strategy {name!r} registered after the Strategy names were built: "
+                "register strategies in assft/query/strategies.py"
+            )
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"strategy name {name!r} must be lowercase letters, digits, _ or -")
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} is registered twice")
+        _REGISTRY[name] = StrategyInfo(name, title, run, needs_head, needs_mc_dropout, baseline)
+        return run
+
+    return register
+
+
+_SEALED = False
+
+
 def knowledge_gap(stats: PoolStatistics, config: QueryConfig) -> tuple[np.ndarray, dict]:
     """KG_i with the estimator the config names (method.md, DKD)."""
+    from assft.query.config import GapEstimator  # here: the config module imports this one
+
     estimator = config.dkd.gap
     notes: dict[str, object] = {}
     if estimator == GapEstimator.BN and stats.kg_bn is None:
@@ -120,16 +205,13 @@ def _nan(n: int) -> np.ndarray:
     return np.full(n, np.nan)
 
 
-def _require_head(stats: PoolStatistics, name: str) -> np.ndarray:
-    if stats.asd is None:
-        raise BadInputError(
-            f"strategy '{name}' needs a segmentation head for the workspace's labels; "
-            "the model has none yet (rank with 'attsq', 'dkd', 'coreset' or 'random', "
-            "then fine-tune)"
-        )
+def _head(stats: PoolStatistics) -> np.ndarray:
+    # run_strategy refuses a needs_head strategy without one; this narrows the type.
+    assert stats.asd is not None
     return stats.asd
 
 
+@register_strategy("attsq", "ATTSQ (knowledge gap + difficulty)")
 def query_attsq(stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator) -> QueryResult:
     """ATTSQ: S = w q(KG) + (1 - w) q(ASD), then diverse greedy selection.
 
@@ -149,6 +231,7 @@ def query_attsq(stats: PoolStatistics, config: QueryConfig, rng: np.random.Gener
     return QueryResult(greedy.picks, score, greedy.objective, greedy.diversity, gap, notes)
 
 
+@register_strategy("dkd", "Knowledge gap only (DKD)")
 def query_dkd(stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator) -> QueryResult:
     """DKD alone: S = q(KG) with diverse greedy selection."""
     gap, notes = knowledge_gap(stats, config)
@@ -159,44 +242,38 @@ def query_dkd(stats: PoolStatistics, config: QueryConfig, rng: np.random.Generat
     return QueryResult(greedy.picks, score, greedy.objective, greedy.diversity, gap, notes)
 
 
+@register_strategy("asd", "Difficulty only (ASD)", needs_head=True)
 def query_asd(stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator) -> QueryResult:
     """ASD alone: the top cases by ASD, no diversity term."""
-    score = rank_normalise(_require_head(stats, "asd"))
+    score = rank_normalise(_head(stats))
     n = stats.size
     return QueryResult(_top(score, config.budget), score, score, _nan(n), _nan(n))
 
 
-def query_random(
-    stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
-) -> QueryResult:
-    """Uniformly random cases (seeded)."""
-    n = stats.size
-    score = rng.random(n)
-    return QueryResult(_top(score, config.budget), score, score, _nan(n), _nan(n))
-
-
+@register_strategy("entropy", "Entropy", needs_head=True, baseline=True)
 def query_entropy(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
     """Mean voxel entropy of the whole volume."""
-    _require_head(stats, "entropy")
     n = stats.size
     score = np.asarray(stats.mean_entropy, dtype=np.float64)
     return QueryResult(_top(score, config.budget), score, score, _nan(n), _nan(n))
 
 
+@register_strategy(
+    "epistemic", "MC dropout", needs_head=True, needs_mc_dropout=True, baseline=True
+)
 def query_epistemic(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
     """MC-dropout mean predictive entropy (what MONAI Label ships)."""
-    _require_head(stats, "epistemic")
-    if stats.epistemic is None:
-        raise ValueError("the epistemic strategy needs MC-dropout statistics")
+    assert stats.epistemic is not None  # run_strategy checks needs_mc_dropout
     n = stats.size
     score = np.asarray(stats.epistemic, dtype=np.float64)
     return QueryResult(_top(score, config.budget), score, score, _nan(n), _nan(n))
 
 
+@register_strategy("coreset", "Core-set", baseline=True)
 def query_coreset(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
@@ -207,11 +284,11 @@ def query_coreset(
     )
 
 
+@register_strategy("clasp", "ClaSP PE", needs_head=True, baseline=True)
 def query_clasp(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
     """ClaSP PE: class-stratified predictive entropy with scheduled power sampling."""
-    _require_head(stats, "clasp")
     n = stats.size
     beta = config.clasp_beta * (1 + stats.round)
     picks = power_sampling_order(stats.class_entropy, config.budget, rng, beta=beta)
@@ -220,23 +297,73 @@ def query_clasp(
     return QueryResult(picks, score, score, _nan(n), _nan(n), {"beta": beta})
 
 
-STRATEGIES: dict[Strategy, Callable[[PoolStatistics, QueryConfig, np.random.Generator], QueryResult]] = {
-    Strategy.ATTSQ: query_attsq,
-    Strategy.DKD: query_dkd,
-    Strategy.ASD: query_asd,
-    Strategy.RANDOM: query_random,
-    Strategy.ENTROPY: query_entropy,
-    Strategy.EPISTEMIC: query_epistemic,
-    Strategy.CORESET: query_coreset,
-    Strategy.CLASP: query_clasp,
-}
+@register_strategy("random", "Random")
+def query_random(
+    stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
+) -> QueryResult:
+    """Uniformly random cases (seeded)."""
+    n = stats.size
+    score = rng.random(n)
+    return QueryResult(_top(score, config.budget), score, score, _nan(n), _nan(n))
+
+
+# Every strategy is registered above this line; what follows derives from the registry.
+
+STRATEGIES: Mapping[str, StrategyInfo] = MappingProxyType(_REGISTRY)
+"""Every strategy by name, in registration order (read-only)."""
+
+if TYPE_CHECKING:
+
+    class Strategy(str, Enum):
+        """A registered strategy's name; the members are built from :data:`STRATEGIES`."""
+
+else:
+    # A str enum (its values go to JSON) with one member per registered strategy: ATTSQ = "attsq".
+    # Member names are stable: the Slicer module's parameter node stores them.
+    Strategy = Enum(
+        "Strategy",
+        [(name.upper().replace("-", "_"), name) for name in _REGISTRY],
+        type=str,
+        module=__name__,
+    )
+    Strategy.__doc__ = "A registered strategy's name; the members are built from STRATEGIES."
+_SEALED = True
+
+
+def strategy_info(name: str) -> StrategyInfo:
+    """The registered strategy of a name or :class:`Strategy` member.
+
+    Raises:
+        BadInputError: no strategy has that name (the message lists the names).
+    """
+    # By value: a str enum member's hash is not its value's on every Python version.
+    key = name.value if isinstance(name, Enum) else name
+    if key not in STRATEGIES:
+        raise BadInputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {key!r}")
+    return STRATEGIES[key]
 
 
 def run_strategy(stats: PoolStatistics, config: QueryConfig) -> QueryResult:
-    """Rank the pool with the strategy the config names (deterministic for its seed)."""
+    """Rank the pool with the strategy the config names (deterministic for its seed).
+
+    Raises:
+        BadInputError: a budget larger than the pool, or a strategy that needs a segmentation
+            head the model does not have yet.
+        ValueError: a strategy that needs MC-dropout statistics the caller did not gather.
+    """
     if config.budget > stats.size:
         raise BadInputError(
             f"budget {config.budget} is larger than the unlabeled pool ({stats.size} cases)"
         )
+    info = strategy_info(config.strategy)
+    if info.needs_head and stats.asd is None:
+        *others, last = [f"'{s.name}'" for s in STRATEGIES.values() if not s.needs_head]
+        without = f"{', '.join(others)} or {last}" if others else last
+        raise BadInputError(
+            f"strategy '{info.name}' needs a segmentation head for the workspace's labels; "
+            f"the model has none yet (rank with {without}, then fine-tune)"
+        )
+    if info.needs_mc_dropout and stats.epistemic is None:
+        raise ValueError(f"the {info.name} strategy needs MC-dropout statistics")
     rng = np.random.default_rng(config.seed)
-    return STRATEGIES[config.strategy](stats, config, rng)
+    return info.run(stats, config, rng)

@@ -1,4 +1,8 @@
-"""Progress reporting: JSON lines for machines (Slicer, jobs), a bar on a terminal."""
+"""Progress reporting: JSON lines for machines (Slicer, jobs), a bar on a terminal.
+
+Every update is also a safe point where a cancel request stops the work
+(:func:`assft.runtime.cancellation.check`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,26 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, TextIO
+
+from assft.runtime import cancellation
+
+
+class ProgressEvent(StrEnum):
+    """The ``"event"`` of a JSON progress line: the engine writes them, the Slicer module reads them.
+
+    Values are plain strings in the JSON (``{"event": "progress", ...}``).
+    """
+
+    PROGRESS = "progress"
+    """A phase's step count: ``phase``, ``done``, ``total``, ``eta_s`` and metrics."""
+    RESUMED = "resumed"
+    """A fine-tuning job continues a killed one: ``stage``, ``step``, ``job``."""
+    DONE = "done"
+    """The work finished; the command's results follow in the same object."""
+    ERROR = "error"
+    """The work failed (``message``) or was cancelled (``"cancelled": true``)."""
 
 
 class Progress:
@@ -36,7 +59,7 @@ class Progress:
         self._total = 0
         self._start = time.monotonic()
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: ProgressEvent | str, **fields: Any) -> None:
         """Write one JSON line (json mode), and hand the event to the sink."""
         record = {"event": event, **fields}
         if self.sink is not None:
@@ -51,12 +74,17 @@ class Progress:
         self.update(0)
 
     def update(self, done: int, **metrics: Any) -> None:
-        """Report ``done`` steps of the current phase, with optional metrics."""
+        """Report ``done`` steps of the current phase, with optional metrics.
+
+        Raises:
+            CancelledError: a cancel was requested (this is a safe point).
+        """
+        cancellation.check()
         elapsed = time.monotonic() - self._start
         eta = elapsed / done * (self._total - done) if done else None
         if self.mode == "json" or self.sink is not None:
             self.emit(
-                "progress",
+                ProgressEvent.PROGRESS,
                 phase=self._phase,
                 done=done,
                 total=self._total,
@@ -77,8 +105,8 @@ class Progress:
 
     def done(self, **fields: Any) -> None:
         """The work finished."""
-        self.emit("done", **fields)
+        self.emit(ProgressEvent.DONE, **fields)
 
     def error(self, message: str, **fields: Any) -> None:
         """The work failed."""
-        self.emit("error", message=message, **fields)
+        self.emit(ProgressEvent.ERROR, message=message, **fields)

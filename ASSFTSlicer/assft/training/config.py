@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from assft.errors import BadInputError
 
@@ -21,7 +21,8 @@ class FinetuneMode(str, Enum):
 
 @dataclass
 class FinetuneConfig:
-    """One fine-tuning job's settings.
+    """One fine-tuning job's settings. The defaults here are the only ones: the command line, the
+    workspace's settings and the Slicer module start from them.
 
     Attributes:
         mode: none, all or selective.
@@ -51,6 +52,9 @@ class FinetuneConfig:
         freeze_batchnorm: keep BatchNorm running statistics fixed while fine-tuning (the
             statistics of a few small patch batches are noisy; the affine weights still learn).
     """
+
+    WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"finetune_mode": "mode"}
+    """Keys of the workspace's settings (``assft.json``) that set fields here: key -> field."""
 
     mode: FinetuneMode = FinetuneMode.SELECTIVE
     iterations: int = 200

@@ -11,10 +11,11 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from assft.errors import AssftError, BadInputError, CancelledError
 from assft.runtime.progress import Progress
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.workspace import write_json_atomic
+
+if TYPE_CHECKING:
+    from assft.training.ssft import PseudoLabels
 
 
 def _sha256(path: Path) -> str:
@@ -73,6 +77,40 @@ def validation_gate(new_dice: float | None, parent_dice: float | None, parent: s
         "reason": f"held-out Dice {new_dice:.4f} vs {parent_dice:.4f} of {parent}: "
         f"{'not worse' if passed else 'worse, not promoted'}",
     }
+
+
+@dataclass
+class _JobRun:
+    """What the steps of one running job share (see :meth:`FinetuneJob._run`).
+
+    Attributes:
+        job: the job's folder and record; progress: its event stream.
+        resumed: the job continues a killed one; main: this is rank 0.
+        base_version: the version fine-tuned from (the parent of the new one).
+        labels: case -> sha256 of the snapshot's label copies.
+        labeled_ids, held_out_ids: the snapshot's training and validation cases.
+        model: the network being trained; prepared: the case cache on its grid.
+        trainer, stage, step: the optimiser and where training stands (1 or 2, step in it).
+    """
+
+    job: Any
+    progress: Progress
+    resumed: bool
+    main: bool
+    device: Any
+    base_version: str
+    labels: dict[str, str]
+    labeled_ids: list[str]
+    held_out_ids: list[str]
+    label_values: list[int]
+    patch: tuple[int, ...]
+    model: Any
+    prepared: Any
+    labeled_cases: list[Any] = field(default_factory=list)
+    held_out_cases: list[Any] = field(default_factory=list)
+    trainer: Any = None
+    stage: int = 1
+    step: int = 0
 
 
 class FinetuneJob:
@@ -177,145 +215,235 @@ class FinetuneJob:
         return {"job": job.id, "resumed": resumed, "labeled": labeled, "held_out": held_out}
 
     def _run(self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool) -> dict[str, Any]:
-        from assft.models import get_preset, load_model
-        from assft.training.data import PreparedCases
-        from assft.training.ssft import Trainer, pseudo_label, run_stage, validation_dice
+        """The job's steps in order; every rank runs this, rank 0 alone registers the version."""
+        from assft.runtime import distributed
 
         started = time.perf_counter()
-        config = self.config
+        run = self._prepare(job, progress, labeled_rows, held_out_rows, resumed)
+        self._start_training(run)
+        self._supervised_stage(run)
+        reliable_info = self._semi_supervised(run)
+        if not run.main:
+            # Rank 0 validates and registers; the others wait for the version it made.
+            return distributed.broadcast(None)
+        metrics, gate = self._validate(run)
+        self._finish_timings(started, resumed)
+        return self._register(run, metrics, gate, reliable_info)
+
+    # The job's steps ----------------------------------------------------------------------
+
+    def _prepare(
+        self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool
+    ) -> _JobRun:
+        """Load the base version's model and bring the snapshot's cases onto its grid."""
+        from assft.runtime import distributed
+        from assft.training.data import PreparedCases
+
         workspace = self.workspace
-        info = job.info()
-        base_version = info.get("base_version") or self.registry.current()
+        base_version = job.info().get("base_version") or self.registry.current()
         snapshot = job.folder / "snapshot"
         labels = labels_in_snapshot(snapshot)
+        # Only cases whose label made it into the snapshot: the job trains on those copies.
         held_out_ids = [r["case_id"] for r in held_out_rows if r["case_id"] in labels]
         labeled_ids = [r["case_id"] for r in labeled_rows if r["case_id"] in labels]
 
-        from assft.runtime import distributed
-        main = distributed.is_main()
         device = self.resolved_device
-        preset = get_preset(workspace.config.model)
+        model = self.registry.load(base_version, device=device)
+        preset = model.preset
         label_values = list(workspace.config.label_values)
-        from assft.query.ranking import model_checkpoint
-
-        checkpoint = model_checkpoint(workspace, base_version)
-        model = load_model(preset, label_values=label_values, checkpoint=checkpoint, device=device)
-        patch = tuple(config.patch_size or preset.patch_size)
+        patch = tuple(self.config.patch_size or preset.patch_size)
         prepared = PreparedCases(workspace.cache_dir / "training", preset, label_values, patch)
 
         progress.phase("preparing", len(labels))
         labeled_cases, held_out_cases = [], []
         for i, case_id in enumerate(labeled_ids + held_out_ids, start=1):
-            case = prepared.load(case_id, workspace.image_path(case_id), snapshot / f"{case_id}.nii.gz")
+            label = snapshot / f"{case_id}.nii.gz"
+            case = prepared.load(case_id, workspace.image_path(case_id), label)
             (labeled_cases if case_id in labeled_ids else held_out_cases).append(case)
             progress.update(i, case=case_id)
+        return _JobRun(
+            job=job, progress=progress, resumed=resumed, main=distributed.is_main(), device=device,
+            base_version=base_version, labels=labels, labeled_ids=labeled_ids,
+            held_out_ids=held_out_ids, label_values=label_values, patch=patch, model=model,
+            prepared=prepared, labeled_cases=labeled_cases, held_out_cases=held_out_cases,
+        )
 
-        torch.manual_seed(config.seed)
-        trainer = Trainer(model, config, patch)
-        stage, step = 1, 0
-        if resumed and job.resume_path.is_file():
-            state = torch.load(job.resume_path, map_location=device, weights_only=True)
-            trainer.load_state(state)
-            stage, step = int(state["stage"]), int(state["step"])
-            progress.emit("resumed", stage=stage, step=step, job=job.id)
+    def _start_training(self, run: _JobRun) -> None:
+        """Seed, build the trainer, and restore its state when the job resumes."""
+        from assft.training.ssft import Trainer
 
-        def checkpoint_every(stage_index: int):
-            def on_step(done: int, metrics: dict[str, float]) -> None:
-                progress.update(done, **{k: round(v, 5) for k, v in metrics.items()})
-                if main and done % config.checkpoint_every == 0:
-                    save_torch_atomic({"stage": stage_index, "step": done, **trainer.state()}, job.resume_path)
-            return on_step
+        torch.manual_seed(self.config.seed)
+        run.trainer = Trainer(run.model, self.config, run.patch)
+        run.stage, run.step = 1, 0
+        if run.resumed and run.job.resume_path.is_file():
+            state = torch.load(run.job.resume_path, map_location=run.device, weights_only=True)
+            run.trainer.load_state(state)
+            run.stage, run.step = int(state["stage"]), int(state["step"])
+            run.progress.emit("resumed", stage=run.stage, step=run.step, job=run.job.id)
 
-        # Stage 1: supervised on the labeled cases.
+    def _save_resume_point(self, run: _JobRun, stage: int, step: int) -> None:
+        """Rank 0: write the trainer's state so a killed job restarts from here."""
+        if run.main:
+            state = {"stage": stage, "step": step, **run.trainer.state()}
+            save_torch_atomic(state, run.job.resume_path)
+
+    def _on_step(self, run: _JobRun, stage: int) -> Callable[[int, dict[str, float]], None]:
+        """Progress per step, and a resume point every ``checkpoint_every`` steps."""
+        def on_step(done: int, metrics: dict[str, float]) -> None:
+            run.progress.update(done, **{k: round(v, 5) for k, v in metrics.items()})
+            if done % self.config.checkpoint_every == 0:
+                self._save_resume_point(run, stage, done)
+        return on_step
+
+    def _supervised_stage(self, run: _JobRun) -> None:
+        """Stage 1: supervised on the labeled cases (skipped when resuming in stage 2)."""
+        from assft.training.ssft import run_stage
+
+        config = self.config
         t0 = time.perf_counter()
-        if stage == 1:
-            progress.phase("supervised", config.iterations)
-            run_stage(trainer, stage=1, start=step, total=config.iterations, labeled=labeled_cases,
-                      pseudo=None, config=config, on_step=checkpoint_every(1))
-            if main:
-                save_torch_atomic({"stage": 2, "step": 0, **trainer.state()}, job.resume_path)
-            stage, step = 2, 0
+        if run.stage == 1:
+            run.progress.phase("supervised", config.iterations)
+            run_stage(run.trainer, stage=1, start=run.step, total=config.iterations,
+                      labeled=run.labeled_cases, pseudo=None, config=config,
+                      on_step=self._on_step(run, 1))
+            self._save_resume_point(run, 2, 0)
+            run.stage, run.step = 2, 0
         self.timings["supervised_s"] = time.perf_counter() - t0
 
-        # Pseudo-labels of the reliable set, then stage 2.
+    def _semi_supervised(self, run: _JobRun) -> dict[str, Any]:
+        """The reliable set's pseudo-labels, then stage 2 (per the mode; may do nothing).
+
+        Returns:
+            What the manifest records under ``ssft``: the mode, the reliable set with its
+            confidence and distance scores, or a note why stage 2 did not run.
+        """
+        config = self.config
         reliable_info: dict[str, Any] = {"mode": config.mode.value}
-        unlabeled_rows = workspace.registry.cases(status="unlabeled")
-        if config.mode != FinetuneMode.NONE and unlabeled_rows:
-            pseudo, pseudo_cases = self._pseudo_labels(job, progress, model, prepared,
-                                                       labeled_cases, unlabeled_rows, pseudo_label)
-            reliable_info.update(
-                reliable=pseudo.reliable,
-                confidence=pseudo.confidence,
-                distance=pseudo.distance,
+        unlabeled_rows = self.workspace.registry.cases(status="unlabeled")
+        if config.mode == FinetuneMode.NONE or not unlabeled_rows:
+            return reliable_info
+        pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows)
+        reliable_info.update(
+            reliable=pseudo.reliable,
+            confidence=pseudo.confidence,
+            distance=pseudo.distance,
+        )
+        if not pseudo_cases:
+            reliable_info["note"] = (
+                f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
+                "supervised stage only"
             )
-            if pseudo_cases:
-                t0 = time.perf_counter()
-                total = config.stage2_iterations
-                progress.phase("semi-supervised", total)
-                refresh_at = total // 2 if config.refresh_pseudo_labels else None
-                if refresh_at is not None and step < refresh_at:
-                    run_stage(trainer, stage=2, start=step, total=refresh_at, labeled=labeled_cases,
-                              pseudo=pseudo_cases, config=config, on_step=checkpoint_every(2))
-                    step = refresh_at
-                    if main:
-                        save_torch_atomic({"stage": 2, "step": step, **trainer.state()}, job.resume_path)
-                        (job.folder / "pseudo.json").unlink(missing_ok=True)
-                    distributed.barrier()
-                    pseudo, pseudo_cases = self._pseudo_labels(
-                        job, progress, model, prepared, labeled_cases, unlabeled_rows,
-                        pseudo_label, refreshed=True,
-                    )
-                    reliable_info["refreshed_reliable"] = pseudo.reliable
-                    progress.phase("semi-supervised", total)
-                run_stage(trainer, stage=2, start=step, total=total, labeled=labeled_cases,
-                          pseudo=pseudo_cases, config=config, on_step=checkpoint_every(2))
-                self.timings["semi_supervised_s"] = time.perf_counter() - t0
-            else:
-                reliable_info["note"] = (
-                    f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
-                    "supervised stage only"
-                )
+            return reliable_info
+        self._semi_supervised_stage(run, unlabeled_rows, pseudo_cases, reliable_info)
+        return reliable_info
 
-        if not main:
-            # Rank 0 validates and registers; the others wait for the version it made.
-            return distributed.broadcast(None)
+    def _reliable_set(
+        self, run: _JobRun, unlabeled_rows: list[dict[str, Any]], refreshed: bool = False
+    ) -> tuple[PseudoLabels, list[Any]]:
+        """The reliable set with its pseudo-labeled cases, from the model as trained so far."""
+        from assft.training.ssft import pseudo_label
 
-        # Validation gate against the version we started from.
+        return self._pseudo_labels(
+            run.job, run.progress, run.model, run.prepared, run.labeled_cases, unlabeled_rows,
+            pseudo_label, refreshed=refreshed,
+        )
+
+    def _semi_supervised_stage(
+        self,
+        run: _JobRun,
+        unlabeled_rows: list[dict[str, Any]],
+        pseudo_cases: list[Any],
+        reliable_info: dict[str, Any],
+    ) -> None:
+        """Stage 2: train on the labeled and the pseudo-labeled cases.
+
+        With ``refresh_pseudo_labels`` the reliable set is computed again halfway through,
+        and ``refreshed_reliable`` is added to ``reliable_info``.
+        """
+        from assft.runtime import distributed
+        from assft.training.ssft import run_stage
+
+        config = self.config
         t0 = time.perf_counter()
+        total = config.stage2_iterations
+        run.progress.phase("semi-supervised", total)
+        refresh_at = total // 2 if config.refresh_pseudo_labels else None
+        if refresh_at is not None and run.step < refresh_at:
+            run_stage(run.trainer, stage=2, start=run.step, total=refresh_at,
+                      labeled=run.labeled_cases, pseudo=pseudo_cases, config=config,
+                      on_step=self._on_step(run, 2))
+            run.step = refresh_at
+            self._save_resume_point(run, 2, run.step)
+            if run.main:
+                # The pseudo-labels of the first half are stale: the refresh recomputes them.
+                (run.job.folder / "pseudo.json").unlink(missing_ok=True)
+            distributed.barrier()
+            pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows, refreshed=True)
+            reliable_info["refreshed_reliable"] = pseudo.reliable
+            run.progress.phase("semi-supervised", total)
+        run_stage(run.trainer, stage=2, start=run.step, total=total, labeled=run.labeled_cases,
+                  pseudo=pseudo_cases, config=config, on_step=self._on_step(run, 2))
+        self.timings["semi_supervised_s"] = time.perf_counter() - t0
+
+    def _validate(self, run: _JobRun) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Rank 0: held-out Dice of the new model against the version it started from.
+
+        Returns:
+            (metrics for the manifest, the validation gate's verdict).
+        """
+        from assft.training.ssft import validation_dice
+
+        t0 = time.perf_counter()
+        label_values = run.label_values
         n_classes = 1 + len(label_values)
         metrics: dict[str, Any] = {}
-        if held_out_cases:
+        if run.held_out_cases:
+            progress = run.progress
             progress.phase("validation", 2)
-            new_scores = validation_dice(model, held_out_cases, n_classes)
+            new_scores = validation_dice(run.model, run.held_out_cases, n_classes)
             progress.update(1, validation_dice=new_scores["mean_dice"])
-            base_model = load_model(preset, label_values=label_values, checkpoint=checkpoint, device=device)
-            base_scores = validation_dice(base_model, held_out_cases, n_classes)
+            base_model = self.registry.load(run.base_version, device=run.device)
+            base_scores = validation_dice(base_model, run.held_out_cases, n_classes)
             progress.update(2, validation_dice=new_scores["mean_dice"],
                             parent_dice=base_scores["mean_dice"])
-            gate = validation_gate(new_scores["mean_dice"], base_scores["mean_dice"], base_version)
-            gate["held_out"] = held_out_ids
+            gate = validation_gate(
+                new_scores["mean_dice"], base_scores["mean_dice"], run.base_version
+            )
+            gate["held_out"] = run.held_out_ids
             metrics["validation_dice"] = new_scores["mean_dice"]
             metrics["validation_per_structure"] = {
-                workspace.config.label_names.get(label_values[c - 1], str(c)): v
+                self.workspace.config.label_names.get(label_values[c - 1], str(c)): v
                 for c, v in new_scores["per_structure"].items()
             }
             metrics["parent_validation_dice"] = base_scores["mean_dice"]
         else:
-            gate = validation_gate(None, None, base_version)
+            gate = validation_gate(None, None, run.base_version)
         self.timings["validation_s"] = time.perf_counter() - t0
+        return metrics, gate
+
+    def _finish_timings(self, started: float, resumed: bool) -> None:
+        """Total time, and training speed when every step ran in this process."""
+        config = self.config
         self.timings["total_s"] = time.perf_counter() - started
-        steps = config.iterations + (config.stage2_iterations if "semi_supervised_s" in self.timings else 0)
+        semi_supervised = "semi_supervised_s" in self.timings
+        steps = config.iterations + (config.stage2_iterations if semi_supervised else 0)
         train_time = self.timings["supervised_s"] + self.timings.get("semi_supervised_s", 0.0)
         if not resumed and train_time > 0:
             self.timings["iterations_per_s"] = steps / train_time
 
+    def _register(self, run: _JobRun, metrics: dict[str, Any], gate: dict[str, Any],
+                  reliable_info: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: store the new version, promote it if the gate passed, tell the other ranks."""
+        from assft.runtime import distributed
         from assft.workspace.model_versions import ModelRegistry
 
+        config = self.config
+        labels = {c: run.labels[c] for c in run.labeled_ids}
         manifest = {
-            "parent": base_version,
-            "label_set_hash": ModelRegistry.label_set_hash({c: labels[c] for c in labeled_ids}),
-            "labels": {c: labels[c] for c in labeled_ids},
-            "held_out": held_out_ids,
+            "parent": run.base_version,
+            "label_set_hash": ModelRegistry.label_set_hash(labels),
+            "labels": labels,
+            "held_out": run.held_out_ids,
             "mode": config.mode.value,
             "config": config.to_dict(),
             "seed": config.seed,
@@ -324,22 +452,23 @@ class FinetuneJob:
             "promoted": False,
             "ssft": reliable_info,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "job": job.id,
-            "resumed": resumed,
-            "device": str(device),
+            "job": run.job.id,
+            "resumed": run.resumed,
+            "device": str(run.device),
             "world_size": distributed.world_size(),
-            "preset": preset.name,
+            "preset": run.model.preset.name,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        state = {k: v.detach().cpu() for k, v in model.network.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in run.model.network.state_dict().items()}
+        # Storing and promoting are one step: a cancel arriving now waits until both are done.
         with cancellation.critical():
             version = self.registry.add_version(state, manifest)
             if gate["passed"]:
                 self.registry.promote(version, reason=gate["reason"])
         manifest = self.registry.manifest(version)
         distributed.broadcast(manifest)
-        progress.done(version=version, promoted=manifest.get("promoted", False),
-                      gate=gate["reason"], job=job.id)
+        run.progress.done(version=version, promoted=manifest.get("promoted", False),
+                          gate=gate["reason"], job=run.job.id)
         return manifest
 
     def _pseudo_labels(self, job, progress, model, prepared, labeled_cases, unlabeled_rows,

@@ -28,8 +28,11 @@ MAX_LABEL_VALUE = 65535
 DEFAULT_LABEL_NAMES: dict[int, str] = {1: "foreground"}
 """Labels of a workspace created without label names."""
 
-DEFAULT_SETTINGS: dict[str, Any] = {"budget": 10, "strategy": "attsq", "device": "auto"}
-"""Settings of a new workspace; free form, read by the ranking and fine-tuning commands."""
+DEFAULT_SETTINGS: dict[str, Any] = {}
+"""Settings of a new workspace: none. The defaults live in the config dataclasses (QueryConfig,
+FinetuneConfig), so a value written here overrides them for this workspace (e.g. ``"budget": 8``,
+``"strategy": "dkd"``, ``"finetune_mode": "all"``; each dataclass's ``WORKSPACE_SETTINGS`` names
+the keys it reads) and flags or a config file override it (``assft.settings.resolve_config``)."""
 
 LABEL_PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.90, 0.30, 0.24),
@@ -130,7 +133,8 @@ class WorkspaceConfig:
     Attributes:
         labels: Foreground labels (background 0 is never listed).
         model: Model preset name, or the path of a preset JSON file.
-        settings: Free-form options: default budget, strategy, device...
+        settings: This workspace's overrides of the config dataclasses' defaults (budget,
+            strategy, finetune_mode; see :data:`DEFAULT_SETTINGS`).
         version: Format version of the file.
     """
 

@@ -6,13 +6,20 @@
     jobs/<job_id>/progress.jsonl  one JSON object per line, as the job reports progress
     jobs/<job_id>/log.txt         free-form log lines
     jobs/<job_id>/resume.pt       training state a killed job can be resumed from
+    jobs/<job_id>/cancel-request  written by ``assft cancel``: the job stops at its next safe point
     jobs/detached-<time>.log      stdout and stderr of a job started with ``--detach``
 
 Job ids read ``<kind>-<UTC yyyymmddTHHMMSS>-<4 hex>``, e.g. ``finetune-20250131T120000-3fa2``.
+The states a ``job.json`` can hold are :class:`JobState`.
 
 A job writes its own final state. When its process is gone while ``job.json`` still says
-``running`` (SIGKILL, out of memory, power loss), readers report it ``killed``; the process's
-start time recorded next to its pid tells a reused pid from the job's own process.
+``running`` (killed outright, out of memory, power loss), readers report it ``killed``; the
+process's start time recorded next to its pid tells a reused pid from the job's own process.
+
+Cancelling is a request, not a signal: :func:`cancel` writes the job's ``cancel-request`` file,
+which the job polls at safe points (:mod:`assft.runtime.cancellation`), so it works on Windows
+and when the job runs under a launcher that does not forward signals (``PythonSlicer``). Only a
+job that has not stopped in time has its process tree ended (:mod:`assft.runtime.portable`).
 """
 
 from __future__ import annotations
@@ -22,16 +29,24 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assft.errors import BadInputError
+from assft.runtime import cancellation
+from assft.runtime.portable import (
+    ProcessTree,
+    process_alive,
+    process_start_time,
+    start_process,
+    wait_for_exit,
+)
 from assft.workspace.files import compact_timestamp, utc_now, write_json_atomic
 
 if TYPE_CHECKING:
@@ -43,82 +58,60 @@ __all__ = [
     "JOB_ID_PATTERN",
     "JOB_STATES",
     "Job",
+    "JobState",
     "JobStore",
     "cancel",
     "finish",
     "launch_detached",
     "mark_running",
+    "process_alive",
     "process_start_time",
 ]
 
+
+class JobState(StrEnum):
+    """The state of a job: the one list, for the engine that writes ``job.json`` and the Slicer
+    module that reads it (plain strings in the JSON)."""
+
+    QUEUED = "queued"
+    """Created, its process not started yet."""
+    RUNNING = "running"
+    """Its process runs (as long as that process is alive: else it reads ``killed``)."""
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    """Stopped by ``assft cancel`` (or a signal); it changed nothing."""
+    KILLED = "killed"
+    """Never written: a ``running`` job whose process is gone, as readers report it."""
+    UNKNOWN = "unknown"
+    """Never written: :meth:`JobStore.list`'s entry for a job whose ``job.json`` is unreadable."""
+
+
 JOB_ID_PATTERN = re.compile(r"^[a-z]+-[0-9T]+-[0-9a-f]{4}$")
-JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "killed")
-FINAL_STATES = ("done", "failed", "cancelled", "killed")
+JOB_STATES = (
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.DONE,
+    JobState.FAILED,
+    JobState.CANCELLED,
+    JobState.KILLED,
+)
+"""The states a job can be in."""
+FINAL_STATES = (JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.KILLED)
+"""The states of a job that has ended."""
 DETACHED_ENV = "ASSFT_DETACHED"
 """Set to ``1`` in the environment of a job started by :func:`launch_detached`."""
 
 _KIND_PATTERN = re.compile(r"^[a-z]+$")
 _JOB_FILE = "job.json"
-_POLL_S = 0.05
 _detached: list[subprocess.Popen[bytes]] = []  # keeps launched children reaped, not warned about
 
 
-# processes ---------------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` from the state on (field 3), or None without /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and ')'
-
-
-def process_start_time(pid: int) -> int | None:
-    """When a process started, in clock ticks since boot (``/proc/<pid>/stat`` starttime).
-
-    Returns:
-        The start time, or None where there is no ``/proc`` (macOS) or no such process.
-    """
-    fields = _proc_stat(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int, start_time: int | None = None) -> bool:
-    """Whether ``pid`` is a live process (not a zombie) that started at ``start_time``."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:  # no /proc: existence is all we can tell
-        return True
-    if fields[0] in ("Z", "X"):
-        return False
-    if start_time is not None:
-        try:
-            return int(fields[19]) == start_time
-        except (IndexError, ValueError):
-            return True
-    return True
-
-
-def _wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
-    """Poll until the process ends; True if it did within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while process_alive(pid, start_time):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
+def _start_time(info: dict[str, Any]) -> float | None:
+    """The recorded start time of the job's process (None: unknown, or an older record's
+    clock ticks, which cannot be compared with :func:`process_start_time`)."""
+    value = info.get("pid_start_time")
+    return value if isinstance(value, float) else None
 
 
 # one job -----------------------------------------------------------------------------------
@@ -157,6 +150,19 @@ class Job:
     def resume_path(self) -> Path:
         """``resume.pt``: the state a killed training job can continue from."""
         return self.folder / "resume.pt"
+
+    @property
+    def cancel_request_path(self) -> Path:
+        """``cancel-request``: exists once someone asked the job to stop."""
+        return self.folder / "cancel-request"
+
+    def request_cancel(self) -> None:
+        """Ask the job to stop at its next safe point (it records ``cancelled`` itself)."""
+        cancellation.request(self.cancel_request_path)
+
+    def cancel_requested(self) -> bool:
+        """Whether someone asked the job to stop."""
+        return self.cancel_request_path.exists()
 
     def recorded(self) -> dict[str, Any]:
         """``job.json`` as written (the state not checked against the process).
@@ -233,10 +239,17 @@ class Job:
             stream.flush()
 
     def mark_running(self) -> dict[str, Any]:
-        """Record that this process runs the job: pid, its start time, host, state."""
+        """Record that this process runs the job: pid, its start time, host, state.
+
+        From now on this process also stops at its next safe point
+        (:func:`assft.runtime.cancellation.check`) once the job's cancel request arrives; a
+        request left over from an earlier run of the job (one resumed) is removed first.
+        """
         pid = os.getpid()
+        self.cancel_request_path.unlink(missing_ok=True)
+        cancellation.watch(self.cancel_request_path)
         return self.update(
-            state="running",
+            state=JobState.RUNNING,
             pid=pid,
             pid_start_time=process_start_time(pid),
             host=socket.gethostname(),
@@ -244,13 +257,15 @@ class Job:
         )
 
     def finish(
-        self, state: str, exit_code: int | None = None, message: str | None = None
+        self, state: JobState | str, exit_code: int | None = None, message: str | None = None
     ) -> dict[str, Any]:
-        """Record the job's final state (``done``, ``failed``, ``cancelled`` or ``killed``)."""
+        """Record the job's final state (one of :data:`FINAL_STATES`)."""
         if state not in FINAL_STATES:
-            raise ValueError(f"a finished job's state is one of {FINAL_STATES}, got {state!r}")
+            finals = ", ".join(FINAL_STATES)
+            raise ValueError(f"a finished job's state is one of {finals}, got {state!r}")
+        cancellation.unwatch(self.cancel_request_path)
         return self.update(
-            state=state, exit_code=exit_code, message=message, finished_at=utc_now()
+            state=JobState(state), exit_code=exit_code, message=message, finished_at=utc_now()
         )
 
 
@@ -260,15 +275,15 @@ def mark_running(job: Job) -> dict[str, Any]:
 
 
 def finish(
-    job: Job, state: str, exit_code: int | None = None, message: str | None = None
+    job: Job, state: JobState | str, exit_code: int | None = None, message: str | None = None
 ) -> dict[str, Any]:
     """Record ``job``'s final state (see :meth:`Job.finish`)."""
     return job.finish(state, exit_code, message)
 
 
 def _resolve_state(info: dict[str, Any]) -> str:
-    state = str(info.get("state") or "queued")
-    if state != "running":
+    state = str(info.get("state") or JobState.QUEUED)
+    if state != JobState.RUNNING:
         return state
     pid = info.get("pid")
     if not isinstance(pid, int):
@@ -276,9 +291,7 @@ def _resolve_state(info: dict[str, Any]) -> str:
     host = info.get("host")
     if host and host != socket.gethostname():  # shared storage: cannot look at that machine
         return state
-    start_time = info.get("pid_start_time")
-    alive = process_alive(pid, start_time if isinstance(start_time, int) else None)
-    return "running" if alive else "killed"
+    return JobState.RUNNING if process_alive(pid, _start_time(info)) else JobState.KILLED
 
 
 # all jobs of a workspace -------------------------------------------------------------------
@@ -335,7 +348,7 @@ class JobStore:
             "pid": None,
             "pid_start_time": None,
             "host": socket.gethostname(),
-            "state": "queued",
+            "state": JobState.QUEUED,
             "started_at": None,
             "finished_at": None,
             "exit_code": None,
@@ -382,7 +395,7 @@ class JobStore:
             try:
                 entries.append({**job.info(), "last_progress": job.last_progress()})
             except BadInputError as error:
-                entries.append({"id": job.id, "state": "unknown", "error": str(error)})
+                entries.append({"id": job.id, "state": JobState.UNKNOWN, "error": str(error)})
         entries.sort(
             key=lambda entry: (str(entry.get("created_at") or ""), entry["id"]), reverse=True
         )
@@ -393,13 +406,13 @@ class JobStore:
         return job.mark_running()
 
     def finish(
-        self, job: Job, state: str, exit_code: int | None = None, message: str | None = None
+        self, job: Job, state: JobState | str, exit_code: int | None = None, message: str | None = None
     ) -> dict[str, Any]:
         """Record ``job``'s final state (see :meth:`Job.finish`)."""
         return job.finish(state, exit_code, message)
 
     def latest(
-        self, kind: str | None = None, states: tuple[str, ...] | None = None
+        self, kind: str | None = None, states: tuple[JobState | str, ...] | None = None
     ) -> Job | None:
         """The newest job of ``kind`` (any kind when None) whose resolved state is in ``states``."""
         for entry in self.list():
@@ -412,7 +425,7 @@ class JobStore:
 
     def running(self) -> Job | None:
         """The newest job whose process is still running."""
-        return self.latest(states=("running",))
+        return self.latest(states=(JobState.RUNNING,))
 
     def resumable(self, kind: str, label_set_hash: str) -> Job | None:
         """The newest killed job of ``kind`` with the same label set and a resume file.
@@ -420,7 +433,7 @@ class JobStore:
         A job already resumed by another (``resumed_by`` in its ``job.json``) does not count.
         """
         for entry in self.list():
-            if entry.get("kind") != kind or entry.get("state") != "killed":
+            if entry.get("kind") != kind or entry.get("state") != JobState.KILLED:
                 continue
             if entry.get("label_set_hash") != label_set_hash or entry.get("resumed_by"):
                 continue
@@ -436,11 +449,13 @@ class JobStore:
 def launch_detached(
     workspace: Workspace | str | Path, argv: list[str], *, python: str | None = None
 ) -> dict[str, Any]:
-    """Start ``python -m assft ARGV`` in its own session, detached from this process.
+    """Start ``python -m assft ARGV`` detached from this process.
 
-    The child survives the shell (and Slicer) that started it: it has its own process group,
-    no stdin, and its output goes to ``jobs/detached-<time>.log``. It creates its own job
-    folder; this function only launches it.
+    The child survives the shell (and Slicer) that started it: it has its own process group
+    (and session on POSIX, no console on Windows), no stdin, and its output goes to
+    ``jobs/detached-<time>.log``. It creates its own job folder; this function only launches it.
+    It is cancelled through that job (:func:`cancel`), not through the cancel request file of
+    whoever launched it, which it does not inherit.
 
     Args:
         workspace: The workspace (open, or its root folder) whose ``jobs/`` gets the output.
@@ -455,18 +470,19 @@ def launch_detached(
     log_path = jobs_dir / f"detached-{compact_timestamp()}.log"
     command = [python or sys.executable, "-m", "assft", *[str(arg) for arg in argv]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", DETACHED_ENV: "1"}
+    env.pop(cancellation.CANCEL_FILE_ENV, None)  # the launcher's cancel is not the job's
     engine_root = str(Path(__file__).resolve().parents[2])  # found even if not installed
     env["PYTHONPATH"] = os.pathsep.join(
         part for part in (engine_root, os.environ.get("PYTHONPATH", "")) if part
     )
     with open(log_path, "ab") as output:
-        process = subprocess.Popen(
+        process = start_process(
             command,
+            detach=True,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
-            start_new_session=True,
             close_fds=True,
         )
     _detached[:] = [child for child in _detached if child.poll() is None]
@@ -496,33 +512,27 @@ def job_of_process(
         time.sleep(poll)
 
 
-def _signal_job(pid: int, signal_number: int) -> None:
-    """Signal the job's process group when the job leads one, else the process alone.
-
-    A job that does not lead its group shares it with whatever started it (Slicer, a test
-    runner), which must not be signalled.
-    """
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal_number)
-        else:
-            os.kill(pid, signal_number)
-    except ProcessLookupError:
-        pass
-
-
 def cancel(
-    workspace: Workspace | str | Path, job_id: str | None = None, *, timeout: float = 30.0
+    workspace: Workspace | str | Path,
+    job_id: str | None = None,
+    *,
+    timeout: float = 30.0,
+    grace: float = 5.0,
 ) -> dict[str, Any]:
-    """Stop a running job: SIGTERM to its process group, SIGKILL if it has not ended in time.
+    """Stop a running job: ask it to, and end its process tree if it has not stopped in time.
 
-    The job is expected to record ``cancelled`` itself on SIGTERM; a job that could not
-    (killed, or ended by the signal's default action) is recorded ``cancelled`` here.
+    The request is the job's ``cancel-request`` file. The job polls it at safe points (every
+    training step, every case), stops there with exit code 3, records ``cancelled`` and changes
+    nothing, however it was started (a launcher that does not forward signals, Windows). A job
+    that has not stopped within ``timeout`` seconds has its process tree ended
+    (:meth:`assft.runtime.portable.ProcessTree.end`: terminate, then kill after ``grace``) and is
+    recorded ``cancelled`` here; so is one that ended without recording its state.
 
     Args:
         workspace: The workspace (open, or its root folder).
         job_id: The job; None for the newest running one.
-        timeout: Seconds to wait after SIGTERM before SIGKILL.
+        timeout: Seconds to wait for the job to stop by itself.
+        grace: Seconds between terminating and killing processes that did not stop in time.
 
     Returns:
         The job's final information.
@@ -538,35 +548,21 @@ def cancel(
     else:
         job = store.get(job_id)
     info = job.info()
-    if info["state"] != "running":
+    if info["state"] != JobState.RUNNING:
         raise BadInputError(f"job {job.id} is not running (state {info['state']})")
     pid = int(info["pid"])
-    recorded_start = info.get("pid_start_time")
-    start_time = recorded_start if isinstance(recorded_start, int) else None
-    leads_group = _leads_group(pid)
-    _signal_job(pid, signal.SIGTERM)
-    forced = not _wait_for_exit(pid, start_time, timeout)
-    if forced:
-        _signal_job(pid, signal.SIGKILL)
-        _wait_for_exit(pid, start_time, 10.0)
-    elif leads_group:  # helpers left in its group (data loaders...) go too
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    start_time = _start_time(info)
+    tree = ProcessTree(pid, start_time)  # listed now: helpers are re-parented once it ends
+    job.request_cancel()
+    stopped = wait_for_exit(pid, start_time, timeout)
+    tree.refresh()
+    tree.end(grace)  # what is left: the job itself if it did not stop, helpers it left behind
     recorded = job.recorded()
-    if recorded.get("state") == "running":
+    if recorded.get("state") == JobState.RUNNING:
         message = (
-            f"did not stop within {timeout:g} s of SIGTERM: killed (SIGKILL)"
-            if forced
-            else "ended by SIGTERM before it could record its state"
+            "ended without recording its state"
+            if stopped
+            else f"did not stop within {timeout:g} s of the cancel request: killed"
         )
-        job.finish(
-            "cancelled", -int(signal.SIGKILL if forced else signal.SIGTERM), f"cancelled: {message}"
-        )
+        job.finish(JobState.CANCELLED, None, f"cancelled: {message}")
     return job.info()
-
-
-def _leads_group(pid: int) -> bool:
-    try:
-        return os.getpgid(pid) == pid
-    except (ProcessLookupError, PermissionError):
-        return False

@@ -19,7 +19,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,10 +28,21 @@ from assft.io.atomic import save_torch_atomic
 from assft.errors import AssftError, BadInputError
 from assft.io.atomic import fsync_directory
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic
+from assft.workspace.versions import (
+    BASE_VERSION,
+    VERSION_PATTERN,
+    check_version,
+    parse_partial,
+    parse_version,
+    partial_name,
+    version_name,
+    version_number,
+)
 
 if TYPE_CHECKING:
     import torch
 
+    from assft.models import LoadedModel
     from assft.workspace import Workspace
 
 __all__ = [
@@ -44,31 +54,12 @@ __all__ = [
     "VERSION_PATTERN",
 ]
 
-BASE_VERSION = "v0"
 CHECKPOINT_NAME = "model.pt"
 MANIFEST_NAME = "manifest.json"
-VERSION_PATTERN = re.compile(r"^v([0-9]+)$")
-_PARTIAL_PATTERN = re.compile(r"^\.v([0-9]+)\.partial$")
 
 
 class ModelStorageError(AssftError):
     """A model version could not be written (disk full, permissions...); nothing was changed."""
-
-
-def _version_number(version: object) -> int:
-    """The number of a version name such as ``v3``.
-
-    Raises:
-        BadInputError: anything but ``v`` and a number without leading zeros (so no name can
-            leave models/ and no version has two names).
-    """
-    match = VERSION_PATTERN.match(version) if isinstance(version, str) else None
-    if match is None:
-        raise BadInputError(f"{version!r} is not a model version name (v0, v1, v2, ...)")
-    number = int(match.group(1))
-    if version != f"v{number}":  # one name per version: no leading zeros
-        raise BadInputError(f"{version!r} is not a model version name (did you mean v{number}?)")
-    return number
 
 
 class ModelRegistry:
@@ -101,16 +92,16 @@ class ModelRegistry:
             return []
         numbers = []
         for path in self.models_dir.iterdir():
-            match = VERSION_PATTERN.match(path.name)
-            if match and path.name == f"v{int(match.group(1))}" and path.is_dir():
-                numbers.append(int(match.group(1)))
+            number = parse_version(path.name)
+            if number is not None and path.is_dir():
+                numbers.append(number)
         return sorted(n for n in numbers if n > 0)
 
     def _read_manifest(self, version: str) -> dict[str, Any]:
         """The manifest of a stored version (not ``v0``), as written."""
         path = self.models_dir / version / MANIFEST_NAME
         if not (self.models_dir / version).is_dir():
-            known = ", ".join([BASE_VERSION] + [f"v{n}" for n in self._stored_numbers()])
+            known = ", ".join([BASE_VERSION] + [version_name(n) for n in self._stored_numbers()])
             raise BadInputError(
                 f"unknown model version {version!r} (versions: {known})", self.models_dir
             )
@@ -140,7 +131,7 @@ class ModelRegistry:
         Raises:
             BadInputError: a malformed or unknown version, or an unreadable manifest (named).
         """
-        if _version_number(version) == 0:
+        if version_number(version) == 0:
             return self._base_manifest()
         return self._read_manifest(version)
 
@@ -153,7 +144,7 @@ class ModelRegistry:
         current = self.current()
         entries = [self._base_manifest()]
         for number in self._stored_numbers():
-            version = f"v{number}"
+            version = version_name(number)
             try:
                 entries.append(self._read_manifest(version))
             except BadInputError as error:
@@ -175,10 +166,10 @@ class ModelRegistry:
         numbers = self._stored_numbers()
         if self.models_dir.is_dir():
             for path in self.models_dir.iterdir():
-                match = _PARTIAL_PATTERN.match(path.name)
-                if match:
-                    numbers.append(int(match.group(1)))
-        return f"v{max(numbers, default=0) + 1}"
+                number = parse_partial(path.name)
+                if number is not None:
+                    numbers.append(number)
+        return version_name(max(numbers, default=0) + 1)
 
     def checkpoint_path(self, version: str) -> Path | None:
         """``models/vN/model.pt``; None for ``v0`` (the preset's own checkpoint).
@@ -186,9 +177,54 @@ class ModelRegistry:
         Raises:
             BadInputError: a malformed version name.
         """
-        if _version_number(version) == 0:
+        if version_number(version) == 0:
             return None
         return self.models_dir / version / CHECKPOINT_NAME
+
+    def checkpoint(self, version: str | None = None) -> Path | None:
+        """The verified checkpoint of a version; None for ``v0`` (the preset's own weights).
+
+        Every reader of a version's weights (ranking, fine-tuning, prediction) comes here, so
+        a damaged or unknown version is refused the same way everywhere.
+
+        Args:
+            version: ``v0``, ``v1``...; None: the current version.
+
+        Raises:
+            BadInputError: a malformed or unknown version, or a checkpoint that is missing or
+                damaged (see :meth:`verify`).
+        """
+        version = self.current() if version is None else check_version(version)
+        path = self.checkpoint_path(version)
+        if path is not None:
+            self.verify(version)
+        return path
+
+    def load(
+        self, version: str | None = None, *, device: str | torch.device = "cpu"
+    ) -> LoadedModel:
+        """Load a version's model: the workspace's preset with the version's verified weights.
+
+        Args:
+            version: ``v0`` (the preset as configured), ``v1``...; None: the current version.
+            device: ``auto``, ``cpu``, ``cuda``... or a torch device.
+
+        Returns:
+            The model, with the workspace's label values as its output channels.
+
+        Raises:
+            BadInputError: a malformed, unknown or damaged version, or weights that do not
+                fit the preset and labels (see ``assft.models.load_model``).
+        """
+        from assft.models import get_preset, load_model
+
+        checkpoint = self.checkpoint(version)
+        return load_model(
+            get_preset(self.workspace.config.model),
+            label_values=[int(v) for v in self.workspace.config.label_values],
+            checkpoint=checkpoint,
+            device=device,
+        )
 
     # integrity ---------------------------------------------------------------------------
 
@@ -270,7 +306,7 @@ class ModelRegistry:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(1000):
             version = self.next_version()
-            partial = self.models_dir / f".{version}.partial"
+            partial = self.models_dir / partial_name(version)
             try:
                 partial.mkdir()
             except FileExistsError:

@@ -47,14 +47,13 @@ from assft.workspace.files import (
 )
 from assft.workspace.labels import load_label_for_image
 from assft.workspace.registry import REGISTRY_FILE_NAME, Registry, check_status
+from assft.workspace.versions import BASE_VERSION, check_version
 
 __all__ = ["CASE_ID_PATTERN", "Workspace", "default_user", "find_images"]
 
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SUBFOLDERS = ("labels", "rankings", "models", "jobs", "cache")
-DEFAULT_MODEL_VERSION = "v0"
 _RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def default_user() -> str:
@@ -477,17 +476,16 @@ class Workspace:
         try:
             version = (self.models_dir / "current").read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            return DEFAULT_MODEL_VERSION
-        return version or DEFAULT_MODEL_VERSION
+            return BASE_VERSION
+        return version or BASE_VERSION
 
     def set_current_model_version(self, version: str) -> None:
         """Point ``models/current`` at ``version`` (atomically).
 
         Raises:
-            BadInputError: ``version`` is not a simple name such as ``v3``.
+            BadInputError: ``version`` is not a model version name such as ``v3``.
         """
-        if not isinstance(version, str) or not _VERSION.match(version):
-            raise BadInputError(f"{version!r} is not a valid model version name")
+        check_version(version)
         self.models_dir.mkdir(exist_ok=True)
         write_text_atomic(self.models_dir / "current", version + "\n")
 
@@ -566,6 +564,42 @@ class Workspace:
         if not isinstance(document, dict):
             raise BadInputError("is not a ranking document (not a JSON object)", path)
         return document
+
+    def next_case(self) -> dict[str, Any]:
+        """The best-ranked case of the latest ranking that is still unlabeled (``assft next``).
+
+        Statuses are read now, not from the ranking, so a case labeled, skipped or held out
+        since the ranking was made is passed over.
+
+        Returns:
+            ``case`` (None when every ranked case is done), ``ranking`` (its file) and
+            ``remaining`` (unlabeled ranked cases, this one included); with a case also
+            ``image``, ``rank``, ``selected``, ``score``, ``reason``, ``hardest_structure``
+            and ``model_version`` (the version that ranked it).
+
+        Raises:
+            BadInputError: there is no ranking yet, or it cannot be read (named).
+        """
+        ranking = self.latest_ranking()
+        if ranking is None:
+            raise BadInputError("no ranking yet: run 'assft rank' first", self.root)
+        statuses = {row["case_id"]: row["status"] for row in self.registry.cases()}
+        remaining = [row for row in ranking["cases"] if statuses.get(row["case"]) == "unlabeled"]
+        if not remaining:
+            return {"case": None, "ranking": ranking.get("file"), "remaining": 0}
+        row = remaining[0]
+        return {
+            "case": row["case"],
+            "image": str(self.image_path(row["case"])),
+            "rank": row["rank"],
+            "selected": row["selected"],
+            "score": row["score"],
+            "reason": row["reason"],
+            "hardest_structure": row.get("hardest_structure"),
+            "model_version": ranking["model_version"],
+            "ranking": ranking.get("file"),
+            "remaining": len(remaining),
+        }
 
     # jobs --------------------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""The engine's folders are layers: each imports only the layers below it (README "Layout").
+
+Imports are read from the source (``ast``), including those inside functions, so a lazy
+import cannot hide a dependency that runs the wrong way.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ENGINE = Path(__file__).resolve().parents[1] / "ASSFTSlicer" / "assft"
+
+# Lowest first. Folders of the same rank are independent of each other.
+LAYERS: dict[str, int] = {
+    "errors": 0,
+    "io": 1,
+    "runtime": 1,
+    "metrics": 1,
+    "models": 2,
+    "datasets": 2,
+    "workspace": 3,
+    "query": 4,
+    "training": 5,
+    "predict": 6,
+    "evaluate": 7,
+    "apps": 8,
+    "cli": 9,
+    "__main__": 10,
+}
+
+
+def _layer(module: str) -> str:
+    """``assft.query.ranking`` -> ``query``; ``assft.cli`` -> ``cli``; ``assft`` -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imports() -> list[tuple[str, str, int]]:
+    """(importing module file, imported ``assft...`` module, line) for every import."""
+    found = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        relative = path.relative_to(ENGINE.parent).with_suffix("")
+        module = ".".join(relative.parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module == "assft":  # from assft import x: x is the layer
+                    targets = [f"assft.{alias.name}" for alias in node.names]
+                else:
+                    targets = [node.module]
+            else:
+                continue
+            found += [(module, t, node.lineno) for t in targets if t.split(".")[0] == "assft"]
+    return found
+
+
+def test_every_engine_folder_has_a_layer():
+    folders = {p.name for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    modules = {p.stem for p in ENGINE.glob("*.py") if p.stem != "__init__"}
+    unknown = (folders | modules) - set(LAYERS)
+    assert not unknown, f"give these a layer in LAYERS (and README's Layout): {sorted(unknown)}"
+
+
+def test_no_import_runs_up_or_sideways():
+    wrong = []
+    for module, target, line in _imports():
+        source, destination = _layer(module), _layer(target)
+        if not source or not destination or source == destination:
+            continue  # the package face (assft/__init__.py) and imports within one folder
+        if destination == "__version__" or destination not in LAYERS:
+            continue  # a name imported from the package face, not a module
+        if LAYERS[destination] >= LAYERS[source]:
+            wrong.append(f"{module}:{line} imports {target} ({source} may not use {destination})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_engine_never_imports_slicer_qt_or_vtk():
+    forbidden = {"slicer", "qt", "ctk", "vtk", "ASSFTSlicerLib"}
+    wrong = []
+    for path in ENGINE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            wrong += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden]
+    assert not wrong, wrong
