@@ -15,13 +15,14 @@ import sys
 import tempfile
 
 if sys.version_info < (3, 11):  # the engine's floor; Slicer bundles Python 3.12 from 5.10 on
-    raise ImportError("ASSFT Slicer needs 3D Slicer 5.10 or later (Python 3.11+); this Slicer runs "
-                      "Python {}.{}".format(*sys.version_info[:2]))
+    raise ImportError(
+        "ASSFT Slicer needs 3D Slicer 5.10 or later (Python 3.11+); this Slicer runs "
+        "Python {}.{}".format(*sys.version_info[:2])
+    )
 from typing import Annotated
 
-import vtk
-
 import slicer
+import vtk
 from slicer import (
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -78,6 +79,15 @@ except ImportError:  # plain Python with the MRML of slicer-core: the Logic work
         def __init__(self):
             pass
 
+
+# The engine's light modules: the strategy registry and config defaults (the one source of
+# both) and the progress event names. They need only numpy (bundled with Slicer), never torch,
+# so the module loads before the engine's dependencies are installed.
+from assft.query.config import QueryConfig
+from assft.query.strategies import STRATEGIES
+from assft.query.strategies import Strategy as EngineStrategy
+from assft.runtime.progress import ProgressEvent
+from assft.training.config import FinetuneConfig
 from ASSFTSlicerLib import dependencies
 from ASSFTSlicerLib.i18n import tr as _
 from ASSFTSlicerLib.logic import WorkspaceLogic
@@ -85,14 +95,6 @@ from ASSFTSlicerLib.scene import (
     OverlapPolicy,
     SegmentOverlapError,
 )
-
-# The engine's strategy registry and config defaults, the one source of both. These modules need
-# only numpy (bundled with Slicer), never torch, so the module loads before the engine's
-# dependencies are installed.
-from assft.query.config import QueryConfig
-from assft.query.strategies import STRATEGIES
-from assft.query.strategies import Strategy as EngineStrategy
-from assft.training.config import FinetuneConfig
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -127,7 +129,7 @@ class ASSFTSlicer(ScriptedLoadableModule):
             "Rank unlabeled scans by what they would teach a pretrained segmentation model "
             "(ATTSQ: knowledge gap and anatomical difficulty), label the top-ranked ones in the "
             "Segment Editor pre-filled with the model's prediction, and fine-tune the model in the "
-            "background. See the <a href=\"https://github.com/assft/ASSFTSlicer#using-it-in-3d-slicer\">"
+            'background. See the <a href="https://github.com/assft/ASSFTSlicer#using-it-in-3d-slicer">'
             "documentation</a>."
         )
         self.parent.acknowledgementText = _(
@@ -146,7 +148,11 @@ class Device(enum.Enum):
     CUDA = "cuda"
 
     def label(self):
-        return {"auto": _("Automatic (GPU when available)"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[self.value]
+        return {
+            "auto": _("Automatic (GPU when available)"),
+            "cpu": _("CPU"),
+            "cuda": _("GPU (CUDA)"),
+        }[self.value]
 
 
 class _StrategyEnum(enum.Enum):
@@ -167,8 +173,11 @@ class FinetuneMode(enum.Enum):
     NONE = "none"
 
     def label(self):
-        return {"selective": _("Selective semi-supervised (SSFT)"), "all": _("All unlabeled cases"),
-                "none": _("Labeled cases only")}[self.value]
+        return {
+            "selective": _("Selective semi-supervised (SSFT)"),
+            "all": _("All unlabeled cases"),
+            "none": _("Labeled cases only"),
+        }[self.value]
 
 
 # The engine's defaults (the config dataclasses hold them all) seed the parameter node's.
@@ -248,7 +257,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createFromVolumesButton.connect("clicked(bool)", self.onCreateFromVolumes)
         self.ui.rankButton.connect("clicked(bool)", self.onRank)
         self.ui.showChartButton.connect("clicked(bool)", self.onShowChart)
-        self.ui.worklistTableView.connect("doubleClicked(QModelIndex)", self.onWorklistDoubleClicked)
+        self.ui.worklistTableView.connect(
+            "doubleClicked(QModelIndex)", self.onWorklistDoubleClicked
+        )
         self.ui.labelNextButton.connect("clicked(bool)", self.onLabelNext)
         self.ui.submitNextButton.connect("clicked(bool)", self.onSubmitAndNext)
         self.ui.skipButton.connect("clicked(bool)", self.onSkip)
@@ -278,7 +289,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons
+            )
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -301,7 +314,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons
+            )
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -314,28 +329,36 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Re-read the workspace (summary, worklist, versions, running job) into the panel."""
         p = self._parameterNode
         missing = dependencies.missingPackages()
-        self.ui.dependencyStatusLabel.text = dependencies.describeMissing(missing) or _("All dependencies are installed.")
+        self.ui.dependencyStatusLabel.text = dependencies.describeMissing(missing) or _(
+            "All dependencies are installed."
+        )
         self.ui.installDependenciesButton.enabled = bool(missing)
         self._summary = None
         if p is None or not self.logic.hasWorkspace(p.workspacePath):
-            self.ui.workspaceStatusLabel.text = _("No workspace: choose a folder and open or create it.")
+            self.ui.workspaceStatusLabel.text = _(
+                "No workspace: choose a folder and open or create it."
+            )
             self._updateButtons()
             return
         try:
             self._summary = self.logic.workspaceSummary(p.workspacePath)
             qt.QSettings().setValue(self.LAST_WORKSPACE_SETTING, self._summary["workspace"])
             self.ui.workspaceStatusLabel.text = self.logic.describeWorkspace(self._summary)
-            p.worklistTable, _series, _chart = self.logic.updateWorklist(p.workspacePath, p.worklistTable)
+            p.worklistTable, _series, _chart = self.logic.updateWorklist(
+                p.workspacePath, p.worklistTable
+            )
             self.ui.worklistTableView.setMRMLTableNode(p.worklistTable)
             p.modelsTable = self.logic.updateModelsTable(p.workspacePath, p.modelsTable)
             self.ui.modelsTableView.setMRMLTableNode(p.modelsTable)
-            if self._launchedJob is None and self.logic.finetuneJob(p.workspacePath, states=("running",)):
+            if self._launchedJob is None and self.logic.runningFinetuneJob(p.workspacePath):
                 self._launchedJob = {}  # a job started before Slicer was (re)opened
                 self._beginJobMonitoring()
         except Exception as error:  # a damaged or vanished workspace must not break the panel
             logging.warning("cannot read the workspace: %s", error)
             self._summary = None
-            self.ui.workspaceStatusLabel.text = _("Cannot read the workspace: {error}").format(error=error)
+            self.ui.workspaceStatusLabel.text = _("Cannot read the workspace: {error}").format(
+                error=error
+            )
         self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
@@ -352,23 +375,49 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 button.enabled, button.toolTip = True, _("Cancel the running task.")
                 return
             button.enabled = bool(enabled) and not busy
-            button.toolTip = "" if button.enabled else (_("Another task is running.") if busy else whyNot)
+            button.toolTip = (
+                "" if button.enabled else (_("Another task is running.") if busy else whyNot)
+            )
 
         noWorkspace = _("Open or create a workspace first.")
-        setState(self.ui.openWorkspaceButton, p is not None and self.logic.hasWorkspace(p.workspacePath), _("Choose an existing workspace folder."))
-        setState(self.ui.createWorkspaceButton, p is not None and self.logic.isFolder(p.imagesPath) and not self.logic.hasWorkspace(p.workspacePath),
-                 _("Choose a new workspace folder and a folder of scans."))
-        setState(self.ui.createFromVolumesButton, p is not None and not self.logic.hasWorkspace(p.workspacePath)
-                 and slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is not None,
-                 _("Load scans into Slicer and choose a new workspace folder."))
-        setState(self.ui.rankButton, hasWorkspace and not depsMissing and not jobRunning,
-                 _("Fine-tuning is running.") if jobRunning else noWorkspace)
-        setState(self.ui.labelNextButton, hasWorkspace and summary.get("latest_ranking"), _("Rank the scans first."))
+        setState(
+            self.ui.openWorkspaceButton,
+            p is not None and self.logic.hasWorkspace(p.workspacePath),
+            _("Choose an existing workspace folder."),
+        )
+        setState(
+            self.ui.createWorkspaceButton,
+            p is not None
+            and self.logic.isFolder(p.imagesPath)
+            and not self.logic.hasWorkspace(p.workspacePath),
+            _("Choose a new workspace folder and a folder of scans."),
+        )
+        setState(
+            self.ui.createFromVolumesButton,
+            p is not None
+            and not self.logic.hasWorkspace(p.workspacePath)
+            and slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is not None,
+            _("Load scans into Slicer and choose a new workspace folder."),
+        )
+        setState(
+            self.ui.rankButton,
+            hasWorkspace and not depsMissing and not jobRunning,
+            _("Fine-tuning is running.") if jobRunning else noWorkspace,
+        )
+        setState(
+            self.ui.labelNextButton,
+            hasWorkspace and summary.get("latest_ranking"),
+            _("Rank the scans first."),
+        )
         hasCase = p is not None and p.caseSegmentation is not None and bool(p.currentCase)
         setState(self.ui.submitNextButton, hasCase, _("Load a case first (Label next)."))
         setState(self.ui.skipButton, hasCase, _("Load a case first (Label next)."))
         setState(self.ui.openSegmentEditorButton, hasCase, _("Load a case first (Label next)."))
-        setState(self.ui.showChartButton, hasWorkspace and summary.get("latest_ranking"), _("Rank the scans first."))
+        setState(
+            self.ui.showChartButton,
+            hasWorkspace and summary.get("latest_ranking"),
+            _("Rank the scans first."),
+        )
         if jobRunning:
             self.ui.finetuneButton.text = _("Cancel fine-tuning")
             self.ui.finetuneButton.enabled = True
@@ -376,7 +425,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.finetuneButton.text = _("Fine-tune")
             labeled = counts.get("labeled", 0)
-            setState(self.ui.finetuneButton, hasWorkspace and labeled > 0, _("Submit at least one label first.") if hasWorkspace else noWorkspace)
+            setState(
+                self.ui.finetuneButton,
+                hasWorkspace and labeled > 0,
+                _("Submit at least one label first.") if hasWorkspace else noWorkspace,
+            )
         setState(self.ui.useVersionButton, hasWorkspace and not jobRunning, noWorkspace)
 
     # background tasks --------------------------------------------------------------------
@@ -397,7 +450,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onTaskProgress(self, event) -> None:
         self.ui.taskStatusLabel.text = self.logic.describeProgress(event)
-        if event.get("event") == "progress" and event.get("total"):
+        if event.get("event") == ProgressEvent.PROGRESS and event.get("total"):
             self.ui.taskProgressBar.setRange(0, int(event["total"]))
             self.ui.taskProgressBar.setValue(int(event.get("done") or 0))
 
@@ -410,7 +463,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.taskProgressBar.setValue(1 if result.ok else 0)
         self.ui.taskStatusLabel.text = self.logic.describeResult(result)
         if not result.ok and not result.cancelled:
-            slicer.util.errorDisplay(self.logic.describeResult(result), detailedText="\n".join(result.output[-40:]))
+            slicer.util.errorDisplay(
+                self.logic.describeResult(result), detailedText="\n".join(result.output[-40:])
+            )
         self._updateButtons()
         return result.ok
 
@@ -418,10 +473,15 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self) -> None:
         if not slicer.util.confirmOkCancelDisplay(
-            _("ASSFT needs these Python packages: {packages}. Install them now? This can take several minutes "
-              "and downloads PyTorch (about 1-3 GB).").format(packages=", ".join(dependencies.missingPackages()))):
+            _(
+                "ASSFT needs these Python packages: {packages}. Install them now? This can take several minutes "
+                "and downloads PyTorch (about 1-3 GB)."
+            ).format(packages=", ".join(dependencies.missingPackages()))
+        ):
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to install the dependencies."), waitCursor=True
+        ):
             dependencies.installDependencies(confirmed=True)
         self.refresh()
 
@@ -435,8 +495,13 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
-            process = self.logic.startCreateWorkspace(p.workspacePath, [p.imagesPath], p.modelPreset,
-                                                      onProgress=self._onTaskProgress, onFinished=self._onCreated)
+            process = self.logic.startCreateWorkspace(
+                p.workspacePath,
+                [p.imagesPath],
+                p.modelPreset,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onCreated,
+            )
             self._beginTask(self.ui.createWorkspaceButton, process, _("Creating the workspace..."))
 
     def onCreateFromVolumes(self) -> None:
@@ -445,9 +510,15 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
             process = self.logic.startCreateWorkspaceFromVolumes(
-                p.workspacePath, slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), p.modelPreset,
-                onProgress=self._onTaskProgress, onFinished=self._onCreated)
-            self._beginTask(self.ui.createFromVolumesButton, process, _("Creating the workspace..."))
+                p.workspacePath,
+                slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"),
+                p.modelPreset,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onCreated,
+            )
+            self._beginTask(
+                self.ui.createFromVolumesButton, process, _("Creating the workspace...")
+            )
 
     def _onCreated(self, result) -> None:
         self._endTask(result)
@@ -460,8 +531,14 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start ranking."), waitCursor=True):
-            process = self.logic.startRank(p.workspacePath, p.budget, p.strategy.value, p.device.value,
-                                           onProgress=self._onTaskProgress, onFinished=self._onRanked)
+            process = self.logic.startRank(
+                p.workspacePath,
+                p.budget,
+                p.strategy.value,
+                p.device.value,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onRanked,
+            )
             self._beginTask(self.ui.rankButton, process, _("Ranking..."))
 
     def _onRanked(self, result) -> None:
@@ -470,7 +547,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onShowChart(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the chart.")):
-            _table, _series, chart = self.logic.updateWorklist(self._parameterNode.workspacePath, self._parameterNode.worklistTable)
+            _table, _series, chart = self.logic.updateWorklist(
+                self._parameterNode.workspacePath, self._parameterNode.worklistTable
+            )
             slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     @staticmethod
@@ -480,7 +559,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return (proxy.mapToSource(index) if proxy is not None else index).row()
 
     def onWorklistDoubleClicked(self, index) -> None:
-        caseId = self.logic.caseAtWorklistRow(self._parameterNode.worklistTable, self._tableRow(self.ui.worklistTableView, index))
+        caseId = self.logic.caseAtWorklistRow(
+            self._parameterNode.worklistTable, self._tableRow(self.ui.worklistTableView, index)
+        )
         if caseId:
             self._labelCase(caseId)
 
@@ -492,7 +573,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to find the next case."), waitCursor=True):
             caseId = self.logic.nextCase(self._parameterNode.workspacePath)
         if caseId is None:
-            slicer.util.infoDisplay(_("Every ranked case is labeled or skipped: fine-tune or rank again."))
+            slicer.util.infoDisplay(
+                _("Every ranked case is labeled or skipped: fine-tune or rank again.")
+            )
             return
         self._labelCase(caseId)
 
@@ -502,11 +585,23 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is not None and self._task.isRunning():
             slicer.util.warningDisplay(_("Wait for the running task to finish, or cancel it."))
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to load case {case}.").format(case=caseId), waitCursor=True):
-            if self.logic.predictionFiles(p.workspacePath, caseId)[0] is None and not dependencies.missingPackages():
-                process = self.logic.startPredict(p.workspacePath, caseId, p.device.value, onProgress=self._onTaskProgress,
-                                                  onFinished=lambda result: self._onPredicted(caseId, result))
-                self._beginTask(self.ui.labelNextButton, process, _("Predicting {case}...").format(case=caseId))
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to load case {case}.").format(case=caseId), waitCursor=True
+        ):
+            if (
+                self.logic.predictionFiles(p.workspacePath, caseId)[0] is None
+                and not dependencies.missingPackages()
+            ):
+                process = self.logic.startPredict(
+                    p.workspacePath,
+                    caseId,
+                    p.device.value,
+                    onProgress=self._onTaskProgress,
+                    onFinished=lambda result: self._onPredicted(caseId, result),
+                )
+                self._beginTask(
+                    self.ui.labelNextButton, process, _("Predicting {case}...").format(case=caseId)
+                )
                 return
             self._showCase(caseId)
 
@@ -516,12 +611,21 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showCase(self, caseId) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to load case {case}.").format(case=caseId), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to load case {case}.").format(case=caseId), waitCursor=True
+        ):
             nodes = self.logic.loadCase(p.workspacePath, caseId, showUncertainty=p.showUncertainty)
-            p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty = caseId, nodes.volume, nodes.segmentation, nodes.uncertainty
+            p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty = (
+                caseId,
+                nodes.volume,
+                nodes.segmentation,
+                nodes.uncertainty,
+            )
             self.onOpenSegmentEditor()
             self.ui.showUncertaintyCheckBox.enabled = nodes.uncertainty is not None
-            self.ui.showUncertaintyCheckBox.toolTip = "" if nodes.uncertainty is not None else _("No uncertainty map for this case.")
+            self.ui.showUncertaintyCheckBox.toolTip = (
+                "" if nodes.uncertainty is not None else _("No uncertainty map for this case.")
+            )
         self.refresh()
 
     def onOpenSegmentEditor(self) -> None:
@@ -550,7 +654,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except SegmentOverlapError as error:
                 overlap = error  # asked below, without the wait cursor
         if overlap is not None:
-            question = f"{overlap}\n\n" + _("Give each shared voxel the label of the segment lowest in the list, and submit?")
+            question = f"{overlap}\n\n" + _(
+                "Give each shared voxel the label of the segment lowest in the list, and submit?"
+            )
             if not slicer.util.confirmYesNoDisplay(question):
                 return
             with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
@@ -572,17 +678,26 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFinetune(self) -> None:
         p = self._parameterNode
         if self._launchedJob is not None:
-            with slicer.util.tryWithErrorDisplay(_("Failed to cancel fine-tuning."), waitCursor=True):
-                job = self.logic.finetuneJob(p.workspacePath, states=("running",))
+            with slicer.util.tryWithErrorDisplay(
+                _("Failed to cancel fine-tuning."), waitCursor=True
+            ):
+                job = self.logic.runningFinetuneJob(p.workspacePath)
                 if job is None:
                     return
-                process = self.logic.startCancelJob(p.workspacePath, job["id"], onFinished=self._onCancelled)
+                process = self.logic.startCancelJob(
+                    p.workspacePath, job["id"], onFinished=self._onCancelled
+                )
                 self._task = process
                 self.ui.finetuneStatusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
-            process = self.logic.startFinetune(p.workspacePath, p.finetuneMode.value, p.finetuneIterations,
-                                               p.device.value, onFinished=self._onFinetuneLaunched)
+            process = self.logic.startFinetune(
+                p.workspacePath,
+                p.finetuneMode.value,
+                p.finetuneIterations,
+                p.device.value,
+                onFinished=self._onFinetuneLaunched,
+            )
             self._launchedJob = {}
             self.ui.finetuneStatusLabel.text = _("Starting fine-tuning...")
             self._task = process
@@ -599,8 +714,10 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._launchedJob = self.logic.launchedJob(result)
         if not self._launchedJob.get("pid"):
             self._launchedJob = None
-            slicer.util.errorDisplay(_("Fine-tuning was launched but did not say its process id: see 'assft jobs'."),
-                                     detailedText="\n".join(result.output[-40:]))
+            slicer.util.errorDisplay(
+                _("Fine-tuning was launched but did not say its process id: see 'assft jobs'."),
+                detailedText="\n".join(result.output[-40:]),
+            )
             self._updateButtons()
             return
         self._beginJobMonitoring()
@@ -626,21 +743,25 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if progress.get("total"):
             self.ui.finetuneProgressBar.setRange(0, int(progress["total"]))
             self.ui.finetuneProgressBar.setValue(int(progress.get("done") or 0))
-        if status.get("state") in ("starting", "running"):
+        if self.logic.jobIsActive(status):
             return
+        from assft.workspace.jobs import JobState
+
         self._jobTimer.stop()
         self._launchedJob = None
         self.ui.finetuneProgressBar.setRange(0, 1)
-        self.ui.finetuneProgressBar.setValue(1 if status.get("state") == "done" else 0)
+        self.ui.finetuneProgressBar.setValue(1 if status.get("state") == JobState.DONE else 0)
         self.refresh()
-        if status.get("state") == "failed":
+        if status.get("state") == JobState.FAILED:
             slicer.util.errorDisplay(self.logic.describeJob(status))
         elif self.logic.jobPromotedVersion(status) and p.rerankAfterPromotion:
             self.onRank()
 
     def onUseVersion(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to change the model version."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to change the model version."), waitCursor=True
+        ):
             row = self._tableRow(self.ui.modelsTableView, self.ui.modelsTableView.currentIndex())
             version = self.logic.versionAtModelsRow(p.modelsTable, row)
             if not version:
@@ -684,11 +805,16 @@ class ASSFTSlicerTest(ScriptedLoadableModuleTest):
         from ASSFTSlicerLib.selftest import runAnnotationLoop
 
         missing = dependencies.missingPackages()
-        self.assertEqual(missing, [], "install the dependencies first (Setup > Install dependencies)")
+        self.assertEqual(
+            missing, [], "install the dependencies first (Setup > Install dependencies)"
+        )
         self.delayDisplay("Starting the ASSFT loop on a tiny synthetic workspace")
         with tempfile.TemporaryDirectory(prefix="assft-selftest-") as folder:
-            report = runAnnotationLoop(ASSFTSlicerLogic(), pathlib.Path(folder),
-                                       log=lambda message: self.delayDisplay(message, 300))
+            report = runAnnotationLoop(
+                ASSFTSlicerLogic(),
+                pathlib.Path(folder),
+                log=lambda message: self.delayDisplay(message, 300),
+            )
         self.assertEqual(report["labeled"], 2)
         self.assertTrue(report["promoted_version"])
         self.delayDisplay("Test passed")

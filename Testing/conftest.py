@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 import pytest
+
 from assft_testing.slicer_side import require_slicer
 
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
+
 from assft_testing import run_cli
 
 
@@ -16,8 +17,16 @@ def _init(tmp_path, synthetic_pool, tiny_preset_file):
     data, _ = synthetic_pool
     ws = tmp_path / "ws"
     result = run_cli(
-        "init", str(ws), "--images", str(data / "images"), "--label-names", "1:shell,2:core",
-        "--model", str(tiny_preset_file), "--json", check=True,
+        "init",
+        str(ws),
+        "--images",
+        str(data / "images"),
+        "--label-names",
+        "1:shell,2:core",
+        "--model",
+        str(tiny_preset_file),
+        "--json",
+        check=True,
     )
     assert json.loads(result.stdout)["counts"]["unlabeled"] == 8
     return ws
@@ -28,12 +37,23 @@ def test_the_annotation_loop_through_the_cli(tmp_path, synthetic_pool, tiny_pres
     truth = {c.case_id: c.label for c in cases}
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
 
-    ranked = run_cli("rank", str(ws), "--budget", "2", "--views", "1", "--device", "cpu", "--json", check=True)
+    ranked = run_cli(
+        "rank", str(ws), "--budget", "2", "--views", "1", "--device", "cpu", "--json", check=True
+    )
     document = json.loads(ranked.stdout)
     assert {"cases", "selected", "model_version", "strategy"} <= set(document)
     assert document["model_version"] == "v0" and len(document["selected"]) == 2
     for row in document["cases"]:
-        assert {"case", "rank", "score", "dkd", "asd", "asd_per_class", "diversity", "reason"} <= set(row)
+        assert {
+            "case",
+            "rank",
+            "score",
+            "dkd",
+            "asd",
+            "asd_per_class",
+            "diversity",
+            "reason",
+        } <= set(row)
 
     nxt = json.loads(run_cli("next", str(ws), "--json", check=True).stdout)
     assert nxt["case"] == document["selected"][0] and nxt["rank"] == 1
@@ -54,7 +74,9 @@ def test_the_annotation_loop_through_the_cli(tmp_path, synthetic_pool, tiny_pres
 
 def test_progress_json_lines(tmp_path, synthetic_pool, tiny_preset_file):
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
-    result = run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu", "--progress", "json")
+    result = run_cli(
+        "rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu", "--progress", "json"
+    )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     progress = [e for e in events if e["event"] == "progress"]
@@ -70,19 +92,34 @@ def test_bad_input_exits_2_with_one_line(tmp_path, synthetic_pool, tiny_preset_f
     label = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(image).shape, 7, np.uint8))
     label.CopyInformation(image)
     sitk.WriteImage(label, str(bad_label))
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"budjet": 3}')
     cases = [
         (("rank", str(ws), "--budget", "99", "--device", "cpu"), "larger than the unlabeled pool"),
+        (
+            ("rank", str(ws), "--config", str(typo)),
+            f"{typo}: unknown QueryConfig field(s) ['budjet']",
+        ),
+        (
+            ("finetune", str(ws), "--config", str(typo), "--config-json", "{}"),
+            "--config and --config-json cannot be given together",
+        ),
         (("submit", str(ws), "case_000", str(bad_label)), "undeclared"),
         (("submit", str(ws), "../../etc/passwd", str(bad_label)), "not a valid case id"),
         (("skip", str(ws), "nope"), "unknown case id"),
         (("status", str(tmp_path)), "not an ASSFT workspace"),
         (("next", str(ws)), "no ranking yet"),
-        (("init", str(tmp_path / "w2"), "--images", str(tmp_path / "missing.nii.gz")), "missing.nii.gz"),
+        (
+            ("init", str(tmp_path / "w2"), "--images", str(tmp_path / "missing.nii.gz")),
+            "missing.nii.gz",
+        ),
     ]
     for args, message in cases:
         result = run_cli(*args)
         assert result.returncode == 2, (args, result.stderr)
-        lines = [x for x in result.stderr.strip().splitlines() if not x.startswith("assft: warning:")]
+        lines = [
+            x for x in result.stderr.strip().splitlines() if not x.startswith("assft: warning:")
+        ]
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
     assert not (tmp_path / "w2").exists()
     status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
@@ -92,12 +129,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, synthetic_pool, tiny_preset_f
 def test_a_locked_workspace_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom assft.workspace import Workspace\n"
-         f"w = Workspace.open({str(ws)!r})\n"
-         "with w.job_lock('workspace', description='finetune'):\n"
-         "    print('held', flush=True); time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom assft.workspace import Workspace\n"
+            f"w = Workspace.open({str(ws)!r})\n"
+            "with w.job_lock('workspace', description='finetune'):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -109,15 +150,30 @@ def test_a_locked_workspace_is_refused(tmp_path, synthetic_pool, tiny_preset_fil
         holder.kill()
         holder.wait()
     time.sleep(0.1)
-    assert json.loads(run_cli("status", str(ws), "--json", check=True).stdout)["running_job"] is None
+    assert (
+        json.loads(run_cli("status", str(ws), "--json", check=True).stdout)["running_job"] is None
+    )
 
 
 def test_cancel_with_sigterm_exits_3_and_saves_nothing(tmp_path, synthetic_pool, tiny_preset_file):
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
     process = subprocess.Popen(
-        [sys.executable, "-m", "assft", "rank", str(ws), "--budget", "1", "--device", "cpu",
-         "--progress", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "assft",
+            "rank",
+            str(ws),
+            "--budget",
+            "1",
+            "--device",
+            "cpu",
+            "--progress",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     # Wait for the first progress line (the model is loaded and the work has begun).
     first = process.stdout.readline()
@@ -142,7 +198,105 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path, synthetic_pool, tin
     preset_file = tmp_path / "wrong.json"
     preset_file.write_text(json.dumps(preset))
     data, _ = synthetic_pool
-    result = run_cli("init", str(tmp_path / "ws"), "--images", str(data / "images"), "--model", str(preset_file))
+    result = run_cli(
+        "init", str(tmp_path / "ws"), "--images", str(data / "images"), "--model", str(preset_file)
+    )
     assert result.returncode == 2
     assert "other.pt" in result.stderr and "do not fit" in result.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def test_settings_resolve_flags_over_config_over_workspace_over_defaults(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    from assft.query.config import QueryConfig
+
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    # A fresh workspace sets nothing, so a ranking takes QueryConfig's budget.
+    assert json.loads((ws / "assft.json").read_text())["settings"] == {}
+    config = tmp_path / "query.json"
+    config.write_text('{"views": 1}')
+    ranked = run_cli(
+        "rank", str(ws), "--config", str(config), "--device", "cpu", "--json", check=True
+    )
+    document = json.loads(ranked.stdout)
+    assert len(document["selected"]) == QueryConfig().budget == 5
+    assert document["config"]["views"] == 1
+    # The workspace's own budget overrides the default; a config file that does not name the
+    # budget leaves it in force; a flag overrides all of them.
+    settings = json.loads((ws / "assft.json").read_text())
+    settings["settings"] = {"budget": 3, "strategy": "dkd"}
+    (ws / "assft.json").write_text(json.dumps(settings))
+    document = json.loads(
+        run_cli(
+            "rank", str(ws), "--config", str(config), "--device", "cpu", "--json", check=True
+        ).stdout
+    )
+    assert (len(document["selected"]), document["strategy"], document["config"]["views"]) == (
+        3,
+        "dkd",
+        1,
+    )
+    document = json.loads(
+        run_cli(
+            "rank",
+            str(ws),
+            "--config",
+            str(config),
+            "--budget",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            check=True,
+        ).stdout
+    )
+    assert (len(document["selected"]), document["strategy"]) == (2, "dkd")
+
+
+def test_help_states_the_dataclass_defaults_and_the_registered_strategies():
+    from assft.query.config import QueryConfig
+    from assft.query.strategies import STRATEGIES
+    from assft.training.config import FinetuneConfig
+
+    rank = " ".join(run_cli("rank", "--help", check=True).stdout.split())
+    assert f"cases to select (default {QueryConfig().budget})" in rank
+    assert (
+        "{" + ",".join(STRATEGIES) + "}" in rank
+        and f"default {QueryConfig().strategy.value}" in rank
+    )
+    finetune = " ".join(run_cli("finetune", "--help", check=True).stdout.split())
+    assert f"steps of the supervised stage (default {FinetuneConfig().iterations})" in finetune
+    assert "--config-json" not in finetune  # the detached relaunch's, not the user's
+    bench = " ".join(run_cli("bench", "--help", check=True).stdout.split())
+    assert ",".join(STRATEGIES) in bench
+    verbs = run_cli("--help", check=True).stdout
+    for verb in (
+        "init",
+        "rank",
+        "next",
+        "submit",
+        "skip",
+        "status",
+        "hold-out",
+        "finetune",
+        "jobs",
+        "cancel",
+        "models",
+        "rollback",
+        "predict",
+        "evaluate",
+        "demo",
+        "bench",
+        "sample-data",
+        "pretrain-demo",
+    ):
+        assert f"    {verb} " in verbs or f"    {verb}\n" in verbs, verb
+
+
+def test_the_cli_starts_without_torch():
+    code = "import sys\nfrom assft.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"

@@ -14,19 +14,19 @@ ENGINE = Path(__file__).resolve().parents[1] / "ASSFTSlicer" / "assft"
 # Lowest first. Folders of the same rank are independent of each other.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "io": 1,
     "runtime": 1,
     "metrics": 1,
-    "models": 2,
-    "datasets": 2,
-    "workspace": 3,
-    "query": 4,
-    "training": 5,
-    "predict": 6,
-    "evaluate": 7,
-    "apps": 8,
-    "cli": 9,
-    "__main__": 10,
+    "io": 2,
+    "models": 3,
+    "datasets": 3,
+    "workspace": 4,
+    "query": 5,
+    "training": 6,
+    "predict": 7,
+    "evaluate": 8,
+    "apps": 9,
+    "cli": 10,
+    "__main__": 11,
 }
 
 
@@ -86,5 +86,7 @@ def test_the_engine_never_imports_slicer_qt_or_vtk():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            wrong += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden]
+            wrong += [
+                f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden
+            ]
     assert not wrong, wrong

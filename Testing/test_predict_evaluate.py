@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from assft.errors import BadInputError
 from assft.evaluate import evaluate_workspace
 from assft.io.imaging import read_image, read_label, write_image_atomic
@@ -153,7 +154,11 @@ def test_evaluate_dice_per_case_and_structure(workspace, synthetic_pool):
     chosen = ["case_000", "case_002", "case_005"]
     stream = io.StringIO()
     document = evaluate_workspace(
-        workspace, data / "truth", device="cpu", cases=chosen, views=1,
+        workspace,
+        data / "truth",
+        device="cpu",
+        cases=chosen,
+        views=1,
         progress=Progress("json", stream),
     )
     assert document["model_version"] == "v0"

@@ -26,7 +26,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DATA = (
-    "Models.json", "Models.schema.json", "demo_unet.pt", "demo_unet.json", "SampleData.md"
+    "Models.json",
+    "Models.schema.json",
+    "demo_unet.pt",
+    "demo_unet.json",
+    "SampleData.md",
 )
 POOL_SIZE = 3
 
@@ -53,8 +57,9 @@ print(json.dumps({
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 300):
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{' '.join(command)}: exit {result.returncode}: {result.stderr}"
     return result
 
@@ -64,18 +69,40 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """``(bin folder of a fresh venv holding the wheel, environment to run it in)``."""
     tmp = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(OMP_NUM_THREADS="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PYTHONUNBUFFERED="1")
+    env.update(
+        OMP_NUM_THREADS="1",
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PYTHONUNBUFFERED="1",
+    )
 
     # Build from a copy so that the checkout gets no build/ or egg-info from this test.
     source = tmp / "source"
     (source / "ASSFTSlicer").mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "ASSFTSlicer" / "assft", source / "ASSFTSlicer" / "assft",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-          "--no-index", "-q", "-w", str(tmp / "dist")], cwd=tmp, env=env)
+    shutil.copytree(
+        ROOT / "ASSFTSlicer" / "assft",
+        source / "ASSFTSlicer" / "assft",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+        ],
+        cwd=tmp,
+        env=env,
+    )
     wheels = sorted((tmp / "dist").glob("assft-*.whl"))
     assert len(wheels) == 1, wheels
     names = set(zipfile.ZipFile(wheels[0]).namelist())
@@ -86,12 +113,29 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp, env=env)
     python = venv / "bin" / "python"
-    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                   cwd=tmp, env=env).stdout.strip()
+    purelib = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        cwd=tmp,
+        env=env,
+    ).stdout.strip()
     ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     Path(purelib, "assft-test-third-party.pth").write_text("\n".join(ours) + "\n", encoding="utf-8")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-          "--no-index", "-q", str(wheels[0])], cwd=tmp, env=env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheels[0]),
+        ],
+        cwd=tmp,
+        env=env,
+    )
     return venv / "bin", env
 
 
@@ -113,11 +157,37 @@ def test_init_and_rank_with_the_installed_wheel(installed, tmp_path) -> None:
     cases = write_synthetic_pool(tmp_path / "pool", POOL_SIZE, seed=1, size=24)
     ws = tmp_path / "ws"
     images = tmp_path / "pool" / "images"
-    created = _run([str(bin_dir / "assft"), "init", str(ws), "--images", str(images),
-                    "--model", "demo", "--json"], cwd=tmp_path, env=env)
+    created = _run(
+        [
+            str(bin_dir / "assft"),
+            "init",
+            str(ws),
+            "--images",
+            str(images),
+            "--model",
+            "demo",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     assert json.loads(created.stdout)["counts"]["unlabeled"] == POOL_SIZE
-    ranked = _run([str(bin_dir / "assft"), "rank", str(ws), "--budget", "1", "--views", "1",
-                   "--device", "cpu", "--json"], cwd=tmp_path, env=env)
+    ranked = _run(
+        [
+            str(bin_dir / "assft"),
+            "rank",
+            str(ws),
+            "--budget",
+            "1",
+            "--views",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     document = json.loads(ranked.stdout)
     assert document["model_version"] == "v0" and document["strategy"] == "attsq"
     assert sorted(row["case"] for row in document["cases"]) == sorted(c.case_id for c in cases)

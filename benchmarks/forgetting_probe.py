@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
 from assft.models import get_preset, load_model
 from assft.training import FinetuneConfig
@@ -28,7 +29,9 @@ from assft.training.ssft import Trainer, run_stage, validation_dice
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", help="an 'assft bench label-efficiency' output folder (its data/)")
+    parser.add_argument(
+        "folder", help="an 'assft bench label-efficiency' output folder (its data/)"
+    )
     parser.add_argument("--cases", help="pool cases to train on (default: the whole pool)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=50)
@@ -46,13 +49,21 @@ def main() -> None:
     patch = tuple(SMALL_MODEL_FINETUNE["patch_size"])
     with tempfile.TemporaryDirectory() as cache:
         prepared = PreparedCases(Path(cache), preset, values, patch)
-        train = [prepared.load(c.case_id, c.image, c.truth) for c in dataset.pool if c.case_id in chosen]
+        train = [
+            prepared.load(c.case_id, c.image, c.truth) for c in dataset.pool if c.case_id in chosen
+        ]
         test = [prepared.load(c.case_id, c.image, c.truth) for c in dataset.test]
-    config = FinetuneConfig.from_dict({
-        **SMALL_MODEL_FINETUNE, "mode": "none", "iterations": args.steps, "lr": args.lr,
-        "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
-        "freeze_batchnorm": not args.no_freeze_batchnorm,
-    })
+    config = FinetuneConfig.from_dict(
+        {
+            **SMALL_MODEL_FINETUNE,
+            "mode": "none",
+            "iterations": args.steps,
+            "lr": args.lr,
+            "encoder_lr_scale": args.encoder_lr_scale,
+            "seed": args.seed,
+            "freeze_batchnorm": not args.no_freeze_batchnorm,
+        }
+    )
     trainer = Trainer(model, config, patch)
 
     def dice(case) -> float:
@@ -60,17 +71,33 @@ def main() -> None:
 
     def report(step: int, losses: list[float]) -> None:
         scores = {case.case_id: round(dice(case), 3) for case in test}
-        print(json.dumps({"step": step, "loss": round(float(np.mean(losses)), 4) if losses else None,
-                          "mean_test_dice": round(float(np.mean(list(scores.values()))), 4),
-                          "test_dice": scores}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "step": step,
+                    "loss": round(float(np.mean(losses)), 4) if losses else None,
+                    "mean_test_dice": round(float(np.mean(list(scores.values()))), 4),
+                    "test_dice": scores,
+                }
+            ),
+            flush=True,
+        )
 
     report(0, [])
     for start in range(0, args.steps, args.every):
         losses: list[float] = []
         end = min(args.steps, start + args.every)
-        run_stage(trainer, stage=1, start=start, total=args.steps, end=end, labeled=train,
-                  pseudo=None, config=config,
-                  on_step=lambda done, metrics: losses.append(metrics["loss"]))
+        run_stage(
+            trainer,
+            stage=1,
+            start=start,
+            total=args.steps,
+            end=end,
+            labeled=train,
+            pseudo=None,
+            config=config,
+            on_step=lambda done, metrics: losses.append(metrics["loss"]),
+        )
         report(end, losses)
 
 

@@ -22,6 +22,8 @@ REQUIREMENTS: dict[str, str] = {
     "numpy": "numpy>=1.24",
     "nibabel": "nibabel>=5",
     "einops": "einops>=0.7",
+    "psutil": "psutil>=5.9",
+    "portalocker": "portalocker>=2.8",
 }
 """Import name -> pip requirement of what the engine needs (also in ``requirements.txt``)."""
 
@@ -44,7 +46,11 @@ def describeMissing(missing: list[str] | None = None) -> str:
     missing = missingPackages() if missing is None else missing
     if not missing:
         return ""
-    return "Missing Python packages: " + ", ".join(missing) + ". Click 'Install dependencies' to install them."
+    return (
+        "Missing Python packages: "
+        + ", ".join(missing)
+        + ". Click 'Install dependencies' to install them."
+    )
 
 
 def _pyTorchUtilsLogic():
@@ -89,7 +95,13 @@ def installDependencies(
         torchLogic = torchLogic if torchLogic is not None else _pyTorchUtilsLogic()
         if torchLogic is not None:
             logging.info("Installing PyTorch with the PyTorch extension's utilities")
-            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=REQUIREMENTS["torch"][len("torch"):]) is None:
+            if (
+                torchLogic.installTorch(
+                    askConfirmation=False,
+                    torchVersionRequirement=REQUIREMENTS["torch"][len("torch") :],
+                )
+                is None
+            ):
                 raise RuntimeError("PyTorch was not installed")
         else:
             logging.info("Installing PyTorch with pip")

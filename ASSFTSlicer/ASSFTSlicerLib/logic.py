@@ -16,9 +16,17 @@ from typing import Any
 
 import slicer
 
+# Standard library only: the module loads before the engine's dependencies are installed.
+from assft.runtime.progress import ProgressEvent
 from ASSFTSlicerLib import dependencies
 from ASSFTSlicerLib.i18n import tr as _
-from ASSFTSlicerLib.process import BackgroundProcess, ProcessResult, engineEnvironment, processIsAlive, pythonExecutable
+from ASSFTSlicerLib.process import (
+    BackgroundProcess,
+    ProcessResult,
+    engineEnvironment,
+    processIsAlive,
+    pythonExecutable,
+)
 from ASSFTSlicerLib.scene import (
     CaseNodes,
     LabelDefinition,
@@ -43,6 +51,11 @@ from ASSFTSlicerLib.worklist import (
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent.parent
 """The module's folder: the engine package ``assft`` lies next to the module file."""
+
+JOB_STARTING = "starting"
+"""The state :meth:`WorkspaceLogic.detachedJobStatus` reports while a launched fine-tuning process
+has not created its job yet. The Slicer side's own: the engine's job states are
+``assft.workspace.jobs.JobState`` (imported where used, so the module loads without the engine)."""
 
 
 class WorkspaceLogic:
@@ -96,9 +109,13 @@ class WorkspaceLogic:
             missing = dependencies.missingPackages()
             if missing:
                 raise ValueError(
-                    _("The ASSFT engine needs {packages}: install the dependencies (Setup).").format(packages=", ".join(missing))
+                    _(
+                        "The ASSFT engine needs {packages}: install the dependencies (Setup)."
+                    ).format(packages=", ".join(missing))
                 ) from None
-            raise ValueError(_("The ASSFT engine cannot be loaded: {error}").format(error=error)) from None
+            raise ValueError(
+                _("The ASSFT engine cannot be loaded: {error}").format(error=error)
+            ) from None
         try:
             return Workspace.open(path)
         except AssftError as error:
@@ -110,27 +127,47 @@ class WorkspaceLogic:
         summary = workspace.status_summary()
         summary["workspace"] = str(workspace.root)
         summary["model"] = workspace.config.model
-        summary["labels"] = [{"value": label.value, "name": label.name} for label in workspace.config.labels]
+        summary["labels"] = [
+            {"value": label.value, "name": label.name} for label in workspace.config.labels
+        ]
         return summary
 
     @staticmethod
     def describeWorkspace(summary: dict[str, Any]) -> str:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.get("counts", {}).items()))
+        counts = ", ".join(
+            f"{n} {status}" for status, n in sorted(summary.get("counts", {}).items())
+        )
         model = pathlib.Path(str(summary.get("model", ""))).stem or summary.get("model", "")
         labels = ", ".join(label["name"] for label in summary.get("labels", []))
         return _("{total} cases ({counts}); labels: {labels}; model {model} {version}").format(
-            total=summary.get("total", 0), counts=counts or _("none"), labels=labels, model=model,
-            version=summary.get("model_version", ""))
+            total=summary.get("total", 0),
+            counts=counts or _("none"),
+            labels=labels,
+            model=model,
+            version=summary.get("model_version", ""),
+        )
 
     # engine processes --------------------------------------------------------------------
 
     def engineCommand(self, verb: str, *arguments) -> list[str]:
         """``[python, "-m", "assft", verb, ...]``."""
-        return [self.python or pythonExecutable(), "-m", "assft", verb, *[str(a) for a in arguments]]
+        return [
+            self.python or pythonExecutable(),
+            "-m",
+            "assft",
+            verb,
+            *[str(a) for a in arguments],
+        ]
 
-    def startEngineProcess(self, verb: str, arguments: list, name: str = "",
-                           onProgress: Callable | None = None, onLog: Callable | None = None,
-                           onFinished: Callable | None = None) -> BackgroundProcess:
+    def startEngineProcess(
+        self,
+        verb: str,
+        arguments: list,
+        name: str = "",
+        onProgress: Callable | None = None,
+        onLog: Callable | None = None,
+        onFinished: Callable | None = None,
+    ) -> BackgroundProcess:
         """Start ``assft VERB ARGUMENTS`` in the background and return it at once."""
         process = BackgroundProcess(
             self.engineCommand(verb, *arguments),
@@ -143,14 +180,22 @@ class WorkspaceLogic:
         )
         return process.start()
 
-    def startCreateWorkspace(self, workspacePath, images: list, modelPreset: str, labelNames: str | None = None,
-                             **callbacks) -> BackgroundProcess:
+    def startCreateWorkspace(
+        self,
+        workspacePath,
+        images: list,
+        modelPreset: str,
+        labelNames: str | None = None,
+        **callbacks,
+    ) -> BackgroundProcess:
         """Create a workspace (``assft init``: the model is loaded once to check it fits)."""
         path = self._path(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
         if self.hasWorkspace(path):
-            raise ValueError(_("{path} already holds a workspace: open it instead.").format(path=path))
+            raise ValueError(
+                _("{path} already holds a workspace: open it instead.").format(path=path)
+            )
         sources = [self._path(item) for item in images]
         if not sources or any(s is None or not s.exists() for s in sources):
             raise ValueError(_("Choose an existing folder of scans."))
@@ -181,27 +226,51 @@ class WorkspaceLogic:
             raise ValueError(_("No scalar volumes are loaded."))
         return written
 
-    def startCreateWorkspaceFromVolumes(self, workspacePath, volumeNodes, modelPreset: str, **callbacks) -> BackgroundProcess:
+    def startCreateWorkspaceFromVolumes(
+        self, workspacePath, volumeNodes, modelPreset: str, **callbacks
+    ) -> BackgroundProcess:
         """Create a workspace from the loaded volumes (written next to it, in ``<workspace>-scans``)."""
         path = self._path(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
         if self.hasWorkspace(path):
-            raise ValueError(_("{path} already holds a workspace: open it instead.").format(path=path))
+            raise ValueError(
+                _("{path} already holds a workspace: open it instead.").format(path=path)
+            )
         scans = path.parent / f"{path.name}-scans"
         scans.mkdir(parents=True, exist_ok=True)
         self.writeVolumesForWorkspace(volumeNodes, scans)
         return self.startCreateWorkspace(path, [scans], modelPreset, **callbacks)
 
-    def startRank(self, workspacePath, budget: int, strategy: str = "attsq", device: str = "auto",
-                  views: int | None = None, **callbacks) -> BackgroundProcess:
-        """Rank the unlabeled cases in the background (``assft rank --progress json``)."""
+    def startRank(
+        self,
+        workspacePath,
+        budget: int,
+        strategy: str | None = None,
+        device: str = "auto",
+        views: int | None = None,
+        **callbacks,
+    ) -> BackgroundProcess:
+        """Rank the unlabeled cases in the background (``assft rank --progress json``).
+
+        A strategy or view count left as None is the engine's (the workspace's settings, else
+        QueryConfig's default).
+        """
         workspace = self.openWorkspace(workspacePath)
         unlabeled = workspace.status_summary()["counts"].get("unlabeled", 0)
         if unlabeled == 0:
             raise ValueError(_("No unlabeled cases are left to rank."))
-        arguments = [workspace.root, "--budget", min(int(budget), unlabeled), "--strategy", strategy,
-                     "--device", device, "--progress", "json"]
+        arguments = [
+            workspace.root,
+            "--budget",
+            min(int(budget), unlabeled),
+            "--device",
+            device,
+            "--progress",
+            "json",
+        ]
+        if strategy:
+            arguments += ["--strategy", strategy]
         if views:
             arguments += ["--views", views]
         return self.startEngineProcess("rank", arguments, _("ranking"), **callbacks)
@@ -209,22 +278,41 @@ class WorkspaceLogic:
     def predictionDir(self, workspace) -> pathlib.Path:
         return workspace.root / "predictions" / workspace.current_model_version()
 
-    def predictionFiles(self, workspacePath, caseId: str) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+    def predictionFiles(
+        self, workspacePath, caseId: str
+    ) -> tuple[pathlib.Path | None, pathlib.Path | None]:
         """The current model version's predicted label and uncertainty map of a case, if made."""
         workspace = self.openWorkspace(workspacePath)
         folder = self.predictionDir(workspace)
         label, uncertainty = folder / f"{caseId}.nii.gz", folder / f"{caseId}_uncertainty.nii.gz"
         return (label if label.is_file() else None, uncertainty if uncertainty.is_file() else None)
 
-    def startPredict(self, workspacePath, caseId: str | None, device: str = "auto", views: int | None = None,
-                     **callbacks) -> BackgroundProcess:
+    def startPredict(
+        self,
+        workspacePath,
+        caseId: str | None,
+        device: str = "auto",
+        views: int | None = None,
+        **callbacks,
+    ) -> BackgroundProcess:
         """Predict one case (or every case when ``caseId`` is None) with its uncertainty map."""
         workspace = self.openWorkspace(workspacePath)
         if caseId is not None:
             workspace.check_case_id(caseId)
         version = workspace.current_model_version()
-        arguments = [workspace.root, *([caseId] if caseId else ["--all"]), "--out", self.predictionDir(workspace),
-                     "--version", version, "--uncertainty", "--device", device, "--progress", "json"]
+        arguments = [
+            workspace.root,
+            *([caseId] if caseId else ["--all"]),
+            "--out",
+            self.predictionDir(workspace),
+            "--version",
+            version,
+            "--uncertainty",
+            "--device",
+            device,
+            "--progress",
+            "json",
+        ]
         if views:
             arguments += ["--views", views]
         return self.startEngineProcess("predict", arguments, _("predicting"), **callbacks)
@@ -232,11 +320,11 @@ class WorkspaceLogic:
     @staticmethod
     def describeProgress(event: dict[str, Any]) -> str:
         """One line for a progress event: phase, count, metrics, ETA."""
-        if event.get("event") == "done":
+        if event.get("event") == ProgressEvent.DONE:
             return _("Done.")
-        if event.get("event") == "error":
+        if event.get("event") == ProgressEvent.ERROR:
             return str(event.get("message", _("Failed.")))
-        if event.get("event") != "progress":
+        if event.get("event") != ProgressEvent.PROGRESS:
             return str(event.get("event", ""))
         parts = [f"{event.get('phase', '')} {event.get('done', 0)}/{event.get('total', '?')}"]
         if event.get("case"):
@@ -247,7 +335,11 @@ class WorkspaceLogic:
         text = ", ".join(parts)
         eta = event.get("eta_s")
         if isinstance(eta, (int, float)):
-            text += _(", about {minutes} min left").format(minutes=max(1, round(eta / 60))) if eta >= 90 else _(", about {seconds} s left").format(seconds=round(eta))
+            text += (
+                _(", about {minutes} min left").format(minutes=max(1, round(eta / 60)))
+                if eta >= 90
+                else _(", about {seconds} s left").format(seconds=round(eta))
+            )
         return text
 
     @staticmethod
@@ -273,8 +365,11 @@ class WorkspaceLogic:
         except Exception as error:  # a damaged ranking file must not hide the rest
             logging.warning("cannot read the latest ranking: %s", error)
             ranking = None
-        tableNode = fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT worklist"),
-                                  WORKLIST_COLUMNS, worklistRows(ranking, statuses))
+        tableNode = fillTableNode(
+            tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT worklist"),
+            WORKLIST_COLUMNS,
+            worklistRows(ranking, statuses),
+        )
         seriesNode = seriesNode or self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT cases")
         chartNode = chartNode or self._namedNode("vtkMRMLPlotChartNode", "ASSFT ranking")
         return (tableNode, *updateScoreChart(tableNode, seriesNode, chartNode))
@@ -308,8 +403,14 @@ class WorkspaceLogic:
 
     # annotating --------------------------------------------------------------------------
 
-    def loadCase(self, workspacePath, caseId: str, predictionPath=None, uncertaintyPath=None,
-                 showUncertainty: bool = True) -> CaseNodes:
+    def loadCase(
+        self,
+        workspacePath,
+        caseId: str,
+        predictionPath=None,
+        uncertaintyPath=None,
+        showUncertainty: bool = True,
+    ) -> CaseNodes:
         """Show a case: its scan, a segmentation with one segment per workspace label, pre-filled.
 
         The segmentation starts from the case's stored label when it has one (to correct it),
@@ -328,7 +429,9 @@ class WorkspaceLogic:
         nodes = CaseNodes(caseId, volume, None)
         try:
             labelArray = loadLabelArray(start, volume, labels) if start else None
-            nodes.segmentation = createCaseSegmentation(volume, labels, labelArray, name=f"{caseId} segmentation")
+            nodes.segmentation = createCaseSegmentation(
+                volume, labels, labelArray, name=f"{caseId} segmentation"
+            )
             if uncertaintyPath is not None:
                 nodes.uncertainty = loadUncertaintyVolume(uncertaintyPath, volume, caseId)
         except BaseException:
@@ -340,14 +443,21 @@ class WorkspaceLogic:
 
     def setUncertaintyVisible(self, visible: bool, opacity: float = 0.4) -> None:
         if self.caseNodes is not None:
-            setForegroundVolume(self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity)
+            setForegroundVolume(
+                self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity
+            )
 
     def closeCase(self) -> None:
         removeCaseNodes(self.caseNodes)
         self.caseNodes = self.caseWorkspace = None
 
-    def submitCase(self, workspacePath, overlap: OverlapPolicy | str = OverlapPolicy.REFUSE,
-                   user: str | None = None, caseNodes: CaseNodes | None = None) -> pathlib.Path:
+    def submitCase(
+        self,
+        workspacePath,
+        overlap: OverlapPolicy | str = OverlapPolicy.REFUSE,
+        user: str | None = None,
+        caseNodes: CaseNodes | None = None,
+    ) -> pathlib.Path:
         """Store the current case's segmentation as its label (exact geometry, validated, atomic).
 
         Raises:
@@ -358,9 +468,19 @@ class WorkspaceLogic:
         if nodes is None or nodes.segmentation is None:
             raise ValueError(_("No case is loaded: use 'Label next' first."))
         workspace = self.openWorkspace(workspacePath)
-        if self.caseWorkspace is not None and caseNodes is None and workspace.root != self.caseWorkspace:
-            raise ValueError(_("The loaded case belongs to another workspace ({path}).").format(path=self.caseWorkspace))
-        return submitSegmentation(workspace, nodes.caseId, nodes.segmentation, nodes.volume, overlap=overlap, user=user)
+        if (
+            self.caseWorkspace is not None
+            and caseNodes is None
+            and workspace.root != self.caseWorkspace
+        ):
+            raise ValueError(
+                _("The loaded case belongs to another workspace ({path}).").format(
+                    path=self.caseWorkspace
+                )
+            )
+        return submitSegmentation(
+            workspace, nodes.caseId, nodes.segmentation, nodes.volume, overlap=overlap, user=user
+        )
 
     def skipCase(self, workspacePath, caseId: str) -> None:
         from assft.errors import AssftError
@@ -376,23 +496,41 @@ class WorkspaceLogic:
 
     # fine-tuning -------------------------------------------------------------------------
 
-    def startFinetune(self, workspacePath, mode: str = "selective", iterations: int = 200, device: str = "auto",
-                      config: dict[str, Any] | None = None, **callbacks) -> BackgroundProcess:
+    def startFinetune(
+        self,
+        workspacePath,
+        mode: str | None = None,
+        iterations: int | None = None,
+        device: str = "auto",
+        config: dict[str, Any] | None = None,
+        **callbacks,
+    ) -> BackgroundProcess:
         """Launch a detached fine-tuning job (it survives Slicer; follow it with :meth:`detachedJobStatus`).
 
         Args:
+            mode, iterations: None leaves them to the engine (the workspace's settings, else
+                FinetuneConfig's defaults).
             config: Extra FinetuneConfig fields (e.g. ``{"views": 1, "semi_iterations": 2}``).
         """
         workspace = self.openWorkspace(workspacePath)
-        running = self.finetuneJob(workspace.root, states=("running",)) or workspace.running_job()
+        running = self.runningFinetuneJob(workspace.root) or workspace.running_job()
         if running:
-            raise ValueError(_("A job is already running in this workspace (pid {pid}).").format(pid=running.get("pid")))
+            raise ValueError(
+                _("A job is already running in this workspace (pid {pid}).").format(
+                    pid=running.get("pid")
+                )
+            )
         if workspace.status_summary()["counts"].get("labeled", 0) == 0:
             raise ValueError(_("Submit at least one label before fine-tuning."))
-        arguments = [workspace.root, "--mode", mode, "--iterations", int(iterations), "--device", device,
-                     "--detach", "--json"]
+        arguments = [workspace.root, "--device", device, "--detach", "--json"]
+        if mode:
+            arguments += ["--mode", mode]
+        if iterations:
+            arguments += ["--iterations", int(iterations)]
         if config:
-            handle = tempfile.NamedTemporaryFile("w", prefix="assft-finetune-", suffix=".json", delete=False)
+            handle = tempfile.NamedTemporaryFile(
+                "w", prefix="assft-finetune-", suffix=".json", delete=False
+            )
             with handle:
                 json.dump(config, handle)
             arguments += ["--config", handle.name]
@@ -404,7 +542,9 @@ class WorkspaceLogic:
                     onFinished(result)
 
             callbacks["onFinished"] = removeConfigFile
-        return self.startEngineProcess("finetune", arguments, _("starting fine-tuning"), **callbacks)
+        return self.startEngineProcess(
+            "finetune", arguments, _("starting fine-tuning"), **callbacks
+        )
 
     @staticmethod
     def launchedJob(result: ProcessResult) -> dict[str, Any]:
@@ -415,7 +555,9 @@ class WorkspaceLogic:
             return {}
         return document if isinstance(document, dict) else {}
 
-    def finetuneJob(self, workspacePath, states: tuple[str, ...] | None = None, pid: int | None = None) -> dict[str, Any] | None:
+    def finetuneJob(
+        self, workspacePath, states: tuple[str, ...] | None = None, pid: int | None = None
+    ) -> dict[str, Any] | None:
         """The newest fine-tuning job (with ``last_progress``), optionally in ``states`` or of ``pid``."""
         from assft.workspace.jobs import JobStore
 
@@ -429,6 +571,19 @@ class WorkspaceLogic:
             return job
         return None
 
+    def runningFinetuneJob(self, workspacePath) -> dict[str, Any] | None:
+        """The fine-tuning job whose process runs now, if any."""
+        from assft.workspace.jobs import JobState
+
+        return self.finetuneJob(workspacePath, states=(JobState.RUNNING,))
+
+    @staticmethod
+    def jobIsActive(job: dict[str, Any]) -> bool:
+        """Whether a job (or :meth:`detachedJobStatus`) is still starting or running."""
+        from assft.workspace.jobs import JobState
+
+        return job.get("state") in (JOB_STARTING, JobState.RUNNING)
+
     def detachedJobStatus(self, workspacePath, launched: dict[str, Any]) -> dict[str, Any]:
         """The job a detached launch started: its info once it exists, ``starting`` before, or
         ``failed`` with the log's last line when the process ended without creating one."""
@@ -437,36 +592,53 @@ class WorkspaceLogic:
         if job is not None:
             return job
         if pid and processIsAlive(int(pid)):
-            return {"state": "starting"}
+            return {"state": JOB_STARTING}
         message = _("the fine-tuning process ended before it started its job")
         log = pathlib.Path(launched.get("log", ""))
         if launched.get("log") and log.is_file():
-            lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            lines = [
+                line
+                for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                if line.strip()
+            ]
             if lines:
                 message = lines[-1]
-        return {"state": "failed", "message": message}
+        from assft.workspace.jobs import JobState
 
-    def startCancelJob(self, workspacePath, jobId: str | None = None, **callbacks) -> BackgroundProcess:
-        """Cancel a running job (``assft cancel``: SIGTERM to its process group, SIGKILL later)."""
+        return {"state": JobState.FAILED, "message": message}
+
+    def startCancelJob(
+        self, workspacePath, jobId: str | None = None, **callbacks
+    ) -> BackgroundProcess:
+        """Cancel a running job (``assft cancel``: a request the job polls, its process tree ended
+        if it has not stopped in time)."""
         workspace = self.openWorkspace(workspacePath)
-        return self.startEngineProcess("cancel", [workspace.root, *([jobId] if jobId else [])], _("cancelling"), **callbacks)
+        return self.startEngineProcess(
+            "cancel", [workspace.root, *([jobId] if jobId else [])], _("cancelling"), **callbacks
+        )
 
     def describeJob(self, job: dict[str, Any]) -> str:
+        from assft.workspace.jobs import JobState
+
         state = job.get("state", "")
-        if state == "starting":
+        if state == JOB_STARTING:
             return _("Starting fine-tuning...")
-        if state == "running":
+        if state == JobState.RUNNING:
             progress = job.get("last_progress") or {}
-            return _("Fine-tuning: {progress}").format(progress=self.describeProgress(progress) if progress else _("starting"))
+            return _("Fine-tuning: {progress}").format(
+                progress=self.describeProgress(progress) if progress else _("starting")
+            )
         return f"{state}: {job.get('message') or ''}".strip(": ")
 
     @staticmethod
     def jobPromotedVersion(job: dict[str, Any]) -> str | None:
         """The version a finished job promoted, if it did."""
-        if job.get("state") != "done":
+        from assft.workspace.jobs import JobState
+
+        if job.get("state") != JobState.DONE:
             return None
         last = job.get("last_progress") or {}
-        if last.get("event") == "done" and last.get("promoted"):
+        if last.get("event") == ProgressEvent.DONE and last.get("promoted"):
             return last.get("version")
         return None
 
@@ -474,8 +646,11 @@ class WorkspaceLogic:
         from assft.workspace.model_versions import ModelRegistry
 
         models = ModelRegistry(self.openWorkspace(workspacePath)).to_json()
-        return fillTableNode(tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT model versions"),
-                             MODEL_COLUMNS, modelRows(models))
+        return fillTableNode(
+            tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT model versions"),
+            MODEL_COLUMNS,
+            modelRows(models),
+        )
 
     def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:
         """Make ``version`` current (rollback, or forward again)."""
@@ -486,5 +661,3 @@ class WorkspaceLogic:
             return ModelRegistry(self.openWorkspace(workspacePath)).rollback(version)
         except AssftError as error:
             raise ValueError(str(error)) from None
-
-

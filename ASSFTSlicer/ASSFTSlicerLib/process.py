@@ -3,18 +3,23 @@
 Ranking, prediction and fine-tuning run as ``PythonSlicer -m assft ...`` processes that print
 one JSON object per line (``{"event": "progress", ...}`` then ``{"event": "done" | "error", ...}``).
 A :class:`BackgroundProcess` starts one, hands every progress event and log line to callbacks on
-the thread that drains it (Slicer's main thread), reports how it ended, and on cancel ends the
-whole process tree.
+the thread that drains it (Slicer's main thread), reports how it ended, and on cancel asks the
+engine to stop (a request file named in ``ASSFT_CANCEL_FILE``: ``PythonSlicer`` forwards no
+signal to the interpreter it starts, and Windows has none to send), then ends the whole process
+tree if it has not stopped in time.
 
 Two ways to read the output, chosen when the process starts:
 
 - ``slicer``: ``slicer.util.launchConsoleProcess(..., blocking=False, logCallback=...,
   completedCallback=...)`` (Slicer 5.12 and later) reads it with its own thread and QTimer.
-- ``thread``: this module's own ``subprocess.Popen`` (in a new session on POSIX, so that the
-  whole tree shares one process group), a reader thread that queues lines, and :meth:`drain`,
-  called by a QTimer when Qt is there, or by :meth:`wait` / the caller otherwise (tests).
+- ``thread``: this module's own process (in a process group of its own), a reader thread that
+  queues lines, and :meth:`drain`, called by a QTimer when Qt is there, or by :meth:`wait` / the
+  caller otherwise (tests).
 
-Nothing here imports Qt at module level: the core is tested in plain Python.
+Nothing here imports Qt at module level: the core is tested in plain Python. Operating-system
+calls (process trees, process groups) go through the engine's :mod:`assft.runtime.portable`,
+imported when first needed: it needs ``psutil``, which may not be installed yet when the module
+loads.
 """
 
 from __future__ import annotations
@@ -25,15 +30,21 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Both import only the standard library: the module loads before the engine's dependencies are.
+from assft.runtime.cancellation import CANCEL_FILE_ENV
+from assft.runtime.cancellation import request as requestCancel
+from assft.runtime.progress import ProgressEvent
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -51,6 +62,7 @@ __all__ = [
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 3
 _OUTPUT_LINES_KEPT = 2000
+_TERMINATE_GRACE_S = 5.0  # after a cancel request was ignored: terminate, then kill this much later
 
 
 def parseProgressLine(line: str) -> dict[str, Any] | None:
@@ -70,7 +82,7 @@ def parseProgressLine(line: str) -> dict[str, Any] | None:
         event = json.loads(text)
     except ValueError:
         return None
-    if isinstance(event, dict) and isinstance(event.get("event"), str):
+    if isinstance(event, dict) and isinstance(event.get("event"), str):  # a ProgressEvent
         return event
     return None
 
@@ -91,11 +103,15 @@ def pythonExecutable() -> str:
         found = shutil.which("PythonSlicer")
         if found:
             return found
-        raise RuntimeError("PythonSlicer was not found next to Slicer: the installation is incomplete")
+        raise RuntimeError(
+            "PythonSlicer was not found next to Slicer: the installation is incomplete"
+        )
     return sys.executable
 
 
-def engineEnvironment(engineRoot: str | Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def engineEnvironment(
+    engineRoot: str | Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """Environment additions for an engine process.
 
     ``engineRoot`` (the folder that holds the ``assft`` package) goes first on ``PYTHONPATH``
@@ -112,145 +128,56 @@ def engineEnvironment(engineRoot: str | Path, extra: dict[str, str] | None = Non
     return environment
 
 
-# Process trees ---------------------------------------------------------------------------------
-
-
-def _parentMap() -> dict[int, list[tuple[int, str]]]:
-    """``{parent pid: [(child pid, start marker), ...]}`` for every process visible here."""
-    children: dict[int, list[tuple[int, str]]] = {}
-    if os.path.isdir("/proc"):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text(encoding="ascii", errors="replace")
-            except OSError:
-                continue
-            fields = text[text.rfind(")") + 2 :].split()  # the name may hold spaces and ')'
-            if len(fields) > 19:
-                children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
-        return children
-    try:  # macOS and other systems without /proc
-        listing = subprocess.run(
-            ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "lstart="],
-            capture_output=True, text=True, timeout=10, check=False,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return children
-    for line in listing.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            children.setdefault(int(parts[1]), []).append((int(parts[0]), parts[2] if len(parts) > 2 else ""))
-    return children
-
-
-def _startMarker(pid: int) -> str | None:
-    """Something that tells this process from a later one reusing its pid (None: unknown)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
+# Process trees ------------------------------------------------------------------------------
 
 
 def descendantProcessIds(pid: int) -> list[tuple[int, str]]:
     """Every process below ``pid`` (children, grandchildren...), with a start marker each."""
-    try:
-        import psutil  # more reliable where installed (Windows, macOS)
+    from assft.runtime import portable
 
-        try:
-            return [(c.pid, str(c.create_time())) for c in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            return []
-    except ImportError:
-        pass
-    tree = _parentMap()
-    found: list[tuple[int, str]] = []
-    stack = [pid]
-    while stack:
-        for child in tree.get(stack.pop(), []):
-            if child[0] not in (p for p, _ in found):
-                found.append(child)
-                stack.append(child[0])
-    return found
-
-
-def _alive(pid: int, marker: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    current = _startMarker(pid)
-    if current is None:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        if state[state.rfind(")") + 2 :].split()[0] in ("Z", "X"):
-            return False
-    except OSError:
-        return False
-    return marker is None or not marker.isdigit() or current == marker
+    below = portable.ProcessTree(pid).pids[1:]
+    return [(child, str(portable.process_start_time(child))) for child in below]
 
 
 def processIsAlive(pid: int) -> bool:
     """Whether a process with this id runs (a zombie does not count)."""
-    if pid <= 0:
-        return False
-    if os.name == "nt":
-        try:
-            import psutil
+    from assft.runtime import portable
 
-            return psutil.pid_exists(pid)
-        except ImportError:
-            listing = subprocess.run(["tasklist", "/FI", f"PID eq {pid}"], capture_output=True, text=True, check=False)
-            return str(pid) in listing.stdout
-    return _alive(pid)
-
-
-def _signal(pid: int, signalNumber: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signalNumber)
+    return portable.process_alive(pid)
 
 
 def terminateProcessTree(
     process: subprocess.Popen,
     grace: float = 10.0,
-    ownGroup: bool = False,
+    cancelFile: str | Path | None = None,
 ) -> None:
-    """End a process and everything it started.
+    """End a process and everything it started, as gently as it allows.
 
-    The process gets SIGTERM first (the engine then stops cleanly, releases its workspace lock
-    and exits with code 3); whatever of the tree is still there after ``grace`` seconds, or
-    once the process itself has ended, gets SIGKILL. The tree is listed before the first signal
-    because children whose parent has died are re-parented and could no longer be found.
+    With ``cancelFile`` (the path the process got in ``ASSFT_CANCEL_FILE``) the request is written
+    first and the process has ``grace`` seconds to stop by itself: the engine stops at its next
+    safe point, releases its workspace lock and exits with code 3, through launchers that do not
+    forward signals and on Windows. Whatever of the tree still runs then is terminated (SIGTERM
+    on POSIX), and killed a few seconds later. Without ``cancelFile`` it is terminated at once
+    and killed after ``grace`` seconds. The tree is listed before anything ends: children whose
+    parent has ended are re-parented and could no longer be found.
 
     Args:
         process: The process started by this module or by ``launchConsoleProcess``.
         grace: Seconds to wait for a clean exit.
-        ownGroup: The process leads its own process group (started in a new session): the
-            group is killed too, which catches even processes that were re-parented.
+        cancelFile: The process's cancel request file.
     """
-    pid = process.pid
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False)
-        return
-    tree = descendantProcessIds(pid)
-    if process.poll() is None:
-        _signal(pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
-    tree += [p for p in descendantProcessIds(pid) if p[0] not in {q for q, _ in tree}]
-    if process.poll() is None:
-        _signal(pid, signal.SIGKILL)
-    if ownGroup:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    for child, marker in tree:
-        if _alive(child, marker):
-            _signal(child, signal.SIGKILL)
+    from assft.runtime import portable
+
+    tree = portable.ProcessTree(process.pid)
+    if cancelFile is not None:
+        if process.poll() is None:
+            requestCancel(cancelFile)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=grace)
+        tree.refresh()
+        tree.end(min(grace, _TERMINATE_GRACE_S))
+    else:
+        tree.end(grace)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
 
@@ -285,13 +212,14 @@ class ProcessResult:
     @property
     def doneEvent(self) -> dict[str, Any] | None:
         """The last ``done`` event, if any."""
-        return next((e for e in reversed(self.events) if e.get("event") == "done"), None)
+        done = (e for e in reversed(self.events) if e.get("event") == ProgressEvent.DONE)
+        return next(done, None)
 
     @property
     def errorMessage(self) -> str:
         """Why it failed: the engine's ``error`` event, else the last lines of its output."""
         for event in reversed(self.events):
-            if event.get("event") == "error" and event.get("message"):
+            if event.get("event") == ProgressEvent.ERROR and event.get("message"):
                 return str(event["message"])
         lines = [line for line in self.output if line.strip()]
         if not lines:
@@ -376,6 +304,9 @@ class BackgroundProcess:
 
     All callbacks run on the thread that drains the process: Slicer's main thread in the
     application, the caller of :meth:`wait` elsewhere.
+
+    The process gets ``ASSFT_CANCEL_FILE`` (:attr:`cancelFile`, a fresh path that does not exist
+    yet) in its environment; :meth:`cancel` creates that file.
     """
 
     POLL_INTERVAL_MS = 100
@@ -394,7 +325,8 @@ class BackgroundProcess:
     ) -> None:
         self.args = [str(a) for a in args]
         self.name = name or (self.args[3] if len(self.args) > 3 else Path(self.args[0]).name)
-        self.environment = dict(environment or {})
+        self.cancelFile = Path(tempfile.gettempdir()) / f"assft-cancel-{uuid.uuid4().hex}"
+        self.environment = {**(environment or {}), CANCEL_FILE_ENV: str(self.cancelFile)}
         self.cwd = None if cwd is None else str(cwd)
         self.onProgress = onProgress
         self.onLog = onLog
@@ -408,7 +340,6 @@ class BackgroundProcess:
         self._events: list[dict[str, Any]] = []
         self._output: list[str] = []
         self._cancelRequested = False
-        self._ownGroup = False
         self._started = 0.0
         self._finishedReturnCode: int | None = None
         self._killer: threading.Thread | None = None
@@ -435,7 +366,9 @@ class BackgroundProcess:
         elif launcher == "slicer":
             launcher = _slicerLauncher()
             if launcher is None:
-                raise RuntimeError("slicer.util.launchConsoleProcess(blocking=False) is not available")
+                raise RuntimeError(
+                    "slicer.util.launchConsoleProcess(blocking=False) is not available"
+                )
         if callable(launcher):
             self.mode = "slicer"
             self.process = launcher(
@@ -453,15 +386,11 @@ class BackgroundProcess:
         return self
 
     def _startThreadMode(self) -> None:
+        from assft.runtime.portable import start_process
+
         environment = _startupEnvironment()
         environment.update(self.environment)
-        options: dict[str, Any] = {}
-        if os.name == "nt":
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | 0x08000000  # no window
-        else:
-            options["start_new_session"] = True
-            self._ownGroup = True
-        self.process = subprocess.Popen(
+        self.process = start_process(
             self.args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -472,9 +401,10 @@ class BackgroundProcess:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-            **options,
         )
-        reader = threading.Thread(target=self._readOutput, name=f"assft-{self.name}-reader", daemon=True)
+        reader = threading.Thread(
+            target=self._readOutput, name=f"assft-{self.name}-reader", daemon=True
+        )
         reader.start()
         if _qtAvailable():
             self._schedulePoll()
@@ -507,7 +437,7 @@ class BackgroundProcess:
                 self.onLog(line)
             return
         self._events.append(event)
-        if event.get("event") == "progress":
+        if event.get("event") == ProgressEvent.PROGRESS:
             self.lastProgress = event
             del self._events[:-_OUTPUT_LINES_KEPT]
         if self.onProgress:
@@ -516,6 +446,7 @@ class BackgroundProcess:
     def _handleCompleted(self, returnCode: int) -> None:
         if self.result is not None:
             return
+        self.cancelFile.unlink(missing_ok=True)
         self.result = ProcessResult(
             returnCode=returnCode,
             cancelled=self._cancelRequested,
@@ -528,7 +459,9 @@ class BackgroundProcess:
         elif self.result.cancelled:
             logging.info("%s was cancelled", self.name)
         else:
-            logging.error("%s failed (exit code %s): %s", self.name, returnCode, self.result.errorMessage)
+            logging.error(
+                "%s failed (exit code %s): %s", self.name, returnCode, self.result.errorMessage
+            )
         if self.onFinished:
             self.onFinished(self.result)
 
@@ -590,10 +523,11 @@ class BackgroundProcess:
         return self.result
 
     def cancel(self, grace: float = 10.0, wait: bool = False) -> None:
-        """End the process and its whole tree (SIGTERM, then SIGKILL after ``grace`` seconds).
+        """Ask the engine to stop, and end its whole tree if it has not within ``grace`` seconds.
 
-        Returns at once unless ``wait``; :attr:`result` (and ``onFinished``) then tell that it
-        was cancelled.
+        The request is :attr:`cancelFile`; the engine stops at its next safe point with exit
+        code 3 (see :func:`terminateProcessTree`). Returns at once unless ``wait``;
+        :attr:`result` (and ``onFinished``) then tell that it was cancelled.
         """
         if self.process is None or self.result is not None:
             return
@@ -603,11 +537,19 @@ class BackgroundProcess:
                 self._killer.join()
             return
         self._killer = threading.Thread(
-            target=terminateProcessTree,
-            args=(self.process, grace, self._ownGroup),
+            target=self._stop,
+            args=(grace,),
             name=f"assft-{self.name}-cancel",
             daemon=True,
         )
         self._killer.start()
         if wait:
             self._killer.join()
+
+    def _stop(self, grace: float) -> None:
+        """The cancel itself, on its own thread: the GUI never waits for it."""
+        assert self.process is not None
+        try:
+            terminateProcessTree(self.process, grace, self.cancelFile)
+        finally:
+            self.cancelFile.unlink(missing_ok=True)

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import vtk
-
 import slicer
+import vtk
 
 __all__ = [
     "CaseNodes",
@@ -70,7 +69,10 @@ class LabelDefinition:
     @classmethod
     def fromWorkspace(cls, labels: Iterable[Any]) -> list[LabelDefinition]:
         """From the engine's ``LabelInfo`` list (``workspace.config.labels``)."""
-        return [cls(int(label.value), str(label.name), tuple(float(c) for c in label.color)) for label in labels]
+        return [
+            cls(int(label.value), str(label.name), tuple(float(c) for c in label.color))
+            for label in labels
+        ]
 
 
 class OverlapPolicy(StrEnum):
@@ -93,7 +95,9 @@ class SegmentOverlapError(ValueError):
 
     def __init__(self, overlaps: list[tuple[str, str, int]]) -> None:
         self.overlaps = overlaps
-        details = "; ".join(f"'{a}' and '{b}' share {n} voxel{'s' if n != 1 else ''}" for a, b, n in overlaps)
+        details = "; ".join(
+            f"'{a}' and '{b}' share {n} voxel{'s' if n != 1 else ''}" for a, b, n in overlaps
+        )
         super().__init__(
             f"Segments overlap: {details}. A voxel can have only one label: remove the overlap in the "
             "Segment Editor (e.g. with the 'Logical operators' effect), or choose which segment wins."
@@ -185,7 +189,9 @@ def volumeNodeFromImage(image, name: str, className: str = "vtkMRMLScalarVolumeN
     import SimpleITK as sitk
 
     array = sitk.GetArrayFromImage(image)  # (k, j, i), as Slicer's arrayFromVolume
-    ijkToRas = ijkToRasFromImageGeometry(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    ijkToRas = ijkToRasFromImageGeometry(
+        image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+    )
     node = slicer.mrmlScene.AddNewNodeByClass(className, slicer.mrmlScene.GenerateUniqueName(name))
     node.SetIJKToRASMatrix(_vtkMatrix(ijkToRas))
     slicer.util.updateVolumeFromArray(node, array)
@@ -206,7 +212,9 @@ def imageFromVolumeNode(volumeNode, array: np.ndarray | None = None):
     voxels = slicer.util.arrayFromVolume(volumeNode) if array is None else np.asarray(array)
     shape = _volumeShape(volumeNode)
     if voxels.shape != shape:
-        raise ValueError(f"an array of shape {voxels.shape} does not fit volume '{volumeNode.GetName()}' {shape}")
+        raise ValueError(
+            f"an array of shape {voxels.shape} does not fit volume '{volumeNode.GetName()}' {shape}"
+        )
     geometry = imageGeometryFromVolumeNode(volumeNode)
     image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
     image.SetOrigin(geometry["origin"])
@@ -264,7 +272,9 @@ def loadCaseVolume(imagePath: str | Path, caseId: str, workspaceRoot: str | Path
     return node
 
 
-def loadLabelArray(labelPath: str | Path, referenceVolumeNode, labels: Sequence[LabelDefinition]) -> np.ndarray:
+def loadLabelArray(
+    labelPath: str | Path, referenceVolumeNode, labels: Sequence[LabelDefinition]
+) -> np.ndarray:
     """Read a label map (e.g. a prediction) that must lie on the reference volume's grid.
 
     Returns:
@@ -290,7 +300,9 @@ def loadLabelArray(labelPath: str | Path, referenceVolumeNode, labels: Sequence[
     allowed = {0} | {label_.value for label_ in labels}
     unknown = sorted(set(np.unique(array).tolist()) - allowed)
     if unknown:
-        raise ValueError(f"{labelPath}: values {unknown} are not labels of the workspace ({sorted(allowed - {0})})")
+        raise ValueError(
+            f"{labelPath}: values {unknown} are not labels of the workspace ({sorted(allowed - {0})})"
+        )
     return array
 
 
@@ -313,13 +325,17 @@ def createCaseSegmentation(
     """
     segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
         "vtkMRMLSegmentationNode",
-        slicer.mrmlScene.GenerateUniqueName(name or f"{referenceVolumeNode.GetName()} segmentation"),
+        slicer.mrmlScene.GenerateUniqueName(
+            name or f"{referenceVolumeNode.GetName()} segmentation"
+        ),
     )
     segmentationNode.CreateDefaultDisplayNodes()
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
     segmentation = segmentationNode.GetSegmentation()
     for label in labels:
-        segmentation.AddEmptySegment(f"{SEGMENT_ID_PREFIX}{label.value}", label.name, list(label.color))
+        segmentation.AddEmptySegment(
+            f"{SEGMENT_ID_PREFIX}{label.value}", label.name, list(label.color)
+        )
     for attribute in (_ATTRIBUTE_CASE, _ATTRIBUTE_WORKSPACE):
         value = referenceVolumeNode.GetAttribute(attribute)
         if value:
@@ -330,15 +346,22 @@ def createCaseSegmentation(
     return segmentationNode
 
 
-def fillSegmentationFromLabelArray(segmentationNode, referenceVolumeNode, labels: Sequence[LabelDefinition], labelArray: np.ndarray) -> None:
+def fillSegmentationFromLabelArray(
+    segmentationNode, referenceVolumeNode, labels: Sequence[LabelDefinition], labelArray: np.ndarray
+) -> None:
     """Set each workspace label's segment from a label map on the scan's grid."""
     segmentation = segmentationNode.GetSegmentation()
     for label in labels:
-        segmentId = segmentation.GetSegmentIdBySegmentName(label.name) or f"{SEGMENT_ID_PREFIX}{label.value}"
+        segmentId = (
+            segmentation.GetSegmentIdBySegmentName(label.name)
+            or f"{SEGMENT_ID_PREFIX}{label.value}"
+        )
         if segmentation.GetSegment(segmentId) is None:
             segmentation.AddEmptySegment(segmentId, label.name, list(label.color))
         mask = (labelArray == label.value).astype(np.uint8)
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, referenceVolumeNode)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            mask, segmentationNode, segmentId, referenceVolumeNode
+        )
 
 
 def loadUncertaintyVolume(path: str | Path, referenceVolumeNode, caseId: str):
@@ -358,7 +381,9 @@ def loadUncertaintyVolume(path: str | Path, referenceVolumeNode, caseId: str):
     node.SetAttribute(_ATTRIBUTE_ROLE, "uncertainty")
     display = node.GetDisplayNode()
     if display is not None:
-        colorNode = slicer.mrmlScene.GetFirstNodeByName("Inferno") or slicer.mrmlScene.GetFirstNodeByName("ColdToHotRainbow")
+        colorNode = slicer.mrmlScene.GetFirstNodeByName(
+            "Inferno"
+        ) or slicer.mrmlScene.GetFirstNodeByName("ColdToHotRainbow")
         if colorNode is not None:
             display.SetAndObserveColorNodeID(colorNode.GetID())
         display.AutoWindowLevelOff()
@@ -401,7 +426,9 @@ def _normalizedName(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
-def segmentLabelValues(segmentationNode, labels: Sequence[LabelDefinition]) -> list[tuple[str, str, int]]:
+def segmentLabelValues(
+    segmentationNode, labels: Sequence[LabelDefinition]
+) -> list[tuple[str, str, int]]:
     """Match every segment to a workspace label by its name (case and spacing ignored).
 
     Returns:
@@ -442,10 +469,15 @@ def _segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nd
     """A segment as a boolean (k, j, i) array on the reference volume's grid."""
     segmentIds = vtk.vtkStringArray()
     segmentIds.InsertNextValue(segmentId)
-    labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__assft_export__")
+    labelmapNode = slicer.mrmlScene.AddNewNodeByClass(
+        "vtkMRMLLabelMapVolumeNode", "__assft_export__"
+    )
     try:
         ok = slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-            segmentationNode, segmentIds, labelmapNode, referenceVolumeNode,
+            segmentationNode,
+            segmentIds,
+            labelmapNode,
+            referenceVolumeNode,
             slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
         )
         if not ok:
@@ -453,7 +485,11 @@ def _segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nd
         return slicer.util.arrayFromVolume(labelmapNode) != 0
     finally:
         display = labelmapNode.GetDisplayNode()
-        if display is not None and display.GetColorNode() is not None and display.GetColorNode().GetName().startswith("__assft"):
+        if (
+            display is not None
+            and display.GetColorNode() is not None
+            and display.GetColorNode().GetName().startswith("__assft")
+        ):
             slicer.mrmlScene.RemoveNode(display.GetColorNode())
         slicer.mrmlScene.RemoveNode(labelmapNode)
 
@@ -488,7 +524,10 @@ def exportLabelArray(
     _refuseTransformed(referenceVolumeNode)
     _refuseTransformed(segmentationNode)
     matched = segmentLabelValues(segmentationNode, labels)
-    masks = [(name, value, _segmentMask(segmentationNode, segmentId, referenceVolumeNode)) for segmentId, name, value in matched]
+    masks = [
+        (name, value, _segmentMask(segmentationNode, segmentId, referenceVolumeNode))
+        for segmentId, name, value in matched
+    ]
     if overlap is OverlapPolicy.REFUSE:
         overlaps = []
         for i, (nameA, _, maskA) in enumerate(masks):

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import vtk
-
 import slicer
+import vtk
 
 __all__ = [
     "MODEL_COLUMNS",
@@ -61,7 +60,11 @@ MODEL_COLUMNS = (
 
 
 def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else math.nan
+    )
 
 
 def _hardest(row: dict[str, Any]) -> str:
@@ -118,12 +121,16 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 "version": str(entry.get("version", "")),
                 "current": "yes" if entry.get("current") else "",
                 "parent": str(entry.get("parent") or ""),
-                "mode": str(entry.get("mode") or (
-                    "pretrained" if entry.get("version") == BASE_VERSION else "")),
+                "mode": str(
+                    entry.get("mode")
+                    or ("pretrained" if entry.get("version") == BASE_VERSION else "")
+                ),
                 "dice": _number(metrics.get("validation_dice")),
                 "promoted": "yes" if entry.get("promoted") else "no",
                 "created": str(entry.get("created_at") or ""),
-                "gate": str(gate.get("reason", "")) if isinstance(gate, dict) else str(entry.get("error") or ""),
+                "gate": str(gate.get("reason", ""))
+                if isinstance(gate, dict)
+                else str(entry.get("error") or ""),
             }
         )
     return rows
@@ -154,7 +161,12 @@ def fillTableNode(tableNode, columns: Sequence[Column], rows: Sequence[dict[str,
     return tableNode
 
 
-def updateScoreChart(tableNode, seriesNode=None, chartNode=None, title: str = "Knowledge gap (DKD) vs difficulty (ASD)"):
+def updateScoreChart(
+    tableNode,
+    seriesNode=None,
+    chartNode=None,
+    title: str = "Knowledge gap (DKD) vs difficulty (ASD)",
+):
     """A scatter plot of the worklist's DKD (x) against ASD (y), one point per case.
 
     Returns:

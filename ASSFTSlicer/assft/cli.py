@@ -2,7 +2,7 @@
 
 Each verb has a ``cmd_<verb>`` function that runs it and, next to it, an ``add_<verb>_parser``
 function that registers its flags; :func:`build_parser` calls them in help order. Settings
-resolve through :func:`assft.settings.resolve_config`: flags, then ``--config``, then the
+resolve in :func:`assft.workspace.settings.resolve_config`: flags, then ``--config``, then the
 workspace's settings, then the config dataclass's defaults (flags default to None).
 
 Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the problem),
@@ -20,10 +20,9 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.runtime import cancellation
-
-from assft.runtime import distributed
 from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
+from assft.runtime import cancellation, distributed
+from assft.runtime.progress import ProgressEvent
 
 if TYPE_CHECKING:
     from assft.runtime.progress import Progress
@@ -73,10 +72,15 @@ def _open(path: str):
 
 
 def _add_verb(
-    sub: Subparsers, name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+    sub: Subparsers,
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    help_text: str,
     **extra: Any,
 ) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text, **extra)
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, **extra
+    )
     p.set_defaults(handler=handler)
     return p
 
@@ -105,15 +109,18 @@ def _progress_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _default(kind: type, name: str) -> str:
-    """A config dataclass's default for a help text (the one place defaults are written)."""
-    from assft.settings import dataclass_default
+    """A config dataclass's default for a help text (the one place defaults are written).
 
-    value = dataclass_default(kind, name)
+    A dataclass keeps a field's plain default as a class attribute.
+    """
+    value = getattr(kind, name)
     return str(value.value if isinstance(value, Enum) else value)
 
 
-PRECEDENCE = ("A flag overrides --config, which overrides the workspace's settings (assft.json), "
-              "which override the defaults shown.")
+PRECEDENCE = (
+    "A flag overrides --config, which overrides the workspace's settings (assft.json), "
+    "which override the defaults shown."
+)
 
 
 # Commands ---------------------------------------------------------------------------------------
@@ -143,7 +150,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def add_init_parser(sub: Subparsers) -> None:
     p = _add_verb(sub, "init", cmd_init, "create a workspace from images")
     p.add_argument("workspace", help="folder of the new workspace")
-    p.add_argument("--images", nargs="+", required=True, help="image files, DICOM folders or folders of images")
+    p.add_argument(
+        "--images", nargs="+", required=True, help="image files, DICOM folders or folders of images"
+    )
     p.add_argument("--labels", help="folder of existing labels named like the images")
     p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
     p.add_argument("--model", default="demo", help="model preset name or preset JSON file")
@@ -152,12 +161,16 @@ def add_init_parser(sub: Subparsers) -> None:
 
 def _query_config(args: argparse.Namespace, workspace: Any) -> Any:
     from assft.query.config import QueryConfig
-    from assft.settings import resolve_config
+    from assft.workspace.settings import resolve_config
 
-    flags = {key: getattr(args, key) for key in ("budget", "strategy", "seed", "views", "weight", "lambda_div")}
+    keys = ("budget", "strategy", "seed", "views", "weight", "lambda_div")
+    flags = {key: getattr(args, key) for key in keys}
     return resolve_config(
-        QueryConfig, flags={**flags, "dkd": {"gap": args.gap}}, config_file=args.config,
-        settings=workspace.config.settings, settings_file=workspace.config_path,
+        QueryConfig,
+        flags={**flags, "dkd": {"gap": args.gap}},
+        config_file=args.config,
+        settings=workspace.config.settings,
+        settings_file=workspace.config_path,
     )
 
 
@@ -210,20 +223,43 @@ def add_rank_parser(sub: Subparsers) -> None:
     from assft.query.config import DKDConfig, GapEstimator, QueryConfig
     from assft.query.strategies import STRATEGIES
 
-    p = _add_verb(sub, "rank", cmd_rank, "rank the unlabeled cases and select a batch to label",
-                  epilog=PRECEDENCE)
+    p = _add_verb(
+        sub,
+        "rank",
+        cmd_rank,
+        "rank the unlabeled cases and select a batch to label",
+        epilog=PRECEDENCE,
+    )
     p.add_argument("workspace")
-    p.add_argument("--budget", type=int, help=f"cases to select (default {_default(QueryConfig, 'budget')})")
-    p.add_argument("--strategy", choices=tuple(STRATEGIES), help=f"default {_default(QueryConfig, 'strategy')}")
+    p.add_argument(
+        "--budget", type=int, help=f"cases to select (default {_default(QueryConfig, 'budget')})"
+    )
+    p.add_argument(
+        "--strategy", choices=tuple(STRATEGIES), help=f"default {_default(QueryConfig, 'strategy')}"
+    )
     _device_flag(p)
     p.add_argument("--seed", type=int, help=f"default {_default(QueryConfig, 'seed')}")
-    p.add_argument("--views", type=int, help=f"test-time views, 1 to 4 (default {_default(QueryConfig, 'views')})")
-    p.add_argument("--weight", type=float,
-                   help=f"w in S = w q(KG) + (1-w) q(ASD) (default {_default(QueryConfig, 'weight')})")
-    p.add_argument("--lambda-div", dest="lambda_div", type=float,
-                   help=f"diversity weight (default {_default(QueryConfig, 'lambda_div')})")
-    p.add_argument("--gap", choices=tuple(g.value for g in GapEstimator),
-                   help=f"DKD knowledge-gap estimator (default {_default(DKDConfig, 'gap')})")
+    p.add_argument(
+        "--views",
+        type=int,
+        help=f"test-time views, 1 to 4 (default {_default(QueryConfig, 'views')})",
+    )
+    p.add_argument(
+        "--weight",
+        type=float,
+        help=f"w in S = w q(KG) + (1-w) q(ASD) (default {_default(QueryConfig, 'weight')})",
+    )
+    p.add_argument(
+        "--lambda-div",
+        dest="lambda_div",
+        type=float,
+        help=f"diversity weight (default {_default(QueryConfig, 'lambda_div')})",
+    )
+    p.add_argument(
+        "--gap",
+        choices=tuple(g.value for g in GapEstimator),
+        help=f"DKD knowledge-gap estimator (default {_default(DKDConfig, 'gap')})",
+    )
     p.add_argument("--config", help="a QueryConfig JSON file (flags override it)")
     _json_flag(p)
     _progress_flag(p)
@@ -295,7 +331,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  cases: {summary['total']} ({counts})")
     print(f"  latest ranking: {summary.get('latest_ranking') or 'none'}")
     job = summary.get("running_job")
-    print(f"  running job: {job['description'] + ' (pid ' + str(job['pid']) + ')' if job else 'none'}")
+    print(
+        f"  running job: {job['description'] + ' (pid ' + str(job['pid']) + ')' if job else 'none'}"
+    )
     return 0
 
 
@@ -320,7 +358,9 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
 
 
 def add_hold_out_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "hold-out", cmd_hold_out, "keep labeled cases out of training, for validation")
+    p = _add_verb(
+        sub, "hold-out", cmd_hold_out, "keep labeled cases out of training, for validation"
+    )
     p.add_argument("workspace")
     p.add_argument("cases", nargs="+")
     p.add_argument("--release", action="store_true", help="make held-out cases labeled again")
@@ -329,22 +369,33 @@ def add_hold_out_parser(sub: Subparsers) -> None:
 
 
 def _finetune_config(args: argparse.Namespace, workspace: Any) -> Any:
-    from assft.settings import resolve_config
     from assft.training.config import FinetuneConfig
+    from assft.workspace.settings import resolve_config
 
     return resolve_config(
         FinetuneConfig,
-        flags={key: getattr(args, key) for key in ("mode", "iterations", "semi_iterations", "batch_size", "seed", "lr")},
-        config_file=args.config, config_json=args.config_json,
-        settings=workspace.config.settings, settings_file=workspace.config_path,
+        flags={
+            key: getattr(args, key)
+            for key in ("mode", "iterations", "semi_iterations", "batch_size", "seed", "lr")
+        },
+        config_file=args.config,
+        config_json=args.config_json,
+        settings=workspace.config.settings,
+        settings_file=workspace.config_path,
     )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     config = _finetune_config(args, workspace)
-    argv = ["finetune", str(workspace.root), "--config-json", json.dumps(config.to_dict()),
-            "--device", args.device]
+    argv = [
+        "finetune",
+        str(workspace.root),
+        "--config-json",
+        json.dumps(config.to_dict()),
+        "--device",
+        args.device,
+    ]
     if args.detach:
         from assft.workspace.jobs import job_of_process, launch_detached, process_alive
 
@@ -358,9 +409,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         launched["job"] = job_of_process(workspace, launched["pid"])
         if launched["job"] is None and not process_alive(launched["pid"]):
             log = Path(launched["log"])
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-            raise AssftError(f"the background fine-tuning stopped before it started a job: "
-                             f"{tail[0] if tail else 'no output'} (log: {log})")
+            tail = (
+                log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+            )
+            raise AssftError(
+                f"the background fine-tuning stopped before it started a job: "
+                f"{tail[0] if tail else 'no output'} (log: {log})"
+            )
         _print_json({"detached": True, **launched}) if args.json else print(
             f"Fine-tuning in the background: job {launched['job'] or '(starting)'} (pid {launched['pid']}); "
             f"follow it with 'assft jobs {workspace.root}'"
@@ -368,7 +423,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     from assft.training.finetune import run_finetune
 
-    manifest = run_finetune(workspace, config, device=args.device, progress=_progress(args), argv=argv)
+    manifest = run_finetune(
+        workspace, config, device=args.device, progress=_progress(args), argv=argv
+    )
 
     if not distributed.is_main():
         return 0
@@ -386,19 +443,41 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def add_finetune_parser(sub: Subparsers) -> None:
     from assft.training.config import FinetuneConfig, FinetuneMode
 
-    p = _add_verb(sub, "finetune", cmd_finetune, "fine-tune the current model on the labels (SSFT)",
-                  epilog=PRECEDENCE)
+    p = _add_verb(
+        sub,
+        "finetune",
+        cmd_finetune,
+        "fine-tune the current model on the labels (SSFT)",
+        epilog=PRECEDENCE,
+    )
     p.add_argument("workspace")
-    p.add_argument("--mode", choices=tuple(m.value for m in FinetuneMode),
-                   help=f"default {_default(FinetuneConfig, 'mode')}")
-    p.add_argument("--iterations", type=int,
-                   help=f"steps of the supervised stage (default {_default(FinetuneConfig, 'iterations')})")
-    p.add_argument("--semi-iterations", dest="semi_iterations", type=int,
-                   help="steps of the semi-supervised stage (default: as --iterations)")
-    p.add_argument("--batch-size", dest="batch_size", type=int,
-                   help=f"patches per step (default {_default(FinetuneConfig, 'batch_size')})")
-    p.add_argument("--lr", type=float,
-                   help=f"learning rate of the decoder and head (default {_default(FinetuneConfig, 'lr')})")
+    p.add_argument(
+        "--mode",
+        choices=tuple(m.value for m in FinetuneMode),
+        help=f"default {_default(FinetuneConfig, 'mode')}",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        help=f"steps of the supervised stage (default {_default(FinetuneConfig, 'iterations')})",
+    )
+    p.add_argument(
+        "--semi-iterations",
+        dest="semi_iterations",
+        type=int,
+        help="steps of the semi-supervised stage (default: as --iterations)",
+    )
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help=f"patches per step (default {_default(FinetuneConfig, 'batch_size')})",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        help=f"learning rate of the decoder and head (default {_default(FinetuneConfig, 'lr')})",
+    )
     p.add_argument("--seed", type=int, help=f"default {_default(FinetuneConfig, 'seed')}")
     _device_flag(p)
     p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
@@ -420,8 +499,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print("No jobs.")
     for job in jobs:
         last = job.get("last_progress") or {}
-        where = f" {last['phase']} {last.get('done')}/{last.get('total')}" if "phase" in last else ""
-        print(f"{job['id']}  {job['state']:<9} pid {job.get('pid')}{where}  {job.get('message') or ''}")
+        where = (
+            f" {last['phase']} {last.get('done')}/{last.get('total')}" if "phase" in last else ""
+        )
+        print(
+            f"{job['id']}  {job['state']:<9} pid {job.get('pid')}{where}  {job.get('message') or ''}"
+        )
     return 0
 
 
@@ -459,8 +542,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         dice = metrics.get("validation_dice")
         mark = "*" if v["version"] == document["current"] else " "
         dice_text = f"held-out Dice {dice:.4f}" if isinstance(dice, float) else "no held-out Dice"
-        print(f"{mark} {v['version']:<5} parent {v.get('parent') or '-':<5} {v.get('mode') or '':<10}"
-              f" {dice_text}  {'promoted' if v.get('promoted') else 'not promoted'}")
+        print(
+            f"{mark} {v['version']:<5} parent {v.get('parent') or '-':<5} {v.get('mode') or '':<10}"
+            f" {dice_text}  {'promoted' if v.get('promoted') else 'not promoted'}"
+        )
     return 0
 
 
@@ -488,7 +573,9 @@ def add_rollback_parser(sub: Subparsers) -> None:
     _json_flag(p)
 
 
-def _finished(args: argparse.Namespace, progress: Progress, result: dict[str, Any], **done: Any) -> bool:
+def _finished(
+    args: argparse.Namespace, progress: Progress, result: dict[str, Any], **done: Any
+) -> bool:
     """Report a model command's end; True when the result went out as JSON."""
     progress.done(model_version=result["model_version"], **done)
     if args.json:
@@ -501,17 +588,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     progress = _progress(args)
     result = predict_workspace(
-        _open(args.workspace), args.case, args.all, Path(args.out) if args.out else None,
-        args.version, args.device, args.uncertainty, progress, views=args.views,
+        _open(args.workspace),
+        args.case,
+        args.all,
+        Path(args.out) if args.out else None,
+        args.version,
+        args.device,
+        args.uncertainty,
+        progress,
+        views=args.views,
     )
-    if not _finished(args, progress, result, predictions=[row["label"] for row in result["predictions"]]):
+    if not _finished(
+        args, progress, result, predictions=[row["label"] for row in result["predictions"]]
+    ):
         for row in result["predictions"]:
             print(f"{row['case']}\t{row['label']}")
     return 0
 
 
 def add_predict_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "predict", cmd_predict, "write predicted labels at each scan's exact geometry")
+    p = _add_verb(
+        sub, "predict", cmd_predict, "write predicted labels at each scan's exact geometry"
+    )
     p.add_argument("workspace")
     p.add_argument("case", nargs="?")
     p.add_argument("--all", action="store_true")
@@ -531,8 +629,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     progress = _progress(args)
     result = evaluate_workspace(
-        _open(args.workspace), Path(args.truth), version=args.version, device=args.device,
-        progress=progress, views=args.views,
+        _open(args.workspace),
+        Path(args.truth),
+        version=args.version,
+        device=args.device,
+        progress=progress,
+        views=args.views,
     )
     if _finished(args, progress, result, mean_dice=result["mean_dice"]):
         return 0
@@ -541,9 +643,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for row in result["cases"]:
         values = _dice_cells(row["dice"].get(n) for n in names)
         mean = row.get("mean_dice")
-        print(f"{row['case']:<24} {row.get('status', ''):<10} {values}   {'-' if mean is None else f'{mean:.4f}'}")
+        print(
+            f"{row['case']:<24} {row.get('status', ''):<10} {values}   {'-' if mean is None else f'{mean:.4f}'}"
+        )
     mean = result["mean_dice"]
-    print(f"{'mean':<35} {_dice_cells(result['per_structure'].values())}   {'-' if mean is None else f'{mean:.4f}'}")
+    print(
+        f"{'mean':<35} {_dice_cells(result['per_structure'].values())}   {'-' if mean is None else f'{mean:.4f}'}"
+    )
     return 0
 
 
@@ -566,7 +672,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "assft demo needs the full engine package: pip install 'assft[demo]'"
         ) from None
 
-    summary = run_demo(Path(args.out), quick=args.quick, device=args.device, progress=_progress(args))
+    summary = run_demo(
+        Path(args.out), quick=args.quick, device=args.device, progress=_progress(args)
+    )
     if args.json:
         _print_json(summary)
     else:
@@ -610,8 +718,13 @@ def add_bench_parser(sub: Subparsers) -> None:
     p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
     p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
     p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
-    p.add_argument("--train-steps", dest="train_steps", type=int, default=8,
-                   help="fine-tuning steps timed per loop")
+    p.add_argument(
+        "--train-steps",
+        dest="train_steps",
+        type=int,
+        default=8,
+        help="fine-tuning steps timed per loop",
+    )
     p.add_argument("--model", default="demo", help="model preset or preset file to measure")
     p.add_argument("--n", type=int, default=40, help="label-efficiency: target scans (pool + test)")
     p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
@@ -619,8 +732,10 @@ def add_bench_parser(sub: Subparsers) -> None:
     p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
-    p.add_argument("--strategies", help="label-efficiency: only these strategies (comma-separated: "
-                   f"{','.join(STRATEGIES)})")
+    p.add_argument(
+        "--strategies",
+        help=f"label-efficiency: only these strategies (comma-separated: {','.join(STRATEGIES)})",
+    )
     _progress_flag(p)
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
     _json_flag(p)
@@ -630,29 +745,50 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     from assft.datasets.sampledata import write_sample_data
 
     manifest = write_sample_data(
-        Path(args.out), args.n, n_source=args.n_source, seed=args.seed, spacing=args.spacing,
-        brain_mask=args.brain_mask, progress=_progress(args),
+        Path(args.out),
+        args.n,
+        n_source=args.n_source,
+        seed=args.seed,
+        spacing=args.spacing,
+        brain_mask=args.brain_mask,
+        progress=_progress(args),
     )
     if args.json:
         _print_json({k: v for k, v in manifest.items() if k != "cases"})
     else:
         shape = "x".join(str(v) for v in manifest["shape"])
-        print(f"Wrote {manifest['source']['n']} source and {manifest['target']['n']} target cases "
-              f"({shape} at {manifest['spacing_mm']:g} mm) to {args.out}; see manifest.json")
+        print(
+            f"Wrote {manifest['source']['n']} source and {manifest['target']['n']} target cases "
+            f"({shape} at {manifest['spacing_mm']:g} mm) to {args.out}; see manifest.json"
+        )
     return 0
 
 
 def add_sample_data_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "sample-data", cmd_sample_data,
-                  "write sample brain MRI with ground truth (MNI152 anatomy): source + target domains")
+    p = _add_verb(
+        sub,
+        "sample-data",
+        cmd_sample_data,
+        "write sample brain MRI with ground truth (MNI152 anatomy): source + target domains",
+    )
     p.add_argument("out", help="output folder (source/, target/, manifest.json)")
     p.add_argument("--n", type=int, default=40, help="target pool size (default 40)")
-    p.add_argument("--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)")
+    p.add_argument(
+        "--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spacing", type=float, default=3.0,
-                   help="voxel size in mm over a 192 mm field of view (default 3: 64^3)")
-    p.add_argument("--brain-mask", dest="brain_mask", action="store_true",
-                   help="label 1 = brain (for the deepbet preset) instead of GM/WM/CSF")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=3.0,
+        help="voxel size in mm over a 192 mm field of view (default 3: 64^3)",
+    )
+    p.add_argument(
+        "--brain-mask",
+        dest="brain_mask",
+        action="store_true",
+        help="label 1 = brain (for the deepbet preset) instead of GM/WM/CSF",
+    )
     _json_flag(p)
     _progress_flag(p)
 
@@ -667,21 +803,48 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
             "assft pretrain-demo needs the full engine package: pip install 'assft[demo]'"
         ) from None
 
-    config = PretrainConfig(seed=args.seed, data_seed=args.data_seed, iterations=args.iterations,
-                            n_source=args.n_source, n_target=args.n_target)
-    argv = ["pretrain-demo", "--iterations", str(args.iterations), "--seed", str(args.seed),
-            "--data-seed", str(args.data_seed), "--n-source", str(args.n_source),
-            "--n-target", str(args.n_target)]
-    manifest = pretrain_demo(args.out, config, data_dir=args.data, device=args.device,
-                             progress=_progress(args), argv=argv)
+    config = PretrainConfig(
+        seed=args.seed,
+        data_seed=args.data_seed,
+        iterations=args.iterations,
+        n_source=args.n_source,
+        n_target=args.n_target,
+    )
+    argv = [
+        "pretrain-demo",
+        "--iterations",
+        str(args.iterations),
+        "--seed",
+        str(args.seed),
+        "--data-seed",
+        str(args.data_seed),
+        "--n-source",
+        str(args.n_source),
+        "--n-target",
+        str(args.n_target),
+    ]
+    manifest = pretrain_demo(
+        args.out,
+        config,
+        data_dir=args.data,
+        device=args.device,
+        progress=_progress(args),
+        argv=argv,
+    )
     _print_json(manifest) if args.json else print_summary(manifest)
     return 0
 
 
 def add_pretrain_demo_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "pretrain-demo", cmd_pretrain_demo,
-                  "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)")
-    p.add_argument("--out", help="folder for the weights and manifest (default: the shipped Resources/)")
+    p = _add_verb(
+        sub,
+        "pretrain-demo",
+        cmd_pretrain_demo,
+        "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)",
+    )
+    p.add_argument(
+        "--out", help="folder for the weights and manifest (default: the shipped Resources/)"
+    )
     p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
     p.add_argument("--iterations", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
@@ -697,10 +860,23 @@ def add_pretrain_demo_parser(sub: Subparsers) -> None:
 
 
 VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
-    add_init_parser, add_rank_parser, add_next_parser, add_submit_parser, add_skip_parser,
-    add_status_parser, add_hold_out_parser, add_finetune_parser, add_jobs_parser,
-    add_cancel_parser, add_models_parser, add_rollback_parser, add_predict_parser,
-    add_evaluate_parser, add_demo_parser, add_bench_parser, add_sample_data_parser,
+    add_init_parser,
+    add_rank_parser,
+    add_next_parser,
+    add_submit_parser,
+    add_skip_parser,
+    add_status_parser,
+    add_hold_out_parser,
+    add_finetune_parser,
+    add_jobs_parser,
+    add_cancel_parser,
+    add_models_parser,
+    add_rollback_parser,
+    add_predict_parser,
+    add_evaluate_parser,
+    add_demo_parser,
+    add_bench_parser,
+    add_sample_data_parser,
     add_pretrain_demo_parser,
 )
 """Every verb's parser, in the order ``assft --help`` lists them."""
@@ -739,17 +915,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CancelledError, KeyboardInterrupt) as error:
         message = str(error) or "cancelled"
         if json_lines:
-            print(json.dumps({"event": "error", "message": message, "cancelled": True}), flush=True)
+            print(
+                json.dumps({"event": ProgressEvent.ERROR, "message": message, "cancelled": True}),
+                flush=True,
+            )
         print(f"assft: cancelled: {message}", file=sys.stderr)
         return EXIT_CANCELLED
     except AssftError as error:
         if json_lines:
-            print(json.dumps({"event": "error", "message": str(error)}), flush=True)
+            print(json.dumps({"event": ProgressEvent.ERROR, "message": str(error)}), flush=True)
         print(f"assft: error: {error}", file=sys.stderr)
         return error.exit_code
     except Exception as error:  # noqa: BLE001 - the last line of defence prints and exits 1
         if json_lines:
-            print(json.dumps({"event": "error", "message": f"{type(error).__name__}: {error}"}), flush=True)
+            print(
+                json.dumps(
+                    {"event": ProgressEvent.ERROR, "message": f"{type(error).__name__}: {error}"}
+                ),
+                flush=True,
+            )
         print(f"assft: internal error: {type(error).__name__}: {error}", file=sys.stderr)
         if "ASSFT_DEBUG" in __import__("os").environ:
             raise

@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
+
+if TYPE_CHECKING:
+    from assft.workspace.workspace import Workspace
 
 __all__ = ["evaluate_workspace", "find_truth_files"]
 
@@ -71,7 +74,7 @@ def _header(path: Path) -> sitk.ImageFileReader | None:
     return reader if reader.GetDimension() == 3 else None
 
 
-def _check_geometries(workspace, truth_files: dict[str, Path]) -> None:
+def _check_geometries(workspace: Workspace, truth_files: dict[str, Path]) -> None:
     """Refuse a reference whose header grid differs from its scan's, before any inference."""
     from assft.io.imaging import geometry_mismatch
 
@@ -91,7 +94,7 @@ def _round(value: float) -> float | None:
 
 
 def evaluate_workspace(
-    workspace,
+    workspace: Workspace,
     truth_dir: Path | str,
     *,
     version: str | None = None,
@@ -182,8 +185,7 @@ def evaluate_workspace(
             done, case=case_id, mean_dice=None if math.isnan(case_mean) else round(case_mean, 4)
         )
     structure_means = {
-        value: float(np.mean(scores)) if scores else math.nan
-        for value, scores in per_value.items()
+        value: float(np.mean(scores)) if scores else math.nan for value, scores in per_value.items()
     }
     overall = mean_dice(structure_means)
     return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,6 +20,9 @@ import torch
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
 from assft.workspace.versions import check_version
+
+if TYPE_CHECKING:
+    from assft.workspace.workspace import Workspace
 
 __all__ = ["Prediction", "Predictor", "predict_workspace"]
 
@@ -57,10 +60,15 @@ class Predictor:
     """
 
     def __init__(
-        self, workspace, *, version: str | None = None, device: str = "auto", views: int = 4
+        self,
+        workspace: Workspace,
+        *,
+        version: str | None = None,
+        device: str = "auto",
+        views: int = 4,
     ) -> None:
-        from assft.models.inference import VIEW_FLIPS
         from assft.models import resolve_device
+        from assft.models.inference import VIEW_FLIPS
         from assft.workspace.model_versions import ModelRegistry
 
         if not 1 <= int(views) <= len(VIEW_FLIPS):
@@ -101,9 +109,9 @@ class Predictor:
 
     def predict_image(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
         """Predict a scan already read: ``(label map, entropy map)`` on its exact grid."""
-        from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
-        from assft.metrics import voxel_entropy
         from assft.io.preprocessing import to_image_grid, to_model_grid
+        from assft.metrics import voxel_entropy
+        from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
 
         pre = self.preset
         grid = to_model_grid(
@@ -163,9 +171,7 @@ class Predictor:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise BadInputError(
-                f"cannot be created ({error.strerror or error})", folder
-            ) from None
+            raise BadInputError(f"cannot be created ({error.strerror or error})", folder) from None
         folder = folder.resolve()
         progress.phase("predict", len(case_ids))
         results: list[dict[str, Any]] = []
@@ -173,9 +179,7 @@ class Predictor:
             prediction = self.predict(case_id)
             label_path = write_image_atomic(prediction.label, folder / f"{case_id}.nii.gz")
             uncertainty_path = (
-                write_image_atomic(
-                    prediction.uncertainty, folder / f"{case_id}_uncertainty.nii.gz"
-                )
+                write_image_atomic(prediction.uncertainty, folder / f"{case_id}_uncertainty.nii.gz")
                 if uncertainty
                 else None
             )
@@ -193,7 +197,7 @@ class Predictor:
 
 
 def predict_workspace(
-    workspace,
+    workspace: Workspace,
     case: str | None = None,
     all_cases: bool = False,
     out_dir: Path | str | None = None,
@@ -237,9 +241,7 @@ def predict_workspace(
     started = time.perf_counter()
     predictor = Predictor(workspace, version=version, device=device, views=views)
     folder = None if out_dir is None else Path(out_dir)
-    rows = predictor.predict_to_files(
-        case_ids, folder, uncertainty=uncertainty, progress=progress
-    )
+    rows = predictor.predict_to_files(case_ids, folder, uncertainty=uncertainty, progress=progress)
     written_to = predictor.default_out_dir() if folder is None else folder.expanduser().resolve()
     return {
         "model_version": predictor.version,

@@ -15,8 +15,21 @@ PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "forgetting_probe.p
 def test_the_probe_fine_tunes_and_reports_every_test_scan(tmp_path):
     write_sample_data(tmp_path / "data", 4, n_source=0, seed=5, spacing=6.0)
     result = subprocess.run(
-        [sys.executable, str(PROBE), str(tmp_path), "--cases", "tgt_000,tgt_001", "--steps", "2",
-         "--every", "1"], capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            str(PROBE),
+            str(tmp_path),
+            "--cases",
+            "tgt_000,tgt_001",
+            "--steps",
+            "2",
+            "--every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     reports = [json.loads(line) for line in result.stdout.splitlines()]

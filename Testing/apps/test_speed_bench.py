@@ -11,9 +11,27 @@ def test_bench_speed_smoke(tmp_path, tiny_preset_file):
     markdown = tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nkept text\n")
     result = run_cli(
-        "bench", "speed", "--out", str(tmp_path / "out"), "--size", "16", "--cases", "2",
-        "--pools", "3", "--train-steps", "2", "--markdown", str(markdown), "--device", "cpu", "--json",
-        "--progress", "none", "--model", str(tiny_preset_file),
+        "bench",
+        "speed",
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "16",
+        "--cases",
+        "2",
+        "--pools",
+        "3",
+        "--train-steps",
+        "2",
+        "--markdown",
+        str(markdown),
+        "--device",
+        "cpu",
+        "--json",
+        "--progress",
+        "none",
+        "--model",
+        str(tiny_preset_file),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     document = json.loads(result.stdout)

@@ -1,4 +1,5 @@
-"""The one test-helper package: running the CLI and torchrun, and the shared test data.
+"""The one test-helper package: running the CLI and torchrun, a launcher like PythonSlicer, and
+the shared test data.
 
 Submodules: :mod:`.workspaces` (tiny volumes, labels, snapshots), :mod:`.models` (tiny presets
 and networks), :mod:`.slicer_side` (the module folder on ``sys.path``, scans for MRML tests).
@@ -10,13 +11,50 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
+
+_SIGNAL_BLIND_LAUNCHER = textwrap.dedent(
+    """
+    import signal, subprocess, sys
+
+    child = subprocess.Popen(sys.argv[1:])
+    # Set after the start: the child keeps the default handlers.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(child.wait())
+    """
+)
 
 
-def run_cli(*args: str, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+def signal_blind_launcher(folder: Path) -> list[str]:
+    """The command prefix of a launcher that behaves like ``PythonSlicer``.
+
+    It starts the rest of its command line as a child, relays the child's exit code, forwards no
+    signal to it and ignores SIGTERM (and Ctrl-C) itself.
+
+    Args:
+        folder: Where the launcher script is written.
+
+    Returns:
+        ``[python, script]``: put the real command after it.
+    """
+    script = Path(folder) / "signal_blind_launcher.py"
+    script.write_text(_SIGNAL_BLIND_LAUNCHER, encoding="utf-8")
+    return [sys.executable, str(script)]
+
+
+def run_cli(
+    *args: str, check: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m assft`` in a real subprocess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     result = subprocess.run(
-        [sys.executable, "-m", "assft", *args], capture_output=True, text=True, env=full_env, timeout=300
+        [sys.executable, "-m", "assft", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"assft {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -27,9 +65,18 @@ def torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess
     """Run ``torchrun --standalone`` with ``processes`` CPU ranks (one thread each); ``args`` name
     what to run (``-m assft ...`` or a script)."""
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-         *args],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
     )
 
@@ -49,6 +96,7 @@ def template_installed() -> bool:
 def skip_without_template():
     """Skip a test that builds sample data when the template is not installed (CI installs it)."""
     import pytest
+
     from assft.datasets.sampledata import NILEARN_VERSION
 
     return pytest.mark.skipif(

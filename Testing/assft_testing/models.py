@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from assft.models import ModelPreset, get_preset
 from assft.datasets.synthetic import TINY_PRESET
+from assft.models import ModelPreset, get_preset
 
 TINY_UNET_ARGUMENTS: dict[str, Any] = TINY_PRESET["arguments"]
 

@@ -21,7 +21,9 @@ if str(MODULE_DIR) not in sys.path:
 
 def require_slicer():
     """The ``slicer`` MRML package (the test is skipped where slicer-core is not installed)."""
-    return pytest.importorskip("slicer", reason="needs the slicer-core wheel (make setup installs it)")
+    return pytest.importorskip(
+        "slicer", reason="needs the slicer-core wheel (make setup installs it)"
+    )
 
 
 def rotation(angles: tuple[float, float, float]) -> np.ndarray:
@@ -33,12 +35,20 @@ def rotation(angles: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def write_scan(path: Path, shape=(9, 11, 13), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-               direction: np.ndarray | None = None, seed: int = 0) -> Path:
+def write_scan(
+    path: Path,
+    shape=(9, 11, 13),
+    spacing=(1.0, 1.0, 1.0),
+    origin=(0.0, 0.0, 0.0),
+    direction: np.ndarray | None = None,
+    seed: int = 0,
+) -> Path:
     """A random float scan (array shape (k, j, i)) with the given grid, as NIfTI."""
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+    image = sitk.GetImageFromArray(
+        np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    )
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection((np.eye(3) if direction is None else direction).reshape(-1).tolist())

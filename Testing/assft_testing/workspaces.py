@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
 from assft.workspace import Workspace
 
 SIZE_XYZ = (8, 9, 10)

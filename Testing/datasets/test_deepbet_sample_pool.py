@@ -8,10 +8,10 @@ import math
 import pytest
 
 from assft.datasets import sampledata
-from assft.query.config import QueryConfig
 from assft.errors import BadInputError
-from assft.workspace.creation import create_workspace
+from assft.query.config import QueryConfig
 from assft.query.ranking import rank_workspace
+from assft.workspace.creation import create_workspace
 
 try:
     importlib.metadata.distribution("deepbet")

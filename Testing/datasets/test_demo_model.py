@@ -8,8 +8,7 @@ import json
 import pytest
 import SimpleITK as sitk
 import torch
-from assft.datasets import sampledata
-from assft.models import get_preset, load_checkpoint_state, load_model, resources_dir
+
 from assft.apps.pretrain import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -17,6 +16,8 @@ from assft.apps.pretrain import (
     evaluate_cases,
     pretrain_demo,
 )
+from assft.datasets import sampledata
+from assft.models import get_preset, load_checkpoint_state, load_model, resources_dir
 from assft_testing import skip_without_template
 
 WEIGHTS = resources_dir() / WEIGHTS_FILE
@@ -75,7 +76,9 @@ def test_source_dice_is_reproduced_on_two_validation_cases(manifest, tmp_path) -
         sitk.WriteImage(image, str(tmp_path / f"{case_id}.nii.gz"))
         sitk.WriteImage(label, str(tmp_path / f"{case_id}-label.nii.gz"))
         cases.append(
-            prepared.load(case_id, tmp_path / f"{case_id}.nii.gz", tmp_path / f"{case_id}-label.nii.gz")
+            prepared.load(
+                case_id, tmp_path / f"{case_id}.nii.gz", tmp_path / f"{case_id}-label.nii.gz"
+            )
         )
     for case, scores in zip(cases, evaluate_cases(model, cases, [1, 2, 3]), strict=True):
         recorded = manifest["dice"]["per_case"][case.case_id]
@@ -85,8 +88,15 @@ def test_source_dice_is_reproduced_on_two_validation_cases(manifest, tmp_path) -
 
 @needs_template
 def test_pretraining_is_deterministic(tmp_path) -> None:
-    config = PretrainConfig(n_source=3, n_source_validation=1, n_target=1, spacing=8.0,
-                            iterations=2, patch_size=(32, 32, 32), warmup=1)
+    config = PretrainConfig(
+        n_source=3,
+        n_source_validation=1,
+        n_target=1,
+        spacing=8.0,
+        iterations=2,
+        patch_size=(32, 32, 32),
+        warmup=1,
+    )
     first = pretrain_demo(tmp_path / "a", config, device="cpu", time_inference=False)
     second = pretrain_demo(tmp_path / "b", config, device="cpu", time_inference=False)
     assert first["state_sha256"] == second["state_sha256"]

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from assft.datasets import sampledata
-from assft.errors import BadInputError
 from assft.datasets.sampledata import LEVELS, SHIFT_KINDS, make_case, plan_case, write_sample_data
+from assft.errors import BadInputError
 from assft_testing import run_cli, skip_without_template
 
 SPACING = 8.0  # 24^3 voxels: the coarse grid keeps these tests fast
@@ -37,7 +38,9 @@ def test_layout_and_manifest(sample) -> None:
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["labels"] == {
-        "1": "grey matter", "2": "white matter", "3": "cerebrospinal fluid"
+        "1": "grey matter",
+        "2": "white matter",
+        "3": "cerebrospinal fluid",
     }
     assert manifest["shape"] == [24, 24, 24] and manifest["spacing_mm"] == SPACING
     assert "nilearn" in (manifest["template"]["package"] or "")
@@ -166,13 +169,27 @@ def test_bad_arguments(tmp_path) -> None:
 
 @needs_template
 def test_cli_sample_data(tmp_path) -> None:
-    result = run_cli("sample-data", str(tmp_path / "out"), "--n", "1", "--n-source", "1",
-                     "--spacing", "12", "--json")
+    result = run_cli(
+        "sample-data",
+        str(tmp_path / "out"),
+        "--n",
+        "1",
+        "--n-source",
+        "1",
+        "--spacing",
+        "12",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["shape"] == [16, 16, 16] and "cases" not in summary
     assert (tmp_path / "out/target/images/tgt_000.nii.gz").is_file()
-    missing = run_cli("sample-data", str(tmp_path / "none"), "--n", "1",
-                      env={sampledata.TEMPLATE_DIR_ENV: str(tmp_path / "empty")})
+    missing = run_cli(
+        "sample-data",
+        str(tmp_path / "none"),
+        "--n",
+        "1",
+        env={sampledata.TEMPLATE_DIR_ENV: str(tmp_path / "empty")},
+    )
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "MNI152" in missing.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from assft.errors import BadInputError
 from assft.io.imaging import (
     IMAGE_SUFFIXES,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from assft.errors import BadInputError
 from assft.io.preprocessing import intensity_transform, to_image_grid, to_model_grid
 
@@ -23,7 +24,9 @@ def _oblique_image() -> sitk.Image:
 
 def test_model_grid_round_trip_keeps_the_scans_geometry():
     image = _oblique_image()
-    grid = to_model_grid(image, spacing=(1.5, 1.5, 1.5), orientation="RAS", intensity={"kind": "zscore"})
+    grid = to_model_grid(
+        image, spacing=(1.5, 1.5, 1.5), orientation="RAS", intensity={"kind": "zscore"}
+    )
     assert grid.tensor.shape[0] == 1
     assert grid.reference.GetSpacing() == pytest.approx((1.5, 1.5, 1.5))
     # Normalised: mean 0, std 1.
@@ -49,7 +52,9 @@ def test_model_grid_array_order_is_xyz_in_the_preset_orientation():
 
 def test_intensity_kinds():
     x = torch.linspace(-2000, 2000, 101).reshape(1, 101, 1, 1)
-    ranged = intensity_transform({"kind": "range", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1, "clip": True})(x)
+    ranged = intensity_transform(
+        {"kind": "range", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1, "clip": True}
+    )(x)
     assert float(ranged.min()) == 0.0 and float(ranged.max()) == 1.0
     standardised = intensity_transform(
         {"kind": "percentile", "lower": 1, "upper": 99, "standardize": {"mean": 0.5, "std": 0.2}}

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from assft.metrics import (
     batchnorm_knowledge_gap,
     gaussian_symmetric_kl,

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from assft.metrics import dice_scores, mean_dice
 
 PRED = np.array([0, 1, 1, 2, 2, 0])

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from assft.metrics import (
     cosine_distance,
     greedy_diverse_selection,

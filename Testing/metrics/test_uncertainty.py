@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from assft.metrics import foreground_roi, segmentation_difficulty, voxel_entropy
 from assft.metrics.uncertainty import dilate, predicted_foreground
 
@@ -52,7 +53,9 @@ def test_predicted_foreground_matches_argmax():
 
 def test_separable_dilation_equals_a_cube():
     mask = torch.rand(9, 10, 11, generator=torch.Generator().manual_seed(1)) > 0.97
-    cube = torch.nn.functional.max_pool3d(mask.float()[None, None], 5, stride=1, padding=2)[0, 0] > 0
+    cube = (
+        torch.nn.functional.max_pool3d(mask.float()[None, None], 5, stride=1, padding=2)[0, 0] > 0
+    )
     assert torch.equal(dilate(mask, 2), cube)
     stacked = dilate(torch.stack([mask, ~mask]), 2)
     assert torch.equal(stacked[0], cube)

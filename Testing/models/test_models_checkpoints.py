@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from assft.errors import BadInputError
 from assft.models import (
     ModelPreset,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from assft.errors import BadInputError
 from assft.models import LinkNet3dAdapter, LoadedModel, get_preset, load_model, save_state_dict
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from assft.errors import BadInputError
 from assft.models import LoadedModel, ModelPreset, load_model
 from assft_testing.models import tiny_segresnet, tiny_swinunetr, tiny_unet, tiny_unet_dict

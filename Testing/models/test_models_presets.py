@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+
 from assft.errors import BadInputError
 from assft.models import (
     Architecture,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
+
 from assft.query.config import QueryConfig
-from assft.workspace.creation import create_workspace
 from assft.query.ranking import rank_workspace
+from assft.workspace.creation import create_workspace
 
 try:
     importlib.metadata.distribution("deepbet")

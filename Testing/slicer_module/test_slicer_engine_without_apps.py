@@ -30,15 +30,18 @@ def stripped(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def _python(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=120
+    )
 
 
 def test_the_copy_is_imported_and_finds_its_own_resources(stripped) -> None:
     root, env = stripped
-    code = ("import json, assft; from assft.models import get_preset, resources_dir; "
-            "print(json.dumps({'file': assft.__file__, 'resources': str(resources_dir()), "
-            "'demo': get_preset('demo').name}))")
+    code = (
+        "import json, assft; from assft.models import get_preset, resources_dir; "
+        "print(json.dumps({'file': assft.__file__, 'resources': str(resources_dir()), "
+        "'demo': get_preset('demo').name}))"
+    )
     result = _python(root, env, "-c", code)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)

@@ -9,8 +9,8 @@ import shutil
 import sys
 
 import pytest
-from assft_testing.slicer_side import require_slicer
 
+from assft_testing.slicer_side import require_slicer
 
 slicer = require_slicer()
 
@@ -33,8 +33,13 @@ def tiny_workspace(tmp_path, synthetic_pool, tiny_preset_file):
     images.mkdir()
     for case in cases[:4]:
         shutil.copy(case.image, images / case.image.name)
-    workspace = Workspace.create(tmp_path / "ws", [images], label_names={1: "shell", 2: "core"},
-                                 model=str(tiny_preset_file), user="tester")
+    workspace = Workspace.create(
+        tmp_path / "ws",
+        [images],
+        label_names={1: "shell", 2: "core"},
+        model=str(tiny_preset_file),
+        user="tester",
+    )
     return workspace, {c.case_id: c.label for c in cases[:4]}
 
 
@@ -43,8 +48,16 @@ def _ranking(cases):
         "model_version": "v0",
         "strategy": "attsq",
         "cases": [
-            {"case": case, "rank": rank, "score": 1.0 / rank, "dkd": 0.1 * rank, "asd": 0.5 - 0.05 * rank,
-             "asd_per_class": {"shell": 0.2, "core": 0.4 + rank}, "selected": rank <= 2, "reason": f"r{rank}"}
+            {
+                "case": case,
+                "rank": rank,
+                "score": 1.0 / rank,
+                "dkd": 0.1 * rank,
+                "asd": 0.5 - 0.05 * rank,
+                "asd_per_class": {"shell": 0.2, "core": 0.4 + rank},
+                "selected": rank <= 2,
+                "reason": f"r{rank}",
+            }
             for rank, case in enumerate(cases, start=1)
         ],
     }
@@ -76,28 +89,69 @@ def test_worklist_table_and_chart_follow_the_latest_ranking(mrml, tiny_workspace
     assert table.GetNumberOfRows() == 4
     assert [logic.caseAtWorklistRow(table, r) for r in range(4)] == order
     status = table.GetColumnIndex("Status")
-    assert [table.GetCellText(r, status) for r in range(4)] == ["unlabeled", "unlabeled", "skipped", "unlabeled"]
+    assert [table.GetCellText(r, status) for r in range(4)] == [
+        "unlabeled",
+        "unlabeled",
+        "skipped",
+        "unlabeled",
+    ]
     assert table.GetCellText(0, table.GetColumnIndex("Hardest structure")) == "core"
     assert table.GetCellText(0, table.GetColumnIndex("Selected")) == "yes"
     assert float(table.GetCellText(1, table.GetColumnIndex("DKD"))) == pytest.approx(0.2)
     assert logic.caseAtWorklistRow(table, 9) == ""
-    assert series.GetTableNodeID() == table.GetID() and (series.GetXColumnName(), series.GetYColumnName()) == ("DKD", "ASD")
+    assert series.GetTableNodeID() == table.GetID() and (
+        series.GetXColumnName(),
+        series.GetYColumnName(),
+    ) == ("DKD", "ASD")
     assert chart.GetNumberOfPlotSeriesNodes() == 1 and "DKD" in chart.GetXAxisTitle()
     assert logic.nextCase(workspace.root) == "case_002"
 
 
 def test_rows_keep_missing_scores_as_nan():
-    rows = worklistRows({"cases": [{"case": "a", "rank": 1, "score": None, "dkd": None, "asd": 0.3,
-                                    "hardest_structure": "liver"}]}, {})
-    assert math.isnan(rows[0]["score"]) and rows[0]["hardest"] == "liver" and rows[0]["status"] == "unknown"
+    rows = worklistRows(
+        {
+            "cases": [
+                {
+                    "case": "a",
+                    "rank": 1,
+                    "score": None,
+                    "dkd": None,
+                    "asd": 0.3,
+                    "hardest_structure": "liver",
+                }
+            ]
+        },
+        {},
+    )
+    assert (
+        math.isnan(rows[0]["score"])
+        and rows[0]["hardest"] == "liver"
+        and rows[0]["status"] == "unknown"
+    )
     assert worklistRows(None, {}) == []
-    models = modelRows({"current": "v1", "versions": [
-        {"version": "v0", "current": False, "promoted": True, "metrics": {}},
-        {"version": "v1", "current": True, "parent": "v0", "mode": "selective", "promoted": True,
-         "metrics": {"validation_dice": 0.81}, "gate": {"passed": True, "reason": "better"}},
-    ]})
+    models = modelRows(
+        {
+            "current": "v1",
+            "versions": [
+                {"version": "v0", "current": False, "promoted": True, "metrics": {}},
+                {
+                    "version": "v1",
+                    "current": True,
+                    "parent": "v0",
+                    "mode": "selective",
+                    "promoted": True,
+                    "metrics": {"validation_dice": 0.81},
+                    "gate": {"passed": True, "reason": "better"},
+                },
+            ],
+        }
+    )
     assert [r["version"] for r in models] == ["v1", "v0"]
-    assert models[0]["dice"] == pytest.approx(0.81) and models[0]["current"] == "yes" and models[0]["gate"] == "better"
+    assert (
+        models[0]["dice"] == pytest.approx(0.81)
+        and models[0]["current"] == "yes"
+        and models[0]["gate"] == "better"
+    )
     assert models[1]["mode"] == "pretrained"
 
 
@@ -112,15 +166,39 @@ def test_model_versions_table_and_rollback(mrml, tiny_workspace):
 
 def test_progress_and_job_descriptions():
     logic = _logic()
-    text = logic.describeProgress({"event": "progress", "phase": "supervised", "done": 5, "total": 200,
-                                   "eta_s": 300, "loss": 0.4321})
+    text = logic.describeProgress(
+        {
+            "event": "progress",
+            "phase": "supervised",
+            "done": 5,
+            "total": 200,
+            "eta_s": 300,
+            "loss": 0.4321,
+        }
+    )
     assert text == "supervised 5/200, loss 0.432, about 5 min left"
-    assert logic.describeProgress({"event": "progress", "phase": "ranking", "done": 1, "total": 4,
-                                   "eta_s": 12.4, "case": "c1"}) == "ranking 1/4, c1, about 12 s left"
+    assert (
+        logic.describeProgress(
+            {
+                "event": "progress",
+                "phase": "ranking",
+                "done": 1,
+                "total": 4,
+                "eta_s": 12.4,
+                "case": "c1",
+            }
+        )
+        == "ranking 1/4, c1, about 12 s left"
+    )
     assert logic.describeProgress({"event": "error", "message": "boom"}) == "boom"
     done = {"state": "done", "last_progress": {"event": "done", "version": "v2", "promoted": True}}
     assert logic.jobPromotedVersion(done) == "v2"
-    assert logic.jobPromotedVersion({"state": "done", "last_progress": {"event": "done", "promoted": False}}) is None
+    assert (
+        logic.jobPromotedVersion(
+            {"state": "done", "last_progress": {"event": "done", "promoted": False}}
+        )
+        is None
+    )
     assert logic.jobPromotedVersion({"state": "cancelled"}) is None
 
 
@@ -132,7 +210,10 @@ def test_a_detached_launch_is_followed_to_its_job_or_its_failure(mrml, tiny_work
     log = tmp_path / "detached.log"
     log.write_text("Traceback...\nassft: error: batch_size must be at least 2\n")
     dead = {"pid": 2**22 + 12345, "log": str(log)}
-    assert logic.detachedJobStatus(workspace.root, dead) == {"state": "failed", "message": "assft: error: batch_size must be at least 2"}
+    assert logic.detachedJobStatus(workspace.root, dead) == {
+        "state": "failed",
+        "message": "assft: error: batch_size must be at least 2",
+    }
     assert logic.detachedJobStatus(workspace.root, {"pid": os.getpid()})["state"] == "starting"
     job = JobStore(workspace).create("finetune", ["finetune"])
     job.mark_running()  # this process plays the job
@@ -159,9 +240,20 @@ def test_fine_tuning_needs_a_label_and_ranking_needs_unlabeled_cases(mrml, tiny_
 
 
 def test_dependencies_are_only_installed_when_confirmed(monkeypatch):
-    monkeypatch.setattr(dependencies, "REQUIREMENTS", {"numpy": "numpy>=1.24", "assft_missing_pkg": "assft-missing-pkg>=1",
-                                                       "torch": "torch>=2.2"})
-    monkeypatch.setattr(dependencies, "missingPackages", lambda: [n for n in ("assft_missing_pkg", "torch") if n not in installed])
+    monkeypatch.setattr(
+        dependencies,
+        "REQUIREMENTS",
+        {
+            "numpy": "numpy>=1.24",
+            "assft_missing_pkg": "assft-missing-pkg>=1",
+            "torch": "torch>=2.2",
+        },
+    )
+    monkeypatch.setattr(
+        dependencies,
+        "missingPackages",
+        lambda: [n for n in ("assft_missing_pkg", "torch") if n not in installed],
+    )
     installed: list[str] = []
     with pytest.raises(ValueError, match="confirmation"):
         dependencies.installDependencies(confirmed=False, pipInstall=installed.append)
@@ -174,10 +266,16 @@ def test_dependencies_are_only_installed_when_confirmed(monkeypatch):
             return object()
 
     pip = []
-    done = dependencies.installDependencies(confirmed=True, pipInstall=lambda r: (pip.append(r), installed.append("assft_missing_pkg")),
-                                            torchLogic=TorchLogic())
+    done = dependencies.installDependencies(
+        confirmed=True,
+        pipInstall=lambda r: (pip.append(r), installed.append("assft_missing_pkg")),
+        torchLogic=TorchLogic(),
+    )
     assert done == ["assft_missing_pkg", "torch"] and pip == ["assft-missing-pkg>=1"]
-    assert "Missing" in dependencies.describeMissing(["torch"]) and dependencies.describeMissing([]) == ""
+    assert (
+        "Missing" in dependencies.describeMissing(["torch"])
+        and dependencies.describeMissing([]) == ""
+    )
 
 
 def test_the_real_dependency_check_imports_nothing():
@@ -188,12 +286,18 @@ def test_the_real_dependency_check_imports_nothing():
         "missing = dependencies.missingPackages(); "
         "print(missing, 'torch' in sys.modules, 'monai' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(ASSFTSlicer.MODULE_DIR)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ASSFTSlicer.MODULE_DIR)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "[] False False"
 
 
-def test_an_engine_that_fails_to_import_is_not_blamed_on_missing_packages(monkeypatch, tiny_workspace):
+def test_an_engine_that_fails_to_import_is_not_blamed_on_missing_packages(
+    monkeypatch, tiny_workspace
+):
     workspace, _ = tiny_workspace
     # None in sys.modules makes the import fail as a broken or unsupported engine would
     # (e.g. a POSIX-only module on Windows), while every package is installed.
@@ -203,9 +307,11 @@ def test_an_engine_that_fails_to_import_is_not_blamed_on_missing_packages(monkey
     assert "cannot be loaded" in str(refused.value) and "install" not in str(refused.value)
 
 
-@pytest.mark.skipif(os.environ.get("ASSFT_SELFTEST") != "1",
-                    reason="the whole loop takes about a minute on 2 cores: set ASSFT_SELFTEST=1 "
-                           "(Slicer's 'Reload and Test' runs the same code)")
+@pytest.mark.skipif(
+    os.environ.get("ASSFT_SELFTEST") != "1",
+    reason="the whole loop takes about a minute on 2 cores: set ASSFT_SELFTEST=1 "
+    "(Slicer's 'Reload and Test' runs the same code)",
+)
 def test_the_self_test_loop_runs_with_slicer_core(mrml, tmp_path):
     from ASSFTSlicerLib.selftest import runAnnotationLoop
 

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from assft_testing.slicer_side import blob_labels, require_slicer, rotation, write_label_like, write_scan
 
+from assft_testing.slicer_side import (
+    blob_labels,
+    require_slicer,
+    rotation,
+    write_label_like,
+    write_scan,
+)
 
 slicer = require_slicer()
 import SimpleITK as sitk  # noqa: E402
@@ -23,11 +29,21 @@ from ASSFTSlicerLib.scene import (  # noqa: E402
 LABEL_NAMES = {1: "shell", 2: "core"}
 
 GEOMETRIES = {
-    "identity": dict(shape=(8, 10, 12), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None),
-    "rotated-anisotropic": dict(shape=(7, 11, 13), spacing=(0.7, 1.3, 3.1), origin=(12.5, -40.0, 7.25),
-                                direction=rotation((0.3, -0.5, 0.9))),
-    "mirrored-oblique": dict(shape=(9, 8, 10), spacing=(2.5, 0.9, 1.1), origin=(-3.0, 5.0, 100.0),
-                             direction=rotation((0.2, 0.1, -0.4)) @ np.diag([1.0, -1.0, 1.0])),
+    "identity": dict(
+        shape=(8, 10, 12), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None
+    ),
+    "rotated-anisotropic": dict(
+        shape=(7, 11, 13),
+        spacing=(0.7, 1.3, 3.1),
+        origin=(12.5, -40.0, 7.25),
+        direction=rotation((0.3, -0.5, 0.9)),
+    ),
+    "mirrored-oblique": dict(
+        shape=(9, 8, 10),
+        spacing=(2.5, 0.9, 1.1),
+        origin=(-3.0, 5.0, 100.0),
+        direction=rotation((0.2, 0.1, -0.4)) @ np.diag([1.0, -1.0, 1.0]),
+    ),
 }
 
 
@@ -36,7 +52,9 @@ def _workspace(tmp_path: Path, geometry: dict):
 
     scan = write_scan(tmp_path / "scans" / "case_a.nii.gz", **geometry)
     write_scan(tmp_path / "scans" / "case_b.nii.gz", **{**geometry, "shape": (6, 6, 6)}, seed=1)
-    workspace = Workspace.create(tmp_path / "ws", [tmp_path / "scans"], label_names=LABEL_NAMES, user="tester")
+    workspace = Workspace.create(
+        tmp_path / "ws", [tmp_path / "scans"], label_names=LABEL_NAMES, user="tester"
+    )
     return workspace, scan
 
 
@@ -52,7 +70,9 @@ def _write_prediction(workspace, case_id: str, scan: Path, array: np.ndarray) ->
     folder = workspace.root / "predictions" / workspace.current_model_version()
     label = write_label_like(folder / f"{case_id}.nii.gz", scan, array)
     reference = sitk.ReadImage(str(scan))
-    uncertainty = sitk.GetImageFromArray(np.random.default_rng(0).random(array.shape).astype(np.float32))
+    uncertainty = sitk.GetImageFromArray(
+        np.random.default_rng(0).random(array.shape).astype(np.float32)
+    )
     uncertainty.CopyInformation(reference)
     sitk.WriteImage(uncertainty, str(folder / f"{case_id}_uncertainty.nii.gz"))
     return label
@@ -60,9 +80,12 @@ def _write_prediction(workspace, case_id: str, scan: Path, array: np.ndarray) ->
 
 def _segment(nodes, name: str) -> np.ndarray:
     segmentation = nodes.segmentation.GetSegmentation()
-    return slicer.util.arrayFromSegmentBinaryLabelmap(
-        nodes.segmentation, segmentation.GetSegmentIdBySegmentName(name), nodes.volume
-    ) != 0
+    return (
+        slicer.util.arrayFromSegmentBinaryLabelmap(
+            nodes.segmentation, segmentation.GetSegmentIdBySegmentName(name), nodes.volume
+        )
+        != 0
+    )
 
 
 def _stored(path: Path) -> np.ndarray:
@@ -79,8 +102,13 @@ def _ijk_to_ras(node) -> np.ndarray:
 
 def _assert_same_voxels_in_ras(ours, theirs) -> None:
     """Each voxel of ``ours`` has the same value as the voxel of ``theirs`` at its RAS position."""
-    ours_array, theirs_array = slicer.util.arrayFromVolume(ours), slicer.util.arrayFromVolume(theirs)
-    assert ours_array.shape == theirs_array.shape or sorted(ours_array.shape) == sorted(theirs_array.shape)
+    ours_array, theirs_array = (
+        slicer.util.arrayFromVolume(ours),
+        slicer.util.arrayFromVolume(theirs),
+    )
+    assert ours_array.shape == theirs_array.shape or sorted(ours_array.shape) == sorted(
+        theirs_array.shape
+    )
     k, j, i = np.indices(ours_array.shape).reshape(3, -1)
     ras = _ijk_to_ras(ours) @ np.vstack([i, j, k, np.ones_like(i)])
     ijk = np.linalg.inv(_ijk_to_ras(theirs)) @ ras
@@ -100,7 +128,9 @@ def _editor(mrml, nodes):
     return editor
 
 
-def _paint(editor, nodes, name: str, mask: np.ndarray, mode=None, bypassMasking: bool = False) -> None:
+def _paint(
+    editor, nodes, name: str, mask: np.ndarray, mode=None, bypassMasking: bool = False
+) -> None:
     """Add ``mask`` to a segment through the Segment Editor logic (undo-able, masking as set)."""
     from vtk.util import numpy_support
 
@@ -115,8 +145,14 @@ def _paint(editor, nodes, name: str, mask: np.ndarray, mode=None, bypassMasking:
     modifier.Modified()
     segment_id = nodes.segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
     editor.SaveStateForUndo()
-    editor.ModifySegmentByLabelmap(nodes.segmentation, segment_id, modifier,
-                                   editor.ModificationModeAdd if mode is None else mode, False, bypassMasking)
+    editor.ModifySegmentByLabelmap(
+        nodes.segmentation,
+        segment_id,
+        modifier,
+        editor.ModificationModeAdd if mode is None else mode,
+        False,
+        bypassMasking,
+    )
 
 
 @pytest.mark.parametrize("geometry", list(GEOMETRIES), ids=list(GEOMETRIES))
@@ -135,7 +171,9 @@ def test_load_prefill_edit_submit_round_trips_exactly(mrml, tmp_path, geometry):
     np.testing.assert_allclose(geometry_of_node["origin"], reference.GetOrigin(), atol=1e-9)
     np.testing.assert_allclose(geometry_of_node["spacing"], reference.GetSpacing(), atol=1e-12)
     np.testing.assert_allclose(geometry_of_node["direction"], reference.GetDirection(), atol=1e-9)
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes.volume), sitk.GetArrayFromImage(reference))
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromVolume(nodes.volume), sitk.GetArrayFromImage(reference)
+    )
     # ... and every voxel lies where Slicer's own reader puts it in RAS (that reader may store
     # a mirrored grid with its slices reversed: positions are compared, not matrices).
     by_slicer = mrml.volumes.AddArchetypeVolume(str(scan), "read by Slicer")
@@ -143,7 +181,9 @@ def test_load_prefill_edit_submit_round_trips_exactly(mrml, tmp_path, geometry):
     mrml.scene.RemoveNode(by_slicer)
     # One segment per label, named and colored as in the workspace, pre-filled with the prediction.
     segmentation = nodes.segmentation.GetSegmentation()
-    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["shell", "core"]
+    assert [
+        segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+    ] == ["shell", "core"]
     for label in workspace.config.labels:
         segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(label.name))
         np.testing.assert_allclose(segment.GetColor(), label.color, atol=1e-6)
@@ -193,7 +233,9 @@ def test_overlapping_segments_are_refused_then_resolved_as_asked(mrml, tmp_path)
     nodes = logic.loadCase(workspace.root, "case_a")
     editor = _editor(mrml, nodes)
     overlap = (prediction == 1) & (np.indices(shape)[2] < 6)
-    _paint(editor, nodes, "core", overlap, bypassMasking=True)  # no overwrite: both segments hold the voxels
+    _paint(
+        editor, nodes, "core", overlap, bypassMasking=True
+    )  # no overwrite: both segments hold the voxels
     assert (_segment(nodes, "shell") & _segment(nodes, "core")).sum() == overlap.sum() > 0
 
     with pytest.raises(SegmentOverlapError) as refused:
@@ -223,7 +265,9 @@ def test_a_segment_that_is_not_a_workspace_label_is_refused(mrml, tmp_path, empt
     if not empty:
         mask = np.zeros(shape, np.uint8)
         mask[0, 0, :4] = 1
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, nodes.segmentation, new_id, nodes.volume)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            mask, nodes.segmentation, new_id, nodes.volume
+        )
 
     with pytest.raises(UnknownSegmentError) as refused:
         logic.submitCase(workspace.root)
@@ -249,14 +293,21 @@ def test_a_prediction_that_does_not_fit_is_refused(mrml, tmp_path):
     path = _write_prediction(workspace, "case_a", scan, bad_values)
     with pytest.raises(ValueError, match=r"values \[7\] are not labels"):
         logic.loadCase(workspace.root, "case_a")
-    other_grid = write_scan(tmp_path / "other.nii.gz", **{**GEOMETRIES["rotated-anisotropic"], "spacing": (1.0, 1.0, 1.0)})
+    other_grid = write_scan(
+        tmp_path / "other.nii.gz",
+        **{**GEOMETRIES["rotated-anisotropic"], "spacing": (1.0, 1.0, 1.0)},
+    )
     write_label_like(path, other_grid, blob_labels(shape))
     with pytest.raises(ValueError, match="spacing"):
         logic.loadCase(workspace.root, "case_a")
-    assert mrml.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0, "a refused case left nodes behind"
+    assert mrml.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0, (
+        "a refused case left nodes behind"
+    )
 
 
-def test_a_case_without_prediction_gets_empty_segments_and_a_transformed_scan_is_refused(mrml, tmp_path):
+def test_a_case_without_prediction_gets_empty_segments_and_a_transformed_scan_is_refused(
+    mrml, tmp_path
+):
     workspace, _ = _workspace(tmp_path, GEOMETRIES["identity"])
     logic = _logic()
     nodes = logic.loadCase(workspace.root, "case_b")
@@ -294,7 +345,10 @@ def test_the_uncertainty_overlay_toggles_in_the_slice_views(mrml, tmp_path):
     logic = _logic()
     nodes = logic.loadCase(workspace.root, "case_a", showUncertainty=True)
     assert all(c.GetBackgroundVolumeID() == nodes.volume.GetID() for c in composites)
-    assert all(c.GetForegroundVolumeID() == nodes.uncertainty.GetID() and c.GetForegroundOpacity() > 0 for c in composites)
+    assert all(
+        c.GetForegroundVolumeID() == nodes.uncertainty.GetID() and c.GetForegroundOpacity() > 0
+        for c in composites
+    )
     logic.setUncertaintyVisible(False)
     assert all(c.GetForegroundVolumeID() is None for c in composites)
     assert setForegroundVolume(nodes.volume, nodes.uncertainty, 0.7) == 3

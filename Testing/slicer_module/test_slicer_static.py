@@ -66,12 +66,16 @@ def _enum_names(tree: ast.Module) -> set[str]:
     names = {
         node.name
         for node in tree.body
-        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
+        if isinstance(node, ast.ClassDef)
+        and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
     }
     # An enum built from a registry through the functional API (``Strategy = Base("Strategy", [...])``).
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-                and ast.unparse(node.value.func) in names | {"enum.Enum", "Enum"}):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func) in names | {"enum.Enum", "Enum"}
+        ):
             names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
     return names
 
@@ -79,15 +83,20 @@ def _enum_names(tree: ast.Module) -> set[str]:
 def _parameter_fields(tree: ast.Module) -> dict[str, str]:
     """``{field: type text}`` of the class decorated with @parameterNodeWrapper."""
     wrapped = [
-        node for node in tree.body
-        if isinstance(node, ast.ClassDef) and any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+        and any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
     ]
     assert len(wrapped) == 1, "expected one @parameterNodeWrapper class"
     fields = {}
     for item in wrapped[0].body:
         if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
             annotation = item.annotation
-            if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+            if (
+                isinstance(annotation, ast.Subscript)
+                and ast.unparse(annotation.value) == "Annotated"
+            ):
                 annotation = annotation.slice.elts[0]
             fields[item.target.id] = ast.unparse(annotation)
     return fields
@@ -97,7 +106,11 @@ def _ui_names_used(path: Path) -> set[str]:
     """Every ``<x>.ui.<name>`` attribute the file uses."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+        ):
             names.add(node.attr)
     return names
 
@@ -119,7 +132,9 @@ def test_every_bound_parameter_is_a_field_with_a_connectable_widget():
     bindings = _parameter_bindings()
     assert bindings, "no SlicerParameterName in the .ui file"
     unknown = sorted(set(bindings) - set(fields))
-    assert not unknown, f"SlicerParameterName(s) {unknown} are not fields of the parameter node ({sorted(fields)})"
+    assert not unknown, (
+        f"SlicerParameterName(s) {unknown} are not fields of the parameter node ({sorted(fields)})"
+    )
     for parameter, (widget, widget_class) in bindings.items():
         kind = fields[parameter]
         if kind in enums:
@@ -150,22 +165,33 @@ def test_the_module_file_guards_its_qt_imports():
     tree = _module_tree()
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-            assert not any(n in ("qt", "ctk") or n.startswith("slicer.ScriptedLoadableModule") for n in names), (
-                f"unguarded import at line {node.lineno}"
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             )
+            assert not any(
+                n in ("qt", "ctk") or n.startswith("slicer.ScriptedLoadableModule") for n in names
+            ), f"unguarded import at line {node.lineno}"
 
 
 def test_cmake_lists_every_script_and_resource():
     cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     for script in sorted((MODULE / "ASSFTSlicerLib").glob("*.py")):
-        assert f"${{MODULE_NAME}}Lib/{script.name}" in cmake, f"{script.name} is not in ASSFTSlicer/CMakeLists.txt"
-    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
-                     "assft/resources/*.json", "assft/resources/*.pt"):
+        assert f"${{MODULE_NAME}}Lib/{script.name}" in cmake, (
+            f"{script.name} is not in ASSFTSlicer/CMakeLists.txt"
+        )
+    for resource in (
+        "Resources/Icons/${MODULE_NAME}.png",
+        "Resources/UI/${MODULE_NAME}.ui",
+        "assft/resources/*.json",
+        "assft/resources/*.pt",
+    ):
         assert resource in cmake
     assert (ENGINE_DATA / "Models.json").is_file()
     assert (ENGINE_DATA / "Models.schema.json").is_file()
-    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+    assert (
+        "WITH_GENERIC_TESTS" in cmake
+        and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+    )
     assert "assft/*.py" in cmake  # the engine ships with the module
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"project\(ASSFTSlicer\)", top) and 'set(EXTENSION_DEPENDS "PyTorch")' in top
@@ -210,8 +236,11 @@ def test_cmake_ships_the_engine_without_apps_and_with_its_package_data():
     # The wheel carries the same data (pyproject's package-data, relative to the package).
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     package_data = project["tool"]["setuptools"]["package-data"]["assft"]
-    in_wheel = {f"assft/{f.relative_to(MODULE / 'assft').as_posix()}"
-                for pattern in package_data for f in (MODULE / "assft").glob(pattern)}
+    in_wheel = {
+        f"assft/{f.relative_to(MODULE / 'assft').as_posix()}"
+        for pattern in package_data
+        for f in (MODULE / "assft").glob(pattern)
+    }
     assert data <= in_wheel, f"pyproject.toml's package-data leaves out {sorted(data - in_wheel)}"
 
 
@@ -224,15 +253,26 @@ def test_the_icon_is_a_128_pixel_png():
 # The catalog entry schema (Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json):
 # required fields and the only fields allowed ("additionalProperties": false).
 CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
-CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
-                                      "build_subdirectory", "enabled", "tier"}
+CATALOG_ALLOWED = CATALOG_REQUIRED | {
+    "scm_revision",
+    "scm_type",
+    "build_dependencies",
+    "dicom_support_rule",
+    "build_subdirectory",
+    "enabled",
+    "tier",
+}
 
 
 def test_the_extension_description_follows_the_catalog_schema():
     entry = json.loads((ROOT / "ASSFTSlicer.json").read_text(encoding="utf-8"))
     assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED
     assert "slicer-extension-catalog-entry-schema-v1.0" in entry["$schema"]
-    assert entry["scm_type"] in ("git", "local") and isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+    assert (
+        entry["scm_type"] in ("git", "local")
+        and isinstance(entry["tier"], int)
+        and 1 <= entry["tier"] <= 5
+    )
     assert entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_url"].startswith("https://") and "slicer" in entry["scm_url"].lower()
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
@@ -255,11 +295,15 @@ def test_requirements_agree_with_the_installer_and_pyproject():
     sys.path.insert(0, str(MODULE))
     from ASSFTSlicerLib.dependencies import REQUIREMENTS
 
-    listed = _requirement_names((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    listed = _requirement_names(
+        (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    )
     installer = _requirement_names(REQUIREMENTS.values())
     assert listed == installer
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    declared = _requirement_names(project["dependencies"] + project["optional-dependencies"]["swin"])
+    declared = _requirement_names(
+        project["dependencies"] + project["optional-dependencies"]["swin"]
+    )
     assert listed == declared
 
 

@@ -20,8 +20,8 @@ import types
 import xml.etree.ElementTree as ET
 
 import pytest
-from assft_testing.slicer_side import MODULE_DIR, require_slicer
 
+from assft_testing.slicer_side import MODULE_DIR, require_slicer
 
 slicer = require_slicer()
 
@@ -135,7 +135,9 @@ def module(monkeypatch, mrml):
         def getParameterNode(self):
             return None
 
-    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleLogic = Base
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = (
+        slm.ScriptedLoadableModuleLogic
+    ) = Base
     slm.ScriptedLoadableModuleTest = Base
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
@@ -168,20 +170,37 @@ def module(monkeypatch, mrml):
             messages.append(("error", f"{message} {error}"))
             raise
 
-    for name, kind in (("errorDisplay", "error"), ("infoDisplay", "info"), ("warningDisplay", "warning")):
-        monkeypatch.setattr(slicer.util, name, lambda text, kind=kind, **kw: messages.append((kind, text)))
+    for name, kind in (
+        ("errorDisplay", "error"),
+        ("infoDisplay", "info"),
+        ("warningDisplay", "warning"),
+    ):
+        monkeypatch.setattr(
+            slicer.util, name, lambda text, kind=kind, **kw: messages.append((kind, text))
+        )
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", tryWithErrorDisplay)
-    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", lambda text, **kw: messages.append(("ask", text)) or True)
+    monkeypatch.setattr(
+        slicer.util,
+        "confirmYesNoDisplay",
+        lambda text, **kw: messages.append(("ask", text)) or True,
+    )
     monkeypatch.setattr(slicer.util, "selectModule", lambda name: messages.append(("module", name)))
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
-    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(__import__("os").environ), raising=False)
+    monkeypatch.setattr(
+        slicer.util, "startupEnvironment", lambda: dict(__import__("os").environ), raising=False
+    )
     editor = types.SimpleNamespace(segmentation=None, source=None)
     editor.setSegmentationNode = lambda node: setattr(editor, "segmentation", node)
     editor.setSourceVolumeNode = lambda node: setattr(editor, "source", node)
     slicer.modules.segmenteditor = types.SimpleNamespace(
-        widgetRepresentation=lambda: types.SimpleNamespace(self=lambda: types.SimpleNamespace(editor=editor)))
+        widgetRepresentation=lambda: types.SimpleNamespace(
+            self=lambda: types.SimpleNamespace(editor=editor)
+        )
+    )
     monkeypatch.delitem(sys.modules, "ASSFTSlicerLib.process", raising=False)
-    spec = importlib.util.spec_from_file_location("ASSFTSlicerWithStandIns", MODULE_DIR / "ASSFTSlicer.py")
+    spec = importlib.util.spec_from_file_location(
+        "ASSFTSlicerWithStandIns", MODULE_DIR / "ASSFTSlicer.py"
+    )
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
     assert loaded.HAVE_QT
@@ -194,20 +213,43 @@ def _widget(module, tmp_path):
     ASSFTSlicer = module.module
     widget = ASSFTSlicer.ASSFTSlicerWidget()
     widget.logic = ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable)
-    names = [w.get("name") for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "ASSFTSlicer.ui").iter("widget")]
+    names = [
+        w.get("name")
+        for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "ASSFTSlicer.ui").iter("widget")
+    ]
     widget.ui = types.SimpleNamespace(**{name: FakeSignalTarget(name) for name in names})
-    for button in ("rankButton", "labelNextButton", "finetuneButton", "createWorkspaceButton", "submitNextButton"):
+    for button in (
+        "rankButton",
+        "labelNextButton",
+        "finetuneButton",
+        "createWorkspaceButton",
+        "submitNextButton",
+    ):
         getattr(widget.ui, button).text = button
     widget._jobTimer = FakeTimer()
-    widget._parameterNode = widget.logic.getParameterNode() or ASSFTSlicer.ASSFTSlicerParameterNode()
+    widget._parameterNode = (
+        widget.logic.getParameterNode() or ASSFTSlicer.ASSFTSlicerParameterNode()
+    )
     return widget
 
 
 def _connect_slots(widget):
-    for name in ("rankButton", "labelNextButton", "submitNextButton", "skipButton", "finetuneButton", "openWorkspaceButton"):
-        slot = {"rankButton": widget.onRank, "labelNextButton": widget.onLabelNext, "submitNextButton": widget.onSubmitAndNext,
-                "skipButton": widget.onSkip, "finetuneButton": widget.onFinetune,
-                "openWorkspaceButton": widget.onOpenWorkspace}[name]
+    for name in (
+        "rankButton",
+        "labelNextButton",
+        "submitNextButton",
+        "skipButton",
+        "finetuneButton",
+        "openWorkspaceButton",
+    ):
+        slot = {
+            "rankButton": widget.onRank,
+            "labelNextButton": widget.onLabelNext,
+            "submitNextButton": widget.onSubmitAndNext,
+            "skipButton": widget.onSkip,
+            "finetuneButton": widget.onFinetune,
+            "openWorkspaceButton": widget.onOpenWorkspace,
+        }[name]
         getattr(widget.ui, name).connect("clicked(bool)", slot)
 
 
@@ -219,7 +261,9 @@ def _run_until(condition, timeout=240.0):
         time.sleep(0.02)
 
 
-def test_the_panel_ranks_cancels_labels_and_submits(module, tmp_path, synthetic_pool, tiny_preset_file):
+def test_the_panel_ranks_cancels_labels_and_submits(
+    module, tmp_path, synthetic_pool, tiny_preset_file
+):
     from assft.workspace import Workspace
 
     _, cases = synthetic_pool
@@ -227,8 +271,13 @@ def test_the_panel_ranks_cancels_labels_and_submits(module, tmp_path, synthetic_
     images.mkdir()
     for case in cases[:3]:
         shutil.copy(case.image, images / case.image.name)
-    workspace = Workspace.create(tmp_path / "ws", [images], label_names={1: "shell", 2: "core"},
-                                 model=str(tiny_preset_file), user="tester")
+    workspace = Workspace.create(
+        tmp_path / "ws",
+        [images],
+        label_names={1: "shell", 2: "core"},
+        model=str(tiny_preset_file),
+        user="tester",
+    )
     widget = _widget(module, tmp_path)
     _connect_slots(widget)
     p = widget._parameterNode
@@ -249,10 +298,15 @@ def test_the_panel_ranks_cancels_labels_and_submits(module, tmp_path, synthetic_
     widget.ui.rankButton.click()
     assert widget.ui.rankButton.text == "Cancel" and widget.ui.rankButton.enabled
     assert widget._task.mode == "slicer"  # slicer-core's launchConsoleProcess(blocking=False)
-    assert not widget.ui.openWorkspaceButton.enabled and widget.ui.openWorkspaceButton.toolTip == "Another task is running."
+    assert (
+        not widget.ui.openWorkspaceButton.enabled
+        and widget.ui.openWorkspaceButton.toolTip == "Another task is running."
+    )
     widget.ui.rankButton.click()
     _run_until(lambda: widget._task is None)
-    assert widget.ui.rankButton.text == "rankButton" and widget.ui.taskStatusLabel.text == "Cancelled."
+    assert (
+        widget.ui.rankButton.text == "rankButton" and widget.ui.taskStatusLabel.text == "Cancelled."
+    )
     assert not [m for m in module.messages if m[0] == "error"]
     assert workspace.status_summary()["running_job"] is None and workspace.latest_ranking() is None
 
@@ -277,10 +331,14 @@ def test_the_panel_ranks_cancels_labels_and_submits(module, tmp_path, synthetic_
     import numpy as np
     import SimpleITK as sitk
 
-    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(widget.logic.predictionFiles(workspace.root, first)[0])))
+    predicted = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(widget.logic.predictionFiles(workspace.root, first)[0]))
+    )
     segmentation = p.caseSegmentation.GetSegmentation()
     for value, name in ((1, "shell"), (2, "core")):
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(p.caseSegmentation, segmentation.GetSegmentIdBySegmentName(name), p.caseVolume)
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(
+            p.caseSegmentation, segmentation.GetSegmentIdBySegmentName(name), p.caseVolume
+        )
         np.testing.assert_array_equal(array != 0, predicted == value)
 
     # Overlapping segments: the user is asked, and the answer (yes) is passed to the Logic.
@@ -288,11 +346,15 @@ def test_the_panel_ranks_cancels_labels_and_submits(module, tmp_path, synthetic_
     box = np.zeros(shape, np.uint8)
     box[2:6, 2:6, 2:6] = 1
     for name in ("shell", "core"):
-        slicer.util.updateSegmentBinaryLabelmapFromArray(box, p.caseSegmentation, segmentation.GetSegmentIdBySegmentName(name), p.caseVolume)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            box, p.caseSegmentation, segmentation.GetSegmentIdBySegmentName(name), p.caseVolume
+        )
     widget.ui.submitNextButton.click()
     assert any(kind == "ask" and "share 64 voxels" in text for kind, text in module.messages)
     stored = workspace.label_path(first)
-    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(stored))) == 2).sum() == 64  # core, lower in the list, won
+    assert (
+        sitk.GetArrayFromImage(sitk.ReadImage(str(stored))) == 2
+    ).sum() == 64  # core, lower in the list, won
     assert workspace.registry.case(first)["status"] == "labeled"
     _run_until(lambda: widget._task is None)  # the next case (none left in a budget of 1 is fine)
     assert not [m for m in module.messages if m[0] == "error"], module.messages

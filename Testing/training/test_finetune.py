@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+
 from assft.errors import BadInputError
-from assft.workspace.jobs import JobStore
-from assft.workspace.model_versions import ModelRegistry
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
-from assft_testing import run_cli, torchrun
+from assft.workspace.jobs import JobStore
+from assft.workspace.model_versions import ModelRegistry
+from assft_testing import run_cli, signal_blind_launcher, torchrun
 
 FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
 
@@ -28,7 +29,9 @@ def labeled_workspace(tmp_path, synthetic_pool, tiny_preset_file):
 
     data, cases = synthetic_pool
     workspace = create_workspace(
-        tmp_path / "ws", [data / "images"], model=str(tiny_preset_file),
+        tmp_path / "ws",
+        [data / "images"],
+        model=str(tiny_preset_file),
         label_names={1: "shell", 2: "core"},
     )
     for case in cases[:4]:
@@ -66,7 +69,9 @@ def test_selective_finetune_registers_and_promotes_a_version(labeled_workspace):
     ssft = manifest["ssft"]
     assert set(ssft["confidence"]) == {"case_004", "case_005", "case_006", "case_007"}
     assert len(ssft["reliable"]) == 1
-    assert {"supervised_s", "semi_supervised_s", "pseudo_labels_s", "total_s"} <= set(manifest["timings"])
+    assert {"supervised_s", "semi_supervised_s", "pseudo_labels_s", "total_s"} <= set(
+        manifest["timings"]
+    )
     versions = ModelRegistry(workspace).to_json()
     assert [v["version"] for v in versions["versions"]] == ["v0", "v1"]
     if manifest["promoted"]:
@@ -84,15 +89,22 @@ def test_modes_none_and_all(labeled_workspace):
     assert "reliable" not in none["ssft"] and "semi_supervised_s" not in none["timings"]
     everything = run_finetune(labeled_workspace, FinetuneConfig(**FAST, mode="all"), device="cpu")
     assert len(everything["ssft"]["reliable"]) == 4
-    assert everything["parent"] == ModelRegistry(labeled_workspace).current() or not everything["promoted"]
+    assert (
+        everything["parent"] == ModelRegistry(labeled_workspace).current()
+        or not everything["promoted"]
+    )
 
 
 def test_no_labels_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
     from assft.workspace.creation import create_workspace
 
     data, _ = synthetic_pool
-    workspace = create_workspace(tmp_path / "empty", [data / "images"], model=str(tiny_preset_file),
-                                 label_names={1: "shell", 2: "core"})
+    workspace = create_workspace(
+        tmp_path / "empty",
+        [data / "images"],
+        model=str(tiny_preset_file),
+        label_names={1: "shell", 2: "core"},
+    )
     with pytest.raises(BadInputError, match="no labeled cases"):
         run_finetune(workspace, FinetuneConfig(**FAST), device="cpu")
 
@@ -128,17 +140,38 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_version_loads(la
     registry.promote("v1", reason="test")
     checkpoint = registry.checkpoint_path("v1")
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    result = run_cli("rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu")
+    result = run_cli(
+        "rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu"
+    )
     assert result.returncode == 2 and "model.pt" in result.stderr and "damaged" in result.stderr
     assert run_cli("rollback", str(workspace.root), "v0").returncode == 0
-    assert run_cli("rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu").returncode == 0
+    assert (
+        run_cli(
+            "rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu"
+        ).returncode
+        == 0
+    )
 
 
 def _start(ws: Path, config: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "assft", "finetune", str(ws), "--config", str(config),
-         "--device", "cpu", "--progress", "json", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "assft",
+            "finetune",
+            str(ws),
+            "--config",
+            str(config),
+            "--device",
+            "cpu",
+            "--progress",
+            "json",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -152,7 +185,9 @@ def _wait_for(process: subprocess.Popen, predicate, timeout: float = 120.0) -> d
         event = json.loads(line)
         if predicate(event):
             return event
-    raise AssertionError(f"no such event; stderr: {process.stderr.read() if process.poll() is not None else ''}")
+    raise AssertionError(
+        f"no such event; stderr: {process.stderr.read() if process.poll() is not None else ''}"
+    )
 
 
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace, tmp_path):
@@ -178,8 +213,19 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace
 
 def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     ws = labeled_workspace.root
-    config = _config_file(tmp_path, iterations=200, mode="none")
-    launched = run_cli("finetune", str(ws), "--config", str(config), "--device", "cpu", "--detach", "--json", check=True)
+    # Steps take milliseconds: enough of them that the job still runs when the cancel comes.
+    config = _config_file(tmp_path, iterations=20000, mode="none")
+    launched = run_cli(
+        "finetune",
+        str(ws),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--detach",
+        "--json",
+        check=True,
+    )
     document = json.loads(launched.stdout)
     pid = document["pid"]
     assert os.getsid(pid) == pid  # its own session: it outlives the shell
@@ -204,7 +250,67 @@ def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_a_label_replaced_during_the_job_does_not_reach_it(labeled_workspace, tmp_path, synthetic_pool):
+@pytest.mark.skipif(sys.platform == "win32", reason="the launcher ignores SIGTERM, a POSIX signal")
+def test_cancel_reaches_a_job_under_a_launcher_that_forwards_no_signal(labeled_workspace, tmp_path):
+    """As under PythonSlicer: the job runs in the launcher's child, which no signal reaches."""
+    ws = labeled_workspace.root
+    config = _config_file(tmp_path, iterations=20000, mode="none")
+    # Output to a file: a pipe nobody reads would block the job before its next step.
+    with open(tmp_path / "output.txt", "w") as output:
+        launcher = subprocess.Popen(
+            [
+                *signal_blind_launcher(tmp_path),
+                sys.executable,
+                "-m",
+                "assft",
+                "finetune",
+                str(ws),
+                "--config",
+                str(config),
+                "--device",
+                "cpu",
+                "--progress",
+                "json",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    store = JobStore(ws)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = store.running()
+        if job and (job.last_progress() or {}).get("phase") == "supervised":
+            break
+        assert launcher.poll() is None, (tmp_path / "output.txt").read_text()
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the job never reached its supervised stage")
+    engine = job.recorded()["pid"]
+    assert engine != launcher.pid  # the job runs in the launcher's child
+
+    started = time.monotonic()
+    cancelled = run_cli("cancel", str(ws), job.id, "--timeout", "90", "--json", check=True)
+    assert time.monotonic() - started < 90  # stopped by itself, not ended after the timeout
+    info = json.loads(cancelled.stdout)
+    assert info["state"] == "cancelled" and info["exit_code"] == 3
+    assert info["message"] == "cancelled by request"
+    assert launcher.wait(30) == 3  # the engine's own exit code, relayed by the launcher
+    lines = (tmp_path / "output.txt").read_text().strip().splitlines()
+    assert lines[-1] == "assft: cancelled: cancelled by request"
+    assert json.loads(lines[-2]) == {
+        "event": "error",
+        "message": "cancelled by request",
+        "cancelled": True,
+    }
+    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert not (labeled_workspace.models_dir / "v1").exists()
+    assert labeled_workspace.running_job() is None  # the lock went with it
+
+
+def test_a_label_replaced_during_the_job_does_not_reach_it(
+    labeled_workspace, tmp_path, synthetic_pool
+):
     ws = labeled_workspace.root
     before = labeled_workspace.registry.case("case_000")["label_sha256"]
     process = _start(ws, _config_file(tmp_path, iterations=12, mode="none"))
@@ -222,23 +328,34 @@ def test_a_label_replaced_during_the_job_does_not_reach_it(labeled_workspace, tm
 
 def test_torchrun_ranking_matches_one_process(labeled_workspace):
     ws = str(labeled_workspace.root)
-    single = json.loads(run_cli("rank", ws, "--budget", "2", "--views", "1", "--device", "cpu",
-                                "--json", check=True).stdout)
-    result = torchrun("-m", "assft", "rank", ws, "--budget", "2", "--views", "1", "--device", "cpu", "--json")
+    single = json.loads(
+        run_cli(
+            "rank", ws, "--budget", "2", "--views", "1", "--device", "cpu", "--json", check=True
+        ).stdout
+    )
+    result = torchrun(
+        "-m", "assft", "rank", ws, "--budget", "2", "--views", "1", "--device", "cpu", "--json"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     split = json.loads(result.stdout)
     assert split["world_size"] == 2
     assert split["selected"] == single["selected"]
     assert [r["case"] for r in split["cases"]] == [r["case"] for r in single["cases"]]
-    assert [r["dkd"] for r in split["cases"]] == pytest.approx([r["dkd"] for r in single["cases"]], rel=1e-4)
+    assert [r["dkd"] for r in split["cases"]] == pytest.approx(
+        [r["dkd"] for r in single["cases"]], rel=1e-4
+    )
 
 
 def test_torchrun_finetune_trains_with_ddp(labeled_workspace, tmp_path):
     ws = str(labeled_workspace.root)
     config = _config_file(tmp_path, iterations=4, semi_iterations=4)
-    result = torchrun("-m", "assft", "finetune", ws, "--config", str(config), "--device", "cpu", "--json")
+    result = torchrun(
+        "-m", "assft", "finetune", ws, "--config", str(config), "--device", "cpu", "--json"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads(result.stdout)
     assert manifest["version"] == "v1" and manifest["world_size"] == 2
-    assert len(manifest["ssft"]["confidence"]) == 4  # every unlabeled case, gathered from both ranks
+    assert (
+        len(manifest["ssft"]["confidence"]) == 4
+    )  # every unlabeled case, gathered from both ranks
     assert ModelRegistry(labeled_workspace).verify("v1") is None

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from assft.errors import BadInputError
 from assft.training import FinetuneConfig, masked_dice_ce, select_reliable_cases
 from assft.training.data import (
@@ -31,8 +32,12 @@ def test_loss_ignores_ignored_voxels():
     ignored_changed = changed.clone()
     ignored_changed[0, 0] = IGNORE
     # What lies under IGNORE does not matter; what lies outside does.
-    assert masked_dice_ce(logits, ignored) == pytest.approx(float(masked_dice_ce(logits, ignored_changed)))
-    assert float(masked_dice_ce(logits, target)) != pytest.approx(float(masked_dice_ce(logits, changed)))
+    assert masked_dice_ce(logits, ignored) == pytest.approx(
+        float(masked_dice_ce(logits, ignored_changed))
+    )
+    assert float(masked_dice_ce(logits, target)) != pytest.approx(
+        float(masked_dice_ce(logits, changed))
+    )
 
 
 def test_loss_hand_value_for_a_perfect_confident_prediction():
@@ -87,7 +92,9 @@ def test_config_checks():
 def test_label_mapping_and_padding():
     label = np.array([0, 5, 9, 5])
     assert label_to_classes(label, [5, 9]).tolist() == [0, 1, 2, 1]
-    image, target = pad_to_patch(torch.ones(1, 3, 5, 2), torch.zeros(3, 5, 2, dtype=torch.long), (4, 4, 4))
+    image, target = pad_to_patch(
+        torch.ones(1, 3, 5, 2), torch.zeros(3, 5, 2, dtype=torch.long), (4, 4, 4)
+    )
     assert tuple(image.shape) == (1, 4, 5, 4) and tuple(target.shape) == (4, 5, 4)
     assert int((target == IGNORE).sum()) == 4 * 5 * 4 - 3 * 5 * 2
     assert float(image[0, 3].sum()) == 0.0
@@ -102,8 +109,12 @@ def test_foreground_patches_contain_foreground_and_batches_are_seeded():
     for _ in range(5):
         _, patch = sample_patch(case, (8, 8, 8), rng, foreground=True)
         assert int((patch > 0).sum()) > 0
-    a = make_batch([case], 4, (8, 8, 8), np.random.default_rng(3), foreground_ratio=0.5, augment=None)
-    b = make_batch([case], 4, (8, 8, 8), np.random.default_rng(3), foreground_ratio=0.5, augment=None)
+    a = make_batch(
+        [case], 4, (8, 8, 8), np.random.default_rng(3), foreground_ratio=0.5, augment=None
+    )
+    b = make_batch(
+        [case], 4, (8, 8, 8), np.random.default_rng(3), foreground_ratio=0.5, augment=None
+    )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert tuple(a[0].shape) == (4, 1, 8, 8, 8) and tuple(a[1].shape) == (4, 8, 8, 8)
     # 1:1 foreground/background centres: the even patches hold foreground.
@@ -111,13 +122,22 @@ def test_foreground_patches_contain_foreground_and_batches_are_seeded():
 
 
 def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
-    from assft.models import ModelPreset, load_model
     from assft.datasets.synthetic import TINY_PRESET
+    from assft.models import ModelPreset, load_model
     from assft.training.ssft import Trainer, run_stage
 
-    model = load_model(ModelPreset.from_dict(TINY_PRESET), label_values=[1, 2], checkpoint=None, device="cpu")
-    config = FinetuneConfig(mode="none", iterations=20, warmup_fraction=0.5, lr=1e-3, encoder_lr_scale=0.1,
-                            augment=False, batch_size=2)
+    model = load_model(
+        ModelPreset.from_dict(TINY_PRESET), label_values=[1, 2], checkpoint=None, device="cpu"
+    )
+    config = FinetuneConfig(
+        mode="none",
+        iterations=20,
+        warmup_fraction=0.5,
+        lr=1e-3,
+        encoder_lr_scale=0.1,
+        augment=False,
+        batch_size=2,
+    )
     trainer = Trainer(model, config, (8, 8, 8))
     target = torch.zeros(16, 16, 16, dtype=torch.long)
     target[4:12, 4:12, 4:12] = 1
@@ -129,9 +149,20 @@ def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
 
     # One step at a time, as a resumed job would run them: the rate depends on the step alone.
     for step in range(12):
-        run_stage(trainer, stage=1, start=step, end=step + 1, total=20, labeled=[case], pseudo=None,
-                  config=config, on_step=record)
+        run_stage(
+            trainer,
+            stage=1,
+            start=step,
+            end=step + 1,
+            total=20,
+            labeled=[case],
+            pseudo=None,
+            config=config,
+            on_step=record,
+        )
     decoder = [lrs["decoder"] for lrs in seen]
     assert decoder[0] == pytest.approx(1e-4) and decoder[4] == pytest.approx(5e-4)
     assert decoder[9:] == [pytest.approx(1e-3)] * 3
-    assert seen[0]["encoder"] == pytest.approx(1e-5)  # the pretrained encoder at a tenth, warmed up too
+    assert seen[0]["encoder"] == pytest.approx(
+        1e-5
+    )  # the pretrained encoder at a tenth, warmed up too

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from assft.workspace import Workspace
 from assft_testing.workspaces import LABEL_NAMES, write_volume
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from assft.workspace import jobs
+
 from assft.errors import BadInputError
+from assft.workspace import jobs
 from assft.workspace.jobs import JobStore, cancel, finish, launch_detached, mark_running
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
@@ -30,11 +31,27 @@ mark_running(job)
 print("ready", flush=True)
 time.sleep(60)
 """
+# A job as the engine runs one: it polls cancellation.check() at safe points.
+_POLL = """
+from assft.errors import CancelledError
+from assft.runtime import cancellation
+mark_running(job)
+print("ready", flush=True)
+try:
+    for _ in range(1200):
+        cancellation.check()
+        time.sleep(0.05)
+except CancelledError as error:
+    finish(job, "cancelled", 3, str(error))
+    sys.exit(3)
+"""
 
 
-def _start_child(root: Path, job_id: str, body: str = "") -> subprocess.Popen[str]:
+def _start_child(
+    root: Path, job_id: str, body: str = "", run: str = _SLEEP
+) -> subprocess.Popen[str]:
     """Run a job in a child process (own process group) and wait until it is running."""
-    script = textwrap.dedent(_CHILD_PRELUDE) + textwrap.dedent(body) + textwrap.dedent(_SLEEP)
+    script = textwrap.dedent(_CHILD_PRELUDE) + textwrap.dedent(body) + textwrap.dedent(run)
     child = subprocess.Popen(
         [sys.executable, "-c", script, str(root), job_id],
         stdout=subprocess.PIPE,
@@ -133,18 +150,16 @@ def test_a_reused_pid_does_not_count_as_the_job(root):
     assert job.info()["state"] == "killed"
 
 
-def test_cancel_a_job_that_handles_sigterm(root):
+def test_cancel_is_a_request_the_job_stops_on_by_itself(root):
     job = JobStore(root).create("finetune", [])
-    handler = """
-    def stop(signum, frame):
-        finish(job, "cancelled", 3, "cancelled by request")
-        sys.exit(3)
-    signal.signal(signal.SIGTERM, stop)
-    """
-    child = _start_child(root, job.id, handler)
-    info = cancel(root, timeout=10)  # the running job, found without its id
+    child = _start_child(root, job.id, run=_POLL)
+    assert not job.cancel_requested()
+    started = time.monotonic()
+    info = cancel(root, timeout=30)  # the running job, found without its id
+    assert time.monotonic() - started < 10  # it stopped by itself, long before the timeout
     assert child.wait(timeout=10) == 3
-    assert info["id"] == job.id and info["state"] == "cancelled"
+    assert job.cancel_requested()
+    assert info["id"] == job.id and info["state"] == jobs.JobState.CANCELLED
     assert info["exit_code"] == 3 and info["message"] == "cancelled by request"
 
     with pytest.raises(BadInputError, match=f"job {job.id} is not running \\(state cancelled\\)"):
@@ -153,14 +168,45 @@ def test_cancel_a_job_that_handles_sigterm(root):
         cancel(root)
 
 
-def test_cancel_kills_a_job_that_ignores_sigterm(root):
+def test_a_job_that_does_not_poll_is_terminated_after_the_timeout(root):
+    """No request polling: after the timeout SIGTERM reaches it, and its handler still runs."""
+    job = JobStore(root).create("finetune", [])
+    handler = """
+    def stop(signum, frame):
+        finish(job, "cancelled", 3, "cancelled by SIGTERM")
+        sys.exit(3)
+    signal.signal(signal.SIGTERM, stop)
+    """
+    child = _start_child(root, job.id, handler)
+    start = time.monotonic()
+    info = cancel(root, job.id, timeout=0.5, grace=10)
+    assert 0.5 <= time.monotonic() - start < 10
+    assert child.wait(timeout=10) == 3
+    assert info["state"] == "cancelled" and info["message"] == "cancelled by SIGTERM"
+
+
+def test_cancel_kills_a_job_that_ignores_the_request_and_sigterm(root):
     job = JobStore(root).create("finetune", [])
     child = _start_child(root, job.id, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n")
     start = time.monotonic()
-    info = cancel(root, job.id, timeout=1)
-    assert time.monotonic() - start >= 1
+    info = cancel(root, job.id, timeout=1, grace=0.5)
+    assert time.monotonic() - start >= 1.5
     assert child.wait(timeout=10) == -signal.SIGKILL
-    assert info["state"] == "cancelled" and "SIGKILL" in info["message"]
+    assert info["state"] == "cancelled" and "killed" in info["message"]
+    assert info["exit_code"] is None
+
+
+def test_a_job_of_another_machine_is_only_asked_to_stop(root):
+    """Shared storage: the recorded pid is another machine's; nothing here is signalled."""
+    job = JobStore(root).create("finetune", [])
+    mark_running(job)  # this process's pid, recorded as if on another host
+    job.update(host="another-machine")
+    try:
+        with pytest.raises(BadInputError, match="runs on another-machine: it was asked to stop"):
+            cancel(root, job.id, timeout=0.3)
+        assert job.cancel_requested() and job.info()["state"] == "running"
+    finally:
+        finish(job, "cancelled", 3)  # and this process stops watching the request
 
 
 def test_cancel_refuses_a_finished_job(root):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from assft.errors import AssftError, BadInputError
-from assft.workspace.model_versions import ModelRegistry, ModelStorageError
 from assft.workspace import Workspace
+from assft.workspace.model_versions import ModelRegistry, ModelStorageError
 
 
 @pytest.fixture

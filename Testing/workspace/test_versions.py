@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from assft.errors import BadInputError
 from assft.workspace.versions import (
     BASE_VERSION,

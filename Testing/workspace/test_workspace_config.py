@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from assft.errors import BadInputError
 from assft.workspace import (
     DEFAULT_LABEL_NAMES,

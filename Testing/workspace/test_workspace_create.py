@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from assft.errors import BadInputError
 from assft.workspace import Workspace, find_images
 from assft_testing.workspaces import LABEL_NAMES, label_array, write_dicom_series, write_volume

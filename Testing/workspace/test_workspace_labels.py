@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from assft.errors import BadInputError
 from assft.io.imaging import read_image
 from assft.workspace import Workspace

@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+
 from assft.errors import WorkspaceLockedError
 from assft.workspace import Workspace
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from assft.errors import BadInputError
 from assft.workspace import Workspace
 from assft_testing.workspaces import label_array, write_volume
@@ -88,8 +89,14 @@ def _ranked(*order: str) -> dict[str, object]:
         "strategy": "attsq",
         "model_version": "v0",
         "cases": [
-            {"case": case, "rank": rank, "score": 1.0 / rank, "selected": rank == 1,
-             "reason": f"reason {rank}", "hardest_structure": "left"}
+            {
+                "case": case,
+                "rank": rank,
+                "score": 1.0 / rank,
+                "selected": rank == 1,
+                "reason": f"reason {rank}",
+                "hardest_structure": "left",
+            }
             for rank, case in enumerate(order, start=1)
         ],
     }

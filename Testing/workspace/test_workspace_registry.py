@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
 from assft.errors import BadInputError
 from assft.workspace import CASE_STATUSES, Registry
 from assft.workspace.registry import SCHEMA_VERSION

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import qt
-
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
@@ -62,7 +61,9 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         images, preset, truth = writeTinyProject(folder)
         workspacePath = folder / "workspace"
         self.delayDisplay("Creating the workspace")
-        result = widget.logic.startCreateWorkspace(workspacePath, [images], str(preset)).wait(timeout=300)
+        result = widget.logic.startCreateWorkspace(workspacePath, [images], str(preset)).wait(
+            timeout=300
+        )
         self.assertTrue(result.ok, result.errorMessage)
         p.workspacePath = workspacePath
         widget.onOpenWorkspace()
@@ -73,7 +74,10 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.rankButton.text, "Cancel")
         self.assertTrue(widget.ui.rankButton.enabled)
         self.assertFalse(widget.ui.labelNextButton.enabled)
-        self._waitFor(lambda: widget._task.lastProgress is not None or not widget._task.isRunning(), what="the first progress")
+        self._waitFor(
+            lambda: widget._task.lastProgress is not None or not widget._task.isRunning(),
+            what="the first progress",
+        )
         widget.ui.rankButton.click()  # Cancel
         self._waitFor(lambda: self._taskDone(widget), what="cancelling")
         self.assertEqual(widget.ui.rankButton.text, "Rank")
@@ -91,35 +95,66 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Label next: predicted in the background, opened in the Segment Editor")
         first = widget.logic.nextCase(workspacePath)
         widget.ui.labelNextButton.click()
-        self._waitFor(lambda: self._taskDone(widget) and p.currentCase == first, what="predicting and loading")
+        self._waitFor(
+            lambda: self._taskDone(widget) and p.currentCase == first, what="predicting and loading"
+        )
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         self.assertIs(editor.segmentationNode(), p.caseSegmentation)
-        source = editor.sourceVolumeNode() if hasattr(editor, "sourceVolumeNode") else editor.masterVolumeNode()
+        source = (
+            editor.sourceVolumeNode()
+            if hasattr(editor, "sourceVolumeNode")
+            else editor.masterVolumeNode()
+        )
         self.assertIs(source, p.caseVolume)
         segmentation = p.caseSegmentation.GetSegmentation()
-        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
-                         ["shell", "core"])
+        self.assertEqual(
+            [
+                segmentation.GetNthSegment(i).GetName()
+                for i in range(segmentation.GetNumberOfSegments())
+            ],
+            ["shell", "core"],
+        )
         self.assertIsNotNone(p.caseUncertainty)
 
         self.delayDisplay("Submit and next")
-        labels = LabelDefinition.fromWorkspace(widget.logic.openWorkspace(workspacePath).config.labels)
+        labels = LabelDefinition.fromWorkspace(
+            widget.logic.openWorkspace(workspacePath).config.labels
+        )
         truthArray = loadLabelArray(truth[first], p.caseVolume, labels)
         for value, name in ((1, "shell"), (2, "core")):
-            slicer.util.updateSegmentBinaryLabelmapFromArray((truthArray == value).astype(np.uint8), p.caseSegmentation,
-                                                             segmentation.GetSegmentIdBySegmentName(name), p.caseVolume)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                (truthArray == value).astype(np.uint8),
+                p.caseSegmentation,
+                segmentation.GetSegmentIdBySegmentName(name),
+                p.caseVolume,
+            )
         slicer.util.selectModule("ASSFTSlicer")
         widget.ui.submitNextButton.click()
-        self._waitFor(lambda: self._taskDone(widget) and p.currentCase not in ("", first), what="loading the next case")
+        self._waitFor(
+            lambda: self._taskDone(widget) and p.currentCase not in ("", first),
+            what="loading the next case",
+        )
         stored = widget.logic.openWorkspace(workspacePath).label_path(first)
         self.assertIsNotNone(stored)
 
         self.delayDisplay("Fine-tune, then cancel from the panel")
         p.finetuneIterations = 500
         widget.ui.finetuneButton.click()
-        self._waitFor(lambda: widget.logic.finetuneJob(workspacePath, states=("running",)) is not None, what="starting fine-tuning")
-        self._waitFor(lambda: widget.ui.finetuneButton.text == "Cancel fine-tuning", timeout=30, what="the Cancel button")
+        self._waitFor(
+            lambda: widget.logic.runningFinetuneJob(workspacePath) is not None,
+            what="starting fine-tuning",
+        )
+        self._waitFor(
+            lambda: widget.ui.finetuneButton.text == "Cancel fine-tuning",
+            timeout=30,
+            what="the Cancel button",
+        )
         widget.ui.finetuneButton.click()
-        self._waitFor(lambda: widget._launchedJob is None, timeout=120, what="cancelling fine-tuning")
-        self.assertEqual(widget.logic.finetuneJob(workspacePath)["state"], "cancelled")
+        self._waitFor(
+            lambda: widget._launchedJob is None, timeout=120, what="cancelling fine-tuning"
+        )
+        from assft.workspace.jobs import JobState
+
+        self.assertEqual(widget.logic.finetuneJob(workspacePath)["state"], JobState.CANCELLED)
         self.assertEqual(widget.ui.finetuneButton.text, "Fine-tune")
         self.delayDisplay("Test passed")

@@ -18,30 +18,40 @@ QUICK = {"n": 16, "budget": 3, "views": 2, "iterations": 40, "semi_iterations": 
 FULL = {"n": 40, "budget": 5, "views": 4, "iterations": 150, "semi_iterations": 150}
 
 
-def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
-             progress: Progress | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path, *, quick: bool = True, device: str = "auto", progress: Progress | None = None
+) -> dict[str, Any]:
     """Run the demo in ``out``; returns the summary (also ``out/demo.json``)."""
-    from assft.query.config import QueryConfig
     from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset, Simulation
     from assft.datasets.sampledata import write_sample_data
+    from assft.query.config import QueryConfig, Strategy
 
     settings = QUICK if quick else FULL
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
     write_sample_data(out / "data", settings["n"], n_source=0, seed=7, progress=progress)
     dataset = Dataset.from_sample_data(out / "data")
-    simulation = Simulation(out, dataset, model="demo", device=device, views=settings["views"],
-                            progress=progress)
-    finetune = {"mode": "selective", "iterations": settings["iterations"],
-                "semi_iterations": settings["semi_iterations"], **SMALL_MODEL_FINETUNE}
+    simulation = Simulation(
+        out, dataset, model="demo", device=device, views=settings["views"], progress=progress
+    )
+    finetune = {
+        "mode": "selective",
+        "iterations": settings["iterations"],
+        "semi_iterations": settings["semi_iterations"],
+        **SMALL_MODEL_FINETUNE,
+    }
     budget = settings["budget"]
-    attsq_query = QueryConfig(strategy="attsq", budget=budget, seed=0, views=settings["views"])
+    attsq_query = QueryConfig(
+        strategy=Strategy("attsq"), budget=budget, seed=0, views=settings["views"]
+    )
     ranking = simulation.ranking(attsq_query)
     progress.emit("info", message="fine-tuning on the ATTSQ picks")
     attsq = simulation.run(attsq_query, finetune, keep=True)
     progress.emit("info", message="fine-tuning on random picks")
-    random = simulation.run(QueryConfig(strategy="random", budget=budget, seed=0,
-                                        views=settings["views"]), finetune)
+    random = simulation.run(
+        QueryConfig(strategy=Strategy("random"), budget=budget, seed=0, views=settings["views"]),
+        finetune,
+    )
     pretrained = simulation.pretrained_test_dice()
     summary = {
         "settings": settings,
@@ -50,8 +60,10 @@ def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
         "ranking": {k: ranking[k] for k in ("selected", "notes", "model_version", "cold_start")},
         "ranked_cases": ranking["cases"],
         "results": {
-            "pretrained": {"mean_dice": pretrained["mean_dice"],
-                           "per_structure": pretrained["per_structure"]},
+            "pretrained": {
+                "mean_dice": pretrained["mean_dice"],
+                "per_structure": pretrained["per_structure"],
+            },
             "attsq + selective SSFT": attsq.to_dict(),
             "random + selective SSFT": random.to_dict(),
         },
@@ -63,14 +75,25 @@ def run_demo(out: Path, *, quick: bool = True, device: str = "auto",
     return summary
 
 
+def _per_structure(summary: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Each compared model's test Dice per structure (None: not measured)."""
+    results = summary["results"]
+    structures = list(results["pretrained"]["per_structure"])
+    table: dict[str, dict[str, float | None]] = {}
+    for name, result in results.items():
+        per = result.get("per_structure") or result.get("test_per_structure")
+        table[name] = {s: per.get(s) for s in structures}
+    return table
+
+
 def _rows(summary: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
     results = summary["results"]
     structures = list(results["pretrained"]["per_structure"])
-    rows = []
-    for name, result in results.items():
-        per = result.get("per_structure") or result.get("test_per_structure")
+    rows: list[list[object]] = []
+    for name, per in _per_structure(summary).items():
+        result = results[name]
         mean = result.get("mean_dice", result.get("test_dice"))
-        rows.append([name, *[per.get(s) for s in structures], mean])
+        rows.append([name, *per.values(), mean])
     return ["model", *structures, "mean Dice"], rows
 
 
@@ -79,16 +102,27 @@ def demo_report(summary: dict[str, Any]) -> str:
     from assft.apps.report import bars_svg, html_page, html_table, scatter_svg
 
     points = [
-        {"dkd": r["dkd"], "asd": r["asd"], "label": f"#{r['rank']} {r['case']}",
-         "highlight": r["selected"]}
+        {
+            "dkd": r["dkd"],
+            "asd": r["asd"],
+            "label": f"#{r['rank']} {r['case']}",
+            "highlight": r["selected"],
+        }
         for r in summary["ranked_cases"]
     ]
     header, rows = _rows(summary)
-    bars = {row[0]: dict(zip(header[1:-1], row[1:-1], strict=True)) for row in rows}
+    bars = _per_structure(summary)
     picks = summary["ranking"]["selected"]
     ranked = [
-        [r["rank"], r["case"], r["score"], r["dkd"], r["asd"], r["hardest_structure"] or "-",
-         r["reason"]]
+        [
+            r["rank"],
+            r["case"],
+            r["score"],
+            r["dkd"],
+            r["asd"],
+            r["hardest_structure"] or "-",
+            r["reason"],
+        ]
         for r in summary["ranked_cases"]
     ]
     return html_page(
@@ -96,10 +130,16 @@ def demo_report(summary: dict[str, Any]) -> str:
         [
             ("Result on held-out test scans", html_table(header, rows)),
             ("Dice per structure", bars_svg(bars, title="Test Dice per structure")),
-            ("What ATTSQ picked", scatter_svg(points, x="dkd", y="asd",
-                                              title=f"DKD vs ASD (picked: {', '.join(picks)})")),
-            ("The worklist", html_table(["rank", "case", "score", "DKD", "ASD", "hardest", "reason"],
-                                         ranked)),
+            (
+                "What ATTSQ picked",
+                scatter_svg(
+                    points, x="dkd", y="asd", title=f"DKD vs ASD (picked: {', '.join(picks)})"
+                ),
+            ),
+            (
+                "The worklist",
+                html_table(["rank", "case", "score", "DKD", "ASD", "hardest", "reason"], ranked),
+            ),
         ],
     )
 
@@ -107,8 +147,10 @@ def demo_report(summary: dict[str, Any]) -> str:
 def print_demo(summary: dict[str, Any]) -> None:
     """The table on the terminal."""
     header, rows = _rows(summary)
-    print(f"\nTest Dice on {len(summary['test'])} held-out scans "
-          f"(budget {summary['settings']['budget']} labeled cases):")
+    print(
+        f"\nTest Dice on {len(summary['test'])} held-out scans "
+        f"(budget {summary['settings']['budget']} labeled cases):"
+    )
     print("  ".join(f"{h:>24}" if i == 0 else f"{h[:14]:>14}" for i, h in enumerate(header)))
     for row in rows:
         cells = [f"{row[0]:>24}"] + [

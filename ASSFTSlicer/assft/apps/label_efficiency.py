@@ -41,15 +41,39 @@ def planned_runs(
         for strategy, mode in product(STRATEGIES, ("selective", "none", "all")):
             runs.append({"strategy": strategy, "mode": mode, "budget": budget, "seed": seed})
         if ablations:
-            runs.append({"strategy": "attsq", "mode": "selective", "budget": budget, "seed": seed,
-                         "variant": "gap=prototype", "query": {"dkd": {"gap": "prototype"}}})
-            runs.append({"strategy": "attsq", "mode": "selective", "budget": budget, "seed": seed,
-                         "variant": "no-diversity", "query": {"lambda_div": 0.0}})
+            runs.append(
+                {
+                    "strategy": "attsq",
+                    "mode": "selective",
+                    "budget": budget,
+                    "seed": seed,
+                    "variant": "gap=prototype",
+                    "query": {"dkd": {"gap": "prototype"}},
+                }
+            )
+            runs.append(
+                {
+                    "strategy": "attsq",
+                    "mode": "selective",
+                    "budget": budget,
+                    "seed": seed,
+                    "variant": "no-diversity",
+                    "query": {"lambda_div": 0.0},
+                }
+            )
     for budget, seed in product(sorted({2 * b for b in budgets} - set(budgets)), seeds):
         runs.append({"strategy": "random", "mode": "selective", "budget": budget, "seed": seed})
     if pool_size:
-        runs += [{"strategy": "random", "mode": "none", "budget": pool_size, "seed": seed,
-                  "variant": CEILING} for seed in seeds]
+        runs += [
+            {
+                "strategy": "random",
+                "mode": "none",
+                "budget": pool_size,
+                "seed": seed,
+                "variant": CEILING,
+            }
+            for seed in seeds
+        ]
     return runs
 
 
@@ -65,18 +89,28 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         groups.setdefault(key, []).append(r["test_dice"])
     table = []
     for (strategy, mode, variant, budget), values in sorted(groups.items()):
-        table.append({
-            "strategy": strategy, "mode": mode, "variant": variant, "budget": budget,
-            "mean": float(np.mean(values)),
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "n": len(values),
-        })
+        table.append(
+            {
+                "strategy": strategy,
+                "mode": mode,
+                "variant": variant,
+                "budget": budget,
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "n": len(values),
+            }
+        )
     return {"table": table, "goals": goals(table)}
 
 
 def _mean(table, strategy, mode, budget, variant="") -> float | None:
     for row in table:
-        if (row["strategy"], row["mode"], row["budget"], row["variant"]) == (strategy, mode, budget, variant):
+        if (row["strategy"], row["mode"], row["budget"], row["variant"]) == (
+            strategy,
+            mode,
+            budget,
+            variant,
+        ):
             return row["mean"]
     return None
 
@@ -91,26 +125,52 @@ def goals(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ours = _mean(table, "attsq", "selective", smallest)
     baseline = _mean(table, "random", "none", smallest)
     if ours is not None and baseline is not None:
-        out.append({"goal": f"ATTSQ+selective beats random+supervised at budget {smallest}",
-                    "ours": ours, "other": baseline, "margin": ours - baseline, "holds": ours > baseline})
+        out.append(
+            {
+                "goal": f"ATTSQ+selective beats random+supervised at budget {smallest}",
+                "ours": ours,
+                "other": baseline,
+                "margin": ours - baseline,
+                "holds": ours > baseline,
+            }
+        )
     for single in SINGLE:
         other = _mean(table, single, "selective", smallest)
         if ours is not None and other is not None:
-            out.append({"goal": f"ATTSQ beats {single} at budget {smallest} (both selective SSFT)",
-                        "ours": ours, "other": other, "margin": ours - other, "holds": ours > other})
+            out.append(
+                {
+                    "goal": f"ATTSQ beats {single} at budget {smallest} (both selective SSFT)",
+                    "ours": ours,
+                    "other": other,
+                    "margin": ours - other,
+                    "holds": ours > other,
+                }
+            )
     for budget in budgets:
         selective = _mean(table, "attsq", "selective", budget)
         for mode in ("none", "all"):
             other = _mean(table, "attsq", mode, budget)
             if selective is not None and other is not None:
-                out.append({"goal": f"selective SSFT beats '{mode}' at budget {budget} (ATTSQ picks)",
-                            "ours": selective, "other": other, "margin": selective - other,
-                            "holds": selective > other})
+                out.append(
+                    {
+                        "goal": f"selective SSFT beats '{mode}' at budget {budget} (ATTSQ picks)",
+                        "ours": selective,
+                        "other": other,
+                        "margin": selective - other,
+                        "holds": selective > other,
+                    }
+                )
         double = _mean(table, "random", "selective", 2 * budget)
         if selective is not None and double is not None:
-            out.append({"goal": f"ATTSQ at budget {budget} vs random at {2 * budget}",
-                        "ours": selective, "other": double, "margin": selective - double,
-                        "holds": selective >= double})
+            out.append(
+                {
+                    "goal": f"ATTSQ at budget {budget} vs random at {2 * budget}",
+                    "ours": selective,
+                    "other": double,
+                    "margin": selective - double,
+                    "holds": selective >= double,
+                }
+            )
     return out
 
 
@@ -123,7 +183,9 @@ def _check_same_setup(path: Path, setup: dict[str, Any]) -> None:
         if changed:
             raise BadInputError(
                 f"holds runs made with another setup ({', '.join(changed)} differ): "
-                "choose another --out to start afresh", path.parent)
+                "choose another --out to start afresh",
+                path.parent,
+            )
     else:
         path.write_text(json.dumps(setup, indent=2) + "\n")
 
@@ -147,7 +209,6 @@ def run_label_efficiency(
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
     """
-    from assft.query.config import QueryConfig
     from assft.apps.simulation import (
         SMALL_MODEL_FINETUNE,
         Dataset,
@@ -156,43 +217,78 @@ def run_label_efficiency(
         read_results,
     )
     from assft.datasets.sampledata import write_sample_data
+    from assft.query.config import QueryConfig
 
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise BadInputError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
-    finetune = {"iterations": iterations, "semi_iterations": iterations,
-                **(SMALL_MODEL_FINETUNE if model == "demo" else {})}
-    _check_same_setup(out / "setup.json", {"n": n, "data_seed": data_seed, "model": model,
-                                           "views": views, "finetune": finetune})
+    finetune = {
+        "iterations": iterations,
+        "semi_iterations": iterations,
+        **(SMALL_MODEL_FINETUNE if model == "demo" else {}),
+    }
+    _check_same_setup(
+        out / "setup.json",
+        {"n": n, "data_seed": data_seed, "model": model, "views": views, "finetune": finetune},
+    )
     data = out / "data"
     if not (data / "manifest.json").is_file():
         write_sample_data(data, n, n_source=0, seed=data_seed, progress=progress)
     dataset = Dataset.from_sample_data(data)
-    simulation = Simulation(out, dataset, model=model, device=device, views=views, progress=progress)
+    simulation = Simulation(
+        out, dataset, model=model, device=device, views=views, progress=progress
+    )
     results_path = out / "runs.jsonl"
     done = {_key(r) for r in read_results(results_path)}
-    plan = [r for r in planned_runs(budgets, seeds, ablations=ablations, pool_size=len(dataset.pool))
-            if _key(r) not in done and r["strategy"] in strategies]
+    plan = [
+        r
+        for r in planned_runs(budgets, seeds, ablations=ablations, pool_size=len(dataset.pool))
+        if _key(r) not in done and r["strategy"] in strategies
+    ]
     progress.phase("label-efficiency", len(plan))
     for i, run in enumerate(plan, start=1):
-        query = QueryConfig.from_dict({"strategy": run["strategy"], "budget": run["budget"],
-                                       "seed": run["seed"], "views": views, **run.get("query", {})})
-        result = simulation.run(query, {**finetune, "mode": run["mode"]}, variant=run.get("variant", ""))
+        query = QueryConfig.from_dict(
+            {
+                "strategy": run["strategy"],
+                "budget": run["budget"],
+                "seed": run["seed"],
+                "views": views,
+                **run.get("query", {}),
+            }
+        )
+        result = simulation.run(
+            query, {**finetune, "mode": run["mode"]}, variant=run.get("variant", "")
+        )
         append_result(results_path, result)
-        progress.update(i, run=f"{run['strategy']}/{run['mode']}/b{run['budget']}/s{run['seed']}"
-                        f"{run.get('variant', '')}", dice=round(result.test_dice, 4))
+        progress.update(
+            i,
+            run=f"{run['strategy']}/{run['mode']}/b{run['budget']}/s{run['seed']}"
+            f"{run.get('variant', '')}",
+            dice=round(result.test_dice, 4),
+        )
     results = read_results(results_path)
     pretrained = simulation.pretrained_test_dice()
     document = {
         "benchmark": "label-efficiency",
-        "setup": {"pool": len(dataset.pool), "test": len(dataset.test), "budgets": list(budgets),
-                  "strategies": list(strategies),
-                  "finetune": finetune,
-                  "seeds": list(seeds), "iterations": iterations, "views": views, "model": model,
-                  "data_seed": data_seed, "device": simulation.scored.device},
-        "pretrained": {"mean_dice": pretrained["mean_dice"], "per_structure": pretrained["per_structure"]},
+        "setup": {
+            "pool": len(dataset.pool),
+            "test": len(dataset.test),
+            "budgets": list(budgets),
+            "strategies": list(strategies),
+            "finetune": finetune,
+            "seeds": list(seeds),
+            "iterations": iterations,
+            "views": views,
+            "model": model,
+            "data_seed": data_seed,
+            "device": simulation.scored.device,
+        },
+        "pretrained": {
+            "mean_dice": pretrained["mean_dice"],
+            "per_structure": pretrained["per_structure"],
+        },
         "test_cases": describe_test_scans(data, pretrained["by_case"]),
         "signals_against_failure": simulation.signals_against_failure(),
         "runs": results,
@@ -211,8 +307,14 @@ def describe_test_scans(data: Path, pretrained: dict[str, float]) -> list[dict[s
     for case_id, dice in pretrained.items():
         case = described.get(case_id, {})
         anatomy = [name for name in ("atrophy", "lesions") if case.get(name)]
-        rows.append({"case_id": case_id, "shifts": case.get("shift_kinds", []), "anatomy": anatomy,
-                     "pretrained": dice})
+        rows.append(
+            {
+                "case_id": case_id,
+                "shifts": case.get("shift_kinds", []),
+                "anatomy": anatomy,
+                "pretrained": dice,
+            }
+        )
     return rows
 
 
@@ -224,12 +326,20 @@ def dice_vs_budget_svg(document: dict[str, Any]) -> str:
         if row["mode"] == "selective" and not row["variant"]:
             series.setdefault(row["strategy"], []).append((row["budget"], row["mean"], row["std"]))
         if row["strategy"] == "random" and row["mode"] == "none" and not row["variant"]:
-            series.setdefault("random (supervised)", []).append((row["budget"], row["mean"], row["std"]))
-    return lines_svg(series, title="Test Dice against budget (mean and spread over seeds)",
-                     x_label="labeled cases", y_label="mean Dice")
+            series.setdefault("random (supervised)", []).append(
+                (row["budget"], row["mean"], row["std"])
+            )
+    return lines_svg(
+        series,
+        title="Test Dice against budget (mean and spread over seeds)",
+        x_label="labeled cases",
+        y_label="mean Dice",
+    )
 
 
-def per_test_scan(document: dict[str, Any], budget: int, strategies=("attsq", "random", "dkd")) -> list[str]:
+def per_test_scan(
+    document: dict[str, Any], budget: int, strategies=("attsq", "random", "dkd")
+) -> list[str]:
     """Markdown rows: each test scan's Dice, pretrained and after each strategy (selective SSFT,
     mean over seeds) at ``budget``: where a strategy's picks help or hurt."""
     cases = document.get("test_cases") or []
@@ -237,18 +347,32 @@ def per_test_scan(document: dict[str, Any], budget: int, strategies=("attsq", "r
         return []
     means: dict[str, dict[str, float]] = {}
     for strategy in strategies:
-        runs = [r for r in document["runs"] if (r["strategy"], r["mode"], r["budget"], r.get("variant", ""))
-                == (strategy, "selective", budget, "") and r.get("test_per_case")]
+        runs = [
+            r
+            for r in document["runs"]
+            if (r["strategy"], r["mode"], r["budget"], r.get("variant", ""))
+            == (strategy, "selective", budget, "")
+            and r.get("test_per_case")
+        ]
         if runs:
-            means[strategy] = {c["case_id"]: float(np.mean([r["test_per_case"][c["case_id"]] for r in runs]))
-                               for c in cases}
-    lines = [f"Test Dice per test scan at budget {budget} (selective SSFT, mean over seeds):", "",
-             "| test scan | shifts | anatomy | pretrained | " + " | ".join(means) + " |",
-             "|---|---|---|---:|" + "---:|" * len(means)]
+            means[strategy] = {
+                c["case_id"]: float(np.mean([r["test_per_case"][c["case_id"]] for r in runs]))
+                for c in cases
+            }
+    lines = [
+        f"Test Dice per test scan at budget {budget} (selective SSFT, mean over seeds):",
+        "",
+        "| test scan | shifts | anatomy | pretrained | " + " | ".join(means) + " |",
+        "|---|---|---|---:|" + "---:|" * len(means),
+    ]
     for case in cases:
         cells = [f"{means[s][case['case_id']]:.3f}" for s in means]
-        lines.append(f"| {case['case_id']} | {', '.join(case['shifts']) or 'near source'} | "
-                     f"{', '.join(case['anatomy']) or '-'} | {case['pretrained']:.3f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {case['case_id']} | {', '.join(case['shifts']) or 'near source'} | "
+            f"{', '.join(case['anatomy']) or '-'} | {case['pretrained']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
@@ -276,21 +400,33 @@ def markdown(document: dict[str, Any], command: str) -> str:
         key = (row["strategy"], row["mode"], row["variant"])
         rows.setdefault(key, {})[row["budget"]] = f"{row['mean']:.4f} ± {row['std']:.4f}"
     for (strategy, mode, variant), cells in rows.items():
-        lines.append(f"| {strategy} | {mode} | {variant or '-'} | "
-                     + " | ".join(cells.get(b, "-") for b in budgets) + " |")
+        lines.append(
+            f"| {strategy} | {mode} | {variant or '-'} | "
+            + " | ".join(cells.get(b, "-") for b in budgets)
+            + " |"
+        )
     signals = document.get("signals_against_failure") or {}
     if signals:
-        lines += ["", "Do the per-case signals find the pool cases the pretrained model fails on? Spearman's "
-                      "rho between each signal and 1 - Dice of the pretrained model on the pool: "
-                  + "; ".join(f"{name} {rho:+.2f}" for name, rho in signals.items()) + "."]
+        lines += [
+            "",
+            "Do the per-case signals find the pool cases the pretrained model fails on? Spearman's "
+            "rho between each signal and 1 - Dice of the pretrained model on the pool: "
+            + "; ".join(f"{name} {rho:+.2f}" for name, rho in signals.items())
+            + ".",
+        ]
     for row in ceiling:
-        lines += ["", f"Ceiling of the recipe ({CEILING}: {row['budget']} cases, supervised): "
-                      f"**{row['mean']:.4f} ± {row['std']:.4f}**."]
+        lines += [
+            "",
+            f"Ceiling of the recipe ({CEILING}: {row['budget']} cases, supervised): "
+            f"**{row['mean']:.4f} ± {row['std']:.4f}**.",
+        ]
     lines += ["", "Goals (measured, not asserted):", ""]
     for goal in document["goals"]:
         mark = "holds" if goal["holds"] else "**does not hold**"
-        lines.append(f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
-                     f"(margin {goal['margin']:+.4f}): {mark}")
+        lines.append(
+            f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
+            f"(margin {goal['margin']:+.4f}): {mark}"
+        )
     for budget in sorted({row["budget"] for row in table if row["strategy"] == "attsq"}):
         scans = per_test_scan(document, budget)
         if scans:

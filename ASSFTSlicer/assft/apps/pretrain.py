@@ -29,15 +29,19 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
 
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
+
+if TYPE_CHECKING:
+    from assft.models import LoadedModel, ModelPreset
+    from assft.training.data import TrainingCase
 
 DEMO_PRESET = "demo"
 WEIGHTS_FILE = "demo_unet.pt"
@@ -64,7 +68,10 @@ class PretrainConfig:
     augment: bool = True
 
     def __post_init__(self) -> None:
-        self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
+        if len(self.patch_size) != 3:
+            raise BadInputError(f"patch_size must be three sizes, got {self.patch_size}")
+        x, y, z = (int(v) for v in self.patch_size)
+        self.patch_size = (x, y, z)
         if self.iterations < 1:
             raise BadInputError(f"iterations must be at least 1, got {self.iterations}")
         if not 1 <= self.n_source_validation < self.n_source:
@@ -89,7 +96,7 @@ def learning_rate(step: int, config: PretrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def _untrained_demo():
+def _untrained_demo() -> ModelPreset:
     """The demo preset without its checkpoint (random initialisation, seed 0)."""
     from assft.models import ModelPreset, get_preset
 
@@ -98,19 +105,24 @@ def _untrained_demo():
     return ModelPreset.from_dict(data)
 
 
-def evaluate_cases(model, cases, label_values: list[int]) -> list[dict[int, float]]:
+def evaluate_cases(
+    model: LoadedModel, cases: list[TrainingCase], label_values: list[int]
+) -> list[dict[int, float]]:
     """Dice per label value of each case (one view, argmax, on the model grid)."""
-    from assft.models.inference import sliding_window_probabilities
     from assft.metrics.overlap import dice_scores
+    from assft.models.inference import sliding_window_probabilities
     from assft.training.losses import IGNORE
 
     model.network.eval()
     scores = []
     for case in cases:
+        if case.target is None:
+            raise BadInputError(f"case {case.case_id} has no label to evaluate against")
         prediction = sliding_window_probabilities(model, case.image).argmax(0).cpu()
         valid = case.target != IGNORE
         channels = dice_scores(
-            torch.where(valid, prediction, 0), torch.where(valid, case.target, 0),
+            torch.where(valid, prediction, 0),
+            torch.where(valid, case.target, 0),
             range(1, 1 + len(label_values)),
         )
         scores.append({label_values[c - 1]: v for c, v in channels.items()})
@@ -163,7 +175,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def inference_seconds(model, case, repeats: int = 3) -> dict[str, float]:
+def inference_seconds(model: LoadedModel, case: TrainingCase, repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` wall time of one view and of a 4-view ranking pass over a case."""
     from assft.models.inference import infer_case, sliding_window_probabilities
 
@@ -205,8 +217,8 @@ def pretrain_demo(
     Returns:
         The manifest (also written next to the weights).
     """
-    from assft.models import load_model, resolve_device, resources_dir, save_state_dict
     from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
+    from assft.models import load_model, resolve_device, resources_dir, save_state_dict
 
     config = config or PretrainConfig()
     progress = progress or Progress("none")
@@ -217,8 +229,12 @@ def pretrain_demo(
         data = Path(data_dir) if data_dir is not None else Path(scratch) / "data"
         t0 = time.perf_counter()
         sample = write_sample_data(
-            data, config.n_target, n_source=config.n_source, seed=config.data_seed,
-            spacing=config.spacing, progress=progress,
+            data,
+            config.n_target,
+            n_source=config.n_source,
+            seed=config.data_seed,
+            spacing=config.spacing,
+            progress=progress,
         )
         timings["data_s"] = time.perf_counter() - t0
 
@@ -236,7 +252,7 @@ def pretrain_demo(
         prepared = PreparedCases(
             Path(scratch) / "prepared", preset, label_values, config.patch_size
         )
-        cases = {"source": [], "target": []}
+        cases: dict[str, list[TrainingCase]] = {"source": [], "target": []}
         for entry in sample["cases"]:
             cases[entry["domain"]].append(
                 prepared.load(entry["case"], data / entry["image"], data / entry["label"])
@@ -291,13 +307,15 @@ def pretrain_demo(
             },
             "per_case": {
                 case.case_id: {names[v]: round(float(s[v]), 4) for v in label_values}
-                for case, s in zip(validation + cases["target"], source_scores + target_scores,
-                                   strict=True)
+                for case, s in zip(
+                    validation + cases["target"], source_scores + target_scores, strict=True
+                )
             },
         },
         "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
-        "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4)
-                          for i in range(0, len(losses), 50)],
+        "loss_every_50": [
+            round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)
+        ],
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "inference_per_case": speed,
         "environment": {
@@ -310,13 +328,16 @@ def pretrain_demo(
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     temporary = out_dir / f".{MANIFEST_FILE}.tmp"
     temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, out_dir / MANIFEST_FILE)
-    progress.done(weights=str(weights), source_dice=manifest["dice"]["source_validation"]["mean"],
-                  target_dice=manifest["dice"]["target"]["mean"])
+    progress.done(
+        weights=str(weights),
+        source_dice=manifest["dice"]["source_validation"]["mean"],
+        target_dice=manifest["dice"]["target"]["mean"],
+    )
     return manifest
 
 
@@ -329,18 +350,26 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _train(model, cases, config: PretrainConfig, progress: Progress) -> list[float]:
+def _train(
+    model: LoadedModel, cases: list[TrainingCase], config: PretrainConfig, progress: Progress
+) -> list[float]:
     """The supervised steps, with the warm-up + cosine schedule; returns the losses."""
     from monai.data import set_track_meta
 
-    from assft.training import FinetuneConfig
+    from assft.training import FinetuneConfig, FinetuneMode
     from assft.training.data import make_augmentation, make_batch, step_seed
     from assft.training.ssft import Trainer
 
     trainer_config = FinetuneConfig(
-        mode="none", iterations=config.iterations, batch_size=config.batch_size,
-        patch_size=config.patch_size, lr=config.lr, encoder_lr_scale=1.0,
-        weight_decay=config.weight_decay, seed=config.seed, augment=config.augment,
+        mode=FinetuneMode.NONE,
+        iterations=config.iterations,
+        batch_size=config.batch_size,
+        patch_size=config.patch_size,
+        lr=config.lr,
+        encoder_lr_scale=1.0,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        augment=config.augment,
     )
     if hasattr(trainer_config, "freeze_batchnorm"):
         # Pretraining learns the source statistics whatever fine-tuning's default is.
@@ -357,8 +386,9 @@ def _train(model, cases, config: PretrainConfig, progress: Progress) -> list[flo
         rng = np.random.default_rng(seed)
         if augment is not None:
             augment.set_random_state(seed=seed)
-        batch = make_batch(cases, config.batch_size, config.patch_size, rng,
-                           foreground_ratio=0.5, augment=augment)
+        batch = make_batch(
+            cases, config.batch_size, config.patch_size, rng, foreground_ratio=0.5, augment=augment
+        )
         metrics = trainer.step(batch)
         losses.append(metrics["loss"])
         if (step + 1) % 10 == 0 or step + 1 == config.iterations:
@@ -366,7 +396,7 @@ def _train(model, cases, config: PretrainConfig, progress: Progress) -> list[flo
     return losses
 
 
-def print_summary(manifest: dict[str, Any], stream=None) -> None:
+def print_summary(manifest: dict[str, Any], stream: TextIO | None = None) -> None:
     """A short table of the Dice figures."""
     stream = stream or sys.stdout
     dice = manifest["dice"]

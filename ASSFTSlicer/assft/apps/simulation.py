@@ -14,19 +14,25 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from assft.query.config import QueryConfig
 from assft.runtime.progress import Progress
 
+if TYPE_CHECKING:
+    from assft.workspace.workspace import Workspace
+
 # The fine-tuning recipe of the demo model's experiments: patches as in its pretraining
 # (assft pretrain-demo), method.md's learning rate, and BatchNorm statistics kept from
 # pretraining (a few 32^3 patches per batch give noisy ones). A rate of 1e-3 was tried and
 # measured: 25 steps on two cases took a training case's Dice from 0.87 to 0.64.
 SMALL_MODEL_FINETUNE: dict[str, Any] = {
-    "patch_size": [32, 32, 32], "batch_size": 4, "lr": 1e-4, "freeze_batchnorm": True,
+    "patch_size": [32, 32, 32],
+    "batch_size": 4,
+    "lr": 1e-4,
+    "freeze_batchnorm": True,
 }
 
 
@@ -48,7 +54,10 @@ class Dataset:
 
     @classmethod
     def from_sample_data(cls, root: Path, *, test_every: int = 4) -> Dataset:
-        """The target domain of ``assft sample-data``; every ``test_every``-th case is a test scan."""
+        """The target domain of ``assft sample-data``.
+
+        Every ``test_every``-th case is a test scan, the others form the pool.
+        """
         images = sorted((root / "target" / "images").glob("*.nii.gz"))
         cases = [
             Case(p.name[: -len(".nii.gz")], p, root / "target" / "labels" / p.name) for p in images
@@ -80,7 +89,9 @@ class RunResult:
         return dict(self.__dict__)
 
 
-def dice_on_test_scans(workspace, version: str, cases: list[Case], *, device: str, views: int) -> dict[str, Any]:
+def dice_on_test_scans(
+    workspace: Workspace, version: str, cases: list[Case], *, device: str, views: int
+) -> dict[str, Any]:
     """Dice per structure of a model version on test scans outside the workspace."""
     import SimpleITK as sitk
 
@@ -122,8 +133,8 @@ class Simulation:
         views: int = 4,
         progress: Progress | None = None,
     ) -> None:
-        from assft.workspace.creation import create_workspace
         from assft.query.ranking import score_pool
+        from assft.workspace.creation import create_workspace
 
         self.out = out
         self.dataset = dataset
@@ -137,7 +148,10 @@ class Simulation:
         self.base = create_workspace(base, [c.image for c in dataset.pool], model=model)
         started = time.perf_counter()
         self.scored = score_pool(
-            self.base, QueryConfig(budget=1, views=views), device=device, progress=self.progress,
+            self.base,
+            QueryConfig(budget=1, views=views),
+            device=device,
+            progress=self.progress,
             epistemic=True,
         )
         self.scoring_seconds = time.perf_counter() - started
@@ -147,15 +161,17 @@ class Simulation:
     def pretrained_test_dice(self) -> dict[str, Any]:
         """The pretrained model's Dice on the test scans (computed once)."""
         if self._pretrained is None:
-            self._pretrained = dice_on_test_scans(self.base, "v0", self.dataset.test, device=self.device,
-                                         views=self.views)
+            self._pretrained = dice_on_test_scans(
+                self.base, "v0", self.dataset.test, device=self.device, views=self.views
+            )
         return self._pretrained
 
     def signals_against_failure(self) -> dict[str, float]:
         """How well each per-case signal of the scored pool finds the cases the pretrained model
         fails on: Spearman's rho between the signal and 1 - Dice on the pool (1: perfectly)."""
-        pool = dice_on_test_scans(self.base, "v0", self.dataset.pool, device=self.device,
-                                  views=self.views)["by_case"]
+        pool = dice_on_test_scans(
+            self.base, "v0", self.dataset.pool, device=self.device, views=self.views
+        )["by_case"]
         failure = np.array([1.0 - pool[s.case_id] for s in self.scored.scores])
         signals = {
             "knowledge gap (bn)": [s.kg_bn for s in self.scored.scores],
@@ -163,15 +179,19 @@ class Simulation:
             "mean entropy": [s.mean_entropy for s in self.scored.scores],
             "epistemic (MC dropout)": [s.epistemic for s in self.scored.scores],
         }
-        return {name: spearman(np.asarray(values, dtype=float), failure)
-                for name, values in signals.items() if np.all(np.isfinite(values))}
+        return {
+            name: spearman(np.asarray(values, dtype=float), failure)
+            for name, values in signals.items()
+            if np.all(np.isfinite(values))
+        }
 
     def ranking(self, config: QueryConfig) -> dict[str, Any]:
         """The ranking document of a strategy over the pool (no forward pass)."""
         from assft.query.ranking import rank_scored_pool
 
-        return rank_scored_pool(self.scored, config, label_names=self.base.config.label_names,
-                                stats=self.stats)
+        return rank_scored_pool(
+            self.scored, config, label_names=self.base.config.label_names, stats=self.stats
+        )
 
     def run(
         self,
@@ -188,7 +208,8 @@ class Simulation:
 
         started = time.perf_counter()
         document = self.ranking(query)
-        name = f"{query.strategy.value}-{finetune.get('mode', 'selective')}-b{query.budget}-s{query.seed}{variant}"
+        mode = finetune.get("mode", "selective")
+        name = f"{query.strategy.value}-{mode}-b{query.budget}-s{query.seed}{variant}"
         folder = self.out / "runs" / name
         if folder.exists():
             shutil.rmtree(folder)
@@ -200,8 +221,9 @@ class Simulation:
             workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
         config = FinetuneConfig.from_dict({"seed": query.seed, "views": self.views, **finetune})
         manifest = run_finetune(workspace, config, device=self.device)
-        tested = dice_on_test_scans(workspace, manifest["version"], self.dataset.test, device=self.device,
-                           views=self.views)
+        tested = dice_on_test_scans(
+            workspace, manifest["version"], self.dataset.test, device=self.device, views=self.views
+        )
         result = RunResult(
             strategy=query.strategy.value,
             mode=config.mode.value,

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ MARK_END = "<!-- bench:speed:end -->"
 
 
 def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "demo"):
-    from assft.workspace.creation import create_workspace
     from assft.datasets.synthetic import write_synthetic_pool
+    from assft.workspace.creation import create_workspace
 
     if root.exists():
         shutil.rmtree(root)
@@ -36,9 +36,9 @@ def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "
 def bare_inference_seconds(workspace, device: str, views: int) -> float:
     """Read, preprocess and run test-time-augmented sliding-window inference over the pool."""
     from assft.io.imaging import read_image
-    from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
-    from assft.models import get_preset, resolve_device
     from assft.io.preprocessing import to_model_grid
+    from assft.models import get_preset, resolve_device
+    from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
     from assft.workspace.model_versions import ModelRegistry
     from assft.workspace.versions import BASE_VERSION
 
@@ -84,10 +84,14 @@ def _synchronise(device: str) -> None:
 def _label_first(workspace, root: Path, count: int) -> None:
     """Submit the ground truth of the first ``count`` cases (the simulated clinician)."""
     for case in workspace.registry.cases()[:count]:
-        workspace.submit_label(case["case_id"], root / "data" / "truth" / f"{case['case_id']}.nii.gz")
+        workspace.submit_label(
+            case["case_id"], root / "data" / "truth" / f"{case['case_id']}.nii.gz"
+        )
 
 
-def training_iterations_per_second(workspace, device: str, steps: int, repeats: int = 2) -> dict[str, float]:
+def training_iterations_per_second(
+    workspace, device: str, steps: int, repeats: int = 2
+) -> dict[str, float]:
     """Our fine-tuning loop against a bare MONAI training loop: same network, patches, data.
 
     Both crop 1:1 foreground/background patches of the preset's size from the same cases held
@@ -112,7 +116,9 @@ def training_iterations_per_second(workspace, device: str, steps: int, repeats: 
     patch = tuple(preset.patch_size)
     prepared = PreparedCases(workspace.cache_dir / "training", preset, labels, patch)
     cases = [
-        prepared.load(c["case_id"], workspace.image_path(c["case_id"]), workspace.label_path(c["case_id"]))
+        prepared.load(
+            c["case_id"], workspace.image_path(c["case_id"]), workspace.label_path(c["case_id"])
+        )
         for c in workspace.registry.cases(status="labeled")
     ]
     config = FinetuneConfig(mode="none", iterations=steps, batch_size=2)
@@ -121,12 +127,28 @@ def training_iterations_per_second(workspace, device: str, steps: int, repeats: 
         torch.manual_seed(0)
         model = ModelRegistry(workspace).load(BASE_VERSION, device=device_)
         trainer = Trainer(model, config, patch)
-        run_stage(trainer, stage=1, start=0, total=1, labeled=cases, pseudo=None, config=config,
-                  on_step=lambda *a: None)
+        run_stage(
+            trainer,
+            stage=1,
+            start=0,
+            total=1,
+            labeled=cases,
+            pseudo=None,
+            config=config,
+            on_step=lambda *a: None,
+        )
         _synchronise(device)
         started = time.perf_counter()
-        run_stage(trainer, stage=1, start=1, total=steps + 1, labeled=cases, pseudo=None,
-                  config=config, on_step=lambda *a: None)
+        run_stage(
+            trainer,
+            stage=1,
+            start=1,
+            total=steps + 1,
+            labeled=cases,
+            pseudo=None,
+            config=config,
+            on_step=lambda *a: None,
+        )
         _synchronise(device)
         return steps / (time.perf_counter() - started)
 
@@ -136,7 +158,9 @@ def training_iterations_per_second(workspace, device: str, steps: int, repeats: 
         network.train()
         optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
         loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-        crop = RandCropByPosNegLabeld(("image", "label"), "label", patch, pos=1, neg=1, num_samples=2)
+        crop = RandCropByPosNegLabeld(
+            ("image", "label"), "label", patch, pos=1, neg=1, num_samples=2
+        )
         transform = Compose([crop, make_augmentation(0)])
         items = [{"image": c.image, "label": c.target.clamp_min(0)[None].float()} for c in cases]
         rng = np.random.default_rng(0)
@@ -169,24 +193,33 @@ def peak_memory_of_finetune(workspace_root: Path, device: str, steps: int) -> di
     """Peak resident memory of a selective fine-tune in a fresh process."""
     config = json.dumps({"iterations": steps, "semi_iterations": steps, "tau_c": 0.0})
     return _peak_memory(
-        ["finetune", str(workspace_root), "--config-json", config, "--device", device,
-         "--progress", "none", "--json"]
+        [
+            "finetune",
+            str(workspace_root),
+            "--config-json",
+            config,
+            "--device",
+            device,
+            "--progress",
+            "none",
+            "--json",
+        ]
     )
 
 
 def _peak_memory(argv: list[str]) -> dict[str, float]:
     """Run ``assft ARGV`` in a fresh process and report its peak resident memory.
 
-    The peak is the process's own VmHWM: ``ru_maxrss`` would carry over the (large) resident
-    size of this benchmark process across fork and exec.
+    The peak is the fresh process's own (:func:`assft.runtime.portable.peak_memory_mb`), not
+    this benchmark process's.
     """
     code = (
         "import sys, json, torch\n"
         "from assft.cli import main\n"
+        "from assft.runtime.portable import peak_memory_mb\n"
         f"code = main({argv!r})\n"
         "gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
-        "sys.stderr.write('PEAK ' + json.dumps({'rss_mb': int(hwm) / 1024, 'gpu_mb': gpu,"
+        "sys.stderr.write('PEAK ' + json.dumps({'rss_mb': peak_memory_mb(), 'gpu_mb': gpu,"
         " 'exit': code}) + '\\n')\n"
     )
     result = subprocess.run(
@@ -201,13 +234,31 @@ def _peak_memory(argv: list[str]) -> dict[str, float]:
 def peak_memory_of_ranking(workspace_root: Path, device: str) -> dict[str, float]:
     """Peak resident memory (and GPU memory) of ``assft rank`` in a fresh process."""
     return _peak_memory(
-        ["rank", str(workspace_root), "--budget", "2", "--device", device, "--progress", "none",
-         "--json"]
+        [
+            "rank",
+            str(workspace_root),
+            "--budget",
+            "2",
+            "--device",
+            device,
+            "--progress",
+            "none",
+            "--json",
+        ]
     )
 
 
-def run_speed(out: Path, *, device: str, size: int, cases: int, pools: list[int],
-              views: int = 4, train_steps: int = 8, model: str = "demo") -> dict[str, Any]:
+def run_speed(
+    out: Path,
+    *,
+    device: str,
+    size: int,
+    cases: int,
+    pools: list[int],
+    views: int = 4,
+    train_steps: int = 8,
+    model: str = "demo",
+) -> dict[str, Any]:
     """The speed benchmark; returns the result document (also written to ``out/speed.json``)."""
     import torch
 
@@ -235,7 +286,7 @@ def run_speed(out: Path, *, device: str, size: int, cases: int, pools: list[int]
     gpu_name = torch.cuda.get_device_name(0) if resolved.startswith("cuda") else None
     document = {
         "benchmark": "speed",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -349,8 +400,13 @@ def run_benchmark(args) -> dict[str, Any]:
         return _run_label_efficiency(args, command)
     pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
     document = run_speed(
-        Path(args.out), device=args.device, size=args.size, cases=args.cases, pools=pools,
-        train_steps=args.train_steps, model=args.model,
+        Path(args.out),
+        device=args.device,
+        size=args.size,
+        cases=args.cases,
+        pools=pools,
+        train_steps=args.train_steps,
+        model=args.model,
     )
     if args.markdown:
         update_markdown(Path(args.markdown), speed_markdown(document, command))

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,6 +41,9 @@ import torch.nn.functional as F
 
 from assft.errors import BadInputError
 from assft.io.imaging import write_image_atomic
+
+if TYPE_CHECKING:
+    from assft.runtime.progress import Progress
 
 __all__ = [
     "BRAIN_LABEL_NAMES",
@@ -314,22 +317,25 @@ def _level(value: int) -> dict[str, Any]:
 def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
     """Draw the deformation, anatomy and acquisition of one case."""
     near = domain == "source" or index % _NEAR_SOURCE_EVERY == 0
+    drawn: dict[str, np.ndarray | float]
     if near:
-        deformation = {
+        drawn = {
             "rotation_deg": rng.uniform(-4, 4, 3),
             "brain_scale": rng.uniform(0.92, 1.0, 3),
             "translation_mm": rng.uniform(-3, 3, 3),
             "elastic_rms_mm": float(rng.uniform(1.0, 2.0)),
         }
     else:
-        deformation = {
+        drawn = {
             "rotation_deg": rng.uniform(-12, 12, 3),
             "brain_scale": rng.uniform(0.86, 1.02, 3),
             "translation_mm": rng.uniform(-6, 6, 3),
             "elastic_rms_mm": float(rng.uniform(2.5, 4.0)),
         }
-    deformation = {k: np.round(v, 4).tolist() if isinstance(v, np.ndarray) else round(v, 4)
-                   for k, v in deformation.items()}
+    deformation = {
+        k: np.round(v, 4).tolist() if isinstance(v, np.ndarray) else round(v, 4)
+        for k, v in drawn.items()
+    }
     acquisition = {
         "tissue_jitter": np.round(rng.normal(0.0, 0.02, 3), 4).tolist(),
         "bias_amplitude": round(float(rng.uniform(0.0, 0.06)), 4),
@@ -422,7 +428,9 @@ def grid_shape(spacing: float) -> int:
     return int(round(FOV_MM / spacing))
 
 
-def _sample(template: _Template, plan: CasePlan, rng: np.random.Generator, spacing: float):
+def _sample(
+    template: _Template, plan: CasePlan, rng: np.random.Generator, spacing: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = grid_shape(spacing)
     axis = (np.arange(n) - (n - 1) / 2.0) * spacing
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
@@ -444,7 +452,15 @@ def _sample(template: _Template, plan: CasePlan, rng: np.random.Generator, spaci
     return values.numpy().astype(np.float64), distances.numpy().astype(np.float64), unit
 
 
-def _atrophy(values, distances, unit, plan, levels, spacing, rng) -> dict[str, float]:
+def _atrophy(
+    values: np.ndarray,
+    distances: np.ndarray,
+    unit: np.ndarray,
+    plan: CasePlan,
+    levels: dict[str, float],
+    spacing: float,
+    rng: np.random.Generator,
+) -> dict[str, float]:
     t1, gm, wm, csf = values
     depth, ventricle = distances
     atrophy = plan.atrophy
@@ -471,7 +487,14 @@ def _atrophy(values, distances, unit, plan, levels, spacing, rng) -> dict[str, f
     }
 
 
-def _lesions(values, distances, plan, levels, spacing, rng) -> dict[str, float]:
+def _lesions(
+    values: np.ndarray,
+    distances: np.ndarray,
+    plan: CasePlan,
+    levels: dict[str, float],
+    spacing: float,
+    rng: np.random.Generator,
+) -> dict[str, float]:
     t1, gm, wm, csf = values
     depth = distances[0]
     lesions = plan.lesions
@@ -523,9 +546,9 @@ def _contrast_map(t1: np.ndarray, plan: CasePlan, levels: dict[str, float]) -> n
 
 def _resample_axes(image: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
     """Blur to a coarser resolution (factor per z, y, x axis), sample, interpolate back."""
-    sigma = tuple(math.sqrt(max(f * f - 1.0, 0.0)) / 2.355 for f in factors)
+    sigma_z, sigma_y, sigma_x = (math.sqrt(max(f * f - 1.0, 0.0)) / 2.355 for f in factors)
     tensor = torch.from_numpy(image.astype(np.float32))[None]
-    blurred = gaussian_blur(tensor, sigma)[None]
+    blurred = gaussian_blur(tensor, (sigma_z, sigma_y, sigma_x))[None]
     shape = image.shape
     coarse = [max(2, int(round(s / f))) for s, f in zip(shape, factors, strict=True)]
     low = F.interpolate(blurred, size=coarse, mode="trilinear", align_corners=True)
@@ -534,13 +557,17 @@ def _resample_axes(image: np.ndarray, factors: tuple[float, float, float]) -> np
 
 
 def _acquire(
-    image: np.ndarray, plan: CasePlan, unit: np.ndarray, brain: np.ndarray, rng
+    image: np.ndarray,
+    plan: CasePlan,
+    unit: np.ndarray,
+    brain: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     for shift in plan.shifts:
         if shift["kind"] == "thick_slices":
             factors = [1.0, 1.0, 1.0]
             factors["zyx".index(shift["axis"])] = shift["thickness_factor"]
-            image = _resample_axes(image, tuple(factors))
+            image = _resample_axes(image, (factors[0], factors[1], factors[2]))
         elif shift["kind"] == "low_resolution":
             image = _resample_axes(image, (shift["resolution_factor"],) * 3)
     amplitude = plan.acquisition["bias_amplitude"] + sum(
@@ -579,14 +606,18 @@ def make_case(
     values, distances, unit = _sample(template, plan, field_rng, spacing)
     meta: dict[str, Any] = {}
     if plan.atrophy is not None:
-        meta["atrophy"] = {**plan.atrophy, **_atrophy(values, distances, unit, plan,
-                                                      template.levels, spacing, anatomy_rng)}
+        meta["atrophy"] = {
+            **plan.atrophy,
+            **_atrophy(values, distances, unit, plan, template.levels, spacing, anatomy_rng),
+        }
     gm, wm, csf = values[1], values[2], values[3]
     background = np.clip(1.0 - gm - wm - csf, 0.0, 1.0)
     label = np.argmax(np.stack([background, gm, wm, csf]), 0).astype(np.uint8)
     if plan.lesions is not None:
-        meta["lesions"] = {**plan.lesions, **_lesions(values, distances, plan, template.levels,
-                                                      spacing, anatomy_rng)}
+        meta["lesions"] = {
+            **plan.lesions,
+            **_lesions(values, distances, plan, template.levels, spacing, anatomy_rng),
+        }
     image = _contrast_map(values[0], plan, template.levels)
     image = _acquire(image, plan, unit, label > 0, acquisition_rng).astype(np.float32)
     counts = np.bincount(label.ravel(), minlength=4)
@@ -613,8 +644,15 @@ def make_case(
         "lesions": meta.get("lesions"),
         "volumes_ml": volumes,
     }
-    return SampleCase(case_id, image, label, float(spacing), tuple(origin),
-                      template.reference.GetDirection(), meta)
+    return SampleCase(
+        case_id,
+        image,
+        label,
+        float(spacing),
+        tuple(origin),
+        template.reference.GetDirection(),
+        meta,
+    )
 
 
 def write_sample_data(
@@ -625,7 +663,7 @@ def write_sample_data(
     seed: int = 0,
     spacing: float = 3.0,
     brain_mask: bool = False,
-    progress=None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write the source and target domains and ``manifest.json`` under ``out``.
 

@@ -20,7 +20,9 @@ from assft.io.imaging import write_image_atomic
 # The model preset that goes with these scans (two structures, 3 mm, 16^3 patches).
 TINY_PRESET: dict[str, Any] = {
     "name": "tiny-unet",
-    "description": "A 3-level MONAI UNet with BatchNorm, small enough for tests and self-tests on a CPU.",
+    "description": (
+        "A 3-level MONAI UNet with BatchNorm, small enough for tests and self-tests on a CPU."
+    ),
     "architecture": "monai.UNet",
     "arguments": {
         "spatial_dims": 3,

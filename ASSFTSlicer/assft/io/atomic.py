@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from assft.runtime.portable import process_umask
+
+__all__ = ["atomic_path", "file_mode", "fsync_directory", "process_umask", "save_torch_atomic"]
+
 
 def fsync_directory(folder: Path) -> None:
     """Make a rename durable (best effort: not every platform can open a directory)."""
@@ -28,19 +32,6 @@ def fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
-
-
-def process_umask() -> int:
-    """The process umask (read from /proc where possible: setting it is not thread-safe)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def file_mode(path: Path) -> int:

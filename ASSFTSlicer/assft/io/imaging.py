@@ -15,16 +15,17 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
-from assft.io.atomic import atomic_path
 from assft.errors import BadInputError
+from assft.io.atomic import atomic_path
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "VoxelGrid",
     "case_id_from_path",
     "geometry_mismatch",
     "image_geometry",
@@ -355,7 +356,21 @@ def _format(values: Sequence[float]) -> str:
     return "(" + ", ".join(repr(round(float(v), 6)) for v in values) + ")"
 
 
-def geometry_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> str | None:
+class VoxelGrid(Protocol):
+    """The geometry that :func:`geometry_mismatch` compares.
+
+    A ``sitk.Image`` has it, and so has a ``sitk.ImageFileReader`` after
+    ``ReadImageInformation()`` (the header alone).
+    """
+
+    def GetDimension(self) -> int: ...
+    def GetSize(self) -> Sequence[int]: ...
+    def GetSpacing(self) -> Sequence[float]: ...
+    def GetOrigin(self) -> Sequence[float]: ...
+    def GetDirection(self) -> Sequence[float]: ...
+
+
+def geometry_mismatch(a: VoxelGrid, b: VoxelGrid, tolerance: float = 1e-4) -> str | None:
     """Compare the voxel grid of ``a`` (e.g. a label) with that of ``b`` (e.g. its image).
 
     Size must match exactly; spacing and origin within ``tolerance * max(1, |value|)``;

@@ -7,15 +7,19 @@ Arrays on the model grid are in (x, y, z) order, as MONAI and nibabel use them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.config import NdarrayOrTensor
 from monai.transforms import NormalizeIntensity, ScaleIntensityRange, ScaleIntensityRangePercentiles
 
 from assft.errors import BadInputError
+
+IntensityTransform = Callable[[NdarrayOrTensor], NdarrayOrTensor]
 
 
 @dataclass
@@ -31,7 +35,7 @@ class ModelGrid:
     tensor: torch.Tensor
 
 
-def intensity_transform(spec: dict[str, Any] | None):
+def intensity_transform(spec: dict[str, Any] | None) -> IntensityTransform:
     """The MONAI intensity transform a preset's ``preprocessing.intensity`` names.
 
     An optional ``standardize: {"mean", "std"}`` follows the mapping: the volume is z-scored,
@@ -45,13 +49,13 @@ def intensity_transform(spec: dict[str, Any] | None):
         return mapping
     zscore = NormalizeIntensity()
 
-    def mapped_then_standardised(x):
+    def mapped_then_standardised(x: NdarrayOrTensor) -> NdarrayOrTensor:
         return zscore(mapping(x)) * float(target["std"]) + float(target["mean"])
 
     return mapped_then_standardised
 
 
-def _intensity_mapping(spec: dict[str, Any]):
+def _intensity_mapping(spec: dict[str, Any]) -> IntensityTransform:
     kind = spec.get("kind")
     if kind == "zscore":
         return NormalizeIntensity(nonzero=bool(spec.get("nonzero", False)))
@@ -108,7 +112,7 @@ def to_model_grid(
     """Reorient (DICOM-style code, e.g. ``RAS``), resample and normalise a scan."""
     grid = sitk.DICOMOrient(image, orientation) if orientation else image
     if spacing is not None:
-        grid = resample_to_spacing(grid, tuple(spacing))
+        grid = resample_to_spacing(grid, spacing)
     array = sitk.GetArrayViewFromImage(grid).transpose(2, 1, 0)
     tensor = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))[None]
     tensor = torch.as_tensor(intensity_transform(intensity)(tensor), dtype=torch.float32)

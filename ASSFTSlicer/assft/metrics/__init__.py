@@ -53,6 +53,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"assft.metrics.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'assft.metrics' has no attribute {name!r}")
 
+
 __all__ = [
     "SegmentationDifficulty",
     "batchnorm_knowledge_gap",

@@ -47,7 +47,11 @@ def dice_scores(prediction: Any, truth: Any, label_values: Iterable[int]) -> dic
             ref = torch.as_tensor(np.ascontiguousarray(ref), device=pred.device)
         else:
             pred = torch.as_tensor(np.ascontiguousarray(pred), device=ref.device)
-    elif isinstance(pred, torch.Tensor) and pred.device != ref.device:
+    elif (
+        isinstance(pred, torch.Tensor)
+        and isinstance(ref, torch.Tensor)
+        and pred.device != ref.device
+    ):
         ref = ref.to(pred.device)
     scores: dict[int, float] = {}
     for value in label_values:

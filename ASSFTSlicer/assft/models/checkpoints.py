@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from assft.io.atomic import save_torch_atomic
 from assft.errors import BadInputError
+from assft.io.atomic import save_torch_atomic
 from assft.models.presets import CheckpointKind, CheckpointSource, resources_dir
 
 MODELS_DIR_ENV = "ASSFT_MODELS_DIR"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from monai.inferers import sliding_window_inference
 
 from assft.metrics import SegmentationDifficulty, segmentation_difficulty, voxel_entropy
 from assft.metrics.uncertainty import predicted_foreground
+
+if TYPE_CHECKING:
+    from assft.models.loading import LoadedModel
 
 # Spatial dims of a (B, C, X, Y, Z) tensor flipped by each test-time view.
 VIEW_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
@@ -40,13 +44,15 @@ class CaseInference:
     entropy: torch.Tensor | None = None
 
 
-def _autocast(device: torch.device):
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
 
-def sliding_window_probabilities(model, tensor: torch.Tensor, flips: tuple[int, ...] = ()) -> torch.Tensor:
+def sliding_window_probabilities(
+    model: LoadedModel, tensor: torch.Tensor, flips: tuple[int, ...] = ()
+) -> torch.Tensor:
     """Softmax probabilities of one view, flipped back: (C, X, Y, Z) float32 on the device."""
     preset = model.preset
     x = tensor[None].to(model.device)
@@ -61,6 +67,8 @@ def sliding_window_probabilities(model, tensor: torch.Tensor, flips: tuple[int, 
             overlap=preset.overlap,
             mode="gaussian",
         )
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"sliding-window inference gave {type(logits).__name__}, not a tensor")
     probs = torch.softmax(logits.float(), dim=1)
     if flips:
         probs = torch.flip(probs, flips)
@@ -68,7 +76,7 @@ def sliding_window_probabilities(model, tensor: torch.Tensor, flips: tuple[int, 
 
 
 def infer_case(
-    model,
+    model: LoadedModel,
     tensor: torch.Tensor,
     *,
     views: int = 4,
@@ -90,11 +98,15 @@ def infer_case(
     """
     probs_sum: torch.Tensor | None = None
     view_foreground: torch.Tensor | None = None
-    with model.capture_features(embedding=True, batchnorm=batchnorm and model.has_batchnorm) as capture:
+    with model.capture_features(
+        embedding=True, batchnorm=batchnorm and model.has_batchnorm
+    ) as capture:
         for flips in VIEW_FLIPS[:views]:
             probs = sliding_window_probabilities(model, tensor, flips)
             foreground = predicted_foreground(probs)
-            view_foreground = foreground if view_foreground is None else view_foreground | foreground
+            view_foreground = (
+                foreground if view_foreground is None else view_foreground | foreground
+            )
             probs_sum = probs if probs_sum is None else probs_sum.add_(probs)
             del probs
         embedding = capture.embedding()
@@ -115,7 +127,12 @@ def infer_case(
 
 
 def epistemic_uncertainty(
-    model, tensor: torch.Tensor, *, samples: int = 5, dropout: float = 0.2, seed: int = 0
+    model: LoadedModel,
+    tensor: torch.Tensor,
+    *,
+    samples: int = 5,
+    dropout: float = 0.2,
+    seed: int = 0,
 ) -> tuple[float, bool]:
     """MC-dropout mean predictive entropy of a case (the `epistemic` baseline).
 

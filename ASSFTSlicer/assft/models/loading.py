@@ -117,7 +117,9 @@ class LoadedModel:
             activation = self.output_activation
         return self._as_logits(output, activation)
 
-    def logits_from_network_output(self, output: torch.Tensor | list | tuple) -> torch.Tensor:
+    def logits_from_network_output(
+        self, output: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
         """What :meth:`predict_logits` makes of a plain network's raw output.
 
         For callers that run the network through a wrapper (DistributedDataParallel).

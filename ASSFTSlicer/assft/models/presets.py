@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from assft.errors import BadInputError
 
@@ -327,6 +327,10 @@ def _read_json(path: Path) -> Any:
         ) from None
 
 
+_Number = TypeVar("_Number", int, float)
+_Enum = TypeVar("_Enum", bound=StrEnum)
+
+
 class _Fields:
     """Typed access to a JSON object, with messages naming the preset and the field."""
 
@@ -357,7 +361,19 @@ class _Fields:
             self.fail(key, f"must be {_kind_names(kinds)}, not {value!r}")
         return value
 
-    def triple(self, key: str, kind: type, *, none: bool = False) -> tuple[Any, Any, Any] | None:
+    @overload
+    def triple(
+        self, key: str, kind: type[_Number], *, none: Literal[False] = False
+    ) -> tuple[_Number, _Number, _Number]: ...
+
+    @overload
+    def triple(
+        self, key: str, kind: type[_Number], *, none: bool
+    ) -> tuple[_Number, _Number, _Number] | None: ...
+
+    def triple(
+        self, key: str, kind: type[_Number], *, none: bool = False
+    ) -> tuple[_Number, _Number, _Number] | None:
         value = self.get(key, list, none=none)
         if value is None:
             return None
@@ -366,7 +382,7 @@ class _Fields:
             isinstance(v, numbers) and not isinstance(v, bool) and v > 0 for v in value
         ):
             self.fail(key, f"must be three positive {'integers' if kind is int else 'numbers'}")
-        return tuple(kind(v) for v in value)  # type: ignore[return-value]
+        return (kind(value[0]), kind(value[1]), kind(value[2]))
 
 
 def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -385,12 +401,12 @@ def _kind_names(kinds: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kinds))
 
 
-def _enum(fields: _Fields, key: str, enum: type[StrEnum], default: str | None = None) -> Any:
+def _enum(fields: _Fields, key: str, enum: type[_Enum], default: str | None = None) -> _Enum:
     value = fields.get(key, str, default=default)
     try:
         return enum(value)
     except ValueError:
-        choices = ", ".join(member.value for member in enum)  # type: ignore[attr-defined]
+        choices = ", ".join(member.value for member in enum)
         fields.fail(key, f"is {value!r}; expected one of {choices}")
 
 
@@ -459,7 +475,7 @@ def _parse_preset(data: Any, source: Path | None, where: str | None = None) -> M
         spacing=spacing,
         orientation=None if orientation is None else orientation.upper(),
         intensity=intensity,
-        patch_size=patch_size,  # type: ignore[arg-type]
+        patch_size=patch_size,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
         label_names=dict(sorted(label_names.items())),
@@ -505,14 +521,14 @@ def _parse_checkpoint(
         ):
             fields.fail("key_renames", "must be a list of [regex, replacement] pairs")
         renames.append((pair[0], pair[1]))
-    common = {"source": kind, "key_renames": tuple(renames)}
+    key_renames = tuple(renames)
     if kind is CheckpointKind.SHIPPED:
-        return CheckpointSource(file=fields.get("file", str), **common)
+        return CheckpointSource(kind, file=fields.get("file", str), key_renames=key_renames)
     if kind is CheckpointKind.PATH:
         path = Path(fields.get("path", str)).expanduser()
         if not path.is_absolute() and source is not None:
             path = source.parent.resolve() / path
-        return CheckpointSource(path=str(path), **common)
+        return CheckpointSource(kind, path=str(path), key_renames=key_renames)
     if kind is CheckpointKind.URL:
         sha256 = fields.get("sha256", str, none=True, default=None)
         if sha256 is not None and (
@@ -520,10 +536,16 @@ def _parse_checkpoint(
         ):
             fields.fail("sha256", "must be 64 hexadecimal digits or null")
         return CheckpointSource(
-            url=fields.get("url", str), sha256=sha256 and sha256.lower(), **common
+            kind,
+            url=fields.get("url", str),
+            sha256=sha256 and sha256.lower(),
+            key_renames=key_renames,
         )
     return CheckpointSource(
-        package=fields.get("package", str), file=fields.get("file", str), **common
+        kind,
+        package=fields.get("package", str),
+        file=fields.get("file", str),
+        key_renames=key_renames,
     )
 
 

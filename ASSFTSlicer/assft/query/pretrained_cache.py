@@ -30,7 +30,8 @@ def cache_key(image_path: Path, settings: dict) -> str:
     stat = image_path.stat() if image_path.is_file() else None
     if stat is None and image_path.is_dir():
         stat_text = ";".join(
-            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(image_path.iterdir())
+            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in sorted(image_path.iterdir())
         )
     else:
         stat_text = f"{stat.st_size}:{stat.st_mtime_ns}" if stat else "missing"

@@ -10,16 +10,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from assft.query.config import QueryConfig, Strategy
 from assft.errors import BadInputError
-from assft.runtime.progress import Progress
+from assft.query.config import QueryConfig, Strategy
 from assft.query.strategies import PoolStatistics, QueryResult, run_strategy, strategy_info
+from assft.runtime import cancellation
+from assft.runtime.progress import Progress
 
 
 @dataclass
@@ -51,6 +52,7 @@ class PoolScorer:
         self.workspace = workspace
         self.config = config
         from assft.runtime import distributed
+
         self.device = distributed.setup(resolve_device(device))
         self.preset = get_preset(workspace.config.model)
         self.label_values = list(workspace.config.label_values)
@@ -128,8 +130,13 @@ class PoolScorer:
             zt = current.embedding
             if cached is None:
                 pretrained = self._pretrained_statistics(
-                    infer_case(self.pretrained, grid.tensor, views=self.config.views,
-                               tau=asd.tau, radius=asd.radius)
+                    infer_case(
+                        self.pretrained,
+                        grid.tensor,
+                        views=self.config.views,
+                        tau=asd.tau,
+                        radius=asd.radius,
+                    )
                 )
             else:
                 pretrained = cached
@@ -182,8 +189,14 @@ class PoolScorer:
         return stats.z0
 
 
-def pool_statistics(scores: list[CaseScores], labeled_z0: np.ndarray, *, has_head: bool,
-                    n_labels: int, round_index: int) -> PoolStatistics:
+def pool_statistics(
+    scores: list[CaseScores],
+    labeled_z0: np.ndarray,
+    *,
+    has_head: bool,
+    n_labels: int,
+    round_index: int,
+) -> PoolStatistics:
     """Stack per-case scores into the arrays the strategies read."""
     z0 = np.stack([s.z0 for s in scores])
     kg_bn = np.array([s.kg_bn for s in scores])
@@ -335,7 +348,7 @@ def build_document(
             }
         )
     return {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_version": model_version,
         "strategy": config.strategy.value,
         "budget": config.budget,
@@ -373,7 +386,11 @@ class ScoredPool:
 
 
 def score_pool(
-    workspace, config: QueryConfig, *, device: str = "auto", progress: Progress | None = None,
+    workspace,
+    config: QueryConfig,
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
     epistemic: bool | None = None,
 ) -> ScoredPool:
     """Run the passes each unlabeled case needs (and z0 of the labeled cases), once.
@@ -384,6 +401,7 @@ def score_pool(
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
     from assft.runtime import distributed
+
     progress = progress or Progress("none")
     pool = workspace.registry.cases(status="unlabeled")
     labeled = workspace.registry.cases(status="labeled")
@@ -403,8 +421,9 @@ def score_pool(
     my_scores: list[CaseScores] = []
     for done, case in enumerate(my_pool, start=1):
         my_scores.append(
-            scorer.score_case(case["case_id"], workspace.image_path(case["case_id"]),
-                              epistemic=epistemic)
+            scorer.score_case(
+                case["case_id"], workspace.image_path(case["case_id"]), epistemic=epistemic
+            )
         )
         progress.update(done, case=case["case_id"])
     my_labeled_z0 = []
@@ -431,11 +450,15 @@ def score_pool(
 
 
 def rank_scored_pool(
-    scored: ScoredPool, config: QueryConfig, *, label_names: dict[int, str],
+    scored: ScoredPool,
+    config: QueryConfig,
+    *,
+    label_names: dict[int, str],
     stats: PoolStatistics | None = None,
 ) -> dict[str, Any]:
     """The ranking document of a scored pool under a strategy (no forward pass)."""
     from assft.runtime import distributed
+
     stats = stats or scored.statistics()
     started = time.perf_counter()
     result = run_strategy(stats, config)
@@ -463,7 +486,11 @@ def rank_scored_pool(
 
 
 def rank_workspace(
-    workspace, config: QueryConfig, *, device: str = "auto", progress: Progress | None = None,
+    workspace,
+    config: QueryConfig,
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
     save: bool = True,
 ) -> dict[str, Any]:
     """Rank the workspace's unlabeled cases and save the ranking under ``rankings/``.
@@ -472,8 +499,10 @@ def rank_workspace(
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
     from assft.runtime import distributed
+
     scored = score_pool(workspace, config, device=device, progress=progress)
     document = rank_scored_pool(scored, config, label_names=workspace.config.label_names)
+    cancellation.check()  # the last safe point: a cancelled ranking is not saved
     if save:
         name = workspace.save_ranking(document).name if distributed.is_main() else None
         document["file"] = distributed.broadcast(name)

@@ -165,7 +165,7 @@ def register_strategy(
     return register
 
 
-_SEALED = False
+_SEALED = False  # set once the Strategy names are built, at the end of this module
 
 
 def knowledge_gap(stats: PoolStatistics, config: QueryConfig) -> tuple[np.ndarray, dict]:
@@ -212,7 +212,9 @@ def _head(stats: PoolStatistics) -> np.ndarray:
 
 
 @register_strategy("attsq", "ATTSQ (knowledge gap + difficulty)")
-def query_attsq(stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator) -> QueryResult:
+def query_attsq(
+    stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
+) -> QueryResult:
     """ATTSQ: S = w q(KG) + (1 - w) q(ASD), then diverse greedy selection.
 
     Cold start (no head): S = q(KG).
@@ -260,9 +262,7 @@ def query_entropy(
     return QueryResult(_top(score, config.budget), score, score, _nan(n), _nan(n))
 
 
-@register_strategy(
-    "epistemic", "MC dropout", needs_head=True, needs_mc_dropout=True, baseline=True
-)
+@register_strategy("epistemic", "MC dropout", needs_head=True, needs_mc_dropout=True, baseline=True)
 def query_epistemic(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
@@ -336,7 +336,7 @@ def strategy_info(name: str) -> StrategyInfo:
     Raises:
         BadInputError: no strategy has that name (the message lists the names).
     """
-    # By value: a str enum member's hash is not its value's on every Python version.
+    # By value, so that a plain name and a Strategy member look up alike.
     key = name.value if isinstance(name, Enum) else name
     if key not in STRATEGIES:
         raise BadInputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {key!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +37,6 @@ __all__ = [
     "wait_for_exit",
 ]
 
-_WINDOWS = os.name == "nt"
 _LINUX = sys.platform.startswith("linux")
 _POLL_S = 0.05
 # Start times are rounded to the clock tick (1/100 s on Linux); two records of one process agree
@@ -66,13 +66,11 @@ def try_lock(path: str | Path, *, shared: bool = False, create: bool = True) -> 
         The open file (release it with :func:`unlock`), or None when a conflicting lock is held.
     """
     stream = open(path, "a+b" if create else "rb")  # noqa: SIM115 - the caller closes it in unlock
-    exclusive = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+    flags = portalocker.LockFlags
+    exclusive = flags.EXCLUSIVE | flags.NON_BLOCKING
     try:
         try:
-            if shared:
-                portalocker.lock(stream, portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING)
-            else:
-                portalocker.lock(stream, exclusive)
+            portalocker.lock(stream, flags.SHARED | flags.NON_BLOCKING if shared else exclusive)
         except ImportError:  # Windows: shared locks need pywin32
             portalocker.lock(stream, exclusive)
     except portalocker.exceptions.LockException:
@@ -96,7 +94,9 @@ def unlock(stream: IO[bytes]) -> None:
 # processes ---------------------------------------------------------------------------------
 
 
-def start_process(command: Sequence[str], *, detach: bool = False, **options: Any) -> subprocess.Popen[Any]:
+def start_process(
+    command: Sequence[str], *, detach: bool = False, **options: Any
+) -> subprocess.Popen[Any]:
     """Start a process in a process group of its own.
 
     Signals meant for this process's group (Ctrl-C in a terminal) do not reach it, and its tree
@@ -108,7 +108,7 @@ def start_process(command: Sequence[str], *, detach: bool = False, **options: An
             process started here leads a new session, which outlives the shell that started it.
         **options: Passed to :class:`subprocess.Popen` (stdout, env, cwd...).
     """
-    if _WINDOWS:
+    if sys.platform == "win32":
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         if detach:
             flags |= subprocess.DETACHED_PROCESS
@@ -178,7 +178,7 @@ def wait_for_exit(pid: int, start_time: float | None, timeout: float) -> bool:
 
 
 def _leads_group(pid: int) -> bool:
-    if _WINDOWS:
+    if sys.platform == "win32":
         return False
     try:
         return os.getpgid(pid) == pid
@@ -265,13 +265,12 @@ class ProcessTree:
 
     def _end_group(self) -> None:
         """POSIX: kill what is left of the root's process group (helpers re-parented early)."""
-        if not self._group or _WINDOWS:
+        if not self._group or sys.platform == "win32":
             return
         current = process_start_time(self.pid)
-        if current is not None and self._start is not None and abs(current - self._start) >= _SAME_START_S:
-            return  # the pid now names another process, which may lead a group of that id
-        import signal
-
+        if current is not None and self._start is not None:
+            if abs(current - self._start) >= _SAME_START_S:
+                return  # the pid now names another process, which may lead a group of that id
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
 
@@ -290,14 +289,14 @@ def end_process_tree(pid: int, *, start_time: float | None = None, grace: float 
 
 def peak_memory_mb() -> float:
     """This process's peak resident memory in MiB, since it started its program."""
+    if sys.platform == "win32":
+        return float(psutil.Process().memory_info().peak_wset) / 2**20
     if _LINUX:
         # VmHWM belongs to this program: ru_maxrss would carry over the parent's peak across
         # fork and exec.
         for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    if _WINDOWS:
-        return float(psutil.Process().memory_info().peak_wset) / 2**20
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

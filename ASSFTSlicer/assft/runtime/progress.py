@@ -17,7 +17,7 @@ from assft.runtime import cancellation
 
 
 class ProgressEvent(StrEnum):
-    """The ``"event"`` of a JSON progress line: the engine writes them, the Slicer module reads them.
+    """The ``"event"`` of a JSON progress line: the engine writes it, the Slicer module reads it.
 
     Values are plain strings in the JSON (``{"event": "progress", ...}``).
     """

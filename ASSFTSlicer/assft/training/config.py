@@ -93,7 +93,14 @@ class FinetuneConfig:
             raise BadInputError(
                 f"batch_size must be at least 2 with pseudo-labels (1:1 mix), got {self.batch_size}"
             )
-        for name in ("rho", "tau_c", "tau_v", "ramp_fraction", "warmup_fraction", "foreground_ratio"):
+        for name in (
+            "rho",
+            "tau_c",
+            "tau_v",
+            "ramp_fraction",
+            "warmup_fraction",
+            "foreground_ratio",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise BadInputError(f"{name} must be between 0 and 1, got {value}")
@@ -118,4 +125,6 @@ class FinetuneConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as error:
-            raise BadInputError(f"cannot read the fine-tuning configuration: {error}", path) from error
+            raise BadInputError(
+                f"cannot read the fine-tuning configuration: {error}", path
+            ) from error

@@ -16,8 +16,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from assft.io.atomic import save_torch_atomic
 from assft.errors import BadInputError
+from assft.io.atomic import save_torch_atomic
 from assft.training.losses import IGNORE
 
 
@@ -90,12 +90,16 @@ class PreparedCases:
             if path is None:
                 parts[name] = None
             elif path.is_dir():
-                parts[name] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir())]
+                parts[name] = [
+                    (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir())
+                ]
             else:
                 parts[name] = [str(path), path.stat().st_size, path.stat().st_mtime_ns]
         if label_path is not None:
             parts["label_sha256"] = hashlib.sha256(label_path.read_bytes()).hexdigest()
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[
+            :32
+        ]
 
     def load(self, case_id: str, image_path: Path, label_path: Path | None = None) -> TrainingCase:
         """The case on the model grid (from the cache when its files did not change)."""
@@ -120,22 +124,33 @@ class PreparedCases:
 
         pre = self.preset
         grid = to_model_grid(
-            read_image(image_path), spacing=pre.spacing, orientation=pre.orientation,
+            read_image(image_path),
+            spacing=pre.spacing,
+            orientation=pre.orientation,
             intensity=pre.intensity,
         )
         target = None
         if label_path is not None:
             label = read_label(label_path)
             on_grid = sitk.Resample(
-                label, grid.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID()
+                label,
+                grid.reference,
+                sitk.Transform(),
+                sitk.sitkNearestNeighbor,
+                0,
+                label.GetPixelID(),
             )
             array = sitk.GetArrayViewFromImage(on_grid).transpose(2, 1, 0)
             undeclared = sorted(set(np.unique(array).tolist()) - {0, *self.label_values})
             if undeclared:
                 raise BadInputError(f"holds undeclared label values {undeclared}", label_path)
-            target = torch.as_tensor(np.ascontiguousarray(label_to_classes(array, self.label_values)))
+            target = torch.as_tensor(
+                np.ascontiguousarray(label_to_classes(array, self.label_values))
+            )
         image, target = pad_to_patch(grid.tensor, target, self.patch)
-        return TrainingCase(case_id, image.contiguous(), None if target is None else target.contiguous())
+        return TrainingCase(
+            case_id, image.contiguous(), None if target is None else target.contiguous()
+        )
 
 
 def sample_patch(
@@ -211,7 +226,10 @@ def make_batch(
         image, target = sample_patch(case, patch, rng, foreground=foreground)
         if augment is not None:
             out = augment({"image": image, "label": target[None].float()})
-            image, target = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])[0].round().long()
+            image, target = (
+                torch.as_tensor(out["image"]),
+                torch.as_tensor(out["label"])[0].round().long(),
+            )
         images.append(torch.as_tensor(image, dtype=torch.float32))
         targets.append(torch.as_tensor(target, dtype=torch.long))
     return torch.stack(images), torch.stack(targets)

@@ -13,19 +13,20 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from assft.runtime import cancellation
+from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
 from assft.io.atomic import save_torch_atomic
-from assft.errors import AssftError, BadInputError, CancelledError
-from assft.runtime.progress import Progress
+from assft.runtime import cancellation
+from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.workspace import write_json_atomic
+from assft.workspace.jobs import JobState
 
 if TYPE_CHECKING:
     from assft.training.ssft import PseudoLabels
@@ -57,18 +58,27 @@ def labels_in_snapshot(folder: Path) -> dict[str, str]:
     return {p.name[: -len(".nii.gz")]: _sha256(p) for p in sorted(folder.glob("*.nii.gz"))}
 
 
-def validation_gate(new_dice: float | None, parent_dice: float | None, parent: str) -> dict[str, Any]:
+def validation_gate(
+    new_dice: float | None, parent_dice: float | None, parent: str
+) -> dict[str, Any]:
     """Promote only when the held-out Dice is not worse than the parent version's.
 
     Without held-out cases there is nothing to compare: the version is promoted, and the
     manifest says so.
     """
     if new_dice is None or parent_dice is None:
-        return {"passed": True, "held_out": [],
-                "reason": "no held-out cases: promoted without a validation gate"}
+        return {
+            "passed": True,
+            "held_out": [],
+            "reason": "no held-out cases: promoted without a validation gate",
+        }
     if np.isnan(new_dice):
-        return {"passed": False, "validation_dice": None, "parent_validation_dice": parent_dice,
-                "reason": "held-out Dice could not be computed (no structure present)"}
+        return {
+            "passed": False,
+            "validation_dice": None,
+            "parent_validation_dice": parent_dice,
+            "reason": "held-out Dice could not be computed (no structure present)",
+        }
     passed = bool(np.isnan(parent_dice) or new_dice >= parent_dice - 1e-9)
     return {
         "passed": passed,
@@ -145,8 +155,8 @@ class FinetuneJob:
         Under torchrun, rank 0 holds the lock, snapshots the labels and registers the version;
         every rank trains (DistributedDataParallel) and pseudo-labels its share of the pool.
         """
-        from assft.runtime import distributed
         from assft.models import resolve_device
+        from assft.runtime import distributed
 
         # Join the process group first: the ranks talk before any training starts.
         self.resolved_device = distributed.setup(resolve_device(self.device))
@@ -163,28 +173,38 @@ class FinetuneJob:
             if start["resumed"]:
                 self.config = FinetuneConfig.from_dict(job.info()["config"])
             progress = (
-                Progress(self.user_progress.mode, self.user_progress.stream, sink=job.append_progress)
+                Progress(
+                    self.user_progress.mode, self.user_progress.stream, sink=job.append_progress
+                )
                 if main
                 else Progress("none")
             )
             try:
-                manifest = self._run(job, progress, start["labeled"], start["held_out"],
-                                     start["resumed"])
-            except CancelledError as error:
+                manifest = self._run(
+                    job, progress, start["labeled"], start["held_out"], start["resumed"]
+                )
+            except (CancelledError, KeyboardInterrupt) as error:
                 if main:
-                    self.jobs.finish(job, "cancelled", 3, str(error))
+                    self.jobs.finish(
+                        job, JobState.CANCELLED, EXIT_CANCELLED, str(error) or "cancelled"
+                    )
                 raise
             except AssftError as error:
                 if main:
-                    self.jobs.finish(job, "failed", error.exit_code, str(error))
+                    self.jobs.finish(job, JobState.FAILED, error.exit_code, str(error))
                 raise
             except BaseException as error:
                 if main:
-                    self.jobs.finish(job, "failed", 1, f"{type(error).__name__}: {error}")
+                    self.jobs.finish(job, JobState.FAILED, 1, f"{type(error).__name__}: {error}")
                 raise
             if main:
-                self.jobs.finish(job, "done", 0, f"version {manifest['version']}"
-                                 f" ({'promoted' if manifest['promoted'] else 'not promoted'})")
+                self.jobs.finish(
+                    job,
+                    JobState.DONE,
+                    0,
+                    f"version {manifest['version']}"
+                    f" ({'promoted' if manifest['promoted'] else 'not promoted'})",
+                )
                 job.resume_path.unlink(missing_ok=True)
             return manifest
 
@@ -214,7 +234,9 @@ class FinetuneJob:
         self.jobs.mark_running(job)
         return {"job": job.id, "resumed": resumed, "labeled": labeled, "held_out": held_out}
 
-    def _run(self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool) -> dict[str, Any]:
+    def _run(
+        self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool
+    ) -> dict[str, Any]:
         """The job's steps in order; every rank runs this, rank 0 alone registers the version."""
         from assft.runtime import distributed
 
@@ -262,10 +284,21 @@ class FinetuneJob:
             (labeled_cases if case_id in labeled_ids else held_out_cases).append(case)
             progress.update(i, case=case_id)
         return _JobRun(
-            job=job, progress=progress, resumed=resumed, main=distributed.is_main(), device=device,
-            base_version=base_version, labels=labels, labeled_ids=labeled_ids,
-            held_out_ids=held_out_ids, label_values=label_values, patch=patch, model=model,
-            prepared=prepared, labeled_cases=labeled_cases, held_out_cases=held_out_cases,
+            job=job,
+            progress=progress,
+            resumed=resumed,
+            main=distributed.is_main(),
+            device=device,
+            base_version=base_version,
+            labels=labels,
+            labeled_ids=labeled_ids,
+            held_out_ids=held_out_ids,
+            label_values=label_values,
+            patch=patch,
+            model=model,
+            prepared=prepared,
+            labeled_cases=labeled_cases,
+            held_out_cases=held_out_cases,
         )
 
     def _start_training(self, run: _JobRun) -> None:
@@ -279,7 +312,7 @@ class FinetuneJob:
             state = torch.load(run.job.resume_path, map_location=run.device, weights_only=True)
             run.trainer.load_state(state)
             run.stage, run.step = int(state["stage"]), int(state["step"])
-            run.progress.emit("resumed", stage=run.stage, step=run.step, job=run.job.id)
+            run.progress.emit(ProgressEvent.RESUMED, stage=run.stage, step=run.step, job=run.job.id)
 
     def _save_resume_point(self, run: _JobRun, stage: int, step: int) -> None:
         """Rank 0: write the trainer's state so a killed job restarts from here."""
@@ -289,10 +322,12 @@ class FinetuneJob:
 
     def _on_step(self, run: _JobRun, stage: int) -> Callable[[int, dict[str, float]], None]:
         """Progress per step, and a resume point every ``checkpoint_every`` steps."""
+
         def on_step(done: int, metrics: dict[str, float]) -> None:
             run.progress.update(done, **{k: round(v, 5) for k, v in metrics.items()})
             if done % self.config.checkpoint_every == 0:
                 self._save_resume_point(run, stage, done)
+
         return on_step
 
     def _supervised_stage(self, run: _JobRun) -> None:
@@ -303,9 +338,16 @@ class FinetuneJob:
         t0 = time.perf_counter()
         if run.stage == 1:
             run.progress.phase("supervised", config.iterations)
-            run_stage(run.trainer, stage=1, start=run.step, total=config.iterations,
-                      labeled=run.labeled_cases, pseudo=None, config=config,
-                      on_step=self._on_step(run, 1))
+            run_stage(
+                run.trainer,
+                stage=1,
+                start=run.step,
+                total=config.iterations,
+                labeled=run.labeled_cases,
+                pseudo=None,
+                config=config,
+                on_step=self._on_step(run, 1),
+            )
             self._save_resume_point(run, 2, 0)
             run.stage, run.step = 2, 0
         self.timings["supervised_s"] = time.perf_counter() - t0
@@ -344,8 +386,14 @@ class FinetuneJob:
         from assft.training.ssft import pseudo_label
 
         return self._pseudo_labels(
-            run.job, run.progress, run.model, run.prepared, run.labeled_cases, unlabeled_rows,
-            pseudo_label, refreshed=refreshed,
+            run.job,
+            run.progress,
+            run.model,
+            run.prepared,
+            run.labeled_cases,
+            unlabeled_rows,
+            pseudo_label,
+            refreshed=refreshed,
         )
 
     def _semi_supervised_stage(
@@ -369,9 +417,16 @@ class FinetuneJob:
         run.progress.phase("semi-supervised", total)
         refresh_at = total // 2 if config.refresh_pseudo_labels else None
         if refresh_at is not None and run.step < refresh_at:
-            run_stage(run.trainer, stage=2, start=run.step, total=refresh_at,
-                      labeled=run.labeled_cases, pseudo=pseudo_cases, config=config,
-                      on_step=self._on_step(run, 2))
+            run_stage(
+                run.trainer,
+                stage=2,
+                start=run.step,
+                total=refresh_at,
+                labeled=run.labeled_cases,
+                pseudo=pseudo_cases,
+                config=config,
+                on_step=self._on_step(run, 2),
+            )
             run.step = refresh_at
             self._save_resume_point(run, 2, run.step)
             if run.main:
@@ -381,8 +436,16 @@ class FinetuneJob:
             pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows, refreshed=True)
             reliable_info["refreshed_reliable"] = pseudo.reliable
             run.progress.phase("semi-supervised", total)
-        run_stage(run.trainer, stage=2, start=run.step, total=total, labeled=run.labeled_cases,
-                  pseudo=pseudo_cases, config=config, on_step=self._on_step(run, 2))
+        run_stage(
+            run.trainer,
+            stage=2,
+            start=run.step,
+            total=total,
+            labeled=run.labeled_cases,
+            pseudo=pseudo_cases,
+            config=config,
+            on_step=self._on_step(run, 2),
+        )
         self.timings["semi_supervised_s"] = time.perf_counter() - t0
 
     def _validate(self, run: _JobRun) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -404,8 +467,9 @@ class FinetuneJob:
             progress.update(1, validation_dice=new_scores["mean_dice"])
             base_model = self.registry.load(run.base_version, device=run.device)
             base_scores = validation_dice(base_model, run.held_out_cases, n_classes)
-            progress.update(2, validation_dice=new_scores["mean_dice"],
-                            parent_dice=base_scores["mean_dice"])
+            progress.update(
+                2, validation_dice=new_scores["mean_dice"], parent_dice=base_scores["mean_dice"]
+            )
             gate = validation_gate(
                 new_scores["mean_dice"], base_scores["mean_dice"], run.base_version
             )
@@ -431,8 +495,13 @@ class FinetuneJob:
         if not resumed and train_time > 0:
             self.timings["iterations_per_s"] = steps / train_time
 
-    def _register(self, run: _JobRun, metrics: dict[str, Any], gate: dict[str, Any],
-                  reliable_info: dict[str, Any]) -> dict[str, Any]:
+    def _register(
+        self,
+        run: _JobRun,
+        metrics: dict[str, Any],
+        gate: dict[str, Any],
+        reliable_info: dict[str, Any],
+    ) -> dict[str, Any]:
         """Rank 0: store the new version, promote it if the gate passed, tell the other ranks."""
         from assft.runtime import distributed
         from assft.workspace.model_versions import ModelRegistry
@@ -457,7 +526,7 @@ class FinetuneJob:
             "device": str(run.device),
             "world_size": distributed.world_size(),
             "preset": run.model.preset.name,
-            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         state = {k: v.detach().cpu() for k, v in run.model.network.state_dict().items()}
         # Storing and promoting are one step: a cancel arriving now waits until both are done.
@@ -467,12 +536,25 @@ class FinetuneJob:
                 self.registry.promote(version, reason=gate["reason"])
         manifest = self.registry.manifest(version)
         distributed.broadcast(manifest)
-        run.progress.done(version=version, promoted=manifest.get("promoted", False),
-                          gate=gate["reason"], job=run.job.id)
+        run.progress.done(
+            version=version,
+            promoted=manifest.get("promoted", False),
+            gate=gate["reason"],
+            job=run.job.id,
+        )
         return manifest
 
-    def _pseudo_labels(self, job, progress, model, prepared, labeled_cases, unlabeled_rows,
-                       pseudo_label, refreshed: bool = False):
+    def _pseudo_labels(
+        self,
+        job,
+        progress,
+        model,
+        prepared,
+        labeled_cases,
+        unlabeled_rows,
+        pseudo_label,
+        refreshed: bool = False,
+    ):
         """The reliable set with its pseudo-labeled cases (computed once, then read back)."""
         from assft.runtime import distributed
         from assft.training.ssft import PseudoLabels
@@ -494,8 +576,13 @@ class FinetuneJob:
             t0 = time.perf_counter()
             progress.phase("pseudo-labels", len(distributed.shard(unlabeled_rows)))
             pseudo = pseudo_label(
-                model, labeled_cases, [row["case_id"] for row in unlabeled_rows], load_case,
-                store_target, self.config, on_case=lambda i: progress.update(i),
+                model,
+                labeled_cases,
+                [row["case_id"] for row in unlabeled_rows],
+                load_case,
+                store_target,
+                self.config,
+                on_case=lambda i: progress.update(i),
             )
             if distributed.is_main():
                 write_json_atomic(stored, {**asdict(pseudo), "refreshed": refreshed})
@@ -510,7 +597,13 @@ class FinetuneJob:
         return pseudo, cases
 
 
-def run_finetune(workspace, config: FinetuneConfig, *, device: str = "auto",
-                 progress: Progress | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+def run_finetune(
+    workspace,
+    config: FinetuneConfig,
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     """Fine-tune the workspace's current model (see :class:`FinetuneJob`)."""
     return FinetuneJob(workspace, config, device=device, progress=progress, argv=argv).run()

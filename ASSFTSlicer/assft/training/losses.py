@@ -8,7 +8,9 @@ import torch.nn.functional as F
 IGNORE = -1
 
 
-def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5) -> torch.Tensor:
+def masked_dice_ce(
+    logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5
+) -> torch.Tensor:
     """Soft Dice + cross-entropy over the voxels whose target is not ``IGNORE``.
 
     Args:

@@ -29,7 +29,9 @@ def select_reliable_cases(
     n = confidence.size
     if n == 0 or rho <= 0:
         return []
-    reliability = rank_normalise(confidence) - rank_normalise(np.asarray(distance, dtype=np.float64))
+    reliability = rank_normalise(confidence) - rank_normalise(
+        np.asarray(distance, dtype=np.float64)
+    )
     size = max(1, int(round(rho * n)))
     order = np.argsort(-reliability, kind="stable")
     eligible = [int(i) for i in order if confidence[i] >= tau_c]

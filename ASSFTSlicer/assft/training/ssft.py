@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from assft.errors import CancelledError
+from assft.runtime import cancellation
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
 from assft.training.losses import IGNORE, masked_dice_ce
@@ -61,6 +62,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ddp = None
         from assft.runtime import distributed
+
         if distributed.is_distributed():
             if model.adapter is not None:
                 raise ValueError("distributed fine-tuning needs a plain PyTorch network")
@@ -124,7 +126,10 @@ class Trainer:
         }
 
     def state(self) -> dict:
-        return {"network": self.model.network.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "network": self.model.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.model.network.load_state_dict(state["network"])
@@ -165,18 +170,25 @@ def pseudo_label(
     ``store_target`` and only the reliable ones are read back for training, so memory stays
     flat as the pool grows. Under torchrun each rank labels its share of the pool.
     """
-    from assft.runtime import distributed
     from assft.models.inference import infer_case
+    from assft.runtime import distributed
 
     model.network.eval()
-    z_labeled = [infer_case(model, case.image, views=1, batchnorm=False).embedding for case in labeled]
+    z_labeled = [
+        infer_case(model, case.image, views=1, batchnorm=False).embedding for case in labeled
+    ]
     confidence, embeddings = [], []
     mine = distributed.shard(list(unlabeled_ids))
     for i, case_id in enumerate(mine, start=1):
         case = load_case(case_id)
         result = infer_case(
-            model, case.image, views=config.views, tau=config.roi_tau, radius=config.roi_radius,
-            batchnorm=False, keep_probabilities=True,
+            model,
+            case.image,
+            views=config.views,
+            tau=config.roi_tau,
+            radius=config.roi_radius,
+            batchnorm=False,
+            keep_probabilities=True,
         )
         assert result.probabilities is not None
         max_prob, argmax = torch.max(result.probabilities, 0)
@@ -207,8 +219,8 @@ def pseudo_label(
 
 def validation_dice(model, cases: list[TrainingCase], n_classes: int) -> dict[str, object]:
     """Dice per structure (channels 1..C-1) on held-out cases, on the model grid, one view."""
-    from assft.models.inference import sliding_window_probabilities
     from assft.metrics.overlap import dice_scores, mean_dice
+    from assft.models.inference import sliding_window_probabilities
 
     model.network.eval()
     per_case = []
@@ -218,7 +230,8 @@ def validation_dice(model, cases: list[TrainingCase], n_classes: int) -> dict[st
         assert case.target is not None
         valid = case.target != IGNORE
         scores = dice_scores(
-            torch.where(valid, prediction, 0), torch.where(valid, case.target, 0),
+            torch.where(valid, prediction, 0),
+            torch.where(valid, case.target, 0),
             list(range(1, n_classes)),
         )
         per_case.append(scores)
@@ -247,15 +260,21 @@ def run_stage(
     end: int | None = None,
 ) -> None:
     """Steps ``start .. end-1`` (default ``total-1``) of a stage of ``total`` steps (the warm-up
-    and the pseudo-label weight follow ``total``); batches mix labeled and pseudo-labeled 1:1."""
+    and the pseudo-label weight follow ``total``); batches mix labeled and pseudo-labeled 1:1.
+
+    Every step starts at a safe point: a cancel request stops the stage there
+    (:func:`assft.runtime.cancellation.check`).
+    """
     from monai.data import set_track_meta
 
     from assft.runtime import distributed
+
     half = max(1, config.batch_size // 2)
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)
     augment = make_augmentation(config.seed) if config.augment else None
     for step in range(start, total if end is None else min(end, total)):
+        cancellation.check()
         if should_stop():
             raise CancelledError("fine-tuning cancelled")
         seed = step_seed(config.seed + 7919 * distributed.rank(), stage, step)
@@ -265,15 +284,33 @@ def run_stage(
         # The warm-up is a function of the step alone, so a resumed stage continues it exactly.
         trainer.scale_learning_rate(ramp(step + 1, total, config.warmup_fraction))
         if pseudo:
-            labeled_batch = make_batch(labeled, half, trainer.patch, rng,
-                                       foreground_ratio=config.foreground_ratio, augment=augment)
-            pseudo_batch = make_batch(pseudo, config.batch_size - half, trainer.patch, rng,
-                                      foreground_ratio=config.foreground_ratio, augment=augment)
+            labeled_batch = make_batch(
+                labeled,
+                half,
+                trainer.patch,
+                rng,
+                foreground_ratio=config.foreground_ratio,
+                augment=augment,
+            )
+            pseudo_batch = make_batch(
+                pseudo,
+                config.batch_size - half,
+                trainer.patch,
+                rng,
+                foreground_ratio=config.foreground_ratio,
+                augment=augment,
+            )
             weight = ramp(step, total, config.ramp_fraction)
             metrics = trainer.step(labeled_batch, pseudo_batch, weight)
             metrics["lambda"] = weight
         else:
-            batch = make_batch(labeled, config.batch_size, trainer.patch, rng,
-                               foreground_ratio=config.foreground_ratio, augment=augment)
+            batch = make_batch(
+                labeled,
+                config.batch_size,
+                trainer.patch,
+                rng,
+                foreground_ratio=config.foreground_ratio,
+                augment=augment,
+            )
             metrics = trainer.step(batch)
         on_step(step + 1, metrics)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from assft.workspace.workspace import Workspace
 
 
 def create_workspace(
@@ -13,7 +17,7 @@ def create_workspace(
     label_names: dict[int, str] | None = None,
     labels_dir: str | Path | None = None,
     user: str | None = None,
-):
+) -> Workspace:
     """Create a workspace whose labels default to the model preset's.
 
     The model is loaded once first, so a preset or checkpoint that cannot work is refused

@@ -82,7 +82,7 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
     """Stopped by ``assft cancel`` (or a signal); it changed nothing."""
     KILLED = "killed"
-    """Never written: a ``running`` job whose process is gone, as readers report it."""
+    """A ``running`` job whose process is gone, as readers report it (it could not record it)."""
     UNKNOWN = "unknown"
     """Never written: :meth:`JobStore.list`'s entry for a job whose ``job.json`` is unreadable."""
 
@@ -299,8 +299,9 @@ def _resolve_state(info: dict[str, Any]) -> str:
 
 def _jobs_dir(workspace: Workspace | str | Path) -> Path:
     """The jobs folder of a workspace (an open one, or its root folder)."""
-    jobs_dir = getattr(workspace, "jobs_dir", None)
-    return Path(jobs_dir) if jobs_dir is not None else Path(workspace) / "jobs"
+    if isinstance(workspace, (str, Path)):
+        return Path(workspace) / "jobs"
+    return Path(workspace.jobs_dir)
 
 
 class JobStore:
@@ -365,9 +366,7 @@ class JobStore:
             BadInputError: a malformed id (e.g. ``../x``) or no such job.
         """
         if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
-            raise BadInputError(
-                f"{job_id!r} is not a job id (like finetune-20250131T120000-3fa2)"
-            )
+            raise BadInputError(f"{job_id!r} is not a job id (like finetune-20250131T120000-3fa2)")
         folder = self.jobs_dir / job_id
         if not (folder / _JOB_FILE).is_file():
             raise BadInputError(f"unknown job {job_id!r}", self.jobs_dir)
@@ -406,7 +405,11 @@ class JobStore:
         return job.mark_running()
 
     def finish(
-        self, job: Job, state: JobState | str, exit_code: int | None = None, message: str | None = None
+        self,
+        job: Job,
+        state: JobState | str,
+        exit_code: int | None = None,
+        message: str | None = None,
     ) -> dict[str, Any]:
         """Record ``job``'s final state (see :meth:`Job.finish`)."""
         return job.finish(state, exit_code, message)
@@ -538,7 +541,9 @@ def cancel(
         The job's final information.
 
     Raises:
-        BadInputError: unknown job, the job is not running, or no job is running.
+        BadInputError: unknown job, the job is not running, or no job is running; or a job of
+            another machine (shared storage) did not stop in time: its processes cannot be ended
+            from here.
     """
     store = JobStore(workspace)
     if job_id is None:
@@ -550,6 +555,18 @@ def cancel(
     info = job.info()
     if info["state"] != JobState.RUNNING:
         raise BadInputError(f"job {job.id} is not running (state {info['state']})")
+    host = info.get("host")
+    if host and host != socket.gethostname():  # its pid means nothing on this machine
+        job.request_cancel()
+        deadline = time.monotonic() + timeout
+        while job.recorded().get("state") == JobState.RUNNING:
+            if time.monotonic() >= deadline:
+                raise BadInputError(
+                    f"job {job.id} runs on {host}: it was asked to stop but has not within "
+                    f"{timeout:g} s; end it there"
+                )
+            time.sleep(0.2)
+        return job.info()
     pid = int(info["pid"])
     start_time = _start_time(info)
     tree = ProcessTree(pid, start_time)  # listed now: helpers are re-parented once it ends

@@ -1,18 +1,18 @@
 """Job locks: one training (or other exclusive) job per workspace at a time.
 
-A lock is an exclusive ``flock`` on ``jobs/<name>.lock``. The kernel drops it when the holding
-process ends, however it ends (even SIGKILL), so a crashed job never leaves the workspace
-locked. While held, ``jobs/<name>.json`` says who holds it; that file alone is not a lock: a
-left-over one from a killed job is ignored and overwritten.
+A lock is an exclusive operating-system lock on ``jobs/<name>.lock``
+(:func:`assft.runtime.portable.try_lock`: ``flock`` on POSIX, a Windows file lock there). The
+kernel drops it when the holding process ends, however it ends (even killed outright), so a
+crashed job never leaves the workspace locked. While held, ``jobs/<name>.json`` says who holds
+it; that file alone is not a lock: a left-over one from a killed job is ignored and overwritten.
 
-The lock belongs to the open file, so a child process forked while the lock is held keeps
-it held until the child ends too.
+On POSIX the lock belongs to the open file, so a child process forked while the lock is held
+keeps it held until the child ends too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from assft.errors import BadInputError, WorkspaceLockedError
+from assft.runtime.portable import try_lock, unlock
 from assft.workspace.files import utc_now, write_json_atomic
 
 __all__ = ["job_lock", "running_job"]
@@ -82,21 +83,16 @@ def job_lock(
     jobs_dir = Path(jobs_dir)
     lock_path, info_path = _paths(jobs_dir, name)
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + _RETRY_S
+    while (held := try_lock(lock_path)) is None:
+        if time.monotonic() >= deadline:
+            where = workspace if workspace is not None else jobs_dir.parent
+            raise WorkspaceLockedError(
+                f"workspace {where} is locked by a running job "
+                f"({_describe(_read_info(info_path))}); wait for it or cancel it"
+            )
+        time.sleep(0.02)
     try:
-        deadline = time.monotonic() + _RETRY_S
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    where = workspace if workspace is not None else jobs_dir.parent
-                    raise WorkspaceLockedError(
-                        f"workspace {where} is locked by a running job "
-                        f"({_describe(_read_info(info_path))}); wait for it or cancel it"
-                    ) from None
-                time.sleep(0.02)
         info = {
             "name": name,
             "pid": os.getpid(),
@@ -110,9 +106,8 @@ def job_lock(
             yield info
         finally:
             info_path.unlink(missing_ok=True)
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
-        os.close(descriptor)
+        unlock(held)
 
 
 def running_job(jobs_dir: str | Path, name: str = "workspace") -> dict[str, Any] | None:
@@ -131,15 +126,10 @@ def running_job(jobs_dir: str | Path, name: str = "workspace") -> dict[str, Any]
     """
     lock_path, info_path = _paths(Path(jobs_dir), name)
     try:
-        descriptor = os.open(lock_path, os.O_RDONLY)
+        probe = try_lock(lock_path, shared=True, create=False)
     except FileNotFoundError:
         return None
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return {"name": name, **_read_info(info_path)}
-        fcntl.flock(descriptor, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(descriptor)
+    if probe is None:
+        return {"name": name, **_read_info(info_path)}
+    unlock(probe)
+    return None

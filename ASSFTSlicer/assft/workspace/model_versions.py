@@ -24,9 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.io.atomic import save_torch_atomic
 from assft.errors import AssftError, BadInputError
-from assft.io.atomic import fsync_directory
+from assft.io.atomic import fsync_directory, save_torch_atomic
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic
 from assft.workspace.versions import (
     BASE_VERSION,
@@ -342,12 +341,12 @@ class ModelRegistry:
             ModelStorageError: the files could not be written (e.g. the disk is full);
                 nothing is left behind and every existing version is intact.
         """
-        if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
-            state_dict = state_dict.state_dict()
+        # A mapping is the weights themselves; a network gives its state dict.
+        weights = state_dict if isinstance(state_dict, Mapping) else state_dict.state_dict()
         version, partial = self._reserve()
         try:
             checkpoint = partial / CHECKPOINT_NAME
-            self._save_weights(state_dict, checkpoint)
+            self._save_weights(weights, checkpoint)
             document = {
                 "parent": self.current(),
                 "metrics": {},
@@ -400,9 +399,7 @@ class ModelRegistry:
             manifest.update(promoted=True, promoted_at=utc_now(), promote_reason=reason)
             write_json_atomic(self.models_dir / version / MANIFEST_NAME, manifest)
         self.workspace.set_current_model_version(version)
-        self._audit(
-            "promote-model", {"version": version, "previous": previous, "reason": reason}
-        )
+        self._audit("promote-model", {"version": version, "previous": previous, "reason": reason})
         return {**manifest, "current": True}
 
     def rollback(self, version: str) -> dict[str, Any]:

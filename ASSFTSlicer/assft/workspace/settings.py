@@ -23,7 +23,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from assft.errors import BadInputError
 
-__all__ = ["dataclass_default", "read_config_file", "resolve_config"]
+__all__ = ["read_config_file", "resolve_config"]
 
 
 class _ConfigClass(Protocol):
@@ -36,22 +36,6 @@ class _ConfigClass(Protocol):
 C = TypeVar("C", bound=_ConfigClass)
 
 COMMAND_LINE = "command line"
-
-
-def dataclass_default(kind: type, name: str) -> Any:
-    """The default of field ``name`` of a config dataclass (for help texts and GUIs).
-
-    Raises:
-        KeyError: no such field, or a field without a default.
-    """
-    for f in fields(kind):
-        if f.name == name:
-            if f.default is not MISSING:
-                return f.default
-            if f.default_factory is not MISSING:
-                return f.default_factory()
-            break
-    raise KeyError(f"{kind.__name__} has no field {name!r} with a default")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -152,8 +136,10 @@ def resolve_config(
     keys: Mapping[str, str] = getattr(kind, "WORKSPACE_SETTINGS", {})
     settings = settings or {}
     layers.append(
-        ({field: settings[key] for key, field in keys.items() if key in settings},
-         str(settings_file) if settings_file else "the workspace settings")
+        (
+            {field: settings[key] for key, field in keys.items() if key in settings},
+            str(settings_file) if settings_file else "the workspace settings",
+        )
     )
     if config_file:
         layers.append((read_config_file(config_file), str(config_file)))
@@ -171,7 +157,7 @@ def resolve_config(
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for values, source in layers:
-        unknown = sorted(set(values) - known) if known is not None else []
+        unknown: list[str] = sorted(set(values) - known) if known is not None else []
         if unknown:
             raise BadInputError(
                 f"unknown {kind.__name__} field(s) {unknown}; known: {sorted(known or ())}",

@@ -1,0 +1,118 @@
+"""Cancellation at safe points: request files, SIGTERM, critical sections, never swallowed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from assft.errors import EXIT_CANCELLED, CancelledError
+from assft.runtime import cancellation
+from assft.runtime.progress import Progress
+
+
+def test_a_request_file_stops_the_work_at_the_next_safe_point(tmp_path: Path, monkeypatch) -> None:
+    request = tmp_path / "cancel"
+    monkeypatch.setenv(cancellation.CANCEL_FILE_ENV, str(request))
+    cancellation.check()  # no request yet
+    progress = Progress("none")
+    progress.phase("ranking", 3)
+    cancellation.request(request)
+    assert cancellation.requested() == "request"
+    with pytest.raises(CancelledError, match="cancelled by request") as stopped:
+        progress.update(1)  # every progress update is a safe point
+    assert stopped.value.exit_code == EXIT_CANCELLED == 3
+
+
+def test_no_except_exception_swallows_a_cancel(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(cancellation.CANCEL_FILE_ENV, str(tmp_path / "cancel"))
+    cancellation.request(tmp_path / "cancel")
+    swallowed = False
+    with pytest.raises(CancelledError):
+        try:
+            cancellation.check()
+        except Exception:  # noqa: BLE001 - what a library's optional_import does
+            swallowed = True
+    assert not swallowed
+
+
+def test_a_critical_section_completes_and_the_next_safe_point_stops(tmp_path: Path) -> None:
+    request = tmp_path / "jobs" / "cancel-request"
+    cancellation.watch(request)
+    try:
+        cancellation.check()
+        cancellation.request(request)
+        with cancellation.critical():
+            cancellation.check()  # deferred: a version being saved is saved whole
+            completed = True
+        assert completed
+        with pytest.raises(CancelledError):
+            cancellation.check()
+    finally:
+        cancellation.unwatch(request)
+    cancellation.check()  # no longer watched
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_sigterm_is_noted_and_raised_at_the_next_safe_point() -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        from assft.errors import CancelledError
+        from assft.runtime import cancellation
+        cancellation.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        print("not interrupted", flush=True)
+        with cancellation.critical():
+            cancellation.check()
+            print("critical section completed", flush=True)
+        try:
+            try:
+                cancellation.check()
+            except Exception:
+                print("swallowed", flush=True)
+        except CancelledError as error:
+            print(error, flush=True)
+            raise SystemExit(error.exit_code)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == [
+        "not interrupted",
+        "critical section completed",
+        "cancelled by SIGTERM",
+    ]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_ctrl_c_stops_at_once_outside_critical_sections() -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        from assft.runtime import cancellation
+        cancellation.install()
+        with cancellation.critical():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            print("critical section completed", flush=True)
+        print(cancellation.requested(), flush=True)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    lines = result.stdout.splitlines()
+    assert lines == ["critical section completed", "SIGINT", "interrupted"], result.stderr

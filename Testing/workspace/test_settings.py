@@ -1,0 +1,98 @@
+"""The one resolver: flags over a config file over the workspace's settings over the defaults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from assft.errors import BadInputError
+from assft.query.config import GapEstimator, QueryConfig, Strategy
+from assft.training.config import FinetuneConfig, FinetuneMode
+from assft.workspace.settings import resolve_config
+
+
+def _file(tmp_path, data, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_each_layer_overrides_the_one_below(tmp_path):
+    defaults = resolve_config(QueryConfig)
+    assert defaults == QueryConfig()
+    settings = {"budget": 8, "strategy": "dkd"}
+    assert resolve_config(QueryConfig, settings=settings).budget == 8
+    config = _file(tmp_path, {"budget": 3})
+    from_file = resolve_config(QueryConfig, config_file=config, settings=settings)
+    assert (from_file.budget, from_file.strategy) == (3, Strategy("dkd"))
+    flagged = resolve_config(
+        QueryConfig, flags={"budget": 2, "strategy": None}, config_file=config, settings=settings
+    )
+    assert (flagged.budget, flagged.strategy) == (2, Strategy("dkd"))
+
+
+def test_a_config_file_sets_only_the_keys_it_names(tmp_path):
+    """A file with just ``weight`` leaves the workspace's budget in force, not the default's."""
+    config = _file(tmp_path, {"weight": 0.25})
+    resolved = resolve_config(QueryConfig, config_file=config, settings={"budget": 7})
+    assert (resolved.budget, resolved.weight) == (7, 0.25)
+
+
+def test_sections_merge_key_by_key(tmp_path):
+    config = _file(tmp_path, {"dkd": {"drift": False}, "asd": {"tau": 0.4}})
+    resolved = resolve_config(
+        QueryConfig, flags={"dkd": {"gap": "bn"}, "views": None}, config_file=config
+    )
+    assert resolved.dkd.gap == GapEstimator.BN and resolved.dkd.drift is False
+    assert resolved.asd.tau == 0.4 and resolved.asd.radius == QueryConfig().asd.radius
+    untouched = resolve_config(QueryConfig, flags={"dkd": {"gap": None}})
+    assert untouched.dkd == QueryConfig().dkd
+
+
+def test_only_mapped_workspace_settings_take_part():
+    settings = {"budget": 4, "strategy": "random", "device": "cuda", "finetune_mode": "all"}
+    query = resolve_config(QueryConfig, settings=settings)
+    assert (query.budget, query.strategy) == (4, Strategy("random"))
+    finetune = resolve_config(FinetuneConfig, settings=settings)
+    assert finetune.mode == FinetuneMode.ALL
+    flagged = resolve_config(FinetuneConfig, flags={"mode": "none"}, settings=settings)
+    assert flagged.mode == FinetuneMode.NONE
+
+
+def test_config_json_is_a_config_file_as_text_and_not_both(tmp_path):
+    resolved = resolve_config(FinetuneConfig, config_json='{"iterations": 9}', flags={"seed": 4})
+    assert (resolved.iterations, resolved.seed) == (9, 4)
+    with pytest.raises(BadInputError, match="--config and --config-json cannot be given together"):
+        resolve_config(FinetuneConfig, config_file=_file(tmp_path, {}), config_json="{}")
+    with pytest.raises(BadInputError, match="--config-json is not valid JSON"):
+        resolve_config(FinetuneConfig, config_json="{")
+
+
+def test_errors_name_the_file_the_bad_value_came_from(tmp_path):
+    workspace_file = tmp_path / "assft.json"
+    config = _file(tmp_path, {"budget": 0})
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(QueryConfig, config_file=config)
+    assert str(refused.value) == f"{config}: budget must be at least 1, got 0"
+    # A flag that overrides the bad value wins: nothing is refused.
+    assert resolve_config(QueryConfig, flags={"budget": 2}, config_file=config).budget == 2
+    with pytest.raises(BadInputError, match=r"assft.json: budget must be a number, got 'ten'") as e:
+        resolve_config(QueryConfig, settings={"budget": "ten"}, settings_file=workspace_file)
+    assert e.value.path == str(workspace_file)
+    unknown = _file(tmp_path, {"budjet": 3}, "typo.json")
+    with pytest.raises(BadInputError, match=r"typo.json: unknown QueryConfig field\(s\) \['budjet"):
+        resolve_config(QueryConfig, config_file=unknown, settings={"budget": 4})
+    with pytest.raises(BadInputError, match=r"bad.json: strategy must be one of attsq"):
+        resolve_config(QueryConfig, config_file=_file(tmp_path, {"strategy": "best"}, "bad.json"))
+    with pytest.raises(BadInputError, match=r"^budget must be at least 1, got -1$"):
+        resolve_config(
+            QueryConfig, flags={"budget": -1}, config_file=_file(tmp_path, {"views": 2}, "ok.json")
+        )
+
+
+def test_an_unreadable_config_file_is_named(tmp_path):
+    with pytest.raises(BadInputError, match=r"missing.json: cannot read the configuration"):
+        resolve_config(QueryConfig, config_file=tmp_path / "missing.json")
+    with pytest.raises(BadInputError, match=r"list.json: the configuration must be a JSON object"):
+        resolve_config(QueryConfig, config_file=_file(tmp_path, [1], "list.json"))
