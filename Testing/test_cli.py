@@ -295,7 +295,10 @@ def test_help_states_the_dataclass_defaults_and_the_registered_strategies():
 
 
 def test_the_cli_starts_without_torch():
-    code = "import sys\nfrom assft.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
+    code = (
+        "import sys\nfrom assft.cli import build_parser\nbuild_parser()\n"
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -96,7 +96,8 @@ def main() -> None:
             labeled=train,
             pseudo=None,
             config=config,
-            on_step=lambda done, metrics: losses.append(metrics["loss"]),
+            # losses is bound now (B023): each stage appends to its own list.
+            on_step=lambda done, metrics, losses=losses: losses.append(metrics["loss"]),
         )
         report(end, losses)
 

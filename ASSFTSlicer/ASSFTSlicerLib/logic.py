@@ -229,7 +229,8 @@ class WorkspaceLogic:
     def startCreateWorkspaceFromVolumes(
         self, workspacePath, volumeNodes, modelPreset: str, **callbacks
     ) -> BackgroundProcess:
-        """Create a workspace from the loaded volumes (written next to it, in ``<workspace>-scans``)."""
+        """Create a workspace from the loaded volumes (written next to it, in
+        ``<workspace>-scans``)."""
         path = self._path(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
@@ -505,7 +506,8 @@ class WorkspaceLogic:
         config: dict[str, Any] | None = None,
         **callbacks,
     ) -> BackgroundProcess:
-        """Launch a detached fine-tuning job (it survives Slicer; follow it with :meth:`detachedJobStatus`).
+        """Launch a detached fine-tuning job (it survives Slicer; follow it with
+        :meth:`detachedJobStatus`).
 
         Args:
             mode, iterations: None leaves them to the engine (the workspace's settings, else
@@ -558,7 +560,8 @@ class WorkspaceLogic:
     def finetuneJob(
         self, workspacePath, states: tuple[str, ...] | None = None, pid: int | None = None
     ) -> dict[str, Any] | None:
-        """The newest fine-tuning job (with ``last_progress``), optionally in ``states`` or of ``pid``."""
+        """The newest fine-tuning job (with ``last_progress``), optionally in ``states`` or of
+        ``pid``."""
         from assft.workspace.jobs import JobStore
 
         for job in JobStore(self.openWorkspace(workspacePath)).list():

@@ -466,7 +466,7 @@ class BackgroundProcess:
             self.onFinished(self.result)
 
     def drain(self) -> bool:
-        """Hand queued output to the callbacks (thread mode). Returns whether it is still running."""
+        """Hand queued output to the callbacks (thread mode); returns whether it still runs."""
         while True:
             try:
                 kind, value = self._queue.get_nowait()

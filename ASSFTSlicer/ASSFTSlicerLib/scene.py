@@ -99,8 +99,9 @@ class SegmentOverlapError(ValueError):
             f"'{a}' and '{b}' share {n} voxel{'s' if n != 1 else ''}" for a, b, n in overlaps
         )
         super().__init__(
-            f"Segments overlap: {details}. A voxel can have only one label: remove the overlap in the "
-            "Segment Editor (e.g. with the 'Logical operators' effect), or choose which segment wins."
+            f"Segments overlap: {details}. A voxel can have only one label: remove the overlap in "
+            "the Segment Editor (e.g. with the 'Logical operators' effect), or choose which "
+            "segment wins."
         )
 
 
@@ -301,7 +302,8 @@ def loadLabelArray(
     unknown = sorted(set(np.unique(array).tolist()) - allowed)
     if unknown:
         raise ValueError(
-            f"{labelPath}: values {unknown} are not labels of the workspace ({sorted(allowed - {0})})"
+            f"{labelPath}: values {unknown} are not labels of the workspace "
+            f"({sorted(allowed - {0})})"
         )
     return array
 

@@ -14,18 +14,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+# Only light modules at the top (the errors, the runtime helpers, the config dataclasses and the
+# strategy registry: numpy, never torch). Each cmd_* function (and the _open and _*_config helpers
+# they call) imports the machinery of its verb itself, so that `assft --help`, a bad flag and the
+# light verbs answer at once and the CLI starts without torch (Testing/test_cli.py checks it).
 from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
+from assft.query.config import DKDConfig, GapEstimator, QueryConfig
+from assft.query.strategies import STRATEGIES
 from assft.runtime import cancellation, distributed
-from assft.runtime.progress import ProgressEvent
+from assft.runtime.progress import Progress, ProgressEvent
+from assft.training.config import FinetuneConfig, FinetuneMode
 
 if TYPE_CHECKING:
-    from assft.runtime.progress import Progress
+    from assft.workspace import Workspace
 
 Subparsers = argparse._SubParsersAction  # what each add_<verb>_parser registers into
 
@@ -35,9 +44,7 @@ def _print_json(document: Any, *, one_line: bool = False) -> None:
     sys.stdout.write(json.dumps(document, indent=None if one_line else 2, default=str) + "\n")
 
 
-def _progress(args: argparse.Namespace):
-    from assft.runtime.progress import Progress
-
+def _progress(args: argparse.Namespace) -> Progress:
     # Under torchrun only rank 0 reports.
     return Progress(getattr(args, "progress", "auto") if distributed.is_main() else "none")
 
@@ -59,16 +66,13 @@ def parse_label_names(text: str | None) -> dict[int, str] | None:
     return names
 
 
-def _open(path: str):
+def _open(path: str) -> Workspace:
     from assft.workspace import Workspace
 
     return Workspace.open(Path(path))
 
 
 # Parser helpers ---------------------------------------------------------------------------------
-# Building the parser imports only light modules (the config dataclasses, and the strategy registry:
-# numpy, never torch); torch, MONAI and the models are imported inside the cmd_* functions, so
-# `assft --help` and a bad flag answer at once and the CLI starts without torch.
 
 
 def _add_verb(
@@ -159,8 +163,7 @@ def add_init_parser(sub: Subparsers) -> None:
     _json_flag(p)
 
 
-def _query_config(args: argparse.Namespace, workspace: Any) -> Any:
-    from assft.query.config import QueryConfig
+def _query_config(args: argparse.Namespace, workspace: Workspace) -> QueryConfig:
     from assft.workspace.settings import resolve_config
 
     keys = ("budget", "strategy", "seed", "views", "weight", "lambda_div")
@@ -220,9 +223,6 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def add_rank_parser(sub: Subparsers) -> None:
-    from assft.query.config import DKDConfig, GapEstimator, QueryConfig
-    from assft.query.strategies import STRATEGIES
-
     p = _add_verb(
         sub,
         "rank",
@@ -368,8 +368,7 @@ def add_hold_out_parser(sub: Subparsers) -> None:
     _json_flag(p)
 
 
-def _finetune_config(args: argparse.Namespace, workspace: Any) -> Any:
-    from assft.training.config import FinetuneConfig
+def _finetune_config(args: argparse.Namespace, workspace: Workspace) -> FinetuneConfig:
     from assft.workspace.settings import resolve_config
 
     return resolve_config(
@@ -416,8 +415,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 f"the background fine-tuning stopped before it started a job: "
                 f"{tail[0] if tail else 'no output'} (log: {log})"
             )
+        job = launched["job"] or "(starting)"
         _print_json({"detached": True, **launched}) if args.json else print(
-            f"Fine-tuning in the background: job {launched['job'] or '(starting)'} (pid {launched['pid']}); "
+            f"Fine-tuning in the background: job {job} (pid {launched['pid']}); "
             f"follow it with 'assft jobs {workspace.root}'"
         )
         return 0
@@ -433,16 +433,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         _print_json(manifest, one_line=args.progress == "json")
     elif _progress(args).mode != "json":
         gate = manifest.get("gate", {})
-        print(
-            f"Version {manifest['version']} ({'promoted' if manifest.get('promoted') else 'not promoted'}):"
-            f" {gate.get('reason', '')}"
-        )
+        promoted = "promoted" if manifest.get("promoted") else "not promoted"
+        print(f"Version {manifest['version']} ({promoted}): {gate.get('reason', '')}")
     return 0
 
 
 def add_finetune_parser(sub: Subparsers) -> None:
-    from assft.training.config import FinetuneConfig, FinetuneMode
-
     p = _add_verb(
         sub,
         "finetune",
@@ -502,9 +498,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         where = (
             f" {last['phase']} {last.get('done')}/{last.get('total')}" if "phase" in last else ""
         )
-        print(
-            f"{job['id']}  {job['state']:<9} pid {job.get('pid')}{where}  {job.get('message') or ''}"
-        )
+        message = job.get("message") or ""
+        print(f"{job['id']}  {job['state']:<9} pid {job.get('pid')}{where}  {message}")
     return 0
 
 
@@ -620,8 +615,12 @@ def add_predict_parser(sub: Subparsers) -> None:
     _progress_flag(p)
 
 
-def _dice_cells(values) -> str:
+def _dice_cells(values: Iterable[float | None]) -> str:
     return " ".join(f"{v:>12.4f}" if v is not None else f"{'-':>12}" for v in values)
+
+
+def _dice_mean(mean: float | None) -> str:
+    return "-" if mean is None else f"{mean:.4f}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -643,13 +642,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for row in result["cases"]:
         values = _dice_cells(row["dice"].get(n) for n in names)
         mean = row.get("mean_dice")
-        print(
-            f"{row['case']:<24} {row.get('status', ''):<10} {values}   {'-' if mean is None else f'{mean:.4f}'}"
-        )
-    mean = result["mean_dice"]
-    print(
-        f"{'mean':<35} {_dice_cells(result['per_structure'].values())}   {'-' if mean is None else f'{mean:.4f}'}"
-    )
+        print(f"{row['case']:<24} {row.get('status', ''):<10} {values}   {_dice_mean(mean)}")
+    cells = _dice_cells(result["per_structure"].values())
+    print(f"{'mean':<35} {cells}   {_dice_mean(result['mean_dice'])}")
     return 0
 
 
@@ -709,8 +704,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(sub: Subparsers) -> None:
-    from assft.query.strategies import STRATEGIES
-
     p = _add_verb(sub, "bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
     p.add_argument("name", choices=("speed", "label-efficiency"))
     p.add_argument("--out", default="bench-out", help="folder for the JSON results")
@@ -894,14 +887,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     print(f"assft: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    import warnings
-
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
@@ -935,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         print(f"assft: internal error: {type(error).__name__}: {error}", file=sys.stderr)
-        if "ASSFT_DEBUG" in __import__("os").environ:
+        if "ASSFT_DEBUG" in os.environ:
             raise
         return EXIT_FAILURE
     finally:

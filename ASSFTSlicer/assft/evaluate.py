@@ -10,16 +10,17 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
+from assft.io.imaging import geometry_mismatch, image_suffix, read_image, read_label
+from assft.metrics import dice_scores, mean_dice
+from assft.predict import Predictor
 from assft.runtime.progress import Progress
-
-if TYPE_CHECKING:
-    from assft.workspace.workspace import Workspace
+from assft.workspace.workspace import Workspace
 
 __all__ = ["evaluate_workspace", "find_truth_files"]
 
@@ -37,8 +38,6 @@ def find_truth_files(truth_dir: Path, case_ids: list[str]) -> dict[str, Path]:
     Raises:
         BadInputError: ``truth_dir`` is not a folder; a case has several reference files.
     """
-    from assft.io.imaging import image_suffix
-
     if not truth_dir.is_dir():
         raise BadInputError(
             "does not exist" if not truth_dir.exists() else "is not a folder", truth_dir
@@ -76,8 +75,6 @@ def _header(path: Path) -> sitk.ImageFileReader | None:
 
 def _check_geometries(workspace: Workspace, truth_files: dict[str, Path]) -> None:
     """Refuse a reference whose header grid differs from its scan's, before any inference."""
-    from assft.io.imaging import geometry_mismatch
-
     for case_id, truth_path in truth_files.items():
         truth = _header(truth_path)
         scan = _header(workspace.image_path(case_id))
@@ -127,10 +124,6 @@ def evaluate_workspace(
             reference that is unreadable or does not fit its scan's grid (naming it), an
             unknown case, a bad version.
     """
-    from assft.io.imaging import geometry_mismatch, read_image, read_label
-    from assft.metrics import dice_scores, mean_dice
-    from assft.predict import Predictor
-
     progress = progress or Progress("none")
     truth_dir = Path(truth_dir).expanduser().resolve()
     rows = {row["case_id"]: row for row in workspace.registry.cases()}

@@ -11,18 +11,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from assft.errors import BadInputError
+from assft.io.imaging import read_image, write_image_atomic
+from assft.io.preprocessing import to_image_grid, to_model_grid
+from assft.metrics import voxel_entropy
+from assft.models import resolve_device
+from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
 from assft.runtime.progress import Progress
+from assft.workspace.model_versions import ModelRegistry
 from assft.workspace.versions import check_version
-
-if TYPE_CHECKING:
-    from assft.workspace.workspace import Workspace
+from assft.workspace.workspace import Workspace
 
 __all__ = ["Prediction", "Predictor", "predict_workspace"]
 
@@ -67,10 +71,6 @@ class Predictor:
         device: str = "auto",
         views: int = 4,
     ) -> None:
-        from assft.models import resolve_device
-        from assft.models.inference import VIEW_FLIPS
-        from assft.workspace.model_versions import ModelRegistry
-
         if not 1 <= int(views) <= len(VIEW_FLIPS):
             raise BadInputError(f"views must be between 1 and {len(VIEW_FLIPS)}, not {views}")
         self.workspace = workspace
@@ -95,8 +95,6 @@ class Predictor:
         Raises:
             BadInputError: an unknown case or an unreadable scan.
         """
-        from assft.io.imaging import read_image
-
         started = time.perf_counter()
         image = read_image(self.workspace.image_path(case_id))
         label, uncertainty = self.predict_image(image)
@@ -109,10 +107,6 @@ class Predictor:
 
     def predict_image(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
         """Predict a scan already read: ``(label map, entropy map)`` on its exact grid."""
-        from assft.io.preprocessing import to_image_grid, to_model_grid
-        from assft.metrics import voxel_entropy
-        from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
-
         pre = self.preset
         grid = to_model_grid(
             image, spacing=pre.spacing, orientation=pre.orientation, intensity=pre.intensity
@@ -162,8 +156,6 @@ class Predictor:
             BadInputError: an unknown or malformed case id, an unreadable scan, an output
                 folder that cannot be created.
         """
-        from assft.io.imaging import write_image_atomic
-
         progress = progress or Progress("none")
         for case_id in case_ids:
             self.workspace.check_case_id(case_id)

@@ -1,4 +1,5 @@
-"""The module's Logic without Qt: worklist, jobs, versions, dependencies, and real engine processes."""
+"""The module's Logic without Qt: worklist, jobs, versions, dependencies, and real engine
+processes."""
 
 from __future__ import annotations
 

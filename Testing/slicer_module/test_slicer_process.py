@@ -39,11 +39,13 @@ def test_progress_lines_are_parsed_and_everything_else_is_log(tmp_path):
         import json, sys, time
         print("loading the model")
         for i in range(3):
-            print(json.dumps({"event": "progress", "phase": "ranking", "done": i, "total": 3, "eta_s": 3 - i}), flush=True)
+            event = {"event": "progress", "phase": "ranking", "done": i, "total": 3, "eta_s": 3 - i}
+            print(json.dumps(event), flush=True)
             time.sleep(0.05)
         print("a warning", file=sys.stderr, flush=True)
         print('{"not": "an event"}')
-        print(json.dumps({"event": "done", "file": "ranking-0001.json", "selected": ["a", "b"]}), flush=True)
+        done = {"event": "done", "file": "ranking-0001.json", "selected": ["a", "b"]}
+        print(json.dumps(done), flush=True)
     """,
     )
     events, lines, finished = [], [], []
@@ -75,7 +77,8 @@ def test_a_crash_is_reported_with_its_message(tmp_path):
         tmp_path,
         """
         import json
-        print(json.dumps({"event": "progress", "phase": "ranking", "done": 0, "total": 2}), flush=True)
+        event = {"event": "progress", "phase": "ranking", "done": 0, "total": 2}
+        print(json.dumps(event), flush=True)
         raise RuntimeError("CUDA out of memory")
     """,
     )
@@ -124,7 +127,8 @@ def _tree_script(tmp_path: Path, ignore_term: bool, own_session: bool) -> list[s
         child = subprocess.Popen([sys.executable, "-c",
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
             start_new_session={own_session})
-        print(json.dumps({{"event": "progress", "phase": "training", "done": 0, "total": 10, "child": child.pid}}), flush=True)
+        event = {{"event": "progress", "phase": "training", "done": 0, "total": 10}}
+        print(json.dumps({{**event, "child": child.pid}}), flush=True)
         time.sleep(600)
     """,
     )
@@ -175,7 +179,8 @@ def test_cancel_asks_the_process_to_stop_through_its_request_file(tmp_path):
         print(json.dumps({"event": "progress", "phase": "x", "done": 0, "total": 1}), flush=True)
         while not request.exists():
             time.sleep(0.02)
-        print(json.dumps({"event": "error", "message": "cancelled by request", "cancelled": True}), flush=True)
+        error = {"event": "error", "message": "cancelled by request", "cancelled": True}
+        print(json.dumps(error), flush=True)
         sys.exit(3)
     """,
     )
@@ -198,13 +203,15 @@ def test_cancel_asks_the_process_to_stop_through_its_request_file(tmp_path):
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 def test_a_process_that_ignores_the_request_still_gets_sigterm(tmp_path):
-    """After the grace period the tree is terminated: a SIGTERM-aware process still exits cleanly."""
+    """After the grace period the tree is terminated: a SIGTERM-aware process still exits
+    cleanly."""
     args = _script(
         tmp_path,
         """
         import json, signal, sys, time
         def stop(*_):
-            print(json.dumps({"event": "error", "message": "cancelled by SIGTERM", "cancelled": True}), flush=True)
+            error = {"event": "error", "message": "cancelled by SIGTERM", "cancelled": True}
+            print(json.dumps(error), flush=True)
             sys.exit(3)
         signal.signal(signal.SIGTERM, stop)
         print(json.dumps({"event": "progress", "phase": "x", "done": 0, "total": 1}), flush=True)
@@ -228,7 +235,8 @@ def test_a_process_that_ignores_the_request_still_gets_sigterm(tmp_path):
 def test_cancel_reaches_the_engine_under_a_launcher_that_forwards_no_signal(
     tmp_path, synthetic_pool, tiny_preset_file
 ):
-    """As ``PythonSlicer -m assft rank`` in Slicer: the engine, the launcher's child, stops by itself."""
+    """As ``PythonSlicer -m assft rank`` in Slicer: the engine, the launcher's child, stops by
+    itself."""
     from assft.workspace import Workspace
 
     data, _ = synthetic_pool
@@ -306,7 +314,9 @@ def test_the_slicer_launcher_path_reports_through_the_same_callbacks(tmp_path):
         tmp_path,
         """
         import json, os
-        print(json.dumps({"event": "progress", "phase": "p", "done": 1, "total": 1, "unbuffered": os.environ.get("PYTHONUNBUFFERED")}))
+        unbuffered = os.environ.get("PYTHONUNBUFFERED")
+        event = {"event": "progress", "phase": "p", "done": 1, "total": 1, "unbuffered": unbuffered}
+        print(json.dumps(event))
         print(json.dumps({"event": "done"}))
     """,
     )

@@ -1,4 +1,5 @@
-"""Scene I/O against real MRML (slicer-core): load, pre-fill, edit, submit, compare voxel for voxel."""
+"""Scene I/O against real MRML (slicer-core): load, pre-fill, edit, submit, compare voxel for
+voxel."""
 
 from __future__ import annotations
 

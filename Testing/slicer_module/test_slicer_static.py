@@ -69,7 +69,8 @@ def _enum_names(tree: ast.Module) -> set[str]:
         if isinstance(node, ast.ClassDef)
         and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
     }
-    # An enum built from a registry through the functional API (``Strategy = Base("Strategy", [...])``).
+    # An enum built from a registry through the functional API
+    # (``Strategy = Base("Strategy", [...])``).
     for node in tree.body:
         if (
             isinstance(node, ast.Assign)
@@ -250,7 +251,8 @@ def test_the_icon_is_a_128_pixel_png():
     assert struct.unpack(">II", data[16:24]) == (128, 128)
 
 
-# The catalog entry schema (Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json):
+# The catalog entry schema
+# (Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json):
 # required fields and the only fields allowed ("additionalProperties": false).
 CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
 CATALOG_ALLOWED = CATALOG_REQUIRED | {

@@ -1,4 +1,5 @@
-"""The ASSFT panel driven as a user would, in a real Slicer (ctest, or paste into the Python console).
+"""The ASSFT panel driven as a user would, in a real Slicer (ctest, or paste into the Python
+console).
 
 Complements ``ASSFTSlicerTest`` (the whole loop through the Logic): here the buttons are
 clicked, Rank turns into Cancel and back, a cancelled ranking leaves the workspace free, "Label

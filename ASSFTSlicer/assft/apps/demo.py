@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from assft.apps.report import bars_svg, html_page, html_table, scatter_svg
+from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset, Simulation
+from assft.datasets.sampledata import write_sample_data
+from assft.query.config import QueryConfig, Strategy
 from assft.runtime.progress import Progress
 
 QUICK = {"n": 16, "budget": 3, "views": 2, "iterations": 40, "semi_iterations": 40}
@@ -22,10 +26,6 @@ def run_demo(
     out: Path, *, quick: bool = True, device: str = "auto", progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run the demo in ``out``; returns the summary (also ``out/demo.json``)."""
-    from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset, Simulation
-    from assft.datasets.sampledata import write_sample_data
-    from assft.query.config import QueryConfig, Strategy
-
     settings = QUICK if quick else FULL
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,6 @@ def _rows(summary: dict[str, Any]) -> tuple[list[str], list[list[object]]]:
 
 def demo_report(summary: dict[str, Any]) -> str:
     """The HTML report: the DKD-vs-ASD scatter with the picks, Dice per structure, the table."""
-    from assft.apps.report import bars_svg, html_page, html_table, scatter_svg
-
     points = [
         {
             "dkd": r["dkd"],

@@ -8,13 +8,24 @@ appended to ``runs.jsonl`` as they finish, so an interrupted benchmark continues
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from assft.apps.report import lines_svg
+from assft.apps.simulation import (
+    SMALL_MODEL_FINETUNE,
+    Dataset,
+    Simulation,
+    append_result,
+    read_results,
+)
+from assft.datasets.sampledata import write_sample_data
 from assft.errors import BadInputError
+from assft.query.config import QueryConfig
 from assft.query.strategies import STRATEGIES as REGISTERED
 from assft.runtime.progress import Progress
 
@@ -30,7 +41,11 @@ CEILING = "every pool case labeled"
 
 
 def planned_runs(
-    budgets, seeds, *, ablations: bool = True, pool_size: int | None = None
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    ablations: bool = True,
+    pool_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
     ablations of DKD's gap estimator and of the diversity term; random at twice each
@@ -103,7 +118,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"table": table, "goals": goals(table)}
 
 
-def _mean(table, strategy, mode, budget, variant="") -> float | None:
+def _mean(
+    table: list[dict[str, Any]], strategy: str, mode: str, budget: int, variant: str = ""
+) -> float | None:
     for row in table:
         if (row["strategy"], row["mode"], row["budget"], row["variant"]) == (
             strategy,
@@ -209,16 +226,6 @@ def run_label_efficiency(
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
     """
-    from assft.apps.simulation import (
-        SMALL_MODEL_FINETUNE,
-        Dataset,
-        Simulation,
-        append_result,
-        read_results,
-    )
-    from assft.datasets.sampledata import write_sample_data
-    from assft.query.config import QueryConfig
-
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise BadInputError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
@@ -319,8 +326,6 @@ def describe_test_scans(data: Path, pretrained: dict[str, float]) -> list[dict[s
 
 
 def dice_vs_budget_svg(document: dict[str, Any]) -> str:
-    from assft.apps.report import lines_svg
-
     series: dict[str, list[tuple[float, float, float]]] = {}
     for row in document["table"]:
         if row["mode"] == "selective" and not row["variant"]:
@@ -338,7 +343,9 @@ def dice_vs_budget_svg(document: dict[str, Any]) -> str:
 
 
 def per_test_scan(
-    document: dict[str, Any], budget: int, strategies=("attsq", "random", "dkd")
+    document: dict[str, Any],
+    budget: int,
+    strategies: tuple[str, ...] = ("attsq", "random", "dkd"),
 ) -> list[str]:
     """Markdown rows: each test scan's Dice, pretrained and after each strategy (selective SSFT,
     mean over seeds) at ``budget``: where a strategy's picks help or hurt."""
@@ -386,8 +393,8 @@ def markdown(document: dict[str, Any], command: str) -> str:
         MARK_BEGIN,
         "### Label efficiency",
         "",
-        f"`{command}`: target pool of {setup['pool']} sample scans, {setup['test']} test scans never "
-        f"trained on; budgets {budgets}, seeds {setup['seeds']}, {setup['iterations']} + "
+        f"`{command}`: target pool of {setup['pool']} sample scans, {setup['test']} test scans "
+        f"never trained on; budgets {budgets}, seeds {setup['seeds']}, {setup['iterations']} + "
         f"{setup['iterations']} fine-tuning steps, {setup['views']} test-time views, "
         f"{setup['model']} model on {setup['device']}. Mean test Dice ± sample std over seeds. "
         f"Pretrained model: **{document['pretrained']['mean_dice']:.4f}**.",

@@ -21,6 +21,7 @@ target cases with. (Re-estimating them on whole volumes was tried and dropped: i
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -31,17 +32,36 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
+from monai.data import set_track_meta
 
+from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
 from assft.errors import BadInputError
+from assft.metrics.overlap import dice_scores
+from assft.models import (
+    LoadedModel,
+    ModelPreset,
+    get_preset,
+    load_model,
+    resolve_device,
+    resources_dir,
+    save_state_dict,
+)
+from assft.models.inference import infer_case, sliding_window_probabilities
 from assft.runtime.progress import Progress
-
-if TYPE_CHECKING:
-    from assft.models import LoadedModel, ModelPreset
-    from assft.training.data import TrainingCase
+from assft.training import FinetuneConfig, FinetuneMode
+from assft.training.data import (
+    PreparedCases,
+    TrainingCase,
+    make_augmentation,
+    make_batch,
+    step_seed,
+)
+from assft.training.losses import IGNORE
+from assft.training.ssft import Trainer
 
 DEMO_PRESET = "demo"
 WEIGHTS_FILE = "demo_unet.pt"
@@ -98,8 +118,6 @@ def learning_rate(step: int, config: PretrainConfig) -> float:
 
 def _untrained_demo() -> ModelPreset:
     """The demo preset without its checkpoint (random initialisation, seed 0)."""
-    from assft.models import ModelPreset, get_preset
-
     data = get_preset(DEMO_PRESET).to_dict()
     data["checkpoint"] = None
     return ModelPreset.from_dict(data)
@@ -109,10 +127,6 @@ def evaluate_cases(
     model: LoadedModel, cases: list[TrainingCase], label_values: list[int]
 ) -> list[dict[int, float]]:
     """Dice per label value of each case (one view, argmax, on the model grid)."""
-    from assft.metrics.overlap import dice_scores
-    from assft.models.inference import sliding_window_probabilities
-    from assft.training.losses import IGNORE
-
     model.network.eval()
     scores = []
     for case in cases:
@@ -177,8 +191,6 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def inference_seconds(model: LoadedModel, case: TrainingCase, repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` wall time of one view and of a 4-view ranking pass over a case."""
-    from assft.models.inference import infer_case, sliding_window_probabilities
-
     model.network.eval()
     sliding_window_probabilities(model, case.image)  # warm-up
     one, four = [], []
@@ -217,9 +229,6 @@ def pretrain_demo(
     Returns:
         The manifest (also written next to the weights).
     """
-    from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
-    from assft.models import load_model, resolve_device, resources_dir, save_state_dict
-
     config = config or PretrainConfig()
     progress = progress or Progress("none")
     out_dir = Path(out_dir) if out_dir is not None else resources_dir()
@@ -247,8 +256,6 @@ def pretrain_demo(
             )
         resolved = resolve_device(device)
         model = load_model(preset, label_values=label_values, device=resolved)
-        from assft.training.data import PreparedCases
-
         prepared = PreparedCases(
             Path(scratch) / "prepared", preset, label_values, config.patch_size
         )
@@ -342,8 +349,6 @@ def pretrain_demo(
 
 
 def _version(name: str) -> str | None:
-    import importlib.metadata
-
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -354,12 +359,6 @@ def _train(
     model: LoadedModel, cases: list[TrainingCase], config: PretrainConfig, progress: Progress
 ) -> list[float]:
     """The supervised steps, with the warm-up + cosine schedule; returns the losses."""
-    from monai.data import set_track_meta
-
-    from assft.training import FinetuneConfig, FinetuneMode
-    from assft.training.data import make_augmentation, make_batch, step_seed
-    from assft.training.ssft import Trainer
-
     trainer_config = FinetuneConfig(
         mode=FinetuneMode.NONE,
         iterations=config.iterations,

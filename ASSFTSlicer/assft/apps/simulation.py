@@ -14,15 +14,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
+from assft.io.imaging import read_image, read_label
+from assft.metrics import dice_scores, mean_dice, rank_normalise
+from assft.predict import Predictor
 from assft.query.config import QueryConfig
+from assft.query.ranking import rank_scored_pool, score_pool
 from assft.runtime.progress import Progress
-
-if TYPE_CHECKING:
-    from assft.workspace.workspace import Workspace
+from assft.training import FinetuneConfig
+from assft.training.finetune import run_finetune
+from assft.workspace.creation import create_workspace
+from assft.workspace.workspace import Workspace
 
 # The fine-tuning recipe of the demo model's experiments: patches as in its pretraining
 # (assft pretrain-demo), method.md's learning rate, and BatchNorm statistics kept from
@@ -93,12 +99,6 @@ def dice_on_test_scans(
     workspace: Workspace, version: str, cases: list[Case], *, device: str, views: int
 ) -> dict[str, Any]:
     """Dice per structure of a model version on test scans outside the workspace."""
-    import SimpleITK as sitk
-
-    from assft.io.imaging import read_image, read_label
-    from assft.metrics import dice_scores, mean_dice
-    from assft.predict import Predictor
-
     predictor = Predictor(workspace, version=version, device=device, views=views)
     values = workspace.config.label_values
     names = workspace.config.label_names
@@ -133,9 +133,6 @@ class Simulation:
         views: int = 4,
         progress: Progress | None = None,
     ) -> None:
-        from assft.query.ranking import score_pool
-        from assft.workspace.creation import create_workspace
-
         self.out = out
         self.dataset = dataset
         self.device = device
@@ -187,8 +184,6 @@ class Simulation:
 
     def ranking(self, config: QueryConfig) -> dict[str, Any]:
         """The ranking document of a strategy over the pool (no forward pass)."""
-        from assft.query.ranking import rank_scored_pool
-
         return rank_scored_pool(
             self.scored, config, label_names=self.base.config.label_names, stats=self.stats
         )
@@ -202,10 +197,6 @@ class Simulation:
         keep: bool = False,
     ) -> RunResult:
         """Select with ``query``, label the picks from the ground truth, fine-tune, test."""
-        from assft.training import FinetuneConfig
-        from assft.training.finetune import run_finetune
-        from assft.workspace import Workspace
-
         started = time.perf_counter()
         document = self.ranking(query)
         mode = finetune.get("mode", "selective")
@@ -246,8 +237,6 @@ class Simulation:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation: Pearson's on the average ranks (``rank_normalise``)."""
-    from assft.metrics import rank_normalise
-
     ra, rb = rank_normalise(a), rank_normalise(b)
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")

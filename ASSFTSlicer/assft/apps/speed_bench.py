@@ -1,4 +1,5 @@
-"""``assft bench speed``: what ranking costs next to bare inference, and its memory as the pool grows.
+"""``assft bench speed``: what ranking costs next to bare inference, and its memory as the pool
+grows.
 
 Every figure is measured side by side in one run and reported as a ratio, written to JSON and
 to a section of BENCHMARKS.md.
@@ -6,6 +7,7 @@ to a section of BENCHMARKS.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,30 +20,43 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from monai.data import set_track_meta
+from monai.losses import DiceCELoss
+from monai.transforms import Compose, RandCropByPosNegLabeld
+
+from assft.apps import label_efficiency as le
+from assft.datasets.synthetic import write_synthetic_pool
+from assft.io.imaging import read_image
+from assft.io.preprocessing import to_model_grid
+from assft.models import get_preset, resolve_device
+from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
+from assft.query.config import QueryConfig, Strategy
+from assft.query.ranking import rank_workspace
+from assft.runtime.progress import Progress
+from assft.training import FinetuneConfig, FinetuneMode
+from assft.training.data import PreparedCases, TrainingCase, make_augmentation
+from assft.training.ssft import Trainer, run_stage
+from assft.workspace import Workspace
+from assft.workspace.creation import create_workspace
+from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.versions import BASE_VERSION
 
 MARK_BEGIN = "<!-- bench:speed:begin -->"
 MARK_END = "<!-- bench:speed:end -->"
 
 
-def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "demo"):
-    from assft.datasets.synthetic import write_synthetic_pool
-    from assft.workspace.creation import create_workspace
-
+def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "demo") -> Workspace:
     if root.exists():
         shutil.rmtree(root)
     write_synthetic_pool(root / "data", n, seed=seed, size=size)
     return create_workspace(root / "ws", [root / "data" / "images"], model=model)
 
 
-def bare_inference_seconds(workspace, device: str, views: int) -> float:
+def bare_inference_seconds(workspace: Workspace, device: str, views: int) -> float:
     """Read, preprocess and run test-time-augmented sliding-window inference over the pool."""
-    from assft.io.imaging import read_image
-    from assft.io.preprocessing import to_model_grid
-    from assft.models import get_preset, resolve_device
-    from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
-    from assft.workspace.model_versions import ModelRegistry
-    from assft.workspace.versions import BASE_VERSION
-
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
     preset = get_preset(workspace.config.model)
     model = ModelRegistry(workspace).load(BASE_VERSION, device=resolve_device(device))
     started = time.perf_counter()
@@ -52,22 +67,18 @@ def bare_inference_seconds(workspace, device: str, views: int) -> float:
             orientation=preset.orientation,
             intensity=preset.intensity,
         )
-        total = None
-        for flips in VIEW_FLIPS[:views]:
-            probs = sliding_window_probabilities(model, grid.tensor, flips)
-            total = probs if total is None else total + probs
+        total = sliding_window_probabilities(model, grid.tensor, VIEW_FLIPS[0])
+        for flips in VIEW_FLIPS[1:views]:
+            total = total + sliding_window_probabilities(model, grid.tensor, flips)
         _ = total.argmax(0)  # a prediction is what bare inference gives
     _synchronise(device)
     return time.perf_counter() - started
 
 
-def ranking_seconds(workspace, device: str, strategy: str, views: int) -> float:
+def ranking_seconds(workspace: Workspace, device: str, strategy: str, views: int) -> float:
     """A full ranking with an empty cache (so f0's statistics are computed, not read)."""
-    from assft.query.config import QueryConfig
-    from assft.query.ranking import rank_workspace
-
     shutil.rmtree(workspace.cache_dir / "pretrained", ignore_errors=True)
-    config = QueryConfig(strategy=strategy, budget=2, views=views)
+    config = QueryConfig(strategy=Strategy(strategy), budget=2, views=views)
     started = time.perf_counter()
     rank_workspace(workspace, config, device=device, save=False)
     _synchronise(device)
@@ -75,13 +86,11 @@ def ranking_seconds(workspace, device: str, strategy: str, views: int) -> float:
 
 
 def _synchronise(device: str) -> None:
-    import torch
-
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def _label_first(workspace, root: Path, count: int) -> None:
+def _label_first(workspace: Workspace, root: Path, count: int) -> None:
     """Submit the ground truth of the first ``count`` cases (the simulated clinician)."""
     for case in workspace.registry.cases()[:count]:
         workspace.submit_label(
@@ -90,30 +99,18 @@ def _label_first(workspace, root: Path, count: int) -> None:
 
 
 def training_iterations_per_second(
-    workspace, device: str, steps: int, repeats: int = 2
+    workspace: Workspace, device: str, steps: int, repeats: int = 2
 ) -> dict[str, float]:
     """Our fine-tuning loop against a bare MONAI training loop: same network, patches, data.
 
     Both crop 1:1 foreground/background patches of the preset's size from the same cases held
     in memory, apply the same MONAI augmentations, and take AdamW steps on Dice + CE.
     """
-    import torch
-    from monai.data import set_track_meta
-    from monai.losses import DiceCELoss
-    from monai.transforms import Compose, RandCropByPosNegLabeld
-
-    from assft.models import get_preset, resolve_device
-    from assft.training import FinetuneConfig
-    from assft.training.data import PreparedCases, make_augmentation
-    from assft.training.ssft import Trainer, run_stage
-    from assft.workspace.model_versions import ModelRegistry
-    from assft.workspace.versions import BASE_VERSION
-
     set_track_meta(False)
     device_ = resolve_device(device)
     preset = get_preset(workspace.config.model)
     labels = list(workspace.config.label_values)
-    patch = tuple(preset.patch_size)
+    patch = preset.patch_size
     prepared = PreparedCases(workspace.cache_dir / "training", preset, labels, patch)
     cases = [
         prepared.load(
@@ -121,7 +118,7 @@ def training_iterations_per_second(
         )
         for c in workspace.registry.cases(status="labeled")
     ]
-    config = FinetuneConfig(mode="none", iterations=steps, batch_size=2)
+    config = FinetuneConfig(mode=FinetuneMode.NONE, iterations=steps, batch_size=2)
 
     def ours() -> float:
         torch.manual_seed(0)
@@ -162,7 +159,7 @@ def training_iterations_per_second(
             ("image", "label"), "label", patch, pos=1, neg=1, num_samples=2
         )
         transform = Compose([crop, make_augmentation(0)])
-        items = [{"image": c.image, "label": c.target.clamp_min(0)[None].float()} for c in cases]
+        items = [{"image": c.image, "label": _target(c).clamp_min(0)[None].float()} for c in cases]
         rng = np.random.default_rng(0)
 
         def one_step() -> None:
@@ -182,11 +179,18 @@ def training_iterations_per_second(
         _synchronise(device)
         return steps / (time.perf_counter() - started)
 
-    results = {"ours": [], "bare": []}
+    results: dict[str, list[float]] = {"ours": [], "bare": []}
     for _ in range(repeats):
         results["bare"].append(bare())
         results["ours"].append(ours())
     return {key: max(values) for key, values in results.items()}
+
+
+def _target(case: TrainingCase) -> torch.Tensor:
+    """A labeled case's target (the cases timed are the workspace's labeled ones)."""
+    if case.target is None:
+        raise ValueError(f"case {case.case_id} has no label to train on")
+    return case.target
 
 
 def peak_memory_of_finetune(workspace_root: Path, device: str, steps: int) -> dict[str, float]:
@@ -260,10 +264,6 @@ def run_speed(
     model: str = "demo",
 ) -> dict[str, Any]:
     """The speed benchmark; returns the result document (also written to ``out/speed.json``)."""
-    import torch
-
-    from assft.models import resolve_device
-
     resolved = str(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
     workspace = _make_workspace(out / "timing", cases, size, model=model)
@@ -330,8 +330,8 @@ def speed_markdown(doc: dict[str, Any], command: str) -> str:
         f"### Ranking speed and memory ({where}, {doc['when'][:10]})",
         "",
         f"`{command}`: {doc['setup']['cases']} synthetic cases of {doc['setup']['volume'][0]}^3 "
-        f"voxels, {doc['setup']['preset']} preset, {doc['setup']['views']} test-time views; best of 2 runs each, "
-        "interleaved.",
+        f"voxels, {doc['setup']['preset']} preset, {doc['setup']['views']} test-time views; "
+        "best of 2 runs each, interleaved.",
         "",
         "| run | seconds | ratio |",
         "|---|---:|---:|",
@@ -353,8 +353,9 @@ def speed_markdown(doc: dict[str, Any], command: str) -> str:
     lines += [
         "",
         f"Fine-tuning ({f['steps']} steps, batch 2, the preset's patch, augmentation on): "
-        f"**{f['iterations_per_s']:.3f} it/s** against **{f['bare_monai_loop_iterations_per_s']:.3f}"
-        f" it/s** for a bare MONAI loop (RandCropByPosNegLabeld + the same augmentations + "
+        f"**{f['iterations_per_s']:.3f} it/s** against "
+        f"**{f['bare_monai_loop_iterations_per_s']:.3f} it/s** for a bare MONAI loop "
+        "(RandCropByPosNegLabeld + the same augmentations + "
         f"DiceCELoss + AdamW) over the same network, patches and data: ratio **{f['ratio']:.2f}** "
         "(target >= 0.90).",
         "",
@@ -393,7 +394,7 @@ def _recorded_command(argv: list[str]) -> str:
     return "assft " + " ".join(kept) if kept else "assft bench"
 
 
-def run_benchmark(args) -> dict[str, Any]:
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Entry point of ``assft bench``."""
     command = _recorded_command(sys.argv[1:])
     if args.name == "label-efficiency":
@@ -415,10 +416,7 @@ def run_benchmark(args) -> dict[str, Any]:
     return document
 
 
-def _run_label_efficiency(args, command: str) -> dict[str, Any]:
-    from assft.apps import label_efficiency as le
-    from assft.runtime.progress import Progress
-
+def _run_label_efficiency(args: argparse.Namespace, command: str) -> dict[str, Any]:
     document = le.run_label_efficiency(
         Path(args.out),
         n=args.n,

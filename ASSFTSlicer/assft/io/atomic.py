@@ -17,6 +17,9 @@ from typing import Any
 
 from assft.runtime.portable import process_umask
 
+# torch is imported inside save_torch_atomic only: the workspace modules the Slicer module uses
+# in its own process write through here, before PyTorch may be installed.
+
 __all__ = ["atomic_path", "file_mode", "fsync_directory", "process_umask", "save_torch_atomic"]
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.networks import nets
 from torch import nn
 
 from assft.errors import BadInputError
+from assft.models.checkpoints import locate_checkpoint
 from assft.models.presets import Architecture, ModelPreset, OutputActivation
 
 FeatureTap = Callable[[torch.Tensor], torch.Tensor]
@@ -27,8 +29,6 @@ FeatureTap = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _network_class(architecture: Architecture) -> type[nn.Module]:
-    from monai.networks import nets
-
     classes: dict[Architecture, type[nn.Module]] = {
         Architecture.UNET: nets.UNet,
         Architecture.SEGRESNET: nets.SegResNet,
@@ -63,8 +63,6 @@ def build_network(preset: ModelPreset, out_channels: int) -> nn.Module:
             by the preset.
     """
     if preset.is_torchscript:
-        from assft.models.checkpoints import locate_checkpoint
-
         assert preset.checkpoint is not None  # the preset parser requires it
         path = locate_checkpoint(preset.checkpoint, preset.name)
         if path is None:

@@ -18,7 +18,8 @@ from assft.io.atomic import atomic_path
 
 @dataclass
 class PretrainedStatistics:
-    """f0's view of one case: embedding, `bn` gap (NaN without BatchNorm), ASD (NaN without head)."""
+    """f0's view of one case: embedding, `bn` gap (NaN without BatchNorm), ASD (NaN without a
+    head)."""
 
     z0: np.ndarray
     kg_bn: float

@@ -17,10 +17,19 @@ from typing import Any
 import numpy as np
 
 from assft.errors import BadInputError
+from assft.io.imaging import read_image
+from assft.io.preprocessing import ModelGrid, to_model_grid
+from assft.metrics import batchnorm_knowledge_gap, rank_normalise
+from assft.models import get_preset, resolve_device
+from assft.models.inference import CaseInference, epistemic_uncertainty, infer_case
 from assft.query.config import QueryConfig, Strategy
+from assft.query.pretrained_cache import PretrainedCache, PretrainedStatistics, cache_key
 from assft.query.strategies import PoolStatistics, QueryResult, run_strategy, strategy_info
-from assft.runtime import cancellation
+from assft.runtime import cancellation, distributed
 from assft.runtime.progress import Progress
+from assft.workspace import Workspace
+from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.versions import BASE_VERSION
 
 
 @dataclass
@@ -43,16 +52,9 @@ class CaseScores:
 class PoolScorer:
     """Loads the models once and scores cases one at a time."""
 
-    def __init__(self, workspace, config: QueryConfig, device: str = "auto") -> None:
-        from assft.models import get_preset, resolve_device
-        from assft.query.pretrained_cache import PretrainedCache
-        from assft.workspace.model_versions import ModelRegistry
-        from assft.workspace.versions import BASE_VERSION
-
+    def __init__(self, workspace: Workspace, config: QueryConfig, device: str = "auto") -> None:
         self.workspace = workspace
         self.config = config
-        from assft.runtime import distributed
-
         self.device = distributed.setup(resolve_device(device))
         self.preset = get_preset(workspace.config.model)
         self.label_values = list(workspace.config.label_values)
@@ -73,10 +75,7 @@ class PoolScorer:
     def has_head(self) -> bool:
         return bool(self.current.has_head)
 
-    def _grid(self, image_path: Path):
-        from assft.io.imaging import read_image
-        from assft.io.preprocessing import to_model_grid
-
+    def _grid(self, image_path: Path) -> ModelGrid:
         pre = self.preset
         return to_model_grid(
             read_image(image_path),
@@ -94,10 +93,7 @@ class PoolScorer:
             "radius": self.config.asd.radius,
         }
 
-    def _pretrained_statistics(self, inference) -> Any:
-        from assft.metrics import batchnorm_knowledge_gap
-        from assft.query.pretrained_cache import PretrainedStatistics
-
+    def _pretrained_statistics(self, inference: CaseInference) -> PretrainedStatistics:
         kg_bn = (
             batchnorm_knowledge_gap(inference.batchnorm, self.running_statistics)
             if inference.batchnorm
@@ -108,9 +104,6 @@ class PoolScorer:
 
     def score_case(self, case_id: str, image_path: Path, *, epistemic: bool = False) -> CaseScores:
         """Run the passes one case needs and reduce them to its scores."""
-        from assft.models.inference import epistemic_uncertainty, infer_case
-        from assft.query.pretrained_cache import cache_key
-
         key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
         grid = self._grid(image_path)
@@ -169,9 +162,6 @@ class PoolScorer:
 
     def embedding_only(self, case_id: str, image_path: Path) -> np.ndarray:
         """z0 of a labeled case (from the cache when possible), for the diversity term."""
-        from assft.models.inference import infer_case
-        from assft.query.pretrained_cache import cache_key
-
         key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
         if cached is not None:
@@ -206,7 +196,7 @@ def pool_statistics(
         for channel, value in s.class_entropy.items():
             class_entropy[i, channel - 1] = value
     epistemic = np.array([s.epistemic for s in scores])
-    zt = [s.zt for s in scores]
+    zt = [s.zt for s in scores if s.zt is not None]
     return PoolStatistics(
         z0=z0,
         labeled_z0=labeled_z0,
@@ -215,7 +205,7 @@ def pool_statistics(
         mean_entropy=np.array([s.mean_entropy for s in scores]),
         class_entropy=class_entropy,
         kg_bn=None if np.isnan(kg_bn).any() else kg_bn,
-        zt=None if any(v is None for v in zt) else np.stack(zt),
+        zt=np.stack(zt) if len(zt) == len(scores) else None,  # None while f0 is current
         epistemic=None if np.isnan(epistemic).any() else epistemic,
         round=round_index,
     )
@@ -297,8 +287,6 @@ def build_document(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The ranking document: model version, config and every case's scores and reason."""
-    from assft.metrics import rank_normalise
-
     gap = result.knowledge_gap
     q_gap = rank_normalise(gap) if not np.isnan(gap).any() else np.full(len(gap), np.nan)
     asd = np.array([s.asd for s in scores])
@@ -386,7 +374,7 @@ class ScoredPool:
 
 
 def score_pool(
-    workspace,
+    workspace: Workspace,
     config: QueryConfig,
     *,
     device: str = "auto",
@@ -400,8 +388,6 @@ def score_pool(
     Raises:
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
-    from assft.runtime import distributed
-
     progress = progress or Progress("none")
     pool = workspace.registry.cases(status="unlabeled")
     labeled = workspace.registry.cases(status="labeled")
@@ -457,8 +443,6 @@ def rank_scored_pool(
     stats: PoolStatistics | None = None,
 ) -> dict[str, Any]:
     """The ranking document of a scored pool under a strategy (no forward pass)."""
-    from assft.runtime import distributed
-
     stats = stats or scored.statistics()
     started = time.perf_counter()
     result = run_strategy(stats, config)
@@ -486,7 +470,7 @@ def rank_scored_pool(
 
 
 def rank_workspace(
-    workspace,
+    workspace: Workspace,
     config: QueryConfig,
     *,
     device: str = "auto",
@@ -498,8 +482,6 @@ def rank_workspace(
     Raises:
         BadInputError: empty pool, budget larger than the pool, bad images or model.
     """
-    from assft.runtime import distributed
-
     scored = score_pool(workspace, config, device=device, progress=progress)
     document = rank_scored_pool(scored, config, label_names=workspace.config.label_names)
     cancellation.check()  # the last safe point: a cancelled ranking is not saved

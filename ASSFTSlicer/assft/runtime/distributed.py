@@ -10,6 +10,8 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+# torch.distributed is imported inside the helpers, once they know they run under torchrun: the
+# CLI imports this module at start-up, and starts without torch.
 if TYPE_CHECKING:
     import torch
 

@@ -86,7 +86,10 @@ class FinetuneConfig:
         except ValueError:
             raise BadInputError(f"mode must be none, all or selective, got {self.mode!r}") from None
         if self.patch_size is not None:
-            self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
+            if len(self.patch_size) != 3:
+                raise BadInputError(f"patch_size must be three sizes, got {self.patch_size}")
+            x, y, z = (int(v) for v in self.patch_size)  # a list from JSON becomes a tuple
+            self.patch_size = (x, y, z)
         if self.iterations < 1:
             raise BadInputError(f"iterations must be at least 1, got {self.iterations}")
         if self.batch_size < 1 or (self.mode != FinetuneMode.NONE and self.batch_size < 2):

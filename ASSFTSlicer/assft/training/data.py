@@ -10,14 +10,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 
 from assft.errors import BadInputError
 from assft.io.atomic import save_torch_atomic
+from assft.io.imaging import read_image, read_label
+from assft.io.preprocessing import to_model_grid
+from assft.models import ModelPreset
 from assft.training.losses import IGNORE
 
 
@@ -78,14 +89,24 @@ def pad_to_patch(
 class PreparedCases:
     """Cases on the model grid, cached in ``cache/training/`` keyed by their files and preset."""
 
-    def __init__(self, folder: Path, preset, label_values: list[int], patch: tuple[int, int, int]):
+    def __init__(
+        self,
+        folder: Path,
+        preset: ModelPreset,
+        label_values: list[int],
+        patch: tuple[int, int, int],
+    ) -> None:
         self.folder = folder
         self.preset = preset
         self.label_values = list(label_values)
-        self.patch = tuple(patch)
+        self.patch = patch
 
     def _key(self, image_path: Path, label_path: Path | None) -> str:
-        parts = {"preset": self.preset.to_dict(), "labels": self.label_values, "patch": self.patch}
+        parts: dict[str, Any] = {
+            "preset": self.preset.to_dict(),
+            "labels": self.label_values,
+            "patch": self.patch,
+        }
         for name, path in (("image", image_path), ("label", label_path)):
             if path is None:
                 parts[name] = None
@@ -119,9 +140,6 @@ class PreparedCases:
         return case
 
     def _prepare(self, case_id: str, image_path: Path, label_path: Path | None) -> TrainingCase:
-        from assft.io.imaging import read_image, read_label
-        from assft.io.preprocessing import to_model_grid
-
         pre = self.preset
         grid = to_model_grid(
             read_image(image_path),
@@ -158,9 +176,10 @@ def sample_patch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop one patch, centred on a random foreground voxel or on any voxel."""
     shape = case.image.shape[1:]
+    centre: tuple[int, ...]
     if foreground and case.foreground.numel():
         flat = int(case.foreground[int(rng.integers(case.foreground.numel()))])
-        centre = np.unravel_index(flat, shape)
+        centre = tuple(int(c) for c in np.unravel_index(flat, shape))
     else:
         centre = tuple(int(rng.integers(s)) for s in shape)
     start = [
@@ -171,16 +190,8 @@ def sample_patch(
     return case.image[(slice(None), *region)], case.target[region]
 
 
-def make_augmentation(seed: int):
+def make_augmentation(seed: int) -> Compose:
     """Flips, intensity scale and shift, a small affine (MONAI dictionary transforms)."""
-    from monai.transforms import (
-        Compose,
-        RandAffined,
-        RandFlipd,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-    )
-
     keys = ("image", "label")
     transform = Compose(
         [
@@ -215,7 +226,7 @@ def make_batch(
     rng: np.random.Generator,
     *,
     foreground_ratio: float,
-    augment,
+    augment: Compose | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` augmented patches from ``cases``: images ``(B, 1, ...)``, targets ``(B, ...)``."""
     images, targets = [], []

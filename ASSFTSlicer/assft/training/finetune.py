@@ -15,28 +15,37 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
 from assft.io.atomic import save_torch_atomic
-from assft.runtime import cancellation
+from assft.models import LoadedModel, resolve_device
+from assft.runtime import cancellation, distributed
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
-from assft.workspace import write_json_atomic
-from assft.workspace.jobs import JobState
-
-if TYPE_CHECKING:
-    from assft.training.ssft import PseudoLabels
+from assft.training.data import PreparedCases, TrainingCase
+from assft.training.ssft import (
+    PseudoLabels,
+    Trainer,
+    pseudo_label,
+    run_stage,
+    validation_dice,
+)
+from assft.workspace import Workspace, write_json_atomic
+from assft.workspace.jobs import Job, JobState, JobStore
+from assft.workspace.model_versions import ModelRegistry
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def snapshot_labels(workspace, rows: list[dict], folder: Path) -> dict[str, str]:
+def snapshot_labels(
+    workspace: Workspace, rows: list[dict[str, Any]], folder: Path
+) -> dict[str, str]:
     """Copy the current label files into the job folder; return case -> sha256 of the copies.
 
     The job trains on these copies only, so a label replaced while it runs changes nothing.
@@ -103,24 +112,30 @@ class _JobRun:
         trainer, stage, step: the optimiser and where training stands (1 or 2, step in it).
     """
 
-    job: Any
+    job: Job
     progress: Progress
     resumed: bool
     main: bool
-    device: Any
+    device: torch.device
     base_version: str
     labels: dict[str, str]
     labeled_ids: list[str]
     held_out_ids: list[str]
     label_values: list[int]
-    patch: tuple[int, ...]
-    model: Any
-    prepared: Any
-    labeled_cases: list[Any] = field(default_factory=list)
-    held_out_cases: list[Any] = field(default_factory=list)
-    trainer: Any = None
+    patch: tuple[int, int, int]
+    model: LoadedModel
+    prepared: PreparedCases
+    labeled_cases: list[TrainingCase] = field(default_factory=list)
+    held_out_cases: list[TrainingCase] = field(default_factory=list)
+    trainer: Trainer | None = None
     stage: int = 1
     step: int = 0
+
+    def started_trainer(self) -> Trainer:
+        """The trainer :meth:`FinetuneJob._start_training` built."""
+        if self.trainer is None:
+            raise RuntimeError("the job's trainer is used before _start_training built it")
+        return self.trainer
 
 
 class FinetuneJob:
@@ -128,16 +143,13 @@ class FinetuneJob:
 
     def __init__(
         self,
-        workspace,
+        workspace: Workspace,
         config: FinetuneConfig,
         *,
         device: str = "auto",
         progress: Progress | None = None,
         argv: list[str] | None = None,
     ) -> None:
-        from assft.workspace.jobs import JobStore
-        from assft.workspace.model_versions import ModelRegistry
-
         self.workspace = workspace
         self.config = config
         self.device = device
@@ -155,9 +167,6 @@ class FinetuneJob:
         Under torchrun, rank 0 holds the lock, snapshots the labels and registers the version;
         every rank trains (DistributedDataParallel) and pseudo-labels its share of the pool.
         """
-        from assft.models import resolve_device
-        from assft.runtime import distributed
-
         # Join the process group first: the ranks talk before any training starts.
         self.resolved_device = distributed.setup(resolve_device(self.device))
         main = distributed.is_main()
@@ -210,8 +219,6 @@ class FinetuneJob:
 
     def _begin(self) -> dict[str, Any]:
         """Rank 0: find the cases, resume a killed job with the same labels or start one."""
-        from assft.workspace.model_versions import ModelRegistry
-
         labeled = self.workspace.registry.cases(status="labeled")
         held_out = self.workspace.registry.cases(status="held-out")
         if not labeled:
@@ -235,11 +242,14 @@ class FinetuneJob:
         return {"job": job.id, "resumed": resumed, "labeled": labeled, "held_out": held_out}
 
     def _run(
-        self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool
+        self,
+        job: Job,
+        progress: Progress,
+        labeled_rows: list[dict[str, Any]],
+        held_out_rows: list[dict[str, Any]],
+        resumed: bool,
     ) -> dict[str, Any]:
         """The job's steps in order; every rank runs this, rank 0 alone registers the version."""
-        from assft.runtime import distributed
-
         started = time.perf_counter()
         run = self._prepare(job, progress, labeled_rows, held_out_rows, resumed)
         self._start_training(run)
@@ -255,12 +265,14 @@ class FinetuneJob:
     # The job's steps ----------------------------------------------------------------------
 
     def _prepare(
-        self, job, progress: Progress, labeled_rows, held_out_rows, resumed: bool
+        self,
+        job: Job,
+        progress: Progress,
+        labeled_rows: list[dict[str, Any]],
+        held_out_rows: list[dict[str, Any]],
+        resumed: bool,
     ) -> _JobRun:
         """Load the base version's model and bring the snapshot's cases onto its grid."""
-        from assft.runtime import distributed
-        from assft.training.data import PreparedCases
-
         workspace = self.workspace
         base_version = job.info().get("base_version") or self.registry.current()
         snapshot = job.folder / "snapshot"
@@ -273,11 +285,12 @@ class FinetuneJob:
         model = self.registry.load(base_version, device=device)
         preset = model.preset
         label_values = list(workspace.config.label_values)
-        patch = tuple(self.config.patch_size or preset.patch_size)
+        patch = self.config.patch_size or preset.patch_size
         prepared = PreparedCases(workspace.cache_dir / "training", preset, label_values, patch)
 
         progress.phase("preparing", len(labels))
-        labeled_cases, held_out_cases = [], []
+        labeled_cases: list[TrainingCase] = []
+        held_out_cases: list[TrainingCase] = []
         for i, case_id in enumerate(labeled_ids + held_out_ids, start=1):
             label = snapshot / f"{case_id}.nii.gz"
             case = prepared.load(case_id, workspace.image_path(case_id), label)
@@ -303,21 +316,20 @@ class FinetuneJob:
 
     def _start_training(self, run: _JobRun) -> None:
         """Seed, build the trainer, and restore its state when the job resumes."""
-        from assft.training.ssft import Trainer
-
         torch.manual_seed(self.config.seed)
-        run.trainer = Trainer(run.model, self.config, run.patch)
+        trainer = Trainer(run.model, self.config, run.patch)
+        run.trainer = trainer
         run.stage, run.step = 1, 0
         if run.resumed and run.job.resume_path.is_file():
             state = torch.load(run.job.resume_path, map_location=run.device, weights_only=True)
-            run.trainer.load_state(state)
+            trainer.load_state(state)
             run.stage, run.step = int(state["stage"]), int(state["step"])
             run.progress.emit(ProgressEvent.RESUMED, stage=run.stage, step=run.step, job=run.job.id)
 
     def _save_resume_point(self, run: _JobRun, stage: int, step: int) -> None:
         """Rank 0: write the trainer's state so a killed job restarts from here."""
         if run.main:
-            state = {"stage": stage, "step": step, **run.trainer.state()}
+            state = {"stage": stage, "step": step, **run.started_trainer().state()}
             save_torch_atomic(state, run.job.resume_path)
 
     def _on_step(self, run: _JobRun, stage: int) -> Callable[[int, dict[str, float]], None]:
@@ -332,14 +344,12 @@ class FinetuneJob:
 
     def _supervised_stage(self, run: _JobRun) -> None:
         """Stage 1: supervised on the labeled cases (skipped when resuming in stage 2)."""
-        from assft.training.ssft import run_stage
-
         config = self.config
         t0 = time.perf_counter()
         if run.stage == 1:
             run.progress.phase("supervised", config.iterations)
             run_stage(
-                run.trainer,
+                run.started_trainer(),
                 stage=1,
                 start=run.step,
                 total=config.iterations,
@@ -381,10 +391,8 @@ class FinetuneJob:
 
     def _reliable_set(
         self, run: _JobRun, unlabeled_rows: list[dict[str, Any]], refreshed: bool = False
-    ) -> tuple[PseudoLabels, list[Any]]:
+    ) -> tuple[PseudoLabels, list[TrainingCase]]:
         """The reliable set with its pseudo-labeled cases, from the model as trained so far."""
-        from assft.training.ssft import pseudo_label
-
         return self._pseudo_labels(
             run.job,
             run.progress,
@@ -392,7 +400,6 @@ class FinetuneJob:
             run.prepared,
             run.labeled_cases,
             unlabeled_rows,
-            pseudo_label,
             refreshed=refreshed,
         )
 
@@ -400,7 +407,7 @@ class FinetuneJob:
         self,
         run: _JobRun,
         unlabeled_rows: list[dict[str, Any]],
-        pseudo_cases: list[Any],
+        pseudo_cases: list[TrainingCase],
         reliable_info: dict[str, Any],
     ) -> None:
         """Stage 2: train on the labeled and the pseudo-labeled cases.
@@ -408,9 +415,6 @@ class FinetuneJob:
         With ``refresh_pseudo_labels`` the reliable set is computed again halfway through,
         and ``refreshed_reliable`` is added to ``reliable_info``.
         """
-        from assft.runtime import distributed
-        from assft.training.ssft import run_stage
-
         config = self.config
         t0 = time.perf_counter()
         total = config.stage2_iterations
@@ -418,7 +422,7 @@ class FinetuneJob:
         refresh_at = total // 2 if config.refresh_pseudo_labels else None
         if refresh_at is not None and run.step < refresh_at:
             run_stage(
-                run.trainer,
+                run.started_trainer(),
                 stage=2,
                 start=run.step,
                 total=refresh_at,
@@ -437,7 +441,7 @@ class FinetuneJob:
             reliable_info["refreshed_reliable"] = pseudo.reliable
             run.progress.phase("semi-supervised", total)
         run_stage(
-            run.trainer,
+            run.started_trainer(),
             stage=2,
             start=run.step,
             total=total,
@@ -454,8 +458,6 @@ class FinetuneJob:
         Returns:
             (metrics for the manifest, the validation gate's verdict).
         """
-        from assft.training.ssft import validation_dice
-
         t0 = time.perf_counter()
         label_values = run.label_values
         n_classes = 1 + len(label_values)
@@ -503,9 +505,6 @@ class FinetuneJob:
         reliable_info: dict[str, Any],
     ) -> dict[str, Any]:
         """Rank 0: store the new version, promote it if the gate passed, tell the other ranks."""
-        from assft.runtime import distributed
-        from assft.workspace.model_versions import ModelRegistry
-
         config = self.config
         labels = {c: run.labels[c] for c in run.labeled_ids}
         manifest = {
@@ -546,24 +545,20 @@ class FinetuneJob:
 
     def _pseudo_labels(
         self,
-        job,
-        progress,
-        model,
-        prepared,
-        labeled_cases,
-        unlabeled_rows,
-        pseudo_label,
+        job: Job,
+        progress: Progress,
+        model: LoadedModel,
+        prepared: PreparedCases,
+        labeled_cases: list[TrainingCase],
+        unlabeled_rows: list[dict[str, Any]],
         refreshed: bool = False,
-    ):
+    ) -> tuple[PseudoLabels, list[TrainingCase]]:
         """The reliable set with its pseudo-labeled cases (computed once, then read back)."""
-        from assft.runtime import distributed
-        from assft.training.ssft import PseudoLabels
-
         stored = job.folder / "pseudo.json"
         targets = job.folder / "pseudo"
         targets.mkdir(exist_ok=True)
 
-        def load_case(case_id: str):
+        def load_case(case_id: str) -> TrainingCase:
             return prepared.load(case_id, self.workspace.image_path(case_id))
 
         def store_target(case_id: str, target: torch.Tensor) -> None:
@@ -598,7 +593,7 @@ class FinetuneJob:
 
 
 def run_finetune(
-    workspace,
+    workspace: Workspace,
     config: FinetuneConfig,
     *,
     device: str = "auto",

@@ -8,26 +8,35 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
+from monai.data import set_track_meta
+from torch.nn.parallel import DistributedDataParallel
 
 from assft.errors import CancelledError
-from assft.runtime import cancellation
+from assft.metrics.overlap import dice_scores, mean_dice
+from assft.models import LoadedModel
+from assft.models.inference import infer_case, sliding_window_probabilities
+from assft.runtime import cancellation, distributed
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
 from assft.training.losses import IGNORE, masked_dice_ce
 from assft.training.reliability import select_reliable_cases, semantic_distance
 
 
-def parameter_groups(model, lr: float, encoder_lr_scale: float) -> list[dict]:
+def parameter_groups(
+    model: LoadedModel, lr: float, encoder_lr_scale: float
+) -> list[dict[str, Any]]:
     """AdamW groups: the pretrained encoder learns ``encoder_lr_scale`` times slower."""
-    encoder, rest = [], []
+    encoder: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
     for name, parameter in model.network.named_parameters():
         if not parameter.requires_grad:
             continue
         (encoder if model.preset.in_encoder(name) else rest).append(parameter)
-    groups = []
+    groups: list[dict[str, Any]] = []
     if encoder:
         groups.append({"params": encoder, "lr": lr * encoder_lr_scale, "name": "encoder"})
     if rest:
@@ -46,7 +55,9 @@ def ramp(step: int, total: int, fraction: float) -> float:
 class Trainer:
     """Optimisation steps on a :class:`~assft.models.LoadedModel`'s network."""
 
-    def __init__(self, model, config: FinetuneConfig, patch: tuple[int, int, int]) -> None:
+    def __init__(
+        self, model: LoadedModel, config: FinetuneConfig, patch: tuple[int, int, int]
+    ) -> None:
         self.model = model
         self.config = config
         self.patch = patch
@@ -60,14 +71,10 @@ class Trainer:
             group["base_lr"] = group["lr"]
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.ddp = None
-        from assft.runtime import distributed
-
+        self.ddp: DistributedDataParallel | None = None
         if distributed.is_distributed():
             if model.adapter is not None:
                 raise ValueError("distributed fine-tuning needs a plain PyTorch network")
-            from torch.nn.parallel import DistributedDataParallel
-
             self.ddp = DistributedDataParallel(
                 model.network, device_ids=[self.device] if self.device.type == "cuda" else None
             )
@@ -82,7 +89,7 @@ class Trainer:
             return self.model.logits_from_network_output(self.ddp(images))
         return self.model.predict_logits(images)
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.use_amp:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
@@ -125,13 +132,13 @@ class Trainer:
             "pseudo": float(unsupervised.detach()),
         }
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {
             "network": self.model.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
         }
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict[str, Any]) -> None:
         self.model.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -152,7 +159,7 @@ class PseudoLabels:
 
 
 def pseudo_label(
-    model,
+    model: LoadedModel,
     labeled: list[TrainingCase],
     unlabeled_ids: list[str],
     load_case: Callable[[str], TrainingCase],
@@ -170,9 +177,6 @@ def pseudo_label(
     ``store_target`` and only the reliable ones are read back for training, so memory stays
     flat as the pool grows. Under torchrun each rank labels its share of the pool.
     """
-    from assft.models.inference import infer_case
-    from assft.runtime import distributed
-
     model.network.eval()
     z_labeled = [
         infer_case(model, case.image, views=1, batchnorm=False).embedding for case in labeled
@@ -217,11 +221,24 @@ def pseudo_label(
     )
 
 
-def validation_dice(model, cases: list[TrainingCase], n_classes: int) -> dict[str, object]:
-    """Dice per structure (channels 1..C-1) on held-out cases, on the model grid, one view."""
-    from assft.metrics.overlap import dice_scores, mean_dice
-    from assft.models.inference import sliding_window_probabilities
+class ValidationDice(TypedDict):
+    """:func:`validation_dice`'s result.
 
+    Attributes:
+        per_case: mean Dice of each case, in the order given.
+        per_structure: mean Dice over the cases per channel (NaN where no case has it).
+        mean_dice: the mean of ``per_structure`` (NaN when no structure is defined).
+    """
+
+    per_case: list[float]
+    per_structure: dict[int, float]
+    mean_dice: float
+
+
+def validation_dice(
+    model: LoadedModel, cases: list[TrainingCase], n_classes: int
+) -> ValidationDice:
+    """Dice per structure (channels 1..C-1) on held-out cases, on the model grid, one view."""
     model.network.eval()
     per_case = []
     for case in cases:
@@ -235,7 +252,7 @@ def validation_dice(model, cases: list[TrainingCase], n_classes: int) -> dict[st
             list(range(1, n_classes)),
         )
         per_case.append(scores)
-    per_structure = {}
+    per_structure: dict[int, float] = {}
     for channel in range(1, n_classes):
         values = [s[channel] for s in per_case if not np.isnan(s[channel])]
         per_structure[channel] = float(np.mean(values)) if values else float("nan")
@@ -265,10 +282,6 @@ def run_stage(
     Every step starts at a safe point: a cancel request stops the stage there
     (:func:`assft.runtime.cancellation.check`).
     """
-    from monai.data import set_track_meta
-
-    from assft.runtime import distributed
-
     half = max(1, config.batch_size // 2)
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from assft.workspace.workspace import Workspace
+from assft.workspace.workspace import Workspace
+
+# assft.models (torch) is imported inside create_workspace: workspace/ is the layer the Slicer
+# module uses in its own process, and each of its modules loads without PyTorch.
 
 
 def create_workspace(
@@ -28,7 +29,6 @@ def create_workspace(
             workspace.
     """
     from assft.models import get_preset, load_model
-    from assft.workspace import Workspace
 
     preset = get_preset(model)
     names = dict(label_names or preset.label_names or {1: "foreground"})

@@ -37,7 +37,10 @@ from assft.workspace.versions import (
     version_name,
     version_number,
 )
+from assft.workspace.workspace import default_user
 
+# The Slicer module lists and promotes versions in its own process, before PyTorch may be
+# installed: torch and assft.models (torch) are imported only inside the methods that load weights.
 if TYPE_CHECKING:
     import torch
 
@@ -373,8 +376,6 @@ class ModelRegistry:
         return version
 
     def _audit(self, action: str, detail: dict[str, Any]) -> None:
-        from assft.workspace import default_user
-
         self.workspace.registry.audit(action, detail=detail, user=default_user())
 
     def promote(self, version: str, *, reason: str) -> dict[str, Any]:
