@@ -689,9 +689,9 @@ def add_demo_parser(sub: Subparsers) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from assft.apps.speed_bench import run_benchmark
+        from assft.apps.bench import run_benchmark
     except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
-        if error.name not in ("assft.apps", "assft.apps.speed_bench"):
+        if error.name not in ("assft.apps", "assft.apps.bench"):
             raise
         raise BadInputError(
             f"assft bench {args.name} needs the full engine package: pip install 'assft[demo]'"

@@ -7,7 +7,6 @@ to a section of BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,7 +24,6 @@ from monai.data import set_track_meta
 from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandCropByPosNegLabeld
 
-from assft.apps import label_efficiency as le
 from assft.datasets.synthetic import write_synthetic_pool
 from assft.io.imaging import read_image
 from assft.io.preprocessing import to_model_grid
@@ -33,7 +31,6 @@ from assft.models import get_preset, resolve_device
 from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
 from assft.query.config import QueryConfig, Strategy
 from assft.query.ranking import rank_workspace
-from assft.runtime.progress import Progress
 from assft.training import FinetuneConfig, FinetuneMode
 from assft.training.data import PreparedCases, TrainingCase, make_augmentation
 from assft.training.ssft import Trainer, run_stage
@@ -366,73 +363,3 @@ def speed_markdown(doc: dict[str, Any], command: str) -> str:
         lines.append(f"| {n} | {values['rss_mb']:.0f} | {values['gpu_mb']:.0f} |")
     lines += [MARK_END]
     return "\n".join(lines)
-
-
-def update_markdown(path: Path, section: str, begin: str = MARK_BEGIN, end: str = MARK_END) -> None:
-    """Replace (or append) one benchmark's section of BENCHMARKS.md, between its markers."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
-def _recorded_command(argv: list[str]) -> str:
-    """The command line written next to the results, without the flags that do not change them
-    (``--progress``, ``--json``)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--progress":
-            skip = True
-        elif not (arg.startswith("--progress=") or arg == "--json"):
-            kept.append(arg)
-    return "assft " + " ".join(kept) if kept else "assft bench"
-
-
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Entry point of ``assft bench``."""
-    command = _recorded_command(sys.argv[1:])
-    if args.name == "label-efficiency":
-        return _run_label_efficiency(args, command)
-    pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
-    document = run_speed(
-        Path(args.out),
-        device=args.device,
-        size=args.size,
-        cases=args.cases,
-        pools=pools,
-        train_steps=args.train_steps,
-        model=args.model,
-    )
-    if args.markdown:
-        update_markdown(Path(args.markdown), speed_markdown(document, command))
-    if not args.json:
-        print(speed_markdown(document, command))
-    return document
-
-
-def _run_label_efficiency(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    document = le.run_label_efficiency(
-        Path(args.out),
-        n=args.n,
-        budgets=tuple(int(b) for b in args.budgets.split(",")),
-        seeds=tuple(int(b) for b in args.seeds.split(",")),
-        iterations=args.iterations,
-        views=args.views,
-        device=args.device,
-        ablations=not args.no_ablations,
-        strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
-        model=args.model,
-        progress=Progress(args.progress),
-    )
-    section = le.markdown(document, command)
-    if args.markdown:
-        update_markdown(Path(args.markdown), section, le.MARK_BEGIN, le.MARK_END)
-    if not args.json:
-        print(section)
-    return document

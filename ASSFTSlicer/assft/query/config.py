@@ -12,17 +12,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from assft.errors import BadInputError
-from assft.query.strategies import Strategy
+from assft.query.strategies import GapEstimator, Strategy
 
 __all__ = ["ASDConfig", "DKDConfig", "GapEstimator", "QueryConfig", "Strategy"]
-
-
-class GapEstimator(str, Enum):
-    """Knowledge-gap estimators of DKD."""
-
-    AUTO = "auto"
-    BN = "bn"
-    PROTOTYPE = "prototype"
 
 
 @dataclass

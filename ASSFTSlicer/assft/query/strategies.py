@@ -38,6 +38,14 @@ if TYPE_CHECKING:
     from assft.query.config import QueryConfig
 
 
+class GapEstimator(str, Enum):
+    """Knowledge-gap estimators of DKD."""
+
+    AUTO = "auto"
+    BN = "bn"
+    PROTOTYPE = "prototype"
+
+
 @dataclass
 class PoolStatistics:
     """Per-case statistics of the unlabeled pool, all from the same forward passes.
@@ -170,8 +178,6 @@ _SEALED = False  # set once the Strategy names are built, at the end of this mod
 
 def knowledge_gap(stats: PoolStatistics, config: QueryConfig) -> tuple[np.ndarray, dict]:
     """KG_i with the estimator the config names (method.md, DKD)."""
-    from assft.query.config import GapEstimator  # here: the config module imports this one
-
     estimator = config.dkd.gap
     notes: dict[str, object] = {}
     if estimator == GapEstimator.BN and stats.kg_bn is None:
