@@ -135,11 +135,15 @@ def check_model_grid_size(
     size = tuple(image.GetSize()) if spacing is None else resampled_size(image, spacing)
     voxels = math.prod(size)
     if voxels > MAX_MODEL_GRID_VOXELS:
-        at = "" if spacing is None else f" at the model's {'x'.join(f'{s:g}' for s in spacing)} mm"
+        grid = (
+            "on the model's grid"
+            if spacing is None
+            else f"once resampled to the model's {'x'.join(f'{s:g}' for s in spacing)} mm grid"
+        )
         raise BadInputError(
-            f"would be {'x'.join(str(n) for n in size)} = {voxels} voxels on the model's grid"
-            f"{at}, more than the {MAX_MODEL_GRID_VOXELS} allowed (MAX_MODEL_GRID_VOXELS): "
-            "is the voxel spacing in its header right?",
+            f"would be {'x'.join(str(n) for n in size)} = {voxels} voxels {grid}, more than the "
+            f"{MAX_MODEL_GRID_VOXELS} allowed (MAX_MODEL_GRID_VOXELS): is the voxel spacing in "
+            "its header right?",
             source,
         )
 
