@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft_testing import run_cli
+from assft_testing.workspaces import snapshot
 
 
 def _init(tmp_path, synthetic_pool, tiny_preset_file):
@@ -303,3 +305,113 @@ def test_the_cli_starts_without_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+# Nothing lost, nothing escapes (issue 11) ------------------------------------------------------
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The refusal: exit 2 and exactly one line on stderr."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_predict_never_writes_into_a_folder_the_workspace_owns(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    from assft.workspace import Workspace
+
+    _, cases = synthetic_pool
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    run_cli("submit", str(ws), "case_000", str(cases[0].label), check=True)
+    link = tmp_path / "looks-harmless"
+    link.symlink_to(ws / "labels", target_is_directory=True)
+    before = snapshot(Workspace.open(ws))
+    refused = [
+        (("case_000", "--out", str(ws / "labels")), "is in the workspace's labels/ folder;"),
+        (("--all", "--out", str(ws / "labels")), "is in the workspace's labels/ folder;"),
+        (("case_001", "--out", str(link)), f"(it resolves to {ws / 'labels'})"),
+        (("case_001", "--out", str(link / "sub")), "is in the workspace's labels/ folder"),
+        (("case_000", "--out", str(ws / "models")), "is in the workspace's models/ folder;"),
+        (("case_000", "--out", str(ws / "cache" / "x")), "is in the workspace's cache/ folder;"),
+        (("case_000", "--out", str(ws)), "is inside the workspace"),
+        (("case_000", "--out", str(ws / "elsewhere")), "outside predictions/"),
+        (("--all", "--out", str(cases[0].image.parent)), "holds the scan of case 'case_000'"),
+    ]
+    for args, message in refused:
+        line = _one_error_line(run_cli("predict", str(ws), *args, "--device", "cpu"))
+        assert message in line, (args, line)
+        assert "predictions never go into a folder the workspace owns" in line or "scan" in line
+    after = snapshot(Workspace.open(ws))
+    assert after == before  # the clinician's label, the audit trail: all as they were
+    assert not (ws / "labels" / "case_001.nii.gz").exists() and not (ws / "elsewhere").exists()
+
+    mine = ws / "predictions" / "mine"
+    result = run_cli("predict", str(ws), "case_001", "--out", str(mine), "--views", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert (mine / "case_001.nii.gz").is_file()
+
+
+def test_finetune_refuses_a_missing_scan_before_it_creates_a_job(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    data, cases = synthetic_pool
+    images = tmp_path / "images"
+    shutil.copytree(data / "images", images)
+    ws = tmp_path / "ws"
+    run_cli("init", str(ws), "--images", str(images), "--model", str(tiny_preset_file), check=True)
+    run_cli("submit", str(ws), "case_000", str(cases[0].label), check=True)
+    run_cli("submit", str(ws), "case_001", str(cases[1].label), check=True)
+    (images / "case_001.nii.gz").unlink()
+    line = _one_error_line(run_cli("finetune", str(ws), "--device", "cpu", "--iterations", "2"))
+    assert line == (
+        f"assft: error: {images / 'case_001.nii.gz'}: the scan of labeled case case_001 does not "
+        "exist: restore it (nothing was started)"
+    )
+    assert not [p for p in (ws / "jobs").iterdir() if p.name.startswith("finetune-")]
+    jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+    assert jobs == []
+
+
+def test_bad_scans_are_refused_at_init_in_one_line_and_itk_stays_quiet(tmp_path):
+    from assft_testing.workspaces import write_dicom_series, write_volume
+
+    wide = write_volume(tmp_path / "wide" / "wide.nii.gz", spacing=(400.0, 400.0, 400.0))
+    whole = write_volume(tmp_path / "whole.mha")
+    sitk.WriteImage(sitk.ReadImage(str(whole)), str(whole), True)
+    cut = tmp_path / "cut" / "cut.mha"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    two = tmp_path / "two-series"
+    two.mkdir()
+    for seed in (0, 1):
+        for file in write_dicom_series(tmp_path / f"series{seed}", seed=seed).iterdir():
+            shutil.copyfile(file, two / f"{seed}-{file.name}")
+    for images, message in (
+        (wide, "spans 3200 mm along axis x (8 voxels of 400 mm)"),
+        (cut, "is corrupted, truncated or not an image"),
+        (two, "holds 2 DICOM series (1.2.826.0.1.3680043.2.1125.1 (10 files)"),
+    ):
+        result = run_cli("init", str(tmp_path / "ws"), "--images", str(images))
+        line = _one_error_line(result)  # no MetaIO or ITK line before ours
+        assert line.startswith(f"assft: error: {images}: {message}"), line
+        assert not (tmp_path / "ws").exists()
+
+
+def test_rank_refuses_a_scan_too_large_on_the_model_grid(tmp_path, tiny_preset_file):
+    from assft_testing.workspaces import write_volume
+
+    scans = tmp_path / "scans"
+    write_volume(scans / "normal.nii.gz")
+    vast = write_volume(
+        scans / "vast.nii.gz", np.zeros((8, 8, 8), np.float32), spacing=(300.0, 300.0, 300.0)
+    )
+    ws = tmp_path / "ws"
+    run_cli("init", str(ws), "--images", str(scans), "--model", str(tiny_preset_file), check=True)
+    line = _one_error_line(
+        run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
+    )
+    assert line.startswith(f"assft: error: {vast}: would be 800x800x800 = 512000000 voxels"), line
+    assert "MAX_MODEL_GRID_VOXELS" in line

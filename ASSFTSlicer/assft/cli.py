@@ -608,7 +608,11 @@ def add_predict_parser(sub: Subparsers) -> None:
     p.add_argument("workspace")
     p.add_argument("case", nargs="?")
     p.add_argument("--all", action="store_true")
-    p.add_argument("--out", help="folder (default: WS/predictions/VERSION)")
+    p.add_argument(
+        "--out",
+        help="folder outside the workspace or under WS/predictions "
+        "(default: WS/predictions/VERSION); never labels/, models/ or another workspace folder",
+    )
     p.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
     _model_flags(p)
     _json_flag(p)

@@ -4,6 +4,11 @@
 read once, brought onto the model grid, run through the sliding-window network with the same
 test-time views as ranking, and the view-averaged result is mapped back onto the scan's exact
 grid: the label map nearest-neighbour, the entropy map linearly.
+
+Predictions never go into a folder the workspace owns (``labels/``, ``models/``, ``jobs/``,
+``cache/``, ``rankings/`` or its root): a prediction written there would pass for a clinician's
+label. ``--out`` may name a folder outside the workspace or under ``predictions/``
+(:func:`check_out_dir`); it may not overwrite a registered scan either.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from assft.workspace.model_versions import ModelRegistry
 from assft.workspace.versions import check_version
 from assft.workspace.workspace import Workspace
 
-__all__ = ["Prediction", "Predictor", "predict_workspace"]
+__all__ = ["Prediction", "Predictor", "check_out_dir", "predict_workspace"]
 
 
 @dataclass
@@ -96,8 +101,8 @@ class Predictor:
             BadInputError: an unknown case or an unreadable scan.
         """
         started = time.perf_counter()
-        image = read_image(self.workspace.image_path(case_id))
-        label, uncertainty = self.predict_image(image)
+        path = self.workspace.image_path(case_id)
+        label, uncertainty = self.predict_image(read_image(path), source=path)
         return Prediction(
             case_id=case_id,
             label=label,
@@ -105,11 +110,20 @@ class Predictor:
             seconds=time.perf_counter() - started,
         )
 
-    def predict_image(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
-        """Predict a scan already read: ``(label map, entropy map)`` on its exact grid."""
+    def predict_image(
+        self, image: sitk.Image, *, source: Path | None = None
+    ) -> tuple[sitk.Image, sitk.Image]:
+        """Predict a scan already read: ``(label map, entropy map)`` on its exact grid.
+
+        ``source`` (the scan's file) is named when the scan is refused.
+        """
         pre = self.preset
         grid = to_model_grid(
-            image, spacing=pre.spacing, orientation=pre.orientation, intensity=pre.intensity
+            image,
+            spacing=pre.spacing,
+            orientation=pre.orientation,
+            intensity=pre.intensity,
+            source=source,
         )
         total: torch.Tensor | None = None
         for flips in VIEW_FLIPS[: self.views]:
@@ -144,7 +158,8 @@ class Predictor:
         Args:
             case_ids: registered cases.
             out_dir: where to write; None: :meth:`default_out_dir` inside the workspace. A
-                folder the user names may be anywhere.
+                folder the user names may be anywhere outside the workspace or under its
+                ``predictions/`` folder (:func:`check_out_dir`).
             uncertainty: also write the entropy maps.
             progress: reports the ``predict`` phase.
 
@@ -154,12 +169,18 @@ class Predictor:
 
         Raises:
             BadInputError: an unknown or malformed case id, an unreadable scan, an output
-                folder that cannot be created.
+                folder the workspace owns or that cannot be created, an output file that would
+                overwrite a registered scan.
         """
         progress = progress or Progress("none")
         for case_id in case_ids:
             self.workspace.check_case_id(case_id)
-        folder = self.default_out_dir() if out_dir is None else Path(out_dir).expanduser()
+        folder = check_out_dir(
+            self.workspace,
+            self.default_out_dir() if out_dir is None else out_dir,
+            case_ids,
+            uncertainty=uncertainty,
+        )
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -188,6 +209,71 @@ class Predictor:
         return results
 
 
+def _owned_folders(workspace: Workspace) -> list[tuple[str, Path]]:
+    """The folders the workspace owns, by name, resolved (a symlinked one where it points)."""
+    folders = [
+        workspace.labels_dir,
+        workspace.models_dir,
+        workspace.jobs_dir,
+        workspace.cache_dir,
+        workspace.rankings_dir,
+    ]
+    return [(f"{folder.name}/", folder.resolve()) for folder in folders]
+
+
+def check_out_dir(
+    workspace: Workspace,
+    out_dir: str | Path,
+    case_ids: list[str] | None = None,
+    *,
+    uncertainty: bool = False,
+) -> Path:
+    """Check a folder the user named for predictions; returns it resolved (nothing is written).
+
+    Symlinks are resolved first, so a link into ``labels/`` is refused like ``labels/`` itself.
+
+    Args:
+        workspace: the open workspace.
+        out_dir: the folder (``--out``); it need not exist.
+        case_ids: the cases to be written there, checked not to overwrite a registered scan.
+        uncertainty: the entropy maps will be written too.
+
+    Raises:
+        BadInputError: the folder is (or lies in) one the workspace owns (``labels/``,
+            ``models/``, ``jobs/``, ``cache/``, ``rankings/``), is the workspace's root or lies
+            in it outside ``predictions/``, or a file to write there is a registered scan.
+    """
+    given = Path(out_dir).expanduser()
+    folder = given.resolve()
+    root = workspace.root.resolve()
+    advice = (
+        "predictions never go into a folder the workspace owns: choose a folder outside the "
+        f"workspace or under {root / 'predictions'}"
+    )
+    for name, owned in _owned_folders(workspace):
+        if folder.is_relative_to(owned):
+            where = "" if given == folder else f" (it resolves to {folder})"
+            raise BadInputError(f"is in the workspace's {name} folder{where}; {advice}", given)
+    if folder.is_relative_to(root) and not folder.is_relative_to(root / "predictions"):
+        raise BadInputError(
+            f"is inside the workspace {root}, outside predictions/; {advice}", given
+        )
+    scans = {
+        Path(row["image_path"]).resolve(): row["case_id"] for row in workspace.registry.cases()
+    }
+    suffixes = ("", "_uncertainty") if uncertainty else ("",)
+    for case_id in case_ids or []:
+        for suffix in suffixes:
+            target = (folder / f"{case_id}{suffix}.nii.gz").resolve()
+            if target in scans:
+                raise BadInputError(
+                    f"holds the scan of case {scans[target]!r}: the prediction of {case_id} "
+                    "would overwrite it; choose another folder",
+                    given,
+                )
+    return folder
+
+
 def predict_workspace(
     workspace: Workspace,
     case: str | None = None,
@@ -206,7 +292,8 @@ def predict_workspace(
         workspace: the open workspace.
         case: one case id (exclusive with ``all_cases``).
         all_cases: every registered case.
-        out_dir: output folder; None: ``<workspace>/predictions/<version>``.
+        out_dir: output folder, outside the workspace or under its ``predictions/``
+            (:func:`check_out_dir`); None: ``<workspace>/predictions/<version>``.
         version: model version; None: the current one.
         device: ``auto``, ``cpu``, ``cuda``...
         uncertainty: also write the entropy maps.
@@ -219,7 +306,7 @@ def predict_workspace(
 
     Raises:
         BadInputError: neither or both of ``case`` and ``all_cases``, an unknown case, a bad
-            version, an empty workspace.
+            version, an empty workspace, an output folder the workspace owns.
     """
     if (case is None) == (not all_cases):
         raise BadInputError("give either one case id or --all")
@@ -230,6 +317,8 @@ def predict_workspace(
     else:
         assert case is not None
         case_ids = [workspace.check_case_id(case)]
+    if out_dir is not None:  # before the model loads: a refused folder costs nothing
+        check_out_dir(workspace, out_dir, case_ids, uncertainty=uncertainty)
     started = time.perf_counter()
     predictor = Predictor(workspace, version=version, device=device, views=views)
     folder = None if out_dir is None else Path(out_dir)

@@ -2,7 +2,8 @@
 the shared test data.
 
 Submodules: :mod:`.workspaces` (tiny volumes, labels, snapshots), :mod:`.models` (tiny presets
-and networks), :mod:`.slicer_side` (the module folder on ``sys.path``, scans for MRML tests).
+and networks), :mod:`.slicer_side` (the module folder on ``sys.path``, scans for MRML tests),
+:mod:`.pickles` (a torch file that would run code if loaded unsafely).
 Fixtures are in ``Testing/conftest.py``.
 """
 

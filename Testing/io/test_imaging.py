@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import shutil
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,8 @@ import SimpleITK as sitk
 from assft.errors import BadInputError
 from assft.io.imaging import (
     IMAGE_SUFFIXES,
+    MAX_EXTENT_MM,
+    MAX_IMAGE_VOXELS,
     case_id_from_path,
     geometry_mismatch,
     image_geometry,
@@ -19,6 +27,7 @@ from assft.io.imaging import (
     read_label,
     write_image_atomic,
 )
+from assft_testing.workspaces import write_dicom_series as write_series
 
 SIZE_XYZ = (8, 9, 10)
 SPACING = (0.8, 0.9, 2.5)
@@ -296,3 +305,162 @@ def test_case_id_from_path(name: str, expected: str) -> None:
 
 def test_image_suffixes_are_lower_case_and_complete() -> None:
     assert IMAGE_SUFFIXES == (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+# Limits checked from the header, before any pixel is read (issue 11) ---------------------------
+
+_NRRD_HEADER = (
+    "NRRD0004\ntype: float\ndimension: 3\nsizes: {sizes}\nspacings: 1 1 1\nencoding: {encoding}\n"
+    "endian: little\n\n"
+)
+_MHA_HEADER = (
+    "ObjectType = Image\nNDims = 3\nDimSize = {sizes}\nElementType = MET_FLOAT\n"
+    "ElementSpacing = 1 1 1\n{extra}ElementDataFile = LOCAL\n"
+)
+
+
+def _crafted_headers(folder: Path) -> list[tuple[Path, str]]:
+    """Tiny files (about 1 KB) whose header declares 1000^3 float voxels (4 GB), or more."""
+    billion = "1000 1000 1000"
+    files = {
+        "raw.nrrd": (_NRRD_HEADER.format(sizes=billion, encoding="raw"), b"\0" * 1000),
+        "gzip.nrrd": (
+            _NRRD_HEADER.format(sizes=billion, encoding="gzip"),
+            gzip.compress(b"\0" * 100_000),
+        ),
+        "text.nrrd": (_NRRD_HEADER.format(sizes=billion, encoding="ascii"), b"0 " * 500),
+        "raw.mha": (_MHA_HEADER.format(sizes=billion, extra=""), b"\0" * 1000),
+        "compressed.mha": (
+            _MHA_HEADER.format(sizes=billion, extra="CompressedData = True\n"),
+            zlib.compress(b"\0" * 100_000),
+        ),
+        "too-many.mha": (
+            _MHA_HEADER.format(sizes="2000 2000 2000", extra="CompressedData = True\n"),
+            zlib.compress(b"\0" * 100_000),
+        ),
+    }
+    expected = {
+        "raw.nrrd": "announces 1000x1000x1000 voxels in 4000000000 bytes, the file holds 1000",
+        "gzip.nrrd": "compressed bytes can hold",
+        "text.nrrd": "voxels as text, the file holds 1000 bytes",
+        "raw.mha": "announces 1000x1000x1000 voxels in 4000000000 bytes, the file holds 1000",
+        "compressed.mha": "compressed bytes can hold",
+        "too-many.mha": f"more than the {MAX_IMAGE_VOXELS} an image may have (MAX_IMAGE_VOXELS)",
+    }
+    found = []
+    for name, (header, data) in files.items():
+        path = folder / name
+        path.write_bytes(header.encode("ascii") + data)
+        assert path.stat().st_size < 2000
+        found.append((path, expected[name]))
+    return found
+
+
+_READ_IN_A_FRESH_PROCESS = """
+import json, sys
+from assft.errors import BadInputError
+from assft.io.imaging import read_image
+from assft.runtime.portable import peak_memory_mb
+
+messages = []
+for name in sys.argv[1:]:
+    try:
+        read_image(name)
+        messages.append(None)
+    except BadInputError as error:
+        messages.append(str(error))
+print(json.dumps({"messages": messages, "peak_mb": peak_memory_mb()}))
+"""
+
+
+def test_tiny_files_declaring_huge_images_are_refused_without_allocating(tmp_path: Path) -> None:
+    crafted = _crafted_headers(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_IN_A_FRESH_PROCESS, *(str(path) for path, _ in crafted)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # neither ITK nor MetaIO printed anything
+    document = json.loads(result.stdout)
+    for (path, expected), message in zip(crafted, document["messages"], strict=True):
+        assert message is not None, path
+        assert message.startswith(f"{path}: ") and expected in message, message
+        assert "\n" not in message
+    # Reading one of them would take 4 GB (the old peak was 4.3 GB); Python, numpy and
+    # SimpleITK alone take about 150 MB.
+    assert document["peak_mb"] < 400, document
+
+
+def test_an_extent_beyond_the_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wide.nii.gz"
+    wide = make_volume(np.zeros((8, 8, 8), np.float32))
+    wide.SetSpacing((400.0, 400.0, 400.0))
+    sitk.WriteImage(wide, str(path))
+    with pytest.raises(BadInputError) as caught:
+        read_image(path)
+    assert str(caught.value) == (
+        f"{path}: spans 3200 mm along axis x (8 voxels of 400 mm), more than the "
+        f"{MAX_EXTENT_MM:g} mm a scan may span (MAX_EXTENT_MM): is the voxel spacing in its "
+        "header right?"
+    )
+    ordinary = tmp_path / "ordinary.nrrd"
+    body = make_volume(np.zeros((8, 8, 8), np.float32))
+    body.SetSpacing((2.0, 2.0, MAX_EXTENT_MM / 8))
+    sitk.WriteImage(body, str(ordinary))
+    assert read_image(ordinary).GetSize() == (8, 8, 8)
+
+
+def _one_folder_two_series(folder: Path) -> Path:
+    both = folder / "both"
+    both.mkdir()
+    for seed in (0, 1):
+        series = write_series(folder / f"series{seed}", seed=seed)
+        for file in series.iterdir():
+            shutil.copyfile(file, both / f"{seed}-{file.name}")
+    return both
+
+
+def test_a_folder_with_two_dicom_series_is_refused_naming_them(tmp_path: Path) -> None:
+    both = _one_folder_two_series(tmp_path)
+    with pytest.raises(BadInputError) as caught:
+        read_image(both)
+    assert str(caught.value) == (
+        f"{both}: holds 2 DICOM series (1.2.826.0.1.3680043.2.1125.1 (10 files), "
+        "1.2.826.0.1.3680043.2.1125.2 (10 files)); a case is one series: put each series in its "
+        "own folder"
+    )
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    series = write_series(tmp_path / "gap")
+    (series / "IM0004").unlink()
+    with pytest.raises(BadInputError) as caught:
+        read_image(series)
+    assert str(caught.value) == (
+        f"{series}: DICOM series 1.2.826.0.1.3680043.2.1125.1 (9 files) has a missing slice or "
+        "uneven slice spacing (slices 4 and 5 lie 5 mm apart, the others 2.5 mm); it is "
+        "refused rather than read with a wrong spacing"
+    )
+    assert capfd.readouterr().err == ""  # ITK's own warning stays off the terminal
+    assert read_image(write_series(tmp_path / "whole")).GetSize() == (8, 9, 10)
+
+
+def test_what_metaio_prints_about_a_truncated_file_stays_off_the_terminal(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    whole = tmp_path / "whole.mha"
+    sitk.WriteImage(make_volume(), str(whole), True)
+    data = whole.read_bytes()
+    cut = _write_bytes(tmp_path / "cut.mha", data[: len(data) // 2])
+    with pytest.raises(BadInputError) as caught:
+        read_image(cut)
+    assert str(caught.value).startswith(f"{cut}: is corrupted, truncated or not an image")
+    assert "data not read completely" in str(caught.value)  # MetaIO's words, in our line
+    assert capfd.readouterr().err == ""
+    print("stderr works again", file=sys.stderr)
+    assert capfd.readouterr().err == "stderr works again\n"

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
 from assft.errors import BadInputError
-from assft.io.preprocessing import intensity_transform, to_image_grid, to_model_grid
+from assft.io.preprocessing import (
+    MAX_MODEL_GRID_VOXELS,
+    intensity_transform,
+    to_image_grid,
+    to_model_grid,
+)
 
 
 def _oblique_image() -> sitk.Image:
@@ -63,3 +74,50 @@ def test_intensity_kinds():
     assert float(standardised.std(unbiased=False)) == pytest.approx(0.2, abs=1e-3)
     with pytest.raises(BadInputError, match="unknown intensity"):
         intensity_transform({"kind": "magic"})
+
+
+_RESAMPLE_IN_A_FRESH_PROCESS = """
+import json
+import numpy as np
+import SimpleITK as sitk
+from assft.errors import BadInputError
+from assft.io.preprocessing import to_model_grid
+from assft.runtime.portable import peak_memory_mb
+
+image = sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32))
+image.SetSpacing((300.0, 300.0, 300.0))  # 2.4 m along each axis: within MAX_EXTENT_MM
+try:
+    to_model_grid(image, spacing=(3.0, 3.0, 3.0), orientation="RAS", intensity=None,
+                  source="scan.nrrd")
+    message = None
+except BadInputError as error:
+    message = str(error)
+print(json.dumps({"message": message, "peak_mb": peak_memory_mb()}))
+"""
+
+
+def test_a_scan_too_large_on_the_model_grid_is_refused_before_resampling():
+    result = subprocess.run(
+        [sys.executable, "-c", _RESAMPLE_IN_A_FRESH_PROCESS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["message"] == (
+        "scan.nrrd: would be 800x800x800 = 512000000 voxels once resampled to the model's 3x3x3 "
+        f"mm grid, more than the {MAX_MODEL_GRID_VOXELS} allowed (MAX_MODEL_GRID_VOXELS): is the "
+        "voxel spacing in its header right?"
+    )
+    # Resampling would allocate 2 GB and the tensor as much again (old peak: 4.7 GB); Python,
+    # torch and MONAI alone take about 400 MB.
+    assert document["peak_mb"] < 1000, document
+
+
+def test_the_model_grid_limit_leaves_ordinary_scans_alone():
+    image = _oblique_image()
+    grid = to_model_grid(image, spacing=(1.0, 1.0, 1.0), orientation=None, intensity=None)
+    assert tuple(grid.tensor.shape[1:]) == (11, 13, 25)
+    assert math.prod(grid.tensor.shape) < MAX_MODEL_GRID_VOXELS

@@ -19,6 +19,7 @@ from assft.training.finetune import run_finetune, validation_gate
 from assft.workspace.jobs import JobStore
 from assft.workspace.model_versions import ModelRegistry
 from assft_testing import run_cli, signal_blind_launcher, torchrun
+from assft_testing.pickles import write_malicious_pickle
 
 FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
 
@@ -209,6 +210,34 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace
     assert again.wait(60) == 0 and done["version"] == "v1"
     manifest = ModelRegistry(labeled_workspace).manifest("v1")
     assert manifest["resumed"] is True and manifest["job"] == jobs[0]["id"]
+
+
+def test_a_resume_point_that_cannot_be_loaded_safely_is_refused_in_one_line(
+    labeled_workspace, tmp_path
+):
+    ws = labeled_workspace.root
+    config = _config_file(tmp_path, iterations=30, mode="none")
+    process = _start(ws, config)
+    _wait_for(process, lambda e: e.get("phase") == "supervised" and e.get("done", 0) >= 5)
+    process.kill()
+    process.wait()
+    killed = JobStore(labeled_workspace).list()[0]
+    assert killed["state"] == "killed"
+    resume = ws / "jobs" / killed["id"] / "resume.pt"
+    marker = tmp_path / "ran"
+    write_malicious_pickle(resume, marker)
+
+    result = run_cli("finetune", str(ws), "--config", str(config), "--device", "cpu")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"assft: error: {resume}: cannot be loaded safely (it holds Python objects besides "
+        f"tensors; it was not opened): start the fine-tune afresh with 'assft finetune {ws}' "
+        "(this job will not be resumed)"
+    ]
+    assert "weights_only" not in result.stderr and not marker.exists()
+    assert JobStore(labeled_workspace).list()[0]["state"] == "failed"
+    assert JobStore(labeled_workspace).resumable("finetune", killed["label_set_hash"]) is None
+    assert ModelRegistry(labeled_workspace).current() == "v0"
 
 
 def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):

@@ -3,24 +3,40 @@
 Everything the engine stores (labels, manifests, checkpoints, caches, resume states) goes through
 :func:`atomic_path`: a hidden temporary file in the destination's folder, flushed to disk, then
 renamed over the destination; on any failure (a full disk, a signal) the temporary file is removed
-and the destination is untouched.
+and the destination is untouched. :func:`load_torch_safely` reads such torch files back with
+PyTorch's weights-only unpickler and one-line errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from assft.errors import BadInputError
 from assft.runtime.portable import process_umask
 
 # torch is imported inside save_torch_atomic only: the workspace modules the Slicer module uses
 # in its own process write through here, before PyTorch may be installed.
 
-__all__ = ["atomic_path", "file_mode", "fsync_directory", "process_umask", "save_torch_atomic"]
+__all__ = [
+    "UnsafePickleError",
+    "atomic_path",
+    "file_mode",
+    "fsync_directory",
+    "load_torch_safely",
+    "process_umask",
+    "save_torch_atomic",
+]
+
+
+class UnsafePickleError(BadInputError):
+    """A torch file holds Python objects besides tensors; it was refused, none of it ran."""
 
 
 def fsync_directory(folder: Path) -> None:
@@ -80,3 +96,42 @@ def save_torch_atomic(payload: Any, path: str | Path) -> Path:
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
     return Path(path)
+
+
+def load_torch_safely(path: str | Path, map_location: Any = "cpu") -> Any:
+    """Read a torch file (tensors, dicts, lists, numbers) with the weights-only unpickler.
+
+    Unlike a bare ``torch.load`` there is no multi-line message recommending
+    ``weights_only=False``: a refused file is refused in one line, and nothing of it runs.
+
+    Args:
+        path: the file.
+        map_location: where tensors go (``torch.load``'s argument).
+
+    Raises:
+        UnsafePickleError: the file names a class or function the weights-only unpickler
+            refuses (a pickle that could run code).
+        BadInputError: the file is missing, truncated or not a torch file.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # The weights-only unpickler names the function or class it refused as a "GLOBAL".
+        if "global" in str(error).lower():
+            raise UnsafePickleError(
+                "holds Python objects besides tensors and was refused unopened (opening it "
+                "could run code)",
+                path,
+            ) from None
+        raise BadInputError("is truncated or not a PyTorch file", path) from None
+    except FileNotFoundError:
+        raise BadInputError("does not exist", path) from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # torch.load raises OSError, EOFError, RuntimeError... on damaged files
+        raise BadInputError("is truncated or not a PyTorch file", path) from None

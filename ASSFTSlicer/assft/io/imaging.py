@@ -3,6 +3,13 @@
 Every reader returns a 3D scalar image or raises :class:`~assft.errors.BadInputError` with a
 one-line message that names the file and says what is wrong with it, so that a bad scan in a
 pool of hundreds is reported as such and not as a stack trace from deep inside ITK.
+
+Before any pixel is read, the header is checked against the limits below: the voxel count it
+declares (:data:`MAX_IMAGE_VOXELS`), the bytes it declares against the bytes the file holds
+(uncompressed data), or against what its compressed bytes can hold at most (deflate), and the
+physical extent (:data:`MAX_EXTENT_MM`). A 1 KB file declaring a billion voxels is refused
+without allocating them. What ITK, MetaIO or GDCM print on their own while probing a file is
+kept off the terminal: the user sees the one-line error only.
 """
 
 from __future__ import annotations
@@ -10,8 +17,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import math
+import os
 import re
 import struct
+import sys
+import tempfile
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +36,8 @@ from assft.io.atomic import atomic_path
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_EXTENT_MM",
+    "MAX_IMAGE_VOXELS",
     "VoxelGrid",
     "case_id_from_path",
     "geometry_mismatch",
@@ -38,6 +51,27 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File name endings recognised as images (matched case-insensitively)."""
+
+MAX_IMAGE_VOXELS = 2**30
+"""Most voxels an image may declare (about 1.07 billion: 4 GiB as float32), all axes together.
+
+Checked from the header before any pixel is read. It is the only size check a compressed file
+allows beyond :data:`_MAX_DEFLATE_RATIO` (its bytes say little about what they expand to).
+"""
+
+MAX_EXTENT_MM = 2500.0
+"""Longest physical extent of a scan along any axis (voxels x spacing, in mm): a whole body fits.
+
+A larger extent means a wrong spacing in the header (e.g. 400 mm voxels), which would blow up
+the volume resampled onto the model's grid.
+"""
+
+_MAX_DEFLATE_RATIO = 1032
+"""deflate (gzip, zlib) expands its input at most about 1032-fold: more is not in the file."""
+
+_HEADER_BYTES = 1 << 16  # how much of a NRRD or MetaImage file is searched for its header
+_UNCOMPRESSED_DICOM = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+_DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
 _SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _MAX_LABEL_VALUE = int(np.iinfo(np.uint16).max)
@@ -81,20 +115,58 @@ def case_id_from_path(path: str | Path) -> str:
     return case_id or "case"
 
 
+_STDERR_LOCK = threading.RLock()  # file descriptor 2 is the process's: one redirection at a time
+
+
 @contextlib.contextmanager
-def _quiet_itk() -> Iterator[None]:
-    """Silence ITK warnings printed to stderr (e.g. "No Series were found") for a moment."""
+def _native_stderr_to(captured: list[str]) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 into ``captured`` (lines) meanwhile.
+
+    MetaIO and GDCM print to ``std::cerr`` themselves, past ITK's warning switch. The descriptor
+    is pointed at a temporary file and restored afterwards (``os.dup2`` works on POSIX and on
+    Windows); where there is no descriptor 2 to redirect (e.g. ``pythonw``) nothing is captured.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            saved: int | None = os.dup(2)
+        except (OSError, ValueError):
+            saved = None
+        if saved is not None:
+            os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", errors="replace")
+                captured.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def _quiet_itk(captured: list[str] | None = None) -> Iterator[None]:
+    """Silence ITK for a moment: its warnings and what MetaIO or GDCM print to stderr.
+
+    Args:
+        captured: receives the lines native code printed, once the block is left (e.g. to name
+            the reason of a failed read); None: they are dropped.
+    """
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with _native_stderr_to([] if captured is None else captured):
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _itk_reason(error: RuntimeError, path: Path) -> str:
-    """Turn SimpleITK's multi-line exception text into a short reason."""
+def _itk_reason(error: RuntimeError, path: Path, printed: Sequence[str] = ()) -> str:
+    """Turn SimpleITK's multi-line exception text (and what ITK printed) into a short reason."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines += [line for line in printed if not line.startswith(("WARNING", "ERROR"))][:1]
     reasons: list[str] = []
     for line in lines:
         if line.startswith("Exception thrown in SimpleITK"):
@@ -208,35 +280,306 @@ def _scan_nifti(path: Path) -> None:
     _raise_non_finite(nan, infinite, path)
 
 
+def _component_bytes(pixel_id: int) -> int:
+    """Bytes per pixel component of a SimpleITK pixel type (1 when unknown: a lenient bound)."""
+    sizes = {
+        "Int8": 1,
+        "UInt8": 1,
+        "Int16": 2,
+        "UInt16": 2,
+        "Int32": 4,
+        "UInt32": 4,
+        "Int64": 8,
+        "UInt64": 8,
+        "Float32": 4,
+        "Float64": 8,
+    }
+    for name, size in sizes.items():
+        if pixel_id in (getattr(sitk, f"sitk{name}", -1), getattr(sitk, f"sitkVector{name}", -1)):
+            return size
+    if pixel_id == sitk.sitkComplexFloat32:
+        return 8
+    if pixel_id == sitk.sitkComplexFloat64:
+        return 16
+    return 1
+
+
+def _header_lines(path: Path) -> list[tuple[str, int]]:
+    """The first lines of a text header with the offset where each line ends."""
+    with open(path, "rb") as stream:
+        head = stream.read(_HEADER_BYTES)
+    lines: list[tuple[str, int]] = []
+    offset = 0
+    for raw in head.splitlines(keepends=True):
+        offset += len(raw)
+        lines.append((raw.decode("latin-1").rstrip("\r\n"), offset))
+    return lines
+
+
+def _data_file_bytes(header: Path, name: str, skip: int) -> int | None:
+    """Bytes after ``skip`` of a detached data file; None for a file list or a missing file."""
+    if not name or name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+        return None
+    data = Path(name) if Path(name).is_absolute() else header.parent / name
+    if not data.is_file():
+        return None  # ITK names the missing file
+    return data.stat().st_size - max(skip, 0)
+
+
+def _nrrd_layout(path: Path) -> tuple[int, str] | None:
+    """``(bytes holding the voxels, encoding)`` of a NRRD header, or None if it cannot tell.
+
+    The encoding is ``raw``, ``text`` (txt, ascii, hex), ``deflate`` (gzip) or ``other``.
+    """
+    fields: dict[str, str] = {}
+    end = None
+    lines = _header_lines(path)
+    if not lines or not lines[0][0].startswith("NRRD"):
+        return None
+    for line, offset in lines[1:]:
+        if not line:
+            end = offset
+            break
+        if line.startswith("#") or line.find(":=") == line.find(":"):
+            continue  # a comment or a key/value pair
+        key, _, value = line.partition(":")
+        fields[key.strip().lower().replace(" ", "")] = value.strip()
+    encoding = fields.get("encoding", "raw").lower()
+    kinds = {"raw": "raw", "txt": "text", "text": "text", "ascii": "text", "hex": "text"}
+    kind = kinds.get(encoding, "deflate" if encoding in ("gz", "gzip") else "other")
+    try:
+        skip = int(fields.get("byteskip", "0"))
+    except ValueError:
+        return None
+    if "datafile" in fields:
+        available = _data_file_bytes(path, fields["datafile"], skip)
+        return None if available is None else (available, kind)
+    if end is None:
+        return None
+    return path.stat().st_size - end - max(skip, 0), kind
+
+
+def _meta_layout(path: Path) -> tuple[int, str] | None:
+    """``(bytes holding the voxels, encoding)`` of a MetaImage header (see :func:`_nrrd_layout`)."""
+    fields: dict[str, str] = {}
+    end = None
+    for line, offset in _header_lines(path):
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        fields[key] = value.strip()
+        if key == "elementdatafile":
+            end = offset
+            break
+    if end is None:
+        return None
+    if fields.get("binarydata", "true").lower() == "false":
+        kind = "text"
+    elif fields.get("compresseddata", "false").lower() == "true":
+        kind = "deflate"
+    else:
+        kind = "raw"
+    try:
+        skip = int(fields.get("headersize", "0"))
+    except ValueError:
+        return None
+    name = fields["elementdatafile"]
+    if name.upper() == "LOCAL":
+        return path.stat().st_size - end - max(skip, 0), kind
+    available = _data_file_bytes(path, name, skip)
+    return None if available is None else (available, kind)
+
+
+def _file_layout(path: Path) -> tuple[int, str] | None:
+    """Where a single file's voxels are, as far as its format allows telling cheaply."""
+    suffix = image_suffix(path)
+    if suffix in (".nrrd", ".nhdr"):
+        return _nrrd_layout(path)
+    if suffix in (".mha", ".mhd"):
+        return _meta_layout(path)
+    if suffix == ".nii.gz":
+        return path.stat().st_size, "deflate"
+    return None  # .nii is checked by _scan_nifti; other formats by the voxel count alone
+
+
+def _dicom_transfer_syntax(path: Path) -> str | None:
+    """The transfer syntax UID in a DICOM file's meta header, or None if there is none."""
+    with open(path, "rb") as stream:
+        data = stream.read(132 + 4096)
+    if data[128:132] != b"DICM":
+        return None
+    position = 132
+    while position + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, position)
+        if group != 2:
+            return None
+        if data[position + 4 : position + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length = struct.unpack_from("<I", data, position + 8)[0]
+            start = position + 12
+        else:
+            length = struct.unpack_from("<H", data, position + 6)[0]
+            start = position + 8
+        if element == 0x0010:
+            return data[start : start + length].rstrip(b"\0 ").decode("ascii", errors="replace")
+        position = start + length
+    return None
+
+
+def _dicom_layout(files: Sequence[str]) -> tuple[int, str]:
+    """Bytes of a DICOM series' files and their encoding (from the first file's syntax)."""
+    available = sum(Path(name).stat().st_size for name in files)
+    syntax = _dicom_transfer_syntax(Path(files[0]))
+    if syntax in _UNCOMPRESSED_DICOM:
+        return available, "raw"
+    return available, "deflate" if syntax == _DEFLATED_DICOM else "other"
+
+
+def _check_extent(size: Sequence[int], spacing: Sequence[float], path: Path) -> None:
+    """Refuse a scan longer than :data:`MAX_EXTENT_MM` along one of its first three axes."""
+    for axis, (count, step) in enumerate(zip(size[:3], spacing[:3], strict=False)):
+        extent = int(count) * abs(float(step))
+        if not extent <= MAX_EXTENT_MM:
+            raise BadInputError(
+                f"spans {extent:g} mm along axis {'xyz'[axis]} ({count} voxels of {step:g} mm), "
+                f"more than the {MAX_EXTENT_MM:g} mm a scan may span (MAX_EXTENT_MM): "
+                "is the voxel spacing in its header right?",
+                path,
+            )
+
+
+def _check_declared(
+    path: Path,
+    size: Sequence[int],
+    components: int,
+    pixel_id: int,
+    layout: tuple[int, str] | None,
+) -> None:
+    """Refuse a header that declares more voxels than allowed or than the file can hold."""
+    voxels = math.prod(int(n) for n in size)
+    shape = "x".join(str(int(n)) for n in size)
+    if voxels > MAX_IMAGE_VOXELS:
+        raise BadInputError(
+            f"declares {shape} = {voxels} voxels, more than the {MAX_IMAGE_VOXELS} an image may "
+            "have (MAX_IMAGE_VOXELS)",
+            path,
+        )
+    if layout is None:
+        return
+    available, kind = layout
+    declared = voxels * max(int(components), 1) * _component_bytes(pixel_id)
+    if kind == "raw" and available < declared:
+        raise BadInputError(
+            f"is truncated: its header announces {shape} voxels in {declared} bytes, the file "
+            f"holds {max(available, 0)}",
+            path,
+        )
+    if kind == "text" and available < voxels * max(int(components), 1):
+        raise BadInputError(
+            f"is truncated: its header announces {shape} voxels as text, the file holds "
+            f"{max(available, 0)} bytes",
+            path,
+        )
+    if kind == "deflate" and declared > max(available, 0) * _MAX_DEFLATE_RATIO + 1024:
+        raise BadInputError(
+            f"is truncated or corrupted: its header announces {shape} voxels in {declared} "
+            f"bytes, more than its {max(available, 0)} compressed bytes can hold",
+            path,
+        )
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Read an image file after checking its header (no pixel is read before)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    layout = _file_layout(path)
+    _check_declared(path, size, reader.GetNumberOfComponents(), reader.GetPixelID(), layout)
+    _check_extent(size, reader.GetSpacing(), path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        _scan_nifti(path)
+    return reader.Execute()
+
+
+def _read_dicom_folder(path: Path) -> sitk.Image:
+    """Read the one DICOM series of a folder, checked before and after its pixels are read."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+    if not series:
+        raise BadInputError("is a folder without a DICOM series", path)
+    if len(series) > 1:
+        found = ", ".join(
+            f"{uid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid))} files)"
+            for uid in series
+        )
+        raise BadInputError(
+            f"holds {len(series)} DICOM series ({found}); a case is one series: put each "
+            "series in its own folder",
+            path,
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    first.ReadImageInformation()
+    size = [*first.GetSize()[:-1], first.GetSize()[-1] * len(files)]
+    layout = _dicom_layout(files)
+    _check_declared(path, size, first.GetNumberOfComponents(), first.GetPixelID(), layout)
+    _check_extent(size[:2], first.GetSpacing()[:2], path)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # the slice positions, for the message below
+    image = reader.Execute()
+    if image.HasMetaDataKey("ITK_non_uniform_sampling_deviation"):
+        raise BadInputError(
+            f"DICOM series {series[0]} ({len(files)} files) has a missing slice or uneven slice "
+            f"spacing ({_slice_gap(reader, image)}); it is refused rather than read with a "
+            "wrong spacing",
+            path,
+        )
+    return image
+
+
+def _slice_gap(reader: sitk.ImageSeriesReader, image: sitk.Image) -> str:
+    """Describe the most irregular gap between the slices of a series just read."""
+    normal = np.array(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    try:
+        points = [
+            [float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+            for i in range(len(reader.GetFileNames()))
+        ]
+    except (RuntimeError, ValueError):
+        return "slice positions unreadable"
+    positions = [float(np.dot(point, normal)) for point in points]
+    gaps = np.abs(np.diff(positions))
+    if not gaps.size:
+        return "one slice"
+    usual = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - usual)))
+    return (
+        f"slices {worst + 1} and {worst + 2} lie {gaps[worst]:.4g} mm apart, the others "
+        f"{usual:.4g} mm"
+    )
+
+
 def _read_any(path: str | Path) -> tuple[sitk.Image, Path]:
-    """Read an image file or the first DICOM series of a folder, checked to be 3D scalar."""
+    """Read an image file or the DICOM series of a folder, checked to be 3D scalar."""
     path = Path(path).expanduser()
     if not path.exists():
         raise BadInputError("does not exist", path)
+    printed: list[str] = []
     try:
-        if path.is_dir():
-            with _quiet_itk():
-                series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-                if not series:
-                    raise BadInputError("is a folder without a DICOM series", path)
-                reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(
-                    sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
-                )
-                image = reader.Execute()
-        else:
-            if image_suffix(path) in (".nii", ".nii.gz"):
-                _scan_nifti(path)
-            with _quiet_itk():
-                image = sitk.ReadImage(str(path))
+        with _quiet_itk(printed):
+            image = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
     except RuntimeError as error:
         raise BadInputError(
-            f"is corrupted, truncated or not an image (SimpleITK: {_itk_reason(error, path)})",
+            "is corrupted, truncated or not an image "
+            f"(SimpleITK: {_itk_reason(error, path, printed)})",
             path,
         ) from None
     except OSError as error:
         raise BadInputError(f"cannot be read ({error.strerror or error})", path) from None
 
+    _check_extent(image.GetSize(), image.GetSpacing(), path)
     dimension = image.GetDimension()
     size = image.GetSize()
     if dimension == 4 and size[3] == 1:
@@ -278,8 +621,7 @@ def read_image(path: str | Path) -> sitk.Image:
     """Read a 3D scalar image as float32.
 
     Args:
-        path: A NIfTI, NRRD or MetaImage file, or a folder holding a DICOM series (the first
-            series GDCM finds is read).
+        path: A NIfTI, NRRD or MetaImage file, or a folder holding one DICOM series.
 
     Returns:
         The image, cast to ``sitkFloat32``, with its geometry unchanged.
@@ -287,7 +629,9 @@ def read_image(path: str | Path) -> sitk.Image:
     Raises:
         BadInputError: the path is missing, unreadable, corrupted or truncated, not 3D
             (a size-1 third axis counts as 2D), has vector or complex pixels, or holds NaN or
-            infinite voxels.
+            infinite voxels; its header declares more than :data:`MAX_IMAGE_VOXELS` voxels,
+            more bytes than the file holds, or an extent beyond :data:`MAX_EXTENT_MM`; a folder
+            holds several DICOM series, or a series with a missing slice.
     """
     image, path = _read_any(path)
     _check_finite(sitk.GetArrayViewFromImage(image), path)

@@ -7,8 +7,10 @@ Arrays on the model grid are in (x, y, z) order, as MONAI and nibabel use them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,12 @@ from monai.transforms import NormalizeIntensity, ScaleIntensityRange, ScaleInten
 from assft.errors import BadInputError
 
 IntensityTransform = Callable[[NdarrayOrTensor], NdarrayOrTensor]
+
+MAX_MODEL_GRID_VOXELS = 512**3
+"""Most voxels a scan may have once resampled onto a model's grid (134 million: 512 MiB as
+float32, before the network's activations and per-class probabilities). A scan beyond it is
+refused before it is resampled (see also :data:`assft.io.imaging.MAX_EXTENT_MM`).
+"""
 
 
 @dataclass
@@ -80,26 +88,64 @@ def _intensity_mapping(spec: dict[str, Any]) -> IntensityTransform:
     raise BadInputError(f"unknown intensity normalisation {kind!r} (zscore, range, percentile)")
 
 
+def resampled_size(image: sitk.Image, spacing: tuple[float, float, float]) -> tuple[int, ...]:
+    """The size :func:`resample_to_spacing` gives ``image`` at ``spacing`` (same extent)."""
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.array(spacing, dtype=float)
+    if np.allclose(old_spacing, new_spacing):
+        return tuple(int(s) for s in image.GetSize())
+    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing))
+    return tuple(int(s) for s in size)
+
+
 def resample_to_spacing(
     image: sitk.Image, spacing: tuple[float, float, float], interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
     """Resample onto a grid of the given spacing with the same origin, direction and extent."""
-    old_spacing = np.array(image.GetSpacing())
-    new_spacing = np.array(spacing, dtype=float)
-    if np.allclose(old_spacing, new_spacing):
+    if np.allclose(np.array(image.GetSpacing()), np.array(spacing, dtype=float)):
         return image
-    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing))
     return sitk.Resample(
         image,
-        [int(s) for s in size],
+        list(resampled_size(image, spacing)),
         sitk.Transform(),
         interpolator,
         image.GetOrigin(),
-        [float(s) for s in new_spacing],
+        [float(s) for s in spacing],
         image.GetDirection(),
         0.0,
         image.GetPixelID(),
     )
+
+
+def check_model_grid_size(
+    image: sitk.Image,
+    spacing: tuple[float, float, float] | None,
+    source: str | Path | None = None,
+) -> None:
+    """Refuse a scan that would exceed :data:`MAX_MODEL_GRID_VOXELS` on the model's grid.
+
+    Args:
+        image: the scan.
+        spacing: the model's spacing (None: the scan keeps its grid).
+        source: the scan's file, named in the message.
+
+    Raises:
+        BadInputError: the resampled grid would be too large (e.g. a header's 400 mm voxels).
+    """
+    size = tuple(image.GetSize()) if spacing is None else resampled_size(image, spacing)
+    voxels = math.prod(size)
+    if voxels > MAX_MODEL_GRID_VOXELS:
+        grid = (
+            "on the model's grid"
+            if spacing is None
+            else f"once resampled to the model's {'x'.join(f'{s:g}' for s in spacing)} mm grid"
+        )
+        raise BadInputError(
+            f"would be {'x'.join(str(n) for n in size)} = {voxels} voxels {grid}, more than the "
+            f"{MAX_MODEL_GRID_VOXELS} allowed (MAX_MODEL_GRID_VOXELS): is the voxel spacing in "
+            "its header right?",
+            source,
+        )
 
 
 def to_model_grid(
@@ -108,9 +154,22 @@ def to_model_grid(
     spacing: tuple[float, float, float] | None,
     orientation: str | None,
     intensity: dict[str, Any] | None,
+    source: str | Path | None = None,
 ) -> ModelGrid:
-    """Reorient (DICOM-style code, e.g. ``RAS``), resample and normalise a scan."""
+    """Reorient (DICOM-style code, e.g. ``RAS``), resample and normalise a scan.
+
+    Args:
+        image: the scan.
+        spacing: the model's voxel spacing (None: keep the scan's).
+        orientation: the model's orientation code (None: keep the scan's).
+        intensity: the preset's intensity normalisation.
+        source: the scan's file, named in an error message.
+
+    Raises:
+        BadInputError: the scan would exceed :data:`MAX_MODEL_GRID_VOXELS` on the model grid.
+    """
     grid = sitk.DICOMOrient(image, orientation) if orientation else image
+    check_model_grid_size(grid, spacing, source)
     if spacing is not None:
         grid = resample_to_spacing(grid, spacing)
     array = sitk.GetArrayViewFromImage(grid).transpose(2, 1, 0)

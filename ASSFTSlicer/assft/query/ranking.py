@@ -82,6 +82,7 @@ class PoolScorer:
             spacing=pre.spacing,
             orientation=pre.orientation,
             intensity=pre.intensity,
+            source=image_path,
         )
 
     def _cache_settings(self) -> dict[str, Any]:

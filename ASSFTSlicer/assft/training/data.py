@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from monai.transforms import (
 )
 
 from assft.errors import BadInputError
-from assft.io.atomic import save_torch_atomic
+from assft.io.atomic import load_torch_safely, save_torch_atomic
 from assft.io.imaging import read_image, read_label
 from assft.io.preprocessing import to_model_grid
 from assft.models import ModelPreset
@@ -87,7 +88,11 @@ def pad_to_patch(
 
 
 class PreparedCases:
-    """Cases on the model grid, cached in ``cache/training/`` keyed by their files and preset."""
+    """Cases on the model grid, cached in ``cache/training/`` keyed by their files and preset.
+
+    The cache is recomputable: a file that cannot be loaded safely (damaged, or holding Python
+    objects besides tensors) is discarded with a warning and the case is prepared again.
+    """
 
     def __init__(
         self,
@@ -126,18 +131,34 @@ class PreparedCases:
         """The case on the model grid (from the cache when its files did not change)."""
         key = self._key(image_path, label_path)
         path = self.folder / f"{case_id}-{'l' if label_path else 'u'}.pt"
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("key") == key:
-                return TrainingCase(case_id, stored["image"], stored.get("target"))
-        except (OSError, RuntimeError, EOFError, KeyError, AttributeError):
-            pass
+        stored = self._cached(path)
+        if stored is not None and stored.get("key") == key:
+            target = stored.get("target")
+            return TrainingCase(case_id, stored["image"], target)
         case = self._prepare(case_id, image_path, label_path)
         payload = {"key": key, "image": case.image}
         if case.target is not None:
             payload["target"] = case.target
         save_torch_atomic(payload, path)
         return case
+
+    @staticmethod
+    def _cached(path: Path) -> dict[str, Any] | None:
+        """A cache file's content, or None (a bad file is discarded with a warning)."""
+        if not path.is_file():
+            return None
+        try:
+            stored = load_torch_safely(path)
+        except BadInputError as error:
+            stored = None
+            reason = str(error)
+        else:
+            reason = f"{path}: does not hold a prepared case"
+            if isinstance(stored, dict) and isinstance(stored.get("image"), torch.Tensor):
+                return stored
+        warnings.warn(f"discarded a training cache file: {reason}; it is rebuilt", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
 
     def _prepare(self, case_id: str, image_path: Path, label_path: Path | None) -> TrainingCase:
         pre = self.preset
@@ -146,6 +167,7 @@ class PreparedCases:
             spacing=pre.spacing,
             orientation=pre.orientation,
             intensity=pre.intensity,
+            source=image_path,
         )
         target = None
         if label_path is not None:

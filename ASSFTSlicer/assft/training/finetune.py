@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
-from assft.io.atomic import save_torch_atomic
+from assft.io.atomic import load_torch_safely, save_torch_atomic
 from assft.models import LoadedModel, resolve_device
 from assft.runtime import cancellation, distributed
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.data import PreparedCases, TrainingCase
+from assft.training.inputs import check_inputs, load_resume_point
 from assft.training.ssft import (
     PseudoLabels,
     Trainer,
@@ -226,6 +227,9 @@ class FinetuneJob:
                 "no labeled cases to fine-tune on: label some first (assft next, assft submit)",
                 self.workspace.root,
             )
+        unlabeled = self.workspace.registry.cases(status="unlabeled")
+        uses_unlabeled = self.config.mode != FinetuneMode.NONE
+        check_inputs(self.workspace, labeled + held_out, unlabeled if uses_unlabeled else [])
         registry_hashes = {row["case_id"]: row.get("label_sha256") or "" for row in labeled}
         label_hash = ModelRegistry.label_set_hash(registry_hashes)
         job = self.jobs.resumable("finetune", label_hash)
@@ -321,7 +325,7 @@ class FinetuneJob:
         run.trainer = trainer
         run.stage, run.step = 1, 0
         if run.resumed and run.job.resume_path.is_file():
-            state = torch.load(run.job.resume_path, map_location=run.device, weights_only=True)
+            state = load_resume_point(run.job.resume_path, run.device, self.workspace.root)
             trainer.load_state(state)
             run.stage, run.step = int(state["stage"]), int(state["step"])
             run.progress.emit(ProgressEvent.RESUMED, stage=run.stage, step=run.step, job=run.job.id)
@@ -587,7 +591,7 @@ class FinetuneJob:
             )
         cases = []
         for case_id in pseudo.reliable:
-            target = torch.load(targets / f"{case_id}.pt", map_location="cpu", weights_only=True)
+            target = load_torch_safely(targets / f"{case_id}.pt")
             cases.append(load_case(case_id).with_target(target["target"].long()))
         return pseudo, cases
 
