@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 EXIT_OK = 0
@@ -43,3 +44,35 @@ class CancelledError(BaseException):
     """
 
     exit_code = EXIT_CANCELLED
+
+
+class StorageError(BadInputError):
+    """The disk refused a write: it is full, or the workspace is read-only. Nothing was changed."""
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_READ_ONLY = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+_READ_ONLY[errno.EPERM] = "operation not permitted"
+
+
+def storage_error(
+    error: OSError, path: str | Path | None = None, *, denied_means_read_only: bool = True
+) -> StorageError | None:
+    """The one-line :class:`StorageError` for a full disk or a read-only workspace, else None.
+
+    Args:
+        error: What a write raised.
+        path: The file or folder to name when the error names none.
+        denied_means_read_only: Count "permission denied" as a read-only workspace (right
+            when ``error`` surely comes from a write into the workspace).
+
+    Returns:
+        ``"<path>: no space left on device ..."`` or ``"<path>: the workspace is read-only
+        (read-only file system)"``; None for any other error.
+    """
+    where = error.filename if error.filename is not None else path
+    if error.errno in _NO_SPACE:
+        return StorageError("no space left on device; free some space and try again", where)
+    if error.errno == errno.EROFS or (denied_means_read_only and error.errno in _READ_ONLY):
+        return StorageError(f"the workspace is read-only ({_READ_ONLY[error.errno]})", where)
+    return None
