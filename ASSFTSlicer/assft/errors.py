@@ -56,23 +56,30 @@ _READ_ONLY[errno.EPERM] = "operation not permitted"
 
 
 def storage_error(
-    error: OSError, path: str | Path | None = None, *, denied_means_read_only: bool = True
+    error: OSError, path: str | Path | None = None, *, in_workspace: bool = True
 ) -> StorageError | None:
     """The one-line :class:`StorageError` for a full disk or a read-only workspace, else None.
 
     Args:
         error: What a write raised.
-        path: The file or folder to name when the error names none.
-        denied_means_read_only: Count "permission denied" as a read-only workspace (right
-            when ``error`` surely comes from a write into the workspace).
+        path: The file or folder to name (default: the one the error names).
+        in_workspace: ``error`` surely comes from a write into the workspace: say "the
+            workspace is read-only", and count "permission denied" as that too.
 
     Returns:
-        ``"<path>: no space left on device ..."`` or ``"<path>: the workspace is read-only
-        (read-only file system)"``; None for any other error.
+        e.g. ``"<path>: no space left on device; free some space and try again"`` or
+        ``"<path>: the workspace is read-only (read-only file system)"``; None for any other
+        error.
     """
-    where = error.filename if error.filename is not None else path
+    where = path if path is not None else error.filename
     if error.errno in _NO_SPACE:
         return StorageError("no space left on device; free some space and try again", where)
-    if error.errno == errno.EROFS or (denied_means_read_only and error.errno in _READ_ONLY):
-        return StorageError(f"the workspace is read-only ({_READ_ONLY[error.errno]})", where)
+    if error.errno == errno.EROFS or (in_workspace and error.errno in _READ_ONLY):
+        reason = _READ_ONLY[error.errno or errno.EROFS]
+        text = (
+            f"the workspace is read-only ({reason})"
+            if in_workspace
+            else f"cannot be written ({reason})"
+        )
+        return StorageError(text, where)
     return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -37,6 +38,7 @@ BUSY_TIMEOUT_S = 30.0
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL = 5, 6, 8, 10, 13
+_SQLITE_CANTOPEN = 14
 _NEARLY_FULL_BYTES = 1 << 20
 
 _SCHEMA = (
@@ -150,11 +152,15 @@ class Registry:
             )
         if code == _SQLITE_FULL or (code == _SQLITE_IOERR and self._disk_nearly_full()):
             return StorageError("no space left on device; free some space and try again", self.path)
-        if code == _SQLITE_READONLY:
+        if code == _SQLITE_READONLY or (code == _SQLITE_CANTOPEN and self._read_only()):
             return StorageError(
                 "the workspace is read-only (the registry cannot be written)", self.path
             )
         return BadInputError(f"is not a usable ASSFT registry ({error})", self.path)
+
+    def _read_only(self) -> bool:
+        """Whether the registry's folder cannot be written (read-only file system, rights)."""
+        return not os.access(self.path.parent, os.W_OK)
 
     def _disk_nearly_full(self) -> bool:
         try:
@@ -162,16 +168,31 @@ class Registry:
         except OSError:
             return False
 
+    def _open_connection(self, write: bool) -> sqlite3.Connection:
+        """A connection; on a read-only disk, where SQLite cannot make the WAL's shared-memory
+        file, a read falls back to opening the database as immutable (no one can write it)."""
+        try:
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as error:
+            code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+            if write or code != _SQLITE_CANTOPEN or not self._read_only():
+                raise
+            uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
+            connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+            connection.execute("PRAGMA query_only = 1")
+        return connection
+
     @contextlib.contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """Open a connection; with ``write`` run the block as one immediate transaction."""
         try:
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as error:
-            raise BadInputError(f"cannot be opened as a database ({error})", self.path) from None
+            connection = self._open_connection(write)
+        except sqlite3.DatabaseError as error:
+            raise self._database_error(error) from None
         try:
             connection.row_factory = sqlite3.Row
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             connection.execute("PRAGMA foreign_keys = ON")
             if not write:
                 yield connection
@@ -204,7 +225,8 @@ class Registry:
                     self.path,
                 )
             mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            if mode != "wal":
+            read_only = bool(connection.execute("PRAGMA query_only").fetchone()[0])
+            if mode != "wal" and not read_only:
                 mode = str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
                 if mode != "wal":
                     raise BadInputError(

@@ -79,6 +79,7 @@ LABEL_SUFFIX = ".nii.gz"
 _RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
 _STAGED = ".submitting"  # labels/.<case_id>.submitting.nii.gz: a submit's new label, staged
 _LOCK_POLL_S = 0.05
+_NEARLY_FULL_BYTES = 1 << 20
 
 
 def default_user() -> str:
@@ -123,6 +124,14 @@ def find_images(items: Sequence[str | Path]) -> list[Path]:
             if is_image or (child.is_dir() and is_dicom_series(child)):
                 found.append(child.resolve())
     return list(dict.fromkeys(found))
+
+
+def _read_back(path: Path) -> sitk.Image | None:
+    """The image a file holds, or None when it cannot be read (an empty or a short file)."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError:
+        return None
 
 
 def _unique_case_ids(paths: Sequence[Path]) -> list[str]:
@@ -481,7 +490,7 @@ class Workspace:
         """
         folder = self.resolve_inside("labels/.locks")
         path = folder / f"{case_id}.lock"
-        with self._storing(path):
+        with self._storing(self.labels_dir):
             folder.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + timeout
             while (held := try_lock(path)) is None:
@@ -541,19 +550,24 @@ class Workspace:
         user: str,
         action: str = "submit-label",
     ) -> Path:
-        """Store a checked label as one unit (see the module's docstring); see submit_label."""
+        """Store a checked label as one unit (see the module's docstring); see submit_label.
+
+        Under the case's lock: stage the new label (hidden), record the intent (its hash and
+        the backup's name) in the registry, link the old label into ``labels/backup/``, rename
+        the new one into place, commit. A failure before the rename changes nothing; a failure
+        of the commit puts the old label back. A kill after the intent leaves a row that the
+        next :meth:`open` finishes or abandons, as the label file says.
+        """
         destination = self._stored_label_path(case_id)
         with self.case_lock(case_id):
             self._finish_interrupted_submit(case_id)
             staged = self._staged_label_path(case_id)
-            with self._storing(staged):
-                write_image_atomic(stored, staged)
+            self._write_staged(stored, staged, destination)
             backup: Path | None = None
             try:
                 digest = sha256_file(staged)
                 if destination.is_file():
-                    with self._storing(self.label_backup_dir):
-                        backup = self._backup_label(case_id, destination)
+                    backup = self._free_backup_path(case_id)
                 self.registry.begin_label(
                     case_id,
                     digest,
@@ -564,17 +578,17 @@ class Workspace:
                 )
             except BaseException:
                 staged.unlink(missing_ok=True)
-                if backup is not None:
-                    backup.unlink(missing_ok=True)
                 raise
-            # From here the registry knows the intent: an interrupted submit is recoverable.
+            # From here the registry holds the intent: an interrupted submit is recoverable.
             try:
                 with self._storing(destination):
+                    if backup is not None:
+                        self._link_backup(destination, backup)
                     os.replace(staged, destination)
                     fsync_directory(destination.parent)
             except BaseException:
                 staged.unlink(missing_ok=True)
-                if backup is not None:
+                if backup is not None and destination.is_file():
                     backup.unlink(missing_ok=True)
                 with contextlib.suppress(Exception):
                     self.registry.drop_pending_label(case_id)
@@ -595,12 +609,52 @@ class Workspace:
                 if not self._committed(case_id, digest):
                     with contextlib.suppress(OSError):
                         self._put_back(destination, backup)
-                        # Put back: the intent no longer matches the file; if it cannot be
-                        # dropped now, the next open abandons it.
+                        # The intent no longer matches the file; if it cannot be dropped now,
+                        # the next open abandons it.
                         with contextlib.suppress(Exception):
                             self.registry.drop_pending_label(case_id)
                 raise
         return destination
+
+    def _write_staged(self, stored: sitk.Image, staged: Path, destination: Path) -> None:
+        """Write the new label to its hidden staging file and read it back.
+
+        ITK reports no error when the disk fills up while it writes (it leaves an empty or a
+        short file), so the staged file is read back and its voxels compared before it may
+        replace the stored label.
+
+        Raises:
+            StorageError: the disk is full (or the workspace read-only); nothing is left.
+            BadInputError: the file read back differs from the label (named).
+        """
+        try:
+            with self._storing(destination):
+                write_image_atomic(stored, staged)
+            written = _read_back(staged)
+            same = (
+                written is not None
+                and written.GetSize() == stored.GetSize()
+                and bool(
+                    (
+                        sitk.GetArrayViewFromImage(written) == sitk.GetArrayViewFromImage(stored)
+                    ).all()
+                )
+            )
+            if not same:
+                with contextlib.suppress(OSError):
+                    if shutil.disk_usage(staged.parent).free < _NEARLY_FULL_BYTES:
+                        raise StorageError(
+                            "no space left on device; free some space and try again",
+                            destination,
+                        )
+                raise BadInputError(
+                    "could not be written completely (what was read back differs); "
+                    "nothing was changed",
+                    destination,
+                )
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
 
     def _committed(self, case_id: str, digest: str) -> bool:
         """Whether the registry has a case's new label although committing it raised."""
@@ -626,29 +680,30 @@ class Workspace:
             destination.unlink(missing_ok=True)
         fsync_directory(destination.parent)
 
-    def _backup_label(self, case_id: str, label: Path) -> Path:
-        """Keep a copy of ``label`` in ``labels/backup/`` (a hard link where possible)."""
+    def _free_backup_path(self, case_id: str) -> Path:
+        """A new name in ``labels/backup/`` for the label of ``case_id`` about to be replaced."""
         backup_dir = self.label_backup_dir
-        backup_dir.mkdir(exist_ok=True)
+        with self._storing(backup_dir):
+            backup_dir.mkdir(exist_ok=True)
         stamp = compact_timestamp()
         for number in range(1, 1000):
             suffix = "" if number == 1 else f"-{number}"
             backup = backup_dir / f"{case_id}-{stamp}{suffix}{LABEL_SUFFIX}"
-            try:
-                os.link(label, backup)
+            if not os.path.lexists(backup):
                 return backup
-            except FileExistsError:
-                continue
-            except OSError as error:
-                if storage_error(error) is not None:
-                    raise
-                if backup.exists():  # no hard links on this file system
-                    continue
-                shutil.copy2(label, backup)
-                with open(backup, "rb+") as stream:
-                    os.fsync(stream.fileno())
-                return backup
-        raise RuntimeError(f"cannot find a free backup name for {label}")
+        raise RuntimeError(f"cannot find a free backup name for case {case_id} in {backup_dir}")
+
+    @staticmethod
+    def _link_backup(label: Path, backup: Path) -> None:
+        """Keep the label about to be replaced as ``backup`` (a hard link where possible)."""
+        try:
+            os.link(label, backup)
+        except OSError as error:
+            if storage_error(error) is not None or isinstance(error, FileExistsError):
+                raise
+            shutil.copy2(label, backup)  # no hard links on this file system
+            with open(backup, "rb+") as stream:
+                os.fsync(stream.fileno())
 
     # reconciliation ----------------------------------------------------------------------
 
@@ -765,6 +820,7 @@ class Workspace:
                     f"pid {intent['pid']}, {intent['started_at']}): its new label was in place"
                 )
             else:
+                self._remove_unused_backup(destination, intent["backup"])
                 self.registry.drop_pending_label(
                     case_id, action="abandon-submit", detail=detail, user=default_user()
                 )
@@ -775,6 +831,20 @@ class Workspace:
         with self._storing(staged):
             staged.unlink(missing_ok=True)
         return notes
+
+    def _remove_unused_backup(self, label: Path, name: str | None) -> None:
+        """Remove the backup an abandoned submit made of ``label``, which is still in place."""
+        if not name:
+            return
+        backup = self.label_backup_dir / name
+        with contextlib.suppress(OSError):
+            same = (
+                backup.is_file()
+                and label.is_file()
+                and (os.path.samefile(backup, label) or sha256_file(backup) == sha256_file(label))
+            )
+            if same:
+                backup.unlink()
 
     def _quarantine(self, entry: Path, case_id: str | None, why: str) -> list[str]:
         """Move a file the registry does not know from ``labels/`` to ``labels/quarantine/``."""
@@ -894,10 +964,11 @@ class Workspace:
 
         Raises:
             BadInputError: ``version`` is not a model version name such as ``v3``.
+            StorageError: the disk is full or the workspace read-only; the pointer is unchanged.
         """
         check_version(version)
         models = self.models_dir
-        with self._storing(models):
+        with self._storing(models / "current"):
             models.mkdir(exist_ok=True)
             write_text_atomic(models / "current", version + "\n")
 
