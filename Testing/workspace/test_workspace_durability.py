@@ -291,13 +291,26 @@ def test_hold_out_needs_a_labeled_case_not_just_a_file(
 # item 6: nothing escapes -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("folder", ["labels", "models", "jobs", "cache", "rankings", "predictions"])
+@pytest.mark.parametrize(
+    "folder",
+    [
+        "labels",
+        "labels/backup",
+        "models",
+        "jobs",
+        "cache",
+        "cache/training",
+        "rankings",
+        "predictions",
+    ],
+)
 def test_a_folder_linked_out_of_the_workspace_is_refused(
     tmp_path: Path, workspace: Workspace, folder: str
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     inside = workspace.root / folder
+    inside.parent.mkdir(exist_ok=True)
     if inside.exists():
         inside.rmdir()
     inside.symlink_to(outside, target_is_directory=True)

@@ -73,13 +73,22 @@ MAX_CASE_ID_LENGTH = 128
 """Longest case id: the longest name derived from one (a backup,
 ``<id>-<UTC time>-<n>.nii.gz``) must fit the usual 255-byte limit on a file name."""
 SUBFOLDERS = ("labels", "rankings", "models", "jobs", "cache")
-OWNED_FOLDERS = (*SUBFOLDERS, "labels/backup", "labels/quarantine", "predictions")
+OWNED_FOLDERS = (
+    *SUBFOLDERS,
+    "labels/backup",
+    "labels/quarantine",
+    "labels/.locks",
+    "cache/training",
+    "cache/pretrained",
+    "predictions",
+)
 """Folders the workspace writes into; none may lead out of it (a symbolic link)."""
 LABEL_SUFFIX = ".nii.gz"
 _RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
 _STAGED = ".submitting"  # labels/.<case_id>.submitting.nii.gz: a submit's new label, staged
 _LOCK_POLL_S = 0.05
 _NEARLY_FULL_BYTES = 1 << 20
+_LABEL_SUBFOLDERS = ("backup", "quarantine")
 
 
 def default_user() -> str:
@@ -213,6 +222,10 @@ class Workspace:
     def cache_dir(self) -> Path:
         """Recomputable data (predictions, embeddings...)."""
         return self.resolve_inside("cache")
+
+    def cache_folder(self, name: str) -> Path:
+        """``cache/<name>`` (e.g. ``training``), refused if it leads out of the workspace."""
+        return self.resolve_inside(Path("cache") / name)
 
     # creation ----------------------------------------------------------------------------
 
@@ -738,8 +751,10 @@ class Workspace:
             if name.startswith(".") and name.endswith(_STAGED + LABEL_SUFFIX):
                 work.add(name[1 : -len(_STAGED + LABEL_SUFFIX)])
                 continue
-            if name.startswith(".") or (entry.is_dir() and not entry.is_symlink()):
-                continue  # temporary files, locks, backup/ and quarantine/
+            if name.startswith(".") or name in _LABEL_SUBFOLDERS:
+                continue  # temporary files, locks, backup/ and quarantine/ (checked at open)
+            if entry.is_dir() and not entry.is_symlink():
+                continue  # a folder of the user's own
             case_id = name[: -len(LABEL_SUFFIX)] if name.endswith(LABEL_SUFFIX) else None
             row = rows.get(case_id) if case_id else None
             if case_id is not None and row is not None:
