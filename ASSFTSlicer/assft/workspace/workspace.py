@@ -870,6 +870,10 @@ class Workspace:
                 folder.mkdir(parents=True, exist_ok=True)
                 os.rename(entry, target)  # moves a symbolic link itself, never its target
                 fsync_directory(entry.parent)
+        except StorageError as error:
+            return [f"labels/{entry.name} {why}, and cannot be moved aside: {error}"]
+        moved = f"moved to labels/quarantine/{target.name} (submit it to use it)"
+        try:
             self.registry.audit(
                 "quarantine-label",
                 case_id,
@@ -880,12 +884,9 @@ class Workspace:
                 },
                 user=default_user(),
             )
-        except StorageError as error:
-            return [f"labels/{entry.name} {why}, and cannot be moved aside: {error}"]
-        return [
-            f"labels/{entry.name} {why}: moved to labels/quarantine/{target.name} "
-            "(submit it to use it)"
-        ]
+        except (StorageError, WorkspaceLockedError) as error:
+            return [f"labels/{entry.name} {why}: {moved}; not in the audit trail: {error}"]
+        return [f"labels/{entry.name} {why}: {moved}"]
 
     def skip(self, case_id: str, *, user: str | None = None) -> None:
         """Mark a case skipped (not to be proposed again)."""
