@@ -899,6 +899,18 @@ def _one_line_warning(
     print(f"assft: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _in_workspace(error: OSError, args: argparse.Namespace) -> bool:
+    """Whether a failed write was into the workspace the command works on."""
+    workspace = getattr(args, "workspace", None)
+    if not workspace or error.filename is None:
+        return False
+    try:
+        path = Path(os.fsdecode(error.filename)).resolve()
+        return path.is_relative_to(Path(workspace).resolve())
+    except (OSError, TypeError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -924,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A full disk or a read-only file system is said as such, in one line (exit 2).
         known: AssftError | None = error if isinstance(error, AssftError) else None
         if isinstance(error, OSError):
-            known = storage_error(error, in_workspace=False)
+            known = storage_error(error, in_workspace=_in_workspace(error, args))
         if known is not None:
             if json_lines:
                 print(json.dumps({"event": ProgressEvent.ERROR, "message": str(known)}), flush=True)
