@@ -424,14 +424,10 @@ class Workspace:
         Raises:
             BadInputError: malformed (e.g. ``../x``, ``a/b``) or unknown.
         """
-        if (
-            not isinstance(case_id, str)
-            or not CASE_ID_PATTERN.match(case_id)
-            or len(case_id) > MAX_CASE_ID_LENGTH
-        ):
+        if not isinstance(case_id, str) or not CASE_ID_PATTERN.match(case_id):
             raise BadInputError(
-                f"{case_id!r} is not a valid case id (up to {MAX_CASE_ID_LENGTH} letters, "
-                "digits, '.', '_' and '-', starting with a letter or digit)"
+                f"{case_id!r} is not a valid case id (letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit)"
             )
         if self.registry.case(case_id) is None:
             count = self.registry.case_count()
