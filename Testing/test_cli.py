@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft_testing import run_cli
+from assft_testing.mounts import remount_read_only, tmpfs
 from assft_testing.workspaces import snapshot
 
 
@@ -415,3 +416,26 @@ def test_rank_refuses_a_scan_too_large_on_the_model_grid(tmp_path, tiny_preset_f
     )
     assert line.startswith(f"assft: error: {vast}: would be 800x800x800 = 512000000 voxels"), line
     assert "MAX_MODEL_GRID_VOXELS" in line
+
+
+def test_a_read_only_workspace_is_said_in_one_line(tmp_path, synthetic_pool, tiny_preset_file):
+    """Every verb that writes says "the workspace is read-only" (exit 2), not a traceback."""
+    data, cases = synthetic_pool
+    with tmpfs(tmp_path / "disk", "16m") as disk:
+        ws = _init(disk, synthetic_pool, tiny_preset_file)
+        run_cli("submit", str(ws), cases[0].case_id, str(cases[0].label), check=True)
+        remount_read_only(disk)
+        for args in (
+            ("rank", "--budget", "1", "--device", "cpu"),
+            ("finetune", "--iterations", "1", "--device", "cpu"),
+            ("submit", cases[1].case_id, str(cases[1].label)),
+            ("skip", cases[1].case_id),
+            ("hold-out", cases[0].case_id),
+            ("rollback", "v0"),
+        ):
+            result = run_cli(args[0], str(ws), *args[1:])
+            lines = [x for x in result.stderr.strip().splitlines() if x.startswith("assft:")]
+            assert result.returncode == 2, (args, result.stderr)
+            assert len(lines) == 1 and "the workspace is read-only" in lines[0], (args, lines)
+            assert "Traceback" not in result.stderr
+        assert run_cli("status", str(ws)).returncode == 0

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 # strategy registry: numpy, never torch). Each cmd_* function (and the _open and _*_config helpers
 # they call) imports the machinery of its verb itself, so that `assft --help`, a bad flag and the
 # light verbs answer at once and the CLI starts without torch (Testing/test_cli.py checks it).
-from assft.errors import EXIT_CANCELLED, EXIT_FAILURE, AssftError, BadInputError, CancelledError
+from assft.errors import (
+    EXIT_CANCELLED,
+    EXIT_FAILURE,
+    AssftError,
+    BadInputError,
+    CancelledError,
+    storage_error,
+)
 from assft.query.config import DKDConfig, GapEstimator, QueryConfig
 from assft.query.strategies import STRATEGIES
 from assft.runtime import cancellation, distributed
@@ -345,13 +352,7 @@ def add_status_parser(sub: Subparsers) -> None:
 
 def cmd_hold_out(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
-    status = "labeled" if args.release else "held-out"
-    for case in args.cases:
-        workspace.check_case_id(case)
-        if workspace.label_path(case) is None:
-            raise BadInputError(f"case {case} has no label: only labeled cases can be held out")
-    for case in args.cases:
-        workspace.set_status(case, status, user=args.user)
+    status = workspace.hold_out(args.cases, release=args.release, user=args.user)
     message = {"cases": args.cases, "status": status}
     _print_json(message) if args.json else print(f"{len(args.cases)} case(s) now {status}")
     return 0
@@ -902,6 +903,18 @@ def _one_line_warning(
     print(f"assft: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _in_workspace(error: OSError, args: argparse.Namespace) -> bool:
+    """Whether a failed write was into the workspace the command works on."""
+    workspace = getattr(args, "workspace", None)
+    if not workspace or error.filename is None:
+        return False
+    try:
+        path = Path(os.fsdecode(error.filename)).resolve()
+        return path.is_relative_to(Path(workspace).resolve())
+    except (OSError, TypeError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -923,12 +936,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"assft: cancelled: {message}", file=sys.stderr)
         return EXIT_CANCELLED
-    except AssftError as error:
-        if json_lines:
-            print(json.dumps({"event": ProgressEvent.ERROR, "message": str(error)}), flush=True)
-        print(f"assft: error: {error}", file=sys.stderr)
-        return error.exit_code
     except Exception as error:  # noqa: BLE001 - the last line of defence prints and exits 1
+        # A full disk or a read-only file system is said as such, in one line (exit 2).
+        known: AssftError | None = error if isinstance(error, AssftError) else None
+        if isinstance(error, OSError):
+            known = storage_error(error, in_workspace=_in_workspace(error, args))
+        if known is not None:
+            if json_lines:
+                print(json.dumps({"event": ProgressEvent.ERROR, "message": str(known)}), flush=True)
+            print(f"assft: error: {known}", file=sys.stderr)
+            return known.exit_code
         if json_lines:
             print(
                 json.dumps(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 EXIT_OK = 0
@@ -43,3 +44,42 @@ class CancelledError(BaseException):
     """
 
     exit_code = EXIT_CANCELLED
+
+
+class StorageError(BadInputError):
+    """The disk refused a write: it is full, or the workspace is read-only. Nothing was changed."""
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_READ_ONLY = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+_READ_ONLY[errno.EPERM] = "operation not permitted"
+
+
+def storage_error(
+    error: OSError, path: str | Path | None = None, *, in_workspace: bool = True
+) -> StorageError | None:
+    """The one-line :class:`StorageError` for a full disk or a read-only workspace, else None.
+
+    Args:
+        error: What a write raised.
+        path: The file or folder to name (default: the one the error names).
+        in_workspace: ``error`` surely comes from a write into the workspace: say "the
+            workspace is read-only", and count "permission denied" as that too.
+
+    Returns:
+        e.g. ``"<path>: no space left on device; free some space and try again"`` or
+        ``"<path>: the workspace is read-only (read-only file system)"``; None for any other
+        error.
+    """
+    where = path if path is not None else error.filename
+    if error.errno in _NO_SPACE:
+        return StorageError("no space left on device; free some space and try again", where)
+    if error.errno == errno.EROFS or (in_workspace and error.errno in _READ_ONLY):
+        reason = _READ_ONLY[error.errno or errno.EROFS]
+        text = (
+            f"the workspace is read-only ({reason})"
+            if in_workspace
+            else f"cannot be written ({reason})"
+        )
+        return StorageError(text, where)
+    return None

@@ -170,6 +170,9 @@ def test_failed_write_keeps_the_old_label(
 
 def test_skip_and_set_status(tmp_path: Path, workspace: Workspace) -> None:
     workspace.skip("case_a", user="ana")
+    workspace.submit_label(
+        "case_b", write_volume(tmp_path / "b.nii.gz", label_array(), dtype=np.uint8)
+    )
     workspace.set_status("case_b", "held-out")
     assert workspace.registry.counts() == {
         "unlabeled": 1,
@@ -180,8 +183,9 @@ def test_skip_and_set_status(tmp_path: Path, workspace: Workspace) -> None:
     assert workspace.registry.audit_trail("case_a")[-1]["action"] == "skip"
     with pytest.raises(BadInputError, match="unknown case status"):
         workspace.set_status("case_a", "finished")
-    with pytest.raises(BadInputError, match="has no stored label"):
-        workspace.set_status("case_c", "labeled")
+    for status in ("labeled", "held-out"):
+        with pytest.raises(BadInputError, match="has no stored label"):
+            workspace.set_status("case_c", status)
     workspace.submit_label(
         "case_c", write_volume(tmp_path / "l.nii.gz", label_array(), dtype=np.uint8)
     )

@@ -74,7 +74,7 @@ def bare_inference_seconds(workspace: Workspace, device: str, views: int) -> flo
 
 def ranking_seconds(workspace: Workspace, device: str, strategy: str, views: int) -> float:
     """A full ranking with an empty cache (so f0's statistics are computed, not read)."""
-    shutil.rmtree(workspace.cache_dir / "pretrained", ignore_errors=True)
+    shutil.rmtree(workspace.cache_folder("pretrained"), ignore_errors=True)
     config = QueryConfig(strategy=Strategy(strategy), budget=2, views=views)
     started = time.perf_counter()
     rank_workspace(workspace, config, device=device, save=False)
@@ -108,7 +108,7 @@ def training_iterations_per_second(
     preset = get_preset(workspace.config.model)
     labels = list(workspace.config.label_values)
     patch = preset.patch_size
-    prepared = PreparedCases(workspace.cache_dir / "training", preset, labels, patch)
+    prepared = PreparedCases(workspace.cache_folder("training"), preset, labels, patch)
     cases = [
         prepared.load(
             c["case_id"], workspace.image_path(c["case_id"]), workspace.label_path(c["case_id"])

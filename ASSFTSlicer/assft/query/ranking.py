@@ -68,7 +68,7 @@ class PoolScorer:
             else versions.load(self.version, device=self.device)
         )
         self.running_statistics = self.pretrained.running_statistics()
-        self.cache = PretrainedCache(workspace.cache_dir / "pretrained")
+        self.cache = PretrainedCache(workspace.cache_folder("pretrained"))
         self.mc_dropout_injected: bool | None = None
 
     @property

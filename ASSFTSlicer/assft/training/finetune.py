@@ -290,7 +290,7 @@ class FinetuneJob:
         preset = model.preset
         label_values = list(workspace.config.label_values)
         patch = self.config.patch_size or preset.patch_size
-        prepared = PreparedCases(workspace.cache_dir / "training", preset, label_values, patch)
+        prepared = PreparedCases(workspace.cache_folder("training"), preset, label_values, patch)
 
         progress.phase("preparing", len(labels))
         labeled_cases: list[TrainingCase] = []

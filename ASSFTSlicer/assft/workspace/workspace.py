@@ -4,13 +4,27 @@
 
     <root>/assft.json          labels, model preset, settings (WorkspaceConfig)
     <root>/registry.sqlite     cases, statuses, ranking scores, audit trail (Registry)
-    <root>/labels/             <case_id>.nii.gz at the image's exact geometry; backup/
+    <root>/labels/             <case_id>.nii.gz at the image's exact geometry; backup/,
+                               quarantine/ (files the registry did not know), .locks/
     <root>/rankings/           ranking-0001.json, ...
     <root>/models/             versioned checkpoints; ``current`` names the version in use
     <root>/jobs/               job locks and job folders
     <root>/cache/              anything that can be recomputed
 
 Images stay where they are; the registry stores their absolute paths.
+
+Nothing lost, nothing escapes:
+
+* A submit is one unit under a per-case lock: the new label is staged (hidden) in ``labels/``,
+  its intent recorded in the registry, the old label hard-linked into ``labels/backup/``, the
+  new one renamed into place, and the registry commits ``labeled`` with its hash while deleting
+  the intent. A failure puts the old label back; an interrupted submit (a killed process) is
+  finished or abandoned by the next :meth:`Workspace.open`, whichever the label file says, so
+  the label file and the registry agree. :meth:`Workspace.open` also moves label files the
+  registry does not know into ``labels/quarantine/``, with a warning and an audit row.
+* Every folder the workspace owns is reached through :meth:`Workspace.resolve_inside`: a
+  symbolic link leading out of the workspace (a folder, or a label file) is refused.
+* A full disk and a read-only workspace are reported as such (:class:`StorageError`).
 """
 
 from __future__ import annotations
@@ -22,14 +36,16 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
 
-from assft.errors import BadInputError
-from assft.io.atomic import process_umask
+from assft.errors import BadInputError, StorageError, WorkspaceLockedError, storage_error
+from assft.io.atomic import fsync_directory, process_umask
 from assft.io.imaging import (
     case_id_from_path,
     image_suffix,
@@ -37,6 +53,7 @@ from assft.io.imaging import (
     read_image,
     write_image_atomic,
 )
+from assft.runtime.portable import try_lock, unlock
 from assft.workspace import locks
 from assft.workspace.config import CONFIG_FILE_NAME, WorkspaceConfig, make_labels
 from assft.workspace.files import (
@@ -46,14 +63,32 @@ from assft.workspace.files import (
     write_text_atomic,
 )
 from assft.workspace.labels import load_label_for_image
-from assft.workspace.registry import REGISTRY_FILE_NAME, Registry, check_status
+from assft.workspace.registry import BUSY_TIMEOUT_S, REGISTRY_FILE_NAME, Registry, check_status
 from assft.workspace.versions import BASE_VERSION, check_version
 
-__all__ = ["CASE_ID_PATTERN", "Workspace", "default_user", "find_images"]
+__all__ = ["CASE_ID_PATTERN", "MAX_CASE_ID_LENGTH", "Workspace", "default_user", "find_images"]
 
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_CASE_ID_LENGTH = 128
+"""Longest case id: the longest name derived from one (a backup,
+``<id>-<UTC time>-<n>.nii.gz``) must fit the usual 255-byte limit on a file name."""
 SUBFOLDERS = ("labels", "rankings", "models", "jobs", "cache")
+OWNED_FOLDERS = (
+    *SUBFOLDERS,
+    "labels/backup",
+    "labels/quarantine",
+    "labels/.locks",
+    "cache/training",
+    "cache/pretrained",
+    "predictions",
+)
+"""Folders the workspace writes into; none may lead out of it (a symbolic link)."""
+LABEL_SUFFIX = ".nii.gz"
 _RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
+_STAGED = ".submitting"  # labels/.<case_id>.submitting.nii.gz: a submit's new label, staged
+_LOCK_POLL_S = 0.05
+_NEARLY_FULL_BYTES = 1 << 20
+_LABEL_SUBFOLDERS = ("backup", "quarantine")
 
 
 def default_user() -> str:
@@ -100,6 +135,14 @@ def find_images(items: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _read_back(path: Path) -> sitk.Image | None:
+    """The image a file holds, or None when it cannot be read (an empty or a short file)."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError:
+        return None
+
+
 def _unique_case_ids(paths: Sequence[Path]) -> list[str]:
     """Case ids from file names; repeats become ``<id>_2``, ``<id>_3``..."""
     ids: list[str] = []
@@ -122,12 +165,15 @@ class Workspace:
         root: The workspace folder (absolute, symlinks resolved).
         config: The content of ``assft.json``.
         registry: The SQLite case registry.
+        notes: What :meth:`reconcile` found and did when the workspace was opened (one line
+            each; empty when label files and registry agreed).
     """
 
     def __init__(self, root: Path, config: WorkspaceConfig, registry: Registry) -> None:
         self.root = root
         self.config = config
         self.registry = registry
+        self.notes: list[str] = []
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -139,35 +185,47 @@ class Workspace:
         """``assft.json``."""
         return self.root / CONFIG_FILE_NAME
 
+    # Each folder property resolves through resolve_inside, so a folder replaced by a symbolic
+    # link leading out of the workspace is refused (BadInputError) wherever it is used.
+
     @property
     def labels_dir(self) -> Path:
         """Stored labels, ``<case_id>.nii.gz``."""
-        return self.root / "labels"
+        return self.resolve_inside("labels")
 
     @property
     def label_backup_dir(self) -> Path:
         """Replaced labels, ``<case_id>-<UTC time>.nii.gz``."""
-        return self.labels_dir / "backup"
+        return self.resolve_inside("labels/backup")
+
+    @property
+    def label_quarantine_dir(self) -> Path:
+        """Files found in ``labels/`` that the registry did not know (see :meth:`reconcile`)."""
+        return self.resolve_inside("labels/quarantine")
 
     @property
     def rankings_dir(self) -> Path:
         """Ranking documents, ``ranking-NNNN.json``."""
-        return self.root / "rankings"
+        return self.resolve_inside("rankings")
 
     @property
     def models_dir(self) -> Path:
         """Model versions and the ``current`` pointer."""
-        return self.root / "models"
+        return self.resolve_inside("models")
 
     @property
     def jobs_dir(self) -> Path:
         """Job locks and job folders."""
-        return self.root / "jobs"
+        return self.resolve_inside("jobs")
 
     @property
     def cache_dir(self) -> Path:
         """Recomputable data (predictions, embeddings...)."""
-        return self.root / "cache"
+        return self.resolve_inside("cache")
+
+    def cache_folder(self, name: str) -> Path:
+        """``cache/<name>`` (e.g. ``training``), refused if it leads out of the workspace."""
+        return self.resolve_inside(Path("cache") / name)
 
     # creation ----------------------------------------------------------------------------
 
@@ -224,6 +282,14 @@ class Workspace:
         for path in image_paths:
             read_image(path)
         case_ids = _unique_case_ids(image_paths)
+        for path, case_id in zip(image_paths, case_ids, strict=True):
+            if len(case_id) > MAX_CASE_ID_LENGTH:
+                raise BadInputError(
+                    f"gives a case id of {len(case_id)} characters; the limit is "
+                    f"{MAX_CASE_ID_LENGTH}, so that the file names made from it fit the file "
+                    "system: give the image a shorter name",
+                    path,
+                )
         label_files = cls._find_label_files(labels_dir, set(case_ids)) if labels_dir else {}
 
         created_parents = [p for p in reversed(root.parents) if not p.exists()]
@@ -235,7 +301,7 @@ class Workspace:
             for name in SUBFOLDERS:
                 (staging / name).mkdir()
             config.save(staging / CONFIG_FILE_NAME)
-            registry = Registry(staging / REGISTRY_FILE_NAME)
+            registry = Registry(staging / REGISTRY_FILE_NAME, create=True)
             registry.add_cases(zip(case_ids, image_paths, strict=True), user=user)
             registry.audit(
                 "create",
@@ -281,12 +347,22 @@ class Workspace:
         return matches
 
     @classmethod
-    def open(cls, root: str | Path) -> Workspace:
+    def open(cls, root: str | Path, *, reconcile: bool = True) -> Workspace:
         """Open an existing workspace.
+
+        Its folders are checked (none may lead out of it), and with ``reconcile`` the label
+        files are reconciled with the registry (:meth:`reconcile`); what that did is in
+        :attr:`notes` and each note is issued as a warning.
+
+        Args:
+            root: The workspace folder.
+            reconcile: Reconcile ``labels/`` with the registry.
 
         Raises:
             BadInputError: ``root`` is missing, not a workspace, or its ``assft.json`` or
-                registry is malformed (the file is named).
+                registry is missing, empty or malformed (the file is named; nothing is changed,
+                the registry is never re-created), or one of its folders is a symbolic link
+                leading out of it.
         """
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -295,10 +371,14 @@ class Workspace:
         if not (root / CONFIG_FILE_NAME).is_file():
             raise BadInputError(f"is not an ASSFT workspace (no {CONFIG_FILE_NAME})", root)
         config = WorkspaceConfig.load(root / CONFIG_FILE_NAME)
-        registry_path = root / REGISTRY_FILE_NAME
-        if not registry_path.is_file():
-            raise BadInputError("is missing: the workspace is incomplete", registry_path)
-        return cls(root, config, Registry(registry_path))
+        registry = Registry(root / REGISTRY_FILE_NAME)
+        workspace = cls(root, config, registry)
+        for folder in OWNED_FOLDERS:
+            workspace.resolve_inside(folder)
+        if reconcile:
+            for note in workspace.reconcile():
+                warnings.warn(note, stacklevel=2)
+        return workspace
 
     def save_config(self) -> Path:
         """Write :attr:`config` back to ``assft.json`` (atomically)."""
@@ -312,18 +392,30 @@ class Workspace:
         Args:
             relative: e.g. ``"labels/case1.nii.gz"``.
 
+        Every folder and file the workspace owns is reached through here, so that no symbolic
+        link (a folder such as ``labels/``, or a file such as ``labels/<case>.nii.gz``) can make
+        the engine read or write outside the workspace. Links that stay inside are followed.
+
         Returns:
             The absolute path (symlinks and ``..`` resolved).
 
         Raises:
-            BadInputError: the path is absolute, or resolves outside the workspace.
+            BadInputError: the path is absolute, or resolves outside the workspace (a link is
+                named with where it leads).
         """
         relative = Path(relative)
         if relative.is_absolute():
             raise BadInputError("is absolute; give a path relative to the workspace", relative)
         resolved = (self.root / relative).resolve()
         if not resolved.is_relative_to(self.root):
-            raise BadInputError(f"leaves the workspace {self.root}", relative)
+            if ".." in relative.parts:
+                raise BadInputError(f"leaves the workspace {self.root}", relative)
+            raise BadInputError(
+                f"leads to {resolved}, which leaves the workspace {self.root} (a symbolic "
+                "link): ASSFT reads and writes only inside its workspace; replace the link by "
+                "a folder or file",
+                self.root / relative,
+            )
         return resolved
 
     def check_case_id(self, case_id: str) -> str:
@@ -355,14 +447,76 @@ class Workspace:
         return Path(case["image_path"])
 
     def label_path(self, case_id: str) -> Path | None:
-        """The stored label ``labels/<case_id>.nii.gz``, or None if there is none."""
+        """The stored label ``labels/<case_id>.nii.gz``, or None if there is none.
+
+        Raises:
+            BadInputError: unknown case, or the file is a symbolic link leading out of the
+                workspace.
+        """
         path = self._stored_label_path(self.check_case_id(case_id))
         return path if path.is_file() else None
 
     def _stored_label_path(self, case_id: str) -> Path:
-        return self.labels_dir / f"{case_id}.nii.gz"
+        """``labels/<case_id>.nii.gz``, refused if it is a link leading out of the workspace."""
+        name = f"{case_id}{LABEL_SUFFIX}"
+        self.resolve_inside(f"labels/{name}")
+        return self.labels_dir / name
+
+    def _staged_label_path(self, case_id: str) -> Path:
+        return self.labels_dir / f".{case_id}{_STAGED}{LABEL_SUFFIX}"
 
     # labels and statuses -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _storing(self, path: Path) -> Iterator[None]:
+        """Turn a full disk or a read-only workspace into a one-line :class:`StorageError`."""
+        try:
+            yield
+        except OSError as error:
+            converted = storage_error(error, path)
+            if converted is None:
+                raise
+            raise converted from error
+
+    @contextlib.contextmanager
+    def case_lock(self, case_id: str, *, timeout: float = BUSY_TIMEOUT_S) -> Iterator[bool]:
+        """Hold the lock of one case's label (``labels/.locks/<case_id>.lock``).
+
+        A submit holds it from staging the new label to the registry's commit, so two submits
+        of one case never interleave and :meth:`reconcile` never touches a submit under way.
+        The operating system drops it when its process ends, however it ends.
+
+        Args:
+            case_id: A well-formed case id.
+            timeout: Seconds to wait for it; 0 tries once.
+
+        Yields:
+            True when held; False only when ``timeout`` is 0 and another process holds it.
+
+        Raises:
+            WorkspaceLockedError: another process held it for all of ``timeout`` (> 0).
+            StorageError: the lock file cannot be created (full disk, read-only workspace).
+        """
+        folder = self.resolve_inside("labels/.locks")
+        path = folder / f"{case_id}.lock"
+        with self._storing(self.labels_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            deadline = time.monotonic() + timeout
+            while (held := try_lock(path)) is None:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_LOCK_POLL_S)
+        if held is None and timeout > 0:
+            raise WorkspaceLockedError(
+                f"the label of case {case_id!r} is being stored by another process for over "
+                f"{timeout:g} s; try again",
+                self.root,
+            )
+        try:
+            yield held is not None
+        finally:
+            if held is not None:
+                unlock(held)
 
     def submit_label(
         self, case_id: str, label_file: str | Path, *, user: str | None = None
@@ -372,7 +526,9 @@ class Workspace:
         The label must have the image's grid (within tolerance) and hold only 0 and declared
         label values; it is stored at the image's exact geometry. A label it replaces is kept
         in ``labels/backup/``. The file is complete on disk before the registry says
-        ``labeled``.
+        ``labeled``, and the two always agree: a failure leaves the old label and the registry
+        as they were, and a submit interrupted by a kill is finished or abandoned by the next
+        :meth:`open`.
 
         Args:
             case_id: A registered case.
@@ -385,6 +541,8 @@ class Workspace:
         Raises:
             BadInputError: unknown case, or a bad label (the label file is named); nothing is
                 changed then.
+            StorageError: the disk is full or the workspace read-only; nothing is changed.
+            WorkspaceLockedError: another process keeps the case or the registry locked.
         """
         image_path = self.image_path(case_id)
         stored = load_label_for_image(
@@ -401,73 +559,407 @@ class Workspace:
         user: str,
         action: str = "submit-label",
     ) -> Path:
-        """Back up the old label, write the new one atomically, then update the registry."""
-        self.labels_dir.mkdir(exist_ok=True)
+        """Store a checked label as one unit (see the module's docstring); see submit_label.
+
+        Under the case's lock: stage the new label (hidden), record the intent (its hash and
+        the backup's name) in the registry, link the old label into ``labels/backup/``, rename
+        the new one into place, commit. A failure before the rename changes nothing; a failure
+        of the commit puts the old label back. A kill after the intent leaves a row that the
+        next :meth:`open` finishes or abandons, as the label file says.
+        """
         destination = self._stored_label_path(case_id)
-        backup: Path | None = None
-        if destination.is_file():
-            backup = self._backup_label(case_id, destination)
-        try:
-            write_image_atomic(stored, destination)
-        except BaseException:
-            if backup is not None:
-                backup.unlink(missing_ok=True)
-            raise
-        digest = sha256_file(destination)
-        self.registry.set_status(
-            case_id,
-            "labeled",
-            user=user,
-            label_sha256=digest,
-            action=action,
-            detail={
-                "sha256": digest,
-                "source": str(source),
-                "backup": None if backup is None else backup.name,
-            },
-        )
+        with self.case_lock(case_id):
+            self._finish_interrupted_submit(case_id)
+            staged = self._staged_label_path(case_id)
+            self._write_staged(stored, staged, destination)
+            backup: Path | None = None
+            try:
+                digest = sha256_file(staged)
+                if destination.is_file():
+                    backup = self._free_backup_path(case_id)
+                self.registry.begin_label(
+                    case_id,
+                    digest,
+                    backup=None if backup is None else backup.name,
+                    source=str(source),
+                    user=user,
+                    pid=os.getpid(),
+                )
+            except BaseException:
+                staged.unlink(missing_ok=True)
+                raise
+            # From here the registry holds the intent: an interrupted submit is recoverable.
+            try:
+                with self._storing(destination):
+                    if backup is not None:
+                        self._link_backup(destination, backup)
+                    os.replace(staged, destination)
+                    fsync_directory(destination.parent)
+            except BaseException:
+                staged.unlink(missing_ok=True)
+                if backup is not None and destination.is_file():
+                    backup.unlink(missing_ok=True)
+                with contextlib.suppress(Exception):
+                    self.registry.drop_pending_label(case_id)
+                raise
+            try:
+                self.registry.commit_label(
+                    case_id,
+                    digest,
+                    user=user,
+                    action=action,
+                    detail={
+                        "sha256": digest,
+                        "source": str(source),
+                        "backup": None if backup is None else backup.name,
+                    },
+                )
+            except BaseException:
+                if not self._committed(case_id, digest):
+                    with contextlib.suppress(OSError):
+                        self._put_back(destination, backup)
+                        # The intent no longer matches the file; if it cannot be dropped now,
+                        # the next open abandons it.
+                        with contextlib.suppress(Exception):
+                            self.registry.drop_pending_label(case_id)
+                raise
         return destination
 
-    def _backup_label(self, case_id: str, label: Path) -> Path:
-        """Keep a copy of ``label`` in ``labels/backup/`` (a hard link where possible)."""
-        self.label_backup_dir.mkdir(exist_ok=True)
+    def _write_staged(self, stored: sitk.Image, staged: Path, destination: Path) -> None:
+        """Write the new label to its hidden staging file and read it back.
+
+        ITK reports no error when the disk fills up while it writes (it leaves an empty or a
+        short file), so the staged file is read back and its voxels compared before it may
+        replace the stored label.
+
+        Raises:
+            StorageError: the disk is full (or the workspace read-only); nothing is left.
+            BadInputError: the file read back differs from the label (named).
+        """
+        try:
+            with self._storing(destination):
+                write_image_atomic(stored, staged)
+            written = _read_back(staged)
+            same = (
+                written is not None
+                and written.GetSize() == stored.GetSize()
+                and bool(
+                    (
+                        sitk.GetArrayViewFromImage(written) == sitk.GetArrayViewFromImage(stored)
+                    ).all()
+                )
+            )
+            if not same:
+                with contextlib.suppress(OSError):
+                    if shutil.disk_usage(staged.parent).free < _NEARLY_FULL_BYTES:
+                        raise StorageError(
+                            "no space left on device; free some space and try again",
+                            destination,
+                        )
+                raise BadInputError(
+                    "could not be written completely (what was read back differs); "
+                    "nothing was changed",
+                    destination,
+                )
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+
+    def _committed(self, case_id: str, digest: str) -> bool:
+        """Whether the registry has a case's new label although committing it raised."""
+        try:
+            row = self.registry.case(case_id)
+            return (
+                row is not None
+                and row["label_sha256"] == digest
+                and not self.registry.pending_labels(case_id)
+            )
+        except Exception:  # noqa: BLE001 - unreadable now: assume it was not committed
+            return False
+
+    @staticmethod
+    def _put_back(destination: Path, backup: Path | None) -> None:
+        """Undo a label's replacement: the backup (a link to the old label) goes back in place.
+
+        A rename needs no free space, so this works on a full disk too.
+        """
+        if backup is not None:
+            os.replace(backup, destination)
+        else:
+            destination.unlink(missing_ok=True)
+        fsync_directory(destination.parent)
+
+    def _free_backup_path(self, case_id: str) -> Path:
+        """A new name in ``labels/backup/`` for the label of ``case_id`` about to be replaced."""
+        backup_dir = self.label_backup_dir
+        with self._storing(backup_dir):
+            backup_dir.mkdir(exist_ok=True)
         stamp = compact_timestamp()
         for number in range(1, 1000):
             suffix = "" if number == 1 else f"-{number}"
-            backup = self.label_backup_dir / f"{case_id}-{stamp}{suffix}.nii.gz"
-            try:
-                os.link(label, backup)
+            backup = backup_dir / f"{case_id}-{stamp}{suffix}{LABEL_SUFFIX}"
+            if not os.path.lexists(backup):
                 return backup
-            except FileExistsError:
+        raise RuntimeError(f"cannot find a free backup name for case {case_id} in {backup_dir}")
+
+    @staticmethod
+    def _link_backup(label: Path, backup: Path) -> None:
+        """Keep the label about to be replaced as ``backup`` (a hard link where possible)."""
+        try:
+            os.link(label, backup)
+        except OSError as error:
+            if storage_error(error) is not None or isinstance(error, FileExistsError):
+                raise
+            shutil.copy2(label, backup)  # no hard links on this file system
+            with open(backup, "rb+") as stream:
+                os.fsync(stream.fileno())
+
+    # reconciliation ----------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Make ``labels/`` and the registry agree; :meth:`open` calls it.
+
+        * A submit that was interrupted (its process killed) is finished when the new label
+          file is in place, else abandoned (the old label stays); audit ``recover-submit`` or
+          ``abandon-submit``.
+        * A file in ``labels/`` that the registry does not know (named after a case that has no
+          stored label, or after no case, or a link leading out of the workspace) is moved to
+          ``labels/quarantine/``; audit ``quarantine-label``. Submit it to use it.
+        * A labeled case whose label file is missing is reported.
+
+        Cases whose submit is under way in another process are left alone. When all agree
+        nothing is written (a read-only workspace opens); when something must change and
+        cannot, that is reported instead.
+
+        Returns:
+            One line per thing found (also kept in :attr:`notes`).
+        """
+        notes: list[str] = []
+        labels = self.labels_dir
+        if not labels.is_dir():
+            return notes
+        rows = {row["case_id"]: row for row in self.registry.cases()}
+        pending = {row["case_id"] for row in self.registry.pending_labels()}
+        work: set[str] = set(pending)
+        strays: list[Path] = []
+        for entry in sorted(labels.iterdir()):
+            name = entry.name
+            if name.startswith(".") and name.endswith(_STAGED + LABEL_SUFFIX):
+                work.add(name[1 : -len(_STAGED + LABEL_SUFFIX)])
                 continue
-            except OSError:  # no hard links on this file system
-                if backup.exists():
+            if name.startswith(".") or name in _LABEL_SUBFOLDERS:
+                continue  # temporary files, locks, backup/ and quarantine/ (checked at open)
+            if entry.is_dir() and not entry.is_symlink():
+                continue  # a folder of the user's own
+            case_id = name[: -len(LABEL_SUFFIX)] if name.endswith(LABEL_SUFFIX) else None
+            row = rows.get(case_id) if case_id else None
+            if case_id is not None and row is not None:
+                leaves = not entry.resolve().is_relative_to(self.root)
+                if row["label_sha256"] is not None and not leaves:
                     continue
-                shutil.copy2(label, backup)
-                with open(backup, "rb+") as stream:
-                    os.fsync(stream.fileno())
-                return backup
-        raise RuntimeError(f"cannot find a free backup name for {label}")
+                work.add(case_id)  # under its case's lock: a submit may be under way
+            else:
+                strays.append(entry)
+        for case_id in sorted(work):
+            if case_id in rows:
+                notes += self._reconcile_case(case_id, rows[case_id])
+        for entry in strays:
+            notes += self._quarantine(entry, None, "is named after no case of the workspace")
+        for case_id, row in rows.items():
+            if (
+                row["status"] in ("labeled", "held-out")
+                and not (labels / f"{case_id}{LABEL_SUFFIX}").exists()
+            ):
+                notes.append(
+                    f"case {case_id} is {row['status']} but its label file "
+                    f"labels/{case_id}{LABEL_SUFFIX} is missing: submit its label again"
+                )
+        self.notes += notes
+        return notes
+
+    def _reconcile_case(self, case_id: str, row: dict[str, Any]) -> list[str]:
+        try:
+            with self.case_lock(case_id, timeout=0) as held:
+                if not held:
+                    return []  # a submit is under way in a live process
+                notes = self._finish_interrupted_submit(case_id)
+                destination = self.labels_dir / f"{case_id}{LABEL_SUFFIX}"
+                row = self.registry.case(case_id) or row
+                if os.path.lexists(destination) and (
+                    row["label_sha256"] is None
+                    or not destination.resolve().is_relative_to(self.root)
+                ):
+                    why = (
+                        "leads out of the workspace"
+                        if not destination.resolve().is_relative_to(self.root)
+                        else f"is not a label the registry knows (case {case_id} is "
+                        f"{row['status']})"
+                    )
+                    notes += self._quarantine(destination, case_id, why)
+                return notes
+        except (StorageError, WorkspaceLockedError) as error:
+            return [f"cannot reconcile the label of case {case_id} now: {error}"]
+
+    def _finish_interrupted_submit(self, case_id: str) -> list[str]:
+        """Finish or abandon the interrupted submit of a case (its lock held); notes."""
+        notes: list[str] = []
+        staged = self._staged_label_path(case_id)
+        for intent in self.registry.pending_labels(case_id):
+            destination = self.labels_dir / f"{case_id}{LABEL_SUFFIX}"
+            in_place = (
+                destination.is_file()
+                and not destination.is_symlink()
+                and sha256_file(destination) == intent["sha256"]
+            )
+            detail = {
+                "sha256": intent["sha256"],
+                "source": intent["source"],
+                "backup": intent["backup"],
+                "pid": intent["pid"],
+                "started_at": intent["started_at"],
+            }
+            if in_place:
+                self.registry.commit_label(
+                    case_id,
+                    intent["sha256"],
+                    user=intent["user"],
+                    action="recover-submit",
+                    detail=detail,
+                )
+                notes.append(
+                    f"finished the interrupted submit of case {case_id} (by {intent['user']}, "
+                    f"pid {intent['pid']}, {intent['started_at']}): its new label was in place"
+                )
+            else:
+                self._remove_unused_backup(destination, intent["backup"])
+                self.registry.drop_pending_label(
+                    case_id, action="abandon-submit", detail=detail, user=default_user()
+                )
+                notes.append(
+                    f"abandoned the interrupted submit of case {case_id} (by {intent['user']}, "
+                    f"pid {intent['pid']}, {intent['started_at']}): its label is unchanged"
+                )
+        with self._storing(staged):
+            staged.unlink(missing_ok=True)
+        return notes
+
+    def _remove_unused_backup(self, label: Path, name: str | None) -> None:
+        """Remove the backup an abandoned submit made of ``label``, which is still in place."""
+        if not name:
+            return
+        backup = self.label_backup_dir / name
+        with contextlib.suppress(OSError):
+            same = (
+                backup.is_file()
+                and label.is_file()
+                and (os.path.samefile(backup, label) or sha256_file(backup) == sha256_file(label))
+            )
+            if same:
+                backup.unlink()
+
+    def _quarantine(self, entry: Path, case_id: str | None, why: str) -> list[str]:
+        """Move a file the registry does not know from ``labels/`` to ``labels/quarantine/``."""
+        folder = self.label_quarantine_dir
+        target = folder / f"{compact_timestamp()}-{entry.name}"
+        try:
+            with self._storing(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+                os.rename(entry, target)  # moves a symbolic link itself, never its target
+                fsync_directory(entry.parent)
+        except StorageError as error:
+            return [f"labels/{entry.name} {why}, and cannot be moved aside: {error}"]
+        moved = f"moved to labels/quarantine/{target.name} (submit it to use it)"
+        try:
+            self.registry.audit(
+                "quarantine-label",
+                case_id,
+                {
+                    "file": f"labels/{entry.name}",
+                    "moved_to": f"labels/quarantine/{target.name}",
+                    "reason": why,
+                },
+                user=default_user(),
+            )
+        except (StorageError, WorkspaceLockedError) as error:
+            return [f"labels/{entry.name} {why}: {moved}; not in the audit trail: {error}"]
+        return [f"labels/{entry.name} {why}: {moved}"]
 
     def skip(self, case_id: str, *, user: str | None = None) -> None:
         """Mark a case skipped (not to be proposed again)."""
         self.set_status(case_id, "skipped", user=user)
 
-    def set_status(self, case_id: str, status: str, *, user: str | None = None) -> None:
-        """Set a case's status.
+    def hold_out(
+        self, case_ids: Sequence[str], *, release: bool = False, user: str | None = None
+    ) -> str:
+        """Keep labeled cases out of training, for validation (or release them again).
+
+        Every case is checked before any changes: it must be labeled in the registry (a stored
+        label hash, not merely a file in ``labels/``), or held out to be released.
+
+        Returns:
+            The cases' new status, ``held-out`` or ``labeled``.
 
         Raises:
-            BadInputError: unknown case or status, or ``labeled`` for a case with no stored
-                label (use :meth:`submit_label`).
+            BadInputError: unknown case, or one that is not labeled (held out, for ``release``);
+                nothing is changed then.
+        """
+        status, allowed = ("labeled", "held-out") if release else ("held-out", "labeled")
+        for case_id in case_ids:
+            row = self.registry.case(self.check_case_id(case_id))
+            assert row is not None  # checked just above
+            if row["status"] not in (allowed, status) or row["label_sha256"] is None:
+                raise BadInputError(
+                    f"case {case_id} is {row['status']}, not held out"
+                    if release
+                    else f"case {case_id} is {row['status']}: only labeled cases can be held out"
+                )
+            if self.label_path(case_id) is None:
+                raise BadInputError(
+                    f"case {case_id} is {row['status']} but its label file is missing: "
+                    "submit its label again"
+                )
+        for case_id in case_ids:
+            self.set_status(case_id, status, user=user, require=(allowed, status))
+        return status
+
+    def set_status(
+        self,
+        case_id: str,
+        status: str,
+        *,
+        user: str | None = None,
+        require: Sequence[str] | None = None,
+    ) -> None:
+        """Set a case's status.
+
+        Args:
+            case_id: A registered case.
+            status: One of the case statuses.
+            user: Who did it (default :func:`default_user`).
+            require: Statuses the case must have now (checked in the registry's transaction).
+
+        Raises:
+            BadInputError: unknown case or status, a case without a required status, or
+                ``labeled`` or ``held-out`` for a case the registry has no label for or whose
+                label file is missing (use :meth:`submit_label`).
+            StorageError: the disk is full or the workspace read-only.
         """
         self.check_case_id(case_id)
         check_status(status)
-        if status == "labeled" and self.label_path(case_id) is None:
+        needs_label = status in ("labeled", "held-out")
+        if needs_label and self.label_path(case_id) is None:
             raise BadInputError(
-                f"case {case_id!r} has no stored label: submit one to mark it labeled"
+                f"case {case_id!r} has no stored label: submit one to mark it {status}"
             )
         action = "skip" if status == "skipped" else "set-status"
-        self.registry.set_status(case_id, status, user=user or default_user(), action=action)
+        self.registry.set_status(
+            case_id,
+            status,
+            user=user or default_user(),
+            action=action,
+            require=require,
+            require_label=needs_label,
+        )
 
     # model version -----------------------------------------------------------------------
 
@@ -484,10 +976,13 @@ class Workspace:
 
         Raises:
             BadInputError: ``version`` is not a model version name such as ``v3``.
+            StorageError: the disk is full or the workspace read-only; the pointer is unchanged.
         """
         check_version(version)
-        self.models_dir.mkdir(exist_ok=True)
-        write_text_atomic(self.models_dir / "current", version + "\n")
+        models = self.models_dir
+        with self._storing(models / "current"):
+            models.mkdir(exist_ok=True)
+            write_text_atomic(models / "current", version + "\n")
 
     # rankings ----------------------------------------------------------------------------
 
