@@ -82,4 +82,6 @@ def storage_error(
             else f"cannot be written ({reason})"
         )
         return StorageError(text, where)
+    if error.errno == errno.EIO:  # a disk error, or a written file that reads back differently
+        return StorageError(f"could not be written completely ({error.strerror})", where)
     return None

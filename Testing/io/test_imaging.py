@@ -464,3 +464,26 @@ def test_what_metaio_prints_about_a_truncated_file_stays_off_the_terminal(
     assert capfd.readouterr().err == ""
     print("stderr works again", file=sys.stderr)
     assert capfd.readouterr().err == "stderr works again\n"
+
+
+def test_an_image_written_to_a_full_disk_is_refused_and_the_old_file_kept(tmp_path):
+    """ITK leaves an empty or short file on a full disk without an error: the atomic write reads
+    the new file back and refuses it, so the destination keeps its old contents."""
+    import errno
+
+    from assft_testing.mounts import fill, tmpfs
+
+    old = sitk.GetImageFromArray(np.zeros((10, 9, 8), dtype=np.uint8))
+    new = sitk.GetImageFromArray(
+        np.random.default_rng(0).integers(0, 3, (10, 9, 8), dtype=np.uint8)
+    )
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        destination = write_image_atomic(old, disk / "label.nii.gz")
+        before = destination.read_bytes()
+        filler = fill(disk)
+        with pytest.raises(OSError) as refused:
+            write_image_atomic(new, destination)
+        filler.unlink()
+        assert refused.value.errno == errno.ENOSPC
+        assert destination.read_bytes() == before
+        assert sorted(p.name for p in disk.iterdir()) == ["label.nii.gz"]

@@ -15,10 +15,12 @@ kept off the terminal: the user sees the one-line error only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import math
 import os
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -771,4 +773,36 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
         )
     with atomic_path(path, suffix=suffix) as temporary, _quiet_itk():
         sitk.WriteImage(image, str(temporary), True)
+        _check_written(image, temporary, path)
     return path
+
+
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _check_written(image: sitk.Image, written: Path, destination: Path) -> None:
+    """Read a freshly written file back before it may replace ``destination``.
+
+    ITK reports no error when the disk fills up while it writes: it leaves an empty or a short
+    file. Reading the voxels back is the only way to know the file is whole.
+
+    Raises:
+        OSError: ENOSPC when the disk is (nearly) full, else EIO; the caller's atomic write then
+            removes the temporary file and leaves ``destination`` as it was.
+    """
+    try:
+        back = sitk.ReadImage(str(written))
+        whole = back.GetSize() == image.GetSize() and bool(
+            (sitk.GetArrayViewFromImage(back) == sitk.GetArrayViewFromImage(image)).all()
+        )
+    except RuntimeError:
+        whole = False
+    if whole:
+        return
+    try:
+        full = shutil.disk_usage(written.parent).free < _NEARLY_FULL_BYTES
+    except OSError:
+        full = False
+    if full:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
+    raise OSError(errno.EIO, "the written image reads back differently", str(destination))

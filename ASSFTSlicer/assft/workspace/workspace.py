@@ -87,7 +87,6 @@ LABEL_SUFFIX = ".nii.gz"
 _RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
 _STAGED = ".submitting"  # labels/.<case_id>.submitting.nii.gz: a submit's new label, staged
 _LOCK_POLL_S = 0.05
-_NEARLY_FULL_BYTES = 1 << 20
 _LABEL_SUBFOLDERS = ("backup", "quarantine")
 
 
@@ -133,14 +132,6 @@ def find_images(items: Sequence[str | Path]) -> list[Path]:
             if is_image or (child.is_dir() and is_dicom_series(child)):
                 found.append(child.resolve())
     return list(dict.fromkeys(found))
-
-
-def _read_back(path: Path) -> sitk.Image | None:
-    """The image a file holds, or None when it cannot be read (an empty or a short file)."""
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError:
-        return None
 
 
 def _unique_case_ids(paths: Sequence[Path]) -> list[str]:
@@ -626,41 +617,15 @@ class Workspace:
         return destination
 
     def _write_staged(self, stored: sitk.Image, staged: Path, destination: Path) -> None:
-        """Write the new label to its hidden staging file and read it back.
-
-        ITK reports no error when the disk fills up while it writes (it leaves an empty or a
-        short file), so the staged file is read back and its voxels compared before it may
-        replace the stored label.
+        """Write the new label to its hidden staging file, read back whole (see
+        :func:`assft.io.imaging.write_image_atomic`: ITK leaves a short file on a full disk).
 
         Raises:
             StorageError: the disk is full (or the workspace read-only); nothing is left.
-            BadInputError: the file read back differs from the label (named).
         """
         try:
             with self._storing(destination):
                 write_image_atomic(stored, staged)
-            written = _read_back(staged)
-            same = (
-                written is not None
-                and written.GetSize() == stored.GetSize()
-                and bool(
-                    (
-                        sitk.GetArrayViewFromImage(written) == sitk.GetArrayViewFromImage(stored)
-                    ).all()
-                )
-            )
-            if not same:
-                with contextlib.suppress(OSError):
-                    if shutil.disk_usage(staged.parent).free < _NEARLY_FULL_BYTES:
-                        raise StorageError(
-                            "no space left on device; free some space and try again",
-                            destination,
-                        )
-                raise BadInputError(
-                    "could not be written completely (what was read back differs); "
-                    "nothing was changed",
-                    destination,
-                )
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
