@@ -31,7 +31,14 @@ def registry(workspace: Workspace) -> ModelRegistry:
 
 
 def _weights(value: float) -> dict[str, torch.Tensor]:
+    """Weights that do not fit the workspace's preset: enough for storing, not for using."""
     return {"conv.weight": torch.full((2, 3), value), "conv.bias": torch.arange(2.0)}
+
+
+def _fitting(registry: ModelRegistry, value: float) -> dict[str, torch.Tensor]:
+    """Weights of the workspace's preset (the demo UNet), every float shifted by ``value``."""
+    state = registry.load("v0").network.state_dict()
+    return {k: v + value if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _listing(folder: Path) -> list[str]:
@@ -58,7 +65,7 @@ def test_a_fresh_workspace_has_only_the_preset(registry):
 
 def test_add_promote_rollback(registry, workspace):
     v1 = registry.add_version(
-        _weights(1.0),
+        _fitting(registry, 1.0),
         {
             "label_set_hash": "abc",
             "mode": "selective",
@@ -77,9 +84,10 @@ def test_add_promote_rollback(registry, workspace):
     assert registry.current() == "v1" and workspace.current_model_version() == "v1"
     assert registry.manifest("v1")["promoted"] is True
     state = registry.load_state("v1")
-    assert torch.equal(state["conv.weight"], torch.full((2, 3), 1.0))
+    key = next(iter(state))
+    assert torch.equal(state[key], _fitting(registry, 1.0)[key])
 
-    v2 = registry.add_version(_weights(2.0), {"mode": "all"})
+    v2 = registry.add_version(_fitting(registry, 2.0), {"mode": "all"})
     assert v2 == "v2" and registry.manifest("v2")["parent"] == "v1"
     listed = registry.to_json()
     assert listed["current"] == "v1"
@@ -101,6 +109,12 @@ def test_add_promote_rollback(registry, workspace):
         "rollback-model",
         "rollback-model",
     ]
+    assert actions[0]["detail"] == {
+        "version": "v1",
+        "previous": "v0",
+        "reason": "gate passed: dice 0.50 >= 0.40",
+        "job": None,
+    }
     assert actions[1]["detail"] == {"version": "v2", "rolled_back_from": "v1"}
 
 
@@ -128,8 +142,8 @@ def test_unknown_versions_are_refused(registry):
 
 
 def test_a_truncated_checkpoint_is_detected_and_the_parent_used(registry, workspace):
-    registry.promote(registry.add_version(_weights(1.0), {}), reason="gate")
-    registry.promote(registry.add_version(_weights(2.0), {}), reason="gate")
+    registry.promote(registry.add_version(_fitting(registry, 1.0), {}), reason="gate")
+    registry.promote(registry.add_version(_fitting(registry, 2.0), {}), reason="gate")
     assert registry.current() == "v2"
     checkpoint = registry.checkpoint_path("v2")
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
@@ -142,7 +156,8 @@ def test_a_truncated_checkpoint_is_detected_and_the_parent_used(registry, worksp
 
     version, warning = registry.current_or_fallback()
     assert version == "v1" and "v2" in warning and "using v1" in warning
-    assert torch.equal(registry.load_state(version)["conv.weight"], torch.full((2, 3), 1.0))
+    key = next(iter(registry.load_state(version)))
+    assert torch.equal(registry.load_state(version)[key], _fitting(registry, 1.0)[key])
 
     registry.rollback("v1")
     with pytest.raises(BadInputError, match="is damaged"):

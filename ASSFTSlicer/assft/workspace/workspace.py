@@ -47,7 +47,7 @@ from assft.workspace.files import (
 )
 from assft.workspace.labels import load_label_for_image
 from assft.workspace.registry import REGISTRY_FILE_NAME, Registry, check_status
-from assft.workspace.versions import BASE_VERSION, check_version
+from assft.workspace.versions import check_version, read_pointer
 
 __all__ = ["CASE_ID_PATTERN", "Workspace", "default_user", "find_images"]
 
@@ -472,12 +472,12 @@ class Workspace:
     # model version -----------------------------------------------------------------------
 
     def current_model_version(self) -> str:
-        """The model version in use: ``models/current``, or ``"v0"`` (the preset as shipped)."""
-        try:
-            version = (self.models_dir / "current").read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return BASE_VERSION
-        return version or BASE_VERSION
+        """The model version in use: ``models/current``, or ``"v0"`` (the preset as shipped).
+
+        Raises:
+            BadInputError: a damaged pointer (see :func:`assft.workspace.versions.read_pointer`).
+        """
+        return read_pointer(self.models_dir / "current")
 
     def set_current_model_version(self, version: str) -> None:
         """Point ``models/current`` at ``version`` (atomically).
@@ -621,8 +621,14 @@ class Workspace:
         """Model version, case counts per status, running job and latest ranking file."""
         counts = self.registry.counts()
         latest = self.registry.latest_ranking()
+        try:
+            version: str | None = self.current_model_version()
+            problem = None
+        except BadInputError as error:  # a damaged pointer is reported, not fatal, here
+            version, problem = None, str(error)
         return {
-            "model_version": self.current_model_version(),
+            "model_version": version,
+            "model_pointer_problem": problem,
             "counts": counts,
             "total": sum(counts.values()),
             "running_job": self.running_job(),
