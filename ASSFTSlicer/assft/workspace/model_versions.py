@@ -109,6 +109,8 @@ class _PointerChange:
         self.registry = registry
         self.connection = connection
         self.saved: list[tuple[Path, bytes | None]] = []
+        self.recovered: str | None = None
+        """What :meth:`ModelRegistry._recover` put back first, if anything."""
 
     def audit(self, action: str, detail: dict[str, Any]) -> None:
         self.registry.insert_audit(self.connection, action, detail, user=default_user())
@@ -181,14 +183,17 @@ class ModelRegistry:
         except BadInputError as error:
             return None, str(error)
 
-    def recorded_current(self, connection: sqlite3.Connection | None = None) -> str | None:
-        """The version the registry's last pointer change made current (None: none recorded)."""
+    def recorded_current(self, connection: sqlite3.Connection | None = None) -> str:
+        """The version the registry's last pointer change made current (``v0``: none yet).
+
+        Every workspace starts at ``v0``; only a recorded change moves it.
+        """
         rows = self.workspace.registry.audit_actions(POINTER_ACTIONS, connection)
         for row in reversed(rows):
             version = (row.get("detail") or {}).get("version")
             if parse_version(version) is not None:
                 return str(version)
-        return None
+        return BASE_VERSION
 
     def decision(
         self, version: str, connection: sqlite3.Connection | None = None
@@ -219,7 +224,7 @@ class ModelRegistry:
         if problem is not None:
             return None, [problem]
         recorded = self.recorded_current()
-        if recorded is not None and recorded != pointer:
+        if recorded != pointer:
             return pointer, [
                 f"{self.pointer_path}: names {pointer}, but the registry records {recorded} as "
                 f"current (a change of the current version was interrupted before it was "
@@ -587,7 +592,7 @@ class ModelRegistry:
         try:
             with registry.transaction() as connection:
                 change = _PointerChange(registry, connection)
-                self._recover(change)
+                change.recovered = self._recover(change)
                 yield change
                 if any(path == self.pointer_path for path, _ in change.saved):
                     syncpoints.reach("model-pointer-moved")
@@ -604,7 +609,7 @@ class ModelRegistry:
         """
         recorded = self.recorded_current(change.connection)
         pointer, problem = self._pointer()
-        if recorded is None or problem is not None or pointer == recorded:
+        if problem is not None or pointer == recorded:
             return None
         promoted = {
             (row.get("detail") or {}).get("version")
@@ -639,7 +644,7 @@ class ModelRegistry:
             BadInputError: the registry cannot be written.
         """
         with self._pointer_change() as change:
-            return self._recover(change)
+            return change.recovered
 
     def promote(
         self,
