@@ -366,8 +366,7 @@ def test_a_damaged_pointer_is_reported_in_one_line_and_rollback_repairs_it(
             call()
         message = str(caught.value)
         assert "\n" not in message and str(pointer) in message and "assft rollback" in message
-    summary = workspace.status_summary()
-    assert summary["model_version"] is None and "is damaged" in summary["model_pointer_problem"]
+    assert workspace.status_summary()["model_version"] is None
     listed = registry.to_json()
     assert listed["current"] is None and len(listed["problems"]) == 1
     assert not any(v["current"] for v in listed["versions"])

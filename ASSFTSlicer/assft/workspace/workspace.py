@@ -618,17 +618,16 @@ class Workspace:
         return locks.running_job(self.jobs_dir, name)
 
     def status_summary(self) -> dict[str, Any]:
-        """Model version, case counts per status, running job and latest ranking file."""
+        """Model version (None: the pointer is damaged), case counts per status, running job
+        and latest ranking file."""
         counts = self.registry.counts()
         latest = self.registry.latest_ranking()
         try:
             version: str | None = self.current_model_version()
-            problem = None
-        except BadInputError as error:  # a damaged pointer is reported, not fatal, here
-            version, problem = None, str(error)
+        except BadInputError:  # a damaged pointer: None here; ModelRegistry.problems() says why
+            version = None
         return {
             "model_version": version,
-            "model_pointer_problem": problem,
             "counts": counts,
             "total": sum(counts.values()),
             "running_job": self.running_job(),
