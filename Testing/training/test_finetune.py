@@ -452,6 +452,11 @@ def test_a_job_killed_while_registering_is_completed_by_the_next_run(
         status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
         assert status["model_problems"] == problems
         assert "names v1, but the registry records v0" in problems[0]
+        # Written inside the transaction that never committed: put back with the pointer.
+        assert registry.manifest("v1")["promoted"] is True
+        assert "put back to v0" in registry.recover()
+        assert registry.current() == "v0" and registry.manifest("v1")["promoted"] is False
+        assert registry.problems() == []
     else:
         assert problems == []
 

@@ -14,8 +14,8 @@ The points, in the order a fine-tune reaches them (see :mod:`assft.workspace.mod
 and :mod:`assft.training.finetune`):
 
 - ``model-version-stored``: the new version is stored, its promotion not decided yet;
-- ``model-pointer-moved``: inside the promotion's registry transaction, ``models/current`` moved,
-  the transaction not committed yet;
+- ``model-pointer-moved``: inside a pointer change's registry transaction (a promotion, a
+  rollback, a repair), ``models/current`` moved, the transaction not committed yet;
 - ``promotion-committed``: the promotion is committed, the job's state not yet written.
 
 Used only by tests; an engine run without these variables is not affected.

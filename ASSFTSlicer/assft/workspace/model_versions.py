@@ -602,15 +602,12 @@ class ModelRegistry:
             raise
 
     def _recover(self, change: _PointerChange) -> str | None:
-        """Put back a pointer the registry does not record (a change killed before its commit).
+        """Put back what a pointer change killed before its commit left: a pointer the
+        registry does not record, and manifests marked promoted without a recorded promotion.
 
         Returns:
             What was repaired, or None. A damaged pointer is left for :meth:`rollback`.
         """
-        recorded = self.recorded_current(change.connection)
-        pointer, problem = self._pointer()
-        if problem is not None or pointer == recorded:
-            return None
         promoted = {
             (row.get("detail") or {}).get("version")
             for row in self.workspace.registry.audit_actions(("promote-model",), change.connection)
@@ -626,6 +623,10 @@ class ModelRegistry:
                     manifest.pop(key, None)
                 manifest["promoted"] = False
                 change.write_json(self.models_dir / version / MANIFEST_NAME, manifest)
+        recorded = self.recorded_current(change.connection)
+        pointer, problem = self._pointer()
+        if problem is not None or pointer == recorded:
+            return None
         note = (
             f"models/current named {pointer}, which no committed change made current (the "
             f"process was killed before its commit): put back to {recorded}"
