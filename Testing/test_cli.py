@@ -439,3 +439,72 @@ def test_a_read_only_workspace_is_said_in_one_line(tmp_path, synthetic_pool, tin
             assert len(lines) == 1 and "the workspace is read-only" in lines[0], (args, lines)
             assert "Traceback" not in result.stderr
         assert run_cli("status", str(ws)).returncode == 0
+
+
+def _promoted_v1(ws):
+    """Store and promote a v1 whose weights fit the workspace's preset (no training)."""
+    from assft.workspace import Workspace
+    from assft.workspace.model_versions import ModelRegistry
+
+    registry = ModelRegistry(Workspace.open(ws))
+    state = registry.load("v0").network.state_dict()
+    tuned = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    registry.promote(registry.add_version(tuned, {"mode": "none"}), reason="test")
+    return registry
+
+
+def test_a_damaged_pointer_is_one_line_and_rollback_repairs_it(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    _promoted_v1(ws)
+    pointer = ws / "models" / "current"
+    pointer.write_bytes(b"\xff\xfe\x00\x01")
+    status = run_cli("status", str(ws), check=True).stdout
+    assert "model version: unknown (damaged pointer)  [PROBLEM]" in status
+    assert f"problem: {pointer}: is damaged (not text)" in status
+    document = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    assert document["model_version"] is None and len(document["model_problems"]) == 1
+    for verb in (("rank", "--budget", "1", "--views", "1", "--device", "cpu"), ("models",)):
+        result = run_cli(verb[0], str(ws), *verb[1:])
+        if verb[0] == "models":  # lists the versions and flags the pointer
+            assert result.returncode == 0 and result.stdout.startswith("PROBLEM: ")
+            continue
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert str(pointer) in line and "is damaged (not text)" in line and "rollback" in line
+    repaired = run_cli("rollback", str(ws), "v1", check=True).stdout
+    assert repaired.startswith("Repaired the damaged pointer")
+    assert "Current model version: v1" in repaired
+    status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    assert status["model_version"] == "v1" and status["model_problems"] == []
+    pointer.write_text("")  # empty is damaged too, never v0
+    result = run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
+    assert result.returncode == 2 and "is damaged (empty)" in result.stderr
+
+
+def test_status_and_models_flag_a_current_version_that_cannot_be_used(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    registry = _promoted_v1(ws)
+    checkpoint = registry.checkpoint_path("v1")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    status = run_cli("status", str(ws), check=True).stdout
+    assert "model version: v1  [PROBLEM]" in status
+    assert "problem: the current model version v1 cannot be used" in status
+    assert "is damaged: sha256 differs" in status
+    models = run_cli("models", str(ws), check=True).stdout.splitlines()
+    assert models[0].startswith("PROBLEM: the current model version v1 cannot be used")
+    assert models[-1].startswith("* v1    DAMAGED: ") and "model.pt" in models[-1]
+
+    (ws / "models" / "v1" / "manifest.json").write_text('{"version": "v1", "par')
+    models = run_cli("models", str(ws), check=True).stdout.splitlines()
+    assert models[-1].startswith("* v1    DAMAGED: ")
+    assert "cannot be read as a model manifest" in models[-1]
+    assert "[PROBLEM]" in run_cli("status", str(ws), check=True).stdout
+    # Rolling back to a version that loads clears it; the damaged one is refused.
+    refused = run_cli("rollback", str(ws), "v1")
+    assert refused.returncode == 2 and "manifest.json" in refused.stderr
+    assert run_cli("rollback", str(ws), "v0").returncode == 0
+    assert "[PROBLEM]" not in run_cli("status", str(ws), check=True).stdout

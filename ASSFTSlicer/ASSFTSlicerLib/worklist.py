@@ -128,9 +128,13 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 "dice": _number(metrics.get("validation_dice")),
                 "promoted": "yes" if entry.get("promoted") else "no",
                 "created": str(entry.get("created_at") or ""),
-                "gate": str(gate.get("reason", ""))
+                # A damaged version (unreadable manifest, or damaged weights of the current
+                # one) shows its problem where the gate's verdict would be.
+                "gate": "DAMAGED: " + str(entry["error"])
+                if entry.get("error")
+                else str(gate.get("reason", ""))
                 if isinstance(gate, dict)
-                else str(entry.get("error") or ""),
+                else "",
             }
         )
     return rows

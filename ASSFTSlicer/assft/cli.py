@@ -327,14 +327,22 @@ def add_skip_parser(sub: Subparsers) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from assft.workspace.model_versions import ModelRegistry
+
     workspace = _open(args.workspace)
     summary = workspace.status_summary()
+    # A damaged pointer, or a current version that cannot be used, is flagged, not fatal here.
+    summary["model_problems"] = ModelRegistry(workspace).problems()
     if args.json:
         _print_json({"workspace": str(workspace.root), **summary})
         return 0
     counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items())
     print(f"Workspace {workspace.root}")
-    print(f"  model version: {summary['model_version']}")
+    version = summary["model_version"] or "unknown (damaged pointer)"
+    flag = "  [PROBLEM]" if summary["model_problems"] else ""
+    print(f"  model version: {version}{flag}")
+    for problem in summary["model_problems"]:
+        print(f"  problem: {problem}")
     print(f"  cases: {summary['total']} ({counts})")
     print(f"  latest ranking: {summary.get('latest_ranking') or 'none'}")
     job = summary.get("running_job")
@@ -395,6 +403,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         json.dumps(config.to_dict()),
         "--device",
         args.device,
+        *(["--restart"] if args.restart else []),
     ]
     if args.detach:
         from assft.workspace.jobs import job_of_process, launch_detached, process_alive
@@ -422,10 +431,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             f"follow it with 'assft jobs {workspace.root}'"
         )
         return 0
-    from assft.training.finetune import run_finetune
+    from assft.training.finetune import describe_settings, run_finetune
 
     manifest = run_finetune(
-        workspace, config, device=args.device, progress=_progress(args), argv=argv
+        workspace,
+        config,
+        device=args.device,
+        progress=_progress(args),
+        argv=argv,
+        restart=args.restart,
     )
 
     if not distributed.is_main():
@@ -436,6 +450,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         gate = manifest.get("gate", {})
         promoted = "promoted" if manifest.get("promoted") else "not promoted"
         print(f"Version {manifest['version']} ({promoted}): {gate.get('reason', '')}")
+        if manifest.get("not_promoted_reason"):
+            print(f"  {manifest['not_promoted_reason']}")
+        if manifest.get("resumed"):
+            settings = describe_settings(manifest.get("config") or {})
+            print(f"  resumed job {manifest.get('job')} with its own settings ({settings})")
     return 0
 
 
@@ -481,6 +500,12 @@ def add_finetune_parser(sub: Subparsers) -> None:
     # The detached job's relaunch passes the resolved config as JSON text instead of a file.
     p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
     p.add_argument("--detach", action="store_true", help="run as a background process and return")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new job even if a killed one with the same labels could resume (a resumed "
+        "job keeps the settings it started with)",
+    )
     _json_flag(p)
     _progress_flag(p)
 
@@ -533,10 +558,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(document)
         return 0
+    for problem in document["problems"]:
+        print(f"PROBLEM: {problem}")
     for v in document["versions"]:
+        mark = "*" if v["current"] else " "
+        if "error" in v:  # an unreadable manifest or, for the current one, damaged weights
+            print(f"{mark} {v['version']:<5} DAMAGED: {v['error']}")
+            continue
         metrics = v.get("metrics") or {}
         dice = metrics.get("validation_dice")
-        mark = "*" if v["version"] == document["current"] else " "
         dice_text = f"held-out Dice {dice:.4f}" if isinstance(dice, float) else "no held-out Dice"
         print(
             f"{mark} {v['version']:<5} parent {v.get('parent') or '-':<5} {v.get('mode') or '':<10}"
@@ -555,15 +585,30 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from assft.workspace.model_versions import ModelRegistry
 
     registry = ModelRegistry(_open(args.workspace))
-    registry.rollback(args.version)
-    _print_json({"current": registry.current()}) if args.json else print(
-        f"Current model version: {registry.current()}"
-    )
+    result = registry.rollback(args.version)
+    if args.json:
+        _print_json(
+            {
+                "current": registry.current(),
+                "rolled_back_from": result["rolled_back_from"],
+                "repaired": result["repaired"],
+            }
+        )
+        return 0
+    if result["repaired"]:
+        print(f"Repaired the damaged pointer ({result['repaired']})")
+    print(f"Current model version: {registry.current()}")
     return 0
 
 
 def add_rollback_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "rollback", cmd_rollback, "make another model version current")
+    p = _add_verb(
+        sub,
+        "rollback",
+        cmd_rollback,
+        "make another model version current (its weights are checked first); repairs a "
+        "damaged models/current",
+    )
     p.add_argument("workspace")
     p.add_argument("version")
     _json_flag(p)

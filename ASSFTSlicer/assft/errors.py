@@ -31,6 +31,13 @@ class BadInputError(AssftError, ValueError):
         super().__init__(f"{self.path}: {text}" if self.path else text)
 
 
+class DivergedError(AssftError):
+    """Training produced non-finite numbers (a NaN or infinite loss or weight).
+
+    The job stops and registers nothing: a diverged model would predict background everywhere.
+    """
+
+
 class WorkspaceLockedError(BadInputError):
     """Another process holds the workspace's job lock."""
 

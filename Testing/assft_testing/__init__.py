@@ -45,6 +45,32 @@ def signal_blind_launcher(folder: Path) -> list[str]:
     return [sys.executable, str(script)]
 
 
+def pause_env(point: str, folder: Path) -> dict[str, str]:
+    """Environment that makes an engine process pause at synchronisation point ``point``
+    (:mod:`assft.runtime.syncpoints`), signalling through files in ``folder``."""
+    return {"ASSFT_TEST_PAUSE_AT": point, "ASSFT_TEST_PAUSE_DIR": str(folder)}
+
+
+def wait_until_paused(
+    process: subprocess.Popen, folder: Path, point: str, timeout: float = 180.0
+) -> None:
+    """Wait until ``process`` has reached ``point`` and waits there (see :func:`pause_env`)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (Path(folder) / f"{point}.reached").exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended ({process.returncode}) before {point}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the process did not reach {point} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def let_go(folder: Path, point: str) -> None:
+    """Let a process paused at ``point`` go on."""
+    (Path(folder) / f"{point}.continue").write_text("go\n", encoding="utf-8")
+
+
 def run_cli(
     *args: str, check: bool = False, env: dict | None = None
 ) -> subprocess.CompletedProcess:

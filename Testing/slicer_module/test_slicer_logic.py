@@ -154,6 +154,20 @@ def test_rows_keep_missing_scores_as_nan():
         and models[0]["gate"] == "better"
     )
     assert models[1]["mode"] == "pretrained"
+    # A damaged version shows its problem where the gate's verdict would be.
+    damaged = modelRows(
+        {
+            "versions": [
+                {
+                    "version": "v2",
+                    "current": True,
+                    "gate": {"reason": "better"},
+                    "error": "model.pt: is damaged",
+                },
+            ]
+        }
+    )
+    assert damaged[0]["gate"] == "DAMAGED: model.pt: is damaged"
 
 
 def test_model_versions_table_and_rollback(mrml, tiny_workspace):
@@ -163,6 +177,13 @@ def test_model_versions_table_and_rollback(mrml, tiny_workspace):
     assert table.GetNumberOfRows() == 1 and logic.versionAtModelsRow(table, 0) == "v0"
     with pytest.raises(ValueError, match="v7"):
         logic.useModelVersion(workspace.root, "v7")
+    # A damaged pointer is listed (no current row), and choosing a version repairs it.
+    (workspace.models_dir / "current").write_bytes(b"\xff")
+    table = logic.updateModelsTable(workspace.root)
+    assert table.GetNumberOfRows() == 1
+    assert logic.workspaceSummary(workspace.root)["model_version"] is None
+    assert logic.useModelVersion(workspace.root, "v0")["repaired"]
+    assert logic.workspaceSummary(workspace.root)["model_version"] == "v0"
 
 
 def test_progress_and_job_descriptions():

@@ -1,11 +1,13 @@
 """Fine-tuning jobs end to end: versions, the gate, resume after SIGKILL, cancel, locks,
-label snapshots, damaged checkpoints and a full disk."""
+label snapshots, damaged checkpoints and a full disk; promotion as one step (killed or failing
+at each point), divergence, rollback while a job runs, resumed settings."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +20,14 @@ from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
 from assft.workspace.jobs import JobStore
 from assft.workspace.model_versions import ModelRegistry
-from assft_testing import run_cli, signal_blind_launcher, torchrun
+from assft_testing import (
+    let_go,
+    pause_env,
+    run_cli,
+    signal_blind_launcher,
+    torchrun,
+    wait_until_paused,
+)
 from assft_testing.pickles import write_malicious_pickle
 
 FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
@@ -154,7 +163,7 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_version_loads(la
     )
 
 
-def _start(ws: Path, config: Path, *extra: str) -> subprocess.Popen:
+def _start(ws: Path, config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -173,7 +182,7 @@ def _start(ws: Path, config: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
@@ -203,13 +212,48 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace
     assert ModelRegistry(labeled_workspace).current() == "v0"
     assert not (labeled_workspace.models_dir / "v1").exists()
 
-    again = _start(ws, config)
+    # Asked for other settings, the job resumes with its own and says so.
+    again = _start(ws, config, "--iterations", "40", "--mode", "all")
     resumed = _wait_for(again, lambda e: e["event"] == "resumed")
     assert resumed["stage"] == 1 and resumed["step"] >= 4 and resumed["job"] == jobs[0]["id"]
+    assert resumed["settings"]["iterations"] == 30 and resumed["settings"]["mode"] == "none"
+    assert resumed["ignored"] == {"iterations": 40, "mode": "all"}
     done = _wait_for(again, lambda e: e["event"] == "done")
     assert again.wait(60) == 0 and done["version"] == "v1"
+    warning = " ".join(again.stderr.read().split())
+    job_id = jobs[0]["id"]
+    assert f"resuming job {job_id} with its own settings (mode none, iterations 30" in warning
+    assert "not used: mode all (the job's: none), iterations 40 (the job's: 30)" in warning
+    assert "--restart" in warning
     manifest = ModelRegistry(labeled_workspace).manifest("v1")
     assert manifest["resumed"] is True and manifest["job"] == jobs[0]["id"]
+    assert manifest["config"]["iterations"] == 30 and manifest["mode"] == "none"
+
+
+def test_restart_starts_a_new_job_instead_of_resuming(labeled_workspace, tmp_path):
+    ws = labeled_workspace.root
+    process = _start(ws, _config_file(tmp_path, iterations=30, mode="none"))
+    _wait_for(process, lambda e: e.get("phase") == "supervised" and e.get("done", 0) >= 3)
+    process.kill()
+    process.wait()
+    killed = JobStore(ws).list()[0]["id"]
+    result = run_cli(
+        "finetune",
+        str(ws),
+        "--config",
+        str(_config_file(tmp_path, iterations=4, mode="none")),
+        "--device",
+        "cpu",
+        "--restart",
+        "--json",
+        check=True,
+    )
+    manifest = json.loads(result.stdout)
+    assert manifest["resumed"] is False and manifest["job"] != killed
+    assert manifest["config"]["iterations"] == 4
+    old = JobStore(ws).get(killed).info()
+    assert old["state"] == "killed" and "started afresh (--restart)" in old["message"]
+    assert not JobStore(ws).get(killed).resume_path.exists()  # never resumed later either
 
 
 def test_a_resume_point_that_cannot_be_loaded_safely_is_refused_in_one_line(
@@ -388,3 +432,174 @@ def test_torchrun_finetune_trains_with_ddp(labeled_workspace, tmp_path):
         len(manifest["ssft"]["confidence"]) == 4
     )  # every unlabeled case, gathered from both ranks
     assert ModelRegistry(labeled_workspace).verify("v1") is None
+
+
+# Promotion as one step ---------------------------------------------------------------------------
+
+
+def _no_held_out(workspace) -> None:
+    """Without held-out cases the gate passes: every finished job promotes its version."""
+    workspace.set_status("case_003", "labeled")
+
+
+def _model_audit(workspace) -> list[tuple[str, str]]:
+    return [
+        (row["action"], row["detail"]["version"])
+        for row in workspace.registry.audit_trail()
+        if row["action"].endswith("-model") or row["action"] == "restore-model-pointer"
+    ]
+
+
+@pytest.mark.parametrize(
+    "point", ["model-version-stored", "model-pointer-moved", "promotion-committed"]
+)
+def test_a_job_killed_while_registering_is_completed_by_the_next_run(
+    labeled_workspace, tmp_path, point
+):
+    workspace = labeled_workspace
+    _no_held_out(workspace)
+    ws = workspace.root
+    config = _config_file(tmp_path, mode="none")
+    pause = tmp_path / "pause"
+    process = _start(ws, config, env=pause_env(point, pause))
+    try:
+        wait_until_paused(process, pause, point)
+    finally:
+        process.kill()  # SIGKILL at the synchronisation point
+        process.wait()
+    registry = ModelRegistry(workspace)
+    (job,) = JobStore(ws).list()
+    assert job["state"] == "killed"
+    assert [v["version"] for v in registry.versions()] == ["v0", "v1"]
+    committed = point == "promotion-committed"
+    assert registry.recorded_current() == ("v1" if committed else "v0")
+    # Only a kill between the pointer's move and the commit leaves a pointer nobody recorded:
+    # reported until the next run puts it back (and then promotes v1 for real).
+    assert registry.current() == ("v0" if point == "model-version-stored" else "v1")
+    problems = registry.problems()
+    if point == "model-pointer-moved":
+        status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+        assert status["model_problems"] == problems
+        assert "names v1, but the registry records v0" in problems[0]
+        # Written inside the transaction that never committed: put back with the pointer.
+        assert registry.manifest("v1")["promoted"] is True
+        assert "put back to v0" in registry.recover()
+        assert registry.current() == "v0" and registry.manifest("v1")["promoted"] is False
+        assert registry.problems() == []
+    else:
+        assert problems == []
+
+    rerun = run_cli(
+        "finetune", str(ws), "--config", str(config), "--device", "cpu", "--progress", "json"
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    events = [json.loads(line) for line in rerun.stdout.splitlines()]
+    assert events[0]["event"] == "resumed" and events[0]["version"] == "v1"
+    assert "nothing to train" in events[0]["note"]
+    assert events[-1]["event"] == "done" and events[-1]["version"] == "v1"
+    assert events[-1]["promoted"] is True and events[-1]["job"] == job["id"]
+    # No second version, v1 current, promoted once, the job done.
+    assert [v["version"] for v in registry.versions()] == ["v0", "v1"]
+    assert registry.current() == "v1" and registry.recorded_current() == "v1"
+    assert registry.manifest("v1")["promoted"] is True
+    expected = [("promote-model", "v1")]
+    if point == "model-pointer-moved":  # put back first, then promoted for real
+        expected.insert(0, ("restore-model-pointer", "v0"))
+    assert _model_audit(workspace) == expected
+    assert registry.decision("v1")["detail"]["job"] == job["id"]
+    info = JobStore(ws).get(job["id"]).info()
+    assert info["state"] == "done" and info["exit_code"] == 0
+    assert info["message"].startswith("version v1 (promoted); completed by a later run")
+    assert registry.problems() == []
+
+
+def test_a_promotion_the_registry_refuses_fails_the_job_and_changes_nothing(
+    labeled_workspace,
+):
+    workspace = labeled_workspace
+    _no_held_out(workspace)
+    with sqlite3.connect(workspace.registry.path) as connection:
+        connection.execute(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'audit rows refused by the test'); END"
+        )
+    with pytest.raises(BadInputError, match="audit rows refused by the test"):
+        run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
+    registry = ModelRegistry(workspace)
+    (job,) = JobStore(workspace).list()
+    assert job["state"] == "failed" and "audit rows refused" in job["message"]
+    assert registry.current() == "v0" and not (workspace.models_dir / "current").exists()
+    assert registry.manifest("v1")["promoted"] is False  # stored, never promoted
+    assert _model_audit(workspace) == []
+
+    with sqlite3.connect(workspace.registry.path) as connection:
+        connection.execute("DROP TRIGGER refuse_audit")
+    # The next run completes the stored version instead of training a duplicate.
+    manifest = run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
+    assert manifest["version"] == "v1" and manifest["promoted"] is True
+    assert [v["version"] for v in registry.versions()] == ["v0", "v1"]
+    assert registry.current() == "v1" and _model_audit(workspace) == [("promote-model", "v1")]
+    assert JobStore(workspace).get(job["id"]).info()["state"] == "done"
+
+
+def test_a_diverged_finetune_is_never_registered(labeled_workspace, tmp_path):
+    workspace = labeled_workspace
+    _no_held_out(workspace)  # nothing held out: the gate alone would have promoted it
+    ws = workspace.root
+    result = run_cli(
+        "finetune",
+        str(ws),
+        "--config",
+        str(_config_file(tmp_path, mode="none", lr=1e12)),
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "fine-tuning diverged: the loss is nan" in line and "learning rate 1e+12" in line
+    assert "nothing was registered" in line
+    registry = ModelRegistry(workspace)
+    assert registry.current() == "v0" and [v["version"] for v in registry.versions()] == ["v0"]
+    assert not [p for p in workspace.models_dir.iterdir() if p.name.startswith(("v", ".v"))]
+    (job,) = JobStore(ws).list()
+    assert job["state"] == "failed" and job["exit_code"] == 1
+    assert "diverged" in job["message"]
+    # The workspace still ranks and predicts with the preset.
+    rank = run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
+    assert rank.returncode == 0, rank.stderr
+
+
+def test_a_rollback_while_the_job_runs_is_not_undone(labeled_workspace, tmp_path):
+    workspace = labeled_workspace
+    _no_held_out(workspace)
+    ws = workspace.root
+    first = run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
+    assert first["version"] == "v1" and ModelRegistry(workspace).current() == "v1"
+
+    pause = tmp_path / "pause"
+    config = _config_file(tmp_path, mode="none", seed=1)
+    process = _start(ws, config, "--json", env=pause_env("model-version-stored", pause))
+    wait_until_paused(process, pause, "model-version-stored")  # trained from v1, v2 stored
+    rollback = run_cli("rollback", str(ws), "v0", "--json", check=True)
+    assert json.loads(rollback.stdout)["current"] == "v0"
+    let_go(pause, "model-version-stored")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+
+    events = [json.loads(line) for line in out.splitlines()]
+    done = next(e for e in events if e.get("event") == "done")
+    assert done["version"] == "v2" and done["promoted"] is False
+    assert "the current version is v0, not v1" in done["note"]
+    manifest = events[-1]  # --json prints the manifest last
+    assert manifest["version"] == "v2" and manifest["parent"] == "v1"
+    assert manifest["gate"]["passed"] is True and manifest["promoted"] is False
+    assert "not promoted: the current version is v0, not v1" in manifest["not_promoted_reason"]
+    registry = ModelRegistry(workspace)
+    assert registry.current() == "v0"  # the clinician's rollback stands
+    (job,) = [j for j in JobStore(ws).list() if j["id"] == manifest["job"]]
+    assert job["state"] == "done" and "not promoted: the current version is v0" in job["message"]
+    assert _model_audit(workspace) == [
+        ("promote-model", "v1"),
+        ("rollback-model", "v0"),
+        ("register-model", "v2"),
+    ]

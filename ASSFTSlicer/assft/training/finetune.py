@@ -1,7 +1,17 @@
 """A fine-tuning job: snapshot the labels, SSFT, validate, register a version, promote if it passes.
 
 The job resumes from its last checkpoint when it was killed outright and is started again with
-the same labels; a failed, cancelled or killed job never changes the current model version.
+the same labels, with the settings it started with (new ones are reported, not used; ``restart``
+starts a new job instead). A failed, cancelled or killed job never changes the current model
+version, and a diverged one (a NaN loss) stops and registers nothing.
+
+Registering is two steps that each happen whole: the version is stored
+(:meth:`ModelRegistry.add_version`), then its promotion is decided in one registry transaction
+(:meth:`ModelRegistry.promote` with the version it was validated against, or
+:meth:`ModelRegistry.keep_unpromoted`). A job that stopped between them, or after them before
+recording its state, is completed by the next ``assft finetune``: its stored version is found
+(the manifest's ``job``), the decision made if it is missing, and the job recorded done; no
+second version is trained.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import hashlib
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +34,7 @@ import torch
 from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
 from assft.io.atomic import load_torch_safely, save_torch_atomic
 from assft.models import LoadedModel, resolve_device
-from assft.runtime import cancellation, distributed
+from assft.runtime import cancellation, distributed, syncpoints
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.data import PreparedCases, TrainingCase
@@ -66,6 +77,23 @@ def snapshot_labels(
 def labels_in_snapshot(folder: Path) -> dict[str, str]:
     """case -> sha256 of an existing snapshot (a resumed job)."""
     return {p.name[: -len(".nii.gz")]: _sha256(p) for p in sorted(folder.glob("*.nii.gz"))}
+
+
+def outcome(manifest: dict[str, Any]) -> str:
+    """The job message of a registered version: ``version v2 (promoted)``, or not and why."""
+    version = manifest.get("version")
+    if manifest.get("promoted"):
+        return f"version {version} (promoted)"
+    note = manifest.get("not_promoted_reason")
+    return f"version {version} ({note})" if note else f"version {version} (not promoted)"
+
+
+_SETTINGS_SHOWN = ("mode", "iterations", "semi_iterations", "lr", "batch_size", "seed")
+
+
+def describe_settings(config: dict[str, Any]) -> str:
+    """The main settings of a job's config, e.g. ``mode none, iterations 30, lr 0.0001``."""
+    return ", ".join(f"{key} {config.get(key)}" for key in _SETTINGS_SHOWN if key in config)
 
 
 def validation_gate(
@@ -150,15 +178,18 @@ class FinetuneJob:
         device: str = "auto",
         progress: Progress | None = None,
         argv: list[str] | None = None,
+        restart: bool = False,
     ) -> None:
         self.workspace = workspace
         self.config = config
         self.device = device
         self.argv = argv or []
+        self.restart = restart
         self.registry = ModelRegistry(workspace)
         self.jobs = JobStore(workspace)
         self.user_progress = progress or Progress("none")
         self.timings: dict[str, float] = {}
+        self.ignored_settings: dict[str, Any] = {}
 
     # The job's life ------------------------------------------------------------------------
 
@@ -180,8 +211,6 @@ class FinetuneJob:
             start = self._begin() if main else None
             start = distributed.broadcast(start)
             job = self.jobs.get(start["job"])
-            if start["resumed"]:
-                self.config = FinetuneConfig.from_dict(job.info()["config"])
             progress = (
                 Progress(
                     self.user_progress.mode, self.user_progress.stream, sink=job.append_progress
@@ -189,6 +218,10 @@ class FinetuneJob:
                 if main
                 else Progress("none")
             )
+            if start.get("settled") is not None:
+                return self._report_settled(job, progress, start["settled"])
+            if start["resumed"]:
+                self.config = FinetuneConfig.from_dict(job.info()["config"])
             try:
                 manifest = self._run(
                     job, progress, start["labeled"], start["held_out"], start["resumed"]
@@ -208,18 +241,13 @@ class FinetuneJob:
                     self.jobs.finish(job, JobState.FAILED, 1, f"{type(error).__name__}: {error}")
                 raise
             if main:
-                self.jobs.finish(
-                    job,
-                    JobState.DONE,
-                    0,
-                    f"version {manifest['version']}"
-                    f" ({'promoted' if manifest['promoted'] else 'not promoted'})",
-                )
+                self.jobs.finish(job, JobState.DONE, 0, outcome(manifest))
                 job.resume_path.unlink(missing_ok=True)
             return manifest
 
     def _begin(self) -> dict[str, Any]:
-        """Rank 0: find the cases, resume a killed job with the same labels or start one."""
+        """Rank 0: find the cases, complete a job that had stored its version, resume a
+        killed job with the same labels, or start one."""
         labeled = self.workspace.registry.cases(status="labeled")
         held_out = self.workspace.registry.cases(status="held-out")
         if not labeled:
@@ -232,7 +260,16 @@ class FinetuneJob:
         check_inputs(self.workspace, labeled + held_out, unlabeled if uses_unlabeled else [])
         registry_hashes = {row["case_id"]: row.get("label_sha256") or "" for row in labeled}
         label_hash = ModelRegistry.label_set_hash(registry_hashes)
+        repaired = self.registry.recover()
+        if repaired:
+            warnings.warn(repaired, stacklevel=2)
+        settled = self._settle_stored_versions(label_hash)
+        if settled is not None and not self.restart:
+            return {"job": settled[0].id, "settled": settled[1]}
         job = self.jobs.resumable("finetune", label_hash)
+        superseded = job if self.restart else None
+        if superseded is not None:
+            job = None
         resumed = job is not None
         if job is None:
             job = self.jobs.create("finetune", self.argv)
@@ -242,8 +279,122 @@ class FinetuneJob:
                 config=self.config.to_dict(),
             )
             snapshot_labels(self.workspace, labeled + held_out, job.folder / "snapshot")
+        else:
+            self._compare_settings(job)
+        if superseded is not None:
+            superseded.finish(
+                JobState.KILLED, None, f"not resumed: job {job.id} started afresh (--restart)"
+            )
+            superseded.resume_path.unlink(missing_ok=True)
         self.jobs.mark_running(job)
         return {"job": job.id, "resumed": resumed, "labeled": labeled, "held_out": held_out}
+
+    def _compare_settings(self, job: Job) -> None:
+        """Rank 0: a resumed job keeps the settings it started with; say which given now differ."""
+        recorded = job.info().get("config") or {}
+        requested = self.config.to_dict()
+        self.ignored_settings = {
+            key: value
+            for key, value in requested.items()
+            if key in recorded and recorded[key] != value
+        }
+        message = f"resuming job {job.id} with its own settings ({describe_settings(recorded)})"
+        if self.ignored_settings:
+            given = ", ".join(
+                f"{key} {value} (the job's: {recorded[key]})"
+                for key, value in self.ignored_settings.items()
+            )
+            message += (
+                f"; the settings given now are not used: {given}; "
+                "add --restart to start a new job with them"
+            )
+            warnings.warn(message, stacklevel=2)
+        job.log(message)
+
+    def _decide(self, job_id: str, version: str) -> dict[str, Any]:
+        """Rank 0: promote a stored version whose gate passed if the version it was validated
+        against is still current, else keep it unpromoted; decided once per version.
+
+        Returns:
+            The version's manifest as now stored.
+        """
+        if self.registry.decision(version) is None:
+            manifest = self.registry.manifest(version)
+            gate = manifest.get("gate") or {}
+            reason = str(gate.get("reason", ""))
+            if gate.get("passed"):
+                parent = manifest.get("parent")
+                self.registry.promote(
+                    version,
+                    reason=reason,
+                    expect_current=str(parent) if parent is not None else None,
+                    job=job_id,
+                )
+            else:
+                self.registry.keep_unpromoted(version, reason=reason, job=job_id)
+        return self.registry.manifest(version)
+
+    def _settle_stored_versions(self, label_hash: str) -> tuple[Job, dict[str, Any]] | None:
+        """Rank 0: record done every killed or failed fine-tune whose version was stored.
+
+        Such a job stopped after storing its version (killed, or its promotion could not be
+        recorded): its promotion is decided now if it was not, and it is recorded done.
+
+        Returns:
+            The job with these labels and its version's manifest, or None.
+        """
+        stored = self.registry.versions_by_job()
+        found: tuple[Job, dict[str, Any]] | None = None
+        for entry in self.jobs.list():
+            if entry.get("kind") != "finetune" or entry.get("state") not in (
+                JobState.KILLED,
+                JobState.FAILED,
+            ):
+                continue
+            version = stored.get(entry["id"])
+            if version is None:
+                continue
+            job = self.jobs.get(entry["id"])
+            manifest = self._decide(job.id, version)
+            job.finish(
+                JobState.DONE,
+                0,
+                f"{outcome(manifest)}; completed by a later run (the job had stopped after "
+                "storing its version)",
+            )
+            job.resume_path.unlink(missing_ok=True)
+            if found is None and entry.get("label_set_hash") == label_hash:
+                found = (job, manifest)
+        return found
+
+    def _report_settled(
+        self, job: Job, progress: Progress, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Report a job completed by this run without training (every rank returns it)."""
+        progress.emit(
+            ProgressEvent.RESUMED,
+            job=job.id,
+            version=manifest["version"],
+            note=f"job {job.id} had already stored version {manifest['version']}: "
+            "nothing to train, no new version",
+        )
+        self._report_done(job, progress, manifest)
+        return manifest
+
+    @staticmethod
+    def _report_done(job: Job, progress: Progress, manifest: dict[str, Any]) -> None:
+        gate = manifest.get("gate") or {}
+        progress.done(
+            version=manifest["version"],
+            promoted=bool(manifest.get("promoted", False)),
+            gate=gate.get("reason"),
+            job=job.id,
+            **(
+                {"note": manifest["not_promoted_reason"]}
+                if manifest.get("not_promoted_reason")
+                else {}
+            ),
+        )
 
     def _run(
         self,
@@ -328,7 +479,14 @@ class FinetuneJob:
             state = load_resume_point(run.job.resume_path, run.device, self.workspace.root)
             trainer.load_state(state)
             run.stage, run.step = int(state["stage"]), int(state["step"])
-            run.progress.emit(ProgressEvent.RESUMED, stage=run.stage, step=run.step, job=run.job.id)
+            run.progress.emit(
+                ProgressEvent.RESUMED,
+                stage=run.stage,
+                step=run.step,
+                job=run.job.id,
+                settings=self.config.to_dict(),
+                ignored=self.ignored_settings,
+            )
 
     def _save_resume_point(self, run: _JobRun, stage: int, step: int) -> None:
         """Rank 0: write the trainer's state so a killed job restarts from here."""
@@ -532,19 +690,15 @@ class FinetuneJob:
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         state = {k: v.detach().cpu() for k, v in run.model.network.state_dict().items()}
-        # Storing and promoting are one step: a cancel arriving now waits until both are done.
+        # Storing and deciding the promotion: a cancel arriving now waits until both are done;
+        # a kill in between is completed by the next run (see the module's description).
         with cancellation.critical():
             version = self.registry.add_version(state, manifest)
-            if gate["passed"]:
-                self.registry.promote(version, reason=gate["reason"])
-        manifest = self.registry.manifest(version)
+            syncpoints.reach("model-version-stored")
+            manifest = self._decide(run.job.id, version)
+            syncpoints.reach("promotion-committed")
         distributed.broadcast(manifest)
-        run.progress.done(
-            version=version,
-            promoted=manifest.get("promoted", False),
-            gate=gate["reason"],
-            job=run.job.id,
-        )
+        self._report_done(run.job, run.progress, manifest)
         return manifest
 
     def _pseudo_labels(
@@ -603,6 +757,13 @@ def run_finetune(
     device: str = "auto",
     progress: Progress | None = None,
     argv: list[str] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the workspace's current model (see :class:`FinetuneJob`)."""
-    return FinetuneJob(workspace, config, device=device, progress=progress, argv=argv).run()
+    """Fine-tune the workspace's current model (see :class:`FinetuneJob`).
+
+    Args:
+        restart: start a new job even when a killed one with the same labels could resume.
+    """
+    return FinetuneJob(
+        workspace, config, device=device, progress=progress, argv=argv, restart=restart
+    ).run()

@@ -6,6 +6,7 @@ pseudo-labels with unreliable voxels ignored, and a semi-supervised stage on bot
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -15,7 +16,7 @@ import torch
 from monai.data import set_track_meta
 from torch.nn.parallel import DistributedDataParallel
 
-from assft.errors import CancelledError
+from assft.errors import CancelledError, DivergedError
 from assft.metrics.overlap import dice_scores, mean_dice
 from assft.models import LoadedModel
 from assft.models.inference import infer_case, sliding_window_probabilities
@@ -281,6 +282,10 @@ def run_stage(
 
     Every step starts at a safe point: a cancel request stops the stage there
     (:func:`assft.runtime.cancellation.check`).
+
+    Raises:
+        DivergedError: a step's loss is NaN or infinite (the weights are no longer usable);
+            no resume point is written for it.
     """
     half = max(1, config.batch_size // 2)
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
@@ -326,4 +331,10 @@ def run_stage(
                 augment=augment,
             )
             metrics = trainer.step(batch)
+        if not math.isfinite(metrics["loss"]):
+            raise DivergedError(
+                f"fine-tuning diverged: the loss is {metrics['loss']} at step {step + 1} of "
+                f"stage {stage} (learning rate {config.lr:g}); nothing was registered: lower "
+                "the learning rate (--lr) and fine-tune again"
+            )
         on_step(step + 1, metrics)

@@ -9,24 +9,41 @@
 
 ``v0`` is the model preset as configured in ``assft.json``; it has no folder. A new version is
 written completely into a hidden folder and renamed into place, so a reader sees it whole or
-not at all; adding a version never moves the pointer: :meth:`ModelRegistry.promote` does, once
-a validation gate has passed, and :meth:`ModelRegistry.rollback` moves it back.
+not at all; adding a version never moves the pointer (and refuses weights that are not finite):
+:meth:`ModelRegistry.promote` does, once a validation gate has passed, and
+:meth:`ModelRegistry.rollback` moves it back (or forward) after checking that the weights load.
+
+Moving the pointer is one step. The audit row (naming the job that promoted, if any), the
+manifest and ``models/current`` change inside one registry transaction and the pointer moves
+last, just before the commit: an error anywhere (a locked or read-only registry, a full disk)
+rolls the transaction back and puts the files back, so nothing changed. Only a process killed
+between the pointer's move and the commit leaves a pointer that the registry does not record;
+the next pointer change (a fine-tune, a rollback) puts it back to the recorded version
+(:meth:`ModelRegistry.recover`), and ``assft status`` and ``assft models`` report it meanwhile.
+Every pointer change takes the registry's write lock first, so a rollback and a fine-tune's
+promotion never interleave; a promotion is made only if the current version is still the one
+the job was validated against (``expect_current``), else the version is kept unpromoted, with
+the reason in its manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.errors import AssftError, BadInputError
-from assft.io.atomic import fsync_directory, save_torch_atomic
+from assft.errors import AssftError, BadInputError, DivergedError
+from assft.io.atomic import atomic_path, fsync_directory, save_torch_atomic
+from assft.runtime import syncpoints
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic
+from assft.workspace.registry import Registry
 from assft.workspace.versions import (
     BASE_VERSION,
     VERSION_PATTERN,
@@ -58,10 +75,72 @@ __all__ = [
 
 CHECKPOINT_NAME = "model.pt"
 MANIFEST_NAME = "manifest.json"
+POINTER_NAME = "current"
+POINTER_ACTIONS = ("promote-model", "rollback-model", "restore-model-pointer")
+"""Audit actions that move ``models/current``; the last one names the current version."""
+DECISION_ACTIONS = ("promote-model", "register-model")
+"""Audit actions that record a fine-tune's decision about its version (promoted or kept)."""
 
 
 class ModelStorageError(AssftError):
     """A model version could not be written (disk full, permissions...); nothing was changed."""
+
+
+def _non_finite(weights: Mapping[str, torch.Tensor]) -> str | None:
+    """The first weight holding a NaN or an infinity, or None when every one is finite."""
+    import torch
+
+    for key, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if not bool(torch.isfinite(value.detach()).all()):
+                return str(key)
+    return None
+
+
+class _PointerChange:
+    """The files one pointer transaction changed, to put back when it does not commit.
+
+    Args:
+        registry: The workspace's case registry (for the audit rows).
+        connection: The open transaction (:meth:`assft.workspace.registry.Registry.transaction`).
+    """
+
+    def __init__(self, registry: Registry, connection: sqlite3.Connection) -> None:
+        self.registry = registry
+        self.connection = connection
+        self.saved: list[tuple[Path, bytes | None]] = []
+        self.recovered: str | None = None
+        """What :meth:`ModelRegistry._recover` put back first, if anything."""
+
+    def audit(self, action: str, detail: dict[str, Any]) -> None:
+        self.registry.insert_audit(self.connection, action, detail, user=default_user())
+
+    def _save(self, path: Path) -> None:
+        try:
+            self.saved.append((path, path.read_bytes()))
+        except FileNotFoundError:
+            self.saved.append((path, None))
+
+    def write_json(self, path: Path, document: dict[str, Any]) -> None:
+        self._save(path)
+        write_json_atomic(path, document)
+
+    def write_pointer(self, path: Path, version: str) -> None:
+        check_version(version)
+        self._save(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            temporary.write_text(version + "\n", encoding="utf-8")
+
+    def undo(self) -> None:
+        """Put every changed file back as it was (best effort: the original error matters)."""
+        for path, content in reversed(self.saved):
+            with contextlib.suppress(OSError):
+                if content is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    with atomic_path(path) as temporary:
+                        temporary.write_bytes(content)
 
 
 class ModelRegistry:
@@ -84,9 +163,88 @@ class ModelRegistry:
 
     # reading -----------------------------------------------------------------------------
 
+    @property
+    def pointer_path(self) -> Path:
+        """``models/current``."""
+        return self.models_dir / POINTER_NAME
+
     def current(self) -> str:
-        """The version ``models/current`` points to (``v0`` when it points nowhere yet)."""
+        """The version ``models/current`` points to (``v0`` when it points nowhere yet).
+
+        Raises:
+            BadInputError: the pointer is damaged (repair it with :meth:`rollback`).
+        """
         return self.workspace.current_model_version()
+
+    def _pointer(self) -> tuple[str | None, str | None]:
+        """(the current version, None), or (None, why the pointer is damaged)."""
+        try:
+            return self.current(), None
+        except BadInputError as error:
+            return None, str(error)
+
+    def recorded_current(self, connection: sqlite3.Connection | None = None) -> str:
+        """The version the registry's last pointer change made current (``v0``: none yet).
+
+        Every workspace starts at ``v0``; only a recorded change moves it.
+        """
+        rows = self.workspace.registry.audit_actions(POINTER_ACTIONS, connection)
+        for row in reversed(rows):
+            version = (row.get("detail") or {}).get("version")
+            if parse_version(version) is not None:
+                return str(version)
+        return BASE_VERSION
+
+    def decision(
+        self, version: str, connection: sqlite3.Connection | None = None
+    ) -> dict[str, Any] | None:
+        """The audit row recording whether ``version`` was promoted by its job, or None."""
+        rows = self.workspace.registry.audit_actions(DECISION_ACTIONS, connection)
+        for row in reversed(rows):
+            if (row.get("detail") or {}).get("version") == version:
+                return row
+        return None
+
+    def versions_by_job(self) -> dict[str, str]:
+        """``{job id: version}`` of the stored versions that record the job that made them."""
+        found: dict[str, str] = {}
+        for number in self._stored_numbers():
+            version = version_name(number)
+            try:
+                job = self._read_manifest(version).get("job")
+            except BadInputError:
+                continue
+            if isinstance(job, str):
+                found.setdefault(job, version)
+        return found
+
+    def _pointer_problems(self) -> tuple[str | None, list[str]]:
+        """(the current version or None, what is wrong with the pointer)."""
+        pointer, problem = self._pointer()
+        if problem is not None:
+            return None, [problem]
+        recorded = self.recorded_current()
+        if recorded != pointer:
+            return pointer, [
+                f"{self.pointer_path}: names {pointer}, but the registry records {recorded} as "
+                f"current (a change of the current version was interrupted before it was "
+                f"recorded); the next fine-tune or rollback puts back {recorded}"
+            ]
+        return pointer, []
+
+    def problems(self) -> list[str]:
+        """What makes the current model unusable or uncertain, one line each (empty: none).
+
+        A damaged pointer, a pointer the registry does not record, a current version whose
+        manifest cannot be read or whose weights are missing or damaged.
+        """
+        pointer, problems = self._pointer_problems()
+        if pointer is not None:
+            try:
+                self.verify(pointer)
+            except BadInputError as error:
+                problems.append(f"the current model version {pointer} cannot be used: {error}")
+        return problems
 
     def _stored_numbers(self) -> list[int]:
         """Numbers of the complete version folders ``models/vN``."""
@@ -141,9 +299,10 @@ class ModelRegistry:
         """Every version by number, ``v0`` first: its manifest plus ``current`` (bool).
 
         A version whose manifest cannot be read is listed with an ``error`` message rather
-        than hiding the others.
+        than hiding the others; so is the current version when its weights are missing or
+        damaged (only the current one is checked: hashing every checkpoint would be slow).
         """
-        current = self.current()
+        current, _ = self._pointer()
         entries = [self._base_manifest()]
         for number in self._stored_numbers():
             version = version_name(number)
@@ -153,11 +312,27 @@ class ModelRegistry:
                 entries.append({"version": version, "error": str(error)})
         for entry in entries:
             entry["current"] = entry["version"] == current
+            if entry["current"] and "error" not in entry:
+                try:
+                    self.verify(entry["version"])
+                except BadInputError as error:
+                    entry["error"] = str(error)
         return entries
 
     def to_json(self) -> dict[str, Any]:
-        """``{"current": ..., "versions": [...]}`` for ``assft models --json``."""
-        return {"current": self.current(), "versions": self.versions()}
+        """``{"current": ..., "versions": [...], "problems": [...]}`` for ``assft models``.
+
+        ``current`` is None when the pointer is damaged; ``problems`` says what is wrong with
+        the current model, one line each (see :meth:`problems`).
+        """
+        current, problems = self._pointer_problems()
+        versions = self.versions()
+        for entry in versions:
+            if entry["current"] and "error" in entry:
+                problems.append(
+                    f"the current model version {entry['version']} cannot be used: {entry['error']}"
+                )
+        return {"current": current, "versions": versions, "problems": problems}
 
     def next_version(self) -> str:
         """The name the next version gets: one above every version ever started.
@@ -341,17 +516,26 @@ class ModelRegistry:
             The new version's name, e.g. ``"v3"``.
 
         Raises:
+            DivergedError: a weight holds a NaN or an infinity (a diverged training); nothing
+                is stored.
             ModelStorageError: the files could not be written (e.g. the disk is full);
                 nothing is left behind and every existing version is intact.
         """
         # A mapping is the weights themselves; a network gives its state dict.
         weights = state_dict if isinstance(state_dict, Mapping) else state_dict.state_dict()
+        bad = _non_finite(weights)
+        if bad is not None:
+            raise DivergedError(
+                f"the weights hold non-finite values (NaN or infinity) in {bad}: a diverged "
+                f"model is never stored as a version (nothing was written to {self.models_dir})"
+            )
+        parent = manifest["parent"] if "parent" in manifest else self.current()
         version, partial = self._reserve()
         try:
             checkpoint = partial / CHECKPOINT_NAME
             self._save_weights(weights, checkpoint)
             document = {
-                "parent": self.current(),
+                "parent": parent,
                 "metrics": {},
                 "promoted": False,
                 **dict(manifest),
@@ -369,56 +553,204 @@ class ModelRegistry:
                 hint = " (free some disk space)" if error.errno == errno.ENOSPC else ""
                 raise ModelStorageError(
                     f"cannot store model version {version} in {self.models_dir}: {reason}{hint}; "
-                    f"the current version {self.current()} is unchanged"
+                    f"the current version is unchanged"
                 ) from error
             raise
         fsync_directory(self.models_dir)
         return version
 
-    def _audit(self, action: str, detail: dict[str, Any]) -> None:
-        self.workspace.registry.audit(action, detail=detail, user=default_user())
+    def check_loads(self, version: str) -> None:
+        """Check that a version can serve: complete, loadable, fitting and finite weights.
 
-    def promote(self, version: str, *, reason: str) -> dict[str, Any]:
+        The checkpoint's sha256 is the manifest's, it loads with ``weights_only=True``, it fits
+        the workspace's preset and labels exactly, and no weight is NaN or infinite. ``v0``
+        loads the preset's own weights.
+
+        Raises:
+            BadInputError: the first problem, naming the file.
+        """
+        model = self.load(check_version(version), device="cpu")
+        bad = _non_finite(model.network.state_dict())
+        if bad is not None:
+            raise BadInputError(
+                f"holds non-finite values (NaN or infinity) in {bad}: model version {version} "
+                "diverged and cannot be used",
+                self.checkpoint_path(version) or self.models_dir,
+            )
+
+    @contextlib.contextmanager
+    def _pointer_change(self) -> Iterator[_PointerChange]:
+        """One registry transaction for a pointer change: all of it happens, or none of it.
+
+        Inside, a pointer left behind by a killed change is put back first (:meth:`recover`).
+        The block writes its audit rows, manifests and finally the pointer; the commit
+        follows. When anything raises, the transaction is rolled back and the files the block
+        wrote are put back.
+        """
+        registry = self.workspace.registry
+        change: _PointerChange | None = None
+        try:
+            with registry.transaction() as connection:
+                change = _PointerChange(registry, connection)
+                change.recovered = self._recover(change)
+                yield change
+                if any(path == self.pointer_path for path, _ in change.saved):
+                    syncpoints.reach("model-pointer-moved")
+        except BaseException:
+            if change is not None:
+                change.undo()
+            raise
+
+    def _recover(self, change: _PointerChange) -> str | None:
+        """Put back what a pointer change killed before its commit left: a pointer the
+        registry does not record, and manifests marked promoted without a recorded promotion.
+
+        Returns:
+            What was repaired, or None. A damaged pointer is left for :meth:`rollback`.
+        """
+        promoted = {
+            (row.get("detail") or {}).get("version")
+            for row in self.workspace.registry.audit_actions(("promote-model",), change.connection)
+        }
+        for number in self._stored_numbers():  # manifests of promotions never committed
+            version = version_name(number)
+            try:
+                manifest = self._read_manifest(version)
+            except BadInputError:
+                continue
+            if manifest.get("promoted") and "promoted_at" in manifest and version not in promoted:
+                for key in ("promoted_at", "promote_reason"):
+                    manifest.pop(key, None)
+                manifest["promoted"] = False
+                change.write_json(self.models_dir / version / MANIFEST_NAME, manifest)
+        recorded = self.recorded_current(change.connection)
+        pointer, problem = self._pointer()
+        if problem is not None or pointer == recorded:
+            return None
+        note = (
+            f"models/current named {pointer}, which no committed change made current (the "
+            f"process was killed before its commit): put back to {recorded}"
+        )
+        change.audit("restore-model-pointer", {"version": recorded, "found": pointer})
+        change.write_pointer(self.pointer_path, recorded)
+        return note
+
+    def recover(self) -> str | None:
+        """Put back a pointer left by a pointer change that was killed before its commit.
+
+        Returns:
+            What was repaired (one line), or None when the pointer is as recorded.
+
+        Raises:
+            BadInputError: the registry cannot be written.
+        """
+        with self._pointer_change() as change:
+            return change.recovered
+
+    def promote(
+        self,
+        version: str,
+        *,
+        reason: str,
+        expect_current: str | None = None,
+        job: str | None = None,
+    ) -> dict[str, Any]:
         """Make a version current because it passed the validation gate.
 
-        Its manifest records ``promoted: true`` (with time and reason), then the pointer moves.
+        In one registry transaction (see the module's description): the audit row
+        ``promote-model`` (with the job), the manifest's ``promoted: true`` (with time and
+        reason), then the pointer. With ``expect_current`` (the version the job started from
+        and validated against) the version is promoted only when that version is still
+        current; otherwise it is kept unpromoted: the audit row is ``register-model`` and the
+        manifest's ``not_promoted_reason`` says why (e.g. someone rolled back meanwhile).
 
         Args:
             version: A stored version (or ``v0``).
             reason: Why, e.g. the gate's verdict; kept in the manifest and the audit trail.
+            expect_current: Promote only if this version is still current.
+            job: The fine-tuning job promoting it (recorded with the audit row).
 
         Returns:
-            The version's manifest as now stored (with ``current``).
+            The version's manifest as now stored, with ``current``.
 
         Raises:
-            BadInputError: unknown or damaged version; the pointer is unchanged.
+            BadInputError: unknown or damaged version, or a registry that cannot be written;
+                nothing changed then.
         """
         self.verify(version)
-        previous = self.current()
-        manifest = self.manifest(version)
-        if version != BASE_VERSION:
-            manifest.update(promoted=True, promoted_at=utc_now(), promote_reason=reason)
-            write_json_atomic(self.models_dir / version / MANIFEST_NAME, manifest)
-        self.workspace.set_current_model_version(version)
-        self._audit("promote-model", {"version": version, "previous": previous, "reason": reason})
+        with self._pointer_change() as change:
+            previous, problem = self._pointer()
+            manifest = self.manifest(version)
+            if expect_current is not None and previous != expect_current:
+                why = (
+                    f"the current model version pointer is damaged ({problem})"
+                    if problem is not None
+                    else f"the current version is {previous}, not {expect_current} that it was "
+                    f"validated against (changed while it trained, e.g. by a rollback)"
+                )
+                note = f"not promoted: {why}; make it current with 'assft rollback' if wanted"
+                change.audit(
+                    "register-model",
+                    {"version": version, "promoted": False, "reason": note, "job": job},
+                )
+                if version != BASE_VERSION:
+                    manifest.update(promoted=False, not_promoted_reason=note)
+                    change.write_json(self.models_dir / version / MANIFEST_NAME, manifest)
+                return {**manifest, "current": False}
+            change.audit(
+                "promote-model",
+                {"version": version, "previous": previous, "reason": reason, "job": job},
+            )
+            if version != BASE_VERSION:
+                manifest.update(promoted=True, promoted_at=utc_now(), promote_reason=reason)
+                manifest.pop("not_promoted_reason", None)
+                change.write_json(self.models_dir / version / MANIFEST_NAME, manifest)
+            change.write_pointer(self.pointer_path, version)
         return {**manifest, "current": True}
+
+    def keep_unpromoted(self, version: str, *, reason: str, job: str | None = None) -> None:
+        """Record that a job's version stays unpromoted (its gate failed): audit
+        ``register-model``, so a resumed job does not decide again.
+
+        Raises:
+            BadInputError: the registry cannot be written.
+        """
+        with self._pointer_change() as change:
+            change.audit(
+                "register-model",
+                {"version": version, "promoted": False, "reason": reason, "job": job},
+            )
 
     def rollback(self, version: str) -> dict[str, Any]:
         """Make an existing version current again (older or newer), e.g. ``assft rollback``.
 
+        The version must load (:meth:`check_loads`: complete, loadable with
+        ``weights_only=True``, fitting the preset and labels, finite). A damaged pointer is
+        repaired this way: the audit row then records what was wrong (``repaired``).
         ``promoted`` stays as it is; the audit trail records ``rolled_back_from``.
 
         Returns:
-            The version's manifest with ``current`` and ``rolled_back_from``.
+            The version's manifest with ``current``, ``rolled_back_from`` (None when the
+            pointer was damaged) and ``repaired`` (the pointer's problem, or None).
 
         Raises:
-            BadInputError: unknown or damaged version; the pointer is unchanged.
+            BadInputError: unknown or unusable version, or a registry that cannot be written;
+                the pointer is unchanged.
         """
-        self.verify(version)
-        previous = self.current()
-        self.workspace.set_current_model_version(version)
-        self._audit("rollback-model", {"version": version, "rolled_back_from": previous})
-        return {**self.manifest(version), "current": True, "rolled_back_from": previous}
+        self.check_loads(version)
+        with self._pointer_change() as change:
+            previous, problem = self._pointer()
+            detail: dict[str, Any] = {"version": version, "rolled_back_from": previous}
+            if problem is not None:
+                detail["repaired"] = problem
+            change.audit("rollback-model", detail)
+            change.write_pointer(self.pointer_path, version)
+        return {
+            **self.manifest(version),
+            "current": True,
+            "rolled_back_from": previous,
+            "repaired": problem,
+        }
 
     # helpers -----------------------------------------------------------------------------
 

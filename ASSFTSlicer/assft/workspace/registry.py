@@ -534,6 +534,48 @@ class Registry:
         with self._connect(write=True) as connection:
             return self._insert_audit(connection, utc_now(), action, case_id, detail, user)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction for work that must be recorded whole or not at all.
+
+        ``BEGIN IMMEDIATE`` (so one such transaction runs at a time, across processes: the
+        others wait up to 30 s), ``COMMIT`` when the block ends, ``ROLLBACK`` when it raises or
+        the process dies first. Write rows in it with :meth:`insert_audit`; files the block
+        changes are the caller's to put back when it raises.
+        """
+        with self._connect(write=True) as connection:
+            yield connection
+
+    def insert_audit(
+        self,
+        connection: sqlite3.Connection,
+        action: str,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        user: str | None = None,
+        case_id: str | None = None,
+    ) -> int:
+        """Append an audit row inside :meth:`transaction`; returns its id."""
+        return self._insert_audit(connection, utc_now(), action, case_id, detail, user)
+
+    def audit_actions(
+        self, actions: Iterable[str], connection: sqlite3.Connection | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit rows of the given actions in order (``detail`` parsed), read through
+        ``connection`` when given (inside :meth:`transaction`)."""
+        names = list(actions)
+        query = f"SELECT * FROM audit WHERE action IN ({', '.join('?' * len(names))}) ORDER BY id"
+        with contextlib.ExitStack() as stack:
+            if connection is None:
+                connection = stack.enter_context(self._connect())
+            rows = connection.execute(query, names).fetchall()
+        trail = []
+        for row in rows:
+            entry = dict(row)
+            entry["detail"] = None if entry["detail"] is None else json.loads(entry["detail"])
+            trail.append(entry)
+        return trail
+
     def audit_trail(self, case_id: str | None = None) -> list[dict[str, Any]]:
         """Audit rows in order, all or those of one case; ``detail`` is parsed JSON."""
         with self._connect() as connection:

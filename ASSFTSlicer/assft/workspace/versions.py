@@ -10,6 +10,7 @@ version has two names (``v01`` would be a second name of ``v1``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from assft.errors import BadInputError
 
@@ -21,6 +22,7 @@ __all__ = [
     "parse_partial",
     "parse_version",
     "partial_name",
+    "read_pointer",
     "version_name",
     "version_number",
 ]
@@ -95,3 +97,33 @@ def parse_partial(name: str) -> int | None:
     """The version number of a ``.vN.partial`` folder name, or None for anything else."""
     match = PARTIAL_PATTERN.match(name)
     return int(match.group(1)) if match else None
+
+
+def read_pointer(path: Path) -> str:
+    """The version a ``models/current`` file names; ``v0`` when the file does not exist.
+
+    A workspace that never promoted anything has no pointer: that is ``v0``. A pointer that
+    exists but is empty, not text, or names no version is damaged (a crash cannot leave it so:
+    it is written atomically); it is never taken for ``v0``.
+
+    Raises:
+        BadInputError: a pointer that cannot be read or is damaged, in one line naming the
+            file and saying how to repair it.
+    """
+    repair = "make a version current with 'assft rollback WORKSPACE VERSION'"
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return BASE_VERSION
+    except OSError as error:
+        raise BadInputError(f"cannot be read ({error.strerror or error}); {repair}", path) from None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise BadInputError(f"is damaged (not text); {repair}", path) from None
+    if not text:
+        raise BadInputError(f"is damaged (empty); {repair}", path)
+    if parse_version(text) is None:
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise BadInputError(f"is damaged ({shown!r} is not a version name); {repair}", path)
+    return text

@@ -64,7 +64,7 @@ from assft.workspace.files import (
 )
 from assft.workspace.labels import load_label_for_image
 from assft.workspace.registry import BUSY_TIMEOUT_S, REGISTRY_FILE_NAME, Registry, check_status
-from assft.workspace.versions import BASE_VERSION, check_version
+from assft.workspace.versions import check_version, read_pointer
 
 __all__ = ["CASE_ID_PATTERN", "MAX_CASE_ID_LENGTH", "Workspace", "default_user", "find_images"]
 
@@ -929,12 +929,12 @@ class Workspace:
     # model version -----------------------------------------------------------------------
 
     def current_model_version(self) -> str:
-        """The model version in use: ``models/current``, or ``"v0"`` (the preset as shipped)."""
-        try:
-            version = (self.models_dir / "current").read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return BASE_VERSION
-        return version or BASE_VERSION
+        """The model version in use: ``models/current``, or ``"v0"`` (the preset as shipped).
+
+        Raises:
+            BadInputError: a damaged pointer (see :func:`assft.workspace.versions.read_pointer`).
+        """
+        return read_pointer(self.models_dir / "current")
 
     def set_current_model_version(self, version: str) -> None:
         """Point ``models/current`` at ``version`` (atomically).
@@ -1078,11 +1078,16 @@ class Workspace:
         return locks.running_job(self.jobs_dir, name)
 
     def status_summary(self) -> dict[str, Any]:
-        """Model version, case counts per status, running job and latest ranking file."""
+        """Model version (None: the pointer is damaged), case counts per status, running job
+        and latest ranking file."""
         counts = self.registry.counts()
         latest = self.registry.latest_ranking()
+        try:
+            version: str | None = self.current_model_version()
+        except BadInputError:  # a damaged pointer: None here; ModelRegistry.problems() says why
+            version = None
         return {
-            "model_version": self.current_model_version(),
+            "model_version": version,
             "counts": counts,
             "total": sum(counts.values()),
             "running_job": self.running_job(),
