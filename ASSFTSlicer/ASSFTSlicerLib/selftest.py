@@ -50,10 +50,12 @@ def _finish(process, what: str, timeout: float = 600.0):
 
 
 def _segmentArray(segmentationNode, name: str, volumeNode) -> np.ndarray:
+    from ASSFTSlicerLib.scene import segmentMask
+
     segmentation = segmentationNode.GetSegmentation()
     segmentId = segmentation.GetSegmentIdBySegmentName(name)
     _check(bool(segmentId), f"no segment named {name!r}")
-    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) != 0
+    return segmentMask(segmentationNode, segmentId, volumeNode)
 
 
 def _paintTruth(logic, truthFile: Path, labels) -> None:
