@@ -98,6 +98,7 @@ from ASSFTSlicerLib.scene import (
     OverlapPolicy,
     SegmentOverlapError,
 )
+from ASSFTSlicerLib.tasks import TaskKind, TaskStart
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -237,9 +238,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
-        self._taskButton = None
-        self._taskButtonText = ""
+        self._shownTask = None
         self._launchedJob = None
         self._jobTimer = None
         self._summary = None
@@ -251,6 +250,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ASSFTSlicerLogic()
+        self._observeTasks()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -282,8 +282,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self._jobTimer:
             self._jobTimer.stop()
-        if self._task is not None and self._task.isRunning():  # a detached fine-tuning job goes on
-            self._task.cancel(grace=2.0)
+        # Before Slicer goes: a ranking or prediction left running would hold the workspace lock.
+        # A detached fine-tuning job goes on.
+        self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -367,7 +368,12 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        busy = self._task is not None and self._task.isRunning()
+        tasks = self.logic.tasks
+        busy = tasks.busy
+        taskButtons = self._taskButtons()
+        taskButton = taskButtons[tasks.kind][0] if busy else None
+        for button, idleText in taskButtons.values():
+            button.text = _("Cancel") if button is taskButton else idleText
         summary = self._summary or {}
         hasWorkspace = bool(summary)
         depsMissing = bool(dependencies.missingPackages()) if not hasWorkspace else False
@@ -375,7 +381,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         jobRunning = self._launchedJob is not None
 
         def setState(button, enabled, whyNot):
-            if button is self._taskButton and busy:
+            if button is taskButton:
                 button.enabled, button.toolTip = True, _("Cancel the running task.")
                 return
             button.enabled = bool(enabled) and not busy
@@ -422,7 +428,10 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hasWorkspace and summary.get("latest_ranking"),
             _("Rank the scans first."),
         )
-        if jobRunning:
+        if tasks.jobCommandRunning:  # launching or cancelling: wait for that command
+            self.ui.finetuneButton.enabled = False
+            self.ui.finetuneButton.toolTip = _("Wait for the fine-tuning command to end.")
+        elif jobRunning:
             self.ui.finetuneButton.text = _("Cancel fine-tuning")
             self.ui.finetuneButton.enabled = True
             self.ui.finetuneButton.toolTip = _("Stop the fine-tuning job (its work is discarded).")
@@ -438,18 +447,43 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # background tasks --------------------------------------------------------------------
 
-    def _beginTask(self, button, process, label) -> None:
-        self._task, self._taskButton, self._taskButtonText = process, button, button.text
-        button.text = _("Cancel")
-        self.ui.taskProgressBar.setRange(0, 0)
-        self.ui.taskStatusLabel.text = label
+    def _taskButtons(self) -> dict:
+        """Each foreground task's button (it turns into Cancel while the task runs) and its
+        text otherwise."""
+        return {
+            TaskKind.CREATE: (self.ui.createWorkspaceButton, _("Create from folder")),
+            TaskKind.CREATE_FROM_VOLUMES: (
+                self.ui.createFromVolumesButton,
+                _("Create from loaded volumes"),
+            ),
+            TaskKind.RANK: (self.ui.rankButton, _("Rank")),
+            TaskKind.PREDICT: (self.ui.labelNextButton, _("Label next")),
+        }
+
+    def _observeTasks(self) -> None:
+        self.logic.tasks.onChanged = self._onTasksChanged
+        self.logic.tasks.onDeferredError = self._onDeferredTaskError
+
+    def _onTasksChanged(self) -> None:
+        tasks = self.logic.tasks
+        if tasks.busy and tasks.current is not self._shownTask:  # a task has just started
+            self.ui.taskProgressBar.setRange(0, 0)
+        if tasks.busy:
+            self.ui.taskStatusLabel.text = tasks.describe()
+        self._shownTask = tasks.current
         self._updateButtons()
 
-    def _cancelTask(self) -> bool:
-        if self._task is None or not self._task.isRunning():
+    def _onDeferredTaskError(self, kind, error) -> None:
+        self.ui.taskStatusLabel.text = _("{task} did not start: {error}").format(
+            task=kind.describe().capitalize(), error=error
+        )
+
+    def _cancelIfRunning(self, kind) -> bool:
+        """The task's button while it runs is Cancel: cancel it (True), or do nothing (False)."""
+        if not self.logic.tasks.isRunning(kind):
             return False
         self.ui.taskStatusLabel.text = _("Cancelling...")
-        self._task.cancel()
+        self.logic.cancelTask()
         return True
 
     def _onTaskProgress(self, event) -> None:
@@ -459,10 +493,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.taskProgressBar.setValue(int(event.get("done") or 0))
 
     def _endTask(self, result) -> bool:
-        """Restore the panel after a task; returns whether it succeeded (errors are shown)."""
-        if self._taskButton is not None:
-            self._taskButton.text = self._taskButtonText
-        self._task = self._taskButton = None
+        """Show how a task ended; returns whether it succeeded (errors are shown)."""
         self.ui.taskProgressBar.setRange(0, 1)
         self.ui.taskProgressBar.setValue(1 if result.ok else 0)
         self.ui.taskStatusLabel.text = self.logic.describeResult(result)
@@ -495,33 +526,29 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refresh()
 
     def onCreateWorkspace(self) -> None:
-        if self._cancelTask():
+        if self._cancelIfRunning(TaskKind.CREATE):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
-            process = self.logic.startCreateWorkspace(
+            self.logic.runCreateWorkspace(
                 p.workspacePath,
                 [p.imagesPath],
                 p.modelPreset,
                 onProgress=self._onTaskProgress,
                 onFinished=self._onCreated,
             )
-            self._beginTask(self.ui.createWorkspaceButton, process, _("Creating the workspace..."))
 
     def onCreateFromVolumes(self) -> None:
-        if self._cancelTask():
+        if self._cancelIfRunning(TaskKind.CREATE_FROM_VOLUMES):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
-            process = self.logic.startCreateWorkspaceFromVolumes(
+            self.logic.runCreateWorkspaceFromVolumes(
                 p.workspacePath,
                 slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"),
                 p.modelPreset,
                 onProgress=self._onTaskProgress,
                 onFinished=self._onCreated,
-            )
-            self._beginTask(
-                self.ui.createFromVolumesButton, process, _("Creating the workspace...")
             )
 
     def _onCreated(self, result) -> None:
@@ -531,11 +558,12 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # slots: rank -------------------------------------------------------------------------
 
     def onRank(self) -> None:
-        if self._cancelTask():
+        """The Rank button: Cancel while a ranking runs, else rank now."""
+        if self._cancelIfRunning(TaskKind.RANK):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start ranking."), waitCursor=True):
-            process = self.logic.startRank(
+            self.logic.runRank(
                 p.workspacePath,
                 p.budget,
                 p.strategy.value,
@@ -543,7 +571,23 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 onProgress=self._onTaskProgress,
                 onFinished=self._onRanked,
             )
-            self._beginTask(self.ui.rankButton, process, _("Ranking..."))
+
+    def _rankAfterPromotion(self) -> None:
+        """Rank with the newly promoted version now, or once the running task has ended."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to rank with the new model version.")):
+            started = self.logic.rankWhenFree(
+                p.workspacePath,
+                p.budget,
+                p.strategy.value,
+                p.device.value,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onRanked,
+            )
+            if started is TaskStart.DEFERRED:
+                self.ui.finetuneStatusLabel.text += " " + _(
+                    "Ranking again once the running task ends."
+                )
 
     def _onRanked(self, result) -> None:
         self._endTask(result)
@@ -572,7 +616,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # slots: annotate ---------------------------------------------------------------------
 
     def onLabelNext(self) -> None:
-        if self._cancelTask():
+        if self._cancelIfRunning(TaskKind.PREDICT):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to find the next case."), waitCursor=True):
             caseId = self.logic.nextCase(self._parameterNode.workspacePath)
@@ -586,25 +630,16 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _labelCase(self, caseId) -> None:
         """Load a case with its prediction, predicting it first in the background if needed."""
         p = self._parameterNode
-        if self._task is not None and self._task.isRunning():
-            slicer.util.warningDisplay(_("Wait for the running task to finish, or cancel it."))
-            return
         with slicer.util.tryWithErrorDisplay(
             _("Failed to load case {case}.").format(case=caseId), waitCursor=True
         ):
-            if (
-                self.logic.predictionFiles(p.workspacePath, caseId)[0] is None
-                and not dependencies.missingPackages()
-            ):
-                process = self.logic.startPredict(
+            if self.logic.needsPrediction(p.workspacePath, caseId):
+                self.logic.runPredict(
                     p.workspacePath,
                     caseId,
                     p.device.value,
                     onProgress=self._onTaskProgress,
                     onFinished=lambda result: self._onPredicted(caseId, result),
-                )
-                self._beginTask(
-                    self.ui.labelNextButton, process, _("Predicting {case}...").format(case=caseId)
                 )
                 return
             self._showCase(caseId)
@@ -680,22 +715,18 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # slots: fine-tune --------------------------------------------------------------------
 
     def onFinetune(self) -> None:
+        """Fine-tune, or cancel the running job (its own command: the task running in the
+        foreground, e.g. a prediction, is left alone)."""
         p = self._parameterNode
         if self._launchedJob is not None:
             with slicer.util.tryWithErrorDisplay(
                 _("Failed to cancel fine-tuning."), waitCursor=True
             ):
-                job = self.logic.runningFinetuneJob(p.workspacePath)
-                if job is None:
-                    return
-                process = self.logic.startCancelJob(
-                    p.workspacePath, job["id"], onFinished=self._onCancelled
-                )
-                self._task = process
-                self.ui.finetuneStatusLabel.text = _("Cancelling...")
+                if self.logic.cancelFinetuneJob(p.workspacePath, onFinished=self._onCancelled):
+                    self.ui.finetuneStatusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
-            process = self.logic.startFinetune(
+            self.logic.launchFinetune(
                 p.workspacePath,
                 p.finetuneMode.value,
                 p.finetuneIterations,
@@ -704,11 +735,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._launchedJob = {}
             self.ui.finetuneStatusLabel.text = _("Starting fine-tuning...")
-            self._task = process
             self._updateButtons()
 
     def _onFinetuneLaunched(self, result) -> None:
-        self._task = None
         if not result.ok:
             self._launchedJob = None
             self.ui.finetuneStatusLabel.text = self.logic.describeResult(result)
@@ -727,7 +756,6 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._beginJobMonitoring()
 
     def _onCancelled(self, result) -> None:
-        self._task = None
         self._updateButtons()
         if not result.ok:
             slicer.util.errorDisplay(self.logic.describeResult(result))
@@ -759,7 +787,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if status.get("state") == JobState.FAILED:
             slicer.util.errorDisplay(self.logic.describeJob(status))
         elif self.logic.jobPromotedVersion(status) and p.rerankAfterPromotion:
-            self.onRank()
+            self._rankAfterPromotion()
 
     def onUseVersion(self) -> None:
         p = self._parameterNode

@@ -40,6 +40,7 @@ from ASSFTSlicerLib.scene import (
     setForegroundVolume,
     submitSegmentation,
 )
+from ASSFTSlicerLib.tasks import TaskKind, Tasks, TaskStart
 from ASSFTSlicerLib.worklist import (
     MODEL_COLUMNS,
     WORKLIST_COLUMNS,
@@ -72,6 +73,9 @@ class WorkspaceLogic:
         self.engineRoot = MODULE_DIR
         self.caseNodes: CaseNodes | None = None
         self.caseWorkspace: pathlib.Path | None = None
+        self.tasks = Tasks()
+        """The foreground task (create, rank, predict), what waits for it, and the fine-tuning
+        job's launch or cancel command (see :mod:`ASSFTSlicerLib.tasks`)."""
 
     # workspace ---------------------------------------------------------------------------
 
@@ -350,6 +354,143 @@ class WorkspaceLogic:
         if result.ok:
             return _("Done in {seconds:.0f} s.").format(seconds=result.seconds)
         return _("Failed: {message}").format(message=result.errorMessage)
+
+    # tasks: one foreground task at a time -------------------------------------------------
+
+    def runCreateWorkspace(
+        self, workspacePath, images: list, modelPreset: str, onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startCreateWorkspace` as the foreground task.
+
+        Raises:
+            ValueError: another task runs, or the arguments are refused.
+        """
+        return self.tasks.run(
+            TaskKind.CREATE,
+            lambda done: self.startCreateWorkspace(
+                workspacePath, images, modelPreset, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Creating the workspace..."),
+        )
+
+    def runCreateWorkspaceFromVolumes(
+        self, workspacePath, volumeNodes, modelPreset: str, onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startCreateWorkspaceFromVolumes` as the foreground task."""
+        return self.tasks.run(
+            TaskKind.CREATE_FROM_VOLUMES,
+            lambda done: self.startCreateWorkspaceFromVolumes(
+                workspacePath, volumeNodes, modelPreset, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Creating the workspace..."),
+        )
+
+    def runRank(
+        self,
+        workspacePath,
+        budget: int,
+        strategy: str | None = None,
+        device: str = "auto",
+        onProgress=None,
+        onFinished=None,
+    ) -> BackgroundProcess:
+        """:meth:`startRank` as the foreground task (the Rank button).
+
+        Raises:
+            ValueError: another task runs, or nothing is left to rank.
+        """
+        return self.tasks.run(
+            TaskKind.RANK,
+            lambda done: self.startRank(
+                workspacePath, budget, strategy, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Ranking..."),
+        )
+
+    def rankWhenFree(
+        self,
+        workspacePath,
+        budget: int,
+        strategy: str | None = None,
+        device: str = "auto",
+        onProgress=None,
+        onFinished=None,
+    ) -> TaskStart:
+        """Rank now, or when the running task ends (the ranking after a promotion): a running
+        prediction is never cancelled for it.
+
+        Raises:
+            ValueError: nothing is left to rank (checked now; when the ranking was deferred, a
+                refusal at its start goes to ``tasks.onDeferredError``).
+        """
+        self.openWorkspace(workspacePath)
+        return self.tasks.runWhenFree(
+            TaskKind.RANK,
+            lambda done: self.startRank(
+                workspacePath, budget, strategy, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+        )
+
+    def needsPrediction(self, workspacePath, caseId: str) -> bool:
+        """Whether the case has no prediction of the current model yet and one can be made."""
+        return (
+            self.predictionFiles(workspacePath, caseId)[0] is None
+            and not dependencies.missingPackages()
+        )
+
+    def runPredict(
+        self, workspacePath, caseId: str, device: str = "auto", onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startPredict` of one case as the foreground task ("Label next")."""
+        return self.tasks.run(
+            TaskKind.PREDICT,
+            lambda done: self.startPredict(
+                workspacePath, caseId, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Predicting {case}...").format(case=caseId),
+        )
+
+    def cancelTask(self) -> bool:
+        """Cancel the foreground task (never the fine-tuning job); returns whether one ran."""
+        return self.tasks.cancel()
+
+    def launchFinetune(
+        self,
+        workspacePath,
+        mode: str | None = None,
+        iterations: int | None = None,
+        device: str = "auto",
+        onFinished=None,
+    ) -> BackgroundProcess:
+        """:meth:`startFinetune` as the job's command, apart from the foreground task."""
+        return self.tasks.runJobCommand(
+            lambda done: self.startFinetune(
+                workspacePath, mode, iterations, device, onFinished=done
+            ),
+            onFinished,
+        )
+
+    def cancelFinetuneJob(self, workspacePath, onFinished=None) -> BackgroundProcess | None:
+        """Cancel the running fine-tuning job (``assft cancel``) without touching the foreground
+        task; None when no job runs."""
+        job = self.runningFinetuneJob(workspacePath)
+        if job is None:
+            return None
+        return self.tasks.runJobCommand(
+            lambda done: self.startCancelJob(workspacePath, job["id"], onFinished=done),
+            onFinished,
+        )
+
+    def shutdown(self, grace: float = 5.0) -> list[BackgroundProcess]:
+        """Stop a running ranking, prediction or creation before returning (Slicer closes), so
+        no engine process is left holding the workspace lock; a detached fine-tuning job goes
+        on. See :meth:`ASSFTSlicerLib.tasks.Tasks.shutdown`."""
+        return self.tasks.shutdown(grace)
 
     # worklist ----------------------------------------------------------------------------
 

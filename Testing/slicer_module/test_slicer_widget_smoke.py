@@ -213,19 +213,13 @@ def _widget(module, tmp_path):
     ASSFTSlicer = module.module
     widget = ASSFTSlicer.ASSFTSlicerWidget()
     widget.logic = ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable)
+    widget._observeTasks()
     names = [
         w.get("name")
         for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "ASSFTSlicer.ui").iter("widget")
     ]
     widget.ui = types.SimpleNamespace(**{name: FakeSignalTarget(name) for name in names})
-    for button in (
-        "rankButton",
-        "labelNextButton",
-        "finetuneButton",
-        "createWorkspaceButton",
-        "submitNextButton",
-    ):
-        getattr(widget.ui, button).text = button
+    widget.ui.finetuneButton.text = "Fine-tune"
     widget._jobTimer = FakeTimer()
     widget._parameterNode = (
         widget.logic.getParameterNode() or ASSFTSlicer.ASSFTSlicerParameterNode()
@@ -297,23 +291,22 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     # Rank turns into Cancel; cancelling leaves the workspace free.
     widget.ui.rankButton.click()
     assert widget.ui.rankButton.text == "Cancel" and widget.ui.rankButton.enabled
-    assert widget._task.mode == "slicer"  # slicer-core's launchConsoleProcess(blocking=False)
+    # slicer-core's launchConsoleProcess(blocking=False)
+    assert widget.logic.tasks.current.mode == "slicer"
     assert (
         not widget.ui.openWorkspaceButton.enabled
         and widget.ui.openWorkspaceButton.toolTip == "Another task is running."
     )
     widget.ui.rankButton.click()
-    _run_until(lambda: widget._task is None)
-    assert (
-        widget.ui.rankButton.text == "rankButton" and widget.ui.taskStatusLabel.text == "Cancelled."
-    )
+    _run_until(lambda: not widget.logic.tasks.busy)
+    assert widget.ui.rankButton.text == "Rank" and widget.ui.taskStatusLabel.text == "Cancelled."
     assert not [m for m in module.messages if m[0] == "error"]
     assert workspace.status_summary()["running_job"] is None and workspace.latest_ranking() is None
 
     progress = []
     widget._onTaskProgress = lambda event: progress.append(event)  # what the progress bar gets
     widget.ui.rankButton.click()
-    _run_until(lambda: widget._task is None)
+    _run_until(lambda: not widget.logic.tasks.busy)
     assert widget.ui.taskStatusLabel.text.startswith("Done"), module.messages
     assert [e["done"] for e in progress if e["event"] == "progress"] == [0, 1, 2, 3]
     assert progress[-1]["event"] == "done" and len(progress[-1]["selected"]) == 1
@@ -324,7 +317,18 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     first = widget.logic.nextCase(workspace.root)
     widget.ui.labelNextButton.click()
     assert widget.ui.labelNextButton.text == "Cancel"
-    _run_until(lambda: widget._task is None and p.currentCase == first)
+    # Fine-tuning promotes a version meanwhile: the ranking it asks for waits for the prediction
+    # (it used to press the Rank/Cancel toggle, which cancelled the prediction).
+    rankings = len(widget.logic.openWorkspace(workspace.root).registry.rankings())
+    widget._rankAfterPromotion()
+    tasks = widget.logic.tasks
+    assert tasks.isRunning(module.module.TaskKind.PREDICT)
+    assert tasks.isPending(module.module.TaskKind.RANK)
+    assert widget.ui.labelNextButton.text == "Cancel" and widget.ui.rankButton.text == "Rank"
+    _run_until(lambda: p.currentCase == first)  # predicted, not cancelled, and shown
+    assert tasks.isRunning(module.module.TaskKind.RANK) and widget.ui.rankButton.text == "Cancel"
+    _run_until(lambda: not tasks.busy)
+    assert len(widget.logic.openWorkspace(workspace.root).registry.rankings()) == rankings + 1
     assert ("module", "SegmentEditor") in module.messages
     assert module.editor.segmentation is p.caseSegmentation and module.editor.source is p.caseVolume
     assert p.caseUncertainty is not None and widget.ui.submitNextButton.enabled
@@ -356,5 +360,7 @@ def test_the_panel_ranks_cancels_labels_and_submits(
         sitk.GetArrayFromImage(sitk.ReadImage(str(stored))) == 2
     ).sum() == 64  # core, lower in the list, won
     assert workspace.registry.case(first)["status"] == "labeled"
-    _run_until(lambda: widget._task is None)  # the next case (none left in a budget of 1 is fine)
+    _run_until(
+        lambda: not widget.logic.tasks.busy
+    )  # the next case (none left in a budget of 1 is fine)
     assert not [m for m in module.messages if m[0] == "error"], module.messages

@@ -35,7 +35,7 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
             time.sleep(0.05)
 
     def _taskDone(self, widget):
-        return widget._task is None or not widget._task.isRunning()
+        return not widget.logic.tasks.busy
 
     def test_panel(self):
         import ASSFTSlicer
@@ -76,7 +76,7 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         self.assertTrue(widget.ui.rankButton.enabled)
         self.assertFalse(widget.ui.labelNextButton.enabled)
         self._waitFor(
-            lambda: widget._task.lastProgress is not None or not widget._task.isRunning(),
+            lambda: not widget.logic.tasks.busy or widget.logic.tasks.current.lastProgress,
             what="the first progress",
         )
         widget.ui.rankButton.click()  # Cancel
