@@ -8,7 +8,6 @@ wheel.
 """
 
 import enum
-import json
 import logging
 import pathlib
 import sys
@@ -36,6 +35,7 @@ try:  # the Slicer application
     import ctk
     import qt
     from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.parameterNodeWrapper.guiConnectors import GuiConnector
     from slicer.ScriptedLoadableModule import (
         ScriptedLoadableModule,
         ScriptedLoadableModuleLogic,
@@ -45,9 +45,15 @@ try:  # the Slicer application
     from slicer.util import VTKObservationMixin
 
     HAVE_QT = True
-except ImportError:  # plain Python with the MRML of slicer-core: the Logic works, the GUI does not
+except ImportError:
+    if hasattr(slicer, "app"):  # inside Slicer this is a broken installation: say so, loudly
+        raise
+    # Plain Python with the MRML of slicer-core (the tests): the Logic works, the GUI does not.
     HAVE_QT = False
     ctk = qt = None
+
+    class GuiConnector:
+        pass
 
     def parameterNodeWrapper(classtype):
         return classtype
@@ -93,6 +99,7 @@ from assft.runtime.progress import ProgressEvent
 from assft.training.config import FinetuneConfig
 from ASSFTSlicerLib import dependencies
 from ASSFTSlicerLib.i18n import tr as _
+from ASSFTSlicerLib.i18n import translate
 from ASSFTSlicerLib.logic import WorkspaceLogic
 from ASSFTSlicerLib.scene import (
     OverlapPolicy,
@@ -102,19 +109,8 @@ from ASSFTSlicerLib.tasks import TaskKind, TaskStart
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 
-
-def _modelPresetNames() -> list[str]:
-    """Preset names of the engine's assft/resources/Models.json (read as data, not imported)."""
-    try:
-        presets = MODULE_DIR / "assft" / "resources" / "Models.json"
-        document = json.loads(presets.read_text(encoding="utf-8"))
-        names = [str(p["name"]) for p in document.get("presets", []) if p.get("name")]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        names = []
-    return names or ["demo"]
-
-
-MODEL_PRESETS = _modelPresetNames()
+# Preset names of the engine's assft/resources/Models.json (read as data, not imported).
+MODEL_PRESETS = [str(preset["name"]) for preset in WorkspaceLogic().modelPresets()]
 
 
 #
@@ -126,7 +122,7 @@ class ASSFTSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("ASSFT Slicer")
-        self.parent.categories = ["Segmentation"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "SegmentEditor"]
         self.parent.contributors = ["ASSFT Slicer developers"]
         self.parent.helpText = _(
@@ -222,6 +218,43 @@ class ASSFTSlicerParameterNode:
     modelsTable: vtkMRMLTableNode
 
 
+class FolderPathConnector(GuiConnector):
+    """Binds a ``pathlib.Path`` parameter to a ctkPathLineEdit (Slicer's own connector shows an
+    unset path as "." and rewrites the text at every keystroke: a trailing separator vanishes
+    as it is typed). An unset path shows as an empty field, and the text is left as typed while
+    it names the parameter's folder. Used explicitly (``connectParametersToGui``), never
+    registered for other modules."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return False
+
+    @staticmethod
+    def create(widget, datatype):
+        return None
+
+    def __init__(self, widget) -> None:
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self) -> None:
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self) -> None:
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> pathlib.Path:
+        return WorkspaceLogic.pathFromFieldText(self._widget.currentPath)
+
+    def write(self, value) -> None:
+        text = WorkspaceLogic.pathFieldText(value, self._widget.currentPath)
+        if text is not None:
+            self._widget.currentPath = text
+
+
 #
 # ASSFTSlicerWidget
 #
@@ -231,13 +264,17 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel. Each slot calls one Logic method; the Logic does the work."""
 
     JOB_POLL_MS = 2000
+    PATH_FIELDS = {"workspacePath": "workspacePathLineEdit", "imagesPath": "imagesPathLineEdit"}
+    """Folder parameters and their fields, bound with :class:`FolderPathConnector` (the other
+    parameters are bound by the .ui's SlicerParameterName)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._parameterNodeGuiTags = []
+        self._caseProblem = ""
         self._shownTask = None
         self._launchedJob = None
         self._jobTimer = None
@@ -254,6 +291,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.openWorkspaceButton.connect("clicked(bool)", self.onOpenWorkspace)
@@ -291,12 +329,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refresh()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons
-            )
+        self._disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -305,28 +338,66 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event) -> None:
+        """A loaded scene may bring a parameter node naming a case: take its nodes over."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+            self.refresh()
+
     LAST_WORKSPACE_SETTING = "ASSFTSlicer/LastWorkspace"
 
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
-        if not self.logic.hasWorkspace(parameterNode.workspacePath):
-            # The last workspace opens again, so a job still running after a restart shows up.
-            last = qt.QSettings().value(self.LAST_WORKSPACE_SETTING)
-            if last and self.logic.hasWorkspace(last):
-                parameterNode.workspacePath = pathlib.Path(last)
+        # The last workspace fills an empty field once, so a job still running after a restart
+        # shows up; a folder the user typed is kept.
+        last = self.logic.workspaceToRestore(
+            parameterNode.workspacePath, qt.QSettings().value(self.LAST_WORKSPACE_SETTING)
+        )
+        if last is not None:
+            parameterNode.workspacePath = last
         self.setParameterNode(parameterNode)
 
-    def setParameterNode(self, inputParameterNode) -> None:
+    def _disconnectParameterNode(self) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            for tag in self._parameterNodeGuiTags:
+                self._parameterNode.disconnectGui(tag)
             self.removeObserver(
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons
             )
+        self._parameterNodeGuiTags = []
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTags = [
+                self._parameterNode.connectGui(self.ui),
+                self._parameterNode.connectParametersToGui(
+                    {
+                        name: FolderPathConnector(getattr(self.ui, widget))
+                        for name, widget in self.PATH_FIELDS.items()
+                    }
+                ),
+            ]
+            for index, preset in enumerate(self.logic.modelPresets()):
+                self.ui.modelPresetComboBox.setItemText(index, self.logic.presetLabel(preset))
+            self._restoreCase()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
+
+    def _restoreCase(self) -> None:
+        """The case named by the parameter node (a reloaded scene) becomes the loaded case, or
+        the reason why not is shown on the disabled Submit button."""
+        p = self._parameterNode
+        self._caseProblem = ""
+        if not p.currentCase or self.logic.loadedCase() is not None:
+            return
+        try:
+            self.logic.restoreCase(
+                p.workspacePath, p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty
+            )
+        except ValueError as error:
+            self._caseProblem = str(error)
 
     # state shown ---------------------------------------------------------------------------
 
@@ -374,8 +445,13 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         taskButton = taskButtons[tasks.kind][0] if busy else None
         for button, idleText in taskButtons.values():
             button.text = _("Cancel") if button is taskButton else idleText
+        # The buttons act on the folder the field names: the shown summary counts only when it
+        # is that workspace's.
         summary = self._summary or {}
-        hasWorkspace = bool(summary)
+        opened = p is not None and self.logic.summaryIsFor(summary, p.workspacePath)
+        hasWorkspace = bool(summary) and opened
+        if not opened:
+            summary = {}
         depsMissing = bool(dependencies.missingPackages()) if not hasWorkspace else False
         counts = summary.get("counts", {})
         jobRunning = self._launchedJob is not None
@@ -389,7 +465,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "" if button.enabled else (_("Another task is running.") if busy else whyNot)
             )
 
-        noWorkspace = _("Open or create a workspace first.")
+        noWorkspace = (
+            _("Open the workspace the folder field names first.")
+            if self._summary
+            else _("Open or create a workspace first.")
+        )
         setState(
             self.ui.openWorkspaceButton,
             p is not None and self.logic.hasWorkspace(p.workspacePath),
@@ -419,10 +499,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hasWorkspace and summary.get("latest_ranking"),
             _("Rank the scans first."),
         )
-        hasCase = p is not None and p.caseSegmentation is not None and bool(p.currentCase)
-        setState(self.ui.submitNextButton, hasCase, _("Load a case first (Label next)."))
-        setState(self.ui.skipButton, hasCase, _("Load a case first (Label next)."))
-        setState(self.ui.openSegmentEditorButton, hasCase, _("Load a case first (Label next)."))
+        hasCase = p is not None and bool(p.currentCase) and self.logic.loadedCase() is not None
+        noCase = self._caseProblem or _("Load a case first (Label next).")
+        setState(self.ui.submitNextButton, hasCase and hasWorkspace, noCase)
+        setState(self.ui.skipButton, hasCase and hasWorkspace, noCase)
+        setState(self.ui.openSegmentEditorButton, hasCase, noCase)
         setState(
             self.ui.showChartButton,
             hasWorkspace and summary.get("latest_ranking"),
@@ -674,10 +755,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(p.caseSegmentation)
-        if hasattr(editor, "setSourceVolumeNode"):
-            editor.setSourceVolumeNode(p.caseVolume)
-        else:  # Slicer before 5.4
-            editor.setMasterVolumeNode(p.caseVolume)
+        editor.setSourceVolumeNode(p.caseVolume)
         slicer.util.setSliceViewerLayers(background=p.caseVolume, fit=True)
         self.logic.setUncertaintyVisible(p.showUncertainty)
 

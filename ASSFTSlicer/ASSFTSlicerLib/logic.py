@@ -7,8 +7,10 @@ work (opening a workspace, submitting a label, listing jobs and model versions) 
 directly. ``ASSFTSlicer.ASSFTSlicerLogic`` adds the module's parameter node to this class.
 """
 
+import importlib.metadata
 import json
 import logging
+import os
 import pathlib
 import tempfile
 from collections.abc import Callable
@@ -74,6 +76,7 @@ class WorkspaceLogic:
         self.caseNodes: CaseNodes | None = None
         self.caseWorkspace: pathlib.Path | None = None
         self.tasks = Tasks()
+        self.lastWorkspaceOffered = False
         """The foreground task (create, rank, predict), what waits for it, and the fine-tuning
         job's launch or cancel command (see :mod:`ASSFTSlicerLib.tasks`)."""
 
@@ -94,6 +97,49 @@ class WorkspaceLogic:
         """Whether ``value`` is a folder holding a workspace."""
         path = WorkspaceLogic._path(value)
         return path is not None and (path / "assft.json").is_file()
+
+    @staticmethod
+    def pathFieldText(value, shownText: str = "") -> str | None:
+        """The text a folder field should show for a path parameter, or None to leave what it
+        shows (the user's own spelling of the same folder, e.g. with a trailing separator, is
+        not rewritten while they type).
+
+        An unset path (``pathlib.Path()``, which prints as ".") shows as an empty field.
+        """
+        wanted = WorkspaceLogic._path(value)
+        if wanted == WorkspaceLogic._path(shownText):
+            return None
+        return "" if wanted is None else str(value).strip()
+
+    @staticmethod
+    def pathFromFieldText(text: str) -> pathlib.Path:
+        """The path parameter for a folder field's text (empty: ``pathlib.Path()``)."""
+        return pathlib.Path(text.strip()) if text and text.strip() else pathlib.Path()
+
+    def workspaceToRestore(self, fieldValue, lastWorkspace) -> pathlib.Path | None:
+        """The last used workspace, to fill the folder field when the module is first shown.
+
+        Offered once per session and only into an empty field: a folder the user has typed (a
+        new workspace to create from volumes they leave the module to load) is never replaced.
+        """
+        if self.lastWorkspaceOffered:
+            return None
+        self.lastWorkspaceOffered = True
+        if self._path(fieldValue) is not None or not self.hasWorkspace(lastWorkspace):
+            return None
+        return self._path(lastWorkspace)
+
+    @staticmethod
+    def summaryIsFor(summary: dict[str, Any] | None, workspacePath) -> bool:
+        """Whether a :meth:`workspaceSummary` is of the workspace the folder field names (the
+        panel's buttons act on the field's folder, so they follow it, not the last opened)."""
+        path = WorkspaceLogic._path(workspacePath)
+        if not summary or path is None or "workspace" not in summary:
+            return False
+        try:
+            return pathlib.Path(summary["workspace"]).resolve() == path.resolve()
+        except OSError:
+            return False
 
     def openWorkspace(self, workspacePath):
         """The engine's open :class:`assft.workspace.Workspace`.
@@ -150,6 +196,53 @@ class WorkspaceLogic:
             model=model,
             version=summary.get("model_version", ""),
         )
+
+    # model presets -----------------------------------------------------------------------
+
+    def modelPresets(self) -> list[dict[str, Any]]:
+        """The presets of the engine's ``assft/resources/Models.json``, read as data (the engine's
+        preset module is not imported: the list shows before the dependencies are installed)."""
+        try:
+            presetsFile = self.engineRoot / "assft" / "resources" / "Models.json"
+            document = json.loads(presetsFile.read_text(encoding="utf-8"))
+            presets = [p for p in document.get("presets", []) if p.get("name")]
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            logging.warning("cannot read the model presets: %s", error)
+            presets = []
+        return presets or [{"name": "demo", "checkpoint": {"source": "shipped"}}]
+
+    @staticmethod
+    def downloadedWeightsFolder() -> pathlib.Path:
+        """Where downloaded weights are placed: ``assft.models.checkpoints.downloads_dir`` (that
+        module loads torch, so its rule is repeated here; a test checks that both agree)."""
+        override = os.environ.get("ASSFT_MODELS_DIR")
+        if override:
+            return pathlib.Path(override).expanduser()
+        return pathlib.Path.home() / ".cache" / "assft" / "models"
+
+    def presetNeeds(self, preset: dict[str, Any]) -> str:
+        """What a preset needs before it runs, from its checkpoint source ("" when nothing)."""
+        checkpoint = preset.get("checkpoint") or {}
+        source = checkpoint.get("source")
+        if source == "url":
+            url = str(checkpoint.get("url") or "")
+            name = url.rstrip("/").rsplit("/", 1)[-1] or f"{preset.get('name')}.pt"
+            return "" if (self.downloadedWeightsFolder() / name).is_file() else _("needs download")
+        if source == "path":
+            path = pathlib.Path(str(checkpoint.get("path") or ""))
+            return "" if path.is_file() else _("needs a weights file")
+        if source == "package":
+            package = str(checkpoint.get("package") or "")
+            try:
+                importlib.metadata.distribution(package)
+            except (importlib.metadata.PackageNotFoundError, ValueError):
+                return _("needs the {package} package").format(package=package)
+        return ""
+
+    def presetLabel(self, preset: dict[str, Any]) -> str:
+        """A preset's name as the model list shows it, with what it still needs."""
+        needs = self.presetNeeds(preset)
+        return f"{preset['name']} ({needs})" if needs else str(preset["name"])
 
     # engine processes --------------------------------------------------------------------
 
@@ -589,6 +682,57 @@ class WorkspaceLogic:
                 self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity
             )
 
+    def loadedCase(self) -> CaseNodes | None:
+        """The case's nodes while they are still in the scene (a closed scene removed them)."""
+        nodes = self.caseNodes
+        if nodes is None or any(
+            node is None or node.GetScene() is None for node in (nodes.volume, nodes.segmentation)
+        ):
+            return None
+        return nodes
+
+    def restoreCase(
+        self, workspacePath, caseId: str, volume, segmentation, uncertainty=None
+    ) -> CaseNodes:
+        """Take over a case's nodes named by the parameter node (a reloaded scene, or a Slicer
+        restarted with a saved scene) so that "Submit and next" works on them.
+
+        Raises:
+            ValueError: no case, a node missing from the scene, or nodes of another case or
+                workspace; the message says to load the case again.
+        """
+        if not caseId:
+            raise ValueError(_("No case is loaded: use 'Label next' first."))
+        again = _("Load case {case} again (Label next or double-click it).").format(case=caseId)
+        if volume is None or volume.GetScene() is None:
+            raise ValueError(
+                _("The scene has no scan of case {case}.").format(case=caseId) + " " + again
+            )
+        if segmentation is None or segmentation.GetScene() is None:
+            raise ValueError(
+                _("The scene has no segmentation of case {case}.").format(case=caseId) + " " + again
+            )
+        workspace = self.openWorkspace(workspacePath)
+        for node in (volume, segmentation):
+            if node.GetAttribute("ASSFT.Case") != caseId:
+                raise ValueError(
+                    _("'{node}' is not a node of case {case}.").format(
+                        node=node.GetName(), case=caseId
+                    )
+                    + " "
+                    + again
+                )
+        owner = volume.GetAttribute("ASSFT.Workspace")
+        if owner and pathlib.Path(owner).resolve() != workspace.root.resolve():
+            raise ValueError(
+                _("Case {case} in the scene belongs to another workspace ({path}).").format(
+                    case=caseId, path=owner
+                )
+            )
+        self.caseNodes = CaseNodes(caseId, volume, segmentation, uncertainty)
+        self.caseWorkspace = workspace.root
+        return self.caseNodes
+
     def closeCase(self) -> None:
         removeCaseNodes(self.caseNodes)
         self.caseNodes = self.caseWorkspace = None
@@ -606,7 +750,7 @@ class WorkspaceLogic:
             ValueError: no case loaded, segments that are not workspace labels, overlapping
                 segments (unless ``overlap`` says who wins), or the engine refuses the label.
         """
-        nodes = caseNodes or self.caseNodes
+        nodes = caseNodes or self.loadedCase()
         if nodes is None or nodes.segmentation is None:
             raise ValueError(_("No case is loaded: use 'Label next' first."))
         workspace = self.openWorkspace(workspacePath)

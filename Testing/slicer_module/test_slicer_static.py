@@ -147,11 +147,32 @@ def test_every_bound_parameter_is_a_field_with_a_connectable_widget():
         )
 
 
+def _path_fields(tree: ast.Module) -> dict[str, str]:
+    """The Widget's ``PATH_FIELDS`` (folder parameters bound by FolderPathConnector)."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "PATH_FIELDS" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError("ASSFTSlicerWidget.PATH_FIELDS is missing")
+
+
 def test_the_gui_fields_of_the_parameter_node_are_all_bound():
-    fields = _parameter_fields(_module_tree())
+    tree = _module_tree()
+    fields = _parameter_fields(tree)
+    paths = _path_fields(tree)
+    bindings = _parameter_bindings()
     gui_fields = {name for name, kind in fields.items() if not kind.startswith("vtkMRML")}
-    unbound = sorted(gui_fields - set(_parameter_bindings()))
+    unbound = sorted(gui_fields - set(bindings) - set(paths))
     assert not unbound, f"parameter(s) {unbound} have no widget in the .ui file"
+    # Folder fields: typed paths, bound once (by the module's connector, not also by the .ui,
+    # whose stock connector shows "." and rewrites the text as it is typed).
+    widgets = _ui_widgets()
+    for parameter, widget in paths.items():
+        assert fields[parameter] == "pathlib.Path" and parameter not in bindings
+        assert widgets[widget].get("class") == "ctkPathLineEdit"
 
 
 def test_choice_fields_are_bound_to_combo_boxes_and_the_presets_come_from_models_json():
@@ -311,3 +332,12 @@ def test_requirements_agree_with_the_installer_and_pyproject():
 
 def test_makefile_installs_slicer_core():
     assert "$(BIN)/pip install -q slicer-core" in (ROOT / "Makefile").read_text(encoding="utf-8")
+
+
+def test_the_category_is_translatable_and_no_code_for_old_slicers_is_left():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert 'categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in source
+    for path in [MODULE_FILE, WIDGET_TEST_FILE, *(MODULE / "ASSFTSlicerLib").glob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        for old in ("MasterVolumeNode", "masterVolumeNode", "before 5.4"):
+            assert old not in text, f"{path.name} still has {old!r} (Slicer before 5.4)"

@@ -40,6 +40,7 @@ class FakeSignalTarget:
         self.connections: dict[str, object] = {}
         self.tableNode = None
         self.row = -1
+        self.currentPath = ""
 
     def connect(self, signal, slot):
         self.connections[signal] = slot
@@ -56,6 +57,9 @@ class FakeSignalTarget:
 
     def setMRMLTableNode(self, node):
         self.tableNode = node
+
+    def setItemText(self, index, text):
+        self.items = {**getattr(self, "items", {}), index: text}
 
     def currentIndex(self):
         return types.SimpleNamespace(row=lambda: self.row)
@@ -108,6 +112,11 @@ def _fake_parameter_node_wrapper(cls):
         def connectGui(self, ui):
             return "tag"
 
+        def connectParametersToGui(self, mapping):
+            for name, connector in mapping.items():
+                connector.write(getattr(self, name))
+            return "paths"
+
         def disconnectGui(self, tag):
             pass
 
@@ -145,6 +154,9 @@ def module(monkeypatch, mrml):
     pnw.Choice = lambda choices: ("Choice", choices)
     pnw.WithinRange = lambda low, high: ("WithinRange", low, high)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    connectors = types.ModuleType("slicer.parameterNodeWrapper.guiConnectors")
+    connectors.GuiConnector = type("GuiConnector", (), {"__init__": lambda self: None})
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper.guiConnectors", connectors)
 
     class Observation:
         def __init__(self):
@@ -278,6 +290,11 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     p.device = module.module.Device.CPU
     p.budget = 1
 
+    widget.setParameterNode(p)
+    assert widget.ui.workspacePathLineEdit.currentPath == ""  # an unset folder, not "."
+    presets = widget.ui.modelPresetComboBox.items
+    assert [text.split(" (")[0] for text in presets.values()] == module.module.MODEL_PRESETS
+    assert presets[0] == "demo"
     widget.refresh()
     assert not widget.ui.rankButton.enabled and widget.ui.rankButton.toolTip  # says why
     p.workspacePath = workspace.root

@@ -101,12 +101,7 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         )
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         self.assertIs(editor.segmentationNode(), p.caseSegmentation)
-        source = (
-            editor.sourceVolumeNode()
-            if hasattr(editor, "sourceVolumeNode")
-            else editor.masterVolumeNode()
-        )
-        self.assertIs(source, p.caseVolume)
+        self.assertIs(editor.sourceVolumeNode(), p.caseVolume)
         segmentation = p.caseSegmentation.GetSegmentation()
         self.assertEqual(
             [
