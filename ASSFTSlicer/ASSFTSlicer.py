@@ -404,11 +404,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refresh(self) -> None:
         """Re-read the workspace (summary, worklist, versions, running job) into the panel."""
         p = self._parameterNode
-        missing = dependencies.missingPackages()
-        self.ui.dependencyStatusLabel.text = dependencies.describeMissing(missing) or _(
+        problems = dependencies.dependencyProblems()
+        self.ui.dependencyStatusLabel.text = dependencies.describeMissing(problems) or _(
             "All dependencies are installed."
         )
-        self.ui.installDependenciesButton.enabled = bool(missing)
+        self.ui.installDependenciesButton.enabled = bool(problems)
         self._summary = None
         if p is None or not self.logic.hasWorkspace(p.workspacePath):
             self.ui.workspaceStatusLabel.text = _(
@@ -592,7 +592,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _(
                 "ASSFT needs these Python packages: {packages}. Install them now? This can take "
                 "several minutes and downloads PyTorch (about 1-3 GB)."
-            ).format(packages=", ".join(dependencies.missingPackages()))
+            ).format(packages="; ".join(p.describe() for p in dependencies.dependencyProblems()))
         ):
             return
         with slicer.util.tryWithErrorDisplay(
