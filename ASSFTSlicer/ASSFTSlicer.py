@@ -288,6 +288,13 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ASSFTSlicerLogic()
         self._observeTasks()
+        # The embedded editor: its own parameter node, set before the scene (so that its
+        # default selections are stored there); the case decides segmentation and source.
+        editor = self.ui.segmentEditorWidget
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setSegmentationNodeSelectorVisible(False)
+        editor.setSourceVolumeNodeSelectorVisible(False)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -326,22 +333,37 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        # As Slicer's Segment Editor module does: its keyboard shortcuts while the panel shows.
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+        self._selectSegmentEditorNode()
         self.refresh()
 
     def exit(self) -> None:
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()
         self._disconnectParameterNode()
 
+    def _selectSegmentEditorNode(self) -> None:
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()
+
     def onSceneStartClose(self, caller, event) -> None:
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
+            self._selectSegmentEditorNode()
             self.initializeParameterNode()
 
     def onSceneEndImport(self, caller, event) -> None:
         """A loaded scene may bring a parameter node naming a case: take its nodes over."""
         if self.parent.isEntered:
+            self._selectSegmentEditorNode()
             self.initializeParameterNode()
+            self._editCase()
             self.refresh()
 
     LAST_WORKSPACE_SETTING = "ASSFTSlicer/LastWorkspace"
@@ -398,6 +420,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         except ValueError as error:
             self._caseProblem = str(error)
+            return
+        self._editCase()
 
     # state shown ---------------------------------------------------------------------------
 
@@ -741,17 +765,35 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 nodes.segmentation,
                 nodes.uncertainty,
             )
-            self.onOpenSegmentEditor()
+            # In the panel's own editor: a prediction that ends while the user is elsewhere
+            # never switches modules ("Open in Segment Editor" does, when clicked).
+            self._editCase()
             self.ui.showUncertaintyCheckBox.enabled = nodes.uncertainty is not None
             self.ui.showUncertaintyCheckBox.toolTip = (
                 "" if nodes.uncertainty is not None else _("No uncertainty map for this case.")
             )
         self.refresh()
 
+    def _editCase(self) -> None:
+        """Put the case in the embedded editor, with the scan shown in the slice views."""
+        p = self._parameterNode
+        editor = self.ui.segmentEditorWidget
+        if p is None or p.caseSegmentation is None:
+            editor.setSegmentationNode(None)
+            return
+        editor.setSegmentationNode(p.caseSegmentation)
+        editor.setSourceVolumeNode(p.caseVolume)
+        if not self.parent.isEntered:  # no effect may catch clicks in the views meanwhile
+            editor.removeViewObservations()
+        slicer.util.setSliceViewerLayers(background=p.caseVolume, fit=True)
+        self.logic.setUncertaintyVisible(p.showUncertainty)
+
     def onOpenSegmentEditor(self) -> None:
+        """Edit the case in Slicer's Segment Editor module instead (the user asked)."""
         p = self._parameterNode
         if p.caseSegmentation is None:
             return
+        self.ui.segmentEditorWidget.setActiveEffect(None)
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(p.caseSegmentation)
@@ -764,6 +806,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSubmitAndNext(self) -> None:
         p = self._parameterNode
+        self.ui.segmentEditorWidget.setActiveEffect(None)  # an effect's unapplied preview ends
         overlap = None
         with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
             try:

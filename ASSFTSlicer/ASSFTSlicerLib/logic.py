@@ -676,6 +676,23 @@ class WorkspaceLogic:
         setForegroundVolume(volume, nodes.uncertainty if showUncertainty else None)
         return nodes
 
+    SEGMENT_EDITOR_NODE_TAG = "ASSFTSlicer"
+    """Singleton tag of the panel's own segment editor node (the Segment Editor module's is
+    "SegmentEditor": the two editors keep their own effect, mask and overwrite settings)."""
+
+    def segmentEditorNode(self):
+        """The segment editor parameter node of the panel's embedded editor, made if the scene
+        has none (a singleton: a closed scene keeps it, reset)."""
+        node = slicer.mrmlScene.GetSingletonNode(
+            self.SEGMENT_EDITOR_NODE_TAG, "vtkMRMLSegmentEditorNode"
+        )
+        if node is None:
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag(self.SEGMENT_EDITOR_NODE_TAG)
+            node.SetName(slicer.mrmlScene.GenerateUniqueName("ASSFT segment editor"))
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
     def setUncertaintyVisible(self, visible: bool, opacity: float = 0.4) -> None:
         if self.caseNodes is not None:
             setForegroundVolume(

@@ -118,12 +118,14 @@ def _assert_same_voxels_in_ras(ours, theirs) -> None:
     np.testing.assert_array_equal(ours_array[k, j, i], theirs_array[tk, tj, ti])
 
 
-def _editor(mrml, nodes):
+def _editor(mrml, nodes, editorNode=None):
     """A vtkSlicerSegmentEditorLogic on the case, as the Segment Editor would set it up."""
     editor = slicer.vtkSlicerSegmentEditorLogic()
     editor.SetMRMLApplicationLogic(mrml.app)
     editor.SetMRMLScene(mrml.scene)
-    editor.SetSegmentEditorNode(mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+    editor.SetSegmentEditorNode(
+        editorNode or mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    )
     editor.SetSegmentationNode(nodes.segmentation)
     editor.SetSourceVolumeNode(nodes.volume)
     return editor
@@ -417,3 +419,29 @@ def test_a_colour_table_that_existed_before_the_export_stays(mrml):
     labelmap.GetDisplayNode().SetAndObserveColorNodeID(shared.GetID())
     _removeTemporaryLabelmap(labelmap, existing)
     assert _nodeIds() == existing and shared.GetScene() is mrml.scene
+
+
+def test_the_panel_edits_with_its_own_segment_editor_node(mrml, tmp_path):
+    """The embedded editor's parameter node: one per scene, not the Segment Editor module's."""
+    workspace, scan = _workspace(tmp_path, GEOMETRIES["identity"])
+    shape = GEOMETRIES["identity"]["shape"]
+    prediction = blob_labels(shape, seed=3)
+    _write_prediction(workspace, "case_a", scan, prediction)
+    logic = _logic()
+    moduleNode = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    moduleNode.SetSingletonTag("SegmentEditor")
+    own = logic.segmentEditorNode()
+    assert own is logic.segmentEditorNode() and own is not moduleNode
+    assert own.GetSingletonTag() == "ASSFTSlicer"
+    nodes = logic.loadCase(workspace.root, "case_a")
+    editor = _editor(mrml, nodes, own)
+    own.SetOverwriteMode(own.OverwriteNone)  # a setting of the panel's editor only
+    assert moduleNode.GetOverwriteMode() != own.OverwriteNone
+    grow = np.zeros(shape, bool)
+    grow[1:3, 1:4, 1:4] = True
+    _paint(editor, nodes, "shell", grow)
+    expected = prediction.copy()
+    expected[grow & (expected == 0)] = 1  # "overwrite none": the core keeps its voxels
+    np.testing.assert_array_equal(_stored(logic.submitCase(workspace.root)), expected)
+    mrml.scene.Clear(0)  # a closed scene keeps its singletons, reset: the same node serves on
+    assert logic.segmentEditorNode().GetScene() is mrml.scene

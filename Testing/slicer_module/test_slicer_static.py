@@ -341,3 +341,75 @@ def test_the_category_is_translatable_and_no_code_for_old_slicers_is_left():
         text = path.read_text(encoding="utf-8")
         for old in ("MasterVolumeNode", "masterVolumeNode", "before 5.4"):
             assert old not in text, f"{path.name} still has {old!r} (Slicer before 5.4)"
+
+
+# What the Widget may call on the embedded editor: qMRMLSegmentEditorWidget of Slicer 5.10 and
+# 5.12 (Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.h, in the
+# qSlicerSegmentationsModuleWidgets library; the SegmentEditor module and MONAILabel embed it).
+SEGMENT_EDITOR_API = {
+    "setMRMLScene",
+    "setMRMLSegmentEditorNode",
+    "mrmlSegmentEditorNode",
+    "setSegmentationNodeSelectorVisible",
+    "setSourceVolumeNodeSelectorVisible",
+    "setSegmentationNode",
+    "segmentationNode",
+    "setSourceVolumeNode",
+    "sourceVolumeNode",
+    "setActiveEffect",
+    "updateWidgetFromMRML",
+    "installKeyboardShortcuts",
+    "uninstallKeyboardShortcuts",
+    "removeViewObservations",
+}
+
+
+def _calls_on(path: Path, widget: str) -> set[str]:
+    """Every ``<x>.ui.<widget>.<method>`` the file uses, also through a local name
+    (``editor = self.ui.<widget>`` then ``editor.<method>``)."""
+
+    def is_widget(node) -> bool:
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == widget
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+        )
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and is_widget(node.value)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (
+            is_widget(node.value) or (isinstance(node.value, ast.Name) and node.value.id in aliases)
+        ):
+            names.add(node.attr)
+    return names
+
+
+def test_the_annotate_section_embeds_a_segment_editor():
+    tree = ET.parse(UI_FILE)
+    annotate = next(w for w in tree.iter("widget") if w.get("name") == "annotateCollapsibleButton")
+    editors = [w for w in annotate.iter("widget") if w.get("class") == "qMRMLSegmentEditorWidget"]
+    assert [w.get("name") for w in editors] == ["segmentEditorWidget"]
+    custom = {c.findtext("class"): c for c in tree.iter("customwidget")}
+    assert custom["qMRMLSegmentEditorWidget"].findtext("header") == "qMRMLSegmentEditorWidget.h"
+    assert custom["qMRMLSegmentEditorWidget"].findtext("extends") == "qMRMLWidget"
+    used = _calls_on(MODULE_FILE, "segmentEditorWidget")
+    assert {
+        "installKeyboardShortcuts",
+        "uninstallKeyboardShortcuts",
+        "setMRMLSegmentEditorNode",
+    } <= used
+    unknown = (used | _calls_on(WIDGET_TEST_FILE, "segmentEditorWidget")) - SEGMENT_EDITOR_API
+    assert not unknown, f"not methods of qMRMLSegmentEditorWidget: {sorted(unknown)}"
+    # Its own parameter node (not the Segment Editor module's), and its selectors hidden.
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert "editor.setSegmentationNodeSelectorVisible(False)" in source
+    assert "editor.setSourceVolumeNodeSelectorVisible(False)" in source

@@ -65,6 +65,39 @@ class FakeSignalTarget:
         return types.SimpleNamespace(row=lambda: self.row)
 
 
+class FakeSegmentEditorWidget(FakeSignalTarget):
+    """The embedded qMRMLSegmentEditorWidget: what it was given, and its shortcut state."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.segmentation = self.source = self.editorNode = self.activeEffect = None
+        self.shortcuts = False
+
+    def setSegmentationNode(self, node):
+        self.segmentation = node
+
+    def setSourceVolumeNode(self, node):
+        self.source = node
+
+    def setMRMLSegmentEditorNode(self, node):
+        self.editorNode = node
+
+    def setActiveEffect(self, effect):
+        self.activeEffect = effect
+
+    def installKeyboardShortcuts(self):
+        self.shortcuts = True
+
+    def uninstallKeyboardShortcuts(self):
+        self.shortcuts = False
+
+    def removeViewObservations(self):
+        pass
+
+    def updateWidgetFromMRML(self):
+        pass
+
+
 class FakeEventLoop:
     callbacks: list = []
 
@@ -231,11 +264,13 @@ def _widget(module, tmp_path):
         for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "ASSFTSlicer.ui").iter("widget")
     ]
     widget.ui = types.SimpleNamespace(**{name: FakeSignalTarget(name) for name in names})
+    widget.ui.segmentEditorWidget = FakeSegmentEditorWidget("segmentEditorWidget")
+    widget.parent = types.SimpleNamespace(isEntered=True)
     widget.ui.finetuneButton.text = "Fine-tune"
     widget._jobTimer = FakeTimer()
-    widget._parameterNode = (
-        widget.logic.getParameterNode() or ASSFTSlicer.ASSFTSlicerParameterNode()
-    )
+    parameterNode = ASSFTSlicer.ASSFTSlicerParameterNode()
+    widget._parameterNode = parameterNode
+    widget.logic.getParameterNode = lambda: parameterNode  # the scene's singleton, as in Slicer
     return widget
 
 
@@ -342,10 +377,25 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     assert tasks.isRunning(module.module.TaskKind.PREDICT)
     assert tasks.isPending(module.module.TaskKind.RANK)
     assert widget.ui.labelNextButton.text == "Cancel" and widget.ui.rankButton.text == "Rank"
+    # The user goes to another module while it predicts: the panel no longer follows it there.
+    widget.exit()
+    widget.parent.isEntered = False
+    assert not widget.ui.segmentEditorWidget.shortcuts
     _run_until(lambda: p.currentCase == first)  # predicted, not cancelled, and shown
     assert tasks.isRunning(module.module.TaskKind.RANK) and widget.ui.rankButton.text == "Cancel"
     _run_until(lambda: not tasks.busy)
     assert len(widget.logic.openWorkspace(workspace.root).registry.rankings()) == rankings + 1
+    assert not [m for m in module.messages if m[0] == "module"], (
+        "a background task switched modules"
+    )
+    embedded = widget.ui.segmentEditorWidget
+    assert embedded.segmentation is p.caseSegmentation and embedded.source is p.caseVolume
+    widget.parent.isEntered = True
+    widget.enter()  # back in the panel: the embedded editor's shortcuts and its own node
+    assert embedded.shortcuts and embedded.editorNode is widget.logic.segmentEditorNode()
+    assert embedded.editorNode.GetSingletonTag() == "ASSFTSlicer"
+    # "Open in Segment Editor" is still there, when asked for.
+    widget.onOpenSegmentEditor()
     assert ("module", "SegmentEditor") in module.messages
     assert module.editor.segmentation is p.caseSegmentation and module.editor.source is p.caseVolume
     assert p.caseUncertainty is not None and widget.ui.submitNextButton.enabled

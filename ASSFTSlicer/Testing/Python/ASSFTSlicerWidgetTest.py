@@ -3,9 +3,10 @@ console).
 
 Complements ``ASSFTSlicerTest`` (the whole loop through the Logic): here the buttons are
 clicked, Rank turns into Cancel and back, a cancelled ranking leaves the workspace free, "Label
-next" predicts the case in the background and opens the Segment Editor on it with the right
-source volume and segments, "Submit and next" stores the label, and fine-tuning can be
-cancelled from the panel.
+next" predicts the case in the background and puts it in the panel's own segment editor with
+the right source volume and segments (without switching modules, even when the user has gone
+elsewhere), "Open in Segment Editor" still opens the module on request, "Submit and next"
+stores the label, and fine-tuning can be cancelled from the panel.
 """
 
 import pathlib
@@ -93,15 +94,20 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), 4)
         self.assertTrue(widget.ui.labelNextButton.enabled)
 
-        self.delayDisplay("Label next: predicted in the background, opened in the Segment Editor")
+        self.delayDisplay("Label next: predicted in the background, edited in the panel")
         first = widget.logic.nextCase(workspacePath)
         widget.ui.labelNextButton.click()
+        slicer.util.selectModule("Data")  # the user looks elsewhere while it predicts
         self._waitFor(
             lambda: self._taskDone(widget) and p.currentCase == first, what="predicting and loading"
         )
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        self.assertIs(editor.segmentationNode(), p.caseSegmentation)
-        self.assertIs(editor.sourceVolumeNode(), p.caseVolume)
+        self.assertEqual(slicer.util.selectedModule(), "Data", "a background task switched modules")
+        slicer.util.selectModule("ASSFTSlicer")
+        embedded = widget.ui.segmentEditorWidget
+        self.assertIs(embedded.segmentationNode(), p.caseSegmentation)
+        self.assertIs(embedded.sourceVolumeNode(), p.caseVolume)
+        self.assertIs(embedded.mrmlSegmentEditorNode(), widget.logic.segmentEditorNode())
+        self.assertEqual(embedded.mrmlSegmentEditorNode().GetSingletonTag(), "ASSFTSlicer")
         segmentation = p.caseSegmentation.GetSegmentation()
         self.assertEqual(
             [
@@ -111,6 +117,14 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
             ["shell", "core"],
         )
         self.assertIsNotNone(p.caseUncertainty)
+
+        self.delayDisplay("Open in Segment Editor, on request")
+        widget.ui.openSegmentEditorButton.click()
+        self.assertEqual(slicer.util.selectedModule(), "SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        self.assertIs(editor.segmentationNode(), p.caseSegmentation)
+        self.assertIs(editor.sourceVolumeNode(), p.caseVolume)
+        slicer.util.selectModule("ASSFTSlicer")
 
         self.delayDisplay("Submit and next")
         labels = LabelDefinition.fromWorkspace(
