@@ -12,6 +12,7 @@ import logging
 import pathlib
 import sys
 import tempfile
+import unittest
 
 # The engine's floor is Python 3.11 (Slicer bundles 3.12 from 5.10 on). An older Slicer still
 # parses and runs this file, so the check names the problem there; UP036 calls it dead code only
@@ -952,15 +953,15 @@ class ASSFTSlicerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_ASSFTSlicer_loop()
+        try:
+            self.test_ASSFTSlicer_loop()
+        except unittest.SkipTest as skipped:  # "Reload and Test" says why, and does not fail
+            self.delayDisplay(f"Skipped: {skipped}")
 
     def test_ASSFTSlicer_loop(self):
-        from ASSFTSlicerLib.selftest import runAnnotationLoop
+        from ASSFTSlicerLib.selftest import requireDependencies, runAnnotationLoop
 
-        missing = dependencies.missingPackages()
-        self.assertEqual(
-            missing, [], "install the dependencies first (Setup > Install dependencies)"
-        )
+        requireDependencies()  # skipped where PyTorch is missing (the Extensions Index builds)
         self.delayDisplay("Starting the ASSFT loop on a tiny synthetic workspace")
         with tempfile.TemporaryDirectory(prefix="assft-selftest-") as folder:
             report = runAnnotationLoop(

@@ -421,3 +421,16 @@ def test_the_self_test_loop_runs_with_slicer_core(mrml, tmp_path):
     report = runAnnotationLoop(_logic(), tmp_path, log=lambda message: None)
     assert report["labeled"] == 2 and report["promoted_version"] == "v1"
     assert json.dumps(report)
+
+
+def test_the_registered_slicer_tests_skip_with_the_reason_when_packages_are_missing(monkeypatch):
+    import unittest
+
+    from ASSFTSlicerLib.selftest import requireDependencies
+
+    requireDependencies()  # this venv has them: the tests run in full
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "assft_missing_pkg", "assft-missing-pkg>=1")
+    with pytest.raises(
+        unittest.SkipTest, match="assft_missing_pkg is missing.*Install dependencies"
+    ):
+        requireDependencies()

@@ -218,8 +218,10 @@ def test_cmake_lists_every_script_and_resource():
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"project\(ASSFTSlicer\)", top) and 'set(EXTENSION_DEPENDS "PyTorch")' in top
     assert "add_subdirectory(ASSFTSlicer)" in top
-    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+    for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), f"EXTENSION_{key} is missing"
+    # Obsolete: the Extensions Index's catalog entry (ASSFTSlicer.json) holds the category.
+    assert "EXTENSION_CATEGORY" not in top
     assert (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
 
 
@@ -298,8 +300,7 @@ def test_the_extension_description_follows_the_catalog_schema():
     )
     assert entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_url"].startswith("https://") and "slicer" in entry["scm_url"].lower()
-    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+    assert entry["category"] == "Segmentation"
 
 
 def _requirement_names(lines) -> dict[str, str]:
@@ -413,3 +414,56 @@ def test_the_annotate_section_embeds_a_segment_editor():
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert "editor.setSegmentationNodeSelectorVisible(False)" in source
     assert "editor.setSourceVolumeNodeSelectorVisible(False)" in source
+
+
+def test_the_license_icon_and_screenshot_are_where_the_index_looks():
+    """A LICENSE that matches pyproject.toml; the extension icon and the screenshot in the
+    top-level Resources/, and CMake's URLs naming files the repository holds."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == {"text": "BSD-3-Clause"}
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("BSD 3-Clause License")
+    assert "Neither the name of the copyright holder" in license_text
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    prefix = "https://raw.githubusercontent.com/assft/ASSFTSlicer/main/"
+    urls = {
+        key: re.search(rf'set\(EXTENSION_{key} "([^"]+)"\)', top).group(1)
+        for key in ("ICONURL", "SCREENSHOTURLS")
+    }
+    files = {key: [ROOT / u.removeprefix(prefix) for u in url.split()] for key, url in urls.items()}
+    assert all(url.startswith(prefix) for url in " ".join(urls.values()).split())
+    assert files["ICONURL"] == [ROOT / "Resources" / "Icons" / "ASSFTSlicer.png"]
+    assert (
+        files["ICONURL"][0].read_bytes()
+        == (MODULE / "Resources/Icons/ASSFTSlicer.png").read_bytes()
+    )
+    for screenshot in files["SCREENSHOTURLS"]:
+        assert screenshot.parent == ROOT / "Resources"
+        data = screenshot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24])[0] >= 800
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Resources/Screenshot01.png" in readme
+
+
+def test_both_registered_slicer_tests_skip_without_the_dependencies():
+    """The Extensions Index build machines have no PyTorch: each registered test's first step
+    is requireDependencies() (unittest.SkipTest with the reason), and runTest reports a skip."""
+    for path, method in ((MODULE_FILE, "test_ASSFTSlicer_loop"), (WIDGET_TEST_FILE, "test_panel")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        function = next(
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == method
+        )
+        calls = [
+            ast.unparse(statement.value.func)
+            for statement in function.body
+            if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call)
+        ]
+        assert calls and calls[0] == "requireDependencies", f"{path.name}: {method} must skip first"
+        run = next(
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == "runTest"
+        )
+        assert "unittest.SkipTest" in ast.unparse(run), f"{path.name}: runTest must report a skip"
