@@ -1,19 +1,48 @@
-"""The engine's Python packages: found without importing them, installed only on request.
+"""The engine's Python packages: checked by version without importing them, installed only on
+request.
 
 The module always loads: nothing here imports torch or MONAI, and nothing is installed at
-import time. The Widget asks the user first and then calls :func:`installDependencies` with
-``confirmed=True``. PyTorch comes from the PyTorch extension's utilities when that extension
-is installed (it picks the CUDA build that fits the GPU); everything else, and torch when the
-extension is absent, from pip.
+import time. Versions come from the installed packages' metadata (``importlib.metadata``) and
+are compared with ``packaging``. The Widget asks the user first and then calls
+:func:`installDependencies` with ``confirmed=True``.
+
+PyTorch comes from the PyTorch extension's utilities when that extension is installed (it picks
+the CUDA build that fits the GPU), asked for the torch that MONAI needs: MONAI 1.6 needs torch
+2.8 or newer, more than the engine itself. Everything else is installed with pip constrained to
+the torch that is then installed, so that MONAI's own torch requirement can never make pip
+replace that build (on Windows the index's torch is a CPU-only one). On Slicer 5.12 and later
+``slicer.packaging.pip_ensure`` installs them.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 import logging
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["REQUIREMENTS", "installDependencies", "missingPackages", "describeMissing"]
+try:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # an interpreter without packaging: pip always carries a copy
+    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    from pip._vendor.packaging.version import InvalidVersion, Version
+
+__all__ = [
+    "NEWEST_MONAI_TORCH_FLOOR",
+    "REQUIREMENTS",
+    "DependencyProblem",
+    "dependencyProblems",
+    "describeMissing",
+    "installDependencies",
+    "installedVersion",
+    "missingPackages",
+    "torchFloor",
+]
 
 REQUIREMENTS: dict[str, str] = {
     "torch": "torch>=2.2",
@@ -27,29 +56,162 @@ REQUIREMENTS: dict[str, str] = {
 }
 """Import name -> pip requirement of what the engine needs (also in ``requirements.txt``)."""
 
+NEWEST_MONAI_TORCH_FLOOR = "2.8"
+"""The torch that the newest MONAI needs (MONAI 1.6: torch>=2.8), asked for when MONAI is not
+installed yet: pip then installs the newest MONAI, and its floor is only known from its
+metadata once it is there. If a later MONAI needs more, pip's constraint keeps the installed
+torch and picks the newest MONAI that works with it."""
 
-def missingPackages() -> list[str]:
-    """Import names of :data:`REQUIREMENTS` that are not installed (none is imported)."""
-    missing = []
-    for name in REQUIREMENTS:
+VersionLookup = Callable[[str], "str | None"]
+
+
+def installedVersion(name: str) -> str | None:
+    """The installed version of a distribution (its metadata; nothing is imported).
+
+    Returns:
+        The version; "" for a package that can be imported but has no metadata (its version
+        is unknown and accepted); None when it is not installed.
+    """
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return "" if importlib.util.find_spec(name) is not None else None
+    except (ImportError, ValueError):
+        return None
+
+
+def _requirement(name: str) -> Requirement:
+    return Requirement(REQUIREMENTS.get(name, name))
+
+
+def _floor(requirement: Requirement) -> Version | None:
+    """The highest lower bound (``>=``, ``>``, ``==``, ``~=``) of a requirement."""
+    floors = []
+    for specifier in requirement.specifier:
+        if specifier.operator in (">=", ">", "==", "~=", "==="):
+            try:
+                floors.append(Version(specifier.version.rstrip(".*")))
+            except InvalidVersion:
+                continue
+    return max(floors, default=None)
+
+
+def _satisfies(version: str, requirement: Requirement) -> bool:
+    if version == "":  # importable without metadata: nothing to compare
+        return True
+    try:
+        return requirement.specifier.contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return True
+
+
+def monaiTorchRequirement(versions: VersionLookup = installedVersion) -> Requirement | None:
+    """The torch requirement in the installed MONAI's metadata (None: MONAI is not installed,
+    or says nothing about torch)."""
+    if not versions("monai"):
+        return None
+    try:
+        requires = importlib.metadata.requires("monai") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in requires:
         try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.name.lower() == "torch" and (
+            requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+        ):
+            return requirement
+    return None
 
 
-def describeMissing(missing: list[str] | None = None) -> str:
+def torchFloor(versions: VersionLookup = installedVersion) -> Version:
+    """The oldest torch that both the engine and MONAI accept.
+
+    MONAI's own requirement when MONAI is installed (and is a version the engine accepts), else
+    :data:`NEWEST_MONAI_TORCH_FLOOR`: the MONAI that pip will install is the newest.
+    """
+    floors = [_floor(_requirement("torch")) or Version("0")]
+    monai = versions("monai")
+    monaiOk = monai is not None and _satisfies(monai, _requirement("monai"))
+    needed = monaiTorchRequirement(versions) if monaiOk else None
+    if monaiOk:
+        if needed is not None and _floor(needed) is not None:
+            floors.append(_floor(needed))
+    else:
+        floors.append(Version(NEWEST_MONAI_TORCH_FLOOR))
+    return max(floors)
+
+
+@dataclass(frozen=True)
+class DependencyProblem:
+    """A package that is missing, or installed at a version that does not fit.
+
+    Attributes:
+        name: The import name (a key of :data:`REQUIREMENTS`).
+        requirement: What is needed, e.g. ``"torch>=2.8.0"``.
+        installed: The installed version, or None when it is missing.
+        neededBy: Who needs that version ("" for the engine, else e.g. ``"monai 1.6.1"``).
+    """
+
+    name: str
+    requirement: str
+    installed: str | None
+    neededBy: str = ""
+
+    def describe(self) -> str:
+        if self.installed is None:
+            return f"{self.name} is missing"
+        who = f" ({self.neededBy} needs it)" if self.neededBy else ""
+        return f"{self.name} {self.installed} is installed, {self.requirement} is needed{who}"
+
+
+def dependencyProblems(versions: VersionLookup = installedVersion) -> list[DependencyProblem]:
+    """Every requirement that the installed packages do not meet, in :data:`REQUIREMENTS` order.
+
+    Besides the engine's own requirements, torch must be one that the installed MONAI accepts.
+
+    Args:
+        versions: Looks up an installed version (default: the packages' metadata).
+    """
+    problems = []
+    for name, text in REQUIREMENTS.items():
+        requirement = Requirement(text)
+        installed = versions(requirement.name)
+        if installed is None or not _satisfies(installed, requirement):
+            problems.append(DependencyProblem(name, text, installed))
+            continue
+        if name == "torch":
+            needed = monaiTorchRequirement(versions)
+            if needed is not None and not _satisfies(installed, needed):
+                problems.append(
+                    DependencyProblem(
+                        name,
+                        f"torch{needed.specifier}",
+                        installed,
+                        f"monai {versions('monai')}",
+                    )
+                )
+    return problems
+
+
+def missingPackages(versions: VersionLookup = installedVersion) -> list[str]:
+    """Import names of :data:`REQUIREMENTS` to install or update (none is imported)."""
+    return [problem.name for problem in dependencyProblems(versions)]
+
+
+def describeMissing(problems: list[DependencyProblem] | None = None) -> str:
     """A one-line status for the GUI ("" when nothing is missing)."""
-    missing = missingPackages() if missing is None else missing
-    if not missing:
+    problems = dependencyProblems() if problems is None else problems
+    if not problems:
         return ""
     return (
-        "Missing Python packages: "
-        + ", ".join(missing)
-        + ". Click 'Install dependencies' to install them."
+        "Python packages to install or update: "
+        + "; ".join(problem.describe() for problem in problems)
+        + ". Click 'Install dependencies'."
     )
 
 
@@ -62,55 +224,105 @@ def _pyTorchUtilsLogic():
     return PyTorchUtils.PyTorchUtilsLogic()
 
 
+PipEnsure = Callable[[Path, Path], None]
+"""Installs what a requirements file lists, under a constraints file."""
+
+
+def _slicerPipEnsure() -> PipEnsure | None:
+    """``slicer.packaging.pip_ensure`` (Slicer 5.12 and later), or None."""
+    try:
+        packaging = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    pipEnsure = getattr(packaging, "pip_ensure", None)
+    loadRequirements = getattr(packaging, "load_requirements", None)
+    if pipEnsure is None or loadRequirements is None:
+        return None
+
+    def ensure(requirementsFile: Path, constraintsFile: Path) -> None:
+        pipEnsure(
+            loadRequirements(str(requirementsFile)),
+            constraints=str(constraintsFile),
+            prompt_install=False,  # the Widget has asked already
+            requester="ASSFT Slicer",
+        )
+
+    return ensure
+
+
 def installDependencies(
     confirmed: bool,
-    pipInstall: Callable[[str], None] | None = None,
+    pipInstall: Callable[[list[str]], None] | None = None,
     torchLogic=None,
+    pipEnsure: PipEnsure | None = None,
 ) -> list[str]:
-    """Install the missing packages (the user has agreed).
+    """Install or update what :func:`dependencyProblems` lists (the user has agreed).
+
+    1. torch, when missing or too old for the engine or MONAI: through the PyTorch extension
+       (``installTorch(torchVersionRequirement=">=<floor>")``, the floor of :func:`torchFloor`),
+       else with pip;
+    2. the rest, from a requirements file and under a constraints file that pins the torch now
+       installed: with ``slicer.packaging.pip_ensure`` where Slicer has it, else with pip.
 
     Args:
         confirmed: The user agreed to install; False refuses (nothing is ever installed
             without asking).
-        pipInstall: Installs one requirement string (default ``slicer.util.pip_install``).
+        pipInstall: Runs ``pip install`` with a list of arguments (default
+            ``slicer.util.pip_install``).
         torchLogic: The PyTorch extension's ``PyTorchUtilsLogic`` (default: found if present).
+        pipEnsure: Installs a requirements file under a constraints file (default:
+            ``slicer.packaging.pip_ensure`` when available).
 
     Returns:
-        The import names that were installed.
+        The import names that were installed or updated.
 
     Raises:
         ValueError: ``confirmed`` is False.
-        RuntimeError: something is still missing afterwards.
+        RuntimeError: something is still missing or too old afterwards.
     """
     if not confirmed:
         raise ValueError("installing Python packages needs the user's confirmation")
+    problems = dependencyProblems()
+    if not problems:
+        return []
     if pipInstall is None:
         import slicer.util
 
         pipInstall = slicer.util.pip_install
-    missing = missingPackages()
-    if not missing:
-        return []
-    if "torch" in missing:
+    names = list(dict.fromkeys(problem.name for problem in problems))
+    if "torch" in names:
+        floor = torchFloor()
         torchLogic = torchLogic if torchLogic is not None else _pyTorchUtilsLogic()
         if torchLogic is not None:
-            logging.info("Installing PyTorch with the PyTorch extension's utilities")
-            if (
-                torchLogic.installTorch(
-                    askConfirmation=False,
-                    torchVersionRequirement=REQUIREMENTS["torch"][len("torch") :],
-                )
-                is None
-            ):
+            logging.info("Installing PyTorch >= %s with the PyTorch extension's utilities", floor)
+            installed = torchLogic.installTorch(
+                askConfirmation=False, torchVersionRequirement=f">={floor}"
+            )
+            if installed is None:
                 raise RuntimeError("PyTorch was not installed")
         else:
-            logging.info("Installing PyTorch with pip")
-            pipInstall(REQUIREMENTS["torch"])
-    for name in missing:
-        if name != "torch":
-            pipInstall(REQUIREMENTS[name])
+            logging.info("Installing PyTorch >= %s with pip", floor)
+            pipInstall([f"torch>={floor}"])
+        importlib.invalidate_caches()
+    rest = [REQUIREMENTS[name] for name in names if name != "torch"]
+    if rest:
+        torch = installedVersion("torch")
+        with tempfile.TemporaryDirectory(prefix="assft-pip-") as folder:
+            requirementsFile = Path(folder) / "requirements.txt"
+            requirementsFile.write_text("\n".join(rest) + "\n", encoding="utf-8")
+            constraintsFile = Path(folder) / "constraints.txt"
+            # The torch that is installed stays: MONAI may not pull another build.
+            constraintsFile.write_text(f"torch=={torch}\n" if torch else "", encoding="utf-8")
+            pipEnsure = pipEnsure if pipEnsure is not None else _slicerPipEnsure()
+            if pipEnsure is not None:
+                pipEnsure(requirementsFile, constraintsFile)
+            else:
+                pipInstall(["-r", str(requirementsFile), "-c", str(constraintsFile)])
     importlib.invalidate_caches()
-    still = missingPackages()
+    still = dependencyProblems()
     if still:
-        raise RuntimeError("still missing after installation: " + ", ".join(still))
-    return missing
+        raise RuntimeError(
+            "still to install after installation: "
+            + "; ".join(problem.describe() for problem in still)
+        )
+    return names

@@ -7,8 +7,10 @@ work (opening a workspace, submitting a label, listing jobs and model versions) 
 directly. ``ASSFTSlicer.ASSFTSlicerLogic`` adds the module's parameter node to this class.
 """
 
+import importlib.metadata
 import json
 import logging
+import os
 import pathlib
 import tempfile
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from ASSFTSlicerLib.scene import (
     setForegroundVolume,
     submitSegmentation,
 )
+from ASSFTSlicerLib.tasks import TaskKind, Tasks, TaskStart
 from ASSFTSlicerLib.worklist import (
     MODEL_COLUMNS,
     WORKLIST_COLUMNS,
@@ -72,6 +75,10 @@ class WorkspaceLogic:
         self.engineRoot = MODULE_DIR
         self.caseNodes: CaseNodes | None = None
         self.caseWorkspace: pathlib.Path | None = None
+        self.tasks = Tasks()
+        self.lastWorkspaceOffered = False
+        """The foreground task (create, rank, predict), what waits for it, and the fine-tuning
+        job's launch or cancel command (see :mod:`ASSFTSlicerLib.tasks`)."""
 
     # workspace ---------------------------------------------------------------------------
 
@@ -90,6 +97,49 @@ class WorkspaceLogic:
         """Whether ``value`` is a folder holding a workspace."""
         path = WorkspaceLogic._path(value)
         return path is not None and (path / "assft.json").is_file()
+
+    @staticmethod
+    def pathFieldText(value, shownText: str = "") -> str | None:
+        """The text a folder field should show for a path parameter, or None to leave what it
+        shows (the user's own spelling of the same folder, e.g. with a trailing separator, is
+        not rewritten while they type).
+
+        An unset path (``pathlib.Path()``, which prints as ".") shows as an empty field.
+        """
+        wanted = WorkspaceLogic._path(value)
+        if wanted == WorkspaceLogic._path(shownText):
+            return None
+        return "" if wanted is None else str(value).strip()
+
+    @staticmethod
+    def pathFromFieldText(text: str) -> pathlib.Path:
+        """The path parameter for a folder field's text (empty: ``pathlib.Path()``)."""
+        return pathlib.Path(text.strip()) if text and text.strip() else pathlib.Path()
+
+    def workspaceToRestore(self, fieldValue, lastWorkspace) -> pathlib.Path | None:
+        """The last used workspace, to fill the folder field when the module is first shown.
+
+        Offered once per session and only into an empty field: a folder the user has typed (a
+        new workspace to create from volumes they leave the module to load) is never replaced.
+        """
+        if self.lastWorkspaceOffered:
+            return None
+        self.lastWorkspaceOffered = True
+        if self._path(fieldValue) is not None or not self.hasWorkspace(lastWorkspace):
+            return None
+        return self._path(lastWorkspace)
+
+    @staticmethod
+    def summaryIsFor(summary: dict[str, Any] | None, workspacePath) -> bool:
+        """Whether a :meth:`workspaceSummary` is of the workspace the folder field names (the
+        panel's buttons act on the field's folder, so they follow it, not the last opened)."""
+        path = WorkspaceLogic._path(workspacePath)
+        if not summary or path is None or "workspace" not in summary:
+            return False
+        try:
+            return pathlib.Path(summary["workspace"]).resolve() == path.resolve()
+        except OSError:
+            return False
 
     def openWorkspace(self, workspacePath):
         """The engine's open :class:`assft.workspace.Workspace`.
@@ -146,6 +196,53 @@ class WorkspaceLogic:
             model=model,
             version=summary.get("model_version", ""),
         )
+
+    # model presets -----------------------------------------------------------------------
+
+    def modelPresets(self) -> list[dict[str, Any]]:
+        """The presets of the engine's ``assft/resources/Models.json``, read as data (the engine's
+        preset module is not imported: the list shows before the dependencies are installed)."""
+        try:
+            presetsFile = self.engineRoot / "assft" / "resources" / "Models.json"
+            document = json.loads(presetsFile.read_text(encoding="utf-8"))
+            presets = [p for p in document.get("presets", []) if p.get("name")]
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            logging.warning("cannot read the model presets: %s", error)
+            presets = []
+        return presets or [{"name": "demo", "checkpoint": {"source": "shipped"}}]
+
+    @staticmethod
+    def downloadedWeightsFolder() -> pathlib.Path:
+        """Where downloaded weights are placed: ``assft.models.checkpoints.downloads_dir`` (that
+        module loads torch, so its rule is repeated here; a test checks that both agree)."""
+        override = os.environ.get("ASSFT_MODELS_DIR")
+        if override:
+            return pathlib.Path(override).expanduser()
+        return pathlib.Path.home() / ".cache" / "assft" / "models"
+
+    def presetNeeds(self, preset: dict[str, Any]) -> str:
+        """What a preset needs before it runs, from its checkpoint source ("" when nothing)."""
+        checkpoint = preset.get("checkpoint") or {}
+        source = checkpoint.get("source")
+        if source == "url":
+            url = str(checkpoint.get("url") or "")
+            name = url.rstrip("/").rsplit("/", 1)[-1] or f"{preset.get('name')}.pt"
+            return "" if (self.downloadedWeightsFolder() / name).is_file() else _("needs download")
+        if source == "path":
+            path = pathlib.Path(str(checkpoint.get("path") or ""))
+            return "" if path.is_file() else _("needs a weights file")
+        if source == "package":
+            package = str(checkpoint.get("package") or "")
+            try:
+                importlib.metadata.distribution(package)
+            except (importlib.metadata.PackageNotFoundError, ValueError):
+                return _("needs the {package} package").format(package=package)
+        return ""
+
+    def presetLabel(self, preset: dict[str, Any]) -> str:
+        """A preset's name as the model list shows it, with what it still needs."""
+        needs = self.presetNeeds(preset)
+        return f"{preset['name']} ({needs})" if needs else str(preset["name"])
 
     # engine processes --------------------------------------------------------------------
 
@@ -351,6 +448,143 @@ class WorkspaceLogic:
             return _("Done in {seconds:.0f} s.").format(seconds=result.seconds)
         return _("Failed: {message}").format(message=result.errorMessage)
 
+    # tasks: one foreground task at a time -------------------------------------------------
+
+    def runCreateWorkspace(
+        self, workspacePath, images: list, modelPreset: str, onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startCreateWorkspace` as the foreground task.
+
+        Raises:
+            ValueError: another task runs, or the arguments are refused.
+        """
+        return self.tasks.run(
+            TaskKind.CREATE,
+            lambda done: self.startCreateWorkspace(
+                workspacePath, images, modelPreset, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Creating the workspace..."),
+        )
+
+    def runCreateWorkspaceFromVolumes(
+        self, workspacePath, volumeNodes, modelPreset: str, onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startCreateWorkspaceFromVolumes` as the foreground task."""
+        return self.tasks.run(
+            TaskKind.CREATE_FROM_VOLUMES,
+            lambda done: self.startCreateWorkspaceFromVolumes(
+                workspacePath, volumeNodes, modelPreset, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Creating the workspace..."),
+        )
+
+    def runRank(
+        self,
+        workspacePath,
+        budget: int,
+        strategy: str | None = None,
+        device: str = "auto",
+        onProgress=None,
+        onFinished=None,
+    ) -> BackgroundProcess:
+        """:meth:`startRank` as the foreground task (the Rank button).
+
+        Raises:
+            ValueError: another task runs, or nothing is left to rank.
+        """
+        return self.tasks.run(
+            TaskKind.RANK,
+            lambda done: self.startRank(
+                workspacePath, budget, strategy, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Ranking..."),
+        )
+
+    def rankWhenFree(
+        self,
+        workspacePath,
+        budget: int,
+        strategy: str | None = None,
+        device: str = "auto",
+        onProgress=None,
+        onFinished=None,
+    ) -> TaskStart:
+        """Rank now, or when the running task ends (the ranking after a promotion): a running
+        prediction is never cancelled for it.
+
+        Raises:
+            ValueError: nothing is left to rank (checked now; when the ranking was deferred, a
+                refusal at its start goes to ``tasks.onDeferredError``).
+        """
+        self.openWorkspace(workspacePath)
+        return self.tasks.runWhenFree(
+            TaskKind.RANK,
+            lambda done: self.startRank(
+                workspacePath, budget, strategy, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+        )
+
+    def needsPrediction(self, workspacePath, caseId: str) -> bool:
+        """Whether the case has no prediction of the current model yet and one can be made."""
+        return (
+            self.predictionFiles(workspacePath, caseId)[0] is None
+            and not dependencies.missingPackages()
+        )
+
+    def runPredict(
+        self, workspacePath, caseId: str, device: str = "auto", onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startPredict` of one case as the foreground task ("Label next")."""
+        return self.tasks.run(
+            TaskKind.PREDICT,
+            lambda done: self.startPredict(
+                workspacePath, caseId, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Predicting {case}...").format(case=caseId),
+        )
+
+    def cancelTask(self) -> bool:
+        """Cancel the foreground task (never the fine-tuning job); returns whether one ran."""
+        return self.tasks.cancel()
+
+    def launchFinetune(
+        self,
+        workspacePath,
+        mode: str | None = None,
+        iterations: int | None = None,
+        device: str = "auto",
+        onFinished=None,
+    ) -> BackgroundProcess:
+        """:meth:`startFinetune` as the job's command, apart from the foreground task."""
+        return self.tasks.runJobCommand(
+            lambda done: self.startFinetune(
+                workspacePath, mode, iterations, device, onFinished=done
+            ),
+            onFinished,
+        )
+
+    def cancelFinetuneJob(self, workspacePath, onFinished=None) -> BackgroundProcess | None:
+        """Cancel the running fine-tuning job (``assft cancel``) without touching the foreground
+        task; None when no job runs."""
+        job = self.runningFinetuneJob(workspacePath)
+        if job is None:
+            return None
+        return self.tasks.runJobCommand(
+            lambda done: self.startCancelJob(workspacePath, job["id"], onFinished=done),
+            onFinished,
+        )
+
+    def shutdown(self, grace: float = 5.0) -> list[BackgroundProcess]:
+        """Stop a running ranking, prediction or creation before returning (Slicer closes), so
+        no engine process is left holding the workspace lock; a detached fine-tuning job goes
+        on. See :meth:`ASSFTSlicerLib.tasks.Tasks.shutdown`."""
+        return self.tasks.shutdown(grace)
+
     # worklist ----------------------------------------------------------------------------
 
     def updateWorklist(self, workspacePath, tableNode=None, seriesNode=None, chartNode=None):
@@ -442,11 +676,79 @@ class WorkspaceLogic:
         setForegroundVolume(volume, nodes.uncertainty if showUncertainty else None)
         return nodes
 
+    SEGMENT_EDITOR_NODE_TAG = "ASSFTSlicer"
+    """Singleton tag of the panel's own segment editor node (the Segment Editor module's is
+    "SegmentEditor": the two editors keep their own effect, mask and overwrite settings)."""
+
+    def segmentEditorNode(self):
+        """The segment editor parameter node of the panel's embedded editor, made if the scene
+        has none (a singleton: a closed scene keeps it, reset)."""
+        node = slicer.mrmlScene.GetSingletonNode(
+            self.SEGMENT_EDITOR_NODE_TAG, "vtkMRMLSegmentEditorNode"
+        )
+        if node is None:
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag(self.SEGMENT_EDITOR_NODE_TAG)
+            node.SetName(slicer.mrmlScene.GenerateUniqueName("ASSFT segment editor"))
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
     def setUncertaintyVisible(self, visible: bool, opacity: float = 0.4) -> None:
         if self.caseNodes is not None:
             setForegroundVolume(
                 self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity
             )
+
+    def loadedCase(self) -> CaseNodes | None:
+        """The case's nodes while they are still in the scene (a closed scene removed them)."""
+        nodes = self.caseNodes
+        if nodes is None or any(
+            node is None or node.GetScene() is None for node in (nodes.volume, nodes.segmentation)
+        ):
+            return None
+        return nodes
+
+    def restoreCase(
+        self, workspacePath, caseId: str, volume, segmentation, uncertainty=None
+    ) -> CaseNodes:
+        """Take over a case's nodes named by the parameter node (a reloaded scene, or a Slicer
+        restarted with a saved scene) so that "Submit and next" works on them.
+
+        Raises:
+            ValueError: no case, a node missing from the scene, or nodes of another case or
+                workspace; the message says to load the case again.
+        """
+        if not caseId:
+            raise ValueError(_("No case is loaded: use 'Label next' first."))
+        again = _("Load case {case} again (Label next or double-click it).").format(case=caseId)
+        if volume is None or volume.GetScene() is None:
+            raise ValueError(
+                _("The scene has no scan of case {case}.").format(case=caseId) + " " + again
+            )
+        if segmentation is None or segmentation.GetScene() is None:
+            raise ValueError(
+                _("The scene has no segmentation of case {case}.").format(case=caseId) + " " + again
+            )
+        workspace = self.openWorkspace(workspacePath)
+        for node in (volume, segmentation):
+            if node.GetAttribute("ASSFT.Case") != caseId:
+                raise ValueError(
+                    _("'{node}' is not a node of case {case}.").format(
+                        node=node.GetName(), case=caseId
+                    )
+                    + " "
+                    + again
+                )
+        owner = volume.GetAttribute("ASSFT.Workspace")
+        if owner and pathlib.Path(owner).resolve() != workspace.root.resolve():
+            raise ValueError(
+                _("Case {case} in the scene belongs to another workspace ({path}).").format(
+                    case=caseId, path=owner
+                )
+            )
+        self.caseNodes = CaseNodes(caseId, volume, segmentation, uncertainty)
+        self.caseWorkspace = workspace.root
+        return self.caseNodes
 
     def closeCase(self) -> None:
         removeCaseNodes(self.caseNodes)
@@ -465,7 +767,7 @@ class WorkspaceLogic:
             ValueError: no case loaded, segments that are not workspace labels, overlapping
                 segments (unless ``overlap`` says who wins), or the engine refuses the label.
         """
-        nodes = caseNodes or self.caseNodes
+        nodes = caseNodes or self.loadedCase()
         if nodes is None or nodes.segmentation is None:
             raise ValueError(_("No case is loaded: use 'Label next' first."))
         workspace = self.openWorkspace(workspacePath)

@@ -526,15 +526,19 @@ class BackgroundProcess:
         """Ask the engine to stop, and end its whole tree if it has not within ``grace`` seconds.
 
         The request is :attr:`cancelFile`; the engine stops at its next safe point with exit
-        code 3 (see :func:`terminateProcessTree`). Returns at once unless ``wait``;
-        :attr:`result` (and ``onFinished``) then tell that it was cancelled.
+        code 3 (see :func:`terminateProcessTree`). Without ``wait`` it returns at once and a
+        thread does the rest (the GUI never waits); :attr:`result` (and ``onFinished``) then tell
+        that it was cancelled. With ``wait`` everything happens in the calling thread before it
+        returns, relying on no other thread: what a closing application needs, where a
+        background thread may never run again.
         """
         if self.process is None or self.result is not None:
             return
         self._cancelRequested = True
+        if wait:
+            self._stop(grace)
+            return
         if self._killer is not None and self._killer.is_alive():
-            if wait:
-                self._killer.join()
             return
         self._killer = threading.Thread(
             target=self._stop,
@@ -543,11 +547,9 @@ class BackgroundProcess:
             daemon=True,
         )
         self._killer.start()
-        if wait:
-            self._killer.join()
 
     def _stop(self, grace: float) -> None:
-        """The cancel itself, on its own thread: the GUI never waits for it."""
+        """The cancel itself: on its own thread, or in the caller's with ``cancel(wait=True)``."""
         assert self.process is not None
         try:
             terminateProcessTree(self.process, grace, self.cancelFile)

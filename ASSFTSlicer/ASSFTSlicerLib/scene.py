@@ -45,6 +45,7 @@ __all__ = [
     "loadUncertaintyVolume",
     "removeCaseNodes",
     "segmentLabelValues",
+    "segmentMask",
     "setForegroundVolume",
     "submitSegmentation",
     "volumeNodeFromImage",
@@ -467,10 +468,52 @@ def segmentLabelValues(
     return matched
 
 
-def _segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.ndarray:
-    """A segment as a boolean (k, j, i) array on the reference volume's grid."""
+def _nodeIds() -> set[str]:
+    scene = slicer.mrmlScene
+    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+
+
+def _removeTemporaryLabelmap(labelmapNode, existingNodeIds: set[str]) -> None:
+    """Remove a temporary labelmap node with the display and colour nodes an export gave it.
+
+    Exporting segments into a labelmap node adds a display node and a colour table named after
+    the segmentation (``<segmentation>_ColorTable``); removing the labelmap node leaves both in
+    the scene, where they pile up and are saved with it. A colour node that existed before the
+    export (a shared table) stays.
+    """
+    scene = slicer.mrmlScene
+    for index in range(labelmapNode.GetNumberOfDisplayNodes()):
+        display = labelmapNode.GetNthDisplayNode(index)
+        if display is None:
+            continue
+        colorId = display.GetColorNodeID() if hasattr(display, "GetColorNodeID") else None
+        if colorId and colorId not in existingNodeIds:
+            colorNode = scene.GetNodeByID(colorId)
+            if colorNode is not None:
+                scene.RemoveNode(colorNode)
+    displays = [
+        labelmapNode.GetNthDisplayNode(index)
+        for index in range(labelmapNode.GetNumberOfDisplayNodes())
+    ]
+    storage = labelmapNode.GetStorageNode()
+    scene.RemoveNode(labelmapNode)
+    for node in [*displays, storage]:
+        if node is not None and node.GetScene() is not None:
+            scene.RemoveNode(node)
+
+
+def segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.ndarray:
+    """A segment as a boolean (k, j, i) array on the reference volume's grid.
+
+    What ``slicer.util.arrayFromSegmentBinaryLabelmap`` gives, without leaving a display node
+    (and a colour table) in the scene at each call.
+
+    Raises:
+        RuntimeError: the export failed.
+    """
     segmentIds = vtk.vtkStringArray()
     segmentIds.InsertNextValue(segmentId)
+    existing = _nodeIds()
     labelmapNode = slicer.mrmlScene.AddNewNodeByClass(
         "vtkMRMLLabelMapVolumeNode", "__assft_export__"
     )
@@ -486,14 +529,7 @@ def _segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nd
             raise RuntimeError(f"exporting segment {segmentId!r} to the scan's geometry failed")
         return slicer.util.arrayFromVolume(labelmapNode) != 0
     finally:
-        display = labelmapNode.GetDisplayNode()
-        if (
-            display is not None
-            and display.GetColorNode() is not None
-            and display.GetColorNode().GetName().startswith("__assft")
-        ):
-            slicer.mrmlScene.RemoveNode(display.GetColorNode())
-        slicer.mrmlScene.RemoveNode(labelmapNode)
+        _removeTemporaryLabelmap(labelmapNode, existing)
 
 
 def exportLabelArray(
@@ -527,7 +563,7 @@ def exportLabelArray(
     _refuseTransformed(segmentationNode)
     matched = segmentLabelValues(segmentationNode, labels)
     masks = [
-        (name, value, _segmentMask(segmentationNode, segmentId, referenceVolumeNode))
+        (name, value, segmentMask(segmentationNode, segmentId, referenceVolumeNode))
         for segmentId, name, value in matched
     ]
     if overlap is OverlapPolicy.REFUSE:

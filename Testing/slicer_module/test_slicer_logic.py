@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -261,43 +262,123 @@ def test_fine_tuning_needs_a_label_and_ranking_needs_unlabeled_cases(mrml, tiny_
         logic.startRank("", 2)
 
 
-def test_dependencies_are_only_installed_when_confirmed(monkeypatch):
+def test_versions_come_from_the_installed_packages_metadata(monkeypatch):
+    import importlib.metadata
+
+    import numpy
+
+    assert dependencies.dependencyProblems() == []  # this venv has what the engine needs
+    assert dependencies.installedVersion("numpy") == numpy.__version__
+    assert dependencies.installedVersion("assft-no-such-package") is None
     monkeypatch.setattr(
         dependencies,
         "REQUIREMENTS",
-        {
-            "numpy": "numpy>=1.24",
-            "assft_missing_pkg": "assft-missing-pkg>=1",
-            "torch": "torch>=2.2",
-        },
+        {"numpy": "numpy>=999", "assft_missing_pkg": "assft-missing-pkg>=1", "psutil": "psutil"},
     )
+    problems = dependencies.dependencyProblems()
+    assert [(p.name, p.installed) for p in problems] == [
+        ("numpy", importlib.metadata.version("numpy")),
+        ("assft_missing_pkg", None),
+    ]
+    text = dependencies.describeMissing(problems)
+    assert f"numpy {numpy.__version__} is installed, numpy>=999 is needed" in text
+    assert "assft_missing_pkg is missing" in text and dependencies.describeMissing([]) == ""
+
+
+def test_torch_must_be_what_the_installed_monai_needs():
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    monai = importlib.metadata.version("monai")
+    torch_line = next(
+        r for r in importlib.metadata.requires("monai") if Requirement(r).name == "torch"
+    )
+    needed = Requirement(torch_line)
+    floor = max(Version(s.version) for s in needed.specifier if s.operator == ">=")
+    assert dependencies.torchFloor() == max(floor, Version("2.2"))
+    if Version(monai) >= Version("1.6"):
+        assert dependencies.torchFloor() >= Version("2.8")  # not the engine's own 2.2
+    # An older torch than MONAI's is a problem that names MONAI (the real metadata, an older
+    # installed torch).
+    older = lambda name: "2.4.0" if name == "torch" else dependencies.installedVersion(name)  # noqa: E731
+    problems = dependencies.dependencyProblems(older)
+    if Version("2.4.0") not in needed.specifier:
+        assert [(p.name, p.requirement, p.neededBy) for p in problems] == [
+            ("torch", f"torch{needed.specifier}", f"monai {monai}")
+        ]
+    # Without MONAI, the torch asked for is the newest MONAI's.
+    without_monai = lambda name: None if name == "monai" else "2.13.0"  # noqa: E731
+    assert dependencies.torchFloor(without_monai) == Version(dependencies.NEWEST_MONAI_TORCH_FLOOR)
+
+
+def test_installing_asks_for_the_torch_floor_and_pins_torch_for_the_rest(monkeypatch):
+    import importlib.metadata
+
     monkeypatch.setattr(
         dependencies,
-        "missingPackages",
-        lambda: [n for n in ("assft_missing_pkg", "torch") if n not in installed],
+        "REQUIREMENTS",
+        {"torch": "torch>=99", "numpy": "numpy>=1.24", "assft_missing_pkg": "assft-missing-pkg>=1"},
     )
-    installed: list[str] = []
     with pytest.raises(ValueError, match="confirmation"):
-        dependencies.installDependencies(confirmed=False, pipInstall=installed.append)
-    assert installed == []
+        dependencies.installDependencies(confirmed=False, pipInstall=pytest.fail)
 
-    class TorchLogic:
+    asked, ensured = [], []
+
+    class TorchLogic:  # the PyTorch extension's installTorch
         def installTorch(self, askConfirmation, torchVersionRequirement):
-            assert askConfirmation is False and torchVersionRequirement == ">=2.2"
-            installed.append("torch")
+            asked.append((askConfirmation, torchVersionRequirement))
             return object()
 
-    pip = []
-    done = dependencies.installDependencies(
-        confirmed=True,
-        pipInstall=lambda r: (pip.append(r), installed.append("assft_missing_pkg")),
-        torchLogic=TorchLogic(),
+    def pip_ensure(requirements, constraints):
+        ensured.append((requirements.read_text(), constraints.read_text()))
+
+    with pytest.raises(RuntimeError, match="assft_missing_pkg is missing"):
+        dependencies.installDependencies(
+            confirmed=True, pipInstall=pytest.fail, torchLogic=TorchLogic(), pipEnsure=pip_ensure
+        )
+    assert asked == [(False, ">=99")]
+    torch = importlib.metadata.version("torch")
+    assert ensured == [("assft-missing-pkg>=1\n", f"torch=={torch}\n")]
+
+    # Without Slicer's pip_ensure (slicer-core has none) and without the PyTorch extension: pip,
+    # with the same constraint.
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "torch", "torch>=2.2")
+    assert dependencies._slicerPipEnsure() is None
+    calls = []
+
+    def pip_install(arguments):
+        calls.append(arguments)
+        if arguments[0] == "-r":
+            assert Path(arguments[3]).read_text() == f"torch=={torch}\n"
+            assert Path(arguments[1]).read_text() == "assft-missing-pkg>=1\n"
+
+    with pytest.raises(RuntimeError):
+        dependencies.installDependencies(confirmed=True, pipInstall=pip_install)
+    assert [c[0] for c in calls] == ["-r"] and calls[0][2] == "-c"
+
+
+def test_slicer_5_12_pip_ensure_gets_the_requirements_and_the_constraints(monkeypatch, tmp_path):
+    import types
+
+    received = {}
+    packaging = types.ModuleType("slicer.packaging")  # Slicer >= 5.12's API, absent in slicer-core
+    packaging.load_requirements = lambda path: Path(path).read_text().split()
+    packaging.pip_ensure = lambda requirements, **options: received.update(
+        requirements=requirements, **options
     )
-    assert done == ["assft_missing_pkg", "torch"] and pip == ["assft-missing-pkg>=1"]
-    assert (
-        "Missing" in dependencies.describeMissing(["torch"])
-        and dependencies.describeMissing([]) == ""
-    )
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    requirements, constraints = tmp_path / "r.txt", tmp_path / "c.txt"
+    requirements.write_text("monai>=1.4\n")
+    constraints.write_text("torch==2.13.0\n")
+    dependencies._slicerPipEnsure()(requirements, constraints)
+    assert received == {
+        "requirements": ["monai>=1.4"],
+        "constraints": str(constraints),
+        "prompt_install": False,
+        "requester": "ASSFT Slicer",
+    }
 
 
 def test_the_real_dependency_check_imports_nothing():
@@ -340,3 +421,16 @@ def test_the_self_test_loop_runs_with_slicer_core(mrml, tmp_path):
     report = runAnnotationLoop(_logic(), tmp_path, log=lambda message: None)
     assert report["labeled"] == 2 and report["promoted_version"] == "v1"
     assert json.dumps(report)
+
+
+def test_the_registered_slicer_tests_skip_with_the_reason_when_packages_are_missing(monkeypatch):
+    import unittest
+
+    from ASSFTSlicerLib.selftest import requireDependencies
+
+    requireDependencies()  # this venv has them: the tests run in full
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "assft_missing_pkg", "assft-missing-pkg>=1")
+    with pytest.raises(
+        unittest.SkipTest, match="assft_missing_pkg is missing.*Install dependencies"
+    ):
+        requireDependencies()

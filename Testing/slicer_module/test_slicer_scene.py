@@ -118,12 +118,14 @@ def _assert_same_voxels_in_ras(ours, theirs) -> None:
     np.testing.assert_array_equal(ours_array[k, j, i], theirs_array[tk, tj, ti])
 
 
-def _editor(mrml, nodes):
+def _editor(mrml, nodes, editorNode=None):
     """A vtkSlicerSegmentEditorLogic on the case, as the Segment Editor would set it up."""
     editor = slicer.vtkSlicerSegmentEditorLogic()
     editor.SetMRMLApplicationLogic(mrml.app)
     editor.SetMRMLScene(mrml.scene)
-    editor.SetSegmentEditorNode(mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+    editor.SetSegmentEditorNode(
+        editorNode or mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    )
     editor.SetSegmentationNode(nodes.segmentation)
     editor.SetSourceVolumeNode(nodes.volume)
     return editor
@@ -370,3 +372,76 @@ def test_loaded_volumes_are_written_on_their_own_grid_for_a_new_workspace(mrml, 
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference))
     np.testing.assert_allclose(back.GetDirection(), reference.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(back.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+
+
+def _scene_nodes(scene) -> dict[str, str]:
+    return {
+        scene.GetNthNode(i).GetID(): scene.GetNthNode(i).GetName()
+        for i in range(scene.GetNumberOfNodes())
+    }
+
+
+def test_submitting_and_exporting_leave_no_nodes_behind(mrml, tmp_path):
+    """Each export used to leave a display node and a '<segmentation>_ColorTable' per segment."""
+    from ASSFTSlicerLib.scene import LabelDefinition, exportLabelArray, segmentMask
+
+    workspace, scan = _workspace(tmp_path, GEOMETRIES["rotated-anisotropic"])
+    prediction = blob_labels(GEOMETRIES["rotated-anisotropic"]["shape"], seed=5)
+    _write_prediction(workspace, "case_a", scan, prediction)
+    logic = _logic()
+    nodes = logic.loadCase(workspace.root, "case_a")
+    labels = LabelDefinition.fromWorkspace(workspace.config.labels)
+    before = _scene_nodes(mrml.scene)
+
+    stored = logic.submitCase(workspace.root, user="tester")
+    np.testing.assert_array_equal(_stored(stored), prediction)
+    assert _scene_nodes(mrml.scene) == before
+    for _ in range(5):
+        np.testing.assert_array_equal(
+            exportLabelArray(nodes.segmentation, nodes.volume, labels), prediction
+        )
+    segment_id = nodes.segmentation.GetSegmentation().GetSegmentIdBySegmentName("core")
+    for _ in range(3):
+        np.testing.assert_array_equal(
+            segmentMask(nodes.segmentation, segment_id, nodes.volume), prediction == 2
+        )
+    logic.submitCase(workspace.root, user="tester")
+    assert _scene_nodes(mrml.scene) == before
+
+
+def test_a_colour_table_that_existed_before_the_export_stays(mrml):
+    from ASSFTSlicerLib.scene import _nodeIds, _removeTemporaryLabelmap
+
+    shared = mrml.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "shared labels")
+    existing = _nodeIds()
+    labelmap = mrml.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "temporary")
+    labelmap.CreateDefaultDisplayNodes()
+    labelmap.GetDisplayNode().SetAndObserveColorNodeID(shared.GetID())
+    _removeTemporaryLabelmap(labelmap, existing)
+    assert _nodeIds() == existing and shared.GetScene() is mrml.scene
+
+
+def test_the_panel_edits_with_its_own_segment_editor_node(mrml, tmp_path):
+    """The embedded editor's parameter node: one per scene, not the Segment Editor module's."""
+    workspace, scan = _workspace(tmp_path, GEOMETRIES["identity"])
+    shape = GEOMETRIES["identity"]["shape"]
+    prediction = blob_labels(shape, seed=3)
+    _write_prediction(workspace, "case_a", scan, prediction)
+    logic = _logic()
+    moduleNode = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    moduleNode.SetSingletonTag("SegmentEditor")
+    own = logic.segmentEditorNode()
+    assert own is logic.segmentEditorNode() and own is not moduleNode
+    assert own.GetSingletonTag() == "ASSFTSlicer"
+    nodes = logic.loadCase(workspace.root, "case_a")
+    editor = _editor(mrml, nodes, own)
+    own.SetOverwriteMode(own.OverwriteNone)  # a setting of the panel's editor only
+    assert moduleNode.GetOverwriteMode() != own.OverwriteNone
+    grow = np.zeros(shape, bool)
+    grow[1:3, 1:4, 1:4] = True
+    _paint(editor, nodes, "shell", grow)
+    expected = prediction.copy()
+    expected[grow & (expected == 0)] = 1  # "overwrite none": the core keeps its voxels
+    np.testing.assert_array_equal(_stored(logic.submitCase(workspace.root)), expected)
+    mrml.scene.Clear(0)  # a closed scene keeps its singletons, reset: the same node serves on
+    assert logic.segmentEditorNode().GetScene() is mrml.scene

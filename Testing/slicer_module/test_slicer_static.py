@@ -147,11 +147,32 @@ def test_every_bound_parameter_is_a_field_with_a_connectable_widget():
         )
 
 
+def _path_fields(tree: ast.Module) -> dict[str, str]:
+    """The Widget's ``PATH_FIELDS`` (folder parameters bound by FolderPathConnector)."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "PATH_FIELDS" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError("ASSFTSlicerWidget.PATH_FIELDS is missing")
+
+
 def test_the_gui_fields_of_the_parameter_node_are_all_bound():
-    fields = _parameter_fields(_module_tree())
+    tree = _module_tree()
+    fields = _parameter_fields(tree)
+    paths = _path_fields(tree)
+    bindings = _parameter_bindings()
     gui_fields = {name for name, kind in fields.items() if not kind.startswith("vtkMRML")}
-    unbound = sorted(gui_fields - set(_parameter_bindings()))
+    unbound = sorted(gui_fields - set(bindings) - set(paths))
     assert not unbound, f"parameter(s) {unbound} have no widget in the .ui file"
+    # Folder fields: typed paths, bound once (by the module's connector, not also by the .ui,
+    # whose stock connector shows "." and rewrites the text as it is typed).
+    widgets = _ui_widgets()
+    for parameter, widget in paths.items():
+        assert fields[parameter] == "pathlib.Path" and parameter not in bindings
+        assert widgets[widget].get("class") == "ctkPathLineEdit"
 
 
 def test_choice_fields_are_bound_to_combo_boxes_and_the_presets_come_from_models_json():
@@ -197,8 +218,10 @@ def test_cmake_lists_every_script_and_resource():
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"project\(ASSFTSlicer\)", top) and 'set(EXTENSION_DEPENDS "PyTorch")' in top
     assert "add_subdirectory(ASSFTSlicer)" in top
-    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+    for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), f"EXTENSION_{key} is missing"
+    # Obsolete: the Extensions Index's catalog entry (ASSFTSlicer.json) holds the category.
+    assert "EXTENSION_CATEGORY" not in top
     assert (MODULE / "Testing" / "Python" / "CMakeLists.txt").is_file()
 
 
@@ -277,8 +300,7 @@ def test_the_extension_description_follows_the_catalog_schema():
     )
     assert entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_url"].startswith("https://") and "slicer" in entry["scm_url"].lower()
-    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+    assert entry["category"] == "Segmentation"
 
 
 def _requirement_names(lines) -> dict[str, str]:
@@ -311,3 +333,137 @@ def test_requirements_agree_with_the_installer_and_pyproject():
 
 def test_makefile_installs_slicer_core():
     assert "$(BIN)/pip install -q slicer-core" in (ROOT / "Makefile").read_text(encoding="utf-8")
+
+
+def test_the_category_is_translatable_and_no_code_for_old_slicers_is_left():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert 'categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in source
+    for path in [MODULE_FILE, WIDGET_TEST_FILE, *(MODULE / "ASSFTSlicerLib").glob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        for old in ("MasterVolumeNode", "masterVolumeNode", "before 5.4"):
+            assert old not in text, f"{path.name} still has {old!r} (Slicer before 5.4)"
+
+
+# What the Widget may call on the embedded editor: qMRMLSegmentEditorWidget of Slicer 5.10 and
+# 5.12 (Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.h, in the
+# qSlicerSegmentationsModuleWidgets library; the SegmentEditor module and MONAILabel embed it).
+SEGMENT_EDITOR_API = {
+    "setMRMLScene",
+    "setMRMLSegmentEditorNode",
+    "mrmlSegmentEditorNode",
+    "setSegmentationNodeSelectorVisible",
+    "setSourceVolumeNodeSelectorVisible",
+    "setSegmentationNode",
+    "segmentationNode",
+    "setSourceVolumeNode",
+    "sourceVolumeNode",
+    "setActiveEffect",
+    "updateWidgetFromMRML",
+    "installKeyboardShortcuts",
+    "uninstallKeyboardShortcuts",
+    "removeViewObservations",
+}
+
+
+def _calls_on(path: Path, widget: str) -> set[str]:
+    """Every ``<x>.ui.<widget>.<method>`` the file uses, also through a local name
+    (``editor = self.ui.<widget>`` then ``editor.<method>``)."""
+
+    def is_widget(node) -> bool:
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == widget
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+        )
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and is_widget(node.value)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (
+            is_widget(node.value) or (isinstance(node.value, ast.Name) and node.value.id in aliases)
+        ):
+            names.add(node.attr)
+    return names
+
+
+def test_the_annotate_section_embeds_a_segment_editor():
+    tree = ET.parse(UI_FILE)
+    annotate = next(w for w in tree.iter("widget") if w.get("name") == "annotateCollapsibleButton")
+    editors = [w for w in annotate.iter("widget") if w.get("class") == "qMRMLSegmentEditorWidget"]
+    assert [w.get("name") for w in editors] == ["segmentEditorWidget"]
+    custom = {c.findtext("class"): c for c in tree.iter("customwidget")}
+    assert custom["qMRMLSegmentEditorWidget"].findtext("header") == "qMRMLSegmentEditorWidget.h"
+    assert custom["qMRMLSegmentEditorWidget"].findtext("extends") == "qMRMLWidget"
+    used = _calls_on(MODULE_FILE, "segmentEditorWidget")
+    assert {
+        "installKeyboardShortcuts",
+        "uninstallKeyboardShortcuts",
+        "setMRMLSegmentEditorNode",
+    } <= used
+    unknown = (used | _calls_on(WIDGET_TEST_FILE, "segmentEditorWidget")) - SEGMENT_EDITOR_API
+    assert not unknown, f"not methods of qMRMLSegmentEditorWidget: {sorted(unknown)}"
+    # Its own parameter node (not the Segment Editor module's), and its selectors hidden.
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert "editor.setSegmentationNodeSelectorVisible(False)" in source
+    assert "editor.setSourceVolumeNodeSelectorVisible(False)" in source
+
+
+def test_the_license_icon_and_screenshot_are_where_the_index_looks():
+    """A LICENSE that matches pyproject.toml; the extension icon and the screenshot in the
+    top-level Resources/, and CMake's URLs naming files the repository holds."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == {"text": "BSD-3-Clause"}
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("BSD 3-Clause License")
+    assert "Neither the name of the copyright holder" in license_text
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    prefix = "https://raw.githubusercontent.com/assft/ASSFTSlicer/main/"
+    urls = {
+        key: re.search(rf'set\(EXTENSION_{key} "([^"]+)"\)', top).group(1)
+        for key in ("ICONURL", "SCREENSHOTURLS")
+    }
+    files = {key: [ROOT / u.removeprefix(prefix) for u in url.split()] for key, url in urls.items()}
+    assert all(url.startswith(prefix) for url in " ".join(urls.values()).split())
+    assert files["ICONURL"] == [ROOT / "Resources" / "Icons" / "ASSFTSlicer.png"]
+    assert (
+        files["ICONURL"][0].read_bytes()
+        == (MODULE / "Resources/Icons/ASSFTSlicer.png").read_bytes()
+    )
+    for screenshot in files["SCREENSHOTURLS"]:
+        assert screenshot.parent == ROOT / "Resources"
+        data = screenshot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24])[0] >= 800
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Resources/Screenshot01.png" in readme
+
+
+def test_both_registered_slicer_tests_skip_without_the_dependencies():
+    """The Extensions Index build machines have no PyTorch: each registered test's first step
+    is requireDependencies() (unittest.SkipTest with the reason), and runTest reports a skip."""
+    for path, method in ((MODULE_FILE, "test_ASSFTSlicer_loop"), (WIDGET_TEST_FILE, "test_panel")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        function = next(
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == method
+        )
+        calls = [
+            ast.unparse(statement.value.func)
+            for statement in function.body
+            if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call)
+        ]
+        assert calls and calls[0] == "requireDependencies", f"{path.name}: {method} must skip first"
+        run = next(
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == "runTest"
+        )
+        assert "unittest.SkipTest" in ast.unparse(run), f"{path.name}: runTest must report a skip"

@@ -40,6 +40,7 @@ class FakeSignalTarget:
         self.connections: dict[str, object] = {}
         self.tableNode = None
         self.row = -1
+        self.currentPath = ""
 
     def connect(self, signal, slot):
         self.connections[signal] = slot
@@ -57,8 +58,44 @@ class FakeSignalTarget:
     def setMRMLTableNode(self, node):
         self.tableNode = node
 
+    def setItemText(self, index, text):
+        self.items = {**getattr(self, "items", {}), index: text}
+
     def currentIndex(self):
         return types.SimpleNamespace(row=lambda: self.row)
+
+
+class FakeSegmentEditorWidget(FakeSignalTarget):
+    """The embedded qMRMLSegmentEditorWidget: what it was given, and its shortcut state."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.segmentation = self.source = self.editorNode = self.activeEffect = None
+        self.shortcuts = False
+
+    def setSegmentationNode(self, node):
+        self.segmentation = node
+
+    def setSourceVolumeNode(self, node):
+        self.source = node
+
+    def setMRMLSegmentEditorNode(self, node):
+        self.editorNode = node
+
+    def setActiveEffect(self, effect):
+        self.activeEffect = effect
+
+    def installKeyboardShortcuts(self):
+        self.shortcuts = True
+
+    def uninstallKeyboardShortcuts(self):
+        self.shortcuts = False
+
+    def removeViewObservations(self):
+        pass
+
+    def updateWidgetFromMRML(self):
+        pass
 
 
 class FakeEventLoop:
@@ -108,6 +145,11 @@ def _fake_parameter_node_wrapper(cls):
         def connectGui(self, ui):
             return "tag"
 
+        def connectParametersToGui(self, mapping):
+            for name, connector in mapping.items():
+                connector.write(getattr(self, name))
+            return "paths"
+
         def disconnectGui(self, tag):
             pass
 
@@ -145,6 +187,9 @@ def module(monkeypatch, mrml):
     pnw.Choice = lambda choices: ("Choice", choices)
     pnw.WithinRange = lambda low, high: ("WithinRange", low, high)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    connectors = types.ModuleType("slicer.parameterNodeWrapper.guiConnectors")
+    connectors.GuiConnector = type("GuiConnector", (), {"__init__": lambda self: None})
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper.guiConnectors", connectors)
 
     class Observation:
         def __init__(self):
@@ -213,23 +258,19 @@ def _widget(module, tmp_path):
     ASSFTSlicer = module.module
     widget = ASSFTSlicer.ASSFTSlicerWidget()
     widget.logic = ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable)
+    widget._observeTasks()
     names = [
         w.get("name")
         for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "ASSFTSlicer.ui").iter("widget")
     ]
     widget.ui = types.SimpleNamespace(**{name: FakeSignalTarget(name) for name in names})
-    for button in (
-        "rankButton",
-        "labelNextButton",
-        "finetuneButton",
-        "createWorkspaceButton",
-        "submitNextButton",
-    ):
-        getattr(widget.ui, button).text = button
+    widget.ui.segmentEditorWidget = FakeSegmentEditorWidget("segmentEditorWidget")
+    widget.parent = types.SimpleNamespace(isEntered=True)
+    widget.ui.finetuneButton.text = "Fine-tune"
     widget._jobTimer = FakeTimer()
-    widget._parameterNode = (
-        widget.logic.getParameterNode() or ASSFTSlicer.ASSFTSlicerParameterNode()
-    )
+    parameterNode = ASSFTSlicer.ASSFTSlicerParameterNode()
+    widget._parameterNode = parameterNode
+    widget.logic.getParameterNode = lambda: parameterNode  # the scene's singleton, as in Slicer
     return widget
 
 
@@ -284,6 +325,11 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     p.device = module.module.Device.CPU
     p.budget = 1
 
+    widget.setParameterNode(p)
+    assert widget.ui.workspacePathLineEdit.currentPath == ""  # an unset folder, not "."
+    presets = widget.ui.modelPresetComboBox.items
+    assert [text.split(" (")[0] for text in presets.values()] == module.module.MODEL_PRESETS
+    assert presets[0] == "demo"
     widget.refresh()
     assert not widget.ui.rankButton.enabled and widget.ui.rankButton.toolTip  # says why
     p.workspacePath = workspace.root
@@ -297,23 +343,22 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     # Rank turns into Cancel; cancelling leaves the workspace free.
     widget.ui.rankButton.click()
     assert widget.ui.rankButton.text == "Cancel" and widget.ui.rankButton.enabled
-    assert widget._task.mode == "slicer"  # slicer-core's launchConsoleProcess(blocking=False)
+    # slicer-core's launchConsoleProcess(blocking=False)
+    assert widget.logic.tasks.current.mode == "slicer"
     assert (
         not widget.ui.openWorkspaceButton.enabled
         and widget.ui.openWorkspaceButton.toolTip == "Another task is running."
     )
     widget.ui.rankButton.click()
-    _run_until(lambda: widget._task is None)
-    assert (
-        widget.ui.rankButton.text == "rankButton" and widget.ui.taskStatusLabel.text == "Cancelled."
-    )
+    _run_until(lambda: not widget.logic.tasks.busy)
+    assert widget.ui.rankButton.text == "Rank" and widget.ui.taskStatusLabel.text == "Cancelled."
     assert not [m for m in module.messages if m[0] == "error"]
     assert workspace.status_summary()["running_job"] is None and workspace.latest_ranking() is None
 
     progress = []
     widget._onTaskProgress = lambda event: progress.append(event)  # what the progress bar gets
     widget.ui.rankButton.click()
-    _run_until(lambda: widget._task is None)
+    _run_until(lambda: not widget.logic.tasks.busy)
     assert widget.ui.taskStatusLabel.text.startswith("Done"), module.messages
     assert [e["done"] for e in progress if e["event"] == "progress"] == [0, 1, 2, 3]
     assert progress[-1]["event"] == "done" and len(progress[-1]["selected"]) == 1
@@ -324,7 +369,33 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     first = widget.logic.nextCase(workspace.root)
     widget.ui.labelNextButton.click()
     assert widget.ui.labelNextButton.text == "Cancel"
-    _run_until(lambda: widget._task is None and p.currentCase == first)
+    # Fine-tuning promotes a version meanwhile: the ranking it asks for waits for the prediction
+    # (it used to press the Rank/Cancel toggle, which cancelled the prediction).
+    rankings = len(widget.logic.openWorkspace(workspace.root).registry.rankings())
+    widget._rankAfterPromotion()
+    tasks = widget.logic.tasks
+    assert tasks.isRunning(module.module.TaskKind.PREDICT)
+    assert tasks.isPending(module.module.TaskKind.RANK)
+    assert widget.ui.labelNextButton.text == "Cancel" and widget.ui.rankButton.text == "Rank"
+    # The user goes to another module while it predicts: the panel no longer follows it there.
+    widget.exit()
+    widget.parent.isEntered = False
+    assert not widget.ui.segmentEditorWidget.shortcuts
+    _run_until(lambda: p.currentCase == first)  # predicted, not cancelled, and shown
+    assert tasks.isRunning(module.module.TaskKind.RANK) and widget.ui.rankButton.text == "Cancel"
+    _run_until(lambda: not tasks.busy)
+    assert len(widget.logic.openWorkspace(workspace.root).registry.rankings()) == rankings + 1
+    assert not [m for m in module.messages if m[0] == "module"], (
+        "a background task switched modules"
+    )
+    embedded = widget.ui.segmentEditorWidget
+    assert embedded.segmentation is p.caseSegmentation and embedded.source is p.caseVolume
+    widget.parent.isEntered = True
+    widget.enter()  # back in the panel: the embedded editor's shortcuts and its own node
+    assert embedded.shortcuts and embedded.editorNode is widget.logic.segmentEditorNode()
+    assert embedded.editorNode.GetSingletonTag() == "ASSFTSlicer"
+    # "Open in Segment Editor" is still there, when asked for.
+    widget.onOpenSegmentEditor()
     assert ("module", "SegmentEditor") in module.messages
     assert module.editor.segmentation is p.caseSegmentation and module.editor.source is p.caseVolume
     assert p.caseUncertainty is not None and widget.ui.submitNextButton.enabled
@@ -356,5 +427,7 @@ def test_the_panel_ranks_cancels_labels_and_submits(
         sitk.GetArrayFromImage(sitk.ReadImage(str(stored))) == 2
     ).sum() == 64  # core, lower in the list, won
     assert workspace.registry.case(first)["status"] == "labeled"
-    _run_until(lambda: widget._task is None)  # the next case (none left in a budget of 1 is fine)
+    _run_until(
+        lambda: not widget.logic.tasks.busy
+    )  # the next case (none left in a budget of 1 is fine)
     assert not [m for m in module.messages if m[0] == "error"], module.messages

@@ -1,0 +1,183 @@
+"""What the panel keeps across a session, through the Logic on real MRML: the folder fields, the
+workspace the buttons act on, the model list, a case in a reloaded scene, and a module that
+fails loudly inside Slicer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from assft_testing.slicer_side import MODULE_DIR, blob_labels, require_slicer, write_label_like
+
+slicer = require_slicer()
+
+import ASSFTSlicer  # noqa: E402
+
+
+def _logic():
+    return ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable, launcher="thread")
+
+
+@pytest.fixture
+def workspace(tmp_path, synthetic_pool):
+    from assft.workspace import Workspace
+
+    _, cases = synthetic_pool
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in cases[:2]:
+        shutil.copy(case.image, images / case.image.name)
+    return Workspace.create(
+        tmp_path / "ws", [images], label_names={1: "shell", 2: "core"}, user="tester"
+    )
+
+
+def test_a_typed_folder_is_kept_and_the_last_workspace_fills_an_empty_field_once(
+    workspace, tmp_path
+):
+    """initializeParameterNode() runs at every enter(): it used to replace a folder typed for
+    "Create from loaded volumes" (the user leaves the module to load the volumes)."""
+    typed = tmp_path / "new-workspace"
+    logic = _logic()
+    assert logic.workspaceToRestore(typed, workspace.root) is None
+    assert logic.workspaceToRestore(pathlib.Path(), workspace.root) is None  # only once
+    fresh = _logic()
+    assert fresh.workspaceToRestore(pathlib.Path(), str(workspace.root)) == workspace.root
+    assert fresh.workspaceToRestore(pathlib.Path(), str(workspace.root)) is None
+    assert _logic().workspaceToRestore("", str(tmp_path / "gone")) is None
+    assert _logic().workspaceToRestore("", None) is None
+
+
+def test_folder_fields_show_no_dot_and_keep_what_is_typed(tmp_path):
+    logic = _logic()
+    assert logic.pathFieldText(pathlib.Path(), "") is None  # unset and empty: left alone
+    assert logic.pathFieldText(pathlib.Path(), "/somewhere") == ""  # cleared, never "."
+    typed = f"{tmp_path}{os.sep}"  # a trailing separator, as the user types on
+    assert logic.pathFromFieldText(typed) == tmp_path
+    assert logic.pathFieldText(tmp_path, typed) is None  # not rewritten to "<tmp_path>"
+    assert logic.pathFieldText(tmp_path / "x", typed) == str(tmp_path / "x")
+    assert logic.pathFromFieldText("  ") == pathlib.Path()
+
+
+def test_the_buttons_follow_the_workspace_the_field_names(workspace, tmp_path):
+    logic = _logic()
+    summary = logic.workspaceSummary(workspace.root)
+    assert logic.summaryIsFor(summary, workspace.root)
+    assert logic.summaryIsFor(summary, f"{workspace.root}{os.sep}")
+    assert not logic.summaryIsFor(summary, tmp_path / "other")
+    assert not logic.summaryIsFor(summary, pathlib.Path())
+    assert not logic.summaryIsFor(None, workspace.root)
+
+
+def test_presets_that_need_weights_or_a_package_say_so(monkeypatch, tmp_path):
+    from assft.models.checkpoints import downloads_dir
+
+    logic = _logic()
+    presets = {p["name"]: p for p in logic.modelPresets()}
+    assert list(presets) == ASSFTSlicer.MODEL_PRESETS
+    monkeypatch.setenv("ASSFT_MODELS_DIR", str(tmp_path / "weights"))
+    assert logic.downloadedWeightsFolder() == downloads_dir()
+    assert logic.presetLabel(presets["demo"]) == "demo"
+    assert logic.presetLabel(presets["swinunetr-ssl"]) == "swinunetr-ssl (needs download)"
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model_swinvit.pt").write_bytes(b"downloaded")
+    assert logic.presetLabel(presets["swinunetr-ssl"]) == "swinunetr-ssl"
+    template = presets["monai-bundle-segresnet"]
+    assert logic.presetLabel(template) == "monai-bundle-segresnet (needs a weights file)"
+    missing = {"name": "x", "checkpoint": {"source": "package", "package": "assft-no-such-pkg"}}
+    assert logic.presetLabel(missing) == "x (needs the assft-no-such-pkg package)"
+    installed = importlib.util.find_spec("deepbet") is not None
+    assert (logic.presetLabel(presets["deepbet"]) == "deepbet") == installed
+    monkeypatch.delenv("ASSFT_MODELS_DIR")
+    assert logic.downloadedWeightsFolder() == downloads_dir()
+
+
+def _scene_nodes(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _save_scene(mrml, folder: pathlib.Path, nodes) -> None:
+    """Save the scene with its data, as File > Save does."""
+    for node in nodes:
+        node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        extension = ".seg.nrrd" if node.IsA("vtkMRMLSegmentationNode") else ".nrrd"
+        storage.SetFileName(str(folder / f"{node.GetID()}{extension}"))
+        assert storage.WriteData(node)
+    mrml.scene.SetRootDirectory(str(folder))
+    mrml.scene.SetURL(str(folder / "scene.mrml"))
+    assert mrml.scene.Commit()
+
+
+def test_a_case_in_a_reloaded_scene_is_taken_over_and_submitted(mrml, workspace, tmp_path):
+    """After a scene reload "Submit and next" was enabled but failed: the Logic had no case."""
+    case = "case_000"
+    scan = workspace.image_path(case)
+    import SimpleITK as sitk
+
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+    prediction = blob_labels(shape, seed=1)
+    folder = workspace.root / "predictions" / workspace.current_model_version()
+    write_label_like(folder / f"{case}.nii.gz", scan, prediction)
+    logic = _logic()
+    nodes = logic.loadCase(workspace.root, case)
+    edited = prediction.copy()
+    edited[:2] = 0
+    segmentation = nodes.segmentation.GetSegmentation()
+    for value, name in ((1, "shell"), (2, "core")):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            (edited == value).astype(np.uint8),
+            nodes.segmentation,
+            segmentation.GetSegmentIdBySegmentName(name),
+            nodes.volume,
+        )
+    # The parameter node names the case and its nodes (by reference), as the wrapper stores it.
+    parameters = mrml.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "ASSFTSlicer")
+    parameters.SetParameter("currentCase", case)
+    parameters.SetNodeReferenceID("caseVolume", nodes.volume.GetID())
+    parameters.SetNodeReferenceID("caseSegmentation", nodes.segmentation.GetID())
+    saved = tmp_path / "saved-scene"
+    saved.mkdir()
+    _save_scene(mrml, saved, [nodes.volume, nodes.segmentation])
+
+    mrml.scene.Clear(1)
+    assert logic.loadedCase() is None  # the nodes went with the scene
+    with pytest.raises(ValueError, match="No case is loaded"):
+        logic.submitCase(workspace.root)
+
+    mrml.scene.SetURL(str(saved / "scene.mrml"))
+    assert mrml.scene.Connect()
+    parameters = mrml.scene.GetFirstNodeByName("ASSFTSlicer")
+    volume = parameters.GetNodeReference("caseVolume")
+    segmentationNode = parameters.GetNodeReference("caseSegmentation")
+    restored = logic.restoreCase(
+        workspace.root, parameters.GetParameter("currentCase"), volume, segmentationNode
+    )
+    assert restored.caseId == case and logic.loadedCase() is restored
+    before = _scene_nodes(mrml.scene)
+    stored = logic.submitCase(workspace.root, user="tester")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), edited)
+    assert _scene_nodes(mrml.scene) == before
+
+    # Nodes that are missing or of another case are refused with what to do.
+    logic.caseNodes = None
+    with pytest.raises(ValueError, match="no segmentation of case case_000.*Load case"):
+        logic.restoreCase(workspace.root, case, volume, None)
+    with pytest.raises(ValueError, match="is not a node of case case_001"):
+        logic.restoreCase(workspace.root, "case_001", volume, segmentationNode)
+    assert logic.loadedCase() is None
+
+
+def test_a_slicer_import_error_inside_the_application_fails_loudly(monkeypatch):
+    """Inside Slicer a failing Qt import used to register stub classes silently."""
+    monkeypatch.setattr(slicer, "app", object(), raising=False)
+    monkeypatch.setitem(sys.modules, "qt", None)  # Qt that cannot be imported
+    spec = importlib.util.spec_from_file_location("ASSFTSlicerInApp", MODULE_DIR / "ASSFTSlicer.py")
+    with pytest.raises(ImportError):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
