@@ -97,3 +97,64 @@ def test_an_unreadable_config_file_is_named(tmp_path):
         resolve_config(QueryConfig, config_file=tmp_path / "missing.json")
     with pytest.raises(BadInputError, match=r"list.json: the configuration must be a JSON object"):
         resolve_config(QueryConfig, config_file=_file(tmp_path, [1], "list.json"))
+
+
+def test_a_refused_flag_is_named_as_the_flag_with_its_field():
+    """Item 13: ``--lambda-div nan`` is refused, naming the flag and the field."""
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(QueryConfig, flags={"lambda_div": float("nan")})
+    assert str(refused.value) == "--lambda-div: lambda_div must be a finite number, got nan"
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(QueryConfig, flags={"dkd": {"gap": "best"}})
+    assert str(refused.value).startswith("--gap: dkd.gap must be one of auto, bn, prototype")
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(FinetuneConfig, flags={"semi_iterations": -5})
+    assert str(refused.value) == "--semi-iterations: semi_iterations must be at least 1, got -5"
+
+
+def test_a_refused_section_value_names_the_file_that_set_it(tmp_path):
+    config = _file(tmp_path, {"dkd": {"prototypes": 0}, "asd": {"tau": 0.3}})
+    # The flag sets another key of the same section: the file is still the one named.
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(QueryConfig, flags={"dkd": {"gap": "bn"}}, config_file=config)
+    assert str(refused.value) == f"{config}: dkd.prototypes must be at least 1, got 0"
+    whole = _file(tmp_path, {"dkd": "bn"}, "whole.json")
+    with pytest.raises(BadInputError, match=rf"^{whole}: dkd must be an object of drift, gap"):
+        resolve_config(QueryConfig, flags={"weight": 0.5}, config_file=whole)
+    typo = _file(tmp_path, {"asd": {"radius": 1, "tua": 0.5}}, "typo.json")
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(QueryConfig, config_file=typo)
+    assert str(refused.value) == (
+        f"{typo}: unknown asd field(s) ['tua'] (did you mean tau?); known: radius, tau"
+    )
+
+
+def test_workspace_settings_are_checked_and_named_by_their_key(tmp_path):
+    workspace_file = tmp_path / "assft.json"
+    cases = [
+        (QueryConfig, {"budget": True}, "settings.budget must be an integer, got true"),
+        (QueryConfig, {"budget": 0}, "settings.budget must be at least 1, got 0"),
+        (QueryConfig, {"strategy": 7}, "settings.strategy must be one of attsq"),
+        (FinetuneConfig, {"finetune_mode": "most"}, "settings.finetune_mode must be one of none"),
+    ]
+    for kind, settings, message in cases:
+        with pytest.raises(BadInputError) as refused:
+            resolve_config(kind, settings=settings, settings_file=workspace_file)
+        assert str(refused.value).startswith(f"{workspace_file}: {message}"), refused.value
+    # A typo is refused (it would be ignored), with the known keys; for every config class.
+    for kind in (QueryConfig, FinetuneConfig):
+        with pytest.raises(BadInputError) as refused:
+            resolve_config(kind, settings={"budjet": 3}, settings_file=workspace_file)
+        assert str(refused.value) == (
+            f"{workspace_file}: unknown setting(s) ['budjet'] in settings (did you mean budget?);"
+            " known: budget, finetune_mode, strategy"
+        )
+
+
+def test_a_bad_batch_size_for_the_mode_names_the_file_of_the_batch_size(tmp_path):
+    config = _file(tmp_path, {"batch_size": 1})
+    with pytest.raises(BadInputError) as refused:
+        resolve_config(FinetuneConfig, config_file=config, settings={"finetune_mode": "all"})
+    assert str(refused.value).startswith(f"{config}: batch_size must be at least 2")
+    resolved = resolve_config(FinetuneConfig, config_file=config, flags={"mode": "none"})
+    assert resolved.batch_size == 1
