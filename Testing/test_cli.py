@@ -508,3 +508,170 @@ def test_status_and_models_flag_a_current_version_that_cannot_be_used(
     assert refused.returncode == 2 and "manifest.json" in refused.stderr
     assert run_cli("rollback", str(ws), "v0").returncode == 0
     assert "[PROBLEM]" not in run_cli("status", str(ws), check=True).stdout
+
+
+# Config values: every field checked before anything is made (issue 11, items 13 and 15) ------
+
+RANK_FILE_CASES = [
+    ('{"lambda_div": NaN}', "lambda_div must be a finite number, got nan"),
+    ('{"lambda_div": Infinity}', "lambda_div must be a finite number, got inf"),
+    ('{"lambda_div": -0.5}', "lambda_div must be at least 0, got -0.5"),
+    ('{"weight": -Infinity}', "weight must be a finite number, got -inf"),
+    ('{"weight": 1.5}', "weight must be between 0 and 1, got 1.5"),
+    ('{"budget": true}', "budget must be an integer, got true"),
+    ('{"budget": 0}', "budget must be at least 1, got 0"),
+    ('{"budget": "5"}', 'budget must be an integer, got "5"'),
+    ('{"budget": 2.5}', "budget must be an integer, got 2.5"),
+    ('{"views": 0}', "views must be between 1 and 4, got 0"),
+    ('{"views": 5}', "views must be between 1 and 4, got 5"),
+    ('{"seed": -1}', "seed must be between 0 and 4294967295, got -1"),
+    ('{"mc_samples": 1}', "mc_samples must be at least 2, got 1"),
+    ('{"mc_dropout": 1}', "mc_dropout must be at least 0 and below 1, got 1.0"),
+    ('{"clasp_beta": NaN}', "clasp_beta must be a finite number, got nan"),
+    ('{"strategy": 3}', "strategy must be one of attsq, "),
+    ('{"asd": {"radius": -1}}', "asd.radius must be between 0 and 64, got -1"),
+    ('{"asd": {"tau": 2}}', "asd.tau must be between 0 and 1, got 2.0"),
+    ('{"dkd": {"prototypes": 0}}', "dkd.prototypes must be at least 1, got 0"),
+    ('{"dkd": {"drift": "no"}}', 'dkd.drift must be true or false, got "no"'),
+    ('{"dkd": {"gap": "best"}}', 'dkd.gap must be one of auto, bn, prototype, got "best"'),
+    ('{"dkd": "bn"}', 'dkd must be an object of drift, gap, prototypes, got "bn"'),
+    ('{"lambda_dv": 1}', "unknown QueryConfig field(s) ['lambda_dv'] (did you mean lambda_div?)"),
+]
+RANK_FLAG_CASES = [
+    ("--lambda-div", "nan", "lambda_div must be a finite number, got nan"),
+    ("--lambda-div", "inf", "lambda_div must be a finite number, got inf"),
+    ("--lambda-div", "-1", "lambda_div must be at least 0, got -1.0"),
+    ("--weight", "nan", "weight must be a finite number, got nan"),
+    ("--weight", "2", "weight must be between 0 and 1, got 2.0"),
+    ("--budget", "0", "budget must be at least 1, got 0"),
+    ("--views", "5", "views must be between 1 and 4, got 5"),
+    ("--seed", "-1", "seed must be between 0 and 4294967295, got -1"),
+]
+RANK_SETTINGS_CASES = [
+    ({"budget": True}, "settings.budget must be an integer, got true"),
+    ({"budget": 2.5}, "settings.budget must be an integer, got 2.5"),
+    ({"budget": -3}, "settings.budget must be at least 1, got -3"),
+    ({"strategy": 7}, "settings.strategy must be one of attsq, "),
+    ({"budjet": 3}, "unknown setting(s) ['budjet'] in settings (did you mean budget?); known: "),
+]
+FINETUNE_FILE_CASES = [
+    ('{"lr": NaN}', "lr must be a finite number, got nan"),
+    ('{"lr": Infinity}', "lr must be a finite number, got inf"),
+    ('{"lr": 0}', "lr must be above 0, got 0.0"),
+    ('{"semi_iterations": -5}', "semi_iterations must be at least 1, got -5"),
+    ('{"semi_iterations": "5"}', 'semi_iterations must be an integer, got "5"'),
+    ('{"iterations": "10"}', 'iterations must be an integer, got "10"'),
+    ('{"iterations": true}', "iterations must be an integer, got true"),
+    ('{"checkpoint_every": 0}', "checkpoint_every must be at least 1, got 0"),
+    (
+        '{"patch_size": [0, 0, 0]}',
+        "patch_size must be three integers each at least 1, got [0, 0, 0]",
+    ),
+    ('{"patch_size": "32"}', 'patch_size must be three integers each at least 1, got "32"'),
+    ('{"patch_size": [16, 16]}', "patch_size must be three integers each at least 1, got [16, 16]"),
+    ('{"views": 0}', "views must be between 1 and 4, got 0"),
+    ('{"batch_size": true}', "batch_size must be an integer, got true"),
+    ('{"batch_size": 1}', "batch_size must be at least 2 with pseudo-labels (1:1 mix; mode "),
+    ('{"rho": 1.5}', "rho must be between 0 and 1, got 1.5"),
+    ('{"tau_c": NaN}', "tau_c must be a finite number, got nan"),
+    ('{"warmup_fraction": -Infinity}', "warmup_fraction must be a finite number, got -inf"),
+    ('{"encoder_lr_scale": -1}', "encoder_lr_scale must be at least 0, got -1.0"),
+    ('{"weight_decay": NaN}', "weight_decay must be a finite number, got nan"),
+    ('{"roi_radius": -2}', "roi_radius must be between 0 and 64, got -2"),
+    ('{"roi_tau": 2}', "roi_tau must be between 0 and 1, got 2.0"),
+    ('{"amp": "yes"}', 'amp must be true or false, got "yes"'),
+    ('{"augment": 1}', "augment must be true or false, got 1"),
+    ('{"mode": "most"}', 'mode must be one of none, all, selective, got "most"'),
+    ('{"seed": 4294967296}', "seed must be between 0 and 4294967295, got 4294967296"),
+    (
+        '{"iteration": 10}',
+        "unknown FinetuneConfig field(s) ['iteration'] (did you mean iterations?)",
+    ),
+]
+FINETUNE_FLAG_CASES = [
+    ("--lr", "nan", "lr must be a finite number, got nan"),
+    ("--lr", "-inf", "lr must be a finite number, got -inf"),
+    ("--lr", "0", "lr must be above 0, got 0.0"),
+    ("--iterations", "0", "iterations must be at least 1, got 0"),
+    ("--semi-iterations", "-5", "semi_iterations must be at least 1, got -5"),
+    ("--batch-size", "1", "batch_size must be at least 2 with pseudo-labels"),
+    ("--seed", "-1", "seed must be between 0 and 4294967295, got -1"),
+]
+FINETUNE_SETTINGS_CASES = [
+    ({"finetune_mode": 3}, "settings.finetune_mode must be one of none, all, selective, got 3"),
+    ({"finetune_mode": "most"}, "settings.finetune_mode must be one of none, all, selective, got"),
+    ({"finetune_mod": "all"}, "unknown setting(s) ['finetune_mod'] in settings (did you mean "),
+]
+
+
+def _refused_config_values(ws, verb, tmp_path, *, files=(), flags=(), settings=(), extra=()) -> int:
+    """Run ``verb`` with each bad value (in a config file, a flag, the workspace's settings):
+    each exits 2 with one stderr line naming the file or flag and the field, and leaves the
+    workspace as it was (no job folder, no label snapshot, no ranking, no model version)."""
+    from assft.workspace import Workspace
+
+    config = tmp_path / f"{verb}-config.json"
+    settings_file = ws / "assft.json"
+    original = settings_file.read_text()
+    runs = [(text, {}, ("--config", str(config)), f"{config}: {m}") for text, m in files]
+    runs += [(None, {}, (f"{flag}={value}",), f"{flag}: {m}") for flag, value, m in flags]
+    runs += [(None, values, (), f"{settings_file}: {m}") for values, m in settings]
+    for text, values, args, expected in runs:
+        if text is not None:
+            config.write_text(text)
+        settings_file.write_text(json.dumps({**json.loads(original), "settings": values}))
+        before = snapshot(Workspace.open(ws))
+        line = _one_error_line(run_cli(verb, str(ws), "--device", "cpu", *extra, *args))
+        assert line.startswith(f"assft: error: {expected}"), (args, values, line)
+        assert snapshot(Workspace.open(ws)) == before, (args, values)
+    settings_file.write_text(original)
+    return len(runs)
+
+
+def test_rank_refuses_every_bad_config_value_in_one_line(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    count = _refused_config_values(
+        ws,
+        "rank",
+        tmp_path,
+        files=RANK_FILE_CASES,
+        flags=RANK_FLAG_CASES,
+        settings=RANK_SETTINGS_CASES,
+    )
+    assert count >= 30
+    assert not list((ws / "rankings").iterdir())
+
+
+def test_finetune_refuses_every_bad_config_value_before_it_makes_a_job(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    from assft.workspace import Workspace
+
+    _, cases = synthetic_pool
+    ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
+    workspace = Workspace.open(ws)
+    for case in cases[:2]:  # labeled: the old code went on to make a job and a label snapshot
+        workspace.submit_label(case.case_id, case.label, user="test")
+    count = _refused_config_values(
+        ws,
+        "finetune",
+        tmp_path,
+        files=FINETUNE_FILE_CASES,
+        flags=FINETUNE_FLAG_CASES,
+        settings=FINETUNE_SETTINGS_CASES,
+    )
+    assert count >= 30
+    # Detached too: refused by the launching command, before any background process.
+    _refused_config_values(
+        ws,
+        "finetune",
+        tmp_path,
+        files=FINETUNE_FILE_CASES[:2],
+        flags=FINETUNE_FLAG_CASES[:1],
+        settings=FINETUNE_SETTINGS_CASES[:1],
+        extra=("--detach",),
+    )
+    assert list((ws / "jobs").iterdir()) == []
+    assert json.loads(run_cli("models", str(ws), "--json", check=True).stdout)["current"] == "v0"

@@ -205,10 +205,11 @@ def _print_ranking(document: dict[str, Any]) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    workspace = _open(args.workspace)
+    config = _query_config(args, workspace)  # checked before the ranking machinery loads
+
     from assft.query.ranking import rank_workspace
 
-    workspace = _open(args.workspace)
-    config = _query_config(args, workspace)
     progress = _progress(args)
 
     # Under torchrun, rank 0 holds the workspace lock for all ranks and alone prints.
@@ -846,13 +847,19 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
             "assft pretrain-demo needs the full engine package: pip install 'assft[demo]'"
         ) from None
 
-    config = PretrainConfig(
-        seed=args.seed,
-        data_seed=args.data_seed,
-        iterations=args.iterations,
-        n_source=args.n_source,
-        n_target=args.n_target,
-    )
+    from assft.validation import ConfigFieldError
+    from assft.workspace.settings import flag_of
+
+    try:
+        config = PretrainConfig(
+            seed=args.seed,
+            data_seed=args.data_seed,
+            iterations=args.iterations,
+            n_source=args.n_source,
+            n_target=args.n_target,
+        )
+    except ConfigFieldError as error:  # each of these fields is set by its flag
+        raise error.named(flag_of(error.field)) from None
     argv = [
         "pretrain-demo",
         "--iterations",

@@ -241,7 +241,7 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
         "epistemic (MC dropout)",
     }
     assert all(-1.0 <= rho <= 1.0 for rho in document["signals_against_failure"].values())
-    text = markdown_file.read_text()
+    text = markdown_file.read_text(encoding="utf-8")
     assert (
         "kept text" in text
         and "| attsq | selective | - |" in text

@@ -18,7 +18,7 @@ import pytest
 from assft.errors import BadInputError
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune, validation_gate
-from assft.workspace.jobs import JobStore
+from assft.workspace.jobs import JobStore, process_alive
 from assft.workspace.model_versions import ModelRegistry
 from assft_testing import (
     let_go,
@@ -321,6 +321,50 @@ def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     # The process is gone (or a zombie waiting for init to reap it).
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_cancel_right_after_a_detached_launch_stops_the_job_and_it_never_promotes(
+    labeled_workspace, tmp_path
+):
+    """Issue 11 item 5: ``finetune --detach`` followed at once by ``cancel``, four times (with
+    the job id the launch printed, and once without): every cancel finds the job running and
+    stops it; nothing is registered, the current version stays."""
+    ws = labeled_workspace.root
+    registry = ModelRegistry(labeled_workspace)
+    versions_before = sorted(p.name for p in labeled_workspace.models_dir.iterdir())
+    config = _config_file(tmp_path, iterations=20000, mode="none")
+    seen: set[str] = set()
+    for attempt, with_id in enumerate((True, True, False, True)):
+        launched = run_cli(
+            "finetune",
+            str(ws),
+            "--config",
+            str(config),
+            "--device",
+            "cpu",
+            "--detach",
+            "--json",
+            check=True,
+        )
+        document = json.loads(launched.stdout)
+        job_id = document["job"]
+        # The launch returns once the job is registered and running, so the cancel finds it.
+        assert isinstance(job_id, str) and job_id not in seen, document
+        seen.add(job_id)
+        cancelled = run_cli(
+            "cancel", str(ws), *([job_id] if with_id else []), "--timeout", "120", "--json"
+        )
+        assert cancelled.returncode == 0, (attempt, cancelled.stderr)
+        info = json.loads(cancelled.stdout)
+        assert info["id"] == job_id and info["state"] == "cancelled", (attempt, info)
+        assert info["exit_code"] == 3, info  # it stopped by itself at a safe point
+        assert JobStore(ws).get(job_id).info()["state"] == "cancelled"
+        assert not process_alive(document["pid"])
+        assert sorted(p.name for p in labeled_workspace.models_dir.iterdir()) == versions_before
+        assert registry.current() == "v0"
+        assert [v["version"] for v in registry.to_json()["versions"]] == ["v0"]
+    jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+    assert {job["id"]: job["state"] for job in jobs} == dict.fromkeys(seen, "cancelled")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the launcher ignores SIGTERM, a POSIX signal")

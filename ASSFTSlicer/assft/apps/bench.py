@@ -18,14 +18,15 @@ from assft.runtime.progress import Progress
 
 def update_markdown(path: Path, section: str, begin: str, end: str) -> None:
     """Replace (or append) one benchmark's section of BENCHMARKS.md, between its markers."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    # UTF-8 whatever the locale: the tables hold non-ASCII signs (a C locale would refuse them).
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
 
 
 def _recorded_command(argv: list[str]) -> str:

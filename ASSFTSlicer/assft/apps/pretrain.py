@@ -62,6 +62,7 @@ from assft.training.data import (
 )
 from assft.training.losses import IGNORE
 from assft.training.ssft import Trainer
+from assft.validation import MAX_SEED, ConfigFieldError, setting, validate
 
 DEMO_PRESET = "demo"
 WEIGHTS_FILE = "demo_unet.pt"
@@ -72,35 +73,28 @@ MANIFEST_FILE = "demo_unet.json"
 class PretrainConfig:
     """How the demo model is pretrained (every field lands in the manifest)."""
 
-    seed: int = 0
-    data_seed: int = 0
-    n_source: int = 24
-    n_source_validation: int = 4
-    n_target: int = 40
-    spacing: float = 3.0
-    iterations: int = 1200
-    batch_size: int = 4
-    patch_size: tuple[int, int, int] = (32, 32, 32)
-    lr: float = 5e-3
-    min_lr: float = 1e-5
-    warmup: int = 20
-    weight_decay: float = 1e-5
-    augment: bool = True
+    seed: int = setting(0, ge=0, le=MAX_SEED)
+    data_seed: int = setting(0, ge=0, le=MAX_SEED)
+    n_source: int = setting(24, ge=2)
+    n_source_validation: int = setting(4, ge=1)
+    n_target: int = setting(40, ge=0)
+    spacing: float = setting(3.0, gt=0.0)
+    iterations: int = setting(1200, ge=1)
+    batch_size: int = setting(4, ge=1)
+    patch_size: tuple[int, int, int] = setting((32, 32, 32), ge=1)
+    lr: float = setting(5e-3, gt=0.0)
+    min_lr: float = setting(1e-5, ge=0.0)
+    warmup: int = setting(20, ge=0)
+    weight_decay: float = setting(1e-5, ge=0.0)
+    augment: bool = setting(True)
 
     def __post_init__(self) -> None:
-        if len(self.patch_size) != 3:
-            raise BadInputError(f"patch_size must be three sizes, got {self.patch_size}")
-        x, y, z = (int(v) for v in self.patch_size)
-        self.patch_size = (x, y, z)
-        if self.iterations < 1:
-            raise BadInputError(f"iterations must be at least 1, got {self.iterations}")
-        if not 1 <= self.n_source_validation < self.n_source:
-            raise BadInputError(
-                f"need 1 <= source validation cases < source cases, got {self.n_source_validation}"
-                f" of {self.n_source}"
+        validate(self)  # the types and ranges declared above; a float must also be finite
+        if self.n_source_validation >= self.n_source:
+            raise ConfigFieldError(
+                "n_source_validation",
+                f"must be below n_source ({self.n_source}), got {self.n_source_validation}",
             )
-        if self.n_target < 0 or self.batch_size < 1:
-            raise BadInputError("n_target must be >= 0 and batch_size >= 1")
 
     @property
     def n_train(self) -> int:

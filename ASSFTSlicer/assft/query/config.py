@@ -6,15 +6,28 @@ Every part of the method is a field, so that a benchmark can switch it off and c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from assft.errors import BadInputError
 from assft.query.strategies import GapEstimator, Strategy
+from assft.validation import (
+    MAX_RADIUS,
+    MAX_SEED,
+    ConfigFieldError,
+    from_dict,
+    setting,
+    validate,
+)
 
-__all__ = ["ASDConfig", "DKDConfig", "GapEstimator", "QueryConfig", "Strategy"]
+__all__ = [
+    "ASDConfig",
+    "DKDConfig",
+    "GapEstimator",
+    "QueryConfig",
+    "Strategy",
+]
 
 
 @dataclass
@@ -27,23 +40,33 @@ class DKDConfig:
         prototypes: K for the prototype estimator (None: max(3, 10% of the pool)).
     """
 
-    gap: GapEstimator = GapEstimator.AUTO
-    drift: bool = True
-    prototypes: int | None = None
+    gap: GapEstimator = setting(GapEstimator.AUTO)
+    drift: bool = setting(True)
+    prototypes: int | None = setting(None, ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
 class ASDConfig:
     """Anatomical Segmentation Difficulty: ROI threshold tau and dilation radius r."""
 
-    tau: float = 0.5
-    radius: int = 2
+    tau: float = setting(0.5, ge=0.0, le=1.0)
+    radius: int = setting(2, ge=0, le=MAX_RADIUS)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
 class QueryConfig:
     """One ranking's settings. The defaults here are the only ones: the command line, the
     workspace's settings and the Slicer module start from them.
+
+    Each field declares its type (the annotation) and its range (:func:`assft.validation.setting`);
+    every value is checked when the config is made (a float must also be finite), and a config
+    made from a dict refuses unknown keys.
 
     Attributes:
         strategy: which strategy ranks the pool (a name registered in ``query/strategies.py``).
@@ -60,33 +83,20 @@ class QueryConfig:
     WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"budget": "budget", "strategy": "strategy"}
     """Keys of the workspace's settings (``assft.json``) that set fields here: key -> field."""
 
-    strategy: Strategy = Strategy("attsq")
-    budget: int = 5
-    views: int = 4
-    weight: float = 0.5
-    lambda_div: float = 1.0
-    seed: int = 0
-    mc_samples: int = 5
-    mc_dropout: float = 0.2
-    clasp_beta: float = 1.0
+    strategy: Strategy = setting(Strategy("attsq"))
+    budget: int = setting(5, ge=1)
+    views: int = setting(4, ge=1, le=4)
+    weight: float = setting(0.5, ge=0.0, le=1.0)
+    lambda_div: float = setting(1.0, ge=0.0)
+    seed: int = setting(0, ge=0, le=MAX_SEED)
+    mc_samples: int = setting(5, ge=2)
+    mc_dropout: float = setting(0.2, ge=0.0, lt=1.0)
+    clasp_beta: float = setting(1.0, ge=0.0)
     dkd: DKDConfig = field(default_factory=DKDConfig)
     asd: ASDConfig = field(default_factory=ASDConfig)
 
     def __post_init__(self) -> None:
-        self.strategy = _enum(Strategy, self.strategy, "strategy")
-        if isinstance(self.dkd, dict):
-            self.dkd = _from_dict(DKDConfig, self.dkd, "dkd")
-        if isinstance(self.asd, dict):
-            self.asd = _from_dict(ASDConfig, self.asd, "asd")
-        self.dkd.gap = _enum(GapEstimator, self.dkd.gap, "dkd.gap")
-        if self.budget < 1:
-            raise BadInputError(f"budget must be at least 1, got {self.budget}")
-        if not 1 <= self.views <= 4:
-            raise BadInputError(f"views must be between 1 and 4, got {self.views}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise BadInputError(f"weight must be between 0 and 1, got {self.weight}")
-        if self.mc_samples < 2:
-            raise BadInputError(f"mc_samples must be at least 2, got {self.mc_samples}")
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their string values)."""
@@ -95,7 +105,7 @@ class QueryConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryConfig:
         """Build from a dict such as :meth:`to_dict` gives; unknown keys are refused."""
-        return _from_dict(cls, data, "config")
+        return from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> QueryConfig:
@@ -104,20 +114,7 @@ class QueryConfig:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(f"cannot read the configuration: {error}", path) from error
-        return cls.from_dict(data)
-
-
-def _enum(kind: type[Enum], value: Any, name: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(member.value for member in kind)
-        raise BadInputError(f"{name} must be one of {choices}, got {value!r}") from None
-
-
-def _from_dict(kind: type, data: dict[str, Any], name: str) -> Any:
-    known = {f.name for f in fields(kind)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise BadInputError(f"unknown {name} field(s) {unknown}; known: {sorted(known)}")
-    return kind(**data)
+        try:
+            return cls.from_dict(data)
+        except ConfigFieldError as error:
+            raise error.named(str(path)) from None

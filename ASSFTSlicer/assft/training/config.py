@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
 from assft.errors import BadInputError
+from assft.validation import (
+    MAX_RADIUS,
+    MAX_SEED,
+    ConfigFieldError,
+    from_dict,
+    setting,
+    validate,
+)
 
 
 class FinetuneMode(str, Enum):
@@ -23,6 +31,10 @@ class FinetuneMode(str, Enum):
 class FinetuneConfig:
     """One fine-tuning job's settings. The defaults here are the only ones: the command line, the
     workspace's settings and the Slicer module start from them.
+
+    Each field declares its type (the annotation) and its range (:func:`assft.validation.setting`);
+    every value is checked when the config is made (a float must also be finite), and a config
+    made from a dict refuses unknown keys.
 
     Attributes:
         mode: none, all or selective.
@@ -56,57 +68,38 @@ class FinetuneConfig:
     WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"finetune_mode": "mode"}
     """Keys of the workspace's settings (``assft.json``) that set fields here: key -> field."""
 
-    mode: FinetuneMode = FinetuneMode.SELECTIVE
-    iterations: int = 200
-    semi_iterations: int | None = None
-    batch_size: int = 2
-    patch_size: tuple[int, int, int] | None = None
-    lr: float = 1e-4
-    encoder_lr_scale: float = 0.1
-    weight_decay: float = 1e-5
-    foreground_ratio: float = 0.5
-    rho: float = 0.3
-    tau_c: float = 0.9
-    tau_v: float = 0.8
-    ramp_fraction: float = 0.2
-    warmup_fraction: float = 0.1
-    refresh_pseudo_labels: bool = False
-    views: int = 4
-    roi_tau: float = 0.5
-    roi_radius: int = 2
-    checkpoint_every: int = 25
-    seed: int = 0
-    augment: bool = True
-    amp: bool = True
-    freeze_batchnorm: bool = False
+    mode: FinetuneMode = setting(FinetuneMode.SELECTIVE)
+    iterations: int = setting(200, ge=1)
+    semi_iterations: int | None = setting(None, ge=1)
+    batch_size: int = setting(2, ge=1)
+    patch_size: tuple[int, int, int] | None = setting(None, ge=1)
+    lr: float = setting(1e-4, gt=0.0)
+    encoder_lr_scale: float = setting(0.1, ge=0.0)
+    weight_decay: float = setting(1e-5, ge=0.0)
+    foreground_ratio: float = setting(0.5, ge=0.0, le=1.0)
+    rho: float = setting(0.3, ge=0.0, le=1.0)
+    tau_c: float = setting(0.9, ge=0.0, le=1.0)
+    tau_v: float = setting(0.8, ge=0.0, le=1.0)
+    ramp_fraction: float = setting(0.2, ge=0.0, le=1.0)
+    warmup_fraction: float = setting(0.1, ge=0.0, le=1.0)
+    refresh_pseudo_labels: bool = setting(False)
+    views: int = setting(4, ge=1, le=4)
+    roi_tau: float = setting(0.5, ge=0.0, le=1.0)
+    roi_radius: int = setting(2, ge=0, le=MAX_RADIUS)
+    checkpoint_every: int = setting(25, ge=1)
+    seed: int = setting(0, ge=0, le=MAX_SEED)
+    augment: bool = setting(True)
+    amp: bool = setting(True)
+    freeze_batchnorm: bool = setting(False)
 
     def __post_init__(self) -> None:
-        try:
-            self.mode = FinetuneMode(self.mode)
-        except ValueError:
-            raise BadInputError(f"mode must be none, all or selective, got {self.mode!r}") from None
-        if self.patch_size is not None:
-            if len(self.patch_size) != 3:
-                raise BadInputError(f"patch_size must be three sizes, got {self.patch_size}")
-            x, y, z = (int(v) for v in self.patch_size)  # a list from JSON becomes a tuple
-            self.patch_size = (x, y, z)
-        if self.iterations < 1:
-            raise BadInputError(f"iterations must be at least 1, got {self.iterations}")
-        if self.batch_size < 1 or (self.mode != FinetuneMode.NONE and self.batch_size < 2):
-            raise BadInputError(
-                f"batch_size must be at least 2 with pseudo-labels (1:1 mix), got {self.batch_size}"
+        validate(self)
+        if self.mode != FinetuneMode.NONE and self.batch_size < 2:
+            raise ConfigFieldError(
+                "batch_size",
+                f"must be at least 2 with pseudo-labels (1:1 mix; mode {self.mode.value}), "
+                f"got {self.batch_size}",
             )
-        for name in (
-            "rho",
-            "tau_c",
-            "tau_v",
-            "ramp_fraction",
-            "warmup_fraction",
-            "foreground_ratio",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise BadInputError(f"{name} must be between 0 and 1, got {value}")
 
     @property
     def stage2_iterations(self) -> int:
@@ -117,17 +110,18 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInputError(f"unknown fine-tuning field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        """Build from a dict such as :meth:`to_dict` gives; unknown keys are refused."""
+        return from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> FinetuneConfig:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(
                 f"cannot read the fine-tuning configuration: {error}", path
             ) from error
+        try:
+            return cls.from_dict(data)
+        except ConfigFieldError as error:
+            raise error.named(str(path)) from None

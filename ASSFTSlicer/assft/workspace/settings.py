@@ -10,20 +10,26 @@ Precedence, highest first:
 
 Only the keys a layer sets take part: a config file that names ``weight`` leaves the workspace's
 ``budget`` in force. Nested sections (``dkd``, ``asd``) merge key by key.
+
+The merged values are checked once, by the config class (types, ranges and finiteness declared on
+its fields, :mod:`assft.validation`), before anything is created; a refusal names the file or
+the flag the value came from, and the field. Unknown keys are refused layer by layer (a typo
+would otherwise be ignored), with the closest known key suggested: a config file's fields, and
+the workspace's ``settings`` keys (those of every config class's ``WORKSPACE_SETTINGS``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 from assft.errors import BadInputError
+from assft.validation import ConfigFieldError, refuse_unknown
 
-__all__ = ["read_config_file", "resolve_config"]
+__all__ = ["flag_of", "read_config_file", "resolve_config", "settings_keys"]
 
 
 class _ConfigClass(Protocol):
@@ -77,31 +83,59 @@ def _merge(low: dict[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_types(kind: type, data: Mapping[str, Any], origin: Mapping[str, str]) -> None:
-    """Refuse a number or switch of the wrong JSON type, naming where it came from.
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths a layer sets: ``{"dkd": {"gap": "bn"}}`` -> ``["dkd", "dkd.gap"]``."""
+    paths = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        paths.append(path)
+        if isinstance(value, Mapping):
+            paths += _flatten(value, f"{path}.")
+    return paths
 
-    The dataclasses compare and compute with their fields, so ``"budget": "ten"`` would
-    otherwise fail later as an internal error rather than as bad input.
+
+def settings_keys() -> dict[str, tuple[type, str]]:
+    """Every key the workspace's ``settings`` may hold: key -> (config class, its field)."""
+    from assft.query.config import QueryConfig
+    from assft.training.config import FinetuneConfig
+
+    keys: dict[str, tuple[type, str]] = {}
+    for kind in (QueryConfig, FinetuneConfig):
+        for key, name in kind.WORKSPACE_SETTINGS.items():
+            keys[key] = (kind, name)
+    return keys
+
+
+def _settings_layer(
+    kind: type, settings: Mapping[str, Any], source: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The fields ``settings`` sets on ``kind``, and how the file spells each (its key).
+
+    Raises:
+        BadInputError: an unknown key (a typo), naming the file and the known keys.
     """
-    for f in fields(kind):
-        if f.name not in data or f.default is MISSING or f.default is None:
-            continue
-        value, expected = data[f.name], type(f.default)
-        if expected is bool:
-            ok = isinstance(value, bool)
-        elif expected is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif expected is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            continue
-        if not ok:
-            where = origin.get(f.name, COMMAND_LINE)
-            raise BadInputError(
-                f"{f.name} must be {'true or false' if expected is bool else 'a number'}, "
-                f"got {value!r}",
-                None if where == COMMAND_LINE else where,
-            )
+    known = settings_keys()
+    unknown = sorted(str(key) for key in settings if key not in known)
+    if unknown:
+        guesses = [m for key in unknown for m in difflib.get_close_matches(key, list(known), n=1)]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise BadInputError(
+            f"unknown setting(s) {unknown} in settings{hint}; known: {', '.join(sorted(known))}",
+            source,
+        )
+    values: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for key, name in getattr(kind, "WORKSPACE_SETTINGS", {}).items():
+        if key in settings:
+            values[name] = settings[key]
+            labels[name] = f"settings.{key}"
+    return values, labels
+
+
+def flag_of(path: str) -> str:
+    """The command-line flag of a field: ``lambda_div`` -> ``--lambda-div``, ``dkd.gap`` ->
+    ``--gap`` (the flags of a section's fields are named after the field alone)."""
+    return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
 
 
 def resolve_config(
@@ -115,6 +149,11 @@ def resolve_config(
 ) -> C:
     """Build a config from every layer, flags first (see the module docstring).
 
+    Every value is checked by the config class (its declared types and ranges, finiteness,
+    unknown keys): the checks run before anything is created, and a refusal names where the
+    value came from, as ``<file>: <field> <problem>`` (``assft.json: settings.budget must be an
+    integer, got true``), or ``<flag>: <field> <problem>`` for a flag.
+
     Args:
         kind: the config dataclass (its ``WORKSPACE_SETTINGS`` maps settings keys to fields).
         flags: field -> value of the command line; None where a flag was left out. Sections
@@ -125,22 +164,16 @@ def resolve_config(
         settings_file: the file ``settings`` came from, named in errors.
 
     Raises:
-        BadInputError: both a config file and config JSON, an unreadable file, an unknown field,
-            or a bad value (naming the file it came from, where it came from a file).
+        BadInputError: both a config file and config JSON, an unreadable file, an unknown field
+            or setting, or a bad value (naming the file or flag it came from).
     """
     if config_file and config_json:
         raise BadInputError(
             "--config and --config-json cannot be given together: pass one configuration"
         )
-    layers: list[tuple[Mapping[str, Any], str]] = []
-    keys: Mapping[str, str] = getattr(kind, "WORKSPACE_SETTINGS", {})
-    settings = settings or {}
-    layers.append(
-        (
-            {field: settings[key] for key, field in keys.items() if key in settings},
-            str(settings_file) if settings_file else "the workspace settings",
-        )
-    )
+    settings_source = str(settings_file) if settings_file else "the workspace settings"
+    settings_values, settings_labels = _settings_layer(kind, settings or {}, settings_source)
+    layers: list[tuple[Mapping[str, Any], str]] = [(settings_values, settings_source)]
     if config_file:
         layers.append((read_config_file(config_file), str(config_file)))
     elif config_json:
@@ -153,28 +186,29 @@ def resolve_config(
         layers.append((data, "--config-json"))
     layers.append((_given(flags or {}), COMMAND_LINE))
 
-    known = {f.name for f in fields(kind)} if is_dataclass(kind) else None
     merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
+    origin: dict[str, str] = {}  # dotted path -> the source that set it last
     for values, source in layers:
-        unknown: list[str] = sorted(set(values) - known) if known is not None else []
-        if unknown:
-            raise BadInputError(
-                f"unknown {kind.__name__} field(s) {unknown}; known: {sorted(known or ())}",
-                None if source == COMMAND_LINE else source,
-            )
+        try:
+            refuse_unknown(kind, values)
+        except ConfigFieldError as error:
+            raise _named(error, source) from None
         merged = _merge(merged, values)
-        origin.update(dict.fromkeys(values, source))
-    if is_dataclass(kind):
-        _check_types(kind, merged, origin)
+        origin.update(dict.fromkeys(_flatten(values), source))
     try:
         return kind.from_dict(merged)
-    except BadInputError as error:
-        if error.path is None:
-            # Name the file that set the field the message is about: the dataclasses' messages
-            # begin with the field ("budget must be ...") or "unknown <section> field(s)".
-            for key, source in origin.items():
-                pattern = rf"({re.escape(key)}\b|unknown {re.escape(key)} field)"
-                if source != COMMAND_LINE and re.match(pattern, str(error)):
-                    raise BadInputError(str(error), source) from None
-        raise
+    except ConfigFieldError as error:
+        # Name the source of the field (or of the section holding it) the refusal is about.
+        path = error.field
+        while path not in origin and "." in path:
+            path = path.rsplit(".", 1)[0]
+        came_from = origin.get(path)
+        if came_from is None:
+            raise
+        label = settings_labels.get(error.field) if came_from == settings_source else None
+        raise _named(error, came_from, label) from None
+
+
+def _named(error: ConfigFieldError, source: str, label: str | None = None) -> ConfigFieldError:
+    """``error`` naming its source: the file, or for the command line the field's flag."""
+    return error.named(flag_of(error.field) if source == COMMAND_LINE else source, label)

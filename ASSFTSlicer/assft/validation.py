@@ -1,0 +1,353 @@
+"""Config fields declared once: each field's type, range and finiteness, checked by one function.
+
+A config dataclass (:class:`~assft.query.config.QueryConfig`,
+:class:`~assft.training.config.FinetuneConfig`...) writes each field as::
+
+    budget: int = setting(5, ge=1)
+    weight: float = setting(0.5, ge=0.0, le=1.0)
+    patch_size: tuple[int, int, int] | None = setting(None, ge=1)
+
+and calls :func:`validate` in ``__post_init__``. The *type* is the annotation, the *range* the
+bounds given to :func:`setting`; every ``float`` must also be finite (NaN and infinities are
+refused, as JSON's ``NaN`` and ``Infinity`` or ``--lambda-div nan`` would give them). The types
+understood:
+
+- ``bool``: ``true`` or ``false`` only;
+- ``int``: an integer, never a bool (``true`` is not 1) nor a float (``2.0``);
+- ``float``: an integer or a float (not a bool), finite; stored as a float;
+- a ``str`` enum: one of its values;
+- ``tuple[int, int, int]``: a list or tuple of that many values, each checked (and bounded);
+- a nested config dataclass (a section, e.g. ``dkd``): an object of its fields, built by
+  :func:`from_dict` (unknown keys refused);
+- ``X | None``: None, or an ``X``.
+
+A refusal is a :class:`ConfigFieldError`: a :class:`~assft.errors.BadInputError` (exit code 2)
+that names the field (dotted inside a section: ``dkd.prototypes``), so that
+:func:`assft.workspace.settings.resolve_config` can also name the file or flag it came from.
+The module is pure Python: the Slicer module imports the configs without torch or pydantic.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import Field, dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from assft.errors import BadInputError
+
+__all__ = [
+    "MAX_RADIUS",
+    "MAX_SEED",
+    "Bounds",
+    "ConfigFieldError",
+    "check_value",
+    "config_keys",
+    "from_dict",
+    "refuse_unknown",
+    "setting",
+    "show",
+    "validate",
+]
+
+T = TypeVar("T")
+
+MAX_SEED = 2**32 - 1
+"""Largest seed: 32 bits (numpy's legacy generators and MONAI's transforms take no more)."""
+MAX_RADIUS = 64
+"""Largest ROI dilation radius in voxels (a wider one covers any patch, and costs for nothing)."""
+
+_METADATA_KEY = "assft.bounds"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number (or of each number of a tuple); None: no bound on that side."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+    def describe(self) -> str:
+        """``at least 1``, ``between 0 and 1``, ``above 0``, ``at least 0 and below 1``..."""
+        if self.ge is not None and self.le is not None:
+            return f"between {_number(self.ge)} and {_number(self.le)}"
+        parts = []
+        if self.ge is not None:
+            parts.append(f"at least {_number(self.ge)}")
+        elif self.gt is not None:
+            parts.append(f"above {_number(self.gt)}")
+        if self.le is not None:
+            parts.append(f"at most {_number(self.le)}")
+        elif self.lt is not None:
+            parts.append(f"below {_number(self.lt)}")
+        return " and ".join(parts)
+
+
+def setting(
+    default: T,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> T:
+    """A config field with its default and its range (the type is the field's annotation).
+
+    Args:
+        default: the default value (immutable: a number, a bool, an enum member, a tuple, None).
+        ge, gt, le, lt: the value (each value of a tuple) must be >=, >, <=, < these.
+    """
+    bounds = Bounds(ge=ge, gt=gt, le=le, lt=lt)
+    made: T = field(default=default, metadata={_METADATA_KEY: bounds})
+    return made
+
+
+class ConfigFieldError(BadInputError):
+    """A config value refused: names the field (``dkd.gap``) and the problem, in one line.
+
+    Attributes:
+        field: the field's dotted name, as the config class spells it.
+        problem: what is wrong, e.g. ``must be at least 1, got 0``.
+        label: how the message names the field (the field, or e.g. ``settings.finetune_mode``
+            where the value came from a key of another name).
+    """
+
+    def __init__(
+        self,
+        field: str,
+        problem: str,
+        path: str | None = None,
+        *,
+        label: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.field = field
+        self.problem = problem
+        self.label = label or field
+        self.custom_message = message
+        super().__init__(message or f"{self.label} {problem}", path)
+
+    def named(self, path: str | None, label: str | None = None) -> ConfigFieldError:
+        """The same refusal, naming the file (or flag) ``path`` and the field as ``label``."""
+        return ConfigFieldError(
+            self.field,
+            self.problem,
+            path,
+            label=label or self.label,
+            message=self.custom_message,
+        )
+
+    def within(self, section: str) -> ConfigFieldError:
+        """The same refusal inside ``section`` (``prototypes`` -> ``dkd.prototypes``)."""
+        return ConfigFieldError(
+            f"{section}.{self.field}",
+            self.problem,
+            self.path,
+            label=f"{section}.{self.label}",
+            message=self.custom_message,  # an unknown key's message names its section itself
+        )
+
+
+def show(value: Any) -> str:
+    """A value as its JSON text (``true``, ``null``, ``"ten"``, ``[0, 0, 0]``); floats as Python
+    writes them (``nan``, ``inf``: what ``--lambda-div nan`` was given)."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Enum):
+        return show(value.value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(item) for item in value) + "]"
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(kind: type) -> dict[str, Any]:
+    """The resolved annotations of a config class (computed once per class)."""
+    if kind not in _HINTS:
+        _HINTS[kind] = typing.get_type_hints(kind)
+    return _HINTS[kind]
+
+
+def _bounds(f: Field[Any]) -> Bounds:
+    bounds = f.metadata.get(_METADATA_KEY)
+    return bounds if isinstance(bounds, Bounds) else Bounds()
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); anything else -> (hint, False)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _fail(name: str, problem: str) -> typing.NoReturn:
+    raise ConfigFieldError(name, problem)
+
+
+def _check_number(value: Any, kind: type, name: str, bounds: Bounds) -> Any:
+    numbers = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, numbers):
+        _fail(name, f"must be {'an integer' if kind is int else 'a number'}, got {show(value)}")
+    if kind is float:
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
+        if not math.isfinite(value):
+            _fail(name, f"must be a finite number, got {show(value)}")
+    if not bounds.contains(value):
+        _fail(name, f"must be {bounds.describe()}, got {show(value)}")
+    return value
+
+
+def check_value(value: Any, hint: Any, name: str, bounds: Bounds | None = None) -> Any:
+    """``value`` checked against the type ``hint`` and ``bounds``, converted where needed
+    (a float field's integer to a float, an enum's string to its member, a list to a tuple, a
+    section's object to its dataclass).
+
+    Raises:
+        ConfigFieldError: the value does not fit (names ``name``).
+    """
+    bounds = bounds or Bounds()
+    hint, optional = _optional(hint)
+    if value is None:
+        if optional:
+            return None
+        # The message says what is expected, as for any other wrong value.
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(name, f"must be true or false, got {show(value)}")
+        return value
+    if hint is int or hint is float:
+        return _check_number(value, hint, name, bounds)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(name, f"must be a string, got {show(value)}")
+        return value
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        choices = ", ".join(str(member.value) for member in hint)
+        if isinstance(value, hint):
+            return value
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return hint(value)
+        except ValueError:
+            _fail(name, f"must be one of {choices}, got {show(value)}")
+    if typing.get_origin(hint) is tuple:
+        kinds = typing.get_args(hint)
+        count = {1: "one", 2: "two", 3: "three"}.get(len(kinds), str(len(kinds)))
+        item = "integers" if all(k is int for k in kinds) else "numbers"
+        range_text = bounds.describe()
+        what = f"{count} {item}" + (f" each {range_text}" if range_text else "")
+        if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
+            _fail(name, f"must be {what}, got {show(value)}")
+        try:
+            return tuple(
+                check_value(item, kind, name, bounds)
+                for item, kind in zip(value, kinds, strict=True)
+            )
+        except ConfigFieldError:
+            _fail(name, f"must be {what}, got {show(value)}")
+    if isinstance(hint, type) and is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            _fail(name, f"must be an object of {', '.join(config_keys(hint))}, got {show(value)}")
+        try:
+            refuse_unknown(hint, value, name)
+            return hint(**value)
+        except ConfigFieldError as error:
+            raise error.within(name) from None
+    raise TypeError(f"config field {name}: unsupported annotation {hint!r}")
+
+
+def validate(config: Any) -> None:
+    """Check and convert every field of the dataclass instance ``config`` in place.
+
+    Call it first in ``__post_init__``; checks across fields follow it there.
+
+    Raises:
+        ConfigFieldError: the first field whose value does not fit its declaration.
+    """
+    hints = _hints(type(config))
+    for f in fields(config):
+        value = check_value(getattr(config, f.name), hints[f.name], f.name, _bounds(f))
+        object.__setattr__(config, f.name, value)
+
+
+def config_keys(kind: type) -> list[str]:
+    """The field names of a config dataclass, sorted."""
+    return sorted(f.name for f in fields(kind))
+
+
+def _suggest(unknown: list[str], known: list[str]) -> str:
+    guesses = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
+def refuse_unknown(kind: type, data: Mapping[str, Any], title: str | None = None) -> None:
+    """Refuse keys of ``data`` (sections included) that are not fields of ``kind``.
+
+    Raises:
+        ConfigFieldError: names the unknown key(s), the closest known keys and all known ones.
+    """
+    known = config_keys(kind)
+    unknown = sorted(str(key) for key in data if key not in known)
+    if unknown:
+        name = title or kind.__name__
+        raise ConfigFieldError(
+            unknown[0],
+            "is unknown",
+            message=f"unknown {name} field(s) {unknown}{_suggest(unknown, known)}; "
+            f"known: {', '.join(known)}",
+        )
+    hints = _hints(kind)
+    for key, value in data.items():
+        section, _ = _optional(hints[key])
+        if isinstance(value, Mapping) and isinstance(section, type) and is_dataclass(section):
+            try:
+                refuse_unknown(section, value, key)
+            except ConfigFieldError as error:
+                raise ConfigFieldError(
+                    f"{key}.{error.field}", error.problem, message=error.custom_message
+                ) from None
+
+
+def from_dict(kind: type[T], data: Any) -> T:
+    """A config dataclass from a JSON object: unknown keys refused, every value checked.
+
+    Raises:
+        ConfigFieldError: not an object, an unknown key, or a value that does not fit.
+    """
+    if not isinstance(data, Mapping):
+        raise BadInputError(f"a {kind.__name__} must be a JSON object, got {show(data)}")
+    refuse_unknown(kind, data)
+    made: T = kind(**data)
+    return made
