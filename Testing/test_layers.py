@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "runtime": 1,
     "metrics": 1,
+    "validation": 1,
     "io": 2,
     "models": 3,
     "datasets": 3,
