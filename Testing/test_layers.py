@@ -23,11 +23,12 @@ LAYERS: dict[str, int] = {
     "workspace": 4,
     "query": 5,
     "training": 6,
-    "predict": 7,
-    "evaluate": 8,
-    "apps": 9,
-    "cli": 10,
-    "__main__": 11,
+    "settings": 7,
+    "predict": 8,
+    "evaluate": 9,
+    "apps": 10,
+    "cli": 11,
+    "__main__": 12,
 }
 
 

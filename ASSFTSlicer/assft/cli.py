@@ -2,7 +2,7 @@
 
 Each verb has a ``cmd_<verb>`` function that runs it and, next to it, an ``add_<verb>_parser``
 function that registers its flags; :func:`build_parser` calls them in help order. Settings
-resolve in :func:`assft.workspace.settings.resolve_config`: flags, then ``--config``, then the
+resolve in :func:`assft.settings.resolve_config`: flags, then ``--config``, then the
 workspace's settings, then the config dataclass's defaults (flags default to None).
 
 Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the problem),
@@ -171,7 +171,7 @@ def add_init_parser(sub: Subparsers) -> None:
 
 
 def _query_config(args: argparse.Namespace, workspace: Workspace) -> QueryConfig:
-    from assft.workspace.settings import resolve_config
+    from assft.settings import resolve_config
 
     keys = ("budget", "strategy", "seed", "views", "weight", "lambda_div")
     flags = {key: getattr(args, key) for key in keys}
@@ -379,7 +379,7 @@ def add_hold_out_parser(sub: Subparsers) -> None:
 
 
 def _finetune_config(args: argparse.Namespace, workspace: Workspace) -> FinetuneConfig:
-    from assft.workspace.settings import resolve_config
+    from assft.settings import resolve_config
 
     return resolve_config(
         FinetuneConfig,
@@ -847,8 +847,8 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
             "assft pretrain-demo needs the full engine package: pip install 'assft[demo]'"
         ) from None
 
+    from assft.settings import flag_of
     from assft.validation import ConfigFieldError
-    from assft.workspace.settings import flag_of
 
     try:
         config = PretrainConfig(

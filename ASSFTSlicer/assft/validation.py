@@ -23,7 +23,7 @@ understood:
 
 A refusal is a :class:`ConfigFieldError`: a :class:`~assft.errors.BadInputError` (exit code 2)
 that names the field (dotted inside a section: ``dkd.prototypes``), so that
-:func:`assft.workspace.settings.resolve_config` can also name the file or flag it came from.
+:func:`assft.settings.resolve_config` can also name the file or flag it came from.
 The module is pure Python: the Slicer module imports the configs without torch or pydantic.
 """
 

@@ -33,7 +33,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {}
 FinetuneConfig), so a value written here overrides them for this workspace (e.g. ``"budget": 8``,
 ``"strategy": "dkd"``, ``"finetune_mode": "all"``; each dataclass's ``WORKSPACE_SETTINGS`` names
 the keys it reads) and flags or a config file override it
-(``assft.workspace.settings.resolve_config``)."""
+(``assft.settings.resolve_config``)."""
 
 LABEL_PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.90, 0.30, 0.24),

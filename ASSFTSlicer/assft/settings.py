@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 from assft.errors import BadInputError
+from assft.query.config import QueryConfig
+from assft.training.config import FinetuneConfig
 from assft.validation import ConfigFieldError, refuse_unknown
 
 __all__ = ["flag_of", "read_config_file", "resolve_config", "settings_keys"]
@@ -96,9 +98,6 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def settings_keys() -> dict[str, tuple[type, str]]:
     """Every key the workspace's ``settings`` may hold: key -> (config class, its field)."""
-    from assft.query.config import QueryConfig
-    from assft.training.config import FinetuneConfig
-
     keys: dict[str, tuple[type, str]] = {}
     for kind in (QueryConfig, FinetuneConfig):
         for key, name in kind.WORKSPACE_SETTINGS.items():

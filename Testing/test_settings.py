@@ -8,8 +8,8 @@ import pytest
 
 from assft.errors import BadInputError
 from assft.query.config import GapEstimator, QueryConfig, Strategy
+from assft.settings import resolve_config
 from assft.training.config import FinetuneConfig, FinetuneMode
-from assft.workspace.settings import resolve_config
 
 
 def _file(tmp_path, data, name="config.json"):
