@@ -35,13 +35,15 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import Field, dataclass, field, fields, is_dataclass
+from dataclasses import Field, asdict, dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Self, TypeVar
 
 from assft.errors import BadInputError
 
 __all__ = [
+    "JsonConfig",
     "MAX_RADIUS",
     "MAX_SEED",
     "Bounds",
@@ -351,3 +353,38 @@ def from_dict(kind: type[T], data: Any) -> T:
     refuse_unknown(kind, data)
     made: T = kind(**data)
     return made
+
+
+class JsonConfig:
+    """JSON in and out for a config dataclass whose ``__post_init__`` calls :func:`validate`.
+
+    A config file is a JSON object of fields (``to_dict``'s form); enums are written as their
+    values. A refusal names the file and the field.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (enums as their string values)."""
+        if not is_dataclass(self):
+            raise TypeError(f"{type(self).__name__} is not a dataclass")
+        return json.loads(json.dumps(asdict(self), default=lambda v: v.value))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict such as :meth:`to_dict` gives; unknown keys are refused."""
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        """Read a JSON file written by :meth:`to_dict`.
+
+        Raises:
+            BadInputError: the file cannot be read, is not JSON, or holds a bad field (named).
+        """
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise BadInputError(f"cannot read the configuration: {error}", path) from error
+        try:
+            return cls.from_dict(data)
+        except ConfigFieldError as error:
+            raise error.named(str(path)) from None

@@ -5,18 +5,14 @@ Every part of the method is a field, so that a benchmark can switch it off and c
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from assft.errors import BadInputError
 from assft.query.strategies import GapEstimator, Strategy
 from assft.validation import (
     MAX_RADIUS,
     MAX_SEED,
-    ConfigFieldError,
-    from_dict,
+    JsonConfig,
     setting,
     validate,
 )
@@ -60,7 +56,7 @@ class ASDConfig:
 
 
 @dataclass
-class QueryConfig:
+class QueryConfig(JsonConfig):
     """One ranking's settings. The defaults here are the only ones: the command line, the
     workspace's settings and the Slicer module start from them.
 
@@ -97,24 +93,3 @@ class QueryConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (enums as their string values)."""
-        return json.loads(json.dumps(asdict(self), default=lambda v: v.value))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QueryConfig:
-        """Build from a dict such as :meth:`to_dict` gives; unknown keys are refused."""
-        return from_dict(cls, data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> QueryConfig:
-        """Read a JSON file written by :meth:`to_dict`."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise BadInputError(f"cannot read the configuration: {error}", path) from error
-        try:
-            return cls.from_dict(data)
-        except ConfigFieldError as error:
-            raise error.named(str(path)) from None

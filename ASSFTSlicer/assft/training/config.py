@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from assft.errors import BadInputError
 from assft.validation import (
     MAX_RADIUS,
     MAX_SEED,
     ConfigFieldError,
-    from_dict,
+    JsonConfig,
     setting,
     validate,
 )
@@ -28,7 +25,7 @@ class FinetuneMode(str, Enum):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(JsonConfig):
     """One fine-tuning job's settings. The defaults here are the only ones: the command line, the
     workspace's settings and the Slicer module start from them.
 
@@ -104,24 +101,3 @@ class FinetuneConfig:
     @property
     def stage2_iterations(self) -> int:
         return self.iterations if self.semi_iterations is None else self.semi_iterations
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=lambda v: v.value))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        """Build from a dict such as :meth:`to_dict` gives; unknown keys are refused."""
-        return from_dict(cls, data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> FinetuneConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise BadInputError(
-                f"cannot read the fine-tuning configuration: {error}", path
-            ) from error
-        try:
-            return cls.from_dict(data)
-        except ConfigFieldError as error:
-            raise error.named(str(path)) from None
