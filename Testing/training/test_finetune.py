@@ -64,6 +64,15 @@ def test_gate_rules():
     assert validation_gate(None, None, "v0")["reason"].startswith("no held-out cases")
 
 
+def test_refreshed_pseudo_labels_train_the_second_half_on_the_new_reliable_set(labeled_workspace):
+    config = FinetuneConfig(**{**FAST, "refresh_pseudo_labels": True, "semi_iterations": 4})
+    manifest = run_finetune(labeled_workspace, config, device="cpu")
+    ssft = manifest["ssft"]
+    assert len(ssft["reliable"]) == 1 and len(ssft["refreshed_reliable"]) == 1
+    assert set(ssft["refreshed_reliable"]) <= set(ssft["confidence"])
+    assert manifest["version"] == "v1"
+
+
 def test_selective_finetune_registers_and_promotes_a_version(labeled_workspace):
     workspace = labeled_workspace
     manifest = run_finetune(workspace, FinetuneConfig(**FAST), device="cpu")
@@ -163,22 +172,27 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_version_loads(la
     )
 
 
+def _finetune_command(ws: Path, config: Path, *extra: str) -> list[str]:
+    """``python -m assft finetune`` on ``ws`` with a config file, JSON progress, on the CPU."""
+    return [
+        sys.executable,
+        "-m",
+        "assft",
+        "finetune",
+        str(ws),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--progress",
+        "json",
+        *extra,
+    ]
+
+
 def _start(ws: Path, config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "assft",
-            "finetune",
-            str(ws),
-            "--config",
-            str(config),
-            "--device",
-            "cpu",
-            "--progress",
-            "json",
-            *extra,
-        ],
+        _finetune_command(ws, config, *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -375,20 +389,7 @@ def test_cancel_reaches_a_job_under_a_launcher_that_forwards_no_signal(labeled_w
     # Output to a file: a pipe nobody reads would block the job before its next step.
     with open(tmp_path / "output.txt", "w") as output:
         launcher = subprocess.Popen(
-            [
-                *signal_blind_launcher(tmp_path),
-                sys.executable,
-                "-m",
-                "assft",
-                "finetune",
-                str(ws),
-                "--config",
-                str(config),
-                "--device",
-                "cpu",
-                "--progress",
-                "json",
-            ],
+            [*signal_blind_launcher(tmp_path), *_finetune_command(ws, config)],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

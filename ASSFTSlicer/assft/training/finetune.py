@@ -582,17 +582,21 @@ class FinetuneJob:
         total = config.stage2_iterations
         run.progress.phase("semi-supervised", total)
         refresh_at = total // 2 if config.refresh_pseudo_labels else None
-        if refresh_at is not None and run.step < refresh_at:
+
+        def train_until(until: int) -> None:
             run_stage(
                 run.started_trainer(),
                 stage=2,
                 start=run.step,
-                total=refresh_at,
+                total=until,
                 labeled=run.labeled_cases,
                 pseudo=pseudo_cases,
                 config=config,
                 on_step=self._on_step(run, 2),
             )
+
+        if refresh_at is not None and run.step < refresh_at:
+            train_until(refresh_at)
             run.step = refresh_at
             self._save_resume_point(run, 2, run.step)
             if run.main:
@@ -602,16 +606,7 @@ class FinetuneJob:
             pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows, refreshed=True)
             reliable_info["refreshed_reliable"] = pseudo.reliable
             run.progress.phase("semi-supervised", total)
-        run_stage(
-            run.started_trainer(),
-            stage=2,
-            start=run.step,
-            total=total,
-            labeled=run.labeled_cases,
-            pseudo=pseudo_cases,
-            config=config,
-            on_step=self._on_step(run, 2),
-        )
+        train_until(total)
         self.timings["semi_supervised_s"] = time.perf_counter() - t0
 
     def _validate(self, run: _JobRun) -> tuple[dict[str, Any], dict[str, Any]]:
