@@ -210,7 +210,8 @@ class ASSFTSlicerParameterNode:
     currentCase: str = ""
     showUncertainty: bool = True
     finetuneMode: FinetuneMode = FinetuneMode(_FINETUNE_DEFAULTS.mode.value)
-    finetuneIterations: Annotated[int, WithinRange(1, 100000)] = _FINETUNE_DEFAULTS.iterations
+    # 0: the engine derives the steps from the labeled set (FinetuneConfig.steps_for).
+    finetuneIterations: Annotated[int, WithinRange(0, 100000)] = _FINETUNE_DEFAULTS.iterations or 0
     rerankAfterPromotion: bool = True
     caseVolume: vtkMRMLScalarVolumeNode
     caseSegmentation: vtkMRMLSegmentationNode

@@ -43,8 +43,17 @@ ASD_BAD: dict[str, list[Any]] = {
 }
 FINETUNE_BAD: dict[str, list[Any]] = {
     "mode": ["most", 1, None],
-    "iterations": [0, -5, True, 10.0, "10", None],
+    "iterations": [0, -5, True, 10.0, "10"],
     "semi_iterations": [0, -5, True, 2.5],
+    "epochs": [0, -1, True, None, 2.5],
+    "min_iterations": [0, None],
+    "max_iterations": [0, None, 1.5],
+    "schedule": ["linear", None, 1],
+    "min_lr_fraction": FRACTION,
+    "flips": ["left", None, True],
+    "intensity_augment": [0, None],
+    "validate_every": [0, -3, True],
+    "keep_best": [1, None],
     "batch_size": [0, -1, True, 2.0],
     "patch_size": [[0, 0, 0], [8, 8], [8, 8, 8, 8], "32", 32, [8, 8, True], [8.0, 8, 8]],
     "lr": [0.0, -1e-4, NAN, INF, True, "1e-4"],
@@ -170,7 +179,10 @@ def test_good_values_are_kept_and_converted():
     finetune = FinetuneConfig.from_dict({"patch_size": [16, 16, 8], "mode": "all", "lr": 1})
     assert finetune.patch_size == (16, 16, 8) and finetune.mode is FinetuneMode.ALL
     assert isinstance(finetune.lr, float)
-    assert FinetuneConfig(semi_iterations=None).stage2_iterations == 200
+    assert FinetuneConfig(iterations=200, semi_iterations=None).steps_for(3, 8.0, (1, 1, 2)) == (
+        200,
+        200,
+    )
     for config in (edges, finetune, QueryConfig(), FinetuneConfig()):
         assert type(config).from_dict(config.to_dict()) == config
 

@@ -108,10 +108,8 @@ def test_modes_none_and_all(labeled_workspace):
     assert "reliable" not in none["ssft"] and "semi_supervised_s" not in none["timings"]
     everything = run_finetune(labeled_workspace, FinetuneConfig(**FAST, mode="all"), device="cpu")
     assert len(everything["ssft"]["reliable"]) == 4
-    assert (
-        everything["parent"] == ModelRegistry(labeled_workspace).current()
-        or not everything["promoted"]
-    )
+    current = ModelRegistry(labeled_workspace).current()
+    assert current == (everything["version"] if everything["promoted"] else everything["parent"])
 
 
 def test_no_labels_is_refused(tmp_path, synthetic_pool, tiny_preset_file):

@@ -84,7 +84,41 @@ def test_config_checks():
         FinetuneConfig(tau_v=1.5)
     with pytest.raises(BadInputError, match="1:1"):
         FinetuneConfig(batch_size=1)
-    assert FinetuneConfig(mode="none", batch_size=1).stage2_iterations == 200
+    assert FinetuneConfig(mode="none", batch_size=1, semi_iterations=7).steps_for(
+        1, 64.0, (4, 4, 4)
+    ) == (300, 7)
+    with pytest.raises(BadInputError, match="^min_iterations must not exceed max_iterations 5"):
+        FinetuneConfig(min_iterations=6, max_iterations=5)
+
+
+@pytest.mark.parametrize(
+    ("n_labeled", "voxels", "expected"),
+    [
+        (2, 64**3, 300),  # 2 cases x 8 patches x 50 epochs / 4 a step = 200: the minimum
+        (16, 64**3, 1600),  # 16 x 8 x 50 / 4
+        (30, 64**3, 3000),
+        (100, 64**3, 4000),  # the maximum
+        (3, 16**3, 300),  # a case smaller than a patch still counts one
+    ],
+)
+def test_the_steps_follow_the_labeled_set(n_labeled, voxels, expected):
+    config = FinetuneConfig(batch_size=4)
+    assert config.steps_for(n_labeled, float(voxels), (32, 32, 32)) == (expected, expected)
+
+
+def test_the_learning_rate_decays_on_a_cosine_after_the_warm_up():
+    from assft.training.ssft import lr_factor
+
+    config = FinetuneConfig(warmup_fraction=0.1, min_lr_fraction=0.01)
+    factors = [lr_factor(step, 100, config) for step in range(1, 101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    after = factors[9:]
+    assert all(a > b for a, b in zip(after, after[1:], strict=False))
+    # Halfway through the decay the rate is halfway between the peak and the floor.
+    assert lr_factor(55, 100, config) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert factors[-1] == pytest.approx(0.01)
+    constant = FinetuneConfig(warmup_fraction=0.1, schedule="constant")
+    assert [lr_factor(s, 100, constant) for s in (10, 50, 100)] == [1.0, 1.0, 1.0]
     with pytest.raises(BadInputError, match="unknown"):
         FinetuneConfig.from_dict({"learning_rate": 1})
 
@@ -133,6 +167,7 @@ def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
         mode="none",
         iterations=20,
         warmup_fraction=0.5,
+        schedule="constant",
         lr=1e-3,
         encoder_lr_scale=0.1,
         augment=False,

@@ -139,6 +139,9 @@ class ModelPreset:
         head_layer: module name of the final segmentation layer(s).
         has_head: False for encoder-only (self-supervised) weights.
         output_activation: what the forward returns (see :class:`OutputActivation`).
+        symmetric_axes: the anatomical axes the anatomy is mirror-symmetric along
+            (``left-right`` for a brain), the only ones training mirrors patches along; needs
+            ``orientation``.
     """
 
     name: str
@@ -158,7 +161,20 @@ class ModelPreset:
     head_layer: str
     has_head: bool
     output_activation: OutputActivation = OutputActivation.SOFTMAX
+    symmetric_axes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """The model grid's array axes (0..2) along ``symmetric_axes``."""
+        if self.orientation is None:
+            return ()
+        letters = {axis: set(axis.replace("-", " ").upper().split()) for axis in SYMMETRIC_AXES}
+        return tuple(
+            index
+            for index, code in enumerate(self.orientation)
+            if any(_AXIS_LETTERS[code] in letters[a] for a in self.symmetric_axes)
+        )
 
     @property
     def label_values(self) -> list[int]:
@@ -206,6 +222,8 @@ class ModelPreset:
             "has_head": self.has_head,
             "output_activation": str(self.output_activation),
         }
+        if self.symmetric_axes:
+            data["symmetric_axes"] = list(self.symmetric_axes)
         data.update(self.extra)
         return data
 
@@ -463,6 +481,12 @@ def _parse_preset(data: Any, source: Path | None, where: str | None = None) -> M
     encoder_prefixes = fields.get("encoder_prefixes", list)
     if not encoder_prefixes or not all(isinstance(p, str) and p for p in encoder_prefixes):
         fields.fail("encoder_prefixes", "must be a non-empty list of module names")
+    symmetric_axes = fields.get("symmetric_axes", list, default=[])
+    for axis in symmetric_axes:
+        if axis not in SYMMETRIC_AXES:
+            fields.fail("symmetric_axes", f"has {axis!r}; expected {', '.join(SYMMETRIC_AXES)}")
+    if symmetric_axes and orientation is None:
+        fields.fail("symmetric_axes", "needs preprocessing.orientation (which axis is which)")
     unknown = [k for k in fields.data if k not in _PRESET_KEYS and not k.startswith("x-")]
     if unknown:
         fields.fail(unknown[0], "is not a preset field (custom fields start with x-)")
@@ -484,11 +508,18 @@ def _parse_preset(data: Any, source: Path | None, where: str | None = None) -> M
         head_layer=fields.get("head_layer", str),
         has_head=has_head,
         output_activation=activation,
+        symmetric_axes=tuple(symmetric_axes),
         extra={k: v for k, v in fields.data.items() if k.startswith("x-")},
     )
 
 
+SYMMETRIC_AXES = ("left-right", "anterior-posterior", "superior-inferior")
+"""The anatomical axes a preset may declare symmetric."""
+_AXIS_LETTERS = {"R": "RIGHT", "L": "LEFT", "A": "ANTERIOR", "P": "POSTERIOR", "S": "SUPERIOR"}
+_AXIS_LETTERS["I"] = "INFERIOR"
+
 _PRESET_KEYS = (
+    "symmetric_axes",
     "name",
     "description",
     "architecture",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
@@ -14,6 +15,23 @@ from assft.validation import (
     setting,
     validate,
 )
+
+
+class Schedule(str, Enum):
+    """The learning rate over a stage: `cosine` (linear warm-up, then a cosine decay to
+    ``min_lr_fraction``) or `constant` (linear warm-up, then flat)."""
+
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+class Flips(str, Enum):
+    """Mirroring augmentation: `symmetric` (only the axes the preset declares symmetric, e.g.
+    left-right for a brain), `all` (every axis) or `none`."""
+
+    SYMMETRIC = "symmetric"
+    ALL = "all"
+    NONE = "none"
 
 
 class FinetuneMode(str, Enum):
@@ -35,12 +53,17 @@ class FinetuneConfig(JsonConfig):
 
     Attributes:
         mode: none, all or selective.
-        iterations: optimisation steps of the supervised stage.
-        semi_iterations: steps of the semi-supervised stage (None: same as ``iterations``).
+        iterations: optimisation steps of the supervised stage (None: from the labeled set,
+            see :meth:`steps_for`).
+        semi_iterations: steps of the semi-supervised stage (None: as the supervised stage).
+        epochs: with ``iterations`` None, the passes over the labeled cases' patches.
+        min_iterations, max_iterations: bounds of the steps derived from the labeled set.
         batch_size: patches per step (split 1:1 labeled/pseudo-labeled in stage 2).
         patch_size: training patch (None: the preset's inference patch).
         lr: AdamW learning rate of the decoder and head.
         encoder_lr_scale: the pretrained encoder learns at ``lr * encoder_lr_scale``.
+        schedule: the learning rate after the warm-up (cosine decay or constant).
+        min_lr_fraction: where the cosine decay ends, as a fraction of ``lr``.
         weight_decay: AdamW weight decay.
         foreground_ratio: fraction of patches centred on a foreground voxel.
         rho: share of the unlabeled pool kept as the reliable set.
@@ -56,22 +79,33 @@ class FinetuneConfig(JsonConfig):
         roi_radius: ROI dilation of the confidence (as ASD's).
         checkpoint_every: steps between resume checkpoints.
         seed: seed of every random choice (patches, augmentation, initialisation).
-        augment: flips, intensity scale/shift, small affine.
+        augment: spatial and intensity augmentation (off: raw patches).
+        flips: which axes are mirrored (``symmetric``: those the preset declares).
+        intensity_augment: gamma, contrast, brightness, noise, blur and bias field in nnU-Net's
+            ranges (off: a small intensity scale and shift only).
+        validate_every: steps between held-out Dice evaluations when held-out cases exist
+            (None: about ten per stage); the best checkpoint by held-out Dice is kept.
+        keep_best: end the job with the best checkpoint by held-out Dice rather than the last.
         amp: mixed precision on CUDA.
-        freeze_batchnorm: keep BatchNorm running statistics fixed while fine-tuning (the
-            statistics of a few small patch batches are noisy; the affine weights still learn).
+        freeze_batchnorm: keep the source's BatchNorm running statistics while fine-tuning
+            (off: they adapt to the target site; measured better, see BENCHMARKS.md).
     """
 
     WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"finetune_mode": "mode"}
     """Keys of the workspace's settings (``assft.json``) that set fields here: key -> field."""
 
     mode: FinetuneMode = setting(FinetuneMode.SELECTIVE)
-    iterations: int = setting(200, ge=1)
+    iterations: int | None = setting(None, ge=1)
     semi_iterations: int | None = setting(None, ge=1)
+    epochs: int = setting(50, ge=1)
+    min_iterations: int = setting(300, ge=1)
+    max_iterations: int = setting(4000, ge=1)
     batch_size: int = setting(2, ge=1)
     patch_size: tuple[int, int, int] | None = setting(None, ge=1)
-    lr: float = setting(1e-4, gt=0.0)
-    encoder_lr_scale: float = setting(0.1, ge=0.0)
+    lr: float = setting(3e-3, gt=0.0)
+    encoder_lr_scale: float = setting(1.0, ge=0.0)
+    schedule: Schedule = setting(Schedule.COSINE)
+    min_lr_fraction: float = setting(0.01, ge=0.0, le=1.0)
     weight_decay: float = setting(1e-5, ge=0.0)
     foreground_ratio: float = setting(0.5, ge=0.0, le=1.0)
     rho: float = setting(0.3, ge=0.0, le=1.0)
@@ -86,6 +120,10 @@ class FinetuneConfig(JsonConfig):
     checkpoint_every: int = setting(25, ge=1)
     seed: int = setting(0, ge=0, le=MAX_SEED)
     augment: bool = setting(True)
+    flips: Flips = setting(Flips.SYMMETRIC)
+    intensity_augment: bool = setting(True)
+    validate_every: int | None = setting(None, ge=1)
+    keep_best: bool = setting(True)
     amp: bool = setting(True)
     freeze_batchnorm: bool = setting(False)
 
@@ -98,6 +136,32 @@ class FinetuneConfig(JsonConfig):
                 f"got {self.batch_size}",
             )
 
-    @property
-    def stage2_iterations(self) -> int:
-        return self.iterations if self.semi_iterations is None else self.semi_iterations
+        if self.min_iterations > self.max_iterations:
+            raise ConfigFieldError(
+                "min_iterations",
+                f"must not exceed max_iterations {self.max_iterations}, got {self.min_iterations}",
+            )
+
+    def steps_for(
+        self, n_labeled: int, case_voxels: float, patch: tuple[int, int, int]
+    ) -> tuple[int, int]:
+        """The steps of the two stages for a labeled set.
+
+        With ``iterations`` None the supervised stage runs ``epochs`` passes over the labeled
+        cases' patches: a case of ``case_voxels`` voxels holds ``case_voxels / patch voxels``
+        patches (at least 1), ``batch_size`` of which make a step; the count is kept within
+        ``[min_iterations, max_iterations]``. The rule depends only on the data, so it serves
+        the demo model on 2 CPU cores and a large model on a GPU alike (the demo's 64^3 cases
+        in 32^3 patches, batches of 4: 100 steps per labeled case, 300 at least).
+
+        Returns:
+            (supervised steps, semi-supervised steps).
+        """
+        if self.iterations is not None:
+            first = self.iterations
+        else:
+            patch_voxels = float(patch[0] * patch[1] * patch[2])
+            patches = max(1.0, case_voxels / patch_voxels)
+            steps = math.ceil(self.epochs * max(1, n_labeled) * patches / self.batch_size)
+            first = int(min(self.max_iterations, max(self.min_iterations, steps)))
+        return first, first if self.semi_iterations is None else self.semi_iterations

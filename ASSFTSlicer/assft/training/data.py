@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,16 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import (
     Compose,
+    RandAdjustContrastd,
     RandAffined,
+    RandBiasFieldd,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
 )
 
 from assft.errors import BadInputError
@@ -212,26 +219,55 @@ def sample_patch(
     return case.image[(slice(None), *region)], case.target[region]
 
 
-def make_augmentation(seed: int) -> Compose:
-    """Flips, intensity scale and shift, a small affine (MONAI dictionary transforms)."""
+def make_augmentation(
+    seed: int, flip_axes: Sequence[int] = (0, 1, 2), *, intensity: bool = False
+) -> Compose:
+    """Patch augmentation (MONAI dictionary transforms on ``image`` and ``label``).
+
+    Spatial: a mirror along each of ``flip_axes`` (spatial axes 0..2; a brain is mirrored only
+    left-right: mirroring it top-bottom makes anatomy no scan shows) and, one patch in five, a
+    rotation and scaling.
+
+    Intensity (``intensity``): nnU-Net's default ranges (Isensee et al., Nature Methods 2021,
+    supplementary note 4), as MONAI's Auto3DSeg also draws them: Gaussian noise (variance up to
+    0.1, p 0.1), Gaussian blur (sigma 0.5-1, p 0.2), brightness x0.75-1.25 (p 0.15), contrast
+    x0.75-1.25 about the mean (p 0.15), low resolution (zoom 0.5-1, p 0.25), gamma 0.7-1.5 on the
+    inverted image (p 0.1) and on the image (p 0.3), and MONAI's bias field (p 0.15). Without
+    it: a small intensity scale and shift, as the demo model's first pretraining used.
+    """
     keys = ("image", "label")
-    transform = Compose(
-        [
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
-            RandFlipd(keys, prob=0.5, spatial_axis=2),
+    transforms: list[Any] = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes]
+    transforms.append(
+        RandAffined(
+            keys,
+            prob=0.2,
+            rotate_range=(0.26, 0.26, 0.26),
+            scale_range=(0.15, 0.15, 0.15),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        )
+    )
+    if intensity:
+        transforms += [
+            RandGaussianNoised("image", prob=0.1, std=0.32),
+            RandGaussianSmoothd(
+                "image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)
+            ),
+            RandScaleIntensityd("image", factors=0.25, prob=0.15),
+            RandScaleIntensityFixedMeand("image", factors=0.25, prob=0.15, preserve_range=True),
+            RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.5, 1.0)),
+            RandAdjustContrastd(
+                "image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True
+            ),
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+            RandBiasFieldd("image", prob=0.15),
+        ]
+    else:
+        transforms += [
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            RandAffined(
-                keys,
-                prob=0.2,
-                rotate_range=(0.1, 0.1, 0.1),
-                scale_range=(0.1, 0.1, 0.1),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
         ]
-    )
+    transform = Compose(transforms)
     transform.set_random_state(seed=seed)
     return transform
 

@@ -37,6 +37,7 @@ from assft.models import LoadedModel, resolve_device
 from assft.runtime import cancellation, distributed, syncpoints
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
+from assft.training.curves import CurveStore, LearningCurve, validation_steps
 from assft.training.data import PreparedCases, TrainingCase
 from assft.training.inputs import check_inputs, load_resume_point
 from assft.training.ssft import (
@@ -139,6 +140,9 @@ class _JobRun:
         labeled_ids, held_out_ids: the snapshot's training and validation cases.
         model: the network being trained; prepared: the case cache on its grid.
         trainer, stage, step: the optimiser and where training stands (1 or 2, step in it).
+        iterations, semi_iterations: the steps of the two stages (from the labeled set unless
+            the config sets them).
+        curve, curves: the learning curve and where it and the best checkpoint are stored.
     """
 
     job: Job
@@ -159,6 +163,10 @@ class _JobRun:
     trainer: Trainer | None = None
     stage: int = 1
     step: int = 0
+    iterations: int = 0
+    semi_iterations: int = 0
+    curve: LearningCurve = field(default_factory=LearningCurve)
+    curves: CurveStore | None = None
 
     def started_trainer(self) -> Trainer:
         """The trainer :meth:`FinetuneJob._start_training` built."""
@@ -414,7 +422,7 @@ class FinetuneJob:
             # Rank 0 validates and registers; the others wait for the version it made.
             return distributed.broadcast(None)
         metrics, gate = self._validate(run)
-        self._finish_timings(started, resumed)
+        self._finish_timings(run, started)
         return self._register(run, metrics, gate, reliable_info)
 
     # The job's steps ----------------------------------------------------------------------
@@ -451,6 +459,13 @@ class FinetuneJob:
             case = prepared.load(case_id, workspace.image_path(case_id), label)
             (labeled_cases if case_id in labeled_ids else held_out_cases).append(case)
             progress.update(i, case=case_id)
+        case_voxels = float(np.mean([c.image[0].numel() for c in labeled_cases]))
+        iterations, semi_iterations = self.config.steps_for(len(labeled_cases), case_voxels, patch)
+        curves = CurveStore(job.folder)
+        curve = curves.load() if resumed else LearningCurve()
+        curve.steps = {"1": iterations, "2": semi_iterations}
+        if distributed.is_main():
+            job.update(schedule={"iterations": iterations, "semi_iterations": semi_iterations})
         return _JobRun(
             job=job,
             progress=progress,
@@ -467,6 +482,10 @@ class FinetuneJob:
             prepared=prepared,
             labeled_cases=labeled_cases,
             held_out_cases=held_out_cases,
+            iterations=iterations,
+            semi_iterations=semi_iterations,
+            curve=curve,
+            curves=curves,
         )
 
     def _start_training(self, run: _JobRun) -> None:
@@ -494,31 +513,63 @@ class FinetuneJob:
             state = {"stage": stage, "step": step, **run.started_trainer().state()}
             save_torch_atomic(state, run.job.resume_path)
 
-    def _on_step(self, run: _JobRun, stage: int) -> Callable[[int, dict[str, float]], None]:
-        """Progress per step, and a resume point every ``checkpoint_every`` steps."""
+    def _on_step(
+        self, run: _JobRun, stage: int, total: int
+    ) -> Callable[[int, dict[str, float]], None]:
+        """Progress and the loss curve per step, held-out Dice every ``validate_every`` steps
+        (the best checkpoint kept), and a resume point every ``checkpoint_every`` steps."""
+        every = validation_steps(total, self.config.validate_every)
 
         def on_step(done: int, metrics: dict[str, float]) -> None:
-            run.progress.update(done, **{k: round(v, 5) for k, v in metrics.items()})
+            run.curve.add_loss(stage, done, total, metrics["loss"])
+            shown = {k: round(v, 5) for k, v in metrics.items()}
+            if run.main and run.held_out_cases and (done % every == 0 or done == total):
+                shown["validation_dice"] = round(self._evaluate(run, stage, done), 5)
+            run.progress.update(done, **shown)
             if done % self.config.checkpoint_every == 0:
                 self._save_resume_point(run, stage, done)
 
         return on_step
+
+    def _evaluate(self, run: _JobRun, stage: int, step: int) -> float:
+        """Rank 0: held-out Dice now; the weights are kept when they are the best so far."""
+        n_classes = 1 + len(run.label_values)
+        dice = validation_dice(run.model, run.held_out_cases, n_classes)["mean_dice"]
+        assert run.curves is not None
+        if run.curve.add_validation(stage, step, dice):
+            run.curves.save_best(run.model.network)
+        run.curves.save(run.curve)
+        return dice
+
+    def _keep_best(self, run: _JobRun) -> dict[str, Any] | None:
+        """Rank 0: load the best checkpoint by held-out Dice (``keep_best``); what was kept."""
+        best = run.curve.best
+        if not (self.config.keep_best and run.held_out_cases and best) or run.curves is None:
+            return None
+        state = run.curves.load_best()
+        if state is None:
+            return None
+        run.model.network.load_state_dict(state)
+        last = run.curve.validation[-1] if run.curve.validation else None
+        return {**best, "last_validation_dice": last[2] if last else None}
 
     def _supervised_stage(self, run: _JobRun) -> None:
         """Stage 1: supervised on the labeled cases (skipped when resuming in stage 2)."""
         config = self.config
         t0 = time.perf_counter()
         if run.stage == 1:
-            run.progress.phase("supervised", config.iterations)
+            run.progress.phase("supervised", run.iterations)
+            if run.main and run.held_out_cases and run.step == 0:
+                self._evaluate(run, 1, 0)  # the parent version: the curve's first point
             run_stage(
                 run.started_trainer(),
                 stage=1,
                 start=run.step,
-                total=config.iterations,
+                total=run.iterations,
                 labeled=run.labeled_cases,
                 pseudo=None,
                 config=config,
-                on_step=self._on_step(run, 1),
+                on_step=self._on_step(run, 1, run.iterations),
             )
             self._save_resume_point(run, 2, 0)
             run.stage, run.step = 2, 0
@@ -579,7 +630,7 @@ class FinetuneJob:
         """
         config = self.config
         t0 = time.perf_counter()
-        total = config.stage2_iterations
+        total = run.semi_iterations
         run.progress.phase("semi-supervised", total)
         refresh_at = total // 2 if config.refresh_pseudo_labels else None
 
@@ -588,11 +639,12 @@ class FinetuneJob:
                 run.started_trainer(),
                 stage=2,
                 start=run.step,
-                total=until,
+                total=total,
+                end=until,
                 labeled=run.labeled_cases,
                 pseudo=pseudo_cases,
                 config=config,
-                on_step=self._on_step(run, 2),
+                on_step=self._on_step(run, 2, total),
             )
 
         if refresh_at is not None and run.step < refresh_at:
@@ -619,6 +671,9 @@ class FinetuneJob:
         label_values = run.label_values
         n_classes = 1 + len(label_values)
         metrics: dict[str, Any] = {}
+        kept = self._keep_best(run)
+        if kept is not None:
+            metrics["best_checkpoint"] = kept
         if run.held_out_cases:
             progress = run.progress
             progress.phase("validation", 2)
@@ -644,14 +699,13 @@ class FinetuneJob:
         self.timings["validation_s"] = time.perf_counter() - t0
         return metrics, gate
 
-    def _finish_timings(self, started: float, resumed: bool) -> None:
+    def _finish_timings(self, run: _JobRun, started: float) -> None:
         """Total time, and training speed when every step ran in this process."""
-        config = self.config
         self.timings["total_s"] = time.perf_counter() - started
         semi_supervised = "semi_supervised_s" in self.timings
-        steps = config.iterations + (config.stage2_iterations if semi_supervised else 0)
+        steps = run.iterations + (run.semi_iterations if semi_supervised else 0)
         train_time = self.timings["supervised_s"] + self.timings.get("semi_supervised_s", 0.0)
-        if not resumed and train_time > 0:
+        if not run.resumed and train_time > 0:
             self.timings["iterations_per_s"] = steps / train_time
 
     def _register(
@@ -673,6 +727,8 @@ class FinetuneJob:
             "config": config.to_dict(),
             "seed": config.seed,
             "metrics": metrics,
+            "schedule": {"iterations": run.iterations, "semi_iterations": run.semi_iterations},
+            "learning_curve": run.curve.to_dict(),
             "gate": gate,
             "promoted": False,
             "ssft": reliable_info,

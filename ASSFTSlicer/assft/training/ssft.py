@@ -21,7 +21,7 @@ from assft.metrics.overlap import dice_scores, mean_dice
 from assft.models import LoadedModel
 from assft.models.inference import infer_case, sliding_window_probabilities
 from assft.runtime import cancellation, distributed
-from assft.training.config import FinetuneConfig, FinetuneMode
+from assft.training.config import FinetuneConfig, FinetuneMode, Flips, Schedule
 from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
 from assft.training.losses import IGNORE, masked_dice_ce
 from assft.training.reliability import select_reliable_cases, semantic_distance
@@ -51,6 +51,30 @@ def ramp(step: int, total: int, fraction: float) -> float:
     if length <= 0:
         return 1.0
     return float(min(1.0, step / length))
+
+
+def lr_factor(step: int, total: int, config: FinetuneConfig) -> float:
+    """The learning rate at ``step`` (1-based) of a stage of ``total`` steps, as a fraction of
+    the configured one: a linear warm-up over ``warmup_fraction`` of the stage (Adam's first
+    steps are full-size whatever the gradient, and would jolt the pretrained weights), then a
+    cosine decay to ``min_lr_fraction`` or, with the constant schedule, flat."""
+    warmup = config.warmup_fraction * total
+    if step <= warmup:
+        return ramp(step, total, config.warmup_fraction)
+    if config.schedule == Schedule.CONSTANT:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    floor = config.min_lr_fraction
+    return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def flip_axes(model: LoadedModel, config: FinetuneConfig) -> tuple[int, ...]:
+    """The spatial axes patches are mirrored along (see :class:`Flips`)."""
+    if config.flips == Flips.ALL:
+        return (0, 1, 2)
+    if config.flips == Flips.SYMMETRIC:
+        return model.preset.mirror_axes
+    return ()
 
 
 class Trainer:
@@ -290,7 +314,13 @@ def run_stage(
     half = max(1, config.batch_size // 2)
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)
-    augment = make_augmentation(config.seed) if config.augment else None
+    augment = (
+        make_augmentation(
+            config.seed, flip_axes(trainer.model, config), intensity=config.intensity_augment
+        )
+        if config.augment
+        else None
+    )
     for step in range(start, total if end is None else min(end, total)):
         cancellation.check()
         if should_stop():
@@ -299,8 +329,8 @@ def run_stage(
         rng = np.random.default_rng(seed)
         if augment is not None:
             augment.set_random_state(seed=seed)
-        # The warm-up is a function of the step alone, so a resumed stage continues it exactly.
-        trainer.scale_learning_rate(ramp(step + 1, total, config.warmup_fraction))
+        # The schedule is a function of the step alone, so a resumed stage continues it exactly.
+        trainer.scale_learning_rate(lr_factor(step + 1, total, config))
         if pseudo:
             labeled_batch = make_batch(
                 labeled,
