@@ -90,6 +90,9 @@ class Site:
         return {
             "models": self.models,
             "contrast": self.contrast,
+            "contrast_model": "tissue levels mixed by the (sharpened) tissue fractions"
+            if self.tissue_mixture
+            else "the T1 template's intensity mapped piecewise linearly to the tissue levels",
             "tissue_levels": None
             if self.tissue_levels is None
             else dict(zip(("csf", "gm", "wm"), self.tissue_levels, strict=True)),
