@@ -694,7 +694,7 @@ def _site_imaging(site: Site, plan: CasePlan, spacing: float) -> Imaging:
     )
 
 
-def imaging_of(plan: CasePlan, spacing: float) -> Imaging:
+def _imaging(plan: CasePlan, spacing: float) -> Imaging:
     """How the case of ``plan`` is imaged at ``spacing``."""
     site = _site(plan.site)
     if site is None or site.heterogeneous:
@@ -818,7 +818,7 @@ def make_case(
         np.random.default_rng(s) for s in sequence.spawn(4)
     )
     plan = plan_case(domain, index, plan_rng)
-    imaging = imaging_of(plan, spacing)
+    imaging = _imaging(plan, spacing)
     values, distances, unit = _sample(template, plan, field_rng, spacing)
     meta: dict[str, Any] = {}
     if plan.atrophy is not None:
