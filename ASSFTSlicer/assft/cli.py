@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 # strategy registry: numpy, never torch). Each cmd_* function (and the _open and _*_config helpers
 # they call) imports the machinery of its verb itself, so that `assft --help`, a bad flag and the
 # light verbs answer at once and the CLI starts without torch (Testing/test_cli.py checks it).
+from assft.datasets.sites import SITE_NAMES, parse_sites
 from assft.errors import (
     EXIT_CANCELLED,
     EXIT_FAILURE,
@@ -786,12 +787,14 @@ def add_bench_parser(sub: Subparsers) -> None:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
+    sites = parse_sites(args.sites)  # refuses an unknown site before torch is imported
     from assft.datasets.sampledata import write_sample_data
 
     manifest = write_sample_data(
         Path(args.out),
         args.n,
         n_source=args.n_source,
+        sites=sites,
         seed=args.seed,
         spacing=args.spacing,
         brain_mask=args.brain_mask,
@@ -801,8 +804,11 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
         _print_json({k: v for k, v in manifest.items() if k != "cases"})
     else:
         shape = "x".join(str(v) for v in manifest["shape"])
+        written = ", ".join(
+            f"{name} {entry['n']} ({entry['folder']}/)" for name, entry in manifest["sites"].items()
+        )
         print(
-            f"Wrote {manifest['source']['n']} source and {manifest['target']['n']} target cases "
+            f"Wrote {manifest['source']['n']} source cases and target sites: {written or 'none'} "
             f"({shape} at {manifest['spacing_mm']:g} mm) to {args.out}; see manifest.json"
         )
     return 0
@@ -813,12 +819,19 @@ def add_sample_data_parser(sub: Subparsers) -> None:
         sub,
         "sample-data",
         cmd_sample_data,
-        "write sample brain MRI with ground truth (MNI152 anatomy): source + target domains",
+        "write sample brain MRI with ground truth (MNI152 anatomy): a source domain and named "
+        "target sites",
     )
-    p.add_argument("out", help="output folder (source/, target/, manifest.json)")
-    p.add_argument("--n", type=int, default=40, help="target pool size (default 40)")
+    p.add_argument("out", help="output folder (source/, sites/, target/, manifest.json)")
+    p.add_argument("--n", type=int, default=40, help="cases per target site (default 40)")
     p.add_argument(
         "--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)"
+    )
+    p.add_argument(
+        "--sites",
+        default=",".join(SITE_NAMES),
+        help=f"target sites, comma-separated (default all: {','.join(SITE_NAMES)}; "
+        "mixed is the heterogeneous pool, written to target/)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

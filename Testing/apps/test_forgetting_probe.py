@@ -13,7 +13,7 @@ PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "forgetting_probe.p
 
 
 def test_the_probe_fine_tunes_and_reports_every_test_scan(tmp_path):
-    write_sample_data(tmp_path / "data", 4, n_source=0, seed=5, spacing=6.0)
+    write_sample_data(tmp_path / "data", 4, n_source=0, sites=["mixed"], seed=5, spacing=6.0)
     result = subprocess.run(
         [
             sys.executable,

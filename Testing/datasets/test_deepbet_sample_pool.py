@@ -29,7 +29,7 @@ def test_deepbet_ranks_and_evaluates_the_brain_mask_pool(tmp_path) -> None:
     data = tmp_path / "data"
     # 6 mm keeps generation fast; deepbet resamples to 1.5 mm: one 128^3 window per case.
     manifest = sampledata.write_sample_data(
-        data, 3, n_source=0, seed=2, spacing=6.0, brain_mask=True
+        data, 3, n_source=0, sites=["mixed"], seed=2, spacing=6.0, brain_mask=True
     )
     assert manifest["labels"] == {"1": "brain"}
     workspace = create_workspace(tmp_path / "ws", [data / "target" / "images"], model="deepbet")

@@ -15,6 +15,7 @@ from typing import Any
 from assft.apps.report import bars_svg, html_page, html_table, scatter_svg
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset, Simulation
 from assft.datasets.sampledata import write_sample_data
+from assft.datasets.sites import MIXED
 from assft.query.config import QueryConfig, Strategy
 from assft.runtime.progress import Progress
 
@@ -29,7 +30,9 @@ def run_demo(
     settings = QUICK if quick else FULL
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
-    write_sample_data(out / "data", settings["n"], n_source=0, seed=7, progress=progress)
+    write_sample_data(
+        out / "data", settings["n"], n_source=0, sites=[MIXED], seed=7, progress=progress
+    )
     dataset = Dataset.from_sample_data(out / "data")
     simulation = Simulation(
         out, dataset, model="demo", device=device, views=settings["views"], progress=progress

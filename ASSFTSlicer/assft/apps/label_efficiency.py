@@ -24,6 +24,7 @@ from assft.apps.simulation import (
     read_results,
 )
 from assft.datasets.sampledata import write_sample_data
+from assft.datasets.sites import MIXED
 from assft.errors import BadInputError
 from assft.query.config import QueryConfig
 from assft.query.strategies import STRATEGIES as REGISTERED
@@ -242,7 +243,7 @@ def run_label_efficiency(
     )
     data = out / "data"
     if not (data / "manifest.json").is_file():
-        write_sample_data(data, n, n_source=0, seed=data_seed, progress=progress)
+        write_sample_data(data, n, n_source=0, sites=[MIXED], seed=data_seed, progress=progress)
     dataset = Dataset.from_sample_data(data)
     simulation = Simulation(
         out, dataset, model=model, device=device, views=views, progress=progress

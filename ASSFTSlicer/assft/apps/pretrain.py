@@ -39,6 +39,7 @@ import torch
 from monai.data import set_track_meta
 
 from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
+from assft.datasets.sites import MIXED
 from assft.errors import BadInputError
 from assft.metrics.overlap import dice_scores
 from assft.models import (
@@ -235,6 +236,7 @@ def pretrain_demo(
             data,
             config.n_target,
             n_source=config.n_source,
+            sites=[MIXED],
             seed=config.data_seed,
             spacing=config.spacing,
             progress=progress,

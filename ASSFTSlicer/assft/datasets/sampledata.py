@@ -11,15 +11,21 @@ labelled volumes on one 192 mm field of view (64^3 voxels at the default 3 mm):
   ``brain_mask`` a single label 1 = brain (their union);
 * a *source* domain (what the demo model is pretrained on): mild affine and elastic
   deformations, clean T1 contrast, weak bias and noise;
-* a heterogeneous *target* pool: stronger deformations; anatomical variation (atrophy: grey
-  matter thinned from the pial side and ventricles enlarged, both turned into CSF; white-matter
-  lesions, hypointense on T1 and labelled as the white matter they lie in); acquisition shifts
-  of graded severity (``contrast``, ``t2like`` inversion, ``bias`` field, Rician ``noise``,
-  anisotropic ``thick_slices``, isotropic ``low_resolution``), one or two per case; and one case
-  in five acquired and deformed like the source (``near_source``).
+* named *target sites* (``assft.datasets.sites``), each one coherent acquisition as a lab's
+  scanner gives it (``t2``, ``lowfield``, ``flair``: a contrast family, a resolution and slice
+  thickness, a noise level, a bias field, an orientation, with a small jitter per case), whose
+  cases differ as subjects do: target-range deformations, atrophy (grey matter thinned from the
+  pial side and ventricles enlarged, both turned into CSF) and white-matter lesions (labelled as
+  the white matter they lie in) in some subjects;
+* the ``mixed`` site, the heterogeneous target pool of earlier releases (folder ``target``):
+  stronger deformations, the same anatomical variation, acquisition shifts of graded severity
+  (``contrast``, ``t2like`` inversion, ``bias`` field, Rician ``noise``, anisotropic
+  ``thick_slices``, isotropic ``low_resolution``), one or two per case; and one case in five
+  acquired and deformed like the source (``near_source``).
 
-Every case is drawn from its own seed ``SeedSequence([seed, domain, index])``: a case does not
-depend on how many others are made, and the whole set is the same for a seed on any machine.
+Every case is drawn from its own seed ``SeedSequence([seed, code, index])`` (a code per domain:
+source 0, mixed 1, each site its own): a case does not depend on how many others are made, and
+the whole set is the same for a seed on any machine.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +46,15 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from assft.datasets.sites import (
+    MIXED,
+    SITE_NAMES,
+    SITES,
+    SOURCE_CODE,
+    Site,
+    parse_sites,
+    site_folder,
+)
 from assft.errors import BadInputError
 from assft.io.imaging import write_image_atomic
 
@@ -50,9 +66,14 @@ __all__ = [
     "LABEL_NAMES",
     "NILEARN_VERSION",
     "SHIFT_KINDS",
+    "SITES",
+    "SITE_NAMES",
     "SampleCase",
+    "Site",
     "locate_template",
     "make_case",
+    "parse_sites",
+    "site_folder",
     "write_sample_data",
 ]
 
@@ -78,8 +99,8 @@ FOV_MM = 192.0
 SHIFT_KINDS = ("contrast", "t2like", "bias", "noise", "thick_slices", "low_resolution")
 LEVELS = {1: ("mild", 1.0 / 3.0), 2: ("moderate", 2.0 / 3.0), 3: ("severe", 1.0)}
 _EXCLUSIVE = ({"contrast", "t2like"}, {"thick_slices", "low_resolution"})
-_SOURCE, _TARGET = 0, 1
 _NEAR_SOURCE_EVERY = 5
+_MIXTURE_SHARPNESS = 4.0  # see _tissue_mixture
 _VENTRICLE_DEPTH_MM = 20.0  # CSF this deep inside the brain: ventricles and deep cisterns
 
 
@@ -294,7 +315,7 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
 class CasePlan:
     """What is done to one case (drawn from its seed)."""
 
-    domain: str
+    domain: str  # source or target
     index: int
     near_source: bool
     deformation: dict[str, Any]
@@ -302,11 +323,33 @@ class CasePlan:
     atrophy: dict[str, Any] | None = None
     lesions: dict[str, Any] | None = None
     acquisition: dict[str, Any] = field(default_factory=dict)
+    site: str = "source"  # source, or the target site: mixed (the heterogeneous pool), t2, ...
+
+
+def _site(domain: str) -> Site | None:
+    """The target site of ``domain`` (``target`` is ``mixed``); None for the source.
+
+    Raises:
+        BadInputError: an unknown domain.
+    """
+    if domain == "source":
+        return None
+    site = SITES.get(MIXED if domain == "target" else domain)
+    if site is None:
+        raise BadInputError(
+            f"domain must be source, target or a site ({', '.join(SITE_NAMES)}), got {domain!r}"
+        )
+    return site
+
+
+def _domain_code(domain: str) -> int:
+    site = _site(domain)
+    return SOURCE_CODE if site is None else site.code
 
 
 def case_seed(seed: int, domain: str, index: int) -> np.random.SeedSequence:
-    domain_code = _SOURCE if domain == "source" else _TARGET
-    return np.random.SeedSequence([int(seed), domain_code, int(index)])
+    """The seed of one case: ``[seed, domain code, index]`` (a distinct code per site)."""
+    return np.random.SeedSequence([int(seed), _domain_code(domain), int(index)])
 
 
 def _level(value: int) -> dict[str, Any]:
@@ -314,9 +357,8 @@ def _level(value: int) -> dict[str, Any]:
     return {"level": name, "severity": round(severity, 4)}
 
 
-def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
-    """Draw the deformation, anatomy and acquisition of one case."""
-    near = domain == "source" or index % _NEAR_SOURCE_EVERY == 0
+def _draw_deformation(rng: np.random.Generator, near: bool) -> dict[str, Any]:
+    """Affine and elastic deformation: source-like when ``near``, else the target ranges."""
     drawn: dict[str, np.ndarray | float]
     if near:
         drawn = {
@@ -332,49 +374,102 @@ def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
             "translation_mm": rng.uniform(-6, 6, 3),
             "elastic_rms_mm": float(rng.uniform(2.5, 4.0)),
         }
-    deformation = {
+    return {
         k: np.round(v, 4).tolist() if isinstance(v, np.ndarray) else round(v, 4)
         for k, v in drawn.items()
     }
-    acquisition = {
+
+
+def _draw_acquisition(
+    rng: np.random.Generator, bias: tuple[float, float], noise: tuple[float, float]
+) -> dict[str, Any]:
+    """Per-case acquisition: tissue-level jitter, bias and noise levels drawn in their ranges."""
+    return {
         "tissue_jitter": np.round(rng.normal(0.0, 0.02, 3), 4).tolist(),
-        "bias_amplitude": round(float(rng.uniform(0.0, 0.06)), 4),
-        "noise_sigma": round(float(rng.uniform(0.005, 0.015)), 4),
+        "bias_amplitude": round(float(rng.uniform(*bias)), 4),
+        "noise_sigma": round(float(rng.uniform(*noise)), 4),
         "scale": round(float(rng.uniform(600.0, 1400.0)), 2),
     }
-    plan = CasePlan(domain, index, near, deformation, acquisition=acquisition)
-    if domain == "source" or near:
-        return plan
-    # Target: one acquisition shift by turns (kinds, then severities), a second one at times.
+
+
+def _maybe_atrophy(rng: np.random.Generator, fraction: float) -> dict[str, Any] | None:
+    """Atrophy of a random grade in ``fraction`` of the subjects."""
+    if rng.random() >= fraction:
+        return None
+    level = int(rng.integers(1, 4))
+    severity = LEVELS[level][1]
+    return {
+        **_level(level),
+        "cortical_thinning_mm": round(0.2 + 0.6 * severity, 3),
+        "ventricle_growth_mm": round(1.0 + 4.0 * severity, 3),
+    }
+
+
+def _maybe_lesions(rng: np.random.Generator, fraction: float) -> dict[str, Any] | None:
+    """White-matter lesions of a random grade in ``fraction`` of the subjects."""
+    if rng.random() >= fraction:
+        return None
+    level = int(rng.integers(1, 4))
+    severity = LEVELS[level][1]
+    return {
+        **_level(level),
+        "count": int(rng.integers(2, 4) + 2 * level),
+        "radius_mm": [round(3.0 + 3.0 * severity, 3), round(5.0 + 4.0 * severity, 3)],
+    }
+
+
+def _mixed_shifts(index: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The mixed pool's shifts: one by turns (kinds, then severities), a second one at times."""
     turn = index - index // _NEAR_SOURCE_EVERY - 1
     kind = SHIFT_KINDS[turn % len(SHIFT_KINDS)]
     level = (turn // len(SHIFT_KINDS)) % 3 + 1
-    plan.shifts.append({"kind": kind, **_level(level)})
+    shifts = [{"kind": kind, **_level(level)}]
     if rng.random() < 0.35:
         used = {kind}
         for group in _EXCLUSIVE:
             if kind in group:
                 used |= group
         others = [k for k in SHIFT_KINDS if k not in used]
-        plan.shifts.append({"kind": str(rng.choice(others)), **_level(int(rng.integers(1, 4)))})
-    for shift in plan.shifts:
+        shifts.append({"kind": str(rng.choice(others)), **_level(int(rng.integers(1, 4)))})
+    for shift in shifts:
         _shift_parameters(shift, rng)
-    if rng.random() < 0.3:
-        level = int(rng.integers(1, 4))
-        severity = LEVELS[level][1]
-        plan.atrophy = {
-            **_level(level),
-            "cortical_thinning_mm": round(0.2 + 0.6 * severity, 3),
-            "ventricle_growth_mm": round(1.0 + 4.0 * severity, 3),
-        }
-    if rng.random() < 0.3:
-        level = int(rng.integers(1, 4))
-        severity = LEVELS[level][1]
-        plan.lesions = {
-            **_level(level),
-            "count": int(rng.integers(2, 4) + 2 * level),
-            "radius_mm": [round(3.0 + 3.0 * severity, 3), round(5.0 + 4.0 * severity, 3)],
-        }
+    return shifts
+
+
+def _plan_site(site: Site, index: int, rng: np.random.Generator) -> CasePlan:
+    """A case of a named site: the site's acquisition with a small jitter, a subject's anatomy."""
+    deformation = _draw_deformation(rng, near=False)
+    low, high = 1.0 - site.jitter, 1.0 + site.jitter
+    acquisition = _draw_acquisition(
+        rng,
+        bias=(site.bias_amplitude * low, site.bias_amplitude * high),
+        noise=(site.noise_sigma * low, site.noise_sigma * high),
+    )
+    plan = CasePlan("target", index, False, deformation, acquisition=acquisition, site=site.name)
+    plan.atrophy = _maybe_atrophy(rng, site.atrophy_fraction)
+    plan.lesions = _maybe_lesions(rng, site.lesion_fraction)
+    return plan
+
+
+def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
+    """Draw the deformation, anatomy and acquisition of one case.
+
+    ``domain`` is ``source``, ``target`` (the mixed pool) or a site name.
+    """
+    site = _site(domain)
+    if site is not None and not site.heterogeneous:
+        return _plan_site(site, index, rng)
+    near = site is None or index % _NEAR_SOURCE_EVERY == 0
+    deformation = _draw_deformation(rng, near)
+    acquisition = _draw_acquisition(rng, bias=(0.0, 0.06), noise=(0.005, 0.015))
+    if site is None:
+        return CasePlan("source", index, near, deformation, acquisition=acquisition)
+    plan = CasePlan("target", index, near, deformation, acquisition=acquisition, site=MIXED)
+    if near:
+        return plan
+    plan.shifts = _mixed_shifts(index, rng)
+    plan.atrophy = _maybe_atrophy(rng, 0.3)
+    plan.lesions = _maybe_lesions(rng, 0.3)
     return plan
 
 
@@ -400,7 +495,11 @@ def _shift_parameters(shift: dict[str, Any], rng: np.random.Generator) -> None:
 
 @dataclass
 class SampleCase:
-    """One generated case: arrays (z, y, x), the image geometry and what was done."""
+    """One generated case: arrays (z, y, x) on the template grid, its geometry and what was done.
+
+    ``orientation`` (a DICOM-style code such as ``LPS``) is how the case is stored: the written
+    image and label are reoriented to it, the arrays here are not.
+    """
 
     case_id: str
     image: np.ndarray
@@ -409,14 +508,18 @@ class SampleCase:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
     meta: dict[str, Any]
+    orientation: str | None = None
 
     def to_images(self) -> tuple[sitk.Image, sitk.Image]:
+        """The image and label as stored (same geometry, reoriented to ``orientation``)."""
         images = []
         for array in (self.image, self.label):
             item = sitk.GetImageFromArray(array)
             item.SetSpacing((self.spacing,) * 3)
             item.SetOrigin(self.origin)
             item.SetDirection(self.direction)
+            if self.orientation is not None:
+                item = sitk.DICOMOrient(item, self.orientation)
             images.append(item)
         return images[0], images[1]
 
@@ -491,17 +594,17 @@ def _lesions(
     values: np.ndarray,
     distances: np.ndarray,
     plan: CasePlan,
-    levels: dict[str, float],
     spacing: float,
     rng: np.random.Generator,
-) -> dict[str, float]:
+) -> tuple[np.ndarray | None, dict[str, float]]:
+    """The soft lesion mask (inside white matter: labelled as it) and its figures."""
     t1, gm, wm, csf = values
     depth = distances[0]
     lesions = plan.lesions
     assert lesions is not None
     candidates = np.argwhere((wm > 0.9) & (depth > 4.0))
     if not len(candidates):
-        return {"volume_ml": 0.0, "placed": 0}
+        return None, {"volume_ml": 0.0, "placed": 0}
     n = t1.shape[0]
     coords = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1) * spacing
     mask = np.zeros_like(t1)
@@ -511,26 +614,137 @@ def _lesions(
         rho = np.sqrt((((coords - centre) / radius) ** 2).sum(-1))
         mask = np.maximum(mask, 1.0 / (1.0 + np.exp((rho - 1.0) / 0.15)))
     mask *= wm  # a lesion stays inside white matter: it is labelled as the white matter it is in
-    hypointense = 0.5 * (levels["csf"] + levels["gm"])
-    t1 += mask * (hypointense - t1)
     volume_ml = round(float(mask.sum()) * spacing**3 / 1000.0, 2)
-    return {"volume_ml": volume_ml, "placed": lesions["count"]}
+    return mask, {"volume_ml": volume_ml, "placed": lesions["count"]}
 
 
-def _contrast_map(t1: np.ndarray, plan: CasePlan, levels: dict[str, float]) -> np.ndarray:
-    c, g, w = levels["csf"], levels["gm"], levels["wm"]
-    jitter = 1.0 + np.array(plan.acquisition["tissue_jitter"])
-    targets = np.array([c, g, w]) * jitter
+@dataclass(frozen=True)
+class Imaging:
+    """How one case is imaged, from its site or (mixed pool) its shifts, in this order:
+
+    the template's T1 mapped to ``tissue_levels`` (CSF, GM, WM; None: the T1 levels) times the
+    case's jitter, the grey/white then CSF/grey contrast reduced to the ``*_kept`` fractions,
+    a ``gamma`` (or, with ``tissue_mixture``, the levels mixed by the tissue fractions);
+    lesions set to ``lesion_level`` (None: made T1-hypointense before the map); each
+    ``resampling`` (z, y, x factors: slice profile, down and back); a bias field
+    exp(``bias_amplitude`` B); Rician noise of ``noise_sigma`` times the mean brain intensity;
+    stored in ``orientation`` (None: the template's).
+    """
+
+    tissue_levels: tuple[float, float, float] | None = None
+    grey_white_kept: float | None = None
+    csf_grey_kept: float | None = None
+    gamma: float = 1.0
+    tissue_mixture: bool = False
+    lesion_level: float | None = None
+    resampling: tuple[tuple[float, float, float], ...] = ()
+    bias_amplitude: float = 0.0
+    noise_sigma: float = 0.0
+    orientation: str | None = None
+
+
+def _shift_imaging(plan: CasePlan) -> Imaging:
+    """The imaging of a source or mixed-pool case: its drawn acquisition plus its shifts."""
+    levels = None
+    grey_white = csf_grey = None
     gamma = 1.0
+    resampling: list[tuple[float, float, float]] = []
     for shift in plan.shifts:
         if shift["kind"] == "contrast":
-            tc, tg, tw = targets
-            tg = tw - (tw - tg) * shift["grey_white_contrast_kept"]
-            tc = tg - (tg - tc) * shift["csf_grey_contrast_kept"]
-            targets = np.array([tc, tg, tw])
+            grey_white = shift["grey_white_contrast_kept"]
+            csf_grey = shift["csf_grey_contrast_kept"]
             gamma = shift["gamma"]
         elif shift["kind"] == "t2like":
-            targets = np.array([shift["levels"][k] for k in ("csf", "gm", "wm")]) * jitter
+            levels = (shift["levels"]["csf"], shift["levels"]["gm"], shift["levels"]["wm"])
+        elif shift["kind"] == "thick_slices":
+            factors = [1.0, 1.0, 1.0]
+            factors["zyx".index(shift["axis"])] = shift["thickness_factor"]
+            resampling.append((factors[0], factors[1], factors[2]))
+        elif shift["kind"] == "low_resolution":
+            resampling.append((shift["resolution_factor"],) * 3)
+    return Imaging(
+        tissue_levels=levels,
+        grey_white_kept=grey_white,
+        csf_grey_kept=csf_grey,
+        gamma=gamma,
+        resampling=tuple(resampling),
+        bias_amplitude=plan.acquisition["bias_amplitude"]
+        + sum(s["amplitude"] for s in plan.shifts if s["kind"] == "bias"),
+        noise_sigma=plan.acquisition["noise_sigma"]
+        + sum(s["sigma"] for s in plan.shifts if s["kind"] == "noise"),
+    )
+
+
+def _site_imaging(site: Site, plan: CasePlan, spacing: float) -> Imaging:
+    """The imaging of a named site's case: the site's protocol at the case's jittered levels."""
+    coarser = max(1.0, site.resolution_mm / spacing)  # no blur where the grid is as coarse
+    factors = [coarser] * 3
+    factors["zyx".index(site.slice_axis)] *= site.thickness_factor
+    resampling = (factors[0], factors[1], factors[2])
+    return Imaging(
+        tissue_levels=site.tissue_levels,
+        grey_white_kept=site.grey_white_kept,
+        csf_grey_kept=site.csf_grey_kept,
+        tissue_mixture=site.tissue_mixture,
+        lesion_level=site.lesion_level,
+        resampling=(resampling,) if max(resampling) > 1.0 else (),
+        bias_amplitude=plan.acquisition["bias_amplitude"],
+        noise_sigma=plan.acquisition["noise_sigma"],
+        orientation=site.orientation,
+    )
+
+
+def _imaging(plan: CasePlan, spacing: float) -> Imaging:
+    """How the case of ``plan`` is imaged at ``spacing``."""
+    site = _site(plan.site)
+    if site is None or site.heterogeneous:
+        return _shift_imaging(plan)
+    return _site_imaging(site, plan, spacing)
+
+
+def _tissue_targets(imaging: Imaging, jitter: np.ndarray, levels: dict[str, float]) -> np.ndarray:
+    """The case's CSF, GM and WM intensities: the imaging's levels, jittered, contrast reduced."""
+    base = (levels["csf"], levels["gm"], levels["wm"])
+    targets = np.array(base if imaging.tissue_levels is None else imaging.tissue_levels) * jitter
+    if imaging.grey_white_kept is not None and imaging.csf_grey_kept is not None:
+        tc, tg, tw = targets
+        tg = tw - (tw - tg) * imaging.grey_white_kept
+        tc = tg - (tg - tc) * imaging.csf_grey_kept
+        targets = np.array([tc, tg, tw])
+    return targets
+
+
+def _tissue_mixture(fractions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Tissue levels (CSF, GM, WM ``targets``) mixed by the GM, WM, CSF ``fractions``.
+
+    The template's probability maps average 152 brains: they are softer than one subject's
+    tissue, and mixed as they are, partial volume would wash out a contrast whose brightest
+    tissue lies between the others (GM in FLAIR). The fractions (and the background's) are
+    sharpened to the power ``_MIXTURE_SHARPNESS`` and renormalised: the dominant tissue, which
+    is the label, sets most of a voxel's intensity.
+    """
+    gm, wm, csf = fractions
+    background = np.clip(1.0 - gm - wm - csf, 0.0, None)
+    weights = np.stack([background, csf, gm, wm]) ** _MIXTURE_SHARPNESS
+    weights /= np.maximum(weights.sum(0), 1e-12)
+    return np.tensordot(targets, weights[1:], axes=1)
+
+
+def _contrast_map(
+    values: np.ndarray, imaging: Imaging, jitter: np.ndarray, levels: dict[str, float]
+) -> np.ndarray:
+    """The case's contrast from the template's T1 and tissue fractions ``values`` (4, ...).
+
+    T1 and T2 families map the T1 intensity piecewise linearly onto the tissue levels (monotone
+    either way). ``tissue_mixture`` contrasts (FLAIR: GM > WM > CSF, not monotone in T1) mix the
+    tissue levels by the tissue fractions instead (see :func:`_tissue_mixture`).
+    """
+    t1 = values[0]
+    c, g, w = levels["csf"], levels["gm"], levels["wm"]
+    targets = _tissue_targets(imaging, jitter, levels)
+    if imaging.tissue_mixture:
+        return _tissue_mixture(values[1:], targets)
+    gamma = imaging.gamma
     xs = np.array([0.0, c, g, w])
     ys = np.array([0.0, *targets])
     slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
@@ -558,51 +772,53 @@ def _resample_axes(image: np.ndarray, factors: tuple[float, float, float]) -> np
 
 def _acquire(
     image: np.ndarray,
-    plan: CasePlan,
+    imaging: Imaging,
     unit: np.ndarray,
     brain: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    for shift in plan.shifts:
-        if shift["kind"] == "thick_slices":
-            factors = [1.0, 1.0, 1.0]
-            factors["zyx".index(shift["axis"])] = shift["thickness_factor"]
-            image = _resample_axes(image, (factors[0], factors[1], factors[2]))
-        elif shift["kind"] == "low_resolution":
-            image = _resample_axes(image, (shift["resolution_factor"],) * 3)
-    amplitude = plan.acquisition["bias_amplitude"] + sum(
-        s["amplitude"] for s in plan.shifts if s["kind"] == "bias"
-    )
+    """Resolution, bias field and Rician noise (before the case's global scale)."""
+    for factors in imaging.resampling:
+        image = _resample_axes(image, factors)
     bias = _smooth_field(rng, unit, modes=6, max_cycles=1.0)
     bias /= max(float(np.abs(bias[brain]).max()) if brain.any() else 1.0, 1e-6)
-    image = image * np.exp(amplitude * bias)
+    image = image * np.exp(imaging.bias_amplitude * bias)
     reference = float(image[brain].mean()) if brain.any() else 1.0
-    sigma = reference * (
-        plan.acquisition["noise_sigma"]
-        + sum(s["sigma"] for s in plan.shifts if s["kind"] == "noise")
-    )
+    sigma = reference * imaging.noise_sigma
     real = image + rng.normal(0.0, sigma, image.shape)
     imaginary = rng.normal(0.0, sigma, image.shape)
-    image = np.sqrt(real**2 + imaginary**2)  # Rician magnitude
-    return image * plan.acquisition["scale"]
+    return np.sqrt(real**2 + imaginary**2)  # Rician magnitude
+
+
+def _orientation(image: sitk.Image) -> str:
+    """The DICOM-style orientation code of ``image`` (the template's is RAS)."""
+    return str(sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()))
+
+
+def _prefix(domain: str) -> str:
+    site = _site(domain)
+    return "src" if site is None else site.prefix
 
 
 def make_case(
     domain: str, index: int, *, seed: int = 0, spacing: float = 3.0, brain_mask: bool = False
 ) -> SampleCase:
-    """Build one case of ``domain`` (``source`` or ``target``) from its own seed.
+    """Build one case of ``domain`` from its own seed.
+
+    ``domain`` is ``source``, ``target`` (the mixed pool, the same cases as ``mixed``) or the
+    name of a target site (``t2``, ``lowfield``, ``flair``, ``mixed``).
 
     Raises:
         BadInputError: an unknown domain or spacing, or the template is not installed.
     """
-    if domain not in ("source", "target"):
-        raise BadInputError(f"domain must be source or target, got {domain!r}")
+    _site(domain)
     template = _template(spacing)
     sequence = case_seed(seed, domain, index)
     plan_rng, field_rng, anatomy_rng, acquisition_rng = (
         np.random.default_rng(s) for s in sequence.spawn(4)
     )
     plan = plan_case(domain, index, plan_rng)
+    imaging = _imaging(plan, spacing)
     values, distances, unit = _sample(template, plan, field_rng, spacing)
     meta: dict[str, Any] = {}
     if plan.atrophy is not None:
@@ -613,13 +829,20 @@ def make_case(
     gm, wm, csf = values[1], values[2], values[3]
     background = np.clip(1.0 - gm - wm - csf, 0.0, 1.0)
     label = np.argmax(np.stack([background, gm, wm, csf]), 0).astype(np.uint8)
+    lesion_mask = None
     if plan.lesions is not None:
-        meta["lesions"] = {
-            **plan.lesions,
-            **_lesions(values, distances, plan, template.levels, spacing, anatomy_rng),
-        }
-    image = _contrast_map(values[0], plan, template.levels)
-    image = _acquire(image, plan, unit, label > 0, acquisition_rng).astype(np.float32)
+        lesion_mask, figures = _lesions(values, distances, plan, spacing, anatomy_rng)
+        meta["lesions"] = {**plan.lesions, **figures}
+    t1 = values[0]
+    if lesion_mask is not None and imaging.lesion_level is None:
+        hypointense = 0.5 * (template.levels["csf"] + template.levels["gm"])
+        t1 += lesion_mask * (hypointense - t1)  # T1-hypointense, then mapped like the tissue
+    jitter = 1.0 + np.array(plan.acquisition["tissue_jitter"])
+    image = _contrast_map(values, imaging, jitter, template.levels)
+    if lesion_mask is not None and imaging.lesion_level is not None:
+        image += lesion_mask * (imaging.lesion_level - image)  # the site's lesion contrast
+    image = _acquire(image, imaging, unit, label > 0, acquisition_rng)
+    image = (image * plan.acquisition["scale"]).astype(np.float32)
     counts = np.bincount(label.ravel(), minlength=4)
     voxel_ml = spacing**3 / 1000.0
     volumes = {LABEL_NAMES[v]: round(float(counts[v]) * voxel_ml, 1) for v in (1, 2, 3)}
@@ -628,18 +851,20 @@ def make_case(
     n = grid_shape(spacing)
     origin_index = template.centre - (n - 1) / 2.0 * spacing
     origin = template.reference.TransformContinuousIndexToPhysicalPoint(origin_index.tolist())
-    case_id = f"{'src' if domain == 'source' else 'tgt'}_{index:03d}"
+    case_id = f"{_prefix(domain)}_{index:03d}"
     meta = {
         "case": case_id,
-        "domain": domain,
+        "domain": plan.domain,
+        "site": plan.site,
         "index": index,
-        "seed": [int(seed), _SOURCE if domain == "source" else _TARGET, int(index)],
+        "seed": [int(seed), _domain_code(domain), int(index)],
         "near_source": plan.near_source,
         "shifts": plan.shifts,
         "shift_kinds": [s["kind"] for s in plan.shifts],
         "max_severity": max((s["severity"] for s in plan.shifts), default=0.0),
         "deformation": plan.deformation,
         "acquisition": plan.acquisition,
+        "orientation": imaging.orientation or _orientation(template.reference),
         "atrophy": meta.get("atrophy"),
         "lesions": meta.get("lesions"),
         "volumes_ml": volumes,
@@ -652,6 +877,7 @@ def make_case(
         tuple(origin),
         template.reference.GetDirection(),
         meta,
+        orientation=imaging.orientation,
     )
 
 
@@ -660,70 +886,83 @@ def write_sample_data(
     n: int = 40,
     *,
     n_source: int = 24,
+    sites: str | Sequence[str] | None = None,
     seed: int = 0,
     spacing: float = 3.0,
     brain_mask: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write the source and target domains and ``manifest.json`` under ``out``.
+    """Write the source domain, the target sites and ``manifest.json`` under ``out``.
 
-    Layout: ``out/source/{images,labels}/src_XXX.nii.gz``,
-    ``out/target/{images,labels}/tgt_XXX.nii.gz`` (an image and its label share a name and a
-    geometry) and ``out/manifest.json`` (one entry per case: domain, shifts with kind and
-    severity, anatomy, seed).
+    Layout (an image and its label share a name and a geometry; :func:`site_folder` finds a
+    site's folder): ``out/source/{images,labels}/src_XXX.nii.gz``;
+    ``out/sites/<site>/{images,labels}/<site>_XXX.nii.gz`` for ``t2``, ``lowfield`` and
+    ``flair``; the ``mixed`` site (the heterogeneous pool) in ``out/target/{images,labels}/
+    tgt_XXX.nii.gz``; ``out/manifest.json``: ``sites`` (name -> folder, n, prefix, seed code,
+    description) and one entry per case (domain, site, shifts with kind and severity,
+    acquisition, anatomy, seed).
 
     Args:
         out: destination folder (created; existing cases of the same names are replaced).
-        n: target pool size.
+        n: cases per target site.
         n_source: source domain size.
+        sites: the target sites to write (names, or one comma-separated string; default all).
         seed: the data seed.
         spacing: voxel size in mm (the field of view stays 192 mm).
         brain_mask: labels are the brain (1) rather than GM/WM/CSF (for the ``deepbet`` preset).
 
     Returns:
         The manifest.
+
+    Raises:
+        BadInputError: no case to write, an unknown site, a bad spacing, no template.
     """
-    if n < 0 or n_source < 0 or n + n_source == 0:
-        raise BadInputError(f"need at least one case (target {n}, source {n_source})")
+    chosen = parse_sites(sites)
+    if n < 0 or n_source < 0 or n * len(chosen) + n_source == 0:
+        raise BadInputError(
+            f"need at least one case ({n} per target site for {len(chosen)} site(s), "
+            f"source {n_source})"
+        )
     out = Path(out)
     started = time.perf_counter()
     source_info = template_source()
-    cases = []
-    total = n + n_source
+    groups = [("source", n_source), *((name, n) for name in chosen)]
     if progress is not None:
-        progress.phase("sample-data", total)
-    done = 0
-    for domain, count in (("source", n_source), ("target", n)):
+        progress.phase("sample-data", sum(count for _, count in groups))
+    cases = []
+    for domain, count in groups:
         for index in range(count):
-            case = make_case(domain, index, seed=seed, spacing=spacing, brain_mask=brain_mask)
-            image, label = case.to_images()
-            folder = out / domain
-            write_image_atomic(image, folder / "images" / f"{case.case_id}.nii.gz")
-            write_image_atomic(label, folder / "labels" / f"{case.case_id}.nii.gz")
-            cases.append(
-                {
-                    **case.meta,
-                    "image": f"{domain}/images/{case.case_id}.nii.gz",
-                    "label": f"{domain}/labels/{case.case_id}.nii.gz",
-                }
-            )
-            done += 1
+            cases.append(_write_case(out, domain, index, seed, spacing, brain_mask))
             if progress is not None:
-                progress.update(done, case=case.case_id)
-    n_vox = grid_shape(spacing)
+                progress.update(len(cases), case=cases[-1]["case"])
     manifest = {
         "generator": "assft.datasets.sampledata",
-        "format": 1,
+        "format": 2,
         "seed": int(seed),
         "spacing_mm": float(spacing),
-        "shape": [n_vox] * 3,
+        "shape": [grid_shape(spacing)] * 3,
         "fov_mm": FOV_MM,
         "brain_mask": bool(brain_mask),
         "labels": {
             str(k): v for k, v in (BRAIN_LABEL_NAMES if brain_mask else LABEL_NAMES).items()
         },
-        "source": {"n": n_source, "folder": "source"},
-        "target": {"n": n, "folder": "target", "near_source_every": _NEAR_SOURCE_EVERY},
+        "source": {"n": n_source, "folder": "source", "prefix": "src", "seed_code": SOURCE_CODE},
+        "target": {
+            "n": n if MIXED in chosen else 0,
+            "folder": SITES[MIXED].folder,
+            "site": MIXED,
+            "near_source_every": _NEAR_SOURCE_EVERY,
+        },
+        "sites": {
+            name: {
+                "folder": SITES[name].folder,
+                "n": n,
+                "prefix": SITES[name].prefix,
+                "seed_code": SITES[name].code,
+                "description": SITES[name].describe(),
+            }
+            for name in chosen
+        },
         "shift_kinds": list(SHIFT_KINDS),
         "severity_levels": {name: round(value, 4) for name, value in LEVELS.values()},
         "template": source_info,
@@ -735,3 +974,20 @@ def write_sample_data(
     temporary.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     os.replace(temporary, out / "manifest.json")
     return manifest
+
+
+def _write_case(
+    out: Path, domain: str, index: int, seed: int, spacing: float, brain_mask: bool
+) -> dict[str, Any]:
+    """Write one case's image and label into its site's folder; its manifest entry."""
+    case = make_case(domain, index, seed=seed, spacing=spacing, brain_mask=brain_mask)
+    image, label = case.to_images()
+    folder = site_folder(out, domain)
+    relative = folder.relative_to(out).as_posix()
+    write_image_atomic(image, folder / "images" / f"{case.case_id}.nii.gz")
+    write_image_atomic(label, folder / "labels" / f"{case.case_id}.nii.gz")
+    return {
+        **case.meta,
+        "image": f"{relative}/images/{case.case_id}.nii.gz",
+        "label": f"{relative}/labels/{case.case_id}.nii.gz",
+    }
