@@ -3,6 +3,10 @@
 Each run selects from the same scored pool, labels the picks from the ground truth, fine-tunes
 a copy of the base workspace and measures Dice on test scans that no run trains on. Results are
 appended to ``runs.jsonl`` as they finish, so an interrupted benchmark continues where it stopped.
+
+The scans are the sample target pool (``assft sample-data``) or, with ``--images`` and
+``--labels``, a lab's own labeled scans (:meth:`Dataset.from_folders`), e.g. to decide how many
+scans to label.
 """
 
 from __future__ import annotations
