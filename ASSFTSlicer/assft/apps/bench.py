@@ -118,6 +118,10 @@ def _run_label_efficiency(
     if own and args.n is not None:
         raise BadInputError("--n sets the number of sample scans; with --images every scan counts")
     test_every = 4 if args.test_every is None else args.test_every
+    if test_every < 2:
+        raise BadInputError(
+            f"--test-every must be 2 or more (every K-th case is a test scan), got {test_every}"
+        )
     out = Path(args.out)
     document = le.run_label_efficiency(
         out,
