@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +270,17 @@ def test_bench_on_own_folders_end_to_end(tmp_path, synthetic_pool, tiny_preset_f
     assert json.loads((out / "label-efficiency.json").read_text())["runs"] == document["runs"]
     # Rerun without --json: nothing is repeated, and the summary says where everything went.
     lines = (out / "runs.jsonl").read_text()
-    printed = run_cli(*args, check=True).stdout
+    # The table holds non-ASCII signs (±); read them as UTF-8 whatever this process's locale is
+    # (GDCM sets it to "C" once a DICOM series has been written, as an earlier test does).
+    printed = subprocess.run(
+        [sys.executable, "-m", "assft", *args],
+        capture_output=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"},
+        timeout=300,
+        check=True,
+    ).stdout
+    assert "± 0.0000" in printed
     assert (out / "runs.jsonl").read_text() == lines
     assert f"Results: {out / 'label-efficiency.json'}" in printed
     assert f"this summary: {section}" in printed
