@@ -749,7 +749,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"assft bench {args.name} needs the full engine package: pip install 'assft[demo]'"
         ) from None
 
-    result = run_benchmark(args)
+    result = run_benchmark(args, label_names=parse_label_names(args.label_names))
     if args.json:
         _print_json(result)
     return 0
@@ -771,7 +771,30 @@ def add_bench_parser(sub: Subparsers) -> None:
         help="fine-tuning steps timed per loop",
     )
     p.add_argument("--model", default="demo", help="model preset or preset file to measure")
-    p.add_argument("--n", type=int, default=40, help="label-efficiency: target scans (pool + test)")
+    p.add_argument(
+        "--n", type=int, help="label-efficiency: sample target scans, pool + test (default 40)"
+    )
+    p.add_argument(
+        "--images",
+        help="label-efficiency on a lab's own scans: folder of images (NIfTI, NRRD, MHA files or "
+        "DICOM series folders) instead of sample data",
+    )
+    p.add_argument(
+        "--labels",
+        help="with --images: folder of their labels, matched to the images by file name "
+        "(sub-01.nrrd labels sub-01.nii.gz)",
+    )
+    p.add_argument(
+        "--label-names",
+        dest="label_names",
+        help="with --images: VALUE:NAME,... (default: the model preset's labels)",
+    )
+    p.add_argument(
+        "--test-every",
+        dest="test_every",
+        type=int,
+        help="with --images: every K-th case (sorted by name) is a test scan (default 4)",
+    )
     p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
     p.add_argument("--seeds", default="0,1,2", help="label-efficiency: seeds")
     p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
@@ -782,7 +805,11 @@ def add_bench_parser(sub: Subparsers) -> None:
         help=f"label-efficiency: only these strategies (comma-separated: {','.join(STRATEGIES)})",
     )
     _progress_flag(p)
-    p.add_argument("--markdown", default="BENCHMARKS.md", help="file to update ('' to skip)")
+    p.add_argument(
+        "--markdown",
+        help="file whose section to update ('' to skip; default BENCHMARKS.md, "
+        "with --images OUT/label-efficiency.md)",
+    )
     _json_flag(p)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from assft.apps import label_efficiency as le
 from assft.apps import speed_bench as speed
+from assft.errors import BadInputError
 from assft.runtime.progress import Progress
 
 
@@ -43,11 +44,31 @@ def _recorded_command(argv: list[str]) -> str:
     return "assft " + " ".join(kept) if kept else "assft bench"
 
 
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Entry point of ``assft bench``."""
+FOLDER_FLAGS = ("images", "labels", "label_names", "test_every")
+"""The flags of ``assft bench label-efficiency`` on a lab's own labeled scans."""
+
+
+def markdown_file(args: argparse.Namespace) -> Path | None:
+    """Where the benchmark's section goes: ``--markdown`` ('' for nowhere); by default the
+    project's BENCHMARKS.md, but a lab's own scans (``--images``) never overwrite its section:
+    their section goes to ``OUT/label-efficiency.md``."""
+    if args.markdown is not None:
+        return Path(args.markdown) if args.markdown else None
+    if getattr(args, "images", None):
+        return Path(args.out) / "label-efficiency.md"
+    return Path("BENCHMARKS.md")
+
+
+def run_benchmark(
+    args: argparse.Namespace, *, label_names: dict[int, str] | None = None
+) -> dict[str, Any]:
+    """Entry point of ``assft bench``; ``label_names`` is ``--label-names`` parsed."""
     command = _recorded_command(sys.argv[1:])
     if args.name == "label-efficiency":
-        return _run_label_efficiency(args, command)
+        return _run_label_efficiency(args, command, label_names)
+    given = [f"--{name.replace('_', '-')}" for name in FOLDER_FLAGS if getattr(args, name, None)]
+    if given:
+        raise BadInputError(f"{', '.join(given)}: only for assft bench label-efficiency")
     pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
     document = speed.run_speed(
         Path(args.out),
@@ -58,9 +79,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         train_steps=args.train_steps,
         model=args.model,
     )
-    if args.markdown:
+    target = markdown_file(args)
+    if target:
         update_markdown(
-            Path(args.markdown),
+            target,
             speed.speed_markdown(document, command),
             speed.MARK_BEGIN,
             speed.MARK_END,
@@ -70,23 +92,69 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
-def _run_label_efficiency(args: argparse.Namespace, command: str) -> dict[str, Any]:
+def _numbers(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise BadInputError(
+            f"{flag} {text!r} is not a comma-separated list of whole numbers"
+        ) from None
+    if not values or min(values) < (0 if flag == "--seeds" else 1):
+        raise BadInputError(f"{flag} {text!r}: give positive whole numbers, e.g. 2,4,8")
+    return values
+
+
+def _run_label_efficiency(
+    args: argparse.Namespace, command: str, label_names: dict[int, str] | None
+) -> dict[str, Any]:
+    own = bool(args.images or args.labels)
+    if own and not (args.images and args.labels):
+        raise BadInputError(
+            "--images and --labels go together: a folder of scans and one of their labels"
+        )
+    if not own and (label_names or args.test_every is not None):
+        given = "--label-names" if label_names else "--test-every"
+        raise BadInputError(f"{given} applies to a lab's own scans: give --images and --labels")
+    if own and args.n is not None:
+        raise BadInputError("--n sets the number of sample scans; with --images every scan counts")
+    test_every = 4 if args.test_every is None else args.test_every
+    if test_every < 2:
+        raise BadInputError(
+            f"--test-every must be 2 or more (every K-th case is a test scan), got {test_every}"
+        )
+    out = Path(args.out)
     document = le.run_label_efficiency(
-        Path(args.out),
-        n=args.n,
-        budgets=tuple(int(b) for b in args.budgets.split(",")),
-        seeds=tuple(int(b) for b in args.seeds.split(",")),
+        out,
+        n=40 if args.n is None else args.n,
+        budgets=_numbers("--budgets", args.budgets),
+        seeds=_numbers("--seeds", args.seeds),
         iterations=args.iterations,
         views=args.views,
         device=args.device,
         ablations=not args.no_ablations,
         strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
         model=args.model,
+        images=Path(args.images) if own else None,
+        labels=Path(args.labels) if own else None,
+        label_names=label_names,
+        test_every=test_every,
         progress=Progress(args.progress),
     )
     section = le.markdown(document, command)
-    if args.markdown:
-        update_markdown(Path(args.markdown), section, le.MARK_BEGIN, le.MARK_END)
+    target = markdown_file(args)
+    if target:
+        update_markdown(target, section, le.MARK_BEGIN, le.MARK_END)
+    written = {
+        "json": str(out / "label-efficiency.json"),
+        "runs": str(out / "runs.jsonl"),
+        "plot": str(out / "dice-vs-budget.svg"),
+        "markdown": str(target) if target else None,
+    }
     if not args.json:
         print(section)
-    return document
+        print()
+        print(
+            f"Results: {written['json']} (every run: {written['runs']}); plot: {written['plot']}"
+            + (f"; this summary: {target}" if target else "")
+        )
+    return {**document, "written": written}

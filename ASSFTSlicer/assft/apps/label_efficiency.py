@@ -3,6 +3,10 @@
 Each run selects from the same scored pool, labels the picks from the ground truth, fine-tunes
 a copy of the base workspace and measures Dice on test scans that no run trains on. Results are
 appended to ``runs.jsonl`` as they finish, so an interrupted benchmark continues where it stopped.
+
+The scans are the sample target pool (``assft sample-data``) or, with ``--images`` and
+``--labels``, a lab's own labeled scans (:meth:`Dataset.from_folders`), e.g. to decide how many
+scans to label.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def planned_runs(
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
     ablations of DKD's gap estimator and of the diversity term; random at twice each
     budget (ATTSQ at B is compared with random at 2B); and, given ``pool_size``, the recipe's
-    ceiling: supervised fine-tuning with every pool case labeled."""
+    ceiling: supervised fine-tuning with every pool case labeled (random at 2B is then left out
+    where 2B exceeds the pool)."""
     runs = []
     for budget, seed in product(budgets, seeds):
         for strategy, mode in product(STRATEGIES, ("selective", "none", "all")):
@@ -78,7 +83,8 @@ def planned_runs(
                 }
             )
     for budget, seed in product(sorted({2 * b for b in budgets} - set(budgets)), seeds):
-        runs.append({"strategy": "random", "mode": "selective", "budget": budget, "seed": seed})
+        if pool_size is None or budget <= pool_size:  # random at 2B needs 2B pool scans
+            runs.append({"strategy": "random", "mode": "selective", "budget": budget, "seed": seed})
     if pool_size:
         runs += [
             {
@@ -208,6 +214,29 @@ def _check_same_setup(path: Path, setup: dict[str, Any]) -> None:
         path.write_text(json.dumps(setup, indent=2) + "\n")
 
 
+def pool_size_of(n: int, test_every: int) -> int:
+    """Pool scans among ``n`` cases when every ``test_every``-th one is a test scan."""
+    return n - n // test_every
+
+
+def _check_budgets(
+    budgets: Sequence[int], n: int, test_every: int, where: Path | None, what: str
+) -> None:
+    """Refuse a budget larger than the pool, saying how many cases it needs."""
+    largest = max(budgets)
+    pool = pool_size_of(n, test_every)
+    if largest > pool:
+        needed = largest
+        while pool_size_of(needed, test_every) < largest:
+            needed += 1
+        raise BadInputError(
+            f"budget {largest} needs a pool of at least {largest} cases, that is at least "
+            f"{needed} {what} (1 in every {test_every} is a test scan); there are {n} "
+            f"({pool} for the pool, {n - pool} to test)",
+            where,
+        )
+
+
 def run_label_efficiency(
     out: Path,
     *,
@@ -221,32 +250,82 @@ def run_label_efficiency(
     strategies: tuple[str, ...] = STRATEGIES,
     model: str = "demo",
     data_seed: int = 11,
+    images: Path | None = None,
+    labels: Path | None = None,
+    label_names: dict[int, str] | None = None,
+    test_every: int = 4,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
+
+    The scans are ``n`` sample target scans (``assft sample-data``, seed ``data_seed``, written
+    to ``out/data``), or, given ``images`` and ``labels``, a lab's own labeled scans
+    (:meth:`Dataset.from_folders`; ``n`` and ``data_seed`` are then unused). ``label_names``
+    (``{value: name}``) default to the model preset's; every label is checked against them
+    before anything is written. Every ``test_every``-th case is a test scan.
     """
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise BadInputError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    if (images is None) != (labels is None):
+        raise BadInputError("a lab's own scans need both a folder of images and one of labels")
+    if label_names is not None and images is None:
+        raise BadInputError("label names apply to a lab's own scans (a folder of images) only")
     progress = progress or Progress("none")
-    out.mkdir(parents=True, exist_ok=True)
     finetune = {
         "iterations": iterations,
         "semi_iterations": iterations,
         **(SMALL_MODEL_FINETUNE if model == "demo" else {}),
     }
-    _check_same_setup(
-        out / "setup.json",
-        {"n": n, "data_seed": data_seed, "model": model, "views": views, "finetune": finetune},
-    )
     data = out / "data"
-    if not (data / "manifest.json").is_file():
-        write_sample_data(data, n, n_source=0, sites=[MIXED], seed=data_seed, progress=progress)
-    dataset = Dataset.from_sample_data(data)
+    setup: dict[str, Any]
+    if images is not None and labels is not None:
+        images, labels = Path(images).expanduser().resolve(), Path(labels).expanduser().resolve()
+        names = _label_names(model, label_names)
+        dataset = Dataset.from_folders(images, labels, test_every=test_every, label_names=names)
+        n_cases = len(dataset.pool) + len(dataset.test)
+        _check_budgets(budgets, n_cases, test_every, images, "labeled cases")
+        setup = {
+            "images": str(images),
+            "labels": str(labels),
+            "label_names": {str(k): v for k, v in sorted(names.items())},
+            "test_every": test_every,
+            # Runs continue only on the same scans: a case added or removed is another setup.
+            "cases": sorted(c.case_id for c in dataset.pool + dataset.test),
+            "model": model,
+            "views": views,
+            "finetune": finetune,
+        }
+    else:
+        names = None
+        _check_budgets(budgets, n, test_every, None, "sample scans (--n)")
+        # test_every is recorded only when it is not the default, so that a benchmark folder
+        # made before it could be chosen continues.
+        setup = {
+            "n": n,
+            "data_seed": data_seed,
+            "model": model,
+            "views": views,
+            "finetune": finetune,
+        }
+        if test_every != 4:
+            setup["test_every"] = test_every
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_setup(out / "setup.json", setup)
+    if images is None:
+        if not (data / "manifest.json").is_file():
+            write_sample_data(data, n, n_source=0, sites=[MIXED], seed=data_seed, progress=progress)
+        dataset = Dataset.from_sample_data(data, test_every=test_every)
     simulation = Simulation(
-        out, dataset, model=model, device=device, views=views, progress=progress
+        out,
+        dataset,
+        model=model,
+        label_names=names,
+        device=device,
+        views=views,
+        progress=progress,
     )
     results_path = out / "runs.jsonl"
     done = {_key(r) for r in read_results(results_path)}
@@ -290,14 +369,23 @@ def run_label_efficiency(
             "iterations": iterations,
             "views": views,
             "model": model,
-            "data_seed": data_seed,
+            **(
+                {"data_seed": data_seed}
+                if images is None
+                else {
+                    "images": str(images),
+                    "labels": str(labels),
+                    "label_names": setup["label_names"],
+                }
+            ),
+            "test_every": test_every,
             "device": simulation.scored.device,
         },
         "pretrained": {
             "mean_dice": pretrained["mean_dice"],
             "per_structure": pretrained["per_structure"],
         },
-        "test_cases": describe_test_scans(data, pretrained["by_case"]),
+        "test_cases": describe_test_scans(data if images is None else None, pretrained["by_case"]),
         "signals_against_failure": simulation.signals_against_failure(),
         "runs": results,
         **summarise(results),
@@ -307,8 +395,24 @@ def run_label_efficiency(
     return document
 
 
-def describe_test_scans(data: Path, pretrained: dict[str, float]) -> list[dict[str, Any]]:
-    """Each test scan: what was done to it (from the sample data's manifest), pretrained Dice."""
+def _label_names(model: str, label_names: dict[int, str] | None) -> dict[int, str]:
+    """The labels of a run: those given, else the preset's (as ``create_workspace`` has them),
+    checked as a workspace checks them."""
+    from assft.models.presets import get_preset
+    from assft.workspace.config import make_labels
+
+    names = dict(label_names or get_preset(model).label_names or {1: "foreground"})
+    make_labels(names)
+    return names
+
+
+def describe_test_scans(data: Path | None, pretrained: dict[str, float]) -> list[dict[str, Any]]:
+    """Each test scan: what was done to it (from the sample data's manifest), pretrained Dice.
+
+    Without sample data (``data`` None: a lab's own scans) nothing is known of the scans but
+    their pretrained Dice."""
+    if data is None:
+        return [{"case_id": case_id, "pretrained": dice} for case_id, dice in pretrained.items()]
     manifest = json.loads((data / "manifest.json").read_text())
     described = {c["case"]: c for c in manifest["cases"]}
     rows = []
@@ -367,19 +471,24 @@ def per_test_scan(
                 c["case_id"]: float(np.mean([r["test_per_case"][c["case_id"]] for r in runs]))
                 for c in cases
             }
+    # Sample scans say what was done to them; a lab's own scans are known by their names only.
+    described = all("shifts" in case for case in cases)
+    extra = "shifts | anatomy | " if described else ""
     lines = [
         f"Test Dice per test scan at budget {budget} (selective SSFT, mean over seeds):",
         "",
-        "| test scan | shifts | anatomy | pretrained | " + " | ".join(means) + " |",
-        "|---|---|---|---:|" + "---:|" * len(means),
+        f"| test scan | {extra}pretrained | " + " | ".join(means) + " |",
+        "|---|" + ("---|---|" if described else "") + "---:|" + "---:|" * len(means),
     ]
     for case in cases:
         cells = [f"{means[s][case['case_id']]:.3f}" for s in means]
+        about = (
+            f"{', '.join(case['shifts']) or 'near source'} | {', '.join(case['anatomy']) or '-'} | "
+            if described
+            else ""
+        )
         lines.append(
-            f"| {case['case_id']} | {', '.join(case['shifts']) or 'near source'} | "
-            f"{', '.join(case['anatomy']) or '-'} | {case['pretrained']:.3f} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {case['case_id']} | {about}{case['pretrained']:.3f} | " + " | ".join(cells) + " |"
         )
     return lines
 
@@ -390,11 +499,15 @@ def markdown(document: dict[str, Any], command: str) -> str:
     table = [row for row in document["table"] if row["variant"] != CEILING]
     ceiling = [row for row in document["table"] if row["variant"] == CEILING]
     budgets = sorted({row["budget"] for row in table} | set(setup["budgets"]))
+    if setup.get("images"):
+        pool = f"pool of {setup['pool']} labeled scans of `{setup['images']}`"
+    else:
+        pool = f"target pool of {setup['pool']} sample scans"
     lines = [
         MARK_BEGIN,
         "### Label efficiency",
         "",
-        f"`{command}`: target pool of {setup['pool']} sample scans, {setup['test']} test scans "
+        f"`{command}`: {pool}, {setup['test']} test scans "
         f"never trained on; budgets {budgets}, seeds {setup['seeds']}, {setup['iterations']} + "
         f"{setup['iterations']} fine-tuning steps, {setup['views']} test-time views, "
         f"{setup['model']} model on {setup['device']}. Mean test Dice ± sample std over seeds. "

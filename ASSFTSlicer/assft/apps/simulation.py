@@ -19,7 +19,17 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from assft.io.imaging import read_image, read_label
+from assft.errors import BadInputError
+from assft.io.imaging import (
+    IMAGE_SUFFIXES,
+    VoxelGrid,
+    case_id_from_path,
+    geometry_mismatch,
+    image_suffix,
+    is_dicom_series,
+    read_image,
+    read_label,
+)
 from assft.metrics import dice_scores, mean_dice, rank_normalise
 from assft.predict import Predictor
 from assft.query.config import QueryConfig
@@ -28,6 +38,7 @@ from assft.runtime.progress import Progress
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune
 from assft.workspace.creation import create_workspace
+from assft.workspace.labels import check_label_values
 from assft.workspace.workspace import Workspace
 
 # The fine-tuning recipe of the demo model's experiments: patches as in its pretraining
@@ -68,9 +79,146 @@ class Dataset:
         cases = [
             Case(p.name[: -len(".nii.gz")], p, root / "target" / "labels" / p.name) for p in images
         ]
+        return cls.split(cases, test_every=test_every)
+
+    @classmethod
+    def split(cls, cases: list[Case], *, test_every: int = 4) -> Dataset:
+        """Every ``test_every``-th case (in the order given) is a test scan, the others the pool."""
         test = [c for i, c in enumerate(cases) if i % test_every == test_every - 1]
         pool = [c for c in cases if c not in test]
         return cls(pool=pool, test=test)
+
+    @classmethod
+    def from_folders(
+        cls,
+        images: Path,
+        labels: Path,
+        *,
+        test_every: int = 4,
+        label_names: dict[int, str] | None = None,
+    ) -> Dataset:
+        """A lab's own labeled scans: every image of ``images`` with its label in ``labels``.
+
+        Images are the image files of ``images`` (NIfTI, NRRD, MetaImage) and its DICOM series
+        subfolders. A label belongs to the image of the same case id: the file name without its
+        image extension (``sub-01.nii.gz`` and ``sub-01.nrrd`` are one case). In the case ids'
+        sorted order every ``test_every``-th case is a test scan, the others form the pool (the
+        rule of :meth:`from_sample_data`).
+
+        Each label's size, spacing, origin and direction must be its image's (read from the
+        headers where the format allows). With ``label_names``, each label is read and may hold
+        only 0 and those values.
+
+        Raises:
+            BadInputError: one line naming the file or folder: a missing or empty folder, two
+                files of one case id, an image without a label or a label without an image, a
+                label whose grid differs from its image's, undeclared label values, fewer cases
+                than a pool and a test set need, ``test_every`` below 2.
+        """
+        if test_every < 2:
+            raise BadInputError(
+                f"test_every must be 2 or more (every test_every-th case is a test scan; "
+                f"{test_every} leaves no pool), got {test_every}"
+            )
+        if Path(images).expanduser().resolve() == Path(labels).expanduser().resolve():
+            raise BadInputError(
+                "is given as both the images and the labels folder: keep the labels in a folder "
+                "of their own, named like the images",
+                images,
+            )
+        image_files = _case_files(Path(images), "images")
+        label_files = _case_files(Path(labels), "labels")
+        rule = "labels are matched to images by file name, without the image extension"
+        for case_id, image in image_files.items():
+            if case_id not in label_files:
+                more = len(set(image_files) - set(label_files)) - 1
+                raise BadInputError(
+                    f"has no label in {labels} ({rule}: expected {case_id}.nii.gz, .nrrd, "
+                    f".mha...)" + (f"; {more} other image(s) have none either" if more else ""),
+                    image,
+                )
+        for case_id, label in label_files.items():
+            if case_id not in image_files:
+                more = len(set(label_files) - set(image_files)) - 1
+                raise BadInputError(
+                    f"matches no image in {images} ({rule}: case id {case_id!r})"
+                    + (f"; {more} other label(s) match none either" if more else ""),
+                    label,
+                )
+        ids = sorted(image_files)
+        if len(ids) < test_every:
+            raise BadInputError(
+                f"holds {len(ids)} labeled case(s); at least {test_every} are needed for a pool "
+                f"and a test set (every {_ordinal(test_every)} case is a test scan: "
+                f"{test_every} cases give {test_every - 1} pool scan(s) and 1 test scan)",
+                images,
+            )
+        cases = [Case(i, image_files[i], label_files[i]) for i in ids]
+        for case in cases:
+            _check_label_fits(case.truth, case.image)
+            if label_names is not None:
+                check_label_values(read_label(case.truth), label_names, case.truth)
+        return cls.split(cases, test_every=test_every)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _case_files(folder: Path, what: str) -> dict[str, Path]:
+    """``{case id: path}`` of the image files and DICOM series subfolders of ``folder``."""
+    folder = folder.expanduser()
+    if not folder.exists():
+        raise BadInputError(f"does not exist (the folder of {what})", folder)
+    if not folder.is_dir():
+        raise BadInputError(f"is not a folder (the folder of {what} is needed)", folder)
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not (path.is_file() and image_suffix(path)) and not (
+            path.is_dir() and is_dicom_series(path)
+        ):
+            continue
+        case_id = case_id_from_path(path)
+        if case_id in found:
+            raise BadInputError(
+                f"gives case id {case_id!r}, like {found[case_id].name}: two {what} of one case "
+                "(the case id is the file name without its image extension)",
+                path,
+            )
+        found[case_id] = path.resolve()
+    if not found:
+        kinds = ", ".join(IMAGE_SUFFIXES)
+        raise BadInputError(f"holds no {what} ({kinds} files or DICOM series folders)", folder)
+    return found
+
+
+def _grid(path: Path, *, label: bool) -> VoxelGrid:
+    """The voxel grid of an image from its header alone where the format allows, else read."""
+    if path.is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+            if reader.GetDimension() == 3:
+                return reader
+        except RuntimeError:
+            pass  # the full read below names the problem in one line
+    return read_label(path) if label else read_image(path)
+
+
+def _check_label_fits(label: Path, image: Path) -> None:
+    """Refuse a label whose size, spacing, origin or direction differ from its image's."""
+    label_grid, image_grid = _grid(label, label=True), _grid(image, label=False)
+    mismatch = geometry_mismatch(label_grid, image_grid)
+    if mismatch is None:
+        return
+    sizes = tuple(label_grid.GetSize()), tuple(image_grid.GetSize())
+    if not mismatch.startswith("size"):
+        mismatch += f" (sizes: label {sizes[0]}, image {sizes[1]})"
+    raise BadInputError(f"does not fit its image {image}: {mismatch}", label)
 
 
 @dataclass
@@ -121,7 +269,10 @@ def dice_on_test_scans(
 
 
 class Simulation:
-    """A base workspace over the pool, scored once; runs fine-tune copies of it."""
+    """A base workspace over the pool, scored once; runs fine-tune copies of it.
+
+    ``label_names`` (``{value: name}``) default to the model preset's.
+    """
 
     def __init__(
         self,
@@ -129,6 +280,7 @@ class Simulation:
         dataset: Dataset,
         *,
         model: str = "demo",
+        label_names: dict[int, str] | None = None,
         device: str = "auto",
         views: int = 4,
         progress: Progress | None = None,
@@ -142,7 +294,9 @@ class Simulation:
         base = out / "base"
         if base.exists():
             shutil.rmtree(base)
-        self.base = create_workspace(base, [c.image for c in dataset.pool], model=model)
+        self.base = create_workspace(
+            base, [c.image for c in dataset.pool], model=model, label_names=label_names
+        )
         started = time.perf_counter()
         self.scored = score_pool(
             self.base,
