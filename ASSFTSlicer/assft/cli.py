@@ -574,7 +574,35 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{mark} {v['version']:<5} parent {v.get('parent') or '-':<5} {v.get('mode') or '':<10}"
             f" {dice_text}  {'promoted' if v.get('promoted') else 'not promoted'}"
         )
+        curve = describe_curve(v.get("learning_curve"))
+        if curve:
+            print(f"        {curve}")
     return 0
+
+
+def describe_curve(curve: dict[str, Any] | None) -> str:
+    """A version's learning curve in one line: steps, loss from first to last point, held-out
+    Dice by step, and the best checkpoint (empty when none was recorded)."""
+    if not curve:
+        return ""
+    steps = curve.get("steps") or {}
+    first = int(steps.get("1", 0))
+
+    def at(point: list[float]) -> int:
+        return int(point[1]) + (first if int(point[0]) == 2 else 0)
+
+    parts = [f"steps {' + '.join(str(v) for v in steps.values())}"]
+    loss = curve.get("loss") or []
+    if loss:
+        parts.append(f"loss {loss[0][2]:.3f} -> {loss[-1][2]:.3f}")
+    validation = curve.get("validation") or []
+    if validation:
+        shown = " ".join(f"{at(p)}:{p[2]:.3f}" for p in validation)
+        parts.append(f"held-out Dice by step {shown}")
+    best = curve.get("best")
+    if best:
+        parts.append(f"kept step {at([best['stage'], best['step']])} ({best['validation_dice']:.4f})")
+    return "; ".join(parts)
 
 
 def add_models_parser(sub: Subparsers) -> None:
@@ -797,7 +825,28 @@ def add_bench_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
     p.add_argument("--seeds", default="0,1,2", help="label-efficiency: seeds")
-    p.add_argument("--iterations", type=int, default=60, help="label-efficiency: steps per stage")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        help="label-efficiency: steps per stage (default: from the labeled set, the recipe's rule)",
+    )
+    p.add_argument(
+        "--site",
+        default="mixed",
+        help="label-efficiency: the sample-data site (t2, lowfield, flair, mixed; default mixed)",
+    )
+    p.add_argument(
+        "--modes",
+        default="selective,none,all",
+        help="label-efficiency: fine-tuning modes (comma-separated; default selective,none,all)",
+    )
+    p.add_argument(
+        "--recipe-ablations",
+        dest="recipe_ablations",
+        action="store_true",
+        help="label-efficiency: also change one recipe choice at a time (BatchNorm, flips, "
+        "intensity augmentation, schedule, best checkpoint)",
+    )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
     p.add_argument(
@@ -891,28 +940,14 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
     from assft.validation import ConfigFieldError
 
     try:
-        config = PretrainConfig(
-            seed=args.seed,
-            data_seed=args.data_seed,
-            iterations=args.iterations,
-            n_source=args.n_source,
-            n_target=args.n_target,
-        )
+        flags = ("seed", "data_seed", "iterations", "n_source", "n_target", "n_site")
+        given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+        config = PretrainConfig(**given)
     except ConfigFieldError as error:  # each of these fields is set by its flag
         raise error.named(flag_of(error.field)) from None
-    argv = [
-        "pretrain-demo",
-        "--iterations",
-        str(args.iterations),
-        "--seed",
-        str(args.seed),
-        "--data-seed",
-        str(args.data_seed),
-        "--n-source",
-        str(args.n_source),
-        "--n-target",
-        str(args.n_target),
-    ]
+    argv = ["pretrain-demo"]
+    for name in flags:  # the whole recipe, so the manifest's command rebuilds these weights
+        argv += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     manifest = pretrain_demo(
         args.out,
         config,
@@ -936,11 +971,16 @@ def add_pretrain_demo_parser(sub: Subparsers) -> None:
         "--out", help="folder for the weights and manifest (default: the shipped Resources/)"
     )
     p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
-    p.add_argument("--iterations", type=int, default=1200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", dest="data_seed", type=int, default=0)
-    p.add_argument("--n-source", dest="n_source", type=int, default=24)
-    p.add_argument("--n-target", dest="n_target", type=int, default=40)
+    p.add_argument("--iterations", type=int, help="training steps (default: the shipped recipe's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-seed", dest="data_seed", type=int)
+    p.add_argument("--n-source", dest="n_source", type=int, help="source cases (default 24)")
+    p.add_argument(
+        "--n-target", dest="n_target", type=int, help="mixed-pool cases evaluated (default 40)"
+    )
+    p.add_argument(
+        "--n-site", dest="n_site", type=int, help="cases evaluated per named site (default 12)"
+    )
     _device_flag(p, "cpu", help="cpu (default) reproduces the shipped figures")
     _json_flag(p)
     _progress_flag(p)

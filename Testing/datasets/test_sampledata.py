@@ -318,7 +318,7 @@ def test_site_layout_and_manifest(sites) -> None:
         images = sorted(p.name for p in (site_folder(out, name) / "images").iterdir())
         assert images == [f"{name}_{i:03d}.nii.gz" for i in range(4)]
     lowfield = manifest["sites"]["lowfield"]["description"]
-    assert lowfield["thickness"] == {"axis": "z", "factor": 3.0} and lowfield["contrast"] == "T1"
+    assert lowfield["thickness"] == {"axis": "z", "factor": 1.7} and lowfield["contrast"] == "T1"
     assert manifest["sites"]["flair"]["description"]["orientation"] == "LPS"
 
 
@@ -369,7 +369,7 @@ def test_within_a_site_the_acquisition_is_coherent(sites) -> None:
     # Thick slices along z: edges blurred along z, not along x; isotropic sites keep both.
     for site, thick in (("source", False), ("t2", False), ("lowfield", True), ("flair", True)):
         for row in measured[site]:
-            assert row["z_over_x"] < 0.7 if thick else row["z_over_x"] > 0.85, (site, row)
+            assert row["z_over_x"] < 0.78 if thick else row["z_over_x"] > 0.85, (site, row)
 
 
 @needs_template

@@ -13,6 +13,7 @@ from typing import Any
 
 from assft.apps import label_efficiency as le
 from assft.apps import speed_bench as speed
+from assft.datasets.sites import parse_sites
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
 
@@ -104,6 +105,16 @@ def _numbers(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
+def _modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in le.MODES]
+    if unknown or not modes:
+        raise BadInputError(
+            f"--modes {text!r}: the modes are {', '.join(le.MODES)} (comma-separated)"
+        )
+    return modes
+
+
 def _run_label_efficiency(
     args: argparse.Namespace, command: str, label_names: dict[int, str] | None
 ) -> dict[str, Any]:
@@ -138,12 +149,15 @@ def _run_label_efficiency(
         labels=Path(args.labels) if own else None,
         label_names=label_names,
         test_every=test_every,
+        site=parse_sites(args.site)[0] if not own else le.MIXED,
+        modes=_modes(args.modes),
+        recipe_ablations=args.recipe_ablations,
         progress=Progress(args.progress),
     )
     section = le.markdown(document, command)
     target = markdown_file(args)
     if target:
-        update_markdown(target, section, le.MARK_BEGIN, le.MARK_END)
+        update_markdown(target, section, *le.markers(document["setup"].get("site")))
     written = {
         "json": str(out / "label-efficiency.json"),
         "runs": str(out / "runs.jsonl"),

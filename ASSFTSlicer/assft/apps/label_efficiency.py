@@ -36,6 +36,28 @@ from assft.runtime.progress import Progress
 
 MARK_BEGIN = "<!-- bench:label-efficiency:begin -->"
 MARK_END = "<!-- bench:label-efficiency:end -->"
+MODES: tuple[str, ...] = ("selective", "none", "all")
+"""The fine-tuning modes of the grid (training/config.py FinetuneMode)."""
+RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
+    "bn=frozen": {"freeze_batchnorm": True},
+    "flips=all": {"flips": "all"},
+    "intensity=off": {"intensity_augment": False},
+    "schedule=constant": {"schedule": "constant"},
+    "no best checkpoint": {"keep_best": False},
+}
+"""One recipe choice changed each (random picks, supervised, the smallest budget)."""
+
+
+def markers(site: str | None) -> tuple[str, str]:
+    """The BENCHMARKS.md markers of a benchmark's section (one section per sample site)."""
+    if site is None or site == MIXED:
+        return MARK_BEGIN, MARK_END
+    return (
+        f"<!-- bench:label-efficiency:{site}:begin -->",
+        f"<!-- bench:label-efficiency:{site}:end -->",
+    )
+
+
 STRATEGIES: tuple[str, ...] = tuple(REGISTERED)
 """Every registered strategy (query/strategies.py)."""
 SINGLE: tuple[str, ...] = tuple(name for name, info in REGISTERED.items() if info.baseline)
@@ -51,15 +73,18 @@ def planned_runs(
     *,
     ablations: bool = True,
     pool_size: int | None = None,
+    modes: Sequence[str] = MODES,
+    recipe_ablations: bool = False,
 ) -> list[dict[str, Any]]:
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
     ablations of DKD's gap estimator and of the diversity term; random at twice each
     budget (ATTSQ at B is compared with random at 2B); and, given ``pool_size``, the recipe's
     ceiling: supervised fine-tuning with every pool case labeled (random at 2B is then left out
-    where 2B exceeds the pool)."""
+    where 2B exceeds the pool). ``modes`` limits the fine-tuning modes; ``recipe_ablations`` adds
+    each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised)."""
     runs = []
     for budget, seed in product(budgets, seeds):
-        for strategy, mode in product(STRATEGIES, ("selective", "none", "all")):
+        for strategy, mode in product(STRATEGIES, modes):
             runs.append({"strategy": strategy, "mode": mode, "budget": budget, "seed": seed})
         if ablations:
             runs.append(
@@ -82,9 +107,22 @@ def planned_runs(
                     "query": {"lambda_div": 0.0},
                 }
             )
+    double_mode = "selective" if "selective" in modes else modes[0]
     for budget, seed in product(sorted({2 * b for b in budgets} - set(budgets)), seeds):
         if pool_size is None or budget <= pool_size:  # random at 2B needs 2B pool scans
-            runs.append({"strategy": "random", "mode": "selective", "budget": budget, "seed": seed})
+            runs.append({"strategy": "random", "mode": double_mode, "budget": budget, "seed": seed})
+    if recipe_ablations:
+        for (variant, change), seed in product(RECIPE_ABLATIONS.items(), seeds):
+            runs.append(
+                {
+                    "strategy": "random",
+                    "mode": "none",
+                    "budget": min(budgets),
+                    "seed": seed,
+                    "variant": variant,
+                    "finetune": change,
+                }
+            )
     if pool_size:
         runs += [
             {
@@ -106,11 +144,15 @@ def _key(run: dict[str, Any]) -> tuple:
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and spread (sample std) over seeds per strategy, mode, variant and budget."""
     groups: dict[tuple, list[float]] = {}
+    pools: dict[tuple, list[float]] = {}
     for r in results:
         key = (r["strategy"], r["mode"], r.get("variant", ""), r["budget"])
         groups.setdefault(key, []).append(r["test_dice"])
+        if r.get("pool_dice") is not None:
+            pools.setdefault(key, []).append(r["pool_dice"] - r["pool_dice_pretrained"])
     table = []
     for (strategy, mode, variant, budget), values in sorted(groups.items()):
+        gains = pools.get((strategy, mode, variant, budget), [])
         table.append(
             {
                 "strategy": strategy,
@@ -120,9 +162,26 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 "n": len(values),
+                "pool_gain": float(np.mean(gains)) if gains else None,
+                "pool_gain_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
             }
         )
-    return {"table": table, "goals": goals(table)}
+    return {"table": table, "goals": goals(table), "gate": gate_record(results)}
+
+
+def gate_record(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the promotion gate did: promoted runs, and any promoted version worse than its
+    parent on the held-out cases (there must be none) or on the test scans."""
+    gated = [r for r in results if r.get("validation_dice") is not None]
+    promoted = [r for r in gated if r.get("promoted")]
+    worse_held_out = [
+        r for r in promoted if r["validation_dice"] < r["parent_validation_dice"] - 1e-9
+    ]
+    return {
+        "runs_with_held_out": len(gated),
+        "promoted": len(promoted),
+        "promoted_worse_on_held_out": len(worse_held_out),
+    }
 
 
 def _mean(
@@ -198,6 +257,51 @@ def goals(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def payoff_goals(
+    table: list[dict[str, Any]], pretrained: float, budgets: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Does fine-tuning pay off (issue 10's figures)? The ceiling (every selectable scan
+    labeled) at least pretrained + 0.15 and above the smallest budget; random picks at the
+    smallest budget at least pretrained + 0.05. Reported, not asserted."""
+    smallest = min(budgets)
+    out = []
+    ceiling = next((r for r in table if r["variant"] == CEILING), None)
+    small = _mean(table, "random", "none", smallest)
+    if small is None:
+        small = _mean(table, "random", "selective", smallest)
+    if ceiling is not None:
+        out.append(
+            {
+                "goal": "ceiling >= pretrained + 0.15",
+                "ours": ceiling["mean"],
+                "other": pretrained + 0.15,
+                "margin": ceiling["mean"] - pretrained - 0.15,
+                "holds": ceiling["mean"] >= pretrained + 0.15,
+            }
+        )
+        if small is not None:
+            out.append(
+                {
+                    "goal": f"ceiling above random at budget {smallest} (more labels bring more)",
+                    "ours": ceiling["mean"],
+                    "other": small,
+                    "margin": ceiling["mean"] - small,
+                    "holds": ceiling["mean"] > small + ceiling["std"],
+                }
+            )
+    if small is not None:
+        out.append(
+            {
+                "goal": f"random at budget {smallest} >= pretrained + 0.05",
+                "ours": small,
+                "other": pretrained + 0.05,
+                "margin": small - pretrained - 0.05,
+                "holds": small >= pretrained + 0.05,
+            }
+        )
+    return out
+
+
 def _check_same_setup(path: Path, setup: dict[str, Any]) -> None:
     """Runs continue only under the setup they were made with (budgets and seeds may grow)."""
     setup = json.loads(json.dumps(setup))
@@ -243,7 +347,7 @@ def run_label_efficiency(
     n: int = 40,
     budgets: tuple[int, ...] = (2, 4, 8),
     seeds: tuple[int, ...] = (0, 1, 2),
-    iterations: int = 60,
+    iterations: int | None = None,
     views: int = 2,
     device: str = "auto",
     ablations: bool = True,
@@ -254,6 +358,9 @@ def run_label_efficiency(
     labels: Path | None = None,
     label_names: dict[int, str] | None = None,
     test_every: int = 4,
+    site: str = MIXED,
+    modes: Sequence[str] = MODES,
+    recipe_ablations: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
@@ -264,7 +371,9 @@ def run_label_efficiency(
     to ``out/data``), or, given ``images`` and ``labels``, a lab's own labeled scans
     (:meth:`Dataset.from_folders`; ``n`` and ``data_seed`` are then unused). ``label_names``
     (``{value: name}``) default to the model preset's; every label is checked against them
-    before anything is written. Every ``test_every``-th case is a test scan.
+    before anything is written. Every ``test_every``-th case is a test scan. ``site`` names
+    the sample-data site (``assft sample-data --sites``). ``iterations`` None: the steps follow
+    the labeled set (the recipe's rule, :meth:`FinetuneConfig.steps_for`).
     """
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
@@ -274,9 +383,8 @@ def run_label_efficiency(
     if label_names is not None and images is None:
         raise BadInputError("label names apply to a lab's own scans (a folder of images) only")
     progress = progress or Progress("none")
-    finetune = {
-        "iterations": iterations,
-        "semi_iterations": iterations,
+    finetune: dict[str, Any] = {
+        **({"iterations": iterations, "semi_iterations": iterations} if iterations else {}),
         **(SMALL_MODEL_FINETUNE if model == "demo" else {}),
     }
     data = out / "data"
@@ -305,6 +413,7 @@ def run_label_efficiency(
         # made before it could be chosen continues.
         setup = {
             "n": n,
+            **({"site": site} if site != MIXED else {}),
             "data_seed": data_seed,
             "model": model,
             "views": views,
@@ -316,8 +425,8 @@ def run_label_efficiency(
     _check_same_setup(out / "setup.json", setup)
     if images is None:
         if not (data / "manifest.json").is_file():
-            write_sample_data(data, n, n_source=0, sites=[MIXED], seed=data_seed, progress=progress)
-        dataset = Dataset.from_sample_data(data, test_every=test_every)
+            write_sample_data(data, n, n_source=0, sites=[site], seed=data_seed, progress=progress)
+        dataset = Dataset.from_sample_data(data, site=site, test_every=test_every)
     simulation = Simulation(
         out,
         dataset,
@@ -331,7 +440,14 @@ def run_label_efficiency(
     done = {_key(r) for r in read_results(results_path)}
     plan = [
         r
-        for r in planned_runs(budgets, seeds, ablations=ablations, pool_size=len(dataset.pool))
+        for r in planned_runs(
+            budgets,
+            seeds,
+            ablations=ablations,
+            pool_size=len(simulation.unlabeled_pool),
+            modes=modes,
+            recipe_ablations=recipe_ablations,
+        )
         if _key(r) not in done and r["strategy"] in strategies
     ]
     progress.phase("label-efficiency", len(plan))
@@ -346,7 +462,9 @@ def run_label_efficiency(
             }
         )
         result = simulation.run(
-            query, {**finetune, "mode": run["mode"]}, variant=run.get("variant", "")
+            query,
+            {**finetune, **run.get("finetune", {}), "mode": run["mode"]},
+            variant=run.get("variant", ""),
         )
         append_result(results_path, result)
         progress.update(
@@ -379,6 +497,9 @@ def run_label_efficiency(
                 }
             ),
             "test_every": test_every,
+            **({"site": site} if images is None else {}),
+            "held_out": simulation.held_out,
+            "selectable": len(simulation.unlabeled_pool),
             "device": simulation.scored.device,
         },
         "pretrained": {
@@ -390,6 +511,7 @@ def run_label_efficiency(
         "runs": results,
         **summarise(results),
     }
+    document["payoff"] = payoff_goals(document["table"], pretrained["mean_dice"], budgets)
     (out / "label-efficiency.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "dice-vs-budget.svg").write_text(dice_vs_budget_svg(document))
     return document
@@ -503,14 +625,29 @@ def markdown(document: dict[str, Any], command: str) -> str:
         pool = f"pool of {setup['pool']} labeled scans of `{setup['images']}`"
     else:
         pool = f"target pool of {setup['pool']} sample scans"
+    site = setup.get("site")
+    begin, end = markers(site)
+    steps = (
+        f"{setup['iterations']} + {setup['iterations']} fine-tuning steps"
+        if setup.get("iterations")
+        else "fine-tuning steps from the labeled set (50 epochs of patches, 300 to 4000 a stage)"
+    )
+    held_out = setup.get("held_out") or []
     lines = [
-        MARK_BEGIN,
-        "### Label efficiency",
+        begin,
+        f"### Label efficiency{f': site `{site}`' if site else ''}",
         "",
-        f"`{command}`: {pool}, {setup['test']} test scans "
-        f"never trained on; budgets {budgets}, seeds {setup['seeds']}, {setup['iterations']} + "
-        f"{setup['iterations']} fine-tuning steps, {setup['views']} test-time views, "
-        f"{setup['model']} model on {setup['device']}. Mean test Dice ± sample std over seeds. "
+        f"`{command}`: {pool}, {setup['test']} test scans never trained on"
+        + (
+            f"; {len(held_out)} pool scans labeled once as the validation set (held out: the "
+            "promotion gate and the best checkpoint read them)"
+            if held_out
+            else ""
+        )
+        + f"; budgets {budgets}, seeds {setup['seeds']}, {steps}, {setup['views']} test-time "
+        f"views, {setup['model']} model on {setup['device']}. Mean test Dice ± sample std over "
+        "seeds; in brackets, the mean Dice gain over the pretrained model on the pool's scans "
+        "that stayed unlabeled (transductive). "
         f"Pretrained model: **{document['pretrained']['mean_dice']:.4f}**.",
         "",
         "| strategy | mode | variant | " + " | ".join(f"B={b}" for b in budgets) + " |",
@@ -519,7 +656,10 @@ def markdown(document: dict[str, Any], command: str) -> str:
     rows: dict[tuple, dict[int, str]] = {}
     for row in table:
         key = (row["strategy"], row["mode"], row["variant"])
-        rows.setdefault(key, {})[row["budget"]] = f"{row['mean']:.4f} ± {row['std']:.4f}"
+        pool_gain = row.get("pool_gain")
+        rows.setdefault(key, {})[row["budget"]] = f"{row['mean']:.4f} ± {row['std']:.4f}" + (
+            f" (pool {pool_gain:+.3f})" if pool_gain is not None else ""
+        )
     for (strategy, mode, variant), cells in rows.items():
         lines.append(
             f"| {strategy} | {mode} | {variant or '-'} | "
@@ -541,8 +681,16 @@ def markdown(document: dict[str, Any], command: str) -> str:
             f"Ceiling of the recipe ({CEILING}: {row['budget']} cases, supervised): "
             f"**{row['mean']:.4f} ± {row['std']:.4f}**.",
         ]
+    gate = document.get("gate") or {}
+    if gate.get("runs_with_held_out"):
+        lines += [
+            "",
+            f"Promotion gate: {gate['promoted']} of {gate['runs_with_held_out']} runs promoted; "
+            f"promoted versions worse than their parent on the held-out scans: "
+            f"**{gate['promoted_worse_on_held_out']}**.",
+        ]
     lines += ["", "Goals (measured, not asserted):", ""]
-    for goal in document["goals"]:
+    for goal in [*document.get("payoff", []), *document["goals"]]:
         mark = "holds" if goal["holds"] else "**does not hold**"
         lines.append(
             f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
@@ -552,5 +700,5 @@ def markdown(document: dict[str, Any], command: str) -> str:
         scans = per_test_scan(document, budget)
         if scans:
             lines += ["", *scans]
-    lines.append(MARK_END)
+    lines.append(end)
     return "\n".join(lines)

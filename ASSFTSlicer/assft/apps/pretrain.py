@@ -39,7 +39,7 @@ import torch
 from monai.data import set_track_meta
 
 from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
-from assft.datasets.sites import MIXED
+from assft.datasets.sites import MIXED, SITE_NAMES
 from assft.errors import BadInputError
 from assft.metrics.overlap import dice_scores
 from assft.models import (
@@ -80,7 +80,7 @@ class PretrainConfig:
     n_source_validation: int = setting(4, ge=1)
     n_target: int = setting(40, ge=0)
     spacing: float = setting(3.0, gt=0.0)
-    iterations: int = setting(1200, ge=1)
+    iterations: int = setting(2400, ge=1)
     batch_size: int = setting(4, ge=1)
     patch_size: tuple[int, int, int] = setting((32, 32, 32), ge=1)
     lr: float = setting(5e-3, gt=0.0)
@@ -88,6 +88,8 @@ class PretrainConfig:
     warmup: int = setting(20, ge=0)
     weight_decay: float = setting(1e-5, ge=0.0)
     augment: bool = setting(True)
+    intensity_augment: bool = setting(True)
+    n_site: int = setting(12, ge=0)
 
     def __post_init__(self) -> None:
         validate(self)  # the types and ranges declared above; a float must also be finite
@@ -241,6 +243,16 @@ def pretrain_demo(
             spacing=config.spacing,
             progress=progress,
         )
+        named_sites = [name for name in SITE_NAMES if name != MIXED]
+        site_sample = write_sample_data(
+            data / "sites",
+            config.n_site,
+            n_source=0,
+            sites=named_sites,
+            seed=config.data_seed,
+            spacing=config.spacing,
+            progress=progress,
+        )
         timings["data_s"] = time.perf_counter() - t0
 
         preset = _untrained_demo()
@@ -260,6 +272,13 @@ def pretrain_demo(
             cases[entry["domain"]].append(
                 prepared.load(entry["case"], data / entry["image"], data / entry["label"])
             )
+        by_site: dict[str, list[TrainingCase]] = {name: [] for name in named_sites}
+        for entry in site_sample["cases"]:
+            by_site[entry["site"]].append(
+                prepared.load(
+                    entry["case"], data / "sites" / entry["image"], data / "sites" / entry["label"]
+                )
+            )
         train, validation = cases["source"][: config.n_train], cases["source"][config.n_train :]
         target_entries = [c for c in sample["cases"] if c["domain"] == "target"]
 
@@ -272,6 +291,11 @@ def pretrain_demo(
         names = {v: LABEL_NAMES[v] for v in label_values}
         source_scores = evaluate_cases(model, validation, label_values)
         target_scores = evaluate_cases(model, cases["target"], label_values)
+        site_scores = {
+            name: evaluate_cases(model, members, label_values)
+            for name, members in by_site.items()
+            if members
+        }
         progress.update(len(validation) + len(cases["target"]))
         timings["evaluation_s"] = time.perf_counter() - t0
         speed = inference_seconds(model, validation[0]) if time_inference else None
@@ -298,12 +322,14 @@ def pretrain_demo(
             "source_training": [c.case_id for c in train],
             "source_validation": [c.case_id for c in validation],
             "target_cases": config.n_target,
+            "site_cases": {name: len(members) for name, members in by_site.items()},
             "template": sample["template"],
         },
         "labels": {str(v): n for v, n in names.items()},
         "dice": {
             "source_validation": summarise(source_scores, names),
             "target": summarise(target_scores, names),
+            "sites": {name: summarise(scores, names) for name, scores in site_scores.items()},
             "target_by_group": {
                 group: summarise([target_scores[i] for i in members], names)
                 for group, members in groups.items()
@@ -371,7 +397,11 @@ def _train(
         trainer_config.freeze_batchnorm = False
     trainer = Trainer(model, trainer_config, config.patch_size)
     set_track_meta(False)
-    augment = make_augmentation(config.seed) if config.augment else None
+    augment = (
+        make_augmentation(config.seed, model.preset.mirror_axes, intensity=config.intensity_augment)
+        if config.augment
+        else None
+    )
     losses: list[float] = []
     progress.phase("pretraining", config.iterations)
     for step in range(config.iterations):
@@ -399,6 +429,7 @@ def print_summary(manifest: dict[str, Any], stream: TextIO | None = None) -> Non
     stream.write(f"{'Dice':<28}" + "".join(f"{n[:18]:>20}" for n in names) + f"{'mean':>8}\n")
     rows = [("source (held out)", dice["source_validation"]), ("target (all)", dice["target"])]
     rows += [(f"  {k}", v) for k, v in dice["target_by_group"].items() if ":" not in k]
+    rows += [(f"site {k}", v) for k, v in dice.get("sites", {}).items()]
     for title, row in rows:
         values = "".join(
             f"{row['per_structure'][n]:>20.4f}"

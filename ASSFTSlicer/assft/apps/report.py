@@ -224,3 +224,30 @@ def html_table(header: list[str], rows: list[list[object]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def learning_curve_svgs(curves: dict[str, dict[str, Any]]) -> str:
+    """Two charts of fine-tuning jobs' learning curves (``LearningCurve.to_dict()`` by name):
+    the training loss and the held-out Dice by step (stage 2's steps follow stage 1's)."""
+
+    def steps(curve: dict[str, Any], stage: float, step: float) -> float:
+        return step + (float(curve.get("steps", {}).get("1", 0)) if int(stage) == 2 else 0.0)
+
+    loss = {
+        name: [(steps(c, p[0], p[1]), float(p[2]), 0.0) for p in c.get("loss", [])]
+        for name, c in curves.items()
+        if c.get("loss")
+    }
+    dice = {
+        name: [(steps(c, p[0], p[1]), float(p[2]), 0.0) for p in c.get("validation", [])]
+        for name, c in curves.items()
+        if c.get("validation")
+    }
+    parts = []
+    if loss:
+        parts.append(lines_svg(loss, title="Training loss", x_label="step", y_label="loss"))
+    if dice:
+        parts.append(
+            lines_svg(dice, title="Held-out Dice while training", x_label="step", y_label="Dice")
+        )
+    return "\n".join(parts) or "<p>No learning curve was recorded.</p>"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from assft.datasets.sites import MIXED, site_folder
 from assft.errors import BadInputError
 from assft.io.imaging import (
     IMAGE_SUFFIXES,
@@ -41,15 +42,12 @@ from assft.workspace.creation import create_workspace
 from assft.workspace.labels import check_label_values
 from assft.workspace.workspace import Workspace
 
-# The fine-tuning recipe of the demo model's experiments: patches as in its pretraining
-# (assft pretrain-demo), method.md's learning rate, and BatchNorm statistics kept from
-# pretraining (a few 32^3 patches per batch give noisy ones). A rate of 1e-3 was tried and
-# measured: 25 steps on two cases took a training case's Dice from 0.87 to 0.64.
+# The demo model fine-tunes on patches and batches as in its pretraining (assft pretrain-demo):
+# a 64^3 window covers a whole case, so 32^3 patches keep each step cheap on a CPU. The rest of
+# the recipe is FinetuneConfig's defaults (measured in BENCHMARKS.md, "Fine-tuning that pays off").
 SMALL_MODEL_FINETUNE: dict[str, Any] = {
     "patch_size": [32, 32, 32],
     "batch_size": 4,
-    "lr": 1e-4,
-    "freeze_batchnorm": True,
 }
 
 
@@ -70,15 +68,16 @@ class Dataset:
     test: list[Case]
 
     @classmethod
-    def from_sample_data(cls, root: Path, *, test_every: int = 4) -> Dataset:
-        """The target domain of ``assft sample-data``.
+    def from_sample_data(cls, root: Path, *, site: str = MIXED, test_every: int = 4) -> Dataset:
+        """A target site of ``assft sample-data`` (default: the mixed pool, ``target/``).
 
         Every ``test_every``-th case is a test scan, the others form the pool.
         """
-        images = sorted((root / "target" / "images").glob("*.nii.gz"))
-        cases = [
-            Case(p.name[: -len(".nii.gz")], p, root / "target" / "labels" / p.name) for p in images
-        ]
+        folder = site_folder(root, site)
+        images = sorted((folder / "images").glob("*.nii.gz"))
+        if not images:
+            raise BadInputError(f"holds no scans of site {site}: run assft sample-data", folder)
+        cases = [Case(p.name[: -len(".nii.gz")], p, folder / "labels" / p.name) for p in images]
         return cls.split(cases, test_every=test_every)
 
     @classmethod
@@ -238,6 +237,14 @@ class RunResult:
     variant: str = ""
     reliable: list[str] = field(default_factory=list)
     test_per_case: dict[str, float] = field(default_factory=dict)
+    pool_dice: float | None = None
+    pool_dice_pretrained: float | None = None
+    validation_dice: float | None = None
+    parent_validation_dice: float | None = None
+    best_checkpoint: dict[str, Any] | None = None
+    steps: dict[str, int] | None = None
+    held_out: list[str] = field(default_factory=list)
+    learning_curve: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -268,6 +275,23 @@ def dice_on_test_scans(
     }
 
 
+VALIDATION_CASES = 2
+"""Scans of the pool a simulated lab labels once as its validation set (held out)."""
+
+
+def validation_cases(pool: list[Case], count: int) -> list[str]:
+    """``count`` scans of the pool drawn at random (fixed: the same for every run and seed)."""
+    if count <= 0:
+        return []
+    if count >= len(pool):
+        raise BadInputError(
+            f"a validation set of {count} scans leaves none of the pool's {len(pool)} to select"
+        )
+    rng = np.random.default_rng(20261129)
+    picks = rng.choice(len(pool), size=count, replace=False)
+    return sorted(pool[int(i)].case_id for i in picks)
+
+
 class Simulation:
     """A base workspace over the pool, scored once; runs fine-tune copies of it.
 
@@ -283,6 +307,7 @@ class Simulation:
         label_names: dict[int, str] | None = None,
         device: str = "auto",
         views: int = 4,
+        held_out: int = VALIDATION_CASES,
         progress: Progress | None = None,
     ) -> None:
         self.out = out
@@ -297,6 +322,14 @@ class Simulation:
         self.base = create_workspace(
             base, [c.image for c in dataset.pool], model=model, label_names=label_names
         )
+        # The validation set a lab labels once, before its first round: a few random scans of
+        # the pool, held out of training and of every selection (the promotion gate and the
+        # best-checkpoint choice read them).
+        self.held_out = validation_cases(dataset.pool, held_out)
+        for case_id in self.held_out:
+            self.base.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
+        if self.held_out:
+            self.base.hold_out(self.held_out)
         started = time.perf_counter()
         self.scored = score_pool(
             self.base,
@@ -308,6 +341,20 @@ class Simulation:
         self.scoring_seconds = time.perf_counter() - started
         self.stats = self.scored.statistics()
         self._pretrained: dict[str, Any] | None = None
+        self._pretrained_pool: dict[str, float] | None = None
+
+    @property
+    def unlabeled_pool(self) -> list[Case]:
+        """The pool's scans a run may select (the validation set is not among them)."""
+        return [c for c in self.dataset.pool if c.case_id not in self.held_out]
+
+    def pretrained_pool_dice(self) -> dict[str, float]:
+        """The pretrained model's Dice on each selectable pool scan (computed once)."""
+        if self._pretrained_pool is None:
+            self._pretrained_pool = dice_on_test_scans(
+                self.base, "v0", self.unlabeled_pool, device=self.device, views=self.views
+            )["by_case"]
+        return self._pretrained_pool
 
     def pretrained_test_dice(self) -> dict[str, Any]:
         """The pretrained model's Dice on the test scans (computed once)."""
@@ -369,6 +416,17 @@ class Simulation:
         tested = dice_on_test_scans(
             workspace, manifest["version"], self.dataset.test, device=self.device, views=self.views
         )
+        # Transductive: the pool's scans nobody labeled, which the lab wants segmented.
+        rest = [c for c in self.unlabeled_pool if c.case_id not in document["selected"]]
+        pool = (
+            dice_on_test_scans(
+                workspace, manifest["version"], rest, device=self.device, views=self.views
+            )["by_case"]
+            if rest
+            else {}
+        )
+        before = self.pretrained_pool_dice()
+        metrics = manifest.get("metrics") or {}
         result = RunResult(
             strategy=query.strategy.value,
             mode=config.mode.value,
@@ -383,6 +441,14 @@ class Simulation:
             variant=variant,
             reliable=list(manifest.get("ssft", {}).get("reliable", [])),
             test_per_case=tested["by_case"],
+            pool_dice=float(np.mean(list(pool.values()))) if pool else None,
+            pool_dice_pretrained=float(np.mean([before[c] for c in pool])) if pool else None,
+            validation_dice=metrics.get("validation_dice"),
+            parent_validation_dice=metrics.get("parent_validation_dice"),
+            best_checkpoint=metrics.get("best_checkpoint"),
+            steps=manifest.get("schedule"),
+            held_out=list(self.held_out),
+            learning_curve=manifest.get("learning_curve"),
         )
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
