@@ -225,7 +225,11 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
     runs = {(r["strategy"], r["mode"], r["budget"], r["variant"]) for r in document["runs"]}
     assert runs == {
         (s, m, 1, "") for s in ("attsq", "random") for m in ("none", "all", "selective")
-    } | {("random", "selective", 2, ""), ("random", "none", 6, CEILING)}
+    } | {("random", "selective", 2, ""), ("random", "none", 4, CEILING)}
+    # Two pool scans are the lab's validation set: never selected, labeled once, held out; the
+    # ceiling labels the other four.
+    held_out = document["setup"]["held_out"]
+    assert len(held_out) == 2 and document["setup"]["selectable"] == 4
     test_ids = [c["case_id"] for c in document["test_cases"]]
     assert len(test_ids) == 2
     for run in document["runs"]:
@@ -234,6 +238,23 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
             np.mean(list(run["test_per_case"].values())), abs=0.05
         )
         assert len(run["selected"]) == run["budget"]
+        assert not set(run["selected"]) & set(held_out) and run["held_out"] == held_out
+        # The gate compared the new version with its parent on the held-out scans.
+        assert 0.0 <= run["validation_dice"] <= 1.0
+        assert 0.0 <= run["parent_validation_dice"] <= 1.0
+        assert run["promoted"] == (run["validation_dice"] >= run["parent_validation_dice"])
+        # Transductive: Dice on the pool scans left unlabeled, against the pretrained model's.
+        if run["variant"] == CEILING:
+            assert run["pool_dice"] is None
+        else:
+            assert 0.0 <= run["pool_dice"] <= 1.0 and 0.0 <= run["pool_dice_pretrained"] <= 1.0
+        assert run["learning_curve"]["validation"][0][:2] == [1, 0]
+    assert document["gate"]["promoted_worse_on_held_out"] == 0
+    assert [g["goal"] for g in document["payoff"]] == [
+        "ceiling >= pretrained + 0.15",
+        "ceiling above random at budget 1 (more labels bring more)",
+        "random at budget 1 >= pretrained + 0.05",
+    ]
     assert set(document["signals_against_failure"]) == {
         "knowledge gap (bn)",
         "ASD",
@@ -253,3 +274,60 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
     again = json.loads(run_cli(*args, "--markdown", "", check=True).stdout)
     assert (out / "runs.jsonl").read_text() == lines
     assert again["runs"] == document["runs"]
+
+
+def test_recipe_ablations_and_modes_in_the_plan():
+    from assft.apps.label_efficiency import RECIPE_ABLATIONS, markers
+
+    plan = planned_runs([2], [0, 1, 2], ablations=False, modes=("selective", "none"))
+    assert {r["mode"] for r in plan} == {"selective", "none"}
+    assert not any(r.get("variant") for r in plan)
+    with_recipe = planned_runs(
+        [2, 4], [0], ablations=False, modes=("none",), recipe_ablations=True, pool_size=20
+    )
+    changed = [r for r in with_recipe if r.get("finetune")]
+    # Each recipe choice once per seed, at the smallest budget, random picks, supervised.
+    assert [r["variant"] for r in changed] == list(RECIPE_ABLATIONS)
+    assert {(r["strategy"], r["mode"], r["budget"]) for r in changed} == {("random", "none", 2)}
+    assert changed[0]["finetune"] == {"freeze_batchnorm": True}
+    # Random at twice the budget runs with a mode of the grid.
+    assert {r["mode"] for r in with_recipe if r["budget"] == 8} == {"none"}
+    assert markers("t2") == (
+        "<!-- bench:label-efficiency:t2:begin -->",
+        "<!-- bench:label-efficiency:t2:end -->",
+    )
+    assert markers("mixed") == markers(None)
+
+
+def test_payoff_goals_read_the_ceiling_and_the_smallest_budget():
+    from assft.apps.label_efficiency import payoff_goals
+
+    table = [
+        {"strategy": "random", "mode": "none", "variant": "", "budget": 2, "mean": 0.66},
+        {"strategy": "random", "mode": "none", "variant": CEILING, "budget": 28, "mean": 0.78},
+    ]
+    table[1]["std"] = 0.01
+    goals = {g["goal"]: g for g in payoff_goals(table, 0.20, [2])}
+    assert goals["ceiling >= pretrained + 0.15"]["holds"]
+    assert goals["ceiling >= pretrained + 0.15"]["margin"] == pytest.approx(0.43)
+    assert goals["ceiling above random at budget 2 (more labels bring more)"]["holds"]
+    assert goals["random at budget 2 >= pretrained + 0.05"]["margin"] == pytest.approx(0.41)
+    short = {g["goal"]: g for g in payoff_goals(table, 0.70, [2])}
+    assert not short["ceiling >= pretrained + 0.15"]["holds"]
+    assert not short["random at budget 2 >= pretrained + 0.05"]["holds"]
+
+
+def test_models_shows_the_learning_curve_in_one_line():
+    from assft.cli import describe_curve
+
+    curve = {
+        "steps": {"1": 300, "2": 300},
+        "loss": [[1, 1, 1.25], [2, 300, 0.31]],
+        "validation": [[1, 0, 0.19], [1, 150, 0.6], [2, 300, 0.65]],
+        "best": {"stage": 2, "step": 300, "validation_dice": 0.65},
+    }
+    assert describe_curve(curve) == (
+        "steps 300 + 300; loss 1.250 -> 0.310; held-out Dice by step 0:0.190 150:0.600 "
+        "600:0.650; kept step 600 (0.6500)"
+    )
+    assert describe_curve(None) == ""

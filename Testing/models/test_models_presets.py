@@ -80,6 +80,7 @@ def test_presets_parse_and_round_trip() -> None:
         ({"overlap": 1.5}, "overlap"),
         ({"has_head": "yes"}, "has_head"),
         ({"embeding_layer": "model.1"}, "embeding_layer"),
+        ({"symmetric_axes": ["sideways"]}, "symmetric_axes has 'sideways'; expected left-right"),
     ],
 )
 def test_bad_preset_is_refused(
@@ -90,6 +91,19 @@ def test_bad_preset_is_refused(
         preset_validator(schema).validate(data)
     with pytest.raises(BadInputError, match=problem):
         ModelPreset.from_dict(data, source=Path("my-preset.json"))
+
+
+def test_symmetric_axes_name_array_axes_of_the_model_grid() -> None:
+    lps = preset_dict("demo", symmetric_axes=["left-right", "superior-inferior"])
+    lps["preprocessing"]["orientation"] = "PSL"
+    preset = ModelPreset.from_dict(lps)
+    assert preset.mirror_axes == (1, 2)  # S is axis 1, L axis 2
+    assert ModelPreset.from_dict(preset.to_dict()) == preset
+    assert ModelPreset.from_dict(preset_dict("demo", symmetric_axes=[])).mirror_axes == ()
+    unoriented = preset_dict("demo")
+    unoriented["preprocessing"]["orientation"] = None
+    with pytest.raises(BadInputError, match="symmetric_axes needs preprocessing.orientation"):
+        ModelPreset.from_dict(unoriented)
 
 
 def test_bad_intensity_is_refused(schema: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from assft.errors import BadInputError
 from assft.training import FinetuneConfig
@@ -54,6 +55,50 @@ def _config_file(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "finetune.json"
     path.write_text(json.dumps({**FAST, **changes}))
     return path
+
+
+def test_the_best_checkpoint_by_held_out_dice_is_the_version_stored(labeled_workspace):
+    """Held-out Dice at every step (validate_every 1): the curve has a point per step from the
+    parent's (step 0) on, the job keeps the best one's weights, and those are what is stored."""
+    config = FinetuneConfig(**{**FAST, "mode": "none", "validate_every": 1, "lr": 0.05})
+    manifest = run_finetune(labeled_workspace, config, device="cpu")
+    curve = manifest["learning_curve"]
+    assert curve["steps"] == {"1": 6, "2": 6} and manifest["schedule"]["iterations"] == 6
+    assert [p[:2] for p in curve["validation"]] == [[1, step] for step in range(7)]
+    assert [p[1] for p in curve["loss"]] == list(range(1, 7))
+    trained = [p for p in curve["validation"] if p[1] > 0]
+    best = max(trained, key=lambda p: p[2])
+    assert curve["best"] == {"stage": 1, "step": best[1], "validation_dice": best[2]}
+    kept = manifest["metrics"]["best_checkpoint"]
+    assert kept["step"] == best[1] and kept["last_validation_dice"] == trained[-1][2]
+    # The stored version is the best checkpoint: its held-out Dice is the best point's.
+    assert manifest["metrics"]["validation_dice"] == pytest.approx(best[2], abs=1e-4)
+    job = JobStore(labeled_workspace).get(manifest["job"])
+    stored = torch.load(
+        ModelRegistry(labeled_workspace).checkpoint(manifest["version"]), weights_only=True
+    )
+    best_weights = torch.load(job.folder / "best.pt", weights_only=True)
+    state = stored.get("state_dict", stored) if isinstance(stored, dict) else stored
+    assert all(torch.equal(state[k], v) for k, v in best_weights.items() if k in state)
+    assert json.loads((job.folder / "curve.json").read_text())["best"] == curve["best"]
+
+
+def test_steps_follow_the_labeled_set_when_not_given(labeled_workspace):
+    config = FinetuneConfig(
+        **{k: v for k, v in FAST.items() if "iterations" not in k},
+        mode="none",
+        min_iterations=3,
+        epochs=1,
+        batch_size=2,
+        patch_size=(8, 8, 8),
+    )
+    manifest = run_finetune(labeled_workspace, config, device="cpu")
+    job = JobStore(labeled_workspace).get(manifest["job"])
+    steps = manifest["schedule"]["iterations"]
+    # 3 labeled cases of 24^3 voxels at 1.5 mm are 12^3 on the 3 mm model grid: 3.375 patches of
+    # 8^3 each, so 1 epoch is ceil(3 x 3.375 / 2) = 6 steps (above the minimum of 3).
+    assert steps == 6 and job.info()["schedule"] == {"iterations": 6, "semi_iterations": 6}
+    assert manifest["learning_curve"]["loss"][-1][1] == 6
 
 
 def test_gate_rules():

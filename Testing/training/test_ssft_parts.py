@@ -201,3 +201,54 @@ def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
     assert seen[0]["encoder"] == pytest.approx(
         1e-5
     )  # the pretrained encoder at a tenth, warmed up too
+
+
+def test_patches_are_mirrored_only_along_the_presets_symmetric_axes():
+    from assft.models import get_preset
+    from assft.training.data import make_augmentation
+    from assft.training.ssft import flip_axes
+
+    demo = get_preset("demo")
+    assert demo.symmetric_axes == ("left-right",) and demo.mirror_axes == (0,)
+
+    class Model:
+        preset = demo
+
+    assert flip_axes(Model(), FinetuneConfig()) == (0,)  # type: ignore[arg-type]
+    assert flip_axes(Model(), FinetuneConfig(flips="all")) == (0, 1, 2)  # type: ignore[arg-type]
+    assert flip_axes(Model(), FinetuneConfig(flips="none")) == ()  # type: ignore[arg-type]
+    # An asymmetric patch: every output is the patch or its mirror along axis 0, never another.
+    image = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
+    label = (image > 60).float()
+    seen = set()
+    for seed in range(40):
+        transform = make_augmentation(seed, (0,))
+        transform.transforms = tuple(
+            t for t in transform.transforms if type(t).__name__ == "RandFlipd"
+        )
+        out = transform({"image": image, "label": label})
+        result = torch.as_tensor(out["image"])
+        if torch.equal(result, image):
+            seen.add("as is")
+        else:
+            assert torch.equal(result, torch.flip(image, dims=[1]))
+            seen.add("mirrored left-right")
+    assert seen == {"as is", "mirrored left-right"}
+
+
+def test_intensity_augmentation_changes_intensities_and_never_the_label():
+    from monai.data import set_track_meta
+
+    from assft.training.data import make_augmentation
+
+    set_track_meta(False)
+    image = torch.randn(1, 16, 16, 16)
+    label = (image > 0).float()
+    changed = 0
+    for seed in range(30):
+        out = make_augmentation(seed, (), intensity=True)({"image": image, "label": label})
+        result, kept = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+        assert result.shape == image.shape and torch.isfinite(result).all()
+        assert set(torch.unique(kept).tolist()) <= {0.0, 1.0}
+        changed += int(not torch.allclose(result, image))
+    assert changed >= 15  # most draws change something (each transform fires 10-30 % of draws)
