@@ -35,9 +35,16 @@ def main() -> None:
     parser.add_argument("--cases", help="pool cases to train on (default: the whole pool)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=SMALL_MODEL_FINETUNE["lr"])
-    parser.add_argument("--encoder-lr-scale", type=float, default=0.1)
-    parser.add_argument("--no-freeze-batchnorm", action="store_true")
+    defaults = FinetuneConfig()  # the recipe's own defaults
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--encoder-lr-scale", type=float, default=defaults.encoder_lr_scale)
+    parser.add_argument(
+        "--freeze-batchnorm",
+        dest="freeze_batchnorm",
+        action="store_true",
+        default=defaults.freeze_batchnorm,
+    )
+    parser.add_argument("--no-freeze-batchnorm", dest="freeze_batchnorm", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -61,7 +68,7 @@ def main() -> None:
             "lr": args.lr,
             "encoder_lr_scale": args.encoder_lr_scale,
             "seed": args.seed,
-            "freeze_batchnorm": not args.no_freeze_batchnorm,
+            "freeze_batchnorm": args.freeze_batchnorm,
         }
     )
     trainer = Trainer(model, config, patch)

@@ -44,6 +44,7 @@ RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
     "intensity=off": {"intensity_augment": False},
     "schedule=constant": {"schedule": "constant"},
     "no best checkpoint": {"keep_best": False},
+    "lr=1e-3": {"lr": 1e-3},
 }
 """One recipe choice changed each (random picks, supervised, the smallest budget)."""
 
