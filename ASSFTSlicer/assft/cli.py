@@ -601,7 +601,8 @@ def describe_curve(curve: dict[str, Any] | None) -> str:
         parts.append(f"held-out Dice by step {shown}")
     best = curve.get("best")
     if best:
-        parts.append(f"kept step {at([best['stage'], best['step']])} ({best['validation_dice']:.4f})")
+        kept = at([best["stage"], best["step"]])
+        parts.append(f"kept step {kept} ({best['validation_dice']:.4f})")
     return "; ".join(parts)
 
 
