@@ -331,3 +331,66 @@ def test_models_shows_the_learning_curve_in_one_line():
         "600:0.650; kept step 600 (0.6500)"
     )
     assert describe_curve(None) == ""
+
+
+def test_the_demo_says_whether_the_loop_paid_off_and_shows_cases_and_curves():
+    from assft.apps.demo import demo_report, verdict
+
+    assert verdict(0.19, 0.71, 0.70) == (
+        "fine-tuning on ATTSQ's picks lifted test Dice from 0.1900 to 0.7100; "
+        "ATTSQ beat random by 0.0100."
+    )
+    assert verdict(0.19, 0.69, 0.70).endswith("ATTSQ did not beat random here (0.6900 vs 0.7000).")
+    assert verdict(0.80, 0.70, 0.75).startswith("fine-tuning did not beat the pretrained model")
+    curve = {
+        "steps": {"1": 4, "2": 4},
+        "loss": [[1, 2, 1.0], [1, 4, 0.8], [2, 4, 0.5]],
+        "validation": [[1, 0, 0.2], [1, 4, 0.6], [2, 4, 0.65]],
+        "best": {"stage": 2, "step": 4, "validation_dice": 0.65},
+    }
+    run = {
+        "test_dice": 0.7,
+        "test_per_structure": {"gm": 0.7},
+        "test_per_case": {"t2_003": 0.7},
+        "learning_curve": curve,
+    }
+    summary = {
+        "test": ["t2_003"],
+        "verdict": verdict(0.2, 0.7, 0.7),
+        "ranking": {"selected": ["t2_001"]},
+        "ranked_cases": [
+            {
+                "rank": 1,
+                "case": "t2_001",
+                "score": 1.0,
+                "dkd": 0.5,
+                "asd": 0.4,
+                "hardest_structure": "gm",
+                "reason": "r",
+                "selected": True,
+            },
+            {
+                "rank": 2,
+                "case": "t2_002",
+                "score": 0.5,
+                "dkd": 0.1,
+                "asd": 0.2,
+                "hardest_structure": None,
+                "reason": "r",
+                "selected": False,
+            },
+        ],
+        "results": {
+            "pretrained": {
+                "mean_dice": 0.2,
+                "per_structure": {"gm": 0.2},
+                "test_per_case": {"t2_003": 0.2},
+            },
+            "attsq + selective SSFT": run,
+            "random + selective SSFT": run,
+        },
+    }
+    page = demo_report(summary)
+    for section in ("Verdict", "Dice per test scan", "Training loss", "Held-out Dice while"):
+        assert section in page
+    assert page.count("<svg") == 4 and "t2_003" in page

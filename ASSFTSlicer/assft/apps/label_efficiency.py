@@ -542,10 +542,13 @@ def describe_test_scans(data: Path | None, pretrained: dict[str, float]) -> list
     for case_id, dice in pretrained.items():
         case = described.get(case_id, {})
         anatomy = [name for name in ("atrophy", "lesions") if case.get(name)]
+        site = case.get("site")
+        # A named site's scans share one acquisition: the site is what was done to them.
+        shifts = [f"site {site}"] if site and site != MIXED else case.get("shift_kinds", [])
         rows.append(
             {
                 "case_id": case_id,
-                "shifts": case.get("shift_kinds", []),
+                "shifts": shifts,
                 "anatomy": anatomy,
                 "pretrained": dice,
             }
