@@ -204,19 +204,16 @@ def test_the_learning_rate_warms_up_over_the_first_steps_of_a_stage():
 
 
 def test_patches_are_mirrored_only_along_the_presets_symmetric_axes():
-    from assft.models import get_preset
+    from assft.models import get_preset, load_model
     from assft.training.data import make_augmentation
     from assft.training.ssft import flip_axes
 
     demo = get_preset("demo")
     assert demo.symmetric_axes == ("left-right",) and demo.mirror_axes == (0,)
-
-    class Model:
-        preset = demo
-
-    assert flip_axes(Model(), FinetuneConfig()) == (0,)  # type: ignore[arg-type]
-    assert flip_axes(Model(), FinetuneConfig(flips="all")) == (0, 1, 2)  # type: ignore[arg-type]
-    assert flip_axes(Model(), FinetuneConfig(flips="none")) == ()  # type: ignore[arg-type]
+    model = load_model(demo, label_values=[1, 2, 3], checkpoint=None, device="cpu")
+    assert flip_axes(model, FinetuneConfig()) == (0,)
+    assert flip_axes(model, FinetuneConfig(flips="all")) == (0, 1, 2)
+    assert flip_axes(model, FinetuneConfig(flips="none")) == ()
     # An asymmetric patch: every output is the patch or its mirror along axis 0, never another.
     image = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
     label = (image > 60).float()
