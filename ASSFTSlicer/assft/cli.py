@@ -583,25 +583,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 def describe_curve(curve: dict[str, Any] | None) -> str:
     """A version's learning curve in one line: steps, loss from first to last point, held-out
     Dice by step, and the best checkpoint (empty when none was recorded)."""
+    from assft.training.curves import LearningCurve  # torch-free: `assft models` loads no torch
+
     if not curve:
         return ""
     steps = curve.get("steps") or {}
-    first = int(steps.get("1", 0))
-
-    def at(point: list[float]) -> int:
-        return int(point[1]) + (first if int(point[0]) == 2 else 0)
-
+    at = LearningCurve.from_dict(curve).global_step
     parts = [f"steps {' + '.join(str(v) for v in steps.values())}"]
     loss = curve.get("loss") or []
     if loss:
         parts.append(f"loss {loss[0][2]:.3f} -> {loss[-1][2]:.3f}")
     validation = curve.get("validation") or []
     if validation:
-        shown = " ".join(f"{at(p)}:{p[2]:.3f}" for p in validation)
+        shown = " ".join(f"{at(p[0], p[1])}:{p[2]:.3f}" for p in validation)
         parts.append(f"held-out Dice by step {shown}")
     best = curve.get("best")
     if best:
-        kept = at([best["stage"], best["step"]])
+        kept = at(best["stage"], best["step"])
         parts.append(f"kept step {kept} ({best['validation_dice']:.4f})")
     return "; ".join(parts)
 

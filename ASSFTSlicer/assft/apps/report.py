@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from assft.training.curves import LearningCurve
+
 PALETTE = [
     "#1f77b4",
     "#d62728",
@@ -230,18 +232,16 @@ def learning_curve_svgs(curves: dict[str, dict[str, Any]]) -> str:
     """Two charts of fine-tuning jobs' learning curves (``LearningCurve.to_dict()`` by name):
     the training loss and the held-out Dice by step (stage 2's steps follow stage 1's)."""
 
-    def steps(curve: dict[str, Any], stage: float, step: float) -> float:
-        return step + (float(curve.get("steps", {}).get("1", 0)) if int(stage) == 2 else 0.0)
-
+    parsed = {name: LearningCurve.from_dict(c) for name, c in curves.items()}
     loss = {
-        name: [(steps(c, p[0], p[1]), float(p[2]), 0.0) for p in c.get("loss", [])]
-        for name, c in curves.items()
-        if c.get("loss")
+        name: [(float(c.global_step(p[0], p[1])), float(p[2]), 0.0) for p in c.loss]
+        for name, c in parsed.items()
+        if c.loss
     }
     dice = {
-        name: [(steps(c, p[0], p[1]), float(p[2]), 0.0) for p in c.get("validation", [])]
-        for name, c in curves.items()
-        if c.get("validation")
+        name: [(float(c.global_step(p[0], p[1])), float(p[2]), 0.0) for p in c.validation]
+        for name, c in parsed.items()
+        if c.validation
     }
     parts = []
     if loss:

@@ -11,12 +11,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from assft.io.atomic import load_torch_safely, save_torch_atomic
 from assft.workspace.files import write_json_atomic
+
+if TYPE_CHECKING:  # imports no torch at load: `assft models` reads curves without it
+    import torch
 
 CURVE_FILE = "curve.json"
 BEST_FILE = "best.pt"
@@ -60,9 +61,9 @@ class LearningCurve:
             best=data.get("best"),
         )
 
-    def global_step(self, stage: int, step: int) -> int:
+    def global_step(self, stage: float, step: float) -> int:
         """The step counted from the start of the job (stage 2 follows stage 1)."""
-        return step + (self.steps.get("1", 0) if stage == 2 else 0)
+        return int(step) + (self.steps.get("1", 0) if int(stage) == 2 else 0)
 
     def add_loss(self, stage: int, step: int, total: int, loss: float) -> None:
         """One step's loss: a point is kept for every run of ``total / LOSS_POINTS`` steps."""
