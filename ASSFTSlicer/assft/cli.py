@@ -846,6 +846,13 @@ def add_bench_parser(sub: Subparsers) -> None:
         help="label-efficiency: also change one recipe choice at a time (BatchNorm, flips, "
         "intensity augmentation, schedule, best checkpoint)",
     )
+    p.add_argument(
+        "--candidate-recipe",
+        dest="candidate_recipe",
+        help="label-efficiency: a JSON object of fine-tuning settings; every random run of the "
+        'default recipe, the ceiling included, runs again with them (e.g. \'{"schedule": '
+        '"constant"}\')',
+    )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
     p.add_argument(

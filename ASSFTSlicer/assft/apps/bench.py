@@ -7,6 +7,7 @@ The benchmarks themselves live in :mod:`assft.apps.speed_bench` and
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,21 @@ def _modes(text: str) -> tuple[str, ...]:
     return modes
 
 
+def _candidate(text: str | None) -> dict[str, Any] | None:
+    """``--candidate-recipe``: a JSON object of fine-tuning settings (None when not given)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"--candidate-recipe is not JSON: {error.msg} ({text!r})") from None
+    if not isinstance(value, dict) or not value:
+        raise BadInputError(
+            f"--candidate-recipe must be a JSON object of fine-tuning settings, got {text!r}"
+        )
+    return value
+
+
 def _run_label_efficiency(
     args: argparse.Namespace, command: str, label_names: dict[int, str] | None
 ) -> dict[str, Any]:
@@ -152,6 +168,7 @@ def _run_label_efficiency(
         site=parse_sites(args.site)[0] if not own else le.MIXED,
         modes=_modes(args.modes),
         recipe_ablations=args.recipe_ablations,
+        candidate=_candidate(args.candidate_recipe),
         progress=Progress(args.progress),
     )
     section = le.markdown(document, command)

@@ -33,6 +33,7 @@ from assft.errors import BadInputError
 from assft.query.config import QueryConfig
 from assft.query.strategies import STRATEGIES as REGISTERED
 from assft.runtime.progress import Progress
+from assft.training.config import FinetuneConfig
 
 MARK_BEGIN = "<!-- bench:label-efficiency:begin -->"
 MARK_END = "<!-- bench:label-efficiency:end -->"
@@ -76,13 +77,16 @@ def planned_runs(
     pool_size: int | None = None,
     modes: Sequence[str] = MODES,
     recipe_ablations: bool = False,
+    candidate: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
     ablations of DKD's gap estimator and of the diversity term; random at twice each
     budget (ATTSQ at B is compared with random at 2B); and, given ``pool_size``, the recipe's
     ceiling: supervised fine-tuning with every pool case labeled (random at 2B is then left out
     where 2B exceeds the pool). ``modes`` limits the fine-tuning modes; ``recipe_ablations`` adds
-    each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised)."""
+    each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised).
+    ``candidate`` (fine-tuning settings) repeats every random run of the default recipe, the
+    ceiling included, with those settings changed: a whole recipe against today's, side by side."""
     runs = []
     for budget, seed in product(budgets, seeds):
         for strategy, mode in product(STRATEGIES, modes):
@@ -135,7 +139,23 @@ def planned_runs(
             }
             for seed in seeds
         ]
+    if candidate:
+        name = candidate_name(candidate)
+        runs += [
+            {
+                **run,
+                "variant": f"{name}; {run['variant']}" if run.get("variant") else name,
+                "finetune": dict(candidate),
+            }
+            for run in list(runs)
+            if run["strategy"] == "random" and "finetune" not in run
+        ]
     return runs
+
+
+def candidate_name(candidate: dict[str, Any]) -> str:
+    """The variant name of a candidate recipe: ``recipe: key=value, ...`` (keys sorted)."""
+    return "recipe: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(candidate.items()))
 
 
 def _key(run: dict[str, Any]) -> tuple:
@@ -362,6 +382,7 @@ def run_label_efficiency(
     site: str = MIXED,
     modes: Sequence[str] = MODES,
     recipe_ablations: bool = False,
+    candidate: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
@@ -374,7 +395,9 @@ def run_label_efficiency(
     (``{value: name}``) default to the model preset's; every label is checked against them
     before anything is written. Every ``test_every``-th case is a test scan. ``site`` names
     the sample-data site (``assft sample-data --sites``). ``iterations`` None: the steps follow
-    the labeled set (the recipe's rule, :meth:`FinetuneConfig.steps_for`).
+    the labeled set (the recipe's rule, :meth:`FinetuneConfig.steps_for`). ``candidate``
+    (fine-tuning settings, checked here) is a whole recipe measured beside the default one
+    (:func:`planned_runs`).
     """
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
@@ -388,6 +411,8 @@ def run_label_efficiency(
         **({"iterations": iterations, "semi_iterations": iterations} if iterations else {}),
         **(SMALL_MODEL_FINETUNE if model == "demo" else {}),
     }
+    if candidate:
+        FinetuneConfig.from_dict({**finetune, **candidate})  # a bad key or value: one line
     data = out / "data"
     setup: dict[str, Any]
     if images is not None and labels is not None:
@@ -448,6 +473,7 @@ def run_label_efficiency(
             pool_size=len(simulation.unlabeled_pool),
             modes=modes,
             recipe_ablations=recipe_ablations,
+            candidate=candidate,
         )
         if _key(r) not in done and r["strategy"] in strategies
     ]
@@ -484,6 +510,7 @@ def run_label_efficiency(
             "budgets": list(budgets),
             "strategies": list(strategies),
             "finetune": finetune,
+            **({"candidate": candidate} if candidate else {}),
             "seeds": list(seeds),
             "iterations": iterations,
             "views": views,
