@@ -11,15 +11,15 @@ $(BIN)/assft: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,swin,lint]"
+	# web: trame-slicer and the one slicer-core everything runs on (pyproject.toml says why 5.11);
+	# browser: Playwright for the browser tests (they drive the system's Chromium).
+	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser]"
 	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
 	$(BIN)/pip install -q --no-deps deepbet==1.0.2
 	# The MNI152 template of the sample data ships in nilearn's wheel (data files only are read).
 	# Users get it with the `demo` extra (pip install "assft[demo]", same pin); here --no-deps keeps
 	# nilearn's own dependencies (scipy, scikit-learn, pandas, ...) out of the venv.
 	$(BIN)/pip install -q --no-deps nilearn==0.14.1
-	# Real MRML (scene, segmentations, volumes) for the Slicer-side tests, without the Qt application.
-	$(BIN)/pip install -q slicer-core==5.13.31053.0
 	touch $(BIN)/assft
 
 setup: $(BIN)/assft

@@ -51,12 +51,9 @@ def mrml():
     volumes.SetMRMLApplicationLogic(app)
     volumes.SetMRMLScene(scene)
     app.SetModuleLogic("Volumes", volumes)
-    previous = (getattr(slicer, "mrmlScene", None), getattr(slicer, "modules", None))
-    slicer.mrmlScene = scene
-    slicer.modules = types.SimpleNamespace(
-        segmentations=types.SimpleNamespace(logic=lambda: segmentations),
-        volumes=types.SimpleNamespace(logic=lambda: volumes),
-    )
+    from ASSFTSlicerLib.standalone import bindScene, unbindScene
+
+    previous = bindScene(scene, segmentations, volumes)
     yield types.SimpleNamespace(scene=scene, app=app, segmentations=segmentations, volumes=volumes)
     scene.Clear(1)
-    slicer.mrmlScene, slicer.modules = previous
+    unbindScene(previous)

@@ -559,11 +559,12 @@ class WorkspaceLogic:
         iterations: int | None = None,
         device: str = "auto",
         onFinished=None,
+        config: dict[str, Any] | None = None,
     ) -> BackgroundProcess:
         """:meth:`startFinetune` as the job's command, apart from the foreground task."""
         return self.tasks.runJobCommand(
             lambda done: self.startFinetune(
-                workspacePath, mode, iterations, device, onFinished=done
+                workspacePath, mode, iterations, device, config, onFinished=done
             ),
             onFinished,
         )

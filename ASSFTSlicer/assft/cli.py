@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -1027,7 +1028,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in VERB_PARSERS:
         add_parser(sub)
+    for add_parser in _front_end_parsers():
+        add_parser(sub)
     return parser
+
+
+def _front_end_parsers() -> list[Callable[[Any], None]]:
+    """The verbs of front ends above the engine (``assft web``), found through the
+    ``assft.commands`` entry point group: the engine never imports its front ends. Each entry
+    point is a function that adds its verb to the subparsers. One that cannot load is skipped
+    with a warning, so the engine's own verbs always work."""
+    parsers = []
+    for entry in importlib.metadata.entry_points(group="assft.commands"):
+        try:
+            parsers.append(entry.load())
+        except Exception as error:  # noqa: BLE001 - a broken front end never breaks the CLI
+            print(f"assft: warning: command {entry.name!r} unavailable: {error}", file=sys.stderr)
+    return parsers
 
 
 def _one_line_warning(

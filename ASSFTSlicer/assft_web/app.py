@@ -1,0 +1,434 @@
+"""The annotation loop in a browser: trame-slicer's views and segment editor on the module's Logic.
+
+One workspace per server. Everything the loop does goes through the Slicer module's Logic
+(:class:`ASSFTSlicerLib.logic.WorkspaceLogic`): ranking, prediction and fine-tuning run as the
+same background engine processes, labels are stored by the same validated, atomic ``submit``,
+and the same workspace lock holds against a CLI job running beside the server. This file only
+binds the Logic to trame's state and to trame-slicer's scene and views.
+
+The engine's processes are read without Qt (the Logic's ``thread`` mode): a task on the server's
+event loop drains them every 100 ms and refreshes the page's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+from trame.app import TrameApp
+from trame.decorators import change, controller
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.app.logic.segmentation import SegmentEditorLogic
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+from assft_web.page import build_page
+from ASSFTSlicerLib.logic import WorkspaceLogic
+from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError
+from ASSFTSlicerLib.standalone import bindScene
+from ASSFTSlicerLib.tasks import TaskKind
+from ASSFTSlicerLib.worklist import modelRows, worklistRows
+
+LAYOUT_ID = "ASSFT"
+POLL_SECONDS = 0.1
+JOB_POLL_SECONDS = 1.0
+
+
+def _views_layout() -> Layout:
+    """The scan in three slice views, axial first (no 3-D view: it would render on the CPU)."""
+    return Layout(
+        LayoutDirection.Horizontal,
+        [
+            ViewLayoutDefinition.axial_view(),
+            Layout(
+                LayoutDirection.Vertical,
+                [ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()],
+            ),
+        ],
+    )
+
+
+def _json_number(value: Any) -> float | None:
+    """NaN (a missing score) as None: the page gets JSON."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class AnnotationApp(TrameApp):
+    """The page and its server-side state for one workspace.
+
+    Args:
+        workspace: The workspace folder.
+        server: A trame server (default: a new one).
+        device: ``auto``, ``cpu`` or ``cuda`` for ranking, prediction and fine-tuning.
+        budget: Cases each ranking selects.
+        finetune_config: FinetuneConfig fields for every fine-tuning job (the lab's recipe, as
+            ``assft finetune --config``); None: the workspace's settings and the defaults.
+        python: The interpreter of the engine processes (default: this one).
+    """
+
+    def __init__(
+        self,
+        workspace: pathlib.Path,
+        server=None,
+        *,
+        device: str = "auto",
+        budget: int = 4,
+        finetune_config: dict[str, Any] | None = None,
+        python: str | None = None,
+    ) -> None:
+        super().__init__(server)
+        self.server.enable_module(trame_slicer_module)
+        self.logic = WorkspaceLogic(python=python or sys.executable, launcher="thread")
+        self.workspace = self.logic.openWorkspace(workspace).root
+        self.device = device
+        self.budget = budget
+        self.finetuneConfig = finetune_config
+        self.started = time.monotonic()
+        self.launchedJob: dict[str, Any] | None = None
+        self._lastJobPoll = 0.0
+        self._pollTask: asyncio.Task | None = None
+
+        self.slicer = SlicerApp()
+        bindScene(self.slicer.scene, self.slicer.segmentations_logic, self.slicer.volumes_logic)
+        register_rca_factories(self.slicer.view_manager, self.server)
+        self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layoutManager.register_layout_dict({LAYOUT_ID: _views_layout()})
+        self._initialState()
+        self.ui = build_page(self)
+        self.layoutManager.set_layout(LAYOUT_ID)
+        # trame-slicer 2.0.0: the segment editor's effect pipelines are made for the views that
+        # exist when its effects are registered; made before the views, Paint and Erase raise
+        # "'NoneType' object has no attribute 'paint_interaction_stopped'" (no view attached).
+        # The effects' logic is therefore created here, after the layout made the views.
+        self.editorLogic = SegmentEditorLogic(self.server, self.slicer)
+        self.editorLogic.set_ui(self.ui.editor)
+        self.logic.tasks.onChanged = self._onTasksChanged
+        self.logic.tasks.onDeferredError = lambda kind, error: self._error(str(error))
+        self.server.controller.on_server_ready.add(self._startPolling)
+        self.refresh()
+
+    # state -------------------------------------------------------------------------------
+
+    def _initialState(self) -> None:
+        state = self.state
+        state.trame__title = "ASSFT annotation"
+        state.trame__favicon = ""  # the page asks nothing of any other host
+        state.workspace_name = self.workspace.name
+        state.worklist = []
+        state.versions = []
+        state.counts = ""
+        state.current_case = ""
+        state.case_ready = False
+        state.task_text = ""
+        state.task_kind = ""
+        state.task_progress = None
+        state.job_text = ""
+        state.job_progress = None
+        state.job_active = False
+        state.show_uncertainty = True
+        state.has_uncertainty = False
+        state.overlap_question = ""
+        state.message = ""
+        state.message_is_error = False
+        state.rerank_after_promotion = True
+
+    def _message(self, text: str, error: bool = False) -> None:
+        self.state.message = text
+        self.state.message_is_error = error
+
+    def _error(self, text: str) -> None:
+        logging.warning("%s", text)
+        self._message(text, error=True)
+
+    def refresh(self) -> None:
+        """The worklist, the counts and the model versions, read from the workspace."""
+        workspace = self.logic.openWorkspace(self.workspace)
+        statuses = {row["case_id"]: row["status"] for row in workspace.registry.cases()}
+        try:
+            ranking = workspace.latest_ranking()
+        except Exception as error:  # a damaged ranking file must not hide the rest
+            logging.warning("cannot read the latest ranking: %s", error)
+            ranking = None
+        self.state.worklist = [
+            {key: _json_number(value) for key, value in row.items()}
+            for row in worklistRows(ranking, statuses)
+        ]
+        counts = workspace.status_summary()["counts"]
+        self.state.counts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        from assft.workspace.model_versions import ModelRegistry
+
+        self.state.versions = [
+            {key: _json_number(value) for key, value in row.items()}
+            for row in modelRows(ModelRegistry(workspace).to_json())
+        ]
+        self._onTasksChanged()
+
+    def _onTasksChanged(self) -> None:
+        tasks = self.logic.tasks
+        self.state.task_kind = tasks.kind.value if tasks.busy and tasks.kind else ""
+        self.state.task_text = tasks.describe()
+        if not tasks.busy:
+            self.state.task_progress = None
+
+    def _onTaskProgress(self, event: dict[str, Any]) -> None:
+        self.state.task_text = self.logic.describeProgress(event)
+        if event.get("total"):
+            self.state.task_progress = 100.0 * (event.get("done") or 0) / event["total"]
+
+    def _endTask(self, result) -> bool:
+        """Report how a task ended; whether it succeeded."""
+        self._onTasksChanged()
+        if result.cancelled:
+            self._message(f"{result.name or 'task'} cancelled")
+            return False
+        if not result.ok:
+            self._error(self.logic.describeResult(result))
+            return False
+        return True
+
+    # polling -----------------------------------------------------------------------------
+
+    def _startPolling(self, **_kwargs) -> None:
+        if self._pollTask is None:
+            self._pollTask = asyncio.get_event_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                with self.state:
+                    self.pollOnce()
+            except Exception:  # one bad poll must not stop the loop
+                logging.exception("polling the background tasks failed")
+            await asyncio.sleep(POLL_SECONDS)
+
+    def pollOnce(self) -> None:
+        """Read what the background processes printed; follow the fine-tuning job."""
+        tasks = self.logic.tasks
+        for process in (tasks.current, tasks.jobCommand):
+            if process is not None and process.mode == "thread" and process.result is None:
+                process.drain()
+        launched = self.launchedJob or {}
+        if launched.get("pid") and time.monotonic() - self._lastJobPoll > JOB_POLL_SECONDS:
+            self._lastJobPoll = time.monotonic()
+            self._pollJob()
+
+    # ranking -----------------------------------------------------------------------------
+
+    @controller.set("rank")
+    def rank(self) -> None:
+        """Rank, or cancel the ranking that runs."""
+        if self.logic.tasks.isRunning(TaskKind.RANK):
+            self.logic.cancelTask()
+            return
+        try:
+            self.logic.runRank(
+                self.workspace,
+                self.budget,
+                device=self.device,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onRanked,
+            )
+        except (ValueError, OSError) as error:
+            self._error(str(error))
+
+    def _onRanked(self, result) -> None:
+        if self._endTask(result):
+            self._message("Ranked.")
+        self.refresh()
+
+    # annotating --------------------------------------------------------------------------
+
+    @controller.set("label_next")
+    def labelNext(self) -> None:
+        if self.logic.tasks.isRunning(TaskKind.PREDICT):
+            self.logic.cancelTask()
+            return
+        try:
+            caseId = self.logic.nextCase(self.workspace)
+        except ValueError as error:
+            self._error(str(error))
+            return
+        if caseId is None:
+            self._message("Every ranked case is labeled or skipped: fine-tune or rank again.")
+            return
+        self.labelCase(caseId)
+
+    @controller.set("label_case")
+    def labelCase(self, caseId: str) -> None:
+        """Load a case with its prediction, predicting it first in the background if needed."""
+        try:
+            self.logic.openWorkspace(self.workspace).check_case_id(caseId)
+            if self.logic.needsPrediction(self.workspace, caseId):
+                self.logic.runPredict(
+                    self.workspace,
+                    caseId,
+                    self.device,
+                    onProgress=self._onTaskProgress,
+                    onFinished=lambda result: self._onPredicted(caseId, result),
+                )
+                return
+        except Exception as error:  # a bad case id or a busy task: said on the page
+            self._error(str(error))
+            return
+        self.showCase(caseId)
+
+    def _onPredicted(self, caseId: str, result) -> None:
+        if self._endTask(result) or not result.cancelled:
+            self.showCase(caseId)
+
+    def showCase(self, caseId: str) -> None:
+        editor = self.slicer.segmentation_editor
+        editor.deactivate_effect()
+        try:
+            nodes = self.logic.loadCase(
+                self.workspace, caseId, showUncertainty=self.state.show_uncertainty
+            )
+        except Exception as error:
+            self._error(f"Failed to load case {caseId}: {error}")
+            return
+        display = self.slicer.display_manager
+        display.show_volume_in_slice_background(nodes.volume)
+        editor.set_active_segmentation(nodes.segmentation, nodes.volume)
+        self.logic.setUncertaintyVisible(self.state.show_uncertainty)
+        display.reset_views()
+        self.state.current_case = caseId
+        self.state.has_uncertainty = nodes.uncertainty is not None
+        self.state.case_ready = True
+        self._message(f"Case {caseId} loaded: correct the segmentation, then submit.")
+        self.refresh()
+
+    @change("show_uncertainty")
+    def _onShowUncertainty(self, show_uncertainty, **_kwargs) -> None:
+        self.logic.setUncertaintyVisible(bool(show_uncertainty))
+
+    @controller.set("submit")
+    def submit(self, overlap: str = OverlapPolicy.REFUSE.value) -> None:
+        """Store the case's segmentation (validated, atomic), then open the next case.
+
+        Overlapping segments are refused first and asked about on the page ("last wins"
+        answers yes).
+        """
+        if not self.state.current_case:
+            self._error("No case is loaded: use 'Label next' first.")
+            return
+        self.slicer.segmentation_editor.deactivate_effect()  # an unapplied preview ends
+        self.state.overlap_question = ""
+        try:
+            path = self.logic.submitCase(self.workspace, overlap=OverlapPolicy(overlap))
+        except SegmentOverlapError as error:
+            self.state.overlap_question = (
+                f"{error} Give each shared voxel the label of the segment lowest in the list, "
+                "and submit?"
+            )
+            return
+        except Exception as error:
+            self._error(f"Failed to submit the label: {error}")
+            return
+        self._message(f"Stored {path.name}.")
+        self._caseDone()
+
+    @controller.set("skip")
+    def skip(self) -> None:
+        try:
+            self.logic.skipCase(self.workspace, self.state.current_case)
+        except ValueError as error:
+            self._error(str(error))
+            return
+        self._caseDone()
+
+    def _caseDone(self) -> None:
+        self.slicer.segmentation_editor.deactivate_effect()
+        self.state.current_case = ""
+        self.state.case_ready = False
+        self.refresh()
+        self.labelNext()
+
+    # fine-tuning -------------------------------------------------------------------------
+
+    @controller.set("finetune")
+    def finetune(self) -> None:
+        """Launch fine-tuning in the background, or cancel the job that runs."""
+        if self.launchedJob is not None:
+            try:
+                if self.logic.cancelFinetuneJob(self.workspace, onFinished=self._onCancelled):
+                    self.state.job_text = "Cancelling..."
+            except (ValueError, OSError) as error:
+                self._error(str(error))
+            return
+        try:
+            self.logic.launchFinetune(
+                self.workspace,
+                device=self.device,
+                config=self.finetuneConfig,
+                onFinished=self._onFinetuneLaunched,
+            )
+        except (ValueError, OSError) as error:
+            self._error(str(error))
+            return
+        self.launchedJob = {}
+        self.state.job_active = True
+        self.state.job_text = "Starting fine-tuning..."
+
+    def _onFinetuneLaunched(self, result) -> None:
+        launched = self.logic.launchedJob(result) if result.ok else {}
+        if not launched.get("pid"):
+            self.launchedJob = None
+            self.state.job_active = False
+            self._error(self.logic.describeResult(result))
+            return
+        self.launchedJob = launched  # followed from now on (pollOnce)
+        self.state.job_active = True
+        self._lastJobPoll = 0.0
+
+    def _onCancelled(self, result) -> None:
+        if not result.ok:
+            self._error(self.logic.describeResult(result))
+
+    def _pollJob(self) -> None:
+        status = self.logic.detachedJobStatus(self.workspace, self.launchedJob or {})
+        self.state.job_text = self.logic.describeJob(status)
+        progress = status.get("last_progress") or {}
+        self.state.job_progress = (
+            100.0 * (progress.get("done") or 0) / progress["total"]
+            if progress.get("total")
+            else None
+        )
+        if self.logic.jobIsActive(status):
+            return
+        self.launchedJob = None
+        self.state.job_active = False
+        self.refresh()
+        from assft.workspace.jobs import JobState
+
+        if status.get("state") == JobState.FAILED:
+            self._error(self.logic.describeJob(status))
+        elif self.logic.jobPromotedVersion(status) and self.state.rerank_after_promotion:
+            self.logic.rankWhenFree(
+                self.workspace,
+                self.budget,
+                device=self.device,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onRanked,
+            )
+
+    @controller.set("use_version")
+    def useVersion(self, version: str) -> None:
+        try:
+            self.logic.useModelVersion(self.workspace, version)
+        except ValueError as error:
+            self._error(str(error))
+            return
+        self._message(f"Model version {version} is current.")
+        self.refresh()
+
+    # closing -----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop a running ranking or prediction (a fine-tuning job goes on)."""
+        self.logic.shutdown()

@@ -1,0 +1,199 @@
+"""The page: the worklist and the loop's buttons on the left, the slice views in the middle,
+trame-slicer's segment editor (its effects, with undo) on the right.
+
+Only layout here: every button calls a controller method of :class:`assft_web.app.AnnotationApp`.
+Elements the browser tests find carry an ``id``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from trame.ui.vuetify3 import VAppLayout
+from trame.widgets import html
+from trame.widgets import vuetify3 as v
+from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoRedoUI
+
+WORKLIST_HEADERS = [
+    {"title": "Rank", "key": "rank"},
+    {"title": "Case", "key": "case"},
+    {"title": "Score", "key": "score"},
+    {"title": "DKD", "key": "dkd"},
+    {"title": "ASD", "key": "asd"},
+    {"title": "Hardest structure", "key": "hardest"},
+    {"title": "Reason", "key": "reason"},
+    {"title": "Status", "key": "status"},
+]
+VERSION_HEADERS = [
+    {"title": "Version", "key": "version"},
+    {"title": "Current", "key": "current"},
+    {"title": "Parent", "key": "parent"},
+    {"title": "Held-out Dice", "key": "dice"},
+    {"title": "Gate", "key": "gate"},
+    {"title": "", "key": "use", "sortable": False},
+]
+NUMBER = "{{ item.%s == null ? '' : Number(item.%s).toFixed(3) }}"
+
+
+def _worklist(ctrl) -> None:
+    with v.VDataTable(
+        id="worklist",
+        headers=("worklist_headers", WORKLIST_HEADERS),
+        items=("worklist",),
+        item_value="case",
+        density="compact",
+        items_per_page=10,
+        hover=True,
+        row_props=(
+            "({item}) => ({'data-case': item.case, class: "
+            "item.case === current_case ? 'bg-primary' : ''})",
+        ),
+        style="font-size: 12px;",
+    ):
+        with v.Template(raw_attrs=['v-slot:item.case="{ item }"']):
+            v.VBtn(
+                "{{ item.case }}",
+                variant="text",
+                size="small",
+                classes="px-1 text-none",
+                title="Label this case",
+                click=(ctrl.label_case, "[item.case]"),
+            )
+        for key in ("score", "dkd", "asd"):
+            with v.Template(raw_attrs=[f'v-slot:item.{key}="{{ item }}"']):
+                html.Span(NUMBER % (key, key))
+        with v.Template(raw_attrs=['v-slot:item.reason="{ item }"']):
+            html.Div(
+                "{{ item.reason }}",
+                title=("item.reason",),
+                style="max-width: 140px; white-space: nowrap; overflow: hidden; "
+                "text-overflow: ellipsis;",
+            )
+
+
+def _versions(ctrl) -> None:
+    with v.VDataTable(
+        id="versions",
+        headers=("version_headers", VERSION_HEADERS),
+        items=("versions",),
+        density="compact",
+        items_per_page=5,
+        style="font-size: 12px;",
+    ):
+        with v.Template(raw_attrs=['v-slot:item.dice="{ item }"']):
+            html.Span(NUMBER % ("dice", "dice"))
+        with v.Template(raw_attrs=['v-slot:item.use="{ item }"']):
+            v.VBtn(
+                "Use",
+                size="x-small",
+                variant="tonal",
+                v_if="item.current !== 'yes'",
+                click=(ctrl.use_version, "[item.version]"),
+            )
+
+
+def build_page(app: Any) -> SimpleNamespace:
+    """Build the page of ``app``; returns its parts (``layout``, ``editor``)."""
+    ctrl = app.server.controller
+    with VAppLayout(app.server, full_height=True) as layout:
+        layout.root.theme = "dark"
+        with v.VAppBar(density="compact"):
+            v.VToolbarTitle("ASSFT annotation: {{ workspace_name }}")
+            html.Span("{{ counts }}", id="counts", classes="text-caption mr-4")
+
+        with v.VNavigationDrawer(permanent=True, location="left", width=520):
+            with html.Div(classes="pa-2 d-flex flex-wrap ga-2"):
+                v.VBtn(
+                    "{{ task_kind === 'rank' ? 'Cancel ranking' : 'Rank' }}",
+                    id="rank",
+                    click=ctrl.rank,
+                    disabled=("task_kind !== '' && task_kind !== 'rank'",),
+                    size="small",
+                )
+                v.VBtn(
+                    "{{ task_kind === 'predict' ? 'Cancel prediction' : 'Label next' }}",
+                    id="label-next",
+                    click=ctrl.label_next,
+                    disabled=("task_kind !== '' && task_kind !== 'predict'",),
+                    color="primary",
+                    size="small",
+                )
+                v.VBtn(
+                    "Submit and next",
+                    id="submit",
+                    click=ctrl.submit,
+                    disabled=("!case_ready",),
+                    color="success",
+                    size="small",
+                )
+                v.VBtn("Skip", id="skip", click=ctrl.skip, disabled=("!case_ready",), size="small")
+                v.VCheckbox(
+                    id="show-uncertainty",
+                    v_model=("show_uncertainty",),
+                    label="Uncertainty",
+                    disabled=("!has_uncertainty",),
+                    density="compact",
+                    hide_details=True,
+                )
+            with html.Div(classes="px-2"):
+                html.Div("{{ task_text }}", id="task-text", classes="text-caption")
+                v.VProgressLinear(
+                    id="task-progress",
+                    v_show=("task_kind !== ''",),
+                    model_value=("task_progress ?? 0",),
+                    indeterminate=("task_progress == null",),
+                    color="primary",
+                )
+                html.Div(
+                    "{{ message }}",
+                    id="message",
+                    classes=("message_is_error ? 'text-error text-caption' : 'text-caption'",),
+                )
+                html.Div(
+                    "Case: {{ current_case || '-' }}", id="current-case", classes="text-body-2"
+                )
+            _worklist(ctrl)
+            v.VDivider()
+            with html.Div(classes="pa-2"):
+                with html.Div(classes="d-flex align-center ga-2"):
+                    v.VBtn(
+                        "{{ job_active ? 'Cancel fine-tuning' : 'Fine-tune' }}",
+                        id="finetune",
+                        click=ctrl.finetune,
+                        size="small",
+                    )
+                    v.VCheckbox(
+                        v_model=("rerank_after_promotion",),
+                        label="Rank again after a promotion",
+                        density="compact",
+                        hide_details=True,
+                    )
+                html.Div("{{ job_text }}", id="job-text", classes="text-caption")
+                v.VProgressLinear(
+                    v_show=("job_active",),
+                    model_value=("job_progress ?? 0",),
+                    indeterminate=("job_progress == null",),
+                    color="secondary",
+                )
+            _versions(ctrl)
+
+        with v.VNavigationDrawer(permanent=True, location="right", width=330):
+            editor = SegmentEditorUI()
+            SegmentEditorUndoRedoUI(editor_ui=editor, classes="d-flex flex-row justify-center")
+
+        with v.VMain():
+            with html.Div(classes="fill-height d-flex flex-row", id="views"):
+                app.layoutManager.initialize_layout_grid(layout)
+
+        with v.VDialog(model_value=("overlap_question !== ''",), max_width=520, persistent=True):
+            with v.VCard(id="overlap-dialog"):
+                v.VCardText("{{ overlap_question }}")
+                with v.VCardActions():
+                    v.VBtn(
+                        "Submit, last segment wins",
+                        id="overlap-yes",
+                        click=(ctrl.submit, "['lastWins']"),
+                    )
+                    v.VBtn("Back to editing", id="overlap-no", click="overlap_question = ''")
+    return SimpleNamespace(layout=layout, editor=editor)

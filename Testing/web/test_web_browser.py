@@ -1,0 +1,303 @@
+"""The annotation loop in a real browser: ``assft web`` in its own process, Debian's Chromium
+driven by Playwright, a real workspace of sample brain scans and the shipped demo model.
+
+The tests run in file order on one server and one page, as a clinician works: open the worklist
+and rank, label the top case (predicted in the background), paint with the mouse and submit (the
+stored label checked voxel by voxel against the edit), a refused overlap, skip and reopen, then
+cancel a fine-tuning job from the page. Measured figures (page to first views, "Label next" to an
+editable case, server memory) are printed and, with ``ASSFT_WEB_FIGURES=FILE``, written as JSON;
+``ASSFT_WEB_SCREENSHOT=FILE`` keeps a screenshot of the loaded case (README's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from assft_testing import run_cli, skip_without_template
+from assft_testing.browser import chromium_path, require_web, web_server
+
+require_web()
+pytestmark = skip_without_template()
+
+TIMEOUT_MS = 180_000
+FIGURES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from assft.datasets.sampledata import write_sample_data
+
+    data = tmp_path_factory.mktemp("web-data")
+    write_sample_data(data, 4, n_source=0, sites=["t2"], seed=7, spacing=4.0)
+    root = tmp_path_factory.mktemp("web") / "ws"
+    images = data / "sites" / "t2" / "images"
+    run_cli("init", str(root), "--images", str(images), check=True)
+    # A long recipe, so that the job is still running when the page cancels it.
+    recipe = root.parent / "recipe.json"
+    recipe.write_text(json.dumps({"iterations": 5000, "semi_iterations": 5000, "views": 1}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    recipe = workspace.parent / "recipe.json"
+    with web_server(
+        workspace,
+        "--token",
+        "browser-test-token-0123456789",
+        "--finetune-config",
+        str(recipe),
+        "--device",
+        "cpu",
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        hosts: set[str] = set()
+        page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
+        page.hosts = hosts
+        yield page
+        browser.close()
+    if os.environ.get("ASSFT_WEB_FIGURES"):
+        Path(os.environ["ASSFT_WEB_FIGURES"]).write_text(json.dumps(FIGURES, indent=2) + "\n")
+    print("web figures:", FIGURES)
+
+
+def _text(page, selector: str) -> str:
+    return page.inner_text(selector).strip()
+
+
+def _current_case(page) -> str:
+    return _text(page, "#current-case").removeprefix("Case:").strip().strip("-").strip()
+
+
+def _wait_case(page, not_case: str = "") -> str:
+    """Wait until a case other than ``not_case`` is loaded; a timeout says what the page said."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "(old) => { const t = document.querySelector('#current-case').innerText"
+            ".replace('Case:', '').trim(); return t && t !== '-' && t !== old; }",
+            arg=not_case,
+            timeout=TIMEOUT_MS,
+        )
+    except PlaywrightTimeout:
+        raise AssertionError(
+            f"no case other than {not_case!r} opened; the page says: "
+            f"{_text(page, '#message')!r}, task: {_text(page, '#task-text')!r}"
+        ) from None
+    return _current_case(page)
+
+
+def _worklist_cases(page) -> list[str]:
+    return page.eval_on_selector_all(
+        "#worklist tbody tr[data-case]", "rows => rows.map(r => r.dataset.case)"
+    )
+
+
+def _views(page):
+    """The slice views' images, the axial view (the largest) first."""
+    boxes = [page.locator("#views img").nth(i).bounding_box() for i in range(3)]
+    return sorted(boxes, key=lambda b: -b["width"] * b["height"])
+
+
+def _drag(page, box, start, offset, steps: int = 25) -> None:
+    """A real mouse drag in a view: from ``start`` (fractions of its box) by ``offset`` pixels."""
+    x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, steps + 1):
+        page.mouse.move(x0 + offset[0] * i / steps, y0 + offset[1] * i / steps)
+        page.wait_for_timeout(25)
+    page.mouse.up()
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _prediction(workspace: Path, case: str) -> np.ndarray:
+    (path,) = (workspace / "predictions").glob(f"*/{case}.nii.gz")
+    return _array(path)
+
+
+def _label(workspace: Path, case: str) -> Path:
+    return workspace / "labels" / f"{case}.nii.gz"
+
+
+def _wait_painted(page, before: str) -> None:
+    """Wait until the undo button says the edit reached the server's undo stack."""
+    page.wait_for_function(
+        "() => !document.querySelector('button:has(i.mdi-undo)').disabled", timeout=30_000
+    )
+
+
+def test_a_request_without_the_token_gets_nothing(server):
+    for url in (server.base, server.base + "index.html", server.base + "ws"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 403 and refused.value.read() == b""
+    wrong = server.base + "?token=not-the-token-0123456789"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(wrong, timeout=10)
+    assert refused.value.code == 403
+
+
+def test_open_the_worklist_and_rank(page, server):
+    started = time.monotonic()
+    page.goto(server.url)
+    page.wait_for_selector("#rank", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => { const imgs = document.querySelectorAll('#views img');"
+        " return imgs.length >= 3 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }",
+        timeout=TIMEOUT_MS,
+    )
+    FIGURES["page_to_first_views_s"] = round(time.monotonic() - started, 2)
+    assert "4 unlabeled" in _text(page, "#counts")
+    assert _worklist_cases(page) == []
+    page.click("#rank")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#worklist tbody tr[data-case]').length === 4",
+        timeout=TIMEOUT_MS,
+    )
+    headers = _text(page, "#worklist thead")
+    for title in ("Rank", "Case", "Score", "DKD", "ASD", "Hardest structure", "Reason", "Status"):
+        assert title in headers
+    assert _text(page, "#rank") == "RANK"  # the button is Rank again, not Cancel
+
+
+def test_label_next_predicts_in_the_background_and_loads_the_top_case(page, workspace):
+    top = _worklist_cases(page)[0]
+    page.click("#label-next")
+    page.wait_for_function(
+        "() => document.querySelector('#task-text').innerText.includes('predict')"
+        " || document.querySelector('#current-case').innerText.replace('Case:', '').trim()"
+        " !== '-'",
+        timeout=TIMEOUT_MS,
+    )
+    assert _wait_case(page) == top
+    assert not list((workspace / "labels").glob("*.nii.gz"))
+    segments = page.eval_on_selector_all(
+        ".v-navigation-drawer--right input", "fields => fields.map(f => f.value)"
+    )
+    assert segments[:3] == ["grey matter", "white matter", "cerebrospinal fluid"]  # the workspace's
+    if os.environ.get("ASSFT_WEB_SCREENSHOT"):
+        page.wait_for_timeout(1500)
+        page.screenshot(path=os.environ["ASSFT_WEB_SCREENSHOT"])
+
+
+def test_paint_with_the_mouse_submit_and_the_next_case_opens(page, workspace):
+    case = _current_case(page)
+    predicted = _prediction(workspace, case)
+    page.click("button:has(i.mdi-brush)")  # Paint, with the first segment (grey matter)
+    page.click("button:has(i.mdi-sphere)")  # a disc in the slice, not a sphere (the default)
+    axial = _views(page)[0]
+    _drag(page, axial, (0.06, 0.45), (60, 20))
+    _wait_painted(page, case)
+    page.click("#submit")
+    following = _wait_case(page, case)
+    assert following != case and following == _worklist_cases(page)[1]
+
+    stored = _array(_label(workspace, case))
+    assert stored.shape == predicted.shape
+    changed = stored != predicted
+    assert changed.any(), "the stroke changed nothing"
+    # Voxel by voxel: every voxel outside the stroke is the prediction, every voxel in it is
+    # grey matter (label 1), and the stroke lies in one axial slice.
+    assert (stored[changed] == 1).all()
+    slices = np.unique(np.nonzero(changed)[0])
+    assert len(slices) == 1, f"a stroke in one axial view touched slices {slices}"
+    assert (stored[~changed] == predicted[~changed]).all()
+    # The drag went 60 pixels right and 20 down: the band is wider (along the scan's rows, left
+    # to right in an axial view) than tall.
+    _k, rows, columns = np.nonzero(changed)
+    assert np.ptp(columns) > np.ptp(rows)
+    assert "labeled" in _text(page, "#counts")
+
+
+def test_overlapping_segments_are_refused_then_asked(page, workspace):
+    case = _current_case(page)
+    predicted = _prediction(workspace, case)
+    key = "SegmentEditorState__segment_edit_area__SegmentEditAreaState__overwrite_mode"
+    page.evaluate(f"window.trame.state.set('{key}', 2)")  # Masking options: allow overlap
+    page.locator(".v-navigation-drawer--right .v-list-item").nth(1).click()  # white matter
+    page.click("button:has(i.mdi-brush)")
+    axial = _views(page)[0]
+    _drag(page, axial, (0.2, 0.5), (axial["width"] * 0.6, 0))
+    _wait_painted(page, case)
+    page.click("#submit")
+    page.wait_for_selector("#overlap-dialog", state="visible", timeout=30_000)
+    assert "overlap" in _text(page, "#overlap-dialog").lower()
+    assert not _label(workspace, case).exists()  # refused: nothing written
+    page.click("#overlap-no")
+    page.wait_for_selector("#overlap-dialog", state="hidden", timeout=30_000)
+    assert not _label(workspace, case).exists() and _current_case(page) == case
+
+    page.click("#submit")
+    page.click("#overlap-yes")
+    _wait_case(page, case)
+    stored = _array(_label(workspace, case))
+    changed = stored != predicted
+    # The segment lowest in the list wins: painted white matter (2) over grey matter (1).
+    assert changed.any() and (stored[changed] == 2).all()
+    assert ((predicted == 1) & (stored == 2)).any()
+
+
+def test_skip_then_reopen_a_predicted_case(page, workspace):
+    skipped = _current_case(page)
+    page.click("#skip")
+    last = _wait_case(page, skipped)
+    assert last != skipped
+    started = time.monotonic()
+    page.click(f"#worklist tr[data-case='{skipped}'] button")
+    assert _wait_case(page, last) == skipped
+    FIGURES["label_to_editable_case_s"] = round(time.monotonic() - started, 2)
+
+
+def test_cancel_fine_tuning_from_the_page(page, workspace, server):
+    import psutil
+
+    FIGURES["server_rss_mb"] = round(psutil.Process(server.process.pid).memory_info().rss / 2**20)
+    from assft.workspace import Workspace
+
+    current = Workspace.open(workspace).current_model_version()
+    page.click("#finetune")
+    page.wait_for_function(
+        "() => document.querySelector('#job-text').innerText.includes('Fine-tuning:')",
+        timeout=TIMEOUT_MS,
+    )
+    assert _text(page, "#finetune") == "CANCEL FINE-TUNING", (
+        _text(page, "#job-text"),
+        _text(page, "#message"),
+    )
+    page.click("#finetune")
+    page.wait_for_function(
+        "() => document.querySelector('#finetune').innerText.trim() === 'FINE-TUNE'",
+        timeout=TIMEOUT_MS,
+    )
+    assert "cancel" in _text(page, "#job-text").lower()
+    jobs = json.loads(run_cli("jobs", str(workspace), "--json", check=True).stdout)["jobs"]
+    assert [job["state"] for job in jobs if job.get("kind") == "finetune"] == ["cancelled"]
+    after = Workspace.open(workspace)
+    assert after.current_model_version() == current  # the cancelled job promoted nothing
+    assert after.status_summary()["running_job"] is None
+    assert page.hosts == {server.base.split("/")[2]}  # the page asked no other host
