@@ -740,20 +740,14 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(
             _("Failed to load case {case}.").format(case=caseId), waitCursor=True
         ):
-            if self.logic.needsPrediction(p.workspacePath, caseId):
-                self.logic.runPredict(
-                    p.workspacePath,
-                    caseId,
-                    p.device.value,
-                    onProgress=self._onTaskProgress,
-                    onFinished=lambda result: self._onPredicted(caseId, result),
-                )
-                return
-            self._showCase(caseId)
-
-    def _onPredicted(self, caseId, result) -> None:
-        if self._endTask(result) or not result.cancelled:
-            self._showCase(caseId)
+            self.logic.prepareCase(
+                p.workspacePath,
+                caseId,
+                self._showCase,
+                p.device.value,
+                onProgress=self._onTaskProgress,
+                onPredicted=self._endTask,
+            )
 
     def _showCase(self, caseId) -> None:
         p = self._parameterNode

@@ -535,6 +535,42 @@ class WorkspaceLogic:
             and not dependencies.missingPackages()
         )
 
+    def prepareCase(
+        self,
+        workspacePath,
+        caseId: str,
+        onReady: Callable[[str], None],
+        device: str = "auto",
+        onProgress=None,
+        onPredicted=None,
+    ) -> BackgroundProcess | None:
+        """Get a case ready to load ("Label next", a worklist row): when the current model has
+        no prediction of it, predict it in the background first (the foreground task).
+
+        ``onReady(caseId)`` runs when the case can be loaded: at once when nothing is missing
+        (None is returned), else after the prediction, unless it was cancelled (a failed
+        prediction still loads the case, from its label or empty). ``onPredicted(result)`` hears
+        how the prediction ended first (the caller's status line).
+
+        Raises:
+            ValueError: an unknown case id, or another task runs.
+        """
+        workspace = self.openWorkspace(workspacePath)
+        workspace.check_case_id(caseId)
+        if not self.needsPrediction(workspace.root, caseId):
+            onReady(caseId)
+            return None
+
+        def predicted(result: ProcessResult) -> None:
+            if onPredicted is not None:
+                onPredicted(result)
+            if not result.cancelled:
+                onReady(caseId)
+
+        return self.runPredict(
+            workspace.root, caseId, device, onProgress=onProgress, onFinished=predicted
+        )
+
     def runPredict(
         self, workspacePath, caseId: str, device: str = "auto", onProgress=None, onFinished=None
     ) -> BackgroundProcess:
@@ -594,6 +630,18 @@ class WorkspaceLogic:
         Returns:
             ``(table node, plot series node, plot chart node)``.
         """
+        tableNode = fillTableNode(
+            tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT worklist"),
+            WORKLIST_COLUMNS,
+            self.worklist(workspacePath),
+        )
+        seriesNode = seriesNode or self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT cases")
+        chartNode = chartNode or self._namedNode("vtkMRMLPlotChartNode", "ASSFT ranking")
+        return (tableNode, *updateScoreChart(tableNode, seriesNode, chartNode))
+
+    def worklist(self, workspacePath) -> list[dict[str, Any]]:
+        """The worklist's rows (:func:`ASSFTSlicerLib.worklist.worklistRows`): the latest
+        ranking, best first, with each case's status now (the panel's table, the web page)."""
         workspace = self.openWorkspace(workspacePath)
         statuses = {row["case_id"]: row["status"] for row in workspace.registry.cases()}
         try:
@@ -601,14 +649,13 @@ class WorkspaceLogic:
         except Exception as error:  # a damaged ranking file must not hide the rest
             logging.warning("cannot read the latest ranking: %s", error)
             ranking = None
-        tableNode = fillTableNode(
-            tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT worklist"),
-            WORKLIST_COLUMNS,
-            worklistRows(ranking, statuses),
-        )
-        seriesNode = seriesNode or self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT cases")
-        chartNode = chartNode or self._namedNode("vtkMRMLPlotChartNode", "ASSFT ranking")
-        return (tableNode, *updateScoreChart(tableNode, seriesNode, chartNode))
+        return worklistRows(ranking, statuses)
+
+    def modelVersions(self, workspacePath) -> list[dict[str, Any]]:
+        """The model versions' rows (:func:`ASSFTSlicerLib.worklist.modelRows`), newest first."""
+        from assft.workspace.model_versions import ModelRegistry
+
+        return modelRows(ModelRegistry(self.openWorkspace(workspacePath)).to_json())
 
     @staticmethod
     def _namedNode(className: str, name: str):
@@ -949,13 +996,10 @@ class WorkspaceLogic:
         return None
 
     def updateModelsTable(self, workspacePath, tableNode=None):
-        from assft.workspace.model_versions import ModelRegistry
-
-        models = ModelRegistry(self.openWorkspace(workspacePath)).to_json()
         return fillTableNode(
             tableNode or self._namedNode("vtkMRMLTableNode", "ASSFT model versions"),
             MODEL_COLUMNS,
-            modelRows(models),
+            self.modelVersions(workspacePath),
         )
 
     def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:

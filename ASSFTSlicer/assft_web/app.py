@@ -33,7 +33,6 @@ from ASSFTSlicerLib.logic import WorkspaceLogic
 from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError
 from ASSFTSlicerLib.standalone import bindScene
 from ASSFTSlicerLib.tasks import TaskKind
-from ASSFTSlicerLib.worklist import modelRows, worklistRows
 
 LAYOUT_ID = "ASSFT"
 POLL_SECONDS = 0.1
@@ -54,9 +53,12 @@ def _views_layout() -> Layout:
     )
 
 
-def _json_number(value: Any) -> float | None:
-    """NaN (a missing score) as None: the page gets JSON."""
-    return None if isinstance(value, float) and math.isnan(value) else value
+def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows for the page: NaN (a missing score) as None, since the page gets JSON."""
+    return [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in rows
+    ]
 
 
 class AnnotationApp(TrameApp):
@@ -148,25 +150,10 @@ class AnnotationApp(TrameApp):
 
     def refresh(self) -> None:
         """The worklist, the counts and the model versions, read from the workspace."""
-        workspace = self.logic.openWorkspace(self.workspace)
-        statuses = {row["case_id"]: row["status"] for row in workspace.registry.cases()}
-        try:
-            ranking = workspace.latest_ranking()
-        except Exception as error:  # a damaged ranking file must not hide the rest
-            logging.warning("cannot read the latest ranking: %s", error)
-            ranking = None
-        self.state.worklist = [
-            {key: _json_number(value) for key, value in row.items()}
-            for row in worklistRows(ranking, statuses)
-        ]
-        counts = workspace.status_summary()["counts"]
+        self.state.worklist = _json_rows(self.logic.worklist(self.workspace))
+        self.state.versions = _json_rows(self.logic.modelVersions(self.workspace))
+        counts = self.logic.openWorkspace(self.workspace).status_summary()["counts"]
         self.state.counts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        from assft.workspace.model_versions import ModelRegistry
-
-        self.state.versions = [
-            {key: _json_number(value) for key, value in row.items()}
-            for row in modelRows(ModelRegistry(workspace).to_json())
-        ]
         self._onTasksChanged()
 
     def _onTasksChanged(self) -> None:
@@ -263,24 +250,16 @@ class AnnotationApp(TrameApp):
     def labelCase(self, caseId: str) -> None:
         """Load a case with its prediction, predicting it first in the background if needed."""
         try:
-            self.logic.openWorkspace(self.workspace).check_case_id(caseId)
-            if self.logic.needsPrediction(self.workspace, caseId):
-                self.logic.runPredict(
-                    self.workspace,
-                    caseId,
-                    self.device,
-                    onProgress=self._onTaskProgress,
-                    onFinished=lambda result: self._onPredicted(caseId, result),
-                )
-                return
-        except Exception as error:  # a bad case id or a busy task: said on the page
+            self.logic.prepareCase(
+                self.workspace,
+                caseId,
+                self.showCase,
+                self.device,
+                onProgress=self._onTaskProgress,
+                onPredicted=self._endTask,
+            )
+        except (ValueError, OSError) as error:  # a bad case id, another task running
             self._error(str(error))
-            return
-        self.showCase(caseId)
-
-    def _onPredicted(self, caseId: str, result) -> None:
-        if self._endTask(result) or not result.cancelled:
-            self.showCase(caseId)
 
     def showCase(self, caseId: str) -> None:
         editor = self.slicer.segmentation_editor
