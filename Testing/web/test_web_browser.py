@@ -280,6 +280,21 @@ def test_cancel_fine_tuning_from_the_page(page, workspace, server):
     from assft.workspace import Workspace
 
     current = Workspace.open(workspace).current_model_version()
+    # A job started from the command line beside the server holds the workspace: the page's
+    # Fine-tune is refused while it runs.
+    recipe = str(workspace.parent / "recipe.json")
+    run_cli(
+        "finetune", str(workspace), "--detach", "--config", recipe, "--device", "cpu", check=True
+    )
+    page.click("#finetune")
+    page.wait_for_function(
+        "() => document.querySelector('#message').innerText.includes('already running')",
+        timeout=60_000,
+    )
+    assert _text(page, "#finetune") == "FINE-TUNE"
+    run_cli("cancel", str(workspace), check=True)
+    assert Workspace.open(workspace).status_summary()["running_job"] is None
+
     page.click("#finetune")
     page.wait_for_function(
         "() => document.querySelector('#job-text').innerText.includes('Fine-tuning:')",
@@ -296,7 +311,7 @@ def test_cancel_fine_tuning_from_the_page(page, workspace, server):
     )
     assert "cancel" in _text(page, "#job-text").lower()
     jobs = json.loads(run_cli("jobs", str(workspace), "--json", check=True).stdout)["jobs"]
-    assert [job["state"] for job in jobs if job.get("kind") == "finetune"] == ["cancelled"]
+    assert [job["state"] for job in jobs if job.get("kind") == "finetune"] == ["cancelled"] * 2
     after = Workspace.open(workspace)
     assert after.current_model_version() == current  # the cancelled job promoted nothing
     assert after.status_summary()["running_job"] is None

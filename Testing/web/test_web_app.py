@@ -1,0 +1,68 @@
+"""The web app's actions in process (no browser): what comes from the page is checked as
+everywhere else, and one server serves one workspace."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from assft_testing.browser import require_web
+
+require_web()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, synthetic_pool):
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+
+    from assft.workspace import Workspace
+    from assft_web.app import AnnotationApp
+
+    _, cases = synthetic_pool
+    root = tmp_path_factory.mktemp("web-app") / "ws"
+    Workspace.create(root, [case.image for case in cases[:3]], label_names={1: "a", 2: "b"})
+    return AnnotationApp(root, get_server("assft-web-test", client_type="vue3"))
+
+
+@pytest.mark.parametrize("case", ["../../etc/passwd", "case_000/../../x", "nope", ""])
+def test_a_case_id_from_the_page_is_validated(app, case):
+    app.state.message = ""
+    app.labelCase(case)
+    assert app.state.message_is_error and app.state.message
+    assert app.state.current_case == "" and app.logic.loadedCase() is None
+    assert not app.logic.tasks.busy  # nothing was started for it
+
+
+def test_submit_and_skip_without_a_case_say_so_and_write_nothing(app):
+    labels = app.workspace / "labels"
+    before = sorted(labels.iterdir())
+    app.submit()
+    assert app.state.message == "No case is loaded: use 'Label next' first."
+    app.skip()
+    assert app.state.message_is_error and "No case is loaded" in app.state.message
+    assert sorted(labels.iterdir()) == before
+
+
+def test_label_next_before_any_ranking_says_what_to_do(app):
+    app.labelNext()
+    assert app.state.message and app.state.current_case == ""
+
+
+def test_the_tables_reach_the_page_as_json_without_nan():
+    import json
+    import math
+
+    from assft_web.app import _json_rows
+
+    rows = _json_rows([{"case": "a", "dkd": math.nan, "score": 0.5}])
+    assert rows == [{"case": "a", "dkd": None, "score": 0.5}]
+    json.dumps(rows, allow_nan=False)
+
+
+def test_the_page_shows_the_workspace_it_serves(app):
+    app.refresh()
+    assert app.state.workspace_name == "ws" and app.state.worklist == []
+    assert [row["version"] for row in app.state.versions] == ["v0"]
+    assert app.state.counts == "0 held-out, 0 labeled, 0 skipped, 3 unlabeled"
