@@ -850,9 +850,9 @@ def add_bench_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--candidate-recipe",
         dest="candidate_recipe",
-        help="label-efficiency: a JSON object of fine-tuning settings; every random run of the "
-        'default recipe, the ceiling included, runs again with them (e.g. \'{"schedule": '
-        '"constant"}\')',
+        help="label-efficiency: a JSON object of fine-tuning settings; every run of the grid "
+        "(each strategy and mode, the ceiling; not the ablations) runs again with them (e.g. "
+        '\'{"schedule": "constant"}\')',
     )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")

@@ -11,6 +11,7 @@ import pytest
 from assft.apps.label_efficiency import (
     CEILING,
     STRATEGIES,
+    _key,
     goals,
     markdown,
     planned_runs,
@@ -297,6 +298,33 @@ def test_recipe_ablations_and_modes_in_the_plan():
         "<!-- bench:label-efficiency:t2:end -->",
     )
     assert markers("mixed") == markers(None)
+
+
+def test_a_candidate_recipe_repeats_the_grid_beside_the_default_one():
+    from assft.apps.label_efficiency import candidate_name
+
+    candidate = {"schedule": "constant", "intensity_augment": False}
+    default = planned_runs([2], [0, 1], modes=("selective", "none"), pool_size=20)
+    plan = planned_runs(
+        [2],
+        [0, 1],
+        modes=("selective", "none"),
+        pool_size=20,
+        recipe_ablations=True,
+        candidate=candidate,
+    )
+    name = candidate_name(candidate)
+    assert name == 'recipe: intensity_augment=false, schedule="constant"'
+    again = [r for r in plan if r.get("variant", "").startswith(name)]
+    grid = [r for r in default if r.get("variant", "") in ("", CEILING)]
+    # Every run of the grid once more, the same picks and seeds, with the candidate's settings.
+    assert [(r["strategy"], r["mode"], r["budget"], r["seed"]) for r in again] == [
+        (r["strategy"], r["mode"], r["budget"], r["seed"]) for r in grid
+    ]
+    assert all(r["finetune"] == candidate for r in again)
+    assert {r["variant"] for r in again if r["budget"] == 20} == {f"{name}; {CEILING}"}
+    assert not any(r.get("query") for r in again)  # the ablations are not repeated
+    assert len({_key(r) for r in plan}) == len(plan)  # each run its own place in runs.jsonl
 
 
 def test_payoff_goals_read_the_ceiling_and_the_smallest_budget():

@@ -85,8 +85,9 @@ def planned_runs(
     ceiling: supervised fine-tuning with every pool case labeled (random at 2B is then left out
     where 2B exceeds the pool). ``modes`` limits the fine-tuning modes; ``recipe_ablations`` adds
     each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised).
-    ``candidate`` (fine-tuning settings) repeats every random run of the default recipe, the
-    ceiling included, with those settings changed: a whole recipe against today's, side by side."""
+    ``candidate`` (fine-tuning settings) repeats every run of the grid itself (each strategy and
+    mode, random at 2B, the ceiling; not the ablations) with those settings changed: a whole
+    recipe against the default one, side by side."""
     runs = []
     for budget, seed in product(budgets, seeds):
         for strategy, mode in product(STRATEGIES, modes):
@@ -148,7 +149,7 @@ def planned_runs(
                 "finetune": dict(candidate),
             }
             for run in list(runs)
-            if run["strategy"] == "random" and "finetune" not in run
+            if run.get("variant", "") in ("", CEILING)
         ]
     return runs
 
