@@ -79,7 +79,17 @@ def test_no_import_runs_up_or_sideways():
 
 
 def test_the_engine_never_imports_slicer_qt_or_vtk():
-    forbidden = {"slicer", "qt", "ctk", "vtk", "ASSFTSlicerLib"}
+    # Nor its front ends: `assft web` reaches the command line through an entry point.
+    forbidden = {
+        "slicer",
+        "qt",
+        "ctk",
+        "vtk",
+        "ASSFTSlicerLib",
+        "assft_web",
+        "trame",
+        "trame_slicer",
+    }
     wrong = []
     for path in ENGINE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -92,3 +102,27 @@ def test_the_engine_never_imports_slicer_qt_or_vtk():
                 f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden
             ]
     assert not wrong, wrong
+
+
+def test_the_web_front_end_uses_the_engine_through_the_module_logic_and_the_cli_finds_it():
+    """``assft web`` is registered as an entry point of the ``assft.commands`` group, and the web
+    package never reaches into the engine's layers below the workspace for what the Logic does
+    (it may name the engine's errors, settings and job states)."""
+    import tomllib
+
+    project = tomllib.loads((ENGINE.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["entry-points"]["assft.commands"] == {
+        "web": "assft_web.command:register"
+    }
+    allowed = {"errors", "settings", "training", "workspace"}
+    web = ENGINE.parent / "assft_web"
+    used = set()
+    for path in web.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("assft.")
+            ):
+                used.add(node.module.split(".")[1])
+    assert used <= allowed, sorted(used - allowed)
