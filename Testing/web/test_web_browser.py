@@ -131,6 +131,16 @@ def _drag(page, box, start, offset, steps: int = 25) -> None:
     page.mouse.up()
 
 
+def _changed_pixels(a: bytes, b: bytes) -> int:
+    """How many pixels differ clearly between two screenshots (PNG)."""
+    import io
+
+    from PIL import Image
+
+    first, second = (np.asarray(Image.open(io.BytesIO(x)).convert("RGB"), int) for x in (a, b))
+    return int((np.abs(first - second).sum(-1) > 30).sum())
+
+
 def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -200,6 +210,18 @@ def test_label_next_predicts_in_the_background_and_loads_the_top_case(page, work
         ".v-navigation-drawer--right input", "fields => fields.map(f => f.value)"
     )
     assert segments[:3] == ["grey matter", "white matter", "cerebrospinal fluid"]  # the workspace's
+    # The uncertainty overlay: the views change when it is turned off, and back when on.
+    page.wait_for_timeout(1000)
+    with_overlay = page.locator("#views").screenshot()
+    page.click("#show-uncertainty")
+    page.wait_for_timeout(1500)
+    without = page.locator("#views").screenshot()
+    page.click("#show-uncertainty")
+    page.wait_for_timeout(1500)
+    back = page.locator("#views").screenshot()
+    assert _changed_pixels(with_overlay, without) > 500  # the overlay was there
+    assert _changed_pixels(with_overlay, back) < _changed_pixels(with_overlay, without) / 10
+    assert page.is_checked("#show-uncertainty")
     if os.environ.get("ASSFT_WEB_SCREENSHOT"):
         page.wait_for_timeout(1500)
         page.screenshot(path=os.environ["ASSFT_WEB_SCREENSHOT"])
