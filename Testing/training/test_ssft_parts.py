@@ -106,10 +106,14 @@ def test_the_steps_follow_the_labeled_set(n_labeled, voxels, expected):
     assert config.steps_for(n_labeled, float(voxels), (32, 32, 32)) == (expected, expected)
 
 
-def test_the_learning_rate_decays_on_a_cosine_after_the_warm_up():
+def test_the_learning_rate_warms_up_then_stays_or_decays_on_a_cosine():
     from assft.training.ssft import lr_factor
 
-    config = FinetuneConfig(warmup_fraction=0.1, min_lr_fraction=0.01)
+    default = FinetuneConfig(warmup_fraction=0.1)
+    assert [lr_factor(s, 100, default) for s in (1, 10, 50, 100)] == pytest.approx(
+        [0.1, 1.0, 1.0, 1.0]
+    )  # constant after the warm-up: measured better (BENCHMARKS.md)
+    config = FinetuneConfig(warmup_fraction=0.1, min_lr_fraction=0.01, schedule="cosine")
     factors = [lr_factor(step, 100, config) for step in range(1, 101)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     after = factors[9:]

@@ -42,8 +42,8 @@ MODES: tuple[str, ...] = ("selective", "none", "all")
 RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
     "bn=frozen": {"freeze_batchnorm": True},
     "flips=all": {"flips": "all"},
-    "intensity=off": {"intensity_augment": False},
-    "schedule=constant": {"schedule": "constant"},
+    "intensity=on": {"intensity_augment": True},
+    "schedule=cosine": {"schedule": "cosine"},
     "no best checkpoint": {"keep_best": False},
     "lr=1e-3": {"lr": 1e-3},
 }
