@@ -854,6 +854,13 @@ def add_bench_parser(sub: Subparsers) -> None:
         "(each strategy and mode, the ceiling; not the ablations) runs again with them (e.g. "
         '\'{"schedule": "constant"}\')',
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="label-efficiency: rounds per run (label B, fine-tune, rank again with the current "
+        "model); the ceiling stays one round (default 1)",
+    )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
     p.add_argument(

@@ -59,6 +59,60 @@ def test_simulated_runs_select_label_finetune_and_test(tmp_path, synthetic_pool,
     assert simulation.base.status_summary()["counts"]["labeled"] == 0
 
 
+def test_a_second_round_ranks_again_with_the_current_model_and_tests_it(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    from assft.apps.simulation import dice_on_test_scans
+    from assft.workspace.workspace import Workspace
+
+    _, cases = synthetic_pool
+    items = [Case(c.case_id, c.image, c.label) for c in cases]
+    dataset = Dataset(pool=items[:6], test=items[6:])
+    simulation = Simulation(tmp_path, dataset, model=str(tiny_preset_file), device="cpu", views=1)
+    query = QueryConfig(strategy="attsq", budget=1, views=1)
+    result = simulation.run(query, {**FAST, "mode": "none"}, rounds=2, keep=True)
+    first, second = result.rounds
+    assert (first["version"], second["version"]) == ("v1", "v2")
+    assert first["selected"] == simulation.ranking(query)["selected"]
+    assert not set(first["selected"]) & set(second["selected"])  # ranked again without it
+    assert not set(result.selected) & set(simulation.held_out)
+    assert result.selected == first["selected"] + second["selected"]
+    for round_ in result.rounds:  # each version against its parent on the validation set
+        assert round_["validation_dice"] is not None
+        assert round_["parent_validation_dice"] is not None
+    # The figure is the current model's: the one the lab uses (a refused version is not).
+    workspace = Workspace.open(tmp_path / "runs" / "attsq-none-b1-s0")
+    current = workspace.current_model_version()
+    expected = "v2" if second["promoted"] else ("v1" if first["promoted"] else "v0")
+    assert current == expected
+    tested = dice_on_test_scans(workspace, current, dataset.test, device="cpu", views=1)
+    assert result.test_dice == pytest.approx(tested["mean_dice"])
+    with pytest.raises(ValueError, match="rounds"):
+        simulation.run(query, {**FAST, "mode": "none"}, rounds=0)
+
+
+def test_the_gate_record_counts_every_round_and_the_refusals():
+    from assft.apps.label_efficiency import gate_record
+
+    rounds = [
+        {"validation_dice": 0.7, "parent_validation_dice": 0.6, "promoted": True},
+        {"validation_dice": 0.65, "parent_validation_dice": 0.7, "promoted": False},
+    ]
+    single = {"validation_dice": 0.5, "parent_validation_dice": 0.4, "promoted": True}
+    record = gate_record([{"rounds": rounds, **rounds[-1]}, single])
+    assert record == {
+        "runs_with_held_out": 3,
+        "promoted": 2,
+        "promoted_worse_on_held_out": 0,
+        "refused": 1,
+    }
+    plan = planned_runs([2], [0], ablations=False, modes=("none",), pool_size=10, rounds=2)
+    assert {(r["variant"], r.get("rounds")) for r in plan} == {
+        ("2 rounds", 2),
+        (CEILING, None),  # every pool scan labeled: one round
+    }
+
+
 def test_spearman_ranks_with_ties():
     assert spearman(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.5, 0.2])) == pytest.approx(0.5)
     assert spearman(np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(-1.0)

@@ -169,6 +169,7 @@ def _run_label_efficiency(
         modes=_modes(args.modes),
         recipe_ablations=args.recipe_ablations,
         candidate=_candidate(args.candidate_recipe),
+        rounds=args.rounds,
         progress=Progress(args.progress),
     )
     section = le.markdown(document, command)

@@ -78,6 +78,7 @@ def planned_runs(
     modes: Sequence[str] = MODES,
     recipe_ablations: bool = False,
     candidate: dict[str, Any] | None = None,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
     ablations of DKD's gap estimator and of the diversity term; random at twice each
@@ -87,7 +88,8 @@ def planned_runs(
     each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised).
     ``candidate`` (fine-tuning settings) repeats every run of the grid itself (each strategy and
     mode, random at 2B, the ceiling; not the ablations) with those settings changed: a whole
-    recipe against the default one, side by side."""
+    recipe against the default one, side by side. ``rounds`` > 1 runs every run but the
+    ceiling as that many rounds (variant ``N rounds``): label, fine-tune, rank again."""
     runs = []
     for budget, seed in product(budgets, seeds):
         for strategy, mode in product(STRATEGIES, modes):
@@ -151,6 +153,18 @@ def planned_runs(
             for run in list(runs)
             if run.get("variant", "") in ("", CEILING)
         ]
+    if rounds > 1:
+        suffix = f"{rounds} rounds"
+        runs = [
+            run
+            if str(run.get("variant", "")).endswith(CEILING)
+            else {
+                **run,
+                "rounds": rounds,
+                "variant": f"{run['variant']}; {suffix}" if run.get("variant") else suffix,
+            }
+            for run in runs
+        ]
     return runs
 
 
@@ -194,7 +208,13 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 def gate_record(results: list[dict[str, Any]]) -> dict[str, Any]:
     """How the promotion gate did: promoted runs, and any promoted version worse than its
     parent on the held-out cases (there must be none) or on the test scans."""
-    gated = [r for r in results if r.get("validation_dice") is not None]
+    # Every round of a run counts: a later round's version has an adapted parent.
+    gated = [
+        round_
+        for r in results
+        for round_ in (r.get("rounds") or [r])
+        if round_.get("validation_dice") is not None
+    ]
     promoted = [r for r in gated if r.get("promoted")]
     worse_held_out = [
         r for r in promoted if r["validation_dice"] < r["parent_validation_dice"] - 1e-9
@@ -203,6 +223,7 @@ def gate_record(results: list[dict[str, Any]]) -> dict[str, Any]:
         "runs_with_held_out": len(gated),
         "promoted": len(promoted),
         "promoted_worse_on_held_out": len(worse_held_out),
+        "refused": len(gated) - len(promoted),
     }
 
 
@@ -384,6 +405,7 @@ def run_label_efficiency(
     modes: Sequence[str] = MODES,
     recipe_ablations: bool = False,
     candidate: dict[str, Any] | None = None,
+    rounds: int = 1,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
@@ -397,8 +419,8 @@ def run_label_efficiency(
     before anything is written. Every ``test_every``-th case is a test scan. ``site`` names
     the sample-data site (``assft sample-data --sites``). ``iterations`` None: the steps follow
     the labeled set (the recipe's rule, :meth:`FinetuneConfig.steps_for`). ``candidate``
-    (fine-tuning settings, checked here) is a whole recipe measured beside the default one
-    (:func:`planned_runs`).
+    (fine-tuning settings, checked here) is a whole recipe measured beside the default one;
+    ``rounds`` > 1 runs the grid as that many rounds each (:func:`planned_runs`).
     """
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
@@ -475,6 +497,7 @@ def run_label_efficiency(
             modes=modes,
             recipe_ablations=recipe_ablations,
             candidate=candidate,
+            rounds=rounds,
         )
         if _key(r) not in done and r["strategy"] in strategies
     ]
@@ -493,6 +516,7 @@ def run_label_efficiency(
             query,
             {**finetune, **run.get("finetune", {}), "mode": run["mode"]},
             variant=run.get("variant", ""),
+            rounds=run.get("rounds", 1),
         )
         append_result(results_path, result)
         progress.update(
@@ -717,7 +741,8 @@ def markdown(document: dict[str, Any], command: str) -> str:
     if gate.get("runs_with_held_out"):
         lines += [
             "",
-            f"Promotion gate: {gate['promoted']} of {gate['runs_with_held_out']} runs promoted; "
+            f"Promotion gate: {gate['promoted']} of {gate['runs_with_held_out']} fine-tuned "
+            f"versions promoted ({gate.get('refused', 0)} refused; every round of a run counts); "
             f"promoted versions worse than their parent on the held-out scans: "
             f"**{gate['promoted_worse_on_held_out']}**.",
         ]

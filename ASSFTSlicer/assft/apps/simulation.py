@@ -245,6 +245,9 @@ class RunResult:
     steps: dict[str, int] | None = None
     held_out: list[str] = field(default_factory=list)
     learning_curve: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    """Each round: its picks, the version its job made, whether the gate promoted it, and the
+    held-out Dice of that version and of its parent (the fields above are the last round's)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -396,8 +399,14 @@ class Simulation:
         *,
         variant: str = "",
         keep: bool = False,
+        rounds: int = 1,
     ) -> RunResult:
-        """Select with ``query``, label the picks from the ground truth, fine-tune, test."""
+        """Select with ``query``, label the picks from the ground truth, fine-tune; ``rounds``
+        times, as a lab iterates (from the second round on, the pool is ranked again with the
+        current model); then test the current model: the one the lab would use, which a refused
+        version is not."""
+        if rounds < 1:
+            raise BadInputError(f"rounds must be 1 or more, got {rounds}")
         started = time.perf_counter()
         document = self.ranking(query)
         mode = finetune.get("mode", "selective")
@@ -409,19 +418,44 @@ class Simulation:
         (folder / "jobs").mkdir(exist_ok=True)
         (folder / "rankings").mkdir(exist_ok=True)
         workspace = Workspace.open(folder)
-        for case_id in document["selected"]:
-            workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
         config = FinetuneConfig.from_dict({"seed": query.seed, "views": self.views, **finetune})
-        manifest = run_finetune(workspace, config, device=self.device)
+        history: list[dict[str, Any]] = []
+        selected: list[str] = []
+        for round_index in range(rounds):
+            if round_index:
+                scored = score_pool(
+                    workspace, QueryConfig(budget=1, views=self.views), device=self.device
+                )
+                document = rank_scored_pool(
+                    scored,
+                    query,
+                    label_names=workspace.config.label_names,
+                    stats=scored.statistics(),
+                )
+            for case_id in document["selected"]:
+                workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
+            selected += document["selected"]
+            manifest = run_finetune(workspace, config, device=self.device)
+            metrics = manifest.get("metrics") or {}
+            history.append(
+                {
+                    "selected": document["selected"],
+                    "version": manifest["version"],
+                    "promoted": bool(manifest.get("promoted")),
+                    "validation_dice": metrics.get("validation_dice"),
+                    "parent_validation_dice": metrics.get("parent_validation_dice"),
+                }
+            )
+        current = workspace.current_model_version()
         tested = dice_on_test_scans(
-            workspace, manifest["version"], self.dataset.test, device=self.device, views=self.views
+            workspace, current, self.dataset.test, device=self.device, views=self.views
         )
         # Transductive: the pool's scans nobody labeled, which the lab wants segmented.
-        rest = [c for c in self.unlabeled_pool if c.case_id not in document["selected"]]
+        rest = [c for c in self.unlabeled_pool if c.case_id not in selected]
         pool = (
-            dice_on_test_scans(
-                workspace, manifest["version"], rest, device=self.device, views=self.views
-            )["by_case"]
+            dice_on_test_scans(workspace, current, rest, device=self.device, views=self.views)[
+                "by_case"
+            ]
             if rest
             else {}
         )
@@ -432,7 +466,7 @@ class Simulation:
             mode=config.mode.value,
             budget=query.budget,
             seed=query.seed,
-            selected=document["selected"],
+            selected=selected,
             test_dice=tested["mean_dice"],
             test_per_structure=tested["per_structure"],
             version=manifest["version"],
@@ -449,6 +483,7 @@ class Simulation:
             steps=manifest.get("schedule"),
             held_out=list(self.held_out),
             learning_curve=manifest.get("learning_curve"),
+            rounds=history if rounds > 1 else [],
         )
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
