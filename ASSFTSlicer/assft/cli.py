@@ -861,6 +861,12 @@ def add_bench_parser(sub: Subparsers) -> None:
         help="label-efficiency: rounds per run (label B, fine-tune, rank again with the current "
         "model); the ceiling stays one round (default 1)",
     )
+    p.add_argument(
+        "--no-ceiling",
+        dest="no_ceiling",
+        action="store_true",
+        help="label-efficiency: leave out the ceiling (every pool scan labeled)",
+    )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
     p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
     p.add_argument(

@@ -170,6 +170,7 @@ def _run_label_efficiency(
         recipe_ablations=args.recipe_ablations,
         candidate=_candidate(args.candidate_recipe),
         rounds=args.rounds,
+        ceiling=not args.no_ceiling,
         progress=Progress(args.progress),
     )
     section = le.markdown(document, command)

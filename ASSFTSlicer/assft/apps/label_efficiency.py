@@ -406,6 +406,7 @@ def run_label_efficiency(
     recipe_ablations: bool = False,
     candidate: dict[str, Any] | None = None,
     rounds: int = 1,
+    ceiling: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
@@ -420,7 +421,8 @@ def run_label_efficiency(
     the sample-data site (``assft sample-data --sites``). ``iterations`` None: the steps follow
     the labeled set (the recipe's rule, :meth:`FinetuneConfig.steps_for`). ``candidate``
     (fine-tuning settings, checked here) is a whole recipe measured beside the default one;
-    ``rounds`` > 1 runs the grid as that many rounds each (:func:`planned_runs`).
+    ``rounds`` > 1 runs the grid as that many rounds each (:func:`planned_runs`); ``ceiling``
+    False leaves the ceiling out (measured elsewhere on the same scans).
     """
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
@@ -493,7 +495,8 @@ def run_label_efficiency(
             budgets,
             seeds,
             ablations=ablations,
-            pool_size=len(simulation.unlabeled_pool),
+            # The ceiling (every pool scan labeled) needs the pool's size; off, it is left out.
+            pool_size=len(simulation.unlabeled_pool) if ceiling else None,
             modes=modes,
             recipe_ablations=recipe_ablations,
             candidate=candidate,
