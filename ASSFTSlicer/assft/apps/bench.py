@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def _recorded_command(argv: list[str]) -> str:
             skip = True
         elif not (arg.startswith("--progress=") or arg == "--json"):
             kept.append(arg)
-    return "assft " + " ".join(kept) if kept else "assft bench"
+    # Quoted as a shell would need it: a JSON argument (--candidate-recipe) pastes back as is.
+    return "assft " + shlex.join(kept) if kept else "assft bench"
 
 
 FOLDER_FLAGS = ("images", "labels", "label_names", "test_every")
