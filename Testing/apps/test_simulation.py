@@ -352,6 +352,10 @@ def test_recipe_ablations_and_modes_in_the_plan():
         "<!-- bench:label-efficiency:t2:end -->",
     )
     assert markers("mixed") == markers(None)
+    assert markers("t2", rounds=2) == (
+        "<!-- bench:label-efficiency:t2:rounds2:begin -->",
+        "<!-- bench:label-efficiency:t2:rounds2:end -->",
+    )
 
 
 def test_a_candidate_recipe_repeats_the_grid_beside_the_default_one():

@@ -178,7 +178,8 @@ def _run_label_efficiency(
     section = le.markdown(document, command)
     target = markdown_file(args)
     if target:
-        update_markdown(target, section, *le.markers(document["setup"].get("site")))
+        setup = document["setup"]
+        update_markdown(target, section, *le.markers(setup.get("site"), setup.get("rounds", 1)))
     written = {
         "json": str(out / "label-efficiency.json"),
         "runs": str(out / "runs.jsonl"),

@@ -50,13 +50,18 @@ RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
 """One recipe choice changed each (random picks, supervised, the smallest budget)."""
 
 
-def markers(site: str | None) -> tuple[str, str]:
-    """The BENCHMARKS.md markers of a benchmark's section (one section per sample site)."""
-    if site is None or site == MIXED:
+def markers(site: str | None, rounds: int = 1) -> tuple[str, str]:
+    """The BENCHMARKS.md markers of a benchmark's section (one section per sample site, and one
+    per site and number of rounds beyond one)."""
+    if rounds > 1:
+        name = f"{site or MIXED}:rounds{rounds}"
+    elif site is None or site == MIXED:
         return MARK_BEGIN, MARK_END
+    else:
+        name = site
     return (
-        f"<!-- bench:label-efficiency:{site}:begin -->",
-        f"<!-- bench:label-efficiency:{site}:end -->",
+        f"<!-- bench:label-efficiency:{name}:begin -->",
+        f"<!-- bench:label-efficiency:{name}:end -->",
     )
 
 
@@ -539,6 +544,7 @@ def run_label_efficiency(
             "strategies": list(strategies),
             "finetune": finetune,
             **({"candidate": candidate} if candidate else {}),
+            **({"rounds": rounds} if rounds > 1 else {}),
             "seeds": list(seeds),
             "iterations": iterations,
             "views": views,
@@ -638,13 +644,15 @@ def per_test_scan(
     cases = document.get("test_cases") or []
     if not cases:
         return []
+    rounds = document["setup"].get("rounds", 1)
+    variant = f"{rounds} rounds" if rounds > 1 else ""
     means: dict[str, dict[str, float]] = {}
     for strategy in strategies:
         runs = [
             r
             for r in document["runs"]
             if (r["strategy"], r["mode"], r["budget"], r.get("variant", ""))
-            == (strategy, "selective", budget, "")
+            == (strategy, "selective", budget, variant)
             and r.get("test_per_case")
         ]
         if runs:
@@ -685,7 +693,7 @@ def markdown(document: dict[str, Any], command: str) -> str:
     else:
         pool = f"target pool of {setup['pool']} sample scans"
     site = setup.get("site")
-    begin, end = markers(site)
+    begin, end = markers(site, setup.get("rounds", 1))
     steps = (
         f"{setup['iterations']} + {setup['iterations']} fine-tuning steps"
         if setup.get("iterations")
@@ -694,7 +702,8 @@ def markdown(document: dict[str, Any], command: str) -> str:
     held_out = setup.get("held_out") or []
     lines = [
         begin,
-        f"### Label efficiency{f': site `{site}`' if site else ''}",
+        f"### Label efficiency{f': site `{site}`' if site else ''}"
+        + (f", {setup['rounds']} rounds a run" if setup.get("rounds", 1) > 1 else ""),
         "",
         f"`{command}`: {pool}, {setup['test']} test scans never trained on"
         + (
@@ -749,8 +758,10 @@ def markdown(document: dict[str, Any], command: str) -> str:
             f"promoted versions worse than their parent on the held-out scans: "
             f"**{gate['promoted_worse_on_held_out']}**.",
         ]
-    lines += ["", "Goals (measured, not asserted):", ""]
-    for goal in [*document.get("payoff", []), *document["goals"]]:
+    measured = [*document.get("payoff", []), *document["goals"]]
+    if measured:
+        lines += ["", "Goals (measured, not asserted):", ""]
+    for goal in measured:
         mark = "holds" if goal["holds"] else "**does not hold**"
         lines.append(
             f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
