@@ -423,8 +423,11 @@ class Simulation:
         selected: list[str] = []
         for round_index in range(rounds):
             if round_index:
+                # The passes the strategy needs (MC dropout for `epistemic`), as `assft rank`.
                 scored = score_pool(
-                    workspace, QueryConfig(budget=1, views=self.views), device=self.device
+                    workspace,
+                    QueryConfig(strategy=query.strategy, budget=1, views=self.views),
+                    device=self.device,
                 )
                 document = rank_scored_pool(
                     scored,
