@@ -91,7 +91,6 @@ class AnnotationApp(TrameApp):
         self.device = device
         self.budget = budget
         self.finetuneConfig = finetune_config
-        self.started = time.monotonic()
         self.launchedJob: dict[str, Any] | None = None
         self._lastJobPoll = 0.0
         self._pollTask: asyncio.Task | None = None

@@ -154,7 +154,7 @@ def _label(workspace: Path, case: str) -> Path:
     return workspace / "labels" / f"{case}.nii.gz"
 
 
-def _wait_painted(page, before: str) -> None:
+def _wait_painted(page) -> None:
     """Wait until the undo button says the edit reached the server's undo stack."""
     page.wait_for_function(
         "() => !document.querySelector('button:has(i.mdi-undo)').disabled", timeout=30_000
@@ -234,7 +234,7 @@ def test_paint_with_the_mouse_submit_and_the_next_case_opens(page, workspace):
     page.click("button:has(i.mdi-sphere)")  # a disc in the slice, not a sphere (the default)
     axial = _views(page)[0]
     _drag(page, axial, (0.06, 0.45), (60, 20))
-    _wait_painted(page, case)
+    _wait_painted(page)
     page.click("#submit")
     following = _wait_case(page, case)
     assert following != case and following == _worklist_cases(page)[1]
@@ -265,7 +265,7 @@ def test_overlapping_segments_are_refused_then_asked(page, workspace):
     page.click("button:has(i.mdi-brush)")
     axial = _views(page)[0]
     _drag(page, axial, (0.2, 0.5), (axial["width"] * 0.6, 0))
-    _wait_painted(page, case)
+    _wait_painted(page)
     page.click("#submit")
     page.wait_for_selector("#overlap-dialog", state="visible", timeout=30_000)
     assert "overlap" in _text(page, "#overlap-dialog").lower()
