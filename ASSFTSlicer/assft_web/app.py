@@ -103,10 +103,12 @@ class AnnotationApp(TrameApp):
         self._initialState()
         self.ui = build_page(self)
         self.layoutManager.set_layout(LAYOUT_ID)
-        # trame-slicer 2.0.0: the segment editor's effect pipelines are made for the views that
-        # exist when its effects are registered; made before the views, Paint and Erase raise
-        # "'NoneType' object has no attribute 'paint_interaction_stopped'" (no view attached).
-        # The effects' logic is therefore created here, after the layout made the views.
+        # trame-slicer 2.0.0: in its stock segmentation app, Paint and Erase raise "'NoneType'
+        # object has no attribute 'paint_interaction_stopped'" (an effect pipeline without a
+        # view), which the feasibility probe fixed by creating the effects after the views. The
+        # effects' logic is created here, after the layout made the views, as a precaution: with
+        # this app's layout, painting worked in the browser test with either order (checked on
+        # 2026-11-30), so the bug was not reproduced here.
         self.editorLogic = SegmentEditorLogic(self.server, self.slicer)
         self.editorLogic.set_ui(self.ui.editor)
         self.logic.tasks.onChanged = self._onTasksChanged
