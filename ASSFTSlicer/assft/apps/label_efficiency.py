@@ -80,6 +80,7 @@ def planned_runs(
     *,
     ablations: bool = True,
     pool_size: int | None = None,
+    ceiling: bool = True,
     modes: Sequence[str] = MODES,
     recipe_ablations: bool = False,
     candidate: dict[str, Any] | None = None,
@@ -87,9 +88,9 @@ def planned_runs(
 ) -> list[dict[str, Any]]:
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
     ablations of DKD's gap estimator and of the diversity term; random at twice each
-    budget (ATTSQ at B is compared with random at 2B); and, given ``pool_size``, the recipe's
-    ceiling: supervised fine-tuning with every pool case labeled (random at 2B is then left out
-    where 2B exceeds the pool). ``modes`` limits the fine-tuning modes; ``recipe_ablations`` adds
+    budget (ATTSQ at B is compared with random at 2B; left out where 2B exceeds ``pool_size``);
+    and, given ``pool_size`` and unless ``ceiling`` is False, the recipe's ceiling: supervised
+    fine-tuning with every pool case labeled. ``modes`` limits the fine-tuning modes; ``recipe_ablations`` adds
     each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised).
     ``candidate`` (fine-tuning settings) repeats every run of the grid itself (each strategy and
     mode, random at 2B, the ceiling; not the ablations) with those settings changed: a whole
@@ -136,7 +137,7 @@ def planned_runs(
                     "finetune": change,
                 }
             )
-    if pool_size:
+    if pool_size and ceiling:
         runs += [
             {
                 "strategy": "random",
@@ -500,8 +501,8 @@ def run_label_efficiency(
             budgets,
             seeds,
             ablations=ablations,
-            # The ceiling (every pool scan labeled) needs the pool's size; off, it is left out.
-            pool_size=len(simulation.unlabeled_pool) if ceiling else None,
+            pool_size=len(simulation.unlabeled_pool),
+            ceiling=ceiling,
             modes=modes,
             recipe_ablations=recipe_ablations,
             candidate=candidate,
