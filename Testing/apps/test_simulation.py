@@ -139,7 +139,9 @@ def test_plan_and_summary():
     assert [(r["strategy"], r["mode"], r["budget"]) for r in ceiling] == [("random", "none", 6)] * 2
     # Without the ceiling, random at 2B is still left out where the pool is too small for it
     # (a --budgets 28 --no-ceiling run once ran its first run, then stopped on "budget 56").
-    no_ceiling = planned_runs([28], [0], ablations=False, modes=("none",), pool_size=28, ceiling=False)
+    no_ceiling = planned_runs(
+        [28], [0], ablations=False, modes=("none",), pool_size=28, ceiling=False
+    )
     assert [(r["strategy"], r["budget"]) for r in no_ceiling] == [(s, 28) for s in STRATEGIES]
     rows = [
         {

@@ -90,8 +90,9 @@ def planned_runs(
     ablations of DKD's gap estimator and of the diversity term; random at twice each
     budget (ATTSQ at B is compared with random at 2B; left out where 2B exceeds ``pool_size``);
     and, given ``pool_size`` and unless ``ceiling`` is False, the recipe's ceiling: supervised
-    fine-tuning with every pool case labeled. ``modes`` limits the fine-tuning modes; ``recipe_ablations`` adds
-    each of :data:`RECIPE_ABLATIONS` at the smallest budget (random picks, supervised).
+    fine-tuning with every pool case labeled. ``modes`` limits the fine-tuning modes;
+    ``recipe_ablations`` adds each of :data:`RECIPE_ABLATIONS` at the smallest budget (random
+    picks, supervised).
     ``candidate`` (fine-tuning settings) repeats every run of the grid itself (each strategy and
     mode, random at 2B, the ceiling; not the ablations) with those settings changed: a whole
     recipe against the default one, side by side. ``rounds`` > 1 runs every run but the
