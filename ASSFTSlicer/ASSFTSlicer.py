@@ -318,6 +318,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.useVersionButton.connect("clicked(bool)", self.onUseVersion)
+        self.ui.learningCurveButton.connect("clicked(bool)", self.onShowLearningCurve)
 
         self._jobTimer = qt.QTimer()
         self._jobTimer.setInterval(self.JOB_POLL_MS)
@@ -906,17 +907,26 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif self.logic.jobPromotedVersion(status) and p.rerankAfterPromotion:
             self._rankAfterPromotion()
 
+    def _selectedVersion(self) -> str:
+        row = self._tableRow(self.ui.modelsTableView, self.ui.modelsTableView.currentIndex())
+        version = self.logic.versionAtModelsRow(self._parameterNode.modelsTable, row)
+        if not version:
+            raise ValueError(_("Select a model version in the table first."))
+        return version
+
     def onUseVersion(self) -> None:
-        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(
             _("Failed to change the model version."), waitCursor=True
         ):
-            row = self._tableRow(self.ui.modelsTableView, self.ui.modelsTableView.currentIndex())
-            version = self.logic.versionAtModelsRow(p.modelsTable, row)
-            if not version:
-                raise ValueError(_("Select a model version in the table first."))
-            self.logic.useModelVersion(p.workspacePath, version)
+            self.logic.useModelVersion(self._parameterNode.workspacePath, self._selectedVersion())
         self.refresh()
+
+    def onShowLearningCurve(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the learning curve.")):
+            chart = self.logic.showLearningCurve(
+                self._parameterNode.workspacePath, self._selectedVersion()
+            )
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
 
 
 #

@@ -46,8 +46,10 @@ from ASSFTSlicerLib.tasks import TaskKind, Tasks, TaskStart
 from ASSFTSlicerLib.worklist import (
     MODEL_COLUMNS,
     WORKLIST_COLUMNS,
+    LearningCurveNodes,
     fillTableNode,
     modelRows,
+    updateLearningCurveChart,
     updateScoreChart,
     worklistRows,
 )
@@ -1001,6 +1003,36 @@ class WorkspaceLogic:
             MODEL_COLUMNS,
             self.modelVersions(workspacePath),
         )
+
+    def showLearningCurve(self, workspacePath, version: str):
+        """Fill the learning-curve chart with ``version``'s fine-tuning job (training loss and
+        held-out Dice by step); returns the chart node.
+
+        Raises:
+            ValueError: no such version, or it has no recorded curve (the pretrained model).
+        """
+        from assft.workspace.model_versions import ModelRegistry
+
+        versions = ModelRegistry(self.openWorkspace(workspacePath)).to_json()["versions"]
+        entry = next((v for v in versions if v.get("version") == version), None)
+        if entry is None:
+            raise ValueError(_("There is no model version {version}.").format(version=version))
+        curve = entry.get("learning_curve")
+        if not curve:
+            raise ValueError(
+                _(
+                    "Model version {version} has no learning curve (it was not fine-tuned here)."
+                ).format(version=version)
+            )
+        nodes = LearningCurveNodes(
+            self._namedNode("vtkMRMLTableNode", "ASSFT training loss"),
+            self._namedNode("vtkMRMLTableNode", "ASSFT held-out Dice"),
+            self._namedNode("vtkMRMLPlotSeriesNode", "Training loss"),
+            self._namedNode("vtkMRMLPlotSeriesNode", "Held-out Dice"),
+            self._namedNode("vtkMRMLPlotChartNode", "ASSFT learning curve"),
+        )
+        title = _("Learning curve of {version}").format(version=version)
+        return updateLearningCurveChart(curve, title, nodes)
 
     def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:
         """Make ``version`` current (rollback, or forward again)."""

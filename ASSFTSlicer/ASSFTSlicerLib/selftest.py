@@ -255,6 +255,13 @@ def runAnnotationLoop(
         models.GetNumberOfRows() == 2 and logic.versionAtModelsRow(models, 0) == "v1",
         "the versions table is wrong",
     )
+    chart = logic.showLearningCurve(workspacePath, "v1")
+    # The held-out Dice has points only where a case is held out; the training loss always.
+    _check(
+        chart.GetNumberOfPlotSeriesNodes() == 2
+        and chart.GetNthPlotSeriesNode(0).GetTableNode().GetNumberOfRows() >= 2,
+        "the learning curve of v1 should show the training loss",
+    )
     logic.useModelVersion(workspacePath, "v0")
     _check(logic.workspaceSummary(workspacePath)["model_version"] == "v0", "rollback to v0 failed")
     logic.useModelVersion(workspacePath, "v1")

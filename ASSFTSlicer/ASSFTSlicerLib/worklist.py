@@ -1,4 +1,5 @@
-"""The worklist and model-version tables, and the DKD-vs-ASD chart, as MRML nodes.
+"""The worklist and model-version tables, the DKD-vs-ASD chart and a version's learning curve,
+as MRML nodes.
 
 Rows are built from the engine's documents (the latest ranking, the case registry, the model
 registry) by plain functions; filling table and plot nodes needs the MRML classes only, so the
@@ -19,8 +20,10 @@ __all__ = [
     "MODEL_COLUMNS",
     "WORKLIST_COLUMNS",
     "Column",
+    "LearningCurveNodes",
     "fillTableNode",
     "modelRows",
+    "updateLearningCurveChart",
     "updateScoreChart",
     "worklistRows",
 ]
@@ -56,6 +59,7 @@ MODEL_COLUMNS = (
     Column("Promoted", "promoted"),
     Column("Created", "created"),
     Column("Gate", "gate"),
+    Column("Learning curve", "curve"),
 )
 
 
@@ -110,6 +114,7 @@ def worklistRows(ranking: dict[str, Any] | None, statuses: dict[str, str]) -> li
 def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model version (``ModelRegistry.to_json()``), newest first."""
     # Imported here: the document came from the engine, so it is installed by now.
+    from assft.training.curves import summarize_curve
     from assft.workspace.versions import BASE_VERSION
 
     rows = []
@@ -135,6 +140,7 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 else str(gate.get("reason", ""))
                 if isinstance(gate, dict)
                 else "",
+                "curve": summarize_curve(entry.get("learning_curve")),
             }
         )
     return rows
@@ -196,3 +202,51 @@ def updateScoreChart(
     chartNode.SetYAxisTitle("ASD (anatomical difficulty)")
     chartNode.SetLegendVisibility(False)
     return seriesNode, chartNode
+
+
+@dataclass
+class LearningCurveNodes:
+    """The nodes of a learning-curve chart: a table and a line per quantity, one chart."""
+
+    lossTable: Any
+    diceTable: Any
+    lossSeries: Any
+    diceSeries: Any
+    chart: Any
+
+
+def updateLearningCurveChart(curve: dict[str, Any], title: str, nodes: LearningCurveNodes):
+    """Show a fine-tuning job's learning curve (``LearningCurve.to_dict()``): training loss and
+    held-out Dice against the step from the start of the job (stage 2 follows stage 1), one
+    line each, with their tables (``Step``, ``Training loss`` / ``Held-out Dice``).
+
+    Returns:
+        ``nodes.chart``.
+    """
+    from assft.training.curves import curve_points
+
+    loss, validation = curve_points(curve)
+    lines = (
+        (nodes.lossTable, nodes.lossSeries, "Training loss", loss, (0.20, 0.45, 0.80)),
+        (nodes.diceTable, nodes.diceSeries, "Held-out Dice", validation, (0.90, 0.30, 0.24)),
+    )
+    for table, series, name, points, color in lines:
+        fillTableNode(
+            table,
+            (Column("Step", "step", "double"), Column(name, "value", "double")),
+            [{"step": step, "value": value} for step, value in points],
+        )
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("Step")
+        series.SetYColumnName(name)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        series.SetColor(*color)
+        if not nodes.chart.HasPlotSeriesNodeID(series.GetID()):
+            nodes.chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    nodes.chart.SetTitle(title)
+    nodes.chart.SetXAxisTitle("step")
+    nodes.chart.SetYAxisTitle("training loss, held-out Dice")
+    nodes.chart.SetLegendVisibility(True)
+    return nodes.chart

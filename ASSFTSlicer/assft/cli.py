@@ -555,6 +555,7 @@ def add_cancel_parser(sub: Subparsers) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from assft.training.curves import describe_curve
     from assft.workspace.model_versions import ModelRegistry
 
     document = ModelRegistry(_open(args.workspace)).to_json()
@@ -579,30 +580,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         if curve:
             print(f"        {curve}")
     return 0
-
-
-def describe_curve(curve: dict[str, Any] | None) -> str:
-    """A version's learning curve in one line: steps, loss from first to last point, held-out
-    Dice by step, and the best checkpoint (empty when none was recorded)."""
-    from assft.training.curves import LearningCurve  # torch-free: `assft models` loads no torch
-
-    if not curve:
-        return ""
-    steps = curve.get("steps") or {}
-    at = LearningCurve.from_dict(curve).global_step
-    parts = [f"steps {' + '.join(str(v) for v in steps.values())}"]
-    loss = curve.get("loss") or []
-    if loss:
-        parts.append(f"loss {loss[0][2]:.3f} -> {loss[-1][2]:.3f}")
-    validation = curve.get("validation") or []
-    if validation:
-        shown = " ".join(f"{at(p[0], p[1])}:{p[2]:.3f}" for p in validation)
-        parts.append(f"held-out Dice by step {shown}")
-    best = curve.get("best")
-    if best:
-        kept = at(best["stage"], best["step"])
-        parts.append(f"kept step {kept} ({best['validation_dice']:.4f})")
-    return "; ".join(parts)
 
 
 def add_models_parser(sub: Subparsers) -> None:

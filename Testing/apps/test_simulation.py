@@ -410,7 +410,7 @@ def test_payoff_goals_read_the_ceiling_and_the_smallest_budget():
 
 
 def test_models_shows_the_learning_curve_in_one_line():
-    from assft.cli import describe_curve
+    from assft.training.curves import describe_curve
 
     curve = {
         "steps": {"1": 300, "2": 300},

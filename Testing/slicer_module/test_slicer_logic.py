@@ -187,6 +187,54 @@ def test_model_versions_table_and_rollback(mrml, tiny_workspace):
     assert logic.workspaceSummary(workspace.root)["model_version"] == "v0"
 
 
+def test_a_fine_tuned_version_shows_its_learning_curve(mrml, tiny_workspace):
+    """A real fine-tuning job (6 supervised steps, held-out Dice at every step): the models
+    table sums it up, and the chart has one line of training loss and one of held-out Dice."""
+    from assft.training import FinetuneConfig
+    from assft.training.finetune import run_finetune
+
+    workspace, labels = tiny_workspace
+    cases = sorted(labels)
+    for case in cases[:3]:
+        workspace.submit_label(case, labels[case], user="tester")
+    workspace.set_status(cases[2], "held-out")
+    config = FinetuneConfig(
+        iterations=6, semi_iterations=6, views=1, tau_c=0.0, validate_every=1, mode="none"
+    )
+    manifest = run_finetune(workspace, config, device="cpu")
+    curve = manifest["learning_curve"]
+    logic = _logic()
+
+    table = logic.updateModelsTable(workspace.root)
+    best = curve["best"]
+    assert curve["steps"] == {"1": 6} and best["stage"] == 1
+    assert logic._cell(table, 0, "Learning curve") == (
+        f"6 steps; kept step {best['step']} ({best['validation_dice']:.3f})"
+    )
+    assert logic._cell(table, 1, "Learning curve") == ""  # v0: the pretrained model
+
+    chart = logic.showLearningCurve(workspace.root, manifest["version"])
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(2)]
+    assert [s.GetYColumnName() for s in series] == ["Training loss", "Held-out Dice"]
+    loss, dice = (s.GetTableNode() for s in series)
+    assert dice.GetNumberOfRows() == len(curve["validation"]) == 7  # the parent's, every step
+    for row, (stage, step, value) in enumerate(curve["validation"]):
+        assert stage == 1 and float(dice.GetCellText(row, 0)) == step == row
+        assert float(dice.GetCellText(row, 1)) == pytest.approx(value)
+    assert loss.GetNumberOfRows() == len(curve["loss"]) == 6
+    assert [float(loss.GetCellText(row, 1)) for row in range(6)] == pytest.approx(
+        [p[2] for p in curve["loss"]]
+    )
+    # Shown again (another version, or the same): the same nodes are refilled, not added.
+    assert logic.showLearningCurve(workspace.root, manifest["version"]) is chart
+    assert len(slicer.util.getNodesByClass("vtkMRMLPlotChartNode")) == 1
+    with pytest.raises(ValueError, match="v0 has no learning curve"):
+        logic.showLearningCurve(workspace.root, "v0")
+    with pytest.raises(ValueError, match="no model version v9"):
+        logic.showLearningCurve(workspace.root, "v9")
+
+
 def test_progress_and_job_descriptions():
     logic = _logic()
     text = logic.describeProgress(

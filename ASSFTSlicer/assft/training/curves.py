@@ -30,8 +30,8 @@ class LearningCurve:
     """Training loss and held-out Dice of one job, by step.
 
     Attributes:
-        steps: the steps of each stage, ``{"1": n, "2": m}`` (the x axis: stage 2's steps
-            follow stage 1's).
+        steps: the steps of each stage that ran, ``{"1": n, "2": m}``, or ``{"1": n}`` when
+            the semi-supervised stage did not run (the x axis: stage 2's steps follow stage 1's).
         loss: ``[stage, step, mean loss over the steps since the previous point]``.
         validation: ``[stage, step, held-out Dice]``; step 0 of stage 1 is the parent version.
         best: ``{"stage", "step", "validation_dice"}`` of the best evaluation after training
@@ -85,6 +85,52 @@ class LearningCurve:
             self.best = {"stage": stage, "step": step, "validation_dice": round(dice, 5)}
             return True
         return False
+
+
+def curve_points(
+    curve: dict[str, Any] | None,
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """A stored curve (``LearningCurve.to_dict()``) as ``(loss, held-out Dice)`` points, each
+    ``(step from the start of the job, value)``: the x axis of a chart of both stages."""
+    if not curve:
+        return [], []
+    at = LearningCurve.from_dict(curve).global_step
+    loss = [(at(p[0], p[1]), float(p[2])) for p in curve.get("loss") or []]
+    validation = [(at(p[0], p[1]), float(p[2])) for p in curve.get("validation") or []]
+    return loss, validation
+
+
+def describe_curve(curve: dict[str, Any] | None) -> str:
+    """A version's learning curve in one line: steps, loss from first to last point, held-out
+    Dice by step, and the best checkpoint (empty when none was recorded)."""
+    if not curve:
+        return ""
+    steps = curve.get("steps") or {}
+    at = LearningCurve.from_dict(curve).global_step
+    parts = [f"steps {' + '.join(str(v) for v in steps.values())}"]
+    loss, validation = curve_points(curve)
+    if loss:
+        parts.append(f"loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}")
+    if validation:
+        shown = " ".join(f"{step}:{dice:.3f}" for step, dice in validation)
+        parts.append(f"held-out Dice by step {shown}")
+    best = curve.get("best")
+    if best:
+        kept = at(best["stage"], best["step"])
+        parts.append(f"kept step {kept} ({best['validation_dice']:.4f})")
+    return "; ".join(parts)
+
+
+def summarize_curve(curve: dict[str, Any] | None) -> str:
+    """A table cell: the job's steps and the checkpoint kept (empty when none was recorded)."""
+    if not curve:
+        return ""
+    total = sum(int(v) for v in (curve.get("steps") or {}).values())
+    best = curve.get("best")
+    if not best:
+        return f"{total} steps"
+    kept = LearningCurve.from_dict(curve).global_step(best["stage"], best["step"])
+    return f"{total} steps; kept step {kept} ({best['validation_dice']:.3f})"
 
 
 def validation_steps(total: int, every: int | None) -> int:
