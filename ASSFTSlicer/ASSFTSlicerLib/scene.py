@@ -367,6 +367,28 @@ def fillSegmentationFromLabelArray(
         )
 
 
+HEAT_COLORMAPS = ("Inferno", "ColdToHotRainbow")
+"""Slicer's heat colour maps, from its colour files, in the order the uncertainty map takes them."""
+OWN_HEAT_COLORMAP = "ASSFT heat"
+
+
+def heatColorNode():
+    """The uncertainty map's colour map: Slicer's Inferno (or ColdToHotRainbow); where the scene
+    has neither (slicer-core and the web page load no colour files), a black-red-yellow-white
+    table of our own, so that 0 stays black and the map never shows in grey."""
+    for name in HEAT_COLORMAPS + (OWN_HEAT_COLORMAP,):
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        if node is not None:
+            return node
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", OWN_HEAT_COLORMAP)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    for i in range(256):
+        t = 3.0 * i / 255.0
+        node.SetColor(i, min(1.0, t), min(1.0, max(0.0, t - 1.0)), max(0.0, t - 2.0), 1.0)
+    return node
+
+
 def loadUncertaintyVolume(path: str | Path, referenceVolumeNode, caseId: str):
     """Load a voxel uncertainty map (entropy in 0..1) as a scalar volume with a heat colormap."""
     from assft.errors import AssftError
@@ -384,11 +406,7 @@ def loadUncertaintyVolume(path: str | Path, referenceVolumeNode, caseId: str):
     node.SetAttribute(_ATTRIBUTE_ROLE, "uncertainty")
     display = node.GetDisplayNode()
     if display is not None:
-        colorNode = slicer.mrmlScene.GetFirstNodeByName(
-            "Inferno"
-        ) or slicer.mrmlScene.GetFirstNodeByName("ColdToHotRainbow")
-        if colorNode is not None:
-            display.SetAndObserveColorNodeID(colorNode.GetID())
+        display.SetAndObserveColorNodeID(heatColorNode().GetID())
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(0.0, 1.0)
     return node

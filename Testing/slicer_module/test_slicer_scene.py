@@ -358,6 +358,15 @@ def test_the_uncertainty_overlay_toggles_in_the_slice_views(mrml, tmp_path):
     assert composites[0].GetForegroundOpacity() == pytest.approx(0.7)
     display = nodes.uncertainty.GetDisplayNode()
     assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    # A heat map, black at 0, even without Slicer's colour files (this scene has none of them).
+    assert mrml.scene.GetFirstNodeByName("Inferno") is None
+    table = display.GetColorNode().GetLookupTable()
+    assert table.GetNumberOfTableValues() == 256
+    assert table.GetTableValue(0)[:3] == (0.0, 0.0, 0.0)
+    assert table.GetTableValue(128)[:3] == pytest.approx((1.0, 0.5059, 0.0), abs=1e-3)
+    assert table.GetTableValue(255)[:3] == (1.0, 1.0, 1.0)
+    logic.loadCase(workspace.root, "case_a", showUncertainty=True)  # again: the same table
+    assert len(slicer.util.getNodes("ASSFT heat*")) == 1
 
 
 def test_loaded_volumes_are_written_on_their_own_grid_for_a_new_workspace(mrml, tmp_path):

@@ -141,6 +141,19 @@ def _changed_pixels(a: bytes, b: bytes) -> int:
     return int((np.abs(first - second).sum(-1) > 30).sum())
 
 
+def _warmth_added(a: bytes, b: bytes) -> float:
+    """Where two screenshots differ clearly: how much redder than blue ``a`` is there, beyond
+    ``b`` (mean of R - B; a grey overlay adds about 0, a heat map much more)."""
+    import io
+
+    from PIL import Image
+
+    first, second = (np.asarray(Image.open(io.BytesIO(x)).convert("RGB"), int) for x in (a, b))
+    changed = np.abs(first - second).sum(-1) > 30
+    warmth = (first[..., 0] - first[..., 2]) - (second[..., 0] - second[..., 2])
+    return float(warmth[changed].mean())
+
+
 def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -220,6 +233,7 @@ def test_label_next_predicts_in_the_background_and_loads_the_top_case(page, work
     page.wait_for_timeout(1500)
     back = page.locator("#views").screenshot()
     assert _changed_pixels(with_overlay, without) > 500  # the overlay was there
+    assert _warmth_added(with_overlay, without) > 20  # in a heat colour map, not grey
     assert _changed_pixels(with_overlay, back) < _changed_pixels(with_overlay, without) / 10
     assert page.is_checked("#show-uncertainty")
     if os.environ.get("ASSFT_WEB_SCREENSHOT"):
