@@ -31,6 +31,7 @@ VERSION_HEADERS = [
     {"title": "Parent", "key": "parent"},
     {"title": "Held-out Dice", "key": "dice"},
     {"title": "Gate", "key": "gate"},
+    {"title": "Learning curve", "key": "curve"},
     {"title": "", "key": "use", "sortable": False},
 ]
 NUMBER = "{{ item.%s == null ? '' : Number(item.%s).toFixed(3) }}"

@@ -65,4 +65,9 @@ def test_the_page_shows_the_workspace_it_serves(app):
     app.refresh()
     assert app.state.workspace_name == "ws" and app.state.worklist == []
     assert [row["version"] for row in app.state.versions] == ["v0"]
+    # Every column of the versions table is in the rows (the learning curve, too).
+    from assft_web.page import VERSION_HEADERS
+
+    assert {h["key"] for h in VERSION_HEADERS} - {"use"} <= set(app.state.versions[0])
+    assert app.state.versions[0]["curve"] == ""  # v0: the pretrained model
     assert app.state.counts == "0 held-out, 0 labeled, 0 skipped, 3 unlabeled"
