@@ -552,6 +552,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("Submit at least one label first.") if hasWorkspace else noWorkspace,
             )
         setState(self.ui.useVersionButton, hasWorkspace and not jobRunning, noWorkspace)
+        setState(self.ui.learningCurveButton, hasWorkspace, noWorkspace)
 
     # background tasks --------------------------------------------------------------------
 

@@ -1025,10 +1025,10 @@ class WorkspaceLogic:
                 ).format(version=version)
             )
         nodes = LearningCurveNodes(
-            self._namedNode("vtkMRMLTableNode", "ASSFT training loss"),
-            self._namedNode("vtkMRMLTableNode", "ASSFT held-out Dice"),
-            self._namedNode("vtkMRMLPlotSeriesNode", "Training loss"),
-            self._namedNode("vtkMRMLPlotSeriesNode", "Held-out Dice"),
+            self._namedNode("vtkMRMLTableNode", "ASSFT training loss table"),
+            self._namedNode("vtkMRMLTableNode", "ASSFT held-out Dice table"),
+            self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT training loss"),
+            self._namedNode("vtkMRMLPlotSeriesNode", "ASSFT held-out Dice"),
             self._namedNode("vtkMRMLPlotChartNode", "ASSFT learning curve"),
         )
         title = _("Learning curve of {version}").format(version=version)

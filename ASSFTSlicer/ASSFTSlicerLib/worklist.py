@@ -114,7 +114,6 @@ def worklistRows(ranking: dict[str, Any] | None, statuses: dict[str, str]) -> li
 def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model version (``ModelRegistry.to_json()``), newest first."""
     # Imported here: the document came from the engine, so it is installed by now.
-    from assft.training.curves import summarize_curve
     from assft.workspace.versions import BASE_VERSION
 
     rows = []
@@ -140,10 +139,20 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 else str(gate.get("reason", ""))
                 if isinstance(gate, dict)
                 else "",
-                "curve": summarize_curve(entry.get("learning_curve")),
+                "curve": _curveSummary(entry.get("learning_curve")),
             }
         )
     return rows
+
+
+def _curveSummary(curve) -> str:
+    """The learning-curve cell; a malformed curve must not hide the rest of the table."""
+    from assft.training.curves import summarize_curve
+
+    try:
+        return summarize_curve(curve)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        return f"unreadable learning curve: {error!r}"
 
 
 def fillTableNode(tableNode, columns: Sequence[Column], rows: Sequence[dict[str, Any]]):

@@ -169,6 +169,9 @@ def test_rows_keep_missing_scores_as_nan():
         }
     )
     assert damaged[0]["gate"] == "DAMAGED: model.pt: is damaged"
+    # A malformed learning curve shows as such in its cell; the rest of the table stays.
+    odd = modelRows({"versions": [{"version": "v3", "learning_curve": {"best": {"step": 1}}}]})
+    assert odd[0]["version"] == "v3" and odd[0]["curve"].startswith("unreadable learning curve")
 
 
 def test_model_versions_table_and_rollback(mrml, tiny_workspace):

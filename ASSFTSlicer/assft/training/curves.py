@@ -61,6 +61,20 @@ class LearningCurve:
             best=data.get("best"),
         )
 
+    def drop_unrun_stage_two(self) -> None:
+        """Stage 2 will not run: its planned steps leave ``steps``, unless it already ran
+        before the job was resumed (its loss points are there)."""
+        if not any(int(p[0]) == 2 for p in self.loss):
+            self.steps.pop("2", None)
+
+    def ran_steps(self) -> dict[str, int]:
+        """The steps of the stages that ran: those with loss points (every stage records its
+        loss; a curve stored before stage 2's steps were dropped may still name it)."""
+        if not self.loss:
+            return dict(self.steps)
+        ran = {str(int(p[0])) for p in self.loss}
+        return {stage: n for stage, n in self.steps.items() if stage in ran}
+
     def global_step(self, stage: float, step: float) -> int:
         """The step counted from the start of the job (stage 2 follows stage 1)."""
         return int(step) + (self.steps.get("1", 0) if int(stage) == 2 else 0)
@@ -105,9 +119,9 @@ def describe_curve(curve: dict[str, Any] | None) -> str:
     Dice by step, and the best checkpoint (empty when none was recorded)."""
     if not curve:
         return ""
-    steps = curve.get("steps") or {}
-    at = LearningCurve.from_dict(curve).global_step
-    parts = [f"steps {' + '.join(str(v) for v in steps.values())}"]
+    parsed = LearningCurve.from_dict(curve)
+    at = parsed.global_step
+    parts = [f"steps {' + '.join(str(v) for v in parsed.ran_steps().values())}"]
     loss, validation = curve_points(curve)
     if loss:
         parts.append(f"loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}")
@@ -125,11 +139,12 @@ def summarize_curve(curve: dict[str, Any] | None) -> str:
     """A table cell: the job's steps and the checkpoint kept (empty when none was recorded)."""
     if not curve:
         return ""
-    total = sum(int(v) for v in (curve.get("steps") or {}).values())
+    parsed = LearningCurve.from_dict(curve)
+    total = sum(parsed.ran_steps().values())
     best = curve.get("best")
     if not best:
         return f"{total} steps"
-    kept = LearningCurve.from_dict(curve).global_step(best["stage"], best["step"])
+    kept = parsed.global_step(best["stage"], best["step"])
     return f"{total} steps; kept step {kept} ({best['validation_dice']:.3f})"
 
 
