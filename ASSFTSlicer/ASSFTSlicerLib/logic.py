@@ -184,6 +184,15 @@ class WorkspaceLogic:
         ]
         return summary
 
+    def workspaceMark(self, workspacePath) -> str:
+        """What the worklist and versions tables show, in short: it changes when anyone (this
+        program, the command line, Slicer elsewhere) labels, ranks, fine-tunes or rolls back in
+        the workspace, so a view can refresh only then."""
+        workspace = self.openWorkspace(workspacePath)
+        models = workspace.models_dir
+        versions = sorted(p.name for p in models.iterdir()) if models.is_dir() else []
+        return json.dumps([workspace.status_summary(), versions], sort_keys=True, default=str)
+
     @staticmethod
     def describeWorkspace(summary: dict[str, Any]) -> str:
         counts = ", ".join(

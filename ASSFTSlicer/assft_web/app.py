@@ -37,6 +37,9 @@ from ASSFTSlicerLib.tasks import TaskKind
 LAYOUT_ID = "ASSFT"
 POLL_SECONDS = 0.1
 JOB_POLL_SECONDS = 1.0
+WORKSPACE_POLL_SECONDS = 2.0
+"""How often the page looks for changes made outside it (a job from the command line, labels
+from Slicer): the tables are read again when the workspace's mark changed."""
 
 
 def _views_layout() -> Layout:
@@ -93,6 +96,8 @@ class AnnotationApp(TrameApp):
         self.finetuneConfig = finetune_config
         self.launchedJob: dict[str, Any] | None = None
         self._lastJobPoll = 0.0
+        self._lastWorkspacePoll = 0.0
+        self._workspaceMark = ""
         self._pollTask: asyncio.Task | None = None
 
         self.slicer = SlicerApp()
@@ -151,6 +156,7 @@ class AnnotationApp(TrameApp):
 
     def refresh(self) -> None:
         """The worklist, the counts and the model versions, read from the workspace."""
+        self._workspaceMark = self.logic.workspaceMark(self.workspace)
         self.state.worklist = _json_rows(self.logic.worklist(self.workspace))
         self.state.versions = _json_rows(self.logic.modelVersions(self.workspace))
         counts = self.logic.openWorkspace(self.workspace).status_summary()["counts"]
@@ -196,7 +202,8 @@ class AnnotationApp(TrameApp):
             await asyncio.sleep(POLL_SECONDS)
 
     def pollOnce(self) -> None:
-        """Read what the background processes printed; follow the fine-tuning job."""
+        """Read what the background processes printed; follow the fine-tuning job; read the
+        tables again when the workspace changed outside the page."""
         tasks = self.logic.tasks
         for process in (tasks.current, tasks.jobCommand):
             if process is not None and process.mode == "thread" and process.result is None:
@@ -205,6 +212,12 @@ class AnnotationApp(TrameApp):
         if launched.get("pid") and time.monotonic() - self._lastJobPoll > JOB_POLL_SECONDS:
             self._lastJobPoll = time.monotonic()
             self._pollJob()
+        # The page's own ranking or prediction refreshes the tables when it ends: until then,
+        # what it writes is not yet news (a worklist before its Rank button is back).
+        if not tasks.busy and time.monotonic() - self._lastWorkspacePoll > WORKSPACE_POLL_SECONDS:
+            self._lastWorkspacePoll = time.monotonic()
+            if self.logic.workspaceMark(self.workspace) != self._workspaceMark:
+                self.refresh()  # changed outside the page
 
     # ranking -----------------------------------------------------------------------------
 

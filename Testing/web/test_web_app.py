@@ -71,3 +71,25 @@ def test_the_page_shows_the_workspace_it_serves(app):
     assert {h["key"] for h in VERSION_HEADERS} - {"use"} <= set(app.state.versions[0])
     assert app.state.versions[0]["curve"] == ""  # v0: the pretrained model
     assert app.state.counts == "0 held-out, 0 labeled, 0 skipped, 3 unlabeled"
+
+
+def test_changes_made_outside_the_page_reach_it(app, monkeypatch):
+    """Another program (the command line, Slicer) skips a case: the page reads its tables again
+    at its next look at the workspace, and only when something changed."""
+    from assft.workspace import Workspace
+
+    app.refresh()
+    assert "0 skipped" in app.state.counts
+    refreshed = []
+    real_refresh = app.refresh
+    monkeypatch.setattr(app, "refresh", lambda: (refreshed.append(1), real_refresh()))
+    app._lastWorkspacePoll = 0.0
+    app.pollOnce()
+    assert refreshed == []  # nothing changed
+    case = Workspace.open(app.workspace).registry.cases(status="unlabeled")[0]["case_id"]
+    Workspace.open(app.workspace).skip(case)
+    app.pollOnce()  # looked less than WORKSPACE_POLL_SECONDS ago: not yet
+    assert refreshed == [] and "0 skipped" in app.state.counts
+    app._lastWorkspacePoll = 0.0
+    app.pollOnce()
+    assert refreshed == [1] and "1 skipped" in app.state.counts

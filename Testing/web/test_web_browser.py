@@ -352,3 +352,29 @@ def test_cancel_fine_tuning_from_the_page(page, workspace, server):
     assert after.current_model_version() == current  # the cancelled job promoted nothing
     assert after.status_summary()["running_job"] is None
     assert page.hosts == {server.base.split("/")[2]}  # the page asked no other host
+
+
+def test_a_version_made_outside_the_page_shows_with_its_curve_and_use_rolls_back(page, workspace):
+    """A fine-tuning job from the command line promotes v1: the page shows it (it looks at the
+    workspace every few seconds) with its learning curve in short, and Use on v0 rolls back."""
+    from assft.workspace import Workspace
+
+    recipe = workspace.parent / "short-recipe.json"
+    recipe.write_text(json.dumps({"iterations": 4, "semi_iterations": 4, "views": 1}))
+    run_cli("finetune", str(workspace), "--config", str(recipe), "--device", "cpu", check=True)
+    assert Workspace.open(workspace).current_model_version() == "v1"
+
+    v1 = page.locator('#versions tr:has(td:text-is("v1"))')
+    v1.wait_for(timeout=30_000)
+    cells = [c.strip() for c in v1.locator("td").all_inner_texts()]
+    assert cells[1] == "yes"  # current
+    assert any(c.endswith(" steps") and c.split()[0].isdigit() for c in cells), cells
+    page.click('#versions tr:has(td:text-is("v0")) button:has-text("Use")')
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#versions tr')].some(r =>"
+        " r.cells.length > 1 && r.cells[0].innerText.trim() === 'v0'"
+        " && r.cells[1].innerText.trim() === 'yes')",
+        timeout=30_000,
+    )
+    assert Workspace.open(workspace).current_model_version() == "v0"
+    assert "v0 is current" in _text(page, "#message")
