@@ -266,6 +266,10 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel. Each slot calls one Logic method; the Logic does the work."""
 
     JOB_POLL_MS = 2000
+    WORKSPACE_POLL_MS = 3000
+    UNREADABLE = "unreadable"
+    """While the panel shows, it reads its tables again when the workspace changed elsewhere (a
+    job or rollback from the command line, labels from another Slicer or the web page)."""
     PATH_FIELDS = {"workspacePath": "workspacePathLineEdit", "imagesPath": "imagesPathLineEdit"}
     """Folder parameters and their fields, bound with :class:`FolderPathConnector` (the other
     parameters are bound by the .ui's SlicerParameterName)."""
@@ -280,6 +284,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownTask = None
         self._launchedJob = None
         self._jobTimer = None
+        self._workspaceTimer = None
+        self._workspaceMark = ""
         self._summary = None
 
     def setup(self) -> None:
@@ -323,13 +329,17 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobTimer = qt.QTimer()
         self._jobTimer.setInterval(self.JOB_POLL_MS)
         self._jobTimer.connect("timeout()", self.onPollJob)
+        self._workspaceTimer = qt.QTimer()
+        self._workspaceTimer.setInterval(self.WORKSPACE_POLL_MS)
+        self._workspaceTimer.connect("timeout()", self.onWorkspaceTimer)
         self.initializeParameterNode()
         self.refresh()
 
     def cleanup(self) -> None:
         self.removeObservers()
-        if self._jobTimer:
-            self._jobTimer.stop()
+        for timer in (self._jobTimer, self._workspaceTimer):
+            if timer:
+                timer.stop()
         # Before Slicer goes: a ranking or prediction left running would hold the workspace lock.
         # A detached fine-tuning job goes on.
         self.logic.shutdown()
@@ -340,8 +350,12 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self._selectSegmentEditorNode()
         self.refresh()
+        if self._workspaceTimer:
+            self._workspaceTimer.start()
 
     def exit(self) -> None:
+        if self._workspaceTimer:
+            self._workspaceTimer.stop()
         self.ui.segmentEditorWidget.setActiveEffect(None)
         self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.ui.segmentEditorWidget.removeViewObservations()
@@ -444,6 +458,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
             return
         try:
+            self._workspaceMark = self.logic.workspaceMark(p.workspacePath)
             self._summary = self.logic.workspaceSummary(p.workspacePath)
             qt.QSettings().setValue(self.LAST_WORKSPACE_SETTING, self._summary["workspace"])
             self.ui.workspaceStatusLabel.text = self.logic.describeWorkspace(self._summary)
@@ -458,11 +473,26 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._beginJobMonitoring()
         except Exception as error:  # a damaged or vanished workspace must not break the panel
             logging.warning("cannot read the workspace: %s", error)
+            self._workspaceMark = self.UNREADABLE
             self._summary = None
             self.ui.workspaceStatusLabel.text = _("Cannot read the workspace: {error}").format(
                 error=error
             )
         self._updateButtons()
+
+    def onWorkspaceTimer(self) -> None:
+        """Refresh when the workspace changed elsewhere; not while this panel's own task runs
+        (it refreshes when the task ends)."""
+        p = self._parameterNode
+        if p is None or self.logic.tasks.busy or not self.logic.hasWorkspace(p.workspacePath):
+            return
+        try:
+            mark = self.logic.workspaceMark(p.workspacePath)
+        except Exception as error:  # refresh() says once what is wrong with the workspace
+            logging.debug("cannot read the workspace's mark: %s", error)
+            mark = self.UNREADABLE
+        if mark != self._workspaceMark:
+            self.refresh()
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode

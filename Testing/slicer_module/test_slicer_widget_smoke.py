@@ -270,6 +270,7 @@ def _widget(module, tmp_path):
     widget.parent = types.SimpleNamespace(isEntered=True)
     widget.ui.finetuneButton.text = "Fine-tune"
     widget._jobTimer = FakeTimer()
+    widget._workspaceTimer = FakeTimer()
     parameterNode = ASSFTSlicer.ASSFTSlicerParameterNode()
     widget._parameterNode = parameterNode
     widget.logic.getParameterNode = lambda: parameterNode  # the scene's singleton, as in Slicer
@@ -437,3 +438,19 @@ def test_the_panel_ranks_cancels_labels_and_submits(
         lambda: not widget.logic.tasks.busy
     )  # the next case (none left in a budget of 1 is fine)
     assert not [m for m in module.messages if m[0] == "error"], module.messages
+
+    # While the panel shows, it follows changes made elsewhere (here: a case skipped by another
+    # program), and only re-reads the workspace when something changed.
+    assert widget._workspaceTimer.active  # started by enter()
+    widget.refresh()
+    refreshed = []
+    real_refresh = widget.refresh
+    widget.refresh = lambda: (refreshed.append(1), real_refresh())
+    widget.onWorkspaceTimer()
+    assert refreshed == []
+    other = next(c for c in ("case_000", "case_001", "case_002") if c != first)
+    Workspace.open(workspace.root).skip(other)
+    widget.onWorkspaceTimer()
+    assert refreshed == [1] and "1 skipped" in widget.ui.workspaceStatusLabel.text
+    widget.exit()
+    assert not widget._workspaceTimer.active
