@@ -187,11 +187,32 @@ class WorkspaceLogic:
     def workspaceMark(self, workspacePath) -> str:
         """What the worklist and versions tables show, in short: it changes when anyone (this
         program, the command line, Slicer elsewhere) labels, ranks, fine-tunes or rolls back in
-        the workspace, so a view can refresh only then."""
+        the workspace, so a view can refresh only then. It takes no lock, not even the brief
+        probe of :meth:`Workspace.running_job`: a view polling it must never make a job that
+        starts at that instant find the workspace busy."""
+        from assft.errors import AssftError
+
         workspace = self.openWorkspace(workspacePath)
-        models = workspace.models_dir
-        versions = sorted(p.name for p in models.iterdir()) if models.is_dir() else []
-        return json.dumps([workspace.status_summary(), versions], sort_keys=True, default=str)
+        registry = workspace.registry
+        try:
+            version = workspace.current_model_version()
+        except AssftError:  # a damaged pointer: the versions table says why
+            version = None
+        latest = registry.latest_ranking()
+
+        def names(folder: pathlib.Path) -> list[str]:
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+        return json.dumps(
+            [
+                version,
+                registry.counts(),
+                latest and latest["file_name"],
+                names(workspace.models_dir),  # a new version, or a writer's partial folder
+                names(workspace.jobs_dir),  # a job started or ended elsewhere
+            ],
+            sort_keys=True,
+        )
 
     @staticmethod
     def describeWorkspace(summary: dict[str, Any]) -> str:
