@@ -887,21 +887,14 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _onFinetuneLaunched(self, result) -> None:
-        if not result.ok:
+        problem = self.logic.launchProblem(result)
+        if problem:
             self._launchedJob = None
-            self.ui.finetuneStatusLabel.text = self.logic.describeResult(result)
-            slicer.util.errorDisplay(self.logic.describeResult(result))
+            self.ui.finetuneStatusLabel.text = problem
+            slicer.util.errorDisplay(problem, detailedText="\n".join(result.output[-40:]))
             self._updateButtons()
             return
         self._launchedJob = self.logic.launchedJob(result)
-        if not self._launchedJob.get("pid"):
-            self._launchedJob = None
-            slicer.util.errorDisplay(
-                _("Fine-tuning was launched but did not say its process id: see 'assft jobs'."),
-                detailedText="\n".join(result.output[-40:]),
-            )
-            self._updateButtons()
-            return
         self._beginJobMonitoring()
 
     def _onCancelled(self, result) -> None:

@@ -143,12 +143,17 @@ class WorkspaceLogic:
         except OSError:
             return False
 
-    def openWorkspace(self, workspacePath):
-        """The engine's open :class:`assft.workspace.Workspace`.
+    def openWorkspace(self, workspacePath, reconcile: bool = True):
+        """The engine's open :class:`assft.workspace.Workspace` (given one, that one).
+
+        ``reconcile`` False opens it without reconciling labels with the registry: no lock is
+        taken and nothing is written (for a view that only looks).
 
         Raises:
             ValueError: no folder chosen, or not a workspace (the engine's message).
         """
+        if hasattr(workspacePath, "registry"):  # already open
+            return workspacePath
         path = self._path(workspacePath)
         if path is None:
             raise ValueError(_("Choose a workspace folder first."))
@@ -169,7 +174,7 @@ class WorkspaceLogic:
                 _("The ASSFT engine cannot be loaded: {error}").format(error=error)
             ) from None
         try:
-            return Workspace.open(path)
+            return Workspace.open(path, reconcile=reconcile)
         except AssftError as error:
             raise ValueError(str(error)) from None
 
@@ -187,12 +192,12 @@ class WorkspaceLogic:
     def workspaceMark(self, workspacePath) -> str:
         """What the worklist and versions tables show, in short: it changes when anyone (this
         program, the command line, Slicer elsewhere) labels, ranks, fine-tunes or rolls back in
-        the workspace, so a view can refresh only then. It takes no lock, not even the brief
-        probe of :meth:`Workspace.running_job`: a view polling it must never make a job that
-        starts at that instant find the workspace busy."""
+        the workspace, so a view can refresh only then. It takes no lock and writes nothing
+        (not even the brief probe of :meth:`Workspace.running_job`, nor a reconcile): a view
+        polling it must never make a job that starts at that instant find the workspace busy."""
         from assft.errors import AssftError
 
-        workspace = self.openWorkspace(workspacePath)
+        workspace = self.openWorkspace(workspacePath, reconcile=False)
         registry = workspace.registry
         try:
             version = workspace.current_model_version()
@@ -214,11 +219,22 @@ class WorkspaceLogic:
             sort_keys=True,
         )
 
+    def launchProblem(self, result: ProcessResult) -> str:
+        """Why a detached fine-tuning launch started no job to follow ("" when it did)."""
+        if not result.ok:
+            return self.describeResult(result)
+        if not self.launchedJob(result).get("pid"):
+            return _("Fine-tuning was launched but did not say its process id: see 'assft jobs'.")
+        return ""
+
+    @staticmethod
+    def describeCounts(counts: dict[str, int]) -> str:
+        """``"1 labeled, 3 unlabeled"``: the cases per status."""
+        return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
     @staticmethod
     def describeWorkspace(summary: dict[str, Any]) -> str:
-        counts = ", ".join(
-            f"{n} {status}" for status, n in sorted(summary.get("counts", {}).items())
-        )
+        counts = WorkspaceLogic.describeCounts(summary.get("counts", {}))
         model = pathlib.Path(str(summary.get("model", ""))).stem or summary.get("model", "")
         labels = ", ".join(label["name"] for label in summary.get("labels", []))
         return _("{total} cases ({counts}); labels: {labels}; model {model} {version}").format(

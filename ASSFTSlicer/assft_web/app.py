@@ -13,11 +13,13 @@ event loop drains them every 100 ms and refreshes the page's state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import pathlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from trame.app import TrameApp
@@ -154,13 +156,23 @@ class AnnotationApp(TrameApp):
         logging.warning("%s", text)
         self._message(text, error=True)
 
+    @contextlib.contextmanager
+    def _reportingErrors(self) -> Iterator[None]:
+        """An action's refusal (a bad case id, another task running, a file that cannot be
+        read) shows on the page in one line; the rest of the action's block is skipped."""
+        try:
+            yield
+        except (ValueError, OSError) as error:
+            self._error(str(error))
+
     def refresh(self) -> None:
-        """The worklist, the counts and the model versions, read from the workspace."""
-        self._workspaceMark = self.logic.workspaceMark(self.workspace)
-        self.state.worklist = _json_rows(self.logic.worklist(self.workspace))
-        self.state.versions = _json_rows(self.logic.modelVersions(self.workspace))
-        counts = self.logic.openWorkspace(self.workspace).status_summary()["counts"]
-        self.state.counts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        """The worklist, the counts and the model versions, read from the workspace (opened
+        once)."""
+        workspace = self.logic.openWorkspace(self.workspace)
+        self._workspaceMark = self.logic.workspaceMark(workspace)
+        self.state.worklist = _json_rows(self.logic.worklist(workspace))
+        self.state.versions = _json_rows(self.logic.modelVersions(workspace))
+        self.state.counts = self.logic.describeCounts(workspace.registry.counts())
         self._onTasksChanged()
 
     def _onTasksChanged(self) -> None:
@@ -227,7 +239,7 @@ class AnnotationApp(TrameApp):
         if self.logic.tasks.isRunning(TaskKind.RANK):
             self.logic.cancelTask()
             return
-        try:
+        with self._reportingErrors():
             self.logic.runRank(
                 self.workspace,
                 self.budget,
@@ -235,8 +247,6 @@ class AnnotationApp(TrameApp):
                 onProgress=self._onTaskProgress,
                 onFinished=self._onRanked,
             )
-        except (ValueError, OSError) as error:
-            self._error(str(error))
 
     def _onRanked(self, result) -> None:
         if self._endTask(result):
@@ -250,20 +260,17 @@ class AnnotationApp(TrameApp):
         if self.logic.tasks.isRunning(TaskKind.PREDICT):
             self.logic.cancelTask()
             return
-        try:
+        with self._reportingErrors():
             caseId = self.logic.nextCase(self.workspace)
-        except ValueError as error:
-            self._error(str(error))
-            return
-        if caseId is None:
-            self._message("Every ranked case is labeled or skipped: fine-tune or rank again.")
-            return
-        self.labelCase(caseId)
+            if caseId is None:
+                self._message("Every ranked case is labeled or skipped: fine-tune or rank again.")
+                return
+            self.labelCase(caseId)
 
     @controller.set("label_case")
     def labelCase(self, caseId: str) -> None:
         """Load a case with its prediction, predicting it first in the background if needed."""
-        try:
+        with self._reportingErrors():  # a bad case id, another task running
             self.logic.prepareCase(
                 self.workspace,
                 caseId,
@@ -272,8 +279,6 @@ class AnnotationApp(TrameApp):
                 onProgress=self._onTaskProgress,
                 onPredicted=self._endTask,
             )
-        except (ValueError, OSError) as error:  # a bad case id, another task running
-            self._error(str(error))
 
     def showCase(self, caseId: str) -> None:
         editor = self.slicer.segmentation_editor
@@ -294,7 +299,7 @@ class AnnotationApp(TrameApp):
         self.state.has_uncertainty = nodes.uncertainty is not None
         self.state.case_ready = True
         self._message(f"Case {caseId} loaded: correct the segmentation, then submit.")
-        self.refresh()
+        self._onTasksChanged()  # loading a case changes no table
 
     @change("show_uncertainty")
     def _onShowUncertainty(self, show_uncertainty, **_kwargs) -> None:
@@ -328,12 +333,9 @@ class AnnotationApp(TrameApp):
 
     @controller.set("skip")
     def skip(self) -> None:
-        try:
+        with self._reportingErrors():
             self.logic.skipCase(self.workspace, self.state.current_case)
-        except ValueError as error:
-            self._error(str(error))
-            return
-        self._caseDone()
+            self._caseDone()
 
     def _caseDone(self) -> None:
         self.slicer.segmentation_editor.deactivate_effect()
@@ -347,35 +349,29 @@ class AnnotationApp(TrameApp):
     @controller.set("finetune")
     def finetune(self) -> None:
         """Launch fine-tuning in the background, or cancel the job that runs."""
-        if self.launchedJob is not None:
-            try:
+        with self._reportingErrors():
+            if self.launchedJob is not None:
                 if self.logic.cancelFinetuneJob(self.workspace, onFinished=self._onCancelled):
                     self.state.job_text = "Cancelling..."
-            except (ValueError, OSError) as error:
-                self._error(str(error))
-            return
-        try:
+                return
             self.logic.launchFinetune(
                 self.workspace,
                 device=self.device,
                 config=self.finetuneConfig,
                 onFinished=self._onFinetuneLaunched,
             )
-        except (ValueError, OSError) as error:
-            self._error(str(error))
-            return
-        self.launchedJob = {}
-        self.state.job_active = True
-        self.state.job_text = "Starting fine-tuning..."
+            self.launchedJob = {}
+            self.state.job_active = True
+            self.state.job_text = "Starting fine-tuning..."
 
     def _onFinetuneLaunched(self, result) -> None:
-        launched = self.logic.launchedJob(result) if result.ok else {}
-        if not launched.get("pid"):
+        problem = self.logic.launchProblem(result)
+        if problem:
             self.launchedJob = None
             self.state.job_active = False
-            self._error(self.logic.describeResult(result))
+            self._error(problem)
             return
-        self.launchedJob = launched  # followed from now on (pollOnce)
+        self.launchedJob = self.logic.launchedJob(result)  # followed from now on (pollOnce)
         self.state.job_active = True
         self._lastJobPoll = 0.0
 
@@ -412,13 +408,10 @@ class AnnotationApp(TrameApp):
 
     @controller.set("use_version")
     def useVersion(self, version: str) -> None:
-        try:
+        with self._reportingErrors():
             self.logic.useModelVersion(self.workspace, version)
-        except ValueError as error:
-            self._error(str(error))
-            return
-        self._message(f"Model version {version} is current.")
-        self.refresh()
+            self._message(f"Model version {version} is current.")
+            self.refresh()
 
     # closing -----------------------------------------------------------------------------
 

@@ -32,19 +32,19 @@ def chromium_path() -> str:
     pytest.skip("no Chromium on this machine: apt-get install chromium (.ci/run does)")
 
 
-def require_web() -> None:
-    """Skip without the web extra or Playwright."""
+def require_web(browser: bool = True) -> None:
+    """Skip without the web extra, or (``browser``) without Playwright."""
     pytest.importorskip("trame_slicer", reason="needs the web extra: pip install -e '.[web]'")
-    pytest.importorskip("playwright", reason="needs Playwright: pip install -e '.[browser]'")
+    if browser:
+        pytest.importorskip("playwright", reason="needs Playwright: pip install -e '.[browser]'")
 
 
 class WebServer:
     """``assft web`` running in its own process; ``url`` carries the token."""
 
-    def __init__(self, process: subprocess.Popen, url: str, output: list[str]) -> None:
+    def __init__(self, process: subprocess.Popen, url: str) -> None:
         self.process = process
         self.url = url
-        self.output = output
 
     @property
     def base(self) -> str:
@@ -83,7 +83,7 @@ def web_server(workspace: Path, *arguments: str, timeout: float = 120.0) -> Iter
             process.kill()
             raise AssertionError("assft web did not start:\n" + "".join(output[-40:]))
     try:
-        yield WebServer(process, url[0], output)
+        yield WebServer(process, url[0])
     finally:
         process.terminate()
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from assft_testing.browser import require_web
 
-require_web()
+require_web(browser=False)  # in process: no browser
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,10 @@ def test_submit_and_skip_without_a_case_say_so_and_write_nothing(app):
 
 
 def test_label_next_before_any_ranking_says_what_to_do(app):
+    app.state.message = ""
     app.labelNext()
-    assert app.state.message and app.state.current_case == ""
+    assert app.state.message_is_error and "no ranking yet" in app.state.message
+    assert app.state.current_case == ""
 
 
 def test_the_tables_reach_the_page_as_json_without_nan():
