@@ -107,10 +107,16 @@ def test_the_gate_record_counts_every_round_and_the_refusals():
         "refused": 1,
     }
     plan = planned_runs([2], [0], ablations=False, modes=("none",), pool_size=10, rounds=2)
-    assert {(r["variant"], r.get("rounds")) for r in plan} == {
-        ("2 rounds", 2),
-        (CEILING, None),  # every pool scan labeled: one round
+    # The grid's own runs keep no variant (their goals and table rows are the grid's), and
+    # random at 2B (4 a round, 8 in all) fits a pool of 10.
+    assert {(r.get("variant", ""), r.get("rounds"), r["budget"]) for r in plan} == {
+        ("", 2, 2),
+        ("", 2, 4),
+        (CEILING, None, 10),  # every pool scan labeled: one round
     }
+    # Over 2 rounds, random at 2B needs 2 x 2B pool scans: left out of a pool of 6.
+    small = planned_runs([2], [0], ablations=False, modes=("none",), pool_size=6, rounds=2)
+    assert {r["budget"] for r in small if not r.get("variant")} == {2}
 
 
 def test_spearman_ranks_with_ties():
@@ -486,3 +492,14 @@ def test_the_demo_says_whether_the_loop_paid_off_and_shows_cases_and_curves():
     for section in ("Verdict", "Dice per test scan", "Training loss", "Held-out Dice while"):
         assert section in page
     assert page.count("<svg") == 4 and "t2_003" in page
+
+
+def test_a_budget_over_several_rounds_is_checked_against_the_pool_before_anything_runs(tmp_path):
+    from assft.apps.label_efficiency import run_label_efficiency
+    from assft.errors import BadInputError
+
+    # 12 sample scans: 9 for the pool. Budget 4 fits two rounds (8 labels), not three (12):
+    # refused in one line before any data is made.
+    with pytest.raises(BadInputError, match="budget 4 over 3 rounds needs a pool of at least 12"):
+        run_label_efficiency(tmp_path / "out", n=12, budgets=[4], seeds=[0], rounds=3)
+    assert not (tmp_path / "out").exists()

@@ -210,7 +210,8 @@ def test_a_fine_tuned_version_shows_its_learning_curve(mrml, tiny_workspace):
 
     table = logic.updateModelsTable(workspace.root)
     best = curve["best"]
-    assert curve["steps"] == {"1": 6} and best["stage"] == 1
+    assert curve["steps"]["1"] == 6 and {p[0] for p in curve["loss"]} == {1}  # stage 1 ran
+    assert best["stage"] == 1
     assert logic._cell(table, 0, "Learning curve") == (
         f"6 steps; kept step {best['step']} ({best['validation_dice']:.3f})"
     )

@@ -63,21 +63,17 @@ def test_the_curve_and_best_weights_survive_in_the_job_folder(tmp_path):
 def test_the_steps_shown_are_those_of_the_stages_that_ran():
     from assft.training.curves import describe_curve, summarize_curve
 
-    # A supervised job stored before stage 2's planned steps were dropped: 6 steps ran, not 12.
-    old = {
+    # A supervised job: stage 2 was planned, 6 steps of stage 1 ran, not 12.
+    supervised = {
         "steps": {"1": 6, "2": 6},
         "loss": [[1, step, 0.5] for step in range(1, 7)],
         "validation": [[1, 0, 0.2], [1, 6, 0.4]],
         "best": {"stage": 1, "step": 6, "validation_dice": 0.4},
     }
-    assert summarize_curve(old) == "6 steps; kept step 6 (0.400)"
-    assert describe_curve(old).startswith("steps 6; loss 0.500 -> 0.500")
-    # Stage 2 ran before a resume, then found nothing to do: its steps stay.
-    curve = LearningCurve(steps={"1": 6, "2": 4}, loss=[[1, 6, 0.5], [2, 2, 0.4]])
-    curve.drop_unrun_stage_two()
-    assert curve.steps == {"1": 6, "2": 4} and summarize_curve(curve.to_dict()) == "10 steps"
-    # It never ran: its steps go.
-    curve = LearningCurve(steps={"1": 6, "2": 4}, loss=[[1, 6, 0.5]])
-    curve.drop_unrun_stage_two()
-    assert curve.steps == {"1": 6}
+    assert summarize_curve(supervised) == "6 steps; kept step 6 (0.400)"
+    assert describe_curve(supervised).startswith("steps 6; loss 0.500 -> 0.500")
+    # Both stages ran: stage 2's steps follow stage 1's.
+    both = LearningCurve(steps={"1": 6, "2": 4}, loss=[[1, 6, 0.5], [2, 2, 0.4]])
+    assert summarize_curve(both.to_dict()) == "10 steps"
+    assert both.points()[0] == [(6, 0.5), (8, 0.4)]
     assert summarize_curve(None) == ""

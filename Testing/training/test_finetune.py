@@ -18,6 +18,7 @@ import torch
 
 from assft.errors import BadInputError
 from assft.training import FinetuneConfig
+from assft.training.curves import LearningCurve
 from assft.training.finetune import run_finetune, validation_gate
 from assft.workspace.jobs import JobStore, process_alive
 from assft.workspace.model_versions import ModelRegistry
@@ -63,8 +64,9 @@ def test_the_best_checkpoint_by_held_out_dice_is_the_version_stored(labeled_work
     config = FinetuneConfig(**{**FAST, "mode": "none", "validate_every": 1, "lr": 0.05})
     manifest = run_finetune(labeled_workspace, config, device="cpu")
     curve = manifest["learning_curve"]
-    # Supervised only (mode none): the curve's steps are stage 1's, the stage that ran.
-    assert curve["steps"] == {"1": 6} and manifest["schedule"]["iterations"] == 6
+    assert curve["steps"] == {"1": 6, "2": 6} and manifest["schedule"]["iterations"] == 6
+    # Supervised only (mode none): stage 2 was planned, stage 1 ran.
+    assert LearningCurve.from_dict(curve).ran_steps() == {"1": 6}
     assert [p[:2] for p in curve["validation"]] == [[1, step] for step in range(7)]
     assert [p[1] for p in curve["loss"]] == list(range(1, 7))
     trained = [p for p in curve["validation"] if p[1] > 0]

@@ -96,7 +96,9 @@ def planned_runs(
     ``candidate`` (fine-tuning settings) repeats every run of the grid itself (each strategy and
     mode, random at 2B, the ceiling; not the ablations) with those settings changed: a whole
     recipe against the default one, side by side. ``rounds`` > 1 runs every run but the
-    ceiling as that many rounds (variant ``N rounds``): label, fine-tune, rank again."""
+    ceiling as that many rounds (``"rounds": N`` in the run; a folder holds one number of
+    rounds, its setup says which): label, fine-tune, rank again. Random at 2B is left out where
+    ``rounds`` times 2B exceeds ``pool_size``."""
     runs = []
     for budget, seed in product(budgets, seeds):
         for strategy, mode in product(STRATEGIES, modes):
@@ -124,7 +126,7 @@ def planned_runs(
             )
     double_mode = "selective" if "selective" in modes else modes[0]
     for budget, seed in product(sorted({2 * b for b in budgets} - set(budgets)), seeds):
-        if pool_size is None or budget <= pool_size:  # random at 2B needs 2B pool scans
+        if pool_size is None or budget * rounds <= pool_size:  # 2B pool scans a round
             runs.append({"strategy": "random", "mode": double_mode, "budget": budget, "seed": seed})
     if recipe_ablations:
         for (variant, change), seed in product(RECIPE_ABLATIONS.items(), seeds):
@@ -161,15 +163,8 @@ def planned_runs(
             if run.get("variant", "") in ("", CEILING)
         ]
     if rounds > 1:
-        suffix = f"{rounds} rounds"
         runs = [
-            run
-            if str(run.get("variant", "")).endswith(CEILING)
-            else {
-                **run,
-                "rounds": rounds,
-                "variant": f"{run['variant']}; {suffix}" if run.get("variant") else suffix,
-            }
+            run if str(run.get("variant", "")).endswith(CEILING) else {**run, "rounds": rounds}
             for run in runs
         ]
     return runs
@@ -374,17 +369,25 @@ def pool_size_of(n: int, test_every: int) -> int:
 
 
 def _check_budgets(
-    budgets: Sequence[int], n: int, test_every: int, where: Path | None, what: str
+    budgets: Sequence[int],
+    n: int,
+    test_every: int,
+    where: Path | None,
+    what: str,
+    rounds: int = 1,
 ) -> None:
-    """Refuse a budget larger than the pool, saying how many cases it needs."""
-    largest = max(budgets)
+    """Refuse a budget larger than the pool (over all ``rounds``: a run labels its budget
+    every round), saying how many cases it needs."""
+    budget = max(budgets)
+    largest = budget * rounds
     pool = pool_size_of(n, test_every)
     if largest > pool:
         needed = largest
         while pool_size_of(needed, test_every) < largest:
             needed += 1
+        over = f" over {rounds} rounds" if rounds > 1 else ""
         raise BadInputError(
-            f"budget {largest} needs a pool of at least {largest} cases, that is at least "
+            f"budget {budget}{over} needs a pool of at least {largest} cases, that is at least "
             f"{needed} {what} (1 in every {test_every} is a test scan); there are {n} "
             f"({pool} for the pool, {n - pool} to test)",
             where,
@@ -452,7 +455,7 @@ def run_label_efficiency(
         names = _label_names(model, label_names)
         dataset = Dataset.from_folders(images, labels, test_every=test_every, label_names=names)
         n_cases = len(dataset.pool) + len(dataset.test)
-        _check_budgets(budgets, n_cases, test_every, images, "labeled cases")
+        _check_budgets(budgets, n_cases, test_every, images, "labeled cases", rounds)
         setup = {
             "images": str(images),
             "labels": str(labels),
@@ -466,7 +469,7 @@ def run_label_efficiency(
         }
     else:
         names = None
-        _check_budgets(budgets, n, test_every, None, "sample scans (--n)")
+        _check_budgets(budgets, n, test_every, None, "sample scans (--n)", rounds)
         # test_every is recorded only when it is not the default, so that a benchmark folder
         # made before it could be chosen continues.
         setup = {
@@ -479,6 +482,8 @@ def run_label_efficiency(
         }
         if test_every != 4:
             setup["test_every"] = test_every
+    if rounds > 1:  # a folder holds runs of one number of rounds
+        setup["rounds"] = rounds
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(out / "setup.json", setup)
     if images is None:
@@ -646,15 +651,13 @@ def per_test_scan(
     cases = document.get("test_cases") or []
     if not cases:
         return []
-    rounds = document["setup"].get("rounds", 1)
-    variant = f"{rounds} rounds" if rounds > 1 else ""
     means: dict[str, dict[str, float]] = {}
     for strategy in strategies:
         runs = [
             r
             for r in document["runs"]
             if (r["strategy"], r["mode"], r["budget"], r.get("variant", ""))
-            == (strategy, "selective", budget, variant)
+            == (strategy, "selective", budget, "")
             and r.get("test_per_case")
         ]
         if runs:

@@ -232,17 +232,9 @@ def learning_curve_svgs(curves: dict[str, dict[str, Any]]) -> str:
     """Two charts of fine-tuning jobs' learning curves (``LearningCurve.to_dict()`` by name):
     the training loss and the held-out Dice by step (stage 2's steps follow stage 1's)."""
 
-    parsed = {name: LearningCurve.from_dict(c) for name, c in curves.items()}
-    loss = {
-        name: [(float(c.global_step(p[0], p[1])), float(p[2]), 0.0) for p in c.loss]
-        for name, c in parsed.items()
-        if c.loss
-    }
-    dice = {
-        name: [(float(c.global_step(p[0], p[1])), float(p[2]), 0.0) for p in c.validation]
-        for name, c in parsed.items()
-        if c.validation
-    }
+    points = {name: LearningCurve.from_dict(c).points() for name, c in curves.items()}
+    loss = {name: [(float(x), y, 0.0) for x, y in p[0]] for name, p in points.items() if p[0]}
+    dice = {name: [(float(x), y, 0.0) for x, y in p[1]] for name, p in points.items() if p[1]}
     parts = []
     if loss:
         parts.append(lines_svg(loss, title="Training loss", x_label="step", y_label="loss"))

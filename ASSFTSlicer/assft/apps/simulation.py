@@ -34,7 +34,7 @@ from assft.io.imaging import (
 from assft.metrics import dice_scores, mean_dice, rank_normalise
 from assft.predict import Predictor
 from assft.query.config import QueryConfig
-from assft.query.ranking import rank_scored_pool, score_pool
+from assft.query.ranking import rank_scored_pool, rank_workspace, score_pool
 from assft.runtime.progress import Progress
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune
@@ -231,7 +231,7 @@ class RunResult:
     selected: list[str]
     test_dice: float
     test_per_structure: dict[str, float]
-    version: str
+    version: str  # the version the (last) job made
     promoted: bool
     seconds: float
     variant: str = ""
@@ -245,6 +245,9 @@ class RunResult:
     steps: dict[str, int] | None = None
     held_out: list[str] = field(default_factory=list)
     learning_curve: dict[str, Any] | None = None
+    tested_version: str = ""
+    """The version the test figures are of: the current one after the last round (the parent,
+    where the gate refused the last version)."""
     rounds: list[dict[str, Any]] = field(default_factory=list)
     """Each round: its picks, the version its job made, whether the gate promoted it, and the
     held-out Dice of that version and of its parent (the fields above are the last round's)."""
@@ -422,19 +425,8 @@ class Simulation:
         history: list[dict[str, Any]] = []
         selected: list[str] = []
         for round_index in range(rounds):
-            if round_index:
-                # The passes the strategy needs (MC dropout for `epistemic`), as `assft rank`.
-                scored = score_pool(
-                    workspace,
-                    QueryConfig(strategy=query.strategy, budget=1, views=self.views),
-                    device=self.device,
-                )
-                document = rank_scored_pool(
-                    scored,
-                    query,
-                    label_names=workspace.config.label_names,
-                    stats=scored.statistics(),
-                )
+            if round_index:  # ranked again with the current model, as `assft rank` does
+                document = rank_workspace(workspace, query, device=self.device, save=False)
             for case_id in document["selected"]:
                 workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
             selected += document["selected"]
@@ -486,6 +478,7 @@ class Simulation:
             steps=manifest.get("schedule"),
             held_out=list(self.held_out),
             learning_curve=manifest.get("learning_curve"),
+            tested_version=current,
             rounds=history if rounds > 1 else [],
         )
         if not keep:

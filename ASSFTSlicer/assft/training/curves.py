@@ -30,8 +30,8 @@ class LearningCurve:
     """Training loss and held-out Dice of one job, by step.
 
     Attributes:
-        steps: the steps of each stage that ran, ``{"1": n, "2": m}``, or ``{"1": n}`` when
-            the semi-supervised stage did not run (the x axis: stage 2's steps follow stage 1's).
+        steps: the steps planned for each stage, ``{"1": n, "2": m}`` (the x axis: stage 2's
+            steps follow stage 1's); :meth:`ran_steps` gives those of the stages that ran.
         loss: ``[stage, step, mean loss over the steps since the previous point]``.
         validation: ``[stage, step, held-out Dice]``; step 0 of stage 1 is the parent version.
         best: ``{"stage", "step", "validation_dice"}`` of the best evaluation after training
@@ -61,19 +61,22 @@ class LearningCurve:
             best=data.get("best"),
         )
 
-    def drop_unrun_stage_two(self) -> None:
-        """Stage 2 will not run: its planned steps leave ``steps``, unless it already ran
-        before the job was resumed (its loss points are there)."""
-        if not any(int(p[0]) == 2 for p in self.loss):
-            self.steps.pop("2", None)
-
     def ran_steps(self) -> dict[str, int]:
         """The steps of the stages that ran: those with loss points (every stage records its
-        loss; a curve stored before stage 2's steps were dropped may still name it)."""
+        loss at every run of steps; ``steps`` is the plan, and stage 2 may not run)."""
         if not self.loss:
             return dict(self.steps)
         ran = {str(int(p[0])) for p in self.loss}
         return {stage: n for stage, n in self.steps.items() if stage in ran}
+
+    def points(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """``(loss, held-out Dice)`` points, each ``(step from the start of the job, value)``:
+        the x axis of a chart of both stages."""
+        at = self.global_step
+        return (
+            [(at(p[0], p[1]), float(p[2])) for p in self.loss],
+            [(at(p[0], p[1]), float(p[2])) for p in self.validation],
+        )
 
     def global_step(self, stage: float, step: float) -> int:
         """The step counted from the start of the job (stage 2 follows stage 1)."""
@@ -104,14 +107,8 @@ class LearningCurve:
 def curve_points(
     curve: dict[str, Any] | None,
 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """A stored curve (``LearningCurve.to_dict()``) as ``(loss, held-out Dice)`` points, each
-    ``(step from the start of the job, value)``: the x axis of a chart of both stages."""
-    if not curve:
-        return [], []
-    at = LearningCurve.from_dict(curve).global_step
-    loss = [(at(p[0], p[1]), float(p[2])) for p in curve.get("loss") or []]
-    validation = [(at(p[0], p[1]), float(p[2])) for p in curve.get("validation") or []]
-    return loss, validation
+    """A stored curve (``LearningCurve.to_dict()``) as :meth:`LearningCurve.points`."""
+    return LearningCurve.from_dict(curve).points() if curve else ([], [])
 
 
 def describe_curve(curve: dict[str, Any] | None) -> str:
@@ -120,17 +117,16 @@ def describe_curve(curve: dict[str, Any] | None) -> str:
     if not curve:
         return ""
     parsed = LearningCurve.from_dict(curve)
-    at = parsed.global_step
     parts = [f"steps {' + '.join(str(v) for v in parsed.ran_steps().values())}"]
-    loss, validation = curve_points(curve)
+    loss, validation = parsed.points()
     if loss:
         parts.append(f"loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}")
     if validation:
         shown = " ".join(f"{step}:{dice:.3f}" for step, dice in validation)
         parts.append(f"held-out Dice by step {shown}")
-    best = curve.get("best")
+    best = parsed.best
     if best:
-        kept = at(best["stage"], best["step"])
+        kept = parsed.global_step(best["stage"], best["step"])
         parts.append(f"kept step {kept} ({best['validation_dice']:.4f})")
     return "; ".join(parts)
 
@@ -141,7 +137,7 @@ def summarize_curve(curve: dict[str, Any] | None) -> str:
         return ""
     parsed = LearningCurve.from_dict(curve)
     total = sum(parsed.ran_steps().values())
-    best = curve.get("best")
+    best = parsed.best
     if not best:
         return f"{total} steps"
     kept = parsed.global_step(best["stage"], best["step"])

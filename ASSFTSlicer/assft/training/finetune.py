@@ -586,7 +586,6 @@ class FinetuneJob:
         reliable_info: dict[str, Any] = {"mode": config.mode.value}
         unlabeled_rows = self.workspace.registry.cases(status="unlabeled")
         if config.mode == FinetuneMode.NONE or not unlabeled_rows:
-            run.curve.drop_unrun_stage_two()
             return reliable_info
         pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows)
         reliable_info.update(
@@ -599,7 +598,6 @@ class FinetuneJob:
                 f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
                 "supervised stage only"
             )
-            run.curve.drop_unrun_stage_two()
             return reliable_info
         self._semi_supervised_stage(run, unlabeled_rows, pseudo_cases, reliable_info)
         return reliable_info
