@@ -1057,12 +1057,13 @@ class WorkspaceLogic:
         Raises:
             ValueError: no such version, or it has no recorded curve (the pretrained model).
         """
+        from assft.errors import AssftError
         from assft.workspace.model_versions import ModelRegistry
 
-        versions = ModelRegistry(self.openWorkspace(workspacePath)).to_json()["versions"]
-        entry = next((v for v in versions if v.get("version") == version), None)
-        if entry is None:
-            raise ValueError(_("There is no model version {version}.").format(version=version))
+        try:  # one manifest, checked and named (not every version's, nor a checksum)
+            entry = ModelRegistry(self.openWorkspace(workspacePath)).manifest(version)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
         curve = entry.get("learning_curve")
         if not curve:
             raise ValueError(

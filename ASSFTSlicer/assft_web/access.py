@@ -7,7 +7,10 @@ Plain Python (no trame), so the rules are tested on their own:
   time, then in a cookie the server sets on that answer (same site only, never readable by
   scripts). A request without it gets ``403`` and an empty body, whatever it asks for (the page,
   its scripts, the websocket);
-- on another interface than loopback the token cannot be turned off.
+- on another interface than loopback the token cannot be turned off;
+- a request that a browser sends for another site's page (its ``Origin`` is not this server) is
+  refused too, token or not: with ``--no-token``, any page open in the user's browser could
+  otherwise drive the annotation page through its websocket.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import ipaddress
 import secrets
 import socket
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 TOKEN_PARAMETER = "token"
 TOKEN_COOKIE = "assft_web_token"
@@ -75,6 +79,15 @@ class AccessPolicy:
             for given in (query_token, cookie_token)
         )
 
+    @staticmethod
+    def same_origin(origin: str | None, host: str | None) -> bool:
+        """Whether a request's ``Origin`` header (None: not sent, as by a script outside a
+        browser or a same-origin page load) is this server, reached as ``host`` (the request's
+        ``Host`` header)."""
+        if origin is None:
+            return True
+        return bool(host) and urlsplit(origin).netloc.lower() == str(host).lower()
+
     def url(self, port: int) -> str:
         """The URL to open: the host as given (brackets for IPv6), the token in the query."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
@@ -95,6 +108,8 @@ class AccessPolicy:
         async def require_token(request, handler):
             query = request.query.get(TOKEN_PARAMETER)
             cookie = request.cookies.get(TOKEN_COOKIE)
+            if not policy.same_origin(request.headers.get("Origin"), request.host):
+                return web.Response(status=403, body=b"")
             if not policy.allows(query, cookie):
                 return web.Response(status=403, body=b"")
             if policy.token is not None and query is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 WEB_EXTRA = "pip install 'assft[web]'"
@@ -61,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
         policy = AccessPolicy(args.host, None if args.no_token else (args.token or new_token()))
     except ValueError as error:
         raise BadInputError(str(error)) from None
+    from assft.workspace.config import CONFIG_FILE_NAME
+
     workspace = Path(args.workspace).expanduser().resolve()
-    if not (workspace / "assft.json").is_file():
-        raise BadInputError(f"{workspace}: not a workspace (no assft.json)")
+    if not (workspace / CONFIG_FILE_NAME).is_file():
+        raise BadInputError(f"{workspace}: not a workspace (no {CONFIG_FILE_NAME})")
     finetune = None
     if args.finetune_config:
         from assft.settings import read_config_file
@@ -78,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         import trame_slicer  # noqa: F401
     except ImportError:
         raise BadInputError(f"assft web needs trame-slicer: {WEB_EXTRA}") from None
-    # Off-screen rendering without a display (EGL; Mesa's software renderer without a GPU).
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from assft.runtime.portable import prefer_offscreen_rendering
+
+    prefer_offscreen_rendering()
     from assft_web.server import serve
 
     return serve(

@@ -26,6 +26,8 @@ FORBIDDEN = {
     "start_new_session": re.compile(r"\bstart_new_session\b"),
     "creationflags": re.compile(r"\bcreationflags\b"),
     "/proc": re.compile(r"/proc\b"),
+    "sys.platform": re.compile(r"\bsys\.platform\b"),  # an OS branch
+    "platform.system": re.compile(r"\bplatform\.system\b"),
 }
 
 

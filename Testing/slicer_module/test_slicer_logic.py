@@ -235,7 +235,7 @@ def test_a_fine_tuned_version_shows_its_learning_curve(mrml, tiny_workspace):
     assert len(slicer.util.getNodesByClass("vtkMRMLPlotChartNode")) == 1
     with pytest.raises(ValueError, match="v0 has no learning curve"):
         logic.showLearningCurve(workspace.root, "v0")
-    with pytest.raises(ValueError, match="no model version v9"):
+    with pytest.raises(ValueError, match="unknown model version 'v9' \\(versions: v0, v1\\)"):
         logic.showLearningCurve(workspace.root, "v9")
 
 

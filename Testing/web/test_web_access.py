@@ -80,3 +80,35 @@ def test_a_bad_recipe_file_is_refused_before_the_server_starts(tmp_path, synthet
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
     assert str(recipe) in line and "iterationz" in line
+
+
+def test_a_request_from_another_sites_page_is_refused_even_without_a_token():
+    """A real aiohttp server with the policy's middleware, on loopback, with --no-token: a
+    browser request whose Origin is another site gets 403 and nothing else; the server's own
+    page (same Origin) and a client that sends no Origin are served."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    assert AccessPolicy.same_origin(None, "127.0.0.1:8080")
+    assert AccessPolicy.same_origin("http://127.0.0.1:8080", "127.0.0.1:8080")
+    assert not AccessPolicy.same_origin("http://evil.example", "127.0.0.1:8080")
+    assert not AccessPolicy.same_origin("null", "127.0.0.1:8080")
+    assert not AccessPolicy.same_origin("http://127.0.0.1:9999", "127.0.0.1:8080")
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="the page")
+
+    async def probe() -> list[tuple[int, bytes]]:
+        app = web.Application(middlewares=[AccessPolicy("127.0.0.1", None).middleware()])
+        app.router.add_get("/", page)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            own = f"http://{client.host}:{client.port}"
+            answers = []
+            for headers in ({"Origin": "http://evil.example"}, {"Origin": own}, {}):
+                response = await client.get("/", headers=headers)
+                answers.append((response.status, await response.read()))
+            return answers
+
+    assert asyncio.run(probe()) == [(403, b""), (200, b"the page"), (200, b"the page")]

@@ -287,6 +287,13 @@ def end_process_tree(pid: int, *, start_time: float | None = None, grace: float 
 # this process ------------------------------------------------------------------------------
 
 
+def prefer_offscreen_rendering() -> None:
+    """Linux without a display: VTK renders off-screen through EGL (Mesa's software renderer
+    where there is no GPU). Windows and macOS render without a display as they are."""
+    if _LINUX and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
 def peak_memory_mb() -> float:
     """This process's peak resident memory in MiB, since it started its program."""
     if sys.platform == "win32":
