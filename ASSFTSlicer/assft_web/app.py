@@ -185,7 +185,7 @@ class AnnotationApp(TrameApp):
     def _onTaskProgress(self, event: dict[str, Any]) -> None:
         self.state.task_text = self.logic.describeProgress(event)
         if event.get("total"):
-            self.state.task_progress = 100.0 * (event.get("done") or 0) / event["total"]
+            self.state.task_progress = _percent(event)
 
     def _endTask(self, result) -> bool:
         """Report how a task ended; whether it succeeded."""
@@ -218,7 +218,7 @@ class AnnotationApp(TrameApp):
         tables again when the workspace changed outside the page."""
         tasks = self.logic.tasks
         for process in (tasks.current, tasks.jobCommand):
-            if process is not None and process.mode == "thread" and process.result is None:
+            if process is not None and process.result is None:  # the Logic's launcher="thread"
                 process.drain()
         launched = self.launchedJob or {}
         if launched.get("pid") and time.monotonic() - self._lastJobPoll > JOB_POLL_SECONDS:
@@ -382,12 +382,7 @@ class AnnotationApp(TrameApp):
     def _pollJob(self) -> None:
         status = self.logic.detachedJobStatus(self.workspace, self.launchedJob or {})
         self.state.job_text = self.logic.describeJob(status)
-        progress = status.get("last_progress") or {}
-        self.state.job_progress = (
-            100.0 * (progress.get("done") or 0) / progress["total"]
-            if progress.get("total")
-            else None
-        )
+        self.state.job_progress = _percent(status.get("last_progress") or {})
         if self.logic.jobIsActive(status):
             return
         self.launchedJob = None
@@ -418,3 +413,8 @@ class AnnotationApp(TrameApp):
     def shutdown(self) -> None:
         """Stop a running ranking or prediction (a fine-tuning job goes on)."""
         self.logic.shutdown()
+
+
+def _percent(event: dict[str, Any]) -> float | None:
+    """A progress event's done/total as a percentage (None without a total)."""
+    return 100.0 * (event.get("done") or 0) / event["total"] if event.get("total") else None
