@@ -904,7 +904,8 @@ def add_sample_data_parser(sub: Subparsers) -> None:
         "--sites",
         default=",".join(SITE_NAMES),
         help=f"target sites, comma-separated (default all: {','.join(SITE_NAMES)}; "
-        "mixed is the heterogeneous pool, written to target/)",
+        "mixed is the heterogeneous pool, written to target/; hospital and multicentre are lab "
+        "archives, mixes of acquisitions)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

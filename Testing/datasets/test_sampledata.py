@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from assft.datasets import sampledata
 from assft.datasets.sampledata import (
+    ACQUISITIONS,
     LEVELS,
     SHIFT_KINDS,
     SITE_NAMES,
@@ -21,6 +22,7 @@ from assft.datasets.sampledata import (
     site_folder,
     write_sample_data,
 )
+from assft.datasets.sites import ARCHIVE_NAMES, TEST_EVERY, Archive, Stratum
 from assft.errors import BadInputError
 from assft_testing import run_cli, skip_without_template
 
@@ -54,12 +56,13 @@ def test_layout_and_manifest(sample) -> None:
     assert manifest["shape"] == [24, 24, 24] and manifest["spacing_mm"] == SPACING
     assert "nilearn" in (manifest["template"]["package"] or "")
     ids = [c["case"] for c in manifest["cases"]]
-    prefixes = ["src", "t2", "lowfield", "flair", "tgt"]
+    prefixes = ["src", "t2", "lowfield", "flair", "tgt", "hospital", "multicentre"]
     assert ids == [f"{p}_{i:03d}" for p in prefixes for i in range(2 if p == "src" else 3)]
-    assert list(manifest["sites"]) == list(SITE_NAMES) == ["t2", "lowfield", "flair", "mixed"]
+    assert list(manifest["sites"]) == list(SITE_NAMES)
+    assert SITE_NAMES == ("t2", "lowfield", "flair", "mixed", "hospital", "multicentre")
     assert manifest["target"]["folder"] == manifest["sites"]["mixed"]["folder"] == "target"
     codes = {"source": 0, **{name: SITES[name].code for name in SITE_NAMES}}
-    assert sorted(codes.values()) == [0, 1, 2, 3, 4] and codes["mixed"] == 1
+    assert sorted(codes.values()) == [0, 1, 2, 3, 4, 5, 6] and codes["mixed"] == 1
     for case in manifest["cases"]:
         assert (out / case["image"]).is_file() and (out / case["label"]).is_file()
         assert Path(case["image"]).name == Path(case["label"]).name
@@ -75,7 +78,7 @@ def test_geometry_is_shared_and_labels_are_valid(sample) -> None:
     first = _read(out / manifest["cases"][0]["image"])
     for case in manifest["cases"]:
         image, label = _read(out / case["image"]), _read(out / case["label"])
-        if case["site"] == "flair":  # stored in another orientation (see the flair test)
+        if case["orientation"] != "RAS":  # flair is stored in LPS (see the flair test)
             image, label = sitk.DICOMOrient(image, "RAS"), sitk.DICOMOrient(label, "RAS")
         for item in (image, label):
             assert item.GetSize() == (24, 24, 24)
@@ -445,7 +448,7 @@ def test_cli_refuses_an_unknown_site_in_one_line(tmp_path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "'3tesla'" in lines[0]
-    assert "t2, lowfield, flair, mixed" in lines[0]
+    assert "t2, lowfield, flair, mixed, hospital, multicentre" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -468,3 +471,94 @@ def test_cli_sample_data_sites(tmp_path) -> None:
     assert (tmp_path / "out/sites/lowfield/images/lowfield_000.nii.gz").is_file()
     assert (tmp_path / "out/target/labels/tgt_000.nii.gz").is_file()
     assert not (tmp_path / "out/sites/t2").exists()
+
+
+# Lab archives (issue 19) -----------------------------------------------------------------------
+
+
+def test_archive_strata_give_the_test_scans_and_the_pool_the_same_mix() -> None:
+    for name in ARCHIVE_NAMES:
+        archive = SITES[name]
+        strata = [archive.stratum(i) for i in range(40)]
+        test = [s.name for i, s in enumerate(strata) if i % TEST_EVERY == TEST_EVERY - 1]
+        pool = [s.name for i, s in enumerate(strata) if i % TEST_EVERY != TEST_EVERY - 1]
+        for stratum in archive.strata:
+            for part in (test, pool):
+                # Smooth weighted round robin: within one case of the share, and present in both.
+                assert abs(part.count(stratum.name) - stratum.share * len(part)) < 1.0 + 1e-9
+                assert part.count(stratum.name) >= 1, (name, stratum.name)
+        # The first cases do not depend on how many follow.
+        assert [archive.stratum(i) for i in range(12)] == strata[:12]
+    majority = {name: SITES[name].strata[0] for name in ARCHIVE_NAMES}
+    assert all(s.acquisition == "t1-3t" and s.share >= 0.5 for s in majority.values())
+    rare = [s for name in ARCHIVE_NAMES for s in SITES[name].strata if s.artefact]
+    assert [s.name for s in rare] == ["t1-3t + motion"] and rare[0].share < 0.1
+
+
+def test_an_archive_must_add_up_and_name_known_acquisitions() -> None:
+    with pytest.raises(ValueError, match="add up to 0.9"):
+        Archive("lab", 9, "a lab", (Stratum("t2", 0.5), Stratum("flair", 0.4)))
+    with pytest.raises(ValueError, match="unknown stratum"):
+        Archive("lab", 9, "a lab", (Stratum("t2", 0.5), Stratum("ct", 0.5)))
+    with pytest.raises(ValueError, match="unknown stratum"):
+        Archive("lab", 9, "a lab", (Stratum("t2", 0.5), Stratum("t2", 0.5, artefact="wrap")))
+    assert set(ACQUISITIONS) == {"t2", "lowfield", "flair", "t1-3t", "t1-se-1.5t"}
+
+
+@needs_template
+def test_archive_cases_record_and_follow_their_acquisition(sample) -> None:
+    out, manifest = sample
+    cases = {c["case"]: c for c in manifest["cases"]}
+    for name in ARCHIVE_NAMES:
+        entry = manifest["sites"][name]
+        assert entry["folder"] == f"sites/{name}" and entry["prefix"] == name
+        described = [s["stratum"] for s in entry["description"]["strata"]]
+        assert described == [s.name for s in SITES[name].strata]
+        for index in range(3):
+            case = cases[f"{name}_{index:03d}"]
+            stratum = SITES[name].stratum(index)
+            assert case["site"] == name and case["seed"] == [5, SITES[name].code, index]
+            assert case["protocol"] == stratum.acquisition and case["stratum"] == stratum.name
+            assert (case["artefact"] is None) == (stratum.artefact is None)
+    # Single sites record their protocol too; the source and the mixed pool have none.
+    assert cases["t2_000"]["protocol"] == cases["t2_000"]["stratum"] == "t2"
+    assert cases["src_000"]["protocol"] is None and cases["tgt_001"]["protocol"] is None
+    # hospital_000 is the 3 T T1 majority, hospital_001 the FLAIR minority (stored in LPS).
+    assert (cases["hospital_000"]["stratum"], cases["hospital_001"]["stratum"]) == (
+        "t1-3t",
+        "flair",
+    )
+    assert cases["hospital_001"]["orientation"] == "LPS"
+    t1 = _relative_medians(*_arrays(out, cases["hospital_000"]))
+    flair = _relative_medians(*_arrays(out, cases["hospital_001"]))
+    assert t1["gm"] < 0.95 and t1["csf"] < t1["gm"]  # T1: WM > GM > CSF
+    assert flair["gm"] > 1.02 and flair["csf"] < 0.95  # FLAIR: GM > WM > CSF
+
+
+@needs_template
+def test_motion_leaves_the_label_and_ghosts_the_image_along_y(monkeypatch) -> None:
+    index = next(i for i in range(40) if SITES["multicentre"].stratum(i).artefact == "motion")
+    moved = make_case("multicentre", index, seed=0, spacing=SITE_SPACING)
+    moves = moved.meta["artefact"]["moves"]
+    assert moved.meta["artefact"]["kind"] == "motion" and 1 <= len(moves) <= 2
+    assert all(0.55 <= m["after_fraction_of_lines"] <= 0.85 for m in moves)
+    # The same case without the motion: every other draw comes from its own generator.
+    monkeypatch.setattr(sampledata, "_motion", lambda image, artefact, spacing: image)
+    still = make_case("multicentre", index, seed=0, spacing=SITE_SPACING)
+    assert np.array_equal(still.label, moved.label)
+    brain = still.label > 0
+    reference = float(np.median(still.image[brain]))
+    change = np.abs(moved.image - still.image) / reference
+    assert change[brain].mean() > 0.03  # the brain is blurred and ghosted
+    # Ghosts spread along the phase-encoding axis (y), outside the head: the background on
+    # the head's y sides brightens more than on its x sides.
+    z, y, x = np.nonzero(brain)
+    lo_y, hi_y, lo_x, hi_x = y.min(), y.max(), x.min(), x.max()
+    rows = slice(z.min(), z.max() + 1)
+    y_sides = np.concatenate(
+        [change[rows, : lo_y - 1, lo_x:hi_x], change[rows, hi_y + 2 :, lo_x:hi_x]], 1
+    )
+    x_sides = np.concatenate(
+        [change[rows, lo_y:hi_y, : lo_x - 1], change[rows, lo_y:hi_y, hi_x + 2 :]], 2
+    )
+    assert y_sides.mean() > 1.5 * x_sides.mean()

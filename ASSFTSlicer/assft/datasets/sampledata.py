@@ -47,10 +47,12 @@ import torch
 import torch.nn.functional as F
 
 from assft.datasets.sites import (
+    ACQUISITIONS,
     MIXED,
     SITE_NAMES,
     SITES,
     SOURCE_CODE,
+    Archive,
     Site,
     parse_sites,
     site_folder,
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from assft.runtime.progress import Progress
 
 __all__ = [
+    "ACQUISITIONS",
     "BRAIN_LABEL_NAMES",
     "LABEL_NAMES",
     "NILEARN_VERSION",
@@ -324,10 +327,13 @@ class CasePlan:
     lesions: dict[str, Any] | None = None
     acquisition: dict[str, Any] = field(default_factory=dict)
     site: str = "source"  # source, or the target site: mixed (the heterogeneous pool), t2, ...
+    protocol: str | None = None  # the acquisition (ACQUISITIONS) of a site's or archive's case
+    stratum: str | None = None  # an archive's case: its stratum (acquisition, + artefact)
+    artefact: dict[str, Any] | None = None  # an artefact added to the acquisition (motion)
 
 
-def _site(domain: str) -> Site | None:
-    """The target site of ``domain`` (``target`` is ``mixed``); None for the source.
+def _site(domain: str) -> Site | Archive | None:
+    """The target site or archive of ``domain`` (``target`` is ``mixed``); None for the source.
 
     Raises:
         BadInputError: an unknown domain.
@@ -445,10 +451,54 @@ def _plan_site(site: Site, index: int, rng: np.random.Generator) -> CasePlan:
         bias=(site.bias_amplitude * low, site.bias_amplitude * high),
         noise=(site.noise_sigma * low, site.noise_sigma * high),
     )
-    plan = CasePlan("target", index, False, deformation, acquisition=acquisition, site=site.name)
+    plan = CasePlan(
+        "target",
+        index,
+        False,
+        deformation,
+        acquisition=acquisition,
+        site=site.name,
+        protocol=site.name,
+    )
     plan.atrophy = _maybe_atrophy(rng, site.atrophy_fraction)
     plan.lesions = _maybe_lesions(rng, site.lesion_fraction)
     return plan
+
+
+def _plan_archive(archive: Archive, index: int, rng: np.random.Generator) -> CasePlan:
+    """A case of an archive: its stratum's acquisition (a subject's anatomy, the protocol's
+    jitter), and the stratum's artefact drawn after everything else."""
+    stratum = archive.stratum(index)
+    plan = _plan_site(ACQUISITIONS[stratum.acquisition], index, rng)
+    plan.site = archive.name
+    plan.stratum = stratum.name
+    if stratum.artefact == "motion":
+        plan.artefact = _draw_motion(rng)
+    return plan
+
+
+def _draw_motion(rng: np.random.Generator) -> dict[str, Any]:
+    """Head motion during the scan: one or two rigid moves after the centre of k-space.
+
+    Lines along the phase-encoding axis (y, anterior-posterior) are acquired in order; the
+    lines after each move see the moved head. The moves come after 55-85 % of the lines, so
+    the contrast (the centre of k-space) is the head where the label has it, and the moves
+    show as ghosts and ringing along y, as clinical motion does.
+    """
+    moves = int(rng.integers(1, 3))
+    times = np.sort(rng.uniform(0.55, 0.85, moves))
+    return {
+        "kind": "motion",
+        "phase_axis": "y",
+        "moves": [
+            {
+                "after_fraction_of_lines": round(float(t), 4),
+                "translation_mm": np.round(rng.uniform(-6.0, 6.0, 3), 3).tolist(),
+                "rotation_deg": np.round(rng.uniform(-5.0, 5.0, 3), 3).tolist(),
+            }
+            for t in times
+        ],
+    }
 
 
 def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
@@ -457,6 +507,8 @@ def plan_case(domain: str, index: int, rng: np.random.Generator) -> CasePlan:
     ``domain`` is ``source``, ``target`` (the mixed pool) or a site name.
     """
     site = _site(domain)
+    if isinstance(site, Archive):
+        return _plan_archive(site, index, rng)
     if site is not None and not site.heterogeneous:
         return _plan_site(site, index, rng)
     near = site is None or index % _NEAR_SOURCE_EVERY == 0
@@ -695,11 +747,11 @@ def _site_imaging(site: Site, plan: CasePlan, spacing: float) -> Imaging:
 
 
 def _imaging(plan: CasePlan, spacing: float) -> Imaging:
-    """How the case of ``plan`` is imaged at ``spacing``."""
-    site = _site(plan.site)
-    if site is None or site.heterogeneous:
+    """How the case of ``plan`` is imaged at ``spacing``: its protocol, or (source, mixed pool)
+    its drawn acquisition and shifts."""
+    if plan.protocol is None:
         return _shift_imaging(plan)
-    return _site_imaging(site, plan, spacing)
+    return _site_imaging(ACQUISITIONS[plan.protocol], plan, spacing)
 
 
 def _tissue_targets(imaging: Imaging, jitter: np.ndarray, levels: dict[str, float]) -> np.ndarray:
@@ -770,16 +822,46 @@ def _resample_axes(image: np.ndarray, factors: tuple[float, float, float]) -> np
     return back[0, 0].numpy().astype(np.float64)
 
 
+def _moved(image: np.ndarray, move: dict[str, Any], spacing: float) -> np.ndarray:
+    """``image`` (z, y, x) with the head rotated about the field of view's centre and shifted."""
+    matrix = _rotation(np.array(move["rotation_deg"]))  # acts on (x, y, z)
+    shift = np.array(move["translation_mm"]) / (image.shape[2] * spacing / 2.0)
+    # affine_grid maps output to input coordinates (x, y, z order, normalised to [-1, 1]).
+    theta = torch.from_numpy(np.concatenate([matrix.T, -(matrix.T @ shift)[:, None]], 1))
+    volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    grid = F.affine_grid(theta[None].float(), list(volume.shape), align_corners=False)
+    moved = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved[0, 0].numpy().astype(np.float64)
+
+
+def _motion(image: np.ndarray, artefact: dict[str, Any], spacing: float) -> np.ndarray:
+    """The magnitude image whose phase-encoding lines (y) after each move saw the moved head
+    (see :func:`_draw_motion`)."""
+    kspace = np.fft.fftshift(np.fft.fftn(image), axes=(0, 1, 2))
+    acquired_at = np.arange(image.shape[1]) / image.shape[1]  # lines in order, -ky to +ky
+    for move in artefact["moves"]:  # in time order: a later move replaces the later lines
+        later = acquired_at >= move["after_fraction_of_lines"]
+        moved = np.fft.fftshift(np.fft.fftn(_moved(image, move, spacing)), axes=(0, 1, 2))
+        kspace[:, later, :] = moved[:, later, :]
+    return np.abs(np.fft.ifftn(np.fft.ifftshift(kspace, axes=(0, 1, 2))))
+
+
 def _acquire(
     image: np.ndarray,
     imaging: Imaging,
     unit: np.ndarray,
     brain: np.ndarray,
     rng: np.random.Generator,
+    *,
+    artefact: dict[str, Any] | None = None,
+    spacing: float = 3.0,
 ) -> np.ndarray:
-    """Resolution, bias field and Rician noise (before the case's global scale)."""
+    """Resolution, motion (an ``artefact``), bias field and Rician noise (before the case's
+    global scale). The coil's bias field and the noise do not move with the head."""
     for factors in imaging.resampling:
         image = _resample_axes(image, factors)
+    if artefact is not None and artefact["kind"] == "motion":
+        image = _motion(image, artefact, spacing)
     bias = _smooth_field(rng, unit, modes=6, max_cycles=1.0)
     bias /= max(float(np.abs(bias[brain]).max()) if brain.any() else 1.0, 1e-6)
     image = image * np.exp(imaging.bias_amplitude * bias)
@@ -841,7 +923,9 @@ def make_case(
     image = _contrast_map(values, imaging, jitter, template.levels)
     if lesion_mask is not None and imaging.lesion_level is not None:
         image += lesion_mask * (imaging.lesion_level - image)  # the site's lesion contrast
-    image = _acquire(image, imaging, unit, label > 0, acquisition_rng)
+    image = _acquire(
+        image, imaging, unit, label > 0, acquisition_rng, artefact=plan.artefact, spacing=spacing
+    )
     image = (image * plan.acquisition["scale"]).astype(np.float32)
     counts = np.bincount(label.ravel(), minlength=4)
     voxel_ml = spacing**3 / 1000.0
@@ -856,6 +940,9 @@ def make_case(
         "case": case_id,
         "domain": plan.domain,
         "site": plan.site,
+        "protocol": plan.protocol,
+        "stratum": plan.stratum or plan.protocol,
+        "artefact": plan.artefact,
         "index": index,
         "seed": [int(seed), _domain_code(domain), int(index)],
         "near_source": plan.near_source,

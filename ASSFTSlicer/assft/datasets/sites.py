@@ -10,6 +10,14 @@ per-case jitter (``jitter``: the noise and bias level within ±15 %, tissue leve
 case its own one or two acquisition shifts), kept bit for bit for comparison; it lives in the
 ``target/`` folder with the ``tgt`` prefix.
 
+A lab's *archive* (:class:`Archive`: ``hospital``, ``multicentre``) mixes a few coherent
+acquisitions in fixed shares: a majority close to the demo model's source and minorities with
+stronger shifts, and, in one of them, a rare subgroup of cases with a motion artefact. Each
+case's acquisition (its *stratum*) follows from its index alone, so that the benchmark's test
+scans (every ``TEST_EVERY``-th case) and its pool hold the same mix. The acquisitions an archive
+draws from are the :data:`ACQUISITIONS`: the coherent sites and two protocols that exist only
+inside archives. Why each archive holds what it holds is written in ``SampleData.md``.
+
 This module imports neither numpy nor torch: the command line validates ``--sites`` with it.
 """
 
@@ -23,11 +31,17 @@ from typing import Any
 from assft.errors import BadInputError
 
 __all__ = [
+    "ACQUISITIONS",
+    "ARCHIVE_NAMES",
+    "ARTEFACTS",
     "MIXED",
     "SITES",
     "SITE_NAMES",
     "SOURCE_CODE",
+    "TEST_EVERY",
+    "Archive",
     "Site",
+    "Stratum",
     "parse_sites",
     "site_folder",
 ]
@@ -116,7 +130,103 @@ class Site:
         }
 
 
-SITES: dict[str, Site] = {
+TEST_EVERY = 4
+"""The benchmark's split (``Dataset.split``): every ``TEST_EVERY``-th case is a test scan. An
+archive's strata are dealt out over the test scans and the pool separately, so both hold its mix."""
+
+ARTEFACTS = ("motion",)
+"""Artefacts a stratum of an archive may add to its acquisition (see ``sampledata._motion``)."""
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One part of an archive's mix: an acquisition (a name in :data:`ACQUISITIONS`), its share
+    of the cases, and an artefact added to it (None: none)."""
+
+    acquisition: str
+    share: float
+    artefact: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``t1-3t``, or ``t1-3t + motion`` with an artefact: the group the benchmark reports."""
+        return (
+            self.acquisition if self.artefact is None else f"{self.acquisition} + {self.artefact}"
+        )
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A lab's archive: cases from a few acquisitions in fixed shares (see the module docstring).
+
+    Case ``index`` belongs to :meth:`stratum`; its anatomy varies as in every site, and its
+    acquisition is that stratum's protocol (with the protocol's per-case jitter).
+    """
+
+    name: str
+    code: int  # the domain code in each case's seed [seed, code, index]: distinct per site
+    models: str  # the real archive it stands for
+    strata: tuple[Stratum, ...]
+
+    def __post_init__(self) -> None:
+        total = sum(s.share for s in self.strata)
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"archive {self.name}: the shares add up to {total}, not 1")
+        for stratum in self.strata:
+            if stratum.acquisition not in ACQUISITIONS or stratum.artefact not in (
+                None,
+                *ARTEFACTS,
+            ):
+                raise ValueError(f"archive {self.name}: unknown stratum {stratum}")
+
+    @property
+    def heterogeneous(self) -> bool:
+        """As :attr:`Site.heterogeneous`: an archive is not the mixed pool."""
+        return False
+
+    @property
+    def folder(self) -> str:
+        return f"sites/{self.name}"
+
+    @property
+    def prefix(self) -> str:
+        return self.name
+
+    def stratum(self, index: int) -> Stratum:
+        """The stratum of case ``index``: dealt out by smooth weighted round robin over the test
+        scans and over the pool separately (``TEST_EVERY``), so that each holds the shares as
+        closely as its size allows, whatever the number of cases."""
+        test = index % TEST_EVERY == TEST_EVERY - 1
+        position = index // TEST_EVERY if test else index - index // TEST_EVERY
+        credit = [0.0] * len(self.strata)
+        chosen = 0
+        for _ in range(position + 1):
+            for k, stratum in enumerate(self.strata):
+                credit[k] += stratum.share
+            chosen = max(range(len(credit)), key=lambda k: (credit[k], -k))
+            credit[chosen] -= 1.0
+        return self.strata[chosen]
+
+    def describe(self) -> dict[str, Any]:
+        """What the archive holds, for the manifest."""
+        return {
+            "models": self.models,
+            "strata": [
+                {
+                    "stratum": s.name,
+                    "acquisition": s.acquisition,
+                    "share": s.share,
+                    "artefact": s.artefact,
+                    "protocol": ACQUISITIONS[s.acquisition].describe(),
+                }
+                for s in self.strata
+            ],
+            "split": f"strata dealt out over the test scans (every {TEST_EVERY}th case) and the "
+            "pool separately",
+        }
+
+
+SITES: dict[str, Site | Archive] = {
     site.name: site
     for site in (
         Site(
@@ -172,7 +282,70 @@ SITES: dict[str, Site] = {
         ),
     )
 }
+
+ACQUISITIONS: dict[str, Site] = {
+    **{
+        name: site
+        for name, site in SITES.items()
+        if isinstance(site, Site) and not site.heterogeneous
+    },
+    **{
+        site.name: site
+        for site in (
+            Site(
+                "t1-3t",
+                0,  # an acquisition inside archives only: its cases take the archive's code
+                "a 3 T volumetric T1 (MPRAGE-like) research protocol, close to the demo model's "
+                "source: the same contrast and resolution, a little more noise, a 3 T bias field",
+                "T1",
+                resolution_mm=3.0,
+                noise_sigma=0.015,
+                bias_amplitude=0.12,
+            ),
+            Site(
+                "t1-se-1.5t",
+                0,
+                "an older 1.5 T 2D T1 spin-echo protocol: 5 mm sagittal slices, grey/white "
+                "contrast lower than at 3 T (spin echo), more noise",
+                "T1",
+                grey_white_kept=0.7,
+                csf_grey_kept=0.85,
+                slice_axis="x",
+                thickness_factor=1.7,
+                noise_sigma=0.03,
+                bias_amplitude=0.1,
+            ),
+        )
+    },
+}
+"""Every acquisition protocol an archive may draw from, by name: the coherent sites and the
+archive-only protocols."""
+
+for _archive in (
+    Archive(
+        "hospital",
+        5,
+        "a general hospital's brain MRI archive pulled by body part: the volumetric T1 of its "
+        "research scanner for most studies, 2D FLAIR from its MS clinic and clinical T2",
+        (Stratum("t1-3t", 0.60), Stratum("flair", 0.25), Stratum("t2", 0.15)),
+    ),
+    Archive(
+        "multicentre",
+        6,
+        "a multi-centre T1 study: the coordinating centre's 3 T scanner for most subjects, older "
+        "1.5 T scanners with 2D sagittal spin echo at partner sites, a low-field scanner at one "
+        "site, and a few subjects who moved in the scanner",
+        (
+            Stratum("t1-3t", 0.525),
+            Stratum("t1-3t", 0.075, artefact="motion"),
+            Stratum("t1-se-1.5t", 0.25),
+            Stratum("lowfield", 0.15),
+        ),
+    ),
+):
+    SITES[_archive.name] = _archive
 SITE_NAMES: tuple[str, ...] = tuple(SITES)
+ARCHIVE_NAMES: tuple[str, ...] = tuple(n for n, s in SITES.items() if isinstance(s, Archive))
 
 
 def parse_sites(names: str | Iterable[str] | None) -> tuple[str, ...]:
