@@ -253,3 +253,30 @@ def test_intensity_augmentation_changes_intensities_and_never_the_label():
         assert set(torch.unique(kept).tolist()) <= {0.0, 1.0}
         changed += int(not torch.allclose(result, image))
     assert changed >= 15  # most draws change something (each transform fires 10-30 % of draws)
+
+
+def test_anchor_cases_are_sure_borne_out_and_far_from_the_labels():
+    from assft.training.reliability import nearest_borne_out, select_anchor_cases
+
+    confidence = np.array([0.95, 0.99, 0.80, 0.97, 0.92, 0.96])
+    distance = np.array([0.10, 0.50, 0.90, 0.05, 0.20, 0.70])
+    borne_out = np.array([True, True, True, True, True, False])
+    # q(c) + q(d) = [0.6, 1.8, 0.8, 0.8, 0.6, 1.4]; case 2 is unsure, case 5 not borne out.
+    assert select_anchor_cases(confidence, distance, borne_out, rho=0.5, tau_c=0.9) == [1, 3, 0]
+    assert select_anchor_cases(confidence, distance, np.zeros(6, bool), rho=1.0) == []
+    # Borne out: the nearest evidence scan (by acquisition) showed the parent right.
+    evidence = np.array([[0.0, 0.0], [1.0, 1.0]])
+    right = np.array([True, False])
+    cases = np.array([[0.1, 0.0], [0.9, 1.2], [0.4, 0.4]])
+    assert nearest_borne_out(cases, evidence, right).tolist() == [True, False, True]
+    assert nearest_borne_out(cases, np.zeros((0, 2)), np.zeros(0, bool)).tolist() == [False] * 3
+
+
+def test_unlabeled_patches_are_shared_between_the_sets_from_step_to_step():
+    from assft.training.ssft import split_slots
+
+    assert split_slots(2, 1, 0) == [2]
+    assert split_slots(2, 2, 5) == [1, 1]
+    assert [split_slots(1, 2, step) for step in range(3)] == [[1, 0], [0, 1], [1, 0]]
+    assert split_slots(3, 2, 0) == [2, 1] and split_slots(3, 2, 1) == [1, 2]
+    assert split_slots(4, 0, 0) == []

@@ -34,6 +34,7 @@ from assft.io.imaging import (
 from assft.metrics import dice_scores, mean_dice, rank_normalise
 from assft.predict import Predictor
 from assft.query.config import QueryConfig
+from assft.query.parts import propose_held_out
 from assft.query.ranking import rank_scored_pool, rank_workspace, score_pool
 from assft.runtime.progress import Progress
 from assft.training import FinetuneConfig
@@ -285,19 +286,6 @@ VALIDATION_CASES = 2
 """Scans of the pool a simulated lab labels once as its validation set (held out)."""
 
 
-def validation_cases(pool: list[Case], count: int) -> list[str]:
-    """``count`` scans of the pool drawn at random (fixed: the same for every run and seed)."""
-    if count <= 0:
-        return []
-    if count >= len(pool):
-        raise BadInputError(
-            f"a validation set of {count} scans leaves none of the pool's {len(pool)} to select"
-        )
-    rng = np.random.default_rng(20261129)
-    picks = rng.choice(len(pool), size=count, replace=False)
-    return sorted(pool[int(i)].case_id for i in picks)
-
-
 class Simulation:
     """A base workspace over the pool, scored once; runs fine-tune copies of it.
 
@@ -328,14 +316,6 @@ class Simulation:
         self.base = create_workspace(
             base, [c.image for c in dataset.pool], model=model, label_names=label_names
         )
-        # The validation set a lab labels once, before its first round: a few random scans of
-        # the pool, held out of training and of every selection (the promotion gate and the
-        # best-checkpoint choice read them).
-        self.held_out = validation_cases(dataset.pool, held_out)
-        for case_id in self.held_out:
-            self.base.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
-        if self.held_out:
-            self.base.hold_out(self.held_out)
         started = time.perf_counter()
         self.scored = score_pool(
             self.base,
@@ -345,6 +325,22 @@ class Simulation:
             epistemic=True,
         )
         self.scoring_seconds = time.perf_counter() - started
+        # The validation set a lab labels once, before its first round, as the product proposes
+        # it (assft hold-out --propose): scans that cover the parts of the pool, held out of
+        # training and of every selection (the promotion gate and the best checkpoint read
+        # them).
+        self.parts = self.scored.parts()
+        if held_out >= len(dataset.pool):
+            raise BadInputError(
+                f"a validation set of {held_out} scans leaves none of the pool's "
+                f"{len(dataset.pool)} to select"
+            )
+        self.held_out = sorted(propose_held_out(self.parts, held_out))
+        for case_id in self.held_out:
+            self.base.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
+        if self.held_out:
+            self.base.hold_out(self.held_out)
+            self.scored.hold_out(self.held_out)
         self.stats = self.scored.statistics()
         self._pretrained: dict[str, Any] | None = None
         self._pretrained_pool: dict[str, float] | None = None
@@ -427,6 +423,7 @@ class Simulation:
         for round_index in range(rounds):
             if round_index:  # ranked again with the current model, as `assft rank` does
                 document = rank_workspace(workspace, query, device=self.device, save=False)
+            workspace.save_ranking(document)  # as a lab's ranking is (the gate reads its parts)
             for case_id in document["selected"]:
                 workspace.submit_label(case_id, self.truth[case_id], user="simulated-clinician")
             selected += document["selected"]

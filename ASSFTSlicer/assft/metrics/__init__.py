@@ -12,6 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from assft.metrics.acquisition import (
+    acquisition_descriptor,
+    acquisition_distance,
+)
 from assft.metrics.knowledge_gap import (
     batchnorm_knowledge_gap,
     gaussian_symmetric_kl,
@@ -56,6 +60,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "SegmentationDifficulty",
+    "acquisition_descriptor",
+    "acquisition_distance",
     "batchnorm_knowledge_gap",
     "cosine_distance",
     "dice_scores",

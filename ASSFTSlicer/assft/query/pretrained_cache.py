@@ -1,7 +1,8 @@
 """Per-case statistics of the frozen pretrained model f0, computed once and cached.
 
-z0 (and the `bn` gap and the ASD under f0) never change while the image, the preset and the
-view settings stay the same, so later rankings only run the current model.
+z0 (and the acquisition descriptor a0, the `bn` gap and the ASD under f0) never change while the
+image, the preset and the view settings stay the same, so later rankings only run the current
+model. An entry written before a0 existed is a miss, and is computed again.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from assft.io.atomic import atomic_path
 @dataclass
 class PretrainedStatistics:
     """f0's view of one case: embedding, `bn` gap (NaN without BatchNorm), ASD (NaN without a
-    head)."""
+    head), acquisition descriptor (:mod:`assft.metrics.acquisition`)."""
 
     z0: np.ndarray
     kg_bn: float
     asd0: float
+    a0: np.ndarray
 
 
 def cache_key(image_path: Path, settings: dict) -> str:
@@ -56,11 +58,14 @@ class PretrainedCache:
                 if str(data["key"]) != key:
                     return None
                 return PretrainedStatistics(
-                    z0=data["z0"].copy(), kg_bn=float(data["kg_bn"]), asd0=float(data["asd0"])
+                    z0=data["z0"].copy(),
+                    kg_bn=float(data["kg_bn"]),
+                    asd0=float(data["asd0"]),
+                    a0=data["a0"].copy(),
                 )
         except (OSError, KeyError, ValueError):
             return None
 
     def put(self, case_id: str, key: str, stats: PretrainedStatistics) -> None:
         with atomic_path(self._path(case_id)) as temporary, open(temporary, "wb") as stream:
-            np.savez(stream, key=key, z0=stats.z0, kg_bn=stats.kg_bn, asd0=stats.asd0)
+            np.savez(stream, key=key, z0=stats.z0, kg_bn=stats.kg_bn, asd0=stats.asd0, a0=stats.a0)

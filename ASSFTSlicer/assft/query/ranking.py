@@ -19,10 +19,11 @@ import numpy as np
 from assft.errors import BadInputError
 from assft.io.imaging import read_image
 from assft.io.preprocessing import ModelGrid, to_model_grid
-from assft.metrics import batchnorm_knowledge_gap, rank_normalise
+from assft.metrics import acquisition_descriptor, batchnorm_knowledge_gap, rank_normalise
 from assft.models import get_preset, resolve_device
 from assft.models.inference import CaseInference, epistemic_uncertainty, infer_case
 from assft.query.config import QueryConfig, Strategy
+from assft.query.parts import ArchiveParts, coverage_notes, find_parts
 from assft.query.pretrained_cache import PretrainedCache, PretrainedStatistics, cache_key
 from assft.query.strategies import PoolStatistics, QueryResult, run_strategy, strategy_info
 from assft.runtime import cancellation, distributed
@@ -47,6 +48,7 @@ class CaseScores:
     class_entropy: dict[int, float]
     zt: np.ndarray | None = None
     epistemic: float = math.nan
+    a0: np.ndarray | None = None
 
 
 class PoolScorer:
@@ -101,7 +103,12 @@ class PoolScorer:
             else math.nan
         )
         asd0 = inference.difficulty.asd if self.pretrained.has_head else math.nan
-        return PretrainedStatistics(z0=inference.embedding, kg_bn=kg_bn, asd0=asd0)
+        return PretrainedStatistics(
+            z0=inference.embedding,
+            kg_bn=kg_bn,
+            asd0=asd0,
+            a0=acquisition_descriptor(inference.batchnorm, inference.embedding),
+        )
 
     def score_case(self, case_id: str, image_path: Path, *, epistemic: bool = False) -> CaseScores:
         """Run the passes one case needs and reduce them to its scores."""
@@ -159,14 +166,16 @@ class PoolScorer:
             class_entropy=d.class_entropy,
             zt=zt,
             epistemic=epistemic_value,
+            a0=pretrained.a0,
         )
 
-    def embedding_only(self, case_id: str, image_path: Path) -> np.ndarray:
-        """z0 of a labeled case (from the cache when possible), for the diversity term."""
+    def pretrained_only(self, case_id: str, image_path: Path) -> PretrainedStatistics:
+        """f0's statistics of a labeled or held-out case (from the cache when possible): its z0
+        for the diversity term, its a0 for the parts of the archive."""
         key = cache_key(image_path, self._cache_settings())
         cached = self.cache.get(case_id, key)
         if cached is not None:
-            return cached.z0
+            return cached
         asd = self.config.asd
         inference = infer_case(
             self.pretrained,
@@ -177,7 +186,7 @@ class PoolScorer:
         )
         stats = self._pretrained_statistics(inference)
         self.cache.put(case_id, key, stats)
-        return stats.z0
+        return stats
 
 
 def pool_statistics(
@@ -352,10 +361,15 @@ def build_document(
 
 @dataclass
 class ScoredPool:
-    """A pool scored once: every strategy can rank it without another forward pass."""
+    """A pool scored once: every strategy can rank it without another forward pass.
+
+    ``scores`` are the unlabeled cases'; ``others`` holds f0's statistics of the labeled and
+    held-out cases (case -> (status, statistics)): z0 of the labeled ones for the diversity
+    term, a0 of all of them for the parts of the archive.
+    """
 
     scores: list[CaseScores]
-    labeled_z0: np.ndarray
+    others: dict[str, tuple[str, PretrainedStatistics]]
     has_head: bool
     version: str
     label_values: list[int]
@@ -363,6 +377,12 @@ class ScoredPool:
     preset: str
     mc_dropout_injected: bool | None
     seconds: float
+
+    @property
+    def labeled_z0(self) -> np.ndarray:
+        """z0 of the labeled cases (the held-out ones are not trained on), ``(L, D)``."""
+        rows = [stats.z0 for status, stats in self.others.values() if status == "labeled"]
+        return np.stack(rows) if rows else np.zeros((0, self.scores[0].z0.shape[0]))
 
     def statistics(self) -> PoolStatistics:
         return pool_statistics(
@@ -373,6 +393,32 @@ class ScoredPool:
             round_index=0 if self.version == "v0" else int(self.version.lstrip("v") or 0),
         )
 
+    def descriptors(self) -> tuple[list[str], np.ndarray]:
+        """Every case of the workspace (unlabeled first) and its acquisition descriptor a0."""
+        ids = [s.case_id for s in self.scores] + list(self.others)
+        rows = [s.a0 for s in self.scores] + [stats.a0 for _, stats in self.others.values()]
+        return ids, np.stack([np.asarray(r, dtype=np.float64) for r in rows])
+
+    def parts(self) -> ArchiveParts:
+        """The parts of the archive, from every case's a0 (:mod:`assft.query.parts`)."""
+        ids, descriptors = self.descriptors()
+        return find_parts(ids, descriptors)
+
+    def status_of(self, case_id: str) -> str:
+        return self.others[case_id][0] if case_id in self.others else "unlabeled"
+
+    def hold_out(self, case_ids: list[str]) -> None:
+        """Move scored cases out of the pool as held out (a simulation labels them once)."""
+        chosen = set(case_ids)
+        for s in self.scores:
+            if s.case_id in chosen:
+                assert s.a0 is not None
+                self.others[s.case_id] = (
+                    "held-out",
+                    PretrainedStatistics(z0=s.z0, kg_bn=s.kg_bn, asd0=s.asd0, a0=s.a0),
+                )
+        self.scores = [s for s in self.scores if s.case_id not in chosen]
+
 
 def score_pool(
     workspace: Workspace,
@@ -382,7 +428,8 @@ def score_pool(
     progress: Progress | None = None,
     epistemic: bool | None = None,
 ) -> ScoredPool:
-    """Run the passes each unlabeled case needs (and z0 of the labeled cases), once.
+    """Run the passes each unlabeled case needs (and f0's statistics of the labeled and
+    held-out cases), once.
 
     Under torchrun each rank scores its share of the pool and the scores are gathered.
 
@@ -391,7 +438,9 @@ def score_pool(
     """
     progress = progress or Progress("none")
     pool = workspace.registry.cases(status="unlabeled")
-    labeled = workspace.registry.cases(status="labeled")
+    others = workspace.registry.cases(status="labeled") + workspace.registry.cases(
+        status="held-out"
+    )
     if not pool:
         raise BadInputError("no unlabeled cases left to rank", workspace.root)
     if config.budget > len(pool):
@@ -403,8 +452,8 @@ def score_pool(
     scorer = PoolScorer(workspace, config, device)
     if epistemic is None:
         epistemic = strategy_info(config.strategy).needs_mc_dropout
-    my_pool, my_labeled = distributed.shard(pool), distributed.shard(labeled)
-    progress.phase("ranking", len(my_pool) + len(my_labeled))
+    my_pool, my_others = distributed.shard(pool), distributed.shard(others)
+    progress.phase("ranking", len(my_pool) + len(my_others))
     my_scores: list[CaseScores] = []
     for done, case in enumerate(my_pool, start=1):
         my_scores.append(
@@ -413,19 +462,17 @@ def score_pool(
             )
         )
         progress.update(done, case=case["case_id"])
-    my_labeled_z0 = []
-    for done, case in enumerate(my_labeled, start=len(my_pool) + 1):
-        my_labeled_z0.append(
-            scorer.embedding_only(case["case_id"], workspace.image_path(case["case_id"]))
-        )
+    my_stats = []
+    for done, case in enumerate(my_others, start=len(my_pool) + 1):
+        stats = scorer.pretrained_only(case["case_id"], workspace.image_path(case["case_id"]))
+        my_stats.append((case["case_id"], case["status"], stats))
         progress.update(done, case=case["case_id"])
-    gathered = distributed.gather((my_scores, my_labeled_z0, scorer.mc_dropout_injected))
+    gathered = distributed.gather((my_scores, my_stats, scorer.mc_dropout_injected))
     scores = distributed.unshard([g[0] for g in gathered])
-    labeled_z0 = distributed.unshard([g[1] for g in gathered])
-    dimension = scores[0].z0.shape[0]
+    stats_rows = distributed.unshard([g[1] for g in gathered])
     return ScoredPool(
         scores=scores,
-        labeled_z0=np.stack(labeled_z0) if labeled_z0 else np.zeros((0, dimension)),
+        others={case_id: (status, stats) for case_id, status, stats in stats_rows},
         has_head=scorer.has_head,
         version=scorer.version,
         label_values=scorer.label_values,
@@ -457,7 +504,14 @@ def rank_scored_pool(
     }
     if strategy_info(config.strategy).needs_mc_dropout:
         extra["mc_dropout_injected"] = scored.mc_dropout_injected
-    return build_document(
+    parts = scored.parts()
+    extra["parts"] = parts.to_dict()
+    coverage = coverage_notes(
+        parts,
+        [c for c, (status, _) in scored.others.items() if status == "labeled"],
+        [c for c, (status, _) in scored.others.items() if status == "held-out"],
+    )
+    document = build_document(
         case_ids=[s.case_id for s in scored.scores],
         scores=scored.scores,
         result=result,
@@ -468,6 +522,9 @@ def rank_scored_pool(
         label_values=scored.label_values,
         extra=extra,
     )
+    if coverage:
+        document["notes"]["held_out_coverage"] = coverage
+    return document
 
 
 def rank_workspace(

@@ -285,13 +285,20 @@ def make_batch(
     *,
     foreground_ratio: float,
     augment: Compose | None,
+    start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` augmented patches from ``cases``: images ``(B, 1, ...)``, targets ``(B, ...)``."""
+    """``count`` augmented patches from ``cases``: images ``(B, 1, ...)``, targets ``(B, ...)``.
+
+    At the default ratio the centres alternate foreground / background from patch ``start``
+    on (a foreground centre first when ``start`` is even).
+    """
     images, targets = [], []
     for i in range(count):
         case = cases[int(rng.integers(len(cases)))]
         # Alternate foreground / background centres (1:1 at the default ratio).
-        foreground = (i % 2 == 0) if foreground_ratio == 0.5 else rng.random() < foreground_ratio
+        foreground = (
+            ((start + i) % 2 == 0) if foreground_ratio == 0.5 else rng.random() < foreground_ratio
+        )
         image, target = sample_patch(case, patch, rng, foreground=foreground)
         if augment is not None:
             out = augment({"image": image, "label": target[None].float()})

@@ -33,13 +33,18 @@ import torch
 
 from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
 from assft.io.atomic import load_torch_safely, save_torch_atomic
+from assft.metrics import acquisition_descriptor, dice_scores, mean_dice
 from assft.models import LoadedModel, resolve_device
+from assft.models.inference import infer_case
+from assft.query.parts import ArchiveParts
 from assft.runtime import cancellation, distributed, syncpoints
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.curves import CurveStore, LearningCurve, validation_steps
 from assft.training.data import PreparedCases, TrainingCase
 from assft.training.inputs import check_inputs, load_resume_point
+from assft.training.losses import IGNORE
+from assft.training.reliability import nearest_borne_out, select_anchor_cases
 from assft.training.ssft import (
     PseudoLabels,
     Trainer,
@@ -97,6 +102,39 @@ def describe_settings(config: dict[str, Any]) -> str:
     return ", ".join(f"{key} {config.get(key)}" for key in _SETTINGS_SHOWN if key in config)
 
 
+def change_by_part(
+    held_out: list[str],
+    new_dice: list[float],
+    parent_dice: list[float],
+    parts: ArchiveParts | None,
+) -> list[dict[str, Any]]:
+    """The held-out Dice of a new version and of its parent per part of the archive (the
+    held-out scans of each part; a scan the parts do not know stands as a part of its own),
+    largest part first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for case, new, old in zip(held_out, new_dice, parent_dice, strict=True):
+        part = parts.of_case.get(case) if parts is not None else None
+        name = parts.name(part) if parts is not None and part is not None else f"scan {case}"
+        group = groups.setdefault(
+            name, {"part": part, "name": name, "cases": [], "new": [], "old": []}
+        )
+        group["cases"].append(case)
+        group["new"].append(new)
+        group["old"].append(old)
+    rows = []
+    for group in groups.values():
+        new, old = float(np.nanmean(group.pop("new"))), float(np.nanmean(group.pop("old")))
+        rows.append(
+            {
+                **group,
+                "validation_dice": round(new, 6),
+                "parent_validation_dice": round(old, 6),
+                "change": round(new - old, 6),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["part"] is None, r["part"] or 0, r["name"]))
+
+
 def validation_gate(
     new_dice: float | None, parent_dice: float | None, parent: str
 ) -> dict[str, Any]:
@@ -143,6 +181,8 @@ class _JobRun:
         iterations, semi_iterations: the steps of the two stages (from the labeled set unless
             the config sets them).
         curve, curves: the learning curve and where it and the best checkpoint are stored.
+        anchor, anchor_cases: the parent's reliable cases far from the labeled ones, with its
+            pseudo-labels (``FinetuneConfig.anchor``; empty without it).
     """
 
     job: Job
@@ -160,6 +200,9 @@ class _JobRun:
     prepared: PreparedCases
     labeled_cases: list[TrainingCase] = field(default_factory=list)
     held_out_cases: list[TrainingCase] = field(default_factory=list)
+    anchor: PseudoLabels | None = None
+    anchor_cases: list[TrainingCase] = field(default_factory=list)
+    anchor_evidence: list[dict[str, Any]] = field(default_factory=list)
     trainer: Trainer | None = None
     stage: int = 1
     step: int = 0
@@ -415,6 +458,7 @@ class FinetuneJob:
         """The job's steps in order; every rank runs this, rank 0 alone registers the version."""
         started = time.perf_counter()
         run = self._prepare(job, progress, labeled_rows, held_out_rows, resumed)
+        self._anchor_set(run)  # with the parent's weights, before a resume point is loaded
         self._start_training(run)
         self._supervised_stage(run)
         reliable_info = self._semi_supervised(run)
@@ -553,6 +597,74 @@ class FinetuneJob:
         last = run.curve.validation[-1] if run.curve.validation else None
         return {**best, "last_validation_dice": last[2] if last else None}
 
+    def _anchor_set(self, run: _JobRun) -> None:
+        """The anchor (``FinetuneConfig.anchor``): the parent pseudo-labels the unlabeled pool
+        before any step, and keeps the cases it is sure of where a labeled or held-out scan
+        showed it right, farthest from the labeled ones (``select_anchor_cases``)."""
+        config = self.config
+        unlabeled_rows = self.workspace.registry.cases(status="unlabeled")
+        if not config.anchor or config.mode == FinetuneMode.NONE or not unlabeled_rows:
+            return
+        evidence = self._parent_evidence(run)
+        descriptors = np.array([e["descriptor"] for e in evidence])
+        borne_out = np.array([e["borne_out"] for e in evidence], dtype=bool)
+        run.anchor, run.anchor_cases = self._pseudo_labels(
+            run.job,
+            run.progress,
+            run.model,
+            run.prepared,
+            run.labeled_cases,
+            unlabeled_rows,
+            name="anchor",
+            select=lambda c, d, features: select_anchor_cases(
+                c,
+                d,
+                nearest_borne_out(features, descriptors, borne_out),
+                rho=config.anchor_rho,
+                tau_c=config.tau_c,
+            ),
+            by_acquisition=True,
+        )
+        run.anchor_evidence = [{k: v for k, v in e.items() if k != "descriptor"} for e in evidence]
+
+    def _parent_evidence(self, run: _JobRun) -> list[dict[str, Any]]:
+        """What the labeled and held-out scans say of the parent: per scan, its acquisition
+        descriptor, the parent's confidence and Dice there, and whether the Dice came within
+        ``anchor_calibration`` of the confidence (the parent was right there)."""
+        config = self.config
+        run.model.network.eval()
+        evidence = []
+        channels = list(range(1, 1 + len(run.label_values)))
+        for case in run.labeled_cases + run.held_out_cases:
+            result = infer_case(
+                run.model,
+                case.image,
+                views=config.views,
+                tau=config.roi_tau,
+                radius=config.roi_radius,
+                batchnorm=True,
+                keep_probabilities=True,
+            )
+            assert result.probabilities is not None and case.target is not None
+            prediction = result.probabilities.argmax(0).cpu()
+            valid = case.target != IGNORE
+            dice = mean_dice(
+                dice_scores(
+                    torch.where(valid, prediction, 0), torch.where(valid, case.target, 0), channels
+                )
+            )
+            confidence = float(result.difficulty.confidence)
+            evidence.append(
+                {
+                    "case": case.case_id,
+                    "descriptor": acquisition_descriptor(result.batchnorm, result.embedding),
+                    "confidence": round(confidence, 6),
+                    "dice": round(float(dice), 6),
+                    "borne_out": bool(dice >= confidence - config.anchor_calibration),
+                }
+            )
+        return evidence
+
     def _supervised_stage(self, run: _JobRun) -> None:
         """Stage 1: supervised on the labeled cases (skipped when resuming in stage 2)."""
         config = self.config
@@ -568,6 +680,7 @@ class FinetuneJob:
                 total=run.iterations,
                 labeled=run.labeled_cases,
                 pseudo=None,
+                anchor=run.anchor_cases,
                 config=config,
                 on_step=self._on_step(run, 1, run.iterations),
             )
@@ -584,7 +697,20 @@ class FinetuneJob:
         """
         config = self.config
         reliable_info: dict[str, Any] = {"mode": config.mode.value}
-        unlabeled_rows = self.workspace.registry.cases(status="unlabeled")
+        if run.anchor is not None:
+            reliable_info.update(
+                anchor=run.anchor.reliable,
+                anchor_confidence=run.anchor.confidence,
+                anchor_distance=run.anchor.distance,
+                anchor_evidence=run.anchor_evidence,
+            )
+        # A case the anchor holds is taught by the parent alone, never by two teachers.
+        anchored = set(run.anchor.reliable) if run.anchor is not None else set()
+        unlabeled_rows = [
+            row
+            for row in self.workspace.registry.cases(status="unlabeled")
+            if row["case_id"] not in anchored
+        ]
         if config.mode == FinetuneMode.NONE or not unlabeled_rows:
             return reliable_info
         pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows)
@@ -596,9 +722,14 @@ class FinetuneJob:
         if not pseudo_cases:
             reliable_info["note"] = (
                 f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
-                "supervised stage only"
+                + (
+                    "stage 2 trains on the labeled and the anchor cases"
+                    if run.anchor_cases
+                    else "supervised stage only"
+                )
             )
-            return reliable_info
+            if not run.anchor_cases:
+                return reliable_info
         self._semi_supervised_stage(run, unlabeled_rows, pseudo_cases, reliable_info)
         return reliable_info
 
@@ -643,6 +774,7 @@ class FinetuneJob:
                 end=until,
                 labeled=run.labeled_cases,
                 pseudo=pseudo_cases,
+                anchor=run.anchor_cases,
                 config=config,
                 on_step=self._on_step(run, 2, total),
             )
@@ -688,6 +820,19 @@ class FinetuneJob:
                 new_scores["mean_dice"], base_scores["mean_dice"], run.base_version
             )
             gate["held_out"] = run.held_out_ids
+            by_part = change_by_part(
+                run.held_out_ids,
+                new_scores["per_case"],
+                base_scores["per_case"],
+                self._archive_parts(),
+            )
+            if by_part:
+                gate["parts"] = by_part
+                worse = [p for p in by_part if p["change"] < -1e-9]
+                if worse:
+                    gate["reason"] += "; worse on " + ", ".join(
+                        f"{p['name']} ({p['change']:+.4f})" for p in worse
+                    )
             metrics["validation_dice"] = new_scores["mean_dice"]
             metrics["validation_per_structure"] = {
                 self.workspace.config.label_names.get(label_values[c - 1], str(c)): v
@@ -698,6 +843,16 @@ class FinetuneJob:
             gate = validation_gate(None, None, run.base_version)
         self.timings["validation_s"] = time.perf_counter() - t0
         return metrics, gate
+
+    def _archive_parts(self) -> ArchiveParts | None:
+        """The parts of the archive the latest ranking found (None before any ranking, or when
+        the ranking predates them)."""
+        try:
+            document = self.workspace.latest_ranking()
+        except BadInputError:
+            return None
+        parts = (document or {}).get("parts")
+        return ArchiveParts.from_dict(parts) if isinstance(parts, dict) else None
 
     def _finish_timings(self, run: _JobRun, started: float) -> None:
         """Total time, and training speed when every step ran in this process."""
@@ -761,10 +916,16 @@ class FinetuneJob:
         labeled_cases: list[TrainingCase],
         unlabeled_rows: list[dict[str, Any]],
         refreshed: bool = False,
+        *,
+        name: str = "pseudo",
+        select: Callable[[np.ndarray, np.ndarray, np.ndarray], list[int]] | None = None,
+        by_acquisition: bool = False,
     ) -> tuple[PseudoLabels, list[TrainingCase]]:
-        """The reliable set with its pseudo-labeled cases (computed once, then read back)."""
-        stored = job.folder / "pseudo.json"
-        targets = job.folder / "pseudo"
+        """The reliable set (``name`` pseudo) or the anchor set (``name`` anchor, chosen by
+        ``select``) with its pseudo-labeled cases: computed once, stored in the job folder as
+        ``<name>.json`` and ``<name>/``, then read back (a resumed job)."""
+        stored = job.folder / f"{name}.json"
+        targets = job.folder / name
         targets.mkdir(exist_ok=True)
 
         def load_case(case_id: str) -> TrainingCase:
@@ -778,7 +939,10 @@ class FinetuneJob:
             pseudo = PseudoLabels(data["confidence"], data["distance"], data["reliable"])
         else:
             t0 = time.perf_counter()
-            progress.phase("pseudo-labels", len(distributed.shard(unlabeled_rows)))
+            progress.phase(
+                "anchor" if name == "anchor" else "pseudo-labels",
+                len(distributed.shard(unlabeled_rows)),
+            )
             pseudo = pseudo_label(
                 model,
                 labeled_cases,
@@ -786,14 +950,15 @@ class FinetuneJob:
                 load_case,
                 store_target,
                 self.config,
+                select=select,
+                by_acquisition=by_acquisition,
                 on_case=lambda i: progress.update(i),
             )
             if distributed.is_main():
                 write_json_atomic(stored, {**asdict(pseudo), "refreshed": refreshed})
             distributed.barrier()
-            self.timings["pseudo_labels_s"] = (
-                self.timings.get("pseudo_labels_s", 0.0) + time.perf_counter() - t0
-            )
+            timing = f"{name}_labels_s" if name != "pseudo" else "pseudo_labels_s"
+            self.timings[timing] = self.timings.get(timing, 0.0) + time.perf_counter() - t0
         cases = []
         for case_id in pseudo.reliable:
             target = load_torch_safely(targets / f"{case_id}.pt")

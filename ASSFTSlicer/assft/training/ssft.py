@@ -17,9 +17,10 @@ from monai.data import set_track_meta
 from torch.nn.parallel import DistributedDataParallel
 
 from assft.errors import CancelledError, DivergedError
+from assft.metrics.acquisition import acquisition_descriptor, acquisition_distance
 from assft.metrics.overlap import dice_scores, mean_dice
 from assft.models import LoadedModel
-from assft.models.inference import infer_case, sliding_window_probabilities
+from assft.models.inference import CaseInference, infer_case, sliding_window_probabilities
 from assft.runtime import cancellation, distributed
 from assft.training.config import FinetuneConfig, FinetuneMode, Flips, Schedule
 from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
@@ -77,6 +78,21 @@ def flip_axes(model: LoadedModel, config: FinetuneConfig) -> tuple[int, ...]:
     return ()
 
 
+def _flatten(
+    extras: dict[str, tuple[tuple[torch.Tensor, torch.Tensor], float]],
+) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor], float]]:
+    return [(name, batch, weight) for name, (batch, weight) in extras.items()]
+
+
+def split_slots(total: int, parts: int, step: int) -> list[int]:
+    """How many of a step's ``total`` unlabeled patches each of ``parts`` sets gets: as even as
+    possible, the remainder going round the sets from one step to the next."""
+    if parts <= 0:
+        return []
+    base, extra = divmod(total, parts)
+    return [base + (1 if (k - step) % parts < extra else 0) for k in range(parts)]
+
+
 class Trainer:
     """Optimisation steps on a :class:`~assft.models.LoadedModel`'s network."""
 
@@ -122,40 +138,44 @@ class Trainer:
     def step(
         self,
         labeled: tuple[torch.Tensor, torch.Tensor],
-        pseudo: tuple[torch.Tensor, torch.Tensor] | None = None,
-        weight: float = 0.0,
+        extras: dict[str, tuple[tuple[torch.Tensor, torch.Tensor], float]] | None = None,
     ) -> dict[str, float]:
-        """One step: L_sup(labeled) + weight * L_masked(pseudo)."""
+        """One step: L_sup(labeled) + sum over ``extras`` of weight * L_masked(patches).
+
+        ``extras`` maps a name (``pseudo``, ``anchor``) to its patches and its weight; each
+        part's loss is reported under its name.
+        """
         network = self.model.network
         network.train()
         if self.config.freeze_batchnorm:
             for module in network.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        images, targets = labeled
-        count = images.shape[0]
-        if pseudo is not None:
-            images = torch.cat([images, pseudo[0]])
-            targets = torch.cat([targets, pseudo[1]])
+        parts = [("supervised", labeled, 1.0)] + [
+            (name, batch, weight) for name, batch, weight in _flatten(extras or {})
+        ]
+        images = torch.cat([batch[0] for _, batch, _ in parts])
+        targets = torch.cat([batch[1] for _, batch, _ in parts])
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self._logits(images)
-        supervised = masked_dice_ce(logits[:count], targets[:count])
-        loss = supervised
-        unsupervised = torch.zeros((), device=self.device)
-        if pseudo is not None:
-            unsupervised = masked_dice_ce(logits[count:], targets[count:])
-            loss = supervised + weight * unsupervised
+        losses: dict[str, torch.Tensor] = {}
+        loss = torch.zeros((), device=self.device)
+        start = 0
+        for name, batch, weight in parts:
+            end = start + batch[0].shape[0]
+            losses[name] = masked_dice_ce(logits[start:end], targets[start:end])
+            loss = loss + weight * losses[name]
+            start = end
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {
-            "loss": float(loss.detach()),
-            "supervised": float(supervised.detach()),
-            "pseudo": float(unsupervised.detach()),
-        }
+        metrics = {"loss": float(loss.detach())}
+        metrics.update({name: float(value.detach()) for name, value in losses.items()})
+        metrics.setdefault("pseudo", 0.0)
+        return metrics
 
     def state(self) -> dict[str, Any]:
         return {
@@ -191,22 +211,36 @@ def pseudo_label(
     store_target: Callable[[str, torch.Tensor], None],
     config: FinetuneConfig,
     *,
+    select: Callable[[np.ndarray, np.ndarray, np.ndarray], list[int]] | None = None,
+    by_acquisition: bool = False,
     on_case: Callable[[int], None] | None = None,
 ) -> PseudoLabels:
     """Reliability of each unlabeled case, its pseudo-label stored as it goes (SSFT 2-3).
 
     Confidence c_u is the mean max-probability over the adaptive foreground ROI of the
     test-time-augmented prediction; the semantic distance d_u is the cosine distance of the
-    model's embedding to the nearest labeled case's. Pseudo-labels are the argmax, with voxels
-    below tau_v set to ``IGNORE``. One case is in memory at a time: each pseudo-label goes to
-    ``store_target`` and only the reliable ones are read back for training, so memory stays
-    flat as the pool grows. Under torchrun each rank labels its share of the pool.
+    model's embedding to the nearest labeled case's (with ``by_acquisition``, the distance of
+    its acquisition descriptor instead: see :mod:`assft.metrics.acquisition`). Pseudo-labels
+    are the argmax, with voxels below tau_v set to ``IGNORE``. One case is in memory at a
+    time: each pseudo-label goes to ``store_target`` and only the reliable ones are read back
+    for training, so memory stays flat as the pool grows. Under torchrun each rank labels
+    its share of the pool.
+
+    ``select`` (confidence, distance, features (N, D)) -> indices picks the set (default: the
+    reliable set of the config's mode; the anchor's rule for the anchor).
     """
     model.network.eval()
-    z_labeled = [
-        infer_case(model, case.image, views=1, batchnorm=False).embedding for case in labeled
+
+    def features(result: CaseInference) -> np.ndarray:
+        if by_acquisition:
+            return acquisition_descriptor(result.batchnorm, result.embedding)
+        return result.embedding
+
+    f_labeled = [
+        features(infer_case(model, case.image, views=1, batchnorm=by_acquisition))
+        for case in labeled
     ]
-    confidence, embeddings = [], []
+    confidence, f_unlabeled = [], []
     mine = distributed.shard(list(unlabeled_ids))
     for i, case_id in enumerate(mine, start=1):
         case = load_case(case_id)
@@ -216,7 +250,7 @@ def pseudo_label(
             views=config.views,
             tau=config.roi_tau,
             radius=config.roi_radius,
-            batchnorm=False,
+            batchnorm=by_acquisition,
             keep_probabilities=True,
         )
         assert result.probabilities is not None
@@ -225,17 +259,29 @@ def pseudo_label(
         target[max_prob < config.tau_v] = IGNORE
         store_target(case_id, target.cpu())
         confidence.append(result.difficulty.confidence)
-        embeddings.append(result.embedding)
+        f_unlabeled.append(features(result))
         del result, case
         if on_case:
             on_case(i)
-    gathered = distributed.gather((confidence, embeddings))
+    gathered = distributed.gather((confidence, f_unlabeled))
     confidence = distributed.unshard([g[0] for g in gathered])
-    embeddings = distributed.unshard([g[1] for g in gathered])
+    f_unlabeled = distributed.unshard([g[1] for g in gathered])
     ids = list(unlabeled_ids)
     c = np.array(confidence)
-    d = semantic_distance(np.stack(embeddings), np.stack(z_labeled)) if ids else np.zeros(0)
-    if config.mode == FinetuneMode.ALL:
+    if not ids:
+        d = np.zeros(0)
+    elif by_acquisition:
+        pool = np.stack(f_unlabeled)
+        d = (
+            acquisition_distance(pool, np.stack(f_labeled)).min(axis=1)
+            if f_labeled
+            else np.ones(len(ids))
+        )
+    else:
+        d = semantic_distance(np.stack(f_unlabeled), np.stack(f_labeled))
+    if select is not None:
+        chosen = select(c, d, np.stack(f_unlabeled) if ids else np.zeros((0, 1)))
+    elif config.mode == FinetuneMode.ALL:
         chosen = list(range(len(ids)))
     else:
         chosen = select_reliable_cases(c, d, rho=config.rho, tau_c=config.tau_c)
@@ -300,9 +346,14 @@ def run_stage(
     on_step: Callable[[int, dict[str, float]], None],
     should_stop: Callable[[], bool] = lambda: False,
     end: int | None = None,
+    anchor: list[TrainingCase] | None = None,
 ) -> None:
     """Steps ``start .. end-1`` (default ``total-1``) of a stage of ``total`` steps (the warm-up
-    and the pseudo-label weight follow ``total``); batches mix labeled and pseudo-labeled 1:1.
+    and the pseudo-label weight follow ``total``).
+
+    Half of each batch is labeled; the other half, when there are pseudo-labeled or anchor
+    cases, is shared between them (:func:`split_slots`). Pseudo-labels weigh lambda(t) (the
+    ramp); the anchor's (the parent's pseudo-labels) weigh 1 from the first step.
 
     Every step starts at a safe point: a cancel request stops the stage there
     (:func:`assft.runtime.cancellation.check`).
@@ -321,6 +372,21 @@ def run_stage(
         if config.augment
         else None
     )
+
+    def batch(
+        cases: list[TrainingCase], count: int, rng: np.random.Generator, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # An odd count alternates foreground and background centres from step to step.
+        return make_batch(
+            cases,
+            count,
+            trainer.patch,
+            rng,
+            foreground_ratio=config.foreground_ratio,
+            augment=augment,
+            start=step if count % 2 else 0,
+        )
+
     for step in range(start, total if end is None else min(end, total)):
         cancellation.check()
         if should_stop():
@@ -331,36 +397,25 @@ def run_stage(
             augment.set_random_state(seed=seed)
         # The schedule is a function of the step alone, so a resumed stage continues it exactly.
         trainer.scale_learning_rate(lr_factor(step + 1, total, config))
-        if pseudo:
-            labeled_batch = make_batch(
-                labeled,
-                half,
-                trainer.patch,
-                rng,
-                foreground_ratio=config.foreground_ratio,
-                augment=augment,
-            )
-            pseudo_batch = make_batch(
-                pseudo,
-                config.batch_size - half,
-                trainer.patch,
-                rng,
-                foreground_ratio=config.foreground_ratio,
-                augment=augment,
-            )
-            weight = ramp(step, total, config.ramp_fraction)
-            metrics = trainer.step(labeled_batch, pseudo_batch, weight)
-            metrics["lambda"] = weight
+        weight = ramp(step, total, config.ramp_fraction)
+        sets = [
+            (name, cases, w)
+            for name, cases, w in (("pseudo", pseudo, weight), ("anchor", anchor, 1.0))
+            if cases
+        ]
+        if sets:
+            labeled_batch = batch(labeled, half, rng, step)
+            slots = split_slots(config.batch_size - half, len(sets), step)
+            extras = {
+                name: (batch(cases, count, rng, step), w)
+                for (name, cases, w), count in zip(sets, slots, strict=True)
+                if count
+            }
+            metrics = trainer.step(labeled_batch, extras)
+            if pseudo:
+                metrics["lambda"] = weight
         else:
-            batch = make_batch(
-                labeled,
-                config.batch_size,
-                trainer.patch,
-                rng,
-                foreground_ratio=config.foreground_ratio,
-                augment=augment,
-            )
-            metrics = trainer.step(batch)
+            metrics = trainer.step(batch(labeled, config.batch_size, rng, step))
         if not math.isfinite(metrics["loss"]):
             raise DivergedError(
                 f"fine-tuning diverged: the loss is {metrics['loss']} at step {step + 1} of "
