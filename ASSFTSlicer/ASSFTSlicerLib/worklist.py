@@ -41,7 +41,7 @@ class Column:
 WORKLIST_COLUMNS = (
     Column("Rank", "rank", "double"),
     Column("Case", "case"),
-    Column("Score", "score", "double"),
+    Column("Priority", "priority", "double"),
     Column("DKD", "dkd", "double"),
     Column("ASD", "asd", "double"),
     Column("Hardest structure", "hardest"),
@@ -99,7 +99,8 @@ def worklistRows(ranking: dict[str, Any] | None, statuses: dict[str, str]) -> li
             {
                 "rank": _number(row.get("rank")),
                 "case": case,
-                "score": _number(row.get("score")),
+                # What the order follows (older rankings have only the score).
+                "priority": _number(row.get("priority", row.get("score"))),
                 "dkd": _number(row.get("dkd")),
                 "asd": _number(row.get("asd")),
                 "hardest": _hardest(row),

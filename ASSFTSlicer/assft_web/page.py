@@ -18,7 +18,7 @@ from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoR
 WORKLIST_HEADERS = [
     {"title": "Rank", "key": "rank"},
     {"title": "Case", "key": "case"},
-    {"title": "Score", "key": "score"},
+    {"title": "Priority", "key": "priority"},
     {"title": "DKD", "key": "dkd"},
     {"title": "ASD", "key": "asd"},
     {"title": "Hardest structure", "key": "hardest"},
@@ -61,7 +61,7 @@ def _worklist(ctrl) -> None:
                 title="Label this case",
                 click=(ctrl.label_case, "[item.case]"),
             )
-        for key in ("score", "dkd", "asd"):
+        for key in ("priority", "dkd", "asd"):
             with v.Template(raw_attrs=[f'v-slot:item.{key}="{{ item }}"']):
                 html.Span(NUMBER % (key, key))
         with v.Template(raw_attrs=['v-slot:item.reason="{ item }"']):

@@ -101,8 +101,13 @@ def test_labeled_cases_leave_the_pool_and_enter_the_diversity_term(workspace, sy
     second = rank_workspace(workspace, QueryConfig(budget=2, views=1), device="cpu")
     assert second["pool_size"] == 6 and second["labeled"] == 2
     assert not set(first["selected"]) & {r["case"] for r in second["cases"]}
-    # With labeled cases, every diversity is a real distance below 1.
-    assert all(r["diversity"] < 1.0 for r in second["cases"])
+    # With labeled cases, the diversity is a distance over the pool's typical one, capped at 1.
+    assert all(0.0 <= r["diversity"] <= 1.0 for r in second["cases"])
+    assert any(r["diversity"] < 1.0 for r in second["cases"])
+    # The worklist's order follows the priority it shows.
+    priorities = [r["priority"] for r in second["cases"]]
+    assert priorities == sorted(priorities, reverse=True)
+    assert all(r["reason"].endswith(".") and r["reason"][0].isupper() for r in second["cases"])
 
 
 def test_prototype_estimator_and_ablations(workspace):

@@ -9,6 +9,11 @@ Rank normalisation q maps the five values of a score to 0, 1/4, ..., 1.
 - knowledge gap (bn): 0.9, 0.8, 0.1, 0.2, 0.3 -> q = 1, 3/4, 0, 1/4, 1/2
 - ASD:                0.4, 0.1, 0.2, 0.5, 0.3 -> q = 3/4, 0, 1/4, 1, 1/2
 
+The default diversity (``typical``) centres the embeddings on the pool's mean first. Centred,
+the pool is two groups: cases 0 and 1 (distance 0.003) against cases 2, 3 and 4 (distances
+0.053 to 0.236 among them, 1.88 to 2.00 to cases 0 and 1); the median pairwise distance, the
+typical one, is 1.9005, and D~ = min(1, D / 1.9005).
+
 A strategy added to the registry needs a row in EXPECTED (the coverage test says so).
 """
 
@@ -65,11 +70,17 @@ EXPECTED: dict[str, tuple[dict, list[int], list[int]]] = {
     # q(D) = 0, 1/3, 1, 2/3, so S + q(D) = 0.375, 0.458, 1.625, 1.167: case 3. Pick 3: D to
     # {0, 3} = 0.004, 0.134, 0.060 for cases 1, 2, 4: 0.375 + 0, 0.125 + 1, 0.5 + 0.5: case 2.
     # The rest: D to {0, 3, 2} = 0.004, 0.015: 0.375 + 0, 0.5 + 1: case 4, then case 1.
-    "attsq": ({"budget": 3}, [0, 3, 2], [0, 3, 2, 4, 1]),
+    "attsq": ({"budget": 3, "diversity": "rank"}, [0, 3, 2], [0, 3, 2, 4, 1]),
     # S = q(KG). Pick 1: case 0. Pick 2: 0.75 + 0, 0 + 1/3, 0.25 + 1, 0.5 + 2/3: case 3, not the
     # near-duplicate case 1 with the second-highest gap. The rest (D to {0, 3} as above):
     # 1: 0.75 + 0, 2: 0 + 1, 4: 0.5 + 0.5, so cases 2 and 4 tie at 1.0 and go by index.
-    "dkd": ({"budget": 2}, [0, 3], [0, 3, 2, 4, 1]),
+    "dkd": ({"budget": 2, "diversity": "rank"}, [0, 3], [0, 3, 2, 4, 1]),
+    # Power sampling with a huge power is the top S: 7/8 (case 0), 5/8 (case 3), 4/8, 3/8, 1/8.
+    "attsq-power": ({"budget": 2, "power_beta": 1e6}, [0, 3], [0, 3, 4, 1, 2]),
+    # k = 2 parts of the centred embeddings: {2, 3, 4}, the larger, then {0, 1}. The case
+    # nearest each centre: case 4 (at 70 degrees, between 60 and 90), then case 0 (0 and 1 are
+    # equally near their centre: the lower index). The rest by closeness to their centre.
+    "typicality": ({"budget": 2}, [4, 0], [4, 0, 1, 2, 3]),
     # The top q(ASD), no diversity term.
     "asd": ({"budget": 2}, [3, 0], [3, 0, 4, 2, 1]),
     # The top whole-volume mean entropy.
@@ -104,6 +115,32 @@ def test_exact_picks_and_order(name):
     assert sorted(result.order()) == list(range(N))
     for array in (result.score, result.objective, result.diversity, result.knowledge_gap):
         assert array.shape == (N,)
+
+
+def test_the_typical_diversity_by_hand():
+    # S = 7/8, 3/8, 1/8, 5/8, 4/8. Pick 1: D~ = 1 for all (nothing labeled): case 0, 1.875.
+    # Pick 2: D to case 0 = 0.003, 1.917, 1.958, 1.997 for cases 1-4, D~ = 0.002, 1, 1, 1:
+    # S + D~ = 0.377, 1.125, 1.625, 1.5: case 3. Pick 3: D to {0, 3} = 0.003, 0.236, 0.069
+    # for cases 1, 2, 4, D~ = 0.002, 0.124, 0.036: 0.377, 0.249, 0.536: case 4. The rest: D~ to
+    # {0, 3, 4} = 0.002 (case 1), 0.028 (case 2): 0.377, 0.153.
+    result = run_strategy(_pool(), QueryConfig(strategy="attsq", budget=3))
+    assert result.picks == [0, 3, 4] and result.order() == [0, 3, 4, 1, 2]
+    assert result.objective[[0, 3, 4, 1, 2]] == pytest.approx(
+        [1.875, 1.625, 0.536, 0.377, 0.153], abs=2e-3
+    )
+    assert result.diversity[[0, 3, 4]] == pytest.approx([1.0, 1.0, 0.036], abs=2e-3)
+    # DKD: S = q(KG). Pick 2: 3/4 + 0.002, 0 + 1, 1/4 + 1, 1/2 + 1: case 4, not case 3.
+    dkd = run_strategy(_pool(), QueryConfig(strategy="dkd", budget=2))
+    assert dkd.picks == [0, 4] and dkd.order() == [0, 4, 1, 3, 2]
+
+
+def test_the_typical_scale_means_the_same_in_any_pool():
+    # Scaling every distance by stretching the pool changes nothing: D~ is relative.
+    near = _pool()
+    far = _pool(z0=np.concatenate([near.z0, np.zeros((N, 1))], axis=1) * 7.0)
+    a = run_strategy(near, QueryConfig(strategy="attsq", budget=3))
+    b = run_strategy(far, QueryConfig(strategy="attsq", budget=3))
+    assert a.picks == b.picks and a.objective == pytest.approx(b.objective)
 
 
 def test_the_diversity_term_is_what_separates_near_duplicates():
@@ -154,7 +191,7 @@ def test_a_cold_start_refuses_exactly_the_strategies_that_need_a_head(name):
 def test_attsq_cold_start_ranks_by_the_gap_alone():
     result = run_strategy(_pool(asd=None, asd0=None), QueryConfig(strategy="attsq", budget=2))
     assert result.notes["cold_start"] is True
-    assert result.picks == [0, 3]  # as DKD: S = q(KG)
+    assert result.picks == [0, 4]  # as DKD: S = q(KG)
 
 
 @pytest.mark.parametrize("name", [n for n, s in STRATEGIES.items() if s.needs_mc_dropout])

@@ -100,6 +100,8 @@ def test_worklist_table_and_chart_follow_the_latest_ranking(mrml, tiny_workspace
     assert table.GetCellText(0, table.GetColumnIndex("Hardest structure")) == "core"
     assert table.GetCellText(0, table.GetColumnIndex("Selected")) == "yes"
     assert float(table.GetCellText(1, table.GetColumnIndex("DKD"))) == pytest.approx(0.2)
+    # A ranking without priorities (before they were recorded) shows its scores there.
+    assert float(table.GetCellText(1, table.GetColumnIndex("Priority"))) == pytest.approx(0.5)
     assert logic.caseAtWorklistRow(table, 9) == ""
     assert series.GetTableNodeID() == table.GetID() and (
         series.GetXColumnName(),
@@ -126,7 +128,7 @@ def test_rows_keep_missing_scores_as_nan():
         {},
     )
     assert (
-        math.isnan(rows[0]["score"])
+        math.isnan(rows[0]["priority"])
         and rows[0]["hardest"] == "liver"
         and rows[0]["status"] == "unknown"
     )

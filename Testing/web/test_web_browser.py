@@ -203,7 +203,16 @@ def test_open_the_worklist_and_rank(page, server):
         timeout=TIMEOUT_MS,
     )
     headers = _text(page, "#worklist thead")
-    for title in ("Rank", "Case", "Score", "DKD", "ASD", "Hardest structure", "Reason", "Status"):
+    for title in (
+        "Rank",
+        "Case",
+        "Priority",
+        "DKD",
+        "ASD",
+        "Hardest structure",
+        "Reason",
+        "Status",
+    ):
         assert title in headers
     assert _text(page, "#rank") == "RANK"  # the button is Rank again, not Cancel
 

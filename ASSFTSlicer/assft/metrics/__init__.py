@@ -25,11 +25,13 @@ from assft.metrics.knowledge_gap import (
     representation_drift,
 )
 from assft.metrics.selection import (
+    GreedySelection,
     cosine_distance,
     greedy_diverse_selection,
     k_center_greedy,
     power_sampling_order,
     rank_normalise,
+    typical_distance,
 )
 
 if TYPE_CHECKING:
@@ -74,8 +76,10 @@ __all__ = [
     "power_sampling_order",
     "prototype_count",
     "prototype_knowledge_gap",
+    "GreedySelection",
     "rank_normalise",
     "representation_drift",
     "segmentation_difficulty",
+    "typical_distance",
     "voxel_entropy",
 ]

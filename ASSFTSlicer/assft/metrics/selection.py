@@ -63,6 +63,17 @@ class GreedySelection:
     objective: np.ndarray
 
 
+def typical_distance(z: np.ndarray) -> float:
+    """The median pairwise cosine distance of the rows of ``z`` (a pool): how far apart two
+    of its cases typically lie (1.0 for fewer than two rows or identical rows)."""
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    if z.shape[0] < 2:
+        return 1.0
+    d = cosine_distance(z, z)[np.triu_indices(z.shape[0], k=1)]
+    median = float(np.median(d))
+    return median if median > 1e-12 else 1.0
+
+
 def greedy_diverse_selection(
     scores: np.ndarray,
     z0: np.ndarray,
@@ -70,13 +81,25 @@ def greedy_diverse_selection(
     *,
     labeled_z0: np.ndarray | None = None,
     lambda_div: float = 1.0,
+    scale: str = "typical",
 ) -> GreedySelection:
     """ATTSQ's diversity-aware greedy batch selection.
 
-    At each pick take ``argmax_i S_i + lambda_div * q(D_i)`` over the cases not picked yet,
-    where ``D_i = min_j (1 - cos(z0_i, z0_j))`` over the labeled and already picked cases
-    (``D_i = 1`` while that set is empty) and q is rank normalisation over the remaining
-    candidates. Ties go to the lower index, so the selection is deterministic.
+    At each pick take ``argmax_i S_i + lambda_div * D~_i`` over the cases not picked yet,
+    where ``D_i = min_j (1 - cos(z0_i, z0_j))`` over the labeled and already picked cases.
+
+    ``scale`` says how D_i enters:
+
+    - ``typical`` (the default): the embeddings are centred on the pool's mean first (pooled
+      features share a large common direction, so raw cosine distances all lie near 0), and
+      ``D~ = min(1, D / typical)`` with ``typical`` the pool's median pairwise distance: a
+      case as far from everything labeled as two typical cases are from each other earns the
+      full ``lambda_div``, whatever the pool. ``D~ = 1`` while nothing is labeled or picked.
+    - ``rank`` (before): raw embeddings, and D_i rank-normalised over the remaining cases, which
+      stretches even tiny differences to the full [0, 1]. ``D = 1`` while nothing is labeled
+      or picked.
+
+    Ties go to the lower index, so the selection is deterministic.
 
     Args:
         scores: S_i per case, ``(N,)``.
@@ -84,16 +107,36 @@ def greedy_diverse_selection(
         budget: number of cases to pick (at most N).
         labeled_z0: embeddings of the cases already labeled, ``(L, D)``, or None.
         lambda_div: weight of the diversity term (0 switches diversity off).
+        scale: ``typical`` or ``rank`` (above).
+
+    Returns:
+        The picks; ``diversity`` holds D~ (``typical``) or D (``rank``).
     """
     scores = np.asarray(scores, dtype=np.float64)
     n = scores.size
     if budget < 0 or budget > n:
         raise ValueError(f"budget {budget} must be between 0 and the pool size {n}")
-    z = _unit_rows(z0) if n else np.zeros((0, 1))
-    if labeled_z0 is not None and len(labeled_z0):
-        distance = cosine_distance(z, labeled_z0).min(axis=1)
+    if scale not in ("typical", "rank"):
+        raise ValueError(f"scale must be 'typical' or 'rank', got {scale!r}")
+    z = np.asarray(z0, dtype=np.float64) if n else np.zeros((0, 1))
+    labeled = (
+        np.asarray(labeled_z0, dtype=np.float64)
+        if labeled_z0 is not None and len(labeled_z0)
+        else None
+    )
+    typical = 1.0
+    if scale == "typical" and n:
+        centre = z.mean(axis=0, keepdims=True)
+        z = z - centre
+        labeled = labeled - centre if labeled is not None else None
+        typical = typical_distance(z)
+    z = _unit_rows(z) if n else z
+    if labeled is not None:
+        distance = cosine_distance(z, labeled).min(axis=1) / typical
     else:
         distance = np.ones(n)
+    if scale == "typical":
+        distance = np.minimum(distance, 1.0)
     remaining = np.ones(n, dtype=bool)
     diversity = distance.copy()
     objective = np.zeros(n)
@@ -101,7 +144,8 @@ def greedy_diverse_selection(
 
     def current_objective() -> np.ndarray:
         value = np.full(n, -np.inf)
-        value[remaining] = scores[remaining] + lambda_div * rank_normalise(distance[remaining])
+        term = rank_normalise(distance[remaining]) if scale == "rank" else distance[remaining]
+        value[remaining] = scores[remaining] + lambda_div * term
         return value
 
     for _ in range(budget):
@@ -111,7 +155,8 @@ def greedy_diverse_selection(
         diversity[best] = distance[best]
         objective[best] = value[best]
         remaining[best] = False
-        distance = np.minimum(distance, 1.0 - z @ z[best])
+        step = (1.0 - z @ z[best]) / typical
+        distance = np.minimum(distance, np.minimum(step, 1.0) if scale == "typical" else step)
     if remaining.any():
         value = current_objective()
         objective[remaining] = value[remaining]

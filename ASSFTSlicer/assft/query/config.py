@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from assft.query.strategies import GapEstimator, Strategy
+from assft.query.strategies import DiversityScale, GapEstimator, Strategy
 from assft.validation import (
     MAX_RADIUS,
     MAX_SEED,
@@ -20,6 +20,7 @@ from assft.validation import (
 __all__ = [
     "ASDConfig",
     "DKDConfig",
+    "DiversityScale",
     "GapEstimator",
     "QueryConfig",
     "Strategy",
@@ -70,10 +71,15 @@ class QueryConfig(JsonConfig):
         views: test-time views (1 = identity only, up to 4 = identity + 3 axis flips).
         weight: w in S = w q(KG) + (1 - w) q(ASD).
         lambda_div: weight of the diversity term in greedy selection (0: off).
+        diversity: how the diversity term measures distance: `typical` (centred embeddings,
+            the distance over the pool's typical one: lambda_div means the same in any pool)
+            or `rank` (the first definition: raw embeddings, rank-normalised distances).
         seed: seed of every random choice.
         mc_samples: MC-dropout samples of the `epistemic` strategy.
         mc_dropout: dropout probability used for MC sampling.
         clasp_beta: power of ClaSP PE's power sampling in round 0 (grows with rounds).
+        power_beta: power of ATTSQ's power sampling (`attsq-power`) in round 0 (grows with
+            rounds).
     """
 
     WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"budget": "budget", "strategy": "strategy"}
@@ -84,10 +90,12 @@ class QueryConfig(JsonConfig):
     views: int = setting(4, ge=1, le=4)
     weight: float = setting(0.5, ge=0.0, le=1.0)
     lambda_div: float = setting(1.0, ge=0.0)
+    diversity: DiversityScale = setting(DiversityScale.TYPICAL)
     seed: int = setting(0, ge=0, le=MAX_SEED)
     mc_samples: int = setting(5, ge=2)
     mc_dropout: float = setting(0.2, ge=0.0, lt=1.0)
     clasp_beta: float = setting(1.0, ge=0.0)
+    power_beta: float = setting(1.0, ge=0.0)
     dkd: DKDConfig = field(default_factory=DKDConfig)
     asd: ASDConfig = field(default_factory=ASDConfig)
 

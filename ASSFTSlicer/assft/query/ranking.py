@@ -226,6 +226,11 @@ def _position(q: float, n: int) -> int:
     return int(round((1.0 - q) * (n - 1))) + 1 if n > 1 else 1
 
 
+_GAP_STRATEGIES = ("attsq", "attsq-power", "dkd")
+_ASD_STRATEGIES = ("attsq", "attsq-power", "asd")
+_DIVERSE_STRATEGIES = ("attsq", "dkd")
+
+
 def explain(
     strategy: Strategy,
     scores: CaseScores,
@@ -239,38 +244,54 @@ def explain(
     label_values: list[int],
     has_head: bool,
 ) -> str:
-    """A short human-readable reason for a case's place in the ranking.
+    """Why a case stands where it does, as a sentence a clinician reads without the method.
 
-    The phrases per strategy name are extras: a strategy without one gets the generic reason.
+    For example: "Far from the scans the model learned from (3rd of 28); the model is unsure
+    inside the white matter; unlike anything labeled so far." Only what ranks the case high is
+    said (the top third of the pool); the phrases per strategy name are extras, and a strategy
+    without one gets the generic reason.
     """
     parts: list[str] = []
     n = pool_size
+    top = max(1, math.ceil(n / 3))
     if scores.empty_roi and has_head:
-        parts.append("no foreground predicted")
+        parts.append("the model finds no anatomy in it")
     if strategy == "random":
-        parts.append("random pick" if selected else "not drawn")
+        parts.append("drawn at random" if selected else "not drawn")
     elif strategy == "entropy":
-        parts.append(f"whole-volume entropy {scores.mean_entropy:.3f}")
+        parts.append(f"the model is unsure over the whole scan (entropy {scores.mean_entropy:.2f})")
     elif strategy == "epistemic":
-        parts.append(f"MC-dropout entropy {scores.epistemic:.3f}")
+        parts.append(f"the model's dropout samples disagree (entropy {scores.epistemic:.2f})")
     elif strategy == "clasp":
-        parts.append("class-stratified predictive entropy")
-    if strategy in ("attsq", "dkd") and not math.isnan(q_gap):
+        parts.append("the model is unsure of a structure it rarely predicts")
+    elif strategy == "typicality":
+        parts.append("typical of a part of the pool no labeled scan covers" if selected else "")
+    if strategy in _GAP_STRATEGIES and not math.isnan(q_gap):
         place = _position(q_gap, n)
-        if place <= max(1, n // 2):
-            parts.append(f"knowledge gap #{place} of {n}")
-    if strategy in ("attsq", "asd") and has_head:
+        if place <= top:
+            parts.append(f"far from the scans the model learned from ({_ordinal(place)} of {n})")
+    if strategy in _ASD_STRATEGIES and has_head:
         place = _position(q_asd, n)
-        if place <= max(1, n // 2):
-            hardest = hardest_structure(scores.asd_per_class, label_names, label_values)
-            detail = f", hardest: {hardest[0]} ({hardest[1]:.3f})" if hardest else ""
-            parts.append(f"anatomical difficulty #{place} of {n}{detail}")
-    if strategy in ("attsq", "dkd", "coreset") and not math.isnan(diversity):
-        if diversity < 1.0 or strategy == "coreset":
-            parts.append(f"nearest labeled or picked case at cosine distance {diversity:.3f}")
+        hardest = hardest_structure(scores.asd_per_class, label_names, label_values)
+        if place <= top and hardest:
+            parts.append(f"the model is unsure inside the {hardest[0]}")
+        elif place <= top:
+            parts.append("the model is unsure inside the anatomy")
+    if strategy in _DIVERSE_STRATEGIES and not math.isnan(diversity):
+        if diversity >= 0.999:
+            parts.append("unlike anything labeled so far")
+        elif diversity < 0.25:
+            parts.append("much like a scan already labeled or picked")
+    parts = [p for p in parts if p]
     if not parts:
-        parts.append("highest remaining score" if selected else "lower combined score")
-    return "; ".join(parts)
+        parts.append("picked for its combined score" if selected else "ranked lower overall")
+    sentence = "; ".join(parts)
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def hardest_structure(
@@ -317,6 +338,7 @@ def build_document(
                 "rank": rank,
                 "selected": i in picked,
                 "score": _num(result.score[i]),
+                "priority": _num(result.objective[i]),
                 "dkd": _num(gap[i]),
                 "asd": round(float(s.asd), 6) if has_head else None,
                 "asd_per_class": {
