@@ -810,7 +810,8 @@ def add_bench_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--site",
         default="mixed",
-        help="label-efficiency: the sample-data site (t2, lowfield, flair, mixed; default mixed)",
+        help="label-efficiency: the sample-data site or lab archive (t2, lowfield, flair, mixed, "
+        "hospital, multicentre; default mixed)",
     )
     p.add_argument(
         "--modes",
@@ -845,7 +846,24 @@ def add_bench_parser(sub: Subparsers) -> None:
         help="label-efficiency: leave out the ceiling (every pool scan labeled)",
     )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
-    p.add_argument("--no-ablations", dest="no_ablations", action="store_true")
+    p.add_argument(
+        "--no-ablations",
+        dest="no_ablations",
+        action="store_true",
+        help="label-efficiency: no ablation of ATTSQ (same as --ablations '')",
+    )
+    p.add_argument(
+        "--ablations",
+        help="label-efficiency: the ablations of ATTSQ + selective SSFT to run (comma-separated: "
+        "gap=prototype,no-diversity,diversity=rank,anchor=off; default all)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        dest="max_minutes",
+        type=float,
+        help="label-efficiency: start no run after this many minutes; the same command "
+        "continues where it stopped (runs are kept as they finish)",
+    )
     p.add_argument(
         "--strategies",
         help=f"label-efficiency: only these strategies (comma-separated: {','.join(STRATEGIES)})",

@@ -106,7 +106,7 @@ def test_the_gate_record_counts_every_round_and_the_refusals():
         "promoted_worse_on_held_out": 0,
         "refused": 1,
     }
-    plan = planned_runs([2], [0], ablations=False, modes=("none",), pool_size=10, rounds=2)
+    plan = planned_runs([2], [0], ablations=(), modes=("none",), pool_size=10, rounds=2)
     # The grid's own runs keep no variant (their goals and table rows are the grid's), and
     # random at 2B (4 a round, 8 in all) fits a pool of 10.
     assert {(r.get("variant", ""), r.get("rounds"), r["budget"]) for r in plan} == {
@@ -115,7 +115,7 @@ def test_the_gate_record_counts_every_round_and_the_refusals():
         (CEILING, None, 10),  # every pool scan labeled: one round
     }
     # Over 2 rounds, random at 2B needs 2 x 2B pool scans: left out of a pool of 6.
-    small = planned_runs([2], [0], ablations=False, modes=("none",), pool_size=6, rounds=2)
+    small = planned_runs([2], [0], ablations=(), modes=("none",), pool_size=6, rounds=2)
     assert {r["budget"] for r in small if not r.get("variant")} == {2}
 
 
@@ -131,8 +131,21 @@ def test_spearman_ranks_with_ties():
 
 def test_plan_and_summary():
     plan = planned_runs([2, 4], [0, 1])
-    # Per seed and budget: 8 strategies x 3 modes and two ablations; random at budget 8 (twice 4).
-    assert len(plan) == 2 * 2 * (8 * 3 + 2) + 2
+    # Per seed and budget: every strategy x 3 modes and the four ablations; random at budget 8
+    # (twice 4).
+    assert len(plan) == 2 * 2 * (len(STRATEGIES) * 3 + 4) + 2
+    ablated = {
+        (r["variant"], json.dumps(r.get("query")), json.dumps(r.get("finetune")))
+        for r in plan
+        if r.get("variant")
+    }
+    assert ablated == {
+        ("gap=prototype", '{"dkd": {"gap": "prototype"}}', "null"),
+        ("no-diversity", '{"lambda_div": 0.0}', "null"),
+        ("diversity=rank", '{"diversity": "rank"}', "null"),
+        ("anchor=off", "null", '{"anchor": false}'),
+    }
+    assert len(planned_runs([2], [0], ablations=("anchor=off",))) == len(STRATEGIES) * 3 + 1 + 1
     for budget in (2, 4):
         crossed = {
             (r["strategy"], r["mode"])
@@ -145,9 +158,7 @@ def test_plan_and_summary():
     assert [(r["strategy"], r["mode"], r["budget"]) for r in ceiling] == [("random", "none", 6)] * 2
     # Without the ceiling, random at 2B is still left out where the pool is too small for it
     # (a --budgets 28 --no-ceiling run once ran its first run, then stopped on "budget 56").
-    no_ceiling = planned_runs(
-        [28], [0], ablations=False, modes=("none",), pool_size=28, ceiling=False
-    )
+    no_ceiling = planned_runs([28], [0], ablations=(), modes=("none",), pool_size=28, ceiling=False)
     assert [(r["strategy"], r["budget"]) for r in no_ceiling] == [(s, 28) for s in STRATEGIES]
     rows = [
         {
@@ -346,11 +357,11 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
 def test_recipe_ablations_and_modes_in_the_plan():
     from assft.apps.label_efficiency import RECIPE_ABLATIONS, markers
 
-    plan = planned_runs([2], [0, 1, 2], ablations=False, modes=("selective", "none"))
+    plan = planned_runs([2], [0, 1, 2], ablations=(), modes=("selective", "none"))
     assert {r["mode"] for r in plan} == {"selective", "none"}
     assert not any(r.get("variant") for r in plan)
     with_recipe = planned_runs(
-        [2, 4], [0], ablations=False, modes=("none",), recipe_ablations=True, pool_size=20
+        [2, 4], [0], ablations=(), modes=("none",), recipe_ablations=True, pool_size=20
     )
     changed = [r for r in with_recipe if r.get("finetune")]
     # Each recipe choice once per seed, at the smallest budget, random picks, supervised.
@@ -503,3 +514,78 @@ def test_a_budget_over_several_rounds_is_checked_against_the_pool_before_anythin
     with pytest.raises(BadInputError, match="budget 4 over 3 rounds needs a pool of at least 12"):
         run_label_efficiency(tmp_path / "out", n=12, budgets=[4], seeds=[0], rounds=3)
     assert not (tmp_path / "out").exists()
+
+
+def test_paired_differences_intervals_area_and_acquisitions():
+    from assft.apps.selection_stats import (
+        area_under_curve,
+        dice_by_stratum,
+        paired_differences,
+        selection_goals,
+        t_interval,
+    )
+
+    # t-interval: mean 2, sample std 1, n = 4: 3.182 * 1 / 2.
+    mean, half, n = t_interval([1.0, 2.0, 3.0, 2.0 + 0.0])
+    assert (mean, n) == (2.0, 4) and half == pytest.approx(3.182 * np.std([1, 2, 3, 2], ddof=1) / 2)
+    assert math.isnan(t_interval([0.5])[1]) and t_interval([])[2] == 0
+
+    def run(strategy, budget, seed, dice, per_case=None, variant=""):
+        return {
+            "strategy": strategy,
+            "mode": "selective",
+            "budget": budget,
+            "seed": seed,
+            "test_dice": dice,
+            "variant": variant,
+            "test_per_case": per_case or {},
+        }
+
+    results = [
+        run("random", 2, 0, 0.60, {"a": 0.8, "b": 0.4}),
+        run("random", 2, 1, 0.70, {"a": 0.9, "b": 0.5}),
+        run("random", 2, 2, 0.65, {"a": 0.9, "b": 0.4}),
+        run("attsq", 2, 0, 0.66, {"a": 0.8, "b": 0.5}),
+        run("attsq", 2, 1, 0.75, {"a": 0.8, "b": 0.7}),
+        run("attsq", 2, 2, 0.70, {"a": 0.8, "b": 0.6}),
+        run("attsq", 2, 0, 0.50, variant="anchor=off"),
+        run("random", 4, 0, 0.70),
+        run("attsq", 4, 0, 0.80),
+        run("dkd", 2, 0, 0.70),
+        run("dkd", 2, 1, 0.70),
+        run("dkd", 2, 2, 0.70),
+    ]
+    paired = {(r["strategy"], r["variant"], r["budget"]): r for r in paired_differences(results)}
+    # Seed by seed: +0.06, +0.05, +0.05.
+    attsq = paired[("attsq", "", 2)]
+    assert attsq["difference"] == pytest.approx(0.16 / 3) and attsq["n"] == 3
+    assert attsq["lower"] > 0
+    assert paired[("attsq", "anchor=off", 2)]["difference"] == pytest.approx(-0.10)
+    assert ("random", "", 2) not in paired
+    goals = {g["goal"]: g for g in selection_goals(results)}
+    beats_random = goals[
+        "ATTSQ + selective SSFT beats random + selective SSFT by more than the paired 95 % "
+        "interval at budget 2"
+    ]
+    assert beats_random["holds"] and beats_random["pairs"] == 3
+    beats_dkd = goals[
+        "ATTSQ + selective SSFT beats DKD alone by more than the paired 95 % interval at budget 2"
+    ]
+    # -0.04, +0.05, 0.0: the interval covers 0.
+    assert beats_dkd["margin"] == pytest.approx(0.01 / 3) and not beats_dkd["holds"]
+    table = [
+        {"strategy": "attsq", "mode": "selective", "variant": "", "budget": 2, "mean": 0.7},
+        {"strategy": "attsq", "mode": "selective", "variant": "", "budget": 4, "mean": 0.8},
+        {"strategy": "attsq", "mode": "selective", "variant": "", "budget": 8, "mean": 0.8},
+    ]
+    # (2 * 0.75 + 4 * 0.8) / 6.
+    assert area_under_curve(table)[0]["auc"] == pytest.approx((1.5 + 3.2) / 6)
+    strata = dice_by_stratum(results, {"a": "t1", "b": "t2"}, {"a": 0.9, "b": 0.2})
+    assert strata["pretrained"] == {"t1": 0.9, "t2": 0.2} and strata["worst_pretrained"] == 0.2
+    row = next(
+        r for r in strata["rows"] if (r["strategy"], r["budget"], r["variant"]) == ("attsq", 2, "")
+    )
+    assert row["strata"]["t1"]["mean"] == pytest.approx(0.8)
+    assert row["strata"]["t1"]["change"] == pytest.approx(-0.1)
+    assert row["strata"]["t2"]["change"] == pytest.approx(0.4)
+    assert row["worst"] == pytest.approx(0.6)  # each seed's worse acquisition: 0.5, 0.7, 0.6

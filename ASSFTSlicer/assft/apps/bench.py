@@ -118,6 +118,22 @@ def _modes(text: str) -> tuple[str, ...]:
     return modes
 
 
+def _ablations(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--ablations`` (default all) or none with ``--no-ablations``; unknown names refused."""
+    if args.no_ablations:
+        return ()
+    if args.ablations is None:
+        return tuple(le.ABLATIONS)
+    names = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
+    unknown = [a for a in names if a not in le.ABLATIONS]
+    if unknown:
+        raise BadInputError(
+            f"--ablations {args.ablations!r}: unknown {', '.join(unknown)}; the ablations are "
+            f"{', '.join(le.ABLATIONS)}"
+        )
+    return names
+
+
 def _candidate(text: str | None) -> dict[str, Any] | None:
     """``--candidate-recipe``: a JSON object of fine-tuning settings (None when not given)."""
     if not text:
@@ -160,7 +176,8 @@ def _run_label_efficiency(
         iterations=args.iterations,
         views=args.views,
         device=args.device,
-        ablations=not args.no_ablations,
+        ablations=_ablations(args),
+        max_minutes=args.max_minutes,
         strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
         model=args.model,
         images=Path(args.images) if own else None,

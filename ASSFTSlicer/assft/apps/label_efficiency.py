@@ -12,6 +12,7 @@ scans to label.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
@@ -20,6 +21,14 @@ from typing import Any
 import numpy as np
 
 from assft.apps.report import lines_svg
+from assft.apps.selection_stats import (
+    area_under_curve,
+    dice_by_stratum,
+    paired_differences,
+    selection_goals,
+    selection_markdown,
+    t_interval,
+)
 from assft.apps.simulation import (
     SMALL_MODEL_FINETUNE,
     Dataset,
@@ -48,6 +57,15 @@ RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
     "lr=1e-3": {"lr": 1e-3},
 }
 """One recipe choice changed each (random picks, supervised, the smallest budget)."""
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "gap=prototype": {"query": {"dkd": {"gap": "prototype"}}},
+    "no-diversity": {"query": {"lambda_div": 0.0}},
+    "diversity=rank": {"query": {"diversity": "rank"}},
+    "anchor=off": {"finetune": {"anchor": False}},
+}
+"""ATTSQ + selective SSFT with one part changed (every budget and seed): the knowledge-gap
+estimator, the diversity term off, the diversity term as first defined (raw embeddings, rank
+normalised), and fine-tuning without the anchor."""
 
 
 def markers(site: str | None, rounds: int = 1) -> tuple[str, str]:
@@ -78,7 +96,7 @@ def planned_runs(
     budgets: Sequence[int],
     seeds: Sequence[int],
     *,
-    ablations: bool = True,
+    ablations: Sequence[str] = tuple(ABLATIONS),
     pool_size: int | None = None,
     ceiling: bool = True,
     modes: Sequence[str] = MODES,
@@ -87,7 +105,7 @@ def planned_runs(
     rounds: int = 1,
 ) -> list[dict[str, Any]]:
     """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
-    ablations of DKD's gap estimator and of the diversity term; random at twice each
+    the ``ablations`` named (:data:`ABLATIONS`); random at twice each
     budget (ATTSQ at B is compared with random at 2B; left out where 2B exceeds ``pool_size``);
     and, given ``pool_size`` and unless ``ceiling`` is False, the recipe's ceiling: supervised
     fine-tuning with every pool case labeled. ``modes`` limits the fine-tuning modes;
@@ -103,25 +121,15 @@ def planned_runs(
     for budget, seed in product(budgets, seeds):
         for strategy, mode in product(STRATEGIES, modes):
             runs.append({"strategy": strategy, "mode": mode, "budget": budget, "seed": seed})
-        if ablations:
+        for variant in ablations:
             runs.append(
                 {
                     "strategy": "attsq",
                     "mode": "selective",
                     "budget": budget,
                     "seed": seed,
-                    "variant": "gap=prototype",
-                    "query": {"dkd": {"gap": "prototype"}},
-                }
-            )
-            runs.append(
-                {
-                    "strategy": "attsq",
-                    "mode": "selective",
-                    "budget": budget,
-                    "seed": seed,
-                    "variant": "no-diversity",
-                    "query": {"lambda_div": 0.0},
+                    "variant": variant,
+                    **ABLATIONS[variant],
                 }
             )
     double_mode = "selective" if "selective" in modes else modes[0]
@@ -199,12 +207,20 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "budget": budget,
                 "mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "ci95": t_interval(values)[1],
                 "n": len(values),
                 "pool_gain": float(np.mean(gains)) if gains else None,
                 "pool_gain_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
             }
         )
-    return {"table": table, "goals": goals(table), "gate": gate_record(results)}
+    paired = paired_differences(results)
+    return {
+        "table": table,
+        "paired": paired,
+        "auc": area_under_curve(table),
+        "goals": goals(table) + selection_goals(results),
+        "gate": gate_record(results),
+    }
 
 
 def gate_record(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -403,7 +419,7 @@ def run_label_efficiency(
     iterations: int | None = None,
     views: int = 2,
     device: str = "auto",
-    ablations: bool = True,
+    ablations: Sequence[str] = tuple(ABLATIONS),
     strategies: tuple[str, ...] = STRATEGIES,
     model: str = "demo",
     data_seed: int = 11,
@@ -417,9 +433,13 @@ def run_label_efficiency(
     candidate: dict[str, Any] | None = None,
     rounds: int = 1,
     ceiling: bool = True,
+    max_minutes: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
+
+    ``max_minutes``: start no run after that many minutes (the runs done are kept; the same
+    command continues), so that a long grid runs in chunks.
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
 
@@ -437,6 +457,9 @@ def run_label_efficiency(
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise BadInputError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    unknown = sorted(set(ablations) - set(ABLATIONS))
+    if unknown:
+        raise BadInputError(f"unknown ablations {unknown}; known: {', '.join(ABLATIONS)}")
     if (images is None) != (labels is None):
         raise BadInputError("a lab's own scans need both a folder of images and one of labels")
     if label_names is not None and images is None:
@@ -517,7 +540,12 @@ def run_label_efficiency(
         if _key(r) not in done and r["strategy"] in strategies
     ]
     progress.phase("label-efficiency", len(plan))
+    started = time.monotonic()
+    left = 0
     for i, run in enumerate(plan, start=1):
+        if max_minutes is not None and time.monotonic() - started > 60.0 * max_minutes:
+            left = len(plan) - i + 1
+            break
         query = QueryConfig.from_dict(
             {
                 "strategy": run["strategy"],
@@ -542,8 +570,12 @@ def run_label_efficiency(
         )
     results = read_results(results_path)
     pretrained = simulation.pretrained_test_dice()
+    test_cases = describe_test_scans(data if images is None else None, pretrained["by_case"])
+    strata = {c["case_id"]: c["stratum"] for c in test_cases if c.get("stratum")}
     document = {
         "benchmark": "label-efficiency",
+        "complete": left == 0,
+        "runs_left": left,
         "setup": {
             "pool": len(dataset.pool),
             "test": len(dataset.test),
@@ -575,7 +607,13 @@ def run_label_efficiency(
             "mean_dice": pretrained["mean_dice"],
             "per_structure": pretrained["per_structure"],
         },
-        "test_cases": describe_test_scans(data if images is None else None, pretrained["by_case"]),
+        "test_cases": test_cases,
+        "parts": simulation.parts.to_dict(),
+        **(
+            {"strata": dice_by_stratum(results, strata, pretrained["by_case"])}
+            if len(set(strata.values())) > 1
+            else {}
+        ),
         "signals_against_failure": simulation.signals_against_failure(),
         "runs": results,
         **summarise(results),
@@ -611,13 +649,20 @@ def describe_test_scans(data: Path | None, pretrained: dict[str, float]) -> list
         case = described.get(case_id, {})
         anatomy = [name for name in ("atrophy", "lesions") if case.get(name)]
         site = case.get("site")
-        # A named site's scans share one acquisition: the site is what was done to them.
-        shifts = [f"site {site}"] if site and site != MIXED else case.get("shift_kinds", [])
+        # A named site's scans share one acquisition: the site is what was done to them (an
+        # archive's: the scan's own acquisition).
+        if case.get("stratum") and case.get("stratum") != site:
+            shifts = [f"{site}: {case['stratum']}"]
+        elif site and site != MIXED:
+            shifts = [f"site {site}"]
+        else:
+            shifts = case.get("shift_kinds", [])
         rows.append(
             {
                 "case_id": case_id,
                 "shifts": shifts,
                 "anatomy": anatomy,
+                "stratum": case.get("stratum"),
                 "pretrained": dice,
             }
         )
@@ -768,10 +813,22 @@ def markdown(document: dict[str, Any], command: str) -> str:
         lines += ["", "Goals (measured, not asserted):", ""]
     for goal in measured:
         mark = "holds" if goal["holds"] else "**does not hold**"
+        interval = (
+            f" ± {goal['interval']:.4f}, {goal['pairs']} pairs"
+            if goal.get("interval") is not None and goal["interval"] == goal["interval"]
+            else ""
+        )
         lines.append(
             f"- {goal['goal']}: {goal['ours']:.4f} vs {goal['other']:.4f} "
-            f"(margin {goal['margin']:+.4f}): {mark}"
+            f"(margin {goal['margin']:+.4f}{interval}): {mark}"
         )
+    lines += selection_markdown(document)
+    if not document.get("complete", True):
+        lines += [
+            "",
+            f"**Not complete:** {document['runs_left']} planned runs have not run yet (the same "
+            "command continues).",
+        ]
     for budget in sorted({row["budget"] for row in table if row["strategy"] == "attsq"}):
         scans = per_test_scan(document, budget)
         if scans:

@@ -129,7 +129,7 @@ class FinetuneConfig(JsonConfig):
     ramp_fraction: float = setting(0.2, ge=0.0, le=1.0)
     warmup_fraction: float = setting(0.1, ge=0.0, le=1.0)
     refresh_pseudo_labels: bool = setting(False)
-    anchor: bool = setting(False)
+    anchor: bool = setting(True)
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_calibration: float = setting(0.1, ge=0.0, le=1.0)
     views: int = setting(4, ge=1, le=4)
