@@ -363,6 +363,32 @@ def add_status_parser(sub: Subparsers) -> None:
 
 def cmd_hold_out(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
+    if args.propose is not None:
+        if args.cases or args.release:
+            raise BadInputError("--propose lists scans to hold out: give no cases and no --release")
+        from assft.query.ranking import propose_validation_set
+
+        proposal = propose_validation_set(
+            workspace,
+            args.propose or None,
+            device=args.device,
+            progress=_progress(args),
+        )
+        if args.json:
+            _print_json(proposal)
+            return 0
+        print(f"The archive has {proposal['parts']['count']} part(s) by acquisition; hold out:")
+        for row in proposal["proposed"]:
+            todo = {
+                "held-out": "held out already",
+                "unlabeled": "label it, then assft hold-out",
+            }.get(row["status"], row["status"])
+            print(f"  {row['case']}  {row['part']}  ({todo})")
+        for note in proposal["notes"]:
+            print(f"note: {note}")
+        return 0
+    if not args.cases:
+        raise BadInputError("give the cases to hold out, or --propose to have some proposed")
     status = workspace.hold_out(args.cases, release=args.release, user=args.user)
     message = {"cases": args.cases, "status": status}
     _print_json(message) if args.json else print(f"{len(args.cases)} case(s) now {status}")
@@ -374,9 +400,21 @@ def add_hold_out_parser(sub: Subparsers) -> None:
         sub, "hold-out", cmd_hold_out, "keep labeled cases out of training, for validation"
     )
     p.add_argument("workspace")
-    p.add_argument("cases", nargs="+")
+    p.add_argument("cases", nargs="*")
     p.add_argument("--release", action="store_true", help="make held-out cases labeled again")
+    p.add_argument(
+        "--propose",
+        nargs="?",
+        type=int,
+        const=0,
+        metavar="N",
+        help="list N scans to hold out that cover the archive's parts (by acquisition, from "
+        "the pretrained model; default: one per part, at least 2), keeping those held out "
+        "already",
+    )
     p.add_argument("--user")
+    _device_flag(p)
+    _progress_flag(p)
     _json_flag(p)
 
 

@@ -19,6 +19,7 @@ from assft.query.ranking import rank_workspace
 from assft.query.strategies import STRATEGIES
 from assft.workspace import Workspace
 from assft.workspace.model_versions import ModelRegistry
+from assft_testing import skip_without_template
 
 
 @pytest.fixture
@@ -214,3 +215,55 @@ def test_a_changed_image_invalidates_the_cache(tmp_path, synthetic_pool, tiny_pr
     shutil.copy(images / "case_001.nii.gz", path)
     rank_workspace(workspace, config, device="cpu")
     assert cached.stat().st_mtime_ns > before
+
+
+@pytest.fixture
+def two_scanners(tmp_path):
+    """Six scans of the sample `hospital` archive with the demo model: three of its 3 T T1
+    majority, three of its T2 minority."""
+    from assft.datasets.sampledata import make_case
+    from assft.io.imaging import write_image_atomic
+
+    truth = {}
+    for index in (0, 2, 3, 4, 13, 15):  # hospital_000, _002, _003: t1-3t; _004, _013, _015: t2
+        case = make_case("hospital", index, seed=0, spacing=6.0)
+        image, label = case.to_images()
+        write_image_atomic(image, tmp_path / "images" / f"{case.case_id}.nii.gz")
+        truth[case.case_id] = write_image_atomic(
+            label, tmp_path / "truth" / f"{case.case_id}.nii.gz"
+        )
+        assert case.meta["stratum"] == ("t1-3t" if index < 4 else "t2")
+    names = {1: "grey matter", 2: "white matter", 3: "cerebrospinal fluid"}
+    workspace = Workspace.create(
+        tmp_path / "ws", [tmp_path / "images"], model="demo", label_names=names
+    )
+    return workspace, truth
+
+
+@skip_without_template()
+def test_held_out_scans_are_proposed_one_per_acquisition(two_scanners):
+    from assft.query.ranking import archive_parts, propose_validation_set
+
+    workspace, truth = two_scanners
+    parts, statuses = archive_parts(workspace, device="cpu", views=1)
+    assert parts.count == 2 and sorted(parts.sizes) == [3, 3]
+    t1 = {parts.of_case[f"hospital_{i:03d}"] for i in (0, 2, 3)}
+    t2 = {parts.of_case[f"hospital_{i:03d}"] for i in (4, 13, 15)}
+    assert len(t1) == len(t2) == 1 and t1 != t2
+    proposal = propose_validation_set(workspace, device="cpu")
+    proposed = [row["case"] for row in proposal["proposed"]]
+    assert {parts.of_case[c] for c in proposed} == {0, 1} and len(proposed) == 2
+    assert proposal["notes"] == []
+    # A labeled (training) scan is never proposed; one held out already is kept.
+    first, second = proposed
+    workspace.submit_label(first, truth[first], user="t")
+    workspace.submit_label(second, truth[second], user="t")
+    workspace.hold_out([second])
+    again = [row["case"] for row in propose_validation_set(workspace, device="cpu")["proposed"]]
+    assert again[0] == second and first not in again and len(again) == 2
+    # The ranking records the parts, and says the labeled scan's part has no held-out scan.
+    workspace.hold_out([second], release=True)
+    document = rank_workspace(workspace, QueryConfig(budget=1, views=1), device="cpu")
+    assert document["parts"]["count"] == 2
+    notes = document["notes"]["held_out_coverage"]
+    assert len(notes) == 2 and any(first in note for note in notes)

@@ -23,7 +23,7 @@ from assft.metrics import acquisition_descriptor, batchnorm_knowledge_gap, rank_
 from assft.models import get_preset, resolve_device
 from assft.models.inference import CaseInference, epistemic_uncertainty, infer_case
 from assft.query.config import QueryConfig, Strategy
-from assft.query.parts import ArchiveParts, coverage_notes, find_parts
+from assft.query.parts import ArchiveParts, coverage_notes, find_parts, propose_held_out
 from assft.query.pretrained_cache import PretrainedCache, PretrainedStatistics, cache_key
 from assft.query.strategies import PoolStatistics, QueryResult, run_strategy, strategy_info
 from assft.runtime import cancellation, distributed
@@ -569,3 +569,62 @@ def rank_workspace(
         name = workspace.save_ranking(document).name if distributed.is_main() else None
         document["file"] = distributed.broadcast(name)
     return document
+
+
+def archive_parts(
+    workspace: Workspace,
+    *,
+    device: str = "auto",
+    views: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[ArchiveParts, dict[str, str]]:
+    """The parts of the workspace's archive from every case's f0 statistics (cached; computed
+    with the pretrained model where missing), and each case's status.
+
+    Raises:
+        BadInputError: an empty workspace, bad images or model.
+    """
+    progress = progress or Progress("none")
+    rows = workspace.registry.cases()
+    if not rows:
+        raise BadInputError("holds no cases", workspace.root)
+    config = QueryConfig(budget=1) if views is None else QueryConfig(budget=1, views=views)
+    scorer = PoolScorer(workspace, config, device)
+    progress.phase("describing", len(rows))
+    ids, descriptors = [], []
+    for done, row in enumerate(rows, start=1):
+        stats = scorer.pretrained_only(row["case_id"], workspace.image_path(row["case_id"]))
+        ids.append(row["case_id"])
+        descriptors.append(stats.a0)
+        progress.update(done, case=row["case_id"])
+    return find_parts(ids, np.stack(descriptors)), {r["case_id"]: r["status"] for r in rows}
+
+
+def propose_validation_set(
+    workspace: Workspace,
+    count: int | None = None,
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Held-out scans that cover the archive (``assft hold-out --propose``): one per part, the
+    largest part first (``count`` None: one per part, at least two), keeping the scans held out
+    already and never proposing a scan labeled for training.
+
+    Returns:
+        ``proposed`` (case, status, part name), ``parts`` (:meth:`ArchiveParts.to_dict`) and
+        ``notes`` (the parts the held-out set would miss, :func:`coverage_notes`).
+    """
+    parts, statuses = archive_parts(workspace, device=device, progress=progress)
+    labeled = [c for c, s in statuses.items() if s == "labeled"]
+    held = [c for c, s in statuses.items() if s == "held-out"]
+    wanted = max(2, parts.count) if count is None else count
+    proposed = propose_held_out(parts, max(wanted, len(held)), exclude=labeled, keep=held)
+    return {
+        "proposed": [
+            {"case": c, "status": statuses[c], "part": parts.name(parts.of_case[c])}
+            for c in proposed
+        ],
+        "parts": parts.to_dict(),
+        "notes": coverage_notes(parts, labeled, proposed),
+    }
