@@ -22,6 +22,7 @@ __all__ = [
     "Column",
     "LearningCurveNodes",
     "fillTableNode",
+    "gateSummary",
     "modelRows",
     "updateLearningCurveChart",
     "updateScoreChart",
@@ -137,13 +138,31 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 # one) shows its problem where the gate's verdict would be.
                 "gate": "DAMAGED: " + str(entry["error"])
                 if entry.get("error")
-                else str(gate.get("reason", ""))
+                else gateSummary(gate)
                 if isinstance(gate, dict)
                 else "",
                 "curve": _curveSummary(entry.get("learning_curve")),
             }
         )
     return rows
+
+
+def gateSummary(gate: dict[str, Any]) -> str:
+    """The gate's verdict, then its change per part of the archive (the held-out scans of each
+    acquisition), e.g. ``...: not worse; by part: 1 +0.021, 2 -0.013 (like case_004)``: the
+    part a version made worse is named by a scan that stands for it."""
+    reason = str(gate.get("reason", ""))
+    parts = gate.get("parts")
+    if not isinstance(parts, list) or len(parts) < 2:
+        return reason
+    cells = []
+    for part in parts:
+        if not isinstance(part, dict) or not isinstance(part.get("change"), (int, float)):
+            continue
+        label = part.get("part")
+        label = str(label + 1) if isinstance(label, int) else str(part.get("name", "?"))
+        cells.append(f"{label} {part['change']:+.3f}")
+    return f"{reason}; by part: {', '.join(cells)}" if cells else reason
 
 
 def _curveSummary(curve) -> str:

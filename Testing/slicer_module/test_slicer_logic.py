@@ -171,6 +171,17 @@ def test_rows_keep_missing_scores_as_nan():
         }
     )
     assert damaged[0]["gate"] == "DAMAGED: model.pt: is damaged"
+    # The gate's change per part of the archive follows its verdict.
+    parts = [
+        {"part": 0, "name": "part 1 (18 scans, like a)", "change": 0.021},
+        {"part": 1, "name": "part 2 (6 scans, like b)", "change": -0.0134},
+    ]
+    refused = modelRows(
+        {"versions": [{"version": "v4", "gate": {"reason": "worse on part 2", "parts": parts}}]}
+    )
+    assert refused[0]["gate"] == "worse on part 2; by part: 1 +0.021, 2 -0.013"
+    one = modelRows({"versions": [{"version": "v5", "gate": {"reason": "ok", "parts": parts[:1]}}]})
+    assert one[0]["gate"] == "ok"
     # A malformed learning curve shows as such in its cell; the rest of the table stays.
     odd = modelRows({"versions": [{"version": "v3", "learning_curve": {"best": {"step": 1}}}]})
     assert odd[0]["version"] == "v3" and odd[0]["curve"].startswith("unreadable learning curve")

@@ -694,3 +694,45 @@ def test_a_rollback_while_the_job_runs_is_not_undone(labeled_workspace, tmp_path
         ("rollback-model", "v0"),
         ("register-model", "v2"),
     ]
+
+
+def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_workspace):
+    from assft.query.config import QueryConfig
+    from assft.query.ranking import rank_workspace
+
+    workspace = labeled_workspace
+    rank_workspace(workspace, QueryConfig(budget=1, views=1), device="cpu")  # finds the parts
+    # Any Dice counts as the parent shown right: the surest 30 % of the 4 unlabeled cases.
+    config = FinetuneConfig(**FAST, anchor_calibration=1.0)
+    manifest = run_finetune(workspace, config, device="cpu")
+    ssft = manifest["ssft"]
+    assert len(ssft["anchor"]) == 1
+    assert set(ssft["anchor_confidence"]) == {"case_004", "case_005", "case_006", "case_007"}
+    # The evidence: each labeled and held-out scan, the parent's Dice and confidence there.
+    evidence = {e["case"]: e for e in ssft["anchor_evidence"]}
+    assert set(evidence) == {"case_000", "case_001", "case_002", "case_003"}
+    assert all(e["borne_out"] and 0.0 <= e["dice"] <= 1.0 for e in evidence.values())
+    # A case the anchor holds is taught by the parent alone, never by the stage-2 set too.
+    assert not set(ssft["anchor"]) & set(ssft["reliable"])
+    job = JobStore(workspace).get(manifest["job"])
+    assert (job.folder / "anchor" / f"{ssft['anchor'][0]}.pt").is_file()
+    events = [json.loads(line) for line in (job.folder / "progress.jsonl").read_text().splitlines()]
+    stage_1 = [e for e in events if e.get("phase") == "supervised" and e.get("done")]
+    assert stage_1 and all("anchor" in e for e in stage_1)  # in every batch of stage 1
+    stage_2 = [e for e in events if e.get("phase") == "semi-supervised" and e.get("done")]
+    assert stage_2 and all("anchor" in e or "pseudo" in e for e in stage_2)
+    # The gate's change per part of the archive covers the held-out scan.
+    assert [p["cases"] for p in manifest["gate"]["parts"]] == [["case_003"]]
+    # Where no scan showed the parent right, nothing is anchored; without the anchor, no record.
+    strict = run_finetune(
+        workspace,
+        FinetuneConfig(**FAST, anchor_calibration=0.0, seed=1),
+        device="cpu",
+        restart=True,
+    )
+    borne_out = [e["borne_out"] for e in strict["ssft"]["anchor_evidence"]]
+    assert (strict["ssft"]["anchor"] == []) == (not any(borne_out))
+    off = run_finetune(
+        workspace, FinetuneConfig(**FAST, anchor=False, seed=2), device="cpu", restart=True
+    )
+    assert "anchor" not in off["ssft"]
