@@ -102,7 +102,7 @@ def test_labeled_cases_leave_the_pool_and_enter_the_diversity_term(workspace, sy
     second = rank_workspace(workspace, QueryConfig(budget=2, views=1), device="cpu")
     assert second["pool_size"] == 6 and second["labeled"] == 2
     assert not set(first["selected"]) & {r["case"] for r in second["cases"]}
-    # With labeled cases, the diversity is a distance over the pool's typical one, capped at 1.
+    # With labeled cases, the diversity is a distance over the pool's spread, capped at 1.
     assert all(0.0 <= r["diversity"] <= 1.0 for r in second["cases"])
     assert any(r["diversity"] < 1.0 for r in second["cases"])
     # The worklist's order follows the priority it shows.

@@ -11,8 +11,8 @@ Rank normalisation q maps the five values of a score to 0, 1/4, ..., 1.
 
 The default diversity (``typical``) centres the embeddings on the pool's mean first. Centred,
 the pool is two groups: cases 0 and 1 (distance 0.003) against cases 2, 3 and 4 (distances
-0.053 to 0.236 among them, 1.88 to 2.00 to cases 0 and 1); the median pairwise distance, the
-typical one, is 1.9005, and D~ = min(1, D / 1.9005).
+0.053 to 0.236 among them, 1.88 to 2.00 to cases 0 and 1); the 90th percentile of the ten
+pairwise distances, the pool's spread, is 1.9883, and D~ = min(1, D / 1.9883).
 
 A strategy added to the registry needs a row in EXPECTED (the coverage test says so).
 """
@@ -119,17 +119,17 @@ def test_exact_picks_and_order(name):
 
 def test_the_typical_diversity_by_hand():
     # S = 7/8, 3/8, 1/8, 5/8, 4/8. Pick 1: D~ = 1 for all (nothing labeled): case 0, 1.875.
-    # Pick 2: D to case 0 = 0.003, 1.917, 1.958, 1.997 for cases 1-4, D~ = 0.002, 1, 1, 1:
-    # S + D~ = 0.377, 1.125, 1.625, 1.5: case 3. Pick 3: D to {0, 3} = 0.003, 0.236, 0.069
-    # for cases 1, 2, 4, D~ = 0.002, 0.124, 0.036: 0.377, 0.249, 0.536: case 4. The rest: D~ to
-    # {0, 3, 4} = 0.002 (case 1), 0.028 (case 2): 0.377, 0.153.
+    # Pick 2: D to case 0 = 0.003, 1.917, 1.958, 1.997 for cases 1-4, D~ = 0.0014, 0.964,
+    # 0.985, 1: S + D~ = 0.376, 1.089, 1.610, 1.5: case 3. Pick 3: D to {0, 3} = 0.003, 0.236,
+    # 0.069 for cases 1, 2, 4, D~ = 0.0014, 0.119, 0.035: 0.376, 0.244, 0.535: case 4. The
+    # rest: D~ to {0, 3, 4} = 0.0014 (case 1), 0.027 (case 2): 0.376, 0.152.
     result = run_strategy(_pool(), QueryConfig(strategy="attsq", budget=3))
     assert result.picks == [0, 3, 4] and result.order() == [0, 3, 4, 1, 2]
     assert result.objective[[0, 3, 4, 1, 2]] == pytest.approx(
-        [1.875, 1.625, 0.536, 0.377, 0.153], abs=2e-3
+        [1.875, 1.610, 0.535, 0.376, 0.152], abs=2e-3
     )
-    assert result.diversity[[0, 3, 4]] == pytest.approx([1.0, 1.0, 0.036], abs=2e-3)
-    # DKD: S = q(KG). Pick 2: 3/4 + 0.002, 0 + 1, 1/4 + 1, 1/2 + 1: case 4, not case 3.
+    assert result.diversity[[0, 3, 4]] == pytest.approx([1.0, 0.985, 0.035], abs=2e-3)
+    # DKD: S = q(KG). Pick 2: 3/4 + 0.0014, 0 + 0.964, 1/4 + 0.985, 1/2 + 1: case 4, not 3.
     dkd = run_strategy(_pool(), QueryConfig(strategy="dkd", budget=2))
     assert dkd.picks == [0, 4] and dkd.order() == [0, 4, 1, 3, 2]
 
@@ -153,11 +153,16 @@ def test_labeled_cases_push_picks_away():
     """A case labeled at 0 degrees: ATTSQ no longer starts with case 0, which duplicates it."""
     assert run_strategy(_pool(), QueryConfig(budget=1)).picks == [0]
     stats = _pool(labeled_z0=np.array([[1.0, 0.0]]))
-    result = run_strategy(stats, QueryConfig(budget=1))
-    # D = 0, 0.004, 0.5, 1, 0.658 -> q(D) = 0, 1/4, 1/2, 1, 3/4; S = 7/8, 3/8, 1/8, 5/8, 4/8;
-    # S + q(D) = 0.875, 0.625, 0.625, 1.625, 1.25.
+    # As first defined (rank): D = 0, 0.004, 0.5, 1, 0.658 -> q(D) = 0, 1/4, 1/2, 1, 3/4;
+    # S = 7/8, 3/8, 1/8, 5/8, 4/8; S + q(D) = 0.875, 0.625, 0.625, 1.625, 1.25.
+    result = run_strategy(stats, QueryConfig(budget=1, diversity="rank"))
     assert result.picks == [3]
     assert result.diversity[3] == pytest.approx(1.0)
+    # Centred, over the spread (the labeled case sits where case 0 does): D~ = 0, 0.0014,
+    # 0.119, 0.985, 0.035; S + D~ = 0.875, 0.376, 0.244, 1.610, 0.535.
+    typical = run_strategy(stats, QueryConfig(budget=1))
+    assert typical.picks == [3]
+    assert typical.diversity == pytest.approx([0.0, 0.0014, 0.1186, 0.9848, 0.0347], abs=1e-3)
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

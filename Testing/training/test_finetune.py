@@ -702,8 +702,8 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
 
     workspace = labeled_workspace
     rank_workspace(workspace, QueryConfig(budget=1, views=1), device="cpu")  # finds the parts
-    # Any Dice counts as the parent shown right: the surest 30 % of the 4 unlabeled cases.
-    config = FinetuneConfig(**FAST, anchor_calibration=1.0)
+    # With no margin every scan bears the parent out: the surest 30 % of the 4 unlabeled cases.
+    config = FinetuneConfig(**FAST, anchor_margin=0.0)
     manifest = run_finetune(workspace, config, device="cpu")
     ssft = manifest["ssft"]
     assert len(ssft["anchor"]) == 1
@@ -712,6 +712,7 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
     evidence = {e["case"]: e for e in ssft["anchor_evidence"]}
     assert set(evidence) == {"case_000", "case_001", "case_002", "case_003"}
     assert all(e["borne_out"] and 0.0 <= e["dice"] <= 1.0 for e in evidence.values())
+    assert [e["training"] for e in evidence.values()] == [True, True, True, False]
     # A case the anchor holds is taught by the parent alone, never by the stage-2 set too.
     assert not set(ssft["anchor"]) & set(ssft["reliable"])
     job = JobStore(workspace).get(manifest["job"])
@@ -725,13 +726,10 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
     assert [p["cases"] for p in manifest["gate"]["parts"]] == [["case_003"]]
     # Where no scan showed the parent right, nothing is anchored; without the anchor, no record.
     strict = run_finetune(
-        workspace,
-        FinetuneConfig(**FAST, anchor_calibration=0.0, seed=1),
-        device="cpu",
-        restart=True,
+        workspace, FinetuneConfig(**FAST, anchor_margin=1.0, seed=1), device="cpu", restart=True
     )
-    borne_out = [e["borne_out"] for e in strict["ssft"]["anchor_evidence"]]
-    assert (strict["ssft"]["anchor"] == []) == (not any(borne_out))
+    assert not any(e["borne_out"] for e in strict["ssft"]["anchor_evidence"])
+    assert strict["ssft"]["anchor"] == []
     off = run_finetune(
         workspace, FinetuneConfig(**FAST, anchor=False, seed=2), device="cpu", restart=True
     )

@@ -29,9 +29,9 @@ from assft.metrics.selection import (
     cosine_distance,
     greedy_diverse_selection,
     k_center_greedy,
+    pool_spread,
     power_sampling_order,
     rank_normalise,
-    typical_distance,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +80,6 @@ __all__ = [
     "rank_normalise",
     "representation_drift",
     "segmentation_difficulty",
-    "typical_distance",
+    "pool_spread",
     "voxel_entropy",
 ]

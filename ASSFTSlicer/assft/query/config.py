@@ -72,7 +72,7 @@ class QueryConfig(JsonConfig):
         weight: w in S = w q(KG) + (1 - w) q(ASD).
         lambda_div: weight of the diversity term in greedy selection (0: off).
         diversity: how the diversity term measures distance: `typical` (centred embeddings,
-            the distance over the pool's typical one: lambda_div means the same in any pool)
+            the distance over the pool's spread: lambda_div means the same in any pool)
             or `rank` (the first definition: raw embeddings, rank-normalised distances).
         seed: seed of every random choice.
         mc_samples: MC-dropout samples of the `epistemic` strategy.

@@ -51,7 +51,7 @@ class GapEstimator(str, Enum):
 class DiversityScale(str, Enum):
     """How the diversity term of ATTSQ and DKD measures distance
     (:func:`assft.metrics.greedy_diverse_selection`): `typical` (embeddings centred on the
-    pool, the distance over the pool's typical pairwise distance, capped at 1) or `rank` (raw
+    pool, the distance over the pool's spread, capped at 1) or `rank` (raw
     embeddings, distances rank-normalised: the method's first definition)."""
 
     TYPICAL = "typical"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
 import warnings
@@ -599,8 +600,9 @@ class FinetuneJob:
 
     def _anchor_set(self, run: _JobRun) -> None:
         """The anchor (``FinetuneConfig.anchor``): the parent pseudo-labels the unlabeled pool
-        before any step, and keeps the cases it is sure of where a labeled or held-out scan
-        showed it right, farthest from the labeled ones (``select_anchor_cases``)."""
+        before any step, and keeps the cases it is sure of whose nearest labeled or held-out
+        scan bore it out (:meth:`_parent_evidence`), farthest from the labeled ones
+        (``select_anchor_cases``)."""
         config = self.config
         unlabeled_rows = self.workspace.registry.cases(status="unlabeled")
         if not config.anchor or config.mode == FinetuneMode.NONE or not unlabeled_rows:
@@ -629,12 +631,15 @@ class FinetuneJob:
 
     def _parent_evidence(self, run: _JobRun) -> list[dict[str, Any]]:
         """What the labeled and held-out scans say of the parent: per scan, its acquisition
-        descriptor, the parent's confidence and Dice there, and whether the Dice came within
-        ``anchor_calibration`` of the confidence (the parent was right there)."""
+        descriptor, the parent's confidence and Dice there, and whether it bore the parent out:
+        a Dice at least ``anchor_margin`` above the parent's worst Dice on the scans labeled
+        for training (those show where it fails)."""
         config = self.config
         run.model.network.eval()
-        evidence = []
+        evidence: list[dict[str, Any]] = []
+        dices: list[float] = []
         channels = list(range(1, 1 + len(run.label_values)))
+        training = {case.case_id for case in run.labeled_cases}
         for case in run.labeled_cases + run.held_out_cases:
             result = infer_case(
                 run.model,
@@ -653,16 +658,21 @@ class FinetuneJob:
                     torch.where(valid, prediction, 0), torch.where(valid, case.target, 0), channels
                 )
             )
-            confidence = float(result.difficulty.confidence)
             evidence.append(
                 {
                     "case": case.case_id,
+                    "training": case.case_id in training,
                     "descriptor": acquisition_descriptor(result.batchnorm, result.embedding),
-                    "confidence": round(confidence, 6),
+                    "confidence": round(float(result.difficulty.confidence), 6),
                     "dice": round(float(dice), 6),
-                    "borne_out": bool(dice >= confidence - config.anchor_calibration),
                 }
             )
+            dices.append(float(dice))
+        worst = min(
+            (d for d, e in zip(dices, evidence, strict=True) if e["training"]), default=math.nan
+        )
+        for d, e in zip(dices, evidence, strict=True):
+            e["borne_out"] = bool(d >= worst + config.anchor_margin)
         return evidence
 
     def _supervised_stage(self, run: _JobRun) -> None:

@@ -69,9 +69,10 @@ def select_anchor_cases(
 
     Confidence and distance are the *parent's*, taken before any training step. A case is
     eligible when the parent is sure of it (c_u >= tau_c) and ``borne_out``: the labeled or
-    held-out scan nearest to it (by acquisition) is one on which the parent's Dice came close
-    to its confidence. The top ``rho`` of the pool by q(c_u) + q(d_u) among the eligible cases
-    are kept: the surest, farthest from every labeled case. A confident parent can be
+    held-out scan nearest to it (by acquisition) is one on which the parent did clearly better
+    than on the scans the clinician had to label (``FinetuneConfig.anchor_margin``). The top
+    ``rho`` of the pool by q(c_u) + q(d_u) among the eligible cases are kept: the surest,
+    farthest from every labeled case. A confident parent can be
     confidently wrong on a new acquisition (on the sample T2 site the demo model is 92 % sure
     and scores Dice 0.19), so confidence alone never qualifies a case; near a labeled case the
     label is the better teacher.
