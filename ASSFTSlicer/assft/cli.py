@@ -896,6 +896,13 @@ def add_bench_parser(sub: Subparsers) -> None:
         "gap=prototype,no-diversity,diversity=rank,anchor=off; default all)",
     )
     p.add_argument(
+        "--marginal-gains",
+        dest="marginal_gains",
+        action="store_true",
+        help="label-efficiency: also label each pool scan alone (budget 1, seed 0) and check "
+        "each per-case signal against its gain",
+    )
+    p.add_argument(
         "--max-minutes",
         dest="max_minutes",
         type=float,

@@ -451,6 +451,11 @@ def test_the_demo_says_whether_the_loop_paid_off_and_shows_cases_and_curves():
     )
     assert verdict(0.19, 0.69, 0.70).endswith("ATTSQ did not beat random here (0.6900 vs 0.7000).")
     assert verdict(0.80, 0.70, 0.75).startswith("fine-tuning did not beat the pretrained model")
+    measured = {"difference": 0.05, "ci95": 0.02, "seeds": 5}
+    assert verdict(0.19, 0.71, 0.70, measured).endswith(
+        "Over 5 seeds the benchmark measured ATTSQ minus random at +0.0500 ± 0.0200 (95 % "
+        "interval) on this archive at this budget (BENCHMARKS.md)."
+    )
     curve = {
         "steps": {"1": 4, "2": 4},
         "loss": [[1, 2, 1.0], [1, 4, 0.8], [2, 4, 0.5]],
@@ -465,6 +470,7 @@ def test_the_demo_says_whether_the_loop_paid_off_and_shows_cases_and_curves():
     }
     summary = {
         "test": ["t2_003"],
+        "strata": {"t2_003": "t2", "t2_001": "t2"},
         "verdict": verdict(0.2, 0.7, 0.7),
         "ranking": {"selected": ["t2_001"]},
         "ranked_cases": [
@@ -503,6 +509,7 @@ def test_the_demo_says_whether_the_loop_paid_off_and_shows_cases_and_curves():
     for section in ("Verdict", "Dice per test scan", "Training loss", "Held-out Dice while"):
         assert section in page
     assert page.count("<svg") == 4 and "t2_003" in page
+    assert "per acquisition" in page and "<th>t2</th>" in page
 
 
 def test_a_budget_over_several_rounds_is_checked_against_the_pool_before_anything_runs(tmp_path):

@@ -178,6 +178,7 @@ def _run_label_efficiency(
         device=args.device,
         ablations=_ablations(args),
         max_minutes=args.max_minutes,
+        marginal_gains=args.marginal_gains,
         strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
         model=args.model,
         images=Path(args.images) if own else None,

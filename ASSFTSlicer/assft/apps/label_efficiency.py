@@ -39,7 +39,7 @@ from assft.apps.simulation import (
 from assft.datasets.sampledata import write_sample_data
 from assft.datasets.sites import MIXED
 from assft.errors import BadInputError
-from assft.query.config import QueryConfig
+from assft.query.config import QueryConfig, Strategy
 from assft.query.strategies import STRATEGIES as REGISTERED
 from assft.runtime.progress import Progress
 from assft.training.config import FinetuneConfig
@@ -434,12 +434,16 @@ def run_label_efficiency(
     rounds: int = 1,
     ceiling: bool = True,
     max_minutes: float | None = None,
+    marginal_gains: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
 
     ``max_minutes``: start no run after that many minutes (the runs done are kept; the same
-    command continues), so that a long grid runs in chunks.
+    command continues), so that a long grid runs in chunks. ``marginal_gains``: after the
+    grid, label each selectable pool scan alone (budget 1, seed 0, selective SSFT) and record its
+    test Dice gain over the pretrained model (``marginal.jsonl``), which each signal is then
+    checked against.
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
 
@@ -568,8 +572,19 @@ def run_label_efficiency(
             f"{run.get('variant', '')}",
             dice=round(result.test_dice, 4),
         )
-    results = read_results(results_path)
     pretrained = simulation.pretrained_test_dice()
+    gains: dict[str, float] = {}
+    if marginal_gains:
+        gains, remaining = _marginal_gains(
+            simulation,
+            {**finetune, "mode": "selective"},
+            out / "marginal.jsonl",
+            pretrained["mean_dice"],
+            None if max_minutes is None else 60.0 * max_minutes - (time.monotonic() - started),
+            views,
+        )
+        left += remaining
+    results = read_results(results_path)
     test_cases = describe_test_scans(data if images is None else None, pretrained["by_case"])
     strata = {c["case_id"]: c["stratum"] for c in test_cases if c.get("stratum")}
     document = {
@@ -615,6 +630,14 @@ def run_label_efficiency(
             else {}
         ),
         "signals_against_failure": simulation.signals_against_failure(),
+        **(
+            {
+                "marginal_gains": gains,
+                "signals_against_gains": simulation.signals_against_gains(gains),
+            }
+            if gains
+            else {}
+        ),
         "runs": results,
         **summarise(results),
     }
@@ -622,6 +645,36 @@ def run_label_efficiency(
     (out / "label-efficiency.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "dice-vs-budget.svg").write_text(dice_vs_budget_svg(document))
     return document
+
+
+def _marginal_gains(
+    simulation: Simulation,
+    finetune: dict[str, Any],
+    path: Path,
+    pretrained: float,
+    seconds_left: float | None,
+    views: int,
+) -> tuple[dict[str, float], int]:
+    """Each selectable pool scan labeled alone (budget 1, seed 0): its test Dice gain over the
+    pretrained model, from ``path`` where measured before. Returns the gains and how many scans
+    are left (``seconds_left`` ran out)."""
+    done = {r["case"]: r for r in read_results(path)}
+    started = time.monotonic()
+    todo = [c.case_id for c in simulation.unlabeled_pool if c.case_id not in done]
+    for i, case in enumerate(todo):
+        if seconds_left is not None and time.monotonic() - started > seconds_left:
+            return {c: r["gain"] for c, r in done.items()}, len(todo) - i
+        query = QueryConfig(strategy=Strategy("random"), budget=1, seed=0, views=views)
+        result = simulation.run(query, finetune, variant=f" alone {case}", picks=[case])
+        done[case] = {
+            "case": case,
+            "test_dice": result.test_dice,
+            "gain": result.test_dice - pretrained,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(done[case]) + "\n")
+    return {c: r["gain"] for c, r in done.items()}, 0
 
 
 def _label_names(model: str, label_names: dict[int, str] | None) -> dict[int, str]:
@@ -785,7 +838,24 @@ def markdown(document: dict[str, Any], command: str) -> str:
             + " |"
         )
     signals = document.get("signals_against_failure") or {}
-    if signals:
+    gains = document.get("signals_against_gains") or {}
+    if gains:
+        scans = len(document.get("marginal_gains") or {})
+        lines += [
+            "",
+            "Does each signal follow what the model gets wrong, and what a label teaches it? "
+            "Spearman's rho between each per-case signal and the pretrained model's failure "
+            "(1 - Dice) on the pool, and each scan's marginal gain (test Dice gain when it is "
+            f"the only scan labeled: budget 1, seed 0, selective SSFT; {scans} scans):",
+            "",
+            "| signal | against failure | against marginal gain |",
+            "|---|---:|---:|",
+            *(
+                f"| {name} | {signals.get(name, float('nan')):+.2f} | {rho:+.2f} |"
+                for name, rho in gains.items()
+            ),
+        ]
+    elif signals:
         lines += [
             "",
             "Do the per-case signals find the pool cases the pretrained model fails on? Spearman's "

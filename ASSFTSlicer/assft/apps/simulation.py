@@ -31,9 +31,9 @@ from assft.io.imaging import (
     read_image,
     read_label,
 )
-from assft.metrics import dice_scores, mean_dice, rank_normalise
+from assft.metrics import dice_scores, mean_dice, prototype_knowledge_gap, rank_normalise
 from assft.predict import Predictor
-from assft.query.config import QueryConfig
+from assft.query.config import QueryConfig, Strategy
 from assft.query.parts import propose_held_out
 from assft.query.ranking import rank_scored_pool, rank_workspace, score_pool
 from assft.runtime.progress import Progress
@@ -302,9 +302,14 @@ class Simulation:
         device: str = "auto",
         views: int = 4,
         held_out: int = VALIDATION_CASES,
+        epistemic: bool = True,
+        transductive: bool = True,
         progress: Progress | None = None,
     ) -> None:
+        """``epistemic``: also run the MC-dropout passes (the `epistemic` strategy needs them);
+        ``transductive``: each run also measures Dice on the pool's scans nobody labeled."""
         self.out = out
+        self.transductive = transductive
         self.dataset = dataset
         self.device = device
         self.views = views
@@ -322,7 +327,7 @@ class Simulation:
             QueryConfig(budget=1, views=views),
             device=device,
             progress=self.progress,
-            epistemic=True,
+            epistemic=epistemic,
         )
         self.scoring_seconds = time.perf_counter() - started
         # The validation set a lab labels once, before its first round, as the product proposes
@@ -366,6 +371,30 @@ class Simulation:
             )
         return self._pretrained
 
+    def signals(self) -> dict[str, list[float]]:
+        """Each per-case signal of the scored pool, in the order of ``scored.scores``: DKD's
+        knowledge gap by each estimator, ASD, ATTSQ's combined score S, the whole-volume
+        entropy and MC-dropout entropy (where scored)."""
+        scores = self.scored.scores
+        stats = self.stats
+        out: dict[str, list[float]] = {
+            "knowledge gap (bn)": [s.kg_bn for s in scores],
+        }
+        if stats.asd0 is not None:
+            gap, _ = prototype_knowledge_gap(stats.z0, stats.asd0)
+            out["knowledge gap (prototype)"] = [float(v) for v in gap]
+        out["ASD"] = [s.asd for s in scores]
+        attsq = self.ranking(QueryConfig(strategy=Strategy("attsq"), budget=1, views=self.views))
+        by_case = {row["case"]: row["score"] for row in attsq["cases"]}
+        out["ATTSQ score S"] = [by_case[s.case_id] for s in scores]
+        out["mean entropy"] = [s.mean_entropy for s in scores]
+        out["epistemic (MC dropout)"] = [s.epistemic for s in scores]
+        return {
+            name: [float(v) for v in values]
+            for name, values in out.items()
+            if np.all(np.isfinite(np.asarray(values, dtype=float)))
+        }
+
     def signals_against_failure(self) -> dict[str, float]:
         """How well each per-case signal of the scored pool finds the cases the pretrained model
         fails on: Spearman's rho between the signal and 1 - Dice on the pool (1: perfectly)."""
@@ -373,16 +402,22 @@ class Simulation:
             self.base, "v0", self.dataset.pool, device=self.device, views=self.views
         )["by_case"]
         failure = np.array([1.0 - pool[s.case_id] for s in self.scored.scores])
-        signals = {
-            "knowledge gap (bn)": [s.kg_bn for s in self.scored.scores],
-            "ASD": [s.asd for s in self.scored.scores],
-            "mean entropy": [s.mean_entropy for s in self.scored.scores],
-            "epistemic (MC dropout)": [s.epistemic for s in self.scored.scores],
-        }
         return {
             name: spearman(np.asarray(values, dtype=float), failure)
-            for name, values in signals.items()
-            if np.all(np.isfinite(values))
+            for name, values in self.signals().items()
+        }
+
+    def signals_against_gains(self, gains: dict[str, float]) -> dict[str, float]:
+        """Spearman's rho between each signal and each case's marginal gain when labeled alone
+        (``gains``: case -> test Dice gain over the pretrained model), over the cases measured."""
+        ids = [s.case_id for s in self.scored.scores]
+        measured = [i for i, case in enumerate(ids) if case in gains]
+        if len(measured) < 3:
+            return {}
+        gain = np.array([gains[ids[i]] for i in measured])
+        return {
+            name: spearman(np.asarray(values, dtype=float)[measured], gain)
+            for name, values in self.signals().items()
         }
 
     def ranking(self, config: QueryConfig) -> dict[str, Any]:
@@ -399,15 +434,19 @@ class Simulation:
         variant: str = "",
         keep: bool = False,
         rounds: int = 1,
+        picks: list[str] | None = None,
     ) -> RunResult:
         """Select with ``query``, label the picks from the ground truth, fine-tune; ``rounds``
         times, as a lab iterates (from the second round on, the pool is ranked again with the
         current model); then test the current model: the one the lab would use, which a refused
-        version is not."""
+        version is not. ``picks`` replaces the first round's selection (one case labeled alone
+        measures its marginal gain)."""
         if rounds < 1:
             raise BadInputError(f"rounds must be 1 or more, got {rounds}")
         started = time.perf_counter()
         document = self.ranking(query)
+        if picks is not None:
+            document = {**document, "selected": list(picks)}
         mode = finetune.get("mode", "selective")
         name = f"{query.strategy.value}-{mode}-b{query.budget}-s{query.seed}{variant}"
         folder = self.out / "runs" / name
@@ -443,7 +482,11 @@ class Simulation:
             workspace, current, self.dataset.test, device=self.device, views=self.views
         )
         # Transductive: the pool's scans nobody labeled, which the lab wants segmented.
-        rest = [c for c in self.unlabeled_pool if c.case_id not in selected]
+        rest = (
+            [c for c in self.unlabeled_pool if c.case_id not in selected]
+            if self.transductive
+            else []
+        )
         pool = (
             dice_on_test_scans(workspace, current, rest, device=self.device, views=self.views)[
                 "by_case"
