@@ -840,13 +840,13 @@ def markdown(document: dict[str, Any], command: str) -> str:
     signals = document.get("signals_against_failure") or {}
     gains = document.get("signals_against_gains") or {}
     if gains:
-        scans = len(document.get("marginal_gains") or {})
+        measured_scans = len(document.get("marginal_gains") or {})
         lines += [
             "",
             "Does each signal follow what the model gets wrong, and what a label teaches it? "
             "Spearman's rho between each per-case signal and the pretrained model's failure "
             "(1 - Dice) on the pool, and each scan's marginal gain (test Dice gain when it is "
-            f"the only scan labeled: budget 1, seed 0, selective SSFT; {scans} scans):",
+            f"the only scan labeled: budget 1, seed 0, selective SSFT; {measured_scans} scans):",
             "",
             "| signal | against failure | against marginal gain |",
             "|---|---:|---:|",
