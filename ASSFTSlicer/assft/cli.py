@@ -893,7 +893,8 @@ def add_bench_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--ablations",
         help="label-efficiency: the ablations of ATTSQ + selective SSFT to run (comma-separated: "
-        "gap=prototype,no-diversity,diversity=rank,anchor=off; default all)",
+        "gap=bn,gap=prototype,no-diversity,diversity=rank,diversity=embedding,anchor=off;"
+        " default all)",
     )
     p.add_argument(
         "--marginal-gains",

@@ -131,18 +131,20 @@ def test_spearman_ranks_with_ties():
 
 def test_plan_and_summary():
     plan = planned_runs([2, 4], [0, 1])
-    # Per seed and budget: every strategy x 3 modes and the four ablations; random at budget 8
+    # Per seed and budget: every strategy x 3 modes and the six ablations; random at budget 8
     # (twice 4).
-    assert len(plan) == 2 * 2 * (len(STRATEGIES) * 3 + 4) + 2
+    assert len(plan) == 2 * 2 * (len(STRATEGIES) * 3 + 6) + 2
     ablated = {
         (r["variant"], json.dumps(r.get("query")), json.dumps(r.get("finetune")))
         for r in plan
         if r.get("variant")
     }
     assert ablated == {
+        ("gap=bn", '{"dkd": {"gap": "bn"}}', "null"),
         ("gap=prototype", '{"dkd": {"gap": "prototype"}}', "null"),
+        ("diversity=embedding", '{"diversity_on": "embedding"}', "null"),
         ("no-diversity", '{"lambda_div": 0.0}', "null"),
-        ("diversity=rank", '{"diversity": "rank"}', "null"),
+        ("diversity=rank", '{"diversity": "rank", "diversity_on": "embedding"}', "null"),
         ("anchor=off", "null", '{"anchor": false}'),
     }
     assert len(planned_runs([2], [0], ablations=("anchor=off",))) == len(STRATEGIES) * 3 + 1 + 1

@@ -258,3 +258,27 @@ def test_hand_worked_distances():
     assert distance[0, 1] == pytest.approx(1 - math.cos(math.radians(5)))
     assert distance[0, 3] == pytest.approx(1.0)
     assert distance.min() >= -1e-12 and distance.max() <= 1.0 + 1e-12
+
+
+def test_the_evidence_gap_reads_the_labeled_scans_nearest_by_acquisition():
+    # Acquisitions: cases 0-2 like evidence scan A (the model fails there: Dice 0.2), cases 3-4
+    # like evidence scan B (Dice 0.9).
+    a0 = np.array([[0.0, 0.0], [0.01, 0.0], [0.0, 0.02], [1.0, 1.0], [0.98, 1.0]])
+    evidence = dict(
+        evidence_a0=np.array([[0.0, 0.01], [1.0, 0.99]]), evidence_failure=np.array([0.8, 0.1])
+    )
+    stats = _pool(a0=a0, labeled_a0=None, **evidence)
+    from assft.query.strategies import knowledge_gap
+
+    gap, notes = knowledge_gap(stats, QueryConfig(budget=1))
+    assert notes["gap_estimator"] == "evidence" and gap.tolist() == [0.8, 0.8, 0.8, 0.1, 0.1]
+    # DKD ranks the failing acquisition first; the diversity term (on a0) then crosses over.
+    dkd = run_strategy(stats, QueryConfig(strategy="dkd", budget=2))
+    assert dkd.picks[0] in (0, 1, 2) and dkd.picks[1] in (3, 4)
+    # When the evidence scans agree (one acquisition), `auto` keeps the BatchNorm gap.
+    agreeing = _pool(
+        a0=a0, evidence_a0=evidence["evidence_a0"], evidence_failure=np.array([0.8, 0.75])
+    )
+    assert knowledge_gap(agreeing, QueryConfig(budget=1))[1]["gap_estimator"] == "bn"
+    with pytest.raises(BadInputError, match="dkd.gap is 'evidence'"):
+        knowledge_gap(_pool(), QueryConfig.from_dict({"budget": 1, "dkd": {"gap": "evidence"}}))

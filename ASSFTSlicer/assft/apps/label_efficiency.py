@@ -58,14 +58,17 @@ RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
 }
 """One recipe choice changed each (random picks, supervised, the smallest budget)."""
 ABLATIONS: dict[str, dict[str, Any]] = {
+    "gap=bn": {"query": {"dkd": {"gap": "bn"}}},
     "gap=prototype": {"query": {"dkd": {"gap": "prototype"}}},
     "no-diversity": {"query": {"lambda_div": 0.0}},
-    "diversity=rank": {"query": {"diversity": "rank"}},
+    "diversity=rank": {"query": {"diversity": "rank", "diversity_on": "embedding"}},
+    "diversity=embedding": {"query": {"diversity_on": "embedding"}},
     "anchor=off": {"finetune": {"anchor": False}},
 }
 """ATTSQ + selective SSFT with one part changed (every budget and seed): the knowledge-gap
-estimator, the diversity term off, the diversity term as first defined (raw embeddings, rank
-normalised), and fine-tuning without the anchor."""
+estimator (BatchNorm statistics, prototypes), the diversity term off, the diversity term as
+first defined (deep embeddings, rank normalised), the diversity term on the deep embeddings
+(over the pool's spread), and fine-tuning without the anchor."""
 
 
 def markers(site: str | None, rounds: int = 1) -> tuple[str, str]:

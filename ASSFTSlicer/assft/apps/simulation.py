@@ -346,6 +346,12 @@ class Simulation:
         if self.held_out:
             self.base.hold_out(self.held_out)
             self.scored.hold_out(self.held_out)
+            # The pretrained model's Dice on them: the evidence a ranking reads (as assft rank
+            # measures it on a lab's held-out scans).
+            held = [c for c in dataset.pool if c.case_id in self.held_out]
+            self.scored.evidence = dice_on_test_scans(
+                self.base, "v0", held, device=device, views=1
+            )["by_case"]
         self.stats = self.scored.statistics()
         self._pretrained: dict[str, Any] | None = None
         self._pretrained_pool: dict[str, float] | None = None

@@ -70,13 +70,21 @@ pair (0.50, most pairs being 3 T T1), so a second FLAIR scan earned the full div
 and ATTSQ picked two FLAIR scans rather than a FLAIR and a T2 one (1.85 away)."""
 
 
-def pool_spread(z: np.ndarray) -> float:
+def _pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        return cosine_distance(a, b)
+    squared = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.clip(squared, 0.0, None) / max(1, a.shape[1]))
+
+
+def pool_spread(z: np.ndarray, metric: str = "cosine") -> float:
     """How far apart the rows of ``z`` (a pool) lie: the :data:`SPREAD_QUANTILE` of their
-    pairwise cosine distances (1.0 for fewer than two rows or identical rows)."""
+    pairwise distances (``cosine``, or ``rms``: the root mean square difference, as
+    :func:`assft.metrics.acquisition_distance`); 1.0 for fewer than two rows or identical ones."""
     z = np.atleast_2d(np.asarray(z, dtype=np.float64))
     if z.shape[0] < 2:
         return 1.0
-    d = cosine_distance(z, z)[np.triu_indices(z.shape[0], k=1)]
+    d = _pairwise(z, z, metric)[np.triu_indices(z.shape[0], k=1)]
     spread = float(np.quantile(d, SPREAD_QUANTILE))
     return spread if spread > 1e-12 else 1.0
 
@@ -89,21 +97,24 @@ def greedy_diverse_selection(
     labeled_z0: np.ndarray | None = None,
     lambda_div: float = 1.0,
     scale: str = "typical",
+    metric: str = "cosine",
 ) -> GreedySelection:
     """ATTSQ's diversity-aware greedy batch selection.
 
     At each pick take ``argmax_i S_i + lambda_div * D~_i`` over the cases not picked yet,
-    where ``D_i = min_j (1 - cos(z0_i, z0_j))`` over the labeled and already picked cases.
+    where ``D_i`` is the distance from case i to the nearest labeled or already picked case, in
+    the space of the rows of ``z0`` (``metric``: ``cosine``, or ``rms`` for acquisition
+    descriptors).
 
     ``scale`` says how D_i enters:
 
-    - ``typical`` (the default): the embeddings are centred on the pool's mean first (pooled
-      features share a large common direction, so raw cosine distances all lie near 0), and
-      ``D~ = min(1, D / spread)`` with ``spread`` the pool's :func:`pool_spread` (the 90th
-      percentile of its pairwise distances): a case as far from everything labeled as the
+    - ``typical`` (the default): with the cosine, the rows are centred on the pool's mean
+      first (pooled features share a large common direction, so raw cosine distances all lie
+      near 0); ``D~ = min(1, D / spread)`` with ``spread`` the pool's :func:`pool_spread` (the
+      90th percentile of its pairwise distances): a case as far from everything labeled as the
       pool's far pairs are apart earns the full ``lambda_div``, whatever the pool. ``D~ = 1``
       while nothing is labeled or picked.
-    - ``rank`` (before): raw embeddings, and D_i rank-normalised over the remaining cases, which
+    - ``rank`` (before): raw rows, and D_i rank-normalised over the remaining cases, which
       stretches even tiny differences to the full [0, 1]. ``D = 1`` while nothing is labeled
       or picked.
 
@@ -111,11 +122,12 @@ def greedy_diverse_selection(
 
     Args:
         scores: S_i per case, ``(N,)``.
-        z0: pretrained-model embeddings, ``(N, D)``.
+        z0: the cases' rows, ``(N, D)`` (pretrained embeddings or acquisition descriptors).
         budget: number of cases to pick (at most N).
-        labeled_z0: embeddings of the cases already labeled, ``(L, D)``, or None.
+        labeled_z0: the rows of the cases already labeled, ``(L, D)``, or None.
         lambda_div: weight of the diversity term (0 switches diversity off).
         scale: ``typical`` or ``rank`` (above).
+        metric: ``cosine`` or ``rms``.
 
     Returns:
         The picks; ``diversity`` holds D~ (``typical``) or D (``rank``).
@@ -126,21 +138,23 @@ def greedy_diverse_selection(
         raise ValueError(f"budget {budget} must be between 0 and the pool size {n}")
     if scale not in ("typical", "rank"):
         raise ValueError(f"scale must be 'typical' or 'rank', got {scale!r}")
+    if metric not in ("cosine", "rms"):
+        raise ValueError(f"metric must be 'cosine' or 'rms', got {metric!r}")
     z = np.asarray(z0, dtype=np.float64) if n else np.zeros((0, 1))
     labeled = (
         np.asarray(labeled_z0, dtype=np.float64)
         if labeled_z0 is not None and len(labeled_z0)
         else None
     )
-    typical = 1.0
+    spread = 1.0
     if scale == "typical" and n:
-        centre = z.mean(axis=0, keepdims=True)
-        z = z - centre
-        labeled = labeled - centre if labeled is not None else None
-        typical = pool_spread(z)
-    z = _unit_rows(z) if n else z
+        if metric == "cosine":
+            centre = z.mean(axis=0, keepdims=True)
+            z = z - centre
+            labeled = labeled - centre if labeled is not None else None
+        spread = pool_spread(z, metric)
     if labeled is not None:
-        distance = cosine_distance(z, labeled).min(axis=1) / typical
+        distance = _pairwise(z, labeled, metric).min(axis=1) / spread
     else:
         distance = np.ones(n)
     if scale == "typical":
@@ -163,7 +177,7 @@ def greedy_diverse_selection(
         diversity[best] = distance[best]
         objective[best] = value[best]
         remaining[best] = False
-        step = (1.0 - z @ z[best]) / typical
+        step = _pairwise(z, z[best : best + 1], metric)[:, 0] / spread
         distance = np.minimum(distance, np.minimum(step, 1.0) if scale == "typical" else step)
     if remaining.any():
         value = current_objective()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from assft.query.strategies import DiversityScale, GapEstimator, Strategy
+from assft.query.strategies import DiversityScale, DiversitySpace, GapEstimator, Strategy
 from assft.validation import (
     MAX_RADIUS,
     MAX_SEED,
@@ -21,6 +21,7 @@ __all__ = [
     "ASDConfig",
     "DKDConfig",
     "DiversityScale",
+    "DiversitySpace",
     "GapEstimator",
     "QueryConfig",
     "Strategy",
@@ -71,9 +72,12 @@ class QueryConfig(JsonConfig):
         views: test-time views (1 = identity only, up to 4 = identity + 3 axis flips).
         weight: w in S = w q(KG) + (1 - w) q(ASD).
         lambda_div: weight of the diversity term in greedy selection (0: off).
-        diversity: how the diversity term measures distance: `typical` (centred embeddings,
-            the distance over the pool's spread: lambda_div means the same in any pool)
-            or `rank` (the first definition: raw embeddings, rank-normalised distances).
+        diversity: how the diversity term measures distance: `typical` (the distance over the
+            pool's spread: lambda_div means the same in any pool) or `rank` (the first
+            definition: rank-normalised distances).
+        diversity_on: where the diversity term measures distance: `acquisition` (the
+            pretrained model's acquisition descriptors: the batch covers the scanners) or
+            `embedding` (its deep embeddings z0, the first definition).
         seed: seed of every random choice.
         mc_samples: MC-dropout samples of the `epistemic` strategy.
         mc_dropout: dropout probability used for MC sampling.
@@ -91,6 +95,7 @@ class QueryConfig(JsonConfig):
     weight: float = setting(0.5, ge=0.0, le=1.0)
     lambda_div: float = setting(1.0, ge=0.0)
     diversity: DiversityScale = setting(DiversityScale.TYPICAL)
+    diversity_on: DiversitySpace = setting(DiversitySpace.ACQUISITION)
     seed: int = setting(0, ge=0, le=MAX_SEED)
     mc_samples: int = setting(5, ge=2)
     mc_dropout: float = setting(0.2, ge=0.0, lt=1.0)

@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.io.imaging import read_image
-from assft.io.preprocessing import ModelGrid, to_model_grid
-from assft.metrics import acquisition_descriptor, batchnorm_knowledge_gap, rank_normalise
+from assft.io.imaging import read_image, read_label
+from assft.io.preprocessing import ModelGrid, to_image_grid, to_model_grid
+from assft.metrics import (
+    acquisition_descriptor,
+    batchnorm_knowledge_gap,
+    dice_scores,
+    mean_dice,
+    rank_normalise,
+)
 from assft.models import get_preset, resolve_device
-from assft.models.inference import CaseInference, epistemic_uncertainty, infer_case
+from assft.models.inference import (
+    CaseInference,
+    epistemic_uncertainty,
+    infer_case,
+    sliding_window_probabilities,
+)
 from assft.query.config import QueryConfig, Strategy
 from assft.query.parts import ArchiveParts, coverage_notes, find_parts, propose_held_out
 from assft.query.pretrained_cache import PretrainedCache, PretrainedStatistics, cache_key
@@ -169,6 +181,25 @@ class PoolScorer:
             a0=pretrained.a0,
         )
 
+    def dice_of(self, image_path: Path, label_path: Path) -> float:
+        """The current model's mean Dice on a labeled scan (one view, on the scan's grid): the
+        evidence of the `evidence` knowledge gap."""
+        image = read_image(image_path)
+        pre = self.preset
+        grid = to_model_grid(
+            image,
+            spacing=pre.spacing,
+            orientation=pre.orientation,
+            intensity=pre.intensity,
+            source=image_path,
+        )
+        channels = sliding_window_probabilities(self.current, grid.tensor).argmax(0).cpu()
+        values = np.array([0, *self.label_values], dtype=np.int64)[channels.numpy()]
+        prediction = to_image_grid(values.astype(np.int32), grid, image, nearest=True)
+        truth = sitk.GetArrayFromImage(read_label(label_path))
+        scores = dice_scores(sitk.GetArrayFromImage(prediction), truth, self.label_values)
+        return float(mean_dice(scores))
+
     def pretrained_only(self, case_id: str, image_path: Path) -> PretrainedStatistics:
         """f0's statistics of a labeled or held-out case (from the cache when possible): its z0
         for the diversity term, its a0 for the parts of the archive."""
@@ -193,6 +224,9 @@ def pool_statistics(
     scores: list[CaseScores],
     labeled_z0: np.ndarray,
     *,
+    labeled_a0: np.ndarray | None = None,
+    evidence_a0: np.ndarray | None = None,
+    evidence_failure: np.ndarray | None = None,
     has_head: bool,
     n_labels: int,
     round_index: int,
@@ -207,6 +241,7 @@ def pool_statistics(
             class_entropy[i, channel - 1] = value
     epistemic = np.array([s.epistemic for s in scores])
     zt = [s.zt for s in scores if s.zt is not None]
+    a0 = [s.a0 for s in scores if s.a0 is not None]
     return PoolStatistics(
         z0=z0,
         labeled_z0=labeled_z0,
@@ -218,6 +253,10 @@ def pool_statistics(
         zt=np.stack(zt) if len(zt) == len(scores) else None,  # None while f0 is current
         epistemic=None if np.isnan(epistemic).any() else epistemic,
         round=round_index,
+        a0=np.stack(a0) if a0 and len(a0) == len(scores) else None,
+        labeled_a0=labeled_a0,
+        evidence_a0=evidence_a0,
+        evidence_failure=evidence_failure,
     )
 
 
@@ -399,6 +438,8 @@ class ScoredPool:
     preset: str
     mc_dropout_injected: bool | None
     seconds: float
+    evidence: dict[str, float] = field(default_factory=dict)
+    """The scoring model's Dice on the labeled and held-out scans (the `evidence` gap's)."""
 
     @property
     def labeled_z0(self) -> np.ndarray:
@@ -407,9 +448,14 @@ class ScoredPool:
         return np.stack(rows) if rows else np.zeros((0, self.scores[0].z0.shape[0]))
 
     def statistics(self) -> PoolStatistics:
+        labeled_a0 = [stats.a0 for status, stats in self.others.values() if status == "labeled"]
+        known = [c for c in self.evidence if c in self.others]
         return pool_statistics(
             self.scores,
             self.labeled_z0,
+            labeled_a0=np.stack(labeled_a0) if labeled_a0 else None,
+            evidence_a0=np.stack([self.others[c][1].a0 for c in known]) if known else None,
+            evidence_failure=np.array([1.0 - self.evidence[c] for c in known]) if known else None,
             has_head=self.has_head,
             n_labels=len(self.label_values),
             round_index=0 if self.version == "v0" else int(self.version.lstrip("v") or 0),
@@ -486,15 +532,19 @@ def score_pool(
         progress.update(done, case=case["case_id"])
     my_stats = []
     for done, case in enumerate(my_others, start=len(my_pool) + 1):
-        stats = scorer.pretrained_only(case["case_id"], workspace.image_path(case["case_id"]))
-        my_stats.append((case["case_id"], case["status"], stats))
+        image_path = workspace.image_path(case["case_id"])
+        stats = scorer.pretrained_only(case["case_id"], image_path)
+        label = workspace.label_path(case["case_id"])
+        dice = scorer.dice_of(image_path, Path(label)) if label is not None else math.nan
+        my_stats.append((case["case_id"], case["status"], stats, dice))
         progress.update(done, case=case["case_id"])
     gathered = distributed.gather((my_scores, my_stats, scorer.mc_dropout_injected))
     scores = distributed.unshard([g[0] for g in gathered])
     stats_rows = distributed.unshard([g[1] for g in gathered])
     return ScoredPool(
         scores=scores,
-        others={case_id: (status, stats) for case_id, status, stats in stats_rows},
+        others={case_id: (status, stats) for case_id, status, stats, _ in stats_rows},
+        evidence={case_id: d for case_id, _, _, d in stats_rows if math.isfinite(d)},
         has_head=scorer.has_head,
         version=scorer.version,
         label_values=scorer.label_values,
