@@ -320,6 +320,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.labelNextButton.connect("clicked(bool)", self.onLabelNext)
         self.ui.submitNextButton.connect("clicked(bool)", self.onSubmitAndNext)
         self.ui.skipButton.connect("clicked(bool)", self.onSkip)
+        self.ui.submitValidationButton.connect("clicked(bool)", self.onSubmitValidation)
+        self.ui.proposeValidationButton.connect("clicked(bool)", self.onProposeValidation)
         self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
         self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
@@ -560,6 +562,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         noCase = self._caseProblem or _("Load a case first (Label next).")
         setState(self.ui.submitNextButton, hasCase and hasWorkspace, noCase)
         setState(self.ui.skipButton, hasCase and hasWorkspace, noCase)
+        setState(self.ui.submitValidationButton, hasCase and hasWorkspace, noCase)
+        setState(self.ui.proposeValidationButton, hasWorkspace and not depsMissing, noWorkspace)
         setState(self.ui.openSegmentEditorButton, hasCase, noCase)
         setState(
             self.ui.showChartButton,
@@ -597,6 +601,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ),
             TaskKind.RANK: (self.ui.rankButton, _("Rank")),
             TaskKind.PREDICT: (self.ui.labelNextButton, _("Label next")),
+            TaskKind.PROPOSE: (self.ui.proposeValidationButton, _("Propose validation scans")),
         }
 
     def _observeTasks(self) -> None:
@@ -852,6 +857,37 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.currentCase = ""
         self.refresh()
         self.onLabelNext()
+
+    def onSubmitValidation(self) -> None:
+        """Submit the case's label and hold the case out: a validation scan for the gate."""
+        p = self._parameterNode
+        case = p.currentCase
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to store the validation scan."), waitCursor=True
+        ):
+            self.logic.submitCase(p.workspacePath)
+            self.logic.holdOutCase(p.workspacePath, case)
+        p.currentCase = ""
+        self.refresh()
+        self.onLabelNext()
+
+    def onProposeValidation(self) -> None:
+        """Propose validation scans that cover the archive (Cancel while it runs)."""
+        if self._cancelIfRunning(TaskKind.PROPOSE):
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to propose validation scans.")):
+            self.logic.runProposeValidation(
+                p.workspacePath,
+                p.device.value,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onProposed,
+            )
+
+    def _onProposed(self, result) -> None:
+        if self._endTask(result):
+            self.ui.taskStatusLabel.text = self.logic.describeProposal(result)
 
     def onSkip(self) -> None:
         p = self._parameterNode

@@ -881,6 +881,68 @@ class WorkspaceLogic:
             workspace, nodes.caseId, nodes.segmentation, nodes.volume, overlap=overlap, user=user
         )
 
+    # validation scans ----------------------------------------------------------------------
+
+    def startProposeValidation(
+        self, workspacePath, device: str = "auto", **callbacks
+    ) -> BackgroundProcess:
+        """Propose validation (held-out) scans that cover the archive, one per part, in the
+        background (``assft hold-out --propose``); the result's ``done`` event holds them."""
+        workspace = self.openWorkspace(workspacePath)
+        arguments = [workspace.root, "--propose", "--device", device, "--progress", "json"]
+        return self.startEngineProcess(
+            "hold-out", arguments, _("proposing validation scans"), **callbacks
+        )
+
+    def runProposeValidation(
+        self, workspacePath, device: str = "auto", onProgress=None, onFinished=None
+    ) -> BackgroundProcess:
+        """:meth:`startProposeValidation` as the foreground task.
+
+        Raises:
+            ValueError: another task runs.
+        """
+        return self.tasks.run(
+            TaskKind.PROPOSE,
+            lambda done: self.startProposeValidation(
+                workspacePath, device, onProgress=onProgress, onFinished=done
+            ),
+            onFinished,
+            _("Proposing validation scans..."),
+        )
+
+    @staticmethod
+    def describeProposal(result: ProcessResult) -> str:
+        """The proposal as the clinician reads it, from a finished proposal's ``done`` event."""
+        done = result.doneEvent or {}
+        rows = done.get("proposed") or []
+        if not rows:
+            return _("No scan to propose.")
+        todo = {"held-out": _("held out already"), "unlabeled": _("label it as validation")}
+        text = _("Validation scans that cover the archive ({count} part(s)): ").format(
+            count=(done.get("parts") or {}).get("count", "?")
+        ) + "; ".join(
+            f"{row['case']} ({todo.get(row['status'], row['status'])}, {row['part']})"
+            for row in rows
+        )
+        notes = done.get("notes") or []
+        return text + ("".join(f" Note: {n}." for n in notes) if notes else "")
+
+    def holdOutCase(self, workspacePath, caseId: str, release: bool = False) -> None:
+        """Keep a labeled case out of training as a validation scan (or release it).
+
+        Raises:
+            ValueError: no case, or one that is not labeled (held out, to release).
+        """
+        from assft.errors import AssftError
+
+        if not caseId:
+            raise ValueError(_("No case is selected."))
+        try:
+            self.openWorkspace(workspacePath).hold_out([caseId], release=release)
+        except AssftError as error:
+            raise ValueError(str(error)) from None
+
     def skipCase(self, workspacePath, caseId: str) -> None:
         from assft.errors import AssftError
 

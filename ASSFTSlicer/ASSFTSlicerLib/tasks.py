@@ -36,6 +36,7 @@ class TaskKind(StrEnum):
     CREATE_FROM_VOLUMES = "createFromVolumes"
     RANK = "rank"
     PREDICT = "predict"
+    PROPOSE = "propose"
 
     def describe(self) -> str:
         return {
@@ -43,6 +44,7 @@ class TaskKind(StrEnum):
             "createFromVolumes": _("creating the workspace"),
             "rank": _("ranking"),
             "predict": _("predicting"),
+            "propose": _("proposing validation scans"),
         }[self.value]
 
 

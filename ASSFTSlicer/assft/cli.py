@@ -368,14 +368,15 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
             raise BadInputError("--propose lists scans to hold out: give no cases and no --release")
         from assft.query.ranking import propose_validation_set
 
+        progress = _progress(args)
         proposal = propose_validation_set(
-            workspace,
-            args.propose or None,
-            device=args.device,
-            progress=_progress(args),
+            workspace, args.propose or None, device=args.device, progress=progress
         )
+        progress.done(**proposal)  # the Slicer module and the web page read it from here
         if args.json:
             _print_json(proposal)
+            return 0
+        if args.progress == "json":
             return 0
         print(f"The archive has {proposal['parts']['count']} part(s) by acquisition; hold out:")
         for row in proposal["proposed"]:

@@ -331,6 +331,38 @@ class AnnotationApp(TrameApp):
         self._message(f"Stored {path.name}.")
         self._caseDone()
 
+    @controller.set("submit_validation")
+    def submitValidation(self) -> None:
+        """Store the case's label and hold it out: a validation scan the gate reads."""
+        if not self.state.current_case:
+            self._error("No case is loaded: use 'Label next' first.")
+            return
+        case = self.state.current_case
+        self.slicer.segmentation_editor.deactivate_effect()
+        with self._reportingErrors():
+            self.logic.submitCase(self.workspace)
+            self.logic.holdOutCase(self.workspace, case)
+            self._message(f"{case} is a validation scan now (held out of training).")
+            self._caseDone()
+
+    @controller.set("propose_validation")
+    def proposeValidation(self) -> None:
+        """Propose validation scans that cover the archive, or cancel the proposal."""
+        if self.logic.tasks.isRunning(TaskKind.PROPOSE):
+            self.logic.cancelTask()
+            return
+        with self._reportingErrors():
+            self.logic.runProposeValidation(
+                self.workspace,
+                device=self.device,
+                onProgress=self._onTaskProgress,
+                onFinished=self._onProposed,
+            )
+
+    def _onProposed(self, result) -> None:
+        if self._endTask(result):
+            self._message(self.logic.describeProposal(result))
+
     @controller.set("skip")
     def skip(self) -> None:
         with self._reportingErrors():

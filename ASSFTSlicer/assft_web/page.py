@@ -129,6 +129,23 @@ def build_page(app: Any) -> SimpleNamespace:
                     size="small",
                 )
                 v.VBtn("Skip", id="skip", click=ctrl.skip, disabled=("!case_ready",), size="small")
+                v.VBtn(
+                    "Submit as validation scan",
+                    id="submit-validation",
+                    click=ctrl.submit_validation,
+                    disabled=("!case_ready",),
+                    title="Store the label and keep the scan out of training: the promotion "
+                    "gate measures every new version on it",
+                    size="small",
+                )
+                v.VBtn(
+                    "{{ task_kind === 'propose' ? 'Cancel' : 'Propose validation scans' }}",
+                    id="propose-validation",
+                    click=ctrl.propose_validation,
+                    disabled=("task_kind !== '' && task_kind !== 'propose'",),
+                    title="Scans to label as validation scans, one per part of the archive",
+                    size="small",
+                )
                 v.VCheckbox(
                     id="show-uncertainty",
                     v_model=("show_uncertainty",),

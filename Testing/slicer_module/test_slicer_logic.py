@@ -499,3 +499,29 @@ def test_the_registered_slicer_tests_skip_with_the_reason_when_packages_are_miss
         unittest.SkipTest, match="assft_missing_pkg is missing.*Install dependencies"
     ):
         requireDependencies()
+
+
+def test_validation_scans_are_proposed_and_held_out(mrml, tiny_workspace):
+    workspace, labels = tiny_workspace
+    logic = _logic()
+    result = logic.startProposeValidation(workspace.root, "cpu").wait(timeout=120)
+    assert result.ok, result.output[-5:]
+    proposed = [row["case"] for row in result.doneEvent["proposed"]]
+    assert len(proposed) >= 2 and set(proposed) <= set(labels)
+    text = logic.describeProposal(result)
+    assert text.startswith("Validation scans that cover the archive") and proposed[0] in text
+    assert "label it as validation" in text
+    # A proposed scan, labeled, becomes a validation scan; an unlabeled one cannot.
+    first = proposed[0]
+    with pytest.raises(ValueError, match="only labeled cases can be held out"):
+        logic.holdOutCase(workspace.root, first)
+    workspace.submit_label(first, labels[first], user="tester")
+    logic.holdOutCase(workspace.root, first)
+    assert workspace.registry.case(first)["status"] == "held-out"
+    again = logic.startProposeValidation(workspace.root, "cpu").wait(timeout=120)
+    assert again.doneEvent["proposed"][0] == {**again.doneEvent["proposed"][0], "case": first}
+    assert "held out already" in logic.describeProposal(again)
+    logic.holdOutCase(workspace.root, first, release=True)
+    assert workspace.registry.case(first)["status"] == "labeled"
+    with pytest.raises(ValueError, match="No case is selected"):
+        logic.holdOutCase(workspace.root, "")

@@ -42,6 +42,9 @@ def test_submit_and_skip_without_a_case_say_so_and_write_nothing(app):
     assert app.state.message == "No case is loaded: use 'Label next' first."
     app.skip()
     assert app.state.message_is_error and "No case is loaded" in app.state.message
+    app.state.message = ""
+    app.submitValidation()
+    assert app.state.message_is_error and "No case is loaded" in app.state.message
     assert sorted(labels.iterdir()) == before
 
 
