@@ -898,6 +898,12 @@ def add_bench_parser(sub: Subparsers) -> None:
         " default all)",
     )
     p.add_argument(
+        "--no-transductive",
+        dest="no_transductive",
+        action="store_true",
+        help="label-efficiency: skip each run's Dice on the pool's unlabeled scans",
+    )
+    p.add_argument(
         "--marginal-gains",
         dest="marginal_gains",
         action="store_true",

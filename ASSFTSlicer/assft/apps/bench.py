@@ -179,6 +179,7 @@ def _run_label_efficiency(
         ablations=_ablations(args),
         max_minutes=args.max_minutes,
         marginal_gains=args.marginal_gains,
+        transductive=not args.no_transductive,
         strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
         model=args.model,
         images=Path(args.images) if own else None,

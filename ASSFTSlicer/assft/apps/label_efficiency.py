@@ -438,6 +438,7 @@ def run_label_efficiency(
     ceiling: bool = True,
     max_minutes: float | None = None,
     marginal_gains: bool = False,
+    transductive: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark in ``out``; returns the document (also written as JSON).
@@ -446,7 +447,7 @@ def run_label_efficiency(
     command continues), so that a long grid runs in chunks. ``marginal_gains``: after the
     grid, label each selectable pool scan alone (budget 1, seed 0, selective SSFT) and record its
     test Dice gain over the pretrained model (``marginal.jsonl``), which each signal is then
-    checked against.
+    checked against. ``transductive`` False skips each run's Dice on the pool's unlabeled scans.
 
     ``strategies`` limits the grid to some strategies (every run of the others is left out).
 
@@ -527,6 +528,9 @@ def run_label_efficiency(
         label_names=names,
         device=device,
         views=views,
+        # The MC-dropout passes only where a strategy of the grid needs them.
+        epistemic=any(REGISTERED[name].needs_mc_dropout for name in strategies),
+        transductive=transductive,
         progress=progress,
     )
     results_path = out / "runs.jsonl"
