@@ -51,6 +51,8 @@ def _pool(**changes) -> PoolStatistics:
         class_entropy=np.array([[0.9, np.nan], [0.2, 0.6], [0.5, 0.8], [0.1, 0.3], [0.4, np.nan]]),
         kg_bn=np.array([0.9, 0.8, 0.1, 0.2, 0.3]),
         epistemic=np.array([0.05, 0.4, 0.3, 0.2, 0.1]),
+        view_entropy=np.array([0.1, 0.5, 0.2, 0.3, 0.4]),
+        energy_variance=np.array([0.05, 0.01, 0.5, 0.02, 0.03]),
     )
     for name, value in changes.items():
         setattr(stats, name, value)
@@ -77,6 +79,11 @@ EXPECTED: dict[str, tuple[dict, list[int], list[int]]] = {
     "dkd": ({"budget": 2, "diversity": "rank"}, [0, 3], [0, 3, 2, 4, 1]),
     # Power sampling with a huge power is the top S: 7/8 (case 0), 5/8 (case 3), 4/8, 3/8, 1/8.
     "attsq-power": ({"budget": 2, "power_beta": 1e6}, [0, 3], [0, 3, 4, 1, 2]),
+    # Prototypes: the 3 lowest ASD under f0, cases 1, 2, 4 (at 5, 60, 70 degrees); mean 1 - cos
+    # to them: 0.387, 0.335, 0.147, 0.369, 0.198 -> q = 1, 1/2, 0, 3/4, 1/4. q(view entropy) =
+    # 0, 1, 1/4, 1/2, 3/4; q(energy variance) = 3/4, 0, 1, 1/4, 1/2. S = the mean of the three:
+    # 0.583, 0.5, 0.417, 0.5, 0.5. Without diversity: case 0, then the ties by index.
+    "asfosda": ({"budget": 2, "lambda_div": 0.0}, [0, 1], [0, 1, 3, 4, 2]),
     # k = 2 parts of the centred embeddings: {2, 3, 4}, the larger, then {0, 1}. The case
     # nearest each centre: case 4 (at 70 degrees, between 60 and 90), then case 0 (0 and 1 are
     # equally near their centre: the lower index). The rest by closeness to their centre.

@@ -35,6 +35,9 @@ class CaseInference:
         batchnorm: per encoder BatchNorm layer, the per-channel (mean, var) of its input.
         probabilities: view-averaged probabilities (C, X, Y, Z), only when asked for.
         entropy: voxel entropy (X, Y, Z), only when probabilities are asked for.
+        view_entropy: per view, the mean entropy of that view's own prediction over the voxels
+            it predicts as foreground (the whole scan where it predicts none).
+        view_energy: per view, the mean free energy -logsumexp(logits) over the same voxels.
     """
 
     difficulty: SegmentationDifficulty
@@ -42,6 +45,8 @@ class CaseInference:
     batchnorm: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     probabilities: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    view_entropy: list[float] = field(default_factory=list)
+    view_energy: list[float] = field(default_factory=list)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -54,6 +59,15 @@ def sliding_window_probabilities(
     model: LoadedModel, tensor: torch.Tensor, flips: tuple[int, ...] = ()
 ) -> torch.Tensor:
     """Softmax probabilities of one view, flipped back: (C, X, Y, Z) float32 on the device."""
+    return sliding_window_outputs(model, tensor, flips)[0]
+
+
+def sliding_window_outputs(
+    model: LoadedModel, tensor: torch.Tensor, flips: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view's softmax probabilities (C, X, Y, Z) and free energy -logsumexp(logits)
+    (X, Y, Z), flipped back, float32 on the device (Liu et al., "Energy-based
+    out-of-distribution detection", NeurIPS 2020)."""
     preset = model.preset
     x = tensor[None].to(model.device)
     if flips:
@@ -70,9 +84,11 @@ def sliding_window_probabilities(
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"sliding-window inference gave {type(logits).__name__}, not a tensor")
     probs = torch.softmax(logits.float(), dim=1)
+    energy = -torch.logsumexp(logits.float(), dim=1)
     if flips:
         probs = torch.flip(probs, flips)
-    return probs[0]
+        energy = torch.flip(energy, [axis - 1 for axis in flips])
+    return probs[0], energy[0]
 
 
 def infer_case(
@@ -101,9 +117,15 @@ def infer_case(
     with model.capture_features(
         embedding=True, batchnorm=batchnorm and model.has_batchnorm
     ) as capture:
+        view_entropy: list[float] = []
+        view_energy: list[float] = []
         for flips in VIEW_FLIPS[:views]:
-            probs = sliding_window_probabilities(model, tensor, flips)
+            probs, energy = sliding_window_outputs(model, tensor, flips)
             foreground = predicted_foreground(probs)
+            where = foreground if bool(foreground.any()) else torch.ones_like(foreground)
+            view_entropy.append(float(voxel_entropy(probs)[where].mean()))
+            view_energy.append(float(energy[where].mean()))
+            del energy
             view_foreground = (
                 foreground if view_foreground is None else view_foreground | foreground
             )
@@ -123,6 +145,8 @@ def infer_case(
         batchnorm=stats,
         probabilities=probs_mean if keep_probabilities else None,
         entropy=entropy if keep_probabilities else None,
+        view_entropy=view_entropy,
+        view_energy=view_energy,
     )
 
 

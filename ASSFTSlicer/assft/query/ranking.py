@@ -61,6 +61,8 @@ class CaseScores:
     zt: np.ndarray | None = None
     epistemic: float = math.nan
     a0: np.ndarray | None = None
+    view_entropy: float = math.nan
+    energy_variance: float = math.nan
 
 
 class PoolScorer:
@@ -179,6 +181,9 @@ class PoolScorer:
             zt=zt,
             epistemic=epistemic_value,
             a0=pretrained.a0,
+            view_entropy=float(np.mean(current.view_entropy)) if current.view_entropy else math.nan,
+            # One view: no disagreement to measure (0 for every case).
+            energy_variance=float(np.var(current.view_energy)) if current.view_energy else math.nan,
         )
 
     def dice_of(self, image_path: Path, label_path: Path) -> float:
@@ -240,6 +245,8 @@ def pool_statistics(
         for channel, value in s.class_entropy.items():
             class_entropy[i, channel - 1] = value
     epistemic = np.array([s.epistemic for s in scores])
+    view_entropy = np.array([s.view_entropy for s in scores])
+    energy_variance = np.array([s.energy_variance for s in scores])
     zt = [s.zt for s in scores if s.zt is not None]
     a0 = [s.a0 for s in scores if s.a0 is not None]
     return PoolStatistics(
@@ -257,6 +264,8 @@ def pool_statistics(
         labeled_a0=labeled_a0,
         evidence_a0=evidence_a0,
         evidence_failure=evidence_failure,
+        view_entropy=None if np.isnan(view_entropy).any() else view_entropy,
+        energy_variance=None if np.isnan(energy_variance).any() else energy_variance,
     )
 
 

@@ -97,6 +97,8 @@ class PoolStatistics:
         labeled_a0: those of the cases already labeled, ``(L, C)``.
         evidence_a0: a0 of the labeled and held-out scans, ``(E, C)``.
         evidence_failure: 1 - the current model's Dice on each of them, ``(E,)``.
+        view_entropy: mean over the test-time views of each view's own foreground entropy.
+        energy_variance: variance over the views of each view's mean free energy.
     """
 
     z0: np.ndarray
@@ -113,6 +115,8 @@ class PoolStatistics:
     labeled_a0: np.ndarray | None = None
     evidence_a0: np.ndarray | None = None
     evidence_failure: np.ndarray | None = None
+    view_entropy: np.ndarray | None = None
+    energy_variance: np.ndarray | None = None
 
     def evidence_spread(self) -> float:
         """How much the current model's failure differs across the evidence scans (0 without)."""
@@ -342,6 +346,30 @@ def query_attsq_power(
     value = beta * np.log(np.clip(score, 1e-6, None)) + rng.gumbel(size=score.size)
     notes["beta"] = beta
     return QueryResult(_top(value, config.budget), score, value, _nan(stats.size), gap, notes)
+
+
+@register_strategy("asfosda", "Per-view entropy, energy and prototypes", needs_head=True)
+def query_asfosda(
+    stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
+) -> QueryResult:
+    """The signals of the first author's later source-free work (ASFOSDA), as the issue names
+    them: the entropy of each test-time view's own prediction (averaged over the views), the
+    variance of the free energy over the views (how much the views disagree in how familiar
+    the scan is), and the prototype discrepancy to the K cases the pretrained model is surest
+    of; S = the mean of their rank-normalised values, then ATTSQ's diverse greedy batch."""
+    if stats.view_entropy is None or stats.energy_variance is None or stats.asd0 is None:
+        raise BadInputError(
+            "strategy 'asfosda' needs the per-view statistics of a model with a segmentation head"
+        )
+    prototype, prototypes = prototype_knowledge_gap(stats.z0, stats.asd0, config.dkd.prototypes)
+    score = (
+        rank_normalise(stats.view_entropy)
+        + rank_normalise(stats.energy_variance)
+        + rank_normalise(prototype)
+    ) / 3.0
+    greedy = _diverse(score, stats, config)
+    notes: dict[str, object] = {"prototypes": [int(i) for i in prototypes]}
+    return QueryResult(greedy.picks, score, greedy.objective, greedy.diversity, prototype, notes)
 
 
 @register_strategy("typicality", "Typical cases (k-means)", baseline=True)
