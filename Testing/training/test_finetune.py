@@ -734,3 +734,22 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
         workspace, FinetuneConfig(**FAST, anchor=False, seed=2), device="cpu", restart=True
     )
     assert "anchor" not in off["ssft"]
+
+
+def test_held_out_scans_weigh_the_share_of_the_archive_they_stand_for():
+    from assft.query.parts import ArchiveParts
+    from assft.training.finetune import archive_weights
+
+    parts = ArchiveParts(
+        of_case={**{f"a{i}": 0 for i in range(25)}, **{f"b{i}": 1 for i in range(5)}},
+        by_closeness=[[f"a{i}" for i in range(25)], [f"b{i}" for i in range(5)]],
+    )
+    # One scan of a part of 25 and one of a part of 5 weigh 5 : 1.
+    assert archive_weights(["a0", "b0"], parts) == pytest.approx([25 / 30, 5 / 30])
+    # Two scans of the large part share its weight.
+    assert archive_weights(["a0", "a1", "b0"], parts) == pytest.approx(
+        [12.5 / 30, 12.5 / 30, 5 / 30]
+    )
+    # A scan the parts do not know weighs an average part; without parts the weights are equal.
+    assert archive_weights(["a0", "x"], parts) == pytest.approx([25 / 40, 15 / 40])
+    assert archive_weights(["a0", "b0"], None) == [0.5, 0.5] and archive_weights([], parts) == []

@@ -103,6 +103,23 @@ def describe_settings(config: dict[str, Any]) -> str:
     return ", ".join(f"{key} {config.get(key)}" for key in _SETTINGS_SHOWN if key in config)
 
 
+def archive_weights(held_out: list[str], parts: ArchiveParts | None) -> list[float]:
+    """Each held-out scan's weight in the held-out Dice: the share of the archive its part holds,
+    split among the part's held-out scans, so that the gate estimates the Dice over the archive
+    rather than over the held-out set (one scan of a part of 5 and one of a part of 25 weigh
+    1 : 5). Without parts, or for a scan they do not know, the weights are equal."""
+    if not held_out:
+        return []
+    if parts is None:
+        return [1.0 / len(held_out)] * len(held_out)
+    known = [parts.of_case.get(case) for case in held_out]
+    in_part = {p: known.count(p) for p in set(known) if p is not None}
+    average = float(np.mean(parts.sizes)) if parts.count else 1.0
+    raw = [parts.sizes[p] / in_part[p] if p is not None else average for p in known]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
 def change_by_part(
     held_out: list[str],
     new_dice: list[float],
@@ -184,6 +201,8 @@ class _JobRun:
         curve, curves: the learning curve and where it and the best checkpoint are stored.
         anchor, anchor_cases: the parent's reliable cases far from the labeled ones, with its
             pseudo-labels (``FinetuneConfig.anchor``; empty without it).
+        parts, held_out_weights: the archive's parts (the latest ranking's) and each held-out
+            scan's weight in the held-out Dice.
     """
 
     job: Job
@@ -204,6 +223,14 @@ class _JobRun:
     anchor: PseudoLabels | None = None
     anchor_cases: list[TrainingCase] = field(default_factory=list)
     anchor_evidence: list[dict[str, Any]] = field(default_factory=list)
+    parts: ArchiveParts | None = None
+    held_out_weights: list[float] = field(default_factory=list)
+
+    def held_out_dice(self, per_case: list[float]) -> float:
+        """The held-out Dice the gate and the best checkpoint read: each held-out scan weighs
+        the share of the archive it stands for (:func:`archive_weights`)."""
+        return float(np.dot(self.held_out_weights, per_case))
+
     trainer: Trainer | None = None
     stage: int = 1
     step: int = 0
@@ -506,6 +533,7 @@ class FinetuneJob:
             progress.update(i, case=case_id)
         case_voxels = float(np.mean([c.image[0].numel() for c in labeled_cases]))
         iterations, semi_iterations = self.config.steps_for(len(labeled_cases), case_voxels, patch)
+        parts = self._archive_parts()
         curves = CurveStore(job.folder)
         curve = curves.load() if resumed else LearningCurve()
         curve.steps = {"1": iterations, "2": semi_iterations}
@@ -531,6 +559,8 @@ class FinetuneJob:
             semi_iterations=semi_iterations,
             curve=curve,
             curves=curves,
+            parts=parts,
+            held_out_weights=archive_weights(held_out_ids, parts),
         )
 
     def _start_training(self, run: _JobRun) -> None:
@@ -579,7 +609,9 @@ class FinetuneJob:
     def _evaluate(self, run: _JobRun, stage: int, step: int) -> float:
         """Rank 0: held-out Dice now; the weights are kept when they are the best so far."""
         n_classes = 1 + len(run.label_values)
-        dice = validation_dice(run.model, run.held_out_cases, n_classes)["mean_dice"]
+        dice = run.held_out_dice(
+            validation_dice(run.model, run.held_out_cases, n_classes)["per_case"]
+        )
         assert run.curves is not None
         if run.curve.add_validation(stage, step, dice):
             run.curves.save_best(run.model.network)
@@ -820,21 +852,17 @@ class FinetuneJob:
             progress = run.progress
             progress.phase("validation", 2)
             new_scores = validation_dice(run.model, run.held_out_cases, n_classes)
-            progress.update(1, validation_dice=new_scores["mean_dice"])
+            new_dice = run.held_out_dice(new_scores["per_case"])
+            progress.update(1, validation_dice=new_dice)
             base_model = self.registry.load(run.base_version, device=run.device)
             base_scores = validation_dice(base_model, run.held_out_cases, n_classes)
-            progress.update(
-                2, validation_dice=new_scores["mean_dice"], parent_dice=base_scores["mean_dice"]
-            )
-            gate = validation_gate(
-                new_scores["mean_dice"], base_scores["mean_dice"], run.base_version
-            )
+            base_dice = run.held_out_dice(base_scores["per_case"])
+            progress.update(2, validation_dice=new_dice, parent_dice=base_dice)
+            gate = validation_gate(new_dice, base_dice, run.base_version)
             gate["held_out"] = run.held_out_ids
+            gate["weights"] = [round(w, 6) for w in run.held_out_weights]
             by_part = change_by_part(
-                run.held_out_ids,
-                new_scores["per_case"],
-                base_scores["per_case"],
-                self._archive_parts(),
+                run.held_out_ids, new_scores["per_case"], base_scores["per_case"], run.parts
             )
             if by_part:
                 gate["parts"] = by_part
@@ -843,12 +871,12 @@ class FinetuneJob:
                     gate["reason"] += "; worse on " + ", ".join(
                         f"{p['name']} ({p['change']:+.4f})" for p in worse
                     )
-            metrics["validation_dice"] = new_scores["mean_dice"]
+            metrics["validation_dice"] = new_dice
             metrics["validation_per_structure"] = {
                 self.workspace.config.label_names.get(label_values[c - 1], str(c)): v
                 for c, v in new_scores["per_structure"].items()
             }
-            metrics["parent_validation_dice"] = base_scores["mean_dice"]
+            metrics["parent_validation_dice"] = base_dice
         else:
             gate = validation_gate(None, None, run.base_version)
         self.timings["validation_s"] = time.perf_counter() - t0
