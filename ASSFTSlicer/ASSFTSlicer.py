@@ -838,35 +838,44 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.setUncertaintyVisible(visible)
 
     def onSubmitAndNext(self) -> None:
+        if self._submit():
+            self._parameterNode.currentCase = ""
+            self.refresh()
+            self.onLabelNext()
+
+    def _submit(self) -> bool:
+        """Store the case's segmentation, asking who wins voxels that segments share; whether
+        it was stored."""
         p = self._parameterNode
         self.ui.segmentEditorWidget.setActiveEffect(None)  # an effect's unapplied preview ends
         overlap = None
         with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
             try:
                 self.logic.submitCase(p.workspacePath)
+                return True
             except SegmentOverlapError as error:
                 overlap = error  # asked below, without the wait cursor
-        if overlap is not None:
-            question = f"{overlap}\n\n" + _(
-                "Give each shared voxel the label of the segment lowest in the list, and submit?"
-            )
-            if not slicer.util.confirmYesNoDisplay(question):
-                return
-            with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
-                self.logic.submitCase(p.workspacePath, overlap=OverlapPolicy.LAST_WINS)
-        p.currentCase = ""
-        self.refresh()
-        self.onLabelNext()
+        if overlap is None:
+            return False  # the error was shown
+        question = f"{overlap}\n\n" + _(
+            "Give each shared voxel the label of the segment lowest in the list, and submit?"
+        )
+        if not slicer.util.confirmYesNoDisplay(question):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Failed to submit the label."), waitCursor=True):
+            self.logic.submitCase(p.workspacePath, overlap=OverlapPolicy.LAST_WINS)
+            return True
+        return False
 
     def onSubmitValidation(self) -> None:
         """Submit the case's label and hold the case out: a validation scan for the gate."""
         p = self._parameterNode
         case = p.currentCase
-        self.ui.segmentEditorWidget.setActiveEffect(None)
+        if not self._submit():
+            return
         with slicer.util.tryWithErrorDisplay(
-            _("Failed to store the validation scan."), waitCursor=True
+            _("The label is stored, but the case could not be held out."), waitCursor=True
         ):
-            self.logic.submitCase(p.workspacePath)
             self.logic.holdOutCase(p.workspacePath, case)
         p.currentCase = ""
         self.refresh()

@@ -366,16 +366,20 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
     if args.propose is not None:
         if args.cases or args.release:
             raise BadInputError("--propose lists scans to hold out: give no cases and no --release")
+        if args.propose < 0:
+            raise BadInputError(
+                f"--propose N must be 1 or more (0: one per part), got {args.propose}"
+            )
         from assft.query.ranking import propose_validation_set
 
         progress = _progress(args)
         proposal = propose_validation_set(
             workspace, args.propose or None, device=args.device, progress=progress
         )
-        progress.done(**proposal)  # the Slicer module and the web page read it from here
         if args.json:
             _print_json(proposal)
             return 0
+        progress.done(**proposal)  # --progress json: the Slicer module and the page read it
         if args.progress == "json":
             return 0
         print(f"The archive has {proposal['parts']['count']} part(s) by acquisition; hold out:")

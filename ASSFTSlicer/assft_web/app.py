@@ -339,11 +339,15 @@ class AnnotationApp(TrameApp):
             return
         case = self.state.current_case
         self.slicer.segmentation_editor.deactivate_effect()
-        with self._reportingErrors():
+        try:
             self.logic.submitCase(self.workspace)
+        except Exception as error:
+            self._error(f"Failed to submit the label: {error}")
+            return
+        with self._reportingErrors():
             self.logic.holdOutCase(self.workspace, case)
             self._message(f"{case} is a validation scan now (held out of training).")
-            self._caseDone()
+        self._caseDone()
 
     @controller.set("propose_validation")
     def proposeValidation(self) -> None:

@@ -142,7 +142,7 @@ def build_page(app: Any) -> SimpleNamespace:
                     "{{ task_kind === 'propose' ? 'Cancel' : 'Propose validation scans' }}",
                     id="propose-validation",
                     click=ctrl.propose_validation,
-                    disabled=("task_kind !== '' && task_kind !== 'propose'",),
+                    disabled=("(task_kind !== '' && task_kind !== 'propose') || job_active",),
                     title="Scans to label as validation scans, one per part of the archive",
                     size="small",
                 )

@@ -34,8 +34,28 @@ def test_simulated_runs_select_label_finetune_and_test(tmp_path, synthetic_pool,
     assert set(pretrained["per_structure"]) == {"shell", "core"}
     assert list(pretrained["by_case"]) == [c.case_id for c in dataset.test]
     signals = simulation.signals_against_failure()
-    assert set(signals) == {"knowledge gap (bn)", "ASD", "mean entropy", "epistemic (MC dropout)"}
+    assert set(signals) == {
+        "knowledge gap (bn)",
+        "knowledge gap (prototype)",
+        "ASD",
+        "ATTSQ score S",
+        "mean entropy",
+        "epistemic (MC dropout)",
+    }
     assert all(-1.0 <= rho <= 1.0 for rho in signals.values())
+    # One scan labeled alone: the run labels exactly that scan (the marginal-gain runs).
+    alone = simulation.unlabeled_pool[-1].case_id
+    single = simulation.run(
+        QueryConfig(strategy="random", budget=1, views=1),
+        {**FAST, "mode": "none"},
+        variant=f" alone {alone}",
+        picks=[alone],
+    )
+    assert single.selected == [alone]
+    gains = {c.case_id: 0.1 * i for i, c in enumerate(simulation.unlabeled_pool)}
+    against = simulation.signals_against_gains(gains)
+    assert set(against) == set(signals) and all(-1.0 <= r <= 1.0 for r in against.values())
+    assert simulation.signals_against_gains({alone: 0.2}) == {}  # too few to rank
     ranking = simulation.ranking(QueryConfig(strategy="attsq", budget=2, views=1))
     result = simulation.run(
         QueryConfig(strategy="attsq", budget=2, views=1), {**FAST, "mode": "selective"}

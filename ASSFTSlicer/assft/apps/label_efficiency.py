@@ -190,7 +190,9 @@ def _key(run: dict[str, Any]) -> tuple:
     return (run["strategy"], run["mode"], run["budget"], run["seed"], run.get("variant", ""))
 
 
-def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(
+    results: list[dict[str, Any]], budgets: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Mean and spread (sample std) over seeds per strategy, mode, variant and budget."""
     groups: dict[tuple, list[float]] = {}
     pools: dict[tuple, list[float]] = {}
@@ -220,7 +222,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "table": table,
         "paired": paired,
-        "auc": area_under_curve(table),
+        "auc": area_under_curve(table, budgets),
         "goals": goals(table) + selection_goals(results),
         "gate": gate_record(results),
     }
@@ -646,7 +648,7 @@ def run_label_efficiency(
             else {}
         ),
         "runs": results,
-        **summarise(results),
+        **summarise(results, budgets),
     }
     document["payoff"] = payoff_goals(document["table"], pretrained["mean_dice"], budgets)
     (out / "label-efficiency.json").write_text(json.dumps(document, indent=2) + "\n")

@@ -73,11 +73,17 @@ def paired_differences(
     return rows
 
 
-def area_under_curve(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per strategy, mode and variant with two or more budgets: the area under the mean test
-    Dice against the number of labels (trapezoids), over the span of budgets (a mean Dice)."""
+def area_under_curve(
+    table: Sequence[dict[str, Any]], budgets: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """Per strategy, mode and variant with two or more of the ``budgets`` (default: every
+    budget in the table): the area under the mean test Dice against the number of labels
+    (trapezoids), over the span of its budgets (a mean Dice). Give the grid's own budgets, so
+    that random's runs at twice a budget do not stretch its curve beyond the others'."""
     curves: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for row in table:
+        if budgets is not None and int(row["budget"]) not in budgets:
+            continue
         curves.setdefault((row["strategy"], row["mode"], row["variant"]), []).append(
             (int(row["budget"]), float(row["mean"]))
         )

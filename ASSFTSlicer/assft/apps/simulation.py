@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from assft.datasets.sites import MIXED, site_folder
+from assft.datasets.sites import MIXED, TEST_EVERY, site_folder
 from assft.errors import BadInputError
 from assft.io.imaging import (
     IMAGE_SUFFIXES,
@@ -82,7 +82,7 @@ class Dataset:
         return cls.split(cases, test_every=test_every)
 
     @classmethod
-    def split(cls, cases: list[Case], *, test_every: int = 4) -> Dataset:
+    def split(cls, cases: list[Case], *, test_every: int = TEST_EVERY) -> Dataset:
         """Every ``test_every``-th case (in the order given) is a test scan, the others the pool."""
         test = [c for i, c in enumerate(cases) if i % test_every == test_every - 1]
         pool = [c for c in cases if c not in test]
@@ -349,9 +349,8 @@ class Simulation:
             # The pretrained model's Dice on them: the evidence a ranking reads (as assft rank
             # measures it on a lab's held-out scans).
             held = [c for c in dataset.pool if c.case_id in self.held_out]
-            self.scored.evidence = dice_on_test_scans(
-                self.base, "v0", held, device=device, views=1
-            )["by_case"]
+            measured = dice_on_test_scans(self.base, "v0", held, device=device, views=1)
+            self.scored.evidence = {c: d for c, d in measured["by_case"].items() if np.isfinite(d)}
         self.stats = self.scored.statistics()
         self._pretrained: dict[str, Any] | None = None
         self._pretrained_pool: dict[str, float] | None = None

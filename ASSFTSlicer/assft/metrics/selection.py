@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from assft.metrics.acquisition import acquisition_distance
+
 
 def rank_normalise(values: np.ndarray) -> np.ndarray:
     """Rank normalisation q(x) to [0, 1], robust to each metric's scale.
@@ -71,10 +73,7 @@ and ATTSQ picked two FLAIR scans rather than a FLAIR and a T2 one (1.85 away).""
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        return cosine_distance(a, b)
-    squared = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.clip(squared, 0.0, None) / max(1, a.shape[1]))
+    return cosine_distance(a, b) if metric == "cosine" else acquisition_distance(a, b)
 
 
 def pool_spread(z: np.ndarray, metric: str = "cosine") -> float:

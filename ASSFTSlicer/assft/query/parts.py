@@ -111,7 +111,7 @@ def propose_held_out(
     queues = [[c for c in cases if c not in banned] for cases in parts.by_closeness]
     served = [sum(parts.of_case[c] == part for c in chosen) for part in range(parts.count)]
     while len(chosen) < count and any(queues):
-        # The part with the fewest held-out scans for its size, the largest first on a tie.
+        # The part with the fewest held-out scans so far, the largest first on a tie.
         part = min(
             (p for p in range(parts.count) if queues[p]),
             key=lambda p: (served[p], -parts.sizes[p], p),

@@ -37,7 +37,13 @@ from assft.models.inference import (
 from assft.query.config import QueryConfig, Strategy
 from assft.query.parts import ArchiveParts, coverage_notes, find_parts, propose_held_out
 from assft.query.pretrained_cache import PretrainedCache, PretrainedStatistics, cache_key
-from assft.query.strategies import PoolStatistics, QueryResult, run_strategy, strategy_info
+from assft.query.strategies import (
+    GapEstimator,
+    PoolStatistics,
+    QueryResult,
+    run_strategy,
+    strategy_info,
+)
 from assft.runtime import cancellation, distributed
 from assft.runtime.progress import Progress
 from assft.workspace import Workspace
@@ -276,7 +282,7 @@ def _position(q: float, n: int) -> int:
 
 _GAP_STRATEGIES = ("attsq", "attsq-power", "dkd")
 _ASD_STRATEGIES = ("attsq", "attsq-power", "asd")
-_DIVERSE_STRATEGIES = ("attsq", "dkd")
+_DIVERSE_STRATEGIES = ("attsq", "dkd", "asfosda")
 
 
 def explain(
@@ -330,6 +336,8 @@ def explain(
             parts.append("unlike anything labeled so far")
         elif diversity < 0.25:
             parts.append("much like a scan already labeled or picked")
+    elif strategy == "coreset" and selected:
+        parts.append("the scan farthest from everything labeled or picked before it")
     parts = [p for p in parts if p]
     if not parts:
         parts.append("picked for its combined score" if selected else "ranked lower overall")
@@ -481,9 +489,6 @@ class ScoredPool:
         ids, descriptors = self.descriptors()
         return find_parts(ids, descriptors)
 
-    def status_of(self, case_id: str) -> str:
-        return self.others[case_id][0] if case_id in self.others else "unlabeled"
-
     def hold_out(self, case_ids: list[str]) -> None:
         """Move scored cases out of the pool as held out (a simulation labels them once)."""
         chosen = set(case_ids)
@@ -539,12 +544,24 @@ def score_pool(
             )
         )
         progress.update(done, case=case["case_id"])
+    # The evidence gap's scans, only where the estimator may read them: the held-out scans, and
+    # the labeled ones while the current model has not trained on them.
+    measure_evidence = (
+        scorer.has_head
+        and strategy_info(config.strategy).uses_gap
+        and config.dkd.gap in (GapEstimator.AUTO, GapEstimator.EVIDENCE)
+    )
     my_stats = []
     for done, case in enumerate(my_others, start=len(my_pool) + 1):
         image_path = workspace.image_path(case["case_id"])
         stats = scorer.pretrained_only(case["case_id"], image_path)
         label = workspace.label_path(case["case_id"])
-        dice = scorer.dice_of(image_path, Path(label)) if label is not None else math.nan
+        untrained = case["status"] == "held-out" or scorer.version == BASE_VERSION
+        dice = (
+            scorer.dice_of(image_path, Path(label))
+            if measure_evidence and untrained and label is not None
+            else math.nan
+        )
         my_stats.append((case["case_id"], case["status"], stats, dice))
         progress.update(done, case=case["case_id"])
     gathered = distributed.gather((my_scores, my_stats, scorer.mc_dropout_injected))

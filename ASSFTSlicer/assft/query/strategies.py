@@ -51,9 +51,11 @@ class GapEstimator(str, Enum):
 
 
 EVIDENCE_SPREAD = 0.15
-"""`auto` uses the `evidence` gap when the labeled and held-out scans' Dice under the current
-model differ by at least this much: the model handles parts of the archive differently, and the
-labels say which. Below it (one acquisition: the scans differ as subjects do) it uses `bn`."""
+"""`auto` uses the `evidence` gap when the evidence scans' Dice under the current model differ
+by at least this much: the model handles parts of the archive differently, and the labels say
+which. Below it (one acquisition: the scans differ as subjects do) it uses `bn`. The evidence
+scans are the held-out ones, and the labeled ones while the current model is the pretrained
+one (a fine-tuned model has trained on them: its Dice there says nothing of the rest)."""
 
 
 class DiversitySpace(str, Enum):
@@ -69,9 +71,9 @@ class DiversitySpace(str, Enum):
 
 class DiversityScale(str, Enum):
     """How the diversity term of ATTSQ and DKD measures distance
-    (:func:`assft.metrics.greedy_diverse_selection`): `typical` (embeddings centred on the
-    pool, the distance over the pool's spread, capped at 1) or `rank` (raw
-    embeddings, distances rank-normalised: the method's first definition)."""
+    (:func:`assft.metrics.greedy_diverse_selection`): `typical` (the distance over the pool's
+    spread, capped at 1; deep embeddings are centred on the pool first) or `rank` (distances
+    rank-normalised: the method's first definition)."""
 
     TYPICAL = "typical"
     RANK = "rank"
@@ -175,6 +177,8 @@ class StrategyInfo:
         baseline: a published single-criterion baseline that the label-efficiency benchmark
             compares ATTSQ with (random, the control, and DKD and ASD, ATTSQ's own terms, are
             compared otherwise).
+        uses_gap: it reads DKD's knowledge gap (the ranking then measures the `evidence` gap's
+            scans where the estimator may use it).
     """
 
     name: str
@@ -183,6 +187,7 @@ class StrategyInfo:
     needs_head: bool = False
     needs_mc_dropout: bool = False
     baseline: bool = False
+    uses_gap: bool = False
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
@@ -196,6 +201,7 @@ def register_strategy(
     needs_head: bool = False,
     needs_mc_dropout: bool = False,
     baseline: bool = False,
+    uses_gap: bool = False,
 ) -> Callable[[StrategyFunction], StrategyFunction]:
     """Register the decorated function as the strategy ``name`` (see :class:`StrategyInfo`).
 
@@ -216,7 +222,9 @@ def register_strategy(
             raise ValueError(f"strategy name {name!r} must be lowercase letters, digits, _ or -")
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
-        _REGISTRY[name] = StrategyInfo(name, title, run, needs_head, needs_mc_dropout, baseline)
+        _REGISTRY[name] = StrategyInfo(
+            name, title, run, needs_head, needs_mc_dropout, baseline, uses_gap
+        )
         return run
 
     return register
@@ -290,7 +298,7 @@ def _head(stats: PoolStatistics) -> np.ndarray:
     return stats.asd
 
 
-@register_strategy("attsq", "ATTSQ (knowledge gap + difficulty)")
+@register_strategy("attsq", "ATTSQ (knowledge gap + difficulty)", uses_gap=True)
 def query_attsq(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
@@ -330,7 +338,7 @@ def _diverse(score: np.ndarray, stats: PoolStatistics, config: QueryConfig) -> G
     )
 
 
-@register_strategy("attsq-power", "ATTSQ, power sampling")
+@register_strategy("attsq-power", "ATTSQ, power sampling", uses_gap=True)
 def query_attsq_power(
     stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator
 ) -> QueryResult:
@@ -405,7 +413,7 @@ def query_typicality(
     )
 
 
-@register_strategy("dkd", "Knowledge gap only (DKD)")
+@register_strategy("dkd", "Knowledge gap only (DKD)", uses_gap=True)
 def query_dkd(stats: PoolStatistics, config: QueryConfig, rng: np.random.Generator) -> QueryResult:
     """DKD alone: S = q(KG) with diverse greedy selection."""
     gap, notes = knowledge_gap(stats, config)

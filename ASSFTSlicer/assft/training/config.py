@@ -79,8 +79,11 @@ class FinetuneConfig(JsonConfig):
         anchor: hold the model to what its parent knew (modes selective and all): before the
             first step the parent pseudo-labels the unlabeled pool, and the cases it is sure
             of, whose nearest labeled or held-out scan (by acquisition) bore it out, farthest
-            from every labeled case (``select_anchor_cases``), join every batch of both stages
-            with the parent's pseudo-labels, at full weight.
+            from every labeled case (``select_anchor_cases``), fill the unlabeled half of the
+            batches with the parent's pseudo-labels at full weight (every batch of stage 1; in
+            stage 2 they share that half with the reliable set). The held-out scans' labels
+            thus decide where the parent is trusted: they stay out of the loss, but the gate's
+            scans are no longer blind to training.
         anchor_rho: share of the unlabeled pool in the anchor set.
         anchor_margin: a labeled or held-out scan bears the parent out when the parent's Dice
             there is at least this much above its worst Dice on the scans labeled for training

@@ -227,9 +227,16 @@ class _JobRun:
     held_out_weights: list[float] = field(default_factory=list)
 
     def held_out_dice(self, per_case: list[float]) -> float:
-        """The held-out Dice the gate and the best checkpoint read: each held-out scan weighs
-        the share of the archive it stands for (:func:`archive_weights`)."""
-        return float(np.dot(self.held_out_weights, per_case))
+        """The held-out Dice the gate and the best checkpoint read: each held-out scan's mean
+        Dice, weighted by the share of the archive it stands for (:func:`archive_weights`); a
+        scan whose Dice is undefined (no structure in label or prediction) is left out and the
+        other weights rescaled (NaN when none is defined)."""
+        values = np.asarray(per_case, dtype=np.float64)
+        weights = np.asarray(self.held_out_weights, dtype=np.float64)
+        defined = np.isfinite(values)
+        if not defined.any():
+            return math.nan
+        return float(np.dot(weights[defined], values[defined]) / weights[defined].sum())
 
     trainer: Trainer | None = None
     stage: int = 1
@@ -300,7 +307,10 @@ class FinetuneJob:
             if start.get("settled") is not None:
                 return self._report_settled(job, progress, start["settled"])
             if start["resumed"]:
-                self.config = FinetuneConfig.from_dict(job.info()["config"])
+                recorded = dict(job.info()["config"])
+                # A job recorded before the anchor existed goes on without it, as it started.
+                recorded.setdefault("anchor", False)
+                self.config = FinetuneConfig.from_dict(recorded)
             try:
                 manifest = self._run(
                     job, progress, start["labeled"], start["held_out"], start["resumed"]
@@ -533,7 +543,11 @@ class FinetuneJob:
             progress.update(i, case=case_id)
         case_voxels = float(np.mean([c.image[0].numel() for c in labeled_cases]))
         iterations, semi_iterations = self.config.steps_for(len(labeled_cases), case_voxels, patch)
-        parts = self._archive_parts()
+        # The parts the job started with: a resumed job weighs its held-out scans as before.
+        recorded = job.info().get("parts")
+        parts = ArchiveParts.from_dict(recorded) if recorded else self._archive_parts()
+        if distributed.is_main() and parts is not None and not recorded:
+            job.update(parts=parts.to_dict())
         curves = CurveStore(job.folder)
         curve = curves.load() if resumed else LearningCurve()
         curve.steps = {"1": iterations, "2": semi_iterations}
@@ -639,7 +653,16 @@ class FinetuneJob:
         unlabeled_rows = self.workspace.registry.cases(status="unlabeled")
         if not config.anchor or config.mode == FinetuneMode.NONE or not unlabeled_rows:
             return
-        evidence = self._parent_evidence(run)
+        stored = run.job.folder / "anchor-evidence.json"
+        if distributed.broadcast(stored.is_file()):
+            evidence = json.loads(stored.read_text(encoding="utf-8"))
+        else:
+            evidence = self._parent_evidence(run)
+            if run.main:
+                write_json_atomic(
+                    stored,
+                    [{**e, "descriptor": list(map(float, e["descriptor"]))} for e in evidence],
+                )
         descriptors = np.array([e["descriptor"] for e in evidence])
         borne_out = np.array([e["borne_out"] for e in evidence], dtype=bool)
         run.anchor, run.anchor_cases = self._pseudo_labels(
@@ -701,7 +724,8 @@ class FinetuneJob:
             )
             dices.append(float(dice))
         worst = min(
-            (d for d, e in zip(dices, evidence, strict=True) if e["training"]), default=math.nan
+            (d for d, e in zip(dices, evidence, strict=True) if e["training"] and math.isfinite(d)),
+            default=math.nan,
         )
         for d, e in zip(dices, evidence, strict=True):
             e["borne_out"] = bool(d >= worst + config.anchor_margin)
@@ -753,22 +777,25 @@ class FinetuneJob:
             for row in self.workspace.registry.cases(status="unlabeled")
             if row["case_id"] not in anchored
         ]
-        if config.mode == FinetuneMode.NONE or not unlabeled_rows:
+        if config.mode == FinetuneMode.NONE or not (unlabeled_rows or run.anchor_cases):
             return reliable_info
-        pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows)
-        reliable_info.update(
-            reliable=pseudo.reliable,
-            confidence=pseudo.confidence,
-            distance=pseudo.distance,
-        )
+        pseudo_cases: list[TrainingCase] = []
+        if unlabeled_rows:
+            pseudo, pseudo_cases = self._reliable_set(run, unlabeled_rows)
+            reliable_info.update(
+                reliable=pseudo.reliable,
+                confidence=pseudo.confidence,
+                distance=pseudo.distance,
+            )
         if not pseudo_cases:
             reliable_info["note"] = (
-                f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
-                + (
-                    "stage 2 trains on the labeled and the anchor cases"
-                    if run.anchor_cases
-                    else "supervised stage only"
-                )
+                "every unlabeled case is anchored: "
+                if not unlabeled_rows
+                else f"no unlabeled case reached the confidence threshold tau_c={config.tau_c}: "
+            ) + (
+                "stage 2 trains on the labeled and the anchor cases"
+                if run.anchor_cases
+                else "supervised stage only"
             )
             if not run.anchor_cases:
                 return reliable_info

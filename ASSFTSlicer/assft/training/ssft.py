@@ -352,8 +352,9 @@ def run_stage(
     and the pseudo-label weight follow ``total``).
 
     Half of each batch is labeled; the other half, when there are pseudo-labeled or anchor
-    cases, is shared between them (:func:`split_slots`). Pseudo-labels weigh lambda(t) (the
-    ramp); the anchor's (the parent's pseudo-labels) weigh 1 from the first step.
+    cases, is shared between them (:func:`split_slots`: with one unlabeled patch a step, they
+    take turns). Pseudo-labels weigh lambda(t) (the ramp); the anchor's (the parent's
+    pseudo-labels) weigh 1 from the first step.
 
     Every step starts at a safe point: a cancel request stops the stage there
     (:func:`assft.runtime.cancellation.check`).
@@ -376,7 +377,9 @@ def run_stage(
     def batch(
         cases: list[TrainingCase], count: int, rng: np.random.Generator, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # An odd count alternates foreground and background centres from step to step.
+        # With the anchor, an odd count alternates foreground and background centres from step
+        # to step (a single patch would otherwise always be foreground-centred); without it,
+        # batches are drawn as they were before the anchor existed.
         return make_batch(
             cases,
             count,
@@ -384,7 +387,7 @@ def run_stage(
             rng,
             foreground_ratio=config.foreground_ratio,
             augment=augment,
-            start=step if count % 2 else 0,
+            start=step if (count % 2 and anchor) else 0,
         )
 
     for step in range(start, total if end is None else min(end, total)):
