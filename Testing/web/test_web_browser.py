@@ -318,6 +318,36 @@ def test_skip_then_reopen_a_predicted_case(page, workspace):
     FIGURES["label_to_editable_case_s"] = round(time.monotonic() - started, 2)
 
 
+def test_propose_validation_scans_then_submit_one_as_such(page, workspace):
+    """The page proposes validation scans (one per part of the archive, in the background);
+    the clinician opens one, and 'Submit as validation scan' stores its label held out."""
+    from assft.workspace import Workspace
+
+    page.click("#propose-validation")
+    page.wait_for_function(
+        "() => document.querySelector('#message').innerText.includes('Validation scans')",
+        timeout=TIMEOUT_MS,
+    )
+    message = _text(page, "#message")
+    current = _current_case(page)
+    proposed = [
+        row["case_id"]
+        for row in Workspace.open(workspace).registry.cases(status="unlabeled")
+        if row["case_id"] in message and row["case_id"] != current
+    ]
+    assert proposed, message
+    case = proposed[0]
+    page.click(f"#worklist tr[data-case='{case}'] button")
+    assert _wait_case(page, current) == case
+    page.click("#submit-validation")
+    page.wait_for_function(
+        "() => document.querySelector('#message').innerText.includes('validation scan now')",
+        timeout=TIMEOUT_MS,
+    )
+    assert Workspace.open(workspace).registry.case(case)["status"] == "held-out"
+    assert _label(workspace, case).is_file()
+
+
 def test_cancel_fine_tuning_from_the_page(page, workspace, server):
     import psutil
 

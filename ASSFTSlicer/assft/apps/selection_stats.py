@@ -272,3 +272,20 @@ def selection_markdown(document: dict[str, Any]) -> list[str]:
                 f"{row['budget']} | " + " | ".join(stratum_cells) + f" | {row['worst']:.3f} |"
             )
     return lines
+
+
+def measured_margins(document: dict[str, Any], source: str) -> dict[str, Any]:
+    """What ``assft demo`` prints beside its own run: per budget, ATTSQ + selective SSFT minus
+    random + selective SSFT, paired over seeds, from a label-efficiency ``document`` (whose
+    file is ``source``). Keyed by the budget as text, as ``measured_margins.json`` holds it."""
+    out: dict[str, Any] = {}
+    for row in document.get("paired", []):
+        if (row["strategy"], row["mode"], row["variant"]) != ("attsq", "selective", ""):
+            continue
+        out[str(row["budget"])] = {
+            "difference": round(float(row["difference"]), 4),
+            "ci95": round(float(row["ci95"]), 4),
+            "seeds": int(row["n"]),
+            "source": source,
+        }
+    return out
