@@ -19,7 +19,8 @@ import torch
 from assft.errors import BadInputError
 from assft.training import FinetuneConfig
 from assft.training.curves import LearningCurve
-from assft.training.finetune import run_finetune, validation_gate
+from assft.training.finetune import run_finetune
+from assft.training.gate import validation_gate
 from assft.workspace.jobs import JobStore, process_alive
 from assft.workspace.model_versions import ModelRegistry
 from assft_testing import (
@@ -738,7 +739,7 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
 
 def test_held_out_scans_weigh_the_share_of_the_archive_they_stand_for():
     from assft.query.parts import ArchiveParts
-    from assft.training.finetune import archive_weights
+    from assft.training.gate import archive_weights
 
     parts = ArchiveParts(
         of_case={**{f"a{i}": 0 for i in range(25)}, **{f"b{i}": 1 for i in range(5)}},

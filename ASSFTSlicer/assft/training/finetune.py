@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import shutil
 import time
 import warnings
@@ -34,17 +33,16 @@ import torch
 
 from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
 from assft.io.atomic import load_torch_safely, save_torch_atomic
-from assft.metrics import acquisition_descriptor, dice_scores, mean_dice
 from assft.models import LoadedModel, resolve_device
-from assft.models.inference import infer_case
 from assft.query.parts import ArchiveParts
 from assft.runtime import cancellation, distributed, syncpoints
 from assft.runtime.progress import Progress, ProgressEvent
+from assft.training.anchor import parent_evidence
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.curves import CurveStore, LearningCurve, validation_steps
 from assft.training.data import PreparedCases, TrainingCase
+from assft.training.gate import archive_weights, change_by_part, validation_gate, weighted_dice
 from assft.training.inputs import check_inputs, load_resume_point
-from assft.training.losses import IGNORE
 from assft.training.reliability import nearest_borne_out, select_anchor_cases
 from assft.training.ssft import (
     PseudoLabels,
@@ -103,87 +101,6 @@ def describe_settings(config: dict[str, Any]) -> str:
     return ", ".join(f"{key} {config.get(key)}" for key in _SETTINGS_SHOWN if key in config)
 
 
-def archive_weights(held_out: list[str], parts: ArchiveParts | None) -> list[float]:
-    """Each held-out scan's weight in the held-out Dice: the share of the archive its part holds,
-    split among the part's held-out scans, so that the gate estimates the Dice over the archive
-    rather than over the held-out set (one scan of a part of 5 and one of a part of 25 weigh
-    1 : 5). Without parts, or for a scan they do not know, the weights are equal."""
-    if not held_out:
-        return []
-    if parts is None:
-        return [1.0 / len(held_out)] * len(held_out)
-    known = [parts.of_case.get(case) for case in held_out]
-    in_part = {p: known.count(p) for p in set(known) if p is not None}
-    average = float(np.mean(parts.sizes)) if parts.count else 1.0
-    raw = [parts.sizes[p] / in_part[p] if p is not None else average for p in known]
-    total = sum(raw)
-    return [w / total for w in raw]
-
-
-def change_by_part(
-    held_out: list[str],
-    new_dice: list[float],
-    parent_dice: list[float],
-    parts: ArchiveParts | None,
-) -> list[dict[str, Any]]:
-    """The held-out Dice of a new version and of its parent per part of the archive (the
-    held-out scans of each part; a scan the parts do not know stands as a part of its own),
-    largest part first."""
-    groups: dict[str, dict[str, Any]] = {}
-    for case, new, old in zip(held_out, new_dice, parent_dice, strict=True):
-        part = parts.of_case.get(case) if parts is not None else None
-        name = parts.name(part) if parts is not None and part is not None else f"scan {case}"
-        group = groups.setdefault(
-            name, {"part": part, "name": name, "cases": [], "new": [], "old": []}
-        )
-        group["cases"].append(case)
-        group["new"].append(new)
-        group["old"].append(old)
-    rows = []
-    for group in groups.values():
-        new, old = float(np.nanmean(group.pop("new"))), float(np.nanmean(group.pop("old")))
-        rows.append(
-            {
-                **group,
-                "validation_dice": round(new, 6),
-                "parent_validation_dice": round(old, 6),
-                "change": round(new - old, 6),
-            }
-        )
-    return sorted(rows, key=lambda r: (r["part"] is None, r["part"] or 0, r["name"]))
-
-
-def validation_gate(
-    new_dice: float | None, parent_dice: float | None, parent: str
-) -> dict[str, Any]:
-    """Promote only when the held-out Dice is not worse than the parent version's.
-
-    Without held-out cases there is nothing to compare: the version is promoted, and the
-    manifest says so.
-    """
-    if new_dice is None or parent_dice is None:
-        return {
-            "passed": True,
-            "held_out": [],
-            "reason": "no held-out cases: promoted without a validation gate",
-        }
-    if np.isnan(new_dice):
-        return {
-            "passed": False,
-            "validation_dice": None,
-            "parent_validation_dice": parent_dice,
-            "reason": "held-out Dice could not be computed (no structure present)",
-        }
-    passed = bool(np.isnan(parent_dice) or new_dice >= parent_dice - 1e-9)
-    return {
-        "passed": passed,
-        "validation_dice": new_dice,
-        "parent_validation_dice": parent_dice,
-        "reason": f"held-out Dice {new_dice:.4f} vs {parent_dice:.4f} of {parent}: "
-        f"{'not worse' if passed else 'worse, not promoted'}",
-    }
-
-
 @dataclass
 class _JobRun:
     """What the steps of one running job share (see :meth:`FinetuneJob._run`).
@@ -227,16 +144,8 @@ class _JobRun:
     held_out_weights: list[float] = field(default_factory=list)
 
     def held_out_dice(self, per_case: list[float]) -> float:
-        """The held-out Dice the gate and the best checkpoint read: each held-out scan's mean
-        Dice, weighted by the share of the archive it stands for (:func:`archive_weights`); a
-        scan whose Dice is undefined (no structure in label or prediction) is left out and the
-        other weights rescaled (NaN when none is defined)."""
-        values = np.asarray(per_case, dtype=np.float64)
-        weights = np.asarray(self.held_out_weights, dtype=np.float64)
-        defined = np.isfinite(values)
-        if not defined.any():
-            return math.nan
-        return float(np.dot(weights[defined], values[defined]) / weights[defined].sum())
+        """The held-out Dice the gate and the best checkpoint read (:func:`weighted_dice`)."""
+        return weighted_dice(self.held_out_weights, per_case)
 
     trainer: Trainer | None = None
     stage: int = 1
@@ -657,7 +566,13 @@ class FinetuneJob:
         if distributed.broadcast(stored.is_file()):
             evidence = json.loads(stored.read_text(encoding="utf-8"))
         else:
-            evidence = self._parent_evidence(run)
+            evidence = parent_evidence(
+                run.model,
+                run.labeled_cases,
+                run.held_out_cases,
+                run.label_values,
+                self.config,
+            )
             if run.main:
                 write_json_atomic(
                     stored,
@@ -683,53 +598,6 @@ class FinetuneJob:
             by_acquisition=True,
         )
         run.anchor_evidence = [{k: v for k, v in e.items() if k != "descriptor"} for e in evidence]
-
-    def _parent_evidence(self, run: _JobRun) -> list[dict[str, Any]]:
-        """What the labeled and held-out scans say of the parent: per scan, its acquisition
-        descriptor, the parent's confidence and Dice there, and whether it bore the parent out:
-        a Dice at least ``anchor_margin`` above the parent's worst Dice on the scans labeled
-        for training (those show where it fails)."""
-        config = self.config
-        run.model.network.eval()
-        evidence: list[dict[str, Any]] = []
-        dices: list[float] = []
-        channels = list(range(1, 1 + len(run.label_values)))
-        training = {case.case_id for case in run.labeled_cases}
-        for case in run.labeled_cases + run.held_out_cases:
-            result = infer_case(
-                run.model,
-                case.image,
-                views=config.views,
-                tau=config.roi_tau,
-                radius=config.roi_radius,
-                batchnorm=True,
-                keep_probabilities=True,
-            )
-            assert result.probabilities is not None and case.target is not None
-            prediction = result.probabilities.argmax(0).cpu()
-            valid = case.target != IGNORE
-            dice = mean_dice(
-                dice_scores(
-                    torch.where(valid, prediction, 0), torch.where(valid, case.target, 0), channels
-                )
-            )
-            evidence.append(
-                {
-                    "case": case.case_id,
-                    "training": case.case_id in training,
-                    "descriptor": acquisition_descriptor(result.batchnorm, result.embedding),
-                    "confidence": round(float(result.difficulty.confidence), 6),
-                    "dice": round(float(dice), 6),
-                }
-            )
-            dices.append(float(dice))
-        worst = min(
-            (d for d, e in zip(dices, evidence, strict=True) if e["training"] and math.isfinite(d)),
-            default=math.nan,
-        )
-        for d, e in zip(dices, evidence, strict=True):
-            e["borne_out"] = bool(d >= worst + config.anchor_margin)
-        return evidence
 
     def _supervised_stage(self, run: _JobRun) -> None:
         """Stage 1: supervised on the labeled cases (skipped when resuming in stage 2)."""

@@ -1,0 +1,71 @@
+"""What the labeled and held-out scans say of the parent version, for SSFT's anchor
+(``FinetuneConfig.anchor``): where it is right, so that fine-tuning holds it there."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from assft.metrics import acquisition_descriptor, dice_scores, mean_dice
+from assft.models import LoadedModel
+from assft.models.inference import infer_case
+from assft.training.config import FinetuneConfig
+from assft.training.data import TrainingCase
+from assft.training.losses import IGNORE
+
+__all__ = ["parent_evidence"]
+
+
+def parent_evidence(
+    model: LoadedModel,
+    labeled: list[TrainingCase],
+    held_out: list[TrainingCase],
+    label_values: list[int],
+    config: FinetuneConfig,
+) -> list[dict[str, Any]]:
+    """Per labeled and held-out scan: its acquisition descriptor, the parent's confidence and
+    Dice there, whether it is a training scan, and whether it bore the parent out: a Dice at
+    least ``anchor_margin`` above the parent's worst Dice on the scans labeled for training
+    (those show where it fails)."""
+    model.network.eval()
+    evidence: list[dict[str, Any]] = []
+    dices: list[float] = []
+    channels = list(range(1, 1 + len(label_values)))
+    training = {case.case_id for case in labeled}
+    for case in labeled + held_out:
+        result = infer_case(
+            model,
+            case.image,
+            views=config.views,
+            tau=config.roi_tau,
+            radius=config.roi_radius,
+            batchnorm=True,
+            keep_probabilities=True,
+        )
+        assert result.probabilities is not None and case.target is not None
+        prediction = result.probabilities.argmax(0).cpu()
+        valid = case.target != IGNORE
+        dice = mean_dice(
+            dice_scores(
+                torch.where(valid, prediction, 0), torch.where(valid, case.target, 0), channels
+            )
+        )
+        evidence.append(
+            {
+                "case": case.case_id,
+                "training": case.case_id in training,
+                "descriptor": acquisition_descriptor(result.batchnorm, result.embedding),
+                "confidence": round(float(result.difficulty.confidence), 6),
+                "dice": round(float(dice), 6),
+            }
+        )
+        dices.append(float(dice))
+    worst = min(
+        (d for d, e in zip(dices, evidence, strict=True) if e["training"] and math.isfinite(d)),
+        default=math.nan,
+    )
+    for d, e in zip(dices, evidence, strict=True):
+        e["borne_out"] = bool(d >= worst + config.anchor_margin)
+    return evidence
