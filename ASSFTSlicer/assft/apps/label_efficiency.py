@@ -819,16 +819,23 @@ def markdown(document: dict[str, Any], command: str) -> str:
         "",
         f"`{command}`: {pool}, {setup['test']} test scans never trained on"
         + (
-            f"; {len(held_out)} pool scans labeled once as the validation set (held out: the "
-            "promotion gate and the best checkpoint read them)"
+            f"; {len(held_out)} pool scans labeled once as the validation set, as the product "
+            f"proposes it (one per part of the archive by acquisition: {', '.join(held_out)}; "
+            "held out: the promotion gate and the best checkpoint read them, each weighted by "
+            "its part's share of the archive)"
             if held_out
             else ""
         )
         + f"; budgets {budgets}, seeds {setup['seeds']}, {steps}, {setup['views']} test-time "
         f"views, {setup['model']} model on {setup['device']}. Mean test Dice ± sample std over "
-        "seeds; in brackets, the mean Dice gain over the pretrained model on the pool's scans "
-        "that stayed unlabeled (transductive). "
-        f"Pretrained model: **{document['pretrained']['mean_dice']:.4f}**.",
+        "seeds"
+        + (
+            "; in brackets, the mean Dice gain over the pretrained model on the pool's scans "
+            "that stayed unlabeled (transductive)"
+            if any(row.get("pool_gain") is not None for row in table)
+            else ""
+        )
+        + f". Pretrained model: **{document['pretrained']['mean_dice']:.4f}**.",
         "",
         "| strategy | mode | variant | " + " | ".join(f"B={b}" for b in budgets) + " |",
         "|---|---|---|" + "---:|" * len(budgets),
