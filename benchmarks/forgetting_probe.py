@@ -1,14 +1,21 @@
 """Probe: can supervised fine-tuning of the demo model learn from some labeled target cases, and
-what does it forget? A diagnostic behind BENCHMARKS.md's label-efficiency section, not part of
-the benchmark.
+what does it forget? A diagnostic behind BENCHMARKS.md, not part of the benchmark.
 
 It fine-tunes the shipped demo model on the chosen pool cases of a label-efficiency folder (their
 ground truth, the same Trainer and batches as ``assft finetune``'s supervised stage) and prints the
-Dice of every test scan (``validation_dice``: sliding window, one view, as the
-validation gate measures it) every ``--every`` steps.
+Dice of every test scan (``validation_dice``: sliding window, one view, as the validation gate
+measures it) every ``--every`` steps, with the mean per acquisition (``stratum`` in the sample
+data's manifest) where the scans come from a lab archive.
 
-    python benchmarks/forgetting_probe.py bench-le --cases tgt_002,tgt_009,tgt_017,tgt_024,tgt_032 \
-        --steps 200 --lr 2e-3 --encoder-lr-scale 1 --no-freeze-batchnorm
+``--anchor-cases`` adds cases that fill the unlabeled half of every batch, as SSFT's anchor does:
+labeled with the parent's own prediction (``tau_v`` applied), or with their ground truth under
+``--oracle-anchor`` (the best an anchor could teach).
+
+    python benchmarks/forgetting_probe.py bench-le \\
+        --cases tgt_002,tgt_009,tgt_017,tgt_024,tgt_032 --steps 200 --lr 2e-3 \\
+        --encoder-lr-scale 1 --no-freeze-batchnorm
+    python benchmarks/forgetting_probe.py /work/bench/hospital --site hospital \\
+        --cases hospital_024,hospital_004 --anchor-cases hospital_033,hospital_010 --steps 600
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
+from assft.datasets.sites import MIXED
 from assft.models import get_preset, load_model
+from assft.models.inference import infer_case
 from assft.training import FinetuneConfig
-from assft.training.data import PreparedCases
+from assft.training.data import PreparedCases, TrainingCase
+from assft.training.losses import IGNORE
 from assft.training.ssft import Trainer, run_stage, validation_dice
 
 
@@ -32,12 +42,17 @@ def main() -> None:
     parser.add_argument(
         "folder", help="an 'assft bench label-efficiency' output folder (its data/)"
     )
+    parser.add_argument("--site", default=MIXED, help="the sample-data site or archive")
     parser.add_argument("--cases", help="pool cases to train on (default: the whole pool)")
+    parser.add_argument("--anchor-cases", dest="anchor_cases", help="anchor cases (see above)")
+    parser.add_argument("--oracle-anchor", dest="oracle_anchor", action="store_true")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=50)
     defaults = FinetuneConfig()  # the recipe's own defaults
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--encoder-lr-scale", type=float, default=defaults.encoder_lr_scale)
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--schedule", default=defaults.schedule.value)
     parser.add_argument(
         "--freeze-batchnorm",
         dest="freeze_batchnorm",
@@ -51,39 +66,54 @@ def main() -> None:
     preset = get_preset("demo")
     values = sorted(int(v) for v in preset.label_names)
     model = load_model(preset, label_values=values, checkpoint=None, device="cpu")
-    dataset = Dataset.from_sample_data(Path(args.folder) / "data")
+    data = Path(args.folder) / "data"
+    dataset = Dataset.from_sample_data(data, site=args.site)
+    manifest = json.loads((data / "manifest.json").read_text())
+    strata = {c["case"]: c.get("stratum") or c.get("site") for c in manifest["cases"]}
     chosen = set(args.cases.split(",")) if args.cases else {c.case_id for c in dataset.pool}
+    anchored = set(args.anchor_cases.split(",")) if args.anchor_cases else set()
     patch = tuple(SMALL_MODEL_FINETUNE["patch_size"])
+    config = FinetuneConfig.from_dict(
+        {
+            **SMALL_MODEL_FINETUNE,
+            **({"batch_size": args.batch_size} if args.batch_size else {}),
+            "mode": "none",
+            "iterations": args.steps,
+            "lr": args.lr,
+            "encoder_lr_scale": args.encoder_lr_scale,
+            "schedule": args.schedule,
+            "seed": args.seed,
+            "freeze_batchnorm": args.freeze_batchnorm,
+        }
+    )
     with tempfile.TemporaryDirectory() as cache:
         prepared = PreparedCases(Path(cache), preset, values, patch)
         train = [
             prepared.load(c.case_id, c.image, c.truth) for c in dataset.pool if c.case_id in chosen
         ]
+        anchor = [
+            prepared.load(c.case_id, c.image, c.truth)
+            for c in dataset.pool
+            if c.case_id in anchored
+        ]
         test = [prepared.load(c.case_id, c.image, c.truth) for c in dataset.test]
-    config = FinetuneConfig.from_dict(
-        {
-            **SMALL_MODEL_FINETUNE,
-            "mode": "none",
-            "iterations": args.steps,
-            "lr": args.lr,
-            "encoder_lr_scale": args.encoder_lr_scale,
-            "seed": args.seed,
-            "freeze_batchnorm": args.freeze_batchnorm,
-        }
-    )
+    if not args.oracle_anchor:
+        anchor = [_parent_labeled(model, case, defaults.tau_v) for case in anchor]
     trainer = Trainer(model, config, patch)
 
-    def dice(case) -> float:
-        return validation_dice(model, [case], len(values) + 1)["per_case"][0]
-
     def report(step: int, losses: list[float]) -> None:
-        scores = {case.case_id: round(dice(case), 3) for case in test}
+        per_case = validation_dice(model, test, len(values) + 1)["per_case"]
+        scores = {case.case_id: round(d, 3) for case, d in zip(test, per_case, strict=True)}
+        by_stratum: dict[str, list[float]] = {}
+        for case_id, dice in scores.items():
+            by_stratum.setdefault(str(strata.get(case_id)), []).append(dice)
         print(
             json.dumps(
                 {
                     "step": step,
                     "loss": round(float(np.mean(losses)), 4) if losses else None,
                     "mean_test_dice": round(float(np.mean(list(scores.values()))), 4),
+                    "by_stratum": {k: round(float(np.mean(v)), 4) for k, v in by_stratum.items()},
                     "test_dice": scores,
                 }
             ),
@@ -102,11 +132,23 @@ def main() -> None:
             end=end,
             labeled=train,
             pseudo=None,
+            anchor=anchor or None,
             config=config,
             # losses is bound now (B023): each stage appends to its own list.
             on_step=lambda done, metrics, losses=losses: losses.append(metrics["loss"]),
         )
         report(end, losses)
+
+
+def _parent_labeled(model, case: TrainingCase, tau_v: float) -> TrainingCase:
+    """The case with the parent's prediction as its target (voxels below tau_v ignored)."""
+    model.network.eval()
+    result = infer_case(model, case.image, views=2, batchnorm=False, keep_probabilities=True)
+    assert result.probabilities is not None
+    top, label = result.probabilities.max(0)
+    target = label.long()
+    target[top < tau_v] = IGNORE
+    return case.with_target(target.cpu())
 
 
 if __name__ == "__main__":

@@ -38,3 +38,34 @@ def test_the_probe_fine_tunes_and_reports_every_test_scan(tmp_path):
     # Every fourth case is a test scan: tgt_003 of four.
     assert all(list(r["test_dice"]) == ["tgt_003"] for r in reports)
     assert all(0.0 <= r["mean_test_dice"] <= 1.0 for r in reports)
+    assert all(list(r["by_stratum"]) == ["mixed"] for r in reports)
+
+
+def test_the_probe_anchors_cases_on_an_archive(tmp_path):
+    write_sample_data(tmp_path / "data", 8, n_source=0, sites=["hospital"], seed=5, spacing=6.0)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROBE),
+            str(tmp_path),
+            "--site",
+            "hospital",
+            "--cases",
+            "hospital_001",
+            "--anchor-cases",
+            "hospital_000,hospital_002",
+            "--steps",
+            "2",
+            "--every",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    # Test scans hospital_003 (3 T T1) and hospital_007 (FLAIR), reported per acquisition.
+    assert [r["step"] for r in reports] == [0, 2]
+    assert set(reports[-1]["by_stratum"]) == {"t1-3t", "flair"}
