@@ -272,7 +272,7 @@ def test_help_states_the_dataclass_defaults_and_the_registered_strategies():
     assert f"steps of the supervised stage (default {FinetuneConfig().iterations})" in finetune
     assert "--config-json" not in finetune  # the detached relaunch's, not the user's
     bench = " ".join(run_cli("bench", "--help", check=True).stdout.split())
-    assert ",".join(STRATEGIES) in bench
+    assert ", ".join(STRATEGIES) in bench
     verbs = run_cli("--help", check=True).stdout
     for verb in (
         "init",
@@ -533,7 +533,7 @@ RANK_FILE_CASES = [
     ('{"asd": {"tau": 2}}', "asd.tau must be between 0 and 1, got 2.0"),
     ('{"dkd": {"prototypes": 0}}', "dkd.prototypes must be at least 1, got 0"),
     ('{"dkd": {"drift": "no"}}', 'dkd.drift must be true or false, got "no"'),
-    ('{"dkd": {"gap": "best"}}', 'dkd.gap must be one of auto, bn, prototype, got "best"'),
+    ('{"dkd": {"gap": "best"}}', 'dkd.gap must be one of auto, bn, prototype, evidence, got "best"'),
     ('{"dkd": "bn"}', 'dkd must be an object of drift, gap, prototypes, got "bn"'),
     ('{"lambda_dv": 1}', "unknown QueryConfig field(s) ['lambda_dv'] (did you mean lambda_div?)"),
 ]

@@ -29,6 +29,9 @@ QUERY_BAD: dict[str, list[Any]] = {
     "mc_samples": [1, 0, True, 5.0],
     "mc_dropout": [-0.1, 1.0, NAN, True],
     "clasp_beta": [-1.0, NAN, INF],
+    "diversity": ["wide", 1, None],
+    "diversity_on": ["pixels", 1, None],
+    "power_beta": [-1.0, NAN, INF, True, "1"],
     "dkd": [3, "bn", [1], None],
     "asd": [3, None],
 }
@@ -74,6 +77,9 @@ FINETUNE_BAD: dict[str, list[Any]] = {
     "augment": [0, 1, "true", None],
     "amp": [0, "yes"],
     "freeze_batchnorm": [1, None],
+    "anchor": [1, "yes", None],
+    "anchor_rho": FRACTION,
+    "anchor_margin": FRACTION,
 }
 
 

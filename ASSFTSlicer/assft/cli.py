@@ -923,7 +923,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--strategies",
-        help=f"label-efficiency: only these strategies (comma-separated: {','.join(STRATEGIES)})",
+        help=f"label-efficiency: only these strategies (comma-separated: {', '.join(STRATEGIES)})",
     )
     _progress_flag(p)
     p.add_argument(

@@ -328,8 +328,7 @@ class AnnotationApp(TrameApp):
         except Exception as error:
             self._error(f"Failed to submit the label: {error}")
             return
-        self._message(f"Stored {path.name}.")
-        self._caseDone()
+        self._caseDone(f"Stored {path.name}.")
 
     @controller.set("submit_validation")
     def submitValidation(self) -> None:
@@ -344,10 +343,12 @@ class AnnotationApp(TrameApp):
         except Exception as error:
             self._error(f"Failed to submit the label: {error}")
             return
-        with self._reportingErrors():
+        try:
             self.logic.holdOutCase(self.workspace, case)
-            self._message(f"{case} is a validation scan now (held out of training).")
-        self._caseDone()
+        except ValueError as error:
+            self._error(f"Stored the label, but could not hold {case} out: {error}")
+            return
+        self._caseDone(f"{case} is a validation scan now (held out of training).")
 
     @controller.set("propose_validation")
     def proposeValidation(self) -> None:
@@ -370,15 +371,19 @@ class AnnotationApp(TrameApp):
     @controller.set("skip")
     def skip(self) -> None:
         with self._reportingErrors():
-            self.logic.skipCase(self.workspace, self.state.current_case)
-            self._caseDone()
+            case = self.state.current_case
+            self.logic.skipCase(self.workspace, case)
+            self._caseDone(f"Skipped {case}.")
 
-    def _caseDone(self) -> None:
+    def _caseDone(self, said: str) -> None:
+        """Open the next case; what was done stays in front of what the next step says."""
         self.slicer.segmentation_editor.deactivate_effect()
         self.state.current_case = ""
         self.state.case_ready = False
         self.refresh()
         self.labelNext()
+        if not self.state.message_is_error:
+            self._message(f"{said} {self.state.message}".strip())
 
     # fine-tuning -------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ seed by seed and its interval is the paired one.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,3 +291,23 @@ def measured_margins(document: dict[str, Any], source: str) -> dict[str, Any]:
             "source": source,
         }
     return out
+
+
+MARGIN_SOURCES = {"hospital": "benchmarks/label-efficiency-hospital.json"}
+"""The committed label-efficiency documents (paths from the repository's root) whose margins
+``assft demo`` prints, per sample site."""
+
+
+def write_measured_margins(repo: Path) -> Path:
+    """Write the package's ``measured_margins.json`` from the documents of
+    :data:`MARGIN_SOURCES` under the checkout ``repo``; returns its path."""
+    from assft.apps.demo import MARGINS_FILE
+    from assft.models.presets import resources_dir
+
+    margins = {
+        site: measured_margins(json.loads((repo / source).read_text(encoding="utf-8")), source)
+        for site, source in MARGIN_SOURCES.items()
+    }
+    path = resources_dir() / MARGINS_FILE
+    path.write_text(json.dumps(margins, indent=2) + "\n", encoding="utf-8")
+    return path
