@@ -533,7 +533,10 @@ RANK_FILE_CASES = [
     ('{"asd": {"tau": 2}}', "asd.tau must be between 0 and 1, got 2.0"),
     ('{"dkd": {"prototypes": 0}}', "dkd.prototypes must be at least 1, got 0"),
     ('{"dkd": {"drift": "no"}}', 'dkd.drift must be true or false, got "no"'),
-    ('{"dkd": {"gap": "best"}}', 'dkd.gap must be one of auto, bn, prototype, evidence, got "best"'),
+    (
+        '{"dkd": {"gap": "best"}}',
+        'dkd.gap must be one of auto, bn, prototype, evidence, got "best"',
+    ),
     ('{"dkd": "bn"}', 'dkd must be an object of drift, gap, prototypes, got "bn"'),
     ('{"lambda_dv": 1}', "unknown QueryConfig field(s) ['lambda_dv'] (did you mean lambda_div?)"),
 ]

@@ -1,9 +1,10 @@
 """The margin ``assft demo`` prints beside its own run is the one the benchmark measured: the
 package's ``measured_margins.json`` agrees with the committed label-efficiency documents.
 
-Regenerate it after a benchmark run with::
+Regenerate it after a benchmark run (from the repository's root) with::
 
-    python -c "from pathlib import Path; from assft.apps.selection_stats import write_measured_margins; write_measured_margins(Path.cwd())"
+    python -c "import pathlib, assft.apps.selection_stats as s;
+               s.write_measured_margins(pathlib.Path.cwd())"
 """
 
 from __future__ import annotations
