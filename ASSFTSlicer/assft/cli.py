@@ -168,7 +168,11 @@ def add_init_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--labels", help="folder of existing labels named like the images")
     p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
-    p.add_argument("--model", default="demo", help="model preset name or preset JSON file")
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="model preset name, preset JSON file, or bundle:PATH (a MONAI bundle folder)",
+    )
     _json_flag(p)
 
 
@@ -664,6 +668,35 @@ def add_rollback_parser(sub: Subparsers) -> None:
     _json_flag(p)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from assft.workspace.export import export_version
+
+    result = export_version(_open(args.workspace), args.version, args.out, format=args.format)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(
+        f"Exported model version {result['version']} as MONAI bundle {result['out']} "
+        f"(bundle version {result['bundle_version']})"
+    )
+    return 0
+
+
+def add_export_parser(sub: Subparsers) -> None:
+    p = _add_verb(
+        sub,
+        "export",
+        cmd_export,
+        "write a model version as a MONAI bundle folder (python -m monai.bundle run accepts it); "
+        "a workspace made from a bundle gets that bundle's next version",
+    )
+    p.add_argument("workspace")
+    p.add_argument("version", nargs="?", help="model version (default: the current one)")
+    p.add_argument("--format", default="bundle", choices=("bundle",))
+    p.add_argument("--out", required=True, help="new folder outside the workspace")
+    _json_flag(p)
+
+
 def _finished(
     args: argparse.Namespace, progress: Progress, result: dict[str, Any], **done: Any
 ) -> bool:
@@ -818,7 +851,9 @@ def add_bench_parser(sub: Subparsers) -> None:
         default=8,
         help="fine-tuning steps timed per loop",
     )
-    p.add_argument("--model", default="demo", help="model preset or preset file to measure")
+    p.add_argument(
+        "--model", default="demo", help="model preset, preset file or bundle:PATH to measure"
+    )
     p.add_argument(
         "--n", type=int, help="label-efficiency: sample target scans, pool + test (default 40)"
     )
@@ -1075,6 +1110,7 @@ VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
     add_cancel_parser,
     add_models_parser,
     add_rollback_parser,
+    add_export_parser,
     add_predict_parser,
     add_evaluate_parser,
     add_demo_parser,

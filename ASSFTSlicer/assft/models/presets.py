@@ -299,14 +299,19 @@ def get_preset(name_or_file: str | Path) -> ModelPreset:
     """A preset by name, or the single preset held in a JSON file.
 
     Args:
-        name_or_file: a name from the presets file, or a path to a JSON file holding one
-            preset object (e.g. an edited copy of a preset).
+        name_or_file: a name from the presets file, a path to a JSON file holding one
+            preset object (e.g. an edited copy of a preset), or ``bundle:PATH`` naming a MONAI
+            bundle folder (:mod:`assft.models.bundles`).
 
     Raises:
         BadInputError: neither a known name nor a readable preset file; the message lists
             the known names.
     """
     text = str(name_or_file)
+    if not isinstance(name_or_file, Path) and text.startswith("bundle:"):
+        from assft.models.bundles import preset_from_bundle
+
+        return preset_from_bundle(text)
     presets: dict[str, ModelPreset] = {}
     if not isinstance(name_or_file, Path):
         presets = load_presets()
@@ -328,7 +333,8 @@ def get_preset(name_or_file: str | Path) -> ModelPreset:
         raise BadInputError("preset file does not exist", path)
     known = ", ".join(presets)
     raise BadInputError(
-        f"unknown model {text!r}: give a preset name ({known}) or a JSON file holding one preset"
+        f"unknown model {text!r}: give a preset name ({known}), a JSON file holding one preset "
+        "or bundle:PATH (a MONAI bundle folder)"
     )
 
 

@@ -33,7 +33,10 @@ def create_workspace(
     preset = get_preset(model)
     names = dict(label_names or preset.label_names or {1: "foreground"})
     load_model(preset, label_values=sorted(names))
-    stored_model = str(Path(model).resolve()) if Path(model).is_file() else model
+    if str(model).startswith("bundle:"):
+        stored_model = preset.name  # bundle:ABSOLUTE_PATH
+    else:
+        stored_model = str(Path(model).resolve()) if Path(model).is_file() else model
     return Workspace.create(
         Path(root),
         [Path(p) for p in images],

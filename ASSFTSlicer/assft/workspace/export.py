@@ -1,0 +1,90 @@
+"""Handing a model version back in a format other tools run: ``assft export``.
+
+``bundle``: a MONAI bundle that ``python -m monai.bundle run`` accepts. A workspace made from
+a bundle (``--model bundle:PATH``) gets a new version of that bundle (its configs, the version's
+weights, the metadata's version bumped with a changelog line); any other MONAI network gets a
+new bundle written from its preset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from assft.errors import BadInputError
+from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.workspace import Workspace
+
+FORMATS = ("bundle",)
+
+
+def _summary(version: str, manifest: dict[str, Any]) -> str:
+    if version == "v0":
+        return "the model as the workspace received it (v0)"
+    labeled = manifest.get("labeled_cases") or manifest.get("cases") or []
+    parts = [f"parent {manifest.get('parent')}"]
+    if isinstance(labeled, list) and labeled:
+        parts.append(f"{len(labeled)} labeled case(s)")
+    if manifest.get("mode"):
+        parts.append(f"mode {manifest['mode']}")
+    parts.append("promoted" if manifest.get("promoted") else "not promoted")
+    return ", ".join(parts)
+
+
+def export_version(
+    workspace: Workspace, version: str | None, out: str | Path, *, format: str = "bundle"
+) -> dict[str, Any]:
+    """Write a model version (default: the current one) as a MONAI bundle folder ``out``.
+
+    Returns:
+        What was written: ``format``, ``version``, ``out``, ``bundle_version``, ``source``.
+
+    Raises:
+        BadInputError: an unknown format or version, a damaged checkpoint, ``out`` inside the
+            workspace or already there, or a network with no bundle form (TorchScript).
+    """
+    from assft.models.bundles import (
+        METADATA,
+        bundle_folder,
+        export_bundle,
+        is_bundle_reference,
+        preset_from_bundle,
+        write_bundle,
+    )
+
+    if format not in FORMATS:
+        raise BadInputError(f"unknown export format {format!r} (formats: {', '.join(FORMATS)})")
+    target = Path(out).expanduser().resolve()
+    root = workspace.root.resolve()
+    if target == root or target.is_relative_to(root):
+        raise BadInputError("lies inside the workspace: export to a folder outside it", target)
+    if target.exists():
+        raise BadInputError("already exists: the export writes a new folder", target)
+    versions = ModelRegistry(workspace)
+    version = versions.current() if version is None else version
+    manifest = versions.manifest(version)
+    model = versions.load(version)
+    state = {key: value.detach().cpu() for key, value in model.network.state_dict().items()}
+    reference = workspace.config.model
+    same_network = (
+        is_bundle_reference(reference)
+        and not model.head_reinitialised
+        and preset_from_bundle(reference).label_names == model.preset.label_names
+    )
+    if same_network:
+        source = bundle_folder(reference)
+        export_bundle(
+            source, state, target, model_version=version, summary=_summary(version, manifest)
+        )
+    else:
+        source = None
+        write_bundle(model.preset, workspace.config.label_names, state, target)
+    written = json.loads((target / METADATA).read_text(encoding="utf-8"))
+    return {
+        "format": format,
+        "version": version,
+        "out": str(target),
+        "bundle_version": written.get("version"),
+        "source": str(source) if source else reference,
+    }
