@@ -8,9 +8,19 @@ Plain Python (no trame), so the rules are tested on their own:
   scripts). A request without it gets ``403`` and an empty body, whatever it asks for (the page,
   its scripts, the websocket);
 - on another interface than loopback the token cannot be turned off;
-- a request that a browser sends for another site's page (its ``Origin`` is not this server) is
-  refused too, token or not: with ``--no-token``, any page open in the user's browser could
-  otherwise drive the annotation page through its websocket.
+- a request that a browser sends for another site's page (its ``Origin`` is not this server:
+  scheme, host and port) is refused too, token or not: with ``--no-token``, any page open in the
+  user's browser could otherwise drive the annotation page through its websocket;
+- a request whose ``Host`` is not a name this server was started for is refused (DNS
+  rebinding: an attacker's domain that resolves to 127.0.0.1 reaches the server, but its
+  requests name the attacker's domain): ``127.0.0.1``, ``localhost`` and ``[::1]``, the
+  ``--host`` given, or, on every interface (``0.0.0.0``), the address the request arrived on;
+  always with the port the server listens on;
+- no other site may show the page in a frame (``X-Frame-Options`` and
+  ``Content-Security-Policy: frame-ancestors``, on every answer);
+- the cookie is named after the server's port, so that two servers on one machine keep their
+  own, and the redirect that takes the token out of the address goes to a path on this server
+  only.
 """
 
 from __future__ import annotations
@@ -25,7 +35,57 @@ from urllib.parse import urlsplit
 TOKEN_PARAMETER = "token"
 TOKEN_COOKIE = "assft_web_token"
 
-__all__ = ["TOKEN_COOKIE", "TOKEN_PARAMETER", "AccessPolicy", "is_loopback", "new_token"]
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+"""The names of this machine that the server always answers to (with its port)."""
+
+FRAME_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
+"""Sent on every answer: no other site shows the page in a frame (clickjacking)."""
+
+__all__ = [
+    "FRAME_HEADERS",
+    "TOKEN_COOKIE",
+    "TOKEN_PARAMETER",
+    "AccessPolicy",
+    "cookie_name",
+    "is_loopback",
+    "new_token",
+]
+
+
+def cookie_name(port: int) -> str:
+    """The token cookie of the server on ``port`` (cookies are shared across the ports of one
+    host: one name per server keeps two servers from overwriting each other's)."""
+    return f"{TOKEN_COOKIE}_{port}"
+
+
+def _address(text: str) -> str:
+    """An address or name in one spelling: lower case, no brackets, IPv4-mapped IPv6 as IPv4."""
+    text = text.strip("[]").lower()
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_and_port(netloc: str, scheme: str = "http") -> tuple[str, int] | None:
+    """``host[:port]`` split (None when malformed)."""
+    try:
+        split = urlsplit(f"//{netloc}")
+        port = split.port
+    except ValueError:
+        return None
+    if not split.hostname or split.username is not None or split.password is not None:
+        return None
+    return _address(split.hostname), port if port is not None else _DEFAULT_PORTS.get(scheme, 80)
 
 
 def new_token() -> str:
@@ -80,13 +140,56 @@ class AccessPolicy:
         )
 
     @staticmethod
-    def same_origin(origin: str | None, host: str | None) -> bool:
+    def same_origin(origin: str | None, host: str | None, scheme: str = "http") -> bool:
         """Whether a request's ``Origin`` header (None: not sent, as by a script outside a
         browser or a same-origin page load) is this server, reached as ``host`` (the request's
-        ``Host`` header)."""
+        ``Host`` header) over ``scheme``: the scheme, host and port all agree."""
         if origin is None:
             return True
-        return bool(host) and urlsplit(origin).netloc.lower() == str(host).lower()
+        if not host:
+            return False
+        try:
+            split = urlsplit(origin)
+        except ValueError:
+            return False
+        if split.scheme.lower() != scheme or split.path not in ("", "/"):
+            return False
+        theirs = _host_and_port(split.netloc, split.scheme.lower())
+        return theirs is not None and theirs == _host_and_port(host, scheme)
+
+    def host_allowed(self, host: str | None, local: tuple[str, int]) -> bool:
+        """Whether a request's ``Host`` header names this server (DNS rebinding).
+
+        Args:
+            host: the ``Host`` header.
+            local: the address and port the request's connection arrived on.
+        """
+        if not host:
+            return False
+        named = _host_and_port(host)
+        if named is None:
+            return False
+        name, port = named
+        if port != local[1]:
+            return False
+        allowed = set(LOOPBACK_NAMES)
+        if self.host in ("", "0.0.0.0", "::"):
+            allowed.add(_address(local[0]))  # every interface: the address it arrived on
+        else:
+            allowed.add(_address(self.host))
+        return name in allowed
+
+    def plain_http_warning(self) -> str | None:
+        """What to say when the token will cross the network in clear (a token on an interface
+        other than loopback: the page is plain HTTP); None otherwise."""
+        if self.token is None or is_loopback(self.host):
+            return None
+        return (
+            f"assft web: warning: --host {self.host or '0.0.0.0'} serves the page over plain "
+            "HTTP, so the token crosses the network in clear; keep the default --host 127.0.0.1 "
+            "and reach it through an SSH tunnel (ssh -N -L PORT:127.0.0.1:PORT THIS-MACHINE, the "
+            "same port on both ends, then open the printed URL)"
+        )
 
     def url(self, port: int) -> str:
         """The URL to open: the host as given (brackets for IPv6), the token in the query."""
@@ -96,28 +199,51 @@ class AccessPolicy:
         return f"http://{host}:{port}/{query}"
 
     def middleware(self):
-        """An aiohttp middleware: a request without the token gets 403 and an empty body; one
-        with the token in its query (the printed URL) is redirected to the same address without
-        it, with the cookie set, so that the token leaves the address bar and the page's own
-        requests (scripts, the websocket) carry the cookie."""
+        """An aiohttp middleware: a request for another host or from another site's page, or
+        without the token, gets 403 and an empty body; one with the token in its query (the
+        printed URL) is redirected to the same path on this server without it, with the cookie
+        set, so that the token leaves the address bar and the page's own requests (scripts, the
+        websocket) carry the cookie."""
         from aiohttp import web
+        from yarl import URL
 
         policy = self
 
         @web.middleware
         async def require_token(request, handler):
-            query = request.query.get(TOKEN_PARAMETER)
-            cookie = request.cookies.get(TOKEN_COOKIE)
-            if not policy.same_origin(request.headers.get("Origin"), request.host):
+            local = request.transport.get_extra_info("sockname") if request.transport else None
+            if not local or not policy.host_allowed(request.host, (str(local[0]), local[1])):
                 return web.Response(status=403, body=b"")
-            if not policy.allows(query, cookie):
+            if not policy.same_origin(request.headers.get("Origin"), request.host, request.scheme):
+                return web.Response(status=403, body=b"")
+            cookie = cookie_name(local[1])
+            query = request.query.get(TOKEN_PARAMETER)
+            if not policy.allows(query, request.cookies.get(cookie)):
                 return web.Response(status=403, body=b"")
             if policy.token is not None and query is not None:
                 rest = {k: v for k, v in request.query.items() if k != TOKEN_PARAMETER}
-                target = request.rel_url.with_query(rest)
+                # A path on this server: "//evil.example/x" (or "/\\evil...") would otherwise
+                # read as another host to a browser.
+                path = "/" + request.path.lstrip("/\\")
+                target = URL.build(path=path, query=rest)
                 response = web.Response(status=303, headers={"Location": str(target)})
-                response.set_cookie(TOKEN_COOKIE, policy.token, httponly=True, samesite="Strict")
+                response.set_cookie(cookie, policy.token, httponly=True, samesite="Strict")
                 return response
             return await handler(request)
 
         return require_token
+
+    def install(self, app) -> None:
+        """Put the checks and the frame headers on an aiohttp application (before it starts)."""
+        app.middlewares.append(self.middleware())
+        app.on_response_prepare.append(_frame_headers)
+
+
+async def _frame_headers(request, response) -> None:
+    """Every answer, the websocket's and a refusal's included, forbids framing by other sites."""
+    response.headers["X-Frame-Options"] = FRAME_HEADERS["X-Frame-Options"]
+    policy = response.headers.get("Content-Security-Policy")
+    if not policy:
+        response.headers["Content-Security-Policy"] = FRAME_HEADERS["Content-Security-Policy"]
+    elif "frame-ancestors" not in policy:
+        response.headers["Content-Security-Policy"] = f"{policy}; frame-ancestors 'none'"

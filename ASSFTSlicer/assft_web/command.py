@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 WEB_EXTRA = "pip install 'assft[web]'"
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         policy = AccessPolicy(args.host, None if args.no_token else (args.token or new_token()))
     except ValueError as error:
         raise BadInputError(str(error)) from None
+    warning = policy.plain_http_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     from assft.workspace.config import CONFIG_FILE_NAME
 
     workspace = Path(args.workspace).expanduser().resolve()

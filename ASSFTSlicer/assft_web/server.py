@@ -32,7 +32,7 @@ def serve(
 
     @server.controller.add("on_server_bind")
     def _bind(wslink_server) -> None:
-        wslink_server.app.middlewares.append(policy.middleware())
+        policy.install(wslink_server.app)
 
     @server.controller.add("on_server_ready")
     def _ready(**_kwargs) -> None:

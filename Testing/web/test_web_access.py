@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from assft_testing import run_cli
-from assft_web.access import AccessPolicy, is_loopback, new_token
+from assft_web.access import TOKEN_COOKIE, AccessPolicy, cookie_name, is_loopback, new_token
 
 TOKEN = "a-token-long-enough-0123456789"
 
@@ -112,3 +112,159 @@ def test_a_request_from_another_sites_page_is_refused_even_without_a_token():
             return answers
 
     assert asyncio.run(probe()) == [(403, b""), (200, b"the page"), (200, b"the page")]
+
+
+def _serve_and_probe(policy: AccessPolicy, requests) -> list:
+    """A real aiohttp server on loopback with the policy installed (page, websocket); each
+    request is ``(path, headers, port_offset)``: the Host header names the server's port plus
+    the offset. Returns ``(status, headers, body)`` per request, ``("ws", status)`` for a
+    websocket handshake."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="the page")
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("hello")
+        await ws.close()
+        return ws
+
+    async def probe() -> list:
+        app = web.Application()
+        policy.install(app)
+        app.router.add_get("/", page)
+        app.router.add_get("/x", page)
+        app.router.add_get("/ws", socket)
+        answers: list = []
+        async with TestServer(app, host="127.0.0.1") as server:
+            port = server.port
+            jar = aiohttp.DummyCookieJar()
+            async with aiohttp.ClientSession(cookie_jar=jar) as session:
+                for path, headers, host in requests:
+                    headers = {
+                        "Host": host.format(port=port),
+                        **{k: v.format(port=port) for k, v in headers.items()},
+                    }
+                    url = f"http://127.0.0.1:{port}{path}"
+                    if path.startswith("/ws"):
+                        try:
+                            async with session.ws_connect(url, headers=headers) as ws:
+                                answers.append(("ws", 101, (await ws.receive()).data))
+                        except aiohttp.WSServerHandshakeError as error:
+                            answers.append(("ws", error.status, None))
+                        continue
+                    async with session.get(url, headers=headers, allow_redirects=False) as r:
+                        answers.append((r.status, dict(r.headers), await r.read(), port))
+        return answers
+
+    return asyncio.run(probe())
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+def test_a_page_reached_through_another_host_name_is_refused_dns_rebinding(token):
+    """An attacker's domain that resolves to 127.0.0.1 reaches the server, but its requests
+    (the page and the websocket) name that domain in Host: refused, token or not."""
+    query = f"?token={TOKEN}" if token else ""
+    cookie = {}
+    requests = [
+        (f"/{query}", cookie, "evil.example:{port}"),
+        (f"/ws{query}", cookie, "evil.example:{port}"),
+        (f"/{query}", cookie, "127.0.0.1:1"),  # the right name, another port
+        (f"/{query}", cookie, "127.0.0.1:{port}"),
+        (f"/{query}", cookie, "localhost:{port}"),
+        (f"/ws{query}", cookie, "localhost:{port}"),
+    ]
+    answers = _serve_and_probe(AccessPolicy("127.0.0.1", token), requests)
+    assert answers[0][0] == 403 and answers[0][2] == b""
+    assert answers[1] == ("ws", 403, None)
+    assert answers[2][0] == 403
+    served = 303 if token else 200  # with a token in the query: the redirect that sets the cookie
+    assert answers[3][0] == served and answers[4][0] == served
+    if token is None:
+        assert answers[5] == ("ws", 101, "hello")
+
+
+def test_every_answer_forbids_framing_by_another_site():
+    requests = [("/", {}, "127.0.0.1:{port}"), ("/", {}, "evil.example:{port}")]
+    page, refused = _serve_and_probe(AccessPolicy("127.0.0.1", None), requests)
+    token_redirect, no_token = _serve_and_probe(
+        AccessPolicy("127.0.0.1", TOKEN),
+        [(f"/?token={TOKEN}", {}, "127.0.0.1:{port}"), ("/", {}, "127.0.0.1:{port}")],
+    )
+    assert [a[0] for a in (page, refused, token_redirect, no_token)] == [200, 403, 303, 403]
+    for answer in (page, refused, token_redirect, no_token):
+        assert answer[1]["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in answer[1]["Content-Security-Policy"]
+
+
+def test_the_token_redirect_stays_on_this_server_and_sets_a_cookie_named_for_its_port():
+    requests = [
+        (f"//evil.example/x?token={TOKEN}&a=1", {}, "127.0.0.1:{port}"),
+        (f"/\\evil.example/x?token={TOKEN}", {}, "127.0.0.1:{port}"),
+        (f"/x?token={TOKEN}", {}, "127.0.0.1:{port}"),
+    ]
+    answers = _serve_and_probe(AccessPolicy("127.0.0.1", TOKEN), requests)
+    locations = [answer[1]["Location"] for answer in answers]
+    assert locations[0] == "/evil.example/x?a=1"
+    assert locations[1].startswith("/evil.example")
+    assert locations[2] == "/x"
+    for location in locations:
+        assert not location.startswith("//") and not location.startswith("/\\")
+    port = answers[2][3]
+    cookie = answers[2][1]["Set-Cookie"]
+    assert cookie.startswith(f"{cookie_name(port)}={TOKEN}")
+    assert cookie_name(port) != cookie_name(port + 1)
+    # The cookie of this server authenticates; the same token under another port's name (or
+    # the old shared name) does not.
+    right, other_port, shared = _serve_and_probe(
+        AccessPolicy("127.0.0.1", TOKEN),
+        [
+            ("/", {"Cookie": f"{TOKEN_COOKIE}_{{port}}={TOKEN}"}, "127.0.0.1:{port}"),
+            ("/", {"Cookie": f"{TOKEN_COOKIE}_1={TOKEN}"}, "127.0.0.1:{port}"),
+            ("/", {"Cookie": f"{TOKEN_COOKIE}={TOKEN}"}, "127.0.0.1:{port}"),
+        ],
+    )
+    assert (right[0], other_port[0], shared[0]) == (200, 403, 403)
+
+
+def test_the_origin_check_compares_scheme_host_and_port():
+    assert AccessPolicy.same_origin("http://127.0.0.1:8080", "127.0.0.1:8080")
+    assert AccessPolicy.same_origin("http://LOCALHOST:8080", "localhost:8080")
+    assert not AccessPolicy.same_origin("https://127.0.0.1:8080", "127.0.0.1:8080")
+    assert not AccessPolicy.same_origin("ws://127.0.0.1:8080", "127.0.0.1:8080")
+    assert not AccessPolicy.same_origin("http://127.0.0.1", "127.0.0.1:8080")
+    assert AccessPolicy.same_origin("http://127.0.0.1", "127.0.0.1")
+    assert not AccessPolicy.same_origin("http://user@127.0.0.1:8080", "127.0.0.1:8080")
+    assert not AccessPolicy.same_origin("http://[::1]:8080", "127.0.0.1:8080")
+    assert AccessPolicy.same_origin("http://[::1]:8080", "[::1]:8080")
+
+
+def test_the_host_check_knows_the_names_of_the_interface_it_listens_on():
+    loopback = AccessPolicy("127.0.0.1", None)
+    for name in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "LOCALHOST:8080"):
+        assert loopback.host_allowed(name, ("127.0.0.1", 8080)), name
+    for name in ("evil.example:8080", "127.0.0.1:8081", "127.0.0.1", "", "a@127.0.0.1:8080"):
+        assert not loopback.host_allowed(name, ("127.0.0.1", 8080)), name
+    everywhere = AccessPolicy("0.0.0.0", TOKEN)
+    assert everywhere.host_allowed("192.168.0.7:8080", ("192.168.0.7", 8080))
+    assert everywhere.host_allowed("192.168.0.7:8080", ("::ffff:192.168.0.7", 8080))
+    assert not everywhere.host_allowed("lab-pc.evil.example:8080", ("192.168.0.7", 8080))
+    given = AccessPolicy("10.1.2.3", TOKEN)
+    assert given.host_allowed("10.1.2.3:8080", ("10.1.2.3", 8080))
+    assert not given.host_allowed("10.9.9.9:8080", ("10.1.2.3", 8080))
+
+
+def test_a_token_on_an_open_interface_warns_that_it_crosses_the_network_in_clear(tmp_path):
+    assert AccessPolicy("127.0.0.1", TOKEN).plain_http_warning() is None
+    assert AccessPolicy("127.0.0.1", None).plain_http_warning() is None
+    result = run_cli("web", str(tmp_path / "nowhere"), "--host", "0.0.0.0")
+    warning, error = result.stderr.strip().splitlines()
+    assert "plain HTTP" in warning and "token crosses the network in clear" in warning
+    assert "ssh -N -L" in warning
+    assert result.returncode == 2 and "not a workspace" in error
