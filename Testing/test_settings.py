@@ -10,6 +10,7 @@ from assft.errors import BadInputError
 from assft.query.config import GapEstimator, QueryConfig, Strategy
 from assft.settings import resolve_config
 from assft.training.config import FinetuneConfig, FinetuneMode
+from assft_testing import run_cli
 
 
 def _file(tmp_path, data, name="config.json"):
@@ -97,6 +98,21 @@ def test_an_unreadable_config_file_is_named(tmp_path):
         resolve_config(QueryConfig, config_file=tmp_path / "missing.json")
     with pytest.raises(BadInputError, match=r"list.json: the configuration must be a JSON object"):
         resolve_config(QueryConfig, config_file=_file(tmp_path, [1], "list.json"))
+
+
+def test_a_deeply_nested_config_is_refused_in_one_line_naming_the_file(tmp_path, synthetic_pool):
+    from assft.workspace import Workspace
+
+    workspace = Workspace.create(tmp_path / "ws", [synthetic_pool[1][0].image])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    result = run_cli("rank", str(workspace.root), "--config", str(deep))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert str(deep) in line and "nested too deeply" in line
+    assert "RecursionError" not in result.stderr
+    with pytest.raises(BadInputError, match="--config-json is nested too deeply"):
+        resolve_config(QueryConfig, config_json="[" * 100_000 + "]" * 100_000)
 
 
 def test_a_refused_flag_is_named_as_the_flag_with_its_field():

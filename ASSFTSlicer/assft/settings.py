@@ -56,6 +56,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadInputError(f"cannot read the configuration: {error}", path) from None
+    except RecursionError:
+        raise BadInputError("is nested too deeply to be a configuration", path) from None
     if not isinstance(data, dict):
         raise BadInputError("the configuration must be a JSON object", path)
     return data
@@ -180,6 +182,10 @@ def resolve_config(
             data = json.loads(config_json)
         except json.JSONDecodeError as error:
             raise BadInputError(f"--config-json is not valid JSON: {error}") from None
+        except RecursionError:
+            raise BadInputError(
+                "--config-json is nested too deeply to be a configuration"
+            ) from None
         if not isinstance(data, dict):
             raise BadInputError("--config-json must be a JSON object")
         layers.append((data, "--config-json"))

@@ -384,6 +384,8 @@ class JsonConfig:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise BadInputError(f"cannot read the configuration: {error}", path) from error
+        except RecursionError:
+            raise BadInputError("is nested too deeply to be a configuration", path) from None
         try:
             return cls.from_dict(data)
         except ConfigFieldError as error:

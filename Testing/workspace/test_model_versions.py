@@ -383,6 +383,26 @@ def test_a_missing_pointer_is_the_preset(registry, workspace):
     assert registry.current() == "v0" and registry.problems() == []
 
 
+def test_a_deleted_pointer_is_refused_not_taken_for_the_preset(registry, workspace):
+    """Once a version was made current, a missing models/current is damage: every reader
+    refuses in one line naming the file and the repair, rather than using v0 in silence."""
+    registry.promote(registry.add_version(_fitting(registry, 1.0), {}), reason="gate")
+    pointer = workspace.models_dir / "current"
+    pointer.unlink()
+    for call in (registry.current, workspace.current_model_version, registry.load):
+        with pytest.raises(BadInputError) as caught:
+            call()
+        message = str(caught.value)
+        assert "\n" not in message and str(pointer) in message
+        assert "is missing, but v1 was made current" in message
+        assert f"assft rollback {workspace.root} v1" in message
+    (problem,) = registry.problems()
+    assert "is missing" in problem
+    result = registry.rollback("v1")
+    assert "is missing" in result["repaired"]
+    assert registry.current() == "v1" and registry.problems() == []
+
+
 def test_rollback_refuses_weights_that_cannot_serve(registry, workspace, tmp_path):
     registry.promote(registry.add_version(_fitting(registry, 1.0), {}), reason="gate")
     unfit = registry.add_version(_weights(2.0), {})  # another network's weights

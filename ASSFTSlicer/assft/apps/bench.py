@@ -142,6 +142,8 @@ def _candidate(text: str | None) -> dict[str, Any] | None:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise BadInputError(f"--candidate-recipe is not JSON: {error.msg} ({text!r})") from None
+    except RecursionError:
+        raise BadInputError("--candidate-recipe is nested too deeply to be a recipe") from None
     if not isinstance(value, dict) or not value:
         raise BadInputError(
             f"--candidate-recipe must be a JSON object of fine-tuning settings, got {text!r}"

@@ -349,6 +349,8 @@ def _read_json(path: Path) -> Any:
         raise BadInputError(
             f"is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})", path
         ) from None
+    except RecursionError:
+        raise BadInputError("is nested too deeply to be a model preset", path) from None
 
 
 _Number = TypeVar("_Number", int, float)

@@ -214,6 +214,8 @@ class WorkspaceConfig:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"not valid JSON ({error})") from None
+        except RecursionError:
+            raise ValueError("nested too deeply to be a workspace configuration") from None
         return cls.from_dict(data)
 
     @classmethod

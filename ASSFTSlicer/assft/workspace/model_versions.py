@@ -46,6 +46,7 @@ from assft.workspace.files import sha256_file, utc_now, write_json_atomic
 from assft.workspace.registry import Registry
 from assft.workspace.versions import (
     BASE_VERSION,
+    POINTER_ACTIONS,
     VERSION_PATTERN,
     check_version,
     parse_partial,
@@ -76,8 +77,6 @@ __all__ = [
 CHECKPOINT_NAME = "model.pt"
 MANIFEST_NAME = "manifest.json"
 POINTER_NAME = "current"
-POINTER_ACTIONS = ("promote-model", "rollback-model", "restore-model-pointer")
-"""Audit actions that move ``models/current``; the last one names the current version."""
 DECISION_ACTIONS = ("promote-model", "register-model")
 """Audit actions that record a fine-tune's decision about its version (promoted or kept)."""
 

@@ -27,6 +27,8 @@ __all__ = [
     "version_number",
 ]
 
+POINTER_ACTIONS = ("promote-model", "rollback-model", "restore-model-pointer")
+"""Audit actions that move ``models/current``; the last one names the current version."""
 BASE_VERSION = "v0"
 """The preset as configured in ``assft.json``; it has no folder under ``models/``."""
 

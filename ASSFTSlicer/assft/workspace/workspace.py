@@ -64,7 +64,7 @@ from assft.workspace.files import (
 )
 from assft.workspace.labels import load_label_for_image
 from assft.workspace.registry import BUSY_TIMEOUT_S, REGISTRY_FILE_NAME, Registry, check_status
-from assft.workspace.versions import check_version, read_pointer
+from assft.workspace.versions import BASE_VERSION, POINTER_ACTIONS, check_version, read_pointer
 
 __all__ = ["CASE_ID_PATTERN", "MAX_CASE_ID_LENGTH", "Workspace", "default_user", "find_images"]
 
@@ -934,7 +934,22 @@ class Workspace:
         Raises:
             BadInputError: a damaged pointer (see :func:`assft.workspace.versions.read_pointer`).
         """
-        return read_pointer(self.models_dir / "current")
+        pointer = self.models_dir / "current"
+        version = read_pointer(pointer)
+        if version == BASE_VERSION and not pointer.exists():
+            # No pointer is v0 only while nothing was ever made current: a deleted pointer must
+            # not make every verb use the pretrained model in silence.
+            recorded = [
+                (row.get("detail") or {}).get("version")
+                for row in self.registry.audit_actions(POINTER_ACTIONS)
+            ]
+            if recorded and recorded[-1] != BASE_VERSION:
+                raise BadInputError(
+                    f"is missing, but {recorded[-1]} was made current; repair it with "
+                    f"'assft rollback {self.root} {recorded[-1]}'",
+                    pointer,
+                )
+        return version
 
     def set_current_model_version(self, version: str) -> None:
         """Point ``models/current`` at ``version`` (atomically).
