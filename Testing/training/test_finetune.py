@@ -175,6 +175,19 @@ def test_no_labels_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
         run_finetune(workspace, FinetuneConfig(**FAST), device="cpu")
 
 
+def test_a_damaged_current_model_is_refused_before_a_job_folder_is_made(labeled_workspace):
+    """Issue 21, item 11: no failed job folder with a label snapshot is left behind."""
+    registry = ModelRegistry(labeled_workspace)
+    model = registry.load("v0")
+    registry.promote(registry.add_version(model.network.state_dict(), {}), reason="test")
+    (labeled_workspace.models_dir / "v1" / "model.pt").write_bytes(b"truncated")
+    before = sorted(p.name for p in labeled_workspace.jobs_dir.iterdir() if p.is_dir())
+    with pytest.raises(BadInputError, match="is damaged: sha256 differs") as refused:
+        run_finetune(labeled_workspace, FinetuneConfig(**FAST), device="cpu")
+    assert "\n" not in str(refused.value) and "model.pt" in str(refused.value)
+    assert sorted(p.name for p in labeled_workspace.jobs_dir.iterdir() if p.is_dir()) == before
+
+
 def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, monkeypatch):
     import torch
 

@@ -270,6 +270,9 @@ class FinetuneJob:
             job = None
         resumed = job is not None
         if job is None:
+            # A damaged current model is refused before any job folder or label snapshot is
+            # made (the pointer and the weights' sha256; loading comes later).
+            self.registry.checkpoint(self.registry.current())
             job = self.jobs.create("finetune", self.argv)
             job.update(
                 label_set_hash=label_hash,
