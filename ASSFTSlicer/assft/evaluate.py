@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.io.imaging import geometry_mismatch, image_suffix, read_image, read_label
+from assft.io.imaging import geometry_mismatch, image_suffix, read_header, read_image, read_label
 from assft.metrics import dice_scores, mean_dice
 from assft.predict import Predictor
 from assft.runtime.progress import Progress
@@ -62,15 +62,7 @@ def find_truth_files(truth_dir: Path, case_ids: list[str]) -> dict[str, Path]:
 
 def _header(path: Path) -> sitk.ImageFileReader | None:
     """The geometry of a single-file 3D image from its header alone (None if not at hand)."""
-    if not path.is_file():
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None  # the full read names the problem
-    return reader if reader.GetDimension() == 3 else None
+    return read_header(path)
 
 
 def _check_geometries(workspace: Workspace, truth_files: dict[str, Path]) -> None:

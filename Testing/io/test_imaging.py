@@ -353,6 +353,30 @@ def _crafted_headers(folder: Path) -> list[tuple[Path, str]]:
         path.write_bytes(header.encode("ascii") + data)
         assert path.stat().st_size < 2000
         found.append((path, expected[name]))
+    # Issue 21, item 7: detached headers whose data file is a device (directly, through a link,
+    # or a pipe beside the header), a list of files, and a header longer than 64 KB.
+    detached = (
+        "NRRD0004\ntype: float\ndimension: 3\nsizes: 1000 1000 1000\nencoding: raw\n"
+        "endian: little\n"
+    )
+    (folder / "zero.raw").symlink_to("/dev/zero")
+    os.mkfifo(folder / "pipe.raw")
+    for name, data_file, message in (
+        ("device.nhdr", "/dev/zero", "outside the header's own folder"),
+        ("random.nhdr", "/dev/urandom", "outside the header's own folder"),
+        ("link.nhdr", "zero.raw", "outside the header's own folder"),
+        ("pipe.nhdr", "pipe.raw", "which is not a regular file"),
+        ("list.nhdr", "LIST", "names several data files"),
+        ("escape.nhdr", "../../../../dev/zero", "outside the header's own folder"),
+    ):
+        path = folder / name
+        path.write_text(detached + f"data file: {data_file}\n", encoding="ascii")
+        found.append((path, message))
+    long = folder / "long-header.nrrd"
+    comment = "# " + "x" * (70 * 1024) + "\n"
+    header = _NRRD_HEADER.format(sizes="1000 1000 1000", encoding="raw")
+    long.write_bytes((header[:-1] + comment + "\n").encode("ascii") + b"\0" * 1000)
+    found.append((long, "announces 1000x1000x1000 voxels in 4000000000 bytes, the file holds 1000"))
     return found
 
 

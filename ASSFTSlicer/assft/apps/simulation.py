@@ -28,6 +28,7 @@ from assft.io.imaging import (
     geometry_mismatch,
     image_suffix,
     is_dicom_series,
+    read_header,
     read_image,
     read_label,
 )
@@ -197,15 +198,9 @@ def _case_files(folder: Path, what: str) -> dict[str, Path]:
 
 def _grid(path: Path, *, label: bool) -> VoxelGrid:
     """The voxel grid of an image from its header alone where the format allows, else read."""
-    if path.is_file():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-            if reader.GetDimension() == 3:
-                return reader
-        except RuntimeError:
-            pass  # the full read below names the problem in one line
+    header = read_header(path)  # None: the full read below names the problem in one line
+    if header is not None:
+        return header
     return read_label(path) if label else read_image(path)
 
 

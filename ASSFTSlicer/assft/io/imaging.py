@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ __all__ = [
     "image_geometry",
     "image_suffix",
     "is_dicom_series",
+    "read_header",
     "read_image",
     "read_label",
     "write_image_atomic",
@@ -71,7 +72,7 @@ the volume resampled onto the model's grid.
 _MAX_DEFLATE_RATIO = 1032
 """deflate (gzip, zlib) expands its input at most about 1032-fold: more is not in the file."""
 
-_HEADER_BYTES = 1 << 16  # how much of a NRRD or MetaImage file is searched for its header
+_MAX_HEADER_BYTES = 16 << 20  # a NRRD or MetaImage header longer than this is refused
 _UNCOMPRESSED_DICOM = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 _DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
@@ -306,25 +307,60 @@ def _component_bytes(pixel_id: int) -> int:
     return 1
 
 
-def _header_lines(path: Path) -> list[tuple[str, int]]:
-    """The first lines of a text header with the offset where each line ends."""
-    with open(path, "rb") as stream:
-        head = stream.read(_HEADER_BYTES)
+def _header_lines(path: Path, ends: Callable[[str], bool]) -> list[tuple[str, int]]:
+    """The lines of a text header, each with the offset where it ends, up to the line for which
+    ``ends`` is true (included) or the end of the file, however long the header is.
+
+    Raises:
+        BadInputError: a header longer than :data:`_MAX_HEADER_BYTES`.
+    """
     lines: list[tuple[str, int]] = []
     offset = 0
-    for raw in head.splitlines(keepends=True):
-        offset += len(raw)
-        lines.append((raw.decode("latin-1").rstrip("\r\n"), offset))
+    with open(path, "rb") as stream:
+        while True:
+            raw = stream.readline(_MAX_HEADER_BYTES - offset + 1)
+            if not raw:
+                break
+            offset += len(raw)
+            if offset > _MAX_HEADER_BYTES:
+                raise BadInputError(
+                    f"has a header longer than {_MAX_HEADER_BYTES >> 20} MB: not an image header",
+                    path,
+                )
+            line = raw.decode("latin-1").rstrip("\r\n")
+            lines.append((line, offset))
+            if ends(line):
+                break
     return lines
 
 
 def _data_file_bytes(header: Path, name: str, skip: int) -> int | None:
-    """Bytes after ``skip`` of a detached data file; None for a file list or a missing file."""
-    if not name or name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+    """Bytes after ``skip`` of a detached data file; None for a missing file (ITK names it).
+
+    Raises:
+        BadInputError: a list or pattern of data files, a data file outside the header's own
+            folder (links resolved), or one that is not a regular file (a device such as
+            /dev/zero, a pipe): none of them has a size to check against the header.
+    """
+    if not name:
         return None
-    data = Path(name) if Path(name).is_absolute() else header.parent / name
+    if name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+        raise BadInputError(
+            f"names several data files ({name[:40]!r}: a list or a pattern), which are not read",
+            header,
+        )
+    folder = header.parent.resolve()
+    data = (folder / name).resolve()  # an absolute name stays absolute
+    if not data.is_relative_to(folder):
+        raise BadInputError(
+            f"names the data file {name!r}, outside the header's own folder: keep the data "
+            "file beside its header",
+            header,
+        )
+    if not data.exists():
+        return None
     if not data.is_file():
-        return None  # ITK names the missing file
+        raise BadInputError(f"names the data file {name!r}, which is not a regular file", header)
     return data.stat().st_size - max(skip, 0)
 
 
@@ -335,7 +371,7 @@ def _nrrd_layout(path: Path) -> tuple[int, str] | None:
     """
     fields: dict[str, str] = {}
     end = None
-    lines = _header_lines(path)
+    lines = _header_lines(path, lambda line: not line)  # a blank line ends a NRRD header
     if not lines or not lines[0][0].startswith("NRRD"):
         return None
     for line, offset in lines[1:]:
@@ -365,7 +401,11 @@ def _meta_layout(path: Path) -> tuple[int, str] | None:
     """``(bytes holding the voxels, encoding)`` of a MetaImage header (see :func:`_nrrd_layout`)."""
     fields: dict[str, str] = {}
     end = None
-    for line, offset in _header_lines(path):
+
+    def ends(line: str) -> bool:  # ElementDataFile is a MetaImage header's last field
+        return line.partition("=")[0].strip().lower() == "elementdatafile"
+
+    for line, offset in _header_lines(path, ends):
         key, sep, value = line.partition("=")
         if not sep:
             continue
@@ -492,16 +532,42 @@ def _check_declared(
 
 def _read_file(path: Path) -> sitk.Image:
     """Read an image file after checking its header (no pixel is read before)."""
+    # Our own reading of the header first: ITK opens a detached data file already to read the
+    # image information, and a pipe named there would block it.
+    layout = _file_layout(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     size = reader.GetSize()
-    layout = _file_layout(path)
     _check_declared(path, size, reader.GetNumberOfComponents(), reader.GetPixelID(), layout)
     _check_extent(size, reader.GetSpacing(), path)
     if image_suffix(path) in (".nii", ".nii.gz"):
         _scan_nifti(path)
     return reader.Execute()
+
+
+def read_header(path: str | Path) -> sitk.ImageFileReader | None:
+    """The reader of a single 3D image file after ``ReadImageInformation()`` (the header alone,
+    no pixel read), or None where the header does not tell (a folder, another dimension, a
+    header ITK cannot read: the full read names the problem).
+
+    The data file a detached header names is checked first, as for a full read.
+
+    Raises:
+        BadInputError: a detached header whose data file is a device, a pipe, a list, or
+            outside its folder; a header longer than allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    _file_layout(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader if reader.GetDimension() == 3 else None
 
 
 def _read_dicom_folder(path: Path) -> sitk.Image:
