@@ -26,7 +26,7 @@ QUERY_BAD: dict[str, list[Any]] = {
     "weight": FRACTION,
     "lambda_div": [-1.0, NAN, INF, -INF, True, "1"],
     "seed": [-1, MAX_SEED + 1, True, 1.0],
-    "mc_samples": [1, 0, True, 5.0],
+    "mc_samples": [1, 0, True, 5.0, 10**6],
     "mc_dropout": [-0.1, 1.0, NAN, True],
     "clasp_beta": [-1.0, NAN, INF],
     "diversity": ["wide", 1, None],
@@ -46,7 +46,7 @@ ASD_BAD: dict[str, list[Any]] = {
 }
 FINETUNE_BAD: dict[str, list[Any]] = {
     "mode": ["most", 1, None],
-    "iterations": [0, -5, True, 10.0, "10"],
+    "iterations": [0, -5, True, 10.0, "10", 10**9],
     "semi_iterations": [0, -5, True, 2.5],
     "epochs": [0, -1, True, None, 2.5],
     "min_iterations": [0, None],
@@ -57,8 +57,17 @@ FINETUNE_BAD: dict[str, list[Any]] = {
     "intensity_augment": [0, None],
     "validate_every": [0, -3, True],
     "keep_best": [1, None],
-    "batch_size": [0, -1, True, 2.0],
-    "patch_size": [[0, 0, 0], [8, 8], [8, 8, 8, 8], "32", 32, [8, 8, True], [8.0, 8, 8]],
+    "batch_size": [0, -1, True, 2.0, 10**6],
+    "patch_size": [
+        [0, 0, 0],
+        [8, 8],
+        [8, 8, 8, 8],
+        "32",
+        32,
+        [8, 8, True],
+        [8.0, 8, 8],
+        [10**5, 10**5, 10**5],
+    ],
     "lr": [0.0, -1e-4, NAN, INF, True, "1e-4"],
     "encoder_lr_scale": [-0.1, NAN, INF],
     "weight_decay": [-1.0, INF, NAN],
@@ -160,6 +169,8 @@ def test_the_same_checks_apply_to_a_config_made_directly():
 
 
 def test_checks_across_fields():
+    with pytest.raises(ConfigFieldError, match=r"holds 536870912 voxels a step, more than"):
+        FinetuneConfig(patch_size=(512, 512, 512), batch_size=4)  # type: ignore[arg-type]
     with pytest.raises(ConfigFieldError, match=r"^batch_size must be at least 2 with pseudo") as e:
         FinetuneConfig(batch_size=1)
     assert e.value.field == "batch_size"

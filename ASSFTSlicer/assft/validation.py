@@ -64,6 +64,23 @@ MAX_SEED = 2**32 - 1
 MAX_RADIUS = 64
 """Largest ROI dilation radius in voxels (a wider one covers any patch, and costs for nothing)."""
 
+# Upper bounds of the work-size settings: checked before anything is created, so that a value in
+# the millions is refused in one line rather than hanging a job that holds the workspace lock.
+MAX_STEPS = 1_000_000
+"""Most optimisation steps a stage may take (at 1 s a step on a CPU: eleven days)."""
+MAX_EPOCHS = 10_000
+"""Most passes over the labeled patches that set a stage's steps."""
+MAX_BATCH = 256
+"""Most patches a step may take."""
+MAX_PATCH = 512
+"""Largest patch edge in voxels (the model grid itself is at most 512^3)."""
+MAX_BATCH_VOXELS = 2**27
+"""Most voxels one step may hold, patches times their size (128^3 x 64: far beyond any GPU)."""
+MAX_MC_SAMPLES = 100
+"""Most MC-dropout passes a case may get (the epistemic baseline)."""
+MAX_PROTOTYPES = 10_000
+"""Most pool prototypes the knowledge gap's prototype estimator may use."""
+
 _METADATA_KEY = "assft.bounds"
 
 
@@ -75,13 +92,24 @@ class Bounds:
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    cap: float | None = None
 
     def contains(self, value: float) -> bool:
         return not (
-            (self.ge is not None and value < self.ge)
+            (self.cap is not None and value > self.cap)
+            or (self.ge is not None and value < self.ge)
             or (self.gt is not None and value <= self.gt)
             or (self.le is not None and value > self.le)
             or (self.lt is not None and value >= self.lt)
+        )
+
+    def above_cap(self, value: Any) -> bool:
+        """Whether a number (or any number of a list) exceeds the safety cap."""
+        if self.cap is None:
+            return False
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return any(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > self.cap for v in values
         )
 
     def describe(self) -> str:
@@ -107,14 +135,18 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    cap: float | None = None,
 ) -> T:
     """A config field with its default and its range (the type is the field's annotation).
 
     Args:
         default: the default value (immutable: a number, a bool, an enum member, a tuple, None).
         ge, gt, le, lt: the value (each value of a tuple) must be >=, >, <=, < these.
+        cap: a safety limit on a work size (steps, batch, patch): not part of the field's
+            meaning, so the usual message leaves it out; a value above it is refused with
+            ``must be at most CAP``.
     """
-    bounds = Bounds(ge=ge, gt=gt, le=le, lt=lt)
+    bounds = Bounds(ge=ge, gt=gt, le=le, lt=lt, cap=cap)
     made: T = field(default=default, metadata={_METADATA_KEY: bounds})
     return made
 
@@ -223,6 +255,10 @@ def _check_number(value: Any, kind: type, name: str, bounds: Bounds) -> Any:
             value = math.inf
         if not math.isfinite(value):
             _fail(name, f"must be a finite number, got {show(value)}")
+    if bounds.above_cap(value):
+        _fail(
+            name, f"must be at most {_number(bounds.cap or 0)} (a safety limit), got {show(value)}"
+        )
     if not bounds.contains(value):
         _fail(name, f"must be {bounds.describe()}, got {show(value)}")
     return value
@@ -267,6 +303,8 @@ def check_value(value: Any, hint: Any, name: str, bounds: Bounds | None = None) 
         count = {1: "one", 2: "two", 3: "three"}.get(len(kinds), str(len(kinds)))
         item = "integers" if all(k is int for k in kinds) else "numbers"
         range_text = bounds.describe()
+        if bounds.above_cap(value):
+            range_text += f"{' and ' if range_text else ''}at most {_number(bounds.cap or 0)}"
         what = f"{count} {item}" + (f" each {range_text}" if range_text else "")
         if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
             _fail(name, f"must be {what}, got {show(value)}")

@@ -10,6 +10,8 @@ from typing import ClassVar
 
 from assft.query.strategies import DiversityScale, DiversitySpace, GapEstimator, Strategy
 from assft.validation import (
+    MAX_MC_SAMPLES,
+    MAX_PROTOTYPES,
     MAX_RADIUS,
     MAX_SEED,
     JsonConfig,
@@ -40,7 +42,7 @@ class DKDConfig:
 
     gap: GapEstimator = setting(GapEstimator.AUTO)
     drift: bool = setting(True)
-    prototypes: int | None = setting(None, ge=1)
+    prototypes: int | None = setting(None, ge=1, cap=MAX_PROTOTYPES)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -97,7 +99,7 @@ class QueryConfig(JsonConfig):
     diversity: DiversityScale = setting(DiversityScale.TYPICAL)
     diversity_on: DiversitySpace = setting(DiversitySpace.ACQUISITION)
     seed: int = setting(0, ge=0, le=MAX_SEED)
-    mc_samples: int = setting(5, ge=2)
+    mc_samples: int = setting(5, ge=2, cap=MAX_MC_SAMPLES)
     mc_dropout: float = setting(0.2, ge=0.0, lt=1.0)
     clasp_beta: float = setting(1.0, ge=0.0)
     power_beta: float = setting(1.0, ge=0.0)

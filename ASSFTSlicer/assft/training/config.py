@@ -8,8 +8,13 @@ from enum import Enum
 from typing import ClassVar
 
 from assft.validation import (
+    MAX_BATCH,
+    MAX_BATCH_VOXELS,
+    MAX_EPOCHS,
+    MAX_PATCH,
     MAX_RADIUS,
     MAX_SEED,
+    MAX_STEPS,
     ConfigFieldError,
     JsonConfig,
     setting,
@@ -117,13 +122,13 @@ class FinetuneConfig(JsonConfig):
     """Keys of the workspace's settings (``assft.json``) that set fields here: key -> field."""
 
     mode: FinetuneMode = setting(FinetuneMode.SELECTIVE)
-    iterations: int | None = setting(None, ge=1)
-    semi_iterations: int | None = setting(None, ge=1)
-    epochs: int = setting(50, ge=1)
-    min_iterations: int = setting(300, ge=1)
-    max_iterations: int = setting(4000, ge=1)
-    batch_size: int = setting(2, ge=1)
-    patch_size: tuple[int, int, int] | None = setting(None, ge=1)
+    iterations: int | None = setting(None, ge=1, cap=MAX_STEPS)
+    semi_iterations: int | None = setting(None, ge=1, cap=MAX_STEPS)
+    epochs: int = setting(50, ge=1, cap=MAX_EPOCHS)
+    min_iterations: int = setting(300, ge=1, cap=MAX_STEPS)
+    max_iterations: int = setting(4000, ge=1, cap=MAX_STEPS)
+    batch_size: int = setting(2, ge=1, cap=MAX_BATCH)
+    patch_size: tuple[int, int, int] | None = setting(None, ge=1, cap=MAX_PATCH)
     lr: float = setting(3e-3, gt=0.0)
     encoder_lr_scale: float = setting(1.0, ge=0.0)
     schedule: Schedule = setting(Schedule.CONSTANT)
@@ -142,12 +147,12 @@ class FinetuneConfig(JsonConfig):
     views: int = setting(4, ge=1, le=4)
     roi_tau: float = setting(0.5, ge=0.0, le=1.0)
     roi_radius: int = setting(2, ge=0, le=MAX_RADIUS)
-    checkpoint_every: int = setting(25, ge=1)
+    checkpoint_every: int = setting(25, ge=1, cap=MAX_STEPS)
     seed: int = setting(0, ge=0, le=MAX_SEED)
     augment: bool = setting(True)
     flips: Flips = setting(Flips.SYMMETRIC)
     intensity_augment: bool = setting(False)
-    validate_every: int | None = setting(None, ge=1)
+    validate_every: int | None = setting(None, ge=1, cap=MAX_STEPS)
     keep_best: bool = setting(True)
     amp: bool = setting(True)
     freeze_batchnorm: bool = setting(False)
@@ -160,6 +165,15 @@ class FinetuneConfig(JsonConfig):
                 f"must be at least 2 with pseudo-labels (1:1 mix; mode {self.mode.value}), "
                 f"got {self.batch_size}",
             )
+
+        if self.patch_size is not None:
+            voxels = self.batch_size * math.prod(self.patch_size)
+            if voxels > MAX_BATCH_VOXELS:
+                raise ConfigFieldError(
+                    "batch_size",
+                    f"times the patch size {list(self.patch_size)} holds {voxels} voxels a step, "
+                    f"more than {MAX_BATCH_VOXELS} (MAX_BATCH_VOXELS); got {self.batch_size}",
+                )
 
         if self.min_iterations > self.max_iterations:
             raise ConfigFieldError(
