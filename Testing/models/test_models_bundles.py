@@ -230,18 +230,48 @@ def test_export_refuses_a_folder_inside_the_workspace_or_one_that_exists(
     assert not list(tmp_path.glob(".*partial"))
 
 
-@pytest.mark.parametrize("make", ["tiny_unet", "tiny_segresnet", "tiny_swinunetr"])
+PERCENTILES = {
+    "spacing": [2.0, 2.0, 3.0],
+    "orientation": "LPS",
+    "intensity": {
+        "kind": "percentile",
+        "lower": 1,
+        "upper": 99,
+        "b_min": 0,
+        "b_max": 1,
+        "clip": True,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "make, overrides",
+    [
+        ("tiny_unet", {}),
+        ("tiny_unet", {"preprocessing": PERCENTILES}),
+        ("tiny_segresnet", {}),
+        ("tiny_swinunetr", {}),  # its intensity is a range (CT Hounsfield units to 0..1)
+    ],
+)
 def test_each_monai_architecture_reads_back_with_the_layers_the_method_needs(
-    make, tmp_path
+    make, overrides, tmp_path
 ) -> None:
     from assft_testing import models
 
-    preset = getattr(models, make)(checkpoint=None)  # fresh weights: nothing to download
+    # Fresh weights: nothing to download.
+    preset = getattr(models, make)(checkpoint=None, **overrides)
     names = preset.label_names or {1: "grey matter", 2: "white matter"}
     state = load_model(preset, label_values=sorted(names)).network.state_dict()
     bundle = write_bundle(preset, names, state, tmp_path / make)
     read = preset_from_bundle(bundle)
     assert read.architecture == preset.architecture
+    assert (read.spacing, read.orientation) == (preset.spacing, preset.orientation)
+    assert read.intensity == preset.intensity
+    assert (read.patch_size, read.sw_batch_size, read.overlap) == (
+        preset.patch_size,
+        preset.sw_batch_size,
+        preset.overlap,
+    )
     assert read.embedding_layer == preset.embedding_layer
     assert read.head_layer == preset.head_layer
     assert set(read.encoder_prefixes) == set(preset.encoder_prefixes)

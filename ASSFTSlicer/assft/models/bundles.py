@@ -194,6 +194,13 @@ def _labels(parser: Any, out_channels: int, metadata: Path) -> tuple[dict[str, s
     return names, activation
 
 
+_RANGE_TRANSFORMS = {
+    "ScaleIntensityRange": ("range", ("a_min", "a_max", "b_min", "b_max")),
+    "ScaleIntensityRangePercentiles": ("percentile", ("lower", "upper", "b_min", "b_max")),
+}
+"""MONAI's intensity mappings by a range: the preset's intensity kind and the fields read."""
+
+
 def _preprocessing(parser: Any, config: Path) -> tuple[dict[str, Any], list[str]]:
     """Spacing, orientation and intensity from the inference preprocessing, and notes on
     what was not found there."""
@@ -209,20 +216,11 @@ def _preprocessing(parser: Any, config: Path) -> tuple[dict[str, Any], list[str]
                 found["spacing"] = [float(s) for s in spacing]
             elif name == "Orientation" and "axcodes" in raw:
                 found["orientation"] = str(_resolved(parser, f"{key}#axcodes", config))
-            elif name == "ScaleIntensityRange":
-                values = {
-                    k: float(_resolved(parser, f"{key}#{k}", config))
-                    for k in ("a_min", "a_max", "b_min", "b_max")
-                }
+            elif name in _RANGE_TRANSFORMS:
+                kind, keys = _RANGE_TRANSFORMS[name]
+                values = {k: float(_resolved(parser, f"{key}#{k}", config)) for k in keys}
                 clip = bool(_resolved(parser, f"{key}#clip", config)) if "clip" in raw else False
-                found["intensity"] = {"kind": "range", **values, "clip": clip}
-            elif name == "ScaleIntensityRangePercentiles":
-                values = {
-                    k: float(_resolved(parser, f"{key}#{k}", config))
-                    for k in ("lower", "upper", "b_min", "b_max")
-                }
-                clip = bool(_resolved(parser, f"{key}#clip", config)) if "clip" in raw else False
-                found["intensity"] = {"kind": "percentile", **values, "clip": clip}
+                found["intensity"] = {"kind": kind, **values, "clip": clip}
             elif name == "NormalizeIntensity":
                 nonzero = (
                     bool(_resolved(parser, f"{key}#nonzero", config)) if "nonzero" in raw else False
