@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from assft.errors import BadInputError
 from assft.models import get_preset, load_model
 from assft.models.bundles import METADATA, WEIGHTS, preset_from_bundle, write_bundle
 from assft.models.checkpoints import load_checkpoint_state, locate_checkpoint
@@ -57,7 +58,7 @@ def test_a_bundle_reads_back_as_the_preset_it_was_written_from(demo_bundle) -> N
         assert torch.equal(loaded.predict_logits(x), shipped.predict_logits(x))
 
 
-def test_references_and_expressions_resolve_as_monai_resolves_them(tmp_path) -> None:
+def test_references_resolve_as_monai_resolves_them_and_expressions_never_run(tmp_path) -> None:
     preset = tiny_unet()
     bundle = write_bundle(
         preset, preset.label_names, load_model(preset).network.state_dict(), tmp_path / "b"
@@ -66,15 +67,22 @@ def test_references_and_expressions_resolve_as_monai_resolves_them(tmp_path) -> 
     channels = config["network_def"]["channels"]
     config["num_channels"] = channels
     config["network_def"]["channels"] = "@num_channels"
-    config["network_def"]["out_channels"] = "$@num_classes + 1"
-    config["num_classes"] = len(preset.label_names)
-    config["inferer"]["roi_size"] = "$[@patch] * 3"
-    config["patch"] = preset.patch_size[0]
+    config["network_def"]["out_channels"] = "@num_outputs"
+    config["num_outputs"] = len(preset.label_names) + 1
+    config["inferer"]["roi_size"] = "@patch"
+    config["patch"] = list(preset.patch_size)
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     read = preset_from_bundle(f"bundle:{bundle}")
     assert read.arguments["channels"] == list(channels)
-    assert read.patch_size == (preset.patch_size[0],) * 3
+    assert read.patch_size == preset.patch_size
     assert read.label_values == preset.label_values
+    # An expression is code: it is never evaluated, and says so in one line.
+    marker = tmp_path / "ran"
+    config["num_outputs"] = f"$open({str(marker)!r}, 'w').write('x') and 3"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(BadInputError, match="network_def.out_channels is a Python expression"):
+        preset_from_bundle(f"bundle:{bundle}")
+    assert not marker.exists()
 
 
 def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:

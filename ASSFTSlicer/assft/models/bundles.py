@@ -91,13 +91,36 @@ def read_bundle(folder: Path) -> tuple[Any, Path]:
 
 
 def _resolved(parser: Any, key: str, config: Path) -> Any:
+    """A config value with its references (``@name``) resolved and no expression evaluated.
+
+    Opening a bundle never runs its code: a ``$`` expression is Python that ``monai.bundle run``
+    would execute, so a value that is one (or holds one) is refused, as a pickle holding code
+    is refused among weights.
+    """
+    from monai.bundle.config_item import ConfigExpression
+
     try:
-        return parser.get_parsed_content(key, instantiate=False, eval_expr=True)
+        value = parser.get_parsed_content(key, instantiate=False, eval_expr=False)
     except Exception as error:  # MONAI raises many kinds for a reference it cannot resolve
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInputError(
             f"{key.replace('#', '.')} cannot be resolved ({reason})", config
         ) from None
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, Mapping):
+            pending.extend(item.values())
+        elif isinstance(item, ConfigExpression) or (isinstance(item, str) and item[:1] == "$"):
+            text = str(item.config if isinstance(item, ConfigExpression) else item)
+            raise BadInputError(
+                f"{key.replace('#', '.')} is a Python expression ({text[:60]!r}); opening a "
+                "bundle never runs its code: write the value, or a reference (@name) to one",
+                config,
+            )
+    return value
 
 
 def _plain(value: Any) -> Any:
