@@ -200,37 +200,53 @@ def _break(bundle: Path, what: str) -> Path:
 def test_a_bad_bundle_is_refused_in_one_line_and_nothing_is_created(
     demo_bundle, tmp_path, what, message
 ) -> None:
+    from assft.workspace.creation import create_workspace
+
     bundle = shutil.copytree(demo_bundle, tmp_path / "bundle")
     named = _break(bundle, what)
     image = tmp_path / "scan.nii.gz"
     sitk.WriteImage(sitk.Image(16, 16, 16, sitk.sitkFloat32), str(image))
     ws = tmp_path / "ws"
-    result = run_cli(
-        "init", str(ws), "--images", str(image), "--model", f"bundle:{bundle}", check=False
-    )
+    with pytest.raises(BadInputError) as refused:
+        create_workspace(ws, [image], model=f"bundle:{bundle}")
+    line = str(refused.value)
+    assert "\n" not in line
+    folder_named = str(named) in line or (str(bundle) in line and what == "no weights")
+    assert folder_named or (what == "no metadata" and str(bundle) in line), line
+    assert message in line
+    assert not ws.exists()
+
+
+def test_the_command_line_refuses_a_bad_bundle_with_exit_2(demo_bundle, tmp_path) -> None:
+    bundle = shutil.copytree(demo_bundle, tmp_path / "bundle")
+    config = _break(bundle, "no network_def")
+    image = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.Image(16, 16, 16, sitk.sitkFloat32), str(image))
+    ws = tmp_path / "ws"
+    result = run_cli("init", str(ws), "--images", str(image), "--model", f"bundle:{bundle}")
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    folder_named = str(named) in lines[0] or (str(bundle) in lines[0] and what == "no weights")
-    assert folder_named or (what == "no metadata" and str(bundle) in lines[0]), lines[0]
-    assert message in lines[0]
+    assert result.stderr.strip().splitlines() == [
+        f"assft: error: {config}: MONAI bundle config without network_def"
+    ]
     assert not ws.exists()
 
 
 def test_export_refuses_a_folder_inside_the_workspace_or_one_that_exists(
     tiny_preset_file, synthetic_pool, tmp_path
 ) -> None:
+    from assft.workspace.creation import create_workspace
+    from assft.workspace.export import export_version
+
     folder, cases = synthetic_pool
-    ws = tmp_path / "ws"
-    run_cli("init", str(ws), "--images", str(cases[0].image), "--model", str(tiny_preset_file))
-    inside = run_cli("export", str(ws), "--out", str(ws / "exported"), check=False)
-    assert inside.returncode == 2 and "lies inside the workspace" in inside.stderr
+    workspace = create_workspace(tmp_path / "ws", [cases[0].image], model=str(tiny_preset_file))
+    with pytest.raises(BadInputError, match="lies inside the workspace"):
+        export_version(workspace, None, workspace.root / "exported")
     taken = tmp_path / "taken"
     taken.mkdir()
-    exists = run_cli("export", str(ws), "--out", str(taken), check=False)
-    assert exists.returncode == 2 and "already exists" in exists.stderr
+    with pytest.raises(BadInputError, match="already exists"):
+        export_version(workspace, None, taken)
     # A preset that is not a bundle is written as a new bundle at version 0.1.0.
-    result = json.loads(run_cli("export", str(ws), "--out", str(tmp_path / "new"), "--json").stdout)
+    result = export_version(workspace, None, tmp_path / "new")
     assert result["version"] == "v0" and result["bundle_version"] == "0.1.0"
     assert (
         preset_from_bundle(tmp_path / "new").label_names == get_preset(tiny_preset_file).label_names
