@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from assft_testing import run_cli
@@ -341,9 +342,22 @@ def test_predict_never_writes_into_a_folder_the_workspace_owns(
         (("case_000", "--out", str(ws / "elsewhere")), "outside predictions/"),
         (("--all", "--out", str(cases[0].image.parent)), "holds the scan of case 'case_000'"),
     ]
-    for args, message in refused:
-        line = _one_error_line(run_cli("predict", str(ws), *args, "--device", "cpu"))
-        assert message in line, (args, line)
+    # The first through the command line (exit 2, one line); the rest in-process, where the same
+    # check refuses them (a subprocess each would cost the suite half a minute).
+    from assft.errors import BadInputError
+    from assft.predict import predict_workspace
+
+    first_args, first_message = refused[0]
+    line = _one_error_line(run_cli("predict", str(ws), *first_args, "--device", "cpu"))
+    assert first_message in line and "predictions never go into a folder" in line, line
+    for args, message in refused[1:]:
+        case = None if args[0] == "--all" else args[0]
+        with pytest.raises(BadInputError) as caught:
+            predict_workspace(
+                Workspace.open(ws), case, case is None, out_dir=args[2], device="cpu", views=1
+            )
+        line = str(caught.value)
+        assert "\n" not in line and message in line, (args, line)
         assert "predictions never go into a folder the workspace owns" in line or "scan" in line
     after = snapshot(Workspace.open(ws))
     assert after == before  # the clinician's label, the audit trail: all as they were
