@@ -119,6 +119,7 @@ def test_a_workspace_from_a_bundle_fine_tunes_and_exports_a_bundle_monai_runs(
     assert metadata["version"] == "0.1.1"
     assert list(metadata["changelog"])[:2] == ["0.1.1", "0.1.0"]
     assert "ASSFT model version v1" in metadata["changelog"]["0.1.1"]
+    assert "parent v0, 1 labeled case(s), mode none" in metadata["changelog"]["0.1.1"]
     stored = load_checkpoint_state(ws / "models" / "v1" / "model.pt")
     exported = torch.load(out / WEIGHTS, map_location="cpu", weights_only=True)
     assert stored.keys() == exported.keys()

@@ -29,11 +29,12 @@ def create_workspace(
             workspace.
     """
     from assft.models import get_preset, load_model
+    from assft.models.bundles import is_bundle_reference
 
     preset = get_preset(model)
     names = dict(label_names or preset.label_names or {1: "foreground"})
     load_model(preset, label_values=sorted(names))
-    if str(model).startswith("bundle:"):
+    if is_bundle_reference(str(model)):
         stored_model = preset.name  # bundle:ABSOLUTE_PATH
     else:
         stored_model = str(Path(model).resolve()) if Path(model).is_file() else model

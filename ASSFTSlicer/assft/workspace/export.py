@@ -22,10 +22,10 @@ FORMATS = ("bundle",)
 def _summary(version: str, manifest: dict[str, Any]) -> str:
     if version == "v0":
         return "the model as the workspace received it (v0)"
-    labeled = manifest.get("labeled_cases") or manifest.get("cases") or []
+    labels = manifest.get("labels") or {}  # case -> sha256 of the label it trained on
     parts = [f"parent {manifest.get('parent')}"]
-    if isinstance(labeled, list) and labeled:
-        parts.append(f"{len(labeled)} labeled case(s)")
+    if labels:
+        parts.append(f"{len(labels)} labeled case(s)")
     if manifest.get("mode"):
         parts.append(f"mode {manifest['mode']}")
     parts.append("promoted" if manifest.get("promoted") else "not promoted")
@@ -49,7 +49,6 @@ def export_version(
         bundle_folder,
         export_bundle,
         is_bundle_reference,
-        preset_from_bundle,
         write_bundle,
     )
 
@@ -67,12 +66,9 @@ def export_version(
     model = versions.load(version)
     state = {key: value.detach().cpu() for key, value in model.network.state_dict().items()}
     reference = workspace.config.model
-    same_network = (
-        is_bundle_reference(reference)
-        and not model.head_reinitialised
-        and preset_from_bundle(reference).label_names == model.preset.label_names
-    )
-    if same_network:
+    # The bundle's own network when the workspace kept its labels (else the head is new and its
+    # output channels differ from the bundle's network_def).
+    if is_bundle_reference(reference) and not model.head_reinitialised:
         source = bundle_folder(reference)
         export_bundle(
             source, state, target, model_version=version, summary=_summary(version, manifest)
