@@ -60,7 +60,6 @@ def main() -> None:
         default=defaults.freeze_batchnorm,
     )
     parser.add_argument("--no-freeze-batchnorm", dest="freeze_batchnorm", action="store_false")
-    parser.add_argument("--parent-pull", dest="parent_pull", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -85,7 +84,6 @@ def main() -> None:
             "schedule": args.schedule,
             "seed": args.seed,
             "freeze_batchnorm": args.freeze_batchnorm,
-            "parent_pull": args.parent_pull,
         }
     )
     with tempfile.TemporaryDirectory() as cache:

@@ -116,9 +116,6 @@ class FinetuneConfig(JsonConfig):
         amp: mixed precision on CUDA.
         freeze_batchnorm: keep the source's BatchNorm running statistics while fine-tuning
             (off: they adapt to the target site; measured better, see BENCHMARKS.md).
-        parent_pull: after every step each weight moves ``lr * parent_pull`` of its way back
-            to the parent version's value (L2-SP, Li et al. 2018, decoupled from the gradient
-            as AdamW decouples weight decay): 0 lets the weights go where the labels take them.
     """
 
     WORKSPACE_SETTINGS: ClassVar[dict[str, str]] = {"finetune_mode": "mode"}
@@ -159,7 +156,6 @@ class FinetuneConfig(JsonConfig):
     keep_best: bool = setting(True)
     amp: bool = setting(True)
     freeze_batchnorm: bool = setting(False)
-    parent_pull: float = setting(0.0, ge=0.0, le=1000.0)
 
     def __post_init__(self) -> None:
         validate(self)

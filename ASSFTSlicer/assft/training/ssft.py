@@ -110,12 +110,6 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
-        # The parent's weights, for the pull back to them (taken before any resume point loads).
-        self.parent_weights: list[list[torch.Tensor]] | None = (
-            [[p.detach().clone() for p in group["params"]] for group in self.optimizer.param_groups]
-            if config.parent_pull > 0
-            else None
-        )
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ddp: DistributedDataParallel | None = None
@@ -178,22 +172,10 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self._pull_to_parent()
         metrics = {"loss": float(loss.detach())}
         metrics.update({name: float(value.detach()) for name, value in losses.items()})
         metrics.setdefault("pseudo", 0.0)
         return metrics
-
-    @torch.no_grad()
-    def _pull_to_parent(self) -> None:
-        """``FinetuneConfig.parent_pull``: each weight moves ``lr * parent_pull`` of its way back
-        to the parent's (at most all of it)."""
-        if self.parent_weights is None:
-            return
-        for group, parents in zip(self.optimizer.param_groups, self.parent_weights, strict=True):
-            fraction = min(1.0, group["lr"] * self.config.parent_pull)
-            for weight, parent in zip(group["params"], parents, strict=True):
-                weight.lerp_(parent, fraction)
 
     def state(self) -> dict[str, Any]:
         return {
