@@ -60,7 +60,6 @@ def main() -> None:
         default=defaults.freeze_batchnorm,
     )
     parser.add_argument("--no-freeze-batchnorm", dest="freeze_batchnorm", action="store_false")
-    parser.add_argument("--anchor-projection", dest="anchor_projection", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -85,7 +84,6 @@ def main() -> None:
             "schedule": args.schedule,
             "seed": args.seed,
             "freeze_batchnorm": args.freeze_batchnorm,
-            "anchor_projection": args.anchor_projection,
         }
     )
     with tempfile.TemporaryDirectory() as cache:

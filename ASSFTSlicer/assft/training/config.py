@@ -156,7 +156,6 @@ class FinetuneConfig(JsonConfig):
     keep_best: bool = setting(True)
     amp: bool = setting(True)
     freeze_batchnorm: bool = setting(False)
-    anchor_projection: bool = setting(False)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -169,45 +169,13 @@ class Trainer:
             losses[name] = masked_dice_ce(logits[start:end], targets[start:end])
             loss = loss + weight * losses[name]
             start = end
-        if self.config.anchor_projection and "anchor" in losses and self.ddp is None:
-            self._projected_backward(losses, parts)
-        else:
-            self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         metrics = {"loss": float(loss.detach())}
         metrics.update({name: float(value.detach()) for name, value in losses.items()})
         metrics.setdefault("pseudo", 0.0)
         return metrics
-
-    def _projected_backward(
-        self,
-        losses: dict[str, torch.Tensor],
-        parts: list[tuple[str, tuple[torch.Tensor, torch.Tensor], float]],
-    ) -> None:
-        """Gradients that do not undo the anchor (``FinetuneConfig.anchor_projection``, as
-        A-GEM, Chaudhry et al. 2019): where the gradient of what is being learned (labels,
-        pseudo-labels) points against the anchor's, its component along the anchor's is
-        removed; the step then follows the sum of the two."""
-        weights = {name: weight for name, _, weight in parts}
-        learn = sum(weights[name] * value for name, value in losses.items() if name != "anchor")
-        keep = weights["anchor"] * losses["anchor"]
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        new = torch.autograd.grad(
-            self.scaler.scale(learn), params, retain_graph=True, allow_unused=True
-        )
-        old = torch.autograd.grad(self.scaler.scale(keep), params, allow_unused=True)
-        pairs = [(a, b) for a, b in zip(new, old, strict=True)]
-        dot = sum(float((a * b).sum()) for a, b in pairs if a is not None and b is not None)
-        norm = sum(float((b * b).sum()) for _, b in pairs if b is not None)
-        factor = dot / norm if dot < 0 and norm > 0 else 0.0
-        for param, (a, b) in zip(params, pairs, strict=True):
-            if a is None and b is None:
-                continue
-            grad = torch.zeros_like(param) if a is None else a
-            if b is not None:
-                grad = grad - factor * b + b
-            param.grad = grad
 
     def state(self) -> dict[str, Any]:
         return {
