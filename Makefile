@@ -12,8 +12,9 @@ $(BIN)/assft: pyproject.toml
 	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	# web: trame-slicer and the one slicer-core everything runs on (pyproject.toml says why 5.11);
-	# browser: Playwright for the browser tests (they drive the system's Chromium).
-	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser]"
+	# browser: Playwright for the browser tests (they drive the system's Chromium);
+	# nnunet: nnU-Net v2, whose planner and trainer make the tests' nnU-Net model.
+	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser,nnunet]"
 	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
 	$(BIN)/pip install -q --no-deps deepbet==1.0.2
 	# The MNI152 template of the sample data ships in nilearn's wheel (data files only are read).

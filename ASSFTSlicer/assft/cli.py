@@ -171,7 +171,10 @@ def add_init_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--model",
         default="demo",
-        help="model preset name, preset JSON file, or bundle:PATH (a MONAI bundle folder)",
+        help=(
+            "model preset name, preset JSON file, bundle:PATH (a MONAI bundle folder) or "
+            "nnunet:PATH (an nnU-Net v2 results folder)"
+        ),
     )
     _json_flag(p)
 
@@ -675,6 +678,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
         return 0
+    if result["format"] == "nnunet":
+        print(
+            f"Exported model version {result['version']} as nnU-Net results folder "
+            f"{result['out']} (nnUNetPredictor runs it)"
+        )
+        return 0
     print(
         f"Exported model version {result['version']} as MONAI bundle {result['out']} "
         f"(bundle version {result['bundle_version']})"
@@ -687,12 +696,13 @@ def add_export_parser(sub: Subparsers) -> None:
         sub,
         "export",
         cmd_export,
-        "write a model version as a MONAI bundle folder (python -m monai.bundle run accepts it); "
-        "a workspace made from a bundle gets that bundle's next version",
+        "write a model version as a MONAI bundle folder (python -m monai.bundle run accepts it; "
+        "a workspace made from a bundle gets that bundle's next version) or, for a workspace "
+        "made from an nnU-Net folder, as an nnU-Net results folder (--format nnunet)",
     )
     p.add_argument("workspace")
     p.add_argument("version", nargs="?", help="model version (default: the current one)")
-    p.add_argument("--format", default="bundle", choices=("bundle",))
+    p.add_argument("--format", default="bundle", choices=("bundle", "nnunet"))
     p.add_argument("--out", required=True, help="new folder outside the workspace")
     _json_flag(p)
 
@@ -852,7 +862,9 @@ def add_bench_parser(sub: Subparsers) -> None:
         help="fine-tuning steps timed per loop",
     )
     p.add_argument(
-        "--model", default="demo", help="model preset, preset file or bundle:PATH to measure"
+        "--model",
+        default="demo",
+        help="model preset, preset file, bundle:PATH or nnunet:PATH to measure",
     )
     p.add_argument(
         "--n", type=int, help="label-efficiency: sample target scans, pool + test (default 40)"

@@ -9,6 +9,7 @@ message says where the file must be placed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import os
 import pickle
@@ -27,7 +28,15 @@ from assft.models.presets import CheckpointKind, CheckpointSource, resources_dir
 MODELS_DIR_ENV = "ASSFT_MODELS_DIR"
 """Environment variable naming the folder where downloaded weights are placed."""
 
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network", "net", "weights")
+_WRAPPER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "network",
+    "net",
+    "weights",
+    "network_weights",  # nnU-Net
+)
 
 
 def downloads_dir() -> Path:
@@ -137,12 +146,46 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
             pickle that holds code rather than weights.
     """
     path = Path(path)
+    return _unwrap(read_checkpoint(path), path)
+
+
+def numpy_scalar_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` is allowed to rebuild beyond tensors and plain
+    containers: numpy scalars and their dtypes (nnU-Net's checkpoints log float32 Dice values).
+    Plain data; nothing that runs code."""
+    import numpy as np
+    import numpy.dtypes as dtypes
+
+    try:  # numpy 2 moved numpy.core to numpy._core
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    return [
+        multiarray.scalar,
+        np.dtype,
+        dtypes.Float32DType,
+        dtypes.Float64DType,
+        dtypes.Int32DType,
+        dtypes.Int64DType,
+        dtypes.BoolDType,
+    ]
+
+
+def read_checkpoint(path: Path) -> Any:
+    """A checkpoint file as ``torch.load(weights_only=True)`` reads it, on the CPU (numpy
+    scalars allowed: :func:`numpy_scalar_globals`).
+
+    Raises:
+        BadInputError: a missing, truncated or foreign file, a TorchScript archive, or a
+            pickle that holds code rather than weights.
+    """
     if not path.is_file():
         raise BadInputError("checkpoint file does not exist", path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(numpy_scalar_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # The weights-only unpickler names the function or class it refused as a "GLOBAL".
         if "global" in str(error).lower():
@@ -163,7 +206,6 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise
     except Exception:  # torch.load raises OSError, EOFError, KeyError, ... on foreign files
         raise BadInputError("is truncated or not a PyTorch checkpoint", path) from None
-    return _unwrap(loaded, path)
 
 
 def _unwrap(loaded: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,11 @@ FeatureTap = Callable[[torch.Tensor], torch.Tensor]
 """Called with the embedding layer's output; returns the tensor the network goes on with."""
 
 
-def _network_class(architecture: Architecture) -> type[nn.Module]:
+def _network_class(architecture: Architecture) -> Callable[..., nn.Module]:
+    if architecture is Architecture.NNUNET:
+        from assft.models.nnunet import nnunet_network
+
+        return nnunet_network
     classes: dict[Architecture, type[nn.Module]] = {
         Architecture.UNET: nets.UNet,
         Architecture.SEGRESNET: nets.SegResNet,

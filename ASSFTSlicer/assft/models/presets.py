@@ -33,6 +33,7 @@ class Architecture(StrEnum):
     SEGRESNET = "monai.SegResNet"
     SWINUNETR = "monai.SwinUNETR"
     TORCHSCRIPT = "torchscript"
+    NNUNET = "nnunet"
 
 
 class OutputActivation(StrEnum):
@@ -300,8 +301,9 @@ def get_preset(name_or_file: str | Path) -> ModelPreset:
 
     Args:
         name_or_file: a name from the presets file, a path to a JSON file holding one
-            preset object (e.g. an edited copy of a preset), or ``bundle:PATH`` naming a MONAI
-            bundle folder (:mod:`assft.models.bundles`).
+            preset object (e.g. an edited copy of a preset), ``bundle:PATH`` naming a MONAI
+            bundle folder (:mod:`assft.models.bundles`), or ``nnunet:PATH`` naming an nnU-Net v2
+            results folder (:mod:`assft.models.nnunet`).
 
     Raises:
         BadInputError: neither a known name nor a readable preset file; the message lists
@@ -312,6 +314,10 @@ def get_preset(name_or_file: str | Path) -> ModelPreset:
         from assft.models.bundles import preset_from_bundle
 
         return preset_from_bundle(text)
+    if not isinstance(name_or_file, Path) and text.startswith("nnunet:"):
+        from assft.models.nnunet import preset_from_nnunet
+
+        return preset_from_nnunet(text)
     presets: dict[str, ModelPreset] = {}
     if not isinstance(name_or_file, Path):
         presets = load_presets()
@@ -334,7 +340,7 @@ def get_preset(name_or_file: str | Path) -> ModelPreset:
     known = ", ".join(presets)
     raise BadInputError(
         f"unknown model {text!r}: give a preset name ({known}), a JSON file holding one preset "
-        "or bundle:PATH (a MONAI bundle folder)"
+        "bundle:PATH (a MONAI bundle folder) or nnunet:PATH (an nnU-Net v2 results folder)"
     )
 
 

@@ -30,12 +30,13 @@ def create_workspace(
     """
     from assft.models import get_preset, load_model
     from assft.models.bundles import is_bundle_reference
+    from assft.models.nnunet import is_nnunet_reference
 
     preset = get_preset(model)
     names = dict(label_names or preset.label_names or {1: "foreground"})
     load_model(preset, label_values=sorted(names))
-    if is_bundle_reference(str(model)):
-        stored_model = preset.name  # bundle:ABSOLUTE_PATH
+    if is_bundle_reference(str(model)) or is_nnunet_reference(str(model)):
+        stored_model = preset.name  # bundle:ABSOLUTE_PATH, nnunet:ABSOLUTE_PATH
     else:
         stored_model = str(Path(model).resolve()) if Path(model).is_file() else model
     return Workspace.create(

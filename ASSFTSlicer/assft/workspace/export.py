@@ -4,6 +4,10 @@
 a bundle (``--model bundle:PATH``) gets a new version of that bundle (its configs, the version's
 weights, the metadata's version bumped with a changelog line); any other MONAI network gets a
 new bundle written from its preset.
+
+``nnunet``: an nnU-Net v2 results folder that nnU-Net's ``nnUNetPredictor`` runs, for a workspace
+made from one (``--model nnunet:PATH``) that kept its labels: the source folder's plans and
+dataset.json, and the version's weights in nnU-Net's checkpoint layout.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from assft.errors import BadInputError
 from assft.workspace.model_versions import ModelRegistry
 from assft.workspace.workspace import Workspace
 
-FORMATS = ("bundle",)
+FORMATS = ("bundle", "nnunet")
 
 
 def _summary(version: str, manifest: dict[str, Any]) -> str:
@@ -35,14 +39,18 @@ def _summary(version: str, manifest: dict[str, Any]) -> str:
 def export_version(
     workspace: Workspace, version: str | None, out: str | Path, *, format: str = "bundle"
 ) -> dict[str, Any]:
-    """Write a model version (default: the current one) as a MONAI bundle folder ``out``.
+    """Write a model version (default: the current one) as a new folder ``out``: a MONAI
+    bundle (``format`` bundle) or an nnU-Net results folder (``format`` nnunet).
 
     Returns:
-        What was written: ``format``, ``version``, ``out``, ``bundle_version``, ``source``.
+        What was written: ``format``, ``version``, ``out``, ``source``, and for a bundle its
+        ``bundle_version``.
 
     Raises:
         BadInputError: an unknown format or version, a damaged checkpoint, ``out`` inside the
-            workspace or already there, or a network with no bundle form (TorchScript).
+            workspace or already there, a network with no bundle form (TorchScript), or an
+            nnU-Net export of a workspace not made from an nnU-Net folder or whose labels
+            differ from it.
     """
     from assft.models.bundles import (
         METADATA,
@@ -66,6 +74,8 @@ def export_version(
     model = versions.load(version)
     state = {key: value.detach().cpu() for key, value in model.network.state_dict().items()}
     reference = workspace.config.model
+    if format == "nnunet":
+        return _export_nnunet(model, state, target, version, reference, manifest)
     # The bundle's own network when the workspace kept its labels (else the head is new and its
     # output channels differ from the bundle's network_def).
     if is_bundle_reference(reference) and not model.head_reinitialised:
@@ -84,3 +94,27 @@ def export_version(
         "bundle_version": written.get("version"),
         "source": str(source) if source else reference,
     }
+
+
+def _export_nnunet(
+    model: Any,
+    state: dict[str, Any],
+    target: Path,
+    version: str,
+    reference: str,
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
+    from assft.models.nnunet import export_nnunet, is_nnunet_reference
+
+    if not is_nnunet_reference(reference):
+        raise BadInputError(
+            f"the workspace's model {reference!r} is not an nnU-Net folder: export it as a "
+            "bundle (--format bundle)"
+        )
+    if model.head_reinitialised:
+        raise BadInputError(
+            "the workspace's labels differ from the nnU-Net model's, so its head is new: "
+            "export it as a bundle (--format bundle)"
+        )
+    export_nnunet(model.preset, state, target, summary=_summary(version, manifest))
+    return {"format": "nnunet", "version": version, "out": str(target), "source": reference}
