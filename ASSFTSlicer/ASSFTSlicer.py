@@ -194,6 +194,8 @@ class ASSFTSlicerParameterNode:
     workspacePath: the workspace folder (created or opened).
     imagesPath: a folder of scans to create a workspace from.
     modelPreset, device, budget, strategy: how ranking runs.
+    ownModel: the lab's own model for a new workspace (nnunet:FOLDER, bundle:FOLDER, a preset
+        file); empty: the preset.
     currentCase: the case being labeled.
     showUncertainty: overlay the model's voxel uncertainty on the case.
     finetuneMode, finetuneIterations, rerankAfterPromotion: how fine-tuning runs.
@@ -204,6 +206,7 @@ class ASSFTSlicerParameterNode:
     workspacePath: pathlib.Path
     imagesPath: pathlib.Path
     modelPreset: Annotated[str, Choice(MODEL_PRESETS)] = MODEL_PRESETS[0]
+    ownModel: str = ""
     device: Device = Device.AUTO
     budget: Annotated[int, WithinRange(1, 10000)] = _QUERY_DEFAULTS.budget
     strategy: Strategy = Strategy(_QUERY_DEFAULTS.strategy.value)
@@ -311,6 +314,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.openWorkspaceButton.connect("clicked(bool)", self.onOpenWorkspace)
         self.ui.createWorkspaceButton.connect("clicked(bool)", self.onCreateWorkspace)
+        self.ui.checkModelButton.connect("clicked(bool)", self.onCheckModel)
         self.ui.createFromVolumesButton.connect("clicked(bool)", self.onCreateFromVolumes)
         self.ui.rankButton.connect("clicked(bool)", self.onRank)
         self.ui.showChartButton.connect("clicked(bool)", self.onShowChart)
@@ -677,10 +681,22 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.runCreateWorkspace(
                 p.workspacePath,
                 [p.imagesPath],
-                p.modelPreset,
+                self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
                 onProgress=self._onTaskProgress,
                 onFinished=self._onCreated,
             )
+
+    def onCheckModel(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to check the model."), waitCursor=True):
+            model = self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel)
+            self.ui.modelInfoLabel.text = _("Opening {model}...").format(model=model)
+            self.logic.startDescribeModel(model, onFinished=self._onModelChecked)
+
+    def _onModelChecked(self, result) -> None:
+        self.ui.modelInfoLabel.text = (
+            self.logic.modelInfoText(result.jsonDocument()) if result.ok else result.errorMessage
+        )
 
     def onCreateFromVolumes(self) -> None:
         if self._cancelIfRunning(TaskKind.CREATE_FROM_VOLUMES):
@@ -690,7 +706,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.runCreateWorkspaceFromVolumes(
                 p.workspacePath,
                 slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"),
-                p.modelPreset,
+                self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
                 onProgress=self._onTaskProgress,
                 onFinished=self._onCreated,
             )

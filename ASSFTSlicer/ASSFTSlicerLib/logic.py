@@ -349,6 +349,72 @@ class WorkspaceLogic:
             arguments += ["--label-names", labelNames]
         return self.startEngineProcess("init", arguments, _("creating the workspace"), **callbacks)
 
+    MODEL_PREFIXES = ("nnunet:", "bundle:")
+    """How a model of the lab's own is named on the engine's command line (``--model``)."""
+
+    def modelForNewWorkspace(self, modelPreset: str, ownModel: str = "") -> str:
+        """The ``--model`` of a new workspace: the lab's own model when the field names one
+        (``nnunet:FOLDER``, ``bundle:FOLDER``, a preset ``.json`` file, or a folder recognised
+        by its files: ``plans.json`` is nnU-Net's, ``configs/metadata.json`` a MONAI bundle's),
+        else the chosen preset.
+
+        Raises:
+            ValueError: the field names nothing the engine opens (the message says why).
+        """
+        text = (ownModel or "").strip()
+        if not text:
+            return modelPreset
+        prefix = next((p for p in self.MODEL_PREFIXES if text.startswith(p)), "")
+        path = pathlib.Path(text[len(prefix) :]).expanduser()
+        if not prefix and path.is_dir():
+            if (path / "plans.json").is_file():
+                prefix = "nnunet:"
+            elif (path / "configs" / "metadata.json").is_file():
+                prefix = "bundle:"
+            else:
+                raise ValueError(
+                    _(
+                        "{path} is neither an nnU-Net results folder (plans.json) nor a MONAI "
+                        "bundle (configs/metadata.json)."
+                    ).format(path=path)
+                )
+        if prefix:
+            if not path.is_dir():
+                raise ValueError(_("{path} is not a folder.").format(path=path))
+            return prefix + str(path.resolve())
+        if path.suffix.lower() == ".json" and path.is_file():
+            return str(path.resolve())
+        raise ValueError(
+            _(
+                "{text} is not a model: give nnunet:FOLDER, bundle:FOLDER or a preset .json file."
+            ).format(text=text)
+        )
+
+    def startDescribeModel(self, model: str, **callbacks) -> BackgroundProcess:
+        """Open a model as a new workspace would (``assft model-info --json``): the network, its
+        structures, its folds; :meth:`modelInfoText` says it in a line."""
+        return self.startEngineProcess(
+            "model-info", [model, "--json"], _("checking the model"), **callbacks
+        )
+
+    @staticmethod
+    def modelInfoText(info: dict[str, Any]) -> str:
+        """What ``assft model-info`` found, as the panel shows it."""
+        structures = ", ".join(str(name) for name in (info.get("structures") or {}).values())
+        parts = [
+            _("{architecture} network").format(architecture=info.get("architecture", "?")),
+            _("structures: {structures}").format(structures=structures or _("none")),
+        ]
+        if info.get("folds"):
+            parts.append(
+                _("fold {fold} of the folds found ({folds})").format(
+                    fold=info.get("fold"), folds=", ".join(map(str, info["folds"]))
+                )
+            )
+        if not info.get("pretrained", True):
+            parts.append(_("no pretrained weights"))
+        return "; ".join(parts) + "."
+
     def writeVolumesForWorkspace(self, volumeNodes, folder) -> list[pathlib.Path]:
         """Write loaded volumes as NIfTI files (their exact grids) for a new workspace."""
         from assft.io.imaging import case_id_from_path, write_image_atomic

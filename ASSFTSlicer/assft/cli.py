@@ -638,6 +638,37 @@ def add_models_parser(sub: Subparsers) -> None:
     _json_flag(p)
 
 
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from assft.models.describe import describe_model
+
+    info = describe_model(args.model)
+    if args.json:
+        _print_json(info)
+        return 0
+    structures = ", ".join(f"{v} {name}" for v, name in info["structures"].items())
+    print(f"{info['model']}: {info['architecture']}, structures {structures or '(none)'}")
+    if "folds" in info:
+        print(
+            f"nnU-Net configuration {info['configuration']}, fold {info['fold']} "
+            f"(folds found: {', '.join(info['folds'])})"
+        )
+    print(f"weights: {info['weights']}")
+    print(info["description"])
+    return 0
+
+
+def add_model_info_parser(sub: Subparsers) -> None:
+    p = _add_verb(
+        sub,
+        "model-info",
+        cmd_model_info,
+        "open a model (preset, preset file, bundle:PATH, nnunet:PATH) as init would, and say "
+        "what it is: network, structures, folds",
+    )
+    p.add_argument("model")
+    _json_flag(p)
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     from assft.workspace.model_versions import ModelRegistry
 
@@ -1121,6 +1152,7 @@ VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
     add_jobs_parser,
     add_cancel_parser,
     add_models_parser,
+    add_model_info_parser,
     add_rollback_parser,
     add_export_parser,
     add_predict_parser,

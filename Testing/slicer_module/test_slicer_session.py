@@ -181,3 +181,50 @@ def test_a_slicer_import_error_inside_the_application_fails_loudly(monkeypatch):
     spec = importlib.util.spec_from_file_location("ASSFTSlicerInApp", MODULE_DIR / "ASSFTSlicer.py")
     with pytest.raises(ImportError):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_the_own_model_field_names_what_the_engine_opens_and_check_says_what_it_is(
+    tmp_path, tiny_preset_file
+):
+    from assft.models import get_preset, load_model
+    from assft.models.bundles import write_bundle
+
+    logic = _logic()
+    assert logic.modelForNewWorkspace("demo", "") == "demo"
+    assert logic.modelForNewWorkspace("demo", "  ") == "demo"
+    nnunet = tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    nnunet.mkdir(parents=True)
+    (nnunet / "plans.json").write_text("{}")
+    # A folder is recognised by its files; a prefix is kept; paths become absolute.
+    assert logic.modelForNewWorkspace("demo", str(nnunet)) == f"nnunet:{nnunet.resolve()}"
+    assert logic.modelForNewWorkspace("demo", f"nnunet:{nnunet}") == f"nnunet:{nnunet.resolve()}"
+    preset = get_preset(tiny_preset_file)
+    bundle = write_bundle(
+        preset, preset.label_names, load_model(preset).network.state_dict(), tmp_path / "b"
+    )
+    assert logic.modelForNewWorkspace("demo", str(bundle)) == f"bundle:{bundle.resolve()}"
+    assert logic.modelForNewWorkspace("demo", str(tiny_preset_file)) == str(
+        tiny_preset_file.resolve()
+    )
+    with pytest.raises(ValueError, match="neither an nnU-Net results folder"):
+        logic.modelForNewWorkspace("demo", str(tmp_path))
+    with pytest.raises(ValueError, match="is not a folder"):
+        logic.modelForNewWorkspace("demo", f"bundle:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="is not a model"):
+        logic.modelForNewWorkspace("demo", "my model")
+
+    # Check model: the engine opens it as a new workspace would, in its own process.
+    result = logic.startDescribeModel(f"bundle:{bundle.resolve()}").wait(timeout=120)
+    assert result.ok, result.output
+    info = result.jsonDocument()
+    assert info["structures"] == {str(k): v for k, v in preset.label_names.items()}
+    text = logic.modelInfoText(info)
+    assert text.startswith("monai.UNet network; structures: ")
+    assert all(name in text for name in preset.label_names.values())
+    refused = logic.startDescribeModel(f"nnunet:{nnunet.resolve()}").wait(timeout=120)
+    assert not refused.ok
+    assert refused.errorMessage.endswith(f"{nnunet.resolve() / 'dataset.json'}: is missing")
+    shown = logic.modelInfoText(
+        {"architecture": "nnunet", "structures": {"1": "liver"}, "fold": "0", "folds": ["0", "1"]}
+    )
+    assert shown == "nnunet network; structures: liver; fold 0 of the folds found (0, 1)."

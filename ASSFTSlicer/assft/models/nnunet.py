@@ -315,6 +315,7 @@ def preset_from_nnunet(reference: str | Path) -> ModelPreset:
             "folder": str(folder),
             "configuration": found["configuration_name"],
             "fold": fold,
+            "folds": [f for f, _ in found["folds"]],
             "checkpoint": checkpoint.name,
         },
     }

@@ -1,0 +1,42 @@
+"""What a model reference opens as (``assft model-info``): the front ends show it before a
+workspace is made from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from assft.models.loading import load_model
+from assft.models.presets import get_preset
+
+
+def describe_model(reference: str) -> dict[str, Any]:
+    """Open a model reference (a preset name, a preset file, ``bundle:PATH`` or
+    ``nnunet:PATH``) and load its weights, as ``assft init`` would, and say what it is.
+
+    Returns:
+        ``model``, ``architecture``, ``structures`` (label value -> name), ``patch_size``,
+        ``spacing``, ``intensity``, ``pretrained``, ``weights`` (where they came from),
+        ``description``, and for an nnU-Net folder ``configuration``, ``fold`` and ``folds``.
+
+    Raises:
+        BadInputError: a reference that does not open, or weights that do not fit.
+    """
+    preset = get_preset(reference)
+    model = load_model(preset)
+    info: dict[str, Any] = {
+        "model": preset.name,
+        "architecture": str(preset.architecture),
+        "structures": {str(value): name for value, name in sorted(preset.label_names.items())},
+        "patch_size": list(preset.patch_size),
+        "spacing": None if preset.spacing is None else list(preset.spacing),
+        "intensity": dict(preset.intensity),
+        "pretrained": model.pretrained,
+        "weights": model.summary,
+        "description": preset.description,
+    }
+    nnunet = preset.extra.get("x-nnunet")
+    if isinstance(nnunet, dict):
+        info.update(
+            {key: nnunet[key] for key in ("configuration", "fold", "folds") if key in nnunet}
+        )
+    return info
