@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+NNUNET_VENV := .venv-nnunet
 
 .PHONY: setup demo test lint
 
@@ -12,9 +13,18 @@ $(BIN)/assft: pyproject.toml
 	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	# web: trame-slicer and the one slicer-core everything runs on (pyproject.toml says why 5.11);
-	# browser: Playwright for the browser tests (they drive the system's Chromium);
-	# nnunet: nnU-Net v2, whose planner and trainer make the tests' nnU-Net model.
-	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser,nnunet]"
+	# browser: Playwright for the browser tests (they drive the system's Chromium).
+	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser]"
+	# nnU-Net models (--model nnunet:PATH): the engine builds their networks with nnU-Net's own code,
+	# which needs these three only. --no-deps keeps nnU-Net's planning, plotting and table packages
+	# (scipy, scikit-image, pandas, ...) out: MONAI imports every optional package it finds, and with
+	# them each engine process started about 2 s later (users get all of it: pip install assft[nnunet]).
+	$(BIN)/pip install -q --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 \
+		batchgenerators==0.25.5
+	# The tests' nnU-Net model is planned, trained and checked by nnU-Net itself, in a venv of its own.
+	$(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/pip install -q torch==2.13.0
+	$(NNUNET_VENV)/bin/pip install -q nnunetv2==2.8.1
 	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
 	$(BIN)/pip install -q --no-deps deepbet==1.0.2
 	# The MNI152 template of the sample data ships in nilearn's wheel (data files only are read).

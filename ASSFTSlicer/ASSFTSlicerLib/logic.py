@@ -405,12 +405,11 @@ class WorkspaceLogic:
             _("{architecture} network").format(architecture=info.get("architecture", "?")),
             _("structures: {structures}").format(structures=structures or _("none")),
         ]
-        if info.get("folds"):
-            parts.append(
-                _("fold {fold} of the folds found ({folds})").format(
-                    fold=info.get("fold"), folds=", ".join(map(str, info["folds"]))
-                )
-            )
+        used = [str(f) for f in info.get("used") or []]
+        if len(used) > 1:
+            parts.append(_("an ensemble of folds {folds}").format(folds=", ".join(used)))
+        elif used:
+            parts.append(_("fold {fold}").format(fold=used[0]))
         if not info.get("pretrained", True):
             parts.append(_("no pretrained weights"))
         return "; ".join(parts) + "."

@@ -649,8 +649,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     print(f"{info['model']}: {info['architecture']}, structures {structures or '(none)'}")
     if "folds" in info:
         print(
-            f"nnU-Net configuration {info['configuration']}, fold {info['fold']} "
-            f"(folds found: {', '.join(info['folds'])})"
+            f"nnU-Net configuration {info['configuration']}, folds run: {', '.join(info['used'])}"
+            f" (found: {', '.join(info['folds'])})"
         )
     print(f"weights: {info['weights']}")
     print(info["description"])

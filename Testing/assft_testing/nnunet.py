@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
+
+NNUNET_VENV = Path(__file__).resolve().parents[2] / ".venv-nnunet"
+"""The venv that holds all of nnU-Net (``make setup``)."""
 
 DATASET = "Dataset001_Spheres"
 CONFIGURATION = "3d_fullres"
@@ -45,6 +48,14 @@ trainer.num_iterations_per_epoch = 12
 trainer.num_val_iterations_per_epoch = 2
 trainer.run_training()
 """
+
+
+def nnunet_python() -> Path:
+    """The Python of :data:`NNUNET_VENV` (the tests that need it skip, saying why, without it)."""
+    for candidate in (NNUNET_VENV / "bin" / "python", NNUNET_VENV / "Scripts" / "python.exe"):
+        if candidate.is_file():
+            return candidate
+    pytest.skip(f"nnU-Net's own planner and predictor need {NNUNET_VENV} (make setup makes it)")
 
 
 def write_raw_dataset(raw: Path, cases: int = 6, seed: int = 0) -> Path:
@@ -94,7 +105,7 @@ def build_nnunet_model(root: Path) -> Path:
     }
     # nnU-Net's own fingerprint extraction, planner, preprocessing and trainer, in one process.
     subprocess.run(
-        [sys.executable, "-c", _BUILD, str(root), DATASET, CONFIGURATION],
+        [str(nnunet_python()), "-c", _BUILD, str(root), DATASET, CONFIGURATION],
         env=env,
         check=True,
         capture_output=True,
@@ -103,26 +114,31 @@ def build_nnunet_model(root: Path) -> Path:
     return root / "results" / DATASET / f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
 
 
-def nnunet_predict(model_folder: Path, images: list[Path], out: Path) -> list[Path]:
-    """nnU-Net's own ``nnUNetPredictor`` on ``images`` (fold 0, no mirroring), in-process and
-    without worker processes; returns the label files it wrote, in order."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+_PREDICT = """
+import json, sys
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+model, folds, images, names = json.loads(sys.argv[1])
+predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                            device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+predictor.initialize_from_trained_model_folder(model, use_folds=tuple(folds),
+                                               checkpoint_name="checkpoint_final.pth")
+predictor.predict_from_files_sequential([[i] for i in images], names, save_probabilities=False)
+"""
 
-    predictor = nnUNetPredictor(
-        tile_step_size=0.5,
-        use_gaussian=True,
-        use_mirroring=False,
-        device=torch.device("cpu"),
-        verbose=False,
-        allow_tqdm=False,
-    )
-    predictor.initialize_from_trained_model_folder(
-        str(model_folder), use_folds=(0,), checkpoint_name="checkpoint_final.pth"
-    )
+
+def nnunet_predict(
+    model_folder: Path, images: list[Path], out: Path, folds: tuple[int, ...] = (0,)
+) -> list[Path]:
+    """nnU-Net's own ``nnUNetPredictor`` on ``images`` (``folds``, no mirroring, no worker
+    processes), in nnU-Net's venv; returns the label files it wrote, in order."""
     out.mkdir(parents=True, exist_ok=True)
     names = [out / image.name.replace("_0000.nii.gz", "") for image in images]
-    predictor.predict_from_files_sequential(
-        [[str(image)] for image in images], [str(n) for n in names], save_probabilities=False
+    arguments = [str(model_folder), list(folds), [str(i) for i in images], [str(n) for n in names]]
+    subprocess.run(
+        [str(nnunet_python()), "-c", _PREDICT, json.dumps(arguments)],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     return [n.with_name(n.name + ".nii.gz") for n in names]

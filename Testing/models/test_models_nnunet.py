@@ -21,7 +21,7 @@ import torch
 from assft.errors import BadInputError
 from assft.models import get_preset, load_model
 from assft.models.checkpoints import read_checkpoint
-from assft.models.nnunet import preset_from_nnunet
+from assft.models.nnunet import NnunetNetwork, preset_from_nnunet
 from assft.predict import Predictor
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune
@@ -101,11 +101,54 @@ def test_the_engine_predicts_what_nnunet_predicts_before_and_after_fine_tuning(
     _assert_same_predictions(workspace, theirs)
 
 
+def test_several_folds_run_as_nnunets_ensemble_and_export_fold_by_fold(
+    nnunet_model, tmp_path
+) -> None:
+    folder = _copy(nnunet_model, tmp_path)
+    # A second fold: fold 0's checkpoint with its weights moved, in nnU-Net's own layout (the
+    # move is a function of each value: nnU-Net saves shared weights under two names).
+    checkpoint = read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    checkpoint["network_weights"] = {
+        key: value + 0.2 * value.std() * torch.sin(37.0 * value)
+        if value.is_floating_point() and value.numel() > 1
+        else value
+        for key, value in checkpoint["network_weights"].items()
+    }
+    (folder / "fold_1").mkdir()
+    torch.save(checkpoint, folder / "fold_1" / "checkpoint_final.pth")
+    preset = get_preset(f"nnunet:{folder}")
+    assert preset.arguments["folds"] == 2
+    assert "folds 0, 1 run as nnU-Net runs them, an ensemble" in preset.description
+    network = load_model(preset).network
+    x = torch.randn(1, 1, 40, 40, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        each = [NnunetNetwork(fold, network.axes)(x) for fold in network.network.folds]
+        # nnU-Net's predictor averages the folds' logits; the two folds do differ.
+        assert torch.allclose(network(x), torch.stack(each).mean(0), atol=1e-5)
+    assert (each[0].argmax(1) != each[1].argmax(1)).float().mean() > 0.01
+    images = _images(nnunet_model)[:2]
+    theirs = nnunet_predict(folder, images, tmp_path / "nnunet", folds=(0, 1))
+    workspace = create_workspace(tmp_path / "ws", images, model=f"nnunet:{folder}")
+    _assert_same_predictions(workspace, theirs)
+    out = tmp_path / "export" / folder.name
+    export_version(workspace, "v0", out, format="nnunet")
+    for fold in ("0", "1"):
+        exported = read_checkpoint(out / f"fold_{fold}" / "checkpoint_final.pth")
+        source = read_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth")
+        different = [
+            k
+            for k, v in source["network_weights"].items()
+            if not torch.equal(exported["network_weights"][k], v)
+        ]
+        assert not different, (fold, different[:3])
+    again = nnunet_predict(out, images, tmp_path / "nnunet-export", folds=(0, 1))
+    _assert_same_predictions(workspace, again)
+
+
 def _assert_same_predictions(workspace, theirs: list[Path]) -> None:
     """The engine's prediction of every scan (one view, the current version) against nnU-Net's
     (CASE.nii.gz for CASE_0000): Dice >= 0.99 for each structure."""
     predictor = Predictor(workspace, device="cpu", views=1)
-    assert len(theirs) == 6
     for their in theirs:
         ours = predictor.predict(their.name.replace(".nii.gz", "_0000")).label
         assert min(_dice_per_structure(ours, sitk.ReadImage(str(their)))) >= 0.99, their.name

@@ -224,7 +224,7 @@ def test_the_own_model_field_names_what_the_engine_opens_and_check_says_what_it_
     refused = logic.startDescribeModel(f"nnunet:{nnunet.resolve()}").wait(timeout=120)
     assert not refused.ok
     assert refused.errorMessage.endswith(f"{nnunet.resolve() / 'dataset.json'}: is missing")
-    shown = logic.modelInfoText(
-        {"architecture": "nnunet", "structures": {"1": "liver"}, "fold": "0", "folds": ["0", "1"]}
-    )
-    assert shown == "nnunet network; structures: liver; fold 0 of the folds found (0, 1)."
+    nnunet_info = {"architecture": "nnunet", "structures": {"1": "liver"}, "folds": ["0", "1"]}
+    shown = logic.modelInfoText({**nnunet_info, "used": ["0", "1"]})
+    assert shown == "nnunet network; structures: liver; an ensemble of folds 0, 1."
+    assert logic.modelInfoText({**nnunet_info, "used": ["all"]}).endswith("; fold all.")

@@ -16,7 +16,8 @@ def describe_model(reference: str) -> dict[str, Any]:
     Returns:
         ``model``, ``architecture``, ``structures`` (label value -> name), ``patch_size``,
         ``spacing``, ``intensity``, ``pretrained``, ``weights`` (where they came from),
-        ``description``, and for an nnU-Net folder ``configuration``, ``fold`` and ``folds``.
+        ``description``, and for an nnU-Net folder ``configuration``, ``folds`` (found) and
+        ``used`` (run: an ensemble when several).
 
     Raises:
         BadInputError: a reference that does not open, or weights that do not fit.
@@ -37,6 +38,6 @@ def describe_model(reference: str) -> dict[str, Any]:
     nnunet = preset.extra.get("x-nnunet")
     if isinstance(nnunet, dict):
         info.update(
-            {key: nnunet[key] for key in ("configuration", "fold", "folds") if key in nnunet}
+            {key: nnunet[key] for key in ("configuration", "folds", "used") if key in nnunet}
         )
     return info

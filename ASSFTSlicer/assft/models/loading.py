@@ -376,6 +376,8 @@ def load_model(
             )
         else:
             state = rename_keys(load_checkpoint_state(path), preset.checkpoint.key_renames)
+            for prefix, more in preset.checkpoint.more:
+                state.update({prefix + k: v for k, v in load_checkpoint_state(more).items()})
             if same_labels:
                 load_exact(network, state, path, architecture)
                 summary = f"pretrained weights from {path}"

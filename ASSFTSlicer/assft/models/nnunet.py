@@ -20,7 +20,8 @@ What differs from nnU-Net's own pipeline, and is said in the preset's descriptio
 - the scan is resampled to the target spacing with SimpleITK's linear interpolation (nnU-Net:
   third-order splines), and is not cropped to its non-zero box first;
 - test-time mirroring follows the engine's views (up to 4), not nnU-Net's 8 mirrorings;
-- several folds: fold 0 (or the first found) runs; nnU-Net's fold ensemble is not built yet.
+- several folds run as nnU-Net's predictor runs them by default (every numbered fold, the mean of
+  their logits); fine-tuning trains that ensemble as one network.
 """
 
 from __future__ import annotations
@@ -90,6 +91,13 @@ def folds(folder: Path) -> list[tuple[str, Path]]:
                 found.append((match.group(1), child / name))
                 break
     return sorted(found, key=lambda f: (not f[0].isdigit(), int(f[0]) if f[0].isdigit() else 0))
+
+
+def folds_to_run(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """The folds nnU-Net's predictor runs by default: every numbered fold (an ensemble when
+    there are several), or ``fold_all`` when there is no numbered one."""
+    numbered = [f for f in found if f[0].isdigit()]
+    return numbered or found[:1]
 
 
 def _configuration_name(folder: Path, plans: dict[str, Any]) -> str:
@@ -263,14 +271,21 @@ def preset_from_nnunet(reference: str | Path) -> ModelPreset:
         folder / PLANS,
     )
     labels = {int(v): str(k) for k, v in dataset["labels"].items() if int(v) != 0}
-    fold, checkpoint = found["folds"][0]
+    used = folds_to_run(found["folds"])
+    checkpoint = used[0][1]
     fold_names = ", ".join(f for f, _ in found["folds"])
+    used_names = ", ".join(f for f, _ in used)
+    ensemble = len(used) > 1
+    inside = "network.folds.0." if ensemble else "network."
     notes = [
         f"{normalisation}; linear resampling to {configuration['spacing']} mm, no crop to the "
         "non-zero box (nnU-Net: spline resampling after cropping)",
     ]
-    if len(found["folds"]) > 1:
-        notes.append(f"folds {fold_names} found; fold {fold} runs (no fold ensemble yet)")
+    if ensemble:
+        notes.append(
+            f"folds {used_names} run as nnU-Net runs them, an ensemble (the mean of their "
+            "logits); fine-tuning trains the ensemble; fold 0's encoder gives the embedding"
+        )
     notes.append(
         "instance normalisation: the knowledge gap uses the prototype estimator"
         if "InstanceNorm" in str(kwargs.get("norm_op"))
@@ -281,8 +296,9 @@ def preset_from_nnunet(reference: str | Path) -> ModelPreset:
         "description": (
             f"nnU-Net v2 {plans.get('dataset_name', '')} {found['configuration_name']} read from "
             f"{folder} ({architecture['network_class_name'].rsplit('.', 1)[-1]}, {n_stages} "
-            f"stages, structures {', '.join(labels.values())}, fold {fold} (folds found: "
-            f"{fold_names}), {checkpoint.name}); " + "; ".join(notes)
+            f"stages, structures {', '.join(labels.values())}, fold{'s' * ensemble} "
+            f"{used_names} of the folds found ({fold_names}), {checkpoint.name}); "
+            + "; ".join(notes)
         ),
         "architecture": "nnunet",
         "arguments": {
@@ -291,11 +307,13 @@ def preset_from_nnunet(reference: str | Path) -> ModelPreset:
             "arch_kwargs_req_import": list(architecture.get("_kw_requires_import") or ()),
             "in_channels": 1,
             "axes": axes,
+            "folds": len(used),
         },
         "checkpoint": {
             "source": "path",
             "path": str(checkpoint),
-            "key_renames": [["^", "network."]],
+            "key_renames": [["^", inside]],
+            "more": [[f"network.folds.{i}.", str(path)] for i, (_, path) in enumerate(used)][1:],
         },
         "preprocessing": {
             "spacing": [float(s) for s in _ours(list(configuration["spacing"]), axes)],
@@ -306,20 +324,35 @@ def preset_from_nnunet(reference: str | Path) -> ModelPreset:
         "sw_batch_size": 1,
         "overlap": 0.5,
         "label_names": {str(k): v for k, v in sorted(labels.items())},
-        "embedding_layer": f"network.encoder.stages.{n_stages - 1}",
-        "encoder_prefixes": ["network.encoder"],
-        "head_layer": "network.decoder.seg_layers",
+        "embedding_layer": f"{inside}encoder.stages.{n_stages - 1}",
+        "encoder_prefixes": (
+            [f"network.folds.{i}.encoder" for i in range(len(used))]
+            if ensemble
+            else ["network.encoder"]
+        ),
+        "head_layer": f"{inside}decoder.seg_layers",
         "has_head": True,
         "output_activation": "softmax",
         "x-nnunet": {
             "folder": str(folder),
             "configuration": found["configuration_name"],
-            "fold": fold,
             "folds": [f for f, _ in found["folds"]],
-            "checkpoint": checkpoint.name,
+            "used": [f for f, _ in used],
+            "checkpoints": [path.name for _, path in used],
         },
     }
     return _parse_preset(data, folder / PLANS)
+
+
+class FoldEnsemble(nn.Module):
+    """nnU-Net's folds run together as its predictor runs them: the mean of their logits."""
+
+    def __init__(self, folds: list[nn.Module]) -> None:
+        super().__init__()
+        self.folds = nn.ModuleList(folds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([fold(x) for fold in self.folds]).mean(0)
 
 
 class NnunetNetwork(nn.Module):
@@ -346,6 +379,7 @@ def nnunet_network(
     in_channels: int,
     axes: Any,
     out_channels: int,
+    folds: int = 1,
 ) -> NnunetNetwork:
     """Build the network as nnU-Net builds it (deep supervision off), wrapped for the
     engine's axis order.
@@ -361,16 +395,20 @@ def nnunet_network(
         ) from None
     if not str(network_class_name).startswith(NETWORK_PACKAGE):
         raise BadInputError(f"network class {network_class_name!r} is not allowed")
-    network = get_network_from_plans(
-        network_class_name,
-        _lists(dict(arch_kwargs)),
-        list(arch_kwargs_req_import),
-        int(in_channels),
-        int(out_channels),
-        allow_init=True,
-        deep_supervision=False,
-    )
-    return NnunetNetwork(network, tuple(axes))
+    networks = [
+        get_network_from_plans(
+            network_class_name,
+            _lists(dict(arch_kwargs)),
+            list(arch_kwargs_req_import),
+            int(in_channels),
+            int(out_channels),
+            allow_init=True,
+            deep_supervision=False,
+        )
+        for _ in range(max(1, int(folds)))
+    ]
+    inside = networks[0] if len(networks) == 1 else FoldEnsemble(networks)
+    return NnunetNetwork(inside, tuple(axes))
 
 
 def _lists(value: Any) -> Any:
@@ -402,38 +440,41 @@ def export_nnunet(
     preset: ModelPreset, state: Mapping[str, torch.Tensor], out: Path, *, summary: str
 ) -> Path:
     """Write a fine-tuned version as an nnU-Net results folder: the source folder's plans and
-    dataset.json, and ``fold_F/checkpoint_final.pth`` in nnU-Net's checkpoint layout with the
-    version's weights (the source checkpoint's training arguments kept, its optimiser state
-    dropped). ``nnUNetPredictor.initialize_from_trained_model_folder`` loads it.
+    dataset.json, and for every fold the version runs ``fold_F/checkpoint_final.pth`` in
+    nnU-Net's checkpoint layout with that fold's weights (the source checkpoint's training
+    arguments kept, its optimiser state dropped). ``nnUNetPredictor`` loads it.
 
     Raises:
-        BadInputError: ``out`` exists, the source folder or checkpoint is gone, or the weights
-            do not fit the source network.
+        BadInputError: ``out`` exists, the source folder or a fold's checkpoint is gone, or the
+            weights do not fit the source network.
     """
     info = preset.extra.get("x-nnunet") or {}
     source = Path(str(info.get("folder", "")))
     if out.exists():
         raise BadInputError("already exists: export writes a new folder", out)
-    found = read_nnunet_folder(source)
-    fold = str(info.get("fold", found["folds"][0][0]))
-    checkpoint_path = dict(found["folds"]).get(fold)
-    if checkpoint_path is None:
-        raise BadInputError(f"has no fold {fold} any more", source)
-    original = load_nnunet_checkpoint(checkpoint_path)
-    weights = {
-        key[len("network.") :]: value.detach().cpu()
-        for key, value in state.items()
-        if key.startswith("network.")
-    }
-    expected = original["network_weights"]
-    if set(weights) != set(expected) or any(
-        tuple(weights[k].shape) != tuple(expected[k].shape) for k in weights
-    ):
-        raise BadInputError(
-            "the version's weights do not fit the nnU-Net network it was made from (were the "
-            "labels changed?)",
-            checkpoint_path,
-        )
+    found = dict(read_nnunet_folder(source)["folds"])
+    used = [str(f) for f in info.get("used") or []]
+    if not used or any(f not in found for f in used):
+        raise BadInputError(f"no longer holds the folds {', '.join(used)} the model ran", source)
+    checkpoints = []
+    for index, fold in enumerate(used):
+        prefix = f"network.folds.{index}." if len(used) > 1 else "network."
+        original = load_nnunet_checkpoint(found[fold])
+        weights = {
+            key[len(prefix) :]: value.detach().cpu()
+            for key, value in state.items()
+            if key.startswith(prefix)
+        }
+        expected = original["network_weights"]
+        if set(weights) != set(expected) or any(
+            tuple(weights[k].shape) != tuple(expected[k].shape) for k in weights
+        ):
+            raise BadInputError(
+                "the version's weights do not fit the nnU-Net network it was made from (were "
+                "the labels changed?)",
+                found[fold],
+            )
+        checkpoints.append((fold, _checkpoint(original, weights, summary)))
     from assft.io.atomic import save_torch_atomic
 
     staging = out.with_name(out.name + ".partial")
@@ -443,22 +484,29 @@ def export_nnunet(
     try:
         shutil.copy2(source / PLANS, staging / PLANS)
         shutil.copy2(source / DATASET, staging / DATASET)
-        checkpoint = {
-            "network_weights": weights,
-            "optimizer_state": None,
-            "grad_scaler_state": None,
-            "logging": original.get("logging"),
-            "_best_ema": original.get("_best_ema"),
-            "current_epoch": original.get("current_epoch"),
-            "init_args": original.get("init_args"),
-            "trainer_name": original.get("trainer_name", "nnUNetTrainer"),
-            "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes"),
-            "assft": {"summary": summary},
-        }
-        (staging / f"fold_{fold}").mkdir()
-        save_torch_atomic(checkpoint, staging / f"fold_{fold}" / "checkpoint_final.pth")
+        for fold, checkpoint in checkpoints:
+            (staging / f"fold_{fold}").mkdir()
+            save_torch_atomic(checkpoint, staging / f"fold_{fold}" / "checkpoint_final.pth")
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _checkpoint(
+    original: Mapping[str, Any], weights: dict[str, torch.Tensor], summary: str
+) -> dict[str, Any]:
+    """nnU-Net's checkpoint layout (``nnUNetTrainer.save_checkpoint``) with new weights."""
+    return {
+        "network_weights": weights,
+        "optimizer_state": None,
+        "grad_scaler_state": None,
+        "logging": original.get("logging"),
+        "_best_ema": original.get("_best_ema"),
+        "current_epoch": original.get("current_epoch"),
+        "init_args": original.get("init_args"),
+        "trainer_name": original.get("trainer_name", "nnUNetTrainer"),
+        "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes"),
+        "assft": {"summary": summary},
+    }

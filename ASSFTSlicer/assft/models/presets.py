@@ -78,6 +78,9 @@ class CheckpointSource:
         key_renames: ``(regex, replacement)`` pairs applied in order to the checkpoint's keys
             before they are matched with the network's (e.g. MONAI's self-supervised Swin
             weights name ``layers1...`` what SwinUNETR calls ``swinViT.layers1...``).
+        more: further weights files (path source), each ``(key prefix, path)``: their keys join
+            the state dict under the prefix (an nnU-Net fold ensemble: fold 1's weights under
+            ``network.folds.1.``).
     """
 
     source: CheckpointKind
@@ -87,6 +90,7 @@ class CheckpointSource:
     sha256: str | None = None
     package: str | None = None
     key_renames: tuple[tuple[str, str], ...] = ()
+    more: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         """A short human-readable origin, for messages."""
@@ -113,6 +117,8 @@ class CheckpointSource:
             data["file"] = self.file
         if self.key_renames:
             data["key_renames"] = [list(pair) for pair in self.key_renames]
+        if self.more:
+            data["more"] = [list(pair) for pair in self.more]
         return data
 
 
@@ -570,10 +576,26 @@ def _parse_checkpoint(
     if kind is CheckpointKind.SHIPPED:
         return CheckpointSource(kind, file=fields.get("file", str), key_renames=key_renames)
     if kind is CheckpointKind.PATH:
-        path = Path(fields.get("path", str)).expanduser()
-        if not path.is_absolute() and source is not None:
-            path = source.parent.resolve() / path
-        return CheckpointSource(kind, path=str(path), key_renames=key_renames)
+
+        def resolved(text: str) -> str:
+            path = Path(text).expanduser()
+            if not path.is_absolute() and source is not None:
+                path = source.parent.resolve() / path
+            return str(path)
+
+        more = []
+        for pair in fields.get("more", list, default=[]):
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+            ):
+                fields.fail("more", "must be a list of [key prefix, path] pairs")
+            more.append((pair[0], resolved(pair[1])))
+        return CheckpointSource(
+            kind,
+            path=resolved(fields.get("path", str)),
+            key_renames=key_renames,
+            more=tuple(more),
+        )
     if kind is CheckpointKind.URL:
         sha256 = fields.get("sha256", str, none=True, default=None)
         if sha256 is not None and (
