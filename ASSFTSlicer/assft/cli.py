@@ -108,7 +108,13 @@ def _device_flag(p: argparse.ArgumentParser, default: str = "auto", **extra: Any
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", help="model version (default: the current one)")
-    p.add_argument("--views", type=int, default=4, help="test-time views, 1 to 4")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=4,
+        help="test-time views, 1 to 8: the identity, flips of x, y, z, then of two and three axes "
+        "(8: every mirroring, as nnU-Net predicts)",
+    )
     _device_flag(p)
 
 

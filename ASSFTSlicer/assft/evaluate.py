@@ -102,7 +102,7 @@ def evaluate_workspace(
         device: ``auto``, ``cpu``, ``cuda``...
         cases: only these cases (e.g. the held-out ones); None: every case.
         progress: reports the ``evaluate`` phase.
-        views: test-time views (1 to 4).
+        views: test-time views (1 to 8, :data:`~assft.models.inference.VIEW_FLIPS`).
 
     Returns:
         ``{"model_version", "truth_dir", "cases": [{"case", "status", "dice": {name:

@@ -61,7 +61,8 @@ class Predictor:
         version: model version (``v0`` is the preset as configured, ``vN`` the checkpoint
             ``models/vN/model.pt``); None: the workspace's current version.
         device: ``auto``, ``cpu``, ``cuda``...
-        views: test-time views (1 to 4: identity, then flips of x, y, z).
+        views: test-time views (1 to 8: identity, flips of x, y, z, then of two and three
+            axes; :data:`~assft.models.inference.VIEW_FLIPS`).
 
     Raises:
         BadInputError: a malformed or missing version, a model that cannot be loaded, a bad
@@ -298,7 +299,7 @@ def predict_workspace(
         device: ``auto``, ``cpu``, ``cuda``...
         uncertainty: also write the entropy maps.
         progress: progress reporter.
-        views: test-time views (1 to 4).
+        views: test-time views (1 to 8, :data:`~assft.models.inference.VIEW_FLIPS`).
 
     Returns:
         ``{"model_version", "device", "has_head", "out_dir", "predictions": [...],

@@ -118,8 +118,8 @@ _PREDICT = """
 import json, sys
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-model, folds, images, names = json.loads(sys.argv[1])
-predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+model, folds, images, names, mirroring = json.loads(sys.argv[1])
+predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                             device=torch.device("cpu"), verbose=False, allow_tqdm=False)
 predictor.initialize_from_trained_model_folder(model, use_folds=tuple(folds),
                                                checkpoint_name="checkpoint_final.pth")
@@ -128,13 +128,25 @@ predictor.predict_from_files_sequential([[i] for i in images], names, save_proba
 
 
 def nnunet_predict(
-    model_folder: Path, images: list[Path], out: Path, folds: tuple[int, ...] = (0,)
+    model_folder: Path,
+    images: list[Path],
+    out: Path,
+    folds: tuple[int, ...] = (0,),
+    *,
+    mirroring: bool = False,
 ) -> list[Path]:
-    """nnU-Net's own ``nnUNetPredictor`` on ``images`` (``folds``, no mirroring, no worker
-    processes), in nnU-Net's venv; returns the label files it wrote, in order."""
+    """nnU-Net's own ``nnUNetPredictor`` on ``images`` (``folds``; with ``mirroring``, its
+    test-time mirroring; no worker processes), in nnU-Net's venv; returns the label files it
+    wrote, in order."""
     out.mkdir(parents=True, exist_ok=True)
     names = [out / image.name.replace("_0000.nii.gz", "") for image in images]
-    arguments = [str(model_folder), list(folds), [str(i) for i in images], [str(n) for n in names]]
+    arguments = [
+        str(model_folder),
+        list(folds),
+        [str(i) for i in images],
+        [str(n) for n in names],
+        mirroring,
+    ]
     subprocess.run(
         [str(nnunet_python()), "-c", _PREDICT, json.dumps(arguments)],
         check=True,

@@ -73,10 +73,11 @@ def test_the_engine_predicts_what_nnunet_predicts_before_and_after_fine_tuning(
     nnunet_model, tmp_path
 ) -> None:
     images = _images(nnunet_model)
-    reference = nnunet_predict(nnunet_model, images, tmp_path / "nnunet-v0")
+    # nnU-Net's test-time mirroring (all 8 flips here) against the engine's 8 views.
+    reference = nnunet_predict(nnunet_model, images, tmp_path / "nnunet-v0", mirroring=True)
     workspace = create_workspace(tmp_path / "ws", images, model=f"nnunet:{nnunet_model}")
     assert workspace.config.model == f"nnunet:{nnunet_model}"
-    _assert_same_predictions(workspace, reference)
+    _assert_same_predictions(workspace, reference, views=8)
 
     labels = nnunet_model.parents[2] / "raw" / DATASET / "labelsTr"
     for case in ("case_000", "case_001"):
@@ -145,10 +146,10 @@ def test_several_folds_run_as_nnunets_ensemble_and_export_fold_by_fold(
     _assert_same_predictions(workspace, again)
 
 
-def _assert_same_predictions(workspace, theirs: list[Path]) -> None:
-    """The engine's prediction of every scan (one view, the current version) against nnU-Net's
+def _assert_same_predictions(workspace, theirs: list[Path], views: int = 1) -> None:
+    """The engine's prediction of every scan (the current version) against nnU-Net's
     (CASE.nii.gz for CASE_0000): Dice >= 0.99 for each structure."""
-    predictor = Predictor(workspace, device="cpu", views=1)
+    predictor = Predictor(workspace, device="cpu", views=views)
     for their in theirs:
         ours = predictor.predict(their.name.replace(".nii.gz", "_0000")).label
         assert min(_dice_per_structure(ours, sitk.ReadImage(str(their)))) >= 0.99, their.name

@@ -21,8 +21,19 @@ from assft.metrics.uncertainty import predicted_foreground
 if TYPE_CHECKING:
     from assft.models.loading import LoadedModel
 
-# Spatial dims of a (B, C, X, Y, Z) tensor flipped by each test-time view.
-VIEW_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+# Spatial dims of a (B, C, X, Y, Z) tensor flipped by each test-time view: the identity and
+# one flip per axis (the method's views: ranking and fine-tuning take at most these four), then
+# the flips of two and three axes (prediction only: all eight are nnU-Net's test-time mirroring).
+VIEW_FLIPS: tuple[tuple[int, ...], ...] = (
+    (),
+    (2,),
+    (3,),
+    (4,),
+    (2, 3),
+    (2, 4),
+    (3, 4),
+    (2, 3, 4),
+)
 
 
 @dataclass

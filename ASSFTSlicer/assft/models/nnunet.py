@@ -19,7 +19,8 @@ as an nnU-Net results folder that ``nnUNetPredictor`` runs.
 What differs from nnU-Net's own pipeline, and is said in the preset's description:
 - the scan is resampled to the target spacing with SimpleITK's linear interpolation (nnU-Net:
   third-order splines), and is not cropped to its non-zero box first;
-- test-time mirroring follows the engine's views (up to 4), not nnU-Net's 8 mirrorings;
+- nnU-Net's test-time mirroring is ``assft predict --views 8`` (ranking and fine-tuning take at
+  most 4 views), averaged as probabilities where nnU-Net averages logits;
 - several folds run as nnU-Net's predictor runs them by default (every numbered fold, the mean of
   their logits); fine-tuning trains that ensemble as one network.
 """
