@@ -25,6 +25,8 @@ $(BIN)/assft: pyproject.toml
 	$(PYTHON) -m venv $(NNUNET_VENV)
 	$(NNUNET_VENV)/bin/pip install -q torch==2.13.0
 	$(NNUNET_VENV)/bin/pip install -q nnunetv2==2.8.1
+	# ... and built once here (about 30 s; .cache/nnunet-test-model), not in every test run.
+	$(BIN)/python Testing/assft_testing/nnunet.py
 	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
 	$(BIN)/pip install -q --no-deps deepbet==1.0.2
 	# The MNI152 template of the sample data ships in nilearn's wheel (data files only are read).
@@ -40,7 +42,8 @@ demo: setup
 
 test: setup
 	# ASSFT_SELFTEST=1: the whole module loop (create, rank, label, fine-tune, roll back) runs too.
-	ASSFT_SELFTEST=1 $(BIN)/python -m pytest -q
+	# --durations: the slowest tests, so that the suite's 15 minutes on 2 cores can be kept.
+	ASSFT_SELFTEST=1 $(BIN)/python -m pytest -q --durations=20
 
 lint: setup
 	$(BIN)/ruff check .

@@ -58,6 +58,16 @@ def nnunet_python() -> Path:
     pytest.skip(f"nnU-Net's own planner and predictor need {NNUNET_VENV} (make setup makes it)")
 
 
+PREBUILT = Path(__file__).resolve().parents[2] / ".cache" / "nnunet-test-model"
+"""Where ``make setup`` builds the model once (``python Testing/assft_testing/nnunet.py``)."""
+
+
+def prebuilt_nnunet_model() -> Path | None:
+    """The results folder ``make setup`` built, when it is complete."""
+    folder = PREBUILT / "results" / DATASET / f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
+    return folder if (folder / "fold_0" / "checkpoint_final.pth").is_file() else None
+
+
 def write_raw_dataset(raw: Path, cases: int = 6, seed: int = 0) -> Path:
     """nnU-Net's raw layout: imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, dataset.json."""
     folder = raw / DATASET
@@ -154,3 +164,11 @@ def nnunet_predict(
         timeout=600,
     )
     return [n.with_name(n.name + ".nii.gz") for n in names]
+
+
+if __name__ == "__main__":  # make setup: build the tests' model once
+    import shutil
+
+    if prebuilt_nnunet_model() is None:
+        shutil.rmtree(PREBUILT, ignore_errors=True)
+        print(build_nnunet_model(PREBUILT))

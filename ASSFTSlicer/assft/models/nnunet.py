@@ -394,8 +394,19 @@ def nnunet_network(
         raise BadInputError(
             "nnU-Net models need nnunetv2: pip install 'nnunetv2>=2.4' (or assft[nnunet])"
         ) from None
+    # A preset file may name an nnU-Net network too: what is imported by name is checked again.
     if not str(network_class_name).startswith(NETWORK_PACKAGE):
-        raise BadInputError(f"network class {network_class_name!r} is not allowed")
+        raise BadInputError(
+            f"network class {network_class_name!r} is not one of dynamic-network-architectures "
+            f"({NETWORK_PACKAGE}*): nothing else is imported by name"
+        )
+    for key in arch_kwargs_req_import:
+        value = arch_kwargs.get(key)
+        if value is not None and not str(value).startswith(LAYER_PACKAGE):
+            raise BadInputError(
+                f"arch_kwargs {key} {value!r} is not a torch.nn layer ({LAYER_PACKAGE}*): nothing "
+                "else is imported by name"
+            )
     networks = [
         get_network_from_plans(
             network_class_name,
