@@ -358,7 +358,7 @@ def export_bundle(
     import torch
 
     inference_config(source)
-    with _staged(out) as staging:
+    with staged_folder(out) as staging:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.ts", "*.onnx", "*.pt"))
         (staging / "models").mkdir(exist_ok=True)
         torch.save(dict(state), staging / WEIGHTS)
@@ -375,9 +375,9 @@ def export_bundle(
 
 
 @contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
+def staged_folder(out: Path) -> Iterator[Path]:
     """A hidden folder beside ``out`` that becomes ``out`` when the block ends without error, and
-    is removed when it fails: a crash never leaves half a bundle under the name asked for."""
+    is removed when it fails: a crash never leaves half an export under the name asked for."""
     if out.exists():
         raise BadInputError("already exists: the export writes a new folder", out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -621,7 +621,7 @@ def write_bundle(
     import torch
 
     inference, metadata = bundle_configs(preset, label_names)
-    with _staged(out) as staging:
+    with staged_folder(out) as staging:
         (staging / "configs").mkdir(parents=True)
         (staging / "models").mkdir()
         (staging / "configs" / "inference.json").write_text(

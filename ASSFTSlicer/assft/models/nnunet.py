@@ -144,22 +144,12 @@ def read_nnunet_folder(folder: Path) -> dict[str, Any]:
             "2.4 are not supported (re-plan with nnunetv2 >= 2.4)",
             folder / PLANS,
         )
-    network_class = str(architecture["network_class_name"])
-    if not network_class.startswith(NETWORK_PACKAGE):
-        raise BadInputError(
-            f"network class {network_class!r} is not one of dynamic-network-architectures "
-            f"({NETWORK_PACKAGE}*): nothing else is imported by name",
-            folder / PLANS,
-        )
-    kwargs = dict(architecture.get("arch_kwargs") or {})
-    for key in architecture.get("_kw_requires_import") or ():
-        value = kwargs.get(key)
-        if value is not None and not str(value).startswith(LAYER_PACKAGE):
-            raise BadInputError(
-                f"arch_kwargs {key} {value!r} is not a torch.nn layer ({LAYER_PACKAGE}*): nothing "
-                "else is imported by name",
-                folder / PLANS,
-            )
+    check_names(
+        str(architecture["network_class_name"]),
+        dict(architecture.get("arch_kwargs") or {}),
+        architecture.get("_kw_requires_import") or (),
+        folder / PLANS,
+    )
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     if len(channels) != 1:
         raise BadInputError(
@@ -189,6 +179,31 @@ def read_nnunet_folder(folder: Path) -> dict[str, Any]:
         "configuration": configuration,
         "folds": found,
     }
+
+
+def check_names(
+    network_class: str, kwargs: Mapping[str, Any], requires_import: Any, path: Path | None = None
+) -> None:
+    """Refuse a network class outside dynamic-network-architectures, or a layer (the kwargs
+    nnU-Net imports by name) outside ``torch.nn``, before anything is imported.
+
+    Raises:
+        BadInputError: naming the class or layer (and ``path``).
+    """
+    if not network_class.startswith(NETWORK_PACKAGE):
+        raise BadInputError(
+            f"network class {network_class!r} is not one of dynamic-network-architectures "
+            f"({NETWORK_PACKAGE}*): nothing else is imported by name",
+            path,
+        )
+    for key in requires_import:
+        value = kwargs.get(key)
+        if value is not None and not str(value).startswith(LAYER_PACKAGE):
+            raise BadInputError(
+                f"arch_kwargs {key} {value!r} is not a torch.nn layer ({LAYER_PACKAGE}*): nothing "
+                "else is imported by name",
+                path,
+            )
 
 
 def _axes(plans: dict[str, Any]) -> list[int]:
@@ -395,18 +410,7 @@ def nnunet_network(
             "nnU-Net models need nnunetv2: pip install 'nnunetv2>=2.4' (or assft[nnunet])"
         ) from None
     # A preset file may name an nnU-Net network too: what is imported by name is checked again.
-    if not str(network_class_name).startswith(NETWORK_PACKAGE):
-        raise BadInputError(
-            f"network class {network_class_name!r} is not one of dynamic-network-architectures "
-            f"({NETWORK_PACKAGE}*): nothing else is imported by name"
-        )
-    for key in arch_kwargs_req_import:
-        value = arch_kwargs.get(key)
-        if value is not None and not str(value).startswith(LAYER_PACKAGE):
-            raise BadInputError(
-                f"arch_kwargs {key} {value!r} is not a torch.nn layer ({LAYER_PACKAGE}*): nothing "
-                "else is imported by name"
-            )
+    check_names(str(network_class_name), arch_kwargs, arch_kwargs_req_import)
     networks = [
         get_network_from_plans(
             network_class_name,
@@ -462,8 +466,6 @@ def export_nnunet(
     """
     info = preset.extra.get("x-nnunet") or {}
     source = Path(str(info.get("folder", "")))
-    if out.exists():
-        raise BadInputError("already exists: export writes a new folder", out)
     found = dict(read_nnunet_folder(source)["folds"])
     used = [str(f) for f in info.get("used") or []]
     if not used or any(f not in found for f in used):
@@ -488,21 +490,15 @@ def export_nnunet(
             )
         checkpoints.append((fold, _checkpoint(original, weights, summary)))
     from assft.io.atomic import save_torch_atomic
+    from assft.models.bundles import staged_folder
 
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with staged_folder(out) as staging:
+        staging.mkdir()
         shutil.copy2(source / PLANS, staging / PLANS)
         shutil.copy2(source / DATASET, staging / DATASET)
         for fold, checkpoint in checkpoints:
             (staging / f"fold_{fold}").mkdir()
             save_torch_atomic(checkpoint, staging / f"fold_{fold}" / "checkpoint_final.pth")
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
