@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from assft_testing import run_cli
+from assft_testing import run_cli, run_cli_in_process
 from assft_testing.mounts import remount_read_only, tmpfs
 from assft_testing.workspaces import snapshot
 
@@ -118,8 +118,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, synthetic_pool, tiny_preset_f
             "missing.nii.gz",
         ),
     ]
-    for args, message in cases:
-        result = run_cli(*args)
+    for index, (args, message) in enumerate(cases):
+        # The first through a real process, the rest through the same main in this one.
+        result = (run_cli if index == 0 else run_cli_in_process)(*args)
         assert result.returncode == 2, (args, result.stderr)
         lines = [
             x for x in result.stderr.strip().splitlines() if not x.startswith("assft: warning:")
@@ -232,7 +233,7 @@ def test_settings_resolve_flags_over_config_over_workspace_over_defaults(
     settings["settings"] = {"budget": 3, "strategy": "dkd"}
     (ws / "assft.json").write_text(json.dumps(settings))
     document = json.loads(
-        run_cli(
+        run_cli_in_process(
             "rank", str(ws), "--config", str(config), "--device", "cpu", "--json", check=True
         ).stdout
     )
@@ -242,7 +243,7 @@ def test_settings_resolve_flags_over_config_over_workspace_over_defaults(
         1,
     )
     document = json.loads(
-        run_cli(
+        run_cli_in_process(
             "rank",
             str(ws),
             "--config",
@@ -439,15 +440,18 @@ def test_a_read_only_workspace_is_said_in_one_line(tmp_path, synthetic_pool, tin
         ws = _init(disk, synthetic_pool, tiny_preset_file)
         run_cli("submit", str(ws), cases[0].case_id, str(cases[0].label), check=True)
         remount_read_only(disk)
-        for args in (
-            ("rank", "--budget", "1", "--device", "cpu"),
-            ("finetune", "--iterations", "1", "--device", "cpu"),
-            ("submit", cases[1].case_id, str(cases[1].label)),
-            ("skip", cases[1].case_id),
-            ("hold-out", cases[0].case_id),
-            ("rollback", "v0"),
+        for index, args in enumerate(
+            (
+                ("rank", "--budget", "1", "--device", "cpu"),
+                ("finetune", "--iterations", "1", "--device", "cpu"),
+                ("submit", cases[1].case_id, str(cases[1].label)),
+                ("skip", cases[1].case_id),
+                ("hold-out", cases[0].case_id),
+                ("rollback", "v0"),
+            )
         ):
-            result = run_cli(args[0], str(ws), *args[1:])
+            runner = run_cli if index == 0 else run_cli_in_process
+            result = runner(args[0], str(ws), *args[1:])
             lines = [x for x in result.stderr.strip().splitlines() if x.startswith("assft:")]
             assert result.returncode == 2, (args, result.stderr)
             assert len(lines) == 1 and "the workspace is read-only" in lines[0], (args, lines)
@@ -477,10 +481,10 @@ def test_a_damaged_pointer_is_one_line_and_rollback_repairs_it(
     status = run_cli("status", str(ws), check=True).stdout
     assert "model version: unknown (damaged pointer)  [PROBLEM]" in status
     assert f"problem: {pointer}: is damaged (not text)" in status
-    document = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    document = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
     assert document["model_version"] is None and len(document["model_problems"]) == 1
     for verb in (("rank", "--budget", "1", "--views", "1", "--device", "cpu"), ("models",)):
-        result = run_cli(verb[0], str(ws), *verb[1:])
+        result = run_cli_in_process(verb[0], str(ws), *verb[1:])
         if verb[0] == "models":  # lists the versions and flags the pointer
             assert result.returncode == 0 and result.stdout.startswith("PROBLEM: ")
             continue
@@ -490,10 +494,10 @@ def test_a_damaged_pointer_is_one_line_and_rollback_repairs_it(
     repaired = run_cli("rollback", str(ws), "v1", check=True).stdout
     assert repaired.startswith("Repaired the damaged pointer")
     assert "Current model version: v1" in repaired
-    status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    status = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
     assert status["model_version"] == "v1" and status["model_problems"] == []
     pointer.write_text("")  # empty is damaged too, never v0
-    result = run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
+    result = run_cli_in_process("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
     assert result.returncode == 2 and "is damaged (empty)" in result.stderr
 
 
@@ -508,15 +512,15 @@ def test_status_and_models_flag_a_current_version_that_cannot_be_used(
     assert "model version: v1  [PROBLEM]" in status
     assert "problem: the current model version v1 cannot be used" in status
     assert "is damaged: sha256 differs" in status
-    models = run_cli("models", str(ws), check=True).stdout.splitlines()
+    models = run_cli_in_process("models", str(ws), check=True).stdout.splitlines()
     assert models[0].startswith("PROBLEM: the current model version v1 cannot be used")
     assert models[-1].startswith("* v1    DAMAGED: ") and "model.pt" in models[-1]
 
     (ws / "models" / "v1" / "manifest.json").write_text('{"version": "v1", "par')
-    models = run_cli("models", str(ws), check=True).stdout.splitlines()
+    models = run_cli_in_process("models", str(ws), check=True).stdout.splitlines()
     assert models[-1].startswith("* v1    DAMAGED: ")
     assert "cannot be read as a model manifest" in models[-1]
-    assert "[PROBLEM]" in run_cli("status", str(ws), check=True).stdout
+    assert "[PROBLEM]" in run_cli_in_process("status", str(ws), check=True).stdout
     # Rolling back to a version that loads clears it; the damaged one is refused.
     refused = run_cli("rollback", str(ws), "v1")
     assert refused.returncode == 2 and "manifest.json" in refused.stderr
@@ -633,12 +637,14 @@ def _refused_config_values(ws, verb, tmp_path, *, files=(), flags=(), settings=(
     runs = [(text, {}, ("--config", str(config)), f"{config}: {m}") for text, m in files]
     runs += [(None, {}, (f"{flag}={value}",), f"{flag}: {m}") for flag, value, m in flags]
     runs += [(None, values, (), f"{settings_file}: {m}") for values, m in settings]
-    for text, values, args, expected in runs:
+    for index, (text, values, args, expected) in enumerate(runs):
         if text is not None:
             config.write_text(text)
         settings_file.write_text(json.dumps({**json.loads(original), "settings": values}))
         before = snapshot(Workspace.open(ws))
-        line = _one_error_line(run_cli(verb, str(ws), "--device", "cpu", *extra, *args))
+        # The first through a real process, the rest through the same main in this one.
+        runner = run_cli if index == 0 else run_cli_in_process
+        line = _one_error_line(runner(verb, str(ws), "--device", "cpu", *extra, *args))
         assert line.startswith(f"assft: error: {expected}"), (args, values, line)
         assert snapshot(Workspace.open(ws)) == before, (args, values)
     settings_file.write_text(original)

@@ -88,6 +88,40 @@ def run_cli(
     return result
 
 
+def run_cli_in_process(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``assft.cli.main`` in this process, as :func:`run_cli` would run it in a new one.
+
+    For the long tables of refused values: each subprocess start costs about a second of
+    imports, and the exit code and the stderr line come from the same ``main``. Signal handlers
+    and the warnings hook that ``main`` sets are put back afterwards. Keep at least one
+    :func:`run_cli` call beside each table, so the real entry point is still checked.
+    """
+    import contextlib
+    import io
+    import signal
+    import warnings
+
+    from assft import cli
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    showwarning = warnings.showwarning
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as stop:  # argparse's own refusals
+                code = stop.code if isinstance(stop.code, int) else 2
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        warnings.showwarning = showwarning
+    result = subprocess.CompletedProcess(["assft", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"assft {' '.join(args)} exited {code}: {result.stderr}")
+    return result
+
+
 def torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``torchrun --standalone`` with ``processes`` CPU ranks (one thread each); ``args`` name
     what to run (``-m assft ...`` or a script)."""
