@@ -154,6 +154,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         model=args.model,
         label_names=parse_label_names(args.label_names),
         labels_dir=args.labels,
+        labeled_structures=args.labeled_structures,
     )
     summary = workspace.status_summary()
     if args.json:
@@ -174,6 +175,15 @@ def add_init_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--labels", help="folder of existing labels named like the images")
     p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
+    p.add_argument(
+        "--labeled-structures",
+        metavar="NAMES",
+        help=(
+            "the structures clinicians label, when they label only some of the model's "
+            "(names or values, e.g. liver,spleen): fine-tuning learns these from the labels "
+            "and keeps the others as the model predicted them (default: all)"
+        ),
+    )
     p.add_argument(
         "--model",
         default="demo",

@@ -80,6 +80,8 @@ class PoolScorer:
         self.device = distributed.setup(resolve_device(device))
         self.preset = get_preset(workspace.config.model)
         self.label_values = list(workspace.config.label_values)
+        # The structures a label is trusted for (all, unless clinicians label only some).
+        self.labeled_values = list(workspace.config.labeled_values)
         self.version = workspace.current_model_version()
         versions = ModelRegistry(workspace)
         self.pretrained = versions.load(BASE_VERSION, device=self.device)
@@ -208,7 +210,7 @@ class PoolScorer:
         values = np.array([0, *self.label_values], dtype=np.int64)[channels.numpy()]
         prediction = to_image_grid(values.astype(np.int32), grid, image, nearest=True)
         truth = sitk.GetArrayFromImage(read_label(label_path))
-        scores = dice_scores(sitk.GetArrayFromImage(prediction), truth, self.label_values)
+        scores = dice_scores(sitk.GetArrayFromImage(prediction), truth, self.labeled_values)
         return float(mean_dice(scores))
 
     def pretrained_only(self, case_id: str, image_path: Path) -> PretrainedStatistics:

@@ -22,17 +22,17 @@ def parent_evidence(
     model: LoadedModel,
     labeled: list[TrainingCase],
     held_out: list[TrainingCase],
-    label_values: list[int],
+    channels: list[int],
     config: FinetuneConfig,
 ) -> list[dict[str, Any]]:
     """Per labeled and held-out scan: its acquisition descriptor, the parent's confidence and
     Dice there, whether it is a training scan, and whether it bore the parent out: a Dice at
     least ``anchor_margin`` above the parent's worst Dice on the scans labeled for training
-    (those show where it fails)."""
+    (those show where it fails). The Dice covers the network ``channels`` the labels are
+    trusted for (every structure, or the labeled ones)."""
     model.network.eval()
     evidence: list[dict[str, Any]] = []
     dices: list[float] = []
-    channels = list(range(1, 1 + len(label_values)))
     training = {case.case_id for case in labeled}
     for case in labeled + held_out:
         result = infer_case(

@@ -43,6 +43,7 @@ from assft.training.curves import CurveStore, LearningCurve, validation_steps
 from assft.training.data import PreparedCases, TrainingCase
 from assft.training.gate import archive_weights, change_by_part, validation_gate, weighted_dice
 from assft.training.inputs import check_inputs, load_resume_point
+from assft.training.partial_labels import complete_target, labeled_channels, structure_agreement
 from assft.training.reliability import nearest_borne_out, select_anchor_cases
 from assft.training.ssft import (
     PseudoLabels,
@@ -132,6 +133,7 @@ class _JobRun:
     labeled_ids: list[str]
     held_out_ids: list[str]
     label_values: list[int]
+    channels: list[int]
     patch: tuple[int, int, int]
     model: LoadedModel
     prepared: PreparedCases
@@ -453,6 +455,15 @@ class FinetuneJob:
             case = prepared.load(case_id, workspace.image_path(case_id), label)
             (labeled_cases if case_id in labeled_ids else held_out_cases).append(case)
             progress.update(i, case=case_id)
+        channels = labeled_channels(label_values, workspace.config.labeled_values)
+        if workspace.config.partially_labeled:
+            # The structures nobody labels: learned from this version, not from the labels.
+            t0 = time.perf_counter()
+            progress.phase("completing", len(labeled_cases))
+            for i, case in enumerate(list(labeled_cases)):
+                labeled_cases[i] = complete_target(model, case, channels)
+                progress.update(i + 1, case=case.case_id)
+            self.timings["completion_s"] = time.perf_counter() - t0
         case_voxels = float(np.mean([c.image[0].numel() for c in labeled_cases]))
         iterations, semi_iterations = self.config.steps_for(len(labeled_cases), case_voxels, patch)
         # The parts the job started with: a resumed job weighs its held-out scans as before.
@@ -476,6 +487,7 @@ class FinetuneJob:
             labeled_ids=labeled_ids,
             held_out_ids=held_out_ids,
             label_values=label_values,
+            channels=channels,
             patch=patch,
             model=model,
             prepared=prepared,
@@ -534,9 +546,8 @@ class FinetuneJob:
 
     def _evaluate(self, run: _JobRun, stage: int, step: int) -> float:
         """Rank 0: held-out Dice now; the weights are kept when they are the best so far."""
-        n_classes = 1 + len(run.label_values)
         dice = run.held_out_dice(
-            validation_dice(run.model, run.held_out_cases, n_classes)["per_case"]
+            validation_dice(run.model, run.held_out_cases, run.channels)["per_case"]
         )
         assert run.curves is not None
         if run.curve.add_validation(stage, step, dice):
@@ -573,7 +584,7 @@ class FinetuneJob:
                 run.model,
                 run.labeled_cases,
                 run.held_out_cases,
-                run.label_values,
+                run.channels,
                 self.config,
             )
             if run.main:
@@ -741,7 +752,6 @@ class FinetuneJob:
         """
         t0 = time.perf_counter()
         label_values = run.label_values
-        n_classes = 1 + len(label_values)
         metrics: dict[str, Any] = {}
         kept = self._keep_best(run)
         if kept is not None:
@@ -749,11 +759,11 @@ class FinetuneJob:
         if run.held_out_cases:
             progress = run.progress
             progress.phase("validation", 2)
-            new_scores = validation_dice(run.model, run.held_out_cases, n_classes)
+            new_scores = validation_dice(run.model, run.held_out_cases, run.channels)
             new_dice = run.held_out_dice(new_scores["per_case"])
             progress.update(1, validation_dice=new_dice)
             base_model = self.registry.load(run.base_version, device=run.device)
-            base_scores = validation_dice(base_model, run.held_out_cases, n_classes)
+            base_scores = validation_dice(base_model, run.held_out_cases, run.channels)
             base_dice = run.held_out_dice(base_scores["per_case"])
             progress.update(2, validation_dice=new_dice, parent_dice=base_dice)
             gate = validation_gate(new_dice, base_dice, run.base_version)
@@ -775,6 +785,17 @@ class FinetuneJob:
                 for c, v in new_scores["per_structure"].items()
             }
             metrics["parent_validation_dice"] = base_dice
+            unlabeled = [c for c in range(1, 1 + len(label_values)) if c not in run.channels]
+            if unlabeled:
+                # The structures nobody labels: how far the new version moved them (Dice against
+                # the parent's predictions on the held-out scans; 1: not at all).
+                agreement = structure_agreement(
+                    run.model, base_model, run.held_out_cases, unlabeled
+                )
+                metrics["unlabeled_structures_agreement"] = {
+                    self.workspace.config.label_names.get(label_values[c - 1], str(c)): v
+                    for c, v in agreement.items()
+                }
         else:
             gate = validation_gate(None, None, run.base_version)
         self.timings["validation_s"] = time.perf_counter() - t0

@@ -307,9 +307,11 @@ class ValidationDice(TypedDict):
 
 
 def validation_dice(
-    model: LoadedModel, cases: list[TrainingCase], n_classes: int
+    model: LoadedModel, cases: list[TrainingCase], channels: list[int]
 ) -> ValidationDice:
-    """Dice per structure (channels 1..C-1) on held-out cases, on the model grid, one view."""
+    """Dice per structure (the network ``channels`` scored: every foreground channel, or the
+    labeled structures' when clinicians label only some) on held-out cases, on the model grid,
+    one view."""
     model.network.eval()
     per_case = []
     for case in cases:
@@ -320,11 +322,11 @@ def validation_dice(
         scores = dice_scores(
             torch.where(valid, prediction, 0),
             torch.where(valid, case.target, 0),
-            list(range(1, n_classes)),
+            channels,
         )
         per_case.append(scores)
     per_structure: dict[int, float] = {}
-    for channel in range(1, n_classes):
+    for channel in channels:
         values = [s[channel] for s in per_case if not np.isnan(s[channel])]
         per_structure[channel] = float(np.mean(values)) if values else float("nan")
     return {

@@ -18,7 +18,9 @@ __all__ = [
     "LABEL_PALETTE",
     "LabelInfo",
     "WorkspaceConfig",
+    "check_labeled_structures",
     "make_labels",
+    "parse_structures",
 ]
 
 CONFIG_FILE_NAME = "assft.json"
@@ -127,6 +129,46 @@ def make_labels(
     return labels
 
 
+def check_labeled_structures(values: Any, label_values: list[int]) -> list[int]:
+    """The labeled structures, sorted, or a ValueError that says what is wrong with them."""
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"'labeled_structures' must be a non-empty list, got {values!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"'labeled_structures' must list label values, got {values!r}")
+    unknown = sorted(set(values) - set(label_values))
+    if unknown:
+        raise ValueError(
+            f"'labeled_structures' names {unknown}, which are not label values of this "
+            f"workspace ({label_values})"
+        )
+    return sorted(set(values))
+
+
+def parse_structures(text: str, label_names: dict[int, str]) -> list[int]:
+    """``"liver,2"`` -> label values: each item a structure's name or its value.
+
+    Raises:
+        BadInputError: an item names no structure (the known ones are listed).
+    """
+    by_name = {name.lower(): value for value, name in label_names.items()}
+    values: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.isdigit() and int(item) in label_names:
+            values.append(int(item))
+        elif item.lower() in by_name:
+            values.append(by_name[item.lower()])
+        else:
+            known = ", ".join(f"{v} ({n})" for v, n in sorted(label_names.items()))
+            raise BadInputError(
+                f"--labeled-structures: {item!r} is not a structure of the model; known: {known}"
+            )
+    if not values:
+        raise BadInputError("--labeled-structures: name at least one structure")
+    return sorted(set(values))
+
+
 @dataclass
 class WorkspaceConfig:
     """Everything ``assft.json`` holds.
@@ -137,17 +179,38 @@ class WorkspaceConfig:
         settings: This workspace's overrides of the config dataclasses' defaults (budget,
             strategy, finetune_mode; see :data:`DEFAULT_SETTINGS`).
         version: Format version of the file.
+        labeled_structures: The label values the clinicians label and correct, when they label
+            only some of the model's structures (a lab that corrects only the liver of a
+            117-structure model); None: all of them. A fine-tune learns the others from the
+            version it starts from (:mod:`assft.training.partial_labels`).
     """
 
     labels: list[LabelInfo]
     model: str = "demo"
     settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
     version: int = CONFIG_VERSION
+    labeled_structures: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.labeled_structures is not None:
+            self.labeled_structures = check_labeled_structures(
+                self.labeled_structures, [label.value for label in self.labels]
+            )
 
     @property
     def label_values(self) -> list[int]:
         """Foreground label values, sorted."""
         return sorted(label.value for label in self.labels)
+
+    @property
+    def labeled_values(self) -> list[int]:
+        """The label values clinicians label: :attr:`labeled_structures`, or every one."""
+        return list(self.labeled_structures or self.label_values)
+
+    @property
+    def partially_labeled(self) -> bool:
+        """Clinicians label only some of the structures (see :attr:`labeled_structures`)."""
+        return self.labeled_values != self.label_values
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -160,12 +223,15 @@ class WorkspaceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
-        return {
+        document: dict[str, Any] = {
             "version": self.version,
             "labels": [label.to_dict() for label in sorted(self.labels, key=lambda x: x.value)],
             "model": self.model,
             "settings": self.settings,
         }
+        if self.labeled_structures is not None:
+            document["labeled_structures"] = list(self.labeled_structures)
+        return document
 
     def to_json(self) -> str:
         """Return the file content (indented JSON, trailing newline)."""
@@ -201,7 +267,14 @@ class WorkspaceConfig:
         settings = data.get("settings", {})
         if not isinstance(settings, dict):
             raise ValueError("'settings' must be an object")
-        return cls(labels=labels, model=model, settings=settings, version=version)
+        labeled = data.get("labeled_structures")
+        return cls(
+            labels=labels,
+            model=model,
+            settings=settings,
+            version=version,
+            labeled_structures=labeled,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> WorkspaceConfig:

@@ -18,8 +18,12 @@ def create_workspace(
     label_names: dict[int, str] | None = None,
     labels_dir: str | Path | None = None,
     user: str | None = None,
+    labeled_structures: str | list[int] | None = None,
 ) -> Workspace:
     """Create a workspace whose labels default to the model preset's.
+
+    ``labeled_structures``: the structures clinicians label when they label only some (names
+    or values, ``"liver,spleen"`` or a list of values); None: all of them.
 
     The model is loaded once first, so a preset or checkpoint that cannot work is refused
     before anything is written.
@@ -31,9 +35,12 @@ def create_workspace(
     from assft.models import get_preset, load_model
     from assft.models.bundles import is_bundle_reference
     from assft.models.nnunet import is_nnunet_reference
+    from assft.workspace.config import parse_structures
 
     preset = get_preset(model)
     names = dict(label_names or preset.label_names or {1: "foreground"})
+    if isinstance(labeled_structures, str):
+        labeled_structures = parse_structures(labeled_structures, names)
     load_model(preset, label_values=sorted(names))
     if is_bundle_reference(str(model)) or is_nnunet_reference(str(model)):
         stored_model = preset.name  # bundle:ABSOLUTE_PATH, nnunet:ABSOLUTE_PATH
@@ -46,4 +53,5 @@ def create_workspace(
         model=stored_model,
         labels_dir=Path(labels_dir) if labels_dir else None,
         user=user,
+        labeled_structures=labeled_structures,
     )

@@ -55,7 +55,12 @@ from assft.io.imaging import (
 )
 from assft.runtime.portable import try_lock, unlock
 from assft.workspace import locks
-from assft.workspace.config import CONFIG_FILE_NAME, WorkspaceConfig, make_labels
+from assft.workspace.config import (
+    CONFIG_FILE_NAME,
+    WorkspaceConfig,
+    check_labeled_structures,
+    make_labels,
+)
 from assft.workspace.files import (
     compact_timestamp,
     create_text_exclusive,
@@ -230,6 +235,7 @@ class Workspace:
         model: str = "demo",
         labels_dir: str | Path | None = None,
         user: str | None = None,
+        labeled_structures: list[int] | None = None,
     ) -> Workspace:
         """Create a workspace for a pool of images; all or nothing.
 
@@ -245,6 +251,8 @@ class Workspace:
             labels_dir: Optional folder of existing labels; a label whose file name gives a
                 case id of the pool is checked as in :meth:`submit_label` and imported.
             user: Who creates it (default :func:`default_user`).
+            labeled_structures: The label values clinicians label, when they label only some
+                of the structures (:attr:`WorkspaceConfig.labeled_structures`); None: all.
 
         Returns:
             The opened workspace.
@@ -262,6 +270,13 @@ class Workspace:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise BadInputError("exists and is not an empty folder; choose a new folder", root)
         labels = make_labels(label_names)
+        if labeled_structures is not None:
+            try:
+                labeled_structures = check_labeled_structures(
+                    labeled_structures, [label.value for label in labels]
+                )
+            except ValueError as error:
+                raise BadInputError(str(error)) from None
         model_path = Path(model).expanduser()
         if model.lower().endswith(".json") and model_path.is_file():
             model = str(model_path.resolve())
@@ -288,7 +303,9 @@ class Workspace:
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
         try:
             os.chmod(staging, 0o777 & ~process_umask())
-            config = WorkspaceConfig(labels=labels, model=model)
+            config = WorkspaceConfig(
+                labels=labels, model=model, labeled_structures=labeled_structures
+            )
             for name in SUBFOLDERS:
                 (staging / name).mkdir()
             config.save(staging / CONFIG_FILE_NAME)

@@ -1,0 +1,79 @@
+"""Labels that cover only some of the model's structures: the others come from the parent.
+
+A lab that corrects only the liver of a many-structure model labels the liver (the workspace's
+``labeled_structures``); what its label says about the other structures was never reviewed (it
+may be the pre-filled prediction, or nothing). Trained on as it is, the model would learn every
+other structure as background there and forget it.
+
+So, before training, each labeled case's target is completed from the version the job starts
+from (the parent): a voxel the label gives to a labeled structure keeps it; any other voxel takes
+the parent's prediction when that is one of the structures nobody labels, and background
+otherwise (the clinician removed a labeled structure there, or the parent saw none). The loss
+then covers the labeled structures as the clinician drew them and holds the others where the
+parent put them.
+
+The held-out Dice, which the gate and the best checkpoint read, scores the labeled structures
+only; :func:`structure_agreement` measures how far the new version moved the others from the
+parent (Dice of the two predictions, per structure).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from assft.metrics.overlap import dice_scores
+from assft.models import LoadedModel
+from assft.models.inference import sliding_window_probabilities
+from assft.training.data import TrainingCase
+from assft.training.losses import IGNORE
+
+__all__ = ["complete_target", "labeled_channels", "structure_agreement"]
+
+
+def labeled_channels(label_values: list[int], labeled_values: list[int]) -> list[int]:
+    """The network channels of the labeled structures (channel c is ``label_values[c-1]``)."""
+    return [c for c, value in enumerate(label_values, start=1) if value in labeled_values]
+
+
+def _prediction(model: LoadedModel, image: torch.Tensor) -> torch.Tensor:
+    """The model's class map on the model grid (one view), on the CPU."""
+    model.network.eval()
+    with torch.no_grad():
+        return sliding_window_probabilities(model, image).argmax(0).cpu()
+
+
+def complete_target(parent: LoadedModel, case: TrainingCase, channels: list[int]) -> TrainingCase:
+    """The case with its target completed from ``parent`` outside the labeled ``channels``.
+
+    Padding (``IGNORE``) stays ignored.
+    """
+    assert case.target is not None
+    target = case.target
+    predicted = _prediction(parent, case.image)
+    labeled = torch.tensor(channels, dtype=target.dtype)
+    drawn = torch.isin(target, labeled)
+    kept = ~torch.isin(predicted, labeled) & (predicted > 0)
+    completed = torch.where(drawn, target, torch.where(kept, predicted, 0))
+    completed = torch.where(target == IGNORE, target, completed)
+    return case.with_target(completed.contiguous())
+
+
+def structure_agreement(
+    model: LoadedModel, parent: LoadedModel, cases: list[TrainingCase], channels: list[int]
+) -> dict[int, float]:
+    """Dice between ``model``'s and ``parent``'s predictions per channel of ``channels``, the
+    mean over ``cases`` (a structure neither predicts on a case does not count there)."""
+    if not cases or not channels:
+        return {}
+    per_case = []
+    for case in cases:
+        scores = dice_scores(
+            _prediction(model, case.image), _prediction(parent, case.image), channels
+        )
+        per_case.append(scores)
+    out: dict[int, float] = {}
+    for channel in channels:
+        values = [s[channel] for s in per_case if not np.isnan(s[channel])]
+        out[channel] = float(np.mean(values)) if values else float("nan")
+    return out

@@ -1,0 +1,171 @@
+"""A lab that labels only some of the model's structures: the workspace records which, a
+fine-tune completes each label from the parent, and the gate scores the labeled ones only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from assft.errors import BadInputError
+from assft.training import FinetuneConfig
+from assft.training.finetune import run_finetune
+from assft.training.losses import IGNORE
+from assft.training.partial_labels import complete_target, labeled_channels, structure_agreement
+from assft.workspace import Workspace
+from assft.workspace.creation import create_workspace
+from assft_testing import run_cli
+
+FAST = {"iterations": 6, "semi_iterations": 6, "views": 1, "tau_c": 0.0, "checkpoint_every": 2}
+NAMES = {1: "shell", 2: "core"}
+
+
+def _workspace(tmp_path, synthetic_pool, tiny_preset_file, **kwargs) -> Workspace:
+    data, _ = synthetic_pool
+    return create_workspace(
+        tmp_path / "ws",
+        [data / "images"],
+        model=str(tiny_preset_file),
+        label_names=NAMES,
+        **kwargs,
+    )
+
+
+def test_the_workspace_records_the_labeled_structures_by_name_or_value(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file, labeled_structures="Core")
+    assert json.loads(workspace.config_path.read_text())["labeled_structures"] == [2]
+    reopened = Workspace.open(workspace.root)
+    assert reopened.config.labeled_values == [2] and reopened.config.partially_labeled
+    everything = _workspace(tmp_path / "b", synthetic_pool, tiny_preset_file)
+    assert "labeled_structures" not in json.loads(everything.config_path.read_text())
+    assert everything.config.labeled_values == [1, 2]
+    assert not everything.config.partially_labeled
+    assert labeled_channels([1, 2, 5], [5]) == [3]
+
+
+def test_unknown_structures_are_refused_in_one_line_and_nothing_is_created(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    data, _ = synthetic_pool
+    with pytest.raises(BadInputError, match=r"'liver' is not a structure of the model; known: "):
+        _workspace(tmp_path, synthetic_pool, tiny_preset_file, labeled_structures="core,liver")
+    with pytest.raises(BadInputError, match=r"names \[7\], which are not label values"):
+        _workspace(tmp_path, synthetic_pool, tiny_preset_file, labeled_structures=[7])
+    assert not (tmp_path / "ws").exists()
+    result = run_cli(
+        "init",
+        str(tmp_path / "ws"),
+        "--images",
+        str(data / "images"),
+        "--model",
+        str(tiny_preset_file),
+        "--label-names",
+        "1:shell,2:core",
+        "--labeled-structures",
+        "kidney",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "assft: error: --labeled-structures: 'kidney' is not a structure of the model; "
+        "known: 1 (shell), 2 (core)"
+    ]
+    assert not (tmp_path / "ws").exists()
+    # A hand-edited assft.json naming a structure the workspace lacks: one line naming it.
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file)
+    document = json.loads(workspace.config_path.read_text())
+    workspace.config_path.write_text(json.dumps({**document, "labeled_structures": [3]}))
+    with pytest.raises(BadInputError) as caught:
+        Workspace.open(workspace.root)
+    assert str(workspace.config_path) in str(caught.value)
+    assert "'labeled_structures' names [3]" in str(caught.value)
+
+
+def test_a_target_is_completed_from_the_parent_outside_the_labeled_structures(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    from assft.models.inference import sliding_window_probabilities
+    from assft.training.data import PreparedCases
+    from assft.workspace.model_versions import ModelRegistry
+
+    data, cases = synthetic_pool
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file)
+    parent = ModelRegistry(workspace).load("v0")
+    prepared = PreparedCases(tmp_path / "cache", parent.preset, [1, 2], (16, 16, 16))
+    case = prepared.load(cases[0].case_id, cases[0].image, cases[0].label)
+    target = case.target.clone()
+    target[:2] = IGNORE  # padding stays ignored
+    case = case.with_target(target)
+    with torch.no_grad():
+        predicted = sliding_window_probabilities(parent, case.image).argmax(0).cpu()
+    # The random tiny network predicts both structures somewhere: the rule is seen at work.
+    assert (predicted == 1).any() and (predicted == 2).any()
+
+    completed = complete_target(parent, case, [2]).target
+    drawn = target == 2
+    assert torch.equal(completed[drawn], target[drawn])  # the clinician's core, as drawn
+    rest = ~drawn & (target != IGNORE)
+    expected = torch.where(predicted == 1, 1, 0)  # the parent's shell, else background
+    assert torch.equal(completed[rest], expected[rest])
+    assert (completed[target == IGNORE] == IGNORE).all()
+    # The clinician's shell voxels were never reviewed: wherever the parent saw no shell they
+    # are background now; the parent's core outside the drawn core is background too.
+    assert ((target == 1) & (predicted != 1) & (completed != 0)).sum() == 0
+    assert ((predicted == 2) & ~drawn & (completed == 2)).sum() == 0
+    # Everything labeled: nothing changes.
+    assert torch.equal(complete_target(parent, case, [1, 2]).target, target)
+    assert structure_agreement(parent, parent, [case], [1, 2]) == {1: 1.0, 2: 1.0}
+
+
+def test_a_finetune_on_partial_labels_scores_the_labeled_structures_and_measures_the_others(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    _, cases = synthetic_pool
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file, labeled_structures="core")
+    for case in cases[:4]:  # only the core reviewed; the shell is what was pre-filled
+        workspace.submit_label(case.case_id, case.label, user="test")
+    workspace.set_status(cases[3].case_id, "held-out")
+    manifest = run_finetune(workspace, FinetuneConfig(**FAST), device="cpu")
+    metrics = manifest["metrics"]
+    assert list(metrics["validation_per_structure"]) == ["core"]
+    agreement = metrics["unlabeled_structures_agreement"]
+    assert list(agreement) == ["shell"] and 0.0 <= agreement["shell"] <= 1.0
+    assert manifest["timings"]["completion_s"] > 0
+    # The held-out Dice is the core's alone (one held-out scan: its mean is the core's Dice).
+    assert metrics["validation_dice"] == pytest.approx(metrics["validation_per_structure"]["core"])
+
+    # Every structure labeled: no completion, both scored, nothing to agree with.
+    full = _workspace(tmp_path / "full", synthetic_pool, tiny_preset_file)
+    for case in cases[:4]:
+        full.submit_label(case.case_id, case.label, user="test")
+    full.set_status(cases[3].case_id, "held-out")
+    manifest = run_finetune(full, FinetuneConfig(**FAST), device="cpu")
+    assert list(manifest["metrics"]["validation_per_structure"]) == ["shell", "core"]
+    assert "unlabeled_structures_agreement" not in manifest["metrics"]
+    assert "completion_s" not in manifest["timings"]
+
+
+def test_ranking_evidence_scores_only_the_labeled_structures(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    """A held-out label whose shell was never reviewed does not count against the model."""
+    from assft.query.config import QueryConfig
+    from assft.query.ranking import PoolScorer
+
+    _, cases = synthetic_pool
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file, labeled_structures=[2])
+    scorer = PoolScorer(workspace, QueryConfig(budget=1, views=1), device="cpu")
+    label = tmp_path / "core-only.nii.gz"
+    truth = sitk.ReadImage(str(cases[0].label))
+    array = sitk.GetArrayFromImage(truth)
+    shell_moved = np.where(array == 1, 0, array).astype(array.dtype)  # the shell is wrong
+    written = sitk.GetImageFromArray(shell_moved)
+    written.CopyInformation(truth)
+    sitk.WriteImage(written, str(label))
+    assert scorer.dice_of(cases[0].image, label) == pytest.approx(
+        scorer.dice_of(cases[0].image, cases[0].label)
+    )
