@@ -196,6 +196,8 @@ class ASSFTSlicerParameterNode:
     modelPreset, device, budget, strategy: how ranking runs.
     ownModel: the lab's own model for a new workspace (nnunet:FOLDER, bundle:FOLDER, a preset
         file); empty: the preset.
+    labeledStructures: the structures clinicians will label in a new workspace, when they label
+        only some of the model's (names or values); empty: all.
     currentCase: the case being labeled.
     showUncertainty: overlay the model's voxel uncertainty on the case.
     finetuneMode, finetuneIterations, rerankAfterPromotion: how fine-tuning runs.
@@ -207,6 +209,7 @@ class ASSFTSlicerParameterNode:
     imagesPath: pathlib.Path
     modelPreset: Annotated[str, Choice(MODEL_PRESETS)] = MODEL_PRESETS[0]
     ownModel: str = ""
+    labeledStructures: str = ""
     device: Device = Device.AUTO
     budget: Annotated[int, WithinRange(1, 10000)] = _QUERY_DEFAULTS.budget
     strategy: Strategy = Strategy(_QUERY_DEFAULTS.strategy.value)
@@ -682,6 +685,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.workspacePath,
                 [p.imagesPath],
                 self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
+                labeledStructures=p.labeledStructures,
                 onProgress=self._onTaskProgress,
                 onFinished=self._onCreated,
             )
@@ -707,6 +711,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.workspacePath,
                 slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"),
                 self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
+                labeledStructures=p.labeledStructures,
                 onProgress=self._onTaskProgress,
                 onFinished=self._onCreated,
             )

@@ -331,9 +331,14 @@ class WorkspaceLogic:
         images: list,
         modelPreset: str,
         labelNames: str | None = None,
+        labeledStructures: str | None = None,
         **callbacks,
     ) -> BackgroundProcess:
-        """Create a workspace (``assft init``: the model is loaded once to check it fits)."""
+        """Create a workspace (``assft init``: the model is loaded once to check it fits).
+
+        ``labeledStructures``: the structures clinicians will label when they label only some
+        of the model's (names or values, comma-separated); empty: all of them.
+        """
         path = self._path(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
@@ -347,6 +352,8 @@ class WorkspaceLogic:
         arguments = [path, "--images", *sources, "--model", modelPreset]
         if labelNames:
             arguments += ["--label-names", labelNames]
+        if labeledStructures and labeledStructures.strip():
+            arguments += ["--labeled-structures", labeledStructures.strip()]
         return self.startEngineProcess("init", arguments, _("creating the workspace"), **callbacks)
 
     MODEL_PREFIXES = ("nnunet:", "bundle:")
@@ -564,7 +571,13 @@ class WorkspaceLogic:
     # tasks: one foreground task at a time -------------------------------------------------
 
     def runCreateWorkspace(
-        self, workspacePath, images: list, modelPreset: str, onProgress=None, onFinished=None
+        self,
+        workspacePath,
+        images: list,
+        modelPreset: str,
+        onProgress=None,
+        onFinished=None,
+        labeledStructures: str | None = None,
     ) -> BackgroundProcess:
         """:meth:`startCreateWorkspace` as the foreground task.
 
@@ -574,20 +587,36 @@ class WorkspaceLogic:
         return self.tasks.run(
             TaskKind.CREATE,
             lambda done: self.startCreateWorkspace(
-                workspacePath, images, modelPreset, onProgress=onProgress, onFinished=done
+                workspacePath,
+                images,
+                modelPreset,
+                labeledStructures=labeledStructures,
+                onProgress=onProgress,
+                onFinished=done,
             ),
             onFinished,
             _("Creating the workspace..."),
         )
 
     def runCreateWorkspaceFromVolumes(
-        self, workspacePath, volumeNodes, modelPreset: str, onProgress=None, onFinished=None
+        self,
+        workspacePath,
+        volumeNodes,
+        modelPreset: str,
+        onProgress=None,
+        onFinished=None,
+        labeledStructures: str | None = None,
     ) -> BackgroundProcess:
         """:meth:`startCreateWorkspaceFromVolumes` as the foreground task."""
         return self.tasks.run(
             TaskKind.CREATE_FROM_VOLUMES,
             lambda done: self.startCreateWorkspaceFromVolumes(
-                workspacePath, volumeNodes, modelPreset, onProgress=onProgress, onFinished=done
+                workspacePath,
+                volumeNodes,
+                modelPreset,
+                labeledStructures=labeledStructures,
+                onProgress=onProgress,
+                onFinished=done,
             ),
             onFinished,
             _("Creating the workspace..."),

@@ -370,6 +370,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for problem in summary["model_problems"]:
         print(f"  problem: {problem}")
     print(f"  cases: {summary['total']} ({counts})")
+    if workspace.config.partially_labeled:
+        print(
+            f"  labeled structures: {', '.join(summary['labeled_structures'])} (the others are "
+            "kept as the model predicts them)"
+        )
     print(f"  latest ranking: {summary.get('latest_ranking') or 'none'}")
     job = summary.get("running_job")
     print(
@@ -895,7 +900,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench_parser(sub: Subparsers) -> None:
     p = _add_verb(sub, "bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
-    p.add_argument("name", choices=("speed", "label-efficiency"))
+    p.add_argument("name", choices=("speed", "label-efficiency", "partial-labels"))
     p.add_argument("--out", default="bench-out", help="folder for the JSON results")
     _device_flag(p)
     p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
@@ -983,6 +988,12 @@ def add_bench_parser(sub: Subparsers) -> None:
         help="label-efficiency: leave out the ceiling (every pool scan labeled)",
     )
     p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
+    p.add_argument(
+        "--structures",
+        default="cerebrospinal fluid",
+        help="partial-labels: the structures the clinician labels (names or values; default "
+        "the demo model's weakest, cerebrospinal fluid)",
+    )
     p.add_argument(
         "--no-ablations",
         dest="no_ablations",

@@ -511,3 +511,85 @@ def test_an_image_written_to_a_full_disk_is_refused_and_the_old_file_kept(tmp_pa
         assert refused.value.errno == errno.ENOSPC
         assert destination.read_bytes() == before
         assert sorted(p.name for p in disk.iterdir()) == ["label.nii.gz"]
+
+
+def _nrrd_with(path: Path, **fields: str) -> Path:
+    """A NRRD file of :func:`make_volume` with header fields replaced (``space_origin=...``)."""
+    sitk.WriteImage(make_volume(), str(path))
+    head, _, body = path.read_bytes().partition(b"\n\n")
+    lines = []
+    for line in head.decode().split("\n"):
+        key = line.partition(":")[0].strip().replace(" ", "_")
+        lines.append(f"{key.replace('_', ' ')}: {fields[key]}" if key in fields else line)
+    path.write_bytes("\n".join(lines).encode() + b"\n\n" + body)
+    return path
+
+
+def _nifti_with(path: Path, *, pixdim_x: float | None = None, codes=None, srow_x=None) -> Path:
+    """An uncompressed NIfTI-1 file of :func:`make_volume` with raw header fields patched."""
+    import struct
+
+    sitk.WriteImage(make_volume(), str(path))
+    data = bytearray(path.read_bytes())
+    if pixdim_x is not None:
+        struct.pack_into("<f", data, 80, pixdim_x)
+    if codes is not None:
+        struct.pack_into("<hh", data, 252, *codes)
+    if srow_x is not None:
+        struct.pack_into("<4f", data, 280, *srow_x)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_crafted_geometry_is_refused_in_one_line_or_read_as_simpleitk_defines_it(tmp_path):
+    refused = [
+        (
+            _nrrd_with(tmp_path / "zero.nrrd", space_directions="(0,0,0) (0,0.9,0) (0,0,2.5)"),
+            "Zero-valued spacing",
+        ),
+        (
+            _nrrd_with(tmp_path / "nan-origin.nrrd", space_origin="(nan,5,3.25)"),
+            "is corrupted, truncated or not an image",
+        ),
+        (
+            _nrrd_with(tmp_path / "nan-axis.nrrd", space_directions="(nan,0,0) (0,1,0) (0,0,1)"),
+            "is corrupted, truncated or not an image",
+        ),
+        (
+            _nrrd_with(tmp_path / "sheared.nrrd", space_directions="(1,0,0) (1,1,0) (0,0,1)"),
+            "has axes that are not perpendicular unit vectors",
+        ),
+        (
+            _nifti_with(tmp_path / "no-size.nii", pixdim_x=0.0, codes=(0, 0)),
+            "declares the voxel size (0.0, 0.9, 2.5) (pixdim) and no sform",
+        ),
+        (
+            _nifti_with(tmp_path / "negative-size.nii", pixdim_x=-0.8, codes=(1, 0)),
+            "declares the voxel size (-0.8, 0.9, 2.5) (pixdim) and no sform",
+        ),
+        (
+            _nifti_with(tmp_path / "two-transforms.nii", srow_x=(0.0, 1.8, 0.0, 40.0)),
+            "has a qform and an sform that disagree",
+        ),
+    ]
+    for path, message in refused:
+        with pytest.raises(BadInputError) as caught:
+            read_image(path)
+        text = str(caught.value)
+        assert text.startswith(f"{path}: ") and message in text and "\n" not in text, text
+    # A negative step along an axis is a flipped axis, as SimpleITK reads it.
+    flipped = read_image(
+        _nrrd_with(tmp_path / "flip.nrrd", space_directions=("(0,-0.8,0) (-0.9,0,0) (0,0,2.5)"))
+    )
+    assert flipped.GetSpacing() == pytest.approx((0.8, 0.9, 2.5))
+    assert flipped.GetDirection() == pytest.approx((0, -1, 0, -1, 0, 0, 0, 0, 1))
+    # qform and sform that agree within the tolerance (float rounding) are read.
+    close = _nifti_with(tmp_path / "close.nii", srow_x=None)
+    assert read_image(close).GetSpacing() == pytest.approx(SPACING)
+    # A label value a hair above 1 is said with its digits, not rounded to "1".
+    label = np.zeros(SIZE_XYZ[::-1])
+    label[1:3, 1:3, 1:3] = 1.0000001
+    path = tmp_path / "almost-one.nii.gz"
+    sitk.WriteImage(make_volume(label, np.float64), str(path))
+    with pytest.raises(BadInputError, match=r"holds 8 non-integer values \(e\.g\. 1\.0000001\)"):
+        read_label(path)

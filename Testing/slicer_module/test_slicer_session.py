@@ -228,3 +228,43 @@ def test_the_own_model_field_names_what_the_engine_opens_and_check_says_what_it_
     shown = logic.modelInfoText({**nnunet_info, "used": ["0", "1"]})
     assert shown == "nnunet network; structures: liver; an ensemble of folds 0, 1."
     assert logic.modelInfoText({**nnunet_info, "used": ["all"]}).endswith("; fold all.")
+
+
+def test_a_new_workspace_records_the_structures_the_lab_will_label(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    """The panel's "structures you will label" field reaches assft init; a name the model does
+    not have is refused in the engine's one line, and nothing is created."""
+    from assft.workspace import Workspace
+
+    _, cases = synthetic_pool
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in cases[:2]:
+        shutil.copy(case.image, images / case.image.name)
+    logic = _logic()
+    refused = logic.startCreateWorkspace(
+        tmp_path / "bad",
+        [images],
+        str(tiny_preset_file),
+        labelNames="1:shell,2:core",
+        labeledStructures="liver",
+    ).wait(timeout=120)
+    assert not refused.ok
+    assert "'liver' is not a structure of the model" in refused.errorMessage
+    assert not (tmp_path / "bad").exists()
+    created = logic.startCreateWorkspace(
+        tmp_path / "ws",
+        [images],
+        str(tiny_preset_file),
+        labelNames="1:shell,2:core",
+        labeledStructures=" core ",
+    ).wait(timeout=120)
+    assert created.ok, created.output
+    config = Workspace.open(tmp_path / "ws").config
+    assert config.labeled_values == [2] and config.partially_labeled
+    everything = logic.startCreateWorkspace(
+        tmp_path / "all", [images], str(tiny_preset_file), labeledStructures="  "
+    ).wait(timeout=120)
+    assert everything.ok, everything.output
+    assert not Workspace.open(tmp_path / "all").config.partially_labeled

@@ -4,6 +4,7 @@ fine-tune completes each label from the parent, and the gate scores the labeled 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -41,10 +42,14 @@ def test_the_workspace_records_the_labeled_structures_by_name_or_value(
     assert json.loads(workspace.config_path.read_text())["labeled_structures"] == [2]
     reopened = Workspace.open(workspace.root)
     assert reopened.config.labeled_values == [2] and reopened.config.partially_labeled
+    status = run_cli("status", str(workspace.root), check=True).stdout
+    assert "  labeled structures: core (the others are kept as the model predicts them)" in status
+    assert reopened.status_summary()["labeled_structures"] == ["core"]
     everything = _workspace(tmp_path / "b", synthetic_pool, tiny_preset_file)
     assert "labeled_structures" not in json.loads(everything.config_path.read_text())
     assert everything.config.labeled_values == [1, 2]
     assert not everything.config.partially_labeled
+    assert "labeled structures" not in run_cli("status", str(everything.root), check=True).stdout
     assert labeled_channels([1, 2, 5], [5]) == [3]
 
 
@@ -169,3 +174,61 @@ def test_ranking_evidence_scores_only_the_labeled_structures(
     assert scorer.dice_of(cases[0].image, label) == pytest.approx(
         scorer.dice_of(cases[0].image, cases[0].label)
     )
+
+
+def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_erase(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    """A parent that knows both structures (trained here on full labels), then two fine-tunes
+    on core-only labels from it: completed from the parent (the workspace records that only the
+    core is labeled) and taken as complete (the shell becomes background). The completed one
+    keeps the shell where the parent put it; the other erases it."""
+    from assft.workspace.model_versions import ModelRegistry
+
+    data, cases = synthetic_pool
+    core_only = tmp_path / "core-only"
+    core_only.mkdir()
+    for case in cases:
+        truth = sitk.ReadImage(str(case.label))
+        array = sitk.GetArrayFromImage(truth)
+        image = sitk.GetImageFromArray(np.where(array == 2, 2, 0).astype(array.dtype))
+        image.CopyInformation(truth)
+        sitk.WriteImage(image, str(core_only / case.label.name))
+    learn = {**FAST, "mode": "none", "lr": 0.02, "iterations": 60}
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file)
+    for case in cases[:4]:
+        workspace.submit_label(case.case_id, case.label, user="test")
+    workspace.set_status(cases[3].case_id, "held-out")
+    parent = run_finetune(workspace, FinetuneConfig(**learn), device="cpu")["version"]
+    ModelRegistry(workspace).promote(parent, reason="the parent of this test")
+    assert parent == "v1"
+
+    agreement = {}
+    for partial in (True, False):
+        folder = tmp_path / f"partial-{partial}"
+        shutil.copytree(workspace.root, folder)
+        document = json.loads((folder / "assft.json").read_text())
+        if partial:
+            document["labeled_structures"] = [2]
+        (folder / "assft.json").write_text(json.dumps(document))
+        copy = Workspace.open(folder)
+        for case in cases[:4]:
+            copy.submit_label(case.case_id, core_only / case.label.name, user="test")
+        config = FinetuneConfig(**{**learn, "iterations": 30})
+        made = run_finetune(copy, config, device="cpu")["version"]
+        registry = ModelRegistry(copy)
+        held_out = [_held_out_case(copy, cases[3])]
+        agreement[partial] = structure_agreement(
+            registry.load(made), registry.load(parent), held_out, [1]
+        )[1]
+    assert agreement[True] > 0.9, agreement
+    assert agreement[False] < agreement[True] - 0.3, agreement
+
+
+def _held_out_case(workspace: Workspace, case):
+    from assft.training.data import PreparedCases
+    from assft.workspace.model_versions import ModelRegistry
+
+    preset = ModelRegistry(workspace).load("v0").preset
+    prepared = PreparedCases(workspace.cache_folder("training"), preset, [1, 2], (16, 16, 16))
+    return prepared.load(case.case_id, case.image, case.label)

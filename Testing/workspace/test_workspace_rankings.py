@@ -144,6 +144,7 @@ def test_status_summary(tmp_path: Path, workspace: Workspace) -> None:
         "total": 3,
         "running_job": None,
         "latest_ranking": None,
+        "labeled_structures": ["grey matter", "white matter"],
     }
     workspace.submit_label(
         "case_a", write_volume(tmp_path / "l.nii.gz", label_array(), dtype=np.uint8)

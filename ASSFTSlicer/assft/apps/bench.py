@@ -70,6 +70,8 @@ def run_benchmark(
     command = _recorded_command(sys.argv[1:])
     if args.name == "label-efficiency":
         return _run_label_efficiency(args, command, label_names)
+    if args.name == "partial-labels":
+        return _run_partial_labels(args, command)
     given = [f"--{name.replace('_', '-')}" for name in FOLDER_FLAGS if getattr(args, name, None)]
     if given:
         raise BadInputError(f"{', '.join(given)}: only for assft bench label-efficiency")
@@ -215,3 +217,31 @@ def _run_label_efficiency(
             + (f"; this summary: {target}" if target else "")
         )
     return {**document, "written": written}
+
+
+def _run_partial_labels(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    from assft.apps import partial_labels_bench as partial
+
+    budgets = _numbers("--budgets", args.budgets)
+    if len(budgets) != 1:
+        raise BadInputError(f"--budgets: partial-labels takes one budget, got {args.budgets}")
+    document = partial.run_partial_labels(
+        Path(args.out),
+        site=parse_sites(args.site)[0],
+        n=args.n or 24,
+        seeds=_numbers("--seeds", args.seeds),
+        budget=budgets[0],
+        structures=args.structures,
+        model=args.model,
+        device=args.device,
+        views=args.views,
+        iterations=args.iterations,
+        progress=Progress(args.progress),
+    )
+    text = partial.markdown(document, command)
+    target = markdown_file(args)
+    if target:
+        update_markdown(target, text, partial.MARK_BEGIN, partial.MARK_END)
+    if not args.json:
+        print(text)
+    return document

@@ -664,7 +664,81 @@ def _read_any(path: str | Path) -> tuple[sitk.Image, Path]:
             "a scalar image is needed",
             path,
         )
+    _check_geometry(image, path)
     return image, path
+
+
+def _check_geometry(image: sitk.Image, path: Path) -> None:
+    """Refuse a voxel grid that no two programs would place alike: a spacing that is not a
+    positive number, an origin or direction that is not finite, axes that are not perpendicular
+    (a sheared grid), or, in a NIfTI file, a qform and an sform that disagree."""
+    spacing = [float(v) for v in image.GetSpacing()]
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise BadInputError(f"has the voxel spacing {_format(spacing)}; each must be above 0", path)
+    origin = [float(v) for v in image.GetOrigin()]
+    direction = np.array(image.GetDirection(), dtype=float)
+    if not (all(math.isfinite(v) for v in origin) and np.isfinite(direction).all()):
+        raise BadInputError(
+            f"has a non-finite origin {_format(origin)} or direction {_format(direction)}", path
+        )
+    axes = direction.reshape(3, 3)
+    if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-3):
+        raise BadInputError(
+            f"has axes that are not perpendicular unit vectors (direction {_format(direction)}): "
+            "a sheared grid, which the segmentation grid cannot hold; resample it first",
+            path,
+        )
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_transforms(path)
+
+
+def _check_nifti_transforms(path: Path) -> None:
+    """Refuse a NIfTI file whose qform and sform (both set) place the voxels differently.
+
+    Programs differ in which one they believe (ITK, and so 3D Slicer and this engine, may take
+    the qform where FSL and nibabel take the sform), so a label drawn in one could land
+    elsewhere in another.
+    """
+    import nibabel as nib
+
+    opener: Callable[..., Any] = gzip.open if image_suffix(path) == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as stream:  # the header as written (nibabel's load mends it)
+            start = stream.read(4)
+            kind = (
+                nib.Nifti2Header
+                if struct.unpack("<i", start)[0] in (540, 469893120)
+                else (nib.Nifti1Header)
+            )
+            stream.seek(0)
+            header = kind.from_fileobj(stream, check=False)
+        pixdim = [float(v) for v in header["pixdim"][1:4]]
+        sform_code = int(header["sform_code"])
+    except Exception:  # noqa: BLE001 - ITK read the file; nibabel's view is only a check
+        return
+    if sform_code == 0 and not all(math.isfinite(v) and v > 0 for v in pixdim):
+        # ITK would read 1 mm (or the absolute value) where the header gives no voxel size.
+        raise BadInputError(
+            f"declares the voxel size {_format(pixdim)} (pixdim) and no sform; each must be "
+            "above 0: write the scan's real voxel size into its header",
+            path,
+        )
+    try:
+        qform, _ = header.get_qform(coded=True)
+        sform, _ = header.get_sform(coded=True)
+    except Exception:  # noqa: BLE001 - as above
+        return
+    if qform is None or sform is None or np.allclose(qform, sform, rtol=1e-4, atol=1e-3):
+        return
+    zooms = [np.linalg.norm(m[:3, :3], axis=0) for m in (qform, sform)]
+    raise BadInputError(
+        "has a qform and an sform that disagree (voxel (0, 0, 0) at "
+        f"{_format(qform[:3, 3])} mm by the qform, {_format(sform[:3, 3])} by the sform; voxel "
+        f"sizes {_format(zooms[0])} and {_format(zooms[1])}): programs differ in which one they "
+        "use, so a label could land elsewhere; rewrite it with one transform (set qform_code "
+        "or sform_code to 0)",
+        path,
+    )
 
 
 def _raise_non_finite(nan: int, infinite: int, path: Path) -> None:
@@ -729,7 +803,7 @@ def read_label(path: str | Path) -> sitk.Image:
         fractional = array[array != np.round(array)]
         if fractional.size:
             raise BadInputError(
-                f"holds {fractional.size} non-integer values (e.g. {float(fractional[0]):g}); "
+                f"holds {fractional.size} non-integer values (e.g. {float(fractional[0]):.9g}); "
                 "a label map holds whole numbers",
                 path,
             )

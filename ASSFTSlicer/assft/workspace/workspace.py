@@ -1118,10 +1118,13 @@ class Workspace:
             version: str | None = self.current_model_version()
         except BadInputError:  # a damaged pointer: None here; ModelRegistry.problems() says why
             version = None
+        names = self.config.label_names
         return {
             "model_version": version,
             "counts": counts,
             "total": sum(counts.values()),
             "running_job": self.running_job(),
             "latest_ranking": None if latest is None else latest["file_name"],
+            # The structures clinicians label (all of the labels, unless they label only some).
+            "labeled_structures": [names[v] for v in self.config.labeled_values],
         }
