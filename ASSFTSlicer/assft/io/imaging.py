@@ -676,12 +676,12 @@ def _check_geometry(image: sitk.Image, path: Path) -> None:
     if not all(math.isfinite(v) and v > 0 for v in spacing):
         raise BadInputError(f"has the voxel spacing {_format(spacing)}; each must be above 0", path)
     origin = [float(v) for v in image.GetOrigin()]
-    direction = np.array(image.GetDirection(), dtype=float)
-    if not (all(math.isfinite(v) for v in origin) and np.isfinite(direction).all()):
+    direction = [float(v) for v in image.GetDirection()]
+    if not all(math.isfinite(v) for v in origin + direction):
         raise BadInputError(
             f"has a non-finite origin {_format(origin)} or direction {_format(direction)}", path
         )
-    axes = direction.reshape(3, 3)
+    axes = np.array(direction).reshape(3, 3)
     if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-3):
         raise BadInputError(
             f"has axes that are not perpendicular unit vectors (direction {_format(direction)}): "
@@ -733,8 +733,8 @@ def _check_nifti_transforms(path: Path) -> None:
     zooms = [np.linalg.norm(m[:3, :3], axis=0) for m in (qform, sform)]
     raise BadInputError(
         "has a qform and an sform that disagree (voxel (0, 0, 0) at "
-        f"{_format(qform[:3, 3])} mm by the qform, {_format(sform[:3, 3])} by the sform; voxel "
-        f"sizes {_format(zooms[0])} and {_format(zooms[1])}): programs differ in which one they "
+        f"{_format(qform[:3, 3].tolist())} mm by the qform, {_format(sform[:3, 3].tolist())} by "
+        f"the sform; voxel sizes {_format(zooms[0].tolist())} and {_format(zooms[1].tolist())}): programs differ in which one they "
         "use, so a label could land elsewhere; rewrite it with one transform (set qform_code "
         "or sform_code to 0)",
         path,
