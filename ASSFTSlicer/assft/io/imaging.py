@@ -734,9 +734,9 @@ def _check_nifti_transforms(path: Path) -> None:
     raise BadInputError(
         "has a qform and an sform that disagree (voxel (0, 0, 0) at "
         f"{_format(qform[:3, 3].tolist())} mm by the qform, {_format(sform[:3, 3].tolist())} by "
-        f"the sform; voxel sizes {_format(zooms[0].tolist())} and {_format(zooms[1].tolist())}): programs differ in which one they "
-        "use, so a label could land elsewhere; rewrite it with one transform (set qform_code "
-        "or sform_code to 0)",
+        f"the sform; voxel sizes {_format(zooms[0].tolist())} and {_format(zooms[1].tolist())}): "
+        "programs differ in which one they use, so a label could land elsewhere; rewrite it "
+        "with one transform (set qform_code or sform_code to 0)",
         path,
     )
 
