@@ -105,8 +105,10 @@ def test_a_target_is_completed_from_the_parent_outside_the_labeled_structures(
     target = case.target.clone()
     target[:2] = IGNORE  # padding stays ignored
     case = case.with_target(target)
+    parent.network.eval()
     with torch.no_grad():
-        predicted = sliding_window_probabilities(parent, case.image).argmax(0).cpu()
+        probabilities = sliding_window_probabilities(parent, case.image).cpu()
+    predicted = probabilities.argmax(0)
     # The random tiny network predicts both structures somewhere: the rule is seen at work.
     assert (predicted == 1).any() and (predicted == 2).any()
 
@@ -114,13 +116,13 @@ def test_a_target_is_completed_from_the_parent_outside_the_labeled_structures(
     drawn = target == 2
     assert torch.equal(completed[drawn], target[drawn])  # the clinician's core, as drawn
     rest = ~drawn & (target != IGNORE)
-    expected = torch.where(predicted == 1, 1, 0)  # the parent's shell, else background
-    assert torch.equal(completed[rest], expected[rest])
+    # Elsewhere: the parent's shell or background, whichever it finds more likely; where it saw
+    # a core the clinician did not draw, that is its second guess, never the core.
+    second = torch.where(probabilities[1] > probabilities[0], 1, 0)
+    assert torch.equal(completed[rest], second[rest])
+    assert torch.equal(completed[rest & (predicted != 2)], predicted[rest & (predicted != 2)])
+    assert not (completed[rest] == 2).any()
     assert (completed[target == IGNORE] == IGNORE).all()
-    # The clinician's shell voxels were never reviewed: wherever the parent saw no shell they
-    # are background now; the parent's core outside the drawn core is background too.
-    assert ((target == 1) & (predicted != 1) & (completed != 0)).sum() == 0
-    assert ((predicted == 2) & ~drawn & (completed == 2)).sum() == 0
     # Everything labeled: nothing changes.
     assert torch.equal(complete_target(parent, case, [1, 2]).target, target)
     assert structure_agreement(parent, parent, [case], [1, 2]) == {1: 1.0, 2: 1.0}

@@ -7,10 +7,11 @@ other structure as background there and forget it.
 
 So, before training, each labeled case's target is completed from the version the job starts
 from (the parent): a voxel the label gives to a labeled structure keeps it; any other voxel takes
-the parent's prediction when that is one of the structures nobody labels, and background
-otherwise (the clinician removed a labeled structure there, or the parent saw none). The loss
-then covers the labeled structures as the clinician drew them and holds the others where the
-parent put them.
+the parent's most likely class among the rest (background and the structures nobody labels).
+Where the parent saw a labeled structure that the clinician did not draw, that is its second
+guess, not background: the clinician said only "not this structure" there. The loss then covers
+the labeled structures as the clinician drew them and holds the others where the parent put
+them.
 
 The held-out Dice, which the gate and the best checkpoint read, scores the labeled structures
 only; :func:`structure_agreement` measures how far the new version moved the others from the
@@ -36,11 +37,17 @@ def labeled_channels(label_values: list[int], labeled_values: list[int]) -> list
     return [c for c, value in enumerate(label_values, start=1) if value in labeled_values]
 
 
-def _prediction(model: LoadedModel, image: torch.Tensor) -> torch.Tensor:
-    """The model's class map on the model grid (one view), on the CPU."""
+def _prediction(
+    model: LoadedModel, image: torch.Tensor, excluded: list[int] | None = None
+) -> torch.Tensor:
+    """The model's class map on the model grid (one view), on the CPU; with ``excluded``, the
+    most likely class among the others."""
     model.network.eval()
     with torch.no_grad():
-        return sliding_window_probabilities(model, image).argmax(0).cpu()
+        probabilities = sliding_window_probabilities(model, image)
+        if excluded:
+            probabilities[excluded] = -1.0
+        return probabilities.argmax(0).cpu()
 
 
 def complete_target(parent: LoadedModel, case: TrainingCase, channels: list[int]) -> TrainingCase:
@@ -50,11 +57,9 @@ def complete_target(parent: LoadedModel, case: TrainingCase, channels: list[int]
     """
     assert case.target is not None
     target = case.target
-    predicted = _prediction(parent, case.image)
-    labeled = torch.tensor(channels, dtype=target.dtype)
-    drawn = torch.isin(target, labeled)
-    kept = ~torch.isin(predicted, labeled) & (predicted > 0)
-    completed = torch.where(drawn, target, torch.where(kept, predicted, 0))
+    rest = _prediction(parent, case.image, excluded=channels)
+    drawn = torch.isin(target, torch.tensor(channels, dtype=target.dtype))
+    completed = torch.where(drawn, target, rest)
     completed = torch.where(target == IGNORE, target, completed)
     return case.with_target(completed.contiguous())
 
