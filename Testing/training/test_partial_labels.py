@@ -205,7 +205,7 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
     ModelRegistry(workspace).promote(parent, reason="the parent of this test")
     assert parent == "v1"
 
-    agreement = {}
+    agreement, gates = {}, {}
     for partial in (True, False):
         folder = tmp_path / f"partial-{partial}"
         shutil.copytree(workspace.root, folder)
@@ -217,7 +217,9 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
         for case in cases[:4]:
             copy.submit_label(case.case_id, core_only / case.label.name, user="test")
         config = FinetuneConfig(**{**learn, "iterations": 30})
-        made = run_finetune(copy, config, device="cpu")["version"]
+        manifest = run_finetune(copy, config, device="cpu")
+        made = manifest["version"]
+        gates[partial] = manifest
         registry = ModelRegistry(copy)
         held_out = [_held_out_case(copy, cases[3])]
         agreement[partial] = structure_agreement(
@@ -225,6 +227,16 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
         )[1]
     assert agreement[True] > 0.9, agreement
     assert agreement[False] < agreement[True] - 0.3, agreement
+    # Labels without the shell in a workspace that says every structure is labeled: the gate
+    # keeps that version from becoming current, and says why and what to do.
+    naive = gates[False]
+    assert naive["gate"]["missing_structures"] == ["shell"] and not naive["promoted"]
+    reason = naive["gate"]["reason"]
+    assert (
+        reason.startswith("not promoted: no label holds shell (")
+        and "--labeled-structures" in reason
+    )
+    assert "missing_structures" not in gates[True]["gate"]
 
 
 def _held_out_case(workspace: Workspace, case):

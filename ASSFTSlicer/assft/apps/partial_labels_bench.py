@@ -103,14 +103,18 @@ def run_partial_labels(
     device: str = "auto",
     views: int = 2,
     iterations: int | None = None,
+    dataset: Dataset | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the three ways on ``site`` over ``seeds``; returns the document (also
-    ``out/partial-labels.json``). ``iterations``: steps per stage (default: the recipe's rule)."""
+    ``out/partial-labels.json``). ``iterations``: steps per stage (default: the recipe's rule);
+    ``dataset``: scans with their truth instead of the sample site (``site`` and ``n`` unused)."""
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
-    write_sample_data(out / "data", n, n_source=0, sites=[site], seed=7, progress=progress)
-    dataset = Dataset.from_sample_data(out / "data", site=site)
+    source = site if dataset is None else "given scans"
+    if dataset is None:
+        write_sample_data(out / "data", n, n_source=0, sites=[site], seed=7, progress=progress)
+        dataset = Dataset.from_sample_data(out / "data", site=site)
     names = dict(get_preset(model).label_names or {1: "foreground"})
     values = sorted(names)
     labeled = parse_structures(structures, names)
@@ -180,8 +184,8 @@ def run_partial_labels(
             )
             shutil.rmtree(folder, ignore_errors=True)
     document = {
-        "site": site,
-        "n": n,
+        "site": source,
+        "n": len(dataset.pool) + len(dataset.test),
         "budget": budget,
         "seeds": list(seeds),
         "model": model,
@@ -210,11 +214,10 @@ def summarise(
         row: dict[str, Any] = {"way": way, "promoted": sum(r["promoted"] for r in mine)}
         row["runs"] = len(mine)
         for name in labeled + others:
-            row[f"dice:{name}"] = t_interval(r["dice"][name] for r in mine)[:2]
+            row[f"dice:{name}"] = list(t_interval(r["dice"][name] for r in mine)[:2])
         for name in others:
-            row[f"agreement:{name}"] = t_interval(r["agreement_with_parent"][name] for r in mine)[
-                :2
-            ]
+            values = [r["agreement_with_parent"][name] for r in mine]
+            row[f"agreement:{name}"] = list(t_interval(values)[:2])
         row["worst agreement"] = min(
             (min(r["agreement_with_parent"].values(), default=1.0) for r in mine), default=1.0
         )

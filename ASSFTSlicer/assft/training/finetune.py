@@ -43,7 +43,12 @@ from assft.training.curves import CurveStore, LearningCurve, validation_steps
 from assft.training.data import PreparedCases, TrainingCase
 from assft.training.gate import archive_weights, change_by_part, validation_gate, weighted_dice
 from assft.training.inputs import check_inputs, load_resume_point
-from assft.training.partial_labels import complete_target, labeled_channels, structure_agreement
+from assft.training.partial_labels import (
+    complete_target,
+    labeled_channels,
+    missing_structures,
+    structure_agreement,
+)
 from assft.training.reliability import nearest_borne_out, select_anchor_cases
 from assft.training.ssft import (
     PseudoLabels,
@@ -134,6 +139,7 @@ class _JobRun:
     held_out_ids: list[str]
     label_values: list[int]
     channels: list[int]
+    missing: dict[int, float]
     patch: tuple[int, int, int]
     model: LoadedModel
     prepared: PreparedCases
@@ -464,6 +470,10 @@ class FinetuneJob:
                 labeled_cases[i] = complete_target(model, case, channels)
                 progress.update(i + 1, case=case.case_id)
             self.timings["completion_s"] = time.perf_counter() - t0
+            missing: dict[int, float] = {}
+        else:
+            # Labels that leave out structures the model plainly sees (the gate reads it).
+            missing = missing_structures(model, labeled_cases + held_out_cases, channels)
         case_voxels = float(np.mean([c.image[0].numel() for c in labeled_cases]))
         iterations, semi_iterations = self.config.steps_for(len(labeled_cases), case_voxels, patch)
         # The parts the job started with: a resumed job weighs its held-out scans as before.
@@ -488,6 +498,7 @@ class FinetuneJob:
             held_out_ids=held_out_ids,
             label_values=label_values,
             channels=channels,
+            missing=missing,
             patch=patch,
             model=model,
             prepared=prepared,
@@ -798,6 +809,24 @@ class FinetuneJob:
                 }
         else:
             gate = validation_gate(None, None, run.base_version)
+        if run.missing:
+            names = self.workspace.config.label_names
+            found = ", ".join(
+                f"{names.get(label_values[c - 1], str(c))} ({share:.1%} of their voxels)"
+                for c, share in run.missing.items()
+            )
+            gate["passed"] = False
+            gate["missing_structures"] = [
+                names.get(label_values[c - 1], str(c)) for c in run.missing
+            ]
+            gate["reason"] = (
+                f"not promoted: no label holds {found}, which {run.base_version} finds in every "
+                "labeled scan; fine-tuning on these labels teaches the model that they are "
+                "nowhere. If clinicians label only some structures, record which "
+                "(labeled_structures in assft.json, assft init --labeled-structures) and "
+                "fine-tune again; if they are truly absent, make this version current with "
+                f"assft rollback WS VERSION ({gate['reason']})"
+            )
         self.timings["validation_s"] = time.perf_counter() - t0
         return metrics, gate
 

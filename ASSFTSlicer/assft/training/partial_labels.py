@@ -13,6 +13,11 @@ guess, not background: the clinician said only "not this structure" there. The l
 the labeled structures as the clinician drew them and holds the others where the parent put
 them.
 
+A workspace that says every structure is labeled while its labels hold only some is the failure
+this module exists for, met by accident: :func:`missing_structures` finds the structures that no
+label holds although the parent finds them in every labeled scan, and the gate keeps such a
+version from becoming current.
+
 The held-out Dice, which the gate and the best checkpoint read, scores the labeled structures
 only; :func:`structure_agreement` measures how far the new version moved the others from the
 parent (Dice of the two predictions, per structure).
@@ -29,7 +34,13 @@ from assft.models.inference import sliding_window_probabilities
 from assft.training.data import TrainingCase
 from assft.training.losses import IGNORE
 
-__all__ = ["complete_target", "labeled_channels", "structure_agreement"]
+__all__ = [
+    "MISSING_FRACTION",
+    "complete_target",
+    "labeled_channels",
+    "missing_structures",
+    "structure_agreement",
+]
 
 
 def labeled_channels(label_values: list[int], labeled_values: list[int]) -> list[int]:
@@ -82,3 +93,29 @@ def structure_agreement(
         values = [s[channel] for s in per_case if not np.isnan(s[channel])]
         out[channel] = float(np.mean(values)) if values else float("nan")
     return out
+
+
+MISSING_FRACTION = 0.001
+"""A structure the parent finds in at least this share of a scan's voxels is there, for
+:func:`missing_structures`."""
+
+
+def missing_structures(
+    parent: LoadedModel, cases: list[TrainingCase], channels: list[int]
+) -> dict[int, float]:
+    """The ``channels`` that no case's target holds although ``parent`` finds each of them in
+    every case (at least :data:`MISSING_FRACTION` of its voxels): channel -> the mean share of
+    the voxels the parent gives it. Labels that leave out what is plainly there were drawn for
+    some structures only. Empty when every structure is in some label (no inference is run)."""
+    targets = [case.target for case in cases if case.target is not None]
+    absent = [c for c in channels if not any(bool(torch.any(t == c)) for t in targets)]
+    if not absent or len(targets) != len(cases) or not cases:
+        return {}
+    shares: dict[int, list[float]] = {c: [] for c in absent}
+    for case, target in zip(cases, targets, strict=True):
+        predicted = _prediction(parent, case.image)
+        valid = target != IGNORE
+        total = max(int(valid.sum()), 1)
+        for channel in absent:
+            shares[channel].append(int(((predicted == channel) & valid).sum()) / total)
+    return {c: float(np.mean(v)) for c, v in shares.items() if min(v) >= MISSING_FRACTION}
