@@ -36,6 +36,7 @@ def test_three_ways_on_the_same_picks_and_the_section(tmp_path, synthetic_pool, 
     assert not set(runs[0]["picks"]) & set(runs[0]["held_out"])
     for run in runs:
         assert set(run["dice"]) == {"shell", "core"}
+        assert set(run["agreement_with_parent"]) == set(run["agreement_away_from_labeled"])
         assert set(run["agreement_with_parent"]) == {"shell"}
         assert 0.0 <= run["agreement_with_parent"]["shell"] <= 1.0
     for case_id in runs[0]["picks"] + runs[0]["held_out"]:
