@@ -13,7 +13,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TextIO
 
-from assft.runtime import cancellation
+from assft.runtime import cancellation, syncpoints
 
 
 class ProgressEvent(StrEnum):
@@ -70,6 +70,8 @@ class Progress:
 
     def phase(self, phase: str, total: int) -> None:
         """Start a phase of ``total`` steps."""
+        if phase in syncpoints.PHASES:
+            syncpoints.reach(f"phase:{phase}")
         self._phase, self._total, self._start = phase, total, time.monotonic()
         self.update(0)
 

@@ -18,6 +18,10 @@ and :mod:`assft.training.finetune`):
   rollback, a repair), ``models/current`` moved, the transaction not committed yet;
 - ``promotion-committed``: the promotion is committed, the job's state not yet written.
 
+And ``phase:<name>`` at the start of each phase of a ranking or a fine-tune
+(:data:`PHASES`, from :meth:`assft.runtime.progress.Progress.phase`), before its first step:
+a test stops the process there and sends it SIGTERM in that phase.
+
 Used only by tests; an engine run without these variables is not affected.
 """
 
@@ -27,11 +31,26 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["PAUSE_AT_ENV", "PAUSE_DIR_ENV", "POINTS", "reach"]
+__all__ = ["PAUSE_AT_ENV", "PAUSE_DIR_ENV", "PHASES", "POINTS", "reach"]
 
 PAUSE_AT_ENV = "ASSFT_TEST_PAUSE_AT"
 PAUSE_DIR_ENV = "ASSFT_TEST_PAUSE_DIR"
-POINTS = ("model-version-stored", "model-pointer-moved", "promotion-committed")
+PHASES = (
+    "ranking",
+    "preparing",
+    "completing",
+    "anchor",
+    "supervised",
+    "pseudo-labels",
+    "semi-supervised",
+    "validation",
+)
+POINTS = (
+    "model-version-stored",
+    "model-pointer-moved",
+    "promotion-committed",
+    *(f"phase:{name}" for name in PHASES),
+)
 _WAIT_S = 600.0
 
 

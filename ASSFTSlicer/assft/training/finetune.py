@@ -698,8 +698,13 @@ class FinetuneJob:
     def _reliable_set(
         self, run: _JobRun, unlabeled_rows: list[dict[str, Any]], refreshed: bool = False
     ) -> tuple[PseudoLabels, list[TrainingCase]]:
-        """The reliable set with its pseudo-labeled cases, from the model as trained so far."""
-        return self._pseudo_labels(
+        """The reliable set with its pseudo-labeled cases, from the model as trained so far.
+
+        When clinicians label only some structures, the others in each pseudo-label come from
+        the version the job started from, as in the labels (:func:`complete_target`): the
+        model as trained so far has learned only the labeled ones from anyone.
+        """
+        pseudo, cases = self._pseudo_labels(
             run.job,
             run.progress,
             run.model,
@@ -708,6 +713,10 @@ class FinetuneJob:
             unlabeled_rows,
             refreshed=refreshed,
         )
+        if cases and self.workspace.config.partially_labeled:
+            parent = self.registry.load(run.base_version, device=run.device)
+            cases = [complete_target(parent, case, run.channels) for case in cases]
+        return pseudo, cases
 
     def _semi_supervised_stage(
         self,
