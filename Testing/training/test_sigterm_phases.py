@@ -2,8 +2,9 @@
 saved (no model version, no ranking, the labels and the cases as they were).
 
 Each run is stopped at the start of one phase (``ASSFT_TEST_PAUSE_AT=phase:<name>``), receives
-SIGTERM there and is let go: the phase must notice it at once. One more run is signalled in the
-middle of a long training stage, where only the checks inside the loop can notice it."""
+SIGTERM there and is let go: the phase must notice it at once. The training stages are signalled
+in the middle instead, where only the checks inside the loop can notice it (the supervised stage
+here; the semi-supervised stage runs the same loop, ``assft.training.ssft.run_stage``)."""
 
 from __future__ import annotations
 
@@ -73,9 +74,7 @@ def _stopped(process: subprocess.Popen) -> tuple[int, float, str]:
         ("rank", "ranking"),
         ("finetune", "preparing"),
         ("finetune", "anchor"),
-        ("finetune", "supervised"),
         ("finetune", "pseudo-labels"),
-        ("finetune", "semi-supervised"),
         ("finetune", "validation"),
     ],
 )
