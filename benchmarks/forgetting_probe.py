@@ -102,7 +102,7 @@ def main() -> None:
     trainer = Trainer(model, config, patch)
 
     def report(step: int, losses: list[float]) -> None:
-        per_case = validation_dice(model, test, len(values) + 1)["per_case"]
+        per_case = validation_dice(model, test, list(range(1, len(values) + 1)))["per_case"]
         scores = {case.case_id: round(d, 3) for case, d in zip(test, per_case, strict=True)}
         by_stratum: dict[str, list[float]] = {}
         for case_id, dice in scores.items():
