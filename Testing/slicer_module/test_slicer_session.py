@@ -263,8 +263,3 @@ def test_a_new_workspace_records_the_structures_the_lab_will_label(
     assert created.ok, created.output
     config = Workspace.open(tmp_path / "ws").config
     assert config.labeled_values == [2] and config.partially_labeled
-    everything = logic.startCreateWorkspace(
-        tmp_path / "all", [images], str(tiny_preset_file), labeledStructures="  "
-    ).wait(timeout=120)
-    assert everything.ok, everything.output
-    assert not Workspace.open(tmp_path / "all").config.partially_labeled
