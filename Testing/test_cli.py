@@ -1,4 +1,7 @@
-"""Every verb of the command line through a real subprocess, with its exit codes."""
+"""Every verb of the command line with its exit codes: the annotation loop, signals, locks and
+what native libraries print through a real subprocess; set-up steps and the long tables of
+refused values through the same ``main`` in this process (``run_cli_in_process``), which saves
+the suite a process start (and the imports) each."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from assft_testing.workspaces import snapshot
 def _init(tmp_path, synthetic_pool, tiny_preset_file):
     data, _ = synthetic_pool
     ws = tmp_path / "ws"
-    result = run_cli(
+    result = run_cli_in_process(
         "init",
         str(ws),
         "--images",
@@ -127,7 +130,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, synthetic_pool, tiny_preset_f
         ]
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
     assert not (tmp_path / "w2").exists()
-    status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+    status = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
     assert status["counts"]["labeled"] == 0
 
 
@@ -149,14 +152,17 @@ def test_a_locked_workspace_is_refused(tmp_path, synthetic_pool, tiny_preset_fil
         assert holder.stdout.readline().strip() == "held"
         result = run_cli("rank", str(ws), "--budget", "1", "--device", "cpu")
         assert result.returncode == 2 and "locked by a running job" in result.stderr
-        status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+        status = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
         assert status["running_job"]["pid"] == holder.pid
     finally:
         holder.kill()
         holder.wait()
     time.sleep(0.1)
     assert (
-        json.loads(run_cli("status", str(ws), "--json", check=True).stdout)["running_job"] is None
+        json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)[
+            "running_job"
+        ]
+        is None
     )
 
 
@@ -264,16 +270,16 @@ def test_help_states_the_dataclass_defaults_and_the_registered_strategies():
     from assft.query.strategies import STRATEGIES
     from assft.training.config import FinetuneConfig
 
-    rank = " ".join(run_cli("rank", "--help", check=True).stdout.split())
+    rank = " ".join(run_cli_in_process("rank", "--help", check=True).stdout.split())
     assert f"cases to select (default {QueryConfig().budget})" in rank
     assert (
         "{" + ",".join(STRATEGIES) + "}" in rank
         and f"default {QueryConfig().strategy.value}" in rank
     )
-    finetune = " ".join(run_cli("finetune", "--help", check=True).stdout.split())
+    finetune = " ".join(run_cli_in_process("finetune", "--help", check=True).stdout.split())
     assert f"steps of the supervised stage (default {FinetuneConfig().iterations})" in finetune
     assert "--config-json" not in finetune  # the detached relaunch's, not the user's
-    bench = " ".join(run_cli("bench", "--help", check=True).stdout.split())
+    bench = " ".join(run_cli_in_process("bench", "--help", check=True).stdout.split())
     assert ", ".join(STRATEGIES) in bench
     verbs = run_cli("--help", check=True).stdout
     for verb in (
@@ -328,7 +334,7 @@ def test_predict_never_writes_into_a_folder_the_workspace_owns(
 
     _, cases = synthetic_pool
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
-    run_cli("submit", str(ws), "case_000", str(cases[0].label), check=True)
+    run_cli_in_process("submit", str(ws), "case_000", str(cases[0].label), check=True)
     link = tmp_path / "looks-harmless"
     link.symlink_to(ws / "labels", target_is_directory=True)
     before = snapshot(Workspace.open(ws))
@@ -365,7 +371,9 @@ def test_predict_never_writes_into_a_folder_the_workspace_owns(
     assert not (ws / "labels" / "case_001.nii.gz").exists() and not (ws / "elsewhere").exists()
 
     mine = ws / "predictions" / "mine"
-    result = run_cli("predict", str(ws), "case_001", "--out", str(mine), "--views", "1", "--json")
+    result = run_cli_in_process(
+        "predict", str(ws), "case_001", "--out", str(mine), "--views", "1", "--json"
+    )
     assert result.returncode == 0, result.stderr
     assert (mine / "case_001.nii.gz").is_file()
 
@@ -377,17 +385,21 @@ def test_finetune_refuses_a_missing_scan_before_it_creates_a_job(
     images = tmp_path / "images"
     shutil.copytree(data / "images", images)
     ws = tmp_path / "ws"
-    run_cli("init", str(ws), "--images", str(images), "--model", str(tiny_preset_file), check=True)
-    run_cli("submit", str(ws), "case_000", str(cases[0].label), check=True)
-    run_cli("submit", str(ws), "case_001", str(cases[1].label), check=True)
+    run_cli_in_process(
+        "init", str(ws), "--images", str(images), "--model", str(tiny_preset_file), check=True
+    )
+    run_cli_in_process("submit", str(ws), "case_000", str(cases[0].label), check=True)
+    run_cli_in_process("submit", str(ws), "case_001", str(cases[1].label), check=True)
     (images / "case_001.nii.gz").unlink()
-    line = _one_error_line(run_cli("finetune", str(ws), "--device", "cpu", "--iterations", "2"))
+    line = _one_error_line(
+        run_cli_in_process("finetune", str(ws), "--device", "cpu", "--iterations", "2")
+    )
     assert line == (
         f"assft: error: {images / 'case_001.nii.gz'}: the scan of labeled case case_001 does not "
         "exist: restore it (nothing was started)"
     )
     assert not [p for p in (ws / "jobs").iterdir() if p.name.startswith("finetune-")]
-    jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+    jobs = json.loads(run_cli_in_process("jobs", str(ws), "--json", check=True).stdout)["jobs"]
     assert jobs == []
 
 
@@ -425,9 +437,11 @@ def test_rank_refuses_a_scan_too_large_on_the_model_grid(tmp_path, tiny_preset_f
         scans / "vast.nii.gz", np.zeros((8, 8, 8), np.float32), spacing=(300.0, 300.0, 300.0)
     )
     ws = tmp_path / "ws"
-    run_cli("init", str(ws), "--images", str(scans), "--model", str(tiny_preset_file), check=True)
+    run_cli_in_process(
+        "init", str(ws), "--images", str(scans), "--model", str(tiny_preset_file), check=True
+    )
     line = _one_error_line(
-        run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
+        run_cli_in_process("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
     )
     assert line.startswith(f"assft: error: {vast}: would be 800x800x800 = 512000000 voxels"), line
     assert "MAX_MODEL_GRID_VOXELS" in line
@@ -438,7 +452,7 @@ def test_a_read_only_workspace_is_said_in_one_line(tmp_path, synthetic_pool, tin
     data, cases = synthetic_pool
     with tmpfs(tmp_path / "disk", "16m") as disk:
         ws = _init(disk, synthetic_pool, tiny_preset_file)
-        run_cli("submit", str(ws), cases[0].case_id, str(cases[0].label), check=True)
+        run_cli_in_process("submit", str(ws), cases[0].case_id, str(cases[0].label), check=True)
         remount_read_only(disk)
         for index, args in enumerate(
             (
@@ -456,7 +470,7 @@ def test_a_read_only_workspace_is_said_in_one_line(tmp_path, synthetic_pool, tin
             assert result.returncode == 2, (args, result.stderr)
             assert len(lines) == 1 and "the workspace is read-only" in lines[0], (args, lines)
             assert "Traceback" not in result.stderr
-        assert run_cli("status", str(ws)).returncode == 0
+        assert run_cli_in_process("status", str(ws)).returncode == 0
 
 
 def _promoted_v1(ws):
@@ -478,7 +492,7 @@ def test_a_damaged_pointer_is_one_line_and_rollback_repairs_it(
     _promoted_v1(ws)
     pointer = ws / "models" / "current"
     pointer.write_bytes(b"\xff\xfe\x00\x01")
-    status = run_cli("status", str(ws), check=True).stdout
+    status = run_cli_in_process("status", str(ws), check=True).stdout
     assert "model version: unknown (damaged pointer)  [PROBLEM]" in status
     assert f"problem: {pointer}: is damaged (not text)" in status
     document = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
@@ -491,7 +505,7 @@ def test_a_damaged_pointer_is_one_line_and_rollback_repairs_it(
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
         assert str(pointer) in line and "is damaged (not text)" in line and "rollback" in line
-    repaired = run_cli("rollback", str(ws), "v1", check=True).stdout
+    repaired = run_cli_in_process("rollback", str(ws), "v1", check=True).stdout
     assert repaired.startswith("Repaired the damaged pointer")
     assert "Current model version: v1" in repaired
     status = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
@@ -508,7 +522,7 @@ def test_status_and_models_flag_a_current_version_that_cannot_be_used(
     registry = _promoted_v1(ws)
     checkpoint = registry.checkpoint_path("v1")
     checkpoint.write_bytes(checkpoint.read_bytes()[:500])
-    status = run_cli("status", str(ws), check=True).stdout
+    status = run_cli_in_process("status", str(ws), check=True).stdout
     assert "model version: v1  [PROBLEM]" in status
     assert "problem: the current model version v1 cannot be used" in status
     assert "is damaged: sha256 differs" in status
@@ -522,10 +536,10 @@ def test_status_and_models_flag_a_current_version_that_cannot_be_used(
     assert "cannot be read as a model manifest" in models[-1]
     assert "[PROBLEM]" in run_cli_in_process("status", str(ws), check=True).stdout
     # Rolling back to a version that loads clears it; the damaged one is refused.
-    refused = run_cli("rollback", str(ws), "v1")
+    refused = run_cli_in_process("rollback", str(ws), "v1")
     assert refused.returncode == 2 and "manifest.json" in refused.stderr
-    assert run_cli("rollback", str(ws), "v0").returncode == 0
-    assert "[PROBLEM]" not in run_cli("status", str(ws), check=True).stdout
+    assert run_cli_in_process("rollback", str(ws), "v0").returncode == 0
+    assert "[PROBLEM]" not in run_cli_in_process("status", str(ws), check=True).stdout
 
 
 # Config values: every field checked before anything is made (issue 11, items 13 and 15) ------
@@ -697,4 +711,7 @@ def test_finetune_refuses_every_bad_config_value_before_it_makes_a_job(
         extra=("--detach",),
     )
     assert list((ws / "jobs").iterdir()) == []
-    assert json.loads(run_cli("models", str(ws), "--json", check=True).stdout)["current"] == "v0"
+    assert (
+        json.loads(run_cli_in_process("models", str(ws), "--json", check=True).stdout)["current"]
+        == "v0"
+    )

@@ -27,6 +27,7 @@ from assft_testing import (
     let_go,
     pause_env,
     run_cli,
+    run_cli_in_process,
     signal_blind_launcher,
     torchrun,
     wait_until_paused,
@@ -219,13 +220,13 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_version_loads(la
     registry.promote("v1", reason="test")
     checkpoint = registry.checkpoint_path("v1")
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    result = run_cli(
+    result = run_cli_in_process(
         "rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu"
     )
     assert result.returncode == 2 and "model.pt" in result.stderr and "damaged" in result.stderr
-    assert run_cli("rollback", str(workspace.root), "v0").returncode == 0
+    assert run_cli_in_process("rollback", str(workspace.root), "v0").returncode == 0
     assert (
-        run_cli(
+        run_cli_in_process(
             "rank", str(workspace.root), "--budget", "1", "--views", "1", "--device", "cpu"
         ).returncode
         == 0
@@ -281,7 +282,7 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace
     _wait_for(process, lambda e: e.get("phase") == "supervised" and e.get("done", 0) >= 5)
     process.kill()
     process.wait()
-    jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+    jobs = json.loads(run_cli_in_process("jobs", str(ws), "--json", check=True).stdout)["jobs"]
     assert jobs[0]["state"] == "killed"
     assert ModelRegistry(labeled_workspace).current() == "v0"
     assert not (labeled_workspace.models_dir / "v1").exists()
@@ -380,12 +381,12 @@ def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     assert JobStore(ws).get(document["job"]).recorded()["pid"] == pid
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+        jobs = json.loads(run_cli_in_process("jobs", str(ws), "--json", check=True).stdout)["jobs"]
         if jobs and (jobs[0].get("last_progress") or {}).get("phase") == "supervised":
             break
         time.sleep(0.5)
     # A second fine-tune while the first runs is refused.
-    second = run_cli("finetune", str(ws), "--config", str(config), "--device", "cpu")
+    second = run_cli_in_process("finetune", str(ws), "--config", str(config), "--device", "cpu")
     assert second.returncode == 2 and "locked by a running job" in second.stderr
     cancelled = run_cli("cancel", str(ws), "--json", check=True)
     info = json.loads(cancelled.stdout)
@@ -437,7 +438,7 @@ def test_a_cancel_right_after_a_detached_launch_stops_the_job_and_it_never_promo
         assert sorted(p.name for p in labeled_workspace.models_dir.iterdir()) == versions_before
         assert registry.current() == "v0"
         assert [v["version"] for v in registry.to_json()["versions"]] == ["v0"]
-    jobs = json.loads(run_cli("jobs", str(ws), "--json", check=True).stdout)["jobs"]
+    jobs = json.loads(run_cli_in_process("jobs", str(ws), "--json", check=True).stdout)["jobs"]
     assert {job["id"]: job["state"] for job in jobs} == dict.fromkeys(seen, "cancelled")
 
 
@@ -583,7 +584,7 @@ def test_a_job_killed_while_registering_is_completed_by_the_next_run(
     assert registry.current() == ("v0" if point == "model-version-stored" else "v1")
     problems = registry.problems()
     if point == "model-pointer-moved":
-        status = json.loads(run_cli("status", str(ws), "--json", check=True).stdout)
+        status = json.loads(run_cli_in_process("status", str(ws), "--json", check=True).stdout)
         assert status["model_problems"] == problems
         assert "names v1, but the registry records v0" in problems[0]
         # Written inside the transaction that never committed: put back with the pointer.
@@ -670,7 +671,7 @@ def test_a_diverged_finetune_is_never_registered(labeled_workspace, tmp_path):
     assert job["state"] == "failed" and job["exit_code"] == 1
     assert "diverged" in job["message"]
     # The workspace still ranks and predicts with the preset.
-    rank = run_cli("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
+    rank = run_cli_in_process("rank", str(ws), "--budget", "1", "--views", "1", "--device", "cpu")
     assert rank.returncode == 0, rank.stderr
 
 
@@ -685,7 +686,7 @@ def test_a_rollback_while_the_job_runs_is_not_undone(labeled_workspace, tmp_path
     config = _config_file(tmp_path, mode="none", seed=1)
     process = _start(ws, config, "--json", env=pause_env("model-version-stored", pause))
     wait_until_paused(process, pause, "model-version-stored")  # trained from v1, v2 stored
-    rollback = run_cli("rollback", str(ws), "v0", "--json", check=True)
+    rollback = run_cli_in_process("rollback", str(ws), "v0", "--json", check=True)
     assert json.loads(rollback.stdout)["current"] == "v0"
     let_go(pause, "model-version-stored")
     out, err = process.communicate(timeout=120)
