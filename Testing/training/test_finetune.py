@@ -5,6 +5,7 @@ at each point), divergence, rollback while a job runs, resumed settings."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import sqlite3
@@ -503,6 +504,15 @@ def test_a_label_replaced_during_the_job_does_not_reach_it(
     assert process.wait(60) == 0
     manifest = ModelRegistry(labeled_workspace).manifest("v1")
     assert manifest["labels"]["case_000"] == before
+    # The promotion kept the new label, and the next fine-tune trains on it.
+    assert manifest["promoted"] and ModelRegistry(labeled_workspace).current() == "v1"
+    stored = labeled_workspace.label_path("case_000")
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == after
+    assert labeled_workspace.registry.case("case_000")["label_sha256"] == after
+    following = run_finetune(
+        labeled_workspace, FinetuneConfig(**{**FAST, "mode": "none"}), device="cpu"
+    )
+    assert following["labels"]["case_000"] == after
 
 
 def test_torchrun_ranking_matches_one_process(labeled_workspace):
