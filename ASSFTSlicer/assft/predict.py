@@ -126,13 +126,21 @@ class Predictor:
             intensity=pre.intensity,
             source=source,
         )
+        # nnU-Net averages its mirrored views' logits: the mean of log-probabilities has the same
+        # softmax (each view's log-sum-exp is a constant per voxel), so an nnU-Net model's labels
+        # are nnU-Net's. Other models average probabilities, as ranking does.
+        logits_mean = pre.architecture == "nnunet"
         total: torch.Tensor | None = None
         for flips in VIEW_FLIPS[: self.views]:
             probs = sliding_window_probabilities(self.model, grid.tensor, flips)
+            if logits_mean:
+                probs = probs.clamp_min_(1e-30).log_()
             total = probs if total is None else total.add_(probs)
             del probs
         assert total is not None
         mean = total.div_(self.views)
+        if logits_mean:
+            mean = torch.softmax(mean, dim=0)
         channels = mean.argmax(dim=0).cpu().numpy()
         entropy = voxel_entropy(mean).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
         del total, mean

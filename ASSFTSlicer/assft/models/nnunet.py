@@ -20,7 +20,8 @@ What differs from nnU-Net's own pipeline, and is said in the preset's descriptio
 - the scan is resampled to the target spacing with SimpleITK's linear interpolation (nnU-Net:
   third-order splines), and is not cropped to its non-zero box first;
 - nnU-Net's test-time mirroring is ``assft predict --views 8`` (ranking and fine-tuning take at
-  most 4 views), averaged as probabilities where nnU-Net averages logits;
+  most 4 views); its labels average the views' logits as nnU-Net does (ranking averages
+  probabilities);
 - several folds run as nnU-Net's predictor runs them by default (every numbered fold, the mean of
   their logits); fine-tuning trains that ensemble as one network.
 """
