@@ -62,3 +62,11 @@ def test_mean_dice_skips_undefined_scores():
     assert mean_dice({1: 0.2, 2: math.nan, 3: None, 4: 0.6}) == pytest.approx(0.4)
     assert math.isnan(mean_dice({1: math.nan}))
     assert math.isnan(mean_dice({}))
+
+
+def test_mean_per_structure_skips_the_cases_where_a_structure_is_undefined():
+    from assft.metrics.overlap import mean_per_structure
+
+    per_case = [{1: 0.5, 2: math.nan}, {1: 1.0, 2: math.nan}, {1: math.nan, 2: math.nan}]
+    means = mean_per_structure(per_case, [1, 2])
+    assert means[1] == 0.75 and math.isnan(means[2])

@@ -40,7 +40,7 @@ from assft.apps.selection_stats import t_interval
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Case, Dataset
 from assft.datasets.sampledata import write_sample_data
 from assft.io.imaging import read_image, read_label, write_image_atomic
-from assft.metrics.overlap import dice_scores
+from assft.metrics.overlap import dice_scores, mean_per_structure
 from assft.models import get_preset
 from assft.predict import Predictor
 from assft.runtime.progress import Progress
@@ -92,14 +92,6 @@ def _away_from(
     return dice_scores(np.where(away, made, 0), np.where(away, parent, 0), others)
 
 
-def _mean_by_structure(per_case: list[dict[int, float]], values: list[int]) -> dict[int, float]:
-    out = {}
-    for value in values:
-        finite = [s[value] for s in per_case if np.isfinite(s[value])]
-        out[value] = float(np.mean(finite)) if finite else float("nan")
-    return out
-
-
 def run_partial_labels(
     out: Path,
     *,
@@ -138,7 +130,7 @@ def run_partial_labels(
         shutil.rmtree(base)
     base_workspace = create_workspace(base, [c.image for c in dataset.pool], model=model)
     parent = _predictor_arrays(base_workspace, "v0", dataset.test, device=device, views=views)
-    parent_dice = _mean_by_structure(
+    parent_dice = mean_per_structure(
         [dice_scores(p, t, values) for p, t in zip(parent, test_truth, strict=True)], values
     )
     runs: list[dict[str, Any]] = []
@@ -172,13 +164,13 @@ def run_partial_labels(
             made = _predictor_arrays(
                 workspace, manifest["version"], dataset.test, device=device, views=views
             )
-            dice = _mean_by_structure(
+            dice = mean_per_structure(
                 [dice_scores(p, t, values) for p, t in zip(made, test_truth, strict=True)], values
             )
-            agreement = _mean_by_structure(
+            agreement = mean_per_structure(
                 [dice_scores(m, p, others) for m, p in zip(made, parent, strict=True)], others
             )
-            away = _mean_by_structure(
+            away = mean_per_structure(
                 [_away_from(m, p, labeled, others) for m, p in zip(made, parent, strict=True)],
                 others,
             )

@@ -33,6 +33,7 @@ from assft.io.imaging import (
     read_label,
 )
 from assft.metrics import dice_scores, mean_dice, prototype_knowledge_gap, rank_normalise
+from assft.metrics.overlap import mean_per_structure
 from assft.predict import Predictor
 from assft.query.config import QueryConfig, Strategy
 from assft.query.parts import propose_held_out
@@ -266,10 +267,7 @@ def dice_on_test_scans(
             sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(read_label(case.truth)), values
         )
         per_case.append(scores)
-    per_structure = {}
-    for value in values:
-        finite = [s[value] for s in per_case if not np.isnan(s[value])]
-        per_structure[names[value]] = float(np.mean(finite)) if finite else float("nan")
+    per_structure = {names[v]: d for v, d in mean_per_structure(per_case, values).items()}
     return {
         "mean_dice": mean_dice({i: v for i, v in enumerate(per_structure.values())}),
         "per_structure": per_structure,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["dice_scores", "mean_dice"]
+__all__ = ["dice_scores", "mean_dice", "mean_per_structure"]
 
 
 def _as_array(labels: Any) -> np.ndarray | torch.Tensor:
@@ -80,3 +80,19 @@ def mean_dice(scores: Mapping[Any, float | None]) -> float:
     """
     values = [float(v) for v in scores.values() if v is not None and not math.isnan(float(v))]
     return float(np.mean(values)) if values else math.nan
+
+
+def mean_per_structure(
+    per_case: Sequence[Mapping[int, float]], values: Iterable[int]
+) -> dict[int, float]:
+    """Each structure's mean Dice over the cases where it is defined (NaN where it never is).
+
+    Args:
+        per_case: :func:`dice_scores` of each case.
+        values: the label values (or channels) to average.
+    """
+    out: dict[int, float] = {}
+    for value in values:
+        defined = [s[value] for s in per_case if not math.isnan(s[value])]
+        out[value] = float(np.mean(defined)) if defined else math.nan
+    return out

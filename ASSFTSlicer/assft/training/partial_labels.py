@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from assft.metrics.overlap import dice_scores
+from assft.metrics.overlap import dice_scores, mean_per_structure
 from assft.models import LoadedModel
 from assft.models.inference import sliding_window_probabilities
 from assft.training.data import TrainingCase
@@ -82,17 +82,11 @@ def structure_agreement(
     mean over ``cases`` (a structure neither predicts on a case does not count there)."""
     if not cases or not channels:
         return {}
-    per_case = []
-    for case in cases:
-        scores = dice_scores(
-            _prediction(model, case.image), _prediction(parent, case.image), channels
-        )
-        per_case.append(scores)
-    out: dict[int, float] = {}
-    for channel in channels:
-        values = [s[channel] for s in per_case if not np.isnan(s[channel])]
-        out[channel] = float(np.mean(values)) if values else float("nan")
-    return out
+    per_case = [
+        dice_scores(_prediction(model, case.image), _prediction(parent, case.image), channels)
+        for case in cases
+    ]
+    return mean_per_structure(per_case, channels)
 
 
 MISSING_FRACTION = 0.001

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from assft.errors import CancelledError, DivergedError
 from assft.metrics.acquisition import acquisition_descriptor, acquisition_distance
-from assft.metrics.overlap import dice_scores, mean_dice
+from assft.metrics.overlap import dice_scores, mean_dice, mean_per_structure
 from assft.models import LoadedModel
 from assft.models.inference import CaseInference, infer_case, sliding_window_probabilities
 from assft.runtime import cancellation, distributed
@@ -325,10 +325,7 @@ def validation_dice(
             channels,
         )
         per_case.append(scores)
-    per_structure: dict[int, float] = {}
-    for channel in channels:
-        values = [s[channel] for s in per_case if not np.isnan(s[channel])]
-        per_structure[channel] = float(np.mean(values)) if values else float("nan")
+    per_structure = mean_per_structure(per_case, channels)
     return {
         "per_case": [mean_dice(s) for s in per_case],
         "per_structure": per_structure,
