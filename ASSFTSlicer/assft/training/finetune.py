@@ -41,7 +41,13 @@ from assft.training.anchor import parent_evidence
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.curves import CurveStore, LearningCurve, validation_steps
 from assft.training.data import PreparedCases, TrainingCase
-from assft.training.gate import archive_weights, change_by_part, validation_gate, weighted_dice
+from assft.training.gate import (
+    archive_weights,
+    change_by_part,
+    refuse_missing_structures,
+    validation_gate,
+    weighted_dice,
+)
 from assft.training.inputs import check_inputs, load_resume_point
 from assft.training.partial_labels import (
     complete_target,
@@ -772,6 +778,11 @@ class FinetuneJob:
         """
         t0 = time.perf_counter()
         label_values = run.label_values
+        names = self.workspace.config.label_names
+
+        def name(channel: int) -> str:
+            return names.get(label_values[channel - 1], str(channel))
+
         metrics: dict[str, Any] = {}
         kept = self._keep_best(run)
         if kept is not None:
@@ -801,8 +812,7 @@ class FinetuneJob:
                     )
             metrics["validation_dice"] = new_dice
             metrics["validation_per_structure"] = {
-                self.workspace.config.label_names.get(label_values[c - 1], str(c)): v
-                for c, v in new_scores["per_structure"].items()
+                name(c): v for c, v in new_scores["per_structure"].items()
             }
             metrics["parent_validation_dice"] = base_dice
             unlabeled = [c for c in range(1, 1 + len(label_values)) if c not in run.channels]
@@ -813,28 +823,13 @@ class FinetuneJob:
                     run.model, base_model, run.held_out_cases, unlabeled
                 )
                 metrics["unlabeled_structures_agreement"] = {
-                    self.workspace.config.label_names.get(label_values[c - 1], str(c)): v
-                    for c, v in agreement.items()
+                    name(c): v for c, v in agreement.items()
                 }
         else:
             gate = validation_gate(None, None, run.base_version)
         if run.missing:
-            names = self.workspace.config.label_names
-            found = ", ".join(
-                f"{names.get(label_values[c - 1], str(c))} ({share:.1%} of their voxels)"
-                for c, share in run.missing.items()
-            )
-            gate["passed"] = False
-            gate["missing_structures"] = [
-                names.get(label_values[c - 1], str(c)) for c in run.missing
-            ]
-            gate["reason"] = (
-                f"not promoted: no label holds {found}, which {run.base_version} finds in every "
-                "labeled scan; fine-tuning on these labels teaches the model that they are "
-                "nowhere. If clinicians label only some structures, record which "
-                "(labeled_structures in assft.json, assft init --labeled-structures) and "
-                "fine-tune again; if they are truly absent, make this version current with "
-                f"assft rollback WS VERSION ({gate['reason']})"
+            refuse_missing_structures(
+                gate, {name(c): share for c, share in run.missing.items()}, run.base_version
             )
         self.timings["validation_s"] = time.perf_counter() - t0
         return metrics, gate

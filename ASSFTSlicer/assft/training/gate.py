@@ -10,7 +10,13 @@ import numpy as np
 
 from assft.query.parts import ArchiveParts
 
-__all__ = ["archive_weights", "change_by_part", "validation_gate", "weighted_dice"]
+__all__ = [
+    "archive_weights",
+    "change_by_part",
+    "refuse_missing_structures",
+    "validation_gate",
+    "weighted_dice",
+]
 
 
 def weighted_dice(weights: list[float], per_case: list[float]) -> float:
@@ -104,3 +110,19 @@ def validation_gate(
         "reason": f"held-out Dice {new_dice:.4f} vs {parent_dice:.4f} of {parent}: "
         f"{'not worse' if passed else 'worse, not promoted'}",
     }
+
+
+def refuse_missing_structures(gate: dict[str, Any], missing: dict[str, float], parent: str) -> None:
+    """Keep a version from becoming current whose labels leave out structures ``parent`` finds
+    in every labeled scan (``missing``: name -> the share of their voxels it gives them; see
+    :func:`assft.training.partial_labels.missing_structures`); ``gate`` is changed in place."""
+    found = ", ".join(f"{name} ({share:.1%} of their voxels)" for name, share in missing.items())
+    gate["passed"] = False
+    gate["missing_structures"] = list(missing)
+    gate["reason"] = (
+        f"not promoted: no label holds {found}, which {parent} finds in every labeled scan; "
+        "fine-tuning on these labels teaches the model that they are nowhere. If clinicians "
+        "label only some structures, record which (labeled_structures in assft.json, assft init "
+        "--labeled-structures) and fine-tune again; if they are truly absent, make this version "
+        f"current with assft rollback WS VERSION ({gate['reason']})"
+    )
