@@ -24,7 +24,10 @@ $(BIN)/assft: pyproject.toml
 	# The tests' nnU-Net model is planned, trained and checked by nnU-Net itself, in a venv of its own.
 	$(PYTHON) -m venv $(NNUNET_VENV)
 	$(NNUNET_VENV)/bin/pip install -q torch==2.13.0
-	$(NNUNET_VENV)/bin/pip install -q nnunetv2==2.8.1
+	# torch pinned again: timm (through dynamic-network-architectures) asks for torchvision, and an
+	# unpinned one pulls torch 2.14 with CUDA (6.4 GB here, enough to fill a CI machine's disk); the
+	# pinned one is 1.9 GB, and nnU-Net's U-Nets never import timm or torchvision.
+	$(NNUNET_VENV)/bin/pip install -q nnunetv2==2.8.1 torch==2.13.0
 	# ... and built once here (about 30 s; .cache/nnunet-test-model), not in every test run.
 	$(BIN)/python Testing/assft_testing/nnunet.py
 	# deepbet's pretrained TorchScript nets (weights only; its GUI dependencies are not needed).
