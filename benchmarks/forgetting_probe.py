@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
 from assft.datasets.sites import MIXED
@@ -61,6 +62,15 @@ def main() -> None:
     )
     parser.add_argument("--no-freeze-batchnorm", dest="freeze_batchnorm", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--anchor-distill", dest="anchor_distill", type=float, default=defaults.anchor_distill
+    )
+    parser.add_argument(
+        "--anchor-soft-only",
+        dest="anchor_soft_only",
+        action="store_true",
+        help="the anchor teaches by distillation only (its hard pseudo-labels all ignored)",
+    )
     args = parser.parse_args()
 
     preset = get_preset("demo")
@@ -84,6 +94,7 @@ def main() -> None:
             "schedule": args.schedule,
             "seed": args.seed,
             "freeze_batchnorm": args.freeze_batchnorm,
+            "anchor_distill": args.anchor_distill,
         }
     )
     with tempfile.TemporaryDirectory() as cache:
@@ -99,7 +110,10 @@ def main() -> None:
         test = [prepared.load(c.case_id, c.image, c.truth) for c in dataset.test]
     if not args.oracle_anchor:
         anchor = [_parent_labeled(model, case, defaults.tau_v) for case in anchor]
-    trainer = Trainer(model, config, patch)
+    if args.anchor_soft_only:
+        anchor = [case.with_target(torch.full_like(case.target, IGNORE)) for case in anchor]
+    teacher = load_model(preset, label_values=values, checkpoint=None, device="cpu")
+    trainer = Trainer(model, config, patch, teacher=teacher)
 
     def report(step: int, losses: list[float]) -> None:
         per_case = validation_dice(model, test, list(range(1, len(values) + 1)))["per_case"]

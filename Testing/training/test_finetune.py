@@ -760,6 +760,21 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
     )
     assert "anchor" not in off["ssft"]
 
+    # anchor_distill: the anchor's patches also teach the parent's soft predictions, every step
+    # the anchor is in the batch; without anchor cases there is no teacher and no such term.
+    taught = run_finetune(
+        workspace,
+        FinetuneConfig(**FAST, anchor_margin=0.0, anchor_distill=1.0, seed=3),
+        device="cpu",
+        restart=True,
+    )
+    assert taught["ssft"]["anchor"]
+    job = JobStore(workspace).get(taught["job"])
+    events = [json.loads(line) for line in (job.folder / "progress.jsonl").read_text().splitlines()]
+    anchored = [e for e in events if "anchor" in e and e.get("done")]
+    assert anchored and all(e["distill"] > 0 for e in anchored)
+    assert not any("distill" in e for e in events if e.get("done") and "anchor" not in e)
+
 
 def test_held_out_scans_weigh_the_share_of_the_archive_they_stand_for():
     from assft.query.parts import ArchiveParts

@@ -17,7 +17,7 @@ from assft.training.data import (
     pad_to_patch,
     sample_patch,
 )
-from assft.training.losses import IGNORE
+from assft.training.losses import IGNORE, distillation
 from assft.training.reliability import semantic_distance
 from assft.training.ssft import ramp
 
@@ -53,6 +53,25 @@ def test_loss_hand_value_for_a_perfect_confident_prediction():
     all_ignored = masked_dice_ce(uniform.requires_grad_(), torch.full((1, 1, 1, 2), IGNORE))
     assert float(all_ignored.detach()) == 0.0
     all_ignored.backward()
+
+
+def test_distillation_is_zero_at_the_teacher_and_pulls_the_student_to_it():
+    teacher = torch.randn(2, 3, 4, 4, 4)
+    assert float(distillation(teacher.clone(), teacher)) == pytest.approx(0.0, abs=1e-6)
+    # Hand value, one voxel, temperature 1: KL([0.5, 0.5] || softmax([log 3, 0]) = [0.75, 0.25]).
+    one = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1, 1, 1)
+    even = torch.zeros(1, 2, 1, 1, 1)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert float(distillation(one, even, temperature=1.0)) == pytest.approx(expected, rel=1e-5)
+    # Gradient steps on the student's logits bring its distribution to the teacher's.
+    student = torch.zeros_like(teacher, requires_grad=True)
+    optimizer = torch.optim.SGD([student], lr=5.0)
+    before = float(distillation(student, teacher))
+    for _ in range(200):
+        optimizer.zero_grad()
+        distillation(student, teacher).backward()
+        optimizer.step()
+    assert before > 0.1 and float(distillation(student, teacher)) < 0.05 * before
 
 
 def test_reliable_set_hand_worked():

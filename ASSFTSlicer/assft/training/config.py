@@ -99,6 +99,9 @@ class FinetuneConfig(JsonConfig):
             hospital archive, labeled FLAIR or T2 scans leave the T1 ones borne out. A first
             rule, the Dice within 0.1 of the parent's confidence, left a T1 scan of Dice 0.73
             (confidence 0.93) unanchored, and that archive's T1 majority fell from 0.86 to 0.50.
+        anchor_distill: the weight of a distillation term on the anchor's patches: the KL
+            divergence of the model's class distribution from the parent's on the same
+            (augmented) patch, at temperature 2 (0: the parent's hard pseudo-labels only).
         views: test-time views of the pseudo-labeling pass.
         roi_tau: ROI threshold of the confidence (as ASD's).
         roi_radius: ROI dilation of the confidence (as ASD's).
@@ -144,6 +147,7 @@ class FinetuneConfig(JsonConfig):
     anchor: bool = setting(True)
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_margin: float = setting(0.15, ge=0.0, le=1.0)
+    anchor_distill: float = setting(0.0, ge=0.0)
     views: int = setting(4, ge=1, le=4)
     roi_tau: float = setting(0.5, ge=0.0, le=1.0)
     roi_radius: int = setting(2, ge=0, le=MAX_RADIUS)

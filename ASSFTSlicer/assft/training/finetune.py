@@ -17,6 +17,7 @@ second version is trained.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import shutil
@@ -521,7 +522,11 @@ class FinetuneJob:
     def _start_training(self, run: _JobRun) -> None:
         """Seed, build the trainer, and restore its state when the job resumes."""
         torch.manual_seed(self.config.seed)
-        trainer = Trainer(run.model, self.config, run.patch)
+        # The parent as the anchor's teacher (anchor_distill): copied before a resume point
+        # loads, so that a resumed job distils from the same parent.
+        distill = self.config.anchor_distill > 0 and bool(run.anchor_cases)
+        teacher = copy.deepcopy(run.model) if distill else None
+        trainer = Trainer(run.model, self.config, run.patch, teacher=teacher)
         run.trainer = trainer
         run.stage, run.step = 1, 0
         if run.resumed and run.job.resume_path.is_file():

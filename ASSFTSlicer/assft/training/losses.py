@@ -33,3 +33,20 @@ def masked_dice_ce(
     denominator = (probs * mask).sum(dims) + (one_hot * mask).sum(dims)
     dice = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
     return ce + dice.mean()
+
+
+def distillation(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 2.0
+) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): the KL divergence of the student's softened
+    class distribution from the teacher's, per voxel, times ``temperature**2`` (so that its
+    gradient keeps the scale of a cross-entropy), averaged over the voxels.
+
+    Args:
+        logits: the student's ``(B, C, X, Y, Z)``.
+        teacher_logits: the teacher's, same shape (no gradient flows into them).
+    """
+    student = F.log_softmax(logits.float() / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    kl = (teacher.exp() * (teacher - student)).sum(1)
+    return kl.mean() * temperature**2

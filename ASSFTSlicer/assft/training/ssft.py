@@ -24,7 +24,7 @@ from assft.models.inference import CaseInference, infer_case, sliding_window_pro
 from assft.runtime import cancellation, distributed
 from assft.training.config import FinetuneConfig, FinetuneMode, Flips, Schedule
 from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
-from assft.training.losses import IGNORE, masked_dice_ce
+from assft.training.losses import IGNORE, distillation, masked_dice_ce
 from assft.training.reliability import select_reliable_cases, semantic_distance
 
 
@@ -97,9 +97,14 @@ class Trainer:
     """Optimisation steps on a :class:`~assft.models.LoadedModel`'s network."""
 
     def __init__(
-        self, model: LoadedModel, config: FinetuneConfig, patch: tuple[int, int, int]
+        self,
+        model: LoadedModel,
+        config: FinetuneConfig,
+        patch: tuple[int, int, int],
+        teacher: LoadedModel | None = None,
     ) -> None:
         self.model = model
+        self.teacher = teacher if config.anchor_distill > 0 else None
         self.config = config
         self.patch = patch
         self.device = model.device
@@ -168,6 +173,12 @@ class Trainer:
             end = start + batch[0].shape[0]
             losses[name] = masked_dice_ce(logits[start:end], targets[start:end])
             loss = loss + weight * losses[name]
+            if name == "anchor" and self.teacher is not None:
+                self.teacher.network.eval()
+                with torch.no_grad(), self._autocast():
+                    taught = self.teacher.predict_logits(images[start:end])
+                losses["distill"] = distillation(logits[start:end], taught)
+                loss = loss + weight * self.config.anchor_distill * losses["distill"]
             start = end
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
