@@ -20,7 +20,10 @@ Plain Python (no trame), so the rules are tested on their own:
   ``Content-Security-Policy: frame-ancestors``, on every answer);
 - the cookie is named after the server's port, so that two servers on one machine keep their
   own, and the redirect that takes the token out of the address goes to a path on this server
-  only.
+  only;
+- behind a TLS reverse proxy (``--public-url https://NAME[:PORT]``), the public name and its
+  HTTPS origin are accepted as well, the token is required, and the cookie set through that
+  name is ``Secure``.
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ class AccessPolicy:
 
     host: str
     token: str | None
+    public_url: str | None = None
+    """The HTTPS address a reverse proxy serves the page at (``https://name[:port]``)."""
 
     def __post_init__(self) -> None:
         if self.token is None and not is_loopback(self.host):
@@ -129,6 +134,56 @@ class AccessPolicy:
             )
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the token must have at least 16 characters")
+        if self.public_url is not None:
+            self.public_origin()  # refused now, not at the first request
+            if self.token is None:
+                raise ValueError("--public-url puts the page on a network: it needs a token")
+
+    def public_origin(self) -> tuple[str, str, int] | None:
+        """``(scheme, host, port)`` of :attr:`public_url` (None without one).
+
+        Raises:
+            ValueError: not an ``https://`` address of a host alone (a path, a query, a user
+                or plain HTTP would each break the checks or send the token in clear).
+        """
+        if self.public_url is None:
+            return None
+        problem = f"--public-url {self.public_url!r}: give https://NAME or https://NAME:PORT"
+        try:
+            split = urlsplit(self.public_url)
+        except ValueError:
+            raise ValueError(problem) from None
+        if split.scheme.lower() != "https" or split.path not in ("", "/"):
+            raise ValueError(problem)
+        if split.query or split.fragment:
+            raise ValueError(problem)
+        named = _host_and_port(split.netloc, "https")
+        if named is None:
+            raise ValueError(problem)
+        return ("https", *named)
+
+    def through_proxy(self, host: str | None) -> bool:
+        """Whether a request's ``Host`` is the public name (the proxy passes it on)."""
+        public = self.public_origin()
+        return (
+            public is not None and bool(host) and _host_and_port(host or "", "https") == public[1:]
+        )
+
+    def origin_allowed(self, origin: str | None, host: str | None, scheme: str = "http") -> bool:
+        """:meth:`same_origin`; through the proxy (``host`` the public name), the public HTTPS
+        origin only (the hop from the proxy is plain HTTP, what the browser saw is not)."""
+        public = self.public_origin()
+        if public is None or not self.through_proxy(host):
+            return self.same_origin(origin, host, scheme)
+        if origin is None:
+            return True
+        try:
+            split = urlsplit(origin)
+        except ValueError:
+            return False
+        if split.scheme.lower() != "https" or split.path not in ("", "/"):
+            return False
+        return _host_and_port(split.netloc, "https") == public[1:]
 
     def allows(self, query_token: str | None, cookie_token: str | None) -> bool:
         """Whether a request with this query parameter and cookie may be answered."""
@@ -166,6 +221,8 @@ class AccessPolicy:
         """
         if not host:
             return False
+        if self.through_proxy(host):
+            return True
         named = _host_and_port(host)
         if named is None:
             return False
@@ -184,6 +241,12 @@ class AccessPolicy:
         other than loopback: the page is plain HTTP); None otherwise."""
         if self.token is None or is_loopback(self.host):
             return None
+        if self.public_url is not None:
+            return (
+                f"assft web: warning: --host {self.host or '0.0.0.0'}: the reverse proxy reaches "
+                "this server over plain HTTP, so the token crosses the network between them in "
+                "clear; run the proxy on this machine and keep the default --host 127.0.0.1"
+            )
         return (
             f"assft web: warning: --host {self.host or '0.0.0.0'} serves the page over plain "
             "HTTP, so the token crosses the network in clear; keep the default --host 127.0.0.1 "
@@ -192,7 +255,10 @@ class AccessPolicy:
         )
 
     def url(self, port: int) -> str:
-        """The URL to open: the host as given (brackets for IPv6), the token in the query."""
+        """The URL to open: the host as given (brackets for IPv6), the token in the query;
+        behind a proxy, the public address."""
+        if self.public_url is not None:
+            return f"{self.public_url.rstrip('/')}/?{TOKEN_PARAMETER}={self.token}"
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         host = f"[{host}]" if ":" in host else host
         query = f"?{TOKEN_PARAMETER}={self.token}" if self.token else ""
@@ -214,7 +280,9 @@ class AccessPolicy:
             local = request.transport.get_extra_info("sockname") if request.transport else None
             if not local or not policy.host_allowed(request.host, (str(local[0]), local[1])):
                 return web.Response(status=403, body=b"")
-            if not policy.same_origin(request.headers.get("Origin"), request.host, request.scheme):
+            if not policy.origin_allowed(
+                request.headers.get("Origin"), request.host, request.scheme
+            ):
                 return web.Response(status=403, body=b"")
             cookie = cookie_name(local[1])
             query = request.query.get(TOKEN_PARAMETER)
@@ -227,7 +295,13 @@ class AccessPolicy:
                 path = "/" + request.path.lstrip("/\\")
                 target = URL.build(path=path, query=rest)
                 response = web.Response(status=303, headers={"Location": str(target)})
-                response.set_cookie(cookie, policy.token, httponly=True, samesite="Strict")
+                response.set_cookie(
+                    cookie,
+                    policy.token,
+                    httponly=True,
+                    samesite="Strict",
+                    secure=policy.through_proxy(request.host),  # the browser saw HTTPS
+                )
                 return response
             return await handler(request)
 

@@ -41,6 +41,12 @@ def register(commands) -> None:
         help="serve without a token (refused unless --host is loopback)",
     )
     p.add_argument(
+        "--public-url",
+        dest="public_url",
+        help="the https:// address a TLS reverse proxy on this machine serves the page at "
+        "(README: 'Behind a TLS reverse proxy'); its name and origin are accepted too",
+    )
+    p.add_argument(
         "--device", default="auto", help="auto, cpu or cuda (ranking, prediction, fine-tuning)"
     )
     p.add_argument("--budget", type=int, default=4, help="cases each ranking selects")
@@ -58,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from assft_web.access import AccessPolicy, new_token
 
     try:
-        policy = AccessPolicy(args.host, None if args.no_token else (args.token or new_token()))
+        policy = AccessPolicy(
+            args.host,
+            None if args.no_token else (args.token or new_token()),
+            public_url=args.public_url,
+        )
     except ValueError as error:
         raise BadInputError(str(error)) from None
     warning = policy.plain_http_warning()
