@@ -48,6 +48,13 @@ def remount_read_only(folder: Path) -> None:
         pytest.skip(f"cannot remount {folder} read-only: {result.stderr.strip()}")
 
 
+def remount_size(folder: Path, size: str) -> None:
+    """Grow (or shrink) the tmpfs mounted on ``folder``: space freed, as a lab would free it."""
+    result = _run("mount", "-o", f"remount,size={size}", str(folder))
+    if result.returncode != 0:
+        raise AssertionError(f"cannot resize the tmpfs on {folder}: {result.stderr.strip()}")
+
+
 def fill(folder: Path) -> Path:
     """Fill the file system holding ``folder`` to the last byte; returns the filler file.
 

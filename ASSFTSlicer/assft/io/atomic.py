@@ -10,8 +10,10 @@ PyTorch's weights-only unpickler and one-line errors.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -83,18 +85,48 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename is None:  # a write or a close names no file: name the destination
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
 
 
+NEARLY_FULL_BYTES = 1 << 20
+"""Free space under which a failed or short write is put down to a full disk."""
+
+
+def short_write_error(written: Path, destination: Path, what: str) -> OSError:
+    """The error for a write that a library reported in its own words, or not at all (ITK
+    leaves a short file; torch's archive writer raises ``RuntimeError: unexpected pos``):
+    ENOSPC when the disk holding ``written`` is (nearly) full, else EIO with ``what``."""
+    try:
+        full = shutil.disk_usage(written.parent).free < NEARLY_FULL_BYTES
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
+    return OSError(errno.EIO, what, str(destination))
+
+
 def save_torch_atomic(payload: Any, path: str | Path) -> Path:
-    """``torch.save`` a payload (tensors, dicts, lists, numbers) atomically."""
+    """``torch.save`` a payload (tensors, dicts, lists, numbers) atomically.
+
+    Raises:
+        OSError: ENOSPC when the disk filled up while writing (torch says it as a
+            ``RuntimeError``), EIO for another failed write; ``path`` is left as it was.
+    """
     import torch
 
     with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+        try:
+            torch.save(payload, temporary)
+        except RuntimeError as error:
+            raise short_write_error(temporary, Path(path), f"torch.save failed: {error}") from None
     return Path(path)
 
 

@@ -15,12 +15,10 @@ kept off the terminal: the user sees the one-line error only.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import math
 import os
 import re
-import shutil
 import struct
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.io.atomic import atomic_path
+from assft.io.atomic import atomic_path, short_write_error
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -917,9 +915,6 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
     return path
 
 
-_NEARLY_FULL_BYTES = 1 << 20
-
-
 def _check_written(image: sitk.Image, written: Path, destination: Path) -> None:
     """Read a freshly written file back before it may replace ``destination``.
 
@@ -937,12 +932,5 @@ def _check_written(image: sitk.Image, written: Path, destination: Path) -> None:
         )
     except RuntimeError:
         whole = False
-    if whole:
-        return
-    try:
-        full = shutil.disk_usage(written.parent).free < _NEARLY_FULL_BYTES
-    except OSError:
-        full = False
-    if full:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
-    raise OSError(errno.EIO, "the written image reads back differently", str(destination))
+    if not whole:
+        raise short_write_error(written, destination, "the written image reads back differently")

@@ -241,22 +241,30 @@ class FinetuneJob:
                 )
             except (CancelledError, KeyboardInterrupt) as error:
                 if main:
-                    self.jobs.finish(
+                    self._record_end(
                         job, JobState.CANCELLED, EXIT_CANCELLED, str(error) or "cancelled"
                     )
                 raise
             except AssftError as error:
                 if main:
-                    self.jobs.finish(job, JobState.FAILED, error.exit_code, str(error))
+                    self._record_end(job, JobState.FAILED, error.exit_code, str(error))
                 raise
             except BaseException as error:
                 if main:
-                    self.jobs.finish(job, JobState.FAILED, 1, f"{type(error).__name__}: {error}")
+                    self._record_end(job, JobState.FAILED, 1, f"{type(error).__name__}: {error}")
                 raise
             if main:
                 self.jobs.finish(job, JobState.DONE, 0, outcome(manifest))
                 job.resume_path.unlink(missing_ok=True)
             return manifest
+
+    def _record_end(self, job: Job, state: JobState, code: int, message: str) -> None:
+        """Record how a job ended; when the disk refuses even that (it is full), the job stays
+        as it was (shown as killed, and resumable) and the error that ended it is the one said."""
+        try:
+            self.jobs.finish(job, state, code, message)
+        except OSError as error:
+            warnings.warn(f"{job.info_path}: could not record the job's end: {error}", stacklevel=2)
 
     def _begin(self) -> dict[str, Any]:
         """Rank 0: find the cases, complete a job that had stored its version, resume a

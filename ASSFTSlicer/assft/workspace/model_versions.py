@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.errors import AssftError, BadInputError, DivergedError
+from assft.errors import BadInputError, DivergedError, StorageError
 from assft.io.atomic import atomic_path, fsync_directory, save_torch_atomic
 from assft.runtime import syncpoints
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic
@@ -81,8 +81,9 @@ DECISION_ACTIONS = ("promote-model", "register-model")
 """Audit actions that record a fine-tune's decision about its version (promoted or kept)."""
 
 
-class ModelStorageError(AssftError):
-    """A model version could not be written (disk full, permissions...); nothing was changed."""
+class ModelStorageError(StorageError):
+    """A model version could not be written (disk full, permissions...); nothing was changed
+    (exit 2, as every full disk or read-only workspace)."""
 
 
 def _non_finite(weights: Mapping[str, torch.Tensor]) -> str | None:
