@@ -289,6 +289,7 @@ def test_help_states_the_dataclass_defaults_and_the_registered_strategies():
         "submit",
         "skip",
         "status",
+        "structures",
         "hold-out",
         "finetune",
         "jobs",

@@ -344,6 +344,53 @@ def cmd_skip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_structures(args: argparse.Namespace) -> int:
+    from assft.workspace.config import parse_structures
+
+    workspace = _open(args.workspace)
+    names = workspace.config.label_names
+    if args.labeled is not None and args.all:
+        raise BadInputError("give --labeled NAMES or --all, not both")
+    if args.labeled is not None or args.all:
+        values = None if args.all else parse_structures(args.labeled, names, "--labeled")
+        workspace.set_labeled_structures(
+            values, labels_complete=args.labels_complete, user=args.user
+        )
+    labeled = workspace.config.labeled_values
+    structures = [{"value": v, "name": names[v], "labeled": v in labeled} for v in names]
+    if args.json:
+        _print_json(
+            {"structures": structures, "partially_labeled": workspace.config.partially_labeled}
+        )
+        return 0
+    for row in structures:
+        kept = "labeled" if row["labeled"] else "kept as the model predicts it"
+        print(f"  {row['value']:>3}  {row['name']}: {kept}")
+    return 0
+
+
+def add_structures_parser(sub: Subparsers) -> None:
+    p = _add_verb(
+        sub,
+        "structures",
+        cmd_structures,
+        "the structures clinicians label, and changing them (all, or some: the others are kept "
+        "as the model predicts them)",
+    )
+    p.add_argument("workspace")
+    p.add_argument("--labeled", metavar="NAMES", help="label these from now on (names or values)")
+    p.add_argument("--all", action="store_true", help="label every structure from now on")
+    p.add_argument(
+        "--labels-complete",
+        dest="labels_complete",
+        action="store_true",
+        help="the labels already drawn hold the structures added too (else adding structures "
+        "while labels exist is refused: those labels would teach them as background)",
+    )
+    p.add_argument("--user")
+    _json_flag(p)
+
+
 def add_skip_parser(sub: Subparsers) -> None:
     p = _add_verb(sub, "skip", cmd_skip, "mark a case skipped")
     p.add_argument("workspace")
@@ -1174,6 +1221,7 @@ VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
     add_submit_parser,
     add_skip_parser,
     add_status_parser,
+    add_structures_parser,
     add_hold_out_parser,
     add_finetune_parser,
     add_jobs_parser,

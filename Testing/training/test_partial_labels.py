@@ -90,6 +90,50 @@ def test_unknown_structures_are_refused_in_one_line_and_nothing_is_created(
     assert "'labeled_structures' names [3]" in str(caught.value)
 
 
+def test_the_labeled_structures_change_on_an_existing_workspace_and_widening_is_guarded(
+    tmp_path, synthetic_pool, tiny_preset_file
+):
+    from assft_testing import run_cli_in_process
+
+    _, cases = synthetic_pool
+    workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file)
+    ws = str(workspace.root)
+    shown = run_cli("structures", ws, check=True).stdout.splitlines()
+    assert shown == ["    1  shell: labeled", "    2  core: labeled"]
+    # Narrowing: always allowed, by name or value; the workspace file and the audit say so.
+    run_cli_in_process("structures", ws, "--labeled", "core", check=True)
+    assert json.loads(workspace.config_path.read_text())["labeled_structures"] == [2]
+    assert Workspace.open(ws).registry.audit_trail()[-1]["action"] == "set-labeled-structures"
+    # A label drawn now holds the core only; widening would teach its shell as background.
+    run_cli_in_process("submit", ws, cases[0].case_id, str(cases[0].label), check=True)
+    refused = run_cli("structures", ws, "--all")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(f"assft: error: {workspace.config_path}: 1 label(s) were drawn while ")
+    assert "only core were labeled: they hold no shell" in line and "--labels-complete" in line
+    assert Workspace.open(ws).config.labeled_values == [2]  # unchanged
+    document = json.loads(
+        run_cli_in_process("structures", ws, "--all", "--labels-complete", "--json").stdout
+    )
+    assert document == {
+        "structures": [
+            {"value": 1, "name": "shell", "labeled": True},
+            {"value": 2, "name": "core", "labeled": True},
+        ],
+        "partially_labeled": False,
+    }
+    assert "labeled_structures" not in json.loads(workspace.config_path.read_text())
+    # Refused in one line: an unknown name, both options, a fine-tune holding the workspace.
+    unknown = run_cli_in_process("structures", ws, "--labeled", "liver")
+    assert unknown.returncode == 2 and "--labeled: 'liver' is not a structure" in unknown.stderr
+    both = run_cli_in_process("structures", ws, "--labeled", "core", "--all")
+    assert both.returncode == 2 and "not both" in both.stderr
+    with Workspace.open(ws).job_lock(description="finetune"):
+        busy = run_cli("structures", ws, "--labeled", "core")
+    assert busy.returncode == 2 and "finetune" in busy.stderr
+    assert Workspace.open(ws).config.labeled_values == [1, 2]
+
+
 def test_a_target_is_completed_from_the_parent_outside_the_labeled_structures(
     tmp_path, synthetic_pool, tiny_preset_file
 ):

@@ -144,8 +144,11 @@ def check_labeled_structures(values: Any, label_values: list[int]) -> list[int]:
     return sorted(set(values))
 
 
-def parse_structures(text: str, label_names: dict[int, str]) -> list[int]:
-    """``"liver,2"`` -> label values: each item a structure's name or its value.
+def parse_structures(
+    text: str, label_names: dict[int, str], flag: str = "--labeled-structures"
+) -> list[int]:
+    """``"liver,2"`` -> label values: each item a structure's name or its value (``flag``
+    names the option in the error).
 
     Raises:
         BadInputError: an item names no structure (the known ones are listed).
@@ -161,11 +164,9 @@ def parse_structures(text: str, label_names: dict[int, str]) -> list[int]:
             values.append(by_name[item.lower()])
         else:
             known = ", ".join(f"{v} ({n})" for v, n in sorted(label_names.items()))
-            raise BadInputError(
-                f"--labeled-structures: {item!r} is not a structure of the model; known: {known}"
-            )
+            raise BadInputError(f"{flag}: {item!r} is not a structure of the model; known: {known}")
     if not values:
-        raise BadInputError("--labeled-structures: name at least one structure")
+        raise BadInputError(f"{flag}: name at least one structure")
     return sorted(set(values))
 
 

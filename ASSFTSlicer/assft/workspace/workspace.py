@@ -392,6 +392,54 @@ class Workspace:
         """Write :attr:`config` back to ``assft.json`` (atomically)."""
         return self.config.save(self.config_path)
 
+    def set_labeled_structures(
+        self, values: list[int] | None, *, labels_complete: bool = False, user: str | None = None
+    ) -> list[int]:
+        """Change which structures clinicians label (:attr:`WorkspaceConfig.labeled_structures`;
+        None or every value: all of them), under the workspace lock, recorded in the audit.
+
+        Narrowing is always safe: a fine-tune then takes the structures no longer labeled from
+        the model. Widening is not when labels exist: they were drawn without the added
+        structures, which a fine-tune would learn as background from them; it is refused unless
+        ``labels_complete`` says those labels hold them all the same.
+
+        Returns:
+            The labeled values now.
+
+        Raises:
+            BadInputError: a value the workspace lacks, or a widening over existing labels.
+            WorkspaceLockedError: a job (a fine-tune, a ranking) holds the workspace.
+        """
+        label_values = self.config.label_values
+        wanted = label_values if values is None else check_labeled_structures(values, label_values)
+        before = self.config.labeled_values
+        names = self.config.label_names
+        added = [v for v in wanted if v not in before]
+        with self.job_lock(description="structures"):
+            drawn = [
+                row["case_id"]
+                for row in self.registry.cases()
+                if row["status"] in ("labeled", "held-out")
+            ]
+            if added and drawn and not labels_complete:
+                raise BadInputError(
+                    f"{len(drawn)} label(s) were drawn while only "
+                    f"{', '.join(names[v] for v in before)} were labeled: they hold no "
+                    f"{', '.join(names[v] for v in added)}, which a fine-tune would learn as "
+                    "background from them; draw it in those labels and pass "
+                    "--labels-complete, or keep the setting",
+                    self.config_path,
+                )
+            self.config.labeled_structures = None if wanted == label_values else wanted
+            with self._storing(self.config_path):
+                self.save_config()
+                self.registry.audit(
+                    "set-labeled-structures",
+                    detail={"before": before, "after": wanted, "labels_complete": labels_complete},
+                    user=user,
+                )
+        return self.config.labeled_values
+
     # paths and cases ---------------------------------------------------------------------
 
     def resolve_inside(self, relative: str | Path) -> Path:
