@@ -473,3 +473,27 @@ def test_a_case_id_too_long_for_derived_file_names_is_refused_at_init(tmp_path: 
     with pytest.raises(BadInputError, match="gives a case id of 200 characters; the limit is 128"):
         Workspace.create(tmp_path / "ws", [image.parent], label_names=LABEL_NAMES)
     assert not (tmp_path / "ws").exists()
+
+
+def test_temporaries_left_by_a_killed_writer_are_swept_on_open(workspace: Workspace) -> None:
+    """A write killed outright leaves its ``.tmp-<pid>-`` file; the next open removes it, and
+    never one whose writer still runs, nor any other file."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    dead = int(gone.stdout)
+    left = [
+        workspace.labels_dir / f".tmp-{dead}-abc.nii.gz",
+        workspace.models_dir / f".tmp-{dead}-def.pt",
+        workspace.root / "predictions" / "v0" / f".tmp-{dead}-ghi.nii.gz",
+    ]
+    live = workspace.labels_dir / f".tmp-{os.getpid()}-jkl.nii.gz"
+    others = [workspace.labels_dir / ".tmp-notapid.nii.gz", workspace.labels_dir / ".keep"]
+    for path in [*left, live, *others]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    Workspace.open(workspace.root)
+    assert [p for p in left if p.exists()] == []
+    assert live.exists() and all(p.exists() for p in others)

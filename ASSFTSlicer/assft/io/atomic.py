@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import warnings
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from assft.errors import BadInputError
-from assft.runtime.portable import process_umask
+from assft.runtime.portable import process_alive, process_umask
 
 # torch is imported inside save_torch_atomic only: the workspace modules the Slicer module uses
 # in its own process write through here, before PyTorch may be installed.
@@ -63,6 +64,40 @@ def file_mode(path: Path) -> int:
         return 0o666 & ~process_umask()
 
 
+_TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
+
+
+def temporary_prefix() -> str:
+    """The name every temporary file of an atomic write starts with: ``.tmp-<pid>-``, so that
+    one left by a killed writer is told from one being written (:func:`sweep_temporaries`)."""
+    return f".tmp-{os.getpid()}-"
+
+
+def sweep_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` (not below it) whose writer is no longer
+    running: what a write killed outright (SIGKILL, power loss) left. Files it cannot remove
+    (a read-only workspace) stay; nothing else is touched.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not entry.is_file() or entry.is_symlink():
+            continue
+        if process_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path]:
     """A temporary path to write; on success it replaces ``path`` atomically.
@@ -75,7 +110,7 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(
-        prefix=".tmp-", suffix=path.suffix if suffix is None else suffix, dir=path.parent
+        prefix=temporary_prefix(), suffix=path.suffix if suffix is None else suffix, dir=path.parent
     )
     os.close(descriptor)
     temporary = Path(name)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assft.io.atomic import atomic_path, file_mode, fsync_directory
+from assft.io.atomic import atomic_path, file_mode, fsync_directory, temporary_prefix
 
 __all__ = [
     "compact_timestamp",
@@ -73,7 +73,7 @@ def create_text_exclusive(path: str | Path, text: str) -> Path:
     """
     path = Path(path)
     descriptor, temporary_name = tempfile.mkstemp(
-        prefix=".tmp-", suffix=path.suffix, dir=path.parent
+        prefix=temporary_prefix(), suffix=path.suffix, dir=path.parent
     )
     temporary = Path(temporary_name)
     try:

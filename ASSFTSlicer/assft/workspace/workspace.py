@@ -45,7 +45,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from assft.errors import BadInputError, StorageError, WorkspaceLockedError, storage_error
-from assft.io.atomic import fsync_directory, process_umask
+from assft.io.atomic import fsync_directory, process_umask, sweep_temporaries
 from assft.io.imaging import (
     case_id_from_path,
     image_suffix,
@@ -386,7 +386,18 @@ class Workspace:
         if reconcile:
             for note in workspace.reconcile():
                 warnings.warn(note, stacklevel=2)
+            workspace.sweep_temporaries()
         return workspace
+
+    def sweep_temporaries(self) -> int:
+        """Remove what atomic writes killed outright left behind (``.tmp-<pid>-*`` files of
+        writers no longer running) in the folders the workspace writes, and in each folder of
+        predictions; returns how many. A live writer's file is never touched."""
+        folders = [self.root / folder for folder in OWNED_FOLDERS]
+        predictions = self.root / "predictions"
+        if predictions.is_dir() and not predictions.is_symlink():
+            folders += [p for p in predictions.iterdir() if p.is_dir() and not p.is_symlink()]
+        return sum(len(sweep_temporaries(folder)) for folder in folders)
 
     def save_config(self) -> Path:
         """Write :attr:`config` back to ``assft.json`` (atomically)."""
