@@ -233,17 +233,32 @@ class WorkspaceLogic:
         return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
     @staticmethod
+    def describeCorrection(labeled: list[str], names: list[str]) -> str:
+        """What the clinician corrects when the workspace labels only some structures
+        (``assft structures``); "" when every structure is labeled."""
+        others = [name for name in names if name not in labeled]
+        if not labeled or not others:
+            return ""
+        return _("Correct {labeled} only: {others} stay as the model predicts them").format(
+            labeled=", ".join(labeled), others=", ".join(others)
+        )
+
+    @staticmethod
     def describeWorkspace(summary: dict[str, Any]) -> str:
         counts = WorkspaceLogic.describeCounts(summary.get("counts", {}))
         model = pathlib.Path(str(summary.get("model", ""))).stem or summary.get("model", "")
-        labels = ", ".join(label["name"] for label in summary.get("labels", []))
-        return _("{total} cases ({counts}); labels: {labels}; model {model} {version}").format(
+        names = [label["name"] for label in summary.get("labels", [])]
+        text = _("{total} cases ({counts}); labels: {labels}; model {model} {version}").format(
             total=summary.get("total", 0),
             counts=counts or _("none"),
-            labels=labels,
+            labels=", ".join(names),
             model=model,
             version=summary.get("model_version", ""),
         )
+        correction = WorkspaceLogic.describeCorrection(
+            list(summary.get("labeled_structures") or names), names
+        )
+        return f"{text}. {correction}" if correction else text
 
     # model presets -----------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class AnnotationApp(TrameApp):
         state.counts = ""
         state.current_case = ""
         state.case_ready = False
+        state.correction_hint = ""
         state.task_text = ""
         state.task_kind = ""
         state.task_progress = None
@@ -147,6 +148,14 @@ class AnnotationApp(TrameApp):
         state.message = ""
         state.message_is_error = False
         state.rerank_after_promotion = True
+
+    def correctionHint(self) -> str:
+        """Which structures to correct, when the workspace labels only some ("" otherwise)."""
+        config = self.logic.openWorkspace(self.workspace).config
+        names = config.label_names
+        return self.logic.describeCorrection(
+            [names[v] for v in config.labeled_values], list(names.values())
+        )
 
     def _message(self, text: str, error: bool = False) -> None:
         self.state.message = text
@@ -298,6 +307,7 @@ class AnnotationApp(TrameApp):
         self.state.current_case = caseId
         self.state.has_uncertainty = nodes.uncertainty is not None
         self.state.case_ready = True
+        self.state.correction_hint = self.correctionHint()
         self._message(f"Case {caseId} loaded: correct the segmentation, then submit.")
         self._onTasksChanged()  # loading a case changes no table
 

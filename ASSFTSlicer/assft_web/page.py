@@ -171,6 +171,12 @@ def build_page(app: Any) -> SimpleNamespace:
                 html.Div(
                     "Case: {{ current_case || '-' }}", id="current-case", classes="text-body-2"
                 )
+                html.Div(
+                    "{{ correction_hint }}",
+                    v_if="correction_hint",
+                    id="correction-hint",
+                    classes="text-caption text-warning",
+                )
             _worklist(ctrl)
             v.VDivider()
             with html.Div(classes="pa-2"):

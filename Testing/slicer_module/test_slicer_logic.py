@@ -203,6 +203,25 @@ def test_model_versions_table_and_rollback(mrml, tiny_workspace):
     assert logic.workspaceSummary(workspace.root)["model_version"] == "v0"
 
 
+def test_the_panel_says_which_structures_to_correct(mrml, tiny_workspace):
+    workspace, _ = tiny_workspace
+    logic = _logic()
+    names = [label.name for label in workspace.config.labels]
+    assert "Correct" not in logic.describeWorkspace(logic.workspaceSummary(workspace.root))
+    workspace.set_labeled_structures([workspace.config.label_values[-1]])
+    try:
+        text = logic.describeWorkspace(logic.workspaceSummary(workspace.root))
+        others = ", ".join(names[:-1])
+        assert text.endswith(
+            f". Correct {names[-1]} only: {others} stay as the model predicts them"
+        )
+    finally:
+        workspace.set_labeled_structures(None)
+    assert (
+        logic.describeCorrection(["a"], ["a"]) == "" and logic.describeCorrection([], ["a"]) == ""
+    )
+
+
 def test_a_fine_tuned_version_shows_its_learning_curve(mrml, tiny_workspace):
     """A real fine-tuning job (6 supervised steps, held-out Dice at every step): the models
     table sums it up, and the chart has one line of training loss and one of held-out Dice."""

@@ -98,3 +98,15 @@ def test_changes_made_outside_the_page_reach_it(app, monkeypatch):
     app._lastWorkspacePoll = 0.0
     app.pollOnce()
     assert refreshed == [1] and "1 skipped" in app.state.counts
+
+
+def test_a_workspace_that_labels_some_structures_says_which_to_correct(app):
+    from assft.workspace import Workspace
+
+    assert app.correctionHint() == ""
+    Workspace.open(app.workspace).set_labeled_structures([2])
+    try:
+        assert app.correctionHint() == "Correct b only: a stay as the model predicts them"
+    finally:
+        Workspace.open(app.workspace).set_labeled_structures(None)
+    assert app.correctionHint() == ""
