@@ -1019,7 +1019,8 @@ def add_bench_parser(sub: Subparsers) -> None:
         dest="candidate_recipe",
         help="label-efficiency: a JSON object of fine-tuning settings; every run of the grid "
         "(each strategy and mode, the ceiling; not the ablations) runs again with them (e.g. "
-        '\'{"schedule": "constant"}\')',
+        '\'{"schedule": "constant"}\'); partial-labels: a fourth way, the labeled structures '
+        "only with these settings",
     )
     p.add_argument(
         "--rounds",

@@ -26,12 +26,15 @@ def test_three_ways_on_the_same_picks_and_the_section(tmp_path, synthetic_pool, 
         device="cpu",
         views=1,
         iterations=2,
+        candidate={"partial_distill": 1.0},
     )
     written = json.loads((tmp_path / "partial-labels.json").read_text())
     assert written["runs"] == document["runs"] and written["site"] == "given scans"
     assert document["labeled"] == ["core"] and document["others"] == ["shell"]
     runs = document["runs"]
-    assert [r["way"] for r in runs] == list(WAYS)
+    candidate = "labeled structures only, partial_distill=1.0"
+    assert [r["way"] for r in runs] == [*WAYS, candidate]
+    assert document["candidate"] == {"partial_distill": 1.0}
     assert len({(tuple(r["picks"]), tuple(r["held_out"])) for r in runs}) == 1
     assert not set(runs[0]["picks"]) & set(runs[0]["held_out"])
     for run in runs:
@@ -47,4 +50,5 @@ def test_three_ways_on_the_same_picks_and_the_section(tmp_path, synthetic_pool, 
     assert not (tmp_path / "runs" / "s0-0").exists()  # each run's workspace is removed
     text = markdown(document, "assft bench partial-labels")
     assert text.startswith(MARK_BEGIN) and text.endswith(MARK_END)
-    assert sum(line.startswith(f"| {way} |") for way in WAYS for line in text.splitlines()) == 3
+    ways = [*WAYS, candidate]
+    assert sum(line.startswith(f"| {way} |") for way in ways for line in text.splitlines()) == 4

@@ -772,8 +772,8 @@ def test_the_anchor_holds_the_parent_where_a_label_showed_it_right(labeled_works
     job = JobStore(workspace).get(taught["job"])
     events = [json.loads(line) for line in (job.folder / "progress.jsonl").read_text().splitlines()]
     anchored = [e for e in events if "anchor" in e and e.get("done")]
-    assert anchored and all(e["distill"] > 0 for e in anchored)
-    assert not any("distill" in e for e in events if e.get("done") and "anchor" not in e)
+    assert anchored and all(e["distill_anchor"] > 0 for e in anchored)
+    assert not any("distill_anchor" in e for e in events if e.get("done") and "anchor" not in e)
 
 
 def test_held_out_scans_weigh_the_share_of_the_archive_they_stand_for():

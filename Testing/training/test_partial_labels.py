@@ -188,13 +188,28 @@ def test_a_finetune_on_partial_labels_scores_the_labeled_structures_and_measures
     assert manifest["timings"]["completion_s"] > 0
     # The held-out Dice is the core's alone (one held-out scan: its mean is the core's Dice).
     assert metrics["validation_dice"] == pytest.approx(metrics["validation_per_structure"]["core"])
+    # partial_distill: the labeled patches' voxels outside the core learn the parent's soft
+    # predictions, every step; a workspace that labels every structure has nothing to distil.
+    distilled = run_finetune(
+        workspace, FinetuneConfig(**FAST, partial_distill=1.0, seed=4), device="cpu", restart=True
+    )
+    job = workspace.root / "jobs" / distilled["job"]
+    events = [json.loads(line) for line in (job / "progress.jsonl").read_text().splitlines()]
+    steps = [
+        e for e in events if e.get("phase") in ("supervised", "semi-supervised") and "done" in e
+    ]
+    steps = [e for e in steps if "loss" in e]
+    assert steps and all(e["distill_supervised"] >= 0 for e in steps)
+    assert any(e["distill_supervised"] > 0 for e in steps)
 
     # Every structure labeled: no completion, both scored, nothing to agree with.
     full = _workspace(tmp_path / "full", synthetic_pool, tiny_preset_file)
     for case in cases[:4]:
         full.submit_label(case.case_id, case.label, user="test")
     full.set_status(cases[3].case_id, "held-out")
-    manifest = run_finetune(full, FinetuneConfig(**FAST), device="cpu")
+    manifest = run_finetune(full, FinetuneConfig(**FAST, partial_distill=1.0), device="cpu")
+    events = (full.root / "jobs" / manifest["job"] / "progress.jsonl").read_text()
+    assert "distill_supervised" not in events
     assert list(manifest["metrics"]["validation_per_structure"]) == ["shell", "core"]
     assert "unlabeled_structures_agreement" not in manifest["metrics"]
     assert "completion_s" not in manifest["timings"]

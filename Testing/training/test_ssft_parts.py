@@ -72,6 +72,14 @@ def test_distillation_is_zero_at_the_teacher_and_pulls_the_student_to_it():
         distillation(student, teacher).backward()
         optimizer.step()
     assert before > 0.1 and float(distillation(student, teacher)) < 0.05 * before
+    # A mask: only its voxels count (the others may disagree freely); an empty one is 0.
+    mask = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    apart = teacher.clone()
+    apart[:, :, 2:] = -teacher[:, :, 2:]
+    assert float(distillation(apart, teacher, mask=mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation(apart, teacher, mask=~mask)) > 0.1
+    assert float(distillation(apart, teacher, mask=torch.zeros_like(mask))) == 0.0
 
 
 def test_reliable_set_hand_worked():

@@ -237,6 +237,7 @@ def _run_partial_labels(args: argparse.Namespace, command: str) -> dict[str, Any
         views=args.views,
         iterations=args.iterations,
         progress=Progress(args.progress),
+        candidate=_candidate(args.candidate_recipe),
     )
     text = partial.markdown(document, command)
     target = markdown_file(args)

@@ -39,6 +39,7 @@ import SimpleITK as sitk
 from assft.apps.selection_stats import t_interval
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Case, Dataset
 from assft.datasets.sampledata import write_sample_data
+from assft.errors import BadInputError
 from assft.io.imaging import read_image, read_label, write_image_atomic
 from assft.metrics.overlap import dice_scores, mean_per_structure
 from assft.models import get_preset
@@ -106,10 +107,21 @@ def run_partial_labels(
     iterations: int | None = None,
     dataset: Dataset | None = None,
     progress: Progress | None = None,
+    candidate: dict[str, Any] | None = None,
+    ways: tuple[str, ...] = WAYS,
 ) -> dict[str, Any]:
-    """Run the three ways on ``site`` over ``seeds``; returns the document (also
-    ``out/partial-labels.json``). ``iterations``: steps per stage (default: the recipe's rule);
-    ``dataset``: scans with their truth instead of the sample site (``site`` and ``n`` unused)."""
+    """Run the ``ways`` (default the three) on ``site`` over ``seeds``; returns the document
+    (also ``out/partial-labels.json``). ``iterations``: steps per stage (default: the recipe's
+    rule); ``dataset``: scans with their truth instead of the sample site (``site`` and ``n``
+    unused); ``candidate``: fine-tuning settings of a fourth way, the labeled structures only
+    with them (:func:`candidate_way` names it)."""
+    candidate_name = candidate_way(candidate) if candidate else None
+    if candidate:
+        FinetuneConfig.from_dict(dict(candidate))  # refused before anything is written
+    unknown = [w for w in ways if w not in WAYS]
+    if unknown:
+        raise BadInputError(f"unknown ways {unknown}; known: {', '.join(WAYS)}")
+    plan = [*ways, *([candidate_name] if candidate_name else [])]
     progress = progress or Progress("none")
     out.mkdir(parents=True, exist_ok=True)
     source = site if dataset is None else "given scans"
@@ -140,17 +152,17 @@ def run_partial_labels(
         held_out = sorted(rng.choice(ids, HELD_OUT, replace=False).tolist())
         rest = [i for i in ids if i not in held_out]
         picks = sorted(rng.choice(rest, budget, replace=False).tolist())
-        for way in WAYS:
+        for way in plan:
             started = time.perf_counter()
             progress.emit("info", message=f"seed {seed}: {way}")
-            folder = out / "runs" / f"s{seed}-{WAYS.index(way)}"
+            folder = out / "runs" / f"s{seed}-{plan.index(way)}"
             if folder.exists():
                 shutil.rmtree(folder)
             workspace = create_workspace(
                 folder,
                 [c.image for c in dataset.pool],
                 model=model,
-                labeled_structures=labeled if way == COMPLETED else None,
+                labeled_structures=labeled if way in (COMPLETED, candidate_name) else None,
             )
             labels = truth if way == FULL else partial
             for case_id in picks + held_out:
@@ -158,7 +170,14 @@ def run_partial_labels(
             workspace.hold_out(held_out)
             steps = {"iterations": iterations, "semi_iterations": iterations} if iterations else {}
             config = FinetuneConfig.from_dict(
-                {"seed": seed, "views": views, "mode": "selective", **SMALL_MODEL_FINETUNE, **steps}
+                {
+                    "seed": seed,
+                    "views": views,
+                    "mode": "selective",
+                    **SMALL_MODEL_FINETUNE,
+                    **steps,
+                    **(candidate if way == candidate_name and candidate else {}),
+                }
             )
             manifest = run_finetune(workspace, config, device=device)
             made = _predictor_arrays(
@@ -202,18 +221,28 @@ def run_partial_labels(
         "test": [c.case_id for c in dataset.test],
         "parent_dice": {names[v]: parent_dice[v] for v in values},
         "runs": runs,
-        "summary": summarise(runs, [names[v] for v in labeled], [names[v] for v in others]),
+        "candidate": candidate,
+        "summary": summarise(runs, [names[v] for v in labeled], [names[v] for v in others], plan),
     }
     (out / "partial-labels.json").write_text(json.dumps(document, indent=2) + "\n")
     return document
 
 
+def candidate_way(candidate: dict[str, Any]) -> str:
+    """The name of the candidate recipe's way: ``labeled structures only, key=value, ...``."""
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(candidate.items()))
+    return f"{COMPLETED}, {settings}"
+
+
 def summarise(
-    runs: list[dict[str, Any]], labeled: list[str], others: list[str]
+    runs: list[dict[str, Any]],
+    labeled: list[str],
+    others: list[str],
+    ways: list[str] | tuple[str, ...] = WAYS,
 ) -> list[dict[str, Any]]:
     """Per way: mean and 95 % half-width over seeds of each figure."""
     rows = []
-    for way in WAYS:
+    for way in ways:
         mine = [r for r in runs if r["way"] == way]
         if not mine:
             continue

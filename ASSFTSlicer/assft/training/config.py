@@ -102,6 +102,10 @@ class FinetuneConfig(JsonConfig):
         anchor_distill: the weight of a distillation term on the anchor's patches: the KL
             divergence of the model's class distribution from the parent's on the same
             (augmented) patch, at temperature 2 (0: the parent's hard pseudo-labels only).
+        partial_distill: where clinicians label only some structures, the weight of a
+            distillation term on the labeled patches' voxels outside the labeled structures
+            (the parent's soft predictions, as ``anchor_distill``; 0: the completed hard
+            targets only).
         views: test-time views of the pseudo-labeling pass.
         roi_tau: ROI threshold of the confidence (as ASD's).
         roi_radius: ROI dilation of the confidence (as ASD's).
@@ -148,6 +152,7 @@ class FinetuneConfig(JsonConfig):
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_margin: float = setting(0.15, ge=0.0, le=1.0)
     anchor_distill: float = setting(0.0, ge=0.0)
+    partial_distill: float = setting(0.0, ge=0.0)
     views: int = setting(4, ge=1, le=4)
     roi_tau: float = setting(0.5, ge=0.0, le=1.0)
     roi_radius: int = setting(2, ge=0, le=MAX_RADIUS)

@@ -530,11 +530,20 @@ class FinetuneJob:
     def _start_training(self, run: _JobRun) -> None:
         """Seed, build the trainer, and restore its state when the job resumes."""
         torch.manual_seed(self.config.seed)
-        # The parent as the anchor's teacher (anchor_distill): copied before a resume point
+        # The parent as teacher (anchor_distill, partial_distill): copied before a resume point
         # loads, so that a resumed job distils from the same parent.
-        distill = self.config.anchor_distill > 0 and bool(run.anchor_cases)
+        partial = self.workspace.config.partially_labeled
+        distill = (self.config.anchor_distill > 0 and bool(run.anchor_cases)) or (
+            self.config.partial_distill > 0 and partial
+        )
         teacher = copy.deepcopy(run.model) if distill else None
-        trainer = Trainer(run.model, self.config, run.patch, teacher=teacher)
+        trainer = Trainer(
+            run.model,
+            self.config,
+            run.patch,
+            teacher=teacher,
+            labeled_channels=run.channels if partial else None,
+        )
         run.trainer = trainer
         run.stage, run.step = 1, 0
         if run.resumed and run.job.resume_path.is_file():

@@ -36,7 +36,11 @@ def masked_dice_ce(
 
 
 def distillation(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 2.0
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 2.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Knowledge distillation (Hinton et al. 2015): the KL divergence of the student's softened
     class distribution from the teacher's, per voxel, times ``temperature**2`` (so that its
@@ -45,8 +49,14 @@ def distillation(
     Args:
         logits: the student's ``(B, C, X, Y, Z)``.
         teacher_logits: the teacher's, same shape (no gradient flows into them).
+        mask: ``(B, X, Y, Z)``, True where the teacher teaches (default: everywhere); 0 with a
+            gradient path when it is empty.
     """
     student = F.log_softmax(logits.float() / temperature, dim=1)
     teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
     kl = (teacher.exp() * (teacher - student)).sum(1)
-    return kl.mean() * temperature**2
+    if mask is None:
+        return kl.mean() * temperature**2
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return (kl * mask).sum() / mask.sum() * temperature**2

@@ -102,9 +102,14 @@ class Trainer:
         config: FinetuneConfig,
         patch: tuple[int, int, int],
         teacher: LoadedModel | None = None,
+        labeled_channels: list[int] | None = None,
     ) -> None:
+        """``teacher``: the parent, for ``anchor_distill`` and ``partial_distill``;
+        ``labeled_channels``: the channels of the structures clinicians label, when they label
+        only some (the partial distillation teaches the other voxels of the labeled patches)."""
         self.model = model
-        self.teacher = teacher if config.anchor_distill > 0 else None
+        self.teacher = teacher
+        self.labeled_channels = labeled_channels
         self.config = config
         self.patch = patch
         self.device = model.device
@@ -173,12 +178,12 @@ class Trainer:
             end = start + batch[0].shape[0]
             losses[name] = masked_dice_ce(logits[start:end], targets[start:end])
             loss = loss + weight * losses[name]
-            if name == "anchor" and self.teacher is not None:
-                self.teacher.network.eval()
-                with torch.no_grad(), self._autocast():
-                    taught = self.teacher.predict_logits(images[start:end])
-                losses["distill"] = distillation(logits[start:end], taught)
-                loss = loss + weight * self.config.anchor_distill * losses["distill"]
+            distill = self._distillation(
+                name, images[start:end], logits[start:end], targets[start:end]
+            )
+            if distill is not None:
+                losses[f"distill_{name}"], factor = distill
+                loss = loss + weight * factor * losses[f"distill_{name}"]
             start = end
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -187,6 +192,32 @@ class Trainer:
         metrics.update({name: float(value.detach()) for name, value in losses.items()})
         metrics.setdefault("pseudo", 0.0)
         return metrics
+
+    def _distillation(
+        self, name: str, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, float] | None:
+        """The parent's distillation term of one part of the batch and its weight, or None:
+        on the anchor's patches (``anchor_distill``), and on the labeled patches' voxels
+        outside the labeled structures (``partial_distill``)."""
+        if self.teacher is None:
+            return None
+        mask = None
+        if name == "anchor" and self.config.anchor_distill > 0:
+            factor = self.config.anchor_distill
+        elif (
+            name == "supervised"
+            and self.config.partial_distill > 0
+            and self.labeled_channels is not None
+        ):
+            factor = self.config.partial_distill
+            labeled = torch.tensor(self.labeled_channels, device=targets.device)
+            mask = (targets != IGNORE) & ~torch.isin(targets, labeled)
+        else:
+            return None
+        self.teacher.network.eval()
+        with torch.no_grad(), self._autocast():
+            taught = self.teacher.predict_logits(images)
+        return distillation(logits, taught, mask=mask), factor
 
     def state(self) -> dict[str, Any]:
         return {
