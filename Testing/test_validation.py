@@ -89,6 +89,8 @@ FINETUNE_BAD: dict[str, list[Any]] = {
     "anchor": [1, "yes", None],
     "anchor_rho": FRACTION,
     "anchor_margin": FRACTION,
+    "anchor_distill": [-1.0, NAN, INF, True, "1"],
+    "partial_distill": [-0.5, NAN, INF, False, "4"],
 }
 
 

@@ -105,7 +105,10 @@ class FinetuneConfig(JsonConfig):
         partial_distill: where clinicians label only some structures, the weight of a
             distillation term on the labeled patches' voxels outside the labeled structures
             (the parent's soft predictions, as ``anchor_distill``; 0: the completed hard
-            targets only).
+            targets only). 4 held the structures nobody labels closer to the parent than 0 on
+            the lowfield site (grey matter's agreement 0.940 against 0.913, white matter's
+            0.913 against 0.901, 3 seeds; the labeled structure's Dice unchanged; BENCHMARKS.md,
+            "Labeling some of the structures").
         views: test-time views of the pseudo-labeling pass.
         roi_tau: ROI threshold of the confidence (as ASD's).
         roi_radius: ROI dilation of the confidence (as ASD's).
@@ -152,7 +155,7 @@ class FinetuneConfig(JsonConfig):
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_margin: float = setting(0.15, ge=0.0, le=1.0)
     anchor_distill: float = setting(0.0, ge=0.0)
-    partial_distill: float = setting(0.0, ge=0.0)
+    partial_distill: float = setting(4.0, ge=0.0)
     views: int = setting(4, ge=1, le=4)
     roi_tau: float = setting(0.5, ge=0.0, le=1.0)
     roi_radius: int = setting(2, ge=0, le=MAX_RADIUS)
