@@ -338,7 +338,8 @@ def test_predict_never_writes_into_a_folder_the_workspace_owns(
     run_cli_in_process("submit", str(ws), "case_000", str(cases[0].label), check=True)
     link = tmp_path / "looks-harmless"
     link.symlink_to(ws / "labels", target_is_directory=True)
-    before = snapshot(Workspace.open(ws))
+    other = _init(tmp_path / "second", synthetic_pool, tiny_preset_file)  # another lab's
+    before = snapshot(Workspace.open(ws)), snapshot(Workspace.open(other))
     refused = [
         (("case_000", "--out", str(ws / "labels")), "is in the workspace's labels/ folder;"),
         (("--all", "--out", str(ws / "labels")), "is in the workspace's labels/ folder;"),
@@ -349,6 +350,8 @@ def test_predict_never_writes_into_a_folder_the_workspace_owns(
         (("case_000", "--out", str(ws)), "is inside the workspace"),
         (("case_000", "--out", str(ws / "elsewhere")), "outside predictions/"),
         (("--all", "--out", str(cases[0].image.parent)), "holds the scan of case 'case_000'"),
+        (("--all", "--out", str(other / "labels")), f"is inside another workspace, {other},"),
+        (("case_000", "--out", str(other)), f"is inside another workspace, {other},"),
     ]
     # The first through the command line (exit 2, one line); the rest in-process, where the same
     # check refuses them (a subprocess each would cost the suite half a minute).
@@ -366,8 +369,8 @@ def test_predict_never_writes_into_a_folder_the_workspace_owns(
             )
         line = str(caught.value)
         assert "\n" not in line and message in line, (args, line)
-        assert "predictions never go into a folder the workspace owns" in line or "scan" in line
-    after = snapshot(Workspace.open(ws))
+        assert "predictions never go into a folder" in line or "scan" in line
+    after = snapshot(Workspace.open(ws)), snapshot(Workspace.open(other))
     assert after == before  # the clinician's label, the audit trail: all as they were
     assert not (ws / "labels" / "case_001.nii.gz").exists() and not (ws / "elsewhere").exists()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -372,6 +373,11 @@ def _crafted_headers(folder: Path) -> list[tuple[Path, str]]:
         path = folder / name
         path.write_text(detached + f"data file: {data_file}\n", encoding="ascii")
         found.append((path, message))
+    # Other line endings, which ITK's NRRD reader takes too: CR only, and CR LF.
+    for ending, name in (("\r", "cr.nhdr"), ("\r\n", "crlf.nhdr")):
+        text = (detached + "data file: /dev/zero\n").replace("\n", ending)
+        (folder / name).write_bytes(text.encode("ascii"))
+        found.append((folder / name, "outside the header's own folder"))
     long = folder / "long-header.nrrd"
     comment = "# " + "x" * (70 * 1024) + "\n"
     header = _NRRD_HEADER.format(sizes="1000 1000 1000", encoding="raw")
@@ -525,8 +531,11 @@ def _nrrd_with(path: Path, **fields: str) -> Path:
     return path
 
 
-def _nifti_with(path: Path, *, pixdim_x: float | None = None, codes=None, srow_x=None) -> Path:
-    """An uncompressed NIfTI-1 file of :func:`make_volume` with raw header fields patched."""
+def _nifti_with(
+    path: Path, *, pixdim_x: float | None = None, codes=None, srow_x=None, floats=None
+) -> Path:
+    """An uncompressed NIfTI-1 file of :func:`make_volume` with raw header fields patched
+    (``floats``: ``{byte offset: value}``, e.g. 256 quatern_b, 276 qoffset_z)."""
     import struct
 
     sitk.WriteImage(make_volume(), str(path))
@@ -537,6 +546,8 @@ def _nifti_with(path: Path, *, pixdim_x: float | None = None, codes=None, srow_x
         struct.pack_into("<hh", data, 252, *codes)
     if srow_x is not None:
         struct.pack_into("<4f", data, 280, *srow_x)
+    for offset, value in (floats or {}).items():
+        struct.pack_into("<f", data, offset, value)
     path.write_bytes(bytes(data))
     return path
 
@@ -571,6 +582,18 @@ def test_crafted_geometry_is_refused_in_one_line_or_read_as_simpleitk_defines_it
             _nifti_with(tmp_path / "two-transforms.nii", srow_x=(0.0, 1.8, 0.0, 40.0)),
             "has a qform and an sform that disagree",
         ),
+        (
+            _nifti_with(tmp_path / "nan-qoffset.nii", codes=(1, 0), floats={276: math.nan}),
+            "has NaN or infinite values in the transform it uses (qoffset_z)",
+        ),
+        (
+            _nifti_with(tmp_path / "nan-quatern.nii", codes=(1, 0), floats={256: math.nan}),
+            "has NaN or infinite values in the transform it uses (quatern_b)",
+        ),
+        (
+            _nifti_with(tmp_path / "inf-srow.nii", codes=(0, 1), srow_x=(math.inf, 0, 0, 0)),
+            "is corrupted, truncated or not an image",  # ITK refuses this one itself
+        ),
     ]
     for path, message in refused:
         with pytest.raises(BadInputError) as caught:
@@ -593,3 +616,15 @@ def test_crafted_geometry_is_refused_in_one_line_or_read_as_simpleitk_defines_it
     sitk.WriteImage(make_volume(label, np.float64), str(path))
     with pytest.raises(BadInputError, match=r"holds 8 non-integer values \(e\.g\. 1\.0000001\)"):
         read_label(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("name", ["label.nii.gz", "label.nii", "label.nrrd", "label.mha"])
+def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path: Path, name: str) -> None:
+    """Reading a pipe blocks until something writes to it: refused before ITK opens it."""
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+    with pytest.raises(BadInputError, match="is not a regular file"):
+        read_label(pipe)
+    with pytest.raises(BadInputError, match="is not a regular file"):
+        read_image(pipe)

@@ -305,28 +305,48 @@ def _component_bytes(pixel_id: int) -> int:
     return 1
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+"""A header line ends at CR LF, LF or a lone CR: ITK's NRRD reader takes all three."""
+
+
 def _header_lines(path: Path, ends: Callable[[str], bool]) -> list[tuple[str, int]]:
     """The lines of a text header, each with the offset where it ends, up to the line for which
-    ``ends`` is true (included) or the end of the file, however long the header is.
+    ``ends`` is true (included) or the end of the file, however long the header is. Lines end
+    as ITK ends them (CR LF, LF or CR), so a header written with another line ending is read
+    as ITK will read it.
 
     Raises:
         BadInputError: a header longer than :data:`_MAX_HEADER_BYTES`.
     """
+    too_long = BadInputError(
+        f"has a header longer than {_MAX_HEADER_BYTES >> 20} MB: not an image header", path
+    )
     lines: list[tuple[str, int]] = []
-    offset = 0
+    consumed = 0  # bytes of the file before ``buffer``
+    buffer = b""
     with open(path, "rb") as stream:
         while True:
-            raw = stream.readline(_MAX_HEADER_BYTES - offset + 1)
-            if not raw:
-                break
-            offset += len(raw)
-            if offset > _MAX_HEADER_BYTES:
-                raise BadInputError(
-                    f"has a header longer than {_MAX_HEADER_BYTES >> 20} MB: not an image header",
-                    path,
-                )
-            line = raw.decode("latin-1").rstrip("\r\n")
-            lines.append((line, offset))
+            match = _LINE_END.search(buffer)
+            # A CR at the buffer's end may be the first half of CR LF: read on before deciding.
+            if match is None or (match.group() == b"\r" and match.end() == len(buffer)):
+                chunk = stream.read(1 << 16)
+                if chunk:
+                    buffer += chunk
+                    if match is None and consumed + len(buffer) > _MAX_HEADER_BYTES + (1 << 16):
+                        raise too_long
+                    continue
+                if match is None:
+                    if buffer:
+                        if consumed + len(buffer) > _MAX_HEADER_BYTES:
+                            raise too_long
+                        lines.append((buffer.decode("latin-1"), consumed + len(buffer)))
+                    break
+            line_end = consumed + match.end()
+            if line_end > _MAX_HEADER_BYTES:
+                raise too_long
+            line = buffer[: match.start()].decode("latin-1")
+            lines.append((line, line_end))
+            consumed, buffer = line_end, buffer[match.end() :]
             if ends(line):
                 break
     return lines
@@ -529,7 +549,14 @@ def _check_declared(
 
 
 def _read_file(path: Path) -> sitk.Image:
-    """Read an image file after checking its header (no pixel is read before)."""
+    """Read an image file after checking its header (no pixel is read before).
+
+    Raises:
+        BadInputError: not a regular file (a pipe, a device, a socket: reading one would block,
+            or never end).
+    """
+    if not path.is_file():
+        raise BadInputError("is not a regular file (a pipe, a device or a socket)", path)
     # Our own reading of the header first: ITK opens a detached data file already to read the
     # image information, and a pipe named there would block it.
     layout = _file_layout(path)
@@ -712,8 +739,21 @@ def _check_nifti_transforms(path: Path) -> None:
             header = kind.from_fileobj(stream, check=False)
         pixdim = [float(v) for v in header["pixdim"][1:4]]
         sform_code = int(header["sform_code"])
+        qform_code = int(header["qform_code"])
+        fields = ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
+        used = {name: float(header[name]) for name in fields} if qform_code > 0 else {}
+        for row in ("srow_x", "srow_y", "srow_z") if sform_code > 0 else ():
+            used.update({f"{row}[{i}]": float(v) for i, v in enumerate(header[row])})
     except Exception:  # noqa: BLE001 - ITK read the file; nibabel's view is only a check
         return
+    broken = [name for name, value in used.items() if not math.isfinite(value)]
+    if broken:
+        # ITK would quietly put such a scan somewhere (its origin or axes made up).
+        raise BadInputError(
+            f"has NaN or infinite values in the transform it uses ({', '.join(broken[:4])}): "
+            "where its voxels lie is unknown; rewrite the header with the scan's real position",
+            path,
+        )
     if sform_code == 0 and not all(math.isfinite(v) and v > 0 for v in pixdim):
         # ITK would read 1 mm (or the absolute value) where the header gives no voxel size.
         raise BadInputError(
