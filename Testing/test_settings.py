@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +175,22 @@ def test_a_bad_batch_size_for_the_mode_names_the_file_of_the_batch_size(tmp_path
     assert str(refused.value).startswith(f"{config}: batch_size must be at least 2")
     resolved = resolve_config(FinetuneConfig, config_file=config, flags={"mode": "none"})
     assert resolved.batch_size == 1
+
+
+def test_a_config_that_is_a_device_or_holds_an_unconvertible_number_is_one_line(tmp_path):
+    from assft.errors import BadInputError
+    from assft.settings import MAX_CONFIG_BYTES, read_config_file
+
+    digits = tmp_path / "digits.json"
+    digits.write_text('{"budget": ' + "9" * 5000 + "}")
+    big = tmp_path / "big.json"
+    big.write_text('{"budget": 2, "pad": "' + "x" * MAX_CONFIG_BYTES + '"}')
+    for path, message in (
+        (digits, "holds a value no setting can take"),
+        (big, "more than a configuration's"),
+        (Path("/dev/zero"), "is not a regular file"),
+        (tmp_path, "is not a regular file"),
+    ):
+        with pytest.raises(BadInputError) as caught:
+            read_config_file(path)
+        assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)

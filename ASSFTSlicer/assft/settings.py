@@ -46,18 +46,33 @@ C = TypeVar("C", bound=_ConfigClass)
 COMMAND_LINE = "command line"
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A configuration file larger than this is refused unread (one setting is a few bytes)."""
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The JSON object of a config file: only the keys it sets.
 
     Raises:
         BadInputError: the file is missing, unreadable, not JSON or not an object (names it).
     """
+    file = Path(path)
+    if file.exists() and not file.is_file():
+        raise BadInputError("is not a regular file: the configuration must be a JSON file", path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise BadInputError(
+                f"holds {file.stat().st_size} bytes, more than a configuration's "
+                f"{MAX_CONFIG_BYTES} (MAX_CONFIG_BYTES)",
+                path,
+            )
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadInputError(f"cannot read the configuration: {error}", path) from None
     except RecursionError:
         raise BadInputError("is nested too deeply to be a configuration", path) from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise BadInputError(f"holds a value no setting can take ({error})", path) from None
     if not isinstance(data, dict):
         raise BadInputError("the configuration must be a JSON object", path)
     return data

@@ -162,3 +162,17 @@ def test_open_refuses_what_is_not_a_workspace(tmp_path: Path, workspace: Workspa
     (workspace.root / "registry.sqlite").unlink()
     with pytest.raises(BadInputError, match="registry.sqlite: is missing"):
         Workspace.open(workspace.root)
+
+
+def test_a_pipe_or_a_device_among_the_images_is_refused_in_one_line(tmp_path):
+    import os
+
+    from assft.errors import BadInputError
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("named pipes are POSIX")
+    pipe = tmp_path / "scan.nii.gz"
+    os.mkfifo(pipe)
+    for item in (pipe, Path("/dev/zero")):
+        with pytest.raises(BadInputError, match="is neither an image file nor a folder"):
+            find_images([item])

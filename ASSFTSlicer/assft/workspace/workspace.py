@@ -119,7 +119,7 @@ def find_images(items: Sequence[str | Path]) -> list[Path]:
         Absolute paths, in the order given, each once.
 
     Raises:
-        BadInputError: a path does not exist.
+        BadInputError: a path does not exist, or is neither a file nor a folder.
     """
     found: list[Path] = []
     for item in items:
@@ -130,6 +130,8 @@ def find_images(items: Sequence[str | Path]) -> list[Path]:
         if path.is_file() or is_dicom_series(path):
             found.append(path)
             continue
+        if not path.is_dir():
+            raise BadInputError("is neither an image file nor a folder (a pipe or a device?)", path)
         for child in sorted(path.iterdir()):
             if child.name.startswith("."):
                 continue
