@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import sys
 import warnings
@@ -1088,6 +1089,8 @@ def add_bench_parser(sub: Subparsers) -> None:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.spacing) and 0.5 <= args.spacing <= 24.0):
+        raise BadInputError(f"--spacing must be from 0.5 to 24 mm, got {args.spacing}")
     sites = parse_sites(args.sites)  # refuses an unknown site before torch is imported
     from assft.datasets.sampledata import write_sample_data
 

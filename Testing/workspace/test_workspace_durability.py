@@ -497,3 +497,58 @@ def test_temporaries_left_by_a_killed_writer_are_swept_on_open(workspace: Worksp
     Workspace.open(workspace.root)
     assert [p for p in left if p.exists()] == []
     assert live.exists() and all(p.exists() for p in others)
+
+
+def test_the_workspace_reads_nothing_through_its_own_files_leading_elsewhere(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    """Found by the attack rerun: ``models/current`` linked to /etc/passwd showed its first
+    line; a FIFO or /dev/zero there hung or exhausted memory; a registry linked out of the
+    workspace was written; a file where ``labels/`` or ``jobs/`` belongs was an internal error."""
+    from assft.workspace.model_versions import ModelRegistry
+
+    registry = ModelRegistry(workspace)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    pointer = workspace.models_dir / "current"
+    workspace.models_dir.mkdir(exist_ok=True)
+    for make in (
+        lambda: pointer.symlink_to(secret),
+        lambda: pointer.symlink_to("/dev/zero"),
+        lambda: os.mkfifo(pointer),
+    ):
+        make()
+        try:
+            with pytest.raises(BadInputError) as caught:
+                registry.current()
+            assert "not a regular file" in str(caught.value) and "root:" not in str(caught.value)
+        finally:
+            pointer.unlink()
+    # A version whose manifest or weights lead out of the workspace is not read.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "manifest.json").write_text("{}")
+    (workspace.models_dir / "v1").mkdir()
+    (workspace.models_dir / "v1" / "manifest.json").symlink_to(outside / "manifest.json")
+    with pytest.raises(BadInputError, match="is a link leading out of the workspace"):
+        registry.manifest("v1")
+    (workspace.models_dir / "v1" / "model.pt").symlink_to(outside / "model.pt")
+    with pytest.raises(BadInputError, match="is a link leading out of the workspace"):
+        registry.checkpoint_path("v1")
+    # The registry and the folders: refused at open, in one line.
+    real = workspace.registry.path
+    moved = outside / "registry.sqlite"
+    real.rename(moved)
+    real.symlink_to(moved)
+    with pytest.raises(BadInputError, match="is a link leading out of the workspace"):
+        Workspace.open(workspace.root)
+    real.unlink()
+    moved.rename(real)
+    jobs = workspace.root / "jobs"
+    if jobs.exists():
+        import shutil
+
+        shutil.rmtree(jobs)
+    jobs.write_text("not a folder")
+    with pytest.raises(BadInputError, match="is not a folder: the workspace is damaged"):
+        Workspace.open(workspace.root)

@@ -363,6 +363,8 @@ def _read_json(path: Path) -> Any:
         ) from None
     except RecursionError:
         raise BadInputError("is nested too deeply to be a model preset", path) from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise BadInputError(f"holds a value no preset can take ({error})", path) from None
 
 
 _Number = TypeVar("_Number", int, float)

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from assft.errors import BadInputError
 from assft.io.atomic import atomic_path, file_mode, fsync_directory, temporary_prefix
 
 __all__ = [
+    "own_regular_file",
     "compact_timestamp",
     "create_text_exclusive",
     "sha256_file",
@@ -86,4 +88,22 @@ def create_text_exclusive(path: str | Path, text: str) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     fsync_directory(path.parent)
+    return path
+
+
+def own_regular_file(path: Path, root: Path) -> Path:
+    """``path``, checked to be a file the workspace owns before it is read: a regular file (not
+    a pipe, a device or a folder) that does not lead out of ``root`` through a link. A missing
+    file passes (the caller says what its absence means).
+
+    Raises:
+        BadInputError: a link leading out of ``root``, or not a regular file.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BadInputError(
+            "is a link leading out of the workspace; a workspace's own files stay inside it", path
+        )
+    if resolved.exists() and not resolved.is_file():
+        raise BadInputError("is not a regular file (a pipe, a device or a folder)", path)
     return path

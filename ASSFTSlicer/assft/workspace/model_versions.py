@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from assft.errors import BadInputError, DivergedError, StorageError
 from assft.io.atomic import atomic_path, fsync_directory, save_torch_atomic
 from assft.runtime import syncpoints
-from assft.workspace.files import sha256_file, utc_now, write_json_atomic
+from assft.workspace.files import own_regular_file, sha256_file, utc_now, write_json_atomic
 from assft.workspace.registry import Registry
 from assft.workspace.versions import (
     BASE_VERSION,
@@ -76,6 +76,7 @@ __all__ = [
 
 CHECKPOINT_NAME = "model.pt"
 MANIFEST_NAME = "manifest.json"
+_MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB (its learning curve included)
 POINTER_NAME = "current"
 DECISION_ACTIONS = ("promote-model", "register-model")
 """Audit actions that record a fine-tune's decision about its version (promoted or kept)."""
@@ -265,7 +266,10 @@ class ModelRegistry:
             raise BadInputError(
                 f"unknown model version {version!r} (versions: {known})", self.models_dir
             )
+        own_regular_file(path, self.models_dir)
         try:
+            if path.stat().st_size > _MAX_MANIFEST_BYTES:
+                raise BadInputError("is too large to be a model manifest", path)
             document = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise BadInputError("is missing: the model version is incomplete", path) from None
@@ -356,7 +360,7 @@ class ModelRegistry:
         """
         if version_number(version) == 0:
             return None
-        return self.models_dir / version / CHECKPOINT_NAME
+        return own_regular_file(self.models_dir / version / CHECKPOINT_NAME, self.models_dir)
 
     def checkpoint(self, version: str | None = None) -> Path | None:
         """The verified checkpoint of a version; None for ``v0`` (the preset's own weights).

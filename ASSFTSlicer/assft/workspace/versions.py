@@ -101,6 +101,9 @@ def parse_partial(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_MAX_POINTER_BYTES = 64
+
+
 def read_pointer(path: Path) -> str:
     """The version a ``models/current`` file names; ``v0`` when the file does not exist.
 
@@ -113,8 +116,13 @@ def read_pointer(path: Path) -> str:
             file and saying how to repair it.
     """
     repair = "make a version current with 'assft rollback WORKSPACE VERSION'"
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # Written atomically as a small file, never as anything else: nothing is read through it.
+        raise BadInputError(f"is damaged (not a regular file); {repair}", path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as stream:
+            raw = stream.read(_MAX_POINTER_BYTES + 1)
     except FileNotFoundError:
         return BASE_VERSION
     except OSError as error:
@@ -125,6 +133,8 @@ def read_pointer(path: Path) -> str:
         raise BadInputError(f"is damaged (not text); {repair}", path) from None
     if not text:
         raise BadInputError(f"is damaged (empty); {repair}", path)
+    if len(raw) > _MAX_POINTER_BYTES:
+        raise BadInputError(f"is damaged (too long for a version name); {repair}", path)
     if parse_version(text) is None:
         shown = text if len(text) <= 20 else text[:20] + "..."
         raise BadInputError(f"is damaged ({shown!r} is not a version name); {repair}", path)

@@ -64,6 +64,7 @@ from assft.workspace.config import (
 from assft.workspace.files import (
     compact_timestamp,
     create_text_exclusive,
+    own_regular_file,
     sha256_file,
     write_text_atomic,
 )
@@ -380,11 +381,19 @@ class Workspace:
         root = root.resolve()
         if not (root / CONFIG_FILE_NAME).is_file():
             raise BadInputError(f"is not an ASSFT workspace (no {CONFIG_FILE_NAME})", root)
+        own_regular_file(root / CONFIG_FILE_NAME, root)
+        own_regular_file(root / REGISTRY_FILE_NAME, root)
         config = WorkspaceConfig.load(root / CONFIG_FILE_NAME)
         registry = Registry(root / REGISTRY_FILE_NAME)
         workspace = cls(root, config, registry)
         for folder in OWNED_FOLDERS:
-            workspace.resolve_inside(folder)
+            owned = workspace.resolve_inside(folder)
+            if owned.exists() and not owned.is_dir():
+                raise BadInputError(
+                    "is not a folder: the workspace is damaged (it holds a file where its "
+                    f"{folder}/ folder belongs)",
+                    owned,
+                )
         if reconcile:
             for note in workspace.reconcile():
                 warnings.warn(note, stacklevel=2)
