@@ -8,6 +8,7 @@ without the ``web`` extra.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -98,11 +99,19 @@ def run(args: argparse.Namespace) -> int:
     prefer_offscreen_rendering()
     from assft_web.server import serve
 
-    return serve(
-        workspace,
-        policy,
-        port=args.port,
-        device=args.device,
-        budget=args.budget,
-        finetune_config=finetune,
-    )
+    try:
+        return serve(
+            workspace,
+            policy,
+            port=args.port,
+            device=args.device,
+            budget=args.budget,
+            finetune_config=finetune,
+        )
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise BadInputError(
+            f"--port {args.port}: the port is in use on {args.host} (another server?); choose "
+            "another port, or --port 0 for any free one"
+        ) from None

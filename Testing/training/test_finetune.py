@@ -188,6 +188,23 @@ def test_a_damaged_current_model_is_refused_before_a_job_folder_is_made(labeled_
         run_finetune(labeled_workspace, FinetuneConfig(**FAST), device="cpu")
     assert "\n" not in str(refused.value) and "model.pt" in str(refused.value)
     assert sorted(p.name for p in labeled_workspace.jobs_dir.iterdir() if p.is_dir()) == before
+    # Found by the attack rerun: weights that hold a pickle payload, their sha256 recorded (the
+    # checksum agrees): refused before a job folder too, and the payload never runs.
+    import json
+
+    from assft.workspace.files import sha256_file
+    from assft_testing.pickles import write_malicious_pickle
+
+    weights = labeled_workspace.models_dir / "v1" / "model.pt"
+    marker = labeled_workspace.root.parent / "payload-ran"
+    write_malicious_pickle(weights, marker)
+    manifest_path = labeled_workspace.models_dir / "v1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "checkpoint_sha256": sha256_file(weights)}))
+    with pytest.raises(BadInputError, match="model.pt") as refused:
+        run_finetune(labeled_workspace, FinetuneConfig(**FAST), device="cpu")
+    assert "\n" not in str(refused.value) and not marker.exists()
+    assert sorted(p.name for p in labeled_workspace.jobs_dir.iterdir() if p.is_dir()) == before
 
 
 def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, monkeypatch):

@@ -268,3 +268,27 @@ def test_a_token_on_an_open_interface_warns_that_it_crosses_the_network_in_clear
     assert "plain HTTP" in warning and "token crosses the network in clear" in warning
     assert "ssh -N -L" in warning
     assert result.returncode == 2 and "not a workspace" in error
+
+
+def test_a_port_in_use_is_said_in_one_line(tmp_path, synthetic_pool):
+    """Found by the attack rerun: a second server on a taken port was an internal error."""
+    import socket
+
+    from assft.workspace import Workspace
+    from assft_testing.browser import require_web
+
+    require_web(browser=False)
+    _, cases = synthetic_pool
+    ws = Workspace.create(tmp_path / "ws", [cases[0].image], label_names={1: "a", 2: "b"}).root
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("web", str(ws), "--port", str(port), "--device", "cpu", "--token", TOKEN)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("assft:")]
+    assert result.returncode == 2, result.stderr
+    assert errors == [
+        f"assft: error: --port {port}: the port is in use on 127.0.0.1 (another server?); "
+        "choose another port, or --port 0 for any free one"
+    ]
+    assert "Traceback" not in result.stderr

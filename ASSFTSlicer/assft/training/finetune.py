@@ -294,8 +294,9 @@ class FinetuneJob:
         resumed = job is not None
         if job is None:
             # A damaged current model is refused before any job folder or label snapshot is
-            # made (the pointer and the weights' sha256; loading comes later).
-            self.registry.checkpoint(self.registry.current())
+            # made: the pointer, the weights' sha256, and the weights read as weights only (a
+            # checkpoint holding other Python objects is refused here, not inside the job).
+            self.registry.load_state(self.registry.current())
             job = self.jobs.create("finetune", self.argv)
             job.update(
                 label_set_hash=label_hash,
