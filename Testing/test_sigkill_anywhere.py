@@ -122,7 +122,9 @@ def test_a_submit_killed_anywhere_leaves_the_old_label_or_the_new(
         sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(np.int64).tobytes() for p in drawn
     ]
     start = _imports_time()
-    end = _timed("submit", str(ws), case, str(drawn[0]))
+    # The faster of two submits (the second stores the same label again): a first run slowed
+    # by a cold cache would draw moments after the command's usual end.
+    end = min(_timed("submit", str(ws), case, str(drawn[0])) for _ in range(2))
     codes: list[int] = []
     rng = np.random.default_rng(SEED)
     for number, delay in enumerate(_moments(rng, start * 0.8, end * 1.1)):
