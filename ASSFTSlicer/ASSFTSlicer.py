@@ -792,9 +792,25 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._labelCase(caseId)
 
+    def _mayDropEdits(self, caseId) -> bool:
+        """Whether the loaded case may give way to ``caseId``: it has no unsubmitted edits, or
+        the user, asked, says they may be discarded."""
+        edited = self.logic.unsubmittedEdits()
+        if edited is None:
+            return True
+        question = _(
+            "Case {edited} has edits that are not submitted. Discard them and open case {case}?"
+        ).format(edited=edited, case=caseId)
+        if not slicer.util.confirmOkCancelDisplay(question):
+            return False
+        self.logic.discardEdits()
+        return True
+
     def _labelCase(self, caseId) -> None:
         """Load a case with its prediction, predicting it first in the background if needed."""
         p = self._parameterNode
+        if not self._mayDropEdits(caseId):
+            return
         with slicer.util.tryWithErrorDisplay(
             _("Failed to load case {case}.").format(case=caseId), waitCursor=True
         ):
@@ -809,10 +825,15 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showCase(self, caseId) -> None:
         p = self._parameterNode
+        # Asked again: edits may have been made while the case was being predicted.
+        if not self._mayDropEdits(caseId):
+            return
         with slicer.util.tryWithErrorDisplay(
             _("Failed to load case {case}.").format(case=caseId), waitCursor=True
         ):
-            nodes = self.logic.loadCase(p.workspacePath, caseId, showUncertainty=p.showUncertainty)
+            nodes = self.logic.loadCase(
+                p.workspacePath, caseId, showUncertainty=p.showUncertainty, discardEdits=True
+            )
             p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty = (
                 caseId,
                 nodes.volume,

@@ -33,12 +33,14 @@ from ASSFTSlicerLib.scene import (
     CaseNodes,
     LabelDefinition,
     OverlapPolicy,
+    UnsubmittedEditsError,
     createCaseSegmentation,
     imageFromVolumeNode,
     loadCaseVolume,
     loadLabelArray,
     loadUncertaintyVolume,
     removeCaseNodes,
+    segmentationDigest,
     setForegroundVolume,
     submitSegmentation,
 )
@@ -77,6 +79,9 @@ class WorkspaceLogic:
         self.engineRoot = MODULE_DIR
         self.caseNodes: CaseNodes | None = None
         self.caseWorkspace: pathlib.Path | None = None
+        self._savedDigest: str | None = None
+        """What the loaded case's segmentation drew when it was loaded, last submitted, or its
+        edits were discarded (None: unknown, as for a case taken over from a saved scene)."""
         self.tasks = Tasks()
         self.lastWorkspaceOffered = False
         """The foreground task (create, rank, predict), what waits for it, and the fine-tuning
@@ -850,15 +855,24 @@ class WorkspaceLogic:
         predictionPath=None,
         uncertaintyPath=None,
         showUncertainty: bool = True,
+        discardEdits: bool = False,
     ) -> CaseNodes:
         """Show a case: its scan, a segmentation with one segment per workspace label, pre-filled.
 
         The segmentation starts from the case's stored label when it has one (to correct it),
         else from ``predictionPath`` or the current model's prediction when there is one, else
-        empty. The previous case's nodes are removed.
+        empty. The previous case's nodes are removed; edits of it that were not submitted only
+        with ``discardEdits`` (the user said so).
+
+        Raises:
+            UnsubmittedEditsError: the loaded case has edits not submitted (see
+                :meth:`unsubmittedEdits`) and ``discardEdits`` is False; nothing changed.
         """
         workspace = self.openWorkspace(workspacePath)
         workspace.check_case_id(caseId)
+        edited = self.unsubmittedEdits()
+        if edited is not None and not discardEdits:
+            raise UnsubmittedEditsError(edited)
         predicted, uncertain = self.predictionFiles(workspace.root, caseId)
         stored = workspace.label_path(caseId)
         start = stored or (pathlib.Path(predictionPath) if predictionPath else predicted)
@@ -878,8 +892,33 @@ class WorkspaceLogic:
             removeCaseNodes(nodes)
             raise
         self.caseNodes, self.caseWorkspace = nodes, workspace.root
+        self._savedDigest = self._digest(nodes)
         setForegroundVolume(volume, nodes.uncertainty if showUncertainty else None)
         return nodes
+
+    @staticmethod
+    def _digest(nodes: CaseNodes) -> str | None:
+        try:
+            return segmentationDigest(nodes.segmentation, nodes.volume)
+        except RuntimeError:  # a segment that cannot be exported: treated as edited
+            return None
+
+    def unsubmittedEdits(self) -> str | None:
+        """The loaded case's id when its segmentation draws something else than when it was
+        loaded or last submitted (an edit undone is no edit), or when that is not known (a case
+        taken over from a saved scene); None when nothing would be lost."""
+        nodes = self.loadedCase()
+        if nodes is None:
+            return None
+        if self._savedDigest is None or self._digest(nodes) != self._savedDigest:
+            return nodes.caseId
+        return None
+
+    def discardEdits(self) -> None:
+        """The user chose to lose the loaded case's unsubmitted edits: they no longer stop
+        :meth:`loadCase` (edits made after this do)."""
+        nodes = self.loadedCase()
+        self._savedDigest = None if nodes is None else self._digest(nodes)
 
     SEGMENT_EDITOR_NODE_TAG = "ASSFTSlicer"
     """Singleton tag of the panel's own segment editor node (the Segment Editor module's is
@@ -953,11 +992,12 @@ class WorkspaceLogic:
             )
         self.caseNodes = CaseNodes(caseId, volume, segmentation, uncertainty)
         self.caseWorkspace = workspace.root
+        self._savedDigest = None  # saved with the scene: it may hold edits never submitted
         return self.caseNodes
 
     def closeCase(self) -> None:
         removeCaseNodes(self.caseNodes)
-        self.caseNodes = self.caseWorkspace = None
+        self.caseNodes = self.caseWorkspace = self._savedDigest = None
 
     def submitCase(
         self,
@@ -986,9 +1026,12 @@ class WorkspaceLogic:
                     path=self.caseWorkspace
                 )
             )
-        return submitSegmentation(
+        stored = submitSegmentation(
             workspace, nodes.caseId, nodes.segmentation, nodes.volume, overlap=overlap, user=user
         )
+        if nodes is self.caseNodes:
+            self._savedDigest = self._digest(nodes)
+        return stored
 
     # validation scans ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ the engine; never Qt.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -126,6 +127,17 @@ class UnknownSegmentError(ValueError):
         super().__init__(
             f"{start} not a label of this workspace ({allowed}): rename {pronoun} to one of these "
             f"labels, or delete {pronoun}, before submitting."
+        )
+
+
+class UnsubmittedEditsError(ValueError):
+    """Loading a case would drop the loaded case's edits that were not submitted."""
+
+    def __init__(self, caseId: str) -> None:
+        self.caseId = caseId
+        super().__init__(
+            f"case {caseId} has edits that are not submitted: submit them, or confirm that "
+            "they may be discarded"
         )
 
 
@@ -548,6 +560,24 @@ def segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nda
         return slicer.util.arrayFromVolume(labelmapNode) != 0
     finally:
         _removeTemporaryLabelmap(labelmapNode, existing)
+
+
+def segmentationDigest(segmentationNode, referenceVolumeNode) -> str:
+    """A digest of what a segmentation draws: each segment's name and voxels on the scan's
+    grid, in segment order. Two states of a segmentation draw the same thing exactly when their
+    digests agree (an edit undone gives the digest back).
+
+    Raises:
+        RuntimeError: a segment could not be exported.
+    """
+    digest = hashlib.sha256()
+    segmentation = segmentationNode.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        name = segmentation.GetSegment(segmentId).GetName() or ""
+        digest.update(name.encode("utf-8") + b"\0")
+        digest.update(np.packbits(segmentMask(segmentationNode, segmentId, referenceVolumeNode)))
+    return digest.hexdigest()
 
 
 def exportLabelArray(

@@ -263,3 +263,79 @@ def test_a_new_workspace_records_the_structures_the_lab_will_label(
     assert created.ok, created.output
     config = Workspace.open(tmp_path / "ws").config
     assert config.labeled_values == [2] and config.partially_labeled
+
+
+def _paint(nodes, array: np.ndarray) -> None:
+    """What the Segment Editor's effects do to the case's segmentation: new voxels per segment."""
+    segmentation = nodes.segmentation.GetSegmentation()
+    for value, name in ((1, "shell"), (2, "core")):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            (array == value).astype(np.uint8),
+            nodes.segmentation,
+            segmentation.GetSegmentIdBySegmentName(name),
+            nodes.volume,
+        )
+
+
+def test_an_edit_not_submitted_is_never_dropped_without_consent(mrml, workspace, tmp_path):
+    """Label next, a worklist double-click or a prediction that finished replaced the loaded
+    case and its edits without a word (issue 22): loading now refuses while edits are not
+    submitted, until the user says they may go."""
+    import SimpleITK as sitk
+
+    from ASSFTSlicerLib.scene import UnsubmittedEditsError
+
+    scan = workspace.image_path("case_000")
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+    prediction = blob_labels(shape, seed=1)
+    folder = workspace.root / "predictions" / workspace.current_model_version()
+    write_label_like(folder / "case_000.nii.gz", scan, prediction)
+    logic = _logic()
+    nodes = logic.loadCase(workspace.root, "case_000")
+    assert logic.unsubmittedEdits() is None  # the prediction as loaded is no edit
+
+    edited = prediction.copy()
+    edited[: shape[0] // 2] = 0
+    _paint(nodes, edited)
+    assert logic.unsubmittedEdits() == "case_000"
+    with pytest.raises(UnsubmittedEditsError, match="case case_000 has edits that are not sub"):
+        logic.loadCase(workspace.root, "case_001")
+    assert logic.loadedCase() is nodes  # nothing changed: the edited case is still there
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromSegmentBinaryLabelmap(
+            nodes.segmentation,
+            nodes.segmentation.GetSegmentation().GetSegmentIdBySegmentName("core"),
+            nodes.volume,
+        )
+        != 0,
+        edited == 2,
+    )
+
+    _paint(nodes, prediction)  # the edit undone: nothing to lose
+    assert logic.unsubmittedEdits() is None
+    _paint(nodes, edited)
+    stored = logic.submitCase(workspace.root, user="tester")  # submitted: nothing to lose
+    assert logic.unsubmittedEdits() is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), edited)
+
+    # The stored label comes back as it was submitted; an edit of it is asked about again, and
+    # the user's consent (discardEdits, or loadCase(discardEdits=True)) lets the case go.
+    nodes = logic.loadCase(workspace.root, "case_000")
+    assert logic.unsubmittedEdits() is None
+    _paint(nodes, prediction)
+    assert logic.unsubmittedEdits() == "case_000"
+    logic.discardEdits()
+    assert logic.unsubmittedEdits() is None
+    _paint(nodes, np.zeros_like(prediction))  # an edit after the consent counts again
+    assert logic.unsubmittedEdits() == "case_000"
+    other = logic.loadCase(workspace.root, "case_001", discardEdits=True)
+    assert other.caseId == "case_001" and logic.unsubmittedEdits() is None
+    assert nodes.segmentation.GetScene() is None  # the discarded case's nodes are gone
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), edited)
+
+    # A case taken over from a saved scene may hold edits never submitted: it is asked about.
+    logic.caseNodes = None
+    restored = logic.restoreCase(workspace.root, "case_001", other.volume, other.segmentation)
+    assert logic.loadedCase() is restored and logic.unsubmittedEdits() == "case_001"
+    with pytest.raises(UnsubmittedEditsError):
+        logic.loadCase(workspace.root, "case_000")

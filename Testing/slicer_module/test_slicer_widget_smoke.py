@@ -231,6 +231,12 @@ def module(monkeypatch, mrml):
         "confirmYesNoDisplay",
         lambda text, **kw: messages.append(("ask", text)) or True,
     )
+    answers: list[bool] = []  # what the user answers to OK / Cancel questions (else OK)
+    monkeypatch.setattr(
+        slicer.util,
+        "confirmOkCancelDisplay",
+        lambda text, **kw: messages.append(("ask", text)) or (answers.pop(0) if answers else True),
+    )
     monkeypatch.setattr(slicer.util, "selectModule", lambda name: messages.append(("module", name)))
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
     monkeypatch.setattr(
@@ -251,7 +257,9 @@ def module(monkeypatch, mrml):
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
     assert loaded.HAVE_QT
-    yield types.SimpleNamespace(module=loaded, messages=messages, editor=editor, settings=settings)
+    yield types.SimpleNamespace(
+        module=loaded, messages=messages, editor=editor, settings=settings, answers=answers
+    )
     FakeEventLoop.callbacks = []
     sys.modules.pop("ASSFTSlicerLib.process", None)
 
@@ -454,3 +462,27 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     assert refreshed == [1] and "1 skipped" in widget.ui.workspaceStatusLabel.text
     widget.exit()
     assert not widget._workspaceTimer.active
+
+    # An edit not submitted is never dropped without asking (issue 22): Cancel keeps the case
+    # and its edit; OK opens the other case.
+    third = next(c for c in ("case_000", "case_001", "case_002") if c not in (first, other))
+    widget._labelCase(third)  # predicted in the background first
+    _run_until(lambda: p.currentCase == third and not widget.logic.tasks.busy)
+    box = np.zeros(slicer.util.arrayFromVolume(p.caseVolume).shape, np.uint8)
+    box[1:4, 1:4, 1:4] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(
+        box,
+        p.caseSegmentation,
+        p.caseSegmentation.GetSegmentation().GetSegmentIdBySegmentName("core"),
+        p.caseVolume,
+    )
+    module.answers.append(False)
+    widget._labelCase(first)
+    assert module.messages[-1] == (
+        "ask",
+        f"Case {third} has edits that are not submitted. Discard them and open case {first}?",
+    )
+    assert p.currentCase == third and widget.logic.unsubmittedEdits() == third
+    widget._labelCase(first)  # OK
+    assert p.currentCase == first and widget.logic.unsubmittedEdits() is None
+    assert not [m for m in module.messages if m[0] == "error"], module.messages
