@@ -434,20 +434,20 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _restoreCase(self) -> None:
-        """The case named by the parameter node (a reloaded scene) becomes the loaded case, or
-        the reason why not is shown on the disabled Submit button."""
+        """The case named by the parameter node (a reloaded or imported scene) becomes the
+        loaded case, so that Submit stores the case the editor shows; or the reason why not is
+        shown on the disabled Submit button."""
         p = self._parameterNode
         self._caseProblem = ""
-        if not p.currentCase or self.logic.loadedCase() is not None:
-            return
         try:
-            self.logic.restoreCase(
+            followed = self.logic.followCase(
                 p.workspacePath, p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty
             )
         except ValueError as error:
             self._caseProblem = str(error)
             return
-        self._editCase()
+        if followed is not None:
+            self._editCase()
 
     # state shown ---------------------------------------------------------------------------
 
@@ -565,7 +565,12 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hasWorkspace and summary.get("latest_ranking"),
             _("Rank the scans first."),
         )
-        hasCase = p is not None and bool(p.currentCase) and self.logic.loadedCase() is not None
+        hasCase = (
+            p is not None
+            and bool(p.currentCase)
+            and self.logic.loadedCase() is not None
+            and not self._caseProblem  # the editor may show nodes the Logic could not take over
+        )
         noCase = self._caseProblem or _("Load a case first (Label next).")
         setState(self.ui.submitNextButton, hasCase and hasWorkspace, noCase)
         setState(self.ui.skipButton, hasCase and hasWorkspace, noCase)
@@ -834,6 +839,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             nodes = self.logic.loadCase(
                 p.workspacePath, caseId, showUncertainty=p.showUncertainty, discardEdits=True
             )
+            self._caseProblem = ""
             p.currentCase, p.caseVolume, p.caseSegmentation, p.caseUncertainty = (
                 caseId,
                 nodes.volume,

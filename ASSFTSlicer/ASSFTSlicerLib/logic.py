@@ -995,6 +995,32 @@ class WorkspaceLogic:
         self._savedDigest = None  # saved with the scene: it may hold edits never submitted
         return self.caseNodes
 
+    def followCase(
+        self, workspacePath, caseId: str, volume, segmentation, uncertainty=None
+    ) -> CaseNodes | None:
+        """Make the case the parameter node names (the one the editor shows) the loaded case,
+        so that Submit stores what the user edits: after a scene import or reload, the
+        parameter node may name other nodes than those loaded before. None when no case is
+        named or it is already the loaded one.
+
+        The case loaded before keeps its nodes in the scene (edits included): nothing is removed.
+
+        Raises:
+            ValueError: see :meth:`restoreCase`.
+        """
+        if not caseId:
+            return None
+        loaded = self.loadedCase()
+        if (
+            loaded is not None
+            and loaded.caseId == caseId
+            and segmentation is not None
+            and loaded.segmentation.GetID() == segmentation.GetID()
+            and loaded.volume.GetID() == (volume.GetID() if volume is not None else None)
+        ):
+            return None
+        return self.restoreCase(workspacePath, caseId, volume, segmentation, uncertainty)
+
     def closeCase(self) -> None:
         removeCaseNodes(self.caseNodes)
         self.caseNodes = self.caseWorkspace = self._savedDigest = None

@@ -339,3 +339,42 @@ def test_an_edit_not_submitted_is_never_dropped_without_consent(mrml, workspace,
     assert logic.loadedCase() is restored and logic.unsubmittedEdits() == "case_001"
     with pytest.raises(UnsubmittedEditsError):
         logic.loadCase(workspace.root, "case_000")
+
+
+def test_submit_stores_the_case_the_parameter_node_names_after_an_import(mrml, workspace):
+    """A scene imported while a case was loaded put its case in the editor, and Submit stored
+    the case loaded before, an unreviewed prediction (issue 22): the Logic now follows the case
+    the parameter node names."""
+    import SimpleITK as sitk
+
+    folder = workspace.root / "predictions" / workspace.current_model_version()
+    arrays = {}
+    for seed, case in enumerate(("case_000", "case_001")):
+        scan = workspace.image_path(case)
+        shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+        arrays[case] = blob_labels(shape, seed=seed + 1)
+        write_label_like(folder / f"{case}.nii.gz", scan, arrays[case])
+    logic = _logic()
+    before = logic.loadCase(workspace.root, "case_000")
+    # What an imported scene brings: another case's nodes, named by the parameter node.
+    imported = _logic().loadCase(workspace.root, "case_001")
+    edited = arrays["case_001"].copy()
+    edited[:3] = 0
+    _paint(imported, edited)
+
+    followed = logic.followCase(workspace.root, "case_001", imported.volume, imported.segmentation)
+    assert followed is not None and logic.loadedCase() is followed
+    assert (
+        logic.followCase(workspace.root, "case_001", imported.volume, imported.segmentation) is None
+    )
+    assert before.segmentation.GetScene() is not None  # the case loaded before is not removed
+    assert logic.unsubmittedEdits() == "case_001"  # from a scene: may hold edits
+    stored = logic.submitCase(workspace.root, user="tester")
+    assert stored == workspace.label_path("case_001")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), edited)
+    assert workspace.label_path("case_000") is None  # the unreviewed prediction is not stored
+
+    # Nodes that cannot be taken over leave the reason, and no case is followed in their stead.
+    with pytest.raises(ValueError, match="is not a node of case case_000"):
+        logic.followCase(workspace.root, "case_000", imported.volume, imported.segmentation)
+    assert logic.followCase(workspace.root, "", None, None) is None
