@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,15 @@ JOB_STARTING = "starting"
 """The state :meth:`WorkspaceLogic.detachedJobStatus` reports while a launched fine-tuning process
 has not created its job yet. The Slicer side's own: the engine's job states are
 ``assft.workspace.jobs.JobState`` (imported where used, so the module loads without the engine)."""
+
+
+def freshFolderName(wanted: pathlib.Path) -> pathlib.Path:
+    """``wanted``, or ``wanted-2``, ``wanted-3``... : the first name nothing holds."""
+    candidate, number = wanted, 1
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = wanted.with_name(f"{wanted.name}-{number}")
+    return candidate
 
 
 class WorkspaceLogic:
@@ -441,16 +451,30 @@ class WorkspaceLogic:
             parts.append(_("no pretrained weights"))
         return "; ".join(parts) + "."
 
+    @staticmethod
+    def isScanForNewWorkspace(node) -> bool:
+        """Whether a loaded volume can become a case of a new workspace: a scalar image that is
+        not a label map, and not a workspace's own (a case's scan or uncertainty map, shown
+        by this panel)."""
+        image = None if node is None else node.GetImageData()
+        return (
+            image is not None
+            and not node.IsA("vtkMRMLLabelMapVolumeNode")
+            and not node.IsA("vtkMRMLVectorVolumeNode")  # RGB, DWI, vector fields
+            and image.GetNumberOfScalarComponents() == 1
+            and not node.GetAttribute("ASSFT.Case")
+            and node.GetAttribute("ASSFT.Role") != "uncertainty"
+        )
+
     def writeVolumesForWorkspace(self, volumeNodes, folder) -> list[pathlib.Path]:
-        """Write loaded volumes as NIfTI files (their exact grids) for a new workspace."""
+        """Write loaded volumes as NIfTI files (their exact grids) for a new workspace; the
+        volumes that cannot be cases (:meth:`isScanForNewWorkspace`) are left out."""
         from assft.io.imaging import case_id_from_path, write_image_atomic
 
         folder = pathlib.Path(folder)
         written = []
         for node in volumeNodes:
-            if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
-                continue
-            if node.GetAttribute("ASSFT.Role") in ("uncertainty",):
+            if not self.isScanForNewWorkspace(node):
                 continue
             name = case_id_from_path(f"{node.GetName()}.nii.gz")
             target = folder / f"{name}.nii.gz"
@@ -466,8 +490,10 @@ class WorkspaceLogic:
     def startCreateWorkspaceFromVolumes(
         self, workspacePath, volumeNodes, modelPreset: str, **callbacks
     ) -> BackgroundProcess:
-        """Create a workspace from the loaded volumes (written next to it, in
-        ``<workspace>-scans``)."""
+        """Create a workspace from the loaded volumes, written next to it in a folder of their
+        own made for this try (``<workspace>-scans``, else ``-scans-2``...: a folder left by an
+        earlier try is never added to). The folder appears whole or not at all, and goes again
+        when the workspace is not created (a failed or cancelled ``init``)."""
         path = self._path(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
@@ -475,10 +501,30 @@ class WorkspaceLogic:
             raise ValueError(
                 _("{path} already holds a workspace: open it instead.").format(path=path)
             )
-        scans = path.parent / f"{path.name}-scans"
-        scans.mkdir(parents=True, exist_ok=True)
-        self.writeVolumesForWorkspace(volumeNodes, scans)
-        return self.startCreateWorkspace(path, [scans], modelPreset, **callbacks)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}-scans-", dir=path.parent))
+        try:
+            self.writeVolumesForWorkspace(volumeNodes, staging)
+            scans = freshFolderName(path.parent / f"{path.name}-scans")
+            staging.rename(scans)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        onFinished = callbacks.pop("onFinished", None)
+
+        def finished(result: ProcessResult) -> None:
+            if not self.hasWorkspace(path):  # nothing refers to the scans: they go
+                shutil.rmtree(scans, ignore_errors=True)
+            if onFinished is not None:
+                onFinished(result)
+
+        try:
+            return self.startCreateWorkspace(
+                path, [scans], modelPreset, onFinished=finished, **callbacks
+            )
+        except BaseException:
+            shutil.rmtree(scans, ignore_errors=True)
+            raise
 
     def startRank(
         self,

@@ -378,3 +378,56 @@ def test_submit_stores_the_case_the_parameter_node_names_after_an_import(mrml, w
     with pytest.raises(ValueError, match="is not a node of case case_000"):
         logic.followCase(workspace.root, "case_000", imported.volume, imported.segmentation)
     assert logic.followCase(workspace.root, "", None, None) is None
+
+
+def test_create_from_loaded_volumes_after_a_failed_try_makes_each_scan_once(
+    mrml, tmp_path, synthetic_pool, tiny_preset_file
+):
+    """A second "Create from loaded volumes" after a failed try wrote the scans again beside
+    the first ones (3 volumes became 6 cases); an RGB volume made it fail; another workspace's
+    case scan was taken as a new scan (issue 22)."""
+    import SimpleITK as sitk
+
+    from assft.workspace import Workspace
+    from ASSFTSlicerLib.scene import volumeNodeFromImage
+
+    _, cases = synthetic_pool
+    volumes = [
+        volumeNodeFromImage(sitk.ReadImage(str(case.image)), case.case_id) for case in cases[:2]
+    ]
+    rgb = sitk.Compose(*[sitk.Cast(sitk.ReadImage(str(cases[0].image)), sitk.sitkUInt8)] * 3)
+    photo = volumeNodeFromImage(rgb, "photo", className="vtkMRMLVectorVolumeNode")
+    logic = _logic()
+    otherCase = _logic().loadCase(_other_workspace(tmp_path, cases), "case_000").volume
+    loaded = [*volumes, photo, otherCase]
+    assert [logic.isScanForNewWorkspace(node) for node in loaded] == [True, True, False, False]
+
+    failed = logic.startCreateWorkspaceFromVolumes(tmp_path / "ws", loaded, "no-such-preset").wait(
+        timeout=120
+    )
+    assert not failed.ok and not (tmp_path / "ws").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "other-images"]  # all gone
+
+    created = logic.startCreateWorkspaceFromVolumes(
+        tmp_path / "ws", loaded, str(tiny_preset_file), labelNames="1:shell,2:core"
+    ).wait(timeout=120)
+    assert created.ok, created.output
+    workspace = Workspace.open(tmp_path / "ws")
+    assert sorted(row["case_id"] for row in workspace.registry.cases()) == sorted(
+        case.case_id for case in cases[:2]
+    )
+    assert sorted(p.name for p in (tmp_path / "ws-scans").iterdir()) == sorted(
+        f"{case.case_id}.nii.gz" for case in cases[:2]
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ws-scans")]
+
+
+def _other_workspace(tmp_path, cases):
+    from assft.workspace import Workspace
+
+    images = tmp_path / "other-images"
+    images.mkdir()
+    shutil.copy(cases[0].image, images / cases[0].image.name)
+    return Workspace.create(
+        tmp_path / "other", [images], label_names={1: "shell", 2: "core"}, user="tester"
+    ).root
