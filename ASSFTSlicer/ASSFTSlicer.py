@@ -477,7 +477,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.worklistTableView.setMRMLTableNode(p.worklistTable)
             p.modelsTable = self.logic.updateModelsTable(p.workspacePath, p.modelsTable)
             self.ui.modelsTableView.setMRMLTableNode(p.modelsTable)
-            if self._launchedJob is None and self.logic.runningFinetuneJob(p.workspacePath):
+            if self._launchedJob is None and self.logic.followRunningJob(p.workspacePath):
                 self._launchedJob = {}  # a job started before Slicer was (re)opened
                 self._beginJobMonitoring()
         except Exception as error:  # a damaged or vanished workspace must not break the panel
@@ -964,7 +964,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(
                 _("Failed to cancel fine-tuning."), waitCursor=True
             ):
-                if self.logic.cancelFinetuneJob(p.workspacePath, onFinished=self._onCancelled):
+                # The job followed, in its own workspace (the field may name another now).
+                if self.logic.cancelFollowedJob(onFinished=self._onCancelled):
                     self.ui.finetuneStatusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
@@ -1004,7 +1005,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        status = self.logic.detachedJobStatus(p.workspacePath, self._launchedJob or {})
+        status = self.logic.followedJobStatus(self._launchedJob or {})
         self.ui.finetuneStatusLabel.text = self.logic.describeJob(status)
         progress = status.get("last_progress") or {}
         if progress.get("total"):
@@ -1021,7 +1022,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refresh()
         if status.get("state") == JobState.FAILED:
             slicer.util.errorDisplay(self.logic.describeJob(status))
-        elif self.logic.jobPromotedVersion(status) and p.rerankAfterPromotion:
+        elif (
+            self.logic.jobPromotedVersion(status)
+            and p.rerankAfterPromotion
+            and self.logic.isJobWorkspace(p.workspacePath)  # not a workspace opened since
+        ):
             self._rankAfterPromotion()
 
     def _selectedVersion(self) -> str:

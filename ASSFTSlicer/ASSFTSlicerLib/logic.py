@@ -89,6 +89,9 @@ class WorkspaceLogic:
         self.engineRoot = MODULE_DIR
         self.caseNodes: CaseNodes | None = None
         self.caseWorkspace: pathlib.Path | None = None
+        self.jobWorkspace: pathlib.Path | None = None
+        """The workspace of the fine-tuning job the panel follows, whatever folder the field
+        names meanwhile (see :meth:`followRunningJob`)."""
         self._savedDigest: str | None = None
         """What the loaded case's segmentation drew when it was loaded, last submitted, or its
         edits were discarded (None: unknown, as for a case taken over from a saved scene)."""
@@ -805,13 +808,55 @@ class WorkspaceLogic:
         onFinished=None,
         config: dict[str, Any] | None = None,
     ) -> BackgroundProcess:
-        """:meth:`startFinetune` as the job's command, apart from the foreground task."""
+        """:meth:`startFinetune` as the job's command, apart from the foreground task; the job
+        is then the one followed (:attr:`jobWorkspace`)."""
+        self.jobWorkspace = self.openWorkspace(workspacePath).root
         return self.tasks.runJobCommand(
             lambda done: self.startFinetune(
                 workspacePath, mode, iterations, device, config, onFinished=done
             ),
             onFinished,
         )
+
+    def followRunningJob(self, workspacePath) -> bool:
+        """Follow the fine-tuning job running in a workspace (one started before Slicer was
+        opened, or by another program); whether one runs there."""
+        if self.runningFinetuneJob(workspacePath) is None:
+            return False
+        self.jobWorkspace = self.openWorkspace(workspacePath).root
+        return True
+
+    def followedJobStatus(self, launched: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`detachedJobStatus` of the job followed, in its own workspace; ``failed`` with
+        the reason when it cannot be read (the workspace moved or was deleted)."""
+        from assft.workspace.jobs import JobState
+
+        if self.jobWorkspace is None:
+            return {"state": JobState.FAILED, "message": _("no fine-tuning job is followed")}
+        try:
+            return self.detachedJobStatus(self.jobWorkspace, launched)
+        except Exception as error:  # noqa: BLE001 - said once, instead of a traceback each poll
+            return {
+                "state": JobState.FAILED,
+                "message": _("cannot read the job in {path}: {error}").format(
+                    path=self.jobWorkspace, error=error
+                ),
+            }
+
+    def isJobWorkspace(self, workspacePath) -> bool:
+        """Whether ``workspacePath`` names the workspace of the job followed."""
+        path = self._path(workspacePath)
+        return (
+            self.jobWorkspace is not None
+            and path is not None
+            and path.resolve() == self.jobWorkspace.resolve()
+        )
+
+    def cancelFollowedJob(self, onFinished=None) -> BackgroundProcess | None:
+        """:meth:`cancelFinetuneJob` of the job followed, in its own workspace."""
+        if self.jobWorkspace is None:
+            return None
+        return self.cancelFinetuneJob(self.jobWorkspace, onFinished=onFinished)
 
     def cancelFinetuneJob(self, workspacePath, onFinished=None) -> BackgroundProcess | None:
         """Cancel the running fine-tuning job (``assft cancel``) without touching the foreground

@@ -333,6 +333,37 @@ def test_a_detached_launch_is_followed_to_its_job_or_its_failure(mrml, tiny_work
     assert logic.describeJob(logic.finetuneJob(workspace.root)) == "done: version v1 (promoted)"
 
 
+def test_the_job_followed_stays_its_own_when_the_folder_field_names_another(
+    mrml, tiny_workspace, tmp_path
+):
+    """The monitor read the folder field: once it named another workspace, a traceback every
+    2 s and a Cancel that did nothing (issue 22). The Logic follows the job's own workspace."""
+    import shutil as shell
+
+    from assft.workspace import Workspace
+    from assft.workspace.jobs import JobStore
+
+    workspace, _ = tiny_workspace
+    other = Workspace.create(
+        tmp_path / "other", [tmp_path / "images"], label_names={1: "a"}, user="tester"
+    )
+    logic = _logic()
+    assert not logic.followRunningJob(other.root) and logic.jobWorkspace is None
+    assert logic.followedJobStatus({})["state"] == "failed" and logic.cancelFollowedJob() is None
+    job = JobStore(workspace).create("finetune", ["finetune"])
+    job.mark_running()  # this process plays the job
+    assert logic.followRunningJob(workspace.root)
+    # The field now names the other workspace: the job is still read in its own.
+    assert logic.followedJobStatus({"pid": os.getpid()})["id"] == job.id
+    assert logic.isJobWorkspace(workspace.root) and not logic.isJobWorkspace(other.root)
+    job.finish("done", 0, "version v1 (promoted)")
+    assert logic.followedJobStatus({"pid": os.getpid()})["state"] == "done"
+    # A job's workspace that vanished is said once, as a failed job, not raised at each poll.
+    shell.rmtree(workspace.root)
+    gone = logic.followedJobStatus({"pid": os.getpid()})
+    assert gone["state"] == "failed" and str(workspace.root) in gone["message"]
+
+
 def test_fine_tuning_needs_a_label_and_ranking_needs_unlabeled_cases(mrml, tiny_workspace):
     workspace, _ = tiny_workspace
     logic = _logic()
