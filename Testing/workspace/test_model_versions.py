@@ -181,6 +181,33 @@ def test_a_truncated_checkpoint_is_detected_and_the_parent_used(registry, worksp
     assert registry.current_or_fallback()[0] == "v0"
 
 
+def test_listing_the_versions_again_hashes_the_current_weights_once(
+    registry, workspace, monkeypatch
+):
+    """Every panel refresh hashed the current weights on the GUI thread (0.4 s for 250 MB,
+    issue 22): a listing remembers the hash of an unchanged file; a changed file, even of the
+    same size and time, is hashed again; loading always hashes afresh."""
+    import assft.workspace.files as files
+
+    registry.promote(registry.add_version(_fitting(registry, 1.0), {}), reason="gate")
+    hashed: list[str] = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda path: hashed.append(str(path)) or real(path))
+    checkpoint = str(registry.checkpoint_path("v1"))
+    for _ in range(3):
+        assert registry.to_json()["problems"] == [] and registry.problems() == []
+    assert hashed.count(checkpoint) == 1  # the first listing only
+
+    data = bytearray(Path(checkpoint).read_bytes())
+    data[-5] ^= 0xFF  # same size; the modification time set back as it was
+    stat = os.stat(checkpoint)
+    Path(checkpoint).write_bytes(bytes(data))
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert any("is damaged" in problem for problem in registry.problems())
+    listed = {entry["version"]: entry for entry in registry.versions()}
+    assert "is damaged" in listed["v1"]["error"]
+
+
 def test_left_over_partial_folders_are_never_reused(registry, workspace):
     (workspace.models_dir / ".v4.partial").mkdir()
     assert registry.next_version() == "v5"

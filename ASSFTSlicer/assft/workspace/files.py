@@ -43,6 +43,33 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+_KNOWN_DIGESTS: dict[tuple, str] = {}
+_KNOWN_DIGESTS_KEPT = 64
+
+
+def sha256_file_known(path: str | Path) -> str:
+    """:func:`sha256_file`, remembered for as long as the file is the same file with the same
+    size, modification and change times (any write changes the change time, which no program
+    can set back): what a panel that lists the versions again and again may use. Whatever
+    loads a file's bytes hashes them afresh (:func:`sha256_file`)."""
+    status = os.stat(path)
+    key = (
+        os.path.abspath(path),
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+    known = _KNOWN_DIGESTS.get(key)
+    if known is None:
+        known = sha256_file(path)
+        if len(_KNOWN_DIGESTS) >= _KNOWN_DIGESTS_KEPT:
+            _KNOWN_DIGESTS.clear()
+        _KNOWN_DIGESTS[key] = known
+    return known
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a text file through a temporary file and a rename (never half-written).
 

@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING, Any
 from assft.errors import BadInputError, DivergedError, StorageError
 from assft.io.atomic import atomic_path, fsync_directory, save_torch_atomic
 from assft.runtime import syncpoints
-from assft.workspace.files import own_regular_file, sha256_file, utc_now, write_json_atomic
+from assft.workspace.files import (
+    own_regular_file,
+    sha256_file,
+    sha256_file_known,
+    utc_now,
+    write_json_atomic,
+)
 from assft.workspace.registry import Registry
 from assft.workspace.versions import (
     BASE_VERSION,
@@ -242,7 +248,7 @@ class ModelRegistry:
         pointer, problems = self._pointer_problems()
         if pointer is not None:
             try:
-                self.verify(pointer)
+                self.verify(pointer, remembered=True)
             except BadInputError as error:
                 problems.append(f"the current model version {pointer} cannot be used: {error}")
         return problems
@@ -318,7 +324,7 @@ class ModelRegistry:
             entry["current"] = entry["version"] == current
             if entry["current"] and "error" not in entry:
                 try:
-                    self.verify(entry["version"])
+                    self.verify(entry["version"], remembered=True)
                 except BadInputError as error:
                     entry["error"] = str(error)
         return entries
@@ -409,10 +415,13 @@ class ModelRegistry:
 
     # integrity ---------------------------------------------------------------------------
 
-    def verify(self, version: str) -> None:
+    def verify(self, version: str, *, remembered: bool = False) -> None:
         """Check that a version's checkpoint is complete (its sha256 is the manifest's).
 
         ``v0`` is not checked here: the preset's checkpoint is checked when it is loaded.
+        ``remembered``: a hash made before of the same unchanged file will do
+        (:func:`~assft.workspace.files.sha256_file_known`), for what lists the versions again
+        and again (a panel's refresh); loading always hashes afresh.
 
         Raises:
             BadInputError: unknown version, missing manifest or checkpoint, or a checkpoint
@@ -430,7 +439,8 @@ class ModelRegistry:
                 f"records no checkpoint_sha256: model version {version} cannot be verified",
                 self.models_dir / version / MANIFEST_NAME,
             )
-        if sha256_file(path) != expected:
+        digest = sha256_file_known(path) if remembered else sha256_file(path)
+        if digest != expected:
             raise BadInputError("is damaged: sha256 differs from its manifest (truncated?)", path)
 
     def load_state(self, version: str) -> dict[str, torch.Tensor] | None:
