@@ -9,9 +9,10 @@ are compared with ``packaging``. The Widget asks the user first and then calls
 PyTorch comes from the PyTorch extension's utilities when that extension is installed (it picks
 the CUDA build that fits the GPU), asked for the torch that MONAI needs: MONAI 1.6 needs torch
 2.8 or newer, more than the engine itself. Everything else is installed with pip constrained to
-the torch that is then installed, so that MONAI's own torch requirement can never make pip
-replace that build (on Windows the index's torch is a CPU-only one). On Slicer 5.12 and later
-``slicer.packaging.pip_ensure`` installs them.
+the torch that is then installed and to every package already there, so that MONAI's own
+requirements can never make pip replace that torch build (on Windows the index's torch is a
+CPU-only one) nor the numpy that Slicer's own modules were built against. On Slicer 5.12 and
+later ``slicer.packaging.pip_ensure`` installs them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from pathlib import Path
 
 try:
     from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
     from packaging.version import InvalidVersion, Version
 except ImportError:  # an interpreter without packaging: pip always carries a copy
     from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
     from pip._vendor.packaging.version import InvalidVersion, Version
 
 __all__ = [
@@ -45,8 +48,8 @@ __all__ = [
 ]
 
 REQUIREMENTS: dict[str, str] = {
-    "torch": "torch>=2.2",
-    "monai": "monai>=1.4",
+    "torch": "torch>=2.4.1",
+    "monai": "monai>=1.5",
     "SimpleITK": "SimpleITK>=2.3",
     "numpy": "numpy>=1.24",
     "nibabel": "nibabel>=5",
@@ -54,7 +57,10 @@ REQUIREMENTS: dict[str, str] = {
     "psutil": "psutil>=5.9",
     "portalocker": "portalocker>=2.8",
 }
-"""Import name -> pip requirement of what the engine needs (also in ``requirements.txt``)."""
+"""Import name -> pip requirement of what the engine needs (also in ``requirements.txt``).
+
+MONAI 1.5 is the first that accepts numpy 2 (Slicer 5.10 ships numpy 2.0.2; MONAI 1.4 needs
+numpy < 2), and it needs torch 2.4.1 or newer: those are the floors."""
 
 NEWEST_MONAI_TORCH_FLOOR = "2.8"
 """The torch that the newest MONAI needs (MONAI 1.6: torch>=2.8), asked for when MONAI is not
@@ -224,6 +230,22 @@ def _pyTorchUtilsLogic():
     return PyTorchUtils.PyTorchUtilsLogic()
 
 
+def installedConstraints(changed: list[str]) -> list[str]:
+    """``name==version`` for every distribution installed now but those in ``changed`` (pip
+    requirement names): what Slicer ships (numpy, SimpleITK, pydicom, requests...) and torch
+    stay as they are while the rest is installed. Where a package needs another version of
+    one of them, pip refuses, naming the conflict, instead of replacing it."""
+    skip = {canonicalize_name(name) for name in changed}
+    pinned: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        version = distribution.version
+        if not name or not version or canonicalize_name(name) in skip:
+            continue
+        pinned.setdefault(canonicalize_name(name), f"{name}=={version}")
+    return sorted(pinned.values(), key=str.casefold)
+
+
 PipEnsure = Callable[[Path, Path], None]
 """Installs what a requirements file lists, under a constraints file."""
 
@@ -262,7 +284,8 @@ def installDependencies(
        (``installTorch(torchVersionRequirement=">=<floor>")``, the floor of :func:`torchFloor`),
        else with pip;
     2. the rest, from a requirements file and under a constraints file that pins the torch now
-       installed: with ``slicer.packaging.pip_ensure`` where Slicer has it, else with pip.
+       installed and every other installed package (:func:`installedConstraints`: Slicer's
+       numpy stays): with ``slicer.packaging.pip_ensure`` where Slicer has it, else with pip.
 
     Args:
         confirmed: The user agreed to install; False refuses (nothing is ever installed
@@ -306,13 +329,14 @@ def installDependencies(
         importlib.invalidate_caches()
     rest = [REQUIREMENTS[name] for name in names if name != "torch"]
     if rest:
-        torch = installedVersion("torch")
         with tempfile.TemporaryDirectory(prefix="assft-pip-") as folder:
             requirementsFile = Path(folder) / "requirements.txt"
             requirementsFile.write_text("\n".join(rest) + "\n", encoding="utf-8")
             constraintsFile = Path(folder) / "constraints.txt"
-            # The torch that is installed stays: MONAI may not pull another build.
-            constraintsFile.write_text(f"torch=={torch}\n" if torch else "", encoding="utf-8")
+            # The torch that is installed and every package Slicer ships stay: MONAI may not
+            # pull another torch build, nor another numpy under Slicer's own modules.
+            pinned = installedConstraints([Requirement(line).name for line in rest])
+            constraintsFile.write_text("".join(f"{line}\n" for line in pinned), encoding="utf-8")
             pipEnsure = pipEnsure if pipEnsure is not None else _slicerPipEnsure()
             if pipEnsure is not None:
                 pipEnsure(requirementsFile, constraintsFile)

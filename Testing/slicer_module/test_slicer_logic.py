@@ -412,14 +412,14 @@ def test_torch_must_be_what_the_installed_monai_needs():
     )
     needed = Requirement(torch_line)
     floor = max(Version(s.version) for s in needed.specifier if s.operator == ">=")
-    assert dependencies.torchFloor() == max(floor, Version("2.2"))
+    assert dependencies.torchFloor() == max(floor, Version("2.4.1"))
     if Version(monai) >= Version("1.6"):
-        assert dependencies.torchFloor() >= Version("2.8")  # not the engine's own 2.2
+        assert dependencies.torchFloor() >= Version("2.8")  # not the engine's own 2.4.1
     # An older torch than MONAI's is a problem that names MONAI (the real metadata, an older
     # installed torch).
-    older = lambda name: "2.4.0" if name == "torch" else dependencies.installedVersion(name)  # noqa: E731
+    older = lambda name: "2.5.0" if name == "torch" else dependencies.installedVersion(name)  # noqa: E731
     problems = dependencies.dependencyProblems(older)
-    if Version("2.4.0") not in needed.specifier:
+    if Version("2.5.0") not in needed.specifier:
         assert [(p.name, p.requirement, p.neededBy) for p in problems] == [
             ("torch", f"torch{needed.specifier}", f"monai {monai}")
         ]
@@ -455,18 +455,26 @@ def test_installing_asks_for_the_torch_floor_and_pins_torch_for_the_rest(monkeyp
         )
     assert asked == [(False, ">=99")]
     torch = importlib.metadata.version("torch")
-    assert ensured == [("assft-missing-pkg>=1\n", f"torch=={torch}\n")]
+    numpy = importlib.metadata.version("numpy")
+    [(requirements, constraints)] = ensured
+    assert requirements == "assft-missing-pkg>=1\n"
+    # Every installed package stays as it is (Slicer's numpy above all), torch included; what
+    # is to be installed is not pinned.
+    pinned = constraints.splitlines()
+    assert f"torch=={torch}" in pinned and f"numpy=={numpy}" in pinned
+    assert not [line for line in pinned if line.lower().startswith("assft-missing-pkg")]
+    assert len(pinned) == len({line.split("==")[0].lower() for line in pinned}) > 20
 
     # Without Slicer's pip_ensure (slicer-core has none) and without the PyTorch extension: pip,
     # with the same constraint.
-    monkeypatch.setitem(dependencies.REQUIREMENTS, "torch", "torch>=2.2")
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "torch", "torch>=2.4.1")
     assert dependencies._slicerPipEnsure() is None
     calls = []
 
     def pip_install(arguments):
         calls.append(arguments)
         if arguments[0] == "-r":
-            assert Path(arguments[3]).read_text() == f"torch=={torch}\n"
+            assert Path(arguments[3]).read_text() == constraints
             assert Path(arguments[1]).read_text() == "assft-missing-pkg>=1\n"
 
     with pytest.raises(RuntimeError):
@@ -485,11 +493,11 @@ def test_slicer_5_12_pip_ensure_gets_the_requirements_and_the_constraints(monkey
     )
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     requirements, constraints = tmp_path / "r.txt", tmp_path / "c.txt"
-    requirements.write_text("monai>=1.4\n")
+    requirements.write_text("monai>=1.5\n")
     constraints.write_text("torch==2.13.0\n")
     dependencies._slicerPipEnsure()(requirements, constraints)
     assert received == {
-        "requirements": ["monai>=1.4"],
+        "requirements": ["monai>=1.5"],
         "constraints": str(constraints),
         "prompt_install": False,
         "requester": "ASSFT Slicer",
