@@ -32,7 +32,7 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from assft_web.page import build_page
 from ASSFTSlicerLib.logic import WorkspaceLogic
-from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError
+from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError, UnsubmittedEditsError
 from ASSFTSlicerLib.standalone import bindScene
 from ASSFTSlicerLib.tasks import TaskKind
 
@@ -145,6 +145,8 @@ class AnnotationApp(TrameApp):
         state.show_uncertainty = True
         state.has_uncertainty = False
         state.overlap_question = ""
+        state.discard_question = ""
+        state.discard_target = ""
         state.message = ""
         state.message_is_error = False
         state.rerank_after_promotion = True
@@ -276,9 +278,30 @@ class AnnotationApp(TrameApp):
                 return
             self.labelCase(caseId)
 
+    def _askToDiscard(self, edited: str, caseId: str) -> None:
+        """Ask on the page before edits not submitted go (the Slicer panel asks the same)."""
+        self.state.discard_target = caseId
+        self.state.discard_question = (
+            f"Case {edited} has edits that are not submitted. Discard them and open case {caseId}?"
+        )
+
+    @controller.set("discard_and_open")
+    def discardAndOpen(self) -> None:
+        """The answer yes to :meth:`_askToDiscard`: the edits go, the case asked for opens."""
+        caseId = self.state.discard_target
+        self.state.discard_question = self.state.discard_target = ""
+        if caseId:
+            self.logic.discardEdits()
+            self.labelCase(caseId)
+
     @controller.set("label_case")
     def labelCase(self, caseId: str) -> None:
-        """Load a case with its prediction, predicting it first in the background if needed."""
+        """Load a case with its prediction, predicting it first in the background if needed;
+        edits of the loaded case that were not submitted are asked about first."""
+        edited = self.logic.unsubmittedEdits()
+        if edited is not None:
+            self._askToDiscard(edited, caseId)
+            return
         with self._reportingErrors():  # a bad case id, another task running
             self.logic.prepareCase(
                 self.workspace,
@@ -296,6 +319,9 @@ class AnnotationApp(TrameApp):
             nodes = self.logic.loadCase(
                 self.workspace, caseId, showUncertainty=self.state.show_uncertainty
             )
+        except UnsubmittedEditsError as error:  # edited while the case was being predicted
+            self._askToDiscard(error.caseId, caseId)
+            return
         except Exception as error:
             self._error(f"Failed to load case {caseId}: {error}")
             return

@@ -220,4 +220,14 @@ def build_page(app: Any) -> SimpleNamespace:
                         click=(ctrl.submit, "['lastWins']"),
                     )
                     v.VBtn("Back to editing", id="overlap-no", click="overlap_question = ''")
+        with v.VDialog(model_value=("discard_question !== ''",), max_width=520, persistent=True):
+            with v.VCard(id="discard-dialog"):
+                v.VCardText("{{ discard_question }}")
+                with v.VCardActions():
+                    v.VBtn("Discard and open", id="discard-yes", click=ctrl.discard_and_open)
+                    v.VBtn(
+                        "Back to editing",
+                        id="discard-no",
+                        click="discard_question = ''; discard_target = ''",
+                    )
     return SimpleNamespace(layout=layout, editor=editor)

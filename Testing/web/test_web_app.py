@@ -110,3 +110,49 @@ def test_a_workspace_that_labels_some_structures_says_which_to_correct(app):
     finally:
         Workspace.open(app.workspace).set_labeled_structures(None)
     assert app.correctionHint() == ""
+
+
+def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
+    """Opening another case dropped the loaded case's edits without a word (issue 22): the
+    page asks, and only 'Discard and open' lets them go."""
+    import numpy as np
+    import SimpleITK as sitk
+    import slicer
+
+    from assft.workspace import Workspace
+    from assft_testing.slicer_side import write_label_like
+
+    workspace = Workspace.open(app.workspace)
+    folder = app.workspace / "predictions" / workspace.current_model_version()
+    for case in ("case_000", "case_001"):  # predicted already: the cases open at once
+        scan = workspace.image_path(case)
+        shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+        write_label_like(folder / f"{case}.nii.gz", scan, np.ones(shape, np.uint16))
+    try:
+        app.labelCase("case_000")
+        assert app.state.current_case == "case_000" and app.state.discard_question == ""
+        nodes = app.logic.loadedCase()
+        segmentation = nodes.segmentation.GetSegmentation()
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            np.zeros(shape, np.uint8),  # the clinician erased segment a
+            nodes.segmentation,
+            segmentation.GetSegmentIdBySegmentName("a"),
+            nodes.volume,
+        )
+        app.labelCase("case_001")
+        assert app.state.discard_question == (
+            "Case case_000 has edits that are not submitted. Discard them and open case case_001?"
+        )
+        assert app.state.current_case == "case_000" and app.logic.loadedCase() is nodes
+        app.state.discard_question = app.state.discard_target = ""  # "Back to editing"
+        assert app.logic.unsubmittedEdits() == "case_000"  # still there
+
+        app.labelCase("case_001")
+        app.discardAndOpen()
+        assert app.state.current_case == "case_001" and app.state.discard_question == ""
+        assert app.logic.unsubmittedEdits() is None and nodes.segmentation.GetScene() is None
+        assert workspace.label_path("case_000") is None  # nothing was stored either way
+    finally:
+        app.logic.closeCase()
+        app.state.current_case = ""
+        app.state.case_ready = False

@@ -335,6 +335,28 @@ def test_skip_then_reopen_a_predicted_case(page, workspace):
     FIGURES["label_to_editable_case_s"] = round(time.monotonic() - started, 2)
 
 
+def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(page, workspace):
+    """Opening another case dropped the edits of the loaded one without a word (issue 22)."""
+    case = _current_case(page)
+    # A labeled case to go to: the unlabeled ones stay for the validation test below.
+    other = next(c for c in _worklist_cases(page) if c != case and _label(workspace, c).exists())
+    page.click("button:has(i.mdi-brush)")
+    axial = _views(page)[0]
+    _drag(page, axial, (0.3, 0.5), (40, 0))
+    _wait_painted(page)
+    page.click(f"#worklist tr[data-case='{other}'] button")
+    page.wait_for_selector("#discard-dialog", state="visible", timeout=30_000)
+    assert f"Case {case} has edits that are not submitted" in _text(page, "#discard-dialog")
+    page.click("#discard-no")  # back to editing: the case and its edit stay
+    page.wait_for_selector("#discard-dialog", state="hidden", timeout=30_000)
+    assert _current_case(page) == case
+    page.click(f"#worklist tr[data-case='{other}'] button")
+    page.wait_for_selector("#discard-dialog", state="visible", timeout=30_000)
+    page.click("#discard-yes")
+    assert _wait_case(page, case) == other
+    assert not _label(workspace, case).exists()  # discarded, never stored
+
+
 def test_propose_validation_scans_then_submit_one_as_such(page, workspace):
     """The page proposes validation scans (one per part of the archive, in the background);
     the clinician opens one, and 'Submit as validation scan' stores its label held out."""
