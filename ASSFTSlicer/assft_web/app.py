@@ -23,14 +23,24 @@ from collections.abc import Iterator
 from typing import Any
 
 from trame.app import TrameApp
-from trame.decorators import change, controller
+from trame.decorators import change, controller, trigger
+from trame_server.utils.typed_state import TypedState
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.app.logic.segmentation import SegmentEditorLogic
+from trame_slicer.app.ui import PaintEffectState
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.segmentation import (
+    SegmentationEffectDraw,
+    SegmentationEffectErase,
+    SegmentationEffectNoTool,
+    SegmentationEffectPaint,
+    SegmentationEffectScissors,
+)
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from assft_web.page import build_page
+from assft_web.shortcuts import BRUSH_STEP, action_of
 from ASSFTSlicerLib.logic import WorkspaceLogic
 from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError, UnsubmittedEditsError
 from ASSFTSlicerLib.standalone import bindScene
@@ -118,6 +128,10 @@ class AnnotationApp(TrameApp):
         # 2026-11-30), so the bug was not reproduced here.
         self.editorLogic = SegmentEditorLogic(self.server, self.slicer)
         self.editorLogic.set_ui(self.ui.editor)
+        # Paint and Erase share these settings. A disc in the slice shown by default: the
+        # sphere edits slices the user cannot see.
+        self.brush = TypedState(self.state, PaintEffectState)
+        self.brush.data.use_sphere_brush = False
         self.logic.tasks.onChanged = self._onTasksChanged
         self.logic.tasks.onDeferredError = lambda kind, error: self._error(str(error))
         self.server.controller.on_server_ready.add(self._startPolling)
@@ -145,6 +159,8 @@ class AnnotationApp(TrameApp):
         state.show_uncertainty = True
         state.has_uncertainty = False
         state.overlap_question = ""
+        state.labels_visible = True
+        state.shortcuts_shown = False
         state.discard_question = ""
         state.discard_target = ""
         state.message = ""
@@ -328,6 +344,7 @@ class AnnotationApp(TrameApp):
         display = self.slicer.display_manager
         display.show_volume_in_slice_background(nodes.volume)
         editor.set_active_segmentation(nodes.segmentation, nodes.volume)
+        nodes.segmentation.GetDisplayNode().SetVisibility(bool(self.state.labels_visible))
         self.logic.setUncertaintyVisible(self.state.show_uncertainty)
         display.reset_views()
         self.state.current_case = caseId
@@ -336,6 +353,63 @@ class AnnotationApp(TrameApp):
         self.state.correction_hint = self.correctionHint()
         self._message(f"Case {caseId} loaded: correct the segmentation, then submit.")
         self._onTasksChanged()  # loading a case changes no table
+
+    @change("labels_visible")
+    def _onLabelsVisible(self, labels_visible, **_kwargs) -> None:
+        nodes = self.logic.loadedCase()
+        display = None if nodes is None else nodes.segmentation.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility(bool(labels_visible))
+
+    # keyboard ----------------------------------------------------------------------------
+
+    EFFECT_KEYS = {
+        "no_tool": SegmentationEffectNoTool,
+        "paint": SegmentationEffectPaint,
+        "erase": SegmentationEffectErase,
+        "scissors": SegmentationEffectScissors,
+        "draw": SegmentationEffectDraw,
+    }
+
+    @trigger("assft_key")
+    def onKey(self, key: str) -> str | None:
+        """A key pressed on the page (see :mod:`assft_web.shortcuts`); the action it ran."""
+        action = action_of(str(key))
+        if action is None:
+            return None
+        editor = self.ui.editor
+        if action == "help":
+            self.state.shortcuts_shown = not self.state.shortcuts_shown
+        elif action == "submit":
+            if self.state.case_ready:
+                self.submit()
+        elif action == "toggle_labels":
+            self.state.labels_visible = not self.state.labels_visible
+            self._onLabelsVisible(self.state.labels_visible)  # now, not at the next flush
+        elif not self.state.case_ready:
+            return None  # the rest edits a case
+        elif action == "undo":
+            editor.undo_clicked.emit()
+        elif action == "redo":
+            editor.redo_clicked.emit()
+        elif action in self.EFFECT_KEYS:
+            editor.effect_button_clicked.emit(self.EFFECT_KEYS[action])
+        elif action in ("previous_segment", "next_segment"):
+            self._stepSegment(-1 if action == "previous_segment" else 1)
+        elif action in ("smaller_brush", "larger_brush"):
+            slider = self.brush.data.brush_diameter_slider
+            factor = BRUSH_STEP if action == "larger_brush" else 1 / BRUSH_STEP
+            slider.value = min(max(slider.value * factor, slider.min_value), slider.max_value)
+        return action
+
+    def _stepSegment(self, step: int) -> None:
+        editor = self.slicer.segmentation_editor
+        segments = list(editor.get_all_segment_properties())
+        if not segments:
+            return
+        current = editor.get_active_segment_id()
+        index = segments.index(current) if current in segments else -step
+        editor.set_active_segment_id(segments[(index + step) % len(segments)])
 
     @change("show_uncertainty")
     def _onShowUncertainty(self, show_uncertainty, **_kwargs) -> None:

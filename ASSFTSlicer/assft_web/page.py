@@ -11,9 +11,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from trame.ui.vuetify3 import VAppLayout
-from trame.widgets import html
+from trame.widgets import client, html
 from trame.widgets import vuetify3 as v
 from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoRedoUI
+
+from assft_web.shortcuts import HELP, KEY_SCRIPT
 
 WORKLIST_HEADERS = [
     {"title": "Rank", "key": "rank"},
@@ -154,6 +156,20 @@ def build_page(app: Any) -> SimpleNamespace:
                     density="compact",
                     hide_details=True,
                 )
+                v.VCheckbox(
+                    id="show-labels",
+                    v_model=("labels_visible",),
+                    label="Labels (H)",
+                    density="compact",
+                    hide_details=True,
+                )
+                v.VBtn(
+                    "Keys (?)",
+                    id="show-shortcuts",
+                    click="shortcuts_shown = true",
+                    variant="text",
+                    size="small",
+                )
             with html.Div(classes="px-2"):
                 html.Div("{{ task_text }}", id="task-text", classes="text-caption")
                 v.VProgressLinear(
@@ -220,6 +236,16 @@ def build_page(app: Any) -> SimpleNamespace:
                         click=(ctrl.submit, "['lastWins']"),
                     )
                     v.VBtn("Back to editing", id="overlap-no", click="overlap_question = ''")
+        client.Script(KEY_SCRIPT)
+        with v.VDialog(v_model=("shortcuts_shown",), max_width=480):
+            with v.VCard(id="shortcuts", title="Keyboard shortcuts"):
+                with v.VTable(density="compact"), html.Tbody():
+                    for keys, what in HELP:
+                        with html.Tr():
+                            html.Td(keys, classes="font-weight-medium")
+                            html.Td(what)
+                with v.VCardActions():
+                    v.VBtn("Close", id="shortcuts-close", click="shortcuts_shown = false")
         with v.VDialog(model_value=("discard_question !== ''",), max_width=520, persistent=True):
             with v.VCard(id="discard-dialog"):
                 v.VCardText("{{ discard_question }}")

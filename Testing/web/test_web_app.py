@@ -156,3 +156,53 @@ def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
         app.logic.closeCase()
         app.state.current_case = ""
         app.state.case_ready = False
+
+
+def test_keys_select_effects_segments_and_brush_and_hide_the_labels(app):
+    """Ctrl+Z and every other key did nothing on the page (issue 22); the brush was a sphere
+    that edits slices the user cannot see."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from assft.workspace import Workspace
+    from assft_testing.slicer_side import write_label_like
+
+    assert app.brush.data.use_sphere_brush is False  # a disc in the slice by default
+    assert app.onKey("z") is None  # no case: nothing to edit
+    workspace = Workspace.open(app.workspace)
+    scan = workspace.image_path("case_002")
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+    folder = app.workspace / "predictions" / workspace.current_model_version()
+    write_label_like(folder / "case_002.nii.gz", scan, np.ones(shape, np.uint16))
+    editor = app.slicer.segmentation_editor
+    try:
+        app.labelCase("case_002")
+        assert app.state.current_case == "case_002"
+        active = lambda: editor.get_active_effect_name().rsplit(".", 1)[-1]  # noqa: E731
+        assert app.onKey("1") == "paint" and active() == "SegmentationEffectPaint"
+        assert app.onKey("2") == "erase" and active() == "SegmentationEffectErase"
+        assert app.onKey("escape") == "no_tool" and active() == "SegmentationEffectNoTool"
+        segments = list(editor.get_all_segment_properties())
+        editor.set_active_segment_id(segments[0])
+        assert app.onKey("w") == "next_segment" and editor.get_active_segment_id() == segments[1]
+        app.onKey("q")
+        app.onKey("q")  # from the first, the last
+        assert editor.get_active_segment_id() == segments[-1]
+        slider = app.brush.data.brush_diameter_slider
+        slider.value = 5.0
+        app.onKey("+")
+        assert abs(slider.value - 6.0) < 1e-9
+        app.onKey("-")
+        assert abs(slider.value - 5.0) < 1e-9
+        display = app.logic.loadedCase().segmentation.GetDisplayNode()
+        assert app.onKey("h") == "toggle_labels"
+        assert not app.state.labels_visible and not display.GetVisibility()
+        app.onKey("h")
+        assert app.state.labels_visible and display.GetVisibility()
+        assert app.onKey("?") == "help" and app.state.shortcuts_shown
+        assert app.onKey("x") is None and app.onKey("ctrl+a") is None
+    finally:
+        app.state.shortcuts_shown = False
+        app.logic.closeCase()
+        app.state.current_case = ""
+        app.state.case_ready = False
