@@ -267,6 +267,39 @@ def test_label_next_predicts_in_the_background_and_loads_the_top_case(page, work
         page.screenshot(path=os.environ["ASSFT_WEB_SCREENSHOT"])
 
 
+def _texture_under_labels(shown: bytes, hidden: bytes) -> float:
+    """How much of the scan's texture is left where the labels are drawn: the spread of the
+    brightness there with the labels shown, over that without them (0: a solid fill)."""
+    import io
+
+    from PIL import Image
+
+    first, second = (
+        np.asarray(Image.open(io.BytesIO(x)).convert("RGB"), float) for x in (shown, hidden)
+    )
+    drawn = np.abs(first - second).sum(-1) > 30
+    assert drawn.sum() > 500, "no label drawn"
+    return float(first.mean(-1)[drawn].std() / max(second.mean(-1)[drawn].std(), 1e-6))
+
+
+def test_the_first_case_shows_the_scan_through_its_labels(page, workspace):
+    """The first case after a server start was drawn as a solid fill that hid the scan, until
+    the first undo (issue 22): labels are see-through, with outlines, from the first case on,
+    and H hides and shows them."""
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(1500)
+    shown = page.locator("#views").screenshot()
+    page.keyboard.press("h")
+    page.wait_for_function("() => !document.querySelector('#show-labels').checked")
+    page.wait_for_timeout(1500)
+    hidden = page.locator("#views").screenshot()
+    page.keyboard.press("h")
+    page.wait_for_function("() => document.querySelector('#show-labels').checked")
+    ratio = _texture_under_labels(shown, hidden)
+    FIGURES["texture_under_labels"] = round(ratio, 3)
+    assert ratio > 0.3, f"the labels hide the scan (texture left {ratio:.2f})"
+
+
 def test_keys_undo_a_stroke_and_list_themselves(page, workspace):
     """Ctrl+Z did nothing (issue 22): it undoes, 1 picks Paint, ? lists the keys."""
     case = _current_case(page)
