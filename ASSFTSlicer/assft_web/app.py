@@ -47,6 +47,24 @@ from ASSFTSlicerLib.standalone import bindScene
 from ASSFTSlicerLib.tasks import TaskKind
 
 LAYOUT_ID = "ASSFT"
+VALIDATION = "validation"
+"""A submit waiting for the annotator's name that stores a validation scan."""
+ANNOTATOR_MAX = 64
+
+
+def annotator_problem(name: Any) -> str:
+    """Why a name from the page cannot stand for an annotator ("" when it can): it is recorded
+    in the workspace's audit with every label."""
+    text = " ".join(str(name or "").split())
+    if not text:
+        return "Enter your name."
+    if len(text) > ANNOTATOR_MAX:
+        return f"At most {ANNOTATOR_MAX} characters."
+    if not text.isprintable():
+        return "Letters, digits, spaces and punctuation only."
+    return ""
+
+
 POLL_SECONDS = 0.1
 JOB_POLL_SECONDS = 1.0
 WORKSPACE_POLL_SECONDS = 2.0
@@ -160,6 +178,10 @@ class AnnotationApp(TrameApp):
         state.has_uncertainty = False
         state.overlap_question = ""
         state.labels_visible = True
+        state.annotator = ""  # the browser sends the name it keeps (shortcuts.ANNOTATOR_SCRIPT)
+        state.annotator_question = False
+        state.annotator_error = ""
+        state.pending_submit = ""
         state.shortcuts_shown = False
         state.discard_question = ""
         state.discard_target = ""
@@ -425,10 +447,14 @@ class AnnotationApp(TrameApp):
         if not self.state.current_case:
             self._error("No case is loaded: use 'Label next' first.")
             return
+        if self._askAnnotator(overlap):
+            return
         self.slicer.segmentation_editor.deactivate_effect()  # an unapplied preview ends
         self.state.overlap_question = ""
         try:
-            path = self.logic.submitCase(self.workspace, overlap=OverlapPolicy(overlap))
+            path = self.logic.submitCase(
+                self.workspace, overlap=OverlapPolicy(overlap), user=self.state.annotator
+            )
         except SegmentOverlapError as error:
             self.state.overlap_question = (
                 f"{error} Give each shared voxel the label of the segment lowest in the list, "
@@ -440,16 +466,44 @@ class AnnotationApp(TrameApp):
             return
         self._caseDone(f"Stored {path.name}.")
 
+    def _askAnnotator(self, pending: str) -> bool:
+        """Whether the annotator's name must be asked first (once per browser); ``pending``
+        is the submit to run once it is given (an overlap policy, or VALIDATION)."""
+        if self.state.annotator and not annotator_problem(self.state.annotator):
+            return False  # (checked again: the page may set the state itself)
+        self.state.pending_submit = pending
+        self.state.annotator_error = ""
+        self.state.annotator_question = True
+        return True
+
+    @controller.set("set_annotator")
+    def setAnnotator(self, name: str) -> None:
+        """The name asked for: checked, kept, and the submit that waited for it runs."""
+        problem = annotator_problem(name)
+        if problem:
+            self.state.annotator_error = problem
+            return
+        self.state.annotator = " ".join(str(name).split())
+        self.state.annotator_question = False
+        self.state.annotator_error = ""
+        pending, self.state.pending_submit = self.state.pending_submit, ""
+        if pending == VALIDATION:
+            self.submitValidation()
+        elif pending:
+            self.submit(pending)
+
     @controller.set("submit_validation")
     def submitValidation(self) -> None:
         """Store the case's label and hold it out: a validation scan the gate reads."""
         if not self.state.current_case:
             self._error("No case is loaded: use 'Label next' first.")
             return
+        if self._askAnnotator(VALIDATION):
+            return
         case = self.state.current_case
         self.slicer.segmentation_editor.deactivate_effect()
         try:
-            self.logic.submitCase(self.workspace)
+            self.logic.submitCase(self.workspace, user=self.state.annotator)
         except Exception as error:
             self._error(f"Failed to submit the label: {error}")
             return

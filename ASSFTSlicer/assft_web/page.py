@@ -15,7 +15,7 @@ from trame.widgets import client, html
 from trame.widgets import vuetify3 as v
 from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoRedoUI
 
-from assft_web.shortcuts import HELP, KEY_SCRIPT
+from assft_web.shortcuts import ANNOTATOR_SCRIPT, HELP, KEY_SCRIPT
 
 WORKLIST_HEADERS = [
     {"title": "Rank", "key": "rank"},
@@ -188,6 +188,11 @@ def build_page(app: Any) -> SimpleNamespace:
                     "Case: {{ current_case || '-' }}", id="current-case", classes="text-body-2"
                 )
                 html.Div(
+                    "{{ annotator ? 'Labeling as ' + annotator : '' }}",
+                    id="annotator",
+                    classes="text-caption",
+                )
+                html.Div(
                     "{{ correction_hint }}",
                     v_if="correction_hint",
                     id="correction-hint",
@@ -237,6 +242,32 @@ def build_page(app: Any) -> SimpleNamespace:
                     )
                     v.VBtn("Back to editing", id="overlap-no", click="overlap_question = ''")
         client.Script(KEY_SCRIPT)
+        client.Script(ANNOTATOR_SCRIPT)
+        with v.VDialog(model_value=("annotator_question",), max_width=440, persistent=True):
+            with v.VCard(id="annotator-dialog", title="Who is labeling?"):
+                v.VCardText(
+                    "Your name is recorded with each label you submit; this browser keeps it."
+                )
+                with v.VCardText():
+                    v.VTextField(
+                        id="annotator-name",
+                        v_model=("annotator_input", ""),
+                        label="Your name",
+                        density="compact",
+                        error_messages=("annotator_error",),
+                        keydown_enter=(ctrl.set_annotator, "[annotator_input]"),
+                    )
+                with v.VCardActions():
+                    v.VBtn(
+                        "Save and submit",
+                        id="annotator-save",
+                        click=(ctrl.set_annotator, "[annotator_input]"),
+                    )
+                    v.VBtn(
+                        "Back to editing",
+                        id="annotator-cancel",
+                        click="annotator_question = false",
+                    )
         with v.VDialog(v_model=("shortcuts_shown",), max_width=480):
             with v.VCard(id="shortcuts", title="Keyboard shortcuts"):
                 with v.VTable(density="compact"), html.Tbody():

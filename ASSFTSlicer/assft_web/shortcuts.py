@@ -1,4 +1,5 @@
-"""Keyboard shortcuts of the web page: the keys of Slicer's Segment Editor where it has them.
+"""The page's own scripts: keyboard shortcuts (the keys of Slicer's Segment Editor where it has
+them) and the annotator's name kept in the browser.
 
 The page sends each key pressed outside a text field, as a normalised name ("z", "ctrl+z",
 "shift+ctrl+z", "escape", "1", "+", "ctrl+enter"...), to the server's ``assft_key`` trigger;
@@ -81,6 +82,30 @@ window.addEventListener('keydown', (event) => {
 """
 """The page's listener: every key outside a text field goes to the server, named as
 :data:`SHORTCUTS` names them."""
+
+
+ANNOTATOR_SCRIPT = """
+(() => {
+  const key = 'assft-annotator';
+  const start = () => {
+    if (!window.trame || !window.trame.state) {
+      setTimeout(start, 200);
+      return;
+    }
+    const saved = window.localStorage.getItem(key);
+    if (saved && !window.trame.state.get('annotator')) {
+      window.trame.state.set('annotator', saved);
+    }
+    window.trame.state.watch(['annotator'], (name) => {
+      if (name) {
+        window.localStorage.setItem(key, name);
+      }
+    });
+  };
+  start();
+})();
+"""
+"""Keeps the annotator's name in the browser (asked once, then sent with each start)."""
 
 
 def action_of(key: str) -> str | None:

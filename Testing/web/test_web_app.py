@@ -206,3 +206,40 @@ def test_keys_select_effects_segments_and_brush_and_hide_the_labels(app):
         app.logic.closeCase()
         app.state.current_case = ""
         app.state.case_ready = False
+
+
+def test_each_submission_records_the_annotator_asked_once(app):
+    """Every label from the page was recorded as the server's login user (issue 22): the page
+    asks for a name once (the browser keeps it) and each submit records it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from assft.workspace import Workspace
+    from assft_testing.slicer_side import write_label_like
+
+    workspace = Workspace.open(app.workspace)
+    scan = workspace.image_path("case_002")
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+    folder = app.workspace / "predictions" / workspace.current_model_version()
+    write_label_like(folder / "case_002.nii.gz", scan, np.ones(shape, np.uint16))
+    app.state.annotator = ""
+    try:
+        app.labelCase("case_002")
+        app.submit()
+        assert app.state.annotator_question and workspace.label_path("case_002") is None
+        for bad, said in (("", "Enter your name"), ("x" * 65, "At most 64"), ("a\x1bb", "only")):
+            app.setAnnotator(bad)
+            assert said in app.state.annotator_error and app.state.annotator_question
+        app.state.annotator = "evil\x00name"  # set by the page itself: checked again
+        app.submit()
+        assert app.state.annotator_question and workspace.label_path("case_002") is None
+        app.setAnnotator("  Dr. Ada   Lovelace ")
+        assert not app.state.annotator_question and app.state.annotator == "Dr. Ada Lovelace"
+        assert workspace.label_path("case_002") is not None  # the submit that waited ran
+        trail = workspace.registry.audit_trail("case_002")
+        assert trail[-1]["user"] == "Dr. Ada Lovelace", trail[-1]
+    finally:
+        app.state.annotator_question = False
+        app.logic.closeCase()
+        app.state.current_case = ""
+        app.state.case_ready = False

@@ -334,8 +334,17 @@ def test_paint_with_the_mouse_submit_and_the_next_case_opens(page, workspace):
     _drag(page, axial, (0.06, 0.45), (60, 20))
     _wait_painted(page)
     page.click("#submit")
+    # The first submit from this browser asks who is labeling (issue 22), once.
+    page.wait_for_selector("#annotator-dialog", state="visible", timeout=30_000)
+    page.fill("#annotator-name", "Browser Tester")
+    page.click("#annotator-save")
     following = _wait_case(page, case)
     assert following != case and following == _worklist_cases(page)[1]
+    from assft.workspace import Workspace
+
+    assert Workspace.open(workspace).registry.audit_trail(case)[-1]["user"] == "Browser Tester"
+    assert page.evaluate("() => localStorage.getItem('assft-annotator')") == "Browser Tester"
+    assert "Labeling as Browser Tester" in _text(page, "#annotator")
 
     stored = _array(_label(workspace, case))
     assert stored.shape == predicted.shape
@@ -513,3 +522,12 @@ def test_a_version_made_outside_the_page_shows_with_its_curve_and_use_rolls_back
     )
     assert Workspace.open(workspace).current_model_version() == "v0"
     assert "v0 is current" in _text(page, "#message")
+
+
+def test_the_browser_keeps_the_annotator_across_a_reload(page, workspace):
+    page.reload()
+    page.wait_for_selector("#rank", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('#annotator').innerText.includes('Browser Tester')",
+        timeout=30_000,
+    )
