@@ -988,11 +988,8 @@ class WorkspaceLogic:
         return nodes
 
     @staticmethod
-    def _digest(nodes: CaseNodes) -> str | None:
-        try:
-            return segmentationDigest(nodes.segmentation, nodes.volume)
-        except RuntimeError:  # a segment that cannot be exported: treated as edited
-            return None
+    def _digest(nodes: CaseNodes) -> str:
+        return segmentationDigest(nodes.segmentation)
 
     def unsubmittedEdits(self) -> str | None:
         """The loaded case's id when its segmentation draws something else than when it was

@@ -562,21 +562,32 @@ def segmentMask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.nda
         _removeTemporaryLabelmap(labelmapNode, existing)
 
 
-def segmentationDigest(segmentationNode, referenceVolumeNode) -> str:
-    """A digest of what a segmentation draws: each segment's name and voxels on the scan's
-    grid, in segment order. Two states of a segmentation draw the same thing exactly when their
-    digests agree (an edit undone gives the digest back).
+def segmentationDigest(segmentationNode) -> str:
+    """A digest of what a segmentation draws: each segment's name, layer and label value, and
+    each layer's binary labelmap (its extent and voxels). Two states of a segmentation draw the
+    same thing exactly when their digests agree (an edit undone gives the digest back).
 
-    Raises:
-        RuntimeError: a segment could not be exported.
+    It reads the labelmap layers as they are held, without exporting a segment (a model with a
+    hundred structures shares a few layers): cheap enough for every case load.
     """
+    from vtk.util.numpy_support import vtk_to_numpy
+
     digest = hashlib.sha256()
     segmentation = segmentationNode.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
         segmentId = segmentation.GetNthSegmentID(index)
-        name = segmentation.GetSegment(segmentId).GetName() or ""
-        digest.update(name.encode("utf-8") + b"\0")
-        digest.update(np.packbits(segmentMask(segmentationNode, segmentId, referenceVolumeNode)))
+        segment = segmentation.GetSegment(segmentId)
+        layer = segmentation.GetLayerIndex(segmentId)
+        digest.update(f"{segment.GetName() or ''}\0{layer}\0{segment.GetLabelValue()}\0".encode())
+    for layer in range(segmentation.GetNumberOfLayers()):
+        image = segmentation.GetLayerDataObject(layer)
+        if image is None:
+            digest.update(b"no layer\0")
+            continue
+        digest.update(str(tuple(image.GetExtent())).encode("ascii"))
+        scalars = image.GetPointData().GetScalars()
+        if scalars is not None:
+            digest.update(np.ascontiguousarray(vtk_to_numpy(scalars)).tobytes())
     return digest.hexdigest()
 
 
