@@ -96,6 +96,7 @@ except ImportError:
 from assft.query.config import QueryConfig
 from assft.query.strategies import STRATEGIES
 from assft.query.strategies import Strategy as EngineStrategy
+from assft.runtime.job_state import JobState
 from assft.runtime.progress import ProgressEvent
 from assft.training.config import FinetuneConfig
 from ASSFTSlicerLib import dependencies
@@ -1013,7 +1014,6 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.finetuneProgressBar.setValue(int(progress.get("done") or 0))
         if self.logic.jobIsActive(status):
             return
-        from assft.workspace.jobs import JobState
 
         self._jobTimer.stop()
         self._launchedJob = None

@@ -115,8 +115,9 @@ def test_the_web_front_end_uses_the_engine_through_the_module_logic_and_the_cli_
         "web": "assft_web.command:register"
     }
     allowed = {"errors", "settings", "training", "workspace"}
-    # ... and the one module made for operating-system-specific calls (test_os_calls.py).
-    portable = "assft.runtime.portable"
+    # ... and the one module made for operating-system-specific calls (test_os_calls.py), and
+    # the job states (standard library only, where the front ends show a job).
+    permitted_modules = {"assft.runtime.portable", "assft.runtime.job_state"}
     web = ENGINE.parent / "assft_web"
     used = set()
     for path in web.glob("*.py"):
@@ -125,7 +126,27 @@ def test_the_web_front_end_uses_the_engine_through_the_module_logic_and_the_cli_
                 isinstance(node, ast.ImportFrom)
                 and node.module
                 and node.module.startswith("assft.")
-                and node.module != portable
+                and node.module not in permitted_modules
             ):
                 used.add(node.module.split(".")[1])
     assert used <= allowed, sorted(used - allowed)
+
+
+def test_the_job_states_need_only_the_standard_library():
+    """The front ends import them at module level (issue 23): nothing but the standard
+    library, so that naming a job state loads no engine."""
+    import sys
+
+    source = (ENGINE / "runtime" / "job_state.py").read_text(encoding="utf-8")
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported

@@ -20,6 +20,7 @@ from typing import Any
 import slicer
 
 # Standard library only: the module loads before the engine's dependencies are installed.
+from assft.runtime.job_state import STARTING, JobState
 from assft.runtime.progress import ProgressEvent
 from ASSFTSlicerLib import dependencies
 from ASSFTSlicerLib.i18n import tr as _
@@ -60,10 +61,9 @@ from ASSFTSlicerLib.worklist import (
 MODULE_DIR = pathlib.Path(__file__).resolve().parent.parent
 """The module's folder: the engine package ``assft`` lies next to the module file."""
 
-JOB_STARTING = "starting"
+JOB_STARTING = STARTING
 """The state :meth:`WorkspaceLogic.detachedJobStatus` reports while a launched fine-tuning process
-has not created its job yet. The Slicer side's own: the engine's job states are
-``assft.workspace.jobs.JobState`` (imported where used, so the module loads without the engine)."""
+has not created its job yet (:data:`assft.runtime.job_state.STARTING`)."""
 
 
 def freshFolderName(wanted: pathlib.Path) -> pathlib.Path:
@@ -829,7 +829,6 @@ class WorkspaceLogic:
     def followedJobStatus(self, launched: dict[str, Any]) -> dict[str, Any]:
         """:meth:`detachedJobStatus` of the job followed, in its own workspace; ``failed`` with
         the reason when it cannot be read (the workspace moved or was deleted)."""
-        from assft.workspace.jobs import JobState
 
         if self.jobWorkspace is None:
             return {"state": JobState.FAILED, "message": _("no fine-tuning job is followed")}
@@ -1302,14 +1301,12 @@ class WorkspaceLogic:
 
     def runningFinetuneJob(self, workspacePath) -> dict[str, Any] | None:
         """The fine-tuning job whose process runs now, if any."""
-        from assft.workspace.jobs import JobState
 
         return self.finetuneJob(workspacePath, states=(JobState.RUNNING,))
 
     @staticmethod
     def jobIsActive(job: dict[str, Any]) -> bool:
         """Whether a job (or :meth:`detachedJobStatus`) is still starting or running."""
-        from assft.workspace.jobs import JobState
 
         return job.get("state") in (JOB_STARTING, JobState.RUNNING)
 
@@ -1332,7 +1329,6 @@ class WorkspaceLogic:
             ]
             if lines:
                 message = lines[-1]
-        from assft.workspace.jobs import JobState
 
         return {"state": JobState.FAILED, "message": message}
 
@@ -1347,7 +1343,6 @@ class WorkspaceLogic:
         )
 
     def describeJob(self, job: dict[str, Any]) -> str:
-        from assft.workspace.jobs import JobState
 
         state = job.get("state", "")
         if state == JOB_STARTING:
@@ -1362,7 +1357,6 @@ class WorkspaceLogic:
     @staticmethod
     def jobPromotedVersion(job: dict[str, Any]) -> str | None:
         """The version a finished job promoted, if it did."""
-        from assft.workspace.jobs import JobState
 
         if job.get("state") != JobState.DONE:
             return None

@@ -112,8 +112,8 @@ def runAnnotationLoop(
         LoopFailure (an AssertionError): a step went wrong; the message says which.
     """
     from assft.io.imaging import read_label
+    from assft.runtime.job_state import JobState
     from assft.runtime.progress import ProgressEvent
-    from assft.workspace.jobs import JobState
     from ASSFTSlicerLib.logic import JOB_STARTING
     from ASSFTSlicerLib.scene import LabelDefinition, SegmentOverlapError
 

@@ -39,6 +39,7 @@ from trame_slicer.segmentation import (
 )
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
+from assft.runtime.job_state import JobState
 from assft_web.page import build_page
 from assft_web.shortcuts import BRUSH_STEP, action_of
 from ASSFTSlicerLib.logic import WorkspaceLogic
@@ -593,7 +594,6 @@ class AnnotationApp(TrameApp):
         self.launchedJob = None
         self.state.job_active = False
         self.refresh()
-        from assft.workspace.jobs import JobState
 
         if status.get("state") == JobState.FAILED:
             self._error(self.logic.describeJob(status))

@@ -19,6 +19,8 @@ import qt
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
+from assft.runtime.job_state import JobState
+
 
 class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
     def setUp(self):
@@ -169,7 +171,6 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         self._waitFor(
             lambda: widget._launchedJob is None, timeout=120, what="cancelling fine-tuning"
         )
-        from assft.workspace.jobs import JobState
 
         self.assertEqual(widget.logic.finetuneJob(workspacePath)["state"], JobState.CANCELLED)
         self.assertEqual(widget.ui.finetuneButton.text, "Fine-tune")

@@ -37,6 +37,7 @@ from assft.io.atomic import load_torch_safely, save_torch_atomic
 from assft.models import LoadedModel, resolve_device
 from assft.query.parts import ArchiveParts
 from assft.runtime import cancellation, distributed, syncpoints
+from assft.runtime.job_state import JobState
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.anchor import parent_evidence
 from assft.training.config import FinetuneConfig, FinetuneMode
@@ -65,7 +66,7 @@ from assft.training.ssft import (
     validation_dice,
 )
 from assft.workspace import Workspace, write_json_atomic
-from assft.workspace.jobs import Job, JobState, JobStore
+from assft.workspace.jobs import Job, JobStore
 from assft.workspace.model_versions import ModelRegistry
 
 

@@ -34,12 +34,12 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assft.errors import BadInputError
 from assft.runtime import cancellation
+from assft.runtime.job_state import FINAL_STATES, JOB_STATES, JobState
 from assft.runtime.portable import (
     ProcessTree,
     process_alive,
@@ -69,36 +69,7 @@ __all__ = [
 ]
 
 
-class JobState(StrEnum):
-    """The state of a job: the one list, for the engine that writes ``job.json`` and the Slicer
-    module that reads it (plain strings in the JSON)."""
-
-    QUEUED = "queued"
-    """Created, its process not started yet."""
-    RUNNING = "running"
-    """Its process runs (as long as that process is alive: else it reads ``killed``)."""
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    """Stopped by ``assft cancel`` (or a signal); it changed nothing."""
-    KILLED = "killed"
-    """A ``running`` job whose process is gone, as readers report it (it could not record it)."""
-    UNKNOWN = "unknown"
-    """Never written: :meth:`JobStore.list`'s entry for a job whose ``job.json`` is unreadable."""
-
-
 JOB_ID_PATTERN = re.compile(r"^[a-z]+-[0-9T]+-[0-9a-f]{4}$")
-JOB_STATES = (
-    JobState.QUEUED,
-    JobState.RUNNING,
-    JobState.DONE,
-    JobState.FAILED,
-    JobState.CANCELLED,
-    JobState.KILLED,
-)
-"""The states a job can be in."""
-FINAL_STATES = (JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.KILLED)
-"""The states of a job that has ended."""
 DETACHED_ENV = "ASSFT_DETACHED"
 """Set to ``1`` in the environment of a job started by :func:`launch_detached`."""
 
