@@ -346,13 +346,15 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refresh()
 
     def cleanup(self) -> None:
+        """Slicer closes (or the module reloads); setup() may not have finished (it raised)."""
         self.removeObservers()
         for timer in (self._jobTimer, self._workspaceTimer):
             if timer:
                 timer.stop()
         # Before Slicer goes: a ranking or prediction left running would hold the workspace lock.
         # A detached fine-tuning job goes on.
-        self.logic.shutdown()
+        if self.logic is not None:
+            self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()

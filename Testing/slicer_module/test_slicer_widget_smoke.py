@@ -486,3 +486,14 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     widget._labelCase(first)  # OK
     assert p.currentCase == first and widget.logic.unsubmittedEdits() is None
     assert not [m for m in module.messages if m[0] == "error"], module.messages
+
+
+def test_cleanup_after_a_setup_that_did_not_finish(module):
+    """cleanup() assumed setup() had made the Logic (issue 22): a setup that raised (a missing
+    .ui, a broken install) then made Slicer's exit raise too."""
+    widget = module.module.ASSFTSlicerWidget()
+    assert widget.logic is None
+    widget.cleanup()  # nothing to stop, nothing raised
+    widget = _widget(module, None)
+    widget.cleanup()
+    assert not widget._jobTimer.active and not widget.logic.tasks.busy
