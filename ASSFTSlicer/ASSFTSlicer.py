@@ -314,6 +314,9 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        # Volumes loaded or removed elsewhere change what "Create from loaded volumes" can do.
+        for event in (slicer.mrmlScene.NodeAddedEvent, slicer.mrmlScene.NodeRemovedEvent):
+            self.addObserver(slicer.mrmlScene, event, self.onNodeAddedOrRemoved)
 
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.openWorkspaceButton.connect("clicked(bool)", self.onOpenWorkspace)
@@ -386,6 +389,13 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self._selectSegmentEditorNode()
             self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAddedOrRemoved(self, caller, event, node) -> None:
+        """A volume loaded or removed: the buttons again, once the load has filled it (a volume
+        node is added before its voxels are read)."""
+        if node is not None and node.IsA("vtkMRMLVolumeNode") and self._parameterNode:
+            qt.QTimer.singleShot(0, self._updateButtons)
 
     def onSceneEndImport(self, caller, event) -> None:
         """A loaded scene may bring a parameter node naming a case: take its nodes over."""
@@ -555,7 +565,10 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.createFromVolumesButton,
             p is not None
             and not self.logic.hasWorkspace(p.workspacePath)
-            and slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is not None,
+            and any(
+                self.logic.isScanForNewWorkspace(node)
+                for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            ),
             _("Load scans into Slicer and choose a new workspace folder."),
         )
         setState(

@@ -497,3 +497,34 @@ def test_cleanup_after_a_setup_that_did_not_finish(module):
     widget = _widget(module, None)
     widget.cleanup()
     assert not widget._jobTimer.active and not widget.logic.tasks.busy
+
+
+def test_create_from_loaded_volumes_follows_volumes_loaded_elsewhere(module, tmp_path):
+    """The button stayed disabled after volumes were loaded (issue 22): a volume added to the
+    scene updates it once loaded; an RGB volume does not count."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ASSFTSlicerLib.scene import volumeNodeFromImage
+
+    widget = _widget(module, tmp_path)
+    p = widget._parameterNode
+    p.workspacePath = tmp_path / "new-ws"
+    widget._updateButtons()
+    button = widget.ui.createFromVolumesButton
+    assert not button.enabled and "Load scans" in button.toolTip
+    rgb = sitk.Compose(*[sitk.GetImageFromArray(np.zeros((4, 5, 6), np.uint8))] * 3)
+    photo = volumeNodeFromImage(rgb, "photo", className="vtkMRMLVectorVolumeNode")
+    widget.onNodeAddedOrRemoved(slicer.mrmlScene, None, photo)
+    FakeEventLoop.processEvents()
+    assert not button.enabled  # a photo is no scan
+    scan = sitk.GetImageFromArray(np.random.default_rng(0).random((4, 5, 6)).astype(np.float32))
+    node = volumeNodeFromImage(scan, "scan")
+    widget.onNodeAddedOrRemoved(slicer.mrmlScene, None, node)
+    FakeEventLoop.processEvents()
+    assert button.enabled
+    slicer.mrmlScene.RemoveNode(node)
+    widget.onNodeAddedOrRemoved(slicer.mrmlScene, None, node)
+    FakeEventLoop.processEvents()
+    assert not button.enabled
+    slicer.mrmlScene.RemoveNode(photo)
