@@ -288,6 +288,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTags = []
         self._caseProblem = ""
+        self._caseToShow = False
+        """A case was loaded while the panel was hidden: the slice views show it on enter()."""
         self._shownTask = None
         self._launchedJob = None
         self._jobTimer = None
@@ -364,6 +366,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # As Slicer's Segment Editor module does: its keyboard shortcuts while the panel shows.
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self._selectSegmentEditorNode()
+        if self._caseToShow and self.logic.loadedCase() is not None:
+            self._editCase()  # loaded while the user was in another module
         self.refresh()
         if self._workspaceTimer:
             self._workspaceTimer.start()
@@ -880,8 +884,13 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         editor.setSegmentationNode(p.caseSegmentation)
         editor.setSourceVolumeNode(p.caseVolume)
-        if not self.parent.isEntered:  # no effect may catch clicks in the views meanwhile
+        if not self.parent.isEntered:
+            # The user works in another module: no effect may catch clicks in the views, and
+            # the views stay as the user left them; the case shows when the panel does.
             editor.removeViewObservations()
+            self._caseToShow = True
+            return
+        self._caseToShow = False
         slicer.util.setSliceViewerLayers(background=p.caseVolume, fit=True)
         self.logic.setUncertaintyVisible(p.showUncertainty)
 

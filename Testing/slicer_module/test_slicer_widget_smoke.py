@@ -238,7 +238,11 @@ def module(monkeypatch, mrml):
         lambda text, **kw: messages.append(("ask", text)) or (answers.pop(0) if answers else True),
     )
     monkeypatch.setattr(slicer.util, "selectModule", lambda name: messages.append(("module", name)))
-    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
+    monkeypatch.setattr(
+        slicer.util,
+        "setSliceViewerLayers",
+        lambda **kw: messages.append(("views", kw.get("background"))),
+    )
     monkeypatch.setattr(
         slicer.util, "startupEnvironment", lambda: dict(__import__("os").environ), raising=False
     )
@@ -403,10 +407,12 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     assert not [m for m in module.messages if m[0] == "module"], (
         "a background task switched modules"
     )
+    assert ("views", p.caseVolume) not in module.messages, "the views changed under the user"
     embedded = widget.ui.segmentEditorWidget
     assert embedded.segmentation is p.caseSegmentation and embedded.source is p.caseVolume
     widget.parent.isEntered = True
     widget.enter()  # back in the panel: the embedded editor's shortcuts and its own node
+    assert ("views", p.caseVolume) in module.messages  # and now the case in the views
     assert embedded.shortcuts and embedded.editorNode is widget.logic.segmentEditorNode()
     assert embedded.editorNode.GetSingletonTag() == "ASSFTSlicer"
     # "Open in Segment Editor" is still there, when asked for.
