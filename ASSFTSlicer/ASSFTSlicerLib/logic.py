@@ -276,7 +276,21 @@ class WorkspaceLogic:
         correction = WorkspaceLogic.describeCorrection(
             list(summary.get("labeled_structures") or names), names
         )
-        return f"{text}. {correction}" if correction else text
+        ranking = WorkspaceLogic.describeRankingModel(summary)
+        notes = [note for note in (correction, ranking) if note]
+        return ". ".join([text, *notes])
+
+    @staticmethod
+    def describeRankingModel(summary: dict[str, Any]) -> str:
+        """A sentence when the worklist's ranking was made with another model version than the
+        current one (a rollback, or a promotion not ranked again yet); "" otherwise."""
+        made, current = summary.get("latest_ranking_model"), summary.get("model_version")
+        if not summary.get("latest_ranking") or not made or not current or made == current:
+            return ""
+        return _(
+            "The worklist was ranked with model {made}; the current model is {current}: "
+            "rank again to follow it."
+        ).format(made=made, current=current)
 
     # model presets -----------------------------------------------------------------------
 

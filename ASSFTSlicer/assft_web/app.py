@@ -179,6 +179,7 @@ class AnnotationApp(TrameApp):
         state.has_uncertainty = False
         state.overlap_question = ""
         state.labels_visible = True
+        state.ranking_note = ""
         state.annotator = ""  # the browser sends the name it keeps (shortcuts.ANNOTATOR_SCRIPT)
         state.annotator_question = False
         state.annotator_error = ""
@@ -223,6 +224,7 @@ class AnnotationApp(TrameApp):
         self.state.worklist = _json_rows(self.logic.worklist(workspace))
         self.state.versions = _json_rows(self.logic.modelVersions(workspace))
         self.state.counts = self.logic.describeCounts(workspace.registry.counts())
+        self.state.ranking_note = self.logic.describeRankingModel(workspace.status_summary())
         self._onTasksChanged()
 
     def _onTasksChanged(self) -> None:

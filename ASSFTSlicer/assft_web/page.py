@@ -198,6 +198,12 @@ def build_page(app: Any) -> SimpleNamespace:
                     id="correction-hint",
                     classes="text-caption text-warning",
                 )
+            html.Div(
+                "{{ ranking_note }}",
+                id="ranking-note",
+                v_show=("ranking_note",),
+                classes="px-2 text-caption text-warning",
+            )
             _worklist(ctrl)
             v.VDivider()
             with html.Div(classes="pa-2"):

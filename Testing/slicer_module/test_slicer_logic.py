@@ -203,6 +203,28 @@ def test_model_versions_table_and_rollback(mrml, tiny_workspace):
     assert logic.workspaceSummary(workspace.root)["model_version"] == "v0"
 
 
+def test_a_ranking_made_with_another_version_says_so(mrml, tiny_workspace):
+    """After a rollback the worklist showed the other version's ranking without a word
+    (issue 22): both front ends say which version ranked it, until the next ranking."""
+    from assft.workspace.model_versions import ModelRegistry
+
+    workspace, labels = tiny_workspace
+    logic = _logic()
+    registry = ModelRegistry(workspace)
+    workspace.save_ranking(_ranking(sorted(labels)))  # by v0
+    summary = logic.workspaceSummary(workspace.root)
+    assert logic.describeRankingModel(summary) == ""
+    state = registry.load("v0").network.state_dict()
+    registry.promote(registry.add_version(state, {"mode": "none"}), reason="test")
+    said = logic.describeRankingModel(logic.workspaceSummary(workspace.root))
+    assert said == (
+        "The worklist was ranked with model v0; the current model is v1: rank again to follow it."
+    )
+    assert said in logic.describeWorkspace(logic.workspaceSummary(workspace.root))
+    logic.useModelVersion(workspace.root, "v0")  # the rollback
+    assert logic.describeRankingModel(logic.workspaceSummary(workspace.root)) == ""
+
+
 def test_the_panel_says_which_structures_to_correct(mrml, tiny_workspace):
     workspace, _ = tiny_workspace
     logic = _logic()

@@ -243,3 +243,33 @@ def test_each_submission_records_the_annotator_asked_once(app):
         app.logic.closeCase()
         app.state.current_case = ""
         app.state.case_ready = False
+
+
+def test_the_page_says_when_the_worklist_was_ranked_by_another_version(app):
+    from assft.workspace import Workspace
+    from assft.workspace.model_versions import ModelRegistry
+
+    workspace = Workspace.open(app.workspace)
+    registry = ModelRegistry(workspace)
+    workspace.save_ranking(
+        {
+            "model_version": "v0",
+            "cases": [
+                {"case": case, "rank": rank, "score": 1.0 / rank}
+                for rank, case in enumerate(["case_000", "case_001", "case_002"], start=1)
+            ],
+        }
+    )
+    app.refresh()
+    assert app.state.ranking_note == ""
+    before = registry.current()
+    registry.promote(
+        registry.add_version(registry.load("v0").network.state_dict(), {}), reason="test"
+    )
+    try:
+        app.refresh()
+        assert "ranked with model v0" in app.state.ranking_note
+    finally:
+        registry.rollback(before)
+    app.refresh()
+    assert app.state.ranking_note == ""

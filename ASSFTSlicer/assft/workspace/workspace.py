@@ -1195,6 +1195,7 @@ class Workspace:
             "total": sum(counts.values()),
             "running_job": self.running_job(),
             "latest_ranking": None if latest is None else latest["file_name"],
+            "latest_ranking_model": None if latest is None else latest["model_version"],
             # The structures clinicians label (all of the labels, unless they label only some).
             "labeled_structures": [names[v] for v in self.config.labeled_values],
         }
