@@ -144,6 +144,7 @@ def test_status_summary(tmp_path: Path, workspace: Workspace) -> None:
         "total": 3,
         "running_job": None,
         "latest_ranking": None,
+        "latest_ranking_model": None,
         "labeled_structures": ["grey matter", "white matter"],
     }
     workspace.submit_label(
@@ -154,4 +155,5 @@ def test_status_summary(tmp_path: Path, workspace: Workspace) -> None:
     summary = workspace.status_summary()
     assert summary["counts"] == {"unlabeled": 1, "labeled": 1, "skipped": 1, "held-out": 0}
     assert summary["latest_ranking"] == "ranking-0001.json"
+    assert summary["latest_ranking_model"] == "v0"  # the version that ranked it
     json.dumps(summary)
