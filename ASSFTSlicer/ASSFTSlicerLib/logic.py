@@ -620,7 +620,8 @@ class WorkspaceLogic:
 
     @staticmethod
     def describeProgress(event: dict[str, Any]) -> str:
-        """One line for a progress event: phase, count, metrics, ETA."""
+        """One line for a progress event: phase, count, metrics, ETA (of the whole job where
+        the event gives it: ``job_eta_s``)."""
         if event.get("event") == ProgressEvent.DONE:
             return _("Done.")
         if event.get("event") == ProgressEvent.ERROR:
@@ -634,7 +635,8 @@ class WorkspaceLogic:
             if isinstance(event.get(key), (int, float)):
                 parts.append(f"{title} {event[key]:.3f}")
         text = ", ".join(parts)
-        eta = event.get("eta_s")
+        # A fine-tune's whole job (both stages) when it says so, else the phase's own.
+        eta = event.get("job_eta_s", event.get("eta_s"))
         if isinstance(eta, (int, float)):
             text += (
                 _(", about {minutes} min left").format(minutes=max(1, round(eta / 60)))

@@ -306,6 +306,9 @@ def test_progress_and_job_descriptions():
         }
     )
     assert text == "supervised 5/200, loss 0.432, about 5 min left"
+    # A fine-tune's events give the whole job's time left (both stages): that is shown.
+    whole = {"event": "progress", "phase": "supervised", "done": 5, "total": 200, "eta_s": 300}
+    assert logic.describeProgress({**whole, "job_eta_s": 700}).endswith("about 12 min left")
     assert (
         logic.describeProgress(
             {

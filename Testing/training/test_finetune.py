@@ -810,3 +810,28 @@ def test_held_out_scans_weigh_the_share_of_the_archive_they_stand_for():
     # A scan the parts do not know weighs an average part; without parts the weights are equal.
     assert archive_weights(["a0", "x"], parts) == pytest.approx([25 / 40, 15 / 40])
     assert archive_weights(["a0", "b0"], None) == [0.5, 0.5] and archive_weights([], parts) == []
+
+
+def test_the_progress_gives_the_whole_jobs_time_left(labeled_workspace):
+    """The estimate covered the current stage only (issue 22): during the supervised stage,
+    ``job_eta_s`` also counts the semi-supervised steps to come; in the last stage it is that
+    stage's own."""
+    import io
+
+    from assft.runtime.progress import Progress
+
+    stream = io.StringIO()  # what `assft finetune --progress json` prints
+    config = FinetuneConfig(
+        **{**FAST, "iterations": 8, "semi_iterations": 8, "mode": "all", "tau_c": 0.0}
+    )
+    run_finetune(labeled_workspace, config, device="cpu", progress=Progress("json", stream))
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    steps = [e for e in events if e.get("event") == "progress" and "job_eta_s" in e]
+    stage_1 = [e for e in steps if e["phase"] == "supervised"]
+    stage_2 = [e for e in steps if e["phase"] == "semi-supervised"]
+    assert stage_1 and stage_2, [(e.get("phase"), e.get("done"), e.get("job_eta_s")) for e in events][:40]
+    assert all(event["job_eta_s"] > 0 for event in stage_1)
+    # The end of the first stage: nothing left of it, 8 steps of the second still to come.
+    last_of_1 = stage_1[-1]
+    assert last_of_1["done"] == 8 and last_of_1["eta_s"] == 0 and last_of_1["job_eta_s"] > 0
+    assert stage_2[-1]["done"] == 8 and stage_2[-1]["job_eta_s"] == 0

@@ -573,12 +573,21 @@ class FinetuneJob:
         """Progress and the loss curve per step, held-out Dice every ``validate_every`` steps
         (the best checkpoint kept), and a resume point every ``checkpoint_every`` steps."""
         every = validation_steps(total, self.config.validate_every)
+        # The steps after this stage: the whole job's time left, not only this stage's.
+        later = run.semi_iterations if stage == 1 and self.config.mode != FinetuneMode.NONE else 0
+        clock: dict[str, float] = {}
 
         def on_step(done: int, metrics: dict[str, float]) -> None:
             run.curve.add_loss(stage, done, total, metrics["loss"])
             shown = {k: round(v, 5) for k, v in metrics.items()}
             if run.main and run.held_out_cases and (done % every == 0 or done == total):
                 shown["validation_dice"] = round(self._evaluate(run, stage, done), 5)
+            now = time.monotonic()
+            clock.setdefault("start", now)
+            clock.setdefault("from", done)
+            if done > clock["from"]:
+                per_step = (now - clock["start"]) / (done - clock["from"])
+                shown["job_eta_s"] = round(per_step * (total - done + later), 1)
             run.progress.update(done, **shown)
             if done % self.config.checkpoint_every == 0:
                 self._save_resume_point(run, stage, done)
