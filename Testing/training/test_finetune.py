@@ -829,7 +829,7 @@ def test_the_progress_gives_the_whole_jobs_time_left(labeled_workspace):
     steps = [e for e in events if e.get("event") == "progress" and "job_eta_s" in e]
     stage_1 = [e for e in steps if e["phase"] == "supervised"]
     stage_2 = [e for e in steps if e["phase"] == "semi-supervised"]
-    assert stage_1 and stage_2, [(e.get("phase"), e.get("done"), e.get("job_eta_s")) for e in events][:40]
+    assert stage_1 and stage_2, [(e.get("phase"), e.get("job_eta_s")) for e in events][:40]
     assert all(event["job_eta_s"] > 0 for event in stage_1)
     # The end of the first stage: nothing left of it, 8 steps of the second still to come.
     last_of_1 = stage_1[-1]
