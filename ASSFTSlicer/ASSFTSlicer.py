@@ -7,6 +7,7 @@ processes read without blocking the GUI), so it is tested with the MRML of the `
 wheel.
 """
 
+import contextlib
 import enum
 import logging
 import pathlib
@@ -853,8 +854,14 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Asked again: edits may have been made while the case was being predicted.
         if not self._mayDropEdits(caseId):
             return
-        with slicer.util.tryWithErrorDisplay(
-            _("Failed to load case {case}.").format(case=caseId), waitCursor=True
+        # Shown once: tryWithErrorDisplay shows the failure and raises it again, and a caller
+        # that is itself inside one (Label next, when nothing needs predicting) would show it
+        # a second time.
+        with (
+            contextlib.suppress(Exception),
+            slicer.util.tryWithErrorDisplay(
+                _("Failed to load case {case}.").format(case=caseId), waitCursor=True
+            ),
         ):
             nodes = self.logic.loadCase(
                 p.workspacePath, caseId, showUncertainty=p.showUncertainty, discardEdits=True

@@ -534,3 +534,34 @@ def test_create_from_loaded_volumes_follows_volumes_loaded_elsewhere(module, tmp
     FakeEventLoop.processEvents()
     assert not button.enabled
     slicer.mrmlScene.RemoveNode(photo)
+
+
+def test_a_case_that_fails_to_load_is_said_once(module, tmp_path, synthetic_pool):
+    """A load failure was shown twice (issue 22): by the case's loading and again by Label
+    next around it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from assft.workspace import Workspace
+    from assft_testing.slicer_side import write_label_like
+
+    _, cases = synthetic_pool
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in cases[:2]:
+        shutil.copy(case.image, images / case.image.name)
+    workspace = Workspace.create(
+        tmp_path / "ws", [images], label_names={1: "shell", 2: "core"}, user="tester"
+    )
+    scan = workspace.image_path("case_000")
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+    folder = workspace.root / "predictions" / workspace.current_model_version()
+    write_label_like(folder / "case_000.nii.gz", scan, np.ones(shape, np.uint16))
+    scan.write_bytes(b"not an image any more")  # the load fails
+    widget = _widget(module, tmp_path)
+    widget._parameterNode.workspacePath = workspace.root
+    before = len([m for m in module.messages if m[0] == "error"])
+    widget._labelCase("case_000")  # predicted already: loads at once, inside Label next
+    errors = [m for m in module.messages if m[0] == "error"][before:]
+    assert len(errors) == 1 and "Failed to load case case_000" in errors[0][1], errors
+    assert widget.logic.loadedCase() is None
