@@ -976,8 +976,8 @@ class WorkspaceLogic:
         """
         workspace = self.openWorkspace(workspacePath)
         workspace.check_case_id(caseId)
-        edited = self.unsubmittedEdits()
-        if edited is not None and not discardEdits:
+        edited = None if discardEdits else self.unsubmittedEdits()  # no digest when consented
+        if edited is not None:
             raise UnsubmittedEditsError(edited)
         predicted, uncertain = self.predictionFiles(workspace.root, caseId)
         stored = workspace.label_path(caseId)

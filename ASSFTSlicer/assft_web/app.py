@@ -223,8 +223,9 @@ class AnnotationApp(TrameApp):
         self._workspaceMark = self.logic.workspaceMark(workspace)
         self.state.worklist = _json_rows(self.logic.worklist(workspace))
         self.state.versions = _json_rows(self.logic.modelVersions(workspace))
-        self.state.counts = self.logic.describeCounts(workspace.registry.counts())
-        self.state.ranking_note = self.logic.describeRankingModel(workspace.status_summary())
+        summary = workspace.status_summary()  # the counts and the latest ranking, read once
+        self.state.counts = self.logic.describeCounts(summary["counts"])
+        self.state.ranking_note = self.logic.describeRankingModel(summary)
         self._onTasksChanged()
 
     def _onTasksChanged(self) -> None:

@@ -129,14 +129,7 @@ def test_a_case_in_a_reloaded_scene_is_taken_over_and_submitted(mrml, workspace,
     nodes = logic.loadCase(workspace.root, case)
     edited = prediction.copy()
     edited[:2] = 0
-    segmentation = nodes.segmentation.GetSegmentation()
-    for value, name in ((1, "shell"), (2, "core")):
-        slicer.util.updateSegmentBinaryLabelmapFromArray(
-            (edited == value).astype(np.uint8),
-            nodes.segmentation,
-            segmentation.GetSegmentIdBySegmentName(name),
-            nodes.volume,
-        )
+    _paint(nodes, edited)
     # The parameter node names the case and its nodes (by reference), as the wrapper stores it.
     parameters = mrml.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "ASSFTSlicer")
     parameters.SetParameter("currentCase", case)

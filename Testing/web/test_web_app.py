@@ -116,18 +116,12 @@ def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
     """Opening another case dropped the loaded case's edits without a word (issue 22): the
     page asks, and only 'Discard and open' lets them go."""
     import numpy as np
-    import SimpleITK as sitk
     import slicer
 
     from assft.workspace import Workspace
-    from assft_testing.slicer_side import write_label_like
 
     workspace = Workspace.open(app.workspace)
-    folder = app.workspace / "predictions" / workspace.current_model_version()
-    for case in ("case_000", "case_001"):  # predicted already: the cases open at once
-        scan = workspace.image_path(case)
-        shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
-        write_label_like(folder / f"{case}.nii.gz", scan, np.ones(shape, np.uint16))
+    shape = _predicted(app, "case_000", "case_001")  # the cases open at once
     try:
         app.labelCase("case_000")
         assert app.state.current_case == "case_000" and app.state.discard_question == ""
@@ -153,27 +147,16 @@ def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
         assert app.logic.unsubmittedEdits() is None and nodes.segmentation.GetScene() is None
         assert workspace.label_path("case_000") is None  # nothing was stored either way
     finally:
-        app.logic.closeCase()
-        app.state.current_case = ""
-        app.state.case_ready = False
+        _close_case(app)
 
 
 def test_keys_select_effects_segments_and_brush_and_hide_the_labels(app):
     """Ctrl+Z and every other key did nothing on the page (issue 22); the brush was a sphere
     that edits slices the user cannot see."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from assft.workspace import Workspace
-    from assft_testing.slicer_side import write_label_like
 
     assert app.brush.data.use_sphere_brush is False  # a disc in the slice by default
     assert app.onKey("z") is None  # no case: nothing to edit
-    workspace = Workspace.open(app.workspace)
-    scan = workspace.image_path("case_002")
-    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
-    folder = app.workspace / "predictions" / workspace.current_model_version()
-    write_label_like(folder / "case_002.nii.gz", scan, np.ones(shape, np.uint16))
+    _predicted(app, "case_002")
     editor = app.slicer.segmentation_editor
     try:
         app.labelCase("case_002")
@@ -203,25 +186,17 @@ def test_keys_select_effects_segments_and_brush_and_hide_the_labels(app):
         assert app.onKey("x") is None and app.onKey("ctrl+a") is None
     finally:
         app.state.shortcuts_shown = False
-        app.logic.closeCase()
-        app.state.current_case = ""
-        app.state.case_ready = False
+        _close_case(app)
 
 
 def test_each_submission_records_the_annotator_asked_once(app):
     """Every label from the page was recorded as the server's login user (issue 22): the page
     asks for a name once (the browser keeps it) and each submit records it."""
-    import numpy as np
-    import SimpleITK as sitk
 
     from assft.workspace import Workspace
-    from assft_testing.slicer_side import write_label_like
 
     workspace = Workspace.open(app.workspace)
-    scan = workspace.image_path("case_002")
-    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
-    folder = app.workspace / "predictions" / workspace.current_model_version()
-    write_label_like(folder / "case_002.nii.gz", scan, np.ones(shape, np.uint16))
+    _predicted(app, "case_002")
     app.state.annotator = ""
     try:
         app.labelCase("case_002")
@@ -240,9 +215,7 @@ def test_each_submission_records_the_annotator_asked_once(app):
         assert trail[-1]["user"] == "Dr. Ada Lovelace", trail[-1]
     finally:
         app.state.annotator_question = False
-        app.logic.closeCase()
-        app.state.current_case = ""
-        app.state.case_ready = False
+        _close_case(app)
 
 
 def test_the_page_says_when_the_worklist_was_ranked_by_another_version(app):
@@ -273,3 +246,28 @@ def test_the_page_says_when_the_worklist_was_ranked_by_another_version(app):
         registry.rollback(before)
     app.refresh()
     assert app.state.ranking_note == ""
+
+
+def _predicted(app, *cases: str) -> tuple[int, ...]:
+    """A prediction of the current model for each case (all ones: segment a), so that the case
+    opens at once; returns the last scan's shape."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from assft.workspace import Workspace
+    from assft_testing.slicer_side import write_label_like
+
+    workspace = Workspace.open(app.workspace)
+    folder = app.workspace / "predictions" / workspace.current_model_version()
+    for case in cases:
+        scan = workspace.image_path(case)
+        shape = sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).shape
+        write_label_like(folder / f"{case}.nii.gz", scan, np.ones(shape, np.uint16))
+    return shape
+
+
+def _close_case(app) -> None:
+    """What the next test of this module's one app expects: no case loaded."""
+    app.logic.closeCase()
+    app.state.current_case = ""
+    app.state.case_ready = False
