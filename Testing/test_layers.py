@@ -111,9 +111,9 @@ def test_the_web_front_end_uses_the_engine_through_the_module_logic_and_the_cli_
     import tomllib
 
     project = tomllib.loads((ENGINE.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
-    assert project["project"]["entry-points"]["assft.commands"] == {
-        "web": "assft_web.command:register"
-    }
+    assert project["project"]["entry-points"]["assft.commands"]["web"] == (
+        "assft_web.command:register"
+    )
     allowed = {"errors", "settings", "training", "workspace"}
     # ... and the one module made for operating-system-specific calls (test_os_calls.py), and
     # the job states (standard library only, where the front ends show a job).
@@ -150,3 +150,21 @@ def test_the_job_states_need_only_the_standard_library():
         )
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_the_verbs_above_the_engine_are_entry_points_the_cli_knows():
+    """The apps' verbs and ``assft web`` reach the CLI only through the ``assft.commands`` entry
+    points, each a function that exists; the CLI knows every one (what it needs when absent)."""
+    import importlib
+    import tomllib
+
+    from assft.cli import VERBS_OF_EXTRAS
+
+    project = tomllib.loads((ENGINE.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    registered = project["project"]["entry-points"]["assft.commands"]
+    assert set(registered) == set(VERBS_OF_EXTRAS)
+    for verb, target in registered.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), verb
+    cli = (ENGINE / "cli.py").read_text(encoding="utf-8")
+    assert "assft.apps" not in cli and "assft_web" not in cli

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
-import math
 import os
 import sys
 import warnings
@@ -28,7 +27,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 # strategy registry: numpy, never torch). Each cmd_* function (and the _open and _*_config helpers
 # they call) imports the machinery of its verb itself, so that `assft --help`, a bad flag and the
 # light verbs answer at once and the CLI starts without torch (Testing/test_cli.py checks it).
-from assft.datasets.sites import SITE_NAMES, parse_sites
 from assft.errors import (
     EXIT_CANCELLED,
     EXIT_FAILURE,
@@ -41,39 +39,20 @@ from assft.query.config import DKDConfig, GapEstimator, QueryConfig
 from assft.query.strategies import STRATEGIES
 from assft.runtime import cancellation, distributed
 from assft.runtime.progress import Progress, ProgressEvent
+from assft.runtime.verbs import (
+    Subparsers,
+    add_verb,
+    device_flag,
+    json_flag,
+    parse_label_names,
+    print_json,
+    progress_flag,
+    progress_of,
+)
 from assft.training.config import FinetuneConfig, FinetuneMode
 
 if TYPE_CHECKING:
     from assft.workspace import Workspace
-
-Subparsers = argparse._SubParsersAction  # what each add_<verb>_parser registers into
-
-
-def _print_json(document: Any, *, one_line: bool = False) -> None:
-    """One JSON document on stdout (on one line after JSON-lines progress, for parsers)."""
-    sys.stdout.write(json.dumps(document, indent=None if one_line else 2, default=str) + "\n")
-
-
-def _progress(args: argparse.Namespace) -> Progress:
-    # Under torchrun only rank 0 reports.
-    return Progress(getattr(args, "progress", "auto") if distributed.is_main() else "none")
-
-
-def parse_label_names(text: str | None) -> dict[int, str] | None:
-    """``1:grey matter,2:white matter`` -> {1: "grey matter", 2: "white matter"}."""
-    if not text:
-        return None
-    names: dict[int, str] = {}
-    for item in text.split(","):
-        value, sep, name = item.partition(":")
-        if not sep or not value.strip().isdigit() or not name.strip():
-            raise BadInputError(
-                f"--label-names item {item!r} is not VALUE:NAME (e.g. 1:liver,2:spleen)"
-            )
-        if int(value) == 0:
-            raise BadInputError("--label-names: 0 is the background and cannot be named")
-        names[int(value)] = name.strip()
-    return names
 
 
 def _open(path: str) -> Workspace:
@@ -85,28 +64,6 @@ def _open(path: str) -> Workspace:
 # Parser helpers ---------------------------------------------------------------------------------
 
 
-def _add_verb(
-    sub: Subparsers,
-    name: str,
-    handler: Callable[[argparse.Namespace], int],
-    help_text: str,
-    **extra: Any,
-) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=help_text, **extra
-    )
-    p.set_defaults(handler=handler)
-    return p
-
-
-def _json_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-
-
-def _device_flag(p: argparse.ArgumentParser, default: str = "auto", **extra: Any) -> None:
-    p.add_argument("--device", default=default, choices=("auto", "cpu", "cuda"), **extra)
-
-
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", help="model version (default: the current one)")
     p.add_argument(
@@ -116,16 +73,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         help="test-time views, 1 to 8: the identity, flips of x, y, z, then of two and three axes "
         "(8: every mirroring, as nnU-Net predicts)",
     )
-    _device_flag(p)
-
-
-def _progress_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--progress",
-        choices=("auto", "json", "bar", "none"),
-        default="auto",
-        help="json: one JSON object per line on stdout; auto: a bar on a terminal",
-    )
+    device_flag(p)
 
 
 def _default(kind: type, name: str) -> str:
@@ -159,7 +107,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     summary = workspace.status_summary()
     if args.json:
-        _print_json({"workspace": str(workspace.root), **summary})
+        print_json({"workspace": str(workspace.root), **summary})
     else:
         print(
             f"Created workspace {workspace.root}: {summary['total']} cases "
@@ -169,7 +117,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def add_init_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "init", cmd_init, "create a workspace from images")
+    p = add_verb(sub, "init", cmd_init, "create a workspace from images")
     p.add_argument("workspace", help="folder of the new workspace")
     p.add_argument(
         "--images", nargs="+", required=True, help="image files, DICOM folders or folders of images"
@@ -193,7 +141,7 @@ def add_init_parser(sub: Subparsers) -> None:
             "nnunet:PATH (an nnU-Net v2 results folder)"
         ),
     )
-    _json_flag(p)
+    json_flag(p)
 
 
 def _query_config(args: argparse.Namespace, workspace: Workspace) -> QueryConfig:
@@ -236,7 +184,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     from assft.query.ranking import rank_workspace
 
-    progress = _progress(args)
+    progress = progress_of(args)
 
     # Under torchrun, rank 0 holds the workspace lock for all ranks and alone prints.
     lock = (
@@ -250,14 +198,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return 0
     progress.done(file=document.get("file"), selected=document["selected"])
     if args.json:
-        _print_json(document, one_line=progress.mode == "json")
+        print_json(document, one_line=progress.mode == "json")
     elif progress.mode != "json":
         _print_ranking(document)
     return 0
 
 
 def add_rank_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub,
         "rank",
         cmd_rank,
@@ -271,7 +219,7 @@ def add_rank_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--strategy", choices=tuple(STRATEGIES), help=f"default {_default(QueryConfig, 'strategy')}"
     )
-    _device_flag(p)
+    device_flag(p)
     p.add_argument("--seed", type=int, help=f"default {_default(QueryConfig, 'seed')}")
     p.add_argument(
         "--views",
@@ -295,14 +243,14 @@ def add_rank_parser(sub: Subparsers) -> None:
         help=f"DKD knowledge-gap estimator (default {_default(DKDConfig, 'gap')})",
     )
     p.add_argument("--config", help="a QueryConfig JSON file (flags override it)")
-    _json_flag(p)
-    _progress_flag(p)
+    json_flag(p)
+    progress_flag(p)
 
 
 def cmd_next(args: argparse.Namespace) -> int:
     info = _open(args.workspace).next_case()
     if args.json:
-        _print_json(info)
+        print_json(info)
     elif info["case"] is None:
         print("Every ranked case is labeled or skipped: fine-tune or rank again.")
     else:
@@ -311,35 +259,35 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 
 def add_next_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "next", cmd_next, "the next case to label, from the latest ranking")
+    p = add_verb(sub, "next", cmd_next, "the next case to label, from the latest ranking")
     p.add_argument("workspace")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     stored = workspace.submit_label(args.case, Path(args.label), user=args.user)
     if args.json:
-        _print_json({"case": args.case, "label": str(stored), "status": "labeled"})
+        print_json({"case": args.case, "label": str(stored), "status": "labeled"})
     else:
         print(f"Stored the label of {args.case} as {stored}")
     return 0
 
 
 def add_submit_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "submit", cmd_submit, "store a case's label (validated; never half-written)")
+    p = add_verb(sub, "submit", cmd_submit, "store a case's label (validated; never half-written)")
     p.add_argument("workspace")
     p.add_argument("case")
     p.add_argument("label", help="label image at the case's exact geometry")
     p.add_argument("--user", help="who labeled it (default: the login name)")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_skip(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     workspace.skip(args.case, user=args.user)
     if args.json:
-        _print_json({"case": args.case, "status": "skipped"})
+        print_json({"case": args.case, "status": "skipped"})
     else:
         print(f"Skipped {args.case}")
     return 0
@@ -360,7 +308,7 @@ def cmd_structures(args: argparse.Namespace) -> int:
     labeled = workspace.config.labeled_values
     structures = [{"value": v, "name": names[v], "labeled": v in labeled} for v in names]
     if args.json:
-        _print_json(
+        print_json(
             {"structures": structures, "partially_labeled": workspace.config.partially_labeled}
         )
         return 0
@@ -371,7 +319,7 @@ def cmd_structures(args: argparse.Namespace) -> int:
 
 
 def add_structures_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub,
         "structures",
         cmd_structures,
@@ -389,15 +337,15 @@ def add_structures_parser(sub: Subparsers) -> None:
         "while labels exist is refused: those labels would teach them as background)",
     )
     p.add_argument("--user")
-    _json_flag(p)
+    json_flag(p)
 
 
 def add_skip_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "skip", cmd_skip, "mark a case skipped")
+    p = add_verb(sub, "skip", cmd_skip, "mark a case skipped")
     p.add_argument("workspace")
     p.add_argument("case")
     p.add_argument("--user")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -408,7 +356,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     # A damaged pointer, or a current version that cannot be used, is flagged, not fatal here.
     summary["model_problems"] = ModelRegistry(workspace).problems()
     if args.json:
-        _print_json({"workspace": str(workspace.root), **summary})
+        print_json({"workspace": str(workspace.root), **summary})
         return 0
     counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items())
     print(f"Workspace {workspace.root}")
@@ -432,9 +380,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_status_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "status", cmd_status, "cases per status, model version, running job")
+    p = add_verb(sub, "status", cmd_status, "cases per status, model version, running job")
     p.add_argument("workspace")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_hold_out(args: argparse.Namespace) -> int:
@@ -448,12 +396,12 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
             )
         from assft.query.ranking import propose_validation_set
 
-        progress = _progress(args)
+        progress = progress_of(args)
         proposal = propose_validation_set(
             workspace, args.propose or None, device=args.device, progress=progress
         )
         if args.json:
-            _print_json(proposal)
+            print_json(proposal)
             return 0
         progress.done(**proposal)  # --progress json: the Slicer module and the page read it
         if args.progress == "json":
@@ -472,12 +420,12 @@ def cmd_hold_out(args: argparse.Namespace) -> int:
         raise BadInputError("give the cases to hold out, or --propose to have some proposed")
     status = workspace.hold_out(args.cases, release=args.release, user=args.user)
     message = {"cases": args.cases, "status": status}
-    _print_json(message) if args.json else print(f"{len(args.cases)} case(s) now {status}")
+    print_json(message) if args.json else print(f"{len(args.cases)} case(s) now {status}")
     return 0
 
 
 def add_hold_out_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub, "hold-out", cmd_hold_out, "keep labeled cases out of training, for validation"
     )
     p.add_argument("workspace")
@@ -494,9 +442,9 @@ def add_hold_out_parser(sub: Subparsers) -> None:
         "already",
     )
     p.add_argument("--user")
-    _device_flag(p)
-    _progress_flag(p)
-    _json_flag(p)
+    device_flag(p)
+    progress_flag(p)
+    json_flag(p)
 
 
 def _finetune_config(args: argparse.Namespace, workspace: Workspace) -> FinetuneConfig:
@@ -548,7 +496,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 f"{tail[0] if tail else 'no output'} (log: {log})"
             )
         job = launched["job"] or "(starting)"
-        _print_json({"detached": True, **launched}) if args.json else print(
+        print_json({"detached": True, **launched}) if args.json else print(
             f"Fine-tuning in the background: job {job} (pid {launched['pid']}); "
             f"follow it with 'assft jobs {workspace.root}'"
         )
@@ -559,7 +507,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         workspace,
         config,
         device=args.device,
-        progress=_progress(args),
+        progress=progress_of(args),
         argv=argv,
         restart=args.restart,
     )
@@ -567,8 +515,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0
     if args.json:
-        _print_json(manifest, one_line=args.progress == "json")
-    elif _progress(args).mode != "json":
+        print_json(manifest, one_line=args.progress == "json")
+    elif progress_of(args).mode != "json":
         gate = manifest.get("gate", {})
         promoted = "promoted" if manifest.get("promoted") else "not promoted"
         print(f"Version {manifest['version']} ({promoted}): {gate.get('reason', '')}")
@@ -581,7 +529,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def add_finetune_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub,
         "finetune",
         cmd_finetune,
@@ -617,7 +565,7 @@ def add_finetune_parser(sub: Subparsers) -> None:
         help=f"learning rate of the decoder and head (default {_default(FinetuneConfig, 'lr')})",
     )
     p.add_argument("--seed", type=int, help=f"default {_default(FinetuneConfig, 'seed')}")
-    _device_flag(p)
+    device_flag(p)
     p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
     # The detached job's relaunch passes the resolved config as JSON text instead of a file.
     p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
@@ -628,8 +576,8 @@ def add_finetune_parser(sub: Subparsers) -> None:
         help="start a new job even if a killed one with the same labels could resume (a resumed "
         "job keeps the settings it started with)",
     )
-    _json_flag(p)
-    _progress_flag(p)
+    json_flag(p)
+    progress_flag(p)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -637,7 +585,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     jobs = JobStore(_open(args.workspace)).list()
     if args.json:
-        _print_json({"jobs": jobs})
+        print_json({"jobs": jobs})
         return 0
     if not jobs:
         print("No jobs.")
@@ -652,25 +600,25 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def add_jobs_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "jobs", cmd_jobs, "background jobs and their state")
+    p = add_verb(sub, "jobs", cmd_jobs, "background jobs and their state")
     p.add_argument("workspace")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from assft.workspace.jobs import cancel
 
     info = cancel(_open(args.workspace), args.job, timeout=args.timeout)
-    _print_json(info) if args.json else print(f"Job {info['id']}: {info['state']}")
+    print_json(info) if args.json else print(f"Job {info['id']}: {info['state']}")
     return 0
 
 
 def add_cancel_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "cancel", cmd_cancel, "stop a running job cleanly (its work is discarded)")
+    p = add_verb(sub, "cancel", cmd_cancel, "stop a running job cleanly (its work is discarded)")
     p.add_argument("workspace")
     p.add_argument("job", nargs="?", help="job id (default: the running one)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before it is killed")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -679,7 +627,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     document = ModelRegistry(_open(args.workspace)).to_json()
     if args.json:
-        _print_json(document)
+        print_json(document)
         return 0
     for problem in document["problems"]:
         print(f"PROBLEM: {problem}")
@@ -702,9 +650,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def add_models_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "models", cmd_models, "model versions with their metrics")
+    p = add_verb(sub, "models", cmd_models, "model versions with their metrics")
     p.add_argument("workspace")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
@@ -712,7 +660,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
     info = describe_model(args.model)
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     structures = ", ".join(f"{v} {name}" for v, name in info["structures"].items())
     print(f"{info['model']}: {info['architecture']}, structures {structures or '(none)'}")
@@ -727,7 +675,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def add_model_info_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub,
         "model-info",
         cmd_model_info,
@@ -735,7 +683,7 @@ def add_model_info_parser(sub: Subparsers) -> None:
         "what it is: network, structures, folds",
     )
     p.add_argument("model")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -744,7 +692,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     registry = ModelRegistry(_open(args.workspace))
     result = registry.rollback(args.version)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "current": registry.current(),
                 "rolled_back_from": result["rolled_back_from"],
@@ -759,7 +707,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def add_rollback_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub,
         "rollback",
         cmd_rollback,
@@ -768,7 +716,7 @@ def add_rollback_parser(sub: Subparsers) -> None:
     )
     p.add_argument("workspace")
     p.add_argument("version")
-    _json_flag(p)
+    json_flag(p)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -776,7 +724,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_version(_open(args.workspace), args.version, args.out, format=args.format)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     if result["format"] == "nnunet":
         print(
@@ -792,7 +740,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub,
         "export",
         cmd_export,
@@ -804,7 +752,7 @@ def add_export_parser(sub: Subparsers) -> None:
     p.add_argument("version", nargs="?", help="model version (default: the current one)")
     p.add_argument("--format", default="bundle", choices=("bundle", "nnunet"))
     p.add_argument("--out", required=True, help="new folder outside the workspace")
-    _json_flag(p)
+    json_flag(p)
 
 
 def _finished(
@@ -813,14 +761,14 @@ def _finished(
     """Report a model command's end; True when the result went out as JSON."""
     progress.done(model_version=result["model_version"], **done)
     if args.json:
-        _print_json(result, one_line=progress.mode == "json")
+        print_json(result, one_line=progress.mode == "json")
     return bool(args.json)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from assft.predict import predict_workspace
 
-    progress = _progress(args)
+    progress = progress_of(args)
     result = predict_workspace(
         _open(args.workspace),
         args.case,
@@ -841,7 +789,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_parser(sub: Subparsers) -> None:
-    p = _add_verb(
+    p = add_verb(
         sub, "predict", cmd_predict, "write predicted labels at each scan's exact geometry"
     )
     p.add_argument("workspace")
@@ -854,8 +802,8 @@ def add_predict_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--uncertainty", action="store_true", help="also write the entropy map")
     _model_flags(p)
-    _json_flag(p)
-    _progress_flag(p)
+    json_flag(p)
+    progress_flag(p)
 
 
 def _dice_cells(values: Iterable[float | None]) -> str:
@@ -869,7 +817,7 @@ def _dice_mean(mean: float | None) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from assft.evaluate import evaluate_workspace
 
-    progress = _progress(args)
+    progress = progress_of(args)
     result = evaluate_workspace(
         _open(args.workspace),
         Path(args.truth),
@@ -892,327 +840,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "evaluate", cmd_evaluate, "Dice per case and structure against ground truth")
+    p = add_verb(sub, "evaluate", cmd_evaluate, "Dice per case and structure against ground truth")
     p.add_argument("workspace")
     p.add_argument("--truth", required=True, help="folder of truth labels named like the cases")
     _model_flags(p)
-    _json_flag(p)
-    _progress_flag(p)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from assft.apps.demo import print_demo, run_demo
-    except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
-        if error.name not in ("assft.apps", "assft.apps.demo"):
-            raise
-        raise BadInputError(
-            "assft demo needs the full engine package: pip install 'assft[demo]'"
-        ) from None
-
-    summary = run_demo(
-        Path(args.out), quick=args.quick, device=args.device, progress=_progress(args)
-    )
-    if args.json:
-        _print_json(summary)
-    else:
-        print_demo(summary)
-        print(f"Report: {Path(args.out) / 'report.html'}; summary: {Path(args.out) / 'demo.json'}")
-    return 0
-
-
-def add_demo_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "demo", cmd_demo, "the annotation loop end to end on built-in sample scans")
-    p.add_argument("--out", default="demo-out", help="folder for the sample data and workspace")
-    p.add_argument("--quick", action="store_true", help="a smaller pool (a few minutes on 2 cores)")
-    _device_flag(p)
-    _json_flag(p)
-    _progress_flag(p)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from assft.apps.bench import run_benchmark
-    except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
-        if error.name not in ("assft.apps", "assft.apps.bench"):
-            raise
-        raise BadInputError(
-            f"assft bench {args.name} needs the full engine package: pip install 'assft[demo]'"
-        ) from None
-
-    result = run_benchmark(args, label_names=parse_label_names(args.label_names))
-    if args.json:
-        _print_json(result)
-    return 0
-
-
-def add_bench_parser(sub: Subparsers) -> None:
-    p = _add_verb(sub, "bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
-    p.add_argument("name", choices=("speed", "label-efficiency", "partial-labels"))
-    p.add_argument("--out", default="bench-out", help="folder for the JSON results")
-    _device_flag(p)
-    p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
-    p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
-    p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
-    p.add_argument(
-        "--train-steps",
-        dest="train_steps",
-        type=int,
-        default=8,
-        help="fine-tuning steps timed per loop",
-    )
-    p.add_argument(
-        "--model",
-        default="demo",
-        help="model preset, preset file, bundle:PATH or nnunet:PATH to measure",
-    )
-    p.add_argument(
-        "--n", type=int, help="label-efficiency: sample target scans, pool + test (default 40)"
-    )
-    p.add_argument(
-        "--images",
-        help="label-efficiency on a lab's own scans: folder of images (NIfTI, NRRD, MHA files or "
-        "DICOM series folders) instead of sample data",
-    )
-    p.add_argument(
-        "--labels",
-        help="with --images: folder of their labels, matched to the images by file name "
-        "(sub-01.nrrd labels sub-01.nii.gz)",
-    )
-    p.add_argument(
-        "--label-names",
-        dest="label_names",
-        help="with --images: VALUE:NAME,... (default: the model preset's labels)",
-    )
-    p.add_argument(
-        "--test-every",
-        dest="test_every",
-        type=int,
-        help="with --images: every K-th case (sorted by name) is a test scan (default 4)",
-    )
-    p.add_argument("--budgets", default="2,4,8", help="label-efficiency: labeled cases per run")
-    p.add_argument("--seeds", default="0,1,2", help="label-efficiency: seeds")
-    p.add_argument(
-        "--iterations",
-        type=int,
-        help="label-efficiency: steps per stage (default: from the labeled set, the recipe's rule)",
-    )
-    p.add_argument(
-        "--site",
-        default="mixed",
-        help="label-efficiency: the sample-data site or lab archive (t2, lowfield, flair, mixed, "
-        "hospital, multicentre; default mixed)",
-    )
-    p.add_argument(
-        "--modes",
-        default="selective,none,all",
-        help="label-efficiency: fine-tuning modes (comma-separated; default selective,none,all)",
-    )
-    p.add_argument(
-        "--recipe-ablations",
-        dest="recipe_ablations",
-        action="store_true",
-        help="label-efficiency: also change one recipe choice at a time (BatchNorm, flips, "
-        "intensity augmentation, schedule, best checkpoint)",
-    )
-    p.add_argument(
-        "--candidate-recipe",
-        dest="candidate_recipe",
-        help="label-efficiency: a JSON object of fine-tuning settings; every run of the grid "
-        "(each strategy and mode, the ceiling; not the ablations) runs again with them (e.g. "
-        '\'{"schedule": "constant"}\'); partial-labels: a fourth way, the labeled structures '
-        "only with these settings",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="label-efficiency: rounds per run (label B, fine-tune, rank again with the current "
-        "model); the ceiling stays one round (default 1)",
-    )
-    p.add_argument(
-        "--no-ceiling",
-        dest="no_ceiling",
-        action="store_true",
-        help="label-efficiency: leave out the ceiling (every pool scan labeled)",
-    )
-    p.add_argument("--views", type=int, default=2, help="label-efficiency: test-time views")
-    p.add_argument(
-        "--structures",
-        default="cerebrospinal fluid",
-        help="partial-labels: the structures the clinician labels (names or values; default "
-        "the demo model's weakest, cerebrospinal fluid)",
-    )
-    p.add_argument(
-        "--no-ablations",
-        dest="no_ablations",
-        action="store_true",
-        help="label-efficiency: no ablation of ATTSQ (same as --ablations '')",
-    )
-    p.add_argument(
-        "--ablations",
-        help="label-efficiency: the ablations of ATTSQ + selective SSFT to run (comma-separated: "
-        "gap=bn,gap=prototype,no-diversity,diversity=rank,diversity=embedding,anchor=off;"
-        " default all)",
-    )
-    p.add_argument(
-        "--no-transductive",
-        dest="no_transductive",
-        action="store_true",
-        help="label-efficiency: skip each run's Dice on the pool's unlabeled scans",
-    )
-    p.add_argument(
-        "--marginal-gains",
-        dest="marginal_gains",
-        action="store_true",
-        help="label-efficiency: also label each pool scan alone (budget 1, seed 0) and check "
-        "each per-case signal against its gain",
-    )
-    p.add_argument(
-        "--max-minutes",
-        dest="max_minutes",
-        type=float,
-        help="label-efficiency: start no run after this many minutes; the same command "
-        "continues where it stopped (runs are kept as they finish)",
-    )
-    p.add_argument(
-        "--strategies",
-        help=f"label-efficiency: only these strategies (comma-separated: {', '.join(STRATEGIES)})",
-    )
-    _progress_flag(p)
-    p.add_argument(
-        "--markdown",
-        help="file whose section to update ('' to skip; default BENCHMARKS.md, "
-        "with --images OUT/label-efficiency.md)",
-    )
-    _json_flag(p)
-
-
-def cmd_sample_data(args: argparse.Namespace) -> int:
-    if not (math.isfinite(args.spacing) and 0.5 <= args.spacing <= 24.0):
-        raise BadInputError(f"--spacing must be from 0.5 to 24 mm, got {args.spacing}")
-    sites = parse_sites(args.sites)  # refuses an unknown site before torch is imported
-    from assft.datasets.sampledata import write_sample_data
-
-    manifest = write_sample_data(
-        Path(args.out),
-        args.n,
-        n_source=args.n_source,
-        sites=sites,
-        seed=args.seed,
-        spacing=args.spacing,
-        brain_mask=args.brain_mask,
-        progress=_progress(args),
-    )
-    if args.json:
-        _print_json({k: v for k, v in manifest.items() if k != "cases"})
-    else:
-        shape = "x".join(str(v) for v in manifest["shape"])
-        written = ", ".join(
-            f"{name} {entry['n']} ({entry['folder']}/)" for name, entry in manifest["sites"].items()
-        )
-        print(
-            f"Wrote {manifest['source']['n']} source cases and target sites: {written or 'none'} "
-            f"({shape} at {manifest['spacing_mm']:g} mm) to {args.out}; see manifest.json"
-        )
-    return 0
-
-
-def add_sample_data_parser(sub: Subparsers) -> None:
-    p = _add_verb(
-        sub,
-        "sample-data",
-        cmd_sample_data,
-        "write sample brain MRI with ground truth (MNI152 anatomy): a source domain and named "
-        "target sites",
-    )
-    p.add_argument("out", help="output folder (source/, sites/, target/, manifest.json)")
-    p.add_argument("--n", type=int, default=40, help="cases per target site (default 40)")
-    p.add_argument(
-        "--n-source", dest="n_source", type=int, default=24, help="source cases (default 24)"
-    )
-    p.add_argument(
-        "--sites",
-        default=",".join(SITE_NAMES),
-        help=f"target sites, comma-separated (default all: {','.join(SITE_NAMES)}; "
-        "mixed is the heterogeneous pool, written to target/; hospital and multicentre are lab "
-        "archives, mixes of acquisitions)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--spacing",
-        type=float,
-        default=3.0,
-        help="voxel size in mm over a 192 mm field of view (default 3: 64^3)",
-    )
-    p.add_argument(
-        "--brain-mask",
-        dest="brain_mask",
-        action="store_true",
-        help="label 1 = brain (for the deepbet preset) instead of GM/WM/CSF",
-    )
-    _json_flag(p)
-    _progress_flag(p)
-
-
-def cmd_pretrain_demo(args: argparse.Namespace) -> int:
-    try:
-        from assft.apps.pretrain import PretrainConfig, pretrain_demo, print_summary
-    except ModuleNotFoundError as error:  # the Slicer extension ships the engine without apps/
-        if error.name not in ("assft.apps", "assft.apps.pretrain"):
-            raise
-        raise BadInputError(
-            "assft pretrain-demo needs the full engine package: pip install 'assft[demo]'"
-        ) from None
-
-    from assft.settings import flag_of
-    from assft.validation import ConfigFieldError
-
-    try:
-        flags = ("seed", "data_seed", "iterations", "n_source", "n_target", "n_site")
-        given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
-        config = PretrainConfig(**given)
-    except ConfigFieldError as error:  # each of these fields is set by its flag
-        raise error.named(flag_of(error.field)) from None
-    argv = ["pretrain-demo"]
-    for name in flags:  # the whole recipe, so the manifest's command rebuilds these weights
-        argv += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
-    manifest = pretrain_demo(
-        args.out,
-        config,
-        data_dir=args.data,
-        device=args.device,
-        progress=_progress(args),
-        argv=argv,
-    )
-    _print_json(manifest) if args.json else print_summary(manifest)
-    return 0
-
-
-def add_pretrain_demo_parser(sub: Subparsers) -> None:
-    p = _add_verb(
-        sub,
-        "pretrain-demo",
-        cmd_pretrain_demo,
-        "pretrain the demo model on the sample source domain (writes demo_unet.pt + .json)",
-    )
-    p.add_argument(
-        "--out", help="folder for the weights and manifest (default: the shipped Resources/)"
-    )
-    p.add_argument("--data", help="folder for the generated sample data (default: a temporary one)")
-    p.add_argument("--iterations", type=int, help="training steps (default: the shipped recipe's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--data-seed", dest="data_seed", type=int)
-    p.add_argument("--n-source", dest="n_source", type=int, help="source cases (default 24)")
-    p.add_argument(
-        "--n-target", dest="n_target", type=int, help="mixed-pool cases evaluated (default 40)"
-    )
-    p.add_argument(
-        "--n-site", dest="n_site", type=int, help="cases evaluated per named site (default 12)"
-    )
-    _device_flag(p, "cpu", help="cpu (default) reproduces the shipped figures")
-    _json_flag(p)
-    _progress_flag(p)
+    json_flag(p)
+    progress_flag(p)
 
 
 # Parser ----------------------------------------------------------------------------------------
@@ -1236,12 +869,21 @@ VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
     add_export_parser,
     add_predict_parser,
     add_evaluate_parser,
-    add_demo_parser,
-    add_bench_parser,
-    add_sample_data_parser,
-    add_pretrain_demo_parser,
 )
 """Every verb's parser, in the order ``assft --help`` lists them."""
+
+
+DEMO_EXTRA = "the full engine package: pip install 'assft[demo]'"
+
+VERBS_OF_EXTRAS: dict[str, str] = {
+    "demo": DEMO_EXTRA,
+    "bench": DEMO_EXTRA,
+    "sample-data": DEMO_EXTRA,
+    "pretrain-demo": DEMO_EXTRA,
+    "web": "the web front end: pip install 'assft[web]'",
+}
+"""The verbs that packages above the engine register (``assft.commands`` entry points), and
+what to install where one is absent (the Slicer extension ships the engine alone)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1253,23 +895,49 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in VERB_PARSERS:
         add_parser(sub)
-    for add_parser in _front_end_parsers():
+    for add_parser in _registered_parsers():
         add_parser(sub)
+    for verb, needed in VERBS_OF_EXTRAS.items():
+        if verb not in sub.choices:
+            _add_absent_verb(sub, verb, needed)
     return parser
 
 
-def _front_end_parsers() -> list[Callable[[Any], None]]:
-    """The verbs of front ends above the engine (``assft web``), found through the
-    ``assft.commands`` entry point group: the engine never imports its front ends. Each entry
-    point is a function that adds its verb to the subparsers. One that cannot load is skipped
-    with a warning, so the engine's own verbs always work."""
+def _registered_parsers() -> list[Callable[[Any], None]]:
+    """The verbs of packages above the engine (the apps' ``demo``, ``bench``...; ``assft web``),
+    found through the ``assft.commands`` entry point group: the engine never imports them. Each
+    entry point is a function that adds its verb to the subparsers. One whose package is absent
+    is left to :data:`VERBS_OF_EXTRAS`; one that fails otherwise is skipped with a warning, so
+    the engine's own verbs always work."""
+
+    def listed(entry: importlib.metadata.EntryPoint) -> tuple[int, str]:
+        known = list(VERBS_OF_EXTRAS)  # help lists them in this order, others after
+        return (known.index(entry.name) if entry.name in known else len(known), entry.name)
+
     parsers = []
-    for entry in importlib.metadata.entry_points(group="assft.commands"):
+    for entry in sorted(importlib.metadata.entry_points(group="assft.commands"), key=listed):
         try:
             parsers.append(entry.load())
         except Exception as error:  # noqa: BLE001 - a broken front end never breaks the CLI
+            missing = getattr(error, "name", None)
+            if (
+                isinstance(error, ModuleNotFoundError)
+                and missing
+                and (f"{entry.module}.".startswith(f"{missing}."))
+            ):
+                continue  # its package is not installed: VERBS_OF_EXTRAS says what it needs
             print(f"assft: warning: command {entry.name!r} unavailable: {error}", file=sys.stderr)
     return parsers
+
+
+def _add_absent_verb(sub: Subparsers, verb: str, needed: str) -> None:
+    """A verb whose package is not installed: any arguments, and one line on what it needs."""
+
+    def absent(args: argparse.Namespace) -> int:
+        raise BadInputError(f"assft {verb} needs {needed}")
+
+    p = sub.add_parser(verb, help=f"(needs {needed})", add_help=False)
+    p.set_defaults(handler=absent, absent_verb=True)
 
 
 def _one_line_warning(
@@ -1298,7 +966,9 @@ def _in_workspace(error: OSError, args: argparse.Namespace) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "absent_verb", False):  # an absent verb's flags are unknown
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     warnings.showwarning = _one_line_warning
     cancellation.install()
     json_lines = getattr(args, "progress", None) == "json"

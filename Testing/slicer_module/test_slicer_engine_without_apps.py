@@ -2,7 +2,8 @@
 
 The package is copied without ``apps/`` into a temporary folder that comes first on
 ``PYTHONPATH``; its own ``resources/`` are found and the commands that need the research tools
-(``demo``, ``bench``, ``pretrain-demo``) say in one line that they need the pip package.
+(``demo``, ``bench``, ``sample-data``, ``pretrain-demo``) say in one line that they need the pip
+package.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def test_the_copy_is_imported_and_finds_its_own_resources(stripped) -> None:
     ("args", "command"),
     [
         (("demo", "--out", "demo-out", "--quick"), "assft demo"),
-        (("bench", "speed", "--out", "bench-out", "--markdown", ""), "assft bench speed"),
+        (("bench", "speed", "--out", "bench-out", "--markdown", ""), "assft bench"),
         (("pretrain-demo", "--out", "weights"), "assft pretrain-demo"),
+        (("sample-data", "--out", "sample"), "assft sample-data"),
     ],
 )
 def test_research_commands_say_they_need_the_pip_package(stripped, args, command) -> None:
