@@ -12,7 +12,6 @@ Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the prob
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -186,14 +185,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     progress = progress_of(args)
 
-    # Under torchrun, rank 0 holds the workspace lock for all ranks and alone prints.
-    lock = (
-        workspace.job_lock("workspace", description=f"rank {config.strategy.value}")
-        if distributed.is_main()
-        else contextlib.nullcontext()
-    )
-    with lock:
-        document = rank_workspace(workspace, config, device=args.device, progress=progress)
+    document = rank_workspace(workspace, config, device=args.device, progress=progress)
     if not distributed.is_main():
         return 0
     progress.done(file=document.get("file"), selected=document["selected"])
@@ -466,7 +458,22 @@ def _finetune_config(args: argparse.Namespace, workspace: Workspace) -> Finetune
 def cmd_finetune(args: argparse.Namespace) -> int:
     workspace = _open(args.workspace)
     config = _finetune_config(args, workspace)
-    argv = [
+    if args.detach:
+        from assft.workspace.jobs import launch_detached_job
+
+        launched = launch_detached_job(
+            workspace,
+            ["finetune", str(workspace.root), "--device", args.device]
+            + (["--restart"] if args.restart else []),
+            config=config.to_dict(),
+        )
+        job = launched["job"] or "(starting)"
+        print_json({"detached": True, **launched}) if args.json else print(
+            f"Fine-tuning in the background: job {job} (pid {launched['pid']}); "
+            f"follow it with 'assft jobs {workspace.root}'"
+        )
+        return 0
+    argv = [  # recorded with the job, to run it again
         "finetune",
         str(workspace.root),
         "--config-json",
@@ -475,32 +482,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.device,
         *(["--restart"] if args.restart else []),
     ]
-    if args.detach:
-        from assft.workspace.jobs import job_of_process, launch_detached, process_alive
-
-        running = workspace.running_job("workspace")
-        if running:
-            raise BadInputError(
-                f"workspace {workspace.root} is locked by a running job (pid {running.get('pid')},"
-                f" {running.get('description', '')})"
-            )
-        launched = launch_detached(workspace, [*argv, "--progress", "json"])
-        launched["job"] = job_of_process(workspace, launched["pid"])
-        if launched["job"] is None and not process_alive(launched["pid"]):
-            log = Path(launched["log"])
-            tail = (
-                log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-            )
-            raise AssftError(
-                f"the background fine-tuning stopped before it started a job: "
-                f"{tail[0] if tail else 'no output'} (log: {log})"
-            )
-        job = launched["job"] or "(starting)"
-        print_json({"detached": True, **launched}) if args.json else print(
-            f"Fine-tuning in the background: job {job} (pid {launched['pid']}); "
-            f"follow it with 'assft jobs {workspace.root}'"
-        )
-        return 0
     from assft.training.finetune import describe_settings, run_finetune
 
     manifest = run_finetune(

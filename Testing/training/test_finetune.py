@@ -396,7 +396,14 @@ def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     pid = document["pid"]
     assert os.getsid(pid) == pid  # its own session: it outlives the shell
     # The launch names the job the background process runs.
-    assert JobStore(ws).get(document["job"]).recorded()["pid"] == pid
+    recorded = JobStore(ws).get(document["job"]).recorded()
+    assert recorded["pid"] == pid
+    # The resolved settings travel as a file beside the job's output, not as text on the argv.
+    argv = document["argv"]
+    assert "--config-json" not in argv
+    settings = Path(argv[argv.index("--config") + 1])
+    assert settings.parent.resolve() == (ws / "jobs").resolve()
+    assert json.loads(settings.read_text())["iterations"] == 20000
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         jobs = json.loads(run_cli_in_process("jobs", str(ws), "--json", check=True).stdout)["jobs"]

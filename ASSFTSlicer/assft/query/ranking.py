@@ -7,6 +7,7 @@ views, keeps only per-case scores and embeddings, and saves the ranking document
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -635,17 +636,26 @@ def rank_workspace(
     progress: Progress | None = None,
     save: bool = True,
 ) -> dict[str, Any]:
-    """Rank the workspace's unlabeled cases and save the ranking under ``rankings/``.
+    """Rank the workspace's unlabeled cases and save the ranking under ``rankings/``, holding the
+    workspace's job lock meanwhile (rank 0 holds it for all ranks under torchrun, as the
+    fine-tuning job does).
 
     Raises:
         BadInputError: empty pool, budget larger than the pool, bad images or model.
+        WorkspaceLockedError: another job (a fine-tuning, a ranking) holds the workspace.
     """
-    scored = score_pool(workspace, config, device=device, progress=progress)
-    document = rank_scored_pool(scored, config, label_names=workspace.config.label_names)
-    cancellation.check()  # the last safe point: a cancelled ranking is not saved
-    if save:
-        name = workspace.save_ranking(document).name if distributed.is_main() else None
-        document["file"] = distributed.broadcast(name)
+    lock = (
+        workspace.job_lock("workspace", description=f"rank {config.strategy.value}")
+        if distributed.is_main()
+        else contextlib.nullcontext()
+    )
+    with lock:
+        scored = score_pool(workspace, config, device=device, progress=progress)
+        document = rank_scored_pool(scored, config, label_names=workspace.config.label_names)
+        cancellation.check()  # the last safe point: a cancelled ranking is not saved
+        if save:
+            name = workspace.save_ranking(document).name if distributed.is_main() else None
+            document["file"] = distributed.broadcast(name)
     return document
 
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.errors import BadInputError
+from assft.errors import AssftError, BadInputError
 from assft.runtime import cancellation
 from assft.runtime.job_state import FINAL_STATES, JOB_STATES, JobState
 from assft.runtime.portable import (
@@ -48,6 +48,7 @@ from assft.runtime.portable import (
     wait_for_exit,
 )
 from assft.workspace.files import compact_timestamp, utc_now, write_json_atomic
+from assft.workspace.locks import running_job
 
 if TYPE_CHECKING:
     from assft.workspace import Workspace
@@ -63,6 +64,7 @@ __all__ = [
     "cancel",
     "finish",
     "launch_detached",
+    "launch_detached_job",
     "mark_running",
     "process_alive",
     "process_start_time",
@@ -421,7 +423,11 @@ class JobStore:
 
 
 def launch_detached(
-    workspace: Workspace | str | Path, argv: list[str], *, python: str | None = None
+    workspace: Workspace | str | Path,
+    argv: list[str],
+    *,
+    python: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start ``python -m assft ARGV`` detached from this process.
 
@@ -435,13 +441,21 @@ def launch_detached(
         workspace: The workspace (open, or its root folder) whose ``jobs/`` gets the output.
         argv: Arguments after ``assft``, e.g. ``["finetune", ws, "--progress", "json"]``.
         python: The interpreter (default: this one).
+        config: Resolved settings for the command, written beside its output
+            (``detached-<time>.config.json``) and passed as ``--config FILE``, not as text on
+            the command line.
 
     Returns:
         ``{"pid": ..., "log": <output file>, "argv": [...]}``.
     """
     jobs_dir = _jobs_dir(workspace)
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    log_path = jobs_dir / f"detached-{compact_timestamp()}.log"
+    stem = f"detached-{compact_timestamp()}"
+    log_path = jobs_dir / f"{stem}.log"
+    if config is not None:
+        config_path = jobs_dir / f"{stem}.config.json"
+        write_json_atomic(config_path, config)
+        argv = [*argv, "--config", str(config_path)]
     command = [python or sys.executable, "-m", "assft", *[str(arg) for arg in argv]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", DETACHED_ENV: "1"}
     env.pop(cancellation.CANCEL_FILE_ENV, None)  # the launcher's cancel is not the job's
@@ -462,6 +476,46 @@ def launch_detached(
     _detached[:] = [child for child in _detached if child.poll() is None]
     _detached.append(process)
     return {"pid": process.pid, "log": str(log_path), "argv": command[3:]}
+
+
+def launch_detached_job(
+    workspace: Workspace | str | Path,
+    argv: list[str],
+    *,
+    config: dict[str, Any] | None = None,
+    python: str | None = None,
+) -> dict[str, Any]:
+    """Start ``assft ARGV --progress json`` as a background job (:func:`launch_detached`) and
+    return once it runs as a job, or has stopped before it could.
+
+    Raises:
+        BadInputError: a running job holds the workspace lock (nothing is started).
+        AssftError: the process ended before it started a job; the last line of its output says
+            why.
+
+    Returns:
+        :func:`launch_detached`'s ``{"pid", "log", "argv"}`` and ``"job"``: the job's id, or None
+        while the process is still starting.
+    """
+    jobs_dir = _jobs_dir(workspace)
+    running = running_job(jobs_dir)
+    if running:
+        raise BadInputError(
+            f"workspace {jobs_dir.parent} is locked by a running job (pid {running.get('pid')}, "
+            f"{running.get('description', '')})"
+        )
+    launched = launch_detached(
+        workspace, [*argv, "--progress", "json"], python=python, config=config
+    )
+    launched["job"] = job_of_process(workspace, launched["pid"])
+    if launched["job"] is None and not process_alive(launched["pid"]):
+        log = Path(launched["log"])
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+        raise AssftError(
+            f"the background {argv[0]} stopped before it started a job: "
+            f"{tail[0] if tail else 'no output'} (log: {log})"
+        )
+    return launched
 
 
 def job_of_process(
