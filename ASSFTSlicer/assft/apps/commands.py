@@ -3,7 +3,7 @@
 Each ``add_<verb>_parser`` is registered with the engine's command line through the
 ``assft.commands`` entry point group (``pyproject.toml``), as ``assft web`` is, so the engine's
 parser never imports the apps: the Slicer extension ships the engine without ``apps/``, and there
-``assft/cli.py`` answers these verbs with the ``pip install 'assft[demo]'`` hint. A verb's
+``assft/cli/`` answers these verbs with the ``pip install 'assft[demo]'`` hint. A verb's
 machinery is imported inside its ``cmd_`` function, so that ``assft --help`` starts without torch.
 """
 

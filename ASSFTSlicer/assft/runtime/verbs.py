@@ -1,5 +1,5 @@
 """How a command-line verb is declared: its parser, the flags many verbs share, and how it
-prints. Used by the engine's parser (``assft/cli.py``) and by the verbs that other packages
+prints. Used by the engine's parser (``assft/cli/``) and by the verbs that other packages
 register through the ``assft.commands`` entry point group (``assft/apps/commands.py``); the
 standard library and the runtime's progress only, so that ``assft --help`` starts at once.
 """
