@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assft.errors import BadInputError
+from assft.errors import BadInputError, storage_error
 from assft.io.atomic import atomic_path, file_mode, fsync_directory, temporary_prefix
 
 __all__ = [
@@ -22,6 +25,30 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
 ]
+
+
+def default_user() -> str:
+    """Who is acting: ``$ASSFT_USER``, else the login name, else ``"unknown"``."""
+    user = os.environ.get("ASSFT_USER", "").strip()
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (some containers)
+        return "unknown"
+
+
+@contextlib.contextmanager
+def storing(path: Path) -> Iterator[None]:
+    """Turn a full disk or a read-only workspace into a one-line :class:`StorageError` naming
+    ``path``."""
+    try:
+        yield
+    except OSError as error:
+        converted = storage_error(error, path)
+        if converted is None:
+            raise
+        raise converted from error
 
 
 def utc_now() -> str:
@@ -134,3 +161,28 @@ def own_regular_file(path: Path, root: Path) -> Path:
     if resolved.exists() and not resolved.is_file():
         raise BadInputError("is not a regular file (a pipe, a device or a folder)", path)
     return path
+
+
+def read_json_document(
+    path: Path, what: str, *, missing: str = "is missing", max_bytes: int | None = None
+) -> dict[str, Any]:
+    """The JSON object stored in ``path`` (a ``what``: "job file", "model manifest"...).
+
+    Raises:
+        BadInputError: one line naming the file: it is missing (``missing`` says what that
+            means), larger than ``max_bytes``, unreadable or not JSON, or not a JSON object.
+    """
+    try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise BadInputError(f"is too large to be a {what}", path)
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(missing, path) from None
+    except BadInputError:
+        raise
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"cannot be read as a {what} ({error})", path) from None
+    if not isinstance(document, dict):
+        raise BadInputError(f"is not a {what} (not a JSON object)", path)
+    return document

@@ -47,7 +47,12 @@ from assft.runtime.portable import (
     start_process,
     wait_for_exit,
 )
-from assft.workspace.files import compact_timestamp, utc_now, write_json_atomic
+from assft.workspace.files import (
+    compact_timestamp,
+    read_json_document,
+    utc_now,
+    write_json_atomic,
+)
 from assft.workspace.locks import running_job
 
 if TYPE_CHECKING:
@@ -143,17 +148,9 @@ class Job:
         Raises:
             BadInputError: the file is missing or not a JSON object (it is named).
         """
-        try:
-            document = json.loads(self.info_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BadInputError(
-                "is missing: the job folder is incomplete", self.info_path
-            ) from None
-        except (OSError, ValueError) as error:
-            raise BadInputError(f"cannot be read as a job file ({error})", self.info_path) from None
-        if not isinstance(document, dict):
-            raise BadInputError("is not a job file (not a JSON object)", self.info_path)
-        return document
+        return read_json_document(
+            self.info_path, "job file", missing="is missing: the job folder is incomplete"
+        )
 
     def info(self) -> dict[str, Any]:
         """``job.json`` with the *resolved* state.

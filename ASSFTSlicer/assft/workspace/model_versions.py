@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sqlite3
@@ -44,6 +43,7 @@ from assft.io.atomic import atomic_path, fsync_directory, save_torch_atomic
 from assft.runtime import syncpoints
 from assft.workspace.files import (
     own_regular_file,
+    read_json_document,
     sha256_file,
     sha256_file_known,
     utc_now,
@@ -273,17 +273,12 @@ class ModelRegistry:
                 f"unknown model version {version!r} (versions: {known})", self.models_dir
             )
         own_regular_file(path, self.models_dir)
-        try:
-            if path.stat().st_size > _MAX_MANIFEST_BYTES:
-                raise BadInputError("is too large to be a model manifest", path)
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BadInputError("is missing: the model version is incomplete", path) from None
-        except (OSError, ValueError) as error:
-            raise BadInputError(f"cannot be read as a model manifest ({error})", path) from None
-        if not isinstance(document, dict):
-            raise BadInputError("is not a model manifest (not a JSON object)", path)
-        return document
+        return read_json_document(
+            path,
+            "model manifest",
+            missing="is missing: the model version is incomplete",
+            max_bytes=_MAX_MANIFEST_BYTES,
+        )
 
     def _base_manifest(self) -> dict[str, Any]:
         return {

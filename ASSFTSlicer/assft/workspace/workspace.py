@@ -15,13 +15,8 @@ Images stay where they are; the registry stores their absolute paths.
 
 Nothing lost, nothing escapes:
 
-* A submit is one unit under a per-case lock: the new label is staged (hidden) in ``labels/``,
-  its intent recorded in the registry, the old label hard-linked into ``labels/backup/``, the
-  new one renamed into place, and the registry commits ``labeled`` with its hash while deleting
-  the intent. A failure puts the old label back; an interrupted submit (a killed process) is
-  finished or abandoned by the next :meth:`Workspace.open`, whichever the label file says, so
-  the label file and the registry agree. :meth:`Workspace.open` also moves label files the
-  registry does not know into ``labels/quarantine/``, with a warning and an audit row.
+* A submit is one unit under a per-case lock, and the label files and the registry always
+  agree (:class:`assft.workspace.labels.LabelStore`, which :meth:`Workspace.open` reconciles).
 * Every folder the workspace owns is reached through :meth:`Workspace.resolve_inside`: a
   symbolic link leading out of the workspace (a folder, or a label file) is refused.
 * A full disk and a read-only workspace are reported as such (:class:`StorageError`).
@@ -30,30 +25,23 @@ Nothing lost, nothing escapes:
 from __future__ import annotations
 
 import contextlib
-import getpass
-import json
 import os
 import re
 import shutil
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
-from assft.errors import BadInputError, StorageError, WorkspaceLockedError, storage_error
-from assft.io.atomic import fsync_directory, process_umask, sweep_temporaries
+from assft.errors import BadInputError
+from assft.io.atomic import process_umask, sweep_temporaries
 from assft.io.imaging import (
     case_id_from_path,
     image_suffix,
     is_dicom_series,
     read_image,
-    write_image_atomic,
 )
-from assft.runtime.portable import try_lock, unlock
 from assft.workspace import locks
 from assft.workspace.config import (
     CONFIG_FILE_NAME,
@@ -62,13 +50,13 @@ from assft.workspace.config import (
     make_labels,
 )
 from assft.workspace.files import (
-    compact_timestamp,
-    create_text_exclusive,
+    default_user,
     own_regular_file,
-    sha256_file,
+    storing,
     write_text_atomic,
 )
-from assft.workspace.labels import load_label_for_image
+from assft.workspace.labels import LabelStore, load_label_for_image
+from assft.workspace.rankings import Rankings
 from assft.workspace.registry import BUSY_TIMEOUT_S, REGISTRY_FILE_NAME, Registry, check_status
 from assft.workspace.versions import BASE_VERSION, POINTER_ACTIONS, check_version, read_pointer
 
@@ -89,22 +77,6 @@ OWNED_FOLDERS = (
     "predictions",
 )
 """Folders the workspace writes into; none may lead out of it (a symbolic link)."""
-LABEL_SUFFIX = ".nii.gz"
-_RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
-_STAGED = ".submitting"  # labels/.<case_id>.submitting.nii.gz: a submit's new label, staged
-_LOCK_POLL_S = 0.05
-_LABEL_SUBFOLDERS = ("backup", "quarantine")
-
-
-def default_user() -> str:
-    """Who is acting: ``$ASSFT_USER``, else the login name, else ``"unknown"``."""
-    user = os.environ.get("ASSFT_USER", "").strip()
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name (some containers)
-        return "unknown"
 
 
 def find_images(items: Sequence[str | Path]) -> list[Path]:
@@ -173,6 +145,8 @@ class Workspace:
         self.config = config
         self.registry = registry
         self.notes: list[str] = []
+        self.label_store = LabelStore(self)
+        self.rankings = Rankings(self)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -325,7 +299,9 @@ class Workspace:
                 stored = load_label_for_image(
                     label_file, image_path, config.label_names, case_id=case_id
                 )
-                staged._store_label(case_id, stored, label_file, user=user, action="import-label")
+                staged.label_store.store(
+                    case_id, stored, label_file, user=user, action="import-label"
+                )
             try:
                 os.rename(staging, root)
             except OSError:
@@ -453,7 +429,7 @@ class Workspace:
                     self.config_path,
                 )
             self.config.labeled_structures = None if wanted == label_values else wanted
-            with self._storing(self.config_path):
+            with storing(self.config_path):
                 self.save_config()
                 self.registry.audit(
                     "set-labeled-structures",
@@ -525,416 +501,31 @@ class Workspace:
         return Path(case["image_path"])
 
     def label_path(self, case_id: str) -> Path | None:
-        """The stored label ``labels/<case_id>.nii.gz``, or None if there is none.
+        """The stored label ``labels/<case_id>.nii.gz``, or None (:meth:`LabelStore.path`)."""
+        return self.label_store.path(case_id)
 
-        Raises:
-            BadInputError: unknown case, or the file is a symbolic link leading out of the
-                workspace.
-        """
-        path = self._stored_label_path(self.check_case_id(case_id))
-        return path if path.is_file() else None
-
-    def _stored_label_path(self, case_id: str) -> Path:
-        """``labels/<case_id>.nii.gz``, refused if it is a link leading out of the workspace."""
-        name = f"{case_id}{LABEL_SUFFIX}"
-        self.resolve_inside(f"labels/{name}")
-        return self.labels_dir / name
-
-    def _staged_label_path(self, case_id: str) -> Path:
-        return self.labels_dir / f".{case_id}{_STAGED}{LABEL_SUFFIX}"
-
-    # labels and statuses -----------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _storing(self, path: Path) -> Iterator[None]:
-        """Turn a full disk or a read-only workspace into a one-line :class:`StorageError`."""
-        try:
-            yield
-        except OSError as error:
-            converted = storage_error(error, path)
-            if converted is None:
-                raise
-            raise converted from error
-
-    @contextlib.contextmanager
-    def case_lock(self, case_id: str, *, timeout: float = BUSY_TIMEOUT_S) -> Iterator[bool]:
-        """Hold the lock of one case's label (``labels/.locks/<case_id>.lock``).
-
-        A submit holds it from staging the new label to the registry's commit, so two submits
-        of one case never interleave and :meth:`reconcile` never touches a submit under way.
-        The operating system drops it when its process ends, however it ends.
-
-        Args:
-            case_id: A well-formed case id.
-            timeout: Seconds to wait for it; 0 tries once.
-
-        Yields:
-            True when held; False only when ``timeout`` is 0 and another process holds it.
-
-        Raises:
-            WorkspaceLockedError: another process held it for all of ``timeout`` (> 0).
-            StorageError: the lock file cannot be created (full disk, read-only workspace).
-        """
-        folder = self.resolve_inside("labels/.locks")
-        path = folder / f"{case_id}.lock"
-        with self._storing(self.labels_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            deadline = time.monotonic() + timeout
-            while (held := try_lock(path)) is None:
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(_LOCK_POLL_S)
-        if held is None and timeout > 0:
-            raise WorkspaceLockedError(
-                f"the label of case {case_id!r} is being stored by another process for over "
-                f"{timeout:g} s; try again",
-                self.root,
-            )
-        try:
-            yield held is not None
-        finally:
-            if held is not None:
-                unlock(held)
+    def case_lock(
+        self, case_id: str, *, timeout: float = BUSY_TIMEOUT_S
+    ) -> contextlib.AbstractContextManager[bool]:
+        """Hold the lock of one case's label (:meth:`LabelStore.case_lock`)."""
+        return self.label_store.case_lock(case_id, timeout=timeout)
 
     def submit_label(
         self, case_id: str, label_file: str | Path, *, user: str | None = None
     ) -> Path:
-        """Store a clinician's label for a case and mark the case labeled.
-
-        The label must have the image's grid (within tolerance) and hold only 0 and declared
-        label values; it is stored at the image's exact geometry. A label it replaces is kept
-        in ``labels/backup/``. The file is complete on disk before the registry says
-        ``labeled``, and the two always agree: a failure leaves the old label and the registry
-        as they were, and a submit interrupted by a kill is finished or abandoned by the next
-        :meth:`open`.
-
-        Args:
-            case_id: A registered case.
-            label_file: The label map.
-            user: Who labeled it (default :func:`default_user`).
-
-        Returns:
-            The stored label's path.
-
-        Raises:
-            BadInputError: unknown case, or a bad label (the label file is named); nothing is
-                changed then.
-            StorageError: the disk is full or the workspace read-only; nothing is changed.
-            WorkspaceLockedError: another process keeps the case or the registry locked.
-        """
-        image_path = self.image_path(case_id)
-        stored = load_label_for_image(
-            label_file, image_path, self.config.label_names, case_id=case_id
-        )
-        return self._store_label(case_id, stored, label_file, user=user or default_user())
-
-    def _store_label(
-        self,
-        case_id: str,
-        stored: sitk.Image,
-        source: str | Path,
-        *,
-        user: str,
-        action: str = "submit-label",
-    ) -> Path:
-        """Store a checked label as one unit (see the module's docstring); see submit_label.
-
-        Under the case's lock: stage the new label (hidden), record the intent (its hash and
-        the backup's name) in the registry, link the old label into ``labels/backup/``, rename
-        the new one into place, commit. A failure before the rename changes nothing; a failure
-        of the commit puts the old label back. A kill after the intent leaves a row that the
-        next :meth:`open` finishes or abandons, as the label file says.
-        """
-        destination = self._stored_label_path(case_id)
-        with self.case_lock(case_id):
-            self._finish_interrupted_submit(case_id)
-            staged = self._staged_label_path(case_id)
-            self._write_staged(stored, staged, destination)
-            backup: Path | None = None
-            try:
-                digest = sha256_file(staged)
-                if destination.is_file():
-                    backup = self._free_backup_path(case_id)
-                self.registry.begin_label(
-                    case_id,
-                    digest,
-                    backup=None if backup is None else backup.name,
-                    source=str(source),
-                    user=user,
-                    pid=os.getpid(),
-                )
-            except BaseException:
-                staged.unlink(missing_ok=True)
-                raise
-            # From here the registry holds the intent: an interrupted submit is recoverable.
-            try:
-                with self._storing(destination):
-                    if backup is not None:
-                        self._link_backup(destination, backup)
-                    os.replace(staged, destination)
-                    fsync_directory(destination.parent)
-            except BaseException:
-                staged.unlink(missing_ok=True)
-                if backup is not None and destination.is_file():
-                    backup.unlink(missing_ok=True)
-                with contextlib.suppress(Exception):
-                    self.registry.drop_pending_label(case_id)
-                raise
-            try:
-                self.registry.commit_label(
-                    case_id,
-                    digest,
-                    user=user,
-                    action=action,
-                    detail={
-                        "sha256": digest,
-                        "source": str(source),
-                        "backup": None if backup is None else backup.name,
-                    },
-                )
-            except BaseException:
-                if not self._committed(case_id, digest):
-                    with contextlib.suppress(OSError):
-                        self._put_back(destination, backup)
-                        # The intent no longer matches the file; if it cannot be dropped now,
-                        # the next open abandons it.
-                        with contextlib.suppress(Exception):
-                            self.registry.drop_pending_label(case_id)
-                raise
-        return destination
-
-    def _write_staged(self, stored: sitk.Image, staged: Path, destination: Path) -> None:
-        """Write the new label to its hidden staging file, read back whole (see
-        :func:`assft.io.imaging.write_image_atomic`: ITK leaves a short file on a full disk).
-
-        Raises:
-            StorageError: the disk is full (or the workspace read-only); nothing is left.
-        """
-        try:
-            with self._storing(destination):
-                write_image_atomic(stored, staged)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-
-    def _committed(self, case_id: str, digest: str) -> bool:
-        """Whether the registry has a case's new label although committing it raised."""
-        try:
-            row = self.registry.case(case_id)
-            return (
-                row is not None
-                and row["label_sha256"] == digest
-                and not self.registry.pending_labels(case_id)
-            )
-        except Exception:  # noqa: BLE001 - unreadable now: assume it was not committed
-            return False
-
-    @staticmethod
-    def _put_back(destination: Path, backup: Path | None) -> None:
-        """Undo a label's replacement: the backup (a link to the old label) goes back in place.
-
-        A rename needs no free space, so this works on a full disk too.
-        """
-        if backup is not None:
-            os.replace(backup, destination)
-        else:
-            destination.unlink(missing_ok=True)
-        fsync_directory(destination.parent)
-
-    def _free_backup_path(self, case_id: str) -> Path:
-        """A new name in ``labels/backup/`` for the label of ``case_id`` about to be replaced."""
-        backup_dir = self.label_backup_dir
-        with self._storing(backup_dir):
-            backup_dir.mkdir(exist_ok=True)
-        stamp = compact_timestamp()
-        for number in range(1, 1000):
-            suffix = "" if number == 1 else f"-{number}"
-            backup = backup_dir / f"{case_id}-{stamp}{suffix}{LABEL_SUFFIX}"
-            if not os.path.lexists(backup):
-                return backup
-        raise RuntimeError(f"cannot find a free backup name for case {case_id} in {backup_dir}")
-
-    @staticmethod
-    def _link_backup(label: Path, backup: Path) -> None:
-        """Keep the label about to be replaced as ``backup`` (a hard link where possible)."""
-        try:
-            os.link(label, backup)
-        except OSError as error:
-            if storage_error(error) is not None or isinstance(error, FileExistsError):
-                raise
-            shutil.copy2(label, backup)  # no hard links on this file system
-            with open(backup, "rb+") as stream:
-                os.fsync(stream.fileno())
-
-    # reconciliation ----------------------------------------------------------------------
+        """Store a clinician's label for a case and mark the case labeled, as one unit that
+        never leaves a half-written label or a registry that disagrees with it
+        (:meth:`LabelStore.submit`, where the raised errors are listed)."""
+        return self.label_store.submit(case_id, label_file, user=user)
 
     def reconcile(self) -> list[str]:
-        """Make ``labels/`` and the registry agree; :meth:`open` calls it.
-
-        * A submit that was interrupted (its process killed) is finished when the new label
-          file is in place, else abandoned (the old label stays); audit ``recover-submit`` or
-          ``abandon-submit``.
-        * A file in ``labels/`` that the registry does not know (named after a case that has no
-          stored label, or after no case, or a link leading out of the workspace) is moved to
-          ``labels/quarantine/``; audit ``quarantine-label``. Submit it to use it.
-        * A labeled case whose label file is missing is reported.
-
-        Cases whose submit is under way in another process are left alone. When all agree
-        nothing is written (a read-only workspace opens); when something must change and
-        cannot, that is reported instead.
-
-        Returns:
-            One line per thing found (also kept in :attr:`notes`).
-        """
-        notes: list[str] = []
-        labels = self.labels_dir
-        if not labels.is_dir():
-            return notes
-        rows = {row["case_id"]: row for row in self.registry.cases()}
-        pending = {row["case_id"] for row in self.registry.pending_labels()}
-        work: set[str] = set(pending)
-        strays: list[Path] = []
-        for entry in sorted(labels.iterdir()):
-            name = entry.name
-            if name.startswith(".") and name.endswith(_STAGED + LABEL_SUFFIX):
-                work.add(name[1 : -len(_STAGED + LABEL_SUFFIX)])
-                continue
-            if name.startswith(".") or name in _LABEL_SUBFOLDERS:
-                continue  # temporary files, locks, backup/ and quarantine/ (checked at open)
-            if entry.is_dir() and not entry.is_symlink():
-                continue  # a folder of the user's own
-            case_id = name[: -len(LABEL_SUFFIX)] if name.endswith(LABEL_SUFFIX) else None
-            row = rows.get(case_id) if case_id else None
-            if case_id is not None and row is not None:
-                leaves = not entry.resolve().is_relative_to(self.root)
-                if row["label_sha256"] is not None and not leaves:
-                    continue
-                work.add(case_id)  # under its case's lock: a submit may be under way
-            else:
-                strays.append(entry)
-        for case_id in sorted(work):
-            if case_id in rows:
-                notes += self._reconcile_case(case_id, rows[case_id])
-        for entry in strays:
-            notes += self._quarantine(entry, None, "is named after no case of the workspace")
-        for case_id, row in rows.items():
-            if (
-                row["status"] in ("labeled", "held-out")
-                and not (labels / f"{case_id}{LABEL_SUFFIX}").exists()
-            ):
-                notes.append(
-                    f"case {case_id} is {row['status']} but its label file "
-                    f"labels/{case_id}{LABEL_SUFFIX} is missing: submit its label again"
-                )
+        """Make ``labels/`` and the registry agree (:meth:`LabelStore.reconcile`); :meth:`open`
+        calls it. Returns one line per thing found, also kept in :attr:`notes`."""
+        notes = self.label_store.reconcile()
         self.notes += notes
         return notes
 
-    def _reconcile_case(self, case_id: str, row: dict[str, Any]) -> list[str]:
-        try:
-            with self.case_lock(case_id, timeout=0) as held:
-                if not held:
-                    return []  # a submit is under way in a live process
-                notes = self._finish_interrupted_submit(case_id)
-                destination = self.labels_dir / f"{case_id}{LABEL_SUFFIX}"
-                row = self.registry.case(case_id) or row
-                if os.path.lexists(destination) and (
-                    row["label_sha256"] is None
-                    or not destination.resolve().is_relative_to(self.root)
-                ):
-                    why = (
-                        "leads out of the workspace"
-                        if not destination.resolve().is_relative_to(self.root)
-                        else f"is not a label the registry knows (case {case_id} is "
-                        f"{row['status']})"
-                    )
-                    notes += self._quarantine(destination, case_id, why)
-                return notes
-        except (StorageError, WorkspaceLockedError) as error:
-            return [f"cannot reconcile the label of case {case_id} now: {error}"]
-
-    def _finish_interrupted_submit(self, case_id: str) -> list[str]:
-        """Finish or abandon the interrupted submit of a case (its lock held); notes."""
-        notes: list[str] = []
-        staged = self._staged_label_path(case_id)
-        for intent in self.registry.pending_labels(case_id):
-            destination = self.labels_dir / f"{case_id}{LABEL_SUFFIX}"
-            in_place = (
-                destination.is_file()
-                and not destination.is_symlink()
-                and sha256_file(destination) == intent["sha256"]
-            )
-            detail = {
-                "sha256": intent["sha256"],
-                "source": intent["source"],
-                "backup": intent["backup"],
-                "pid": intent["pid"],
-                "started_at": intent["started_at"],
-            }
-            if in_place:
-                self.registry.commit_label(
-                    case_id,
-                    intent["sha256"],
-                    user=intent["user"],
-                    action="recover-submit",
-                    detail=detail,
-                )
-                notes.append(
-                    f"finished the interrupted submit of case {case_id} (by {intent['user']}, "
-                    f"pid {intent['pid']}, {intent['started_at']}): its new label was in place"
-                )
-            else:
-                self._remove_unused_backup(destination, intent["backup"])
-                self.registry.drop_pending_label(
-                    case_id, action="abandon-submit", detail=detail, user=default_user()
-                )
-                notes.append(
-                    f"abandoned the interrupted submit of case {case_id} (by {intent['user']}, "
-                    f"pid {intent['pid']}, {intent['started_at']}): its label is unchanged"
-                )
-        with self._storing(staged):
-            staged.unlink(missing_ok=True)
-        return notes
-
-    def _remove_unused_backup(self, label: Path, name: str | None) -> None:
-        """Remove the backup an abandoned submit made of ``label``, which is still in place."""
-        if not name:
-            return
-        backup = self.label_backup_dir / name
-        with contextlib.suppress(OSError):
-            same = (
-                backup.is_file()
-                and label.is_file()
-                and (os.path.samefile(backup, label) or sha256_file(backup) == sha256_file(label))
-            )
-            if same:
-                backup.unlink()
-
-    def _quarantine(self, entry: Path, case_id: str | None, why: str) -> list[str]:
-        """Move a file the registry does not know from ``labels/`` to ``labels/quarantine/``."""
-        folder = self.label_quarantine_dir
-        target = folder / f"{compact_timestamp()}-{entry.name}"
-        try:
-            with self._storing(folder):
-                folder.mkdir(parents=True, exist_ok=True)
-                os.rename(entry, target)  # moves a symbolic link itself, never its target
-                fsync_directory(entry.parent)
-        except StorageError as error:
-            return [f"labels/{entry.name} {why}, and cannot be moved aside: {error}"]
-        moved = f"moved to labels/quarantine/{target.name} (submit it to use it)"
-        try:
-            self.registry.audit(
-                "quarantine-label",
-                case_id,
-                {
-                    "file": f"labels/{entry.name}",
-                    "moved_to": f"labels/quarantine/{target.name}",
-                    "reason": why,
-                },
-                user=default_user(),
-            )
-        except (StorageError, WorkspaceLockedError) as error:
-            return [f"labels/{entry.name} {why}: {moved}; not in the audit trail: {error}"]
-        return [f"labels/{entry.name} {why}: {moved}"]
+    # statuses ----------------------------------------------------------------------------
 
     def skip(self, case_id: str, *, user: str | None = None) -> None:
         """Mark a case skipped (not to be proposed again)."""
@@ -1047,121 +638,25 @@ class Workspace:
         """
         check_version(version)
         models = self.models_dir
-        with self._storing(models / "current"):
+        with storing(models / "current"):
             models.mkdir(exist_ok=True)
             write_text_atomic(models / "current", version + "\n")
 
     # rankings ----------------------------------------------------------------------------
 
     def save_ranking(self, document: dict[str, Any]) -> Path:
-        """Store a ranking as ``rankings/ranking-NNNN.json`` and register its scores.
-
-        Args:
-            document: The ranking; ``document["cases"]`` lists dicts with at least ``case``,
-                ``rank`` and ``score``. ``model_version`` (default: the current one),
-                ``strategy`` and ``created_at`` are read when present.
-
-        Returns:
-            The new file's path (numbers only grow; two processes never clash).
-
-        Raises:
-            BadInputError: the document is malformed or names unknown or repeated cases.
-        """
-        entries = document.get("cases") if isinstance(document, dict) else None
-        if not isinstance(entries, list):
-            raise BadInputError("a ranking document needs a 'cases' list")
-        seen: set[str] = set()
-        for entry in entries:
-            if not isinstance(entry, dict) or not {"case", "rank", "score"} <= entry.keys():
-                raise BadInputError(
-                    f"each ranking entry needs 'case', 'rank' and 'score', got {entry!r}"
-                )
-            case_id = self.check_case_id(entry["case"])
-            if case_id in seen:
-                raise BadInputError(f"case {case_id!r} appears twice in the ranking")
-            seen.add(case_id)
-        text = json.dumps(document, indent=2) + "\n"
-        self.rankings_dir.mkdir(exist_ok=True)
-        number = self._last_ranking_number() + 1
-        while True:
-            path = self.rankings_dir / f"ranking-{number:04d}.json"
-            try:
-                create_text_exclusive(path, text)
-                break
-            except FileExistsError:
-                number += 1
-        self.registry.add_ranking(
-            path.name,
-            model_version=str(document.get("model_version") or self.current_model_version()),
-            strategy=None if document.get("strategy") is None else str(document["strategy"]),
-            scores=entries,
-            created_at=document.get("created_at"),
-            user=default_user(),
-        )
-        return path
-
-    def _last_ranking_number(self) -> int:
-        names = [row["file_name"] for row in self.registry.rankings()]
-        if self.rankings_dir.is_dir():
-            names += [path.name for path in self.rankings_dir.iterdir()]
-        numbers = [int(m.group(1)) for name in names if (m := _RANKING_FILE.match(name))]
-        return max(numbers, default=0)
+        """Store a ranking as ``rankings/ranking-NNNN.json`` and register its scores
+        (:meth:`Rankings.save`)."""
+        return self.rankings.save(document)
 
     def latest_ranking(self) -> dict[str, Any] | None:
-        """The newest registered ranking document, parsed, or None.
-
-        Raises:
-            BadInputError: its file is missing or not valid JSON (the file is named).
-        """
-        row = self.registry.latest_ranking()
-        if row is None:
-            return None
-        path = self.rankings_dir / row["file_name"]
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BadInputError("is registered but missing", path) from None
-        except (OSError, ValueError) as error:
-            raise BadInputError(f"cannot be read as a ranking ({error})", path) from None
-        if not isinstance(document, dict):
-            raise BadInputError("is not a ranking document (not a JSON object)", path)
-        return document
+        """The newest registered ranking document, parsed, or None (:meth:`Rankings.latest`)."""
+        return self.rankings.latest()
 
     def next_case(self) -> dict[str, Any]:
-        """The best-ranked case of the latest ranking that is still unlabeled (``assft next``).
-
-        Statuses are read now, not from the ranking, so a case labeled, skipped or held out
-        since the ranking was made is passed over.
-
-        Returns:
-            ``case`` (None when every ranked case is done), ``ranking`` (its file) and
-            ``remaining`` (unlabeled ranked cases, this one included); with a case also
-            ``image``, ``rank``, ``selected``, ``score``, ``reason``, ``hardest_structure``
-            and ``model_version`` (the version that ranked it).
-
-        Raises:
-            BadInputError: there is no ranking yet, or it cannot be read (named).
-        """
-        ranking = self.latest_ranking()
-        if ranking is None:
-            raise BadInputError("no ranking yet: run 'assft rank' first", self.root)
-        statuses = {row["case_id"]: row["status"] for row in self.registry.cases()}
-        remaining = [row for row in ranking["cases"] if statuses.get(row["case"]) == "unlabeled"]
-        if not remaining:
-            return {"case": None, "ranking": ranking.get("file"), "remaining": 0}
-        row = remaining[0]
-        return {
-            "case": row["case"],
-            "image": str(self.image_path(row["case"])),
-            "rank": row["rank"],
-            "selected": row["selected"],
-            "score": row["score"],
-            "reason": row["reason"],
-            "hardest_structure": row.get("hardest_structure"),
-            "model_version": ranking["model_version"],
-            "ranking": ranking.get("file"),
-            "remaining": len(remaining),
-        }
+        """The best-ranked case of the latest ranking that is still unlabeled (``assft next``;
+        :meth:`Rankings.next_case`)."""
+        return self.rankings.next_case()
 
     # jobs --------------------------------------------------------------------------------
 
