@@ -480,9 +480,9 @@ def test_a_read_only_workspace_is_said_in_one_line(tmp_path, synthetic_pool, tin
 def _promoted_v1(ws):
     """Store and promote a v1 whose weights fit the workspace's preset (no training)."""
     from assft.workspace import Workspace
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
-    registry = ModelRegistry(Workspace.open(ws))
+    registry = ModelVersions(Workspace.open(ws))
     state = registry.load("v0").network.state_dict()
     tuned = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     registry.promote(registry.add_version(tuned, {"mode": "none"}), reason="test")

@@ -135,9 +135,9 @@ def test_model_versions(workspace, tiny_preset_file):
         with pytest.raises(BadInputError, match="not a model version"):
             Predictor(workspace, version=bad, device="cpu")
     preset = get_preset(str(tiny_preset_file))
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
-    version = ModelRegistry(workspace).add_version(
+    version = ModelVersions(workspace).add_version(
         load_model(preset, label_values=[1, 2]).network.state_dict(), {"mode": "test"}
     )
     assert version == "v1"

@@ -151,10 +151,10 @@ def test_a_pointer_change_killed_anywhere_leaves_one_version_current(
     tmp_path, synthetic_pool, tiny_preset_file
 ):
     from assft.workspace import Workspace
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
-    registry = ModelRegistry(Workspace.open(ws))
+    registry = ModelVersions(Workspace.open(ws))
     state = registry.load("v0").network.state_dict()
     tuned = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     registry.promote(registry.add_version(tuned, {"mode": "none"}), reason="test")
@@ -163,13 +163,13 @@ def test_a_pointer_change_killed_anywhere_leaves_one_version_current(
     codes: list[int] = []
     rng = np.random.default_rng(SEED + 1)
     for number, delay in enumerate(_moments(rng, start * 0.8, end * 1.1)):
-        before = ModelRegistry(Workspace.open(ws)).current()
+        before = ModelVersions(Workspace.open(ws)).current()
         target = "v1" if before == "v0" else "v0"
         code = _kill_at(("rollback", str(ws), target), delay, codes)
         where = f"seed {SEED + 1}, kill {number} at {delay:.2f} s (exit {code})"
         status = run_cli_in_process("status", str(ws))
         assert status.returncode == 0 and "[PROBLEM]" not in status.stdout, (where, status.stdout)
-        current = ModelRegistry(Workspace.open(ws)).current()
+        current = ModelVersions(Workspace.open(ws)).current()
         assert current in (before, target), where
         pointer = (ws / "models" / "current").read_text(encoding="utf-8").strip()
         assert pointer == current, where
@@ -183,7 +183,7 @@ def test_a_fine_tune_killed_anywhere_leaves_the_model_whole(
     tmp_path, synthetic_pool, tiny_preset_file
 ):
     from assft.workspace import Workspace
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     ws = _init(tmp_path, synthetic_pool, tiny_preset_file)
     _, cases = synthetic_pool
@@ -198,12 +198,12 @@ def test_a_fine_tune_killed_anywhere_leaves_the_model_whole(
     codes: list[int] = []
     rng = np.random.default_rng(SEED + 2)
     for number, delay in enumerate(_moments(rng, start, end * 1.1, SLOW_KILLS)):
-        before = ModelRegistry(Workspace.open(ws)).current()
+        before = ModelVersions(Workspace.open(ws)).current()
         code = _kill_at(args, delay, codes)
         where = f"seed {SEED + 2}, kill {number} at {delay:.2f} s (exit {code})"
         status = run_cli_in_process("status", str(ws))
         assert status.returncode == 0 and "[PROBLEM]" not in status.stdout, (where, status.stdout)
-        registry = ModelRegistry(Workspace.open(ws))
+        registry = ModelVersions(Workspace.open(ws))
         current = registry.current()
         assert current == before or int(current[1:]) > int(before[1:]), where
         registry.load(current)  # whole: its weights load

@@ -921,9 +921,9 @@ class WorkspaceLogic:
 
     def modelVersions(self, workspacePath) -> list[dict[str, Any]]:
         """The model versions' rows (:func:`ASSFTSlicerLib.worklist.modelRows`), newest first."""
-        from assft.workspace.model_versions import ModelRegistry
+        from assft.workspace.model_versions import ModelVersions
 
-        return modelRows(ModelRegistry(self.openWorkspace(workspacePath)).to_json())
+        return modelRows(ModelVersions(self.openWorkspace(workspacePath)).to_json())
 
     @staticmethod
     def _namedNode(className: str, name: str):
@@ -1396,10 +1396,10 @@ class WorkspaceLogic:
             ValueError: no such version, or it has no recorded curve (the pretrained model).
         """
         from assft.errors import AssftError
-        from assft.workspace.model_versions import ModelRegistry
+        from assft.workspace.model_versions import ModelVersions
 
         try:  # one manifest, checked and named (not every version's, nor a checksum)
-            entry = ModelRegistry(self.openWorkspace(workspacePath)).manifest(version)
+            entry = ModelVersions(self.openWorkspace(workspacePath)).manifest(version)
         except AssftError as error:
             raise ValueError(str(error)) from None
         curve = entry.get("learning_curve")
@@ -1422,9 +1422,9 @@ class WorkspaceLogic:
     def useModelVersion(self, workspacePath, version: str) -> dict[str, Any]:
         """Make ``version`` current (rollback, or forward again)."""
         from assft.errors import AssftError
-        from assft.workspace.model_versions import ModelRegistry
+        from assft.workspace.model_versions import ModelVersions
 
         try:
-            return ModelRegistry(self.openWorkspace(workspacePath)).rollback(version)
+            return ModelVersions(self.openWorkspace(workspacePath)).rollback(version)
         except AssftError as error:
             raise ValueError(str(error)) from None

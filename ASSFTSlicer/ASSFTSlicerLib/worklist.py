@@ -114,9 +114,9 @@ def worklistRows(ranking: dict[str, Any] | None, statuses: dict[str, str]) -> li
 
 
 def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model version (``ModelRegistry.to_json()``), newest first."""
+    """One row per model version (``ModelVersions.to_json()``), newest first."""
     # Imported here: the document came from the engine, so it is installed by now.
-    from assft.workspace.versions import BASE_VERSION
+    from assft.workspace.version_names import BASE_VERSION
 
     rows = []
     for entry in reversed(models.get("versions", [])):

@@ -30,8 +30,8 @@ from assft.models import resolve_device
 from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
 from assft.runtime.progress import Progress
 from assft.workspace.config import CONFIG_FILE_NAME
-from assft.workspace.model_versions import ModelRegistry
-from assft.workspace.versions import check_version
+from assft.workspace.model_versions import ModelVersions
+from assft.workspace.version_names import check_version
 from assft.workspace.workspace import Workspace
 
 __all__ = ["Prediction", "Predictor", "check_out_dir", "predict_workspace"]
@@ -86,7 +86,7 @@ class Predictor:
         )
         self.views = int(views)
         self.device = resolve_device(device)
-        self.model = ModelRegistry(workspace).load(self.version, device=self.device)
+        self.model = ModelVersions(workspace).load(self.version, device=self.device)
         self.preset = self.model.preset
         self.label_values = [int(v) for v in workspace.config.label_values]
         self._lut = np.array([0, *self.label_values], dtype=np.uint16)

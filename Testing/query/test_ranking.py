@@ -18,7 +18,7 @@ from assft.query.config import QueryConfig
 from assft.query.ranking import rank_workspace
 from assft.query.strategies import STRATEGIES
 from assft.workspace import Workspace
-from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.model_versions import ModelVersions
 from assft_testing import skip_without_template
 
 
@@ -134,7 +134,7 @@ def test_drift_applies_once_a_fine_tuned_model_is_current(workspace):
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     registry.promote(
         registry.add_version(model.network.state_dict(), {"mode": "test"}), reason="test"
     )

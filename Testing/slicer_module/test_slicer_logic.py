@@ -206,11 +206,11 @@ def test_model_versions_table_and_rollback(mrml, tiny_workspace):
 def test_a_ranking_made_with_another_version_says_so(mrml, tiny_workspace):
     """After a rollback the worklist showed the other version's ranking without a word
     (issue 22): both front ends say which version ranked it, until the next ranking."""
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     workspace, labels = tiny_workspace
     logic = _logic()
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     workspace.save_ranking(_ranking(sorted(labels)))  # by v0
     summary = logic.workspaceSummary(workspace.root)
     assert logic.describeRankingModel(summary) == ""

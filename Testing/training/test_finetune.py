@@ -23,7 +23,7 @@ from assft.training.curves import LearningCurve
 from assft.training.finetune import run_finetune
 from assft.training.gate import validation_gate
 from assft.workspace.jobs import JobStore, process_alive
-from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.model_versions import ModelVersions
 from assft_testing import (
     let_go,
     pause_env,
@@ -81,7 +81,7 @@ def test_the_best_checkpoint_by_held_out_dice_is_the_version_stored(labeled_work
     assert manifest["metrics"]["validation_dice"] == pytest.approx(best[2], abs=1e-4)
     job = JobStore(labeled_workspace).get(manifest["job"])
     stored = torch.load(
-        ModelRegistry(labeled_workspace).checkpoint(manifest["version"]), weights_only=True
+        ModelVersions(labeled_workspace).checkpoint(manifest["version"]), weights_only=True
     )
     best_weights = torch.load(job.folder / "best.pt", weights_only=True)
     state = stored.get("state_dict", stored) if isinstance(stored, dict) else stored
@@ -130,7 +130,7 @@ def test_selective_finetune_registers_and_promotes_a_version(labeled_workspace):
     assert manifest["version"] == "v1" and manifest["parent"] == "v0"
     assert manifest["mode"] == "selective" and manifest["held_out"] == ["case_003"]
     assert set(manifest["labels"]) == {"case_000", "case_001", "case_002"}
-    assert manifest["label_set_hash"] == ModelRegistry.label_set_hash(manifest["labels"])
+    assert manifest["label_set_hash"] == ModelVersions.label_set_hash(manifest["labels"])
     gate = manifest["gate"]
     assert gate["passed"] == (gate["validation_dice"] >= gate["parent_validation_dice"])
     assert manifest["promoted"] == gate["passed"]
@@ -142,7 +142,7 @@ def test_selective_finetune_registers_and_promotes_a_version(labeled_workspace):
     assert {"supervised_s", "semi_supervised_s", "pseudo_labels_s", "total_s"} <= set(
         manifest["timings"]
     )
-    versions = ModelRegistry(workspace).to_json()
+    versions = ModelVersions(workspace).to_json()
     assert [v["version"] for v in versions["versions"]] == ["v0", "v1"]
     if manifest["promoted"]:
         assert versions["current"] == "v1"
@@ -159,7 +159,7 @@ def test_modes_none_and_all(labeled_workspace):
     assert "reliable" not in none["ssft"] and "semi_supervised_s" not in none["timings"]
     everything = run_finetune(labeled_workspace, FinetuneConfig(**FAST, mode="all"), device="cpu")
     assert len(everything["ssft"]["reliable"]) == 4
-    current = ModelRegistry(labeled_workspace).current()
+    current = ModelVersions(labeled_workspace).current()
     assert current == (everything["version"] if everything["promoted"] else everything["parent"])
 
 
@@ -179,7 +179,7 @@ def test_no_labels_is_refused(tmp_path, synthetic_pool, tiny_preset_file):
 
 def test_a_damaged_current_model_is_refused_before_a_job_folder_is_made(labeled_workspace):
     """Issue 21, item 11: no failed job folder with a label snapshot is left behind."""
-    registry = ModelRegistry(labeled_workspace)
+    registry = ModelVersions(labeled_workspace)
     model = registry.load("v0")
     registry.promote(registry.add_version(model.network.state_dict(), {}), reason="test")
     (labeled_workspace.models_dir / "v1" / "model.pt").write_bytes(b"truncated")
@@ -224,7 +224,7 @@ def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, mon
         run_finetune(labeled_workspace, FinetuneConfig(**FAST), device="cpu")
     monkeypatch.undo()
     models = labeled_workspace.models_dir
-    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert ModelVersions(labeled_workspace).current() == "v0"
     assert not [p for p in models.iterdir() if p.name.startswith(("v", ".v"))]
     from assft.workspace.jobs import JobStore
 
@@ -234,7 +234,7 @@ def test_disk_full_while_saving_leaves_everything_current(labeled_workspace, mon
 def test_truncated_checkpoint_is_a_clear_error_and_the_previous_version_loads(labeled_workspace):
     workspace = labeled_workspace
     run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     registry.promote("v1", reason="test")
     checkpoint = registry.checkpoint_path("v1")
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
@@ -302,7 +302,7 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace
     process.wait()
     jobs = json.loads(run_cli_in_process("jobs", str(ws), "--json", check=True).stdout)["jobs"]
     assert jobs[0]["state"] == "killed"
-    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert ModelVersions(labeled_workspace).current() == "v0"
     assert not (labeled_workspace.models_dir / "v1").exists()
 
     # Asked for other settings, the job resumes with its own and says so.
@@ -318,7 +318,7 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(labeled_workspace
     assert f"resuming job {job_id} with its own settings (mode none, iterations 30" in warning
     assert "not used: mode all (the job's: none), iterations 40 (the job's: 30)" in warning
     assert "--restart" in warning
-    manifest = ModelRegistry(labeled_workspace).manifest("v1")
+    manifest = ModelVersions(labeled_workspace).manifest("v1")
     assert manifest["resumed"] is True and manifest["job"] == jobs[0]["id"]
     assert manifest["config"]["iterations"] == 30 and manifest["mode"] == "none"
 
@@ -374,7 +374,7 @@ def test_a_resume_point_that_cannot_be_loaded_safely_is_refused_in_one_line(
     assert "weights_only" not in result.stderr and not marker.exists()
     assert JobStore(labeled_workspace).list()[0]["state"] == "failed"
     assert JobStore(labeled_workspace).resumable("finetune", killed["label_set_hash"]) is None
-    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert ModelVersions(labeled_workspace).current() == "v0"
 
 
 def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
@@ -416,7 +416,7 @@ def test_cancel_a_detached_job_changes_nothing(labeled_workspace, tmp_path):
     cancelled = run_cli("cancel", str(ws), "--json", check=True)
     info = json.loads(cancelled.stdout)
     assert info["state"] == "cancelled" and info["exit_code"] == 3
-    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert ModelVersions(labeled_workspace).current() == "v0"
     assert not (labeled_workspace.models_dir / "v1").exists()
     # The process is gone (or a zombie waiting for init to reap it).
     stat = Path(f"/proc/{pid}/stat")
@@ -430,7 +430,7 @@ def test_a_cancel_right_after_a_detached_launch_stops_the_job_and_it_never_promo
     id the launch printed, then without): every cancel finds the job running and stops it;
     nothing is registered, the current version stays."""
     ws = labeled_workspace.root
-    registry = ModelRegistry(labeled_workspace)
+    registry = ModelVersions(labeled_workspace)
     versions_before = sorted(p.name for p in labeled_workspace.models_dir.iterdir())
     config = _config_file(tmp_path, iterations=20000, mode="none")
     seen: set[str] = set()
@@ -507,7 +507,7 @@ def test_cancel_reaches_a_job_under_a_launcher_that_forwards_no_signal(labeled_w
         "message": "cancelled by request",
         "cancelled": True,
     }
-    assert ModelRegistry(labeled_workspace).current() == "v0"
+    assert ModelVersions(labeled_workspace).current() == "v0"
     assert not (labeled_workspace.models_dir / "v1").exists()
     assert labeled_workspace.running_job() is None  # the lock went with it
 
@@ -526,10 +526,10 @@ def test_a_label_replaced_during_the_job_does_not_reach_it(
     assert after != before
     _wait_for(process, lambda e: e["event"] == "done")
     assert process.wait(60) == 0
-    manifest = ModelRegistry(labeled_workspace).manifest("v1")
+    manifest = ModelVersions(labeled_workspace).manifest("v1")
     assert manifest["labels"]["case_000"] == before
     # The promotion kept the new label, and the next fine-tune trains on it.
-    assert manifest["promoted"] and ModelRegistry(labeled_workspace).current() == "v1"
+    assert manifest["promoted"] and ModelVersions(labeled_workspace).current() == "v1"
     stored = labeled_workspace.label_path("case_000")
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == after
     assert labeled_workspace.registry.case("case_000")["label_sha256"] == after
@@ -571,7 +571,7 @@ def test_torchrun_finetune_trains_with_ddp(labeled_workspace, tmp_path):
     assert (
         len(manifest["ssft"]["confidence"]) == 4
     )  # every unlabeled case, gathered from both ranks
-    assert ModelRegistry(labeled_workspace).verify("v1") is None
+    assert ModelVersions(labeled_workspace).verify("v1") is None
 
 
 # Promotion as one step ---------------------------------------------------------------------------
@@ -607,7 +607,7 @@ def test_a_job_killed_while_registering_is_completed_by_the_next_run(
     finally:
         process.kill()  # SIGKILL at the synchronisation point
         process.wait()
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     (job,) = JobStore(ws).list()
     assert job["state"] == "killed"
     assert [v["version"] for v in registry.versions()] == ["v0", "v1"]
@@ -665,7 +665,7 @@ def test_a_promotion_the_registry_refuses_fails_the_job_and_changes_nothing(
         )
     with pytest.raises(BadInputError, match="audit rows refused by the test"):
         run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     (job,) = JobStore(workspace).list()
     assert job["state"] == "failed" and "audit rows refused" in job["message"]
     assert registry.current() == "v0" and not (workspace.models_dir / "current").exists()
@@ -698,7 +698,7 @@ def test_a_diverged_finetune_is_never_registered(labeled_workspace, tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "fine-tuning diverged: the loss is nan" in line and "learning rate 1e+12" in line
     assert "nothing was registered" in line
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     assert registry.current() == "v0" and [v["version"] for v in registry.versions()] == ["v0"]
     assert not [p for p in workspace.models_dir.iterdir() if p.name.startswith(("v", ".v"))]
     (job,) = JobStore(ws).list()
@@ -714,7 +714,7 @@ def test_a_rollback_while_the_job_runs_is_not_undone(labeled_workspace, tmp_path
     _no_held_out(workspace)
     ws = workspace.root
     first = run_finetune(workspace, FinetuneConfig(**FAST, mode="none"), device="cpu")
-    assert first["version"] == "v1" and ModelRegistry(workspace).current() == "v1"
+    assert first["version"] == "v1" and ModelVersions(workspace).current() == "v1"
 
     pause = tmp_path / "pause"
     config = _config_file(tmp_path, mode="none", seed=1)
@@ -734,7 +734,7 @@ def test_a_rollback_while_the_job_runs_is_not_undone(labeled_workspace, tmp_path
     assert manifest["version"] == "v2" and manifest["parent"] == "v1"
     assert manifest["gate"]["passed"] is True and manifest["promoted"] is False
     assert "not promoted: the current version is v0, not v1" in manifest["not_promoted_reason"]
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     assert registry.current() == "v0"  # the clinician's rollback stands
     (job,) = [j for j in JobStore(ws).list() if j["id"] == manifest["job"]]
     assert job["state"] == "done" and "not promoted: the current version is v0" in job["message"]

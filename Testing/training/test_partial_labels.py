@@ -139,11 +139,11 @@ def test_a_target_is_completed_from_the_parent_outside_the_labeled_structures(
 ):
     from assft.models.inference import sliding_window_probabilities
     from assft.training.data import PreparedCases
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     data, cases = synthetic_pool
     workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file)
-    parent = ModelRegistry(workspace).load("v0")
+    parent = ModelVersions(workspace).load("v0")
     prepared = PreparedCases(tmp_path / "cache", parent.preset, [1, 2], (16, 16, 16))
     case = prepared.load(cases[0].case_id, cases[0].image, cases[0].label)
     target = case.target.clone()
@@ -244,7 +244,7 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
     on core-only labels from it: completed from the parent (the workspace records that only the
     core is labeled) and taken as complete (the shell becomes background). The completed one
     keeps the shell where the parent put it; the other erases it."""
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     data, cases = synthetic_pool
     core_only = tmp_path / "core-only"
@@ -261,7 +261,7 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
         workspace.submit_label(case.case_id, case.label, user="test")
     workspace.set_status(cases[3].case_id, "held-out")
     parent = run_finetune(workspace, FinetuneConfig(**learn), device="cpu")["version"]
-    ModelRegistry(workspace).promote(parent, reason="the parent of this test")
+    ModelVersions(workspace).promote(parent, reason="the parent of this test")
     assert parent == "v1"
 
     agreement, gates = {}, {}
@@ -279,7 +279,7 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
         manifest = run_finetune(copy, config, device="cpu")
         made = manifest["version"]
         gates[partial] = manifest
-        registry = ModelRegistry(copy)
+        registry = ModelVersions(copy)
         held_out = [_held_out_case(copy, cases[3])]
         agreement[partial] = structure_agreement(
             registry.load(made), registry.load(parent), held_out, [1]
@@ -300,8 +300,8 @@ def test_completed_labels_keep_the_unlabeled_structure_that_background_labels_er
 
 def _held_out_case(workspace: Workspace, case):
     from assft.training.data import PreparedCases
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
-    preset = ModelRegistry(workspace).load("v0").preset
+    preset = ModelVersions(workspace).load("v0").preset
     prepared = PreparedCases(workspace.cache_folder("training"), preset, [1, 2], (16, 16, 16))
     return prepared.load(case.case_id, case.image, case.label)

@@ -220,10 +220,10 @@ def test_each_submission_records_the_annotator_asked_once(app):
 
 def test_the_page_says_when_the_worklist_was_ranked_by_another_version(app):
     from assft.workspace import Workspace
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     workspace = Workspace.open(app.workspace)
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     workspace.save_ranking(
         {
             "model_version": "v0",

@@ -19,7 +19,7 @@ import torch
 from assft.errors import AssftError, BadInputError, DivergedError
 from assft.workspace import Workspace
 from assft.workspace.files import sha256_file
-from assft.workspace.model_versions import ModelRegistry, ModelStorageError
+from assft.workspace.model_versions import ModelStorageError, ModelVersions
 from assft_testing import pause_env, wait_until_paused
 
 
@@ -33,8 +33,8 @@ def workspace(tmp_path: Path) -> Workspace:
 
 
 @pytest.fixture
-def registry(workspace: Workspace) -> ModelRegistry:
-    return ModelRegistry(workspace)
+def registry(workspace: Workspace) -> ModelVersions:
+    return ModelVersions(workspace)
 
 
 def _weights(value: float) -> dict[str, torch.Tensor]:
@@ -42,7 +42,7 @@ def _weights(value: float) -> dict[str, torch.Tensor]:
     return {"conv.weight": torch.full((2, 3), value), "conv.bias": torch.arange(2.0)}
 
 
-def _fitting(registry: ModelRegistry, value: float) -> dict[str, torch.Tensor]:
+def _fitting(registry: ModelVersions, value: float) -> dict[str, torch.Tensor]:
     """Weights of the workspace's preset (the demo UNet), every float shifted by ``value``."""
     state = registry.load("v0").network.state_dict()
     return {k: v + value if v.is_floating_point() else v for k, v in state.items()}
@@ -242,10 +242,10 @@ def test_a_full_disk_leaves_everything_as_it_was(registry, workspace, monkeypatc
 
 
 def test_label_set_hash_depends_on_content_not_order():
-    first = ModelRegistry.label_set_hash({"a": "11", "b": "22"})
-    assert first == ModelRegistry.label_set_hash({"b": "22", "a": "11"})
-    assert first != ModelRegistry.label_set_hash({"a": "11", "b": "23"})
-    assert first != ModelRegistry.label_set_hash({"a": "11"})
+    first = ModelVersions.label_set_hash({"a": "11", "b": "22"})
+    assert first == ModelVersions.label_set_hash({"b": "22", "a": "11"})
+    assert first != ModelVersions.label_set_hash({"a": "11", "b": "23"})
+    assert first != ModelVersions.label_set_hash({"a": "11"})
     assert len(first) == 64
 
 
@@ -486,8 +486,8 @@ def test_a_current_version_that_cannot_be_used_is_flagged(registry, workspace):
 _ROLLBACK_SCRIPT = """
 import sys
 from assft.workspace import Workspace
-from assft.workspace.model_versions import ModelRegistry
-ModelRegistry(Workspace.open(sys.argv[1])).rollback(sys.argv[2])
+from assft.workspace.model_versions import ModelVersions
+ModelVersions(Workspace.open(sys.argv[1])).rollback(sys.argv[2])
 """
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from assft.errors import BadInputError
-from assft.workspace.versions import (
+from assft.workspace.version_names import (
     BASE_VERSION,
     check_version,
     parse_partial,
@@ -61,7 +61,7 @@ def test_partial_folder_names(name):
 
 def test_importable_without_torch():
     code = (
-        "import sys; import assft.workspace.versions; "
+        "import sys; import assft.workspace.version_names; "
         "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from assft.errors import BadInputError, StorageError
-from assft.workspace import Registry, Workspace
+from assft.workspace import CaseRegistry, Workspace
 from assft_testing import run_cli
 from assft_testing.mounts import fill, remount_read_only, tmpfs
 from assft_testing.workspaces import LABEL_NAMES, label_array, snapshot, write_volume
@@ -129,7 +129,7 @@ def _submit_killed_at_commit(root: str, case_id: str, label: str) -> None:
     def killed(*args: Any, **kwargs: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    Registry.commit_label = killed  # type: ignore[method-assign]
+    CaseRegistry.commit_label = killed  # type: ignore[method-assign]
     Workspace.open(root).submit_label(case_id, label, user="killed")
 
 
@@ -231,7 +231,7 @@ def test_a_failed_commit_puts_the_old_label_back(
     def full(*args: Any, **kwargs: Any) -> None:
         raise StorageError("no space left on device", workspace.registry.path)
 
-    monkeypatch.setattr(Registry, "commit_label", full)
+    monkeypatch.setattr(CaseRegistry, "commit_label", full)
     with pytest.raises(StorageError, match="no space left on device"):
         workspace.submit_label("case_a", second)
     monkeypatch.undo()
@@ -505,9 +505,9 @@ def test_the_workspace_reads_nothing_through_its_own_files_leading_elsewhere(
     """Found by the attack rerun: ``models/current`` linked to /etc/passwd showed its first
     line; a FIFO or /dev/zero there hung or exhausted memory; a registry linked out of the
     workspace was written; a file where ``labels/`` or ``jobs/`` belongs was an internal error."""
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
-    registry = ModelRegistry(workspace)
+    registry = ModelVersions(workspace)
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
     pointer = workspace.models_dir / "current"

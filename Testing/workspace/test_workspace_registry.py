@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from assft.errors import BadInputError
-from assft.workspace import CASE_STATUSES, Registry
+from assft.workspace import CASE_STATUSES, CaseRegistry
 from assft.workspace.registry import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ UPDATES_PER_WRITER = 50
 
 def _writer(path: str, writer: int, start: Event) -> None:
     """Child process: status updates and audit rows, as fast as possible."""
-    registry = Registry(path)
+    registry = CaseRegistry(path)
     start.wait(10)
     for i in range(UPDATES_PER_WRITER):
         case_id = CASES[i % len(CASES)]
@@ -32,7 +32,7 @@ def _writer(path: str, writer: int, start: Event) -> None:
 
 
 def test_cases_statuses_and_counts(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "registry.sqlite", create=True)
+    registry = CaseRegistry(tmp_path / "registry.sqlite", create=True)
     registry.add_cases([("b", "/data/b.nii.gz"), ("a", "/data/a.nii.gz")], user="me")
     registry.add_case("c", Path("/data/c.nrrd"))
     assert [case["case_id"] for case in registry.cases()] == ["a", "b", "c"]
@@ -60,7 +60,7 @@ def test_cases_statuses_and_counts(tmp_path: Path) -> None:
 
 
 def test_bad_statuses_and_duplicates_are_refused(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "registry.sqlite", create=True)
+    registry = CaseRegistry(tmp_path / "registry.sqlite", create=True)
     registry.add_case("a", "/a.nii")
     with pytest.raises(BadInputError, match="unknown case status 'done'"):
         registry.set_status("a", "done")
@@ -73,7 +73,7 @@ def test_bad_statuses_and_duplicates_are_refused(tmp_path: Path) -> None:
 
 
 def test_rankings_and_scores(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "registry.sqlite", create=True)
+    registry = CaseRegistry(tmp_path / "registry.sqlite", create=True)
     scores = [
         {"case": "b", "rank": 2, "score": 0.5, "dkd": 0.1},
         {"case": "a", "rank": 1, "score": 0.9, "asd": 3.0},
@@ -91,8 +91,8 @@ def test_rankings_and_scores(tmp_path: Path) -> None:
 
 def test_schema_is_wal_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite"
-    Registry(path, create=True)
-    Registry(path)  # idempotent
+    CaseRegistry(path, create=True)
+    CaseRegistry(path)  # idempotent
     connection = sqlite3.connect(path)
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -102,20 +102,20 @@ def test_schema_is_wal_and_versioned(tmp_path: Path) -> None:
     finally:
         connection.close()
     with pytest.raises(BadInputError, match="newer ASSFT"):
-        Registry(path)
+        CaseRegistry(path)
 
 
 def test_not_a_database_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(BadInputError) as caught:
-        Registry(path)
+        CaseRegistry(path)
     assert str(caught.value).startswith(str(path))
 
 
 def test_two_processes_write_at_once(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite"
-    registry = Registry(path, create=True)
+    registry = CaseRegistry(path, create=True)
     registry.add_cases((case_id, f"/data/{case_id}.nii.gz") for case_id in CASES)
     context = multiprocessing.get_context("spawn")
     start = context.Event()
@@ -137,7 +137,7 @@ def test_two_processes_write_at_once(tmp_path: Path) -> None:
 
 
 def test_threads_share_one_registry(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "registry.sqlite", create=True)
+    registry = CaseRegistry(tmp_path / "registry.sqlite", create=True)
     registry.add_case("a", "/a.nii")
     errors: list[BaseException] = []
 
@@ -162,11 +162,11 @@ def test_only_create_makes_a_registry(tmp_path: Path) -> None:
     """A missing, empty or table-less registry is damaged: refused, and left as it was."""
     path = tmp_path / "registry.sqlite"
     with pytest.raises(BadInputError, match="is missing; the workspace is damaged"):
-        Registry(path)
+        CaseRegistry(path)
     assert not path.exists()
     path.write_bytes(b"")
     with pytest.raises(BadInputError, match=r"is empty \(0 bytes\); the workspace is damaged"):
-        Registry(path)
+        CaseRegistry(path)
     assert path.read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]  # no -wal, -shm
     path.unlink()
@@ -177,19 +177,19 @@ def test_only_create_makes_a_registry(tmp_path: Path) -> None:
     connection.close()
     before = path.read_bytes()
     with pytest.raises(BadInputError, match="holds no ASSFT registry"):
-        Registry(path)
+        CaseRegistry(path)
     assert path.read_bytes() == before
 
 
 def test_a_schema_1_registry_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite"
-    Registry(path, create=True).add_case("a", "/a.nii")
+    CaseRegistry(path, create=True).add_case("a", "/a.nii")
     connection = sqlite3.connect(path)
     connection.execute("DROP TABLE pending_labels")
     connection.execute("PRAGMA user_version = 1")
     connection.commit()
     connection.close()
-    registry = Registry(path)
+    registry = CaseRegistry(path)
     assert registry.pending_labels() == []
     registry.begin_label("a", "f00", backup=None, source="/x.nii.gz", user="me", pid=1)
     assert [row["sha256"] for row in registry.pending_labels("a")] == ["f00"]

@@ -36,8 +36,8 @@ from assft.training.data import PreparedCases, TrainingCase, make_augmentation
 from assft.training.ssft import Trainer, run_stage
 from assft.workspace import Workspace
 from assft.workspace.creation import create_workspace
-from assft.workspace.model_versions import ModelRegistry
-from assft.workspace.versions import BASE_VERSION
+from assft.workspace.model_versions import ModelVersions
+from assft.workspace.version_names import BASE_VERSION
 
 MARK_BEGIN = "<!-- bench:speed:begin -->"
 MARK_END = "<!-- bench:speed:end -->"
@@ -55,7 +55,7 @@ def bare_inference_seconds(workspace: Workspace, device: str, views: int) -> flo
     if views < 1:
         raise ValueError(f"views must be at least 1, got {views}")
     preset = get_preset(workspace.config.model)
-    model = ModelRegistry(workspace).load(BASE_VERSION, device=resolve_device(device))
+    model = ModelVersions(workspace).load(BASE_VERSION, device=resolve_device(device))
     started = time.perf_counter()
     for case in workspace.registry.cases(status="unlabeled"):
         grid = to_model_grid(
@@ -119,7 +119,7 @@ def training_iterations_per_second(
 
     def ours() -> float:
         torch.manual_seed(0)
-        model = ModelRegistry(workspace).load(BASE_VERSION, device=device_)
+        model = ModelVersions(workspace).load(BASE_VERSION, device=device_)
         trainer = Trainer(model, config, patch)
         run_stage(
             trainer,
@@ -148,7 +148,7 @@ def training_iterations_per_second(
 
     def bare() -> float:
         torch.manual_seed(0)
-        network = ModelRegistry(workspace).load(BASE_VERSION, device=device_).network
+        network = ModelVersions(workspace).load(BASE_VERSION, device=device_).network
         network.train()
         optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
         loss_function = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -278,12 +278,12 @@ def add_skip_parser(sub: Subparsers) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
     workspace = open_workspace(args.workspace)
     summary = workspace.status_summary()
     # A damaged pointer, or a current version that cannot be used, is flagged, not fatal here.
-    summary["model_problems"] = ModelRegistry(workspace).problems()
+    summary["model_problems"] = ModelVersions(workspace).problems()
     if args.json:
         print_json({"workspace": str(workspace.root), **summary})
         return 0

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from assft.training.curves import describe_curve
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
-    document = ModelRegistry(open_workspace(args.workspace)).to_json()
+    document = ModelVersions(open_workspace(args.workspace)).to_json()
     if args.json:
         print_json(document)
         return 0
@@ -90,14 +90,14 @@ def add_model_info_parser(sub: Subparsers) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from assft.workspace.model_versions import ModelRegistry
+    from assft.workspace.model_versions import ModelVersions
 
-    registry = ModelRegistry(open_workspace(args.workspace))
-    result = registry.rollback(args.version)
+    versions = ModelVersions(open_workspace(args.workspace))
+    result = versions.rollback(args.version)
     if args.json:
         print_json(
             {
-                "current": registry.current(),
+                "current": versions.current(),
                 "rolled_back_from": result["rolled_back_from"],
                 "repaired": result["repaired"],
             }
@@ -105,7 +105,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return 0
     if result["repaired"]:
         print(f"Repaired the damaged pointer ({result['repaired']})")
-    print(f"Current model version: {registry.current()}")
+    print(f"Current model version: {versions.current()}")
     return 0
 
 

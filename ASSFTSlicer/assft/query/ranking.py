@@ -48,8 +48,8 @@ from assft.query.strategies import (
 from assft.runtime import cancellation, distributed
 from assft.runtime.progress import Progress
 from assft.workspace import Workspace
-from assft.workspace.model_versions import ModelRegistry
-from assft.workspace.versions import BASE_VERSION
+from assft.workspace.model_versions import ModelVersions
+from assft.workspace.version_names import BASE_VERSION
 
 
 @dataclass
@@ -84,7 +84,7 @@ class PoolScorer:
         # The structures a label is trusted for (all, unless clinicians label only some).
         self.labeled_values = list(workspace.config.labeled_values)
         self.version = workspace.current_model_version()
-        versions = ModelRegistry(workspace)
+        versions = ModelVersions(workspace)
         self.pretrained = versions.load(BASE_VERSION, device=self.device)
         # While the current version is v0, both roles share one network (one pass per view).
         self.current = (

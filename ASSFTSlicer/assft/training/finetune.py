@@ -6,9 +6,9 @@ starts a new job instead). A failed, cancelled or killed job never changes the c
 version, and a diverged one (a NaN loss) stops and registers nothing.
 
 Registering is two steps that each happen whole: the version is stored
-(:meth:`ModelRegistry.add_version`), then its promotion is decided in one registry transaction
-(:meth:`ModelRegistry.promote` with the version it was validated against, or
-:meth:`ModelRegistry.keep_unpromoted`). A job that stopped between them, or after them before
+(:meth:`ModelVersions.add_version`), then its promotion is decided in one registry transaction
+(:meth:`ModelVersions.promote` with the version it was validated against, or
+:meth:`ModelVersions.keep_unpromoted`). A job that stopped between them, or after them before
 recording its state, is completed by the next ``assft finetune``: its stored version is found
 (the manifest's ``job``), the decision made if it is missing, and the job recorded done; no
 second version is trained.
@@ -67,7 +67,7 @@ from assft.training.ssft import (
 )
 from assft.workspace import Workspace, write_json_atomic
 from assft.workspace.jobs import Job, JobStore
-from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.model_versions import ModelVersions
 
 
 def _sha256(path: Path) -> str:
@@ -196,7 +196,7 @@ class FinetuneJob:
         self.device = device
         self.argv = argv or []
         self.restart = restart
-        self.registry = ModelRegistry(workspace)
+        self.versions = ModelVersions(workspace)
         self.jobs = JobStore(workspace)
         self.user_progress = progress or Progress("none")
         self.timings: dict[str, float] = {}
@@ -281,8 +281,8 @@ class FinetuneJob:
         uses_unlabeled = self.config.mode != FinetuneMode.NONE
         check_inputs(self.workspace, labeled + held_out, unlabeled if uses_unlabeled else [])
         registry_hashes = {row["case_id"]: row.get("label_sha256") or "" for row in labeled}
-        label_hash = ModelRegistry.label_set_hash(registry_hashes)
-        repaired = self.registry.recover()
+        label_hash = ModelVersions.label_set_hash(registry_hashes)
+        repaired = self.versions.recover()
         if repaired:
             warnings.warn(repaired, stacklevel=2)
         settled = self._settle_stored_versions(label_hash)
@@ -297,11 +297,11 @@ class FinetuneJob:
             # A damaged current model is refused before any job folder or label snapshot is
             # made: the pointer, the weights' sha256, and the weights read as weights only (a
             # checkpoint holding other Python objects is refused here, not inside the job).
-            self.registry.load_state(self.registry.current())
+            self.versions.load_state(self.versions.current())
             job = self.jobs.create("finetune", self.argv)
             job.update(
                 label_set_hash=label_hash,
-                base_version=self.registry.current(),
+                base_version=self.versions.current(),
                 config=self.config.to_dict(),
             )
             snapshot_labels(self.workspace, labeled + held_out, job.folder / "snapshot")
@@ -344,21 +344,21 @@ class FinetuneJob:
         Returns:
             The version's manifest as now stored.
         """
-        if self.registry.decision(version) is None:
-            manifest = self.registry.manifest(version)
+        if self.versions.decision(version) is None:
+            manifest = self.versions.manifest(version)
             gate = manifest.get("gate") or {}
             reason = str(gate.get("reason", ""))
             if gate.get("passed"):
                 parent = manifest.get("parent")
-                self.registry.promote(
+                self.versions.promote(
                     version,
                     reason=reason,
                     expect_current=str(parent) if parent is not None else None,
                     job=job_id,
                 )
             else:
-                self.registry.keep_unpromoted(version, reason=reason, job=job_id)
-        return self.registry.manifest(version)
+                self.versions.keep_unpromoted(version, reason=reason, job=job_id)
+        return self.versions.manifest(version)
 
     def _settle_stored_versions(self, label_hash: str) -> tuple[Job, dict[str, Any]] | None:
         """Rank 0: record done every killed or failed fine-tune whose version was stored.
@@ -369,7 +369,7 @@ class FinetuneJob:
         Returns:
             The job with these labels and its version's manifest, or None.
         """
-        stored = self.registry.versions_by_job()
+        stored = self.versions.versions_by_job()
         found: tuple[Job, dict[str, Any]] | None = None
         for entry in self.jobs.list():
             if entry.get("kind") != "finetune" or entry.get("state") not in (
@@ -456,7 +456,7 @@ class FinetuneJob:
     ) -> _JobRun:
         """Load the base version's model and bring the snapshot's cases onto its grid."""
         workspace = self.workspace
-        base_version = job.info().get("base_version") or self.registry.current()
+        base_version = job.info().get("base_version") or self.versions.current()
         snapshot = job.folder / "snapshot"
         labels = labels_in_snapshot(snapshot)
         # Only cases whose label made it into the snapshot: the job trains on those copies.
@@ -464,7 +464,7 @@ class FinetuneJob:
         labeled_ids = [r["case_id"] for r in labeled_rows if r["case_id"] in labels]
 
         device = self.resolved_device
-        model = self.registry.load(base_version, device=device)
+        model = self.versions.load(base_version, device=device)
         preset = model.preset
         label_values = list(workspace.config.label_values)
         patch = self.config.patch_size or preset.patch_size
@@ -753,7 +753,7 @@ class FinetuneJob:
             refreshed=refreshed,
         )
         if cases and self.workspace.config.partially_labeled:
-            parent = self.registry.load(run.base_version, device=run.device)
+            parent = self.versions.load(run.base_version, device=run.device)
             cases = [complete_target(parent, case, run.channels) for case in cases]
         return pseudo, cases
 
@@ -826,7 +826,7 @@ class FinetuneJob:
             new_scores = validation_dice(run.model, run.held_out_cases, run.channels)
             new_dice = run.held_out_dice(new_scores["per_case"])
             progress.update(1, validation_dice=new_dice)
-            base_model = self.registry.load(run.base_version, device=run.device)
+            base_model = self.versions.load(run.base_version, device=run.device)
             base_scores = validation_dice(base_model, run.held_out_cases, run.channels)
             base_dice = run.held_out_dice(base_scores["per_case"])
             progress.update(2, validation_dice=new_dice, parent_dice=base_dice)
@@ -898,7 +898,7 @@ class FinetuneJob:
         labels = {c: run.labels[c] for c in run.labeled_ids}
         manifest = {
             "parent": run.base_version,
-            "label_set_hash": ModelRegistry.label_set_hash(labels),
+            "label_set_hash": ModelVersions.label_set_hash(labels),
             "labels": labels,
             "held_out": run.held_out_ids,
             "mode": config.mode.value,
@@ -922,7 +922,7 @@ class FinetuneJob:
         # Storing and deciding the promotion: a cancel arriving now waits until both are done;
         # a kill in between is completed by the next run (see the module's description).
         with cancellation.critical():
-            version = self.registry.add_version(state, manifest)
+            version = self.versions.add_version(state, manifest)
             syncpoints.reach("model-version-stored")
             manifest = self._decide(run.job.id, version)
             syncpoints.reach("promotion-committed")

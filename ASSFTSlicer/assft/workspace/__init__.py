@@ -16,7 +16,7 @@ from assft.workspace.config import (
 )
 from assft.workspace.files import sha256_file, utc_now, write_json_atomic, write_text_atomic
 from assft.workspace.locks import job_lock, running_job
-from assft.workspace.registry import CASE_STATUSES, REGISTRY_FILE_NAME, Registry
+from assft.workspace.registry import CASE_STATUSES, REGISTRY_FILE_NAME, CaseRegistry
 from assft.workspace.workspace import CASE_ID_PATTERN, Workspace, default_user, find_images
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "LABEL_PALETTE",
     "LabelInfo",
     "REGISTRY_FILE_NAME",
-    "Registry",
+    "CaseRegistry",
     "Workspace",
     "WorkspaceConfig",
     "default_user",

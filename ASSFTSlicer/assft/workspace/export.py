@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from assft.errors import BadInputError
-from assft.workspace.model_versions import ModelRegistry
+from assft.workspace.model_versions import ModelVersions
 from assft.workspace.workspace import Workspace
 
 FORMATS = ("bundle", "nnunet")
@@ -68,7 +68,7 @@ def export_version(
         raise BadInputError("lies inside the workspace: export to a folder outside it", target)
     if target.exists():
         raise BadInputError("already exists: the export writes a new folder", target)
-    versions = ModelRegistry(workspace)
+    versions = ModelVersions(workspace)
     version = versions.current() if version is None else version
     manifest = versions.manifest(version)
     model = versions.load(version)

@@ -19,7 +19,7 @@ from assft.io.atomic import fsync_directory
 from assft.io.imaging import geometry_mismatch, read_image, read_label, write_image_atomic
 from assft.runtime.portable import try_lock, unlock
 from assft.workspace.files import compact_timestamp, default_user, sha256_file, storing
-from assft.workspace.registry import BUSY_TIMEOUT_S, Registry
+from assft.workspace.registry import BUSY_TIMEOUT_S, CaseRegistry
 
 if TYPE_CHECKING:
     from assft.workspace.workspace import Workspace
@@ -113,7 +113,7 @@ class LabelStore:
         return self.workspace.root
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> CaseRegistry:
         return self.workspace.registry
 
     @property

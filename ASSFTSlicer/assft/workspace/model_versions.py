@@ -10,8 +10,8 @@
 ``v0`` is the model preset as configured in ``assft.json``; it has no folder. A new version is
 written completely into a hidden folder and renamed into place, so a reader sees it whole or
 not at all; adding a version never moves the pointer (and refuses weights that are not finite):
-:meth:`ModelRegistry.promote` does, once a validation gate has passed, and
-:meth:`ModelRegistry.rollback` moves it back (or forward) after checking that the weights load.
+:meth:`ModelVersions.promote` does, once a validation gate has passed, and
+:meth:`ModelVersions.rollback` moves it back (or forward) after checking that the weights load.
 
 Moving the pointer is one step. The audit row (naming the job that promoted, if any), the
 manifest and ``models/current`` change inside one registry transaction and the pointer moves
@@ -19,7 +19,7 @@ last, just before the commit: an error anywhere (a locked or read-only registry,
 rolls the transaction back and puts the files back, so nothing changed. Only a process killed
 between the pointer's move and the commit leaves a pointer that the registry does not record;
 the next pointer change (a fine-tune, a rollback) puts it back to the recorded version
-(:meth:`ModelRegistry.recover`), and ``assft status`` and ``assft models`` report it meanwhile.
+(:meth:`ModelVersions.recover`), and ``assft status`` and ``assft models`` report it meanwhile.
 Every pointer change takes the registry's write lock first, so a rollback and a fine-tune's
 promotion never interleave; a promotion is made only if the current version is still the one
 the job was validated against (``expect_current``), else the version is kept unpromoted, with
@@ -49,8 +49,8 @@ from assft.workspace.files import (
     utc_now,
     write_json_atomic,
 )
-from assft.workspace.registry import Registry
-from assft.workspace.versions import (
+from assft.workspace.registry import CaseRegistry
+from assft.workspace.version_names import (
     BASE_VERSION,
     POINTER_ACTIONS,
     VERSION_PATTERN,
@@ -75,7 +75,7 @@ __all__ = [
     "BASE_VERSION",
     "CHECKPOINT_NAME",
     "MANIFEST_NAME",
-    "ModelRegistry",
+    "ModelVersions",
     "ModelStorageError",
     "VERSION_PATTERN",
 ]
@@ -109,15 +109,15 @@ class _PointerChange:
 
     Args:
         registry: The workspace's case registry (for the audit rows).
-        connection: The open transaction (:meth:`assft.workspace.registry.Registry.transaction`).
+        connection: The open transaction (:meth:`CaseRegistry.transaction`).
     """
 
-    def __init__(self, registry: Registry, connection: sqlite3.Connection) -> None:
+    def __init__(self, registry: CaseRegistry, connection: sqlite3.Connection) -> None:
         self.registry = registry
         self.connection = connection
         self.saved: list[tuple[Path, bytes | None]] = []
         self.recovered: str | None = None
-        """What :meth:`ModelRegistry._recover` put back first, if anything."""
+        """What :meth:`ModelVersions._recover` put back first, if anything."""
 
     def audit(self, action: str, detail: dict[str, Any]) -> None:
         self.registry.insert_audit(self.connection, action, detail, user=default_user())
@@ -150,7 +150,7 @@ class _PointerChange:
                         temporary.write_bytes(content)
 
 
-class ModelRegistry:
+class ModelVersions:
     """The model versions of one workspace.
 
     Args:
@@ -166,7 +166,7 @@ class ModelRegistry:
         return self.workspace.models_dir
 
     def __repr__(self) -> str:
-        return f"ModelRegistry({str(self.models_dir)!r})"
+        return f"ModelVersions({str(self.models_dir)!r})"
 
     # reading -----------------------------------------------------------------------------
 

@@ -3,10 +3,10 @@
 SQLite in WAL mode lets readers work while one process writes; every write takes the write
 lock up front (``BEGIN IMMEDIATE``) and waits up to 30 s for it, so two processes updating
 the registry at once queue instead of failing with "database is locked". A connection is
-opened per operation, which makes a :class:`Registry` safe to share between threads and to
+opened per operation, which makes a :class:`CaseRegistry` safe to share between threads and to
 pass to a forked process.
 
-Only ``assft init`` creates a registry (``Registry(path, create=True)``): a workspace whose
+Only ``assft init`` creates a registry (``CaseRegistry(path, create=True)``): a workspace whose
 registry is missing, empty or without tables is damaged, and opening it changes nothing. A full
 disk and a read-only workspace are reported as such (:class:`assft.errors.StorageError`), not
 as a damaged registry.
@@ -26,7 +26,7 @@ from typing import Any
 from assft.errors import BadInputError, StorageError, WorkspaceLockedError
 from assft.workspace.files import utc_now
 
-__all__ = ["CASE_STATUSES", "REGISTRY_FILE_NAME", "SCHEMA_VERSION", "Registry"]
+__all__ = ["CASE_STATUSES", "REGISTRY_FILE_NAME", "SCHEMA_VERSION", "CaseRegistry"]
 
 CASE_STATUSES = ("unlabeled", "labeled", "skipped", "held-out")
 """Every status a case can have."""
@@ -107,7 +107,7 @@ def check_status(status: str) -> str:
     return status
 
 
-class Registry:
+class CaseRegistry:
     """The SQLite case registry of a workspace.
 
     Args:
@@ -127,7 +127,7 @@ class Registry:
         self._create_schema(create)
 
     def __repr__(self) -> str:
-        return f"Registry({str(self.path)!r})"
+        return f"CaseRegistry({str(self.path)!r})"
 
     def _check_exists(self) -> None:
         damaged = (

@@ -3,7 +3,7 @@
 ::
 
     <root>/assft.json          labels, model preset, settings (WorkspaceConfig)
-    <root>/registry.sqlite     cases, statuses, ranking scores, audit trail (Registry)
+    <root>/registry.sqlite     cases, statuses, ranking scores, audit trail (CaseRegistry)
     <root>/labels/             <case_id>.nii.gz at the image's exact geometry; backup/,
                                quarantine/ (files the registry did not know), .locks/
     <root>/rankings/           ranking-0001.json, ...
@@ -57,8 +57,8 @@ from assft.workspace.files import (
 )
 from assft.workspace.labels import LabelStore, load_label_for_image
 from assft.workspace.rankings import Rankings
-from assft.workspace.registry import BUSY_TIMEOUT_S, REGISTRY_FILE_NAME, Registry, check_status
-from assft.workspace.versions import BASE_VERSION, POINTER_ACTIONS, check_version, read_pointer
+from assft.workspace.registry import BUSY_TIMEOUT_S, REGISTRY_FILE_NAME, CaseRegistry, check_status
+from assft.workspace.version_names import BASE_VERSION, POINTER_ACTIONS, check_version, read_pointer
 
 __all__ = ["CASE_ID_PATTERN", "MAX_CASE_ID_LENGTH", "Workspace", "default_user", "find_images"]
 
@@ -140,7 +140,7 @@ class Workspace:
             each; empty when label files and registry agreed).
     """
 
-    def __init__(self, root: Path, config: WorkspaceConfig, registry: Registry) -> None:
+    def __init__(self, root: Path, config: WorkspaceConfig, registry: CaseRegistry) -> None:
         self.root = root
         self.config = config
         self.registry = registry
@@ -286,7 +286,7 @@ class Workspace:
             for name in SUBFOLDERS:
                 (staging / name).mkdir()
             config.save(staging / CONFIG_FILE_NAME)
-            registry = Registry(staging / REGISTRY_FILE_NAME, create=True)
+            registry = CaseRegistry(staging / REGISTRY_FILE_NAME, create=True)
             registry.add_cases(zip(case_ids, image_paths, strict=True), user=user)
             registry.audit(
                 "create",
@@ -360,7 +360,7 @@ class Workspace:
         own_regular_file(root / CONFIG_FILE_NAME, root)
         own_regular_file(root / REGISTRY_FILE_NAME, root)
         config = WorkspaceConfig.load(root / CONFIG_FILE_NAME)
-        registry = Registry(root / REGISTRY_FILE_NAME)
+        registry = CaseRegistry(root / REGISTRY_FILE_NAME)
         workspace = cls(root, config, registry)
         for folder in OWNED_FOLDERS:
             owned = workspace.resolve_inside(folder)
@@ -491,7 +491,7 @@ class Workspace:
         return case_id
 
     def cases(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Registered cases ordered by id (see :meth:`Registry.cases`)."""
+        """Registered cases ordered by id (see :meth:`CaseRegistry.cases`)."""
         return self.registry.cases(status)
 
     def image_path(self, case_id: str) -> Path:
@@ -610,7 +610,7 @@ class Workspace:
         """The model version in use: ``models/current``, or ``"v0"`` (the preset as shipped).
 
         Raises:
-            BadInputError: a damaged pointer (see :func:`assft.workspace.versions.read_pointer`).
+            BadInputError: a damaged pointer (:func:`version_names.read_pointer`).
         """
         pointer = self.models_dir / "current"
         version = read_pointer(pointer)
@@ -681,7 +681,7 @@ class Workspace:
         latest = self.registry.latest_ranking()
         try:
             version: str | None = self.current_model_version()
-        except BadInputError:  # a damaged pointer: None here; ModelRegistry.problems() says why
+        except BadInputError:  # a damaged pointer: None here; ModelVersions.problems() says why
             version = None
         names = self.config.label_names
         return {
