@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
-from assft.datasets.sites import MIXED
+from assft.apps.sites import MIXED
 from assft.models import get_preset, load_model
 from assft.models.inference import infer_case
 from assft.training import FinetuneConfig

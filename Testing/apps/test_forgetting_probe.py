@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from assft.datasets.sampledata import write_sample_data
+from assft.apps.sampledata import write_sample_data
 
 PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "forgetting_probe.py"
 

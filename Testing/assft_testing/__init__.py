@@ -144,7 +144,7 @@ def torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess
 
 def template_installed() -> bool:
     """Whether the MNI152 template files of nilearn's wheel can be found."""
-    from assft.datasets import sampledata
+    from assft.apps import sampledata
     from assft.errors import BadInputError
 
     try:
@@ -158,7 +158,7 @@ def skip_without_template():
     """Skip a test that builds sample data when the template is not installed (CI installs it)."""
     import pytest
 
-    from assft.datasets.sampledata import NILEARN_VERSION
+    from assft.apps.sampledata import NILEARN_VERSION
 
     return pytest.mark.skipif(
         not template_installed(),

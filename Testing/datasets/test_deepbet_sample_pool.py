@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from assft.datasets import sampledata
+from assft.apps import sampledata
 from assft.errors import BadInputError
 from assft.query.config import QueryConfig
 from assft.query.ranking import rank_workspace

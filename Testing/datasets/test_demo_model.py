@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from assft.apps import sampledata
 from assft.apps.pretrain import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -16,7 +17,6 @@ from assft.apps.pretrain import (
     evaluate_cases,
     pretrain_demo,
 )
-from assft.datasets import sampledata
 from assft.models import get_preset, load_checkpoint_state, load_model, resources_dir
 from assft_testing import skip_without_template
 

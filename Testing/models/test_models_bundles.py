@@ -94,7 +94,7 @@ def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
 def test_a_workspace_from_a_bundle_fine_tunes_and_exports_a_bundle_monai_runs(
     demo_bundle, tmp_path
 ) -> None:
-    from assft.datasets import sampledata
+    from assft.apps import sampledata
 
     data = tmp_path / "data"
     data.mkdir()

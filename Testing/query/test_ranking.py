@@ -221,7 +221,7 @@ def test_a_changed_image_invalidates_the_cache(tmp_path, synthetic_pool, tiny_pr
 def two_scanners(tmp_path):
     """Six scans of the sample `hospital` archive with the demo model: three of its 3 T T1
     majority, three of its T2 minority."""
-    from assft.datasets.sampledata import make_case
+    from assft.apps.sampledata import make_case
     from assft.io.imaging import write_image_atomic
 
     truth = {}

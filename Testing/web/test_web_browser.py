@@ -34,7 +34,7 @@ FIGURES: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from assft.datasets.sampledata import write_sample_data
+    from assft.apps.sampledata import write_sample_data
 
     data = tmp_path_factory.mktemp("web-data")
     write_sample_data(data, 4, n_source=0, sites=["t2"], seed=7, spacing=4.0)

@@ -15,7 +15,7 @@ from typing import Any
 
 from assft.apps import label_efficiency as le
 from assft.apps import speed_bench as speed
-from assft.datasets.sites import parse_sites
+from assft.apps.sites import parse_sites
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
 

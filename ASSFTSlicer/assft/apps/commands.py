@@ -13,7 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
-from assft.datasets.sites import SITE_NAMES, parse_sites
+from assft.apps.sites import SITE_NAMES, parse_sites
 from assft.errors import BadInputError
 from assft.query.strategies import STRATEGIES
 from assft.runtime.verbs import (
@@ -206,7 +206,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.spacing) and 0.5 <= args.spacing <= 24.0):
         raise BadInputError(f"--spacing must be from 0.5 to 24 mm, got {args.spacing}")
     sites = parse_sites(args.sites)  # refuses an unknown site before torch is imported
-    from assft.datasets.sampledata import write_sample_data
+    from assft.apps.sampledata import write_sample_data
 
     manifest = write_sample_data(
         Path(args.out),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from assft.apps.report import lines_svg
+from assft.apps.sampledata import write_sample_data
 from assft.apps.selection_stats import (
     area_under_curve,
     dice_by_stratum,
@@ -36,8 +37,7 @@ from assft.apps.simulation import (
     append_result,
     read_results,
 )
-from assft.datasets.sampledata import write_sample_data
-from assft.datasets.sites import MIXED
+from assft.apps.sites import MIXED
 from assft.errors import BadInputError
 from assft.query.config import QueryConfig, Strategy
 from assft.query.strategies import STRATEGIES as REGISTERED

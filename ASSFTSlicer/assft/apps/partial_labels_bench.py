@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from assft.apps.sampledata import write_sample_data
 from assft.apps.selection_stats import t_interval
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Case, Dataset
-from assft.datasets.sampledata import write_sample_data
 from assft.errors import BadInputError
 from assft.io.imaging import read_image, read_label, write_image_atomic
 from assft.metrics.overlap import dice_scores, mean_per_structure

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from monai.data import set_track_meta
 
-from assft.datasets.sampledata import LABEL_NAMES, write_sample_data
-from assft.datasets.sites import ARCHIVE_NAMES, MIXED, SITE_NAMES
+from assft.apps.sampledata import LABEL_NAMES, write_sample_data
+from assft.apps.sites import ARCHIVE_NAMES, MIXED, SITE_NAMES
 from assft.errors import BadInputError
 from assft.metrics.overlap import dice_scores
 from assft.models import (
@@ -315,7 +315,7 @@ def pretrain_demo(
         "command": " ".join(["assft", *(argv or ["pretrain-demo"])]),
         "config": json.loads(json.dumps(asdict(config))),
         "data": {
-            "generator": "assft.datasets.sampledata",
+            "generator": "assft.apps.sampledata",
             "seed": config.data_seed,
             "spacing_mm": config.spacing,
             "shape": sample["shape"],

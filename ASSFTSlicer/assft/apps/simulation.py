@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from assft.datasets.sites import MIXED, TEST_EVERY, site_folder
+from assft.apps.sites import MIXED, TEST_EVERY, site_folder
 from assft.errors import BadInputError
 from assft.io.imaging import (
     IMAGE_SUFFIXES,

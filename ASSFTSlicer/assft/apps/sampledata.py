@@ -11,7 +11,7 @@ labelled volumes on one 192 mm field of view (64^3 voxels at the default 3 mm):
   ``brain_mask`` a single label 1 = brain (their union);
 * a *source* domain (what the demo model is pretrained on): mild affine and elastic
   deformations, clean T1 contrast, weak bias and noise;
-* named *target sites* (``assft.datasets.sites``), each one coherent acquisition as a lab's
+* named *target sites* (``assft.apps.sites``), each one coherent acquisition as a lab's
   scanner gives it (``t2``, ``lowfield``, ``flair``: a contrast family, a resolution and slice
   thickness, a noise level, a bias field, an orientation, with a small jitter per case), whose
   cases differ as subjects do: target-range deformations, atrophy (grey matter thinned from the
@@ -46,7 +46,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from assft.datasets.sites import (
+from assft.apps.sites import (
     ACQUISITIONS,
     MIXED,
     SITE_NAMES,
@@ -1023,7 +1023,7 @@ def write_sample_data(
             if progress is not None:
                 progress.update(len(cases), case=cases[-1]["case"])
     manifest = {
-        "generator": "assft.datasets.sampledata",
+        "generator": "assft.apps.sampledata",
         "format": 2,
         "seed": int(seed),
         "spacing_mm": float(spacing),

@@ -3,7 +3,7 @@
 A lab's target domain is *its* scanner and protocol: every scan has the same contrast family,
 resolution, slice thickness, noise level, bias field and orientation, and the scans differ as
 subjects do (anatomy, deformation, atrophy, lesions). A :class:`Site` holds those acquisition
-parameters; ``assft.datasets.sampledata`` reads them to build a site's cases, adding a small
+parameters; ``assft.apps.sampledata`` reads them to build a site's cases, adding a small
 per-case jitter (``jitter``: the noise and bias level within ±15 %, tissue levels ±2 %).
 
 ``mixed`` is not one acquisition: it is the heterogeneous target pool of earlier releases (each

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from assft.datasets import sampledata
-from assft.datasets.sampledata import (
+from assft.apps import sampledata
+from assft.apps.sampledata import (
     ACQUISITIONS,
     LEVELS,
     SHIFT_KINDS,
@@ -22,7 +22,7 @@ from assft.datasets.sampledata import (
     site_folder,
     write_sample_data,
 )
-from assft.datasets.sites import ARCHIVE_NAMES, TEST_EVERY, Archive, Stratum
+from assft.apps.sites import ARCHIVE_NAMES, TEST_EVERY, Archive, Stratum
 from assft.errors import BadInputError
 from assft_testing import run_cli, skip_without_template
 
