@@ -11,7 +11,6 @@ import pytest
 
 from assft.errors import BadInputError
 from assft.models import (
-    Architecture,
     CheckpointKind,
     ModelPreset,
     get_preset,
@@ -53,7 +52,7 @@ def test_presets_parse_and_round_trip() -> None:
         assert preset.to_dict() == raw
         assert ModelPreset.from_dict(preset.to_dict()) == preset
     demo = presets["demo"]
-    assert demo.architecture is Architecture.UNET
+    assert demo.architecture == "monai.UNet"
     assert demo.patch_size == (64, 64, 64)
     assert demo.spacing == (3.0, 3.0, 3.0)
     assert demo.label_names == {1: "grey matter", 2: "white matter", 3: "cerebrospinal fluid"}

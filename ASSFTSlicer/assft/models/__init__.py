@@ -18,7 +18,6 @@ from assft.models.features import FeatureCapture
 from assft.models.loading import LoadedModel, load_model
 from assft.models.networks import LinkNet3dAdapter, TorchScriptAdapter, build_network
 from assft.models.presets import (
-    Architecture,
     CheckpointKind,
     CheckpointSource,
     ModelPreset,
@@ -29,7 +28,6 @@ from assft.models.presets import (
 )
 
 __all__ = [
-    "Architecture",
     "CheckpointKind",
     "CheckpointSource",
     "FeatureCapture",

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from assft.errors import BadInputError
-from assft.models.presets import Architecture, ModelPreset, _parse_preset
+from assft.models.architectures import (
+    ARCHITECTURES,
+    NetworkArchitecture,
+    bundle_architecture,
+    get_architecture,
+)
+from assft.models.presets import ModelPreset, _parse_preset
 
 BUNDLE_PREFIX = "bundle:"
 """What ``--model`` starts with to name a MONAI bundle folder."""
@@ -139,19 +145,12 @@ def _target_name(raw: Any) -> str:
     return str(target).rsplit(".", 1)[-1]
 
 
-_ARCHITECTURES = {
-    "UNet": Architecture.UNET,
-    "SegResNet": Architecture.SEGRESNET,
-    "SwinUNETR": Architecture.SWINUNETR,
-}
-
-
-def _network(parser: Any, config: Path) -> tuple[Architecture, dict[str, Any], int]:
+def _network(parser: Any, config: Path) -> tuple[NetworkArchitecture, dict[str, Any], int]:
     """The architecture, its arguments (without ``out_channels``) and its output channels."""
     raw = parser["network_def"]
-    name = _target_name(raw)
-    if name not in _ARCHITECTURES:
-        known = ", ".join(_ARCHITECTURES)
+    architecture = bundle_architecture(_target_name(raw))
+    if architecture is None:
+        known = ", ".join(a.bundle_class for a in ARCHITECTURES.values() if a.bundle_class)
         raise BadInputError(
             f"network_def is {raw.get('_target_') if isinstance(raw, Mapping) else raw!r}; the "
             f"engine ranks and fine-tunes bundles whose network is one of MONAI's {known}",
@@ -165,31 +164,7 @@ def _network(parser: Any, config: Path) -> tuple[Architecture, dict[str, Any], i
     out_channels = arguments.pop("out_channels", None)
     if not isinstance(out_channels, int) or out_channels < 1:
         raise BadInputError("network_def.out_channels must be a positive integer", config)
-    return _ARCHITECTURES[name], arguments, out_channels
-
-
-def _layers(architecture: Architecture, arguments: dict[str, Any]) -> dict[str, Any]:
-    """The embedding layer, encoder and head of a MONAI network, as the method needs them."""
-    if architecture is Architecture.SEGRESNET:
-        depth = len(arguments.get("blocks_down", (1, 2, 2, 4)))
-        return {
-            "embedding_layer": f"down_layers.{depth - 1}",
-            "encoder_prefixes": ["convInit", "down_layers"],
-            "head_layer": "conv_final",
-        }
-    if architecture is Architecture.SWINUNETR:
-        return {"embedding_layer": "swinViT", "encoder_prefixes": ["swinViT"], "head_layer": "out"}
-    # MONAI's UNet nests Sequential(down, SkipConnection(...), up) blocks: the encoder is the
-    # down path of every level, the embedding the bottom block, the head the last up block.
-    levels = len(arguments.get("channels", ()))
-    encoder = ["model.0"]
-    prefix = "model.1"
-    for _ in range(max(levels - 2, 0)):
-        encoder.append(f"{prefix}.submodule.0")
-        prefix = f"{prefix}.submodule.1"
-    bottom = f"{prefix}.submodule"
-    encoder.append(bottom)
-    return {"embedding_layer": bottom, "encoder_prefixes": encoder, "head_layer": "model.2"}
+    return architecture, arguments, out_channels
 
 
 def _labels(parser: Any, out_channels: int, metadata: Path) -> tuple[dict[str, str], str]:
@@ -293,6 +268,7 @@ def preset_from_bundle(reference: str | Path) -> ModelPreset:
             f"MONAI bundle without weights: {WEIGHTS.as_posix()} is missing", folder
         )
     architecture, arguments, out_channels = _network(parser, config)
+    assert architecture.bundle_layers is not None  # registered with its bundle class
     labels, activation = _labels(parser, out_channels, metadata)
     preprocessing, notes = _preprocessing(parser, config)
     patch, sw_batch, overlap, inferer_notes = _inferer(parser, config)
@@ -309,7 +285,7 @@ def preset_from_bundle(reference: str | Path) -> ModelPreset:
     data = {
         "name": f"{BUNDLE_PREFIX}{folder}",
         "description": description,
-        "architecture": str(architecture),
+        "architecture": architecture.name,
         "arguments": arguments,
         "checkpoint": {"source": "path", "path": str(folder / WEIGHTS)},
         "preprocessing": preprocessing,
@@ -317,7 +293,7 @@ def preset_from_bundle(reference: str | Path) -> ModelPreset:
         "sw_batch_size": sw_batch,
         "overlap": overlap,
         "label_names": labels,
-        **_layers(architecture, arguments),
+        **architecture.bundle_layers(arguments),
         "has_head": True,
         "output_activation": activation,
     }
@@ -392,13 +368,6 @@ def staged_folder(out: Path) -> Iterator[Path]:
 
 
 # ------------------------------------------------------------------ a preset written as a bundle
-_NETWORK_TARGETS = {
-    Architecture.UNET: "UNet",
-    Architecture.SEGRESNET: "SegResNet",
-    Architecture.SWINUNETR: "SwinUNETR",
-}
-
-
 def _intensity_transform(intensity: Mapping[str, Any]) -> dict[str, Any]:
     kind = intensity.get("kind")
     if intensity.get("standardize"):
@@ -434,10 +403,12 @@ def bundle_configs(preset: ModelPreset, label_names: Mapping[int, str]) -> tuple
     Raises:
         BadInputError: a TorchScript preset (a bundle holds a MONAI network_def).
     """
-    if preset.architecture not in _NETWORK_TARGETS:
+    bundle_class = get_architecture(preset.architecture).bundle_class
+    if bundle_class is None:
+        known = ", ".join(a.bundle_class for a in ARCHITECTURES.values() if a.bundle_class)
         raise BadInputError(
             f"preset {preset.name!r} is a {preset.architecture} network: only MONAI networks "
-            "(UNet, SegResNet, SwinUNETR) are written as bundles"
+            f"({known}) are written as bundles"
         )
     sigmoid = preset.output_activation.value == "sigmoid"
     out_channels = 1 if sigmoid else 1 + len(label_names)
@@ -480,7 +451,7 @@ def bundle_configs(preset: ModelPreset, label_names: Mapping[int, str]) -> tuple
         "datalist": "$list(sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*'))))",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "network_def": {
-            "_target_": _NETWORK_TARGETS[preset.architecture],
+            "_target_": bundle_class,
             **preset.arguments,
             "out_channels": out_channels,
         },

@@ -17,28 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks import nets
 from torch import nn
 
 from assft.errors import BadInputError
+from assft.models.architectures import get_architecture
 from assft.models.checkpoints import locate_checkpoint
-from assft.models.presets import Architecture, ModelPreset, OutputActivation
+from assft.models.presets import ModelPreset, OutputActivation
 
 FeatureTap = Callable[[torch.Tensor], torch.Tensor]
 """Called with the embedding layer's output; returns the tensor the network goes on with."""
-
-
-def _network_class(architecture: Architecture) -> Callable[..., nn.Module]:
-    if architecture is Architecture.NNUNET:
-        from assft.models.nnunet import nnunet_network
-
-        return nnunet_network
-    classes: dict[Architecture, type[nn.Module]] = {
-        Architecture.UNET: nets.UNet,
-        Architecture.SEGRESNET: nets.SegResNet,
-        Architecture.SWINUNETR: nets.SwinUNETR,
-    }
-    return classes[architecture]
 
 
 def _tuples(value: Any) -> Any:
@@ -72,14 +59,15 @@ def build_network(preset: ModelPreset, out_channels: int) -> nn.Module:
         if path is None:
             raise BadInputError(f"the TorchScript archive of preset {preset.name!r} is missing")
         return load_torchscript(path)
-    network_class = _network_class(preset.architecture)
+    build = get_architecture(preset.architecture).build
+    assert build is not None  # only a TorchScript preset has no builder, handled above
     arguments = _tuples(dict(preset.arguments))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                network = network_class(**arguments, out_channels=out_channels)
+                network = build(**arguments, out_channels=out_channels)
     except (TypeError, ValueError, AssertionError) as error:
         raise BadInputError(
             f"preset {preset.name!r}: arguments do not suit {preset.architecture} ({error})"

@@ -21,19 +21,10 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from assft.errors import BadInputError
+from assft.models.architectures import ARCHITECTURES, get_architecture
 
 MODELS_JSON_ENV = "ASSFT_MODELS_JSON"
 """Environment variable naming another presets file than ``assft/resources/Models.json``."""
-
-
-class Architecture(StrEnum):
-    """The network families a preset can name."""
-
-    UNET = "monai.UNet"
-    SEGRESNET = "monai.SegResNet"
-    SWINUNETR = "monai.SwinUNETR"
-    TORCHSCRIPT = "torchscript"
-    NNUNET = "nnunet"
 
 
 class OutputActivation(StrEnum):
@@ -153,7 +144,7 @@ class ModelPreset:
 
     name: str
     description: str
-    architecture: Architecture
+    architecture: str
     arguments: dict[str, Any]
     checkpoint: CheckpointSource | None
     spacing: tuple[float, float, float] | None
@@ -196,7 +187,7 @@ class ModelPreset:
     @property
     def is_torchscript(self) -> bool:
         """Whether the network is a TorchScript archive rather than a MONAI class."""
-        return self.architecture is Architecture.TORCHSCRIPT
+        return not get_architecture(self.architecture).takes_arguments
 
     def in_encoder(self, module_name: str) -> bool:
         """Whether a module (or parameter) name lies in the encoder."""
@@ -457,15 +448,20 @@ def _parse_preset(data: Any, source: Path | None, where: str | None = None) -> M
     if not name.strip():
         fields.fail("name", "must not be empty")
     fields.where = f"preset {name!r}"
-    architecture = _enum(fields, "architecture", Architecture)
+    architecture = fields.get("architecture", str)
+    if architecture not in ARCHITECTURES:
+        fields.fail(
+            "architecture", f"is {architecture!r}; expected one of {', '.join(ARCHITECTURES)}"
+        )
+    built = get_architecture(architecture).takes_arguments
     arguments = fields.get("arguments", dict, default={})
     if "out_channels" in arguments:
         fields.fail("arguments", "must not set out_channels: it follows from the labels")
-    if architecture is Architecture.TORCHSCRIPT and arguments:
+    if not built and arguments:
         fields.fail("arguments", "must be empty for a TorchScript network")
 
     checkpoint = _parse_checkpoint(fields.get("checkpoint", dict, none=True), source, fields.where)
-    if architecture is Architecture.TORCHSCRIPT and checkpoint is None:
+    if not built and checkpoint is None:
         fields.fail("checkpoint", "is required for a TorchScript network (the archive)")
 
     pre = _Fields(fields.get("preprocessing", dict), source, f"{fields.where}.preprocessing")
