@@ -124,8 +124,8 @@ class AnnotationApp(TrameApp):
         self.workspace = self.logic.openWorkspace(workspace).root
         self.device = device
         self.budget = budget
-        self.finetuneConfig = finetune_config
-        self.launchedJob: dict[str, Any] | None = None
+        self.finetune_config = finetune_config
+        self.launched_job: dict[str, Any] | None = None
         self._lastJobPoll = 0.0
         self._lastWorkspacePoll = 0.0
         self._workspaceMark = ""
@@ -134,31 +134,31 @@ class AnnotationApp(TrameApp):
         self.slicer = SlicerApp()
         bindScene(self.slicer.scene, self.slicer.segmentations_logic, self.slicer.volumes_logic)
         register_rca_factories(self.slicer.view_manager, self.server)
-        self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
-        self.layoutManager.register_layout_dict({LAYOUT_ID: _views_layout()})
-        self._initialState()
+        self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layout_manager.register_layout_dict({LAYOUT_ID: _views_layout()})
+        self._initial_state()
         self.ui = build_page(self)
-        self.layoutManager.set_layout(LAYOUT_ID)
+        self.layout_manager.set_layout(LAYOUT_ID)
         # trame-slicer 2.0.0: in its stock segmentation app, Paint and Erase raise "'NoneType'
         # object has no attribute 'paint_interaction_stopped'" (an effect pipeline without a
         # view), which the feasibility probe fixed by creating the effects after the views. The
         # effects' logic is created here, after the layout made the views, as a precaution: with
         # this app's layout, painting worked in the browser test with either order (checked on
         # 2026-11-30), so the bug was not reproduced here.
-        self.editorLogic = SegmentEditorLogic(self.server, self.slicer)
-        self.editorLogic.set_ui(self.ui.editor)
+        self.editor_logic = SegmentEditorLogic(self.server, self.slicer)
+        self.editor_logic.set_ui(self.ui.editor)
         # Paint and Erase share these settings. A disc in the slice shown by default: the
         # sphere edits slices the user cannot see.
         self.brush = TypedState(self.state, PaintEffectState)
         self.brush.data.use_sphere_brush = False
-        self.logic.tasks.onChanged = self._onTasksChanged
+        self.logic.tasks.onChanged = self._on_tasks_changed
         self.logic.tasks.onDeferredError = lambda kind, error: self._error(str(error))
-        self.server.controller.on_server_ready.add(self._startPolling)
+        self.server.controller.on_server_ready.add(self._start_polling)
         self.refresh()
 
     # state -------------------------------------------------------------------------------
 
-    def _initialState(self) -> None:
+    def _initial_state(self) -> None:
         state = self.state
         state.trame__title = "ASSFT annotation"
         state.trame__favicon = ""  # the page asks nothing of any other host
@@ -191,7 +191,7 @@ class AnnotationApp(TrameApp):
         state.message_is_error = False
         state.rerank_after_promotion = True
 
-    def correctionHint(self) -> str:
+    def correction_hint(self) -> str:
         """Which structures to correct, when the workspace labels only some ("" otherwise)."""
         config = self.logic.openWorkspace(self.workspace).config
         names = config.label_names
@@ -208,7 +208,7 @@ class AnnotationApp(TrameApp):
         self._message(text, error=True)
 
     @contextlib.contextmanager
-    def _reportingErrors(self) -> Iterator[None]:
+    def _reporting_errors(self) -> Iterator[None]:
         """An action's refusal (a bad case id, another task running, a file that cannot be
         read) shows on the page in one line; the rest of the action's block is skipped."""
         try:
@@ -226,23 +226,23 @@ class AnnotationApp(TrameApp):
         summary = workspace.status_summary()  # the counts and the latest ranking, read once
         self.state.counts = self.logic.describeCounts(summary["counts"])
         self.state.ranking_note = self.logic.describeRankingModel(summary)
-        self._onTasksChanged()
+        self._on_tasks_changed()
 
-    def _onTasksChanged(self) -> None:
+    def _on_tasks_changed(self) -> None:
         tasks = self.logic.tasks
         self.state.task_kind = tasks.kind.value if tasks.busy and tasks.kind else ""
         self.state.task_text = tasks.describe()
         if not tasks.busy:
             self.state.task_progress = None
 
-    def _onTaskProgress(self, event: dict[str, Any]) -> None:
+    def _on_task_progress(self, event: dict[str, Any]) -> None:
         self.state.task_text = self.logic.describeProgress(event)
         if event.get("total"):
             self.state.task_progress = _percent(event)
 
-    def _endTask(self, result) -> bool:
+    def _end_task(self, result) -> bool:
         """Report how a task ended; whether it succeeded."""
-        self._onTasksChanged()
+        self._on_tasks_changed()
         if result.cancelled:
             self._message(f"{result.name or 'task'} cancelled")
             return False
@@ -253,7 +253,7 @@ class AnnotationApp(TrameApp):
 
     # polling -----------------------------------------------------------------------------
 
-    def _startPolling(self, **_kwargs) -> None:
+    def _start_polling(self, **_kwargs) -> None:
         if self._pollTask is None:
             self._pollTask = asyncio.get_event_loop().create_task(self._poll())
 
@@ -261,22 +261,22 @@ class AnnotationApp(TrameApp):
         while True:
             try:
                 with self.state:
-                    self.pollOnce()
+                    self.poll_once()
             except Exception:  # one bad poll must not stop the loop
                 logging.exception("polling the background tasks failed")
             await asyncio.sleep(POLL_SECONDS)
 
-    def pollOnce(self) -> None:
+    def poll_once(self) -> None:
         """Read what the background processes printed; follow the fine-tuning job; read the
         tables again when the workspace changed outside the page."""
         tasks = self.logic.tasks
         for process in (tasks.current, tasks.jobCommand):
             if process is not None and process.result is None:  # the Logic's launcher="thread"
                 process.drain()
-        launched = self.launchedJob or {}
+        launched = self.launched_job or {}
         if launched.get("pid") and time.monotonic() - self._lastJobPoll > JOB_POLL_SECONDS:
             self._lastJobPoll = time.monotonic()
-            self._pollJob()
+            self._poll_job()
         # The page's own ranking or prediction refreshes the tables when it ends: until then,
         # what it writes is not yet news (a worklist before its Rank button is back).
         if not tasks.busy and time.monotonic() - self._lastWorkspacePoll > WORKSPACE_POLL_SECONDS:
@@ -292,80 +292,80 @@ class AnnotationApp(TrameApp):
         if self.logic.tasks.isRunning(TaskKind.RANK):
             self.logic.cancelTask()
             return
-        with self._reportingErrors():
+        with self._reporting_errors():
             self.logic.runRank(
                 self.workspace,
                 self.budget,
                 device=self.device,
-                onProgress=self._onTaskProgress,
-                onFinished=self._onRanked,
+                onProgress=self._on_task_progress,
+                onFinished=self._on_ranked,
             )
 
-    def _onRanked(self, result) -> None:
-        if self._endTask(result):
+    def _on_ranked(self, result) -> None:
+        if self._end_task(result):
             self._message("Ranked.")
         self.refresh()
 
     # annotating --------------------------------------------------------------------------
 
     @controller.set("label_next")
-    def labelNext(self) -> None:
+    def label_next(self) -> None:
         if self.logic.tasks.isRunning(TaskKind.PREDICT):
             self.logic.cancelTask()
             return
-        with self._reportingErrors():
-            caseId = self.logic.nextCase(self.workspace)
-            if caseId is None:
+        with self._reporting_errors():
+            case_id = self.logic.nextCase(self.workspace)
+            if case_id is None:
                 self._message("Every ranked case is labeled or skipped: fine-tune or rank again.")
                 return
-            self.labelCase(caseId)
+            self.label_case(case_id)
 
-    def _askToDiscard(self, edited: str, caseId: str) -> None:
+    def _ask_to_discard(self, edited: str, case_id: str) -> None:
         """Ask on the page before edits not submitted go (the Slicer panel asks the same)."""
-        self.state.discard_target = caseId
+        self.state.discard_target = case_id
         self.state.discard_question = (
-            f"Case {edited} has edits that are not submitted. Discard them and open case {caseId}?"
+            f"Case {edited} has edits that are not submitted. Discard them and open case {case_id}?"
         )
 
     @controller.set("discard_and_open")
-    def discardAndOpen(self) -> None:
-        """The answer yes to :meth:`_askToDiscard`: the edits go, the case asked for opens."""
-        caseId = self.state.discard_target
+    def discard_and_open(self) -> None:
+        """The answer yes to :meth:`_ask_to_discard`: the edits go, the case asked for opens."""
+        case_id = self.state.discard_target
         self.state.discard_question = self.state.discard_target = ""
-        if caseId:
+        if case_id:
             self.logic.discardEdits()
-            self.labelCase(caseId)
+            self.label_case(case_id)
 
     @controller.set("label_case")
-    def labelCase(self, caseId: str) -> None:
+    def label_case(self, case_id: str) -> None:
         """Load a case with its prediction, predicting it first in the background if needed;
         edits of the loaded case that were not submitted are asked about first."""
         edited = self.logic.unsubmittedEdits()
         if edited is not None:
-            self._askToDiscard(edited, caseId)
+            self._ask_to_discard(edited, case_id)
             return
-        with self._reportingErrors():  # a bad case id, another task running
+        with self._reporting_errors():  # a bad case id, another task running
             self.logic.prepareCase(
                 self.workspace,
-                caseId,
-                self.showCase,
+                case_id,
+                self.show_case,
                 self.device,
-                onProgress=self._onTaskProgress,
-                onPredicted=self._endTask,
+                onProgress=self._on_task_progress,
+                onPredicted=self._end_task,
             )
 
-    def showCase(self, caseId: str) -> None:
+    def show_case(self, case_id: str) -> None:
         editor = self.slicer.segmentation_editor
         editor.deactivate_effect()
         try:
             nodes = self.logic.loadCase(
-                self.workspace, caseId, showUncertainty=self.state.show_uncertainty
+                self.workspace, case_id, showUncertainty=self.state.show_uncertainty
             )
         except UnsubmittedEditsError as error:  # edited while the case was being predicted
-            self._askToDiscard(error.caseId, caseId)
+            self._ask_to_discard(error.case_id, case_id)
             return
         except Exception as error:
-            self._error(f"Failed to load case {caseId}: {error}")
+            self._error(f"Failed to load case {case_id}: {error}")
             return
         display = self.slicer.display_manager
         display.show_volume_in_slice_background(nodes.volume)
@@ -373,15 +373,15 @@ class AnnotationApp(TrameApp):
         nodes.segmentation.GetDisplayNode().SetVisibility(bool(self.state.labels_visible))
         self.logic.setUncertaintyVisible(self.state.show_uncertainty)
         display.reset_views()
-        self.state.current_case = caseId
+        self.state.current_case = case_id
         self.state.has_uncertainty = nodes.uncertainty is not None
         self.state.case_ready = True
-        self.state.correction_hint = self.correctionHint()
-        self._message(f"Case {caseId} loaded: correct the segmentation, then submit.")
-        self._onTasksChanged()  # loading a case changes no table
+        self.state.correction_hint = self.correction_hint()
+        self._message(f"Case {case_id} loaded: correct the segmentation, then submit.")
+        self._on_tasks_changed()  # loading a case changes no table
 
     @change("labels_visible")
-    def _onLabelsVisible(self, labels_visible, **_kwargs) -> None:
+    def _on_labels_visible(self, labels_visible, **_kwargs) -> None:
         nodes = self.logic.loadedCase()
         display = None if nodes is None else nodes.segmentation.GetDisplayNode()
         if display is not None:
@@ -398,7 +398,7 @@ class AnnotationApp(TrameApp):
     }
 
     @trigger("assft_key")
-    def onKey(self, key: str) -> str | None:
+    def on_key(self, key: str) -> str | None:
         """A key pressed on the page (see :mod:`assft_web.shortcuts`); the action it ran."""
         action = action_of(str(key))
         if action is None:
@@ -411,7 +411,7 @@ class AnnotationApp(TrameApp):
                 self.submit()
         elif action == "toggle_labels":
             self.state.labels_visible = not self.state.labels_visible
-            self._onLabelsVisible(self.state.labels_visible)  # now, not at the next flush
+            self._on_labels_visible(self.state.labels_visible)  # now, not at the next flush
         elif not self.state.case_ready:
             return None  # the rest edits a case
         elif action == "undo":
@@ -421,14 +421,14 @@ class AnnotationApp(TrameApp):
         elif action in self.EFFECT_KEYS:
             editor.effect_button_clicked.emit(self.EFFECT_KEYS[action])
         elif action in ("previous_segment", "next_segment"):
-            self._stepSegment(-1 if action == "previous_segment" else 1)
+            self._step_segment(-1 if action == "previous_segment" else 1)
         elif action in ("smaller_brush", "larger_brush"):
             slider = self.brush.data.brush_diameter_slider
             factor = BRUSH_STEP if action == "larger_brush" else 1 / BRUSH_STEP
             slider.value = min(max(slider.value * factor, slider.min_value), slider.max_value)
         return action
 
-    def _stepSegment(self, step: int) -> None:
+    def _step_segment(self, step: int) -> None:
         editor = self.slicer.segmentation_editor
         segments = list(editor.get_all_segment_properties())
         if not segments:
@@ -438,7 +438,7 @@ class AnnotationApp(TrameApp):
         editor.set_active_segment_id(segments[(index + step) % len(segments)])
 
     @change("show_uncertainty")
-    def _onShowUncertainty(self, show_uncertainty, **_kwargs) -> None:
+    def _on_show_uncertainty(self, show_uncertainty, **_kwargs) -> None:
         self.logic.setUncertaintyVisible(bool(show_uncertainty))
 
     @controller.set("submit")
@@ -451,7 +451,7 @@ class AnnotationApp(TrameApp):
         if not self.state.current_case:
             self._error("No case is loaded: use 'Label next' first.")
             return
-        if self._askAnnotator(overlap):
+        if self._ask_annotator(overlap):
             return
         self.slicer.segmentation_editor.deactivate_effect()  # an unapplied preview ends
         self.state.overlap_question = ""
@@ -468,9 +468,9 @@ class AnnotationApp(TrameApp):
         except Exception as error:
             self._error(f"Failed to submit the label: {error}")
             return
-        self._caseDone(f"Stored {path.name}.")
+        self._case_done(f"Stored {path.name}.")
 
-    def _askAnnotator(self, pending: str) -> bool:
+    def _ask_annotator(self, pending: str) -> bool:
         """Whether the annotator's name must be asked first (once per browser); ``pending``
         is the submit to run once it is given (an overlap policy, or VALIDATION)."""
         if self.state.annotator and not annotator_problem(self.state.annotator):
@@ -481,7 +481,7 @@ class AnnotationApp(TrameApp):
         return True
 
     @controller.set("set_annotator")
-    def setAnnotator(self, name: str) -> None:
+    def set_annotator(self, name: str) -> None:
         """The name asked for: checked, kept, and the submit that waited for it runs."""
         problem = annotator_problem(name)
         if problem:
@@ -492,17 +492,17 @@ class AnnotationApp(TrameApp):
         self.state.annotator_error = ""
         pending, self.state.pending_submit = self.state.pending_submit, ""
         if pending == VALIDATION:
-            self.submitValidation()
+            self.submit_validation()
         elif pending:
             self.submit(pending)
 
     @controller.set("submit_validation")
-    def submitValidation(self) -> None:
+    def submit_validation(self) -> None:
         """Store the case's label and hold it out: a validation scan the gate reads."""
         if not self.state.current_case:
             self._error("No case is loaded: use 'Label next' first.")
             return
-        if self._askAnnotator(VALIDATION):
+        if self._ask_annotator(VALIDATION):
             return
         case = self.state.current_case
         self.slicer.segmentation_editor.deactivate_effect()
@@ -516,40 +516,40 @@ class AnnotationApp(TrameApp):
         except ValueError as error:
             self._error(f"Stored the label, but could not hold {case} out: {error}")
             return
-        self._caseDone(f"{case} is a validation scan now (held out of training).")
+        self._case_done(f"{case} is a validation scan now (held out of training).")
 
     @controller.set("propose_validation")
-    def proposeValidation(self) -> None:
+    def propose_validation(self) -> None:
         """Propose validation scans that cover the archive, or cancel the proposal."""
         if self.logic.tasks.isRunning(TaskKind.PROPOSE):
             self.logic.cancelTask()
             return
-        with self._reportingErrors():
+        with self._reporting_errors():
             self.logic.runProposeValidation(
                 self.workspace,
                 device=self.device,
-                onProgress=self._onTaskProgress,
-                onFinished=self._onProposed,
+                onProgress=self._on_task_progress,
+                onFinished=self._on_proposed,
             )
 
-    def _onProposed(self, result) -> None:
-        if self._endTask(result):
+    def _on_proposed(self, result) -> None:
+        if self._end_task(result):
             self._message(self.logic.describeProposal(result))
 
     @controller.set("skip")
     def skip(self) -> None:
-        with self._reportingErrors():
+        with self._reporting_errors():
             case = self.state.current_case
             self.logic.skipCase(self.workspace, case)
-            self._caseDone(f"Skipped {case}.")
+            self._case_done(f"Skipped {case}.")
 
-    def _caseDone(self, said: str) -> None:
+    def _case_done(self, said: str) -> None:
         """Open the next case; what was done stays in front of what the next step says."""
         self.slicer.segmentation_editor.deactivate_effect()
         self.state.current_case = ""
         self.state.case_ready = False
         self.refresh()
-        self.labelNext()
+        self.label_next()
         if not self.state.message_is_error:
             self._message(f"{said} {self.state.message}".strip())
 
@@ -558,43 +558,43 @@ class AnnotationApp(TrameApp):
     @controller.set("finetune")
     def finetune(self) -> None:
         """Launch fine-tuning in the background, or cancel the job that runs."""
-        with self._reportingErrors():
-            if self.launchedJob is not None:
-                if self.logic.cancelFinetuneJob(self.workspace, onFinished=self._onCancelled):
+        with self._reporting_errors():
+            if self.launched_job is not None:
+                if self.logic.cancelFinetuneJob(self.workspace, onFinished=self._on_cancelled):
                     self.state.job_text = "Cancelling..."
                 return
             self.logic.launchFinetune(
                 self.workspace,
                 device=self.device,
-                config=self.finetuneConfig,
-                onFinished=self._onFinetuneLaunched,
+                config=self.finetune_config,
+                onFinished=self._on_finetune_launched,
             )
-            self.launchedJob = {}
+            self.launched_job = {}
             self.state.job_active = True
             self.state.job_text = "Starting fine-tuning..."
 
-    def _onFinetuneLaunched(self, result) -> None:
+    def _on_finetune_launched(self, result) -> None:
         problem = self.logic.launchProblem(result)
         if problem:
-            self.launchedJob = None
+            self.launched_job = None
             self.state.job_active = False
             self._error(problem)
             return
-        self.launchedJob = self.logic.launchedJob(result)  # followed from now on (pollOnce)
+        self.launched_job = self.logic.launchedJob(result)  # followed from now on (poll_once)
         self.state.job_active = True
         self._lastJobPoll = 0.0
 
-    def _onCancelled(self, result) -> None:
+    def _on_cancelled(self, result) -> None:
         if not result.ok:
             self._error(self.logic.describeResult(result))
 
-    def _pollJob(self) -> None:
-        status = self.logic.detachedJobStatus(self.workspace, self.launchedJob or {})
+    def _poll_job(self) -> None:
+        status = self.logic.detachedJobStatus(self.workspace, self.launched_job or {})
         self.state.job_text = self.logic.describeJob(status)
         self.state.job_progress = _percent(status.get("last_progress") or {})
         if self.logic.jobIsActive(status):
             return
-        self.launchedJob = None
+        self.launched_job = None
         self.state.job_active = False
         self.refresh()
 
@@ -605,13 +605,13 @@ class AnnotationApp(TrameApp):
                 self.workspace,
                 self.budget,
                 device=self.device,
-                onProgress=self._onTaskProgress,
-                onFinished=self._onRanked,
+                onProgress=self._on_task_progress,
+                onFinished=self._on_ranked,
             )
 
     @controller.set("use_version")
-    def useVersion(self, version: str) -> None:
-        with self._reportingErrors():
+    def use_version(self, version: str) -> None:
+        with self._reporting_errors():
             self.logic.useModelVersion(self.workspace, version)
             self._message(f"Model version {version} is current.")
             self.refresh()

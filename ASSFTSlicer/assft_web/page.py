@@ -235,7 +235,7 @@ def build_page(app: Any) -> SimpleNamespace:
 
         with v.VMain():
             with html.Div(classes="fill-height d-flex flex-row", id="views"):
-                app.layoutManager.initialize_layout_grid(layout)
+                app.layout_manager.initialize_layout_grid(layout)
 
         with v.VDialog(model_value=("overlap_question !== ''",), max_width=520, persistent=True):
             with v.VCard(id="overlap-dialog"):

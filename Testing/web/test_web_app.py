@@ -29,7 +29,7 @@ def app(tmp_path_factory, synthetic_pool):
 @pytest.mark.parametrize("case", ["../../etc/passwd", "case_000/../../x", "nope", ""])
 def test_a_case_id_from_the_page_is_validated(app, case):
     app.state.message = ""
-    app.labelCase(case)
+    app.label_case(case)
     assert app.state.message_is_error and app.state.message
     assert app.state.current_case == "" and app.logic.loadedCase() is None
     assert not app.logic.tasks.busy  # nothing was started for it
@@ -43,14 +43,14 @@ def test_submit_and_skip_without_a_case_say_so_and_write_nothing(app):
     app.skip()
     assert app.state.message_is_error and "No case is loaded" in app.state.message
     app.state.message = ""
-    app.submitValidation()
+    app.submit_validation()
     assert app.state.message_is_error and "No case is loaded" in app.state.message
     assert sorted(labels.iterdir()) == before
 
 
 def test_label_next_before_any_ranking_says_what_to_do(app):
     app.state.message = ""
-    app.labelNext()
+    app.label_next()
     assert app.state.message_is_error and "no ranking yet" in app.state.message
     assert app.state.current_case == ""
 
@@ -89,27 +89,27 @@ def test_changes_made_outside_the_page_reach_it(app, monkeypatch):
     real_refresh = app.refresh
     monkeypatch.setattr(app, "refresh", lambda: (refreshed.append(1), real_refresh()))
     app._lastWorkspacePoll = 0.0
-    app.pollOnce()
+    app.poll_once()
     assert refreshed == []  # nothing changed
     case = Workspace.open(app.workspace).registry.cases(status="unlabeled")[0]["case_id"]
     Workspace.open(app.workspace).skip(case)
-    app.pollOnce()  # looked less than WORKSPACE_POLL_SECONDS ago: not yet
+    app.poll_once()  # looked less than WORKSPACE_POLL_SECONDS ago: not yet
     assert refreshed == [] and "0 skipped" in app.state.counts
     app._lastWorkspacePoll = 0.0
-    app.pollOnce()
+    app.poll_once()
     assert refreshed == [1] and "1 skipped" in app.state.counts
 
 
 def test_a_workspace_that_labels_some_structures_says_which_to_correct(app):
     from assft.workspace import Workspace
 
-    assert app.correctionHint() == ""
+    assert app.correction_hint() == ""
     Workspace.open(app.workspace).set_labeled_structures([2])
     try:
-        assert app.correctionHint() == "Correct b only: a stay as the model predicts them"
+        assert app.correction_hint() == "Correct b only: a stay as the model predicts them"
     finally:
         Workspace.open(app.workspace).set_labeled_structures(None)
-    assert app.correctionHint() == ""
+    assert app.correction_hint() == ""
 
 
 def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
@@ -123,7 +123,7 @@ def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
     workspace = Workspace.open(app.workspace)
     shape = _predicted(app, "case_000", "case_001")  # the cases open at once
     try:
-        app.labelCase("case_000")
+        app.label_case("case_000")
         assert app.state.current_case == "case_000" and app.state.discard_question == ""
         nodes = app.logic.loadedCase()
         segmentation = nodes.segmentation.GetSegmentation()
@@ -133,7 +133,7 @@ def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
             segmentation.GetSegmentIdBySegmentName("a"),
             nodes.volume,
         )
-        app.labelCase("case_001")
+        app.label_case("case_001")
         assert app.state.discard_question == (
             "Case case_000 has edits that are not submitted. Discard them and open case case_001?"
         )
@@ -141,8 +141,8 @@ def test_an_edit_not_submitted_is_asked_about_before_another_case_opens(app):
         app.state.discard_question = app.state.discard_target = ""  # "Back to editing"
         assert app.logic.unsubmittedEdits() == "case_000"  # still there
 
-        app.labelCase("case_001")
-        app.discardAndOpen()
+        app.label_case("case_001")
+        app.discard_and_open()
         assert app.state.current_case == "case_001" and app.state.discard_question == ""
         assert app.logic.unsubmittedEdits() is None and nodes.segmentation.GetScene() is None
         assert workspace.label_path("case_000") is None  # nothing was stored either way
@@ -155,35 +155,35 @@ def test_keys_select_effects_segments_and_brush_and_hide_the_labels(app):
     that edits slices the user cannot see."""
 
     assert app.brush.data.use_sphere_brush is False  # a disc in the slice by default
-    assert app.onKey("z") is None  # no case: nothing to edit
+    assert app.on_key("z") is None  # no case: nothing to edit
     _predicted(app, "case_002")
     editor = app.slicer.segmentation_editor
     try:
-        app.labelCase("case_002")
+        app.label_case("case_002")
         assert app.state.current_case == "case_002"
         active = lambda: editor.get_active_effect_name().rsplit(".", 1)[-1]  # noqa: E731
-        assert app.onKey("1") == "paint" and active() == "SegmentationEffectPaint"
-        assert app.onKey("2") == "erase" and active() == "SegmentationEffectErase"
-        assert app.onKey("escape") == "no_tool" and active() == "SegmentationEffectNoTool"
+        assert app.on_key("1") == "paint" and active() == "SegmentationEffectPaint"
+        assert app.on_key("2") == "erase" and active() == "SegmentationEffectErase"
+        assert app.on_key("escape") == "no_tool" and active() == "SegmentationEffectNoTool"
         segments = list(editor.get_all_segment_properties())
         editor.set_active_segment_id(segments[0])
-        assert app.onKey("w") == "next_segment" and editor.get_active_segment_id() == segments[1]
-        app.onKey("q")
-        app.onKey("q")  # from the first, the last
+        assert app.on_key("w") == "next_segment" and editor.get_active_segment_id() == segments[1]
+        app.on_key("q")
+        app.on_key("q")  # from the first, the last
         assert editor.get_active_segment_id() == segments[-1]
         slider = app.brush.data.brush_diameter_slider
         slider.value = 5.0
-        app.onKey("+")
+        app.on_key("+")
         assert abs(slider.value - 6.0) < 1e-9
-        app.onKey("-")
+        app.on_key("-")
         assert abs(slider.value - 5.0) < 1e-9
         display = app.logic.loadedCase().segmentation.GetDisplayNode()
-        assert app.onKey("h") == "toggle_labels"
+        assert app.on_key("h") == "toggle_labels"
         assert not app.state.labels_visible and not display.GetVisibility()
-        app.onKey("h")
+        app.on_key("h")
         assert app.state.labels_visible and display.GetVisibility()
-        assert app.onKey("?") == "help" and app.state.shortcuts_shown
-        assert app.onKey("x") is None and app.onKey("ctrl+a") is None
+        assert app.on_key("?") == "help" and app.state.shortcuts_shown
+        assert app.on_key("x") is None and app.on_key("ctrl+a") is None
     finally:
         app.state.shortcuts_shown = False
         _close_case(app)
@@ -199,16 +199,16 @@ def test_each_submission_records_the_annotator_asked_once(app):
     _predicted(app, "case_002")
     app.state.annotator = ""
     try:
-        app.labelCase("case_002")
+        app.label_case("case_002")
         app.submit()
         assert app.state.annotator_question and workspace.label_path("case_002") is None
         for bad, said in (("", "Enter your name"), ("x" * 65, "At most 64"), ("a\x1bb", "only")):
-            app.setAnnotator(bad)
+            app.set_annotator(bad)
             assert said in app.state.annotator_error and app.state.annotator_question
         app.state.annotator = "evil\x00name"  # set by the page itself: checked again
         app.submit()
         assert app.state.annotator_question and workspace.label_path("case_002") is None
-        app.setAnnotator("  Dr. Ada   Lovelace ")
+        app.set_annotator("  Dr. Ada   Lovelace ")
         assert not app.state.annotator_question and app.state.annotator == "Dr. Ada Lovelace"
         assert workspace.label_path("case_002") is not None  # the submit that waited ran
         trail = workspace.registry.audit_trail("case_002")
