@@ -134,7 +134,9 @@ class AnnotationApp(TrameApp):
         self.slicer = SlicerApp()
         bindScene(self.slicer.scene, self.slicer.segmentations_logic, self.slicer.volumes_logic)
         register_rca_factories(self.slicer.view_manager, self.server)
-        self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layout_manager = LayoutManager(
+            self.slicer.scene, self.slicer.view_manager, self.server
+        )
         self.layout_manager.register_layout_dict({LAYOUT_ID: _views_layout()})
         self._initial_state()
         self.ui = build_page(self)

@@ -7,6 +7,7 @@ Elements the browser tests find carry an ``id``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,6 +40,137 @@ VERSION_HEADERS = [
 NUMBER = "{{ item.%s == null ? '' : Number(item.%s).toFixed(3) }}"
 
 
+Panel = Callable[[Any], None]
+
+
+def panel(*reads: str) -> Callable[[Panel], Panel]:
+    """Declare the state keys a panel reads (``panel.reads``): the app's initial state holds
+    each one (``Testing/web/test_web_app.py`` checks it)."""
+
+    def declare(build: Panel) -> Panel:
+        build.reads = reads  # type: ignore[attr-defined]
+        return build
+
+    return declare
+
+
+@panel(
+    "task_kind", "case_ready", "job_active", "show_uncertainty", "has_uncertainty", "labels_visible"
+)
+def _loop_buttons(ctrl) -> None:
+    with html.Div(classes="pa-2 d-flex flex-wrap ga-2"):
+        v.VBtn(
+            "{{ task_kind === 'rank' ? 'Cancel ranking' : 'Rank' }}",
+            id="rank",
+            click=ctrl.rank,
+            disabled=("task_kind !== '' && task_kind !== 'rank'",),
+            size="small",
+        )
+        v.VBtn(
+            "{{ task_kind === 'predict' ? 'Cancel prediction' : 'Label next' }}",
+            id="label-next",
+            click=ctrl.label_next,
+            disabled=("task_kind !== '' && task_kind !== 'predict'",),
+            color="primary",
+            size="small",
+        )
+        v.VBtn(
+            "Submit and next",
+            id="submit",
+            click=ctrl.submit,
+            disabled=("!case_ready",),
+            color="success",
+            size="small",
+        )
+        v.VBtn("Skip", id="skip", click=ctrl.skip, disabled=("!case_ready",), size="small")
+        v.VBtn(
+            "Submit as validation scan",
+            id="submit-validation",
+            click=ctrl.submit_validation,
+            disabled=("!case_ready",),
+            title="Store the label and keep the scan out of training: the promotion "
+            "gate measures every new version on it",
+            size="small",
+        )
+        v.VBtn(
+            "{{ task_kind === 'propose' ? 'Cancel' : 'Propose validation scans' }}",
+            id="propose-validation",
+            click=ctrl.propose_validation,
+            disabled=("(task_kind !== '' && task_kind !== 'propose') || job_active",),
+            title="Scans to label as validation scans, one per part of the archive",
+            size="small",
+        )
+        v.VCheckbox(
+            id="show-uncertainty",
+            v_model=("show_uncertainty",),
+            label="Uncertainty",
+            disabled=("!has_uncertainty",),
+            density="compact",
+            hide_details=True,
+        )
+        v.VCheckbox(
+            id="show-labels",
+            v_model=("labels_visible",),
+            label="Labels (H)",
+            density="compact",
+            hide_details=True,
+        )
+        v.VBtn(
+            "Keys (?)",
+            id="show-shortcuts",
+            click="shortcuts_shown = true",
+            variant="text",
+            size="small",
+        )
+
+
+@panel(
+    "task_text",
+    "task_kind",
+    "task_progress",
+    "message",
+    "message_is_error",
+    "current_case",
+    "annotator",
+    "correction_hint",
+    "ranking_note",
+)
+def _status(ctrl) -> None:
+    with html.Div(classes="px-2"):
+        html.Div("{{ task_text }}", id="task-text", classes="text-caption")
+        v.VProgressLinear(
+            id="task-progress",
+            v_show=("task_kind !== ''",),
+            model_value=("task_progress ?? 0",),
+            indeterminate=("task_progress == null",),
+            color="primary",
+        )
+        html.Div(
+            "{{ message }}",
+            id="message",
+            classes=("message_is_error ? 'text-error text-caption' : 'text-caption'",),
+        )
+        html.Div("Case: {{ current_case || '-' }}", id="current-case", classes="text-body-2")
+        html.Div(
+            "{{ annotator ? 'Labeling as ' + annotator : '' }}",
+            id="annotator",
+            classes="text-caption",
+        )
+        html.Div(
+            "{{ correction_hint }}",
+            v_if="correction_hint",
+            id="correction-hint",
+            classes="text-caption text-warning",
+        )
+    html.Div(
+        "{{ ranking_note }}",
+        id="ranking-note",
+        v_show=("ranking_note",),
+        classes="px-2 text-caption text-warning",
+    )
+
+
+@panel("worklist", "current_case")
 def _worklist(ctrl) -> None:
     with v.VDataTable(
         id="worklist",
@@ -75,6 +207,7 @@ def _worklist(ctrl) -> None:
             )
 
 
+@panel("versions")
 def _versions(ctrl) -> None:
     with v.VDataTable(
         id="versions",
@@ -96,6 +229,99 @@ def _versions(ctrl) -> None:
             )
 
 
+@panel("job_active", "rerank_after_promotion", "job_text", "job_progress")
+def _finetune(ctrl) -> None:
+    with html.Div(classes="pa-2"):
+        with html.Div(classes="d-flex align-center ga-2"):
+            v.VBtn(
+                "{{ job_active ? 'Cancel fine-tuning' : 'Fine-tune' }}",
+                id="finetune",
+                click=ctrl.finetune,
+                size="small",
+            )
+            v.VCheckbox(
+                v_model=("rerank_after_promotion",),
+                label="Rank again after a promotion",
+                density="compact",
+                hide_details=True,
+            )
+        html.Div("{{ job_text }}", id="job-text", classes="text-caption")
+        v.VProgressLinear(
+            v_show=("job_active",),
+            model_value=("job_progress ?? 0",),
+            indeterminate=("job_progress == null",),
+            color="secondary",
+        )
+
+
+@panel(
+    "overlap_question",
+    "annotator_question",
+    "annotator_error",
+    "shortcuts_shown",
+    "discard_question",
+)
+def _dialogs(ctrl) -> None:
+    with v.VDialog(model_value=("overlap_question !== ''",), max_width=520, persistent=True):
+        with v.VCard(id="overlap-dialog"):
+            v.VCardText("{{ overlap_question }}")
+            with v.VCardActions():
+                v.VBtn(
+                    "Submit, last segment wins",
+                    id="overlap-yes",
+                    click=(ctrl.submit, "['lastWins']"),
+                )
+                v.VBtn("Back to editing", id="overlap-no", click="overlap_question = ''")
+    client.Script(KEY_SCRIPT)
+    client.Script(ANNOTATOR_SCRIPT)
+    with v.VDialog(model_value=("annotator_question",), max_width=440, persistent=True):
+        with v.VCard(id="annotator-dialog", title="Who is labeling?"):
+            v.VCardText("Your name is recorded with each label you submit; this browser keeps it.")
+            with v.VCardText():
+                v.VTextField(
+                    id="annotator-name",
+                    v_model=("annotator_input", ""),
+                    label="Your name",
+                    density="compact",
+                    error_messages=("annotator_error",),
+                    keydown_enter=(ctrl.set_annotator, "[annotator_input]"),
+                )
+            with v.VCardActions():
+                v.VBtn(
+                    "Save and submit",
+                    id="annotator-save",
+                    click=(ctrl.set_annotator, "[annotator_input]"),
+                )
+                v.VBtn(
+                    "Back to editing",
+                    id="annotator-cancel",
+                    click="annotator_question = false",
+                )
+    with v.VDialog(v_model=("shortcuts_shown",), max_width=480):
+        with v.VCard(id="shortcuts", title="Keyboard shortcuts"):
+            with v.VTable(density="compact"), html.Tbody():
+                for keys, what in HELP:
+                    with html.Tr():
+                        html.Td(keys, classes="font-weight-medium")
+                        html.Td(what)
+            with v.VCardActions():
+                v.VBtn("Close", id="shortcuts-close", click="shortcuts_shown = false")
+    with v.VDialog(model_value=("discard_question !== ''",), max_width=520, persistent=True):
+        with v.VCard(id="discard-dialog"):
+            v.VCardText("{{ discard_question }}")
+            with v.VCardActions():
+                v.VBtn("Discard and open", id="discard-yes", click=ctrl.discard_and_open)
+                v.VBtn(
+                    "Back to editing",
+                    id="discard-no",
+                    click="discard_question = ''; discard_target = ''",
+                )
+
+
+PANELS: tuple[Panel, ...] = (_loop_buttons, _status, _worklist, _finetune, _versions, _dialogs)
+"""Every panel of the page, each with the state keys it reads (``reads``)."""
+
+
 def build_page(app: Any) -> SimpleNamespace:
     """Build the page of ``app``; returns its parts (``layout``, ``editor``)."""
     ctrl = app.server.controller
@@ -106,127 +332,11 @@ def build_page(app: Any) -> SimpleNamespace:
             html.Span("{{ counts }}", id="counts", classes="text-caption mr-4")
 
         with v.VNavigationDrawer(permanent=True, location="left", width=520):
-            with html.Div(classes="pa-2 d-flex flex-wrap ga-2"):
-                v.VBtn(
-                    "{{ task_kind === 'rank' ? 'Cancel ranking' : 'Rank' }}",
-                    id="rank",
-                    click=ctrl.rank,
-                    disabled=("task_kind !== '' && task_kind !== 'rank'",),
-                    size="small",
-                )
-                v.VBtn(
-                    "{{ task_kind === 'predict' ? 'Cancel prediction' : 'Label next' }}",
-                    id="label-next",
-                    click=ctrl.label_next,
-                    disabled=("task_kind !== '' && task_kind !== 'predict'",),
-                    color="primary",
-                    size="small",
-                )
-                v.VBtn(
-                    "Submit and next",
-                    id="submit",
-                    click=ctrl.submit,
-                    disabled=("!case_ready",),
-                    color="success",
-                    size="small",
-                )
-                v.VBtn("Skip", id="skip", click=ctrl.skip, disabled=("!case_ready",), size="small")
-                v.VBtn(
-                    "Submit as validation scan",
-                    id="submit-validation",
-                    click=ctrl.submit_validation,
-                    disabled=("!case_ready",),
-                    title="Store the label and keep the scan out of training: the promotion "
-                    "gate measures every new version on it",
-                    size="small",
-                )
-                v.VBtn(
-                    "{{ task_kind === 'propose' ? 'Cancel' : 'Propose validation scans' }}",
-                    id="propose-validation",
-                    click=ctrl.propose_validation,
-                    disabled=("(task_kind !== '' && task_kind !== 'propose') || job_active",),
-                    title="Scans to label as validation scans, one per part of the archive",
-                    size="small",
-                )
-                v.VCheckbox(
-                    id="show-uncertainty",
-                    v_model=("show_uncertainty",),
-                    label="Uncertainty",
-                    disabled=("!has_uncertainty",),
-                    density="compact",
-                    hide_details=True,
-                )
-                v.VCheckbox(
-                    id="show-labels",
-                    v_model=("labels_visible",),
-                    label="Labels (H)",
-                    density="compact",
-                    hide_details=True,
-                )
-                v.VBtn(
-                    "Keys (?)",
-                    id="show-shortcuts",
-                    click="shortcuts_shown = true",
-                    variant="text",
-                    size="small",
-                )
-            with html.Div(classes="px-2"):
-                html.Div("{{ task_text }}", id="task-text", classes="text-caption")
-                v.VProgressLinear(
-                    id="task-progress",
-                    v_show=("task_kind !== ''",),
-                    model_value=("task_progress ?? 0",),
-                    indeterminate=("task_progress == null",),
-                    color="primary",
-                )
-                html.Div(
-                    "{{ message }}",
-                    id="message",
-                    classes=("message_is_error ? 'text-error text-caption' : 'text-caption'",),
-                )
-                html.Div(
-                    "Case: {{ current_case || '-' }}", id="current-case", classes="text-body-2"
-                )
-                html.Div(
-                    "{{ annotator ? 'Labeling as ' + annotator : '' }}",
-                    id="annotator",
-                    classes="text-caption",
-                )
-                html.Div(
-                    "{{ correction_hint }}",
-                    v_if="correction_hint",
-                    id="correction-hint",
-                    classes="text-caption text-warning",
-                )
-            html.Div(
-                "{{ ranking_note }}",
-                id="ranking-note",
-                v_show=("ranking_note",),
-                classes="px-2 text-caption text-warning",
-            )
+            _loop_buttons(ctrl)
+            _status(ctrl)
             _worklist(ctrl)
             v.VDivider()
-            with html.Div(classes="pa-2"):
-                with html.Div(classes="d-flex align-center ga-2"):
-                    v.VBtn(
-                        "{{ job_active ? 'Cancel fine-tuning' : 'Fine-tune' }}",
-                        id="finetune",
-                        click=ctrl.finetune,
-                        size="small",
-                    )
-                    v.VCheckbox(
-                        v_model=("rerank_after_promotion",),
-                        label="Rank again after a promotion",
-                        density="compact",
-                        hide_details=True,
-                    )
-                html.Div("{{ job_text }}", id="job-text", classes="text-caption")
-                v.VProgressLinear(
-                    v_show=("job_active",),
-                    model_value=("job_progress ?? 0",),
-                    indeterminate=("job_progress == null",),
-                    color="secondary",
-                )
+            _finetune(ctrl)
             _versions(ctrl)
 
         with v.VNavigationDrawer(permanent=True, location="right", width=330):
@@ -237,60 +347,5 @@ def build_page(app: Any) -> SimpleNamespace:
             with html.Div(classes="fill-height d-flex flex-row", id="views"):
                 app.layout_manager.initialize_layout_grid(layout)
 
-        with v.VDialog(model_value=("overlap_question !== ''",), max_width=520, persistent=True):
-            with v.VCard(id="overlap-dialog"):
-                v.VCardText("{{ overlap_question }}")
-                with v.VCardActions():
-                    v.VBtn(
-                        "Submit, last segment wins",
-                        id="overlap-yes",
-                        click=(ctrl.submit, "['lastWins']"),
-                    )
-                    v.VBtn("Back to editing", id="overlap-no", click="overlap_question = ''")
-        client.Script(KEY_SCRIPT)
-        client.Script(ANNOTATOR_SCRIPT)
-        with v.VDialog(model_value=("annotator_question",), max_width=440, persistent=True):
-            with v.VCard(id="annotator-dialog", title="Who is labeling?"):
-                v.VCardText(
-                    "Your name is recorded with each label you submit; this browser keeps it."
-                )
-                with v.VCardText():
-                    v.VTextField(
-                        id="annotator-name",
-                        v_model=("annotator_input", ""),
-                        label="Your name",
-                        density="compact",
-                        error_messages=("annotator_error",),
-                        keydown_enter=(ctrl.set_annotator, "[annotator_input]"),
-                    )
-                with v.VCardActions():
-                    v.VBtn(
-                        "Save and submit",
-                        id="annotator-save",
-                        click=(ctrl.set_annotator, "[annotator_input]"),
-                    )
-                    v.VBtn(
-                        "Back to editing",
-                        id="annotator-cancel",
-                        click="annotator_question = false",
-                    )
-        with v.VDialog(v_model=("shortcuts_shown",), max_width=480):
-            with v.VCard(id="shortcuts", title="Keyboard shortcuts"):
-                with v.VTable(density="compact"), html.Tbody():
-                    for keys, what in HELP:
-                        with html.Tr():
-                            html.Td(keys, classes="font-weight-medium")
-                            html.Td(what)
-                with v.VCardActions():
-                    v.VBtn("Close", id="shortcuts-close", click="shortcuts_shown = false")
-        with v.VDialog(model_value=("discard_question !== ''",), max_width=520, persistent=True):
-            with v.VCard(id="discard-dialog"):
-                v.VCardText("{{ discard_question }}")
-                with v.VCardActions():
-                    v.VBtn("Discard and open", id="discard-yes", click=ctrl.discard_and_open)
-                    v.VBtn(
-                        "Back to editing",
-                        id="discard-no",
-                        click="discard_question = ''; discard_target = ''",
-                    )
+        _dialogs(ctrl)
     return SimpleNamespace(layout=layout, editor=editor)

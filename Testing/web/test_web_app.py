@@ -78,6 +78,22 @@ def test_the_page_shows_the_workspace_it_serves(app):
     assert app.state.counts == "0 held-out, 0 labeled, 0 skipped, 3 unlabeled"
 
 
+def test_each_panel_declares_the_state_it_reads_and_the_app_holds_it(app):
+    """One function per panel of the page, each with the state keys it reads: every key is
+    used in the panel's template and is in the app's state from the start."""
+    import inspect
+
+    from assft_web.page import PANELS
+
+    assert len(PANELS) >= 5
+    for build in PANELS:
+        source = inspect.getsource(build)
+        assert build.reads, build.__name__
+        for key in build.reads:
+            assert key in source.split("def ", 1)[1], f"{build.__name__} declares {key} unused"
+            assert key in app.state, f"{build.__name__} reads {key}, which the app never sets"
+
+
 def test_changes_made_outside_the_page_reach_it(app, monkeypatch):
     """Another program (the command line, Slicer) skips a case: the page reads its tables again
     at its next look at the workspace, and only when something changed."""
