@@ -39,6 +39,9 @@ def test_each_monai_network_is_found_by_its_bundle_class_and_back():
         get_architecture("monai.Nope")
     with pytest.raises(ValueError, match="registered twice"):
         register_architecture("monai.UNet", None)
+    with pytest.raises(ValueError, match="'module:attribute'"):
+        register_architecture("example.Unnamed", "monai.networks.nets.UNet")
+    assert "example.Unnamed" not in ARCHITECTURES
 
 
 class _TwoConvs(nn.Module):
@@ -67,8 +70,9 @@ def test_a_new_architecture_is_one_registration(tmp_path, monkeypatch):
     path.write_text(json.dumps(preset), encoding="utf-8")
     with pytest.raises(BadInputError, match="'example.TwoConvs'; expected one of monai.UNet"):
         get_preset(path)
+    builder = f"{__name__}:_TwoConvs"
     monkeypatch.setitem(
-        ARCHITECTURES, "example.TwoConvs", NetworkArchitecture("example.TwoConvs", _TwoConvs)
+        ARCHITECTURES, "example.TwoConvs", NetworkArchitecture("example.TwoConvs", builder)
     )
     loaded = get_preset(path)
     assert loaded.architecture == "example.TwoConvs" and not loaded.is_torchscript

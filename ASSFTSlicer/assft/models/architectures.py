@@ -9,19 +9,18 @@ reader and writer all read this registry; ``resources/Models.schema.json`` lists
 that test.
 
 Nothing here imports torch or MONAI at load (the Slicer side reads the presets at start-up):
-a builder imports its network class when it is called.
+a builder is named as ``module:attribute`` and imported when a network is built.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from assft.errors import BadInputError
 
-Builder = Callable[..., Any]
-"""``build(out_channels=..., **arguments) -> torch.nn.Module``."""
 Layers = Callable[[Mapping[str, Any]], dict[str, Any]]
 """The ``embedding_layer``, ``encoder_prefixes`` and ``head_layer`` of a network built from
 these arguments (what a preset read from a MONAI bundle needs)."""
@@ -33,22 +32,31 @@ class NetworkArchitecture:
 
     Attributes:
         name: What a preset's ``architecture`` says (``monai.UNet``).
-        build: Builds the network from the preset's arguments; None for an architecture whose
-            network comes whole from its checkpoint (TorchScript).
+        builder: ``module:attribute`` of what builds the network from the preset's arguments
+            (``builder(out_channels=..., **arguments) -> torch.nn.Module``, a class or a
+            function); None for an architecture whose network comes whole from its checkpoint
+            (TorchScript).
         bundle_class: The class name of a MONAI bundle's ``network_def`` (``UNet``); None: not
             read from or written as a bundle.
         bundle_layers: The layers the method needs, from the arguments (with ``bundle_class``).
     """
 
     name: str
-    build: Builder | None
+    builder: str | None
     bundle_class: str | None = None
     bundle_layers: Layers | None = None
 
     @property
     def takes_arguments(self) -> bool:
         """Whether a preset's ``arguments`` build it (False: the checkpoint is the network)."""
-        return self.build is not None
+        return self.builder is not None
+
+    def build(self, **arguments: Any) -> Any:
+        """The network built from ``arguments`` (``out_channels`` included)."""
+        if self.builder is None:
+            raise BadInputError(f"a {self.name} network is its checkpoint, not built")
+        module, _, attribute = self.builder.partition(":")
+        return getattr(importlib.import_module(module), attribute)(**arguments)
 
 
 ARCHITECTURES: dict[str, NetworkArchitecture] = {}
@@ -57,7 +65,7 @@ ARCHITECTURES: dict[str, NetworkArchitecture] = {}
 
 def register_architecture(
     name: str,
-    build: Builder | None,
+    builder: str | None,
     *,
     bundle_class: str | None = None,
     bundle_layers: Layers | None = None,
@@ -65,9 +73,11 @@ def register_architecture(
     """Register a network architecture under ``name`` (see the module's docstring)."""
     if name in ARCHITECTURES:
         raise ValueError(f"architecture {name!r} is registered twice")
+    if builder is not None and ":" not in builder:
+        raise ValueError(f"architecture {name!r}: the builder is named as 'module:attribute'")
     if (bundle_class is None) != (bundle_layers is None):
         raise ValueError(f"architecture {name!r}: a bundle class needs its layers, and back")
-    entry = NetworkArchitecture(name, build, bundle_class, bundle_layers)
+    entry = NetworkArchitecture(name, builder, bundle_class, bundle_layers)
     ARCHITECTURES[name] = entry
     return entry
 
@@ -92,16 +102,6 @@ def bundle_architecture(class_name: str) -> NetworkArchitecture | None:
 
 
 # The built-in architectures --------------------------------------------------------------------
-
-
-def _monai(class_name: str) -> Builder:
-    def build(**arguments: Any) -> Any:
-        from monai.networks import nets
-
-        return getattr(nets, class_name)(**arguments)
-
-    build.__name__ = f"build_{class_name}"
-    return build
 
 
 def _unet_layers(arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,24 +131,20 @@ def _swinunetr_layers(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return {"embedding_layer": "swinViT", "encoder_prefixes": ["swinViT"], "head_layer": "out"}
 
 
-def _nnunet(**arguments: Any) -> Any:
-    from assft.models.nnunet import nnunet_network
-
-    return nnunet_network(**arguments)
-
-
-register_architecture("monai.UNet", _monai("UNet"), bundle_class="UNet", bundle_layers=_unet_layers)
+register_architecture(
+    "monai.UNet", "monai.networks.nets:UNet", bundle_class="UNet", bundle_layers=_unet_layers
+)
 register_architecture(
     "monai.SegResNet",
-    _monai("SegResNet"),
+    "monai.networks.nets:SegResNet",
     bundle_class="SegResNet",
     bundle_layers=_segresnet_layers,
 )
 register_architecture(
     "monai.SwinUNETR",
-    _monai("SwinUNETR"),
+    "monai.networks.nets:SwinUNETR",
     bundle_class="SwinUNETR",
     bundle_layers=_swinunetr_layers,
 )
 register_architecture("torchscript", None)
-register_architecture("nnunet", _nnunet)
+register_architecture("nnunet", "assft.models.nnunet:nnunet_network")

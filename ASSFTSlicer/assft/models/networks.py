@@ -60,7 +60,6 @@ def build_network(preset: ModelPreset, out_channels: int) -> nn.Module:
             raise BadInputError(f"the TorchScript archive of preset {preset.name!r} is missing")
         return load_torchscript(path)
     build = get_architecture(preset.architecture).build
-    assert build is not None  # only a TorchScript preset has no builder, handled above
     arguments = _tuples(dict(preset.arguments))
     try:
         with torch.random.fork_rng(devices=[]):

@@ -9,7 +9,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +22,7 @@ from assft.workspace.files import compact_timestamp, default_user, sha256_file, 
 from assft.workspace.registry import BUSY_TIMEOUT_S, CaseRegistry
 
 if TYPE_CHECKING:
-    from assft.workspace.workspace import Workspace
+    from assft.workspace.config import WorkspaceConfig
 
 LABEL_SUFFIX = ".nii.gz"
 _STAGED = ".submitting"  # labels/.<case_id>.submitting.nii.gz: a submit's new label, staged
@@ -89,6 +89,29 @@ def load_label_for_image(
     return stored
 
 
+class LabelOwner(Protocol):
+    """What a :class:`LabelStore` needs of its workspace (:class:`Workspace` is one)."""
+
+    root: Path
+    config: WorkspaceConfig
+    registry: CaseRegistry
+
+    @property
+    def labels_dir(self) -> Path: ...
+
+    @property
+    def label_backup_dir(self) -> Path: ...
+
+    @property
+    def label_quarantine_dir(self) -> Path: ...
+
+    def resolve_inside(self, relative: str | Path) -> Path: ...
+
+    def check_case_id(self, case_id: str) -> str: ...
+
+    def image_path(self, case_id: str) -> Path: ...
+
+
 class LabelStore:
     """The labels of one workspace (``labels/``) and their transaction with the registry.
 
@@ -102,7 +125,7 @@ class LabelStore:
     like call this.
     """
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: LabelOwner) -> None:
         self.workspace = workspace
 
     def __repr__(self) -> str:

@@ -7,21 +7,37 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from assft.errors import BadInputError
 from assft.workspace.files import create_text_exclusive, default_user, read_json_document
 
 if TYPE_CHECKING:
-    from assft.workspace.workspace import Workspace
+    from assft.workspace.registry import CaseRegistry
 
 _RANKING_FILE = re.compile(r"^ranking-(\d+)\.json$")
+
+
+class RankingsOwner(Protocol):
+    """What :class:`Rankings` needs of its workspace (:class:`Workspace` is one)."""
+
+    root: Path
+    registry: CaseRegistry
+
+    @property
+    def rankings_dir(self) -> Path: ...
+
+    def check_case_id(self, case_id: str) -> str: ...
+
+    def image_path(self, case_id: str) -> Path: ...
+
+    def current_model_version(self) -> str: ...
 
 
 class Rankings:
     """The rankings of one workspace."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: RankingsOwner) -> None:
         self.workspace = workspace
 
     def __repr__(self) -> str:
