@@ -1256,7 +1256,7 @@ class WorkspaceLogic:
             config: Extra FinetuneConfig fields (e.g. ``{"views": 1, "semi_iterations": 2}``).
         """
         workspace = self.openWorkspace(workspacePath)
-        running = self.runningFinetuneJob(workspace.root) or workspace.running_job()
+        running = workspace.running_job()  # the lock: the one place that says a job runs
         if running:
             raise ValueError(
                 _("A job is already running in this workspace (pid {pid}).").format(
