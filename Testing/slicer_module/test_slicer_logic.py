@@ -352,8 +352,10 @@ def test_a_detached_launch_is_followed_to_its_job_or_its_failure(mrml, tiny_work
     found = logic.detachedJobStatus(workspace.root, {"pid": os.getpid()})
     assert found["id"] == job.id and found["state"] == "running"
     assert logic.finetuneJob(workspace.root, states=("running",))["id"] == job.id
-    with pytest.raises(ValueError, match="already running"):
-        logic.startFinetune(workspace.root)
+    # A running job holds the workspace lock, which alone says a job runs.
+    with workspace.job_lock("workspace", description="finetune"):
+        with pytest.raises(ValueError, match="already running"):
+            logic.startFinetune(workspace.root)
     job.finish("done", 0, "version v1 (promoted)")
     assert logic.describeJob(logic.finetuneJob(workspace.root)) == "done: version v1 (promoted)"
 
