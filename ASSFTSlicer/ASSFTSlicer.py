@@ -1001,6 +1001,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.finetuneStatusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
+            question = self.logic.longFinetuneQuestion(
+                p.workspacePath, p.finetuneMode.value, p.finetuneIterations
+            )
+            if question and not slicer.util.confirmOkCancelDisplay(question):
+                return
             self.logic.launchFinetune(
                 p.workspacePath,
                 p.finetuneMode.value,

@@ -1289,6 +1289,41 @@ class WorkspaceLogic:
             "finetune", arguments, _("starting fine-tuning"), **callbacks
         )
 
+    def longFinetuneQuestion(
+        self,
+        workspacePath,
+        mode: str | None = None,
+        iterations: int | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> str:
+        """What to ask before a fine-tune estimated to take more than a few minutes
+        (``assft.training.estimate.LONG_FINETUNE_S``), with the same settings
+        :meth:`startFinetune` would launch; "" when it is shorter or cannot be told yet (the
+        first fine-tune of a workspace is not estimated)."""
+        from assft.settings import resolve_config
+        from assft.training.config import FinetuneConfig
+        from assft.training.estimate import LONG_FINETUNE_S, estimate_finetune
+
+        workspace = self.openWorkspace(workspacePath)
+        resolved = resolve_config(
+            FinetuneConfig,
+            flags={"mode": mode or None, "iterations": int(iterations) if iterations else None},
+            config_json=json.dumps(config) if config else None,
+            settings=workspace.config.settings,
+            settings_file=workspace.config_path,
+        )
+        estimate = estimate_finetune(workspace, resolved)
+        if estimate is None or estimate["seconds"] < LONG_FINETUNE_S:
+            return ""
+        return _(
+            "This fine-tune will take about {minutes} minutes ({steps} steps at the pace of "
+            "the fine-tune that made {version}, on this machine). Start it?"
+        ).format(
+            minutes=max(1, round(estimate["seconds"] / 60)),
+            steps=estimate["steps"],
+            version=estimate["version"],
+        )
+
     @staticmethod
     def launchedJob(result: ProcessResult) -> dict[str, Any]:
         """``{"pid", "log", ...}`` printed by ``assft finetune --detach --json``."""

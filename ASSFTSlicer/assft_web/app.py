@@ -188,6 +188,7 @@ class AnnotationApp(TrameApp):
         state.pending_submit = ""
         state.shortcuts_shown = False
         state.discard_question = ""
+        state.finetune_question = ""
         state.discard_target = ""
         state.message = ""
         state.message_is_error = False
@@ -565,6 +566,17 @@ class AnnotationApp(TrameApp):
                 if self.logic.cancelFinetuneJob(self.workspace, onFinished=self._on_cancelled):
                     self.state.job_text = "Cancelling..."
                 return
+            question = self.logic.longFinetuneQuestion(self.workspace, config=self.finetune_config)
+            if question:
+                self.state.finetune_question = question  # the dialog's Start calls start_finetune
+                return
+            self.start_finetune()
+
+    @controller.set("start_finetune")
+    def start_finetune(self) -> None:
+        """Launch fine-tuning in the background (asked first when it will take long)."""
+        self.state.finetune_question = ""
+        with self._reporting_errors():
             self.logic.launchFinetune(
                 self.workspace,
                 device=self.device,

@@ -255,6 +255,7 @@ def _finetune(ctrl) -> None:
 
 
 @panel(
+    "finetune_question",
     "overlap_question",
     "annotator_question",
     "annotator_error",
@@ -306,6 +307,12 @@ def _dialogs(ctrl) -> None:
                         html.Td(what)
             with v.VCardActions():
                 v.VBtn("Close", id="shortcuts-close", click="shortcuts_shown = false")
+    with v.VDialog(model_value=("finetune_question !== ''",), max_width=520, persistent=True):
+        with v.VCard(id="finetune-dialog"):
+            v.VCardText("{{ finetune_question }}")
+            with v.VCardActions():
+                v.VBtn("Start", id="finetune-yes", click=ctrl.start_finetune)
+                v.VBtn("Not now", id="finetune-no", click="finetune_question = ''")
     with v.VDialog(model_value=("discard_question !== ''",), max_width=520, persistent=True):
         with v.VCard(id="discard-dialog"):
             v.VCardText("{{ discard_question }}")

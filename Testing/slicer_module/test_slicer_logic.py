@@ -262,6 +262,14 @@ def test_a_fine_tuned_version_shows_its_learning_curve(mrml, tiny_workspace):
     curve = manifest["learning_curve"]
     logic = _logic()
 
+    # A fine-tune that will take more than a few minutes is said before it starts; a short one
+    # is not (the estimate is this job's pace).
+    assert logic.longFinetuneQuestion(workspace.root, "none", 6) == ""
+    many = int(manifest["timings"]["iterations_per_s"] * 600)  # ten minutes of steps
+    question = logic.longFinetuneQuestion(workspace.root, "none", many)
+    assert question.startswith("This fine-tune will take about 10 minutes"), question
+    assert f"({many} steps" in question and manifest["version"] in question
+
     table = logic.updateModelsTable(workspace.root)
     best = curve["best"]
     assert curve["steps"]["1"] == 6 and {p[0] for p in curve["loss"]} == {1}  # stage 1 ran

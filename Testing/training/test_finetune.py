@@ -842,3 +842,26 @@ def test_the_progress_gives_the_whole_jobs_time_left(labeled_workspace):
     last_of_1 = stage_1[-1]
     assert last_of_1["done"] == 8 and last_of_1["eta_s"] == 0 and last_of_1["job_eta_s"] > 0
     assert stage_2[-1]["done"] == 8 and stage_2[-1]["job_eta_s"] == 0
+
+
+def test_a_fine_tune_is_estimated_before_it_starts_from_the_last_ones_pace(labeled_workspace):
+    """Nothing is estimated before a fine-tune has run in the workspace; then the steps follow
+    the recipe's rule for the labeled set, at the pace the last fine-tune measured."""
+    from assft.training.estimate import estimate_finetune
+
+    config = FinetuneConfig(**FAST)
+    assert estimate_finetune(labeled_workspace, config) is None
+    manifest = run_finetune(labeled_workspace, config, device="cpu")
+    patches = manifest["schedule"]["patches_per_case"]
+    assert patches >= 1.0
+    short = estimate_finetune(labeled_workspace, config)
+    assert short is not None and short["version"] == manifest["version"] and short["steps"] == 12
+    pace = manifest["timings"]["iterations_per_s"]
+    ruled = FinetuneConfig(**{**FAST, "iterations": None, "semi_iterations": None})
+    labeled = len(labeled_workspace.cases("labeled"))
+    first, semi = ruled.steps_for(labeled, patches, (1, 1, 1))
+    estimate = estimate_finetune(labeled_workspace, ruled)
+    assert estimate is not None and estimate["steps"] == first + semi >= 2 * ruled.min_iterations
+    assert estimate["seconds"] - short["seconds"] == pytest.approx((first + semi - 12) / pace)
+    supervised_only = estimate_finetune(labeled_workspace, FinetuneConfig(**FAST, mode="none"))
+    assert supervised_only is not None and supervised_only["steps"] == 6

@@ -287,3 +287,36 @@ def _close_case(app) -> None:
     app.logic.closeCase()
     app.state.current_case = ""
     app.state.case_ready = False
+
+
+def test_a_long_fine_tune_is_asked_before_it_starts(tmp_path, synthetic_pool, tiny_preset_file):
+    """After a fine-tune has measured this machine's pace, one estimated at ten minutes asks
+    first (a dialog whose Start launches it) and launches nothing meanwhile."""
+    from trame.app import get_server
+
+    from assft.training import FinetuneConfig
+    from assft.training.finetune import run_finetune
+    from assft.workspace import Workspace
+    from assft_web.app import AnnotationApp
+
+    _, cases = synthetic_pool
+    workspace = Workspace.create(
+        tmp_path / "ws",
+        [case.image for case in cases[:3]],
+        label_names={1: "shell", 2: "core"},
+        model=str(tiny_preset_file),
+    )
+    workspace.submit_label(cases[0].case_id, cases[0].label, user="tester")
+    quick = FinetuneConfig(iterations=4, semi_iterations=4, views=1, tau_c=0.0, mode="none")
+    manifest = run_finetune(workspace, quick, device="cpu")
+    many = int(manifest["timings"]["iterations_per_s"] * 600)
+    app = AnnotationApp(
+        workspace.root,
+        get_server("assft-web-long-finetune", client_type="vue3"),
+        finetune_config={"mode": "none", "iterations": many},
+    )
+    app.finetune()
+    assert app.state.finetune_question.startswith("This fine-tune will take about 10 minutes")
+    assert app.launched_job is None and not app.state.job_active
+    jobs = sorted(p.name for p in workspace.jobs_dir.iterdir() if p.name.startswith("finetune-"))
+    assert jobs == [manifest["job"]]  # nothing launched

@@ -337,7 +337,13 @@ class FinetuneJob(FinetuneSteps):
             "config": config.to_dict(),
             "seed": config.seed,
             "metrics": metrics,
-            "schedule": {"iterations": run.iterations, "semi_iterations": run.semi_iterations},
+            "schedule": {
+                "iterations": run.iterations,
+                "semi_iterations": run.semi_iterations,
+                # What the steps' rule counted (FinetuneConfig.steps_for): the next fine-tune's
+                # estimate starts from it (training/estimate.py).
+                "patches_per_case": round(run.patches_per_case, 3),
+            },
             "learning_curve": run.curve.to_dict(),
             "gate": gate,
             "promoted": False,

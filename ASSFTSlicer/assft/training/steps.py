@@ -138,6 +138,7 @@ class JobRun:
     step: int = 0
     iterations: int = 0
     semi_iterations: int = 0
+    patches_per_case: float = 0.0
     curve: LearningCurve = field(default_factory=LearningCurve)
     curves: CurveStore | None = None
 
@@ -236,6 +237,7 @@ class FinetuneSteps:
             held_out_cases=held_out_cases,
             iterations=iterations,
             semi_iterations=semi_iterations,
+            patches_per_case=max(1.0, case_voxels / float(np.prod(patch))),
             curve=curve,
             curves=curves,
             parts=parts,
