@@ -29,7 +29,7 @@ from assft.metrics import voxel_entropy
 from assft.models import resolve_device
 from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
 from assft.runtime.progress import Progress
-from assft.workspace.config import CONFIG_FILE_NAME
+from assft.workspace.config import enclosing_workspace
 from assft.workspace.model_versions import ModelVersions
 from assft.workspace.version_names import check_version
 from assft.workspace.workspace import Workspace
@@ -269,15 +269,13 @@ def check_out_dir(
             f"is inside the workspace {root}, outside predictions/; {advice}", given
         )
     # Another workspace's folders are as much the clinicians' as this one's.
-    for other in (folder, *folder.parents):
-        if other != root and (other / CONFIG_FILE_NAME).is_file():
-            if not folder.is_relative_to(other / "predictions"):
-                raise BadInputError(
-                    f"is inside another workspace, {other}, outside its predictions/; "
-                    "predictions never go into a folder a workspace owns",
-                    given,
-                )
-            break
+    other = enclosing_workspace(folder)
+    if other is not None and other != root and not folder.is_relative_to(other / "predictions"):
+        raise BadInputError(
+            f"is inside another workspace, {other}, outside its predictions/; "
+            "predictions never go into a folder a workspace owns",
+            given,
+        )
     scans = {
         Path(row["image_path"]).resolve(): row["case_id"] for row in workspace.registry.cases()
     }

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from assft.errors import BadInputError
     from assft_web.access import AccessPolicy, new_token
 
+    if not 0 <= args.port <= 65535:
+        raise BadInputError(f"--port must be from 0 (any free port) to 65535, got {args.port}")
     try:
         policy = AccessPolicy(
             args.host,

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import zlib
@@ -173,6 +174,14 @@ def _bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
     double_nan = tmp_path / "nan-float64.nii"
     sitk.WriteImage(make_volume(nan, np.float64), str(double_nan))
     cases.append((double_nan, "contains 3 NaN voxels"))
+    # Finite but absurd: a NIfTI whose scale factor (scl_slope 3e38) makes every voxel huge;
+    # normalising it would overflow to NaN scores in the ranking.
+    scaled = tmp_path / "scl-slope.nii"
+    sitk.WriteImage(make_volume(np.ones(SIZE_XYZ[::-1], np.int16)), str(scaled))
+    header = bytearray(scaled.read_bytes())
+    struct.pack_into("<f", header, 112, 3e38)  # scl_slope
+    scaled.write_bytes(bytes(header))
+    cases.append((scaled, "holds voxel values up to 3e+38, beyond the 1e+12 no scanner writes"))
     return cases
 
 

@@ -242,6 +242,12 @@ def test_export_refuses_a_folder_inside_the_workspace_or_one_that_exists(
     workspace = create_workspace(tmp_path / "ws", [cases[0].image], model=str(tiny_preset_file))
     with pytest.raises(BadInputError, match="lies inside the workspace"):
         export_version(workspace, None, workspace.root / "exported")
+    # Nor into another workspace's folders (models/ would list a damaged version).
+    other = create_workspace(tmp_path / "other", [cases[0].image], model=str(tiny_preset_file))
+    for inside in (other.root / "models" / "v1", other.root / "labels" / "x", other.root / "x"):
+        with pytest.raises(BadInputError, match=f"lies inside another workspace, {other.root}"):
+            export_version(workspace, None, inside)
+        assert not inside.exists()
     taken = tmp_path / "taken"
     taken.mkdir()
     with pytest.raises(BadInputError, match="already exists"):

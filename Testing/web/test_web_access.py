@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from assft_testing import run_cli
+from assft_testing import run_cli, run_cli_in_process
 from assft_web.access import TOKEN_COOKIE, AccessPolicy, cookie_name, is_loopback, new_token
 
 TOKEN = "a-token-long-enough-0123456789"
@@ -292,3 +292,16 @@ def test_a_port_in_use_is_said_in_one_line(tmp_path, synthetic_pool):
         "choose another port, or --port 0 for any free one"
     ]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_said_in_one_line(tmp_path, port):
+    """Found by the attack of 2026-12-07: an internal error (OverflowError) after the app loaded."""
+    from assft_testing.browser import require_web
+
+    require_web(browser=False)
+    result = run_cli_in_process("web", str(tmp_path), "--port", port, "--token", TOKEN)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"assft: error: --port must be from 0 (any free port) to 65535, got {port}"
+    ]

@@ -176,3 +176,15 @@ def test_a_pipe_or_a_device_among_the_images_is_refused_in_one_line(tmp_path):
     for item in (pipe, Path("/dev/zero")):
         with pytest.raises(BadInputError, match="is neither an image file nor a folder"):
             find_images([item])
+
+
+def test_a_workspace_is_never_made_inside_another(tmp_path, synthetic_pool):
+    """Not in its labels/ folder nor anywhere below it: the other workspace stays as it was."""
+    _, cases = synthetic_pool
+    outer = Workspace.create(tmp_path / "outer", [cases[0].image])
+    before = sorted(p.relative_to(outer.root) for p in outer.root.rglob("*"))
+    for inside in (outer.root / "labels" / "nested", outer.root / "deeper" / "ws"):
+        with pytest.raises(BadInputError, match=f"lies inside the workspace {outer.root}"):
+            Workspace.create(inside, [cases[1].image])
+        assert not inside.exists()
+    assert sorted(p.relative_to(outer.root) for p in outer.root.rglob("*")) == before

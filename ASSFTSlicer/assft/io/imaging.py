@@ -46,6 +46,7 @@ from assft.io.declared_size import (
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_EXTENT_MM",
+    "MAX_ABS_INTENSITY",
     "MAX_IMAGE_VOXELS",
     "VoxelGrid",
     "case_id_from_path",
@@ -61,6 +62,11 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File name endings recognised as images (matched case-insensitively)."""
+
+MAX_ABS_INTENSITY = 1e12
+"""Largest voxel magnitude an image may hold. CT, MRI and PET values stay many orders below it;
+beyond it the intensity normalisation's float32 arithmetic overflows (a wrong ``scl_slope``
+makes such values from an ordinary scan)."""
 
 _SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _MAX_LABEL_VALUE = int(np.iinfo(np.uint16).max)
@@ -430,6 +436,18 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
         raise_non_finite(nan, int(array.size - finite.sum()) - nan, path)
 
 
+def _check_magnitude(array: np.ndarray, path: Path) -> None:
+    """Refuse voxel values beyond :data:`MAX_ABS_INTENSITY` (finite ones: checked first)."""
+    if array.size:
+        peak = max(abs(float(array.min())), abs(float(array.max())))
+        if peak > MAX_ABS_INTENSITY:
+            raise BadInputError(
+                f"holds voxel values up to {peak:.3g}, beyond the {MAX_ABS_INTENSITY:g} no "
+                "scanner writes (MAX_ABS_INTENSITY; a wrong scale factor in its header?)",
+                path,
+            )
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read a 3D scalar image as float32.
 
@@ -441,13 +459,15 @@ def read_image(path: str | Path) -> sitk.Image:
 
     Raises:
         BadInputError: the path is missing, unreadable, corrupted or truncated, not 3D
-            (a size-1 third axis counts as 2D), has vector or complex pixels, or holds NaN or
-            infinite voxels; its header declares more than :data:`MAX_IMAGE_VOXELS` voxels,
+            (a size-1 third axis counts as 2D), has vector or complex pixels, or holds NaN,
+            infinite or absurdly large voxels (:data:`MAX_ABS_INTENSITY`); its header declares
+            more than :data:`MAX_IMAGE_VOXELS` voxels,
             more bytes than the file holds, or an extent beyond :data:`MAX_EXTENT_MM`; a folder
             holds several DICOM series, or a series with a missing slice.
     """
     image, path = _read_any(path)
     _check_finite(sitk.GetArrayViewFromImage(image), path)
+    _check_magnitude(sitk.GetArrayViewFromImage(image), path)
     if image.GetPixelID() != sitk.sitkFloat32:
         image = sitk.Cast(image, sitk.sitkFloat32)
     return image

@@ -74,5 +74,10 @@ def parse_label_names(text: str | None) -> dict[int, str] | None:
             )
         if int(value) == 0:
             raise BadInputError("--label-names: 0 is the background and cannot be named")
+        if int(value) in names:
+            raise BadInputError(
+                f"--label-names names {int(value)} twice ({names[int(value)]!r} and "
+                f"{name.strip()!r}): one name per label value"
+            )
         names[int(value)] = name.strip()
     return names

@@ -24,6 +24,18 @@ __all__ = [
 ]
 
 CONFIG_FILE_NAME = "assft.json"
+
+
+def enclosing_workspace(path: str | Path) -> Path | None:
+    """The workspace folder that holds ``path`` (``path`` itself or a folder above it with an
+    ``assft.json``), or None. Nothing is written into another workspace's folders."""
+    resolved = Path(path).expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / CONFIG_FILE_NAME).is_file():
+            return folder
+    return None
+
+
 CONFIG_VERSION = 1
 MAX_LABEL_VALUE = 65535
 

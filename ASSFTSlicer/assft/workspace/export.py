@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from assft.errors import BadInputError
+from assft.workspace.config import enclosing_workspace
 from assft.workspace.model_versions import ModelVersions
 from assft.workspace.workspace import Workspace
 
@@ -66,6 +67,12 @@ def export_version(
     root = workspace.root.resolve()
     if target == root or target.is_relative_to(root):
         raise BadInputError("lies inside the workspace: export to a folder outside it", target)
+    other = enclosing_workspace(target)
+    if other is not None:
+        raise BadInputError(
+            f"lies inside another workspace, {other}: export to a folder outside every workspace",
+            target,
+        )
     if target.exists():
         raise BadInputError("already exists: the export writes a new folder", target)
     versions = ModelVersions(workspace)

@@ -47,6 +47,7 @@ from assft.workspace.config import (
     CONFIG_FILE_NAME,
     WorkspaceConfig,
     check_labeled_structures,
+    enclosing_workspace,
     make_labels,
 )
 from assft.workspace.files import (
@@ -244,6 +245,12 @@ class Workspace:
         root = Path(root).expanduser().resolve()
         if (root / CONFIG_FILE_NAME).exists():
             raise BadInputError("already holds an ASSFT workspace", root)
+        other = enclosing_workspace(root.parent)
+        if other is not None:
+            raise BadInputError(
+                f"lies inside the workspace {other}: a workspace is made outside every other one",
+                root,
+            )
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise BadInputError("exists and is not an empty folder; choose a new folder", root)
         labels = make_labels(label_names)
