@@ -561,6 +561,17 @@ def _nifti_with(
     return path
 
 
+def _sform_scaled(path: Path, factor: float) -> Path:
+    """The NIfTI-1 file at ``path`` with its sform's rotation and scale multiplied by
+    ``factor`` (its voxel sizes then differ from pixdim's)."""
+    data = bytearray(path.read_bytes())
+    for offset in (280, 296, 312):  # srow_x, srow_y, srow_z
+        row = struct.unpack_from("<4f", data, offset)
+        struct.pack_into("<4f", data, offset, *(v * factor for v in row[:3]), row[3])
+    path.write_bytes(bytes(data))
+    return path
+
+
 def test_crafted_geometry_is_refused_in_one_line_or_read_as_simpleitk_defines_it(tmp_path):
     refused = [
         (
@@ -602,6 +613,23 @@ def test_crafted_geometry_is_refused_in_one_line_or_read_as_simpleitk_defines_it
         (
             _nifti_with(tmp_path / "inf-srow.nii", codes=(0, 1), srow_x=(math.inf, 0, 0, 0)),
             "is corrupted, truncated or not an image",  # ITK refuses this one itself
+        ),
+        # Found by the attack of 2026-12-07: ITK read each of these one way, nibabel (and so
+        # FSL) another, or not at all.
+        (
+            _sform_scaled(_nifti_with(tmp_path / "sform-scale.nii", codes=(0, 1)), 2.0),
+            "has an sform whose voxel sizes (1.6, 1.8, 5.0) disagree with its pixdim "
+            "(0.8, 0.9, 2.5)",
+        ),
+        (
+            _nifti_with(tmp_path / "sform-code.nii", codes=(0, 99)),
+            "has sform_code 99, which NIfTI does not define (0 to 5)",
+        ),
+        (
+            _nifti_with(
+                tmp_path / "quaternion.nii", codes=(1, 0), floats={256: 5.0, 260: 5.0, 264: 5.0}
+            ),
+            "has a qform quaternion (quatern_b, c, d) of squared length 75, above 1",
         ),
     ]
     for path, message in refused:

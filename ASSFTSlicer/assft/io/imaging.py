@@ -401,6 +401,39 @@ def _check_nifti_transforms(path: Path) -> None:
             "where its voxels lie is unknown; rewrite the header with the scan's real position",
             path,
         )
+    codes = {"qform_code": qform_code, "sform_code": sform_code}
+    unknown = [f"{name} {code}" for name, code in codes.items() if not 0 <= code <= 5]
+    if unknown:
+        # ITK uses such a transform; nibabel and FSL ignore it and place the voxels elsewhere.
+        raise BadInputError(
+            f"has {', '.join(unknown)}, which NIfTI does not define (0 to 5): programs differ "
+            "in whether they use that transform; rewrite the header with a valid code",
+            path,
+        )
+    if qform_code > 0:
+        quaternion = sum(float(header[name]) ** 2 for name in fields[:3])
+        if quaternion > 1.0 + 1e-5:
+            # nibabel refuses it; ITK makes up a rotation from it.
+            raise BadInputError(
+                f"has a qform quaternion (quatern_b, c, d) of squared length {quaternion:.6g}, "
+                "above 1: it is no rotation, and programs differ on where the voxels lie",
+                path,
+            )
+    if sform_code > 0 and qform_code == 0 and all(math.isfinite(v) and v > 0 for v in pixdim):
+        columns = np.linalg.norm(
+            np.array(
+                [[float(v) for v in header[row][:3]] for row in ("srow_x", "srow_y", "srow_z")]
+            ),
+            axis=0,
+        )
+        if not np.allclose(columns, pixdim, rtol=1e-3, atol=1e-6):
+            # ITK takes the voxel size from pixdim, nibabel and FSL from the sform.
+            raise BadInputError(
+                f"has an sform whose voxel sizes {_format(columns.tolist())} disagree with its "
+                f"pixdim {_format(pixdim)}: programs differ in which they use; rewrite the "
+                "header so that both give the scan's real voxel size",
+                path,
+            )
     if sform_code == 0 and not all(math.isfinite(v) and v > 0 for v in pixdim):
         # ITK would read 1 mm (or the absolute value) where the header gives no voxel size.
         raise BadInputError(
