@@ -719,3 +719,17 @@ def test_finetune_refuses_every_bad_config_value_before_it_makes_a_job(
         json.loads(run_cli_in_process("models", str(ws), "--json", check=True).stdout)["current"]
         == "v0"
     )
+
+
+def test_the_apps_verbs_work_from_the_sources_without_installed_metadata(monkeypatch):
+    """Run from a checkout on PYTHONPATH (or Slicer's module paths), no entry point names the
+    apps' verbs: the CLI still finds them where they live, and only an absent package gets the
+    install hint."""
+    import importlib.metadata
+
+    from assft.apps.commands import cmd_bench
+    from assft.cli import build_parser
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    args = build_parser().parse_args(["bench", "speed", "--markdown", ""])
+    assert args.handler is cmd_bench and not getattr(args, "absent_verb", False)

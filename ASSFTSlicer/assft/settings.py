@@ -175,7 +175,8 @@ def resolve_config(
         flags: field -> value of the command line; None where a flag was left out. Sections
             are dicts (``{"dkd": {"gap": "bn"}}``).
         config_file: a JSON file of fields (``--config``).
-        config_json: the same as JSON text (``--config-json``, the detached job's relaunch).
+        config_json: the same as JSON text (``--config-json``: a job's recorded command, the
+            speed benchmark).
         settings: the workspace's settings (``assft.json``'s ``settings``).
         settings_file: the file ``settings`` came from, named in errors.
 

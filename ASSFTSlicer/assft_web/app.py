@@ -365,7 +365,7 @@ class AnnotationApp(TrameApp):
                 self.workspace, case_id, showUncertainty=self.state.show_uncertainty
             )
         except UnsubmittedEditsError as error:  # edited while the case was being predicted
-            self._ask_to_discard(error.case_id, case_id)
+            self._ask_to_discard(error.caseId, case_id)
             return
         except Exception as error:
             self._error(f"Failed to load case {case_id}: {error}")

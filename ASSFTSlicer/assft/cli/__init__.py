@@ -67,15 +67,17 @@ VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
 
 DEMO_EXTRA = "the full engine package: pip install 'assft[demo]'"
 
-VERBS_OF_EXTRAS: dict[str, str] = {
-    "demo": DEMO_EXTRA,
-    "bench": DEMO_EXTRA,
-    "sample-data": DEMO_EXTRA,
-    "pretrain-demo": DEMO_EXTRA,
-    "web": "the web front end: pip install 'assft[web]'",
+VERBS_OF_EXTRAS: dict[str, tuple[str, str]] = {
+    "demo": ("assft.apps.commands:add_demo_parser", DEMO_EXTRA),
+    "bench": ("assft.apps.commands:add_bench_parser", DEMO_EXTRA),
+    "sample-data": ("assft.apps.commands:add_sample_data_parser", DEMO_EXTRA),
+    "pretrain-demo": ("assft.apps.commands:add_pretrain_demo_parser", DEMO_EXTRA),
+    "web": ("assft_web.command:register", "the web front end: pip install 'assft[web]'"),
 }
-"""The verbs that packages above the engine register (``assft.commands`` entry points), and
-what to install where one is absent (the Slicer extension ships the engine alone)."""
+"""The verbs that packages above the engine register (``assft.commands`` entry points in
+``pyproject.toml``): where each is found when no installed metadata names it (the sources on
+``PYTHONPATH``, Slicer's *Additional module paths*), and what to install where it is absent (the
+Slicer extension ships the engine alone)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_parser(sub)
     for add_parser in _registered_parsers():
         add_parser(sub)
-    for verb, needed in VERBS_OF_EXTRAS.items():
+    for verb, (target, needed) in VERBS_OF_EXTRAS.items():
         if verb not in sub.choices:
-            _add_absent_verb(sub, verb, needed)
+            loaded = _load_parser(verb, target)
+            if loaded is None:
+                _add_absent_verb(sub, verb, needed)
+            else:
+                loaded(sub)
     return parser
 
 
@@ -120,6 +126,18 @@ def _registered_parsers() -> list[Callable[[Any], None]]:
                 continue  # its package is not installed: VERBS_OF_EXTRAS says what it needs
             print(f"assft: warning: command {entry.name!r} unavailable: {error}", file=sys.stderr)
     return parsers
+
+
+def _load_parser(verb: str, target: str) -> Callable[[Any], None] | None:
+    """The parser function ``module:attribute``, or None when its package is not installed."""
+    module, _, attribute = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as error:
+        if error.name and f"{module}.".startswith(f"{error.name}."):
+            return None
+        print(f"assft: warning: command {verb!r} unavailable: {error}", file=sys.stderr)
+        return None
 
 
 def _add_absent_verb(sub: Subparsers, verb: str, needed: str) -> None:

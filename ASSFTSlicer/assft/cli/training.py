@@ -133,7 +133,7 @@ def add_finetune_parser(sub: Subparsers) -> None:
     p.add_argument("--seed", type=int, help=f"default {default_of(FinetuneConfig, 'seed')}")
     device_flag(p)
     p.add_argument("--config", help="a FinetuneConfig JSON file (flags override it)")
-    # The detached job's relaunch passes the resolved config as JSON text instead of a file.
+    # A job's recorded command (and the speed benchmark) gives the resolved config as JSON text.
     p.add_argument("--config-json", dest="config_json", help=argparse.SUPPRESS)
     p.add_argument("--detach", action="store_true", help="run as a background process and return")
     p.add_argument(

@@ -8,8 +8,8 @@ reader and writer all read this registry; ``resources/Models.schema.json`` lists
 (``Testing/models/test_architectures.py`` checks it). Adding a network touches this file and
 that test.
 
-Nothing here imports torch or MONAI at load (the Slicer side reads the presets at start-up):
-a builder is named as ``module:attribute`` and imported when a network is built.
+This module imports neither torch nor MONAI: a builder is named as ``module:attribute`` and
+imported when a network is built.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
     jobs/<job_id>/resume.pt       training state a killed job can be resumed from
     jobs/<job_id>/cancel-request  written by ``assft cancel``: the job stops at its next safe point
     jobs/detached-<time>.log      stdout and stderr of a job started with ``--detach``
+    jobs/detached-<time>.config.json  the settings it was launched with (``--config``)
 
 Job ids read ``<kind>-<UTC yyyymmddTHHMMSS>-<4 hex>``, e.g. ``finetune-20250131T120000-3fa2``.
 The states a ``job.json`` can hold are :class:`JobState`.
@@ -475,6 +476,9 @@ def launch_detached(
     return {"pid": process.pid, "log": str(log_path), "argv": command[3:]}
 
 
+_JOB_WORDS = {"finetune": "fine-tuning"}
+
+
 def launch_detached_job(
     workspace: Workspace | str | Path,
     argv: list[str],
@@ -509,7 +513,7 @@ def launch_detached_job(
         log = Path(launched["log"])
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
         raise AssftError(
-            f"the background {argv[0]} stopped before it started a job: "
+            f"the background {_JOB_WORDS.get(argv[0], argv[0])} stopped before it started a job: "
             f"{tail[0] if tail else 'no output'} (log: {log})"
         )
     return launched
