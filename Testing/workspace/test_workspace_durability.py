@@ -204,16 +204,27 @@ def test_concurrent_submits_of_one_case_leave_file_and_registry_agreeing(
         time.sleep(3)
     finally:
         lock.release()
+    said = []
     for process in submits:
-        _, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
+        said.append(stdout)
     _assert_agree(workspace, "case_b")
     submitted = [
         row for row in workspace.registry.audit_trail("case_b") if row["action"] == "submit-label"
     ]
     assert len(submitted) == 3
     assert submitted[-1]["detail"]["sha256"] == workspace.registry.case("case_b")["label_sha256"]
-    assert len(list(workspace.label_backup_dir.iterdir())) == 2
+    backups = sorted(workspace.label_backup_dir.iterdir())
+    assert len(backups) == 2
+    # The submits that came second and third say which label they replaced, and where it is.
+    replaced = sorted(
+        line.split("kept as ", 1)[1]
+        for text in said
+        for line in text.splitlines()
+        if "kept as" in line
+    )
+    assert replaced == sorted(str(path) for path in backups)
 
 
 def test_a_failed_commit_puts_the_old_label_back(

@@ -196,10 +196,22 @@ def add_next_parser(sub: Subparsers) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     workspace = open_workspace(args.workspace)
     stored = workspace.submit_label(args.case, Path(args.label), user=args.user)
+    # Another submit of the case (this user's earlier one, or another process's that got the
+    # case's lock first) is never overwritten in silence.
+    backup = workspace.label_store.replaced.get(args.case)
     if args.json:
-        print_json({"case": args.case, "label": str(stored), "status": "labeled"})
+        print_json(
+            {
+                "case": args.case,
+                "label": str(stored),
+                "status": "labeled",
+                "replaced": None if backup is None else str(backup),
+            }
+        )
     else:
         print(f"Stored the label of {args.case} as {stored}")
+        if backup is not None:
+            print(f"  it replaced the label stored before, kept as {backup}")
     return 0
 
 

@@ -127,6 +127,9 @@ class LabelStore:
 
     def __init__(self, workspace: LabelOwner) -> None:
         self.workspace = workspace
+        self.replaced: dict[str, Path] = {}
+        """Case -> the backup of the label that this process's latest submit of the case
+        replaced (absent when it replaced none): what a submit says it replaced."""
 
     def __repr__(self) -> str:
         return f"LabelStore({str(self.root)!r})"
@@ -316,6 +319,10 @@ class LabelStore:
                         with contextlib.suppress(Exception):
                             self.registry.drop_pending_label(case_id)
                 raise
+        if backup is None:
+            self.replaced.pop(case_id, None)
+        else:
+            self.replaced[case_id] = backup
         return destination
 
     def _write_staged(self, stored: sitk.Image, staged: Path, destination: Path) -> None:
