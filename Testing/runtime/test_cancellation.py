@@ -98,6 +98,8 @@ def test_ctrl_c_stops_at_once_outside_critical_sections() -> None:
         """
         import os, signal, time
         from assft.runtime import cancellation
+        # As in a terminal: a shell's background job ('&') inherits SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         cancellation.install()
         with cancellation.critical():
             os.kill(os.getpid(), signal.SIGINT)
