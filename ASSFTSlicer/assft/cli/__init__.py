@@ -114,17 +114,9 @@ def _registered_parsers() -> list[Callable[[Any], None]]:
 
     parsers = []
     for entry in sorted(importlib.metadata.entry_points(group="assft.commands"), key=listed):
-        try:
-            parsers.append(entry.load())
-        except Exception as error:  # noqa: BLE001 - a broken front end never breaks the CLI
-            missing = getattr(error, "name", None)
-            if (
-                isinstance(error, ModuleNotFoundError)
-                and missing
-                and (f"{entry.module}.".startswith(f"{missing}."))
-            ):
-                continue  # its package is not installed: VERBS_OF_EXTRAS says what it needs
-            print(f"assft: warning: command {entry.name!r} unavailable: {error}", file=sys.stderr)
+        loaded = _load_parser(entry.name, entry.value)
+        if loaded is not None:
+            parsers.append(loaded)
     return parsers
 
 
@@ -133,10 +125,10 @@ def _load_parser(verb: str, target: str) -> Callable[[Any], None] | None:
     module, _, attribute = target.partition(":")
     try:
         return getattr(importlib.import_module(module), attribute)
-    except ModuleNotFoundError as error:
-        if error.name and f"{module}.".startswith(f"{error.name}."):
-            return None
-        print(f"assft: warning: command {verb!r} unavailable: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - a broken front end never breaks the CLI
+        missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+        if not (missing and f"{module}.".startswith(f"{missing}.")):
+            print(f"assft: warning: command {verb!r} unavailable: {error}", file=sys.stderr)
         return None
 
 
