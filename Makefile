@@ -45,8 +45,10 @@ demo: setup
 
 test: setup
 	# ASSFT_SELFTEST=1: the whole module loop (create, rank, label, fine-tune, roll back) runs too.
+	# -n 2: two workers of one thread each (Testing/conftest.py), one test file a worker; most tests
+	# wait on subprocesses and imports, so on 2 cores the suite takes about 10 minutes instead of 17.
 	# --durations: the slowest tests, so that the suite's 15 minutes on 2 cores can be kept.
-	ASSFT_SELFTEST=1 $(BIN)/python -m pytest -q --durations=20
+	ASSFT_SELFTEST=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 lint: setup
 	$(BIN)/ruff check .

@@ -3,10 +3,21 @@ headless MRML scene from the ``slicer-core`` wheel (``mrml``)."""
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one thread each, in the workers and in every process they start
+    # (torch's intra-op threads spin; two processes of two threads on two cores slow each other
+    # tens of times).
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from assft_testing.slicer_side import require_slicer
 

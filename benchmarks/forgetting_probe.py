@@ -71,6 +71,11 @@ def main() -> None:
         action="store_true",
         help="the anchor teaches by distillation only (its hard pseudo-labels all ignored)",
     )
+    parser.add_argument(
+        "--interpolate",
+        help="after the last step, also test the weights (1-a)*parent + a*fine-tuned for each "
+        "comma-separated a (WiSE-FT)",
+    )
     args = parser.parse_args()
 
     preset = get_preset("demo")
@@ -152,6 +157,19 @@ def main() -> None:
             on_step=lambda done, metrics, losses=losses: losses.append(metrics["loss"]),
         )
         report(end, losses)
+    if args.interpolate:
+        tuned = {k: v.clone() for k, v in model.network.state_dict().items()}
+        parent = teacher.network.state_dict()
+        for alpha in (float(a) for a in args.interpolate.split(",")):
+            model.network.load_state_dict(
+                {
+                    k: (1 - alpha) * parent[k] + alpha * v if v.is_floating_point() else v
+                    for k, v in tuned.items()
+                }
+            )
+            print(json.dumps({"interpolation": alpha}), flush=True)
+            report(args.steps, [])
+        model.network.load_state_dict(tuned)
 
 
 def _parent_labeled(model, case: TrainingCase, tau_v: float) -> TrainingCase:
