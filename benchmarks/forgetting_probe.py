@@ -16,6 +16,10 @@ labeled with the parent's own prediction (``tau_v`` applied), or with their grou
         --encoder-lr-scale 1 --no-freeze-batchnorm
     python benchmarks/forgetting_probe.py /work/bench/hospital --site hospital \\
         --cases hospital_024,hospital_004 --anchor-cases hospital_033,hospital_010 --steps 600
+
+``--interpolate 0.25,0.5`` then tests the weights part of the way from the parent's to the
+fine-tuned ones (WiSE-FT), with BatchNorm's running statistics interpolated, or the parent's, or
+the fine-tuned model's.
 """
 
 from __future__ import annotations
@@ -160,16 +164,30 @@ def main() -> None:
     if args.interpolate:
         tuned = {k: v.clone() for k, v in model.network.state_dict().items()}
         parent = teacher.network.state_dict()
+        buffers = {name for name, _ in model.network.named_buffers()}
         for alpha in (float(a) for a in args.interpolate.split(",")):
-            model.network.load_state_dict(
-                {
-                    k: (1 - alpha) * parent[k] + alpha * v if v.is_floating_point() else v
-                    for k, v in tuned.items()
-                }
-            )
-            print(json.dumps({"interpolation": alpha}), flush=True)
-            report(args.steps, [])
+            for statistics in ("interpolated", "parent", "fine-tuned"):
+                model.network.load_state_dict(
+                    {
+                        k: _mix(parent[k], v, alpha, k in buffers, statistics)
+                        for k, v in tuned.items()
+                    }
+                )
+                print(json.dumps({"interpolation": alpha, "statistics": statistics}), flush=True)
+                report(args.steps, [])
         model.network.load_state_dict(tuned)
+
+
+def _mix(
+    parent: torch.Tensor, tuned: torch.Tensor, alpha: float, buffer: bool, statistics: str
+) -> torch.Tensor:
+    """One entry of (1-alpha)*parent + alpha*tuned; a buffer (BatchNorm's running statistics)
+    is interpolated too, or taken from one of the two (``statistics``)."""
+    if not tuned.is_floating_point():
+        return tuned
+    if buffer and statistics != "interpolated":
+        return parent if statistics == "parent" else tuned
+    return (1 - alpha) * parent + alpha * tuned
 
 
 def _parent_labeled(model, case: TrainingCase, tau_v: float) -> TrainingCase:

@@ -25,6 +25,8 @@ def test_the_probe_fine_tunes_and_reports_every_test_scan(tmp_path):
             "2",
             "--every",
             "1",
+            "--interpolate",
+            "0,1",
         ],
         capture_output=True,
         text=True,
@@ -32,8 +34,23 @@ def test_the_probe_fine_tunes_and_reports_every_test_scan(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    # After the last step, each weight interpolation announces itself, then reports.
+    mixes = [
+        (marker["interpolation"], marker["statistics"], report)
+        for marker, report in zip(lines[3::2], lines[4::2], strict=True)
+    ]
+    reports = lines[:3]
     assert [r["step"] for r in reports] == [0, 1, 2]
+    assert [(a, s) for a, s, _ in mixes] == [
+        (a, s) for a in (0.0, 1.0) for s in ("interpolated", "parent", "fine-tuned")
+    ]
+    # At 0 the parent's weights, at 1 the fine-tuned ones, come back exactly.
+    for alpha, statistics, report in mixes:
+        if (alpha, statistics) in {(0.0, "interpolated"), (0.0, "parent")}:
+            assert report["test_dice"] == reports[0]["test_dice"]
+        if (alpha, statistics) in {(1.0, "interpolated"), (1.0, "fine-tuned")}:
+            assert report["test_dice"] == reports[-1]["test_dice"]
     assert reports[0]["loss"] is None and all(r["loss"] > 0 for r in reports[1:])
     # Every fourth case is a test scan: tgt_003 of four.
     assert all(list(r["test_dice"]) == ["tgt_003"] for r in reports)
