@@ -42,6 +42,7 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from assft.runtime.job_state import JobState
 from assft_web.page import build_page
 from assft_web.shortcuts import BRUSH_STEP, action_of
+from assft_web.slice_views import slice_view_ui
 from ASSFTSlicerLib.logic import WorkspaceLogic
 from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError, UnsubmittedEditsError
 from ASSFTSlicerLib.standalone import bindScene
@@ -133,7 +134,7 @@ class AnnotationApp(TrameApp):
 
         self.slicer = SlicerApp()
         bindScene(self.slicer.scene, self.slicer.segmentations_logic, self.slicer.volumes_logic)
-        register_rca_factories(self.slicer.view_manager, self.server)
+        register_rca_factories(self.slicer.view_manager, self.server, slice_view_ui_f=slice_view_ui)
         self.layout_manager = LayoutManager(
             self.slicer.scene, self.slicer.view_manager, self.server
         )

@@ -18,25 +18,27 @@ from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoR
 
 from assft_web.shortcuts import ANNOTATOR_SCRIPT, HELP, KEY_SCRIPT
 
+# Five columns that fit the drawer without scrolling sideways (the browser tests measure it): the
+# rank the order follows, the case (with the budget's picks marked), the priority it is ranked by
+# (DKD, ASD and the hardest structure in its tooltip), the status, and the reason in full.
 WORKLIST_HEADERS = [
-    {"title": "Rank", "key": "rank"},
+    {"title": "#", "key": "rank"},
     {"title": "Case", "key": "case"},
     {"title": "Priority", "key": "priority"},
-    {"title": "DKD", "key": "dkd"},
-    {"title": "ASD", "key": "asd"},
-    {"title": "Hardest structure", "key": "hardest"},
-    {"title": "Reason", "key": "reason"},
     {"title": "Status", "key": "status"},
+    {"title": "Why", "key": "reason", "sortable": False},
 ]
+# The parent shows in the version's tooltip; the gate's verdict and the curve wrap, so the
+# Version column stays in view whatever their length.
 VERSION_HEADERS = [
     {"title": "Version", "key": "version"},
     {"title": "Current", "key": "current"},
-    {"title": "Parent", "key": "parent"},
     {"title": "Held-out Dice", "key": "dice"},
-    {"title": "Gate", "key": "gate"},
-    {"title": "Learning curve", "key": "curve"},
+    {"title": "Gate", "key": "gate", "sortable": False},
+    {"title": "Learning curve", "key": "curve", "sortable": False},
     {"title": "", "key": "use", "sortable": False},
 ]
+WRAP = "white-space: normal; overflow-wrap: anywhere; min-width: 0;"
 NUMBER = "{{ item.%s == null ? '' : Number(item.%s).toFixed(3) }}"
 
 
@@ -181,8 +183,8 @@ def _worklist(ctrl) -> None:
         items_per_page=10,
         hover=True,
         row_props=(
-            "({item}) => ({'data-case': item.case, class: "
-            "item.case === current_case ? 'bg-primary' : ''})",
+            "({item}) => ({'data-case': item.case, 'data-pick': item.selected === 'yes', "
+            "class: item.case === current_case ? 'bg-primary' : ''})",
         ),
         style="font-size: 12px;",
     ):
@@ -195,16 +197,27 @@ def _worklist(ctrl) -> None:
                 title="Label this case",
                 click=(ctrl.label_case, "[item.case]"),
             )
-        for key in ("priority", "dkd", "asd"):
-            with v.Template(raw_attrs=[f'v-slot:item.{key}="{{ item }}"']):
-                html.Span(NUMBER % (key, key))
-        with v.Template(raw_attrs=['v-slot:item.reason="{ item }"']):
-            html.Div(
-                "{{ item.reason }}",
-                title=("item.reason",),
-                style="max-width: 140px; white-space: nowrap; overflow: hidden; "
-                "text-overflow: ellipsis;",
+            v.VChip(
+                "pick",
+                v_if="item.selected === 'yes'",
+                size="x-small",
+                color="amber",
+                variant="flat",
+                classes="pick",
+                title="One of the cases this ranking selects for labeling (its budget)",
             )
+        with v.Template(raw_attrs=['v-slot:item.priority="{ item }"']):
+            html.Span(
+                NUMBER % ("priority", "priority"),
+                classes="priority",
+                title=(
+                    "'DKD ' + (item.dkd == null ? '-' : Number(item.dkd).toFixed(3)) + "
+                    "', ASD ' + (item.asd == null ? '-' : Number(item.asd).toFixed(3)) + "
+                    "(item.hardest ? ', hardest structure: ' + item.hardest : '')",
+                ),
+            )
+        with v.Template(raw_attrs=['v-slot:item.reason="{ item }"']):
+            html.Div("{{ item.reason }}", classes="reason", style=WRAP)
 
 
 @panel("versions")
@@ -217,8 +230,16 @@ def _versions(ctrl) -> None:
         items_per_page=5,
         style="font-size: 12px;",
     ):
+        with v.Template(raw_attrs=['v-slot:item.version="{ item }"']):
+            html.Span(
+                "{{ item.version }}",
+                title=("item.parent ? 'fine-tuned from ' + item.parent : 'the pretrained model'",),
+            )
         with v.Template(raw_attrs=['v-slot:item.dice="{ item }"']):
             html.Span(NUMBER % ("dice", "dice"))
+        for key in ("gate", "curve"):
+            with v.Template(raw_attrs=[f'v-slot:item.{key}="{{ item }}"']):
+                html.Div("{{ item." + key + " }}", style=WRAP)
         with v.Template(raw_attrs=['v-slot:item.use="{ item }"']):
             v.VBtn(
                 "Use",

@@ -58,6 +58,9 @@ def server(workspace):
         str(recipe),
         "--device",
         "cpu",
+        # Two picks of four cases: the worklist marks which.
+        "--budget",
+        "2",
     ) as running:
         yield running
 
@@ -131,6 +134,16 @@ def _worklist_cases(page) -> list[str]:
     )
 
 
+def _assert_fits(page, table: str) -> None:
+    """The table shows every column without scrolling sideways, inside the left drawer."""
+    widths = page.eval_on_selector(
+        f"{table} .v-table__wrapper", "w => [w.scrollWidth, w.clientWidth]"
+    )
+    assert widths[0] <= widths[1] + 1, f"{table} scrolls sideways: {widths}"
+    first = page.locator(f"{table} thead th").first.bounding_box()
+    assert first is not None and first["x"] >= 0 and first["width"] > 0
+
+
 def _views(page):
     """The slice views' images, the axial view (the largest) first."""
     boxes = [page.locator("#views img").nth(i).bounding_box() for i in range(3)]
@@ -202,7 +215,7 @@ def test_a_request_without_the_token_gets_nothing(server):
     assert refused.value.code == 403
 
 
-def test_open_the_worklist_and_rank(page, server):
+def test_open_the_worklist_and_rank(page, server, workspace):
     started = time.monotonic()
     page.goto(server.url)
     page.wait_for_selector("#rank", timeout=TIMEOUT_MS)
@@ -219,18 +232,36 @@ def test_open_the_worklist_and_rank(page, server):
         "() => document.querySelectorAll('#worklist tbody tr[data-case]').length === 4",
         timeout=TIMEOUT_MS,
     )
-    headers = _text(page, "#worklist thead")
-    for title in (
-        "Rank",
-        "Case",
-        "Priority",
-        "DKD",
-        "ASD",
-        "Hardest structure",
-        "Reason",
-        "Status",
-    ):
-        assert title in headers
+    headers = page.eval_on_selector_all(
+        "#worklist thead th", "cells => cells.map(c => c.innerText.trim())"
+    )
+    assert headers == ["#", "Case", "Priority", "Status", "Why"]
+    _assert_fits(page, "#worklist")
+    # The budget's two picks are marked, and they are what the ranking selected.
+    picks = page.eval_on_selector_all(
+        "#worklist tbody tr[data-pick='true']", "rows => rows.map(r => r.dataset.case)"
+    )
+    from assft.workspace import Workspace
+
+    ranking = Workspace.open(workspace).latest_ranking()
+    selected = [c["case"] for c in ranking["cases"] if c.get("selected")]
+    assert len(picks) == 2 and sorted(picks) == sorted(selected)
+    assert page.locator("#worklist .pick").count() == 2
+    # The order follows the priority shown; DKD, ASD and the hardest structure are in its tooltip.
+    priorities = [float(p) for p in page.locator("#worklist .priority").all_inner_texts()]
+    assert priorities == sorted(priorities, reverse=True)
+    assert all(
+        t.startswith("DKD ") and ", ASD " in t
+        for t in page.eval_on_selector_all(
+            "#worklist .priority", "cells => cells.map(c => c.title)"
+        )
+    )
+    # Each reason is shown in full: it wraps, nothing is cut off.
+    reasons = page.eval_on_selector_all(
+        "#worklist .reason",
+        "cells => cells.map(c => [c.innerText.trim(), c.scrollWidth <= c.clientWidth + 1])",
+    )
+    assert reasons and all(text and whole for text, whole in reasons), reasons
     assert _text(page, "#rank") == "RANK"  # the button is Rank again, not Cancel
 
 
@@ -298,6 +329,30 @@ def test_the_first_case_shows_the_scan_through_its_labels(page, workspace):
     ratio = _texture_under_labels(shown, hidden)
     FIGURES["texture_under_labels"] = round(ratio, 3)
     assert ratio > 0.3, f"the labels hide the scan (texture left {ratio:.2f})"
+
+
+def test_the_views_say_where_they_are(page, workspace):
+    """Each view names itself, the patient's directions at its edges and the slice it shows; the
+    "Show in 3D" button that did nothing on a page without a 3-D view is gone (issue 22)."""
+    import re
+
+    assert page.locator("#views .mdi-video-3d").count() == 0
+    views = page.eval_on_selector_all(
+        "#views .view-name",
+        "names => names.map(n => { const v = n.parentElement; return [n.innerText.trim(),"
+        " ['left', 'right', 'top', 'bottom'].map(e =>"
+        " (v.querySelector('.orientation-' + e) || {innerText: ''}).innerText.trim()),"
+        " (v.querySelector('.slice-number') || {innerText: ''}).innerText.trim()]; })",
+    )
+    letters = {name: edges for name, edges, _ in views}
+    assert letters == {
+        "Axial": ["R", "L", "A", "P"],
+        "Coronal": ["R", "L", "S", "I"],
+        "Sagittal": ["A", "P", "S", "I"],
+    }, views
+    for name, _, number in views:
+        found = re.fullmatch(r"slice (\d+) / (\d+)", number)
+        assert found and 1 <= int(found[1]) <= int(found[2]) > 1, (name, number)
 
 
 def test_keys_undo_a_stroke_and_list_themselves(page, workspace):
@@ -508,12 +563,12 @@ def test_a_version_made_outside_the_page_shows_with_its_curve_and_use_rolls_back
     )
     assert Workspace.open(workspace).current_model_version() == "v1", done.stdout + done.stderr
 
-    v1 = page.locator('#versions tr:has(td:text-is("v1"))')
+    v1 = page.locator('#versions tr:has(td span:text-is("v1"))')
     v1.wait_for(timeout=30_000)
     cells = [c.strip() for c in v1.locator("td").all_inner_texts()]
     assert cells[1] == "yes"  # current
     assert any(c.endswith(" steps") and c.split()[0].isdigit() for c in cells), cells
-    page.click('#versions tr:has(td:text-is("v0")) button:has-text("Use")')
+    page.click('#versions tr:has(td span:text-is("v0")) button:has-text("Use")')
     page.wait_for_function(
         "() => [...document.querySelectorAll('#versions tr')].some(r =>"
         " r.cells.length > 1 && r.cells[0].innerText.trim() === 'v0'"
@@ -522,6 +577,10 @@ def test_a_version_made_outside_the_page_shows_with_its_curve_and_use_rolls_back
     )
     assert Workspace.open(workspace).current_model_version() == "v0"
     assert "v0 is current" in _text(page, "#message")
+    # After the rollback the Version column is still in view, with the parent in its tooltip.
+    _assert_fits(page, "#versions")
+    assert _text(page, "#versions thead th") == "Version"
+    assert page.get_attribute('#versions td span:text-is("v1")', "title") == "fine-tuned from v0"
 
 
 def test_the_browser_keeps_the_annotator_across_a_reload(page, workspace):
