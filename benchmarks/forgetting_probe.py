@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from assft.apps.pretrain import demo_preset
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
 from assft.apps.sites import MIXED
-from assft.models import get_preset, load_model
+from assft.models import load_model
 from assft.models.inference import infer_case
 from assft.training import FinetuneConfig
 from assft.training.data import PreparedCases, TrainingCase
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--no-freeze-batchnorm", dest="freeze_batchnorm", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--labeled-share", dest="labeled_share", type=float, default=defaults.labeled_share
+    )
+    parser.add_argument(
         "--anchor-distill", dest="anchor_distill", type=float, default=defaults.anchor_distill
     )
     parser.add_argument(
@@ -80,11 +84,19 @@ def main() -> None:
         help="after the last step, also test the weights (1-a)*parent + a*fine-tuned for each "
         "comma-separated a (WiSE-FT)",
     )
+    parser.add_argument(
+        "--channels",
+        help="a demo UNet of other channels per level (with --weights: its pretrained weights, "
+        "from 'assft pretrain-demo --channels ... --out DIR')",
+    )
+    parser.add_argument("--weights", help="the network's weights (default: the shipped demo's)")
     args = parser.parse_args()
 
-    preset = get_preset("demo")
+    channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
+    preset = demo_preset(channels)
+    weights = Path(args.weights) if args.weights else None
     values = sorted(int(v) for v in preset.label_names)
-    model = load_model(preset, label_values=values, checkpoint=None, device="cpu")
+    model = load_model(preset, label_values=values, checkpoint=weights, device="cpu")
     data = Path(args.folder) / "data"
     dataset = Dataset.from_sample_data(data, site=args.site)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -104,6 +116,7 @@ def main() -> None:
             "seed": args.seed,
             "freeze_batchnorm": args.freeze_batchnorm,
             "anchor_distill": args.anchor_distill,
+            "labeled_share": args.labeled_share,
         }
     )
     with tempfile.TemporaryDirectory() as cache:
@@ -121,7 +134,7 @@ def main() -> None:
         anchor = [_parent_labeled(model, case, defaults.tau_v) for case in anchor]
     if args.anchor_soft_only:
         anchor = [case.with_target(torch.full_like(case.target, IGNORE)) for case in anchor]
-    teacher = load_model(preset, label_values=values, checkpoint=None, device="cpu")
+    teacher = load_model(preset, label_values=values, checkpoint=weights, device="cpu")
     trainer = Trainer(model, config, patch, teacher=teacher)
 
     def report(step: int, losses: list[float]) -> None:

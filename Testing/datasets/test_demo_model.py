@@ -104,3 +104,29 @@ def test_pretraining_is_deterministic(tmp_path) -> None:
     assert first["config"]["iterations"] == 2 and first["data"]["source_validation"] == ["src_002"]
     assert (tmp_path / "a" / WEIGHTS_FILE).is_file()
     assert not (tmp_path / "a" / "data").exists()  # the data went to a removed temporary folder
+
+
+def test_a_wider_demo_network_is_built_only_where_it_cannot_replace_the_shipped_weights(tmp_path):
+    """``pretrain-demo --channels`` (a wider UNet, for measuring what capacity changes) builds the
+    demo preset with those channels, and refuses to write over the shipped weights."""
+    from assft.apps.pretrain import demo_preset
+    from assft.validation import ConfigFieldError
+    from assft_testing import run_cli
+
+    wide = load_model(demo_preset((32, 64, 128, 256), checkpoint=False), device="cpu")
+    shipped = load_model(get_preset("demo"), device="cpu")
+
+    def parameters(model) -> int:
+        return sum(p.numel() for p in model.network.parameters())
+
+    assert 3.5 < parameters(wide) / parameters(shipped) < 4.5  # twice the channels
+    with pytest.raises(ConfigFieldError, match="4 levels"):
+        demo_preset((32, 64, 128))  # type: ignore[arg-type]
+    before = WEIGHTS.read_bytes()
+    refused = run_cli("pretrain-demo", "--channels", "32,64,128,256")
+    assert refused.returncode == 2 and "--channels needs --out" in refused.stderr
+    refused = run_cli("pretrain-demo", "--channels", "32,wide", "--out", str(tmp_path))
+    assert refused.returncode == 2 and "whole numbers" in refused.stderr
+    refused = run_cli("pretrain-demo", "--channels", "32,64", "--out", str(tmp_path))
+    assert refused.returncode == 2 and "--channels" in refused.stderr
+    assert WEIGHTS.read_bytes() == before and not list(tmp_path.iterdir())

@@ -274,15 +274,28 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
     from assft.settings import flag_of
     from assft.validation import ConfigFieldError
 
+    flags = ("seed", "data_seed", "iterations", "n_source", "n_target", "n_site")
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    if args.channels:
+        try:
+            given["channels"] = tuple(int(c) for c in args.channels.split(","))
+        except ValueError:
+            raise BadInputError(
+                f"--channels must be whole numbers separated by commas, got {args.channels!r}"
+            ) from None
+        if args.out is None:
+            raise BadInputError(
+                "--channels needs --out: the shipped weights are for the demo preset's channels"
+            )
     try:
-        flags = ("seed", "data_seed", "iterations", "n_source", "n_target", "n_site")
-        given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
         config = PretrainConfig(**given)
     except ConfigFieldError as error:  # each of these fields is set by its flag
         raise error.named(flag_of(error.field)) from None
     argv = ["pretrain-demo"]
     for name in flags:  # the whole recipe, so the manifest's command rebuilds these weights
         argv += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    if config.channels:
+        argv += ["--channels", ",".join(str(c) for c in config.channels)]
     manifest = pretrain_demo(
         args.out,
         config,
@@ -315,6 +328,11 @@ def add_pretrain_demo_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--n-site", dest="n_site", type=int, help="cases evaluated per named site (default 12)"
+    )
+    p.add_argument(
+        "--channels",
+        help="the UNet's channels per level, e.g. 32,64,128,256 (default: the demo preset's); "
+        "use --out elsewhere: the shipped weights are for the preset's channels",
     )
     device_flag(p, "cpu", help="cpu (default) reproduces the shipped figures")
     json_flag(p)

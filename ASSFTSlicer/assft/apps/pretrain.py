@@ -90,6 +90,9 @@ class PretrainConfig:
     augment: bool = setting(True)
     intensity_augment: bool = setting(True)
     n_site: int = setting(12, ge=0)
+    channels: tuple[int, int, int, int] | None = setting(None, ge=1, cap=1024)
+    """The UNet's channels at its four levels (None: the demo preset's, 16-32-64-128); a wider network
+    is for measuring whether capacity changes what fine-tuning forgets (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         validate(self)  # the types and ranges declared above; a float must also be finite
@@ -113,10 +116,17 @@ def learning_rate(step: int, config: PretrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def _untrained_demo() -> ModelPreset:
-    """The demo preset without its checkpoint (random initialisation, seed 0)."""
+def demo_preset(channels: tuple[int, ...] | None = None, *, checkpoint: bool = True) -> ModelPreset:
+    """The demo preset, with other ``channels`` per level (as many levels as the preset's), and
+    without its checkpoint unless ``checkpoint``."""
     data = get_preset(DEMO_PRESET).to_dict()
-    data["checkpoint"] = None
+    if channels is not None:
+        levels = len(data["arguments"]["channels"])
+        if len(channels) != levels:
+            raise ConfigFieldError("channels", f"needs {levels} levels, got {list(channels)}")
+        data["arguments"]["channels"] = list(channels)
+    if not checkpoint:
+        data["checkpoint"] = None
     return ModelPreset.from_dict(data)
 
 
@@ -256,7 +266,7 @@ def pretrain_demo(
         )
         timings["data_s"] = time.perf_counter() - t0
 
-        preset = _untrained_demo()
+        preset = demo_preset(config.channels, checkpoint=False)
         label_values = sorted(LABEL_NAMES)
         if preset.label_values != label_values:
             raise BadInputError(

@@ -90,6 +90,10 @@ class FinetuneConfig(JsonConfig):
             thus decide where the parent is trusted: they stay out of the loss, but the gate's
             scans are no longer blind to training.
         anchor_rho: share of the unlabeled pool in the anchor set.
+        labeled_share: the share of each batch's patches drawn from the labeled cases when
+            pseudo-labeled or anchor cases fill the rest (at least one patch each way); 0.5
+            measured as well as any other on the hospital archive's forgetting
+            (BENCHMARKS.md, "What the anchor can and cannot hold").
         anchor_margin: a labeled or held-out scan bears the parent out when the parent's Dice
             there is at least this much above its worst Dice on the scans labeled for training
             (those show where it fails). Measured with the demo model, whose Dice is 0.72-0.88
@@ -154,6 +158,7 @@ class FinetuneConfig(JsonConfig):
     anchor: bool = setting(True)
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_margin: float = setting(0.15, ge=0.0, le=1.0)
+    labeled_share: float = setting(0.5, gt=0.0, lt=1.0)
     anchor_distill: float = setting(0.0, ge=0.0)
     partial_distill: float = setting(4.0, ge=0.0)
     views: int = setting(4, ge=1, le=4)

@@ -392,10 +392,10 @@ def run_stage(
     """Steps ``start .. end-1`` (default ``total-1``) of a stage of ``total`` steps (the warm-up
     and the pseudo-label weight follow ``total``).
 
-    Half of each batch is labeled; the other half, when there are pseudo-labeled or anchor
-    cases, is shared between them (:func:`split_slots`: with one unlabeled patch a step, they
-    take turns). Pseudo-labels weigh lambda(t) (the ramp); the anchor's (the parent's
-    pseudo-labels) weigh 1 from the first step.
+    When there are pseudo-labeled or anchor cases, ``labeled_share`` of each batch is labeled
+    (half, by default) and the rest is shared between them (:func:`split_slots`: with one
+    unlabeled patch a step, they take turns). Pseudo-labels weigh lambda(t) (the ramp); the
+    anchor's (the parent's pseudo-labels) weigh 1 from the first step.
 
     Every step starts at a safe point: a cancel request stops the stage there
     (:func:`assft.runtime.cancellation.check`).
@@ -404,7 +404,10 @@ def run_stage(
         DivergedError: a step's loss is NaN or infinite (the weights are no longer usable);
             no resume point is written for it.
     """
-    half = max(1, config.batch_size // 2)
+    # The labeled patches of a step shared with pseudo-labeled or anchor patches.
+    labeled_count = min(
+        config.batch_size - 1, max(1, int(config.batch_size * config.labeled_share))
+    )
     # Plain tensors through the augmentations: no metadata tracking on the hot path.
     set_track_meta(False)
     augment = (
@@ -448,8 +451,8 @@ def run_stage(
             if cases
         ]
         if sets:
-            labeled_batch = batch(labeled, half, rng, step)
-            slots = split_slots(config.batch_size - half, len(sets), step)
+            labeled_batch = batch(labeled, labeled_count, rng, step)
+            slots = split_slots(config.batch_size - labeled_count, len(sets), step)
             extras = {
                 name: (batch(cases, count, rng, step), w)
                 for (name, cases, w), count in zip(sets, slots, strict=True)
