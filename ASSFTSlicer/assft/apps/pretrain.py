@@ -91,8 +91,8 @@ class PretrainConfig:
     intensity_augment: bool = setting(True)
     n_site: int = setting(12, ge=0)
     channels: tuple[int, int, int, int] | None = setting(None, ge=1, cap=1024)
-    """The UNet's channels at its four levels (None: the demo preset's, 16-32-64-128); a wider network
-    is for measuring whether capacity changes what fine-tuning forgets (BENCHMARKS.md)."""
+    """The UNet's channels at its four levels (None: the demo preset's, 16-32-64-128); a wider
+    network is for measuring whether capacity changes what fine-tuning forgets (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         validate(self)  # the types and ranges declared above; a float must also be finite
