@@ -1046,6 +1046,22 @@ class WorkspaceLogic:
                 self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity
             )
 
+    def caseWindowLevel(self):
+        """The window/level presets of the loaded case's scan
+        (:class:`ASSFTSlicerLib.window_level.WindowLevel`), or None when no case is loaded."""
+        from ASSFTSlicerLib.window_level import windowLevelPresets
+
+        nodes = self.loadedCase()
+        return None if nodes is None else windowLevelPresets(nodes.volume)
+
+    def setCaseWindowLevel(self, window: float, level: float) -> None:
+        """Show the loaded case's scan with this window and level (nothing without a case)."""
+        from ASSFTSlicerLib.window_level import setWindowLevel
+
+        nodes = self.loadedCase()
+        if nodes is not None:
+            setWindowLevel(nodes.volume, window, level)
+
     def loadedCase(self) -> CaseNodes | None:
         """The case's nodes while they are still in the scene (a closed scene removed them)."""
         nodes = self.caseNodes

@@ -194,6 +194,12 @@ class AnnotationApp(TrameApp):
         state.message = ""
         state.message_is_error = False
         state.rerank_after_promotion = True
+        # Window/level of the loaded case (ASSFTSlicerLib.window_level).
+        self._window_level_presets: dict[str, tuple[float, float]] = {}
+        state.wl_presets = []
+        state.wl_preset = ""
+        state.wl_window = 1.0
+        state.wl_level = 0.0
 
     def correction_hint(self) -> str:
         """Which structures to correct, when the workspace labels only some ("" otherwise)."""
@@ -377,6 +383,7 @@ class AnnotationApp(TrameApp):
         nodes.segmentation.GetDisplayNode().SetVisibility(bool(self.state.labels_visible))
         self.logic.setUncertaintyVisible(self.state.show_uncertainty)
         display.reset_views()
+        self._reset_window_level()
         self.state.current_case = case_id
         self.state.has_uncertainty = nodes.uncertainty is not None
         self.state.case_ready = True
@@ -440,6 +447,34 @@ class AnnotationApp(TrameApp):
         current = editor.get_active_segment_id()
         index = segments.index(current) if current in segments else -step
         editor.set_active_segment_id(segments[(index + step) % len(segments)])
+
+    # window/level --------------------------------------------------------------------------
+
+    @controller.set("reset_window_level")
+    def _reset_window_level(self) -> None:
+        """The loaded scan's presets on the page, and its first ("Auto") applied."""
+        found = self.logic.caseWindowLevel()
+        self._window_level_presets = {} if found is None else found.presets
+        self.state.wl_presets = list(self._window_level_presets)
+        first = next(iter(self._window_level_presets), "")
+        self.state.wl_preset = first
+        self._on_window_level_preset(first)
+
+    @change("wl_preset")
+    def _on_window_level_preset(self, wl_preset, **_kwargs) -> None:
+        chosen = self._window_level_presets.get(wl_preset)
+        if chosen is not None:
+            self.state.wl_window, self.state.wl_level = (round(v, 2) for v in chosen)
+            self._on_window_level(self.state.wl_window, self.state.wl_level)
+
+    @change("wl_window", "wl_level")
+    def _on_window_level(self, wl_window, wl_level, **_kwargs) -> None:
+        try:
+            window, level = float(wl_window), float(wl_level)
+        except (TypeError, ValueError):
+            return  # a field being typed into: the last whole number stays shown
+        if math.isfinite(window) and math.isfinite(level) and window > 0:
+            self.logic.setCaseWindowLevel(window, level)
 
     @change("show_uncertainty")
     def _on_show_uncertainty(self, show_uncertainty, **_kwargs) -> None:

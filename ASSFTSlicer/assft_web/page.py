@@ -126,6 +126,40 @@ def _loop_buttons(ctrl) -> None:
         )
 
 
+@panel("case_ready", "wl_presets", "wl_preset", "wl_window", "wl_level")
+def _window_level(ctrl) -> None:
+    with html.Div(
+        id="window-level", v_show=("case_ready",), classes="px-2 pb-1 d-flex align-center ga-2"
+    ):
+        v.VSelect(
+            id="wl-preset",
+            v_model=("wl_preset",),
+            items=("wl_presets",),
+            label="Window/level",
+            density="compact",
+            hide_details=True,
+            style="max-width: 160px;",
+        )
+        for key, title in (("wl_window", "Window"), ("wl_level", "Level")):
+            v.VTextField(
+                id=key.replace("_", "-"),
+                v_model=(key,),
+                type="number",
+                label=title,
+                density="compact",
+                hide_details=True,
+                style="max-width: 110px;",
+            )
+        v.VBtn(
+            "Reset",
+            id="wl-reset",
+            click=ctrl.reset_window_level,
+            size="small",
+            variant="text",
+            title="The scan's automatic window/level again",
+        )
+
+
 @panel(
     "task_text",
     "task_kind",
@@ -346,7 +380,15 @@ def _dialogs(ctrl) -> None:
                 )
 
 
-PANELS: tuple[Panel, ...] = (_loop_buttons, _status, _worklist, _finetune, _versions, _dialogs)
+PANELS: tuple[Panel, ...] = (
+    _loop_buttons,
+    _window_level,
+    _status,
+    _worklist,
+    _finetune,
+    _versions,
+    _dialogs,
+)
 """Every panel of the page, each with the state keys it reads (``reads``)."""
 
 
@@ -361,6 +403,7 @@ def build_page(app: Any) -> SimpleNamespace:
 
         with v.VNavigationDrawer(permanent=True, location="left", width=520):
             _loop_buttons(ctrl)
+            _window_level(ctrl)
             _status(ctrl)
             _worklist(ctrl)
             v.VDivider()

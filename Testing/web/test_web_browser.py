@@ -355,6 +355,33 @@ def test_the_views_say_where_they_are(page, workspace):
         assert found and 1 <= int(found[1]) <= int(found[2]) > 1, (name, number)
 
 
+def test_window_level_changes_the_scan_and_reset_brings_it_back(page, workspace):
+    """No window/level could be set (issue 22): the scan's presets ("Auto" from its percentiles;
+    an MR scan gets no CT presets), a window typed in, and Reset."""
+    assert page.is_visible("#window-level")
+    assert "Auto" in _text(page, "#window-level")
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(1000)
+    before = page.locator("#views").screenshot()
+    window = float(page.input_value("#wl-window"))
+    assert window > 0
+    page.fill("#wl-window", str(round(window / 8, 2)))
+    page.wait_for_timeout(2000)
+    narrow = page.locator("#views").screenshot()
+    changed = _changed_pixels(before, narrow)
+    assert changed > 2000, f"a window 8 times narrower changed {changed} pixels"
+    page.click("#wl-reset")
+    page.wait_for_function(
+        "(w) => Math.abs(Number(document.querySelector('#wl-window').value) - w) < 0.01",
+        arg=window,
+        timeout=30_000,
+    )
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(2000)
+    back = page.locator("#views").screenshot()
+    assert _changed_pixels(before, back) < changed / 10
+
+
 def test_keys_undo_a_stroke_and_list_themselves(page, workspace):
     """Ctrl+Z did nothing (issue 22): it undoes, 1 picks Paint, ? lists the keys."""
     case = _current_case(page)
