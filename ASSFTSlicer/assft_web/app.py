@@ -433,11 +433,21 @@ class AnnotationApp(TrameApp):
             editor.effect_button_clicked.emit(self.EFFECT_KEYS[action])
         elif action in ("previous_segment", "next_segment"):
             self._step_segment(-1 if action == "previous_segment" else 1)
+        elif action in ("previous_slice", "next_slice"):
+            self._step_slice(1 if action == "next_slice" else -1)
         elif action in ("smaller_brush", "larger_brush"):
             slider = self.brush.data.brush_diameter_slider
             factor = BRUSH_STEP if action == "larger_brush" else 1 / BRUSH_STEP
             slider.value = min(max(slider.value * factor, slider.min_value), slider.max_value)
         return action
+
+    def _step_slice(self, step: int, orientation: str = "Axial") -> None:
+        """Move the slice view of ``orientation`` by ``step`` slices, within the scan."""
+        for view in self.slicer.view_manager.get_slice_views():
+            if view.get_orientation() == orientation:
+                low, high = view.get_slice_range()
+                value = view.get_slice_value() + step * view.get_slice_step()
+                view.set_slice_value(min(max(value, low), high))
 
     def _step_segment(self, step: int) -> None:
         editor = self.slicer.segmentation_editor

@@ -407,6 +407,42 @@ def test_keys_undo_a_stroke_and_list_themselves(page, workspace):
     assert _current_case(page) == case and not _label(workspace, case).exists()
 
 
+def _slice_numbers(page) -> dict[str, int]:
+    """The slice each view shows, by view name."""
+    shown = page.eval_on_selector_all(
+        "#views .view-name",
+        "names => names.map(n => [n.innerText.trim(),"
+        " (n.parentElement.querySelector('.slice-number') || {innerText: ''}).innerText.trim()])",
+    )
+    return {name: int(number.split()[1]) for name, number in shown if number}
+
+
+def test_the_arrow_keys_move_the_axial_slice(page, workspace):
+    """The arrow keys did nothing (issue 22): Up / Down (or F / B, as in Slicer) move the axial
+    view by one slice, within the scan; the other views stay."""
+    page.locator("#views").hover()
+    start = _slice_numbers(page)
+    axial = start["Axial"]
+
+    def wait_axial(expected: int) -> None:
+        page.wait_for_function(
+            "(n) => [...document.querySelectorAll('#views .view-name')].some(v =>"
+            " v.innerText.trim() === 'Axial' && v.parentElement.querySelector('.slice-number')"
+            ".innerText.trim().startsWith('slice ' + n + ' '))",
+            arg=expected,
+            timeout=30_000,
+        )
+
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    wait_axial(axial + 2)
+    page.keyboard.press("b")
+    wait_axial(axial + 1)
+    page.keyboard.press("ArrowDown")
+    wait_axial(axial)
+    assert _slice_numbers(page) == start
+
+
 def test_paint_with_the_mouse_submit_and_the_next_case_opens(page, workspace):
     case = _current_case(page)
     predicted = _prediction(workspace, case)
