@@ -308,9 +308,24 @@ class AccessPolicy:
         return require_token
 
     def install(self, app) -> None:
-        """Put the checks and the frame headers on an aiohttp application (before it starts)."""
+        """Put the checks and the frame headers on an aiohttp application (before it starts),
+        and answer the page's launcher request (:func:`_session_url`)."""
         app.middlewares.append(self.middleware())
         app.on_response_prepare.append(_frame_headers)
+        app.router.add_post(LAUNCHER_PATH, _session_url)
+
+
+LAUNCHER_PATH = "/paraview/"
+"""Where trame's page first asks a launcher for its websocket (``sessionManagerURL``)."""
+
+
+async def _session_url(request):
+    """The launcher's answer: the websocket of this server, on the host and with the scheme the
+    browser used (trame's page puts them in for ``USE_HOST``). Without it the page's request was
+    refused (405, an error in the browser's console) before it fell back to the same address."""
+    from aiohttp import web
+
+    return web.json_response({"sessionURL": "ws://USE_HOST/ws"})
 
 
 async def _frame_headers(request, response) -> None:

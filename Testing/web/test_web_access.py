@@ -116,9 +116,9 @@ def test_a_request_from_another_sites_page_is_refused_even_without_a_token():
 
 def _serve_and_probe(policy: AccessPolicy, requests) -> list:
     """A real aiohttp server on loopback with the policy installed (page, websocket); each
-    request is ``(path, headers, port_offset)``: the Host header names the server's port plus
-    the offset. Returns ``(status, headers, body)`` per request, ``("ws", status)`` for a
-    websocket handshake."""
+    request is ``(path, headers, host)`` (``"POST /path"`` posts): the Host header is ``host``
+    with the server's port. Returns ``(status, headers, body)`` per request, ``("ws", status)``
+    for a websocket handshake."""
     import asyncio
 
     import aiohttp
@@ -159,7 +159,11 @@ def _serve_and_probe(policy: AccessPolicy, requests) -> list:
                         except aiohttp.WSServerHandshakeError as error:
                             answers.append(("ws", error.status, None))
                         continue
-                    async with session.get(url, headers=headers, allow_redirects=False) as r:
+                    method = "POST" if path.startswith("POST ") else "GET"
+                    url = url.replace("POST ", "")
+                    async with session.request(
+                        method, url, headers=headers, allow_redirects=False
+                    ) as r:
                         answers.append((r.status, dict(r.headers), await r.read(), port))
         return answers
 
@@ -305,3 +309,22 @@ def test_a_port_out_of_range_is_said_in_one_line(tmp_path, port):
     assert result.stderr.strip().splitlines() == [
         f"assft: error: --port must be from 0 (any free port) to 65535, got {port}"
     ]
+
+
+def test_the_pages_launcher_request_is_answered_with_this_servers_websocket():
+    """trame's page first asks a launcher (POST /paraview/) for its websocket: refused, it put a
+    405 in the browser's console. It is answered, behind the same checks as every request."""
+    import json
+
+    with_cookie = {"Cookie": f"{TOKEN_COOKIE}_{{port}}={TOKEN}"}
+    answered, refused, elsewhere = _serve_and_probe(
+        AccessPolicy("127.0.0.1", TOKEN),
+        [
+            ("POST /paraview/", with_cookie, "127.0.0.1:{port}"),
+            ("POST /paraview/", {}, "127.0.0.1:{port}"),
+            ("POST /paraview/", with_cookie, "evil.example:{port}"),
+        ],
+    )
+    assert answered[0] == 200
+    assert json.loads(answered[2]) == {"sessionURL": "ws://USE_HOST/ws"}
+    assert refused[0] == 403 and elsewhere[0] == 403

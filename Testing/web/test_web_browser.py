@@ -77,6 +77,14 @@ def page(server):
         hosts: set[str] = set()
         page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
         page.hosts = hosts
+        failed: list[str] = []  # what the browser's console reports as a failed resource
+        page.on(
+            "response",
+            lambda r: (
+                failed.append(f"{r.status} {r.request.method} {r.url}") if r.status >= 400 else None
+            ),
+        )
+        page.failed = failed
         yield page
         browser.close()
     if os.environ.get("ASSFT_WEB_FIGURES"):
@@ -225,6 +233,7 @@ def test_open_the_worklist_and_rank(page, server, workspace):
         timeout=TIMEOUT_MS,
     )
     FIGURES["page_to_first_views_s"] = round(time.monotonic() - started, 2)
+    assert page.failed == []  # the launcher request was a 405 in the console (issue 22)
     assert "4 unlabeled" in _text(page, "#counts")
     assert _worklist_cases(page) == []
     page.click("#rank")
