@@ -74,6 +74,21 @@ WORKSPACE_POLL_SECONDS = 2.0
 from Slicer): the tables are read again when the workspace's mark changed."""
 
 
+@contextlib.contextmanager
+def _without_vtk_warnings() -> Iterator[None]:
+    """VTK's warnings off while the views are made, on again after: trame-slicer 2.0.0's views
+    observe the interactor's WindowResizeEvent, and VTK warns at each start, once per view, that
+    it will not send it after VTK 9.6 (a note for trame-slicer, not for the user)."""
+    from vtkmodules.vtkCommonCore import vtkObject
+
+    shown = vtkObject.GetGlobalWarningDisplay()
+    vtkObject.GlobalWarningDisplayOff()
+    try:
+        yield
+    finally:
+        vtkObject.SetGlobalWarningDisplay(shown)
+
+
 def _views_layout() -> Layout:
     """The scan in three slice views, axial first (no 3-D view: it would render on the CPU)."""
     return Layout(
@@ -138,10 +153,11 @@ class AnnotationApp(TrameApp):
         self.layout_manager = LayoutManager(
             self.slicer.scene, self.slicer.view_manager, self.server
         )
-        self.layout_manager.register_layout_dict({LAYOUT_ID: _views_layout()})
         self._initial_state()
-        self.ui = build_page(self)
-        self.layout_manager.set_layout(LAYOUT_ID)
+        with _without_vtk_warnings():  # registering the layout makes its views
+            self.layout_manager.register_layout_dict({LAYOUT_ID: _views_layout()})
+            self.ui = build_page(self)
+            self.layout_manager.set_layout(LAYOUT_ID)
         # trame-slicer 2.0.0: in its stock segmentation app, Paint and Erase raise "'NoneType'
         # object has no attribute 'paint_interaction_stopped'" (an effect pipeline without a
         # view), which the feasibility probe fixed by creating the effects after the views. The

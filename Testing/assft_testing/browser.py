@@ -42,9 +42,10 @@ def require_web(browser: bool = True) -> None:
 class WebServer:
     """``assft web`` running in its own process; ``url`` carries the token."""
 
-    def __init__(self, process: subprocess.Popen, url: str) -> None:
+    def __init__(self, process: subprocess.Popen, url: str, output: list[str]) -> None:
         self.process = process
         self.url = url
+        self.output = output  # what it printed (stdout and stderr), growing while it runs
 
     @property
     def base(self) -> str:
@@ -83,7 +84,7 @@ def web_server(workspace: Path, *arguments: str, timeout: float = 120.0) -> Iter
             process.kill()
             raise AssertionError("assft web did not start:\n" + "".join(output[-40:]))
     try:
-        yield WebServer(process, url[0])
+        yield WebServer(process, url[0], output)
     finally:
         process.terminate()
         try:
