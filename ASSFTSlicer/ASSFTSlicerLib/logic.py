@@ -1062,6 +1062,16 @@ class WorkspaceLogic:
         if nodes is not None:
             setWindowLevel(nodes.volume, window, level)
 
+    def describeCursor(self, sliceNode, x: float, y: float) -> str:
+        """The line for pixel ``(x, y)`` of a slice view showing the loaded case
+        (:func:`ASSFTSlicerLib.cursor.describePoint`); "" when no case is loaded."""
+        from ASSFTSlicerLib.cursor import describePoint, rasAtSlicePixel
+
+        nodes = self.loadedCase()
+        if nodes is None or sliceNode is None:
+            return ""
+        return describePoint(nodes.volume, rasAtSlicePixel(sliceNode, x, y))
+
     def loadedCase(self) -> CaseNodes | None:
         """The case's nodes while they are still in the scene (a closed scene removed them)."""
         nodes = self.caseNodes

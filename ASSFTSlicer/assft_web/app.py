@@ -158,6 +158,13 @@ class AnnotationApp(TrameApp):
             self.layout_manager.register_layout_dict({LAYOUT_ID: _views_layout()})
             self.ui = build_page(self)
             self.layout_manager.set_layout(LAYOUT_ID)
+        for view in self.slicer.view_manager.get_slice_views():
+            # Before the views' own interaction, which may end the event's handling.
+            view.interactor().AddObserver(
+                "MouseMoveEvent",
+                lambda _interactor, _event, view=view: self._on_cursor(view),
+                100.0,
+            )
         # trame-slicer 2.0.0: in its stock segmentation app, Paint and Erase raise "'NoneType'
         # object has no attribute 'paint_interaction_stopped'" (an effect pipeline without a
         # view), which the feasibility probe fixed by creating the effects after the views. The
@@ -212,6 +219,7 @@ class AnnotationApp(TrameApp):
         state.rerank_after_promotion = True
         # Window/level of the loaded case (ASSFTSlicerLib.window_level).
         self._window_level_presets: dict[str, tuple[float, float]] = {}
+        state.cursor_info = ""  # under the mouse in a slice view (ASSFTSlicerLib.cursor)
         state.wl_presets = []
         state.wl_preset = ""
         state.wl_window = 1.0
@@ -473,6 +481,13 @@ class AnnotationApp(TrameApp):
         current = editor.get_active_segment_id()
         index = segments.index(current) if current in segments else -step
         editor.set_active_segment_id(segments[(index + step) % len(segments)])
+
+    def _on_cursor(self, view) -> None:
+        """The position, voxel and intensity under the mouse in a slice view, on the page."""
+        x, y = view.interactor().GetEventPosition()
+        sliceNode = self.slicer.scene.GetNodeByID(view.get_view_node_id())
+        with self.state:
+            self.state.cursor_info = self.logic.describeCursor(sliceNode, x, y)
 
     # window/level --------------------------------------------------------------------------
 

@@ -126,7 +126,7 @@ def _loop_buttons(ctrl) -> None:
         )
 
 
-@panel("case_ready", "wl_presets", "wl_preset", "wl_window", "wl_level")
+@panel("case_ready", "wl_presets", "wl_preset", "wl_window", "wl_level", "cursor_info")
 def _window_level(ctrl) -> None:
     with html.Div(
         id="window-level", v_show=("case_ready",), classes="px-2 pb-1 d-flex align-center ga-2"
@@ -158,6 +158,14 @@ def _window_level(ctrl) -> None:
             variant="text",
             title="The scan's automatic window/level again",
         )
+    html.Div(
+        "{{ cursor_info }}",
+        id="cursor-info",
+        v_show=("case_ready",),
+        classes="px-2 text-caption",
+        style="min-height: 1.5em;",
+        title="Under the mouse in a view: position (RAS, mm), voxel (i, j, k), intensity",
+    )
 
 
 @panel(

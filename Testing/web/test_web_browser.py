@@ -393,6 +393,32 @@ def test_window_level_changes_the_scan_and_reset_brings_it_back(page, workspace)
     assert _changed_pixels(before, back) < changed / 10
 
 
+def test_the_position_voxel_and_intensity_under_the_mouse_are_shown(page, workspace):
+    """No intensity under the cursor (issue 22): moving the mouse over a view shows where it is
+    (RAS, mm), the voxel and its intensity; another point, another voxel."""
+    import re
+
+    pattern = re.compile(
+        r"[RL] [\d.]+ [AP] [\d.]+ [SI] [\d.]+ \| voxel \((\d+), (\d+), (\d+)\) \| \S+"
+    )
+    axial = _views(page)[0]
+    seen = []
+    for fx, fy in ((0.5, 0.5), (0.4, 0.6)):
+        page.mouse.move(axial["x"] + axial["width"] * fx, axial["y"] + axial["height"] * fy)
+        page.wait_for_timeout(300)
+        page.mouse.move(axial["x"] + axial["width"] * fx + 1, axial["y"] + axial["height"] * fy)
+        page.wait_for_function(
+            "(old) => { const t = document.querySelector('#cursor-info').innerText;"
+            " return t.includes('voxel') && t !== old; }",
+            arg=seen[-1] if seen else "",
+            timeout=30_000,
+        )
+        seen.append(_text(page, "#cursor-info"))
+    voxels = [pattern.fullmatch(line) for line in seen]
+    assert all(voxels), seen
+    assert voxels[0].groups() != voxels[1].groups()
+
+
 def test_keys_undo_a_stroke_and_list_themselves(page, workspace):
     """Ctrl+Z did nothing (issue 22): it undoes, 1 picks Paint, ? lists the keys."""
     case = _current_case(page)
