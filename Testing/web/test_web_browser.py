@@ -287,6 +287,12 @@ def test_label_next_predicts_in_the_background_and_loads_the_top_case(page, work
     )
     assert _wait_case(page) == top
     assert not list((workspace / "labels").glob("*.nii.gz"))
+    # The segment list fills in as the editor's state arrives: wait until it has.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.v-navigation-drawer--right input')]"
+        ".slice(0, 3).filter(f => f.value).length === 3",
+        timeout=30_000,
+    )
     segments = page.eval_on_selector_all(
         ".v-navigation-drawer--right input", "fields => fields.map(f => f.value)"
     )
