@@ -219,6 +219,7 @@ class AnnotationApp(TrameApp):
         state.rerank_after_promotion = True
         # Window/level of the loaded case (ASSFTSlicerLib.window_level).
         self._window_level_presets: dict[str, tuple[float, float]] = {}
+        self._view_under_mouse: Any = None
         state.cursor_info = ""  # under the mouse in a slice view (ASSFTSlicerLib.cursor)
         state.wl_presets = []
         state.wl_preset = ""
@@ -465,13 +466,17 @@ class AnnotationApp(TrameApp):
             slider.value = min(max(slider.value * factor, slider.min_value), slider.max_value)
         return action
 
-    def _step_slice(self, step: int, orientation: str = "Axial") -> None:
-        """Move the slice view of ``orientation`` by ``step`` slices, within the scan."""
-        for view in self.slicer.view_manager.get_slice_views():
-            if view.get_orientation() == orientation:
-                low, high = view.get_slice_range()
-                value = view.get_slice_value() + step * view.get_slice_step()
-                view.set_slice_value(min(max(value, low), high))
+    def _step_slice(self, step: int) -> None:
+        """Move the slice view the mouse was last over (the axial view before the mouse has
+        been over any) by ``step`` slices, within the scan."""
+        views = self.slicer.view_manager.get_slice_views()
+        view = self._view_under_mouse
+        if view not in views:
+            view = next((v for v in views if v.get_orientation() == "Axial"), None)
+        if view is not None:
+            low, high = view.get_slice_range()
+            value = view.get_slice_value() + step * view.get_slice_step()
+            view.set_slice_value(min(max(value, low), high))
 
     def _step_segment(self, step: int) -> None:
         editor = self.slicer.segmentation_editor
@@ -484,6 +489,7 @@ class AnnotationApp(TrameApp):
 
     def _on_cursor(self, view) -> None:
         """The position, voxel and intensity under the mouse in a slice view, on the page."""
+        self._view_under_mouse = view  # the view the slice keys move
         x, y = view.interactor().GetEventPosition()
         sliceNode = self.slicer.scene.GetNodeByID(view.get_view_node_id())
         with self.state:

@@ -36,7 +36,7 @@ SHORTCUTS: dict[str, str] = {
 """Key name -> action. Slicer's Segment Editor: z / y undo and redo, Esc unselects the
 effect, the digits select the effects in the toolbar's order, q / w the previous and next
 segment, - / + shrink and grow the brush by 20 %; Slicer's slice views: the up and down arrows,
-or f and b, the next and previous slice (here in the axial view). Added here: Ctrl+Z / Ctrl+Y
+or f and b, the next and previous slice of the view under the mouse. Added here: Ctrl+Z / Ctrl+Y
 (and Cmd on macOS), H to hide or show the labels, Ctrl+Enter to submit, ? for this list."""
 
 HELP: list[tuple[str, str]] = [
@@ -46,7 +46,7 @@ HELP: list[tuple[str, str]] = [
     ("Esc", "no tool (leave the effect)"),
     ("Q / W", "previous / next segment"),
     ("- / +", "shrink / grow the brush by 20 %"),
-    ("Up / Down or F / B", "next / previous slice (axial view)"),
+    ("Up / Down or F / B", "next / previous slice of the view under the mouse"),
     ("H", "hide or show the labels"),
     ("Ctrl+Enter", "submit the case"),
     ("?", "this list"),

@@ -460,29 +460,41 @@ def _slice_numbers(page) -> dict[str, int]:
     return {name: int(number.split()[1]) for name, number in shown if number}
 
 
-def test_the_arrow_keys_move_the_axial_slice(page, workspace):
-    """The arrow keys did nothing (issue 22): Up / Down (or F / B, as in Slicer) move the axial
-    view by one slice, within the scan; the other views stay."""
-    page.locator("#views").hover()
+def test_the_arrow_keys_move_the_slice_of_the_view_under_the_mouse(page, workspace):
+    """The arrow keys did nothing (issue 22): Up / Down (or F / B, as in Slicer) move the view
+    under the mouse by one slice, within the scan; the other views stay."""
     start = _slice_numbers(page)
-    axial = start["Axial"]
 
-    def wait_axial(expected: int) -> None:
+    def hover(name: str) -> None:
+        label = page.locator(f"#views .view-name:text-is('{name}')").bounding_box()
+        x, y = label["x"] - 80, label["y"] + 120  # inside the view, below-left of its name
+        page.mouse.move(x, y)
+        page.mouse.move(x + 2, y + 2)
+        page.wait_for_timeout(500)
+
+    def wait_for(name: str, expected: int) -> None:
         page.wait_for_function(
-            "(n) => [...document.querySelectorAll('#views .view-name')].some(v =>"
-            " v.innerText.trim() === 'Axial' && v.parentElement.querySelector('.slice-number')"
+            "([name, n]) => [...document.querySelectorAll('#views .view-name')].some(v =>"
+            " v.innerText.trim() === name && v.parentElement.querySelector('.slice-number')"
             ".innerText.trim().startsWith('slice ' + n + ' '))",
-            arg=expected,
+            arg=[name, expected],
             timeout=30_000,
         )
 
+    hover("Axial")
     page.keyboard.press("ArrowUp")
     page.keyboard.press("ArrowUp")
-    wait_axial(axial + 2)
+    wait_for("Axial", start["Axial"] + 2)
     page.keyboard.press("b")
-    wait_axial(axial + 1)
+    wait_for("Axial", start["Axial"] + 1)
     page.keyboard.press("ArrowDown")
-    wait_axial(axial)
+    wait_for("Axial", start["Axial"])
+    hover("Coronal")
+    page.keyboard.press("f")
+    wait_for("Coronal", start["Coronal"] + 1)
+    assert _slice_numbers(page) == {**start, "Coronal": start["Coronal"] + 1}
+    page.keyboard.press("ArrowDown")
+    wait_for("Coronal", start["Coronal"])
     assert _slice_numbers(page) == start
 
 
