@@ -1046,13 +1046,13 @@ class WorkspaceLogic:
                 self.caseNodes.volume, self.caseNodes.uncertainty if visible else None, opacity
             )
 
-    def caseWindowLevel(self):
+    def caseWindowLevel(self) -> dict[str, tuple[float, float]]:
         """The window/level presets of the loaded case's scan
-        (:class:`ASSFTSlicerLib.window_level.WindowLevel`), or None when no case is loaded."""
+        (:func:`ASSFTSlicerLib.window_level.windowLevelPresets`); none when no case is loaded."""
         from ASSFTSlicerLib.window_level import windowLevelPresets
 
         nodes = self.loadedCase()
-        return None if nodes is None else windowLevelPresets(nodes.volume)
+        return {} if nodes is None else windowLevelPresets(nodes.volume)
 
     def setCaseWindowLevel(self, window: float, level: float) -> None:
         """Show the loaded case's scan with this window and level (nothing without a case)."""

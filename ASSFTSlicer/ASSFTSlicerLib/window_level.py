@@ -8,12 +8,10 @@ Slicer's panel has its own window/level tools; the web page uses these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import slicer
 
-__all__ = ["AUTO", "CT_PRESETS", "WindowLevel", "setWindowLevel", "windowLevelPresets"]
+__all__ = ["AUTO", "CT_PRESETS", "setWindowLevel", "windowLevelPresets"]
 
 AUTO = "Auto"
 
@@ -29,30 +27,20 @@ CT_AIR_BELOW = -500.0
 """A scan whose 1st percentile is below this holds CT values (air is -1000 HU)."""
 
 
-@dataclass(frozen=True)
-class WindowLevel:
-    """The presets of a scan (name -> (window, level), "Auto" first) and the range of its
-    intensities (for the controls' bounds)."""
-
-    presets: dict[str, tuple[float, float]]
-    minimum: float
-    maximum: float
-
-
-def windowLevelPresets(volumeNode) -> WindowLevel:
-    """The window/level presets for the scan in ``volumeNode``."""
+def windowLevelPresets(volumeNode) -> dict[str, tuple[float, float]]:
+    """The window/level presets for the scan in ``volumeNode``: name -> (window, level), "Auto"
+    first."""
     voxels = np.asarray(slicer.util.arrayFromVolume(volumeNode), dtype=np.float64)
     voxels = voxels[np.isfinite(voxels)]
     if voxels.size == 0:
-        return WindowLevel({AUTO: (1.0, 0.0)}, 0.0, 1.0)
+        return {AUTO: (1.0, 0.0)}
     low, high = (float(v) for v in np.percentile(voxels, [1.0, 99.0]))
-    minimum, maximum = float(voxels.min()), float(voxels.max())
     if high <= low:  # a flat scan
-        low, high = minimum, max(maximum, minimum + 1.0)
+        low, high = float(voxels.min()), max(float(voxels.max()), float(voxels.min()) + 1.0)
     presets = {AUTO: (high - low, (high + low) / 2.0)}
     if low < CT_AIR_BELOW:
         presets.update(CT_PRESETS)
-    return WindowLevel(presets, minimum, maximum)
+    return presets
 
 
 def setWindowLevel(volumeNode, window: float, level: float) -> None:

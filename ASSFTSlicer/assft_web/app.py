@@ -500,8 +500,7 @@ class AnnotationApp(TrameApp):
     @controller.set("reset_window_level")
     def _reset_window_level(self) -> None:
         """The loaded scan's presets on the page, and its first ("Auto") applied."""
-        found = self.logic.caseWindowLevel()
-        self._window_level_presets = {} if found is None else found.presets
+        self._window_level_presets = self.logic.caseWindowLevel()
         self.state.wl_presets = list(self._window_level_presets)
         first = next(iter(self._window_level_presets), "")
         self.state.wl_preset = first
