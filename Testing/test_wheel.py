@@ -30,6 +30,8 @@ PACKAGE_DATA = (
     "Models.schema.json",
     "demo_unet.pt",
     "demo_unet.json",
+    "foundation_unet.pt",
+    "foundation_unet.json",
     "SampleData.md",
 )
 POOL_SIZE = 3

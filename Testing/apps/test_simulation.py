@@ -406,6 +406,16 @@ def test_recipe_ablations_and_modes_in_the_plan():
         "<!-- bench:label-efficiency:t2:rounds2:begin -->",
         "<!-- bench:label-efficiency:t2:rounds2:end -->",
     )
+    # Another model's figures go in a section of their own, never over the demo model's.
+    assert markers("t2", model="foundation-demo")[0] == (
+        "<!-- bench:label-efficiency:t2:foundation-demo:begin -->"
+    )
+    assert markers(None, model="/labs/x/scratch_unet.json")[1] == (
+        "<!-- bench:label-efficiency:mixed:scratch_unet:end -->"
+    )
+    assert markers("t2", model="nnunet:/r/Dataset1_X/T__P__3d")[0] == (
+        "<!-- bench:label-efficiency:t2:nnunet-T__P__3d:begin -->"
+    )
 
 
 def test_a_candidate_recipe_repeats_the_grid_beside_the_default_one():

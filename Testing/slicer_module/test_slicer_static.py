@@ -255,6 +255,7 @@ def test_cmake_ships_the_engine_without_apps_and_with_its_package_data():
     data = {f.relative_to(MODULE).as_posix() for f in ENGINE_DATA.iterdir() if f.is_file()}
     assert shipped == data, f"assft/resources/ files not in the module: {sorted(data - shipped)}"
     names = ("Models.json", "Models.schema.json", "demo_unet.pt", "demo_unet.json", "SampleData.md")
+    names += ("foundation_unet.pt", "foundation_unet.json")
     assert {f"assft/resources/{name}" for name in names} <= data
     assert "list(APPEND MODULE_PYTHON_RESOURCES ${ENGINE_RESOURCES})" in cmake
     # The wheel carries the same data (pyproject's package-data, relative to the package).

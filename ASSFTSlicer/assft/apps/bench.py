@@ -202,7 +202,11 @@ def _run_label_efficiency(
     target = markdown_file(args)
     if target:
         setup = document["setup"]
-        update_markdown(target, section, *le.markers(setup.get("site"), setup.get("rounds", 1)))
+        update_markdown(
+            target,
+            section,
+            *le.markers(setup.get("site"), setup.get("rounds", 1), setup.get("model", "demo")),
+        )
     written = {
         "json": str(out / "label-efficiency.json"),
         "runs": str(out / "runs.jsonl"),

@@ -1,4 +1,5 @@
-"""The apps' verbs: ``assft demo``, ``bench``, ``sample-data`` and ``pretrain-demo``.
+"""The apps' verbs: ``assft demo``, ``bench``, ``sample-data``, ``pretrain-demo`` and
+``pretrain-foundation``.
 
 Each ``add_<verb>_parser`` is registered with the engine's command line through the
 ``assft.commands`` entry point group (``pyproject.toml``), as ``assft web`` is, so the engine's
@@ -306,6 +307,52 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
     )
     print_json(manifest) if args.json else print_summary(manifest)
     return 0
+
+
+def cmd_pretrain_foundation(args: argparse.Namespace) -> int:
+    from assft.apps.pretrain_foundation import FoundationConfig, pretrain_foundation, print_summary
+    from assft.settings import flag_of
+    from assft.validation import ConfigFieldError
+
+    flags = ("seed", "data_seed", "iterations", "n_per_contrast")
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    try:
+        config = FoundationConfig(**given)
+    except ConfigFieldError as error:
+        raise error.named(flag_of(error.field)) from None
+    argv = ["pretrain-foundation"]
+    for name in flags:  # the whole recipe, so the manifest's command rebuilds these weights
+        argv += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    manifest = pretrain_foundation(
+        args.out, config, device=args.device, progress=progress_of(args), argv=argv
+    )
+    print_json(manifest) if args.json else print_summary(manifest)
+    return 0
+
+
+def add_pretrain_foundation_parser(sub: Subparsers) -> None:
+    p = add_verb(
+        sub,
+        "pretrain-foundation",
+        cmd_pretrain_foundation,
+        "pretrain the demo foundation encoder without labels (self-supervised; writes "
+        "foundation_unet.pt + .json, the foundation-demo preset's weights)",
+    )
+    p.add_argument(
+        "--out", help="folder for the weights and manifest (default: the shipped resources)"
+    )
+    p.add_argument("--iterations", type=int, help="training steps (default: the shipped recipe's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-seed", dest="data_seed", type=int)
+    p.add_argument(
+        "--n-per-contrast",
+        dest="n_per_contrast",
+        type=int,
+        help="unlabeled volumes of each of the four contrasts, one held out (default 10)",
+    )
+    device_flag(p, "cpu", help="cpu (default) reproduces the shipped weights")
+    json_flag(p)
+    progress_flag(p)
 
 
 def add_pretrain_demo_parser(sub: Subparsers) -> None:

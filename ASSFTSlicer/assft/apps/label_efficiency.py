@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from assft.apps.report import lines_svg
-from assft.apps.sampledata import write_sample_data
+from assft.apps.sampledata import LABEL_NAMES, write_sample_data
 from assft.apps.selection_stats import (
     area_under_curve,
     dice_by_stratum,
@@ -35,6 +35,7 @@ from assft.apps.simulation import (
     Dataset,
     Simulation,
     append_result,
+    fine_tunes_on_small_patches,
     read_results,
 )
 from assft.apps.sites import MIXED
@@ -71,19 +72,33 @@ first defined (deep embeddings, rank normalised), the diversity term on the deep
 (over the pool's spread), and fine-tuning without the anchor."""
 
 
-def markers(site: str | None, rounds: int = 1) -> tuple[str, str]:
-    """The BENCHMARKS.md markers of a benchmark's section (one section per sample site, and one
-    per site and number of rounds beyond one)."""
+def markers(site: str | None, rounds: int = 1, model: str = "demo") -> tuple[str, str]:
+    """The BENCHMARKS.md markers of a benchmark's section (one section per sample site, one per
+    site and number of rounds beyond one, and one per site for each model other than the demo
+    model, so that measuring another model never replaces the demo model's figures)."""
     if rounds > 1:
         name = f"{site or MIXED}:rounds{rounds}"
-    elif site is None or site == MIXED:
+    elif (site is None or site == MIXED) and model == "demo":
         return MARK_BEGIN, MARK_END
     else:
-        name = site
+        name = site or MIXED
+    if model != "demo":
+        name += f":{model_tag(model)}"
     return (
         f"<!-- bench:label-efficiency:{name}:begin -->",
         f"<!-- bench:label-efficiency:{name}:end -->",
     )
+
+
+def model_tag(model: str) -> str:
+    """A short name of a model for a section's markers: a preset's name, a preset file's stem,
+    or the form and the folder's name of ``bundle:PATH`` and ``nnunet:PATH``."""
+    form, _, path = (
+        model.partition(":") if model.startswith(("bundle:", "nnunet:")) else ("", "", model)
+    )
+    if form:
+        return f"{form}-{Path(path).name or path}"
+    return Path(path).stem if path.endswith(".json") else path
 
 
 STRATEGIES: tuple[str, ...] = tuple(REGISTERED)
@@ -477,12 +492,13 @@ def run_label_efficiency(
     progress = progress or Progress("none")
     finetune: dict[str, Any] = {
         **({"iterations": iterations, "semi_iterations": iterations} if iterations else {}),
-        **(SMALL_MODEL_FINETUNE if model == "demo" else {}),
+        **(SMALL_MODEL_FINETUNE if fine_tunes_on_small_patches(model) else {}),
     }
     if candidate:
         FinetuneConfig.from_dict({**finetune, **candidate})  # a bad key or value: one line
     data = out / "data"
     setup: dict[str, Any]
+    names: dict[int, str] | None
     if images is not None and labels is not None:
         images, labels = Path(images).expanduser().resolve(), Path(labels).expanduser().resolve()
         names = _label_names(model, label_names)
@@ -501,7 +517,7 @@ def run_label_efficiency(
             "finetune": finetune,
         }
     else:
-        names = None
+        names = _sample_label_names(model)
         _check_budgets(budgets, n, test_every, None, "sample scans (--n)", rounds)
         # test_every is recorded only when it is not the default, so that a benchmark folder
         # made before it could be chosen continues.
@@ -697,6 +713,14 @@ def _label_names(model: str, label_names: dict[int, str] | None) -> dict[int, st
     return names
 
 
+def _sample_label_names(model: str) -> dict[int, str] | None:
+    """The sample data's labels for a model with none of its own (an encoder without a head,
+    whose first fine-tune trains one for them); None: the preset's, as before."""
+    from assft.models.presets import get_preset
+
+    return None if get_preset(model).label_names else dict(LABEL_NAMES)
+
+
 def describe_test_scans(data: Path | None, pretrained: dict[str, float]) -> list[dict[str, Any]]:
     """Each test scan: what was done to it (from the sample data's manifest), pretrained Dice.
 
@@ -805,7 +829,7 @@ def markdown(document: dict[str, Any], command: str) -> str:
     else:
         pool = f"target pool of {setup['pool']} sample scans"
     site = setup.get("site")
-    begin, end = markers(site, setup.get("rounds", 1))
+    begin, end = markers(site, setup.get("rounds", 1), setup.get("model", "demo"))
     steps = (
         f"{setup['iterations']} + {setup['iterations']} fine-tuning steps"
         if setup.get("iterations")

@@ -108,12 +108,17 @@ class PretrainConfig:
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
-    """Linear warm-up, then cosine decay from ``lr`` to ``min_lr``."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    span = max(1, config.iterations - config.warmup)
-    progress = min(1.0, (step - config.warmup) / span)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
+    """The pretraining's learning rate at ``step`` (:func:`warmup_cosine`)."""
+    return warmup_cosine(step, config.iterations, config.warmup, config.lr, config.min_lr)
+
+
+def warmup_cosine(step: int, iterations: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``min_lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, iterations - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 def demo_preset(channels: tuple[int, ...] | None = None, *, checkpoint: bool = True) -> ModelPreset:

@@ -54,6 +54,15 @@ SMALL_MODEL_FINETUNE: dict[str, Any] = {
 }
 
 
+def fine_tunes_on_small_patches(model: str) -> bool:
+    """Whether a model's network is the demo's (architecture and arguments), which fine-tunes
+    with :data:`SMALL_MODEL_FINETUNE` (the foundation encoder is pretrained on 32^3 patches too)."""
+    from assft.models.presets import get_preset
+
+    preset, demo = get_preset(model), get_preset("demo")
+    return preset.architecture == demo.architecture and preset.arguments == demo.arguments
+
+
 @dataclass
 class Case:
     """A scan and its ground truth."""

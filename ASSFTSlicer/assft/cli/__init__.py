@@ -72,6 +72,7 @@ VERBS_OF_EXTRAS: dict[str, tuple[str, str]] = {
     "bench": ("assft.apps.commands:add_bench_parser", DEMO_EXTRA),
     "sample-data": ("assft.apps.commands:add_sample_data_parser", DEMO_EXTRA),
     "pretrain-demo": ("assft.apps.commands:add_pretrain_demo_parser", DEMO_EXTRA),
+    "pretrain-foundation": ("assft.apps.commands:add_pretrain_foundation_parser", DEMO_EXTRA),
     "web": ("assft_web.command:register", "the web front end: pip install 'assft[web]'"),
 }
 """The verbs that packages above the engine register (``assft.commands`` entry points in
