@@ -302,6 +302,7 @@ def test_help_states_the_dataclass_defaults_and_the_registered_strategies():
         "bench",
         "sample-data",
         "pretrain-demo",
+        "pretrain-foundation",
     ):
         assert f"    {verb} " in verbs or f"    {verb}\n" in verbs, verb
 
@@ -733,3 +734,23 @@ def test_the_apps_verbs_work_from_the_sources_without_installed_metadata(monkeyp
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
     args = build_parser().parse_args(["bench", "speed", "--markdown", ""])
     assert args.handler is cmd_bench and not getattr(args, "absent_verb", False)
+
+
+def test_predict_warns_that_an_encoder_without_a_head_predicts_noise(tmp_path, synthetic_pool):
+    data, _ = synthetic_pool
+    ws = tmp_path / "ws"
+    run_cli_in_process(
+        "init",
+        str(ws),
+        "--images",
+        str(data / "images"),
+        "--model",
+        "foundation-demo",
+        "--label-names",
+        "1:shell,2:core",
+        check=True,
+    )
+    result = run_cli_in_process("predict", str(ws), "case_000", "--views", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "model v0 has no segmentation head for this workspace's labels yet" in result.stderr
+    assert (ws / "predictions" / "v0" / "case_000.nii.gz").is_file()

@@ -205,7 +205,32 @@ class WorkspaceLogic:
         summary["labels"] = [
             {"value": label.value, "name": label.name} for label in workspace.config.labels
         ]
+        summary["model_has_head"] = self.modelHasHead(workspace)
         return summary
+
+    def modelHasHead(self, workspacePath) -> bool | None:
+        """Whether the current model segments the workspace's labels (False: an encoder without
+        a head, such as ``foundation-demo``, before its first fine-tune: its prediction would be
+        noise); None when the engine's packages are missing or the pointer is damaged."""
+        if dependencies.missingPackages():
+            return None
+        from assft.errors import AssftError
+        from assft.workspace.model_versions import ModelVersions
+
+        try:
+            return ModelVersions(self.openWorkspace(workspacePath, reconcile=False)).has_head()
+        except AssftError:
+            return None
+
+    @staticmethod
+    def describeHead(hasHead: bool | None) -> str:
+        """A sentence when the current model has no segmentation head yet; "" otherwise."""
+        if hasHead is not False:
+            return ""
+        return _(
+            "The model has no segmentation head for these labels yet: cases open empty, to be "
+            "labeled from scratch; the first fine-tune trains one"
+        )
 
     def workspaceMark(self, workspacePath) -> str:
         """What the worklist and versions tables show, in short: it changes when anyone (this
@@ -277,7 +302,8 @@ class WorkspaceLogic:
             list(summary.get("labeled_structures") or names), names
         )
         ranking = WorkspaceLogic.describeRankingModel(summary)
-        notes = [note for note in (correction, ranking) if note]
+        head = WorkspaceLogic.describeHead(summary.get("model_has_head"))
+        notes = [note for note in (head, correction, ranking) if note]
         return ". ".join([text, *notes])
 
     @staticmethod
@@ -756,10 +782,12 @@ class WorkspaceLogic:
         )
 
     def needsPrediction(self, workspacePath, caseId: str) -> bool:
-        """Whether the case has no prediction of the current model yet and one can be made."""
+        """Whether the case has no prediction of the current model yet and one can be made (a
+        model without a segmentation head makes none: the case opens empty)."""
         return (
             self.predictionFiles(workspacePath, caseId)[0] is None
             and not dependencies.missingPackages()
+            and self.modelHasHead(workspacePath) is not False
         )
 
     def prepareCase(

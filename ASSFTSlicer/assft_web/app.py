@@ -260,7 +260,11 @@ class AnnotationApp(TrameApp):
         self.state.versions = _json_rows(self.logic.modelVersions(workspace))
         summary = workspace.status_summary()  # the counts and the latest ranking, read once
         self.state.counts = self.logic.describeCounts(summary["counts"])
-        self.state.ranking_note = self.logic.describeRankingModel(summary)
+        notes = (
+            self.logic.describeHead(self.logic.modelHasHead(workspace)),
+            self.logic.describeRankingModel(summary),
+        )
+        self.state.ranking_note = ". ".join(note for note in notes if note)
         self._on_tasks_changed()
 
     def _on_tasks_changed(self) -> None:

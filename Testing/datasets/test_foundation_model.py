@@ -19,6 +19,7 @@ from assft.query.ranking import rank_workspace
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune
 from assft.workspace.creation import create_workspace
+from assft.workspace.model_versions import ModelVersions
 from assft_testing import skip_without_template
 
 WEIGHTS = resources_dir() / WEIGHTS_FILE
@@ -62,6 +63,8 @@ def test_the_loop_from_the_encoder_starts_cold_then_ranks_with_its_new_head(tmp_
     images = sorted(data / c["image"] for c in sample["cases"])
     workspace = create_workspace(tmp_path / "ws", images, model=PRESET, label_names=LABEL_NAMES)
 
+    versions = ModelVersions(workspace)
+    assert versions.has_head() is False  # its prediction would be noise: cases open empty
     cold = rank_workspace(workspace, QueryConfig(budget=2, views=1), device="cpu")
     assert cold["cold_start"] and cold["notes"]["gap_estimator"] == "bn"
     assert all(row["asd"] is None and row["dkd"] > 0 for row in cold["cases"])
@@ -74,7 +77,8 @@ def test_the_loop_from_the_encoder_starts_cold_then_ranks_with_its_new_head(tmp_
         {**SMALL_MODEL_FINETUNE, "iterations": 6, "semi_iterations": 6, "views": 1}
     )
     manifest = run_finetune(workspace, config, device="cpu")
-    assert manifest["version"] == "v1"
+    assert manifest["version"] == "v1" and manifest["promoted"]
+    assert versions.has_head() and not versions.has_head("v0")
 
     warm = rank_workspace(workspace, QueryConfig(budget=2, views=1), device="cpu")
     assert warm["model_version"] == workspace.current_model_version()

@@ -424,3 +424,44 @@ def _other_workspace(tmp_path, cases):
     return Workspace.create(
         tmp_path / "other", [images], label_names={1: "shell", 2: "core"}, user="tester"
     ).root
+
+
+def test_a_model_without_a_head_opens_cases_empty_and_says_why(mrml, workspace, tmp_path):
+    """An encoder without a segmentation head (``foundation-demo``) would pre-fill every case
+    with noise before its first fine-tune: the case opens empty, and the panel says why."""
+    from assft.workspace import Workspace
+
+    encoder = Workspace.create(
+        tmp_path / "encoder-ws",
+        [workspace.image_path("case_000").parent],
+        label_names={1: "shell", 2: "core"},
+        model="foundation-demo",
+        user="tester",
+    )
+    from assft.workspace.creation import create_workspace
+
+    demo = create_workspace(  # the demo preset's labels
+        tmp_path / "demo-ws", [workspace.image_path("case_000").parent], user="tester"
+    )
+    logic = _logic()
+    assert logic.modelHasHead(encoder.root) is False
+    # The demo model has a head for its own labels, not for others (it gets a new one).
+    assert logic.modelHasHead(demo.root) is True
+    assert logic.modelHasHead(workspace.root) is False  # labels shell and core
+    assert not logic.needsPrediction(encoder.root, "case_000")
+    assert logic.needsPrediction(demo.root, "case_000")
+    described = logic.describeWorkspace(logic.workspaceSummary(encoder.root))
+    assert "no segmentation head for these labels yet" in described
+    assert "no segmentation head" not in logic.describeWorkspace(logic.workspaceSummary(demo.root))
+
+    ready = []
+    assert logic.prepareCase(encoder.root, "case_000", ready.append) is None  # no prediction
+    assert ready == ["case_000"]
+    nodes = logic.loadCase(encoder.root, "case_000")
+    for name in ("shell", "core"):
+        segment = nodes.segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(nodes.segmentation, segment, nodes.volume)
+        assert not np.any(mask)
+    assert not (encoder.root / "predictions").exists() or not any(
+        (encoder.root / "predictions").rglob("*.nii.gz")
+    )

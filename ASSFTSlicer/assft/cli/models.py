@@ -5,6 +5,7 @@ without torch)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,6 +186,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress,
         views=args.views,
     )
+    if not result["has_head"]:  # an encoder, or a preset of other labels, before a fine-tune
+        print(
+            f"warning: model {result['model_version']} has no segmentation head for this "
+            "workspace's labels yet; these labels are noise until the first fine-tune",
+            file=sys.stderr,
+        )
     if not _finished(
         args, progress, result, predictions=[row["label"] for row in result["predictions"]]
     ):

@@ -408,6 +408,20 @@ class ModelVersions:
             device=device,
         )
 
+    def has_head(self, version: str | None = None) -> bool:
+        """Whether a version (None: the current one) segments the workspace's labels without a
+        fine-tune: a fine-tuned version always does; ``v0`` when its preset has a head for
+        exactly these labels. An encoder without a head (``foundation-demo``), or a preset of
+        other labels, gets a new head on the first fine-tune; until then its prediction is noise
+        (as :func:`assft.models.load_model` decides, without loading the weights)."""
+        from assft.models import get_preset
+
+        if version_number(check_version(version or self.current())) > 0:
+            return True
+        preset = get_preset(self.workspace.config.model)
+        labels = [int(v) for v in self.workspace.config.label_values]
+        return bool(preset.has_head and preset.label_values == labels)
+
     # integrity ---------------------------------------------------------------------------
 
     def verify(self, version: str, *, remembered: bool = False) -> None:
