@@ -8,15 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from assft.apps.label_efficiency import (
-    CEILING,
-    STRATEGIES,
-    _key,
-    goals,
-    markdown,
-    planned_runs,
-    summarise,
-)
+from assft.apps.label_efficiency import STRATEGIES, _key, goals, planned_runs, summarise
+from assft.apps.label_efficiency_report import CEILING, markdown
 from assft.apps.report import bars_svg, lines_svg, scatter_svg
 from assft.apps.simulation import Case, Dataset, Simulation, append_result, read_results, spearman
 from assft.query.config import QueryConfig
@@ -382,7 +375,8 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
 
 
 def test_recipe_ablations_and_modes_in_the_plan():
-    from assft.apps.label_efficiency import RECIPE_ABLATIONS, markers
+    from assft.apps.label_efficiency import RECIPE_ABLATIONS
+    from assft.apps.label_efficiency_report import markers
 
     plan = planned_runs([2], [0, 1, 2], ablations=(), modes=("selective", "none"))
     assert {r["mode"] for r in plan} == {"selective", "none"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from assft.apps import label_efficiency as le
+from assft.apps import label_efficiency_report
 from assft.apps import speed_bench as speed
 from assft.apps.sites import parse_sites
 from assft.errors import BadInputError
@@ -198,14 +199,16 @@ def _run_label_efficiency(
         ceiling=not args.no_ceiling,
         progress=Progress(args.progress),
     )
-    section = le.markdown(document, command)
+    section = label_efficiency_report.markdown(document, command)
     target = markdown_file(args)
     if target:
         setup = document["setup"]
         update_markdown(
             target,
             section,
-            *le.markers(setup.get("site"), setup.get("rounds", 1), setup.get("model", "demo")),
+            *label_efficiency_report.markers(
+                setup.get("site"), setup.get("rounds", 1), setup.get("model", "demo")
+            ),
         )
     written = {
         "json": str(out / "label-efficiency.json"),
