@@ -422,12 +422,44 @@ class WorkspaceLogic:
         sources = [self._path(item) for item in images]
         if not sources or any(s is None or not s.exists() for s in sources):
             raise ValueError(_("Choose an existing folder of scans."))
+        if not labelNames:
+            labelNames, labeledStructures = self.labelsForModel(modelPreset, labeledStructures)
         arguments = [path, "--images", *sources, "--model", modelPreset]
         if labelNames:
             arguments += ["--label-names", labelNames]
         if labeledStructures and labeledStructures.strip():
             arguments += ["--labeled-structures", labeledStructures.strip()]
         return self.startEngineProcess("init", arguments, _("creating the workspace"), **callbacks)
+
+    def labelsForModel(self, model: str, structures: str | None) -> tuple[str | None, str | None]:
+        """``(labelNames, labeledStructures)`` of a new workspace. A model with structures of
+        its own keeps them (``labelNames`` None; ``structures``: those the lab labels). A model
+        without any (an encoder such as ``foundation-demo``) segments the structures the field
+        names: they become the workspace's labels, each labeled.
+
+        Raises:
+            ValueError: a model without structures, and none named.
+        """
+        if dependencies.missingPackages():
+            return None, structures  # the engine's init says what is missing
+        from assft.errors import AssftError
+        from assft.models import get_preset
+
+        try:
+            own = get_preset(model).label_names
+        except AssftError:
+            return None, structures  # the engine's init names the problem
+        if own:
+            return None, structures
+        names = [name.strip() for name in (structures or "").split(",") if name.strip()]
+        if not names:
+            raise ValueError(
+                _(
+                    "{model} has no structures of its own (an encoder): name the structures "
+                    "you will label, comma-separated, in the structures field."
+                ).format(model=model)
+            )
+        return ",".join(f"{value}:{name}" for value, name in enumerate(names, start=1)), None
 
     MODEL_PREFIXES = ("nnunet:", "bundle:")
     """How a model of the lab's own is named on the engine's command line (``--model``)."""

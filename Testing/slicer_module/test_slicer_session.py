@@ -465,3 +465,26 @@ def test_a_model_without_a_head_opens_cases_empty_and_says_why(mrml, workspace, 
     assert not (encoder.root / "predictions").exists() or not any(
         (encoder.root / "predictions").rglob("*.nii.gz")
     )
+
+
+def test_an_encoder_without_structures_takes_those_the_field_names(tmp_path, synthetic_pool):
+    """A model with no structures of its own (foundation-demo) segments the ones the lab names
+    in the structures field; without any named, creating is refused before anything runs."""
+    from assft.workspace import Workspace
+
+    _, cases = synthetic_pool
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in cases[:2]:
+        shutil.copy(case.image, images / case.image.name)
+    logic = _logic()
+    with pytest.raises(ValueError, match="foundation-demo has no structures of its own"):
+        logic.startCreateWorkspace(tmp_path / "none", [images], "foundation-demo")
+    assert not (tmp_path / "none").exists()
+    assert logic.labelsForModel("demo", "white matter") == (None, "white matter")
+    created = logic.startCreateWorkspace(
+        tmp_path / "ws", [images], "foundation-demo", labeledStructures=" shell, core "
+    ).wait(timeout=120)
+    assert created.ok, created.output
+    config = Workspace.open(tmp_path / "ws").config
+    assert config.label_names == {1: "shell", 2: "core"} and not config.partially_labeled
