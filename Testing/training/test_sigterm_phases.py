@@ -128,3 +128,52 @@ def test_sigterm_in_the_middle_of_a_long_stage_is_answered_within_seconds(worksp
     assert code == 3, err
     assert seconds < PROMPT_S, seconds
     assert _state(workspace) == before
+
+
+@pytest.mark.parametrize("during", ["forward", "backward"])
+def test_a_cancel_inside_a_training_step_stops_it_at_the_next_layer(tmp_path, during):
+    """A training step of 64 patches of 64^3 takes about 20 s on a CPU: the checks of
+    ``cancellation.check_inside_layers`` answer a cancel inside it, layer by layer, and the step
+    never reaches the optimizer (the weights stay as they were; the job then saves nothing)."""
+    import torch
+
+    from assft.datasets.synthetic import TINY_PRESET
+    from assft.errors import CancelledError
+    from assft.models import load_model
+    from assft.models.presets import ModelPreset
+    from assft.runtime import cancellation
+    from assft.training import FinetuneConfig
+    from assft.training.ssft import Trainer
+
+    model = load_model(ModelPreset.from_dict(TINY_PRESET), label_values=[1, 2])
+    trainer = Trainer(model, FinetuneConfig(), (16, 16, 16))
+    Trainer(model, FinetuneConfig(), (16, 16, 16))  # a second stage adds no second checks
+    layers = [m for m in model.network.modules() if not list(m.children())]
+    assert all(len(m._forward_pre_hooks) == 1 for m in layers)
+    request = tmp_path / "cancel-request"
+    middle = layers[len(layers) // 2]
+    ran: list[str] = []
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda m, a, name=str(id(layer)): ran.append(name))
+    if during == "forward":  # the cancel arrives while the middle layer runs
+        middle.register_forward_hook(lambda *_: cancellation.request(request))
+    else:  # ... or while its gradient is computed
+
+        def request_in_backward(_m, _a, output):
+            output.register_hook(lambda grad: (cancellation.request(request), grad)[1])
+
+        middle.register_forward_hook(request_in_backward)
+    batch = (torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16)))
+    weights = {k: v.clone() for k, v in model.network.named_parameters()}
+    cancellation.watch(request)
+    try:
+        with pytest.raises(CancelledError, match="cancelled by request"):
+            trainer.step(batch)
+    finally:
+        cancellation.unwatch(request)
+    if during == "forward":  # the layers after the middle one never ran
+        assert len(ran) == layers.index(middle) + 1
+    else:
+        assert len(ran) == len(layers)  # the whole forward pass, then stopped in the backward
+    for key, value in model.network.named_parameters():  # (BatchNorm's running statistics
+        assert torch.equal(value, weights[key]), key  # moved: nothing is saved after a cancel)

@@ -113,6 +113,7 @@ class Trainer:
         self.config = config
         self.patch = patch
         self.device = model.device
+        cancellation.check_inside_layers(model.network)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(model, config.lr, config.encoder_lr_scale),
             lr=config.lr,
