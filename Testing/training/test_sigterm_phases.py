@@ -152,9 +152,9 @@ def test_a_cancel_inside_a_training_step_stops_it_at_the_next_layer(tmp_path, du
     assert all(len(m._forward_pre_hooks) == 1 for m in layers)
     request = tmp_path / "cancel-request"
     middle = layers[len(layers) // 2]
-    ran: list[str] = []
+    ran: list[object] = []
     for layer in layers:
-        layer.register_forward_pre_hook(lambda m, a, name=str(id(layer)): ran.append(name))
+        layer.register_forward_pre_hook(lambda module, _inputs: ran.append(module))
     if during == "forward":  # the cancel arrives while the middle layer runs
         middle.register_forward_hook(lambda *_: cancellation.request(request))
     else:  # ... or while its gradient is computed
