@@ -410,6 +410,8 @@ def test_recipe_ablations_and_modes_in_the_plan():
     assert markers("t2", model="nnunet:/r/Dataset1_X/T__P__3d")[0] == (
         "<!-- bench:label-efficiency:t2:nnunet-T__P__3d:begin -->"
     )
+    begin, end = markers("t2", model="/x/a-->b <i>.json")
+    assert begin.count("-->") == end.count("-->") == 1 and "<i>" not in begin
 
 
 def test_a_candidate_recipe_repeats_the_grid_beside_the_default_one():

@@ -7,6 +7,7 @@ rounds and model), the test scans described, the Dice-against-budget plot.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,18 @@ def markers(site: str | None, rounds: int = 1, model: str = "demo") -> tuple[str
 
 def model_tag(model: str) -> str:
     """A short name of a model for a section's markers: a preset's name, a preset file's stem,
-    or the form and the folder's name of ``bundle:PATH`` and ``nnunet:PATH``."""
+    or the form and the folder's name of ``bundle:PATH`` and ``nnunet:PATH``; any character but
+    letters, digits, ``.``, ``_`` and ``-`` becomes ``_``, and ``--`` one ``-`` (a marker is an
+    HTML comment, which ``--`` would end)."""
     form, _, path = (
         model.partition(":") if model.startswith(("bundle:", "nnunet:")) else ("", "", model)
     )
     if form:
-        return f"{form}-{Path(path).name or path}"
-    return Path(path).stem if path.endswith(".json") else path
+        tag = f"{form}-{Path(path).name or path}"
+    else:
+        tag = Path(path).stem if path.endswith(".json") else path
+    tag = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]", "_", tag))
+    return tag.rstrip("-") or "model"
 
 
 def describe_test_scans(data: Path | None, pretrained: dict[str, float]) -> list[dict[str, Any]]:
