@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from assft.apps import sampledata
+from assft.apps import mni_template, sampledata
 from assft.apps.sampledata import (
     ACQUISITIONS,
     LEVELS,
@@ -160,23 +160,23 @@ def test_brain_mask_labels(tmp_path, sample) -> None:
 
 
 def test_missing_nilearn_is_explained(monkeypatch) -> None:
-    monkeypatch.delenv(sampledata.TEMPLATE_DIR_ENV, raising=False)
+    monkeypatch.delenv(mni_template.TEMPLATE_DIR_ENV, raising=False)
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(sampledata.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(mni_template.importlib.metadata, "distribution", missing)
     how = r'pip install "assft\[demo\]" \(or pip install --no-deps nilearn==\d'
     with pytest.raises(BadInputError, match=how):
-        sampledata.locate_template()
+        mni_template.locate_template()
     with pytest.raises(BadInputError, match="not installed"):
         make_case("source", 0, spacing=SPACING)
 
 
 def test_template_folder_override_must_hold_the_files(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv(sampledata.TEMPLATE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(mni_template.TEMPLATE_DIR_ENV, str(tmp_path))
     with pytest.raises(BadInputError, match="mni_icbm152_t1_tal_nlin_sym_09a_converted"):
-        sampledata.locate_template()
+        mni_template.locate_template()
 
 
 def test_bad_arguments(tmp_path) -> None:
@@ -210,7 +210,7 @@ def test_cli_sample_data(tmp_path) -> None:
         str(tmp_path / "none"),
         "--n",
         "1",
-        env={sampledata.TEMPLATE_DIR_ENV: str(tmp_path / "empty")},
+        env={mni_template.TEMPLATE_DIR_ENV: str(tmp_path / "empty")},
     )
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "MNI152" in missing.stderr

@@ -144,11 +144,11 @@ def torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess
 
 def template_installed() -> bool:
     """Whether the MNI152 template files of nilearn's wheel can be found."""
-    from assft.apps import sampledata
+    from assft.apps import mni_template
     from assft.errors import BadInputError
 
     try:
-        sampledata.locate_template()
+        mni_template.locate_template()
     except BadInputError:
         return False
     return True
@@ -158,7 +158,7 @@ def skip_without_template():
     """Skip a test that builds sample data when the template is not installed (CI installs it)."""
     import pytest
 
-    from assft.apps.sampledata import NILEARN_VERSION
+    from assft.apps.mni_template import NILEARN_VERSION
 
     return pytest.mark.skipif(
         not template_installed(),

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from assft.apps import sampledata
+from assft.apps import mni_template, sampledata
 from assft.errors import BadInputError
 from assft.query.config import QueryConfig
 from assft.query.ranking import rank_workspace
@@ -18,7 +18,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     pytest.skip("deepbet is not installed (pip install --no-deps deepbet)", allow_module_level=True)
 try:
-    sampledata.locate_template()
+    mni_template.locate_template()
 except BadInputError as error:
     pytest.skip(str(error), allow_module_level=True)
 
