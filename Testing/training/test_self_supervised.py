@@ -63,7 +63,13 @@ def test_pretraining_learns_to_inpaint_and_ships_no_head(tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"batch_size": 1}, "batch_size"), ({"n_per_contrast": 1}, "n_per_contrast")],
+    [
+        ({"batch_size": 1}, "batch_size"),
+        ({"batch_size": 100_000}, "batch_size"),
+        ({"n_per_contrast": 1}, "n_per_contrast"),
+        ({"n_per_contrast": 10**6}, "n_per_contrast"),
+        ({"iterations": 10**9}, "iterations"),
+    ],
 )
 def test_a_recipe_the_objective_cannot_run_is_refused(change, field):
     with pytest.raises(ValueError, match=field):

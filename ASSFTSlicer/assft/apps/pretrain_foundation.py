@@ -68,11 +68,11 @@ class FoundationConfig:
 
     seed: int = setting(0, ge=0, le=MAX_SEED)
     data_seed: int = setting(0, ge=0, le=MAX_SEED)
-    n_per_contrast: int = setting(10, ge=2)
+    n_per_contrast: int = setting(10, ge=2, le=1000)
     """Unlabeled volumes of each contrast; the last one of each is held out for the manifest's
     figures."""
-    iterations: int = setting(2000, ge=1)
-    batch_size: int = setting(4, ge=2)
+    iterations: int = setting(2000, ge=1, le=1_000_000)
+    batch_size: int = setting(4, ge=2, le=256)
     """Patches per step (each seen in two views; the contrastive loss needs two or more)."""
     patch: int = setting(32, ge=8, le=256)
     lr: float = setting(2e-3, gt=0.0)
