@@ -6,6 +6,7 @@ the suite a process start (and the imports) each."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -754,3 +755,66 @@ def test_predict_warns_that_an_encoder_without_a_head_predicts_noise(tmp_path, s
     assert result.returncode == 0, result.stderr
     assert "model v0 has no segmentation head for this workspace's labels yet" in result.stderr
     assert (ws / "predictions" / "v0" / "case_000.nii.gz").is_file()
+
+
+def test_an_encoder_without_structures_is_opened_named_and_never_exported_headless(
+    tmp_path, synthetic_pool
+):
+    """The re-attack of issue 21: ``init`` of an encoder without --label-names made a one-label
+    workspace in silence, ``model-info`` refused the shipped encoder, and ``export`` of its v0
+    wrote a bundle whose random head looked trained."""
+    data, _ = synthetic_pool
+    ws = tmp_path / "ws"
+    line = _one_error_line(
+        run_cli_in_process(
+            "init", str(ws), "--images", str(data / "images"), "--model", "foundation-demo"
+        )
+    )
+    assert "foundation-demo has no structures of its own" in line and "--label-names" in line
+    assert not ws.exists()
+    info = run_cli_in_process("model-info", "foundation-demo")
+    assert info.returncode == 0 and "an encoder without a head" in info.stdout
+    run_cli_in_process(
+        "init",
+        str(ws),
+        "--images",
+        str(data / "images"),
+        "--model",
+        "foundation-demo",
+        "--label-names",
+        "1:shell,2:core",
+        check=True,
+    )
+    line = _one_error_line(
+        run_cli_in_process("export", str(ws), "v0", "--out", str(tmp_path / "bundle"))
+    )
+    assert "v0 has no segmentation head" in line and not (tmp_path / "bundle").exists()
+
+
+def test_a_pipe_named_like_a_scan_is_refused_not_skipped(tmp_path, synthetic_pool):
+    if os.name == "nt":
+        pytest.skip("named pipes of POSIX")
+    data, _ = synthetic_pool
+    images = tmp_path / "images"
+    shutil.copytree(data / "images", images)
+    os.mkfifo(images / "case_999.nii.gz")
+    line = _one_error_line(
+        run_cli_in_process("init", str(tmp_path / "ws"), "--images", str(images))
+    )
+    assert "case_999.nii.gz: is named like an image but is not a regular file" in line
+    assert not (tmp_path / "ws").exists()
+
+
+def test_output_cut_short_by_its_reader_is_no_internal_error(tmp_path, synthetic_pool):
+    data, _ = synthetic_pool
+    ws = tmp_path / "ws"
+    run_cli_in_process("init", str(ws), "--images", str(data / "images"), check=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "assft", "models", str(ws), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None
+    reader.stdout.close()  # as `| head -0` does
+    _, err = reader.communicate(timeout=120)
+    assert reader.returncode in (0, 141) and b"internal error" not in err, err

@@ -16,7 +16,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.io.imaging import geometry_mismatch, image_suffix, read_header, read_image, read_label
+from assft.io.imaging import (
+    geometry_mismatch,
+    image_suffix,
+    read_header,
+    read_image,
+    read_label,
+    scanned_image_file,
+)
 from assft.metrics import dice_scores, mean_dice
 from assft.predict import Predictor
 from assft.runtime.progress import Progress
@@ -44,9 +51,8 @@ def find_truth_files(truth_dir: Path, case_ids: list[str]) -> dict[str, Path]:
         )
     by_stem: dict[str, list[Path]] = {}
     for path in sorted(truth_dir.iterdir()):
-        suffix = image_suffix(path)
-        if suffix and path.is_file() and not path.name.startswith("."):
-            by_stem.setdefault(path.name[: -len(suffix)], []).append(path)
+        if scanned_image_file(path):
+            by_stem.setdefault(path.name[: -len(image_suffix(path))], []).append(path)
     found: dict[str, Path] = {}
     for case_id in case_ids:
         matches = by_stem.get(case_id, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import numpy as np
@@ -404,11 +405,13 @@ def test_recipe_ablations_and_modes_in_the_plan():
     assert markers("t2", model="foundation-demo")[0] == (
         "<!-- bench:label-efficiency:t2:foundation-demo:begin -->"
     )
-    assert markers(None, model="/labs/x/scratch_unet.json")[1] == (
-        "<!-- bench:label-efficiency:mixed:scratch_unet:end -->"
+    assert re.fullmatch(
+        r"<!-- bench:label-efficiency:mixed:scratch_unet-[0-9a-f]{6}:end -->",
+        markers(None, model="/labs/x/scratch_unet.json")[1],
     )
-    assert markers("t2", model="nnunet:/r/Dataset1_X/T__P__3d")[0] == (
-        "<!-- bench:label-efficiency:t2:nnunet-T__P__3d:begin -->"
+    assert re.fullmatch(
+        r"<!-- bench:label-efficiency:t2:nnunet-T__P__3d-[0-9a-f]{6}:begin -->",
+        markers("t2", model="nnunet:/r/Dataset1_X/T__P__3d")[0],
     )
     begin, end = markers("t2", model="/x/a-->b <i>.json")
     assert begin.count("-->") == end.count("-->") == 1 and "<i>" not in begin

@@ -77,6 +77,9 @@ def test_presets_parse_and_round_trip() -> None:
         ({"label_names": {"one": "grey matter"}}, "label_names"),
         ({"checkpoint": {"source": "url"}}, "url"),
         ({"overlap": 1.5}, "overlap"),
+        ({"overlap": 0.99999}, "overlap"),  # a window a voxel apart: millions for one case
+        ({"sw_batch_size": 100000}, "sw_batch_size"),
+        ({"patch_size": [100000, 100000, 100000]}, "patch_size"),
         ({"has_head": "yes"}, "has_head"),
         ({"embeding_layer": "model.1"}, "embeding_layer"),
         ({"symmetric_axes": ["sideways"]}, "symmetric_axes has 'sideways'; expected left-right"),
@@ -144,3 +147,12 @@ def test_presets_file_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     file.write_text(json.dumps(duplicate), encoding="utf-8")
     with pytest.raises(BadInputError, match="appears twice"):
         load_presets()
+
+
+def test_a_network_too_large_for_memory_is_refused_in_one_line() -> None:
+    from assft.models import build_network
+
+    data = preset_dict("demo", checkpoint=None)
+    data["arguments"]["channels"] = [100000, 100000, 100000, 100000]
+    with pytest.raises(BadInputError, match="does not fit in memory|parameters, over"):
+        build_network(ModelPreset.from_dict(data), 4)

@@ -118,3 +118,34 @@ def test_ctrl_c_stops_at_once_outside_critical_sections() -> None:
     )
     lines = result.stdout.splitlines()
     assert lines == ["critical section completed", "SIGINT", "interrupted"], result.stderr
+
+
+def test_a_cancel_is_answered_between_the_windows_of_one_case(tmp_path, monkeypatch) -> None:
+    """A preset may make one case's sliding window long (small windows, a large overlap): the
+    re-attack of issue 21 saw a ranking ignore SIGTERM for 45 s inside one case."""
+    import torch
+
+    from assft.datasets.synthetic import TINY_PRESET
+    from assft.models import load_model
+    from assft.models.inference import sliding_window_probabilities
+    from assft.models.presets import ModelPreset
+
+    model = load_model(ModelPreset.from_dict({**TINY_PRESET, "overlap": 0.9}))
+    image = torch.randn(1, 24, 24, 24)
+    assert sliding_window_probabilities(model, image).shape == (3, 24, 24, 24)
+    request = tmp_path / "cancel"
+    monkeypatch.setenv(cancellation.CANCEL_FILE_ENV, str(request))
+    cancellation.request(request)
+    with pytest.raises(CancelledError):
+        sliding_window_probabilities(model, image)
+
+
+def test_pretrain_foundation_refuses_a_folder_inside_a_workspace_before_any_work(tmp_path):
+    from assft.workspace.config import CONFIG_FILE_NAME
+    from assft_testing import run_cli
+
+    (tmp_path / "ws" / "models").mkdir(parents=True)
+    (tmp_path / "ws" / CONFIG_FILE_NAME).write_text("{}")
+    result = run_cli("pretrain-foundation", "--out", str(tmp_path / "ws" / "models"))
+    assert result.returncode == 2 and "lies inside the workspace" in result.stderr
+    assert list((tmp_path / "ws" / "models").iterdir()) == []

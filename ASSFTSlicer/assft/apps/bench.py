@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -16,22 +17,10 @@ from typing import Any
 from assft.apps import label_efficiency as le
 from assft.apps import label_efficiency_report
 from assft.apps import speed_bench as speed
+from assft.apps.outputs import markdown_target, output_folder, update_markdown
 from assft.apps.sites import parse_sites
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
-
-
-def update_markdown(path: Path, section: str, begin: str, end: str) -> None:
-    """Replace (or append) one benchmark's section of BENCHMARKS.md, between its markers."""
-    # UTF-8 whatever the locale: the tables hold non-ASCII signs (a C locale would refuse them).
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def _recorded_command(argv: list[str]) -> str:
@@ -56,12 +45,21 @@ FOLDER_FLAGS = ("images", "labels", "label_names", "test_every")
 def markdown_file(args: argparse.Namespace) -> Path | None:
     """Where the benchmark's section goes: ``--markdown`` ('' for nowhere); by default the
     project's BENCHMARKS.md, but a lab's own scans (``--images``) never overwrite its section:
-    their section goes to ``OUT/label-efficiency.md``."""
+    their section goes to ``OUT/label-efficiency.md``. Checked before the benchmark runs
+    (:func:`~assft.apps.outputs.markdown_target`)."""
     if args.markdown is not None:
-        return Path(args.markdown) if args.markdown else None
+        return markdown_target(args.markdown) if args.markdown else None
     if getattr(args, "images", None):
-        return Path(args.out) / "label-efficiency.md"
-    return Path("BENCHMARKS.md")
+        return markdown_target(Path(args.out) / "label-efficiency.md")
+    return markdown_target("BENCHMARKS.md")
+
+
+def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The results folder (created) and the Markdown file, both checked before any work: an
+    explicit ``--markdown`` before the folder is made."""
+    explicit = markdown_file(args) if args.markdown is not None else None
+    out = output_folder(args.out)
+    return out, explicit if args.markdown is not None else markdown_file(args)
 
 
 def run_benchmark(
@@ -77,8 +75,9 @@ def run_benchmark(
     if given:
         raise BadInputError(f"{', '.join(given)}: only for assft bench label-efficiency")
     pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
+    out, target = _outputs(args)
     document = speed.run_speed(
-        Path(args.out),
+        out,
         device=args.device,
         size=args.size,
         cases=args.cases,
@@ -86,7 +85,6 @@ def run_benchmark(
         train_steps=args.train_steps,
         model=args.model,
     )
-    target = markdown_file(args)
     if target:
         update_markdown(
             target,
@@ -154,6 +152,22 @@ def _candidate(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The run-size flags of label-efficiency, checked before anything is created."""
+    from assft.validation import MAX_STEPS
+
+    if args.iterations is not None and not 1 <= args.iterations <= MAX_STEPS:
+        raise BadInputError(f"--iterations must be from 1 to {MAX_STEPS}, got {args.iterations}")
+    if args.max_minutes is not None and not (
+        math.isfinite(args.max_minutes) and args.max_minutes > 0
+    ):
+        raise BadInputError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    if not 1 <= args.rounds <= 100:
+        raise BadInputError(f"--rounds must be from 1 to 100, got {args.rounds}")
+    if not 1 <= args.views <= 4:  # ranking and fine-tuning take at most 4 views
+        raise BadInputError(f"--views must be from 1 to 4, got {args.views}")
+
+
 def _run_label_efficiency(
     args: argparse.Namespace, command: str, label_names: dict[int, str] | None
 ) -> dict[str, Any]:
@@ -167,12 +181,13 @@ def _run_label_efficiency(
         raise BadInputError(f"{given} applies to a lab's own scans: give --images and --labels")
     if own and args.n is not None:
         raise BadInputError("--n sets the number of sample scans; with --images every scan counts")
+    _check_run_flags(args)
     test_every = 4 if args.test_every is None else args.test_every
     if test_every < 2:
         raise BadInputError(
             f"--test-every must be 2 or more (every K-th case is a test scan), got {test_every}"
         )
-    out = Path(args.out)
+    out, target = _outputs(args)
     document = le.run_label_efficiency(
         out,
         n=40 if args.n is None else args.n,
@@ -200,7 +215,6 @@ def _run_label_efficiency(
         progress=Progress(args.progress),
     )
     section = label_efficiency_report.markdown(document, command)
-    target = markdown_file(args)
     if target:
         setup = document["setup"]
         update_markdown(
@@ -232,8 +246,9 @@ def _run_partial_labels(args: argparse.Namespace, command: str) -> dict[str, Any
     budgets = _numbers("--budgets", args.budgets)
     if len(budgets) != 1:
         raise BadInputError(f"--budgets: partial-labels takes one budget, got {args.budgets}")
+    out, target = _outputs(args)
     document = partial.run_partial_labels(
-        Path(args.out),
+        out,
         site=parse_sites(args.site)[0],
         n=args.n or 24,
         seeds=_numbers("--seeds", args.seeds),
@@ -247,7 +262,6 @@ def _run_partial_labels(args: argparse.Namespace, command: str) -> dict[str, Any
         candidate=_candidate(args.candidate_recipe),
     )
     text = partial.markdown(document, command)
-    target = markdown_file(args)
     if target:
         update_markdown(target, text, partial.MARK_BEGIN, partial.MARK_END)
     if not args.json:

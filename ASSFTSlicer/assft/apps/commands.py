@@ -207,10 +207,11 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.spacing) and 0.5 <= args.spacing <= 24.0):
         raise BadInputError(f"--spacing must be from 0.5 to 24 mm, got {args.spacing}")
     sites = parse_sites(args.sites)  # refuses an unknown site before torch is imported
+    from assft.apps.outputs import output_folder
     from assft.apps.sampledata import write_sample_data
 
     manifest = write_sample_data(
-        Path(args.out),
+        output_folder(args.out),
         args.n,
         n_source=args.n_source,
         sites=sites,
@@ -271,6 +272,7 @@ def add_sample_data_parser(sub: Subparsers) -> None:
 
 
 def cmd_pretrain_demo(args: argparse.Namespace) -> int:
+    from assft.apps.outputs import output_folder
     from assft.apps.pretrain import PretrainConfig, pretrain_demo, print_summary
     from assft.settings import flag_of
     from assft.validation import ConfigFieldError
@@ -298,7 +300,7 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
     if config.channels:
         argv += ["--channels", ",".join(str(c) for c in config.channels)]
     manifest = pretrain_demo(
-        args.out,
+        output_folder(args.out) if args.out else None,  # checked before any work
         config,
         data_dir=args.data,
         device=args.device,
@@ -310,6 +312,7 @@ def cmd_pretrain_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_foundation(args: argparse.Namespace) -> int:
+    from assft.apps.outputs import output_folder
     from assft.apps.pretrain_foundation import FoundationConfig, pretrain_foundation, print_summary
     from assft.settings import flag_of
     from assft.validation import ConfigFieldError
@@ -323,8 +326,9 @@ def cmd_pretrain_foundation(args: argparse.Namespace) -> int:
     argv = ["pretrain-foundation"]
     for name in flags:  # the whole recipe, so the manifest's command rebuilds these weights
         argv += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    out = output_folder(args.out) if args.out else None  # checked before any work
     manifest = pretrain_foundation(
-        args.out, config, device=args.device, progress=progress_of(args), argv=argv
+        out, config, device=args.device, progress=progress_of(args), argv=argv
     )
     print_json(manifest) if args.json else print_summary(manifest)
     return 0

@@ -6,6 +6,7 @@ rounds and model), the test scans described, the Dice-against-budget plot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -41,19 +42,23 @@ def markers(site: str | None, rounds: int = 1, model: str = "demo") -> tuple[str
 
 
 def model_tag(model: str) -> str:
-    """A short name of a model for a section's markers: a preset's name, a preset file's stem,
-    or the form and the folder's name of ``bundle:PATH`` and ``nnunet:PATH``; any character but
-    letters, digits, ``.``, ``_`` and ``-`` becomes ``_``, and ``--`` one ``-`` (a marker is an
-    HTML comment, which ``--`` would end)."""
+    """A short name of a model for a section's markers: a preset's name; a preset file's stem,
+    or the form and the folder's name of ``bundle:PATH`` and ``nnunet:PATH``, each followed by
+    six hex digits of the whole reference's hash (two files of one name, in two folders, keep
+    two sections). Any character but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``, and
+    ``--`` one ``-`` (a marker is an HTML comment, which ``--`` would end)."""
     form, _, path = (
         model.partition(":") if model.startswith(("bundle:", "nnunet:")) else ("", "", model)
     )
+    named = not form and not path.endswith(".json") and "/" not in path and "\\" not in path
     if form:
         tag = f"{form}-{Path(path).name or path}"
     else:
         tag = Path(path).stem if path.endswith(".json") else path
-    tag = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]", "_", tag))
-    return tag.rstrip("-") or "model"
+    tag = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]", "_", tag)).rstrip("-") or "model"
+    if named and tag == model:
+        return tag
+    return f"{tag}-{hashlib.sha256(model.encode('utf-8')).hexdigest()[:6]}"
 
 
 def describe_test_scans(data: Path | None, pretrained: dict[str, float]) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from assft.training.data import (
 from assft.training.losses import IGNORE
 from assft.training.ssft import Trainer
 from assft.validation import MAX_SEED, ConfigFieldError, setting, validate
+from assft.workspace.files import write_json_atomic
 
 DEMO_PRESET = "demo"
 WEIGHTS_FILE = "demo_unet.pt"
@@ -375,9 +375,7 @@ def pretrain_demo(
         },
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    temporary = out_dir / f".{MANIFEST_FILE}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, out_dir / MANIFEST_FILE)
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     progress.done(
         weights=str(weights),
         source_dice=manifest["dice"]["source_validation"]["mean"],

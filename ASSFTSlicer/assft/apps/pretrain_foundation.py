@@ -20,7 +20,6 @@ scans with them on the first, cold-start ranking.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from assft.apps.pretrain import (
 from assft.apps.sampledata import write_sample_data
 from assft.io.atomic import save_torch_atomic
 from assft.models import build_network, resolve_device, resources_dir
+from assft.runtime import cancellation
 from assft.runtime.progress import Progress
 from assft.training.data import (
     PreparedCases,
@@ -54,6 +54,7 @@ from assft.training.data import (
 )
 from assft.training.self_supervised import SelfSupervisedObjective, make_views, masking
 from assft.validation import MAX_SEED, setting, validate
+from assft.workspace.files import write_json_atomic
 
 PRESET = "foundation-demo"
 WEIGHTS_FILE = "foundation_unet.pt"
@@ -213,9 +214,7 @@ def pretrain_foundation(
         },
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    temporary = out_dir / f".{MANIFEST_FILE}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, out_dir / MANIFEST_FILE)
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     progress.done(weights=str(weights), loss=manifest["final_loss"]["loss"])
     return manifest
 
@@ -236,7 +235,9 @@ def _train(
     corrupt = masking(config.patch, config.seed)
     losses: dict[str, list[float]] = {}
     progress.phase("self-supervised pretraining", config.iterations)
+    cancellation.check_inside_layers(objective.network)  # SIGTERM within one layer's time
     for step in range(config.iterations):
+        cancellation.check()
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(
                 step, config.iterations, config.warmup, config.lr, config.min_lr

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from assft.apps.sites import (
 )
 from assft.errors import BadInputError
 from assft.io.imaging import write_image_atomic
+from assft.workspace.files import write_text_atomic
 
 if TYPE_CHECKING:
     from assft.runtime.progress import Progress
@@ -862,9 +862,7 @@ def write_sample_data(
         "cases": cases,
     }
     out.mkdir(parents=True, exist_ok=True)
-    temporary = out / ".manifest.json.tmp"
-    temporary.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, out / "manifest.json")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

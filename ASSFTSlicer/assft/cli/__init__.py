@@ -14,6 +14,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the prob
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -166,6 +167,10 @@ def _in_workspace(error: OSError, args: argparse.Namespace) -> bool:
         return False
 
 
+EXIT_BROKEN_PIPE = 141
+"""Exit code when the output's reader closed the pipe early (128 + SIGPIPE, as shell tools)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -189,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"assft: cancelled: {message}", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:
+        # The reader went away (`assft status WS | head -1`): say nothing more, exit as a tool
+        # ended by SIGPIPE does (128 + 13), and keep Python from complaining at shutdown.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as error:  # noqa: BLE001 - the last line of defence prints and exits 1
         # A full disk or a read-only file system is said as such, in one line (exit 2).
         known: AssftError | None = error if isinstance(error, AssftError) else None

@@ -67,6 +67,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     structures = ", ".join(f"{v} {name}" for v, name in info["structures"].items())
+    if not info["has_head"] and not structures:
+        structures = "(none: an encoder without a head; name yours with assft init --label-names)"
     print(f"{info['model']}: {info['architecture']}, structures {structures or '(none)'}")
     if "folds" in info:
         print(

@@ -89,6 +89,25 @@ def image_suffix(path: str | Path) -> str:
     return ""
 
 
+def scanned_image_file(path: Path) -> bool:
+    """Whether an entry of a scanned folder is an image file: named like one and a regular file.
+
+    Raises:
+        BadInputError: it is named like an image but is a pipe, a device or a broken link (a
+            folder scan never drops such a case or label without a word).
+    """
+    if path.name.startswith(".") or not image_suffix(path):
+        return False
+    if path.is_file():
+        return True
+    if path.is_dir():
+        return False  # a folder named like a file (a DICOM series is found as a folder)
+    raise BadInputError(
+        "is named like an image but is not a regular file (a pipe, a device or a broken link)",
+        path,
+    )
+
+
 def case_id_from_path(path: str | Path) -> str:
     """Derive a case id from an image file name or a DICOM series folder name.
 

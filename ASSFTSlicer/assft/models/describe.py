@@ -15,7 +15,8 @@ def describe_model(reference: str) -> dict[str, Any]:
 
     Returns:
         ``model``, ``architecture``, ``structures`` (label value -> name), ``patch_size``,
-        ``spacing``, ``intensity``, ``pretrained``, ``weights`` (where they came from),
+        ``spacing``, ``intensity``, ``pretrained``, ``has_head``, ``weights`` (where they
+        came from),
         ``description``, and for an nnU-Net folder ``configuration``, ``folds`` (found) and
         ``used`` (run: an ensemble when several).
 
@@ -23,7 +24,9 @@ def describe_model(reference: str) -> dict[str, Any]:
         BadInputError: a reference that does not open, or weights that do not fit.
     """
     preset = get_preset(reference)
-    model = load_model(preset)
+    # An encoder without structures of its own (foundation-demo) is opened with one label, as
+    # a workspace would give it its head; its pretrained weights load all the same.
+    model = load_model(preset, label_values=None if preset.label_names else [1])
     info: dict[str, Any] = {
         "model": preset.name,
         "architecture": str(preset.architecture),
@@ -32,6 +35,9 @@ def describe_model(reference: str) -> dict[str, Any]:
         "spacing": None if preset.spacing is None else list(preset.spacing),
         "intensity": dict(preset.intensity),
         "pretrained": model.pretrained,
+        # Whether it segments its structures as it is; an encoder gets a head on its first
+        # fine-tune (assft init --label-names names the structures).
+        "has_head": bool(preset.has_head),
         "weights": model.summary,
         "description": preset.description,
     }

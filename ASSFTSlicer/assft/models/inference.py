@@ -8,6 +8,7 @@ before the next case is read.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from monai.inferers import sliding_window_inference
 
 from assft.metrics import SegmentationDifficulty, segmentation_difficulty, voxel_entropy
 from assft.metrics.uncertainty import predicted_foreground
+from assft.runtime import cancellation
 
 if TYPE_CHECKING:
     from assft.models.loading import LoadedModel
@@ -66,6 +68,17 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]
     return contextlib.nullcontext()
 
 
+def _cancellable(predict: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``predict`` with a safe point before each batch of windows: a cancel is answered inside
+    one case, however many windows its preset makes."""
+
+    def predict_windows(windows: torch.Tensor) -> torch.Tensor:
+        cancellation.check()
+        return predict(windows)
+
+    return predict_windows
+
+
 def sliding_window_probabilities(
     model: LoadedModel, tensor: torch.Tensor, flips: tuple[int, ...] = ()
 ) -> torch.Tensor:
@@ -88,7 +101,7 @@ def sliding_window_outputs(
             x,
             roi_size=tuple(preset.patch_size),
             sw_batch_size=preset.sw_batch_size,
-            predictor=model.predict_logits,
+            predictor=_cancellable(model.predict_logits),
             overlap=preset.overlap,
             mode="gaussian",
         )

@@ -36,6 +36,10 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+MAX_PARAMETERS = 2_000_000_000
+"""Largest network a preset may describe (8 GB of float32 weights: far above any 3D model)."""
+
+
 def build_network(preset: ModelPreset, out_channels: int) -> nn.Module:
     """The preset's network with freshly initialised weights (seed 0: deterministic).
 
@@ -71,6 +75,19 @@ def build_network(preset: ModelPreset, out_channels: int) -> nn.Module:
         raise BadInputError(
             f"preset {preset.name!r}: arguments do not suit {preset.architecture} ({error})"
         ) from None
+    except (RuntimeError, MemoryError) as error:  # e.g. channels in the hundreds of thousands
+        if isinstance(error, RuntimeError) and "allocate" not in str(error):
+            raise
+        raise BadInputError(
+            f"preset {preset.name!r}: the {preset.architecture} its arguments describe does not "
+            "fit in memory; check its arguments (channels, features)"
+        ) from None
+    parameters = sum(p.numel() for p in network.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise BadInputError(
+            f"preset {preset.name!r}: its {preset.architecture} has {parameters:,} parameters, "
+            f"over {MAX_PARAMETERS:,} (a safety limit); check its arguments"
+        )
     check_module_names(network, preset)
     return network.eval()
 

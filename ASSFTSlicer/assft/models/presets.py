@@ -22,9 +22,15 @@ from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from assft.errors import BadInputError
 from assft.models.architectures import ARCHITECTURES, get_architecture
+from assft.validation import MAX_PATCH
 
 MODELS_JSON_ENV = "ASSFT_MODELS_JSON"
 """Environment variable naming another presets file than ``assft/resources/Models.json``."""
+
+MAX_WINDOW_BATCH = 64
+"""Most windows a preset runs at once (``sw_batch_size``)."""
+MAX_OVERLAP = 0.9
+"""Largest overlap of neighbouring windows (a step of a tenth of the window)."""
 
 
 class OutputActivation(StrEnum):
@@ -475,12 +481,15 @@ def _parse_preset(data: Any, source: Path | None, where: str | None = None) -> M
     intensity = _parse_intensity(pre.get("intensity", dict), source, f"{pre.where}.intensity")
 
     patch_size = fields.triple("patch_size", int)
+    if max(patch_size) > MAX_PATCH:
+        fields.fail("patch_size", f"has an edge over {MAX_PATCH} voxels (a safety limit)")
     sw_batch_size = fields.get("sw_batch_size", int, default=1)
-    if sw_batch_size < 1:
-        fields.fail("sw_batch_size", "must be at least 1")
+    if not 1 <= sw_batch_size <= MAX_WINDOW_BATCH:
+        fields.fail("sw_batch_size", f"must be from 1 to {MAX_WINDOW_BATCH}")
     overlap = float(fields.get("overlap", (int, float), default=0.25))
-    if not 0.0 <= overlap < 1.0:
-        fields.fail("overlap", "must lie in [0, 1)")
+    if not 0.0 <= overlap <= MAX_OVERLAP:
+        # Nearly 1, a window steps by a voxel: millions of windows for one case.
+        fields.fail("overlap", f"must lie in [0, {MAX_OVERLAP}]")
 
     label_names: dict[int, str] = {}
     for key, value in fields.get("label_names", dict).items():

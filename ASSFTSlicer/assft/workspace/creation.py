@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from assft.errors import BadInputError
 from assft.workspace.workspace import Workspace
 
 # assft.models (torch) is imported inside create_workspace: workspace/ is the layer the Slicer
@@ -38,6 +39,11 @@ def create_workspace(
     from assft.workspace.config import parse_structures
 
     preset = get_preset(model)
+    if not label_names and not preset.label_names and not preset.has_head:
+        raise BadInputError(
+            f"{preset.name} has no structures of its own (an encoder without a head): name "
+            "those you will label, e.g. --label-names 1:liver,2:spleen"
+        )
     names = dict(label_names or preset.label_names or {1: "foreground"})
     if isinstance(labeled_structures, str):
         labeled_structures = parse_structures(labeled_structures, names)

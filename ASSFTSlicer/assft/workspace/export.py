@@ -77,6 +77,12 @@ def export_version(
         raise BadInputError("already exists: the export writes a new folder", target)
     versions = ModelVersions(workspace)
     version = versions.current() if version is None else version
+    if not versions.has_head(version):
+        raise BadInputError(
+            f"model {version} has no segmentation head for this workspace's labels (its head "
+            "would be random): fine-tune first, then export the version it makes",
+            workspace.root,
+        )
     manifest = versions.manifest(version)
     model = versions.load(version)
     state = {key: value.detach().cpu() for key, value in model.network.state_dict().items()}

@@ -38,9 +38,9 @@ from assft.errors import BadInputError
 from assft.io.atomic import process_umask, sweep_temporaries
 from assft.io.imaging import (
     case_id_from_path,
-    image_suffix,
     is_dicom_series,
     read_image,
+    scanned_image_file,
 )
 from assft.workspace import locks
 from assft.workspace.config import (
@@ -109,7 +109,7 @@ def find_images(items: Sequence[str | Path]) -> list[Path]:
         for child in sorted(path.iterdir()):
             if child.name.startswith("."):
                 continue
-            is_image = child.is_file() and bool(image_suffix(child))
+            is_image = scanned_image_file(child)
             if is_image or (child.is_dir() and is_dicom_series(child)):
                 found.append(child.resolve())
     return list(dict.fromkeys(found))
@@ -329,7 +329,7 @@ class Workspace:
             raise BadInputError("is not a folder of labels", folder)
         matches: dict[str, Path] = {}
         for path in sorted(folder.iterdir()):
-            if path.name.startswith(".") or not path.is_file() or not image_suffix(path):
+            if not scanned_image_file(path):
                 continue
             case_id = case_id_from_path(path)
             if case_id in case_ids:
