@@ -62,7 +62,14 @@ from assft.training.data import (
 )
 from assft.training.losses import IGNORE
 from assft.training.ssft import Trainer
-from assft.validation import MAX_SEED, ConfigFieldError, setting, validate
+from assft.validation import (
+    MAX_PATCH,
+    MAX_SEED,
+    MAX_STEPS,
+    ConfigFieldError,
+    setting,
+    validate,
+)
 from assft.workspace.files import write_json_atomic
 
 DEMO_PRESET = "demo"
@@ -76,20 +83,20 @@ class PretrainConfig:
 
     seed: int = setting(0, ge=0, le=MAX_SEED)
     data_seed: int = setting(0, ge=0, le=MAX_SEED)
-    n_source: int = setting(24, ge=2)
-    n_source_validation: int = setting(4, ge=1)
-    n_target: int = setting(40, ge=0)
-    spacing: float = setting(3.0, gt=0.0)
-    iterations: int = setting(2400, ge=1)
-    batch_size: int = setting(4, ge=1)
-    patch_size: tuple[int, int, int] = setting((32, 32, 32), ge=1)
+    n_source: int = setting(24, ge=2, le=1000)
+    n_source_validation: int = setting(4, ge=1, le=999)
+    n_target: int = setting(40, ge=0, le=1000)
+    spacing: float = setting(3.0, ge=0.5, le=24.0)
+    iterations: int = setting(2400, ge=1, le=MAX_STEPS)
+    batch_size: int = setting(4, ge=1, le=256)
+    patch_size: tuple[int, int, int] = setting((32, 32, 32), ge=1, le=MAX_PATCH)
     lr: float = setting(5e-3, gt=0.0)
     min_lr: float = setting(1e-5, ge=0.0)
     warmup: int = setting(20, ge=0)
     weight_decay: float = setting(1e-5, ge=0.0)
     augment: bool = setting(True)
     intensity_augment: bool = setting(True)
-    n_site: int = setting(12, ge=0)
+    n_site: int = setting(12, ge=0, le=1000)
     channels: tuple[int, int, int, int] | None = setting(None, ge=1, cap=1024)
     """The UNet's channels at its four levels (None: the demo preset's, 16-32-64-128); a wider
     network is for measuring whether capacity changes what fine-tuning forgets (BENCHMARKS.md)."""

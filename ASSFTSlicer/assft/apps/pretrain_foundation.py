@@ -53,7 +53,7 @@ from assft.training.data import (
     step_seed,
 )
 from assft.training.self_supervised import SelfSupervisedObjective, make_views, masking
-from assft.validation import MAX_SEED, setting, validate
+from assft.validation import MAX_SEED, MAX_STEPS, setting, validate
 from assft.workspace.files import write_json_atomic
 
 PRESET = "foundation-demo"
@@ -72,7 +72,7 @@ class FoundationConfig:
     n_per_contrast: int = setting(10, ge=2, le=1000)
     """Unlabeled volumes of each contrast; the last one of each is held out for the manifest's
     figures."""
-    iterations: int = setting(2000, ge=1, le=1_000_000)
+    iterations: int = setting(2000, ge=1, le=MAX_STEPS)
     batch_size: int = setting(4, ge=2, le=256)
     """Patches per step (each seen in two views; the contrastive loss needs two or more)."""
     patch: int = setting(32, ge=8, le=256)
