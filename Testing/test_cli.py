@@ -737,32 +737,12 @@ def test_the_apps_verbs_work_from_the_sources_without_installed_metadata(monkeyp
     assert args.handler is cmd_bench and not getattr(args, "absent_verb", False)
 
 
-def test_predict_warns_that_an_encoder_without_a_head_predicts_noise(tmp_path, synthetic_pool):
-    data, _ = synthetic_pool
-    ws = tmp_path / "ws"
-    run_cli_in_process(
-        "init",
-        str(ws),
-        "--images",
-        str(data / "images"),
-        "--model",
-        "foundation-demo",
-        "--label-names",
-        "1:shell,2:core",
-        check=True,
-    )
-    result = run_cli_in_process("predict", str(ws), "case_000", "--views", "1", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    assert "model v0 has no segmentation head for this workspace's labels yet" in result.stderr
-    assert (ws / "predictions" / "v0" / "case_000.nii.gz").is_file()
-
-
 def test_an_encoder_without_structures_is_opened_named_and_never_exported_headless(
     tmp_path, synthetic_pool
 ):
     """The re-attack of issue 21: ``init`` of an encoder without --label-names made a one-label
     workspace in silence, ``model-info`` refused the shipped encoder, and ``export`` of its v0
-    wrote a bundle whose random head looked trained."""
+    wrote a bundle whose random head looked trained. ``predict`` says its labels are noise."""
     data, _ = synthetic_pool
     ws = tmp_path / "ws"
     line = _one_error_line(
@@ -785,6 +765,10 @@ def test_an_encoder_without_structures_is_opened_named_and_never_exported_headle
         "1:shell,2:core",
         check=True,
     )
+    result = run_cli_in_process("predict", str(ws), "case_000", "--views", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "model v0 has no segmentation head for this workspace's labels yet" in result.stderr
+    assert (ws / "predictions" / "v0" / "case_000.nii.gz").is_file()
     line = _one_error_line(
         run_cli_in_process("export", str(ws), "v0", "--out", str(tmp_path / "bundle"))
     )
