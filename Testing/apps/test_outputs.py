@@ -23,7 +23,8 @@ def workspace_folder(tmp_path):
 
 
 def test_an_output_folder_is_checked_and_made_outside_every_workspace(tmp_path, workspace_folder):
-    assert output_folder(tmp_path / "a" / "b").is_dir()
+    assert output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # checked, not made: bad input later leaves nothing
     with pytest.raises(BadInputError, match="lies inside the workspace"):
         output_folder(workspace_folder / "models")
     (tmp_path / "file").write_text("x")

@@ -50,7 +50,7 @@ def markdown_file(args: argparse.Namespace) -> Path | None:
     if args.markdown is not None:
         return markdown_target(args.markdown) if args.markdown else None
     if getattr(args, "images", None):
-        return markdown_target(Path(args.out) / "label-efficiency.md")
+        return markdown_target(Path(args.out) / "label-efficiency.md", folder_made_later=True)
     return markdown_target("BENCHMARKS.md")
 
 

@@ -8,6 +8,7 @@ verb writes into a workspace's own files.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from assft.errors import BadInputError
@@ -18,11 +19,12 @@ __all__ = ["markdown_target", "output_folder", "update_markdown"]
 
 
 def output_folder(path: str | Path) -> Path:
-    """An output folder outside every workspace, created (with its parents) when missing.
+    """An output folder outside every workspace that can be made where it is (checked only: the
+    verb makes it once its inputs are checked too, so that bad input leaves nothing behind).
 
     Raises:
         BadInputError: the path lies inside a workspace, names something that is not a folder,
-            or cannot be created.
+            or lies under a file or a folder that cannot be written.
     """
     folder = Path(path).expanduser().resolve()
     workspace = enclosing_workspace(folder)
@@ -33,16 +35,18 @@ def output_folder(path: str | Path) -> Path:
         )
     if folder.exists() and not folder.is_dir():
         raise BadInputError("is not a folder", folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise BadInputError(f"cannot be created ({error.strerror or error})", folder) from None
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise BadInputError(f"cannot be created: {existing} is not a folder", folder)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot be written: {existing} is not writable", folder)
     return folder
 
 
-def markdown_target(path: str | Path) -> Path:
+def markdown_target(path: str | Path, *, folder_made_later: bool = False) -> Path:
     """A Markdown file a section may be written into: a ``.md`` file outside every workspace,
-    in an existing folder, and a regular file when it exists.
+    in an existing folder (unless the verb makes it: ``folder_made_later``), and a regular file
+    when it exists.
 
     Raises:
         BadInputError: anything else (a folder, a device, a missing folder, a workspace's file).
@@ -53,7 +57,7 @@ def markdown_target(path: str | Path) -> Path:
     workspace = enclosing_workspace(target.parent)
     if workspace is not None:
         raise BadInputError(f"lies inside the workspace {workspace}", target)
-    if not target.parent.is_dir():
+    if not folder_made_later and not target.parent.is_dir():
         raise BadInputError("is in a folder that does not exist", target)
     if target.exists() and not target.is_file():
         raise BadInputError("is not a regular file", target)
