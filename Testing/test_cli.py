@@ -802,3 +802,19 @@ def test_output_cut_short_by_its_reader_is_no_internal_error(tmp_path, synthetic
     reader.stdout.close()  # as `| head -0` does
     _, err = reader.communicate(timeout=120)
     assert reader.returncode in (0, 141) and b"internal error" not in err, err
+
+
+def test_a_folder_the_user_may_not_write_is_said_in_one_line():
+    """The re-attack of issue 21: export and init into a folder that cannot be written ended in
+    'internal error: PermissionError'."""
+    import errno
+
+    from assft.errors import storage_error
+
+    denied = PermissionError(errno.EPERM, "Operation not permitted", "/ro/.exp.partial")
+    known = storage_error(denied, in_workspace=False)
+    assert known is not None and known.exit_code == 2
+    assert str(known) == "/ro/.exp.partial: operation not permitted"
+    inside = storage_error(denied, in_workspace=True)
+    assert inside is not None and "the workspace is read-only" in str(inside)
+    assert storage_error(OSError(errno.ENOENT, "gone", "/x"), in_workspace=False) is None

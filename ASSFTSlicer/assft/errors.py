@@ -74,9 +74,9 @@ def storage_error(
             workspace is read-only", and count "permission denied" as that too.
 
     Returns:
-        e.g. ``"<path>: no space left on device; free some space and try again"`` or
-        ``"<path>: the workspace is read-only (read-only file system)"``; None for any other
-        error.
+        e.g. ``"<path>: no space left on device; free some space and try again"``,
+        ``"<path>: the workspace is read-only (read-only file system)"`` or, outside the
+        workspace, ``"<path>: permission denied"``; None for any other error.
     """
     where = path if path is not None else error.filename
     if error.errno in _NO_SPACE:
@@ -89,6 +89,9 @@ def storage_error(
             else f"cannot be written ({reason})"
         )
         return StorageError(text, where)
+    if error.errno in _READ_ONLY and where is not None:
+        # Outside the workspace (an export's or a new workspace's folder the user may not write).
+        return StorageError(_READ_ONLY[error.errno], where)
     if error.errno == errno.EIO:  # a disk error, or a written file that reads back differently
         return StorageError(f"could not be written completely ({error.strerror})", where)
     return None
