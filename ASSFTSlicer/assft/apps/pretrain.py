@@ -191,7 +191,7 @@ def _target_groups(manifest_cases: list[dict[str, Any]]) -> dict[str, list[int]]
     return dict(sorted(groups.items()))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -330,7 +330,7 @@ def pretrain_demo(
     manifest = {
         "model": DEMO_PRESET,
         "weights": WEIGHTS_FILE,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "state_sha256": state_sha256(model.network.state_dict()),
         "weights_bytes": weights.stat().st_size,
         "parameters": int(sum(p.numel() for p in model.network.parameters())),
@@ -374,9 +374,9 @@ def pretrain_demo(
             "device": str(resolved),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "monai": _version("monai"),
+            "monai": package_version("monai"),
             "numpy": np.__version__,
-            "SimpleITK": _version("SimpleITK"),
+            "SimpleITK": package_version("SimpleITK"),
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
@@ -391,7 +391,7 @@ def pretrain_demo(
     return manifest
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

@@ -34,9 +34,9 @@ import torch
 from monai.data import set_track_meta
 
 from assft.apps.pretrain import (
-    _sha256,
-    _version,
     demo_preset,
+    file_sha256,
+    package_version,
     state_sha256,
     warmup_cosine,
 )
@@ -105,13 +105,10 @@ def _held_out_figures(
         patches, _ = make_batch(
             [case], 8, (config.patch,) * 3, rng, foreground_ratio=0.5, augment=None
         )
-        views = make_views(patches, rng, masking(config.patch, seed=7))
-        objective.network.eval()
-        with torch.no_grad():
-            parts = objective.losses(views)
+        parts = objective.evaluate(make_views(patches, rng, masking(config.patch, seed=7)))
         figures[name] = {
-            "inpainting_l1": round(float(parts["inpainting"]), 4),
-            "rotation_accuracy": round(objective.rotation_accuracy(views), 4),
+            "inpainting_l1": round(parts["inpainting"], 4),
+            "rotation_accuracy": round(parts["rotation_accuracy"], 4),
         }
     return figures
 
@@ -178,7 +175,7 @@ def pretrain_foundation(
     manifest = {
         "model": PRESET,
         "weights": WEIGHTS_FILE,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "state_sha256": state_sha256(state),
         "weights_bytes": weights.stat().st_size,
         "parameters": int(sum(v.numel() for k, v in state.items() if v.is_floating_point())),
@@ -207,7 +204,7 @@ def pretrain_foundation(
             "device": str(resolved),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "monai": _version("monai"),
+            "monai": package_version("monai"),
             "numpy": np.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -256,9 +253,7 @@ def _train(
         views = make_views(patches, rng, corrupt)
         objective.train()
         optimizer.zero_grad(set_to_none=True)
-        parts = objective.losses(
-            type(views)(views.inputs.to(device), views.targets.to(device), views.turns.to(device))
-        )
+        parts = objective.losses(views.to(device))
         parts["loss"].backward()
         optimizer.step()
         for name, value in parts.items():

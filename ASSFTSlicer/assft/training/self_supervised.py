@@ -65,6 +65,9 @@ class Views:
     turns: torch.Tensor
     """``(2B,)`` quarter turns of each view (the rotation target)."""
 
+    def to(self, device: torch.device) -> Views:
+        return Views(self.inputs.to(device), self.targets.to(device), self.turns.to(device))
+
 
 def make_views(patches: torch.Tensor, rng: np.random.Generator, corrupt: Compose) -> Views:
     """Two views of each of ``patches`` ``(B, 1, p, p, p)``: a random turn each, then the
@@ -120,7 +123,8 @@ class SelfSupervisedObjective:
         self.heads.train()
 
     def losses(self, views: Views) -> dict[str, torch.Tensor]:
-        """Each part of the loss on ``views``, and their sum (``loss``)."""
+        """Each part of the loss on ``views``, their sum (``loss``), and the share of views whose
+        turn the rotation head names (``rotation_accuracy``, not differentiable)."""
         reconstruction = self.network(views.inputs)
         assert self._features is not None
         pooled = self._features.flatten(2).mean(dim=2)
@@ -132,14 +136,12 @@ class SelfSupervisedObjective:
             "contrastive": self.contrastive(projected[:half], projected[half:]),
         }
         parts["loss"] = parts["inpainting"] + parts["rotation"] + parts["contrastive"]
+        parts["rotation_accuracy"] = (rotation_logits.argmax(1) == views.turns).float().mean()
         return parts
 
-    def rotation_accuracy(self, views: Views) -> float:
-        """How often the rotation head names the turn of ``views`` (evaluation mode)."""
+    def evaluate(self, views: Views) -> dict[str, float]:
+        """The parts of :meth:`losses` on ``views`` in evaluation mode (one forward pass)."""
         self.network.eval()
         self.heads.eval()
         with torch.no_grad():
-            self.network(views.inputs)
-            assert self._features is not None
-            logits, _ = self.heads(self._features.flatten(2).mean(dim=2))
-        return float((logits.argmax(1) == views.turns).float().mean())
+            return {name: float(value) for name, value in self.losses(views).items()}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -86,6 +87,16 @@ _MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB (its learning curve inc
 POINTER_NAME = "current"
 DECISION_ACTIONS = ("promote-model", "register-model")
 """Audit actions that record a fine-tune's decision about its version (promoted or kept)."""
+
+
+@functools.lru_cache(maxsize=32)
+def _preset_segments(model: str, labels: tuple[int, ...]) -> bool:
+    """Whether preset ``model`` has a head for exactly ``labels``: read once per process (the
+    panels ask on every refresh; an nnU-Net or bundle reference is parsed from its files)."""
+    from assft.models import get_preset
+
+    preset = get_preset(model)
+    return bool(preset.has_head and tuple(preset.label_values) == labels)
 
 
 class ModelStorageError(StorageError):
@@ -414,13 +425,10 @@ class ModelVersions:
         exactly these labels. An encoder without a head (``foundation-demo``), or a preset of
         other labels, gets a new head on the first fine-tune; until then its prediction is noise
         (as :func:`assft.models.load_model` decides, without loading the weights)."""
-        from assft.models import get_preset
-
         if version_number(check_version(version or self.current())) > 0:
             return True
-        preset = get_preset(self.workspace.config.model)
-        labels = [int(v) for v in self.workspace.config.label_values]
-        return bool(preset.has_head and preset.label_values == labels)
+        labels = tuple(int(v) for v in self.workspace.config.label_values)
+        return _preset_segments(self.workspace.config.model, labels)
 
     # integrity ---------------------------------------------------------------------------
 
