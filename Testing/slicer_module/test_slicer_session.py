@@ -24,15 +24,21 @@ def _logic():
     return ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable, launcher="thread")
 
 
-@pytest.fixture
-def workspace(tmp_path, synthetic_pool):
-    from assft.workspace import Workspace
-
+def _two_scans(tmp_path, synthetic_pool) -> pathlib.Path:
+    """A folder holding two scans of the synthetic pool."""
     _, cases = synthetic_pool
     images = tmp_path / "images"
     images.mkdir()
     for case in cases[:2]:
         shutil.copy(case.image, images / case.image.name)
+    return images
+
+
+@pytest.fixture
+def workspace(tmp_path, synthetic_pool):
+    from assft.workspace import Workspace
+
+    images = _two_scans(tmp_path, synthetic_pool)
     return Workspace.create(
         tmp_path / "ws", [images], label_names={1: "shell", 2: "core"}, user="tester"
     )
@@ -230,11 +236,7 @@ def test_a_new_workspace_records_the_structures_the_lab_will_label(
     not have is refused in the engine's one line, and nothing is created."""
     from assft.workspace import Workspace
 
-    _, cases = synthetic_pool
-    images = tmp_path / "images"
-    images.mkdir()
-    for case in cases[:2]:
-        shutil.copy(case.image, images / case.image.name)
+    images = _two_scans(tmp_path, synthetic_pool)
     logic = _logic()
     refused = logic.startCreateWorkspace(
         tmp_path / "bad",
@@ -472,11 +474,7 @@ def test_an_encoder_without_structures_takes_those_the_field_names(tmp_path, syn
     in the structures field; without any named, creating is refused before anything runs."""
     from assft.workspace import Workspace
 
-    _, cases = synthetic_pool
-    images = tmp_path / "images"
-    images.mkdir()
-    for case in cases[:2]:
-        shutil.copy(case.image, images / case.image.name)
+    images = _two_scans(tmp_path, synthetic_pool)
     logic = _logic()
     with pytest.raises(ValueError, match="foundation-demo has no structures of its own"):
         logic.startCreateWorkspace(tmp_path / "none", [images], "foundation-demo")
