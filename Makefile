@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 NNUNET_VENV := .venv-nnunet
+# The engine as 3D Slicer 5.10 runs it: its bundled numpy, SciPy, SimpleITK... pinned.
+SLICER_PINS := Testing/environments/slicer-5.10.txt
+SLICER_VENV := .venv-slicer-5.10
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint test-slicer-pins
 
 $(BIN)/assft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +57,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+$(SLICER_VENV)/bin/assft: pyproject.toml $(SLICER_PINS)
+	$(PYTHON) -m venv $(SLICER_VENV)
+	$(SLICER_VENV)/bin/pip install -q --upgrade pip
+	$(SLICER_VENV)/bin/pip install -q torch==2.13.0 -c $(SLICER_PINS)
+	# Everything Slicer bundles at its version (pip refuses an engine dependency that needs another).
+	$(SLICER_VENV)/bin/pip install -q -c $(SLICER_PINS) -r $(SLICER_PINS) -e ".[test,web]"
+	touch $@
+
+# The engine and slicer-core tests under Slicer 5.10's package pins (CI runs it after `make test`).
+test-slicer-pins: $(SLICER_VENV)/bin/assft
+	$(SLICER_VENV)/bin/python Testing/environments/check_pins.py $(SLICER_PINS)
+	$(SLICER_VENV)/bin/python -m pytest -q -n 2 --dist loadfile $(SLICER_PIN_TESTS)

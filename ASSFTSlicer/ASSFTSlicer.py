@@ -108,6 +108,7 @@ from ASSFTSlicerLib.scene import (
     OverlapPolicy,
     SegmentOverlapError,
 )
+from ASSFTSlicerLib.session import LoopSession
 from ASSFTSlicerLib.tasks import TaskKind, TaskStart
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
@@ -275,7 +276,6 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     JOB_POLL_MS = 2000
     WORKSPACE_POLL_MS = 3000
-    UNREADABLE = "unreadable"
     """While the panel shows, it reads its tables again when the workspace changed elsewhere (a
     job or rollback from the command line, labels from another Slicer or the web page)."""
     PATH_FIELDS = {"workspacePath": "workspacePathLineEdit", "imagesPath": "imagesPathLineEdit"}
@@ -292,10 +292,10 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._caseToShow = False
         """A case was loaded while the panel was hidden: the slice views show it on enter()."""
         self._shownTask = None
-        self._launchedJob = None
+        self.session = None
+        """The loop's control flow (ASSFTSlicerLib.session): the job followed, the mark."""
         self._jobTimer = None
         self._workspaceTimer = None
-        self._workspaceMark = ""
         self._summary = None
 
     def setup(self) -> None:
@@ -305,6 +305,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ASSFTSlicerLogic()
+        self.session = LoopSession(self.logic)
         self._observeTasks()
         # The embedded editor: its own parameter node, set before the scene (so that its
         # default selections are stored there); the case decides segmentation and source.
@@ -485,7 +486,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
             return
         try:
-            self._workspaceMark = self.logic.workspaceMark(p.workspacePath)
+            self.session.markRead(p.workspacePath)
             self._summary = self.logic.workspaceSummary(p.workspacePath)
             qt.QSettings().setValue(self.LAST_WORKSPACE_SETTING, self._summary["workspace"])
             self.ui.workspaceStatusLabel.text = self.logic.describeWorkspace(self._summary)
@@ -495,12 +496,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.worklistTableView.setMRMLTableNode(p.worklistTable)
             p.modelsTable = self.logic.updateModelsTable(p.workspacePath, p.modelsTable)
             self.ui.modelsTableView.setMRMLTableNode(p.modelsTable)
-            if self._launchedJob is None and self.logic.followRunningJob(p.workspacePath):
-                self._launchedJob = {}  # a job started before Slicer was (re)opened
-                self._beginJobMonitoring()
+            if self.session.followRunningJob(p.workspacePath):
+                self._beginJobMonitoring()  # a job started before Slicer was (re)opened
         except Exception as error:  # a damaged or vanished workspace must not break the panel
             logging.warning("cannot read the workspace: %s", error)
-            self._workspaceMark = self.UNREADABLE
+            self.session.markUnreadable()  # read again at the next look
             self._summary = None
             self.ui.workspaceStatusLabel.text = _("Cannot read the workspace: {error}").format(
                 error=error
@@ -511,15 +511,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Refresh when the workspace changed elsewhere; not while this panel's own task runs
         (it refreshes when the task ends)."""
         p = self._parameterNode
-        if p is None or self.logic.tasks.busy or not self.logic.hasWorkspace(p.workspacePath):
-            return
-        try:
-            mark = self.logic.workspaceMark(p.workspacePath)
-        except Exception as error:  # refresh() says once what is wrong with the workspace
-            logging.debug("cannot read the workspace's mark: %s", error)
-            mark = self.UNREADABLE
-        if mark != self._workspaceMark:
-            self.refresh()
+        if p is not None and self.session.changedElsewhere(p.workspacePath):
+            self.refresh()  # which says once what is wrong with a workspace it cannot read
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -538,7 +531,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             summary = {}
         depsMissing = bool(dependencies.missingPackages()) if not hasWorkspace else False
         counts = summary.get("counts", {})
-        jobRunning = self._launchedJob is not None
+        jobRunning = self.session is not None and self.session.followsJob
 
         def setState(button, enabled, whyNot):
             if button is taskButton:
@@ -992,12 +985,12 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Fine-tune, or cancel the running job (its own command: the task running in the
         foreground, e.g. a prediction, is left alone)."""
         p = self._parameterNode
-        if self._launchedJob is not None:
+        if self.session.followsJob:
             with slicer.util.tryWithErrorDisplay(
                 _("Failed to cancel fine-tuning."), waitCursor=True
             ):
                 # The job followed, in its own workspace (the field may name another now).
-                if self.logic.cancelFollowedJob(onFinished=self._onCancelled):
+                if self.session.cancelJob(onFinished=self._onCancelled):
                     self.ui.finetuneStatusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
@@ -1006,26 +999,22 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             if question and not slicer.util.confirmOkCancelDisplay(question):
                 return
-            self.logic.launchFinetune(
+            self.session.launchFinetune(
                 p.workspacePath,
-                p.finetuneMode.value,
-                p.finetuneIterations,
-                p.device.value,
-                onFinished=self._onFinetuneLaunched,
+                onLaunched=self._onFinetuneLaunched,
+                mode=p.finetuneMode.value,
+                iterations=p.finetuneIterations,
+                device=p.device.value,
             )
-            self._launchedJob = {}
             self.ui.finetuneStatusLabel.text = _("Starting fine-tuning...")
             self._updateButtons()
 
-    def _onFinetuneLaunched(self, result) -> None:
-        problem = self.logic.launchProblem(result)
+    def _onFinetuneLaunched(self, result, problem: str) -> None:
         if problem:
-            self._launchedJob = None
             self.ui.finetuneStatusLabel.text = problem
             slicer.util.errorDisplay(problem, detailedText="\n".join(result.output[-40:]))
             self._updateButtons()
             return
-        self._launchedJob = self.logic.launchedJob(result)
         self._beginJobMonitoring()
 
     def _onCancelled(self, result) -> None:
@@ -1042,27 +1031,22 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        status = self.logic.followedJobStatus(self._launchedJob or {})
-        self.ui.finetuneStatusLabel.text = self.logic.describeJob(status)
-        progress = status.get("last_progress") or {}
-        if progress.get("total"):
-            self.ui.finetuneProgressBar.setRange(0, int(progress["total"]))
-            self.ui.finetuneProgressBar.setValue(int(progress.get("done") or 0))
-        if self.logic.jobIsActive(status):
+        # A promotion ranks again only in the job's own workspace, not one opened since.
+        update = self.session.pollJob(p.workspacePath, p.rerankAfterPromotion)
+        self.ui.finetuneStatusLabel.text = update.text
+        if update.total:
+            self.ui.finetuneProgressBar.setRange(0, int(update.total))
+            self.ui.finetuneProgressBar.setValue(int(update.done or 0))
+        if update.active:
             return
 
         self._jobTimer.stop()
-        self._launchedJob = None
         self.ui.finetuneProgressBar.setRange(0, 1)
-        self.ui.finetuneProgressBar.setValue(1 if status.get("state") == JobState.DONE else 0)
+        self.ui.finetuneProgressBar.setValue(1 if update.state == JobState.DONE else 0)
         self.refresh()
-        if status.get("state") == JobState.FAILED:
-            slicer.util.errorDisplay(self.logic.describeJob(status))
-        elif (
-            self.logic.jobPromotedVersion(status)
-            and p.rerankAfterPromotion
-            and self.logic.isJobWorkspace(p.workspacePath)  # not a workspace opened since
-        ):
+        if update.error:
+            slicer.util.errorDisplay(update.error)
+        elif update.rankAgain:
             self._rankAfterPromotion()
 
     def _selectedVersion(self) -> str:

@@ -9,7 +9,7 @@ import shutil
 
 import SimpleITK as sitk
 
-from assft.workspace.workspace import MAX_CASE_ID_LENGTH
+from assft.workspace.assembly import MAX_CASE_ID_LENGTH
 from assft_testing import run_cli, run_cli_in_process
 
 FAST = {"iterations": 2, "semi_iterations": 2, "views": 1, "tau_c": 0.0}

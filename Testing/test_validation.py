@@ -68,9 +68,9 @@ FINETUNE_BAD: dict[str, list[Any]] = {
         [8.0, 8, 8],
         [10**5, 10**5, 10**5],
     ],
-    "lr": [0.0, -1e-4, NAN, INF, True, "1e-4"],
-    "encoder_lr_scale": [-0.1, NAN, INF],
-    "weight_decay": [-1.0, INF, NAN],
+    "lr": [0.0, -1e-4, NAN, INF, True, "1e-4", 1e39, 1e308, 2e6],
+    "encoder_lr_scale": [-0.1, NAN, INF, 1e39],
+    "weight_decay": [-1.0, INF, NAN, 1e39],
     "foreground_ratio": FRACTION,
     "rho": FRACTION,
     "tau_c": FRACTION,
@@ -90,8 +90,8 @@ FINETUNE_BAD: dict[str, list[Any]] = {
     "anchor_rho": FRACTION,
     "anchor_margin": FRACTION,
     "labeled_share": [0.0, 1.0, *FRACTION],
-    "anchor_distill": [-1.0, NAN, INF, True, "1"],
-    "partial_distill": [-0.5, NAN, INF, False, "4"],
+    "anchor_distill": [-1.0, NAN, INF, True, "1", 1e39],
+    "partial_distill": [-0.5, NAN, INF, False, "4", 1e300],
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from assft.apps.simulation import Dataset
 from assft.metrics.clustering import kmeans, silhouette
 from assft.query.config import QueryConfig
-from assft.query.ranking import PoolScorer
+from assft.query.scoring import PoolScorer
 from assft.workspace.creation import create_workspace
 
 SITES = ("t2", "lowfield", "flair", "hospital", "multicentre")

@@ -544,7 +544,8 @@ class WorkspaceLogic:
     def writeVolumesForWorkspace(self, volumeNodes, folder) -> list[pathlib.Path]:
         """Write loaded volumes as NIfTI files (their exact grids) for a new workspace; the
         volumes that cannot be cases (:meth:`isScanForNewWorkspace`) are left out."""
-        from assft.io.imaging import case_id_from_path, write_image_atomic
+        from assft.io.image_names import case_id_from_path
+        from assft.io.imaging import write_image_atomic
 
         folder = pathlib.Path(folder)
         written = []

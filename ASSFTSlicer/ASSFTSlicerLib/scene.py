@@ -301,7 +301,8 @@ def loadLabelArray(
     import SimpleITK as sitk
 
     from assft.errors import AssftError
-    from assft.io.imaging import geometry_mismatch, read_label
+    from assft.io.imaging import read_label
+    from assft.io.voxel_grids import geometry_mismatch
 
     try:
         label = read_label(labelPath)
@@ -404,7 +405,8 @@ def heatColorNode():
 def loadUncertaintyVolume(path: str | Path, referenceVolumeNode, caseId: str):
     """Load a voxel uncertainty map (entropy in 0..1) as a scalar volume with a heat colormap."""
     from assft.errors import AssftError
-    from assft.io.imaging import geometry_mismatch, read_image
+    from assft.io.imaging import read_image
+    from assft.io.voxel_grids import geometry_mismatch
 
     try:
         image = read_image(path)

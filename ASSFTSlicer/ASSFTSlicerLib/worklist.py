@@ -142,6 +142,7 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 if isinstance(gate, dict)
                 else "",
                 "curve": _curveSummary(entry.get("learning_curve")),
+                "curve_points": _curvePoints(entry.get("learning_curve")),
             }
         )
     return rows
@@ -173,6 +174,28 @@ def _curveSummary(curve) -> str:
         return summarize_curve(curve)
     except (KeyError, TypeError, ValueError, IndexError) as error:
         return f"unreadable learning curve: {error!r}"
+
+
+def _curvePoints(curve) -> dict[str, Any] | None:
+    """A version's learning curve as data for a chart: ``loss`` and ``dice`` ``[step, value]``
+    points along the job's steps and the ``kept`` step; None when none was recorded or it is
+    unreadable (the summary cell says so)."""
+    from assft.training.curves import LearningCurve
+
+    if not curve:
+        return None
+    try:
+        parsed = LearningCurve.from_dict(curve)
+        loss, dice = parsed.points()
+        best = parsed.best
+        kept = parsed.global_step(best["stage"], best["step"]) if best else None
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return {
+        "loss": [[step, value] for step, value in loss],
+        "dice": [[step, value] for step, value in dice],
+        "kept": kept,
+    }
 
 
 def fillTableNode(tableNode, columns: Sequence[Column], rows: Sequence[dict[str, Any]]):

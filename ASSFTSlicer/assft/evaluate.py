@@ -16,14 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.io.imaging import (
-    geometry_mismatch,
-    image_suffix,
-    read_header,
-    read_image,
-    read_label,
-    scanned_image_file,
-)
+from assft.io.image_names import image_suffix, scanned_image_file
+from assft.io.imaging import read_header, read_image, read_label
+from assft.io.voxel_grids import geometry_mismatch
 from assft.metrics import dice_scores, mean_dice
 from assft.predict import Predictor
 from assft.runtime.progress import Progress

@@ -23,11 +23,13 @@ import SimpleITK as sitk
 import torch
 
 from assft.errors import BadInputError
+from assft.io.atomic import PinnedFolder
 from assft.io.imaging import read_image, write_image_atomic
 from assft.io.preprocessing import to_image_grid, to_model_grid
 from assft.metrics import voxel_entropy
 from assft.models import resolve_device
 from assft.models.inference import VIEW_FLIPS, sliding_window_probabilities
+from assft.runtime import syncpoints
 from assft.runtime.progress import Progress
 from assft.workspace.config import enclosing_workspace
 from assft.workspace.model_versions import ModelVersions
@@ -196,13 +198,28 @@ class Predictor:
         except OSError as error:
             raise BadInputError(f"cannot be created ({error.strerror or error})", folder) from None
         folder = folder.resolve()
+        # Held open from here: a link swapped in for the folder's path while the cases are
+        # predicted (towards labels/, say) cannot redirect a prediction there.
+        with PinnedFolder(folder) as pinned:
+            return self._predict_into(case_ids, pinned, uncertainty, progress)
+
+    def _predict_into(
+        self, case_ids: list[str], pinned: PinnedFolder, uncertainty: bool, progress: Progress
+    ) -> list[dict[str, Any]]:
+        folder = pinned.path
         progress.phase("predict", len(case_ids))
         results: list[dict[str, Any]] = []
         for done, case_id in enumerate(case_ids, start=1):
             prediction = self.predict(case_id)
-            label_path = write_image_atomic(prediction.label, folder / f"{case_id}.nii.gz")
+            label_path = write_image_atomic(
+                prediction.label, folder / f"{case_id}.nii.gz", pinned=pinned
+            )
             uncertainty_path = (
-                write_image_atomic(prediction.uncertainty, folder / f"{case_id}_uncertainty.nii.gz")
+                write_image_atomic(
+                    prediction.uncertainty,
+                    folder / f"{case_id}_uncertainty.nii.gz",
+                    pinned=pinned,
+                )
                 if uncertainty
                 else None
             )
@@ -216,6 +233,7 @@ class Predictor:
                 }
             )
             progress.update(done, case=case_id, seconds=seconds)
+            syncpoints.reach("prediction-written")
         return results
 
 

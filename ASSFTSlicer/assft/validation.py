@@ -76,6 +76,11 @@ MAX_PATCH = 512
 """Largest patch edge in voxels (the model grid itself is at most 512^3)."""
 MAX_BATCH_VOXELS = 2**27
 """Most voxels one step may hold, patches times their size (128^3 x 64: far beyond any GPU)."""
+MAX_RATE = 1e6
+"""Largest learning rate, rate scale or weight decay: the optimisers compute in float32, where
+1e39 is out of range; any rate near this bound already diverges at the first step."""
+MAX_WEIGHT = 1e6
+"""Largest weight of a loss term (distillation): far above any that trains."""
 MAX_MC_SAMPLES = 100
 """Most MC-dropout passes a case may get (the epistemic baseline)."""
 MAX_PROTOTYPES = 10_000

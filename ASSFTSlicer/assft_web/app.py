@@ -39,12 +39,13 @@ from trame_slicer.segmentation import (
 )
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
-from assft.runtime.job_state import JobState
+from assft_web.curve_chart import chart
 from assft_web.page import build_page
 from assft_web.shortcuts import BRUSH_STEP, action_of
 from assft_web.slice_views import slice_view_ui
 from ASSFTSlicerLib.logic import WorkspaceLogic
 from ASSFTSlicerLib.scene import OverlapPolicy, SegmentOverlapError, UnsubmittedEditsError
+from ASSFTSlicerLib.session import LoopSession
 from ASSFTSlicerLib.standalone import bindScene
 from ASSFTSlicerLib.tasks import TaskKind
 
@@ -111,6 +112,14 @@ def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _with_curve_chart(row: dict[str, Any]) -> dict[str, Any]:
+    """A versions-table row with its learning curve as chart geometry (``chart``, None for the
+    pretrained model) instead of its points."""
+    points = row.pop("curve_points", None) or {}
+    row["chart"] = chart(points.get("loss", []), points.get("dice", []), points.get("kept"))
+    return row
+
+
 class AnnotationApp(TrameApp):
     """The page and its server-side state for one workspace.
 
@@ -141,10 +150,9 @@ class AnnotationApp(TrameApp):
         self.device = device
         self.budget = budget
         self.finetune_config = finetune_config
-        self.launched_job: dict[str, Any] | None = None
+        self.session = LoopSession(self.logic)  # the fine-tuning job followed, the mark
         self._lastJobPoll = 0.0
         self._lastWorkspacePoll = 0.0
-        self._workspaceMark = ""
         self._pollTask: asyncio.Task | None = None
 
         self.slicer = SlicerApp()
@@ -165,6 +173,7 @@ class AnnotationApp(TrameApp):
                 lambda _interactor, _event, view=view: self._on_cursor(view),
                 100.0,
             )
+        self._drag_adjusts_window_level()
         # trame-slicer 2.0.0: in its stock segmentation app, Paint and Erase raise "'NoneType'
         # object has no attribute 'paint_interaction_stopped'" (an effect pipeline without a
         # view), which the feasibility probe fixed by creating the effects after the views. The
@@ -225,6 +234,7 @@ class AnnotationApp(TrameApp):
         state.wl_preset = ""
         state.wl_window = 1.0
         state.wl_level = 0.0
+        self._window_level_observed: tuple[Any, int] | None = None  # display node, tag
 
     def correction_hint(self) -> str:
         """Which structures to correct, when the workspace labels only some ("" otherwise)."""
@@ -255,9 +265,11 @@ class AnnotationApp(TrameApp):
         """The worklist, the counts and the model versions, read from the workspace (opened
         once)."""
         workspace = self.logic.openWorkspace(self.workspace)
-        self._workspaceMark = self.logic.workspaceMark(workspace)
+        self.session.markRead(workspace.root)
         self.state.worklist = _json_rows(self.logic.worklist(workspace))
-        self.state.versions = _json_rows(self.logic.modelVersions(workspace))
+        self.state.versions = _json_rows(
+            [_with_curve_chart(row) for row in self.logic.modelVersions(workspace)]
+        )
         summary = workspace.status_summary()  # the counts and the latest ranking, read once
         self.state.counts = self.logic.describeCounts(summary["counts"])
         notes = (
@@ -312,7 +324,7 @@ class AnnotationApp(TrameApp):
         for process in (tasks.current, tasks.jobCommand):
             if process is not None and process.result is None:  # the Logic's launcher="thread"
                 process.drain()
-        launched = self.launched_job or {}
+        launched = self.session.launchedJob or {}
         if launched.get("pid") and time.monotonic() - self._lastJobPoll > JOB_POLL_SECONDS:
             self._lastJobPoll = time.monotonic()
             self._poll_job()
@@ -320,7 +332,7 @@ class AnnotationApp(TrameApp):
         # what it writes is not yet news (a worklist before its Rank button is back).
         if not tasks.busy and time.monotonic() - self._lastWorkspacePoll > WORKSPACE_POLL_SECONDS:
             self._lastWorkspacePoll = time.monotonic()
-            if self.logic.workspaceMark(self.workspace) != self._workspaceMark:
+            if self.session.changedElsewhere(self.workspace):
                 self.refresh()  # changed outside the page
 
     # ranking -----------------------------------------------------------------------------
@@ -413,6 +425,7 @@ class AnnotationApp(TrameApp):
         self.logic.setUncertaintyVisible(self.state.show_uncertainty)
         display.reset_views()
         self._reset_window_level()
+        self._observe_window_level(nodes.volume.GetDisplayNode())
         self.state.current_case = case_id
         self.state.has_uncertainty = nodes.uncertainty is not None
         self.state.case_ready = True
@@ -509,6 +522,45 @@ class AnnotationApp(TrameApp):
         first = next(iter(self._window_level_presets), "")
         self.state.wl_preset = first
         self._on_window_level_preset(first)
+
+    def _drag_adjusts_window_level(self) -> None:
+        """Left-drag in a slice view sets the window (left-right) and the level (up-down), as in
+        Slicer's window/level mouse mode. The editor's tools claim the drag first (Paint, Erase,
+        Scissors, Draw), so the drag adjusts window/level when no tool is active (Esc).
+        Middle-drag pans and right-drag zooms in every mode."""
+        import slicer
+
+        interaction = self.slicer.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        if interaction is not None:
+            interaction.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.AdjustWindowLevel)
+        for view in self.slicer.view_manager.get_slice_views():
+            # The scan's window/level, never the uncertainty overlay's (the foreground layer,
+            # which Slicer's widget would take where the overlay shows).
+            manager = view.get_displayable_manager_by_class(
+                slicer.vtkMRMLScalarBarDisplayableManager
+            )
+            if manager is not None:
+                manager.SetAdjustForegroundWindowLevelEnabled(False)
+
+    def _observe_window_level(self, display: Any) -> None:
+        """Show on the page the window/level a drag in the views sets on the scan."""
+        if self._window_level_observed is not None:
+            node, tag = self._window_level_observed
+            node.RemoveObserver(tag)
+            self._window_level_observed = None
+        if display is not None:
+            tag = display.AddObserver("ModifiedEvent", self._on_display_window_level)
+            self._window_level_observed = (display, tag)
+
+    def _on_display_window_level(self, display: Any, _event: str) -> None:
+        shown = (round(display.GetWindow(), 2), round(display.GetLevel(), 2))
+        if shown == (self.state.wl_window, self.state.wl_level) or shown[0] <= 0:
+            return
+        preset = self._window_level_presets.get(self.state.wl_preset)
+        with self.state:
+            self.state.wl_window, self.state.wl_level = shown
+            if preset is not None and tuple(round(v, 2) for v in preset) != shown:
+                self.state.wl_preset = ""  # a drag left the preset
 
     @change("wl_preset")
     def _on_window_level_preset(self, wl_preset, **_kwargs) -> None:
@@ -648,8 +700,8 @@ class AnnotationApp(TrameApp):
     def finetune(self) -> None:
         """Launch fine-tuning in the background, or cancel the job that runs."""
         with self._reporting_errors():
-            if self.launched_job is not None:
-                if self.logic.cancelFinetuneJob(self.workspace, onFinished=self._on_cancelled):
+            if self.session.followsJob:
+                if self.session.cancelJob(onFinished=self._on_cancelled):
                     self.state.job_text = "Cancelling..."
                 return
             question = self.logic.longFinetuneQuestion(self.workspace, config=self.finetune_config)
@@ -663,25 +715,21 @@ class AnnotationApp(TrameApp):
         """Launch fine-tuning in the background (asked first when it will take long)."""
         self.state.finetune_question = ""
         with self._reporting_errors():
-            self.logic.launchFinetune(
+            self.session.launchFinetune(
                 self.workspace,
+                onLaunched=self._on_finetune_launched,
                 device=self.device,
                 config=self.finetune_config,
-                onFinished=self._on_finetune_launched,
             )
-            self.launched_job = {}
             self.state.job_active = True
             self.state.job_text = "Starting fine-tuning..."
 
-    def _on_finetune_launched(self, result) -> None:
-        problem = self.logic.launchProblem(result)
+    def _on_finetune_launched(self, _result, problem: str) -> None:
         if problem:
-            self.launched_job = None
             self.state.job_active = False
             self._error(problem)
             return
-        self.launched_job = self.logic.launchedJob(result)  # followed from now on (poll_once)
-        self.state.job_active = True
+        self.state.job_active = True  # followed from now on (poll_once)
         self._lastJobPoll = 0.0
 
     def _on_cancelled(self, result) -> None:
@@ -689,18 +737,16 @@ class AnnotationApp(TrameApp):
             self._error(self.logic.describeResult(result))
 
     def _poll_job(self) -> None:
-        status = self.logic.detachedJobStatus(self.workspace, self.launched_job or {})
-        self.state.job_text = self.logic.describeJob(status)
-        self.state.job_progress = _percent(status.get("last_progress") or {})
-        if self.logic.jobIsActive(status):
+        update = self.session.pollJob(self.workspace, bool(self.state.rerank_after_promotion))
+        self.state.job_text = update.text
+        self.state.job_progress = update.percent
+        if update.active:
             return
-        self.launched_job = None
         self.state.job_active = False
         self.refresh()
-
-        if status.get("state") == JobState.FAILED:
-            self._error(self.logic.describeJob(status))
-        elif self.logic.jobPromotedVersion(status) and self.state.rerank_after_promotion:
+        if update.error:
+            self._error(update.error)
+        elif update.rankAgain:
             self.logic.rankWhenFree(
                 self.workspace,
                 self.budget,

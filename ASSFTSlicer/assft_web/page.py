@@ -14,8 +14,11 @@ from typing import Any
 from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import client, html
 from trame.widgets import vuetify3 as v
+from trame_client.widgets.core import AbstractElement
 from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoRedoUI
 
+from assft_web.curve_chart import HEIGHT as CHART_HEIGHT
+from assft_web.curve_chart import WIDTH as CHART_WIDTH
 from assft_web.shortcuts import ANNOTATOR_SCRIPT, HELP, KEY_SCRIPT
 
 # Five columns that fit the drawer without scrolling sideways (the browser tests measure it): the
@@ -279,9 +282,10 @@ def _versions(ctrl) -> None:
             )
         with v.Template(raw_attrs=['v-slot:item.dice="{ item }"']):
             html.Span(NUMBER % ("dice", "dice"))
-        for key in ("gate", "curve"):
-            with v.Template(raw_attrs=[f'v-slot:item.{key}="{{ item }}"']):
-                html.Div("{{ item." + key + " }}", style=WRAP)
+        with v.Template(raw_attrs=['v-slot:item.gate="{ item }"']):
+            html.Div("{{ item.gate }}", style=WRAP)
+        with v.Template(raw_attrs=['v-slot:item.curve="{ item }"']):
+            _curve_cell()
         with v.Template(raw_attrs=['v-slot:item.use="{ item }"']):
             v.VBtn(
                 "Use",
@@ -290,6 +294,44 @@ def _versions(ctrl) -> None:
                 v_if="item.current !== 'yes'",
                 click=(ctrl.use_version, "[item.version]"),
             )
+
+
+def _curve_cell() -> None:
+    """A version's learning curve: a chart of the training loss (grey, scaled to its range) and
+    the held-out Dice (green, 0 to 1) by step, the kept step circled, and the summary below."""
+    with html.Div(style=WRAP, title=("item.curve",)):
+        with html.Svg(
+            v_if="item.chart",
+            classes="curve-chart",
+            raw_attrs=[
+                f'width="{CHART_WIDTH}"',
+                f'height="{CHART_HEIGHT}"',
+                f'viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}"',
+                'style="background: #fafafa; border: 1px solid #e0e0e0;"',
+            ],
+        ):
+            AbstractElement(
+                "polyline",
+                classes="curve-loss",
+                raw_attrs=[':points="item.chart.loss"', 'fill="none"', 'stroke="#90a4ae"'],
+            )
+            AbstractElement(
+                "polyline",
+                classes="curve-dice",
+                raw_attrs=[':points="item.chart.dice"', 'fill="none"', 'stroke="#2e7d32"'],
+            )
+            AbstractElement(
+                "circle",
+                v_if="item.chart.kept",
+                classes="curve-kept",
+                raw_attrs=[
+                    ':cx="item.chart.kept[0]"',
+                    ':cy="item.chart.kept[1]"',
+                    'r="2.5"',
+                    'fill="#2e7d32"',
+                ],
+            )
+        html.Div("{{ item.curve }}", style="font-size: 11px;")
 
 
 @panel("job_active", "rerank_after_promotion", "job_text", "job_progress")

@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from assft.apps import mni_template, sampledata
-from assft.apps.sampledata import (
-    ACQUISITIONS,
-    LEVELS,
-    SHIFT_KINDS,
-    SITE_NAMES,
-    SITES,
-    make_case,
-    plan_case,
-    site_folder,
-    write_sample_data,
-)
-from assft.apps.sites import ARCHIVE_NAMES, TEST_EVERY, Archive, Stratum
+from assft.apps import mni_template, sample_imaging, sampledata
+from assft.apps.sample_plans import LEVELS, SHIFT_KINDS, plan_case
+from assft.apps.sampledata import SITES, make_case, site_folder, write_sample_data
+from assft.apps.sites import ACQUISITIONS, ARCHIVE_NAMES, SITE_NAMES, TEST_EVERY, Archive, Stratum
 from assft.errors import BadInputError
 from assft_testing import run_cli, skip_without_template
 
@@ -543,7 +534,7 @@ def test_motion_leaves_the_label_and_ghosts_the_image_along_y(monkeypatch) -> No
     assert moved.meta["artefact"]["kind"] == "motion" and 1 <= len(moves) <= 2
     assert all(0.55 <= m["after_fraction_of_lines"] <= 0.85 for m in moves)
     # The same case without the motion: every other draw comes from its own generator.
-    monkeypatch.setattr(sampledata, "_motion", lambda image, artefact, spacing: image)
+    monkeypatch.setattr(sample_imaging, "_motion", lambda image, artefact, spacing: image)
     still = make_case("multicentre", index, seed=0, spacing=SITE_SPACING)
     assert np.array_equal(still.label, moved.label)
     brain = still.label > 0

@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from assft.apps.label_efficiency import STRATEGIES, _key, goals, planned_runs, summarise
+from assft.apps.label_efficiency_goals import goals, summarise
+from assft.apps.label_efficiency_grid import STRATEGIES, planned_runs, run_key
 from assft.apps.label_efficiency_report import CEILING, markdown
 from assft.apps.report import bars_svg, lines_svg, scatter_svg
 from assft.apps.simulation import Case, Dataset, Simulation, append_result, read_results, spearman
@@ -106,7 +107,7 @@ def test_a_second_round_ranks_again_with_the_current_model_and_tests_it(
 
 
 def test_the_gate_record_counts_every_round_and_the_refusals():
-    from assft.apps.label_efficiency import gate_record
+    from assft.apps.label_efficiency_goals import gate_record
 
     rounds = [
         {"validation_dice": 0.7, "parent_validation_dice": 0.6, "promoted": True},
@@ -376,7 +377,7 @@ def test_bench_label_efficiency_end_to_end_and_resumes(tmp_path):
 
 
 def test_recipe_ablations_and_modes_in_the_plan():
-    from assft.apps.label_efficiency import RECIPE_ABLATIONS
+    from assft.apps.label_efficiency_grid import RECIPE_ABLATIONS
     from assft.apps.label_efficiency_report import markers
 
     plan = planned_runs([2], [0, 1, 2], ablations=(), modes=("selective", "none"))
@@ -418,7 +419,7 @@ def test_recipe_ablations_and_modes_in_the_plan():
 
 
 def test_a_candidate_recipe_repeats_the_grid_beside_the_default_one():
-    from assft.apps.label_efficiency import candidate_name
+    from assft.apps.label_efficiency_grid import candidate_name
 
     candidate = {"schedule": "constant", "intensity_augment": False}
     default = planned_runs([2], [0, 1], modes=("selective", "none"), pool_size=20)
@@ -441,11 +442,11 @@ def test_a_candidate_recipe_repeats_the_grid_beside_the_default_one():
     assert all(r["finetune"] == candidate for r in again)
     assert {r["variant"] for r in again if r["budget"] == 20} == {f"{name}; {CEILING}"}
     assert not any(r.get("query") for r in again)  # the ablations are not repeated
-    assert len({_key(r) for r in plan}) == len(plan)  # each run its own place in runs.jsonl
+    assert len({run_key(r) for r in plan}) == len(plan)  # each run its own place in runs.jsonl
 
 
 def test_payoff_goals_read_the_ceiling_and_the_smallest_budget():
-    from assft.apps.label_efficiency import payoff_goals
+    from assft.apps.label_efficiency_goals import payoff_goals
 
     table = [
         {"strategy": "random", "mode": "none", "variant": "", "budget": 2, "mean": 0.66},

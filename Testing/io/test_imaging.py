@@ -18,17 +18,15 @@ import pytest
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
+from assft.io.image_names import IMAGE_SUFFIXES, case_id_from_path
 from assft.io.imaging import (
-    IMAGE_SUFFIXES,
     MAX_EXTENT_MM,
     MAX_IMAGE_VOXELS,
-    case_id_from_path,
-    geometry_mismatch,
-    image_geometry,
     read_image,
     read_label,
     write_image_atomic,
 )
+from assft.io.voxel_grids import geometry_mismatch, image_geometry
 from assft_testing.workspaces import write_dicom_series as write_series
 
 SIZE_XYZ = (8, 9, 10)

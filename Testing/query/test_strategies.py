@@ -226,16 +226,16 @@ def test_a_budget_larger_than_the_pool_is_refused():
 
 
 def test_the_names_everywhere_come_from_the_registry():
-    from assft.apps import label_efficiency
+    from assft.apps import label_efficiency_grid
     from assft.cli import build_parser
 
     names = list(STRATEGIES)
     assert [member.value for member in Strategy] == names
     # The member names the Slicer parameter node stores: ATTSQ for "attsq".
     assert all(Strategy(name).name == name.upper().replace("-", "_") for name in names)
-    assert list(label_efficiency.STRATEGIES) == names
-    assert set(label_efficiency.SINGLE) == {n for n, s in STRATEGIES.items() if s.baseline}
-    assert {"attsq", "random", "dkd", "asd"}.isdisjoint(label_efficiency.SINGLE)
+    assert list(label_efficiency_grid.STRATEGIES) == names
+    assert set(label_efficiency_grid.SINGLE) == {n for n, s in STRATEGIES.items() if s.baseline}
+    assert {"attsq", "random", "dkd", "asd"}.isdisjoint(label_efficiency_grid.SINGLE)
     rank = build_parser()._subparsers._group_actions[0].choices["rank"]
     strategy = next(a for a in rank._actions if a.dest == "strategy")
     assert list(strategy.choices) == names

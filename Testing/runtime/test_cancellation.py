@@ -128,7 +128,7 @@ def test_a_cancel_is_answered_between_the_windows_of_one_case(tmp_path, monkeypa
     from assft.datasets.synthetic import TINY_PRESET
     from assft.models import load_model
     from assft.models.inference import sliding_window_probabilities
-    from assft.models.presets import ModelPreset
+    from assft.models.model_preset import ModelPreset
 
     model = load_model(ModelPreset.from_dict({**TINY_PRESET, "overlap": 0.9}))
     image = torch.randn(1, 24, 24, 24)

@@ -272,6 +272,7 @@ def _widget(module, tmp_path):
     ASSFTSlicer = module.module
     widget = ASSFTSlicer.ASSFTSlicerWidget()
     widget.logic = ASSFTSlicer.ASSFTSlicerLogic(python=sys.executable)
+    widget.session = ASSFTSlicer.LoopSession(widget.logic)  # as setup() makes them
     widget._observeTasks()
     names = [
         w.get("name")

@@ -220,7 +220,7 @@ def test_ranking_evidence_scores_only_the_labeled_structures(
 ):
     """A held-out label whose shell was never reviewed does not count against the model."""
     from assft.query.config import QueryConfig
-    from assft.query.ranking import PoolScorer
+    from assft.query.scoring import PoolScorer
 
     _, cases = synthetic_pool
     workspace = _workspace(tmp_path, synthetic_pool, tiny_preset_file, labeled_structures=[2])

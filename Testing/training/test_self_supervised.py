@@ -15,7 +15,7 @@ from assft.apps.pretrain_foundation import (
     pretrain_foundation,
 )
 from assft.models import get_preset, load_checkpoint_state, load_model
-from assft.models.presets import ModelPreset
+from assft.models.model_preset import ModelPreset
 from assft.training.self_supervised import make_views, masking, rotate
 from assft_testing import skip_without_template
 

@@ -140,7 +140,7 @@ def test_a_cancel_inside_a_training_step_stops_it_at_the_next_layer(tmp_path, du
     from assft.datasets.synthetic import TINY_PRESET
     from assft.errors import CancelledError
     from assft.models import load_model
-    from assft.models.presets import ModelPreset
+    from assft.models.model_preset import ModelPreset
     from assft.runtime import cancellation
     from assft.training import FinetuneConfig
     from assft.training.ssft import Trainer

@@ -320,6 +320,6 @@ def test_a_long_fine_tune_is_asked_before_it_starts(tmp_path, synthetic_pool, ti
     )
     app.finetune()
     assert app.state.finetune_question.startswith("This fine-tune will take about 10 minutes")
-    assert app.launched_job is None and not app.state.job_active
+    assert not app.session.followsJob and not app.state.job_active
     jobs = sorted(p.name for p in workspace.jobs_dir.iterdir() if p.name.startswith("finetune-"))
     assert jobs == [manifest["job"]]  # nothing launched

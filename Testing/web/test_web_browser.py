@@ -374,7 +374,7 @@ def test_the_views_say_where_they_are(page, workspace):
 
 def test_window_level_changes_the_scan_and_reset_brings_it_back(page, workspace):
     """No window/level could be set (issue 22): the scan's presets ("Auto" from its percentiles;
-    an MR scan gets no CT presets), a window typed in, and Reset."""
+    an MR scan gets no CT presets), a window typed in, left-drag in a view, and Reset."""
     assert page.is_visible("#window-level")
     assert "Auto" in _text(page, "#window-level")
     page.mouse.move(5, 5)
@@ -397,6 +397,35 @@ def test_window_level_changes_the_scan_and_reset_brings_it_back(page, workspace)
     page.wait_for_timeout(2000)
     back = page.locator("#views").screenshot()
     assert _changed_pixels(before, back) < changed / 10
+
+    # Left-drag in a view with no tool active (issue 22): to the left narrows the window, as in
+    # Slicer's window/level mouse mode, and the fields follow; nothing is painted.
+    page.keyboard.press("Escape")
+    axial = _views(page)[0]
+    _drag(page, axial, (0.5, 0.5), (-axial["width"] * 0.25, 0))
+    page.wait_for_function(
+        "(w) => { const v = Number(document.querySelector('#wl-window').value);"
+        " return v > 0 && v < w * 0.95; }",
+        arg=window,
+        timeout=30_000,
+    )
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(2000)
+    dragged = page.locator("#views").screenshot()
+    assert _changed_pixels(back, dragged) > 1000  # most of the brain is under its labels
+    assert page.is_disabled("button:has(i.mdi-undo)"), "the drag edited the label"
+    if os.environ.get("ASSFT_WEB_SCREENSHOT_WL"):  # README: the scan under see-through labels
+        page.click("#show-uncertainty")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=os.environ["ASSFT_WEB_SCREENSHOT_WL"])
+        page.click("#show-uncertainty")
+        page.wait_for_timeout(1000)
+    page.click("#wl-reset")
+    page.wait_for_function(
+        "(w) => Math.abs(Number(document.querySelector('#wl-window').value) - w) < 0.01",
+        arg=window,
+        timeout=30_000,
+    )
 
 
 def test_the_position_voxel_and_intensity_under_the_mouse_are_shown(page, workspace):
@@ -671,7 +700,8 @@ def test_cancel_fine_tuning_from_the_page(page, workspace, server):
 
 def test_a_version_made_outside_the_page_shows_with_its_curve_and_use_rolls_back(page, workspace):
     """A fine-tuning job from the command line promotes v1: the page shows it (it looks at the
-    workspace every few seconds) with its learning curve in short, and Use on v0 rolls back."""
+    workspace every few seconds) with its learning curve as a chart and in short, and Use on v0
+    rolls back."""
     from assft.workspace import Workspace
 
     recipe = workspace.parent / "short-recipe.json"
@@ -686,6 +716,12 @@ def test_a_version_made_outside_the_page_shows_with_its_curve_and_use_rolls_back
     cells = [c.strip() for c in v1.locator("td").all_inner_texts()]
     assert cells[1] == "yes"  # current
     assert any(c.endswith(" steps") and c.split()[0].isdigit() for c in cells), cells
+    # The learning curve is a chart (issue 22, item 7): the training loss along the job's steps.
+    chart = v1.locator("svg.curve-chart")
+    assert chart.count() == 1 and chart.bounding_box()["width"] >= 60
+    loss = chart.locator("polyline.curve-loss").get_attribute("points")
+    assert len(loss.split()) >= 2, loss
+    assert page.locator('#versions tr:has(td span:text-is("v0")) svg.curve-chart').count() == 0
     page.click('#versions tr:has(td span:text-is("v0")) button:has-text("Use")')
     page.wait_for_function(
         "() => [...document.querySelectorAll('#versions tr')].some(r =>"

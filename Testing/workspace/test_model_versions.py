@@ -19,7 +19,8 @@ import torch
 from assft.errors import AssftError, BadInputError, DivergedError
 from assft.workspace import Workspace
 from assft.workspace.files import sha256_file
-from assft.workspace.model_versions import ModelStorageError, ModelVersions
+from assft.workspace.model_versions import ModelVersions
+from assft.workspace.version_store import ModelStorageError
 from assft_testing import pause_env, wait_until_paused
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from assft.errors import BadInputError
 from assft.workspace import CASE_STATUSES, CaseRegistry
-from assft.workspace.registry import SCHEMA_VERSION
+from assft.workspace.registry_schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event

@@ -169,7 +169,7 @@ class ASSFTSlicerWidgetTest(ScriptedLoadableModuleTest):
         )
         widget.ui.finetuneButton.click()
         self._waitFor(
-            lambda: widget._launchedJob is None, timeout=120, what="cancelling fine-tuning"
+            lambda: not widget.session.followsJob, timeout=120, what="cancelling fine-tuning"
         )
 
         self.assertEqual(widget.logic.finetuneJob(workspacePath)["state"], JobState.CANCELLED)

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from assft.apps import label_efficiency as le
 from assft.apps import label_efficiency_report
 from assft.apps import speed_bench as speed
+from assft.apps.label_efficiency import run_label_efficiency
+from assft.apps.label_efficiency_grid import ABLATIONS, MODES, STRATEGIES
 from assft.apps.outputs import markdown_target, output_folder, update_markdown
-from assft.apps.sites import parse_sites
+from assft.apps.sites import MIXED, parse_sites
 from assft.errors import BadInputError
 from assft.runtime.progress import Progress
 
@@ -111,11 +112,9 @@ def _numbers(flag: str, text: str) -> tuple[int, ...]:
 
 def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in modes if m not in le.MODES]
+    unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        raise BadInputError(
-            f"--modes {text!r}: the modes are {', '.join(le.MODES)} (comma-separated)"
-        )
+        raise BadInputError(f"--modes {text!r}: the modes are {', '.join(MODES)} (comma-separated)")
     return modes
 
 
@@ -124,13 +123,13 @@ def _ablations(args: argparse.Namespace) -> tuple[str, ...]:
     if args.no_ablations:
         return ()
     if args.ablations is None:
-        return tuple(le.ABLATIONS)
+        return tuple(ABLATIONS)
     names = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
-    unknown = [a for a in names if a not in le.ABLATIONS]
+    unknown = [a for a in names if a not in ABLATIONS]
     if unknown:
         raise BadInputError(
             f"--ablations {args.ablations!r}: unknown {', '.join(unknown)}; the ablations are "
-            f"{', '.join(le.ABLATIONS)}"
+            f"{', '.join(ABLATIONS)}"
         )
     return names
 
@@ -188,7 +187,7 @@ def _run_label_efficiency(
             f"--test-every must be 2 or more (every K-th case is a test scan), got {test_every}"
         )
     out, target = _outputs(args)
-    document = le.run_label_efficiency(
+    document = run_label_efficiency(
         out,
         n=40 if args.n is None else args.n,
         budgets=_numbers("--budgets", args.budgets),
@@ -200,13 +199,13 @@ def _run_label_efficiency(
         max_minutes=args.max_minutes,
         marginal_gains=args.marginal_gains,
         transductive=not args.no_transductive,
-        strategies=tuple(args.strategies.split(",")) if args.strategies else le.STRATEGIES,
+        strategies=tuple(args.strategies.split(",")) if args.strategies else STRATEGIES,
         model=args.model,
         images=Path(args.images) if own else None,
         labels=Path(args.labels) if own else None,
         label_names=label_names,
         test_every=test_every,
-        site=parse_sites(args.site)[0] if not own else le.MIXED,
+        site=parse_sites(args.site)[0] if not own else MIXED,
         modes=_modes(args.modes),
         recipe_ablations=args.recipe_ablations,
         candidate=_candidate(args.candidate_recipe),

@@ -7,6 +7,12 @@ appended to ``runs.jsonl`` as they finish, so an interrupted benchmark continues
 The scans are the sample target pool (``assft sample-data``) or, with ``--images`` and
 ``--labels``, a lab's own labeled scans (:meth:`Dataset.from_folders`), e.g. to decide how many
 scans to label.
+
+The grid, the key a run is recorded under and the setup a folder continues under are
+:mod:`assft.apps.label_efficiency_grid`; the summary and the goals it is held to,
+:mod:`assft.apps.label_efficiency_goals`; the Markdown and the chart,
+:mod:`assft.apps.label_efficiency_report`. A run itself is :class:`Simulation`'s
+(:mod:`assft.apps.simulation`).
 """
 
 from __future__ import annotations
@@ -14,21 +20,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from itertools import product
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from assft.apps.label_efficiency_report import CEILING, describe_test_scans, dice_vs_budget_svg
-from assft.apps.sampledata import LABEL_NAMES, write_sample_data
-from assft.apps.selection_stats import (
-    area_under_curve,
-    dice_by_stratum,
-    paired_differences,
-    selection_goals,
-    t_interval,
+from assft.apps.label_efficiency_goals import payoff_goals, summarise
+from assft.apps.label_efficiency_grid import (
+    ABLATIONS,
+    MODES,
+    STRATEGIES,
+    check_budgets,
+    check_same_setup,
+    planned_runs,
+    run_key,
 )
+from assft.apps.label_efficiency_report import describe_test_scans, dice_vs_budget_svg
+from assft.apps.sampledata import LABEL_NAMES, write_sample_data
+from assft.apps.selection_stats import dice_by_stratum
 from assft.apps.simulation import (
     SMALL_MODEL_FINETUNE,
     Dataset,
@@ -43,356 +50,6 @@ from assft.query.config import QueryConfig, Strategy
 from assft.query.strategies import STRATEGIES as REGISTERED
 from assft.runtime.progress import Progress
 from assft.training.config import FinetuneConfig
-
-MODES: tuple[str, ...] = ("selective", "none", "all")
-"""The fine-tuning modes of the grid (training/config.py FinetuneMode)."""
-RECIPE_ABLATIONS: dict[str, dict[str, Any]] = {
-    "bn=frozen": {"freeze_batchnorm": True},
-    "flips=all": {"flips": "all"},
-    "intensity=on": {"intensity_augment": True},
-    "schedule=cosine": {"schedule": "cosine"},
-    "no best checkpoint": {"keep_best": False},
-    "lr=1e-3": {"lr": 1e-3},
-}
-"""One recipe choice changed each (random picks, supervised, the smallest budget)."""
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "gap=bn": {"query": {"dkd": {"gap": "bn"}}},
-    "gap=prototype": {"query": {"dkd": {"gap": "prototype"}}},
-    "no-diversity": {"query": {"lambda_div": 0.0}},
-    "diversity=rank": {"query": {"diversity": "rank", "diversity_on": "embedding"}},
-    "diversity=embedding": {"query": {"diversity_on": "embedding"}},
-    "anchor=off": {"finetune": {"anchor": False}},
-}
-"""ATTSQ + selective SSFT with one part changed (every budget and seed): the knowledge-gap
-estimator (BatchNorm statistics, prototypes), the diversity term off, the diversity term as
-first defined (deep embeddings, rank normalised), the diversity term on the deep embeddings
-(over the pool's spread), and fine-tuning without the anchor."""
-
-
-STRATEGIES: tuple[str, ...] = tuple(REGISTERED)
-"""Every registered strategy (query/strategies.py)."""
-SINGLE: tuple[str, ...] = tuple(name for name, info in REGISTERED.items() if info.baseline)
-"""The published single-criterion baselines that ATTSQ is compared with."""
-
-
-def planned_runs(
-    budgets: Sequence[int],
-    seeds: Sequence[int],
-    *,
-    ablations: Sequence[str] = tuple(ABLATIONS),
-    pool_size: int | None = None,
-    ceiling: bool = True,
-    modes: Sequence[str] = MODES,
-    recipe_ablations: bool = False,
-    candidate: dict[str, Any] | None = None,
-    rounds: int = 1,
-) -> list[dict[str, Any]]:
-    """The grid: every strategy x fine-tuning mode (none, all, selective) x budget x seed;
-    the ``ablations`` named (:data:`ABLATIONS`); random at twice each
-    budget (ATTSQ at B is compared with random at 2B; left out where 2B exceeds ``pool_size``);
-    and, given ``pool_size`` and unless ``ceiling`` is False, the recipe's ceiling: supervised
-    fine-tuning with every pool case labeled. ``modes`` limits the fine-tuning modes;
-    ``recipe_ablations`` adds each of :data:`RECIPE_ABLATIONS` at the smallest budget (random
-    picks, supervised).
-    ``candidate`` (fine-tuning settings) repeats every run of the grid itself (each strategy and
-    mode, random at 2B, the ceiling; not the ablations) with those settings changed: a whole
-    recipe against the default one, side by side. ``rounds`` > 1 runs every run but the
-    ceiling as that many rounds (``"rounds": N`` in the run; a folder holds one number of
-    rounds, its setup says which): label, fine-tune, rank again. Random at 2B is left out where
-    ``rounds`` times 2B exceeds ``pool_size``."""
-    runs = []
-    for budget, seed in product(budgets, seeds):
-        for strategy, mode in product(STRATEGIES, modes):
-            runs.append({"strategy": strategy, "mode": mode, "budget": budget, "seed": seed})
-        for variant in ablations:
-            runs.append(
-                {
-                    "strategy": "attsq",
-                    "mode": "selective",
-                    "budget": budget,
-                    "seed": seed,
-                    "variant": variant,
-                    **ABLATIONS[variant],
-                }
-            )
-    double_mode = "selective" if "selective" in modes else modes[0]
-    for budget, seed in product(sorted({2 * b for b in budgets} - set(budgets)), seeds):
-        if pool_size is None or budget * rounds <= pool_size:  # 2B pool scans a round
-            runs.append({"strategy": "random", "mode": double_mode, "budget": budget, "seed": seed})
-    if recipe_ablations:
-        for (variant, change), seed in product(RECIPE_ABLATIONS.items(), seeds):
-            runs.append(
-                {
-                    "strategy": "random",
-                    "mode": "none",
-                    "budget": min(budgets),
-                    "seed": seed,
-                    "variant": variant,
-                    "finetune": change,
-                }
-            )
-    if pool_size and ceiling:
-        runs += [
-            {
-                "strategy": "random",
-                "mode": "none",
-                "budget": pool_size,
-                "seed": seed,
-                "variant": CEILING,
-            }
-            for seed in seeds
-        ]
-    if candidate:
-        name = candidate_name(candidate)
-        runs += [
-            {
-                **run,
-                "variant": f"{name}; {run['variant']}" if run.get("variant") else name,
-                "finetune": dict(candidate),
-            }
-            for run in list(runs)
-            if run.get("variant", "") in ("", CEILING)
-        ]
-    if rounds > 1:
-        runs = [
-            run if str(run.get("variant", "")).endswith(CEILING) else {**run, "rounds": rounds}
-            for run in runs
-        ]
-    return runs
-
-
-def candidate_name(candidate: dict[str, Any]) -> str:
-    """The variant name of a candidate recipe: ``recipe: key=value, ...`` (keys sorted)."""
-    return "recipe: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(candidate.items()))
-
-
-def _key(run: dict[str, Any]) -> tuple:
-    return (run["strategy"], run["mode"], run["budget"], run["seed"], run.get("variant", ""))
-
-
-def summarise(
-    results: list[dict[str, Any]], budgets: Sequence[int] | None = None
-) -> dict[str, Any]:
-    """Mean and spread (sample std) over seeds per strategy, mode, variant and budget."""
-    groups: dict[tuple, list[float]] = {}
-    pools: dict[tuple, list[float]] = {}
-    for r in results:
-        key = (r["strategy"], r["mode"], r.get("variant", ""), r["budget"])
-        groups.setdefault(key, []).append(r["test_dice"])
-        if r.get("pool_dice") is not None:
-            pools.setdefault(key, []).append(r["pool_dice"] - r["pool_dice_pretrained"])
-    table = []
-    for (strategy, mode, variant, budget), values in sorted(groups.items()):
-        gains = pools.get((strategy, mode, variant, budget), [])
-        table.append(
-            {
-                "strategy": strategy,
-                "mode": mode,
-                "variant": variant,
-                "budget": budget,
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "ci95": t_interval(values)[1],
-                "n": len(values),
-                "pool_gain": float(np.mean(gains)) if gains else None,
-                "pool_gain_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
-            }
-        )
-    paired = paired_differences(results)
-    return {
-        "table": table,
-        "paired": paired,
-        "auc": area_under_curve(table, budgets),
-        "goals": goals(table) + selection_goals(results),
-        "gate": gate_record(results),
-    }
-
-
-def gate_record(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the promotion gate did: promoted runs, and any promoted version worse than its
-    parent on the held-out cases (there must be none) or on the test scans."""
-    # Every round of a run counts: a later round's version has an adapted parent.
-    gated = [
-        round_
-        for r in results
-        for round_ in (r.get("rounds") or [r])
-        if round_.get("validation_dice") is not None
-    ]
-    promoted = [r for r in gated if r.get("promoted")]
-    worse_held_out = [
-        r for r in promoted if r["validation_dice"] < r["parent_validation_dice"] - 1e-9
-    ]
-    return {
-        "runs_with_held_out": len(gated),
-        "promoted": len(promoted),
-        "promoted_worse_on_held_out": len(worse_held_out),
-        "refused": len(gated) - len(promoted),
-    }
-
-
-def _mean(
-    table: list[dict[str, Any]], strategy: str, mode: str, budget: int, variant: str = ""
-) -> float | None:
-    for row in table:
-        if (row["strategy"], row["mode"], row["budget"], row["variant"]) == (
-            strategy,
-            mode,
-            budget,
-            variant,
-        ):
-            return row["mean"]
-    return None
-
-
-def goals(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's goals, each with the figures and whether it holds (reported, not asserted)."""
-    budgets = sorted({row["budget"] for row in table})
-    if not budgets:
-        return []
-    smallest = budgets[0]
-    out = []
-    ours = _mean(table, "attsq", "selective", smallest)
-    baseline = _mean(table, "random", "none", smallest)
-    if ours is not None and baseline is not None:
-        out.append(
-            {
-                "goal": f"ATTSQ+selective beats random+supervised at budget {smallest}",
-                "ours": ours,
-                "other": baseline,
-                "margin": ours - baseline,
-                "holds": ours > baseline,
-            }
-        )
-    for single in SINGLE:
-        other = _mean(table, single, "selective", smallest)
-        if ours is not None and other is not None:
-            out.append(
-                {
-                    "goal": f"ATTSQ beats {single} at budget {smallest} (both selective SSFT)",
-                    "ours": ours,
-                    "other": other,
-                    "margin": ours - other,
-                    "holds": ours > other,
-                }
-            )
-    for budget in budgets:
-        selective = _mean(table, "attsq", "selective", budget)
-        for mode in ("none", "all"):
-            other = _mean(table, "attsq", mode, budget)
-            if selective is not None and other is not None:
-                out.append(
-                    {
-                        "goal": f"selective SSFT beats '{mode}' at budget {budget} (ATTSQ picks)",
-                        "ours": selective,
-                        "other": other,
-                        "margin": selective - other,
-                        "holds": selective > other,
-                    }
-                )
-        double = _mean(table, "random", "selective", 2 * budget)
-        if selective is not None and double is not None:
-            out.append(
-                {
-                    "goal": f"ATTSQ at budget {budget} vs random at {2 * budget}",
-                    "ours": selective,
-                    "other": double,
-                    "margin": selective - double,
-                    "holds": selective >= double,
-                }
-            )
-    return out
-
-
-def payoff_goals(
-    table: list[dict[str, Any]], pretrained: float, budgets: Sequence[int]
-) -> list[dict[str, Any]]:
-    """Does fine-tuning pay off (issue 10's figures)? The ceiling (every selectable scan
-    labeled) at least pretrained + 0.15 and above the smallest budget; random picks at the
-    smallest budget at least pretrained + 0.05. Reported, not asserted."""
-    smallest = min(budgets)
-    out = []
-    ceiling = next((r for r in table if r["variant"] == CEILING), None)
-    small = _mean(table, "random", "none", smallest)
-    if small is None:
-        small = _mean(table, "random", "selective", smallest)
-    if ceiling is not None:
-        out.append(
-            {
-                "goal": "ceiling >= pretrained + 0.15",
-                "ours": ceiling["mean"],
-                "other": pretrained + 0.15,
-                "margin": ceiling["mean"] - pretrained - 0.15,
-                "holds": ceiling["mean"] >= pretrained + 0.15,
-            }
-        )
-        if small is not None:
-            out.append(
-                {
-                    "goal": f"ceiling above random at budget {smallest} (more labels bring more)",
-                    "ours": ceiling["mean"],
-                    "other": small,
-                    "margin": ceiling["mean"] - small,
-                    "holds": ceiling["mean"] > small + ceiling["std"],
-                }
-            )
-    if small is not None:
-        out.append(
-            {
-                "goal": f"random at budget {smallest} >= pretrained + 0.05",
-                "ours": small,
-                "other": pretrained + 0.05,
-                "margin": small - pretrained - 0.05,
-                "holds": small >= pretrained + 0.05,
-            }
-        )
-    return out
-
-
-def _check_same_setup(path: Path, setup: dict[str, Any]) -> None:
-    """Runs continue only under the setup they were made with (budgets and seeds may grow)."""
-    setup = json.loads(json.dumps(setup))
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        changed = sorted(k for k in set(setup) | set(recorded) if setup.get(k) != recorded.get(k))
-        if changed:
-            raise BadInputError(
-                f"holds runs made with another setup ({', '.join(changed)} differ): "
-                "choose another --out to start afresh",
-                path.parent,
-            )
-    else:
-        path.write_text(json.dumps(setup, indent=2) + "\n")
-
-
-def pool_size_of(n: int, test_every: int) -> int:
-    """Pool scans among ``n`` cases when every ``test_every``-th one is a test scan."""
-    return n - n // test_every
-
-
-def _check_budgets(
-    budgets: Sequence[int],
-    n: int,
-    test_every: int,
-    where: Path | None,
-    what: str,
-    rounds: int = 1,
-) -> None:
-    """Refuse a budget larger than the pool (over all ``rounds``: a run labels its budget
-    every round), saying how many cases it needs."""
-    budget = max(budgets)
-    largest = budget * rounds
-    pool = pool_size_of(n, test_every)
-    if largest > pool:
-        needed = largest
-        while pool_size_of(needed, test_every) < largest:
-            needed += 1
-        over = f" over {rounds} rounds" if rounds > 1 else ""
-        raise BadInputError(
-            f"budget {budget}{over} needs a pool of at least {largest} cases, that is at least "
-            f"{needed} {what} (1 in every {test_every} is a test scan); there are {n} "
-            f"({pool} for the pool, {n - pool} to test)",
-            where,
-        )
 
 
 def run_label_efficiency(
@@ -469,7 +126,7 @@ def run_label_efficiency(
         names = _label_names(model, label_names)
         dataset = Dataset.from_folders(images, labels, test_every=test_every, label_names=names)
         n_cases = len(dataset.pool) + len(dataset.test)
-        _check_budgets(budgets, n_cases, test_every, images, "labeled cases", rounds)
+        check_budgets(budgets, n_cases, test_every, images, "labeled cases", rounds)
         setup = {
             "images": str(images),
             "labels": str(labels),
@@ -483,7 +140,7 @@ def run_label_efficiency(
         }
     else:
         names = _sample_label_names(model)
-        _check_budgets(budgets, n, test_every, None, "sample scans (--n)", rounds)
+        check_budgets(budgets, n, test_every, None, "sample scans (--n)", rounds)
         # test_every is recorded only when it is not the default, so that a benchmark folder
         # made before it could be chosen continues.
         setup = {
@@ -499,7 +156,7 @@ def run_label_efficiency(
     if rounds > 1:  # a folder holds runs of one number of rounds
         setup["rounds"] = rounds
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_setup(out / "setup.json", setup)
+    check_same_setup(out / "setup.json", setup)
     if images is None:
         if not (data / "manifest.json").is_file():
             write_sample_data(data, n, n_source=0, sites=[site], seed=data_seed, progress=progress)
@@ -517,7 +174,7 @@ def run_label_efficiency(
         progress=progress,
     )
     results_path = out / "runs.jsonl"
-    done = {_key(r) for r in read_results(results_path)}
+    done = {run_key(r) for r in read_results(results_path)}
     plan = [
         r
         for r in planned_runs(
@@ -531,7 +188,7 @@ def run_label_efficiency(
             candidate=candidate,
             rounds=rounds,
         )
-        if _key(r) not in done and r["strategy"] in strategies
+        if run_key(r) not in done and r["strategy"] in strategies
     ]
     progress.phase("label-efficiency", len(plan))
     started = time.monotonic()

@@ -21,23 +21,16 @@ import SimpleITK as sitk
 
 from assft.apps.sites import MIXED, TEST_EVERY, site_folder
 from assft.errors import BadInputError
-from assft.io.imaging import (
-    IMAGE_SUFFIXES,
-    VoxelGrid,
-    case_id_from_path,
-    geometry_mismatch,
-    image_suffix,
-    is_dicom_series,
-    read_header,
-    read_image,
-    read_label,
-)
+from assft.io.image_names import IMAGE_SUFFIXES, case_id_from_path, image_suffix
+from assft.io.imaging import is_dicom_series, read_header, read_image, read_label
+from assft.io.voxel_grids import VoxelGrid, geometry_mismatch
 from assft.metrics import dice_scores, mean_dice, prototype_knowledge_gap, rank_normalise
 from assft.metrics.overlap import mean_per_structure
 from assft.predict import Predictor
 from assft.query.config import QueryConfig, Strategy
 from assft.query.parts import propose_held_out
-from assft.query.ranking import rank_scored_pool, rank_workspace, score_pool
+from assft.query.ranking import rank_scored_pool, rank_workspace
+from assft.query.scoring import score_pool
 from assft.runtime.progress import Progress
 from assft.training import FinetuneConfig
 from assft.training.finetune import run_finetune

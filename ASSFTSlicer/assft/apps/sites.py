@@ -135,7 +135,7 @@ TEST_EVERY = 4
 archive's strata are dealt out over the test scans and the pool separately, so both hold its mix."""
 
 ARTEFACTS = ("motion",)
-"""Artefacts a stratum of an archive may add to its acquisition (see ``sampledata._motion``)."""
+"""Artefacts a stratum of an archive may add to its acquisition (see ``sample_imaging._motion``)."""
 
 
 @dataclass(frozen=True)

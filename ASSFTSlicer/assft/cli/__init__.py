@@ -18,6 +18,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -178,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and not getattr(args, "absent_verb", False):  # an absent verb's flags are unknown
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     warnings.showwarning = _one_line_warning
+    # A path the output's encoding cannot hold (a Windows code page, an ASCII locale) is written
+    # escaped rather than ending the command in an error.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a replaced stdout
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError):
+            reconfigure(errors="backslashreplace")
     cancellation.install()
     json_lines = getattr(args, "progress", None) == "json"
     finished = False
@@ -223,3 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         distributed.shutdown(finished)
+        if argv is None:  # the process's own command line (not a call from a test or a tool)
+            # The work is done or stopped. Python puts the default SIGTERM action back as it
+            # shuts down, and unloading torch takes a second or more: a cancel arriving then
+            # would kill a process whose work is saved (exit 143 instead of 0 or 3).
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)

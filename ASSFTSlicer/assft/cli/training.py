@@ -45,7 +45,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = _finetune_config(args, workspace)
     if args.detach:
         from assft.workspace.jobs import launch_detached_job
+        from assft.workspace.model_versions import ModelVersions
 
+        # A damaged current model is refused here, before anything is launched or written (the
+        # job would refuse it too, from its log).
+        versions = ModelVersions(workspace)
+        versions.load_state(versions.current())
         launched = launch_detached_job(
             workspace,
             ["finetune", str(workspace.root), "--device", args.device]

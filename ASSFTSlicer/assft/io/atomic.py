@@ -22,12 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from assft.errors import BadInputError
-from assft.runtime.portable import process_alive, process_umask
+from assft.runtime.portable import (
+    close_folder,
+    open_folder,
+    process_alive,
+    process_umask,
+    replace_in_folder,
+)
 
 # torch is imported inside save_torch_atomic only: the workspace modules the Slicer module uses
 # in its own process write through here, before PyTorch may be installed.
 
 __all__ = [
+    "FolderReplacedError",
+    "PinnedFolder",
     "UnsafePickleError",
     "atomic_path",
     "file_mode",
@@ -98,14 +106,82 @@ def sweep_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+class FolderReplacedError(BadInputError):
+    """An output folder was replaced (a link or another folder put at its path) while files
+    were written into it; nothing was written where its path now leads."""
+
+
+class PinnedFolder:
+    """An output folder held from the moment it was checked, for :func:`atomic_path`.
+
+    Files are renamed into the folder held open, so a link swapped in for its path meanwhile
+    (towards a workspace's ``labels/``, say) cannot redirect them: the write is refused instead,
+    and the temporary file it left at the new place is removed. Where the system cannot rename
+    relative to an open folder (Windows), the folder's identity is compared before each rename.
+
+    Args:
+        path: the folder (existing; resolved by the caller after its checks).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._identity = self._identity_of(self.path)
+        self._descriptor = open_folder(self.path)
+
+    @staticmethod
+    def _identity_of(path: Path) -> tuple[int, int] | None:
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        return (found.st_dev, found.st_ino)
+
+    def __enter__(self) -> PinnedFolder:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        close_folder(self._descriptor)
+        self._descriptor = None
+
+    def replace(self, temporary: Path, destination: Path) -> None:
+        """Rename ``temporary`` (written at this folder's path) to ``destination`` inside it.
+
+        Raises:
+            FolderReplacedError: the folder at its path is no longer the one held.
+        """
+        replaced = FolderReplacedError(
+            "was replaced while files were written into it (a link or another folder now stands "
+            "at its path): nothing more is written there",
+            self.path,
+        )
+        if temporary.parent != self.path or destination.parent != self.path:
+            raise ValueError(f"{temporary} -> {destination}: not in {self.path}")
+        if self._identity_of(self.path) != self._identity:
+            raise replaced
+        if self._descriptor is None:
+            os.replace(temporary, destination)
+            return
+        try:
+            replace_in_folder(self._descriptor, temporary.name, destination.name)
+        except FileNotFoundError:  # the temporary file went to where the path leads now
+            raise replaced from None
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, *, suffix: str | None = None, pinned: PinnedFolder | None = None
+) -> Iterator[Path]:
     """A temporary path to write; on success it replaces ``path`` atomically.
 
     Args:
         path: the destination (its folder is created).
         suffix: the temporary file's suffix (default: the destination's, so that writers that
             choose the format by suffix, such as SimpleITK, pick the right one).
+        pinned: the destination's folder as held when it was checked (:class:`PinnedFolder`):
+            the file lands in that folder or nowhere.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +195,10 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         yield temporary
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        if pinned is None:
+            os.replace(temporary, path)
+        else:
+            pinned.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         if error.filename is None:  # a write or a close names no file: name the destination

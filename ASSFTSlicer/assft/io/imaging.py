@@ -10,28 +10,27 @@ declares (:data:`MAX_IMAGE_VOXELS`), the bytes it declares against the bytes the
 physical extent (:data:`MAX_EXTENT_MM`). A 1 KB file declaring a billion voxels is refused
 without allocating them. What ITK, MetaIO or GDCM print on their own while probing a file is
 kept off the terminal: the user sees the one-line error only.
+
+The voxel grid is checked in :mod:`assft.io.voxel_grids`; which file names are images, and
+the case id a name gives, is :mod:`assft.io.image_names`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import math
 import os
 import re
-import struct
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
 from assft.errors import BadInputError
-from assft.io.atomic import atomic_path, short_write_error
+from assft.io.atomic import PinnedFolder, atomic_path, short_write_error
 from assft.io.declared_size import (
     MAX_EXTENT_MM,
     MAX_IMAGE_VOXELS,
@@ -42,26 +41,20 @@ from assft.io.declared_size import (
     raise_non_finite,
     scan_nifti,
 )
+from assft.io.image_names import image_suffix
+from assft.io.voxel_grids import check_geometry
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "MAX_EXTENT_MM",
     "MAX_ABS_INTENSITY",
     "MAX_IMAGE_VOXELS",
-    "VoxelGrid",
-    "case_id_from_path",
-    "geometry_mismatch",
-    "image_geometry",
-    "image_suffix",
     "is_dicom_series",
+    "itk_file_name",
     "read_header",
     "read_image",
     "read_label",
     "write_image_atomic",
 ]
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-"""File name endings recognised as images (matched case-insensitively)."""
 
 MAX_ABS_INTENSITY = 1e12
 """Largest voxel magnitude an image may hold. CT, MRI and PET values stay many orders below it;
@@ -70,63 +63,6 @@ makes such values from an ordinary scan)."""
 
 _SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _MAX_LABEL_VALUE = int(np.iinfo(np.uint16).max)
-_CASE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def image_suffix(path: str | Path) -> str:
-    """Return the image suffix of a file name (``".nii.gz"`` counts as one), or ``""``.
-
-    Args:
-        path: A file path or name.
-
-    Returns:
-        The matching entry of :data:`IMAGE_SUFFIXES` in lower case, or ``""`` if none matches.
-    """
-    name = Path(path).name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return suffix
-    return ""
-
-
-def scanned_image_file(path: Path) -> bool:
-    """Whether an entry of a scanned folder is an image file: named like one and a regular file.
-
-    Raises:
-        BadInputError: it is named like an image but is a pipe, a device or a broken link (a
-            folder scan never drops such a case or label without a word).
-    """
-    if path.name.startswith(".") or not image_suffix(path):
-        return False
-    if path.is_file():
-        return True
-    if path.is_dir():
-        return False  # a folder named like a file (a DICOM series is found as a folder)
-    raise BadInputError(
-        "is named like an image but is not a regular file (a pipe, a device or a broken link)",
-        path,
-    )
-
-
-def case_id_from_path(path: str | Path) -> str:
-    """Derive a case id from an image file name or a DICOM series folder name.
-
-    The image suffix is dropped, characters outside ``[A-Za-z0-9._-]`` become ``_`` and
-    leading ``.``, ``_`` and ``-`` are removed, so the id is safe as a file name and starts
-    with a letter or a digit (``"case"`` when nothing is left).
-
-    Args:
-        path: Image file or DICOM folder.
-
-    Returns:
-        The case id, e.g. ``"sub-01_T1w"`` for ``/data/sub-01 T1w.nii.gz``.
-    """
-    name = Path(path).name
-    suffix = image_suffix(name)
-    if suffix:
-        name = name[: -len(suffix)]
-    case_id = _CASE_ID_UNSAFE.sub("_", name).lstrip("._-")
-    return case_id or "case"
 
 
 _STDERR_LOCK = threading.RLock()  # file descriptor 2 is the process's: one redirection at a time
@@ -211,7 +147,25 @@ def is_dicom_series(folder: str | Path) -> bool:
     if not folder.is_dir():
         return False
     with _quiet_itk():
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_file_name(folder)))
+
+
+def itk_file_name(path: str | Path) -> str:
+    """``path`` as SimpleITK takes it: UTF-8 text. A Linux file name may hold bytes that are not
+    UTF-8, and SimpleITK's C++ code aborts the whole process on one (no message, exit 134):
+    such a name is refused here, in one line.
+
+    Raises:
+        BadInputError: the name is not valid UTF-8.
+    """
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            "its name is not valid UTF-8, which SimpleITK cannot open: rename it", path
+        ) from None
+    return name
 
 
 def _read_file(path: Path) -> sitk.Image:
@@ -227,7 +181,7 @@ def _read_file(path: Path) -> sitk.Image:
     # image information, and a pipe named there would block it.
     layout = file_layout(path, image_suffix(path))
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(itk_file_name(path))
     reader.ReadImageInformation()
     size = reader.GetSize()
     check_declared(path, size, reader.GetNumberOfComponents(), reader.GetPixelID(), layout)
@@ -253,7 +207,7 @@ def read_header(path: str | Path) -> sitk.ImageFileReader | None:
         return None
     file_layout(path, image_suffix(path))
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(itk_file_name(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
@@ -263,7 +217,7 @@ def read_header(path: str | Path) -> sitk.ImageFileReader | None:
 
 def _read_dicom_folder(path: Path) -> sitk.Image:
     """Read the one DICOM series of a folder, checked before and after its pixels are read."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_file_name(path))
     if not series:
         raise BadInputError("is a folder without a DICOM series", path)
     if len(series) > 1:
@@ -355,127 +309,8 @@ def _read_any(path: str | Path) -> tuple[sitk.Image, Path]:
             "a scalar image is needed",
             path,
         )
-    _check_geometry(image, path)
+    check_geometry(image, path)
     return image, path
-
-
-def _check_geometry(image: sitk.Image, path: Path) -> None:
-    """Refuse a voxel grid that no two programs would place alike: a spacing that is not a
-    positive number, an origin or direction that is not finite, axes that are not perpendicular
-    (a sheared grid), or, in a NIfTI file, a qform and an sform that disagree."""
-    spacing = [float(v) for v in image.GetSpacing()]
-    if not all(math.isfinite(v) and v > 0 for v in spacing):
-        raise BadInputError(f"has the voxel spacing {_format(spacing)}; each must be above 0", path)
-    origin = [float(v) for v in image.GetOrigin()]
-    direction = [float(v) for v in image.GetDirection()]
-    if not all(math.isfinite(v) for v in origin + direction):
-        raise BadInputError(
-            f"has a non-finite origin {_format(origin)} or direction {_format(direction)}", path
-        )
-    axes = np.array(direction).reshape(3, 3)
-    if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-3):
-        raise BadInputError(
-            f"has axes that are not perpendicular unit vectors (direction {_format(direction)}): "
-            "a sheared grid, which the segmentation grid cannot hold; resample it first",
-            path,
-        )
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti_transforms(path)
-
-
-def _check_nifti_transforms(path: Path) -> None:
-    """Refuse a NIfTI file whose qform and sform (both set) place the voxels differently.
-
-    Programs differ in which one they believe (ITK, and so 3D Slicer and this engine, may take
-    the qform where FSL and nibabel take the sform), so a label drawn in one could land
-    elsewhere in another.
-    """
-    import nibabel as nib
-
-    opener: Callable[..., Any] = gzip.open if image_suffix(path) == ".nii.gz" else open
-    try:
-        with opener(path, "rb") as stream:  # the header as written (nibabel's load mends it)
-            start = stream.read(4)
-            kind = (
-                nib.Nifti2Header
-                if struct.unpack("<i", start)[0] in (540, 469893120)
-                else (nib.Nifti1Header)
-            )
-            stream.seek(0)
-            header = kind.from_fileobj(stream, check=False)
-        pixdim = [float(v) for v in header["pixdim"][1:4]]
-        sform_code = int(header["sform_code"])
-        qform_code = int(header["qform_code"])
-        fields = ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
-        used = {name: float(header[name]) for name in fields} if qform_code > 0 else {}
-        for row in ("srow_x", "srow_y", "srow_z") if sform_code > 0 else ():
-            used.update({f"{row}[{i}]": float(v) for i, v in enumerate(header[row])})
-    except Exception:  # noqa: BLE001 - ITK read the file; nibabel's view is only a check
-        return
-    broken = [name for name, value in used.items() if not math.isfinite(value)]
-    if broken:
-        # ITK would quietly put such a scan somewhere (its origin or axes made up).
-        raise BadInputError(
-            f"has NaN or infinite values in the transform it uses ({', '.join(broken[:4])}): "
-            "where its voxels lie is unknown; rewrite the header with the scan's real position",
-            path,
-        )
-    codes = {"qform_code": qform_code, "sform_code": sform_code}
-    unknown = [f"{name} {code}" for name, code in codes.items() if not 0 <= code <= 5]
-    if unknown:
-        # ITK uses such a transform; nibabel and FSL ignore it and place the voxels elsewhere.
-        raise BadInputError(
-            f"has {', '.join(unknown)}, which NIfTI does not define (0 to 5): programs differ "
-            "in whether they use that transform; rewrite the header with a valid code",
-            path,
-        )
-    if qform_code > 0:
-        quaternion = sum(float(header[name]) ** 2 for name in fields[:3])
-        if quaternion > 1.0 + 1e-5:
-            # nibabel refuses it; ITK makes up a rotation from it.
-            raise BadInputError(
-                f"has a qform quaternion (quatern_b, c, d) of squared length {quaternion:.6g}, "
-                "above 1: it is no rotation, and programs differ on where the voxels lie",
-                path,
-            )
-    if sform_code > 0 and qform_code == 0 and all(math.isfinite(v) and v > 0 for v in pixdim):
-        columns = np.linalg.norm(
-            np.array(
-                [[float(v) for v in header[row][:3]] for row in ("srow_x", "srow_y", "srow_z")]
-            ),
-            axis=0,
-        )
-        if not np.allclose(columns, pixdim, rtol=1e-3, atol=1e-6):
-            # ITK takes the voxel size from pixdim, nibabel and FSL from the sform.
-            raise BadInputError(
-                f"has an sform whose voxel sizes {_format(columns.tolist())} disagree with its "
-                f"pixdim {_format(pixdim)}: programs differ in which they use; rewrite the "
-                "header so that both give the scan's real voxel size",
-                path,
-            )
-    if sform_code == 0 and not all(math.isfinite(v) and v > 0 for v in pixdim):
-        # ITK would read 1 mm (or the absolute value) where the header gives no voxel size.
-        raise BadInputError(
-            f"declares the voxel size {_format(pixdim)} (pixdim) and no sform; each must be "
-            "above 0: write the scan's real voxel size into its header",
-            path,
-        )
-    try:
-        qform, _ = header.get_qform(coded=True)
-        sform, _ = header.get_sform(coded=True)
-    except Exception:  # noqa: BLE001 - as above
-        return
-    if qform is None or sform is None or np.allclose(qform, sform, rtol=1e-4, atol=1e-3):
-        return
-    zooms = [np.linalg.norm(m[:3, :3], axis=0) for m in (qform, sform)]
-    raise BadInputError(
-        "has a qform and an sform that disagree (voxel (0, 0, 0) at "
-        f"{_format(qform[:3, 3].tolist())} mm by the qform, {_format(sform[:3, 3].tolist())} by "
-        f"the sform; voxel sizes {_format(zooms[0].tolist())} and {_format(zooms[1].tolist())}): "
-        "programs differ in which one they use, so a label could land elsewhere; rewrite it "
-        "with one transform (set qform_code or sform_code to 0)",
-        path,
-    )
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:
@@ -563,74 +398,9 @@ def read_label(path: str | Path) -> sitk.Image:
     return image
 
 
-def image_geometry(image: sitk.Image) -> dict[str, list[Any]]:
-    """Describe an image's voxel grid in plain lists (JSON-ready).
-
-    Args:
-        image: Any SimpleITK image.
-
-    Returns:
-        ``{"size": [x, y, z], "spacing": [...], "origin": [...], "direction": [9 floats]}``.
-    """
-    return {
-        "size": [int(v) for v in image.GetSize()],
-        "spacing": [float(v) for v in image.GetSpacing()],
-        "origin": [float(v) for v in image.GetOrigin()],
-        "direction": [float(v) for v in image.GetDirection()],
-    }
-
-
-def _format(values: Sequence[float]) -> str:
-    """Format a vector compactly, e.g. ``(1.0, 1.0, 2.5)``."""
-    return "(" + ", ".join(repr(round(float(v), 6)) for v in values) + ")"
-
-
-class VoxelGrid(Protocol):
-    """The geometry that :func:`geometry_mismatch` compares.
-
-    A ``sitk.Image`` has it, and so has a ``sitk.ImageFileReader`` after
-    ``ReadImageInformation()`` (the header alone).
-    """
-
-    def GetDimension(self) -> int: ...
-    def GetSize(self) -> Sequence[int]: ...
-    def GetSpacing(self) -> Sequence[float]: ...
-    def GetOrigin(self) -> Sequence[float]: ...
-    def GetDirection(self) -> Sequence[float]: ...
-
-
-def geometry_mismatch(a: VoxelGrid, b: VoxelGrid, tolerance: float = 1e-4) -> str | None:
-    """Compare the voxel grid of ``a`` (e.g. a label) with that of ``b`` (e.g. its image).
-
-    Size must match exactly; spacing and origin within ``tolerance * max(1, |value|)``;
-    direction cosines within ``tolerance``.
-
-    Args:
-        a: The image being checked.
-        b: The reference image.
-        tolerance: Relative tolerance (absolute for values below 1 and for directions).
-
-    Returns:
-        None when the grids match, else a short description of the first difference, e.g.
-        ``"spacing (1.0, 1.0, 2.0) differs from the image's (1.0, 1.0, 1.0)"``.
-    """
-    if a.GetDimension() != b.GetDimension():
-        return f"is {a.GetDimension()}D, the image is {b.GetDimension()}D"
-    if tuple(a.GetSize()) != tuple(b.GetSize()):
-        return f"size {tuple(a.GetSize())} differs from the image's {tuple(b.GetSize())}"
-    for name, ours, theirs, relative in (
-        ("spacing", a.GetSpacing(), b.GetSpacing(), True),
-        ("origin", a.GetOrigin(), b.GetOrigin(), True),
-        ("direction", a.GetDirection(), b.GetDirection(), False),
-    ):
-        for x, y in zip(ours, theirs, strict=True):
-            limit = tolerance * max(1.0, abs(y)) if relative else tolerance
-            if not abs(x - y) <= limit:
-                return f"{name} {_format(ours)} differs from the image's {_format(theirs)}"
-    return None
-
-
-def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
+def write_image_atomic(
+    image: sitk.Image, path: str | Path, *, pinned: PinnedFolder | None = None
+) -> Path:
     """Write an image so that ``path`` is either the old file or the complete new one.
 
     The image goes to a hidden temporary file in the same folder (same suffix, so SimpleITK
@@ -641,6 +411,8 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
         image: The image to write (compressed where the format allows).
         path: Destination; one of the single-file formats ``.nii.gz``, ``.nii``, ``.nrrd``,
             ``.mha`` (a detached header would point at the temporary data file).
+        pinned: its folder as held when it was checked (:class:`~assft.io.atomic.PinnedFolder`):
+            the file lands there or nowhere.
 
     Returns:
         The destination path.
@@ -649,12 +421,13 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
         BadInputError: the suffix is not a single-file image format.
     """
     path = Path(path)
+    itk_file_name(path)
     suffix = image_suffix(path)
     if suffix not in _SINGLE_FILE_SUFFIXES:
         raise BadInputError(
             f"cannot be written atomically: use one of {', '.join(_SINGLE_FILE_SUFFIXES)}", path
         )
-    with atomic_path(path, suffix=suffix) as temporary, _quiet_itk():
+    with atomic_path(path, suffix=suffix, pinned=pinned) as temporary, _quiet_itk():
         sitk.WriteImage(image, str(temporary), True)
         _check_written(image, temporary, path)
     return path

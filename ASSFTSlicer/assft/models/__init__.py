@@ -16,16 +16,14 @@ from assft.models.checkpoints import (
 from assft.models.devices import resolve_device
 from assft.models.features import FeatureCapture
 from assft.models.loading import LoadedModel, load_model
-from assft.models.networks import LinkNet3dAdapter, TorchScriptAdapter, build_network
-from assft.models.presets import (
+from assft.models.model_preset import (
     CheckpointKind,
     CheckpointSource,
     ModelPreset,
     OutputActivation,
-    get_preset,
-    load_presets,
-    resources_dir,
 )
+from assft.models.networks import LinkNet3dAdapter, TorchScriptAdapter, build_network
+from assft.models.presets import get_preset, load_presets, resources_dir
 
 __all__ = [
     "CheckpointKind",

@@ -15,7 +15,7 @@ imported when a network is built.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,9 @@ from assft.errors import BadInputError
 Layers = Callable[[Mapping[str, Any]], dict[str, Any]]
 """The ``embedding_layer``, ``encoder_prefixes`` and ``head_layer`` of a network built from
 these arguments (what a preset read from a MONAI bundle needs)."""
+PatchDivisor = Callable[[Mapping[str, Any]], int]
+"""What every edge of a sliding window must be a multiple of, for a network built from these
+arguments (its total downsampling: a window it does not divide fails inside the network)."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,15 @@ class NetworkArchitecture:
         bundle_class: The class name of a MONAI bundle's ``network_def`` (``UNet``); None: not
             read from or written as a bundle.
         bundle_layers: The layers the method needs, from the arguments (with ``bundle_class``).
+        patch_divisor: What each window edge must be a multiple of, from the arguments; None:
+            not known here (the network's own files set its window: nnU-Net's plans).
     """
 
     name: str
     builder: str | None
     bundle_class: str | None = None
     bundle_layers: Layers | None = None
+    patch_divisor: PatchDivisor | None = None
 
     @property
     def takes_arguments(self) -> bool:
@@ -69,6 +75,7 @@ def register_architecture(
     *,
     bundle_class: str | None = None,
     bundle_layers: Layers | None = None,
+    patch_divisor: PatchDivisor | None = None,
 ) -> NetworkArchitecture:
     """Register a network architecture under ``name`` (see the module's docstring)."""
     if name in ARCHITECTURES:
@@ -77,7 +84,7 @@ def register_architecture(
         raise ValueError(f"architecture {name!r}: the builder is named as 'module:attribute'")
     if (bundle_class is None) != (bundle_layers is None):
         raise ValueError(f"architecture {name!r}: a bundle class needs its layers, and back")
-    entry = NetworkArchitecture(name, builder, bundle_class, bundle_layers)
+    entry = NetworkArchitecture(name, builder, bundle_class, bundle_layers, patch_divisor)
     ARCHITECTURES[name] = entry
     return entry
 
@@ -94,6 +101,19 @@ def get_architecture(name: str) -> NetworkArchitecture:
         raise BadInputError(
             f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}"
         ) from None
+
+
+def window_problem(name: str, arguments: Mapping[str, Any], window: Sequence[int]) -> str:
+    """Why a network of architecture ``name`` built from ``arguments`` cannot take a window (a
+    patch) of this size, or "" when it can (as far as the registry knows)."""
+    divisor_of = get_architecture(name).patch_divisor
+    divisor = divisor_of(arguments) if divisor_of is not None else 1
+    if any(int(edge) % divisor for edge in window):
+        return (
+            f"is {list(window)}: each edge must be a multiple of {divisor}, the network's "
+            f"downsampling ({name} with these arguments)"
+        )
+    return ""
 
 
 def bundle_architecture(class_name: str) -> NetworkArchitecture | None:
@@ -127,24 +147,46 @@ def _segresnet_layers(arguments: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _unet_divisor(arguments: Mapping[str, Any]) -> int:
+    # Each level's stride halves (or more) the grid; a window edge the product does not divide
+    # leaves the up path a voxel short of its skip connection.
+    divisor = 1
+    try:
+        for stride in arguments.get("strides", ()):
+            divisor *= max(stride) if isinstance(stride, (list, tuple)) else int(stride)
+    except (TypeError, ValueError):
+        return 1  # arguments MONAI will refuse when it builds the network, in its own words
+    return max(divisor, 1)
+
+
+def _segresnet_divisor(arguments: Mapping[str, Any]) -> int:
+    return 2 ** (len(arguments.get("blocks_down", (1, 2, 2, 4))) - 1)
+
+
 def _swinunetr_layers(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return {"embedding_layer": "swinViT", "encoder_prefixes": ["swinViT"], "head_layer": "out"}
 
 
 register_architecture(
-    "monai.UNet", "monai.networks.nets:UNet", bundle_class="UNet", bundle_layers=_unet_layers
+    "monai.UNet",
+    "monai.networks.nets:UNet",
+    bundle_class="UNet",
+    bundle_layers=_unet_layers,
+    patch_divisor=_unet_divisor,
 )
 register_architecture(
     "monai.SegResNet",
     "monai.networks.nets:SegResNet",
     bundle_class="SegResNet",
     bundle_layers=_segresnet_layers,
+    patch_divisor=_segresnet_divisor,
 )
 register_architecture(
     "monai.SwinUNETR",
     "monai.networks.nets:SwinUNETR",
     bundle_class="SwinUNETR",
     bundle_layers=_swinunetr_layers,
+    patch_divisor=lambda _arguments: 32,  # its patch embedding and four merges: 2 x 2^4
 )
 register_architecture("torchscript", None)
 register_architecture("nnunet", "assft.models.nnunet:nnunet_network")

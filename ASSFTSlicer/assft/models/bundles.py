@@ -8,7 +8,7 @@ A MONAI bundle (the format of the MONAI Model Zoo and MONAI Label) is a folder::
 
 It is read with MONAI's own :class:`monai.bundle.ConfigParser`, so that references
 (``@num_classes``), expressions and macros resolve as ``python -m monai.bundle run`` resolves
-them, and turned into a :class:`~assft.models.presets.ModelPreset`: the network from
+them, and turned into a :class:`~assft.models.model_preset.ModelPreset`: the network from
 ``network_def``, spacing, orientation and intensity normalisation from the inference
 preprocessing, patch size, windows per pass and overlap from the inferer, the label names from
 the metadata's ``network_data_format``. Everything downstream (ranking, fine-tuning, versions)
@@ -33,7 +33,7 @@ from assft.models.architectures import (
     bundle_architecture,
     get_architecture,
 )
-from assft.models.presets import ModelPreset, _parse_preset
+from assft.models.model_preset import ModelPreset, parse_preset
 
 BUNDLE_PREFIX = "bundle:"
 """What ``--model`` starts with to name a MONAI bundle folder."""
@@ -88,6 +88,8 @@ def read_bundle(folder: Path) -> tuple[Any, Path]:
     for path, read in ((config, parser.read_config), (folder / METADATA, parser.read_meta)):
         try:
             read(str(path))
+        except RecursionError:
+            raise BadInputError("is nested too deeply to be a bundle config", path) from None
         except (OSError, ValueError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise BadInputError(f"cannot be read as a bundle config ({reason})", path) from None
@@ -300,7 +302,7 @@ def preset_from_bundle(reference: str | Path) -> ModelPreset:
     symmetric = parser.get("_meta_#assft#symmetric_axes", None)
     if isinstance(symmetric, list) and symmetric:
         data["symmetric_axes"] = symmetric
-    return _parse_preset(data, config)
+    return parse_preset(data, config)
 
 
 # ---------------------------------------------------------------------------------- export
@@ -356,7 +358,10 @@ def staged_folder(out: Path) -> Iterator[Path]:
     is removed when it fails: a crash never leaves half an export under the name asked for."""
     if out.exists():
         raise BadInputError("already exists: the export writes a new folder", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder is named, a folder of the system's
+        raise BadInputError(f"cannot be created ({error.strerror or error})", out) from None
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -33,6 +33,7 @@ from assft.models.checkpoints import (
 )
 from assft.models.devices import resolve_device
 from assft.models.features import FeatureCapture
+from assft.models.model_preset import ModelPreset, OutputActivation
 from assft.models.networks import (
     FeatureTap,
     TorchScriptAdapter,
@@ -40,7 +41,6 @@ from assft.models.networks import (
     find_adapter,
     load_torchscript,
 )
-from assft.models.presets import ModelPreset, OutputActivation
 
 _PROBABILITY_FLOOR = 1e-7
 

@@ -22,7 +22,7 @@ from torch import nn
 from assft.errors import BadInputError
 from assft.models.architectures import get_architecture
 from assft.models.checkpoints import locate_checkpoint
-from assft.models.presets import ModelPreset, OutputActivation
+from assft.models.model_preset import ModelPreset, OutputActivation
 
 FeatureTap = Callable[[torch.Tensor], torch.Tensor]
 """Called with the embedding layer's output; returns the tensor the network goes on with."""

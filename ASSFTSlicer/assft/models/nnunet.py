@@ -9,7 +9,7 @@ PATH is an nnU-Net v2 results folder, ``Dataset123_X/nnUNetTrainer__nnUNetPlans_
 
 The plans and dataset.json are read as the JSON they are, the network is built with nnU-Net's own
 ``get_network_from_plans`` (dynamic-network-architectures), and the folder is turned into a
-:class:`~assft.models.presets.ModelPreset`: nnU-Net's target spacing, patch size and intensity
+:class:`~assft.models.model_preset.ModelPreset`: nnU-Net's target spacing, patch size and intensity
 normalisation, its label names. nnU-Net runs its network on SimpleITK's array order transposed by
 the plans' ``transpose_forward``; the engine's arrays are (x, y, z), so the network is wrapped in
 :class:`NnunetNetwork`, which hands it its own axis order. Everything downstream (ranking, fine-
@@ -41,7 +41,7 @@ from torch import nn
 
 from assft.errors import BadInputError
 from assft.models.checkpoints import read_checkpoint
-from assft.models.presets import ModelPreset, _parse_preset
+from assft.models.model_preset import ModelPreset, parse_preset
 
 NNUNET_PREFIX = "nnunet:"
 """What ``--model`` starts with to name an nnU-Net v2 results folder."""
@@ -358,7 +358,7 @@ def preset_from_nnunet(reference: str | Path) -> ModelPreset:
             "checkpoints": [path.name for _, path in used],
         },
     }
-    return _parse_preset(data, folder / PLANS)
+    return parse_preset(data, folder / PLANS)
 
 
 class FoldEnsemble(nn.Module):

@@ -26,11 +26,14 @@ import psutil
 
 __all__ = [
     "ProcessTree",
+    "close_folder",
     "end_process_tree",
+    "open_folder",
     "peak_memory_mb",
     "process_alive",
     "process_start_time",
     "process_umask",
+    "replace_in_folder",
     "start_process",
     "try_lock",
     "unlock",
@@ -324,3 +327,23 @@ def process_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def open_folder(path: str | Path) -> int | None:
+    """A descriptor holding a folder open, so that files can be renamed into that very folder
+    even when its path is later replaced (:func:`replace_in_folder`); None where the system
+    cannot rename relative to an open folder (Windows)."""
+    if os.replace not in os.supports_dir_fd or not hasattr(os, "O_DIRECTORY"):
+        return None
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def replace_in_folder(folder: int, source: str, destination: str) -> None:
+    """``os.replace`` of two names inside the folder ``folder`` holds open (:func:`open_folder`)."""
+    os.replace(source, destination, src_dir_fd=folder, dst_dir_fd=folder)
+
+
+def close_folder(folder: int | None) -> None:
+    """Close what :func:`open_folder` opened (None: nothing)."""
+    if folder is not None:
+        os.close(folder)

@@ -10,13 +10,15 @@ it does nothing unless the environment names the point:
     ``<folder>/<point>.continue`` exists (at most 10 minutes), then goes on. The test may kill
     it (SIGKILL) instead.
 
-The points, in the order a fine-tune reaches them (see :mod:`assft.workspace.model_versions`
+The points, in the order a fine-tune reaches them (see :mod:`assft.workspace.version_pointer`
 and :mod:`assft.training.finetune`):
 
 - ``model-version-stored``: the new version is stored, its promotion not decided yet;
 - ``model-pointer-moved``: inside a pointer change's registry transaction (a promotion, a
   rollback, a repair), ``models/current`` moved, the transaction not committed yet;
-- ``promotion-committed``: the promotion is committed, the job's state not yet written.
+- ``promotion-committed``: the promotion is committed, the job's state not yet written;
+- ``prediction-written``: a prediction of ``assft predict`` is in its folder, the next case not
+  predicted yet (a test swaps the folder for a link there).
 
 And ``phase:<name>`` at the start of each phase of a ranking or a fine-tune
 (:data:`PHASES`, from :meth:`assft.runtime.progress.Progress.phase`), before its first step:
@@ -49,6 +51,7 @@ POINTS = (
     "model-version-stored",
     "model-pointer-moved",
     "promotion-committed",
+    "prediction-written",
     *(f"phase:{name}" for name in PHASES),
 )
 _WAIT_S = 600.0

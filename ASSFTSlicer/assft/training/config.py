@@ -13,8 +13,10 @@ from assft.validation import (
     MAX_EPOCHS,
     MAX_PATCH,
     MAX_RADIUS,
+    MAX_RATE,
     MAX_SEED,
     MAX_STEPS,
+    MAX_WEIGHT,
     ConfigFieldError,
     JsonConfig,
     setting,
@@ -143,11 +145,11 @@ class FinetuneConfig(JsonConfig):
     max_iterations: int = setting(4000, ge=1, cap=MAX_STEPS)
     batch_size: int = setting(2, ge=1, cap=MAX_BATCH)
     patch_size: tuple[int, int, int] | None = setting(None, ge=1, cap=MAX_PATCH)
-    lr: float = setting(3e-3, gt=0.0)
-    encoder_lr_scale: float = setting(1.0, ge=0.0)
+    lr: float = setting(3e-3, gt=0.0, cap=MAX_RATE)
+    encoder_lr_scale: float = setting(1.0, ge=0.0, cap=MAX_RATE)
     schedule: Schedule = setting(Schedule.CONSTANT)
     min_lr_fraction: float = setting(0.01, ge=0.0, le=1.0)
-    weight_decay: float = setting(1e-5, ge=0.0)
+    weight_decay: float = setting(1e-5, ge=0.0, cap=MAX_RATE)
     foreground_ratio: float = setting(0.5, ge=0.0, le=1.0)
     rho: float = setting(0.3, ge=0.0, le=1.0)
     tau_c: float = setting(0.9, ge=0.0, le=1.0)
@@ -159,8 +161,8 @@ class FinetuneConfig(JsonConfig):
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_margin: float = setting(0.15, ge=0.0, le=1.0)
     labeled_share: float = setting(0.5, gt=0.0, lt=1.0)
-    anchor_distill: float = setting(0.0, ge=0.0)
-    partial_distill: float = setting(4.0, ge=0.0)
+    anchor_distill: float = setting(0.0, ge=0.0, cap=MAX_WEIGHT)
+    partial_distill: float = setting(4.0, ge=0.0, cap=MAX_WEIGHT)
     views: int = setting(4, ge=1, le=4)
     roi_tau: float = setting(0.5, ge=0.0, le=1.0)
     roi_radius: int = setting(2, ge=0, le=MAX_RADIUS)

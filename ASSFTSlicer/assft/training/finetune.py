@@ -23,13 +23,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from assft.errors import EXIT_CANCELLED, AssftError, BadInputError, CancelledError
-from assft.models import resolve_device
+from assft.models import get_preset, resolve_device
+from assft.models.architectures import window_problem
 from assft.runtime import cancellation, distributed, syncpoints
 from assft.runtime.job_state import JobState
 from assft.runtime.progress import Progress, ProgressEvent
 from assft.training.config import FinetuneConfig, FinetuneMode
 from assft.training.inputs import check_inputs
-from assft.training.steps import FinetuneSteps, JobRun, snapshot_labels
+from assft.training.job_run import JobRun, snapshot_labels
+from assft.training.steps import FinetuneSteps
 from assft.workspace import Workspace
 from assft.workspace.jobs import Job, JobStore
 from assft.workspace.model_versions import ModelVersions
@@ -154,6 +156,11 @@ class FinetuneJob(FinetuneSteps):
         unlabeled = self.workspace.registry.cases(status="unlabeled")
         uses_unlabeled = self.config.mode != FinetuneMode.NONE
         check_inputs(self.workspace, labeled + held_out, unlabeled if uses_unlabeled else [])
+        if self.config.patch_size is not None:  # a patch the network cannot take fails in it
+            preset = get_preset(self.workspace.config.model)
+            problem = window_problem(preset.architecture, preset.arguments, self.config.patch_size)
+            if problem:
+                raise BadInputError(f"patch_size {problem} (nothing was started)")
         registry_hashes = {row["case_id"]: row.get("label_sha256") or "" for row in labeled}
         label_hash = ModelVersions.label_set_hash(registry_hashes)
         repaired = self.versions.recover()

@@ -16,6 +16,7 @@ import torch
 from assft.errors import BadInputError
 from assft.io.atomic import UnsafePickleError, load_torch_safely
 from assft.workspace import Workspace
+from assft.workspace.files import sha256_file
 
 __all__ = ["check_inputs", "load_resume_point"]
 
@@ -23,7 +24,8 @@ __all__ = ["check_inputs", "load_resume_point"]
 def check_inputs(
     workspace: Workspace, labeled: list[dict[str, Any]], unlabeled: list[dict[str, Any]]
 ) -> None:
-    """Refuse, before any job folder exists, a case whose scan or label file is gone.
+    """Refuse, before any job folder exists, a case whose scan or label file is gone, or whose
+    label file is not the one submitted (its sha256 is not the registry's).
 
     Args:
         workspace: the open workspace.
@@ -39,11 +41,22 @@ def check_inputs(
                 image,
             )
     for row in labeled:
-        if workspace.label_path(row["case_id"]) is None:
+        path = workspace.label_path(row["case_id"])
+        if path is None:
             raise BadInputError(
                 f"case {row['case_id']} is {row['status']} but has no label file "
                 "(nothing was started)",
                 workspace.labels_dir / f"{row['case_id']}.nii.gz",
+            )
+        recorded = row.get("label_sha256")
+        if recorded and sha256_file(path) != recorded:
+            # Written over outside assft (by hand, or a tool writing through a link): training
+            # on it would teach the model what nobody submitted.
+            raise BadInputError(
+                f"is not the label submitted for case {row['case_id']} (its sha256 differs from "
+                "the one recorded at submit: it was changed outside assft); submit the intended "
+                "label again with 'assft submit' (nothing was started)",
+                path,
             )
 
 

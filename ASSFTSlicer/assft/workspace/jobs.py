@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assft.errors import AssftError, BadInputError
+from assft.errors import EXIT_BAD_INPUT, AssftError, BadInputError
 from assft.runtime import cancellation
 from assft.runtime.job_state import FINAL_STATES, JOB_STATES, JobState
 from assft.runtime.portable import (
@@ -512,11 +512,35 @@ def launch_detached_job(
     if launched["job"] is None and not process_alive(launched["pid"]):
         log = Path(launched["log"])
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-        raise AssftError(
-            f"the background {_JOB_WORDS.get(argv[0], argv[0])} stopped before it started a job: "
-            f"{tail[0] if tail else 'no output'} (log: {log})"
-        )
+        why = tail[0].removeprefix("assft: error: ") if tail else "no output"
+        word = _JOB_WORDS.get(argv[0], argv[0])
+        stopped = f"the background {word} stopped before it started a job"
+        for leftover in launched_files(launched):  # its settings: needed by no one now
+            if leftover != log:
+                leftover.unlink(missing_ok=True)
+        if _exit_code(launched["pid"]) == EXIT_BAD_INPUT:
+            # Refused as bad input (a damaged current model, say): said in its own words, and
+            # nothing is left in jobs/, as a refusal in the foreground leaves nothing.
+            log.unlink(missing_ok=True)
+            raise BadInputError(f"{stopped}: {why}")
+        raise AssftError(f"{stopped}: {why} (log: {log})")
     return launched
+
+
+def launched_files(launched: dict[str, Any]) -> list[Path]:
+    """The files :func:`launch_detached` wrote beside a launch: its output and its settings."""
+    log = Path(launched["log"])
+    return [log, log.with_name(log.name.removesuffix(".log") + ".config.json")]
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit code of a detached child this process started and that has ended (None when it
+    is not one of them or still runs)."""
+    for child in _detached:
+        if child.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return child.wait(timeout=5)
+    return None
 
 
 def job_of_process(

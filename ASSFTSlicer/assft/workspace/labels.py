@@ -16,10 +16,12 @@ import SimpleITK as sitk
 
 from assft.errors import BadInputError, StorageError, WorkspaceLockedError, storage_error
 from assft.io.atomic import fsync_directory
-from assft.io.imaging import geometry_mismatch, read_image, read_label, write_image_atomic
+from assft.io.imaging import read_image, read_label, write_image_atomic
+from assft.io.voxel_grids import geometry_mismatch
 from assft.runtime.portable import try_lock, unlock
 from assft.workspace.files import compact_timestamp, default_user, sha256_file, storing
-from assft.workspace.registry import BUSY_TIMEOUT_S, CaseRegistry
+from assft.workspace.registry import CaseRegistry
+from assft.workspace.registry_database import BUSY_TIMEOUT_S
 
 if TYPE_CHECKING:
     from assft.workspace.config import WorkspaceConfig
