@@ -7,6 +7,12 @@ NNUNET_VENV := .venv-nnunet
 # The engine as 3D Slicer 5.10 runs it: its bundled numpy, SciPy, SimpleITK... pinned.
 SLICER_PINS := Testing/environments/slicer-5.10.txt
 SLICER_VENV := .venv-slicer-5.10
+# What numpy's version can change: reading and writing images, the query metrics and strategies,
+# MRML nodes filled from arrays (scene, window/level, cursor) and the loop both front ends share;
+# about 30 s (the whole suite runs once, under `make test`).
+SLICER_PIN_TESTS := Testing/io Testing/metrics Testing/query/test_strategies.py \
+	Testing/slicer_module/test_slicer_scene.py Testing/slicer_module/test_window_level.py \
+	Testing/slicer_module/test_cursor.py Testing/slicer_module/test_loop_session.py
 
 .PHONY: setup demo test lint test-slicer-pins
 
