@@ -17,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from assft_testing import run_cli
+from assft_testing.workspaces import tiny_workspace
 
 LABELS = {1: "shell", 2: "core"}
 QUICK = {"iterations": 2, "semi_iterations": 2, "views": 1}
@@ -25,22 +26,7 @@ QUICK = {"iterations": 2, "semi_iterations": 2, "views": 1}
 @pytest.fixture
 def workspace(tmp_path, synthetic_pool, tiny_preset_file):
     """Three synthetic cases with the tiny preset, one labeled."""
-    from assft.workspace import Workspace
-
-    _, cases = synthetic_pool
-    images = tmp_path / "images"
-    images.mkdir()
-    for case in cases[:3]:
-        shutil.copy(case.image, images / case.image.name)
-    workspace = Workspace.create(
-        tmp_path / "ws",
-        [images],
-        label_names=LABELS,
-        model=str(tiny_preset_file),
-        user="tester",
-    )
-    workspace.submit_label(cases[0].case_id, cases[0].label, user="tester")
-    return workspace
+    return tiny_workspace(tmp_path, synthetic_pool[1][:3], tiny_preset_file, labeled=1)
 
 
 def _one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:

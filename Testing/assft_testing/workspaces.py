@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,24 @@ def write_dicom_series(path: Path, seed: int = 0) -> Path:
         writer.SetFileName(str(path / f"IM{index:04d}"))
         writer.Execute(slice_)
     return path
+
+
+def tiny_workspace(
+    tmp_path: Path, cases: Sequence[Any], preset_file: Path, labeled: int = 0
+) -> Workspace:
+    """A workspace of ``cases``' scans (copied into ``tmp_path/images``) with the tiny preset and
+    the structures shell and core, its first ``labeled`` cases labeled by "tester"."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in cases:
+        shutil.copy(case.image, images / case.image.name)
+    workspace = Workspace.create(
+        tmp_path / "ws",
+        [images],
+        label_names={1: "shell", 2: "core"},
+        model=str(preset_file),
+        user="tester",
+    )
+    for case in cases[:labeled]:
+        workspace.submit_label(case.case_id, case.label, user="tester")
+    return workspace

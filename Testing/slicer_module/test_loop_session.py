@@ -4,13 +4,13 @@ processes (a detached fine-tuning job of the tiny preset)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 
 import pytest
 
 from assft_testing.slicer_side import require_slicer
+from assft_testing.workspaces import tiny_workspace
 
 slicer = require_slicer()
 
@@ -23,22 +23,7 @@ QUICK = {"iterations": 4, "semi_iterations": 4, "views": 1, "mode": "none"}
 @pytest.fixture
 def workspace(tmp_path, synthetic_pool, tiny_preset_file):
     """Three synthetic cases with the tiny preset, one labeled."""
-    from assft.workspace import Workspace
-
-    _, cases = synthetic_pool
-    images = tmp_path / "images"
-    images.mkdir()
-    for case in cases[:3]:
-        shutil.copy(case.image, images / case.image.name)
-    workspace = Workspace.create(
-        tmp_path / "ws",
-        [images],
-        label_names={1: "shell", 2: "core"},
-        model=str(tiny_preset_file),
-        user="tester",
-    )
-    workspace.submit_label(cases[0].case_id, cases[0].label, user="tester")
-    return workspace
+    return tiny_workspace(tmp_path, synthetic_pool[1][:3], tiny_preset_file, labeled=1)
 
 
 def _session() -> LoopSession:

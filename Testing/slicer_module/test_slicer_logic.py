@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from assft_testing.slicer_side import require_slicer
 slicer = require_slicer()
 
 import ASSFTSlicer  # noqa: E402
+from assft_testing import workspaces  # noqa: E402
 from ASSFTSlicerLib import dependencies  # noqa: E402
 from ASSFTSlicerLib.worklist import modelRows, worklistRows  # noqa: E402
 
@@ -28,20 +28,8 @@ def _logic():
 @pytest.fixture
 def tiny_workspace(tmp_path, synthetic_pool, tiny_preset_file):
     """Four synthetic cases with the tiny preset (created in-process: no model is loaded)."""
-    from assft.workspace import Workspace
-
-    data, cases = synthetic_pool
-    images = tmp_path / "images"
-    images.mkdir()
-    for case in cases[:4]:
-        shutil.copy(case.image, images / case.image.name)
-    workspace = Workspace.create(
-        tmp_path / "ws",
-        [images],
-        label_names={1: "shell", 2: "core"},
-        model=str(tiny_preset_file),
-        user="tester",
-    )
+    _, cases = synthetic_pool
+    workspace = workspaces.tiny_workspace(tmp_path, cases[:4], tiny_preset_file)
     return workspace, {c.case_id: c.label for c in cases[:4]}
 
 

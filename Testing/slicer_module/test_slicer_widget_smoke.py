@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from assft_testing.slicer_side import MODULE_DIR, require_slicer
+from assft_testing.workspaces import tiny_workspace
 
 slicer = require_slicer()
 
@@ -321,20 +322,8 @@ def _run_until(condition, timeout=240.0):
 def test_the_panel_ranks_cancels_labels_and_submits(
     module, tmp_path, synthetic_pool, tiny_preset_file
 ):
-    from assft.workspace import Workspace
-
     _, cases = synthetic_pool
-    images = tmp_path / "images"
-    images.mkdir()
-    for case in cases[:3]:
-        shutil.copy(case.image, images / case.image.name)
-    workspace = Workspace.create(
-        tmp_path / "ws",
-        [images],
-        label_names={1: "shell", 2: "core"},
-        model=str(tiny_preset_file),
-        user="tester",
-    )
+    workspace = tiny_workspace(tmp_path, cases[:3], tiny_preset_file)
     widget = _widget(module, tmp_path)
     _connect_slots(widget)
     p = widget._parameterNode
@@ -464,7 +453,7 @@ def test_the_panel_ranks_cancels_labels_and_submits(
     widget.onWorkspaceTimer()
     assert refreshed == []
     other = next(c for c in ("case_000", "case_001", "case_002") if c != first)
-    Workspace.open(workspace.root).skip(other)
+    workspace.skip(other)
     widget.onWorkspaceTimer()
     assert refreshed == [1] and "1 skipped" in widget.ui.workspaceStatusLabel.text
     widget.exit()
