@@ -14,7 +14,7 @@ from pathlib import Path
 
 from assft.apps.demo import MARGINS_FILE, QUICK, measured_margin
 from assft.apps.selection_stats import MARGIN_SOURCES, measured_margins
-from assft.models.presets import resources_dir
+from assft.models.resources import resources_dir
 
 REPO = Path(__file__).resolve().parents[2]
 

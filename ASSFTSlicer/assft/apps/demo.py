@@ -21,7 +21,7 @@ from typing import Any
 from assft.apps.report import bars_svg, html_page, html_table, learning_curve_svgs, scatter_svg
 from assft.apps.sampledata import write_sample_data
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset, Simulation
-from assft.models.presets import resources_dir
+from assft.models.resources import resources_dir
 from assft.query.config import QueryConfig, Strategy
 from assft.runtime.progress import Progress
 

@@ -302,7 +302,7 @@ def write_measured_margins(repo: Path) -> Path:
     """Write the package's ``measured_margins.json`` from the documents of
     :data:`MARGIN_SOURCES` under the checkout ``repo``; returns its path."""
     from assft.apps.demo import MARGINS_FILE
-    from assft.models.presets import resources_dir
+    from assft.models.resources import resources_dir
 
     margins = {
         site: measured_margins(json.loads((repo / source).read_text(encoding="utf-8")), source)

@@ -23,7 +23,8 @@ from assft.models.model_preset import (
     OutputActivation,
 )
 from assft.models.networks import LinkNet3dAdapter, TorchScriptAdapter, build_network
-from assft.models.presets import get_preset, load_presets, resources_dir
+from assft.models.presets import get_preset, load_presets
+from assft.models.resources import resources_dir
 
 __all__ = [
     "CheckpointKind",

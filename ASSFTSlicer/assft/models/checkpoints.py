@@ -24,7 +24,7 @@ import torch
 from assft.errors import BadInputError
 from assft.io.atomic import save_torch_atomic
 from assft.models.model_preset import CheckpointKind, CheckpointSource
-from assft.models.presets import resources_dir
+from assft.models.resources import resources_dir
 
 MODELS_DIR_ENV = "ASSFT_MODELS_DIR"
 """Environment variable naming the folder where downloaded weights are placed."""

@@ -8,7 +8,6 @@ file, edit it and pass the file instead of a name. What a preset holds is
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -16,30 +15,13 @@ from typing import Any
 
 from assft.errors import BadInputError
 from assft.models.model_preset import ModelPreset, parse_preset
+from assft.models.resources import resources_dir
 
-__all__ = ["MODELS_JSON_ENV", "default_presets_file", "get_preset", "load_presets", "resources_dir"]
+__all__ = ["MODELS_JSON_ENV", "default_presets_file", "get_preset", "load_presets"]
 
 
 MODELS_JSON_ENV = "ASSFT_MODELS_JSON"
 """Environment variable naming another presets file than ``assft/resources/Models.json``."""
-
-
-def resources_dir() -> Path:
-    """The package's data folder ``assft/resources/`` (presets, schema, shipped weights).
-
-    Found through :mod:`importlib.resources`, so it is the same in a checkout, a wheel and the
-    Slicer extension (which installs the folder next to the engine's modules).
-
-    Raises:
-        BadInputError: the package is not on the file system (e.g. imported from a zip file).
-    """
-    folder = importlib.resources.files("assft") / "resources"
-    if not isinstance(folder, Path):
-        raise BadInputError(
-            f"the assft package's resources are not a folder on disk ({folder}): "
-            "install the package unzipped"
-        )
-    return folder
 
 
 def default_presets_file() -> Path:
