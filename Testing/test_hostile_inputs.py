@@ -153,6 +153,9 @@ def test_an_output_under_a_file_is_refused_in_one_line(workspace, tmp_path):
     afile.write_text("a file")
     line = _one_line(run_cli("export", str(workspace.root), "--out", str(afile / "x")))
     assert str(afile) in line
+    if Path("/proc/self").is_dir():  # a folder of the system's that takes no new folder
+        line = _one_line(run_cli("export", str(workspace.root), "--out", "/proc/self/x"))
+        assert "cannot be created" in line and line.startswith("assft: error: /proc/")
     images = workspace.registry.cases()[0]["image_path"]
     line = _one_line(run_cli("init", str(afile / "ws"), "--images", images))
     assert "is a file, not a folder" in line

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from assft.errors import BadInputError
+from assft.errors import BadInputError, storage_error
 from assft.models.architectures import (
     ARCHITECTURES,
     NetworkArchitecture,
@@ -358,12 +358,17 @@ def staged_folder(out: Path) -> Iterator[Path]:
     is removed when it fails: a crash never leaves half an export under the name asked for."""
     if out.exists():
         raise BadInputError("already exists: the export writes a new folder", out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file where a folder is named, a folder of the system's
-        raise BadInputError(f"cannot be created ({error.strerror or error})", out) from None
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # a folder that takes no new folder (/proc) is said here, before work
+        staging.rmdir()  # the export makes it (copytree wants it absent)
+    except OSError as error:  # a file where a folder is named, a folder of the system's
+        known = storage_error(error, out, in_workspace=False)  # not writable, full
+        if known is not None:
+            raise known from None
+        raise BadInputError(f"cannot be created ({error.strerror or error})", out) from None
     try:
         yield staging
         staging.rename(out)
