@@ -362,7 +362,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()  # a folder that takes no new folder (/proc) is said here, before work
+        staging.mkdir()  # a folder that takes no new one (a system folder): said here
         staging.rmdir()  # the export makes it (copytree wants it absent)
     except OSError as error:  # a file where a folder is named, a folder of the system's
         known = storage_error(error, out, in_workspace=False)  # not writable, full
