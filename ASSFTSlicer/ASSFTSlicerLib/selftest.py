@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import slicer
 
+from assft.runtime.job_state import JobState
+from assft.runtime.progress import ProgressEvent
+
 __all__ = ["requireDependencies", "runAnnotationLoop", "writeTinyProject"]
 
 
@@ -112,8 +115,6 @@ def runAnnotationLoop(
         LoopFailure (an AssertionError): a step went wrong; the message says which.
     """
     from assft.io.imaging import read_label
-    from assft.runtime.job_state import JobState
-    from assft.runtime.progress import ProgressEvent
     from ASSFTSlicerLib.logic import JOB_STARTING
     from ASSFTSlicerLib.scene import LabelDefinition, SegmentOverlapError
 
