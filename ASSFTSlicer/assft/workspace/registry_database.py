@@ -258,12 +258,7 @@ class RegistryDatabase:
             if connection is None:
                 connection = stack.enter_context(self._connect())
             rows = connection.execute(query, names).fetchall()
-        trail = []
-        for row in rows:
-            entry = dict(row)
-            entry["detail"] = None if entry["detail"] is None else json.loads(entry["detail"])
-            trail.append(entry)
-        return trail
+        return _audit_entries(rows)
 
     def audit_trail(self, case_id: str | None = None) -> list[dict[str, Any]]:
         """Audit rows in order, all or those of one case; ``detail`` is parsed JSON."""
@@ -274,9 +269,12 @@ class RegistryDatabase:
                 rows = connection.execute(
                     "SELECT * FROM audit WHERE case_id = ? ORDER BY id", (case_id,)
                 ).fetchall()
-        trail = []
-        for row in rows:
-            entry = dict(row)
-            entry["detail"] = None if entry["detail"] is None else json.loads(entry["detail"])
-            trail.append(entry)
-        return trail
+        return _audit_entries(rows)
+
+
+def _audit_entries(rows: list[Any]) -> list[dict[str, Any]]:
+    """Audit rows as dicts, their ``detail`` parsed from JSON."""
+    entries = [dict(row) for row in rows]
+    for entry in entries:
+        entry["detail"] = None if entry["detail"] is None else json.loads(entry["detail"])
+    return entries
