@@ -122,6 +122,7 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
     for entry in reversed(models.get("versions", [])):
         metrics = entry.get("metrics") or {}
         gate = entry.get("gate")
+        curve, points = _curveCells(entry.get("learning_curve"))
         rows.append(
             {
                 "version": str(entry.get("version", "")),
@@ -141,8 +142,8 @@ def modelRows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 else gateSummary(gate)
                 if isinstance(gate, dict)
                 else "",
-                "curve": _curveSummary(entry.get("learning_curve")),
-                "curve_points": _curvePoints(entry.get("learning_curve")),
+                "curve": curve,
+                "curve_points": points,
             }
         )
     return rows
@@ -166,36 +167,29 @@ def gateSummary(gate: dict[str, Any]) -> str:
     return f"{reason}; by part: {', '.join(cells)}" if cells else reason
 
 
-def _curveSummary(curve) -> str:
-    """The learning-curve cell; a malformed curve must not hide the rest of the table."""
-    from assft.training.curves import summarize_curve
-
-    try:
-        return summarize_curve(curve)
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        return f"unreadable learning curve: {error!r}"
-
-
-def _curvePoints(curve) -> dict[str, Any] | None:
-    """A version's learning curve as data for a chart: ``loss`` and ``dice`` ``[step, value]``
-    points along the job's steps and the ``kept`` step; None when none was recorded or it is
-    unreadable (the summary cell says so)."""
-    from assft.training.curves import LearningCurve
+def _curveCells(curve) -> tuple[str, dict[str, Any] | None]:
+    """A version's learning curve, read once: the table cell (steps and the step kept) and the
+    chart's data (``loss`` and ``dice`` ``[step, value]`` points along the job's steps and the
+    ``kept`` step; None when none was recorded). A malformed curve is said in the cell and must
+    not hide the rest of the table."""
+    from assft.training.curves import LearningCurve, summarize_curve
 
     if not curve:
-        return None
+        return "", None
     try:
         parsed = LearningCurve.from_dict(curve)
+        summary = summarize_curve(parsed)
         loss, dice = parsed.points()
         best = parsed.best
         kept = parsed.global_step(best["stage"], best["step"]) if best else None
-    except (KeyError, TypeError, ValueError, IndexError):
-        return None
-    return {
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        return f"unreadable learning curve: {error!r}", None
+    points = {
         "loss": [[step, value] for step, value in loss],
         "dice": [[step, value] for step, value in dice],
         "kept": kept,
     }
+    return summary, points
 
 
 def fillTableNode(tableNode, columns: Sequence[Column], rows: Sequence[dict[str, Any]]):

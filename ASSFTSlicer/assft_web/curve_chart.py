@@ -29,7 +29,7 @@ def chart(
 ) -> dict[str, Any] | None:
     """SVG geometry for the curve ``(step, value)`` points: ``loss`` and ``dice`` as polyline
     ``points`` strings, ``kept`` as the ``[x, y]`` of the kept step on the Dice line (None
-    when that step was not evaluated), and ``last_dice``. None when there is nothing to draw."""
+    when that step was not evaluated). None when there is nothing to draw."""
     loss, dice = _finite(loss), _finite(dice)
     steps = [step for step, _ in loss + dice]
     if not steps:
@@ -53,5 +53,4 @@ def chart(
         "loss": line([(x(s), y((v - low) / ((high - low) or 1.0))) for s, v in loss]),
         "dice": line([(x(s), y(d)) for s, d in dice]),
         "kept": None if kept_point is None else [round(v, 1) for v in kept_point],
-        "last_dice": f"{dice[-1][1]:.3f}" if dice else "",
     }

@@ -26,7 +26,6 @@ def test_the_chart_spans_the_steps_and_puts_dice_on_zero_to_one():
     inner = HEIGHT - 2 * PAD
     assert [y for _, y in dice] == pytest.approx([HEIGHT - PAD - 0.25 * inner, PAD + 0.25 * inner])
     assert drawn["kept"] == pytest.approx(list(dice[-1]), abs=0.05)
-    assert drawn["last_dice"] == "0.750"
 
 
 def test_a_curve_without_held_out_scans_or_points_draws_what_it_has():
@@ -35,7 +34,7 @@ def test_a_curve_without_held_out_scans_or_points_draws_what_it_has():
     assert chart([], []) is None
     only_loss = chart([[1, 0.9], [2, float("nan")], [3, 0.4]], [], kept=None)
     assert len(_pairs(only_loss["loss"])) == 2  # the NaN point is left out
-    assert only_loss["dice"] == "" and only_loss["kept"] is None and only_loss["last_dice"] == ""
+    assert only_loss["dice"] == "" and only_loss["kept"] is None
     flat = chart([[4, 1.0]], [[4, 0.5]], kept=7)  # one step; a kept step not evaluated
     assert _pairs(flat["loss"])[0][0] > 0 and flat["kept"] is None
 

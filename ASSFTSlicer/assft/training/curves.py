@@ -131,11 +131,12 @@ def describe_curve(curve: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-def summarize_curve(curve: dict[str, Any] | None) -> str:
-    """A table cell: the job's steps and the checkpoint kept (empty when none was recorded)."""
+def summarize_curve(curve: dict[str, Any] | LearningCurve | None) -> str:
+    """A table cell: the job's steps and the checkpoint kept (empty when none was recorded);
+    ``curve`` stored (``LearningCurve.to_dict()``) or already parsed."""
     if not curve:
         return ""
-    parsed = LearningCurve.from_dict(curve)
+    parsed = curve if isinstance(curve, LearningCurve) else LearningCurve.from_dict(curve)
     total = sum(parsed.ran_steps().values())
     best = parsed.best
     if not best:
