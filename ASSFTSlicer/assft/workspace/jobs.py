@@ -444,14 +444,14 @@ def launch_detached(
             the command line.
 
     Returns:
-        ``{"pid": ..., "log": <output file>, "argv": [...]}``.
+        ``{"pid": ..., "log": <output file>, "config": <settings file or None>, "argv": [...]}``.
     """
     jobs_dir = _jobs_dir(workspace)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     stem = f"detached-{compact_timestamp()}"
     log_path = jobs_dir / f"{stem}.log"
-    if config is not None:
-        config_path = jobs_dir / f"{stem}.config.json"
+    config_path = None if config is None else jobs_dir / f"{stem}.config.json"
+    if config_path is not None:
         write_json_atomic(config_path, config)
         argv = [*argv, "--config", str(config_path)]
     command = [python or sys.executable, "-m", "assft", *[str(arg) for arg in argv]]
@@ -473,7 +473,12 @@ def launch_detached(
         )
     _detached[:] = [child for child in _detached if child.poll() is None]
     _detached.append(process)
-    return {"pid": process.pid, "log": str(log_path), "argv": command[3:]}
+    return {
+        "pid": process.pid,
+        "log": str(log_path),
+        "config": None if config_path is None else str(config_path),
+        "argv": command[3:],
+    }
 
 
 _JOB_WORDS = {"finetune": "fine-tuning"}
@@ -515,9 +520,8 @@ def launch_detached_job(
         why = tail[0].removeprefix("assft: error: ") if tail else "no output"
         word = _JOB_WORDS.get(argv[0], argv[0])
         stopped = f"the background {word} stopped before it started a job"
-        for leftover in launched_files(launched):  # its settings: needed by no one now
-            if leftover != log:
-                leftover.unlink(missing_ok=True)
+        if launched["config"]:  # its settings: needed by no one now
+            Path(launched["config"]).unlink(missing_ok=True)
         if _exit_code(launched["pid"]) == EXIT_BAD_INPUT:
             # Refused as bad input (a damaged current model, say): said in its own words, and
             # nothing is left in jobs/, as a refusal in the foreground leaves nothing.
@@ -525,12 +529,6 @@ def launch_detached_job(
             raise BadInputError(f"{stopped}: {why}")
         raise AssftError(f"{stopped}: {why} (log: {log})")
     return launched
-
-
-def launched_files(launched: dict[str, Any]) -> list[Path]:
-    """The files :func:`launch_detached` wrote beside a launch: its output and its settings."""
-    log = Path(launched["log"])
-    return [log, log.with_name(log.name.removesuffix(".log") + ".config.json")]
 
 
 def _exit_code(pid: int) -> int | None:
