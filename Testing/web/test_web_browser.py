@@ -388,14 +388,8 @@ def test_window_level_changes_the_scan_and_reset_brings_it_back(page, workspace)
     changed = _changed_pixels(before, narrow)
     assert changed > 2000, f"a window 8 times narrower changed {changed} pixels"
     page.click("#wl-reset")
-    page.wait_for_function(
-        "(w) => Math.abs(Number(document.querySelector('#wl-window').value) - w) < 0.01",
-        arg=window,
-        timeout=30_000,
-    )
-    page.mouse.move(5, 5)
-    page.wait_for_timeout(2000)
-    back = page.locator("#views").screenshot()
+    _wait_for_window(page, "Math.abs(v - w) < 0.01", window)
+    back = _views_settled(page)
     assert _changed_pixels(before, back) < changed / 10
 
     # Left-drag in a view with no tool active (issue 22): to the left narrows the window, as in
@@ -403,29 +397,29 @@ def test_window_level_changes_the_scan_and_reset_brings_it_back(page, workspace)
     page.keyboard.press("Escape")
     axial = _views(page)[0]
     _drag(page, axial, (0.5, 0.5), (-axial["width"] * 0.25, 0))
-    page.wait_for_function(
-        "(w) => { const v = Number(document.querySelector('#wl-window').value);"
-        " return v > 0 && v < w * 0.95; }",
-        arg=window,
-        timeout=30_000,
-    )
-    page.mouse.move(5, 5)
-    page.wait_for_timeout(2000)
-    dragged = page.locator("#views").screenshot()
+    _wait_for_window(page, "v > 0 && v < w * 0.95", window)
+    dragged = _views_settled(page)
     assert _changed_pixels(back, dragged) > 1000  # most of the brain is under its labels
     assert page.is_disabled("button:has(i.mdi-undo)"), "the drag edited the label"
-    if os.environ.get("ASSFT_WEB_SCREENSHOT_WL"):  # README: the scan under see-through labels
-        page.click("#show-uncertainty")
-        page.wait_for_timeout(1500)
-        page.screenshot(path=os.environ["ASSFT_WEB_SCREENSHOT_WL"])
-        page.click("#show-uncertainty")
-        page.wait_for_timeout(1000)
     page.click("#wl-reset")
+    _wait_for_window(page, "Math.abs(v - w) < 0.01", window)
+
+
+def _wait_for_window(page, test: str, window: float) -> None:
+    """Wait until the Window field's value ``v`` passes ``test`` (JavaScript; ``w``: ``window``)."""
     page.wait_for_function(
-        "(w) => Math.abs(Number(document.querySelector('#wl-window').value) - w) < 0.01",
+        "(w) => { const v = Number(document.querySelector('#wl-window').value);"
+        f" return {test}; }}",
         arg=window,
         timeout=30_000,
     )
+
+
+def _views_settled(page) -> bytes:
+    """The views once the mouse is away and what it changed is drawn."""
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(2000)
+    return page.locator("#views").screenshot()
 
 
 def test_the_position_voxel_and_intensity_under_the_mouse_are_shown(page, workspace):
