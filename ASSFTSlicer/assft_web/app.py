@@ -526,8 +526,7 @@ class AnnotationApp(TrameApp):
     def _drag_adjusts_window_level(self) -> None:
         """Left-drag in a slice view sets the window (left-right) and the level (up-down), as in
         Slicer's window/level mouse mode. The editor's tools claim the drag first (Paint, Erase,
-        Scissors, Draw), so the drag adjusts window/level when no tool is active (Esc).
-        Middle-drag pans and right-drag zooms in every mode."""
+        Scissors, Draw), so the drag adjusts window/level when no tool is active (Esc)."""
         import slicer
 
         interaction = self.slicer.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
