@@ -23,7 +23,7 @@ $(BIN)/assft: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	# web: trame-slicer and the one slicer-core everything runs on (pyproject.toml says why 5.11);
 	# browser: Playwright for the browser tests (they drive the system's Chromium).
-	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser]"
+	$(BIN)/pip install -q -e ".[test,swin,lint,web,browser,dicom]"
 	# nnU-Net models (--model nnunet:PATH): the engine builds their networks with nnU-Net's own code,
 	# which needs these three only. --no-deps keeps nnU-Net's planning, plotting and table packages
 	# (scipy, scikit-image, pandas, ...) out: MONAI imports every optional package it finds, and with

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "datasets": 3,
     "workspace": 4,
     "query": 5,
+    "dicom": 5,
     "training": 6,
     "settings": 7,
     "predict": 8,

@@ -31,14 +31,31 @@ if TYPE_CHECKING:
 def cmd_init(args: argparse.Namespace) -> int:
     from assft.workspace.creation import create_workspace
 
-    workspace = create_workspace(
-        args.workspace,
-        args.images,
-        model=args.model,
-        label_names=parse_label_names(args.label_names),
-        labels_dir=args.labels,
-        labeled_structures=args.labeled_structures,
-    )
+    create: dict[str, Any] = {
+        "model": args.model,
+        "label_names": parse_label_names(args.label_names),
+        "labels_dir": args.labels,
+        "labeled_structures": args.labeled_structures,
+    }
+    if args.dicomweb:
+        from assft.dicom.dicomweb import parse_query
+        from assft.dicom.dicomweb_pool import create_workspace_from_dicomweb
+
+        progress = progress_of(args)
+        workspace = create_workspace_from_dicomweb(
+            args.workspace,
+            args.dicomweb,
+            query=parse_query(args.query),
+            series_filter=args.series_filter,
+            auth_file=args.dicomweb_auth,
+            progress=progress,
+            **create,
+        )
+        progress.done(workspace=str(workspace.root))
+    else:
+        if args.query or args.series_filter or args.dicomweb_auth:
+            raise BadInputError("--query, --series-filter and --dicomweb-auth need --dicomweb URL")
+        workspace = create_workspace(args.workspace, args.images, **create)
     summary = workspace.status_summary()
     if args.json:
         print_json({"workspace": str(workspace.root), **summary})
@@ -51,10 +68,36 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def add_init_parser(sub: Subparsers) -> None:
-    p = add_verb(sub, "init", cmd_init, "create a workspace from images")
+    p = add_verb(sub, "init", cmd_init, "create a workspace from images or a DICOMweb server")
     p.add_argument("workspace", help="folder of the new workspace")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--images", nargs="+", help="image files, DICOM folders or folders of images"
+    )
+    source.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help=(
+            "a DICOMweb service root (https://pacs.example.org/dicom-web): the pool is the image "
+            "series that match --query, fetched once into the workspace (credentials: "
+            "ASSFT_DICOMWEB_TOKEN, or ASSFT_DICOMWEB_USER and ASSFT_DICOMWEB_PASSWORD, or "
+            "--dicomweb-auth FILE; never in the URL)"
+        ),
+    )
     p.add_argument(
-        "--images", nargs="+", required=True, help="image files, DICOM folders or folders of images"
+        "--query",
+        metavar="FILTERS",
+        help="QIDO-RS series search, e.g. 'Modality=MR&StudyDescription=brain*'",
+    )
+    p.add_argument(
+        "--series-filter",
+        metavar="REGEX",
+        help="keep only series whose description matches this regular expression",
+    )
+    p.add_argument(
+        "--dicomweb-auth",
+        metavar="FILE",
+        help='JSON credentials: {"token": ...} or {"user": ..., "password": ...}',
     )
     p.add_argument("--labels", help="folder of existing labels named like the images")
     p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
@@ -75,6 +118,7 @@ def add_init_parser(sub: Subparsers) -> None:
             "nnunet:PATH (an nnU-Net v2 results folder)"
         ),
     )
+    progress_flag(p)
     json_flag(p)
 
 

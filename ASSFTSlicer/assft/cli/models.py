@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assft.cli.common import model_flags, open_workspace
+from assft.errors import BadInputError
 from assft.runtime.progress import Progress
 from assft.runtime.verbs import (
     Subparsers,
@@ -22,7 +23,7 @@ from assft.runtime.verbs import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from assft.workspace import Workspace
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -126,11 +127,14 @@ def add_rollback_parser(sub: Subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    workspace = open_workspace(args.workspace)
+    if args.dicom_seg or args.store:
+        return _export_dicom_seg(args, workspace)
+    if args.out is None:
+        raise BadInputError("export needs --out FOLDER (a model), or --dicom-seg FOLDER (labels)")
     from assft.workspace.export import export_version
 
-    result = export_version(
-        open_workspace(args.workspace), args.version, args.out, format=args.format
-    )
+    result = export_version(workspace, args.version, args.out, format=args.format)
     if args.json:
         print_json(result)
         return 0
@@ -147,6 +151,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_dicom_seg(args: argparse.Namespace, workspace: Workspace) -> int:
+    if args.version or args.out:
+        raise BadInputError("--dicom-seg and --store export labels: give no version and no --out")
+    from assft.dicom.dicom_seg import export_dicom_seg
+
+    progress = progress_of(args)
+    result = export_dicom_seg(
+        workspace,
+        args.dicom_seg,
+        cases=args.cases.split(",") if args.cases else None,
+        store=args.store,
+        auth_file=args.dicomweb_auth,
+        progress=progress,
+    )
+    progress.done(**result)
+    if args.json:
+        print_json(result, one_line=progress.mode == "json")
+    elif progress.mode != "json":
+        where = [f"{len(result['files'])} file(s) in {args.dicom_seg}"] if args.dicom_seg else []
+        where += [f"{len(result['stored'])} stored on the server"] if args.store else []
+        print(
+            f"Exported the labels of {len(result['cases'])} case(s) as DICOM Segmentation: "
+            + ", ".join(where)
+        )
+    return 0
+
+
 def add_export_parser(sub: Subparsers) -> None:
     p = add_verb(
         sub,
@@ -154,12 +185,26 @@ def add_export_parser(sub: Subparsers) -> None:
         cmd_export,
         "write a model version as a MONAI bundle folder (python -m monai.bundle run accepts it; "
         "a workspace made from a bundle gets that bundle's next version) or, for a workspace "
-        "made from an nnU-Net folder, as an nnU-Net results folder (--format nnunet)",
+        "made from an nnU-Net folder, as an nnU-Net results folder (--format nnunet); or the "
+        "submitted labels as DICOM Segmentations of their series (--dicom-seg, --store)",
     )
     p.add_argument("workspace")
     p.add_argument("version", nargs="?", help="model version (default: the current one)")
     p.add_argument("--format", default="bundle", choices=("bundle", "nnunet"))
-    p.add_argument("--out", required=True, help="new folder outside the workspace")
+    p.add_argument("--out", help="new folder outside the workspace (a model version)")
+    p.add_argument(
+        "--dicom-seg",
+        metavar="FOLDER",
+        help="write each labeled case's label as FOLDER/<case>.seg.dcm (DICOM Segmentation)",
+    )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="store the Segmentations on the DICOMweb server the workspace was made from",
+    )
+    p.add_argument("--cases", help="CASE,CASE,... (default: every labeled case)")
+    p.add_argument("--dicomweb-auth", metavar="FILE", help="JSON credentials for --store")
+    progress_flag(p)
     json_flag(p)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "MAX_EXTENT_MM",
     "MAX_ABS_INTENSITY",
     "MAX_IMAGE_VOXELS",
+    "dicom_series_files",
     "is_dicom_series",
     "itk_file_name",
     "read_header",
@@ -215,8 +216,18 @@ def read_header(path: str | Path) -> sitk.ImageFileReader | None:
     return reader if reader.GetDimension() == 3 else None
 
 
-def _read_dicom_folder(path: Path) -> sitk.Image:
-    """Read the one DICOM series of a folder, checked before and after its pixels are read."""
+def dicom_series_files(path: str | Path) -> list[str]:
+    """The files of the one DICOM series of a folder, in the order of the image's slices
+    (:func:`read_image` reads them in this order: slice ``k`` of the image is file ``k``).
+
+    Raises:
+        BadInputError: the folder holds no DICOM series, or several.
+    """
+    return _series_files(Path(path))[1]
+
+
+def _series_files(path: Path) -> tuple[str, list[str]]:
+    """The series UID and ordered files of the one DICOM series of a folder."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_file_name(path))
     if not series:
         raise BadInputError("is a folder without a DICOM series", path)
@@ -230,7 +241,12 @@ def _read_dicom_folder(path: Path) -> sitk.Image:
             "series in its own folder",
             path,
         )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+    return series[0], list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+
+
+def _read_dicom_folder(path: Path) -> sitk.Image:
+    """Read the one DICOM series of a folder, checked before and after its pixels are read."""
+    series_uid, files = _series_files(path)
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
     first.ReadImageInformation()
@@ -244,7 +260,7 @@ def _read_dicom_folder(path: Path) -> sitk.Image:
     image = reader.Execute()
     if image.HasMetaDataKey("ITK_non_uniform_sampling_deviation"):
         raise BadInputError(
-            f"DICOM series {series[0]} ({len(files)} files) has a missing slice or uneven slice "
+            f"DICOM series {series_uid} ({len(files)} files) has a missing slice or uneven slice "
             f"spacing ({_slice_gap(reader, image)}); it is refused rather than read with a "
             "wrong spacing",
             path,

@@ -120,6 +120,7 @@ def assemble_workspace(
     labels_dir: str | Path | None = None,
     user: str | None = None,
     labeled_structures: list[int] | None = None,
+    adopt: tuple[Path, str] | None = None,
 ) -> Path:
     """Assemble a new workspace folder for a pool of images; all or nothing.
 
@@ -138,6 +139,10 @@ def assemble_workspace(
         user: Who creates it (default :func:`default_user`).
         labeled_structures: The label values clinicians label, when they label only some
             of the structures (:attr:`WorkspaceConfig.labeled_structures`); None: all.
+        adopt: ``(folder, name)``: a folder outside the workspace that holds every image
+            (scans fetched for it, e.g. from a DICOMweb server), moved into the workspace as
+            ``cache/<name>`` once everything else is in place; the cases are registered at
+            the images' places there. A failed creation moves it back.
 
     Returns:
         The workspace folder (absolute, symlinks resolved), ready to open.
@@ -211,7 +216,11 @@ def assemble_workspace(
             (staging / name).mkdir()
         config.save(staging / CONFIG_FILE_NAME)
         registry = CaseRegistry(staging / REGISTRY_FILE_NAME, create=True)
-        registry.add_cases(zip(case_ids, image_paths, strict=True), user=user)
+        registered = image_paths
+        if adopt is not None:
+            adopted = root / "cache" / adopt[1]
+            registered = [adopted / path.relative_to(adopt[0]) for path in image_paths]
+        registry.add_cases(zip(case_ids, registered, strict=True), user=user)
         registry.audit(
             "create",
             detail={"images": len(case_ids), "model": model, "labels": config.label_names},
@@ -224,11 +233,15 @@ def assemble_workspace(
                 label_file, image_path, config.label_names, case_id=case_id
             )
             staged.label_store.store(case_id, stored, label_file, user=user, action="import-label")
+        if adopt is not None:
+            os.rename(adopt[0], staging / "cache" / adopt[1])
         try:
             os.rename(staging, root)
         except OSError:
             raise BadInputError("was created by someone else meanwhile", root) from None
     except BaseException:
+        if adopt is not None and (staging / "cache" / adopt[1]).is_dir():
+            os.rename(staging / "cache" / adopt[1], adopt[0])  # the fetched scans are kept
         shutil.rmtree(staging, ignore_errors=True)
         for parent in reversed(created_parents):
             with contextlib.suppress(OSError):

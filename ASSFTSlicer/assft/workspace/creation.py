@@ -20,11 +20,13 @@ def create_workspace(
     labels_dir: str | Path | None = None,
     user: str | None = None,
     labeled_structures: str | list[int] | None = None,
+    adopt: tuple[Path, str] | None = None,
 ) -> Workspace:
     """Create a workspace whose labels default to the model preset's.
 
     ``labeled_structures``: the structures clinicians label when they label only some (names
-    or values, ``"liver,spleen"`` or a list of values); None: all of them.
+    or values, ``"liver,spleen"`` or a list of values); None: all of them. ``adopt``: a folder
+    of fetched scans moved into the workspace (:func:`assembly.assemble_workspace`).
 
     The model is loaded once first, so a preset or checkpoint that cannot work is refused
     before anything is written.
@@ -60,4 +62,5 @@ def create_workspace(
         labels_dir=Path(labels_dir) if labels_dir else None,
         user=user,
         labeled_structures=labeled_structures,
+        adopt=adopt,
     )

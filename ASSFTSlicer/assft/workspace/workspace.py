@@ -148,6 +148,7 @@ class Workspace:
         labels_dir: str | Path | None = None,
         user: str | None = None,
         labeled_structures: list[int] | None = None,
+        adopt: tuple[Path, str] | None = None,
     ) -> Workspace:
         """Create a workspace for a pool of images, all or nothing, and open it
         (:func:`assembly.assemble_workspace`, where the arguments and raised errors are
@@ -161,6 +162,7 @@ class Workspace:
             labels_dir=labels_dir,
             user=user,
             labeled_structures=labeled_structures,
+            adopt=adopt,
         )
         return cls.open(folder)
 
