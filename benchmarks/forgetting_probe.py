@@ -17,6 +17,10 @@ labeled with the parent's own prediction (``tau_v`` applied), or with their grou
     python benchmarks/forgetting_probe.py /work/bench/hospital --site hospital \\
         --cases hospital_024,hospital_004 --anchor-cases hospital_033,hospital_010 --steps 600
 
+``--route`` then tests routing each test scan to the parent or the fine-tuned model by a signal
+known without its label: the parent when its own case confidence (SSFT's c_u) reaches ``tau_c``,
+or the more confident of the two, beside the oracle (the better of the two by Dice).
+
 ``--interpolate 0.25,0.5`` then tests the weights part of the way from the parent's to the
 fine-tuned ones (WiSE-FT), with BatchNorm's running statistics interpolated, or the parent's, or
 the fine-tuned model's.
@@ -90,6 +94,12 @@ def main() -> None:
         "from 'assft pretrain-demo --channels ... --out DIR')",
     )
     parser.add_argument("--weights", help="the network's weights (default: the shipped demo's)")
+    parser.add_argument(
+        "--route",
+        action="store_true",
+        help="after the last step, test routing each test scan to the parent or the fine-tuned "
+        "model by their confidence on it (see above)",
+    )
     args = parser.parse_args()
 
     channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
@@ -137,7 +147,7 @@ def main() -> None:
     teacher = load_model(preset, label_values=values, checkpoint=weights, device="cpu")
     trainer = Trainer(model, config, patch, teacher=teacher)
 
-    def report(step: int, losses: list[float]) -> None:
+    def report(step: int, losses: list[float]) -> dict[str, float]:
         per_case = validation_dice(model, test, list(range(1, len(values) + 1)))["per_case"]
         scores = {case.case_id: round(d, 3) for case, d in zip(test, per_case, strict=True)}
         by_stratum: dict[str, list[float]] = {}
@@ -155,8 +165,9 @@ def main() -> None:
             ),
             flush=True,
         )
+        return scores
 
-    report(0, [])
+    parent_dice = report(0, [])
     for start in range(0, args.steps, args.every):
         losses: list[float] = []
         end = min(args.steps, start + args.every)
@@ -173,7 +184,9 @@ def main() -> None:
             # losses is bound now (B023): each stage appends to its own list.
             on_step=lambda done, metrics, losses=losses: losses.append(metrics["loss"]),
         )
-        report(end, losses)
+        tuned_dice = report(end, losses)
+    if args.route:
+        _route(teacher, model, test, parent_dice, tuned_dice, strata, defaults.tau_c)
     if args.interpolate:
         tuned = {k: v.clone() for k, v in model.network.state_dict().items()}
         parent = teacher.network.state_dict()
@@ -189,6 +202,53 @@ def main() -> None:
                 print(json.dumps({"interpolation": alpha, "statistics": statistics}), flush=True)
                 report(args.steps, [])
         model.network.load_state_dict(tuned)
+
+
+def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float) -> None:
+    """Print the test Dice per acquisition when each scan goes to the parent or the fine-tuned
+    model by their case confidence (two views, as SSFT's reliable set measures it)."""
+
+    def confidence(model, case: TrainingCase) -> float:
+        model.network.eval()
+        return float(infer_case(model, case.image, views=2, batchnorm=False).difficulty.confidence)
+
+    rows = []
+    for case in test:
+        c_parent, c_tuned = confidence(parent, case), confidence(tuned, case)
+        d_parent, d_tuned = parent_dice[case.case_id], tuned_dice[case.case_id]
+        rows.append((case.case_id, c_parent, c_tuned, d_parent, d_tuned))
+        print(
+            json.dumps(
+                {
+                    "case": case.case_id,
+                    "stratum": strata.get(case.case_id),
+                    "confidence": [round(c_parent, 4), round(c_tuned, 4)],
+                    "dice": [d_parent, d_tuned],
+                }
+            ),
+            flush=True,
+        )
+    rules = {
+        "parent": lambda r: r[3],
+        "fine-tuned": lambda r: r[4],
+        f"parent where its confidence >= tau_c {tau_c}": lambda r: r[3] if r[1] >= tau_c else r[4],
+        "the more confident": lambda r: r[3] if r[1] >= r[2] else r[4],
+        "oracle (the better by Dice)": lambda r: max(r[3], r[4]),
+    }
+    for name, rule in rules.items():
+        by_stratum: dict[str, list[float]] = {}
+        for row in rows:
+            by_stratum.setdefault(str(strata.get(row[0])), []).append(rule(row))
+        print(
+            json.dumps(
+                {
+                    "routing": name,
+                    "mean_test_dice": round(float(np.mean([rule(r) for r in rows])), 4),
+                    "by_stratum": {k: round(float(np.mean(v)), 4) for k, v in by_stratum.items()},
+                }
+            ),
+            flush=True,
+        )
 
 
 def _mix(
