@@ -100,7 +100,7 @@ from assft.query.strategies import Strategy as EngineStrategy
 from assft.runtime.job_state import JobState
 from assft.runtime.progress import ProgressEvent
 from assft.training.config import FinetuneConfig
-from ASSFTSlicerLib import dependencies
+from ASSFTSlicerLib import dependencies, pacs
 from ASSFTSlicerLib.i18n import tr as _
 from ASSFTSlicerLib.i18n import translate
 from ASSFTSlicerLib.logic import WorkspaceLogic
@@ -196,6 +196,8 @@ class ASSFTSlicerParameterNode:
 
     workspacePath: the workspace folder (created or opened).
     imagesPath: a folder of scans to create a workspace from.
+    dicomwebUrl, dicomwebQuery, dicomwebAuth: or a DICOMweb server, the search of its series
+        and a credentials file (empty: the environment's credentials).
     modelPreset, device, budget, strategy: how ranking runs.
     ownModel: the lab's own model for a new workspace (nnunet:FOLDER, bundle:FOLDER, a preset
         file); empty: the preset.
@@ -210,6 +212,9 @@ class ASSFTSlicerParameterNode:
 
     workspacePath: pathlib.Path
     imagesPath: pathlib.Path
+    dicomwebUrl: str = ""
+    dicomwebQuery: str = ""
+    dicomwebAuth: str = ""
     modelPreset: Annotated[str, Choice(MODEL_PRESETS)] = MODEL_PRESETS[0]
     ownModel: str = ""
     labeledStructures: str = ""
@@ -327,6 +332,8 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createWorkspaceButton.connect("clicked(bool)", self.onCreateWorkspace)
         self.ui.checkModelButton.connect("clicked(bool)", self.onCheckModel)
         self.ui.createFromVolumesButton.connect("clicked(bool)", self.onCreateFromVolumes)
+        self.ui.createFromDicomwebButton.connect("clicked(bool)", self.onCreateFromDicomweb)
+        self.ui.sendDicomSegButton.connect("clicked(bool)", self.onSendDicomSeg)
         self.ui.rankButton.connect("clicked(bool)", self.onRank)
         self.ui.showChartButton.connect("clicked(bool)", self.onShowChart)
         self.ui.worklistTableView.connect(
@@ -570,6 +577,21 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Load scans into Slicer and choose a new workspace folder."),
         )
         setState(
+            self.ui.createFromDicomwebButton,
+            p is not None
+            and bool(p.dicomwebUrl.strip())
+            and not self.logic.hasWorkspace(p.workspacePath),
+            _("Enter a DICOMweb server's address and choose a new workspace folder."),
+        )
+        setState(
+            self.ui.sendDicomSegButton,
+            hasWorkspace and counts.get("labeled", 0) > 0 and bool(summary.get("dicomweb")),
+            _(
+                "Labels go back as DICOM SEG to the server a workspace was made from: submit a "
+                "label in a workspace created from a DICOMweb server."
+            ),
+        )
+        setState(
             self.ui.rankButton,
             hasWorkspace and not depsMissing and not jobRunning,
             _("Fine-tuning is running.") if jobRunning else noWorkspace,
@@ -628,6 +650,11 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             TaskKind.RANK: (self.ui.rankButton, _("Rank")),
             TaskKind.PREDICT: (self.ui.labelNextButton, _("Label next")),
             TaskKind.PROPOSE: (self.ui.proposeValidationButton, _("Propose validation scans")),
+            TaskKind.CREATE_FROM_DICOMWEB: (
+                self.ui.createFromDicomwebButton,
+                _("Create from DICOMweb server"),
+            ),
+            TaskKind.SEND_DICOM_SEG: (self.ui.sendDicomSegButton, _("Send labels as DICOM SEG")),
         }
 
     def _observeTasks(self) -> None:
@@ -706,7 +733,7 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
                 labeledStructures=p.labeledStructures,
                 onProgress=self._onTaskProgress,
-                onFinished=self._onCreated,
+                onFinished=self._endTaskAndRefresh,
             )
 
     def onCheckModel(self) -> None:
@@ -732,10 +759,40 @@ class ASSFTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
                 labeledStructures=p.labeledStructures,
                 onProgress=self._onTaskProgress,
-                onFinished=self._onCreated,
+                onFinished=self._endTaskAndRefresh,
             )
 
-    def _onCreated(self, result) -> None:
+    def onCreateFromDicomweb(self) -> None:
+        if self._cancelIfRunning(TaskKind.CREATE_FROM_DICOMWEB):
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to create the workspace."), waitCursor=True):
+            pacs.runCreateWorkspaceFromDicomweb(
+                self.logic,
+                p.workspacePath,
+                p.dicomwebUrl,
+                self.logic.modelForNewWorkspace(p.modelPreset, p.ownModel),
+                query=p.dicomwebQuery,
+                authFile=p.dicomwebAuth,
+                labeledStructures=p.labeledStructures,
+                onProgress=self._onTaskProgress,
+                onFinished=self._endTaskAndRefresh,
+            )
+
+    def onSendDicomSeg(self) -> None:
+        if self._cancelIfRunning(TaskKind.SEND_DICOM_SEG):
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to send the labels."), waitCursor=True):
+            pacs.runSendDicomSeg(
+                self.logic,
+                p.workspacePath,
+                authFile=p.dicomwebAuth,
+                onProgress=self._onTaskProgress,
+                onFinished=self._endTaskAndRefresh,
+            )
+
+    def _endTaskAndRefresh(self, result) -> None:
         self._endTask(result)
         self.refresh()
 

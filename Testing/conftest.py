@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny model preset, tiny synthetic pools written to temporary folders, and a
-headless MRML scene from the ``slicer-core`` wheel (``mrml``)."""
+"""Shared fixtures: a tiny model preset, tiny synthetic pools written to temporary folders, a real
+DICOMweb server holding some of them (``pacs``), and a headless MRML scene from the
+``slicer-core`` wheel (``mrml``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+from assft_testing.dicom_server import (
+    BROKEN,
+    PASSWORD,
+    SERIES,
+    UID,
+    USER,
+    orthanc_server,
+    write_dicom_series,
+)
 from assft_testing.slicer_side import require_slicer
 
 
@@ -68,3 +78,49 @@ def mrml():
     yield types.SimpleNamespace(scene=scene, app=app, segmentations=segmentations, volumes=volumes)
     scene.Clear(1)
     unbindScene(previous)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, synthetic_pool):
+    """A real Orthanc with its DICOMweb plugin (skipped where it is not installed) holding
+    three series made from the synthetic pool (two of patient P1, one of P2) and a fourth with
+    a missing slice; ``(server, cases)``."""
+    from assft.io.imaging import read_image
+
+    _, cases = synthetic_pool
+    folder = tmp_path_factory.mktemp("pacs")
+    with orthanc_server(folder / "orthanc") as server:
+        for series_uid, (patient, number, description, index) in SERIES.items():
+            image = read_image(cases[index].image)
+            server.upload(
+                write_dicom_series(
+                    image,
+                    folder / series_uid,
+                    series_uid=series_uid,
+                    study_uid=f"{UID}.9{patient[1:]}",
+                    patient_id=patient,
+                    series_number=number,
+                    description=description,
+                    scale=100,
+                )
+            )
+        image = read_image(cases[3].image)
+        server.upload(
+            write_dicom_series(
+                image,
+                folder / BROKEN,
+                series_uid=BROKEN,
+                patient_id="P3",
+                description="BROKEN",
+                scale=100,
+                skip_slices=(5,),
+            )
+        )
+        yield server, cases
+
+
+@pytest.fixture
+def credentials(monkeypatch):
+    """The test server's user and password, in the environment as a lab would set them."""
+    monkeypatch.setenv("ASSFT_DICOMWEB_USER", USER)
+    monkeypatch.setenv("ASSFT_DICOMWEB_PASSWORD", PASSWORD)

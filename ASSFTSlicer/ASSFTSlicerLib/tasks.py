@@ -34,17 +34,21 @@ class TaskKind(StrEnum):
 
     CREATE = "create"
     CREATE_FROM_VOLUMES = "createFromVolumes"
+    CREATE_FROM_DICOMWEB = "createFromDicomweb"
     RANK = "rank"
     PREDICT = "predict"
     PROPOSE = "propose"
+    SEND_DICOM_SEG = "sendDicomSeg"
 
     def describe(self) -> str:
         return {
             "create": _("creating the workspace"),
             "createFromVolumes": _("creating the workspace"),
+            "createFromDicomweb": _("fetching the scans from the DICOMweb server"),
             "rank": _("ranking"),
             "predict": _("predicting"),
             "propose": _("proposing validation scans"),
+            "sendDicomSeg": _("sending labels as DICOM SEG"),
         }[self.value]
 
 

@@ -148,3 +148,11 @@ def test_credentials_never_travel_in_the_url_or_in_clear(tmp_path, monkeypatch) 
         read_auth()
     with pytest.raises(BadInputError, match="not a DICOM keyword"):
         parse_query("Modalty=MR")
+
+
+def test_without_the_dicom_extra_the_error_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "dicomweb_client", None)  # as if not installed
+    with pytest.raises(
+        BadInputError, match=r'dicomweb-client package: pip install "assft\[dicom\]"'
+    ):
+        DicomwebServer("https://pacs.example.org/dicom-web")

@@ -337,7 +337,7 @@ def test_one_slicer_core_pinned_by_the_web_extra_is_the_one_installed():
     import tomllib
 
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert '$(BIN)/pip install -q -e ".[test,swin,lint,web,browser]"' in makefile
+    assert '$(BIN)/pip install -q -e ".[test,swin,lint,web,browser,dicom]"' in makefile
     assert "slicer-core==" not in makefile and "install -q slicer-core" not in makefile
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "optional-dependencies"

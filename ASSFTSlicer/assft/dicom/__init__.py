@@ -11,3 +11,25 @@ labels handed back as DICOM Segmentations (highdicom), written to files or store
 Each module imports ``requests``, ``dicomweb-client`` and ``highdicom`` only where it uses them
 (``pip install "assft[dicom]"``).
 """
+
+from __future__ import annotations
+
+import importlib
+
+from assft.errors import BadInputError
+
+__all__ = ["require"]
+
+
+def require(module: str, package: str) -> None:
+    """Import ``module`` or say in one line which package to install.
+
+    Raises:
+        BadInputError: the package is not installed.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise BadInputError(
+            f'DICOMweb and DICOM SEG need the {package} package: pip install "assft[dicom]"'
+        ) from None

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from assft import __version__
+from assft.dicom import require
 from assft.dicom.segment_codes import segment_codes
 from assft.errors import BadInputError
 from assft.io.atomic import atomic_path
@@ -65,6 +66,7 @@ def label_as_segmentation(workspace: Workspace, case_id: str) -> pydicom.Dataset
         BadInputError: the case has no stored label, its scan is not a DICOM series, or the
             label does not lie on the series' voxel grid.
     """
+    require("highdicom", "highdicom")
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid

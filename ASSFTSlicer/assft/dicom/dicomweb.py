@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from assft.dicom import require
 from assft.dicom.dicomweb_auth import TIMEOUT_S, DicomwebAuth, check_server_url, make_session
 from assft.errors import BadInputError
 from assft.io.atomic import atomic_path, sweep_temporaries
@@ -98,6 +99,7 @@ class DicomwebServer:
     """
 
     def __init__(self, url: str, auth: DicomwebAuth | None = None) -> None:
+        require("dicomweb_client", "dicomweb-client")
         from dicomweb_client.api import DICOMwebClient
 
         auth = auth or DicomwebAuth()

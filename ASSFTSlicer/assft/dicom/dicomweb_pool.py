@@ -20,6 +20,7 @@ from assft.errors import BadInputError
 from assft.io.imaging import read_image
 from assft.runtime.progress import Progress
 from assft.workspace.files import read_json_document, write_json_atomic
+from assft.workspace.workspace import DICOMWEB_MANIFEST
 
 if TYPE_CHECKING:
     from assft.workspace import Workspace
@@ -33,9 +34,9 @@ __all__ = [
     "fetch_folder",
 ]
 
-ADOPTED_FOLDER = "dicomweb"
+ADOPTED_FOLDER = DICOMWEB_MANIFEST.parent.name
 """The workspace's ``cache/dicomweb``: the fetched series, one folder a case."""
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = DICOMWEB_MANIFEST.name
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -158,7 +159,7 @@ def create_workspace_from_dicomweb(
 
 def dicomweb_manifest(workspace: Workspace) -> dict[str, Any] | None:
     """The manifest of a workspace made from a DICOMweb server, or None."""
-    path = workspace.cache_folder(ADOPTED_FOLDER) / MANIFEST_NAME
+    path = workspace.root / DICOMWEB_MANIFEST
     if not path.is_file():
         return None
     return read_json_document(path, what="DICOMweb manifest")

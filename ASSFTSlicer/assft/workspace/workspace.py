@@ -51,6 +51,8 @@ from assft.workspace.version_names import BASE_VERSION, POINTER_ACTIONS, check_v
 
 __all__ = ["CASE_ID_PATTERN", "Workspace", "default_user"]
 
+DICOMWEB_MANIFEST = Path("cache", "dicomweb", "manifest.json")
+"""Where a workspace made from a DICOMweb server records its series' UIDs."""
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 OWNED_FOLDERS = (
     *SUBFOLDERS,
@@ -508,8 +510,8 @@ class Workspace:
         return locks.running_job(self.jobs_dir, name)
 
     def status_summary(self) -> dict[str, Any]:
-        """Model version (None: the pointer is damaged), case counts per status, running job
-        and latest ranking file."""
+        """Model version (None: the pointer is damaged), case counts per status, running job,
+        latest ranking file, and whether the scans came from a DICOMweb server."""
         counts = self.registry.counts()
         latest = self.registry.latest_ranking()
         try:
@@ -526,4 +528,6 @@ class Workspace:
             "latest_ranking_model": None if latest is None else latest["model_version"],
             # The structures clinicians label (all of the labels, unless they label only some).
             "labeled_structures": [names[v] for v in self.config.labeled_values],
+            # made by `assft init --dicomweb` (assft.dicom.dicomweb_pool): labels can go back
+            "dicomweb": (self.root / DICOMWEB_MANIFEST).is_file(),
         }
