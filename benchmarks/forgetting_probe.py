@@ -18,8 +18,10 @@ labeled with the parent's own prediction (``tau_v`` applied), or with their grou
         --cases hospital_024,hospital_004 --anchor-cases hospital_033,hospital_010 --steps 600
 
 ``--route`` then tests routing each test scan to the parent or the fine-tuned model by a signal
-known without its label: the parent when its own case confidence (SSFT's c_u) reaches ``tau_c``,
-or the more confident of the two, beside the oracle (the better of the two by Dice).
+known without its label: the parent when its own case confidence (SSFT's c_u) reaches ``tau_c``;
+the more confident of the two; the parent when the scan's nearest labeled or held-out scan
+(``--held-out``), by the acquisition descriptor, bore the parent out (the anchor's own rule,
+``training.anchor.parent_evidence``); beside the oracle (the better of the two by Dice).
 
 ``--interpolate 0.25,0.5`` then tests the weights part of the way from the parent's to the
 fine-tuned ones (WiSE-FT), with BatchNorm's running statistics interpolated, or the parent's, or
@@ -39,11 +41,14 @@ import torch
 from assft.apps.pretrain import demo_preset
 from assft.apps.simulation import SMALL_MODEL_FINETUNE, Dataset
 from assft.apps.sites import MIXED
+from assft.metrics.acquisition import acquisition_descriptor
 from assft.models import load_model
 from assft.models.inference import infer_case
 from assft.training import FinetuneConfig
+from assft.training.anchor import parent_evidence
 from assft.training.data import PreparedCases, TrainingCase
 from assft.training.losses import IGNORE
+from assft.training.reliability import nearest_borne_out
 from assft.training.ssft import Trainer, run_stage, validation_dice
 
 
@@ -95,6 +100,11 @@ def main() -> None:
     )
     parser.add_argument("--weights", help="the network's weights (default: the shipped demo's)")
     parser.add_argument(
+        "--held-out",
+        dest="held_out",
+        help="the validation scans, as evidence of where the parent is borne out (--route)",
+    )
+    parser.add_argument(
         "--route",
         action="store_true",
         help="after the last step, test routing each test scan to the parent or the fine-tuned "
@@ -140,6 +150,10 @@ def main() -> None:
             if c.case_id in anchored
         ]
         test = [prepared.load(c.case_id, c.image, c.truth) for c in dataset.test]
+        held = set(args.held_out.split(",")) if args.held_out else set()
+        held_out = [
+            prepared.load(c.case_id, c.image, c.truth) for c in dataset.pool if c.case_id in held
+        ]
     if not args.oracle_anchor:
         anchor = [_parent_labeled(model, case, defaults.tau_v) for case in anchor]
     if args.anchor_soft_only:
@@ -186,7 +200,10 @@ def main() -> None:
         )
         tuned_dice = report(end, losses)
     if args.route:
-        _route(teacher, model, test, parent_dice, tuned_dice, strata, defaults.tau_c)
+        evidence = parent_evidence(
+            teacher, train, held_out, list(range(1, len(values) + 1)), defaults
+        )
+        _route(teacher, model, test, parent_dice, tuned_dice, strata, defaults.tau_c, evidence)
     if args.interpolate:
         tuned = {k: v.clone() for k, v in model.network.state_dict().items()}
         parent = teacher.network.state_dict()
@@ -204,7 +221,7 @@ def main() -> None:
         model.network.load_state_dict(tuned)
 
 
-def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float) -> None:
+def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float, evidence) -> None:
     """Print the test Dice per acquisition when each scan goes to the parent or the fine-tuned
     model by their case confidence (two views, as SSFT's reliable set measures it)."""
 
@@ -212,11 +229,22 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float) -
         model.network.eval()
         return float(infer_case(model, case.image, views=2, batchnorm=False).difficulty.confidence)
 
+    descriptors = np.array([e["descriptor"] for e in evidence])
+    borne_out = np.array([e["borne_out"] for e in evidence], dtype=bool)
+    print(
+        json.dumps(
+            {"evidence": [(e["case"], round(e["dice"], 3), e["borne_out"]) for e in evidence]}
+        ),
+        flush=True,
+    )
     rows = []
     for case in test:
         c_parent, c_tuned = confidence(parent, case), confidence(tuned, case)
         d_parent, d_tuned = parent_dice[case.case_id], tuned_dice[case.case_id]
-        rows.append((case.case_id, c_parent, c_tuned, d_parent, d_tuned))
+        result = infer_case(parent, case.image, views=1, batchnorm=True)
+        descriptor = acquisition_descriptor(result.batchnorm, result.embedding)
+        keep = bool(nearest_borne_out(descriptor[None, :], descriptors, borne_out)[0])
+        rows.append((case.case_id, c_parent, c_tuned, d_parent, d_tuned, keep))
         print(
             json.dumps(
                 {
@@ -224,6 +252,7 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float) -
                     "stratum": strata.get(case.case_id),
                     "confidence": [round(c_parent, 4), round(c_tuned, 4)],
                     "dice": [d_parent, d_tuned],
+                    "nearest_evidence_bore_the_parent_out": keep,
                 }
             ),
             flush=True,
@@ -233,6 +262,9 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float) -
         "fine-tuned": lambda r: r[4],
         f"parent where its confidence >= tau_c {tau_c}": lambda r: r[3] if r[1] >= tau_c else r[4],
         "the more confident": lambda r: r[3] if r[1] >= r[2] else r[4],
+        "parent where the nearest labeled or held-out scan bore it out": lambda r: (
+            r[3] if r[5] else r[4]
+        ),
         "oracle (the better by Dice)": lambda r: max(r[3], r[4]),
     }
     for name, rule in rules.items():

@@ -15,9 +15,10 @@ import SimpleITK as sitk
 
 from assft.dicom.dicomweb import DicomwebServer, parse_query
 from assft.dicom.dicomweb_auth import DicomwebAuth, check_server_url, read_auth
-from assft.dicom.dicomweb_pool import create_workspace_from_dicomweb, fetch_folder
+from assft.dicom.dicomweb_pool import create_workspace_from_dicomweb, fetch_folder, fetch_pending
 from assft.errors import BadInputError
 from assft.io.imaging import read_image
+from assft.workspace import Workspace
 from assft_testing.dicom_server import BROKEN, PASSWORD, SERIES, UID, USER, free_port
 
 
@@ -156,3 +157,73 @@ def test_without_the_dicom_extra_the_error_says_what_to_install(monkeypatch) -> 
         BadInputError, match=r'dicomweb-client package: pip install "assft\[dicom\]"'
     ):
         DicomwebServer("https://pacs.example.org/dicom-web")
+
+
+def test_a_large_archive_starts_with_a_few_series_and_fetches_the_rest_as_it_goes(
+    pacs, credentials, tmp_path, tiny_preset_file
+) -> None:
+    """--fetch-first: the workspace exists after one series; `assft fetch` registers each other
+    case as it arrives, records the broken series as refused and goes on; a second fetch has
+    nothing left to do; a manifest that would lead out of the workspace is refused."""
+    server, _ = pacs
+    root = tmp_path / "ws"
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "assft",
+            "init",
+            str(root),
+            "--dicomweb",
+            server.url,
+            "--fetch-first",
+            "1",
+            "--model",
+            str(tiny_preset_file),
+            "--label-names",
+            "1:shell,2:core",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=180,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "2 series wait on the server" in created.stdout
+    workspace = Workspace.open(root)
+    # the broken series, first in UID order, is recorded as refused; the first usable one is a case
+    assert [case["case_id"] for case in workspace.cases()] == ["P1-s1"]
+
+    fetched = subprocess.run(
+        [sys.executable, "-m", "assft", "fetch", str(root), "--progress", "json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=180,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    events = [json.loads(line) for line in fetched.stdout.splitlines()]
+    arrived = [e["case"] for e in events if e.get("phase") == "dicomweb-fetch" and e["done"]]
+    assert arrived == ["P1-s2", "P2-s1"]  # in the manifest's order, one at a time
+    assert events[-1]["fetched"] == ["P1-s2", "P2-s1"] and events[-1]["pending"] == 0
+    assert [case["case_id"] for case in workspace.cases()] == ["P1-s1", "P1-s2", "P2-s1"]
+    manifest = json.loads((root / "cache/dicomweb/manifest.json").read_text())
+    assert [(e["case"], e["status"]) for e in manifest["cases"]] == [
+        ("P3-s1", "refused"),
+        ("P1-s1", "fetched"),
+        ("P1-s2", "fetched"),
+        ("P2-s1", "fetched"),
+    ]
+    reason = manifest["cases"][0]["reason"]
+    assert BROKEN in reason and "missing slice" in reason
+
+    again = fetch_pending(workspace)
+    assert again == {"fetched": [], "refused": {}, "pending": 0}
+
+    manifest["cases"][2]["status"] = "pending"
+    manifest["cases"][2]["case"] = "../../outside"
+    (root / "cache/dicomweb/manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInputError, match="manifest.json: is damaged .*not a plain folder name"):
+        fetch_pending(workspace)
+    assert not (tmp_path / "outside").exists()

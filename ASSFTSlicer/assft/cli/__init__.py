@@ -47,6 +47,7 @@ from assft.runtime.verbs import Subparsers
 
 VERB_PARSERS: tuple[Callable[[Subparsers], None], ...] = (
     cases.add_init_parser,
+    cases.add_fetch_parser,
     cases.add_rank_parser,
     cases.add_next_parser,
     cases.add_submit_parser,

@@ -48,15 +48,25 @@ def cmd_init(args: argparse.Namespace) -> int:
             query=parse_query(args.query),
             series_filter=args.series_filter,
             auth_file=args.dicomweb_auth,
+            fetch_first=args.fetch_first,
             progress=progress,
             **create,
         )
         progress.done(workspace=str(workspace.root))
     else:
-        if args.query or args.series_filter or args.dicomweb_auth:
-            raise BadInputError("--query, --series-filter and --dicomweb-auth need --dicomweb URL")
+        if args.query or args.series_filter or args.dicomweb_auth or args.fetch_first:
+            raise BadInputError(
+                "--query, --series-filter, --dicomweb-auth and --fetch-first need --dicomweb URL"
+            )
         workspace = create_workspace(args.workspace, args.images, **create)
     summary = workspace.status_summary()
+    pending = 0
+    if args.dicomweb:
+        from assft.dicom.dicomweb_pool import dicomweb_manifest
+
+        manifest = dicomweb_manifest(workspace) or {"cases": []}
+        pending = sum(1 for entry in manifest["cases"] if entry.get("status") == "pending")
+        summary["dicomweb_pending"] = pending
     if args.json:
         print_json({"workspace": str(workspace.root), **summary})
     else:
@@ -64,7 +74,45 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"Created workspace {workspace.root}: {summary['total']} cases "
             f"({summary['counts'].get('labeled', 0)} labeled), model {args.model}"
         )
+        if pending:
+            print(
+                f"{pending} series wait on the server: `assft fetch {workspace.root}` fetches "
+                "them (ranking ranks what has arrived)"
+            )
     return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from assft.dicom.dicomweb_pool import fetch_pending
+
+    workspace = open_workspace(args.workspace)
+    progress = progress_of(args)
+    result = fetch_pending(workspace, auth_file=args.dicomweb_auth, progress=progress)
+    progress.done(**result)
+    if args.json:
+        print_json(result, one_line=progress.mode == "json")
+    elif progress.mode != "json":
+        print(
+            f"Fetched {len(result['fetched'])} series into {workspace.root}; "
+            f"{len(result['refused'])} refused, {result['pending']} still pending"
+        )
+        for case, reason in result["refused"].items():
+            print(f"  refused {case}: {reason}")
+    return 0
+
+
+def add_fetch_parser(sub: Subparsers) -> None:
+    p = add_verb(
+        sub,
+        "fetch",
+        cmd_fetch,
+        "fetch the series still pending on the DICOMweb server of a workspace made with "
+        "init --dicomweb --fetch-first; each case is registered as it arrives",
+    )
+    p.add_argument("workspace")
+    p.add_argument("--dicomweb-auth", metavar="FILE", help="JSON credentials (see init)")
+    progress_flag(p)
+    json_flag(p)
 
 
 def add_init_parser(sub: Subparsers) -> None:
@@ -98,6 +146,13 @@ def add_init_parser(sub: Subparsers) -> None:
         "--dicomweb-auth",
         metavar="FILE",
         help='JSON credentials: {"token": ...} or {"user": ..., "password": ...}',
+    )
+    p.add_argument(
+        "--fetch-first",
+        type=int,
+        metavar="N",
+        help="fetch only the first N series now and leave the others pending for "
+        "`assft fetch WS` (a large archive: ranking can start at once)",
     )
     p.add_argument("--labels", help="folder of existing labels named like the images")
     p.add_argument("--label-names", help="VALUE:NAME,... (default: the model preset's labels)")
