@@ -231,6 +231,12 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float, e
 
     descriptors = np.array([e["descriptor"] for e in evidence])
     borne_out = np.array([e["borne_out"] for e in evidence], dtype=bool)
+    # The anchor's rule counts a scan as bearing the parent out when its Dice is anchor_margin
+    # above the worst labeled scan's; a second rule also asks it to be within that margin of the
+    # best evidence scan's (a FLAIR scan at 0.46 is above a T2 one at 0.21, not near a T1 at 0.72).
+    margin = FinetuneConfig().anchor_margin
+    dices = np.array([e["dice"] for e in evidence])
+    near_best = borne_out & (dices >= dices.max() - margin)
     print(
         json.dumps(
             {"evidence": [(e["case"], round(e["dice"], 3), e["borne_out"]) for e in evidence]}
@@ -244,7 +250,8 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float, e
         result = infer_case(parent, case.image, views=1, batchnorm=True)
         descriptor = acquisition_descriptor(result.batchnorm, result.embedding)
         keep = bool(nearest_borne_out(descriptor[None, :], descriptors, borne_out)[0])
-        rows.append((case.case_id, c_parent, c_tuned, d_parent, d_tuned, keep))
+        keep_near_best = bool(nearest_borne_out(descriptor[None, :], descriptors, near_best)[0])
+        rows.append((case.case_id, c_parent, c_tuned, d_parent, d_tuned, keep, keep_near_best))
         print(
             json.dumps(
                 {
@@ -252,7 +259,7 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float, e
                     "stratum": strata.get(case.case_id),
                     "confidence": [round(c_parent, 4), round(c_tuned, 4)],
                     "dice": [d_parent, d_tuned],
-                    "nearest_evidence_bore_the_parent_out": keep,
+                    "nearest_evidence_bore_the_parent_out": [keep, keep_near_best],
                 }
             ),
             flush=True,
@@ -264,6 +271,9 @@ def _route(parent, tuned, test, parent_dice, tuned_dice, strata, tau_c: float, e
         "the more confident": lambda r: r[3] if r[1] >= r[2] else r[4],
         "parent where the nearest labeled or held-out scan bore it out": lambda r: (
             r[3] if r[5] else r[4]
+        ),
+        "the same, borne out also within anchor_margin of the best evidence Dice": lambda r: (
+            r[3] if r[6] else r[4]
         ),
         "oracle (the better by Dice)": lambda r: max(r[3], r[4]),
     }
