@@ -88,6 +88,16 @@ def run_cli(
     return result
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a server the tests started, killing it when it does not stop in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run_cli_in_process(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     """Run ``assft.cli.main`` in this process, as :func:`run_cli` would run it in a new one.
 

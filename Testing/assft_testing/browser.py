@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from assft_testing import stop_process
+
 URL_LINE = re.compile(r"ASSFT web: (http://\S+)")
 
 
@@ -86,9 +88,4 @@ def web_server(workspace: Path, *arguments: str, timeout: float = 120.0) -> Iter
     try:
         yield WebServer(process, url[0], output)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)

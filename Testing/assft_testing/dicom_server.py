@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from assft_testing import stop_process
+
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 USER, PASSWORD = "lab", "s3cret-pass"
 
-# The tests' archive (Testing/dicom/conftest.py).
+# The tests' archive: the pacs fixture (Testing/conftest.py).
 UID = "1.2.826.0.1.3680043.10.511"
 SERIES = {  # series UID -> (patient, series number, description, synthetic case index)
     f"{UID}.1": ("P1", 1, "T1 MPRAGE", 0),
@@ -160,9 +162,4 @@ def orthanc_server(folder: Path) -> Iterator[Orthanc]:
             time.sleep(0.1)
         yield Orthanc(url=f"{rest}/dicom-web", rest=rest, log=log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)

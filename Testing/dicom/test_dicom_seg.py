@@ -5,9 +5,6 @@ checked voxel for voxel and plane for plane against the label."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import highdicom as hd
 import numpy as np
@@ -22,6 +19,7 @@ from assft.dicom.dicomweb_pool import create_workspace_from_dicomweb
 from assft.errors import BadInputError
 from assft.io.imaging import dicom_series_files, read_label
 from assft.workspace import Workspace
+from assft_testing import run_cli
 from assft_testing.dicom_server import PASSWORD, SERIES, UID, USER
 
 
@@ -63,10 +61,9 @@ def labeled(pacs, tmp_path_factory, tiny_preset_file):
     """A workspace from the server, with P1-s1's truth submitted by "dr_grey"."""
     server, cases = pacs
     root = tmp_path_factory.mktemp("seg") / "ws"
-    environment = {"ASSFT_DICOMWEB_USER": USER, "ASSFT_DICOMWEB_PASSWORD": PASSWORD}
-    saved = {name: os.environ.get(name) for name in environment}
-    os.environ.update(environment)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ASSFT_DICOMWEB_USER", USER)
+        patch.setenv("ASSFT_DICOMWEB_PASSWORD", PASSWORD)
         workspace = create_workspace_from_dicomweb(
             root,
             server.url,
@@ -74,12 +71,6 @@ def labeled(pacs, tmp_path_factory, tiny_preset_file):
             model=str(tiny_preset_file),
             label_names={1: "grey matter", 2: "white matter"},
         )
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     index = SERIES[f"{UID}.1"][3]
     workspace.submit_label("P1-s1", cases[index].label, user="dr_grey")
     return server, workspace
@@ -88,27 +79,9 @@ def labeled(pacs, tmp_path_factory, tiny_preset_file):
 def test_export_writes_and_stores_a_segmentation_that_matches_the_label(labeled, tmp_path) -> None:
     server, workspace = labeled
     out = tmp_path / "seg"
-    environment = {
-        **os.environ,
-        "ASSFT_DICOMWEB_USER": USER,
-        "ASSFT_DICOMWEB_PASSWORD": PASSWORD,
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "assft",
-            "export",
-            str(workspace.root),
-            "--dicom-seg",
-            str(out),
-            "--store",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=180,
+    credentials = {"ASSFT_DICOMWEB_USER": USER, "ASSFT_DICOMWEB_PASSWORD": PASSWORD}
+    done = run_cli(
+        "export", str(workspace.root), "--dicom-seg", str(out), "--store", "--json", env=credentials
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

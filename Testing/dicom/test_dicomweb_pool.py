@@ -5,8 +5,6 @@ reported in one line, with nothing created."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -19,6 +17,7 @@ from assft.dicom.dicomweb_pool import create_workspace_from_dicomweb, fetch_fold
 from assft.errors import BadInputError
 from assft.io.imaging import read_image
 from assft.workspace import Workspace
+from assft_testing import run_cli
 from assft_testing.dicom_server import BROKEN, PASSWORD, SERIES, UID, USER, free_port
 
 
@@ -110,14 +109,7 @@ def test_a_series_with_a_missing_slice_is_named_and_nothing_is_created(
 def test_refused_credentials_and_a_silent_server_are_one_line(pacs, tmp_path, monkeypatch) -> None:
     server, _ = pacs
     monkeypatch.setenv("ASSFT_DICOMWEB_TOKEN", "not-the-token")
-    environment = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    refused = subprocess.run(
-        [sys.executable, "-m", "assft", "init", str(tmp_path / "ws"), "--dicomweb", server.url],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=120,
-    )
+    refused = run_cli("init", str(tmp_path / "ws"), "--dicomweb", server.url)
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0
     assert f"DICOMweb server {server.url} refused the credentials (HTTP 401)" in refused.stderr
@@ -167,27 +159,17 @@ def test_a_large_archive_starts_with_a_few_series_and_fetches_the_rest_as_it_goe
     nothing left to do; a manifest that would lead out of the workspace is refused."""
     server, _ = pacs
     root = tmp_path / "ws"
-    environment = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "assft",
-            "init",
-            str(root),
-            "--dicomweb",
-            server.url,
-            "--fetch-first",
-            "1",
-            "--model",
-            str(tiny_preset_file),
-            "--label-names",
-            "1:shell,2:core",
-        ],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=180,
+    created = run_cli(
+        "init",
+        str(root),
+        "--dicomweb",
+        server.url,
+        "--fetch-first",
+        "1",
+        "--model",
+        str(tiny_preset_file),
+        "--label-names",
+        "1:shell,2:core",
     )
     assert created.returncode == 0, created.stderr
     assert "2 series wait on the server" in created.stdout
@@ -195,13 +177,7 @@ def test_a_large_archive_starts_with_a_few_series_and_fetches_the_rest_as_it_goe
     # the broken series, first in UID order, is recorded as refused; the first usable one is a case
     assert [case["case_id"] for case in workspace.cases()] == ["P1-s1"]
 
-    fetched = subprocess.run(
-        [sys.executable, "-m", "assft", "fetch", str(root), "--progress", "json"],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=180,
-    )
+    fetched = run_cli("fetch", str(root), "--progress", "json")
     assert fetched.returncode == 0, fetched.stderr
     events = [json.loads(line) for line in fetched.stdout.splitlines()]
     arrived = [e["case"] for e in events if e.get("phase") == "dicomweb-fetch" and e["done"]]
