@@ -63,6 +63,30 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return out, explicit if args.markdown is not None else markdown_file(args)
 
 
+def _run_archive_scale(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    from assft.apps import archive_scale_bench as scale
+
+    pools = [int(p) for p in str(args.pools).split(",") if p.strip()]
+    processes = [int(p) for p in str(args.processes).split(",") if p.strip()]
+    if not pools or not processes or min(pools) < 3 or min(processes) < 1:
+        raise BadInputError("--pools needs sizes of at least 3 and --processes counts of 1 or more")
+    out, target = _outputs(args)
+    document = scale.run_archive_scale(
+        out,
+        pools=pools,
+        processes=processes,
+        size=args.size,
+        views=args.views or 2,
+        device=args.device,
+    )
+    markdown = scale.archive_scale_markdown(document, command)
+    if target:
+        update_markdown(target, markdown, scale.MARK_BEGIN, scale.MARK_END)
+    if not args.json:
+        print(markdown)
+    return document
+
+
 def run_benchmark(
     args: argparse.Namespace, *, label_names: dict[int, str] | None = None
 ) -> dict[str, Any]:
@@ -72,6 +96,8 @@ def run_benchmark(
         return _run_label_efficiency(args, command, label_names)
     if args.name == "partial-labels":
         return _run_partial_labels(args, command)
+    if args.name == "archive-scale":
+        return _run_archive_scale(args, command)
     given = [f"--{name.replace('_', '-')}" for name in FOLDER_FLAGS if getattr(args, name, None)]
     if given:
         raise BadInputError(f"{', '.join(given)}: only for assft bench label-efficiency")

@@ -63,10 +63,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench_parser(sub: Subparsers) -> None:
     p = add_verb(sub, "bench", cmd_bench, "benchmarks (JSON + BENCHMARKS.md)")
-    p.add_argument("name", choices=("speed", "label-efficiency", "partial-labels"))
+    p.add_argument("name", choices=("speed", "label-efficiency", "partial-labels", "archive-scale"))
     p.add_argument("--out", default="bench-out", help="folder for the JSON results")
     device_flag(p)
-    p.add_argument("--pools", default="10,40", help="pool sizes for the memory figures")
+    p.add_argument(
+        "--pools",
+        default="10,40",
+        help="pool sizes for the memory figures (archive-scale: the pools ranked)",
+    )
+    p.add_argument(
+        "--processes",
+        default="1,2",
+        help="archive-scale: the process counts compared (torchrun past one)",
+    )
     p.add_argument("--size", type=int, default=64, help="edge of the synthetic volumes (voxels)")
     p.add_argument("--cases", type=int, default=6, help="pool size of the timing runs")
     p.add_argument(

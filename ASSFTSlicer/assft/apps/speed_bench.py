@@ -43,7 +43,10 @@ MARK_BEGIN = "<!-- bench:speed:begin -->"
 MARK_END = "<!-- bench:speed:end -->"
 
 
-def _make_workspace(root: Path, n: int, size: int, seed: int = 0, model: str = "demo") -> Workspace:
+def make_synthetic_workspace(
+    root: Path, n: int, size: int, seed: int = 0, model: str = "demo"
+) -> Workspace:
+    """A workspace of ``n`` synthetic scans of ``size``^3 voxels (written under ``root/data``)."""
     if root.exists():
         shutil.rmtree(root)
     write_synthetic_pool(root / "data", n, seed=seed, size=size)
@@ -263,7 +266,7 @@ def run_speed(
     """The speed benchmark; returns the result document (also written to ``out/speed.json``)."""
     resolved = str(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
-    workspace = _make_workspace(out / "timing", cases, size, model=model)
+    workspace = make_synthetic_workspace(out / "timing", cases, size, model=model)
     # Warm up (allocator, kernels), then alternate the measured runs.
     bare_inference_seconds(workspace, resolved, 1)
     bare, attsq, epistemic = [], [], []
@@ -276,7 +279,7 @@ def run_speed(
     training = training_iterations_per_second(workspace, resolved, train_steps)
     memory, finetune_memory = {}, {}
     for n in pools:
-        pool = _make_workspace(out / f"pool{n}", n, size, seed=n, model=model)
+        pool = make_synthetic_workspace(out / f"pool{n}", n, size, seed=n, model=model)
         memory[str(n)] = peak_memory_of_ranking(pool.root, resolved)
         _label_first(pool, out / f"pool{n}", 3)
         finetune_memory[str(n)] = peak_memory_of_finetune(pool.root, resolved, 2)
