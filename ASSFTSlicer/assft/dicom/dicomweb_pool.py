@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADOPTED_FOLDER",
     "MANIFEST_NAME",
+    "UnusableSeriesError",
     "case_names",
     "create_workspace_from_dicomweb",
     "dicomweb_manifest",
@@ -74,6 +75,10 @@ def case_names(refs: list[SeriesRef]) -> dict[str, str]:
     return names
 
 
+class UnusableSeriesError(BadInputError):
+    """A series fetched whole that cannot be a case (missing or uneven slices...)."""
+
+
 def _entry(ref: SeriesRef, case: str) -> dict[str, Any]:
     return {
         "case": case,
@@ -105,7 +110,7 @@ def _fetch_one(server: DicomwebServer, entry: dict[str, Any], folder: Path) -> N
     try:
         read_image(folder)
     except BadInputError as error:
-        raise BadInputError(
+        raise UnusableSeriesError(
             f"DICOMweb server {server.url}: series {entry['series_uid']} is not a usable scan "
             f"({error})"
         ) from None
@@ -117,9 +122,7 @@ def _fetch_or_refuse(server: DicomwebServer, entry: dict[str, Any], folder: Path
     status becomes "refused"). A failing server raises."""
     try:
         _fetch_one(server, entry, folder)
-    except BadInputError as error:
-        if "is not a usable scan" not in str(error):
-            raise
+    except UnusableSeriesError as error:
         entry["status"], entry["reason"] = "refused", str(error)
         return str(error)
     return None
@@ -187,7 +190,9 @@ def create_workspace_from_dicomweb(
         else:
             refusals.append(refusal)
     if not now:
-        raise BadInputError(f"no series of the search is a usable scan: {refusals[0]}")
+        raise BadInputError(
+            f"none of the {len(refusals)} series found is a usable scan; the first: {refusals[0]}"
+        )
     write_json_atomic(
         folder / MANIFEST_NAME,
         {
