@@ -89,7 +89,6 @@ FINETUNE_BAD: dict[str, list[Any]] = {
     "anchor": [1, "yes", None],
     "anchor_rho": FRACTION,
     "anchor_margin": FRACTION,
-    "anchor_from_best": [1, "yes", None],
     "labeled_share": [0.0, 1.0, *FRACTION],
     "anchor_distill": [-1.0, NAN, INF, True, "1", 1e39],
     "partial_distill": [-0.5, NAN, INF, False, "4", 1e300],

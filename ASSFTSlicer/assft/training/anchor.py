@@ -15,21 +15,17 @@ from assft.training.config import FinetuneConfig
 from assft.training.data import TrainingCase
 from assft.training.losses import IGNORE
 
-__all__ = ["parent_evidence"]
+__all__ = ["borne_out", "parent_evidence"]
 
 
-def borne_out(
-    dices: list[float], training: list[bool], *, margin: float, from_best: bool = False
-) -> list[bool]:
+def borne_out(dices: list[float], training: list[bool], *, margin: float) -> list[bool]:
     """Which scans bore the parent out: a Dice at least ``margin`` above the worst Dice on the
-    ``training`` scans and, with ``from_best``, within ``margin`` of the best Dice of all."""
-    finite = [d for d in dices if math.isfinite(d)]
+    ``training`` scans (those show where the parent fails)."""
     worst = min(
         (d for d, t in zip(dices, training, strict=True) if t and math.isfinite(d)),
         default=math.nan,
     )
-    best = max(finite, default=math.nan)
-    return [bool(d >= worst + margin and (not from_best or d >= best - margin)) for d in dices]
+    return [bool(d >= worst + margin) for d in dices]
 
 
 def parent_evidence(
@@ -42,8 +38,7 @@ def parent_evidence(
     """Per labeled and held-out scan: its acquisition descriptor, the parent's confidence and
     Dice there, whether it is a training scan, and whether it bore the parent out: a Dice at
     least ``anchor_margin`` above the parent's worst Dice on the scans labeled for training
-    (those show where it fails), and, with ``anchor_from_best``, within ``anchor_margin`` of
-    the best Dice among them. The Dice covers the network ``channels`` the labels are
+    (those show where it fails). The Dice covers the network ``channels`` the labels are
     trusted for (every structure, or the labeled ones)."""
     model.network.eval()
     evidence: list[dict[str, Any]] = []
@@ -81,7 +76,6 @@ def parent_evidence(
         dices,
         [bool(e["training"]) for e in evidence],
         margin=config.anchor_margin,
-        from_best=config.anchor_from_best,
     )
     for flag, e in zip(flags, evidence, strict=True):
         e["borne_out"] = flag

@@ -105,12 +105,6 @@ class FinetuneConfig(JsonConfig):
             hospital archive, labeled FLAIR or T2 scans leave the T1 ones borne out. A first
             rule, the Dice within 0.1 of the parent's confidence, left a T1 scan of Dice 0.73
             (confidence 0.93) unanchored, and that archive's T1 majority fell from 0.86 to 0.50.
-        anchor_from_best: a scan bears the parent out only when its Dice is also within
-            ``anchor_margin`` of the best Dice among the labeled and held-out scans: on the
-            hospital archive a labeled FLAIR scan (0.46) stands 0.25 above a labeled T2 one
-            (0.21) but far below a held-out T1 one (0.72), and without this the anchor holds
-            the FLAIR scans to the parent's poor predictions (BENCHMARKS.md, "What the anchor
-            can and cannot hold").
         anchor_distill: the weight of a distillation term on the anchor's patches: the KL
             divergence of the model's class distribution from the parent's on the same
             (augmented) patch, at temperature 2 (0: the parent's hard pseudo-labels only).
@@ -166,7 +160,6 @@ class FinetuneConfig(JsonConfig):
     anchor: bool = setting(True)
     anchor_rho: float = setting(0.3, ge=0.0, le=1.0)
     anchor_margin: float = setting(0.15, ge=0.0, le=1.0)
-    anchor_from_best: bool = setting(False)
     labeled_share: float = setting(0.5, gt=0.0, lt=1.0)
     anchor_distill: float = setting(0.0, ge=0.0, cap=MAX_WEIGHT)
     partial_distill: float = setting(4.0, ge=0.0, cap=MAX_WEIGHT)
