@@ -72,6 +72,9 @@ def run_archive_scale(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """The benchmark; the document is also written to ``out/archive-scale.json``."""
+    from assft.models import resolve_device
+
+    resolved = str(resolve_device(device))  # recorded; the ranks resolve "auto" themselves
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in pools:
@@ -93,7 +96,7 @@ def run_archive_scale(
     document = {
         "benchmark": "archive-scale",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "device": device},
+        "machine": {"cpus": os.cpu_count(), "device": resolved},
         "setup": {"volume": [size] * 3, "views": views, "preset": "demo"},
         "rows": rows,
     }
