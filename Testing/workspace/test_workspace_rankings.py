@@ -146,6 +146,7 @@ def test_status_summary(tmp_path: Path, workspace: Workspace) -> None:
         "latest_ranking": None,
         "latest_ranking_model": None,
         "labeled_structures": ["grey matter", "white matter"],
+        "dicomweb": False,
     }
     workspace.submit_label(
         "case_a", write_volume(tmp_path / "l.nii.gz", label_array(), dtype=np.uint8)

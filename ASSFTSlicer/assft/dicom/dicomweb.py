@@ -38,6 +38,8 @@ NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "REG", "D
 back by ``assft export --dicom-seg --store`` included)."""
 
 _STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
+RETRIES = 3
+"""Tries of one request when the server cannot be reached or says it is busy."""
 
 
 def check_uid(value: Any, what: str, server: str) -> str:
@@ -105,6 +107,12 @@ class DicomwebServer:
         auth = auth or DicomwebAuth()
         self.url = check_server_url(url, auth)
         self._client = DICOMwebClient(self.url, session=make_session(auth))
+        # Each request is tried up to 3 times (waits of 1 and 2 s) when the server cannot be
+        # reached or answers "busy" (429, 503, 504): a blip does not stop a long fetch, and a
+        # server that is down is named within seconds (the library's default waits 30 s).
+        self._client.set_http_retry_params(
+            retry=True, max_attempts=RETRIES, wait_exponential_multiplier=500
+        )
 
     def __repr__(self) -> str:
         return f"DicomwebServer({self.url})"
@@ -132,9 +140,11 @@ class DicomwebServer:
                 f"DICOMweb server {self.url} did not answer {what} within {TIMEOUT_S:.0f} s"
             ) from None
         except requests.ConnectionError as error:
-            reason = str(error.__context__ or error).split(":")[-1].strip() or "no connection"
+            found = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(error))
+            reason = found.group(0).strip() if found else "no connection"
             raise BadInputError(
-                f"DICOMweb server {self.url} does not answer ({reason}) to {what}"
+                f"DICOMweb server {self.url} does not answer {what} after {RETRIES} tries "
+                f"({reason})"
             ) from None
         except requests.RequestException as error:
             raise BadInputError(f"DICOMweb server {self.url}: {what} failed ({error})") from None
