@@ -191,3 +191,30 @@ def test_peak_memory_and_umask() -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     assert portable.process_umask() == mask
+
+
+def test_memory_freed_in_threads_goes_back_to_the_system() -> None:
+    """glibc keeps what threads free in their arenas (a ranking grew 0.27 MB a scan that way);
+    release_freed_memory hands it back. Each thread keeps its last block, so that free() alone
+    cannot shrink its heap."""
+    import threading
+
+    import psutil
+
+    from assft.runtime.portable import release_freed_memory
+
+    kept: list[bytes] = []
+
+    def churn() -> None:
+        blocks = [bytes(4000) for _ in range(20000)]
+        kept.append(blocks[-1])
+        del blocks
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    before = psutil.Process().memory_info().rss
+    assert release_freed_memory()  # Linux with glibc here
+    assert before - psutil.Process().memory_info().rss > 100 * 2**20  # of the 320 MB freed

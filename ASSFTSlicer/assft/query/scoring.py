@@ -38,7 +38,7 @@ from assft.query.config import QueryConfig
 from assft.query.parts import ArchiveParts, find_parts
 from assft.query.pretrained_cache import PretrainedCache, PretrainedStatistics, cache_key
 from assft.query.strategies import GapEstimator, PoolStatistics, strategy_info
-from assft.runtime import distributed
+from assft.runtime import distributed, portable
 from assft.runtime.progress import Progress
 from assft.workspace import Workspace
 from assft.workspace.model_versions import ModelVersions
@@ -377,6 +377,7 @@ def score_pool(
                 case["case_id"], workspace.image_path(case["case_id"]), epistemic=epistemic
             )
         )
+        portable.release_freed_memory()  # memory flat as the pool grows
         progress.update(done, case=case["case_id"])
     # The evidence gap's scans, only where the estimator may read them: the held-out scans, and
     # the labeled ones while the current model has not trained on them.

@@ -21,7 +21,7 @@ from assft.metrics.acquisition import acquisition_descriptor, acquisition_distan
 from assft.metrics.overlap import dice_scores, mean_dice, mean_per_structure
 from assft.models import LoadedModel
 from assft.models.inference import CaseInference, infer_case, sliding_window_probabilities
-from assft.runtime import cancellation, distributed
+from assft.runtime import cancellation, distributed, portable
 from assft.training.config import FinetuneConfig, FinetuneMode, Flips, Schedule
 from assft.training.data import TrainingCase, make_augmentation, make_batch, step_seed
 from assft.training.losses import IGNORE, distillation, masked_dice_ce
@@ -304,6 +304,7 @@ def pseudo_label(
         confidence.append(result.difficulty.confidence)
         f_unlabeled.append(features(result))
         del result, case
+        portable.release_freed_memory()  # memory flat as the pool grows
         if on_case:
             on_case(i)
     gathered = distributed.gather((confidence, f_unlabeled))
