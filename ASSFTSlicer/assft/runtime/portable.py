@@ -12,6 +12,7 @@ imports this before PyTorch is installed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -314,19 +315,21 @@ def peak_memory_mb() -> float:
 
 
 _MALLOC_TRIM: Any = None
+_LAST_TRIM = -math.inf
 
 
-def release_freed_memory() -> bool:
+def release_freed_memory(min_interval_s: float = 2.0) -> bool:
     """Hand the memory this process has freed back to the system, where the C library keeps it.
 
     On Linux, glibc keeps freed blocks in one arena per thread that has allocated (PyTorch's
     threads do), and the resident size of a ranking grew by 0.27 MB a scan that way: 240 MB
     over 1,000 scans, none of it in use (BENCHMARKS.md, "Ranking a large pool").
-    ``malloc_trim(0)`` returns it. Elsewhere (another C library, Windows, macOS) this does
-    nothing. Returns whether memory could be trimmed.
+    ``malloc_trim(0)`` returns it. A trim takes tens of milliseconds, so it runs at most once
+    every ``min_interval_s`` seconds (a call sooner does nothing). Elsewhere (another C library,
+    Windows, macOS) this does nothing. Returns whether memory was trimmed.
     """
-    global _MALLOC_TRIM
-    if not _LINUX:
+    global _MALLOC_TRIM, _LAST_TRIM
+    if not _LINUX or time.monotonic() - _LAST_TRIM < min_interval_s:
         return False
     if _MALLOC_TRIM is None:
         try:
@@ -338,6 +341,7 @@ def release_freed_memory() -> bool:
     if _MALLOC_TRIM is False:
         return False
     _MALLOC_TRIM(0)
+    _LAST_TRIM = time.monotonic()
     return True
 
 
