@@ -21,7 +21,9 @@ labeled with the parent's own prediction (``tau_v`` applied), or with their grou
 known without its label: the parent when its own case confidence (SSFT's c_u) reaches ``tau_c``;
 the more confident of the two; the parent when the scan's nearest labeled or held-out scan
 (``--held-out``), by the acquisition descriptor, bore the parent out (the anchor's own rule,
-``training.anchor.parent_evidence``); beside the oracle (the better of the two by Dice).
+``training.anchor.parent_evidence``); the same with a scan bearing the parent out only when its
+Dice is also within ``anchor_margin`` of the best evidence scan's; beside the oracle (the better
+of the two by Dice). BENCHMARKS.md, "What the anchor can and cannot hold", has the figures.
 
 ``--interpolate 0.25,0.5`` then tests the weights part of the way from the parent's to the
 fine-tuned ones (WiSE-FT), with BatchNorm's running statistics interpolated, or the parent's, or
@@ -108,7 +110,7 @@ def main() -> None:
         "--route",
         action="store_true",
         help="after the last step, test routing each test scan to the parent or the fine-tuned "
-        "model by their confidence on it (see above)",
+        "model by signals known without its label (see above)",
     )
     args = parser.parse_args()
 
