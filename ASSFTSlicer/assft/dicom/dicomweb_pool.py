@@ -157,15 +157,11 @@ def create_workspace_from_dicomweb(
             others go on), or the workspace cannot be created; the fetched series stay in
             :func:`fetch_folder` for the next try.
     """
-    from assft.workspace.config import enclosing_workspace
+    from assft.workspace.assembly import check_new_root
     from assft.workspace.creation import create_workspace
 
     progress = progress or Progress("none")
-    root = Path(root).expanduser().resolve()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise BadInputError("exists and is not an empty folder; choose a new folder", root)
-    if enclosing_workspace(root.parent) is not None:
-        raise BadInputError("lies inside another workspace", root)
+    root = check_new_root(root)  # before anything is fetched
     if fetch_first is not None and fetch_first < 1:
         raise BadInputError(f"--fetch-first must be at least 1, got {fetch_first}")
     server = DicomwebServer(url, read_auth(auth_file))

@@ -32,7 +32,13 @@ from assft.workspace.registry_schema import REGISTRY_FILE_NAME
 if TYPE_CHECKING:
     from assft.workspace.workspace import Workspace
 
-__all__ = ["MAX_CASE_ID_LENGTH", "SUBFOLDERS", "assemble_workspace", "find_images"]
+__all__ = [
+    "MAX_CASE_ID_LENGTH",
+    "SUBFOLDERS",
+    "assemble_workspace",
+    "check_new_root",
+    "find_images",
+]
 
 MAX_CASE_ID_LENGTH = 128
 """Longest case id: the longest name derived from one (a backup,
@@ -110,6 +116,30 @@ def _find_label_files(labels_dir: str | Path, case_ids: set[str]) -> dict[str, P
     return matches
 
 
+def check_new_root(root: str | Path) -> Path:
+    """``root`` resolved, checked to be a place a new workspace can be made: not a workspace,
+    not inside one, a missing or empty folder under a folder.
+
+    Raises:
+        BadInputError: one line naming ``root`` and the problem.
+    """
+    root = Path(root).expanduser().resolve()
+    if (root / CONFIG_FILE_NAME).exists():
+        raise BadInputError("already holds an ASSFT workspace", root)
+    other = enclosing_workspace(root.parent)
+    if other is not None:
+        raise BadInputError(
+            f"lies inside the workspace {other}: a workspace is made outside every other one",
+            root,
+        )
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise BadInputError("exists and is not an empty folder; choose a new folder", root)
+    existing = next(p for p in root.parents if p.exists())
+    if not existing.is_dir():
+        raise BadInputError(f"cannot be created: {existing} is a file, not a folder", root)
+    return root
+
+
 def assemble_workspace(
     workspace_type: type[Workspace],
     root: str | Path,
@@ -154,20 +184,7 @@ def assemble_workspace(
     user = user or default_user()
     if isinstance(images, (str, Path)):
         images = [images]
-    root = Path(root).expanduser().resolve()
-    if (root / CONFIG_FILE_NAME).exists():
-        raise BadInputError("already holds an ASSFT workspace", root)
-    other = enclosing_workspace(root.parent)
-    if other is not None:
-        raise BadInputError(
-            f"lies inside the workspace {other}: a workspace is made outside every other one",
-            root,
-        )
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise BadInputError("exists and is not an empty folder; choose a new folder", root)
-    existing = next(p for p in root.parents if p.exists())  # checked before any scan is read
-    if not existing.is_dir():
-        raise BadInputError(f"cannot be created: {existing} is a file, not a folder", root)
+    root = check_new_root(root)  # before any scan is read
     labels = make_labels(label_names)
     if labeled_structures is not None:
         try:
