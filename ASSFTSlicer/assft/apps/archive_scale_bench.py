@@ -20,18 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assft.apps.speed_bench import make_synthetic_workspace
+from assft.apps.speed_bench import make_synthetic_workspace, run_measured
 
 MARK_BEGIN = "<!-- bench:archive-scale:begin -->"
 MARK_END = "<!-- bench:archive-scale:end -->"
-
-_PEAK = (
-    "import sys, json\n"
-    "from assft.cli import main\n"
-    "from assft.runtime.portable import peak_memory_mb\n"
-    "code = main(sys.argv[1:])\n"
-    "sys.stderr.write('PEAK ' + json.dumps({'rss_mb': peak_memory_mb(), 'exit': code}) + '\\n')\n"
-)
 
 
 def _rank(root: Path, processes: int, views: int, device: str) -> dict[str, Any]:
@@ -42,21 +34,21 @@ def _rank(root: Path, processes: int, views: int, device: str) -> dict[str, Any]
             "--progress", "none", "--json"]  # fmt: skip
     threads = str(max(1, (os.cpu_count() or 1) // processes))
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    if processes == 1:
-        command = [sys.executable, "-c", _PEAK, *rank]
+    started = time.perf_counter()
+    if processes == 1:  # in a fresh process that reports its peak memory
+        peak, output = run_measured(rank, environment)
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={processes}", "-m", "assft", *rank]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, env=environment)
+        if done.returncode != 0:
+            raise RuntimeError(f"assft rank ({processes} processes) failed: {done.stderr[-2000:]}")
+        peak, output = {}, done.stdout
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"assft rank ({processes} processes) failed: {done.stderr[-2000:]}")
-    document = json.loads(done.stdout[done.stdout.index("{") :])  # rank 0's one document
-    peak = [json.loads(line[5:]) for line in done.stderr.splitlines() if line.startswith("PEAK ")]
+    document = json.loads(output[output.index("{") :])  # rank 0's one document
     return {
         "seconds": round(seconds, 2),
-        "rss_mb": round(peak[0]["rss_mb"], 1) if peak else None,
+        "rss_mb": round(peak["rss_mb"], 1) if peak else None,
         "selected": document["selected"],
         "scores": {row["case"]: row["score"] for row in document["cases"]},
     }

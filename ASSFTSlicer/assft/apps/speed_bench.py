@@ -211,8 +211,11 @@ def peak_memory_of_finetune(workspace_root: Path, device: str, steps: int) -> di
     )
 
 
-def _peak_memory(argv: list[str]) -> dict[str, float]:
-    """Run ``assft ARGV`` in a fresh process and report its peak resident memory.
+def run_measured(
+    argv: list[str], environment: dict[str, str] | None = None
+) -> tuple[dict[str, float], str]:
+    """Run ``assft ARGV`` in a fresh process; its peak resident (and GPU) memory, and its
+    standard output.
 
     The peak is the fresh process's own (:func:`assft.runtime.portable.peak_memory_mb`), not
     this benchmark process's.
@@ -227,12 +230,17 @@ def _peak_memory(argv: list[str]) -> dict[str, float]:
         " 'exit': code}) + '\\n')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=environment
     )
     for line in result.stderr.splitlines():
         if line.startswith("PEAK "):
-            return json.loads(line[5:])
+            return json.loads(line[5:]), result.stdout
     raise RuntimeError(f"benchmark subprocess failed: {result.stderr[-2000:]}")
+
+
+def _peak_memory(argv: list[str]) -> dict[str, float]:
+    """Peak memory of ``assft ARGV`` in a fresh process (:func:`run_measured`)."""
+    return run_measured(argv)[0]
 
 
 def peak_memory_of_ranking(workspace_root: Path, device: str) -> dict[str, float]:
