@@ -103,19 +103,20 @@ class WorkspaceLogic:
     # workspace ---------------------------------------------------------------------------
 
     @staticmethod
-    def _path(value) -> pathlib.Path | None:
+    def folderPath(value) -> pathlib.Path | None:
+        """The folder a path field names, or None when it is empty."""
         text = "" if value is None else str(value).strip()
         return None if text in ("", ".") else pathlib.Path(text).expanduser()
 
     @staticmethod
     def isFolder(value) -> bool:
-        path = WorkspaceLogic._path(value)
+        path = WorkspaceLogic.folderPath(value)
         return path is not None and path.is_dir()
 
     @staticmethod
     def hasWorkspace(value) -> bool:
         """Whether ``value`` is a folder holding a workspace."""
-        path = WorkspaceLogic._path(value)
+        path = WorkspaceLogic.folderPath(value)
         return path is not None and (path / "assft.json").is_file()
 
     @staticmethod
@@ -126,8 +127,8 @@ class WorkspaceLogic:
 
         An unset path (``pathlib.Path()``, which prints as ".") shows as an empty field.
         """
-        wanted = WorkspaceLogic._path(value)
-        if wanted == WorkspaceLogic._path(shownText):
+        wanted = WorkspaceLogic.folderPath(value)
+        if wanted == WorkspaceLogic.folderPath(shownText):
             return None
         return "" if wanted is None else str(value).strip()
 
@@ -145,15 +146,15 @@ class WorkspaceLogic:
         if self.lastWorkspaceOffered:
             return None
         self.lastWorkspaceOffered = True
-        if self._path(fieldValue) is not None or not self.hasWorkspace(lastWorkspace):
+        if self.folderPath(fieldValue) is not None or not self.hasWorkspace(lastWorkspace):
             return None
-        return self._path(lastWorkspace)
+        return self.folderPath(lastWorkspace)
 
     @staticmethod
     def summaryIsFor(summary: dict[str, Any] | None, workspacePath) -> bool:
         """Whether a :meth:`workspaceSummary` is of the workspace the folder field names (the
         panel's buttons act on the field's folder, so they follow it, not the last opened)."""
-        path = WorkspaceLogic._path(workspacePath)
+        path = WorkspaceLogic.folderPath(workspacePath)
         if not summary or path is None or "workspace" not in summary:
             return False
         try:
@@ -172,7 +173,7 @@ class WorkspaceLogic:
         """
         if hasattr(workspacePath, "registry"):  # already open
             return workspacePath
-        path = self._path(workspacePath)
+        path = self.folderPath(workspacePath)
         if path is None:
             raise ValueError(_("Choose a workspace folder first."))
         try:
@@ -412,14 +413,14 @@ class WorkspaceLogic:
         ``labeledStructures``: the structures clinicians will label when they label only some
         of the model's (names or values, comma-separated); empty: all of them.
         """
-        path = self._path(workspacePath)
+        path = self.folderPath(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
         if self.hasWorkspace(path):
             raise ValueError(
                 _("{path} already holds a workspace: open it instead.").format(path=path)
             )
-        sources = [self._path(item) for item in images]
+        sources = [self.folderPath(item) for item in images]
         if not sources or any(s is None or not s.exists() for s in sources):
             raise ValueError(_("Choose an existing folder of scans."))
         if not labelNames:
@@ -570,7 +571,7 @@ class WorkspaceLogic:
         own made for this try (``<workspace>-scans``, else ``-scans-2``...: a folder left by an
         earlier try is never added to). The folder appears whole or not at all, and goes again
         when the workspace is not created (a failed or cancelled ``init``)."""
-        path = self._path(workspacePath)
+        path = self.folderPath(workspacePath)
         if path is None:
             raise ValueError(_("Choose a folder for the new workspace."))
         if self.hasWorkspace(path):
@@ -921,7 +922,7 @@ class WorkspaceLogic:
 
     def isJobWorkspace(self, workspacePath) -> bool:
         """Whether ``workspacePath`` names the workspace of the job followed."""
-        path = self._path(workspacePath)
+        path = self.folderPath(workspacePath)
         return (
             self.jobWorkspace is not None
             and path is not None

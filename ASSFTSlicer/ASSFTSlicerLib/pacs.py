@@ -9,7 +9,6 @@ was started in (``ASSFT_DICOMWEB_TOKEN``, or ``ASSFT_DICOMWEB_USER`` and
 
 from __future__ import annotations
 
-import pathlib
 from typing import TYPE_CHECKING
 
 from ASSFTSlicerLib.i18n import tr as _
@@ -20,11 +19,6 @@ if TYPE_CHECKING:
     from ASSFTSlicerLib.process import BackgroundProcess
 
 __all__ = ["runCreateWorkspaceFromDicomweb", "runSendDicomSeg"]
-
-
-def _folder(value) -> pathlib.Path | None:
-    text = "" if value is None else str(value).strip()
-    return None if text in ("", ".") else pathlib.Path(text).expanduser()
 
 
 def _authArguments(authFile) -> list:
@@ -50,7 +44,7 @@ def runCreateWorkspaceFromDicomweb(
         ValueError: another task runs, no folder or no server given, or the folder already
             holds a workspace.
     """
-    path = _folder(workspacePath)
+    path = logic.folderPath(workspacePath)
     if path is None:
         raise ValueError(_("Choose a folder for the new workspace."))
     if logic.hasWorkspace(path):
@@ -95,7 +89,7 @@ def runSendDicomSeg(
     Raises:
         ValueError: another task runs, or no workspace.
     """
-    path = _folder(workspacePath)
+    path = logic.folderPath(workspacePath)
     if path is None or not logic.hasWorkspace(path):
         raise ValueError(_("Open a workspace first."))
     arguments = [path, "--store", "--progress", "json", *_authArguments(authFile)]
