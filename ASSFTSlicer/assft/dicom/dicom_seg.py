@@ -201,10 +201,11 @@ def export_dicom_seg(
         server = DicomwebServer(str(manifest["server"]), read_auth(auth_file))
     segmentations = [(case, label_as_segmentation(workspace, case)) for case in chosen]
     result: dict[str, Any] = {"cases": chosen, "files": [], "stored": []}
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
     progress.phase("dicom-seg", len(segmentations))
     for index, (case, segmentation) in enumerate(segmentations):
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{case}{SEG_SUFFIX}"
             with atomic_path(path) as temporary:
                 segmentation.save_as(temporary, enforce_file_format=True)
